@@ -1,0 +1,114 @@
+package broker
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+)
+
+// Router is one member of a pool: a gecholog router path and its share of the
+// traffic relative to the other members.
+type Router struct {
+	Path   string `json:"path"`
+	Weight int    `json:"weight,omitempty"`
+}
+
+// Pool is a set of routers that stand in for one ingress router. A request
+// context for Ingress is answered with one of Routers.
+type Pool struct {
+	Ingress string   `json:"ingress"`
+	Routers []Router `json:"routers"`
+}
+
+// DefaultPools returns the original broker's pool: /azure/ spread over
+// /azure/gpt35turbo/, /azure/gpt4/ and /azure/dud/ with equal weights.
+func DefaultPools() []Pool {
+	return []Pool{{
+		Ingress: "/azure/",
+		Routers: []Router{
+			{Path: "/azure/gpt35turbo/", Weight: 1},
+			{Path: "/azure/gpt4/", Weight: 1},
+			{Path: "/azure/dud/", Weight: 1},
+		},
+	}}
+}
+
+// maxWeight keeps the sum of weights far from overflow and makes a typo such
+// as 1e9 a startup error rather than a silent monopoly.
+const maxWeight = 1_000_000
+
+// routerPath is what gecholog accepts as a router path: it starts and ends
+// with "/" and holds only letters, digits and "/".
+var routerPath = regexp.MustCompile(`^/([A-Za-z0-9]+/)+$`)
+
+// ValidPath reports whether p is a gecholog router path.
+func ValidPath(p string) bool { return routerPath.MatchString(p) }
+
+// ReadPools decodes a pools file:
+//
+//	{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/gpt4/", "weight": 2}, ...]}]}
+//
+// A weight of 0 or an absent weight means 1. The pools are validated.
+func ReadPools(r io.Reader) ([]Pool, error) {
+	var f struct {
+		Pools []Pool `json:"pools"`
+	}
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("decode pools: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("decode pools: trailing data after the JSON object")
+	}
+	for i := range f.Pools {
+		for j := range f.Pools[i].Routers {
+			if f.Pools[i].Routers[j].Weight == 0 {
+				f.Pools[i].Routers[j].Weight = 1
+			}
+		}
+	}
+	if err := ValidatePools(f.Pools); err != nil {
+		return nil, err
+	}
+	return f.Pools, nil
+}
+
+// ValidatePools checks that pools can be served: at least one pool, valid
+// and distinct ingress paths, at least one router each, valid router paths,
+// no router twice in a pool or equal to its ingress, weights in 1..1000000.
+func ValidatePools(pools []Pool) error {
+	if len(pools) == 0 {
+		return errors.New("no pools: give at least one pool with an ingress and routers")
+	}
+	ingress := map[string]bool{}
+	for _, p := range pools {
+		if !ValidPath(p.Ingress) {
+			return fmt.Errorf("pool ingress %q: a router path starts and ends with / and holds only letters, digits and /", p.Ingress)
+		}
+		if ingress[p.Ingress] {
+			return fmt.Errorf("pool ingress %q appears twice", p.Ingress)
+		}
+		ingress[p.Ingress] = true
+		if len(p.Routers) == 0 {
+			return fmt.Errorf("pool %q has no routers", p.Ingress)
+		}
+		seen := map[string]bool{}
+		for _, r := range p.Routers {
+			switch {
+			case !ValidPath(r.Path):
+				return fmt.Errorf("pool %q: router %q: a router path starts and ends with / and holds only letters, digits and /", p.Ingress, r.Path)
+			case r.Path == p.Ingress:
+				return fmt.Errorf("pool %q lists its own ingress as a router", p.Ingress)
+			case seen[r.Path]:
+				return fmt.Errorf("pool %q lists router %q twice", p.Ingress, r.Path)
+			case r.Weight < 1 || r.Weight > maxWeight:
+				return fmt.Errorf("pool %q: router %q: weight %d is outside 1..%d", p.Ingress, r.Path, r.Weight, maxWeight)
+			}
+			seen[r.Path] = true
+		}
+	}
+	return nil
+}

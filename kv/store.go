@@ -1,0 +1,320 @@
+package kv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Mode says how disables expire.
+type Mode int
+
+const (
+	// ModeTTL: the server expires each key by its per-message TTL and
+	// watchers see a purge (nats-server 2.11 and later).
+	ModeTTL Mode = iota + 1
+	// ModeExpiry: the server cannot expire keys; readers enforce Until and
+	// a janitor deletes expired keys.
+	ModeExpiry
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeTTL:
+		return "ttl"
+	case ModeExpiry:
+		return "expiry"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// Errors callers test for with errors.Is.
+var (
+	// ErrNoJetStream means the server or the account has no JetStream.
+	ErrNoJetStream = errors.New("jetstream is not enabled on the NATS server")
+	// ErrExists means Create found a live key.
+	ErrExists = errors.New("key exists")
+	// ErrNotFound means the router has no live key.
+	ErrNotFound = errors.New("key not found")
+	// ErrConflict means the key changed since the revision given.
+	ErrConflict = errors.New("key revision changed")
+)
+
+// markerTTL is how long a bucket in ModeTTL keeps the purge marker of an
+// expired key. Readers enforce Until themselves, so a watcher that misses a
+// marker while disconnected still re-enables the router; the marker only
+// needs to outlive ordinary reconnects.
+const markerTTL = time.Hour
+
+// janitorGrace is how long replicas other than the writer wait past a
+// record's Until before deleting it in ModeExpiry, so that usually the writer
+// alone deletes, and someone does when the writer is gone.
+const janitorGrace = 5 * time.Second
+
+// Config says which bucket to use and who is writing.
+type Config struct {
+	// Bucket is the bucket's name; it is created when missing.
+	Bucket string
+	// Replicas is the bucket's replica count when it is created (default 1).
+	Replicas int
+	// Owner names this replica; the janitor deletes its own expired records first.
+	Owner string
+	// Logger receives warnings about unreadable records; nil discards them.
+	Logger *slog.Logger
+}
+
+// Entry is a record with the revision it was read at.
+type Entry struct {
+	Record   Record
+	Revision uint64
+}
+
+// Store reads and writes router health records. Its methods are safe for
+// concurrent use.
+type Store struct {
+	js    jetstream.JetStream
+	kv    jetstream.KeyValue
+	mode  Mode
+	owner string
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	janitor map[string]*time.Timer // ModeExpiry: pending deletes by key
+	closed  bool
+}
+
+// Open attaches to the bucket named in cfg, creating it when it does not
+// exist. An existing bucket is never changed: its configuration decides the
+// mode. A new bucket gets limit markers when the server supports per-message
+// TTL (JetStream API level 1 or more).
+func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
+	if cfg.Replicas == 0 {
+		cfg.Replicas = 1
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b, err := js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		b, err = create(ctx, js, cfg)
+	}
+	if err != nil {
+		return nil, noJetStream(fmt.Errorf("open bucket %q: %w", cfg.Bucket, err))
+	}
+	st, err := b.Status(ctx)
+	if err != nil {
+		return nil, noJetStream(fmt.Errorf("read bucket %q status: %w", cfg.Bucket, err))
+	}
+	mode := ModeExpiry
+	if st.LimitMarkerTTL() > 0 {
+		mode = ModeTTL
+	}
+	return &Store{js: js, kv: b, mode: mode, owner: cfg.Owner, log: log, janitor: map[string]*time.Timer{}}, nil
+}
+
+func create(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, error) {
+	info, err := js.AccountInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	kc := jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket,
+		Description: "gecholog broker: disabled routers, one key per router path",
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	}
+	if info.API.Level >= 1 {
+		kc.LimitMarkerTTL = markerTTL
+	}
+	b, err := js.CreateKeyValue(ctx, kc)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		// Another replica created it first, perhaps with other settings.
+		return js.KeyValue(ctx, cfg.Bucket)
+	}
+	return b, err
+}
+
+func noJetStream(err error) error {
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) ||
+		errors.Is(err, nats.ErrNoResponders) {
+		return fmt.Errorf("%w: %w", ErrNoJetStream, err)
+	}
+	return err
+}
+
+// Mode reports how this bucket's disables expire.
+func (s *Store) Mode() Mode { return s.mode }
+
+// Bucket returns the bucket's name.
+func (s *Store) Bucket() string { return s.kv.Bucket() }
+
+// Get returns the live record of router, or ErrNotFound.
+func (s *Store) Get(ctx context.Context, router string) (Entry, error) {
+	e, err := s.kv.Get(ctx, router)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return Entry{}, fmt.Errorf("get %q: %w", router, ErrNotFound)
+	}
+	if err != nil {
+		return Entry{}, fmt.Errorf("get %q: %w", router, err)
+	}
+	r, err := Decode(router, e.Value())
+	if err != nil {
+		return Entry{}, err
+	}
+	return Entry{Record: r, Revision: e.Revision()}, nil
+}
+
+// Create writes r under its router's key if the key is absent, deleted or
+// expired, and returns the new revision. A live key gives ErrExists.
+func (s *Store) Create(ctx context.Context, r Record) (uint64, error) {
+	val, err := r.Encode()
+	if err != nil {
+		return 0, err
+	}
+	var opts []jetstream.KVCreateOpt
+	if ttl := s.ttl(r); ttl > 0 {
+		opts = append(opts, jetstream.KeyTTL(ttl))
+	}
+	rev, err := s.kv.Create(ctx, r.Router, val, opts...)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, fmt.Errorf("create %q: %w", r.Router, ErrExists)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("create %q: %w", r.Router, err)
+	}
+	return rev, nil
+}
+
+// Update replaces the record at revision rev with r, or gives ErrConflict if
+// the key has changed since.
+func (s *Store) Update(ctx context.Context, r Record, rev uint64) (uint64, error) {
+	val, err := r.Encode()
+	if err != nil {
+		return 0, err
+	}
+	// KeyValue.Update takes no TTL, so publish to the key's subject with the
+	// same compare-and-set header Update uses, plus the TTL header.
+	m := &nats.Msg{Subject: "$KV." + s.kv.Bucket() + "." + r.Router, Data: val}
+	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(rev)}
+	if ttl := s.ttl(r); ttl > 0 {
+		opts = append(opts, jetstream.WithMsgTTL(ttl))
+	}
+	ack, err := s.js.PublishMsg(ctx, m, opts...)
+	if err != nil {
+		if wrongLastSequence(err) {
+			return 0, fmt.Errorf("update %q at revision %d: %w", r.Router, rev, ErrConflict)
+		}
+		return 0, fmt.Errorf("update %q: %w", r.Router, err)
+	}
+	return ack.Sequence, nil
+}
+
+// Delete removes router's key if it is still at revision rev (0: any).
+func (s *Store) Delete(ctx context.Context, router string, rev uint64) error {
+	var opts []jetstream.KVDeleteOpt
+	if rev > 0 {
+		opts = append(opts, jetstream.LastRevision(rev))
+	}
+	err := s.kv.Delete(ctx, router, opts...)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || wrongLastSequence(err) {
+		return fmt.Errorf("delete %q at revision %d: %w", router, rev, ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("delete %q: %w", router, err)
+	}
+	return nil
+}
+
+// List returns every live record.
+func (s *Store) List(ctx context.Context) ([]Entry, error) {
+	keys, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list bucket %q: %w", s.kv.Bucket(), err)
+	}
+	var out []Entry
+	for k := range keys.Keys() {
+		e, err := s.Get(ctx, k)
+		if errors.Is(err, ErrNotFound) {
+			continue // expired or deleted since the listing
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// ttl is the key's time to live for r in ModeTTL, 0 for none. The server
+// truncates TTLs to whole seconds, so round up: the key then outlives Until
+// by less than a second, and readers go by Until.
+func (s *Store) ttl(r Record) time.Duration {
+	if s.mode != ModeTTL || r.Until.IsZero() {
+		return 0
+	}
+	d := time.Until(r.Until)
+	if d < time.Second {
+		return time.Second
+	}
+	return (d + time.Second - 1).Truncate(time.Second)
+}
+
+func wrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// sweep schedules the deletion of e's key after its Until in ModeExpiry, or
+// cancels a scheduled one when e is nil.
+func (s *Store) sweep(key string, e *Entry) {
+	if s.mode != ModeExpiry {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t := s.janitor[key]; t != nil {
+		t.Stop()
+		delete(s.janitor, key)
+	}
+	if e == nil || e.Record.Until.IsZero() || s.closed {
+		return
+	}
+	wait := time.Until(e.Record.Until)
+	if e.Record.By != s.owner {
+		wait += janitorGrace + rand.N(time.Second)
+	}
+	rev := e.Revision
+	s.janitor[key] = time.AfterFunc(wait, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		// Compare-and-set: only the first replica's delete lands, and a
+		// record rewritten meanwhile is left alone.
+		err := s.Delete(ctx, key, rev)
+		if err != nil && !errors.Is(err, ErrConflict) {
+			s.log.Warn("could not delete expired router record; it no longer disables the router, but `nats kv ls` still lists it",
+				slog.String("router", key), slog.Any("error", err))
+		}
+	})
+}
+
+// Close stops pending janitor deletes.
+func (s *Store) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for k, t := range s.janitor {
+		t.Stop()
+		delete(s.janitor, k)
+	}
+}

@@ -1,0 +1,250 @@
+package kv_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/kv"
+)
+
+func record(router string, until time.Time) kv.Record {
+	return kv.Record{Router: router, Status: 502, Reason: "egress status 502", At: time.Now(), Until: until, By: "test"}
+}
+
+func encode(t *testing.T, r kv.Record) []byte {
+	t.Helper()
+	b, err := r.Encode()
+	if err != nil {
+		t.Fatalf("encode: %v", err)
+	}
+	return b
+}
+
+func open(t *testing.T, js jetstream.JetStream) *kv.Store {
+	t.Helper()
+	s, err := kv.Open(context.Background(), js, kv.Config{Bucket: "health", Owner: "test"})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// plainBucket creates the bucket as a server without per-message TTL would.
+func plainBucket(t *testing.T, js jetstream.JetStream) jetstream.KeyValue {
+	t.Helper()
+	b, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "health"})
+	if err != nil {
+		t.Fatalf("create plain bucket: %v", err)
+	}
+	return b
+}
+
+// keys lists the bucket's keys as `nats kv ls` does.
+func keys(t *testing.T, js jetstream.JetStream) []string {
+	t.Helper()
+	b, err := js.KeyValue(context.Background(), "health")
+	if err != nil {
+		t.Fatalf("bucket: %v", err)
+	}
+	ks, err := b.Keys(context.Background())
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatalf("keys: %v", err)
+	}
+	return ks
+}
+
+// events collects what a watcher delivers.
+type events struct {
+	mu  sync.Mutex
+	all []kv.Event
+}
+
+func (e *events) add(ev kv.Event) { e.mu.Lock(); e.all = append(e.all, ev); e.mu.Unlock() }
+
+func (e *events) last(router string) (kv.Event, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := len(e.all) - 1; i >= 0; i-- {
+		if e.all[i].Router == router {
+			return e.all[i], true
+		}
+	}
+	return kv.Event{}, false
+}
+
+func TestOpenCreatesBucketWithPerKeyTTLOnNewServer(t *testing.T) {
+	is := is.New(t)
+	js := natstest.JetStream(t, natstest.Start(t))
+	s := open(t, js)
+	is.Equal(s.Mode(), kv.ModeTTL)
+	b, err := js.KeyValue(context.Background(), "health")
+	is.NoErr(err)
+	st, err := b.Status(context.Background())
+	is.NoErr(err)
+	is.True(st.LimitMarkerTTL() > 0) // the bucket keeps limit markers
+}
+
+func TestOpenKeepsExistingBucketWithoutTTLAndUsesExpiryMode(t *testing.T) {
+	is := is.New(t)
+	js := natstest.JetStream(t, natstest.Start(t))
+	b := plainBucket(t, js)
+	_, err := b.Put(context.Background(), "/azure/dud/", encode(t, record("/azure/dud/", time.Now().Add(time.Hour))))
+	is.NoErr(err)
+
+	s := open(t, js)
+	is.Equal(s.Mode(), kv.ModeExpiry)
+	is.Equal(keys(t, js), []string{"/azure/dud/"}) // the existing bucket and its key are untouched
+}
+
+func TestOpenWithoutJetStreamSaysSo(t *testing.T) {
+	is := is.New(t)
+	js := natstest.JetStream(t, natstest.Start(t, natstest.WithoutJetStream()))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := kv.Open(ctx, js, kv.Config{Bucket: "health"})
+	is.True(errors.Is(err, kv.ErrNoJetStream)) // error names the missing JetStream
+}
+
+func TestCreateRefusesLiveKeyAndUpdateRefusesStaleRevision(t *testing.T) {
+	is := is.New(t)
+	ctx := context.Background()
+	s := open(t, natstest.JetStream(t, natstest.Start(t)))
+	r := record("/azure/dud/", time.Now().Add(time.Minute))
+
+	rev, err := s.Create(ctx, r)
+	is.NoErr(err)
+	_, err = s.Create(ctx, r)
+	is.True(errors.Is(err, kv.ErrExists)) // a second create finds the live key
+
+	rev2, err := s.Update(ctx, r, rev)
+	is.NoErr(err)
+	_, err = s.Update(ctx, r, rev)
+	is.True(errors.Is(err, kv.ErrConflict)) // the first revision is stale now
+
+	got, err := s.Get(ctx, "/azure/dud/")
+	is.NoErr(err)
+	is.Equal(got.Revision, rev2)
+	is.Equal(got.Record.Status, 502)
+	is.True(got.Record.Until.Equal(r.Until))
+
+	is.True(errors.Is(s.Delete(ctx, "/azure/dud/", rev), kv.ErrConflict)) // delete at a stale revision is refused
+	is.NoErr(s.Delete(ctx, "/azure/dud/", rev2))
+	_, err = s.Get(ctx, "/azure/dud/")
+	is.True(errors.Is(err, kv.ErrNotFound))
+	_, err = s.Create(ctx, r) // a deleted key can be created again
+	is.NoErr(err)
+}
+
+func TestWatchLoadsEveryRecordBeforeReturning(t *testing.T) {
+	is := is.New(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	js := natstest.JetStream(t, natstest.Start(t))
+	s := open(t, js)
+	routers := []string{"/a/1/", "/a/2/", "/b/1/"}
+	for _, r := range routers {
+		_, err := s.Create(ctx, record(r, time.Now().Add(time.Hour)))
+		is.NoErr(err)
+	}
+	var ev events
+	is.NoErr(s.Watch(ctx, ev.add))
+	for _, r := range routers {
+		e, ok := ev.last(r)
+		is.True(ok)             // delivered before Watch returned
+		is.True(e.Entry != nil) // as a live record
+	}
+}
+
+func TestExpiredKeyVanishesAndWatchersHearIt(t *testing.T) {
+	for _, mode := range []kv.Mode{kv.ModeTTL, kv.ModeExpiry} {
+		t.Run(mode.String(), func(t *testing.T) {
+			is := is.New(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			js := natstest.JetStream(t, natstest.Start(t))
+			if mode == kv.ModeExpiry {
+				plainBucket(t, js)
+			}
+			s := open(t, js)
+			is.Equal(s.Mode(), mode)
+			var ev events
+			is.NoErr(s.Watch(ctx, ev.add))
+
+			until := time.Now().Add(1200 * time.Millisecond)
+			_, err := s.Create(ctx, record("/azure/dud/", until))
+			is.NoErr(err)
+			natstest.Eventually(t, 2*time.Second, func() bool {
+				e, ok := ev.last("/azure/dud/")
+				return ok && e.Entry != nil
+			}, "watcher sees the disable")
+			is.Equal(keys(t, js), []string{"/azure/dud/"})
+
+			natstest.Eventually(t, 5*time.Second, func() bool {
+				e, _ := ev.last("/azure/dud/")
+				return e.Entry == nil
+			}, "watcher sees the key go")
+			is.True(!time.Now().Before(until)) // never before Until
+			is.Equal(keys(t, js), nil)         // `nats kv ls` is empty again
+		})
+	}
+}
+
+func TestUpdateCarriesTheNewTTL(t *testing.T) {
+	is := is.New(t)
+	ctx := context.Background()
+	js := natstest.JetStream(t, natstest.Start(t))
+	s := open(t, js)
+	rev, err := s.Create(ctx, record("/azure/dud/", time.Now().Add(time.Hour)))
+	is.NoErr(err)
+	_, err = s.Update(ctx, record("/azure/dud/", time.Now().Add(time.Second)), rev)
+	is.NoErr(err)
+	natstest.Eventually(t, 5*time.Second, func() bool { return len(keys(t, js)) == 0 }, "the updated key expires by its new TTL")
+}
+
+func TestWatchReportsUnreadableRecordAsNoDisable(t *testing.T) {
+	is := is.New(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	js := natstest.JetStream(t, natstest.Start(t))
+	s := open(t, js)
+	var ev events
+	is.NoErr(s.Watch(ctx, ev.add))
+	_, err := s.Create(ctx, record("/azure/dud/", time.Now().Add(time.Hour)))
+	is.NoErr(err)
+	b, err := js.KeyValue(ctx, "health")
+	is.NoErr(err)
+	for _, bad := range []string{"{not json", `{"v":99,"router":"/azure/dud/"}`} {
+		_, err = b.Put(ctx, "/azure/dud/", []byte(bad))
+		is.NoErr(err)
+		natstest.Eventually(t, 2*time.Second, func() bool {
+			e, _ := ev.last("/azure/dud/")
+			return e.Entry == nil
+		}, "an unreadable record %q disables nothing", bad)
+	}
+}
+
+func TestDecodeTakesRouterFromKey(t *testing.T) {
+	is := is.New(t)
+	r, err := kv.Decode("/azure/gpt4/", []byte(`{"v":1,"router":"/azure/dud/","reason":"x"}`))
+	is.NoErr(err)
+	is.Equal(r.Router, "/azure/gpt4/")
+}
+
+func TestRecordIsActiveUntilItsUntil(t *testing.T) {
+	is := is.New(t)
+	now := time.Now()
+	is.True(record("/r/", now.Add(time.Second)).ActiveAt(now))
+	is.True(!record("/r/", now).ActiveAt(now))
+	is.True(record("/r/", time.Time{}).ActiveAt(now.Add(1000 * time.Hour))) // zero Until: until deleted
+}

@@ -1,0 +1,128 @@
+package kv
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Event is a change to one router's record.
+type Event struct {
+	Router string
+	// Entry is the record now in force, or nil when the key was deleted,
+	// purged, expired, or overwritten with something unreadable.
+	Entry *Entry
+	// Revision is the bucket revision of the change; 0 when the change was
+	// inferred after re-watching.
+	Revision uint64
+}
+
+// Watch calls fn once for every key in the bucket and returns when it has,
+// so the caller's view is complete before it serves. Then it keeps calling fn
+// for each change until ctx ends, from one goroutine at a time. If the
+// watcher stops while ctx is live (the connection was closed, the consumer
+// vanished), Watch starts a new one and reports keys that disappeared
+// meanwhile as deleted.
+func (s *Store) Watch(ctx context.Context, fn func(Event)) error {
+	known := map[string]bool{}
+	w, err := s.watch(ctx, known, fn)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			s.follow(ctx, w, known, fn)
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.Warn("bucket watcher stopped; watching again", slog.String("bucket", s.Bucket()))
+			for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				if w, err = s.watch(ctx, known, fn); err == nil {
+					break
+				}
+				s.log.Warn("could not watch bucket; retrying", slog.String("bucket", s.Bucket()), slog.Any("error", err))
+			}
+		}
+	}()
+	return nil
+}
+
+// watch starts a watcher and delivers the bucket's current keys to fn. Keys
+// in known that are no longer there are delivered as deleted.
+func (s *Store) watch(ctx context.Context, known map[string]bool, fn func(Event)) (jetstream.KeyWatcher, error) {
+	w, err := s.kv.WatchAll(ctx)
+	if err != nil {
+		return nil, noJetStream(fmt.Errorf("watch bucket %q: %w", s.Bucket(), err))
+	}
+	seen := map[string]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			_ = w.Stop()
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, fmt.Errorf("watch bucket %q: watcher closed while loading", s.Bucket())
+			}
+			if e == nil { // all current values delivered
+				for k := range known {
+					if !seen[k] {
+						delete(known, k)
+						s.sweep(k, nil)
+						fn(Event{Router: k})
+					}
+				}
+				return w, nil
+			}
+			seen[e.Key()] = true
+			s.deliver(e, known, fn)
+		}
+	}
+}
+
+// follow delivers changes until ctx ends or the watcher stops.
+func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[string]bool, fn func(Event)) {
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e != nil {
+				s.deliver(e, known, fn)
+			}
+		}
+	}
+}
+
+func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]bool, fn func(Event)) {
+	ev := Event{Router: e.Key(), Revision: e.Revision()}
+	if e.Operation() == jetstream.KeyValuePut {
+		r, err := Decode(e.Key(), e.Value())
+		if err != nil {
+			s.log.Warn("ignoring unreadable router record; fix or remove it with `nats kv del`",
+				slog.String("bucket", s.Bucket()), slog.String("router", e.Key()),
+				slog.Uint64("revision", e.Revision()), slog.Any("error", err))
+		} else {
+			ev.Entry = &Entry{Record: r, Revision: e.Revision()}
+		}
+	}
+	if ev.Entry != nil {
+		known[ev.Router] = true
+	} else {
+		delete(known, ev.Router)
+	}
+	s.sweep(ev.Router, ev.Entry)
+	fn(ev)
+}
