@@ -1,0 +1,382 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/kv"
+)
+
+// fakeStore is an in-memory Store with revisions and compare-and-set, and
+// a count of writes.
+type fakeStore struct {
+	mu      sync.Mutex
+	rev     uint64
+	recs    map[string]kv.Entry
+	writes  int
+	failing int // the next n calls fail with a network error
+}
+
+var errNetwork = errors.New("nats: timeout")
+
+func newFakeStore() *fakeStore { return &fakeStore{recs: map[string]kv.Entry{}} }
+
+func (f *fakeStore) fail() error {
+	if f.failing > 0 {
+		f.failing--
+		return errNetwork
+	}
+	return nil
+}
+
+func (f *fakeStore) Create(_ context.Context, r kv.Record) (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail(); err != nil {
+		return 0, err
+	}
+	if _, ok := f.recs[r.Router]; ok {
+		return 0, kv.ErrExists
+	}
+	return f.put(r), nil
+}
+
+func (f *fakeStore) Get(_ context.Context, router string) (kv.Entry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail(); err != nil {
+		return kv.Entry{}, err
+	}
+	e, ok := f.recs[router]
+	if !ok {
+		return kv.Entry{}, kv.ErrNotFound
+	}
+	return e, nil
+}
+
+func (f *fakeStore) Update(_ context.Context, r kv.Record, rev uint64) (uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail(); err != nil {
+		return 0, err
+	}
+	if f.recs[r.Router].Revision != rev {
+		return 0, kv.ErrConflict
+	}
+	return f.put(r), nil
+}
+
+func (f *fakeStore) put(r kv.Record) uint64 {
+	f.rev++
+	f.writes++
+	f.recs[r.Router] = kv.Entry{Record: r, Revision: f.rev}
+	return f.rev
+}
+
+func (f *fakeStore) entry(router string) (kv.Entry, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.recs[router]
+	return e, ok
+}
+
+func (f *fakeStore) writeCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.writes
+}
+
+// logs is a concurrency-safe log sink.
+type logs struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logs) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.buf.Write(p) }
+
+func (l *logs) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.buf.String(), `"msg":"`+msg+`"`)
+}
+
+func newBroker(t *testing.T, cfg broker.Config) (*broker.Broker, *logs) {
+	t.Helper()
+	l := &logs{}
+	if cfg.Pools == nil {
+		cfg.Pools = broker.DefaultPools()
+	}
+	if cfg.DisabledTime == 0 {
+		cfg.DisabledTime = time.Hour
+	}
+	cfg.ID = "replica-1"
+	cfg.Logger = slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	b, err := broker.New(cfg)
+	if err != nil {
+		t.Fatalf("new broker: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		b.Close(ctx)
+	})
+	return b, l
+}
+
+func request(path string) []byte { return []byte(`{"gl_path":"` + path + `"}`) }
+
+func response(path string, status int) []byte {
+	return []byte(fmt.Sprintf(`{"gl_path":%q,"egress_status_code":%d}`, path, status))
+}
+
+// chosen decodes a request-context reply; "" for an empty one.
+func chosen(t *testing.T, reply []byte) string {
+	t.Helper()
+	if len(reply) == 0 {
+		return ""
+	}
+	var m struct {
+		GLPath string `json:"gl_path"`
+	}
+	if err := json.Unmarshal(reply, &m); err != nil {
+		t.Fatalf("reply %q: %v", reply, err)
+	}
+	return m.GLPath
+}
+
+func TestIngressRequestGetsARouterOfItsPool(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{})
+	members := map[string]bool{"/azure/gpt35turbo/": true, "/azure/gpt4/": true, "/azure/dud/": true}
+	for range 100 {
+		is.True(members[chosen(t, b.Handle(request("/azure/")))]) // one of the pool's routers
+	}
+}
+
+func TestAnythingButAnIngressRequestOrFailureGetsAnEmptyReplyAndChangesNothing(t *testing.T) {
+	cases := map[string]string{
+		"member router called directly": `{"gl_path":"/azure/gpt4/"}`,
+		"unknown path":                  `{"gl_path":"/openai/"}`,
+		"empty path":                    `{"gl_path":""}`,
+		"malformed JSON":                `{"gl_path":"/azure/"`,
+		"not JSON":                      `hello`,
+		"empty message":                 ``,
+		"JSON array":                    `["/azure/"]`,
+		"JSON null":                     `null`,
+		"missing gl_path":               `{"egress_status_code":502}`,
+		"gl_path a number":              `{"gl_path":42}`,
+		"gl_path an object":             `{"gl_path":{"p":"/azure/dud/"}}`,
+		"status a string":               `{"gl_path":"/azure/dud/","egress_status_code":"502"}`,
+		"status a float":                `{"gl_path":"/azure/dud/","egress_status_code":502.5}`,
+		"status out of range":           `{"gl_path":"/azure/dud/","egress_status_code":5020}`,
+		"status negative":               `{"gl_path":"/azure/dud/","egress_status_code":-502}`,
+		"status huge":                   `{"gl_path":"/azure/dud/","egress_status_code":1e400}`,
+		"failure of the ingress itself": `{"gl_path":"/azure/","egress_status_code":502}`,
+		"failure of an unknown router":  `{"gl_path":"/openai/x/","egress_status_code":502}`,
+		"success":                       `{"gl_path":"/azure/dud/","egress_status_code":200}`,
+	}
+	for name, msg := range cases {
+		t.Run(name, func(t *testing.T) {
+			is := is.New(t)
+			store := newFakeStore()
+			b, _ := newBroker(t, broker.Config{Store: store})
+			is.Equal(len(b.Handle([]byte(msg))), 0)                // empty reply
+			is.Equal(len(b.Routers("/azure/")), 3)                 // no router disabled
+			is.Equal(store.writeCount(), 0)                        // nothing written
+			is.True(chosen(t, b.Handle(request("/azure/"))) != "") // still serving
+		})
+	}
+}
+
+func TestMalformedMessagesAreLoggedOnceNotPerMessage(t *testing.T) {
+	is := is.New(t)
+	b, l := newBroker(t, broker.Config{})
+	for range 1000 {
+		b.Handle([]byte("garbage"))
+	}
+	is.Equal(l.count("ignoring malformed processor message"), 1)
+}
+
+func TestFailureStatusesDisableAndClientErrorsDoNot(t *testing.T) {
+	for _, tc := range []struct {
+		status  int
+		disable bool
+	}{
+		{200, false}, {201, false}, {204, false}, {301, false}, {304, false},
+		{400, false}, {402, false}, {405, false}, {409, false}, {413, false}, {422, false},
+		{401, true}, {403, true}, {404, true}, {408, true}, {429, true},
+		{500, true}, {502, true}, {503, true}, {504, true}, {599, true},
+	} {
+		t.Run(fmt.Sprint(tc.status), func(t *testing.T) {
+			is := is.New(t)
+			b, _ := newBroker(t, broker.Config{})
+			is.Equal(len(b.Handle(response("/azure/dud/", tc.status))), 0) // the response context is answered empty
+			disabled := len(b.Routers("/azure/")) == 2
+			is.Equal(disabled, tc.disable)
+			is.Equal(broker.Failure(tc.status), tc.disable)
+		})
+	}
+}
+
+func TestFailedRouterIsNeverChosenAndWrittenOnce(t *testing.T) {
+	is := is.New(t)
+	store := newFakeStore()
+	b, l := newBroker(t, broker.Config{Store: store})
+	for range 50 {
+		b.Handle(response("/azure/dud/", 502))
+	}
+	for range 300 {
+		is.True(chosen(t, b.Handle(request("/azure/"))) != "/azure/dud/") // the disable takes effect at once
+	}
+	natstest.Eventually(t, 2*time.Second, func() bool { _, ok := store.entry("/azure/dud/"); return ok }, "disable written")
+	e, _ := store.entry("/azure/dud/")
+	is.Equal(e.Record.Status, 502)
+	is.Equal(e.Record.By, "replica-1")
+	is.Equal(e.Record.Reason, "egress_status_code 502")
+	is.True(e.Record.Until.Sub(e.Record.At) == time.Hour) // DisabledTime
+	is.Equal(store.writeCount(), 1)                       // one write for fifty reports
+	is.Equal(l.count("router disabled"), 1)               // one log line per transition
+}
+
+func TestDisabledRouterComesBackAfterDisabledTime(t *testing.T) {
+	is := is.New(t)
+	b, l := newBroker(t, broker.Config{DisabledTime: 100 * time.Millisecond})
+	b.Handle(response("/azure/dud/", 503))
+	start := time.Now()
+	is.Equal(len(b.Routers("/azure/")), 2)
+	natstest.Eventually(t, 2*time.Second, func() bool { return len(b.Routers("/azure/")) == 3 }, "dud back")
+	is.True(time.Since(start) >= 90*time.Millisecond) // not before its time
+	is.Equal(l.count("router enabled"), 1)
+}
+
+func TestPoolWithEveryRouterDisabledLeavesCallsOnTheIngress(t *testing.T) {
+	is := is.New(t)
+	b, l := newBroker(t, broker.Config{DisabledTime: 200 * time.Millisecond})
+	for _, r := range []string{"/azure/gpt35turbo/", "/azure/gpt4/", "/azure/dud/"} {
+		b.Handle(response(r, 500))
+	}
+	for range 10 {
+		is.Equal(len(b.Handle(request("/azure/"))), 0) // empty reply: gecholog keeps the ingress router
+	}
+	is.Equal(l.count("every router of the pool is disabled; calls stay on the ingress router's own outbound"), 1)
+	natstest.Eventually(t, 2*time.Second, func() bool { return chosen(t, b.Handle(request("/azure/"))) != "" }, "pool usable again")
+	is.Equal(l.count("pool has an enabled router again"), 1)
+}
+
+func TestChoicesAreUniformByDefaultAndFollowWeights(t *testing.T) {
+	const n = 60000
+	for _, tc := range []struct {
+		name    string
+		weights []int
+	}{
+		{"equal", []int{1, 1, 1}},
+		{"weighted", []int{1, 2, 3}},
+		{"one heavy", []int{10, 1, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			pool := broker.Pool{Ingress: "/in/"}
+			total := 0
+			for i, w := range tc.weights {
+				pool.Routers = append(pool.Routers, broker.Router{Path: fmt.Sprintf("/in/r%d/", i), Weight: w})
+				total += w
+			}
+			b, _ := newBroker(t, broker.Config{Pools: []broker.Pool{pool}})
+			counts := map[string]int{}
+			for range n {
+				counts[chosen(t, b.Handle(request("/in/")))]++
+			}
+			for i, w := range tc.weights {
+				got := float64(counts[fmt.Sprintf("/in/r%d/", i)]) / n
+				want := float64(w) / float64(total)
+				// The standard error is at most 0.002 at n=60000: 0.01 is five of them.
+				is.True(got > want-0.01 && got < want+0.01) // share follows the weight
+			}
+		})
+	}
+}
+
+func TestDisablesFromOtherReplicasApplyAndLift(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{})
+	rec := kv.Record{Router: "/azure/gpt4/", Status: 502, At: time.Now(), Until: time.Now().Add(time.Hour), By: "replica-2"}
+	b.Observe(kv.Event{Router: rec.Router, Entry: &kv.Entry{Record: rec, Revision: 7}, Revision: 7})
+	is.Equal(b.Routers("/azure/"), []string{"/azure/gpt35turbo/", "/azure/dud/"})
+	b.Observe(kv.Event{Router: rec.Router, Revision: 8}) // deleted by an operator
+	is.Equal(len(b.Routers("/azure/")), 3)
+}
+
+func TestRecordThatHasEndedDisablesNothing(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{})
+	rec := kv.Record{Router: "/azure/gpt4/", At: time.Now().Add(-time.Hour), Until: time.Now().Add(-time.Minute)}
+	b.Observe(kv.Event{Router: rec.Router, Entry: &kv.Entry{Record: rec, Revision: 3}, Revision: 3})
+	is.Equal(len(b.Routers("/azure/")), 3)
+}
+
+func TestRecordsForRoutersNoPoolKnowsAreIgnored(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{})
+	rec := kv.Record{Router: "/other/x/", Until: time.Now().Add(time.Hour)}
+	b.Observe(kv.Event{Router: rec.Router, Entry: &kv.Entry{Record: rec, Revision: 3}, Revision: 3})
+	is.Equal(len(b.Routers("/azure/")), 3)
+}
+
+func TestOlderDeletionDoesNotUndoOwnDisableOnItsWay(t *testing.T) {
+	is := is.New(t)
+	store := newFakeStore()
+	store.failing = 1000 // the write never lands
+	b, _ := newBroker(t, broker.Config{Store: store})
+	b.Handle(response("/azure/dud/", 502))
+	b.Observe(kv.Event{Router: "/azure/dud/", Revision: 4}) // an expiry from an earlier disable arrives late
+	is.Equal(len(b.Routers("/azure/")), 2)
+}
+
+func TestLosingTheRaceAdoptsTheOtherReplicasDisable(t *testing.T) {
+	is := is.New(t)
+	store := newFakeStore()
+	winner := kv.Record{Router: "/azure/dud/", Status: 504, At: time.Now(), Until: time.Now().Add(30 * time.Minute), By: "replica-2"}
+	store.put(winner)
+	b, _ := newBroker(t, broker.Config{Store: store})
+	b.Handle(response("/azure/dud/", 502))
+	natstest.Eventually(t, 2*time.Second, func() bool { return !strings.Contains(fmt.Sprint(b.Routers("/azure/")), "dud") }, "dud disabled")
+	natstest.Eventually(t, 2*time.Second, func() bool {
+		e, _ := store.entry("/azure/dud/")
+		return e.Record.By == "replica-2"
+	}, "winner kept")
+	is.Equal(store.writeCount(), 1) // only the winner's write
+}
+
+func TestEndedRecordStillInTheBucketIsReplaced(t *testing.T) {
+	is := is.New(t)
+	store := newFakeStore()
+	store.put(kv.Record{Router: "/azure/dud/", Until: time.Now().Add(-time.Second), By: "replica-2"})
+	b, _ := newBroker(t, broker.Config{Store: store})
+	b.Handle(response("/azure/dud/", 502))
+	natstest.Eventually(t, 2*time.Second, func() bool {
+		e, _ := store.entry("/azure/dud/")
+		return e.Record.By == "replica-1"
+	}, "new disable written over the ended one")
+	is.Equal(store.writeCount(), 2)
+}
+
+func TestWriteIsRetriedWhenTheStoreFails(t *testing.T) {
+	store := newFakeStore()
+	store.failing = 3
+	b, l := newBroker(t, broker.Config{Store: store})
+	b.Handle(response("/azure/dud/", 502))
+	natstest.Eventually(t, 5*time.Second, func() bool { _, ok := store.entry("/azure/dud/"); return ok }, "disable written after retries")
+	is.New(t).Equal(l.count("could not write disable to the bucket; other replicas keep using the router until it is written; retrying"), 1)
+}
