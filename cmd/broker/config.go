@@ -1,0 +1,313 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gecholog/broker/broker"
+)
+
+// config holds every setting of the serve command.
+type config struct {
+	server       string // NATS URL(s), resolved from NATS_URL or GECHOLOG_HOST
+	gechologHost string
+	token        string
+	user         string
+	password     string
+	creds        string
+	nkey         string
+	tlsCert      string
+	tlsKey       string
+	tlsCA        string
+
+	subject      string
+	queue        string
+	bucket       string
+	kvReplicas   int
+	disabledTime time.Duration
+	poolsFile    string
+	pools        []broker.Pool
+	id           string
+
+	logLevel  string
+	logFormat string
+
+	embedded       bool
+	embeddedListen string
+	embeddedStore  string
+}
+
+// settings registers flags whose defaults come from the environment, so a
+// flag wins over its variable and the variable over the built-in default.
+type settings struct {
+	fs     *flag.FlagSet
+	getenv func(string) string
+	err    error // the first bad environment value
+}
+
+func newSettings(name string, getenv func(string) string) *settings {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned as one line; -h prints usage itself
+	return &settings{fs: fs, getenv: getenv}
+}
+
+// value registers v under flag name and environment variable env. The flag
+// is registered before the variable is applied, so -h shows the built-in
+// default and never a secret from the environment.
+func (s *settings) value(v flag.Value, name, env, usage string) {
+	if env != "" {
+		usage += " (env " + env + ")"
+	}
+	s.fs.Var(v, name, usage)
+	if e := s.getenv(env); env != "" && e != "" {
+		if err := v.Set(e); err != nil && s.err == nil {
+			s.err = fmt.Errorf("environment variable %s=%q: %w", env, e, err)
+		}
+	}
+}
+
+func (s *settings) string(p *string, name, env, def, usage string) {
+	*p = def
+	s.value((*stringValue)(p), name, env, usage)
+}
+
+func (s *settings) int(p *int, name, env string, def, lo, hi int, usage string) {
+	*p = def
+	s.value(&intValue{p: p, lo: lo, hi: hi}, name, env, usage)
+}
+
+func (s *settings) bool(p *bool, name, env string, usage string) {
+	s.value((*boolValue)(p), name, env, usage)
+}
+
+func (s *settings) minutes(p *time.Duration, name, env string, def float64, usage string) {
+	*p = time.Duration(def * float64(time.Minute))
+	s.value((*minutesValue)(p), name, env, usage)
+}
+
+// parse reads args; -h prints the usage to stdout and gives flag.ErrHelp.
+func (s *settings) parse(args []string, stdout io.Writer) error {
+	if s.err != nil {
+		return s.err
+	}
+	err := s.fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stdout, "Usage of broker %s:\n", s.fs.Name())
+		s.fs.SetOutput(stdout)
+		s.fs.PrintDefaults()
+	}
+	if err != nil {
+		return err
+	}
+	if s.fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", s.fs.Arg(0))
+	}
+	return nil
+}
+
+type stringValue string
+
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+func (v *stringValue) String() string     { return string(*v) }
+
+type boolValue bool
+
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return errors.New("not true or false")
+	}
+	*v = boolValue(b)
+	return nil
+}
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
+
+type intValue struct {
+	p      *int
+	lo, hi int
+}
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < v.lo || n > v.hi {
+		return fmt.Errorf("not a whole number from %d to %d", v.lo, v.hi)
+	}
+	*v.p = n
+	return nil
+}
+
+func (v *intValue) String() string {
+	if v == nil || v.p == nil {
+		return "0"
+	}
+	return strconv.Itoa(*v.p)
+}
+
+// maxMinutes is a year: longer is surely a typo, and far longer would
+// overflow time.Duration.
+const maxMinutes = 365 * 24 * 60
+
+// minutesValue is DISABLED_TIME: minutes, fractions allowed, as the
+// original broker read it.
+type minutesValue time.Duration
+
+func (v *minutesValue) Set(s string) error {
+	m, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || math.IsNaN(m) || m <= 0 || m > maxMinutes {
+		return fmt.Errorf("not a number of minutes above 0 and at most %d (fractions allowed, e.g. 0.5)", maxMinutes)
+	}
+	d := time.Duration(m * float64(time.Minute))
+	if d < time.Second {
+		return errors.New("less than a second: JetStream keeps TTLs in whole seconds")
+	}
+	*v = minutesValue(d)
+	return nil
+}
+
+func (v *minutesValue) String() string {
+	if v == nil {
+		return "0"
+	}
+	return strconv.FormatFloat(time.Duration(*v).Minutes(), 'f', -1, 64)
+}
+
+var (
+	// A NATS subject: dot-separated tokens without white space; wildcards
+	// are allowed for a subscription.
+	subjectRE = regexp.MustCompile(`^[^.\s]+(\.[^.\s]+)*$`)
+	// JetStream bucket names.
+	bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
+)
+
+// parseServe reads the serve command's settings.
+func parseServe(args []string, getenv func(string) string, stdout io.Writer) (config, error) {
+	var c config
+	s := newSettings("serve", getenv)
+	s.string(&c.server, "server", "NATS_URL", "", "NATS server `URLs`, comma separated; wins over GECHOLOG_HOST")
+	s.string(&c.gechologHost, "gecholog-host", "GECHOLOG_HOST", "", "gecholog `host`; the broker connects to nats://HOST:4222 (default localhost)")
+	s.string(&c.token, "token", "NATS_TOKEN", "", "NATS `token`, as gecholog's service bus uses")
+	s.string(&c.user, "user", "NATS_USER", "", "NATS `user` name")
+	s.string(&c.password, "password", "NATS_PASSWORD", "", "NATS `password`")
+	s.string(&c.creds, "creds", "NATS_CREDS", "", "NATS credentials `file` (JWT and seed)")
+	s.string(&c.nkey, "nkey", "NATS_NKEY", "", "NATS nkey seed `file`")
+	s.string(&c.tlsCert, "tlscert", "NATS_CERT", "", "TLS client certificate `file`")
+	s.string(&c.tlsKey, "tlskey", "NATS_KEY", "", "TLS client key `file`")
+	s.string(&c.tlsCA, "tlsca", "NATS_CA", "", "TLS certificate authority `file` for verifying the server")
+	s.string(&c.subject, "subject", "BROKER_SUBJECT", "coburn.gl.broker", "`subject` gecholog sends the broker's processor calls to")
+	s.string(&c.queue, "queue", "BROKER_QUEUE", "broker", "`queue` group the replicas share calls in")
+	s.string(&c.bucket, "bucket", "BROKER_BUCKET", "gl_broker", "JetStream KV `bucket` holding disabled routers")
+	s.int(&c.kvReplicas, "kv-replicas", "BROKER_KV_REPLICAS", 1, 1, 5, "`replicas` of the bucket when the broker creates it (3 on a NATS cluster)")
+	s.minutes(&c.disabledTime, "disabled-time", "DISABLED_TIME", 10, "`minutes` a failed router stays out of its pool, fractions allowed")
+	s.string(&c.poolsFile, "pools", "BROKER_POOLS", "", "pools `file` (JSON); default: /azure/ over /azure/gpt35turbo/, /azure/gpt4/ and /azure/dud/")
+	s.string(&c.id, "id", "BROKER_ID", defaultID(), "`name` of this replica in the records it writes")
+	s.string(&c.logLevel, "log-level", "BROKER_LOG_LEVEL", "info", "`level`: debug, info, warn or error")
+	s.string(&c.logFormat, "log-format", "BROKER_LOG_FORMAT", "text", "`format`: text or json")
+	s.bool(&c.embedded, "embedded-nats", "BROKER_EMBEDDED_NATS", "start an in-process nats-server with JetStream and serve on it")
+	s.string(&c.embeddedListen, "embedded-listen", "BROKER_EMBEDDED_LISTEN", "127.0.0.1:4222", "listen `address` of the embedded nats-server")
+	s.string(&c.embeddedStore, "embedded-store", "BROKER_EMBEDDED_STORE", defaultStore(), "JetStream store `directory` of the embedded nats-server")
+	if err := s.parse(args, stdout); err != nil {
+		return c, err
+	}
+	return c, c.resolve()
+}
+
+// resolve checks the settings and derives the rest.
+func (c *config) resolve() error {
+	if c.server == "" {
+		host := c.gechologHost
+		if host == "" {
+			host = "localhost"
+		}
+		c.server = "nats://" + host + ":4222"
+	}
+	switch {
+	case !subjectRE.MatchString(c.subject):
+		return fmt.Errorf("subject %q: not a NATS subject (dot-separated tokens, no spaces)", c.subject)
+	case strings.ContainsAny(c.queue, " \t\r\n.*>") || c.queue == "":
+		return fmt.Errorf("queue %q: a queue group is one token without spaces, dots or wildcards", c.queue)
+	case !bucketRE.MatchString(c.bucket):
+		return fmt.Errorf("bucket %q: a bucket name holds only letters, digits, - and _", c.bucket)
+	case c.id == "":
+		return errors.New("id: give this replica a name")
+	case (c.tlsCert == "") != (c.tlsKey == ""):
+		return errors.New("tlscert and tlskey: give both or neither")
+	case c.user != "" && c.token != "":
+		return errors.New("user and token: NATS takes one of them; unset NATS_TOKEN or NATS_USER")
+	}
+	if _, err := logLevel(c.logLevel); err != nil {
+		return err
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return fmt.Errorf("log-format %q: text or json", c.logFormat)
+	}
+	c.pools = broker.DefaultPools()
+	if c.poolsFile != "" {
+		p, err := readPools(c.poolsFile)
+		if err != nil {
+			return fmt.Errorf("pools %s: %w", c.poolsFile, err)
+		}
+		c.pools = p
+	}
+	return nil
+}
+
+// maxPoolsFile bounds what the broker reads: a pools file is a few
+// kilobytes even with a thousand routers.
+const maxPoolsFile = 1 << 20
+
+func readPools(path string) ([]broker.Pool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxPoolsFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxPoolsFile {
+		return nil, fmt.Errorf("larger than %d bytes; is it the right file?", maxPoolsFile)
+	}
+	return broker.ReadPools(strings.NewReader(string(data)))
+}
+
+func logLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("log-level %q: debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func newLogger(c config, w io.Writer) *slog.Logger {
+	level, _ := logLevel(c.logLevel) // checked in resolve
+	opts := &slog.HandlerOptions{Level: level}
+	if c.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// defaultID names a replica by host and process: container hosts are
+// unique, and the pid tells processes on one host apart.
+func defaultID() string {
+	h, err := os.Hostname()
+	if err != nil {
+		h = "broker"
+	}
+	return h + ":" + strconv.Itoa(os.Getpid())
+}
+
+func defaultStore() string {
+	return os.TempDir() + string(os.PathSeparator) + "broker-jetstream"
+}

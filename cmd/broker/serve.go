@@ -1,0 +1,249 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/kv"
+)
+
+func serveCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	c, err := parseServe(args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, c, newLogger(c, stderr), nil)
+}
+
+// enableJetStream is the fix the broker names when the server has no
+// JetStream, as gecholog's stock nats-server.conf has none.
+const enableJetStream = `add "jetstream { store_dir: /app/working/jetstream }" to gecholog's /app/conf/nats-server.conf (this repository's nats-server.conf does) and restart gecholog`
+
+// serve runs one replica until ctx ends, then stops taking calls, finishes
+// those in flight and returns nil. ready, if not nil, is called once the
+// replica answers calls, with the replica's broker.
+func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.Broker)) error {
+	opts, err := natsOptions(c, log)
+	if err != nil {
+		return err
+	}
+	if c.embedded {
+		s, err := startEmbedded(c, log)
+		if err != nil {
+			return err
+		}
+		defer func() { s.Shutdown(); s.WaitForShutdown() }()
+		c.server = s.ClientURL()
+	}
+
+	nc, err := connect(ctx, c.server, opts, log)
+	if err != nil {
+		return nil // ctx ended while waiting for the server: a clean stop
+	}
+	defer nc.Close()
+
+	var store *kv.Store
+	var bstore broker.Store // stays a nil interface in local mode
+	mode := "local"
+	store, err = attach(ctx, nc, c, log)
+	switch {
+	case errors.Is(err, kv.ErrNoJetStream):
+		log.Warn("JetStream is not enabled on the NATS server: serving in local mode, where each replica keeps its own disables as the original broker did; to share them, "+enableJetStream,
+			slog.String("server", nc.ConnectedUrlRedacted()))
+	case err != nil:
+		return nil // ctx ended
+	default:
+		defer store.Close()
+		bstore = store
+		mode = store.Mode().String()
+	}
+
+	b, err := broker.New(broker.Config{
+		Pools:        c.pools,
+		DisabledTime: c.disabledTime,
+		ID:           c.id,
+		Store:        bstore,
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	if store != nil {
+		// The view is complete before the first call is answered.
+		if err := store.Watch(ctx, b.Observe); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("load router health from bucket %q: %w", c.bucket, err)
+		}
+	}
+
+	sub, err := nc.QueueSubscribe(c.subject, c.queue, func(m *nats.Msg) {
+		reply := b.Handle(m.Data)
+		if m.Reply != "" {
+			_ = m.Respond(reply) // fails only when the connection is closed
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe to %q: %w", c.subject, err)
+	}
+	closed := sub.StatusChanged(nats.SubscriptionClosed)
+	if err := nc.Flush(); err != nil {
+		return fmt.Errorf("subscribe to %q: %w", c.subject, err)
+	}
+	log.Info("serving",
+		slog.String("subject", c.subject), slog.String("queue", c.queue),
+		slog.String("bucket", c.bucket), slog.String("ttl_mode", mode),
+		slog.Int("pools", len(c.pools)), slog.Duration("disabled_time", c.disabledTime),
+		slog.String("id", c.id), slog.String("server", nc.ConnectedUrlRedacted()))
+	if ready != nil {
+		ready(b)
+	}
+
+	<-ctx.Done()
+	log.Info("stopping: finishing calls in flight")
+	if err := sub.Drain(); err == nil {
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			log.Warn("calls still in flight after 10s; stopping anyway")
+		}
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b.Close(wctx)
+	_ = nc.Flush()
+	log.Info("stopped")
+	return nil
+}
+
+// natsOptions turns the connection settings into nats.go options. Files are
+// checked here so that a wrong path stops startup with one clear line
+// instead of failing every reconnect.
+func natsOptions(c config, log *slog.Logger) ([]nats.Option, error) {
+	for _, f := range []struct{ setting, path string }{
+		{"creds", c.creds}, {"nkey", c.nkey}, {"tlscert", c.tlsCert}, {"tlskey", c.tlsKey}, {"tlsca", c.tlsCA},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return nil, fmt.Errorf("%s: %w", f.setting, err)
+		}
+	}
+	opts := []nats.Option{
+		nats.Name("gecholog-broker " + c.id),
+		nats.MaxReconnects(-1), // as the original: never give up on the gateway's bus
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("disconnected from NATS; reconnecting", slog.Any("error", err))
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", slog.String("server", nc.ConnectedUrlRedacted()))
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			attrs := []any{slog.Any("error", err)}
+			if sub != nil {
+				attrs = append(attrs, slog.String("subject", sub.Subject))
+			}
+			log.Error("NATS error", attrs...)
+		}),
+	}
+	if c.token != "" {
+		opts = append(opts, nats.Token(c.token))
+	}
+	if c.user != "" {
+		opts = append(opts, nats.UserInfo(c.user, c.password))
+	}
+	if c.creds != "" {
+		opts = append(opts, nats.UserCredentials(c.creds))
+	}
+	if c.nkey != "" {
+		o, err := nats.NkeyOptionFromSeed(c.nkey)
+		if err != nil {
+			return nil, fmt.Errorf("nkey %s: %w", c.nkey, err)
+		}
+		opts = append(opts, o)
+	}
+	if c.tlsCert != "" {
+		opts = append(opts, nats.ClientCert(c.tlsCert, c.tlsKey))
+	}
+	if c.tlsCA != "" {
+		opts = append(opts, nats.RootCAs(c.tlsCA))
+	}
+	return opts, nil
+}
+
+// connect dials until the server answers or ctx ends. Failures are logged
+// when they start and then every half minute, not every second.
+func connect(ctx context.Context, server string, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
+	for attempt := 0; ; attempt++ {
+		nc, err := nats.Connect(server, opts...)
+		if err == nil {
+			return nc, nil
+		}
+		if attempt%30 == 0 {
+			hint := "is the server running and reachable? set NATS_URL or GECHOLOG_HOST"
+			if errors.Is(err, nats.ErrAuthorization) {
+				hint = "the server refused the credentials: check NATS_TOKEN (or NATS_USER, NATS_CREDS, NATS_NKEY)"
+			}
+			log.Warn("cannot connect to NATS; retrying every second", slog.String("server", redact(server)),
+				slog.Any("error", err), slog.String("hint", hint))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// attach opens the bucket, retrying until ctx ends. A server without
+// JetStream gives kv.ErrNoJetStream at once.
+func attach(ctx context.Context, nc *nats.Conn, c config, log *slog.Logger) (*kv.Store, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	for attempt := 0; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		store, err := kv.Open(actx, js, kv.Config{Bucket: c.bucket, Replicas: c.kvReplicas, Owner: c.id, Logger: log})
+		cancel()
+		if err == nil || errors.Is(err, kv.ErrNoJetStream) {
+			return store, err
+		}
+		if attempt%30 == 0 {
+			log.Warn("cannot open the router health bucket; retrying", slog.String("bucket", c.bucket), slog.Any("error", err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// redact removes user information from NATS URLs before they are logged.
+func redact(servers string) string {
+	parts := strings.Split(servers, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			u.User = url.User("redacted")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
+}
