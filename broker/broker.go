@@ -53,9 +53,16 @@ type Broker struct {
 	stopWrites   context.CancelFunc
 	writeContext context.Context
 
-	mu       sync.Mutex
-	disabled map[string]disable // the view: routers out of their pools
-	timer    *time.Timer        // fires at the earliest Until in disabled
+	mu          sync.Mutex
+	disabled    map[string]disable // the view: routers out of their pools
+	timer       *time.Timer        // fires at the earliest Until in disabled
+	transitions map[transition]uint64
+
+	calls       [numOutcomes]atomic.Uint64
+	kvWrites    atomic.Uint64
+	kvErrors    atomic.Uint64
+	watchEvents atomic.Uint64
+	lastWatch   atomic.Int64 // unix nanoseconds
 }
 
 // disable is one router's entry in the view.
@@ -69,6 +76,7 @@ type disable struct {
 type pool struct {
 	ingress  string
 	routers  []Router
+	chosen   []atomic.Uint64 // choices by index in routers
 	live     atomic.Pointer[choice]
 	stranded bool // every router disabled; guarded by Broker.mu
 }
@@ -79,6 +87,7 @@ type choice struct {
 	routers []string
 	replies [][]byte // the encoded answer for each router
 	cum     []int    // cumulative weights
+	index   []int    // each router's index in pool.routers
 }
 
 // New validates cfg and returns a Broker with every router enabled.
@@ -105,9 +114,10 @@ func New(cfg Config) (*Broker, error) {
 		writeContext: ctx,
 		stopWrites:   cancel,
 		disabled:     map[string]disable{},
+		transitions:  map[transition]uint64{},
 	}
 	for _, pc := range cfg.Pools {
-		p := &pool{ingress: pc.Ingress, routers: pc.Routers}
+		p := &pool{ingress: pc.Ingress, routers: pc.Routers, chosen: make([]atomic.Uint64, len(pc.Routers))}
 		b.pools[p.ingress] = p
 		for _, r := range p.routers {
 			b.member[r.Path] = append(b.member[r.Path], p)
@@ -124,6 +134,7 @@ func New(cfg Config) (*Broker, error) {
 func (b *Broker) Handle(data []byte) []byte {
 	m, err := parse(data)
 	if err != nil {
+		b.calls[Malformed].Add(1)
 		b.malformed.do(func(suppressed int) {
 			b.log.Warn("ignoring malformed processor message",
 				slog.Any("error", err), slog.Int("suppressed_since_last", suppressed))
@@ -134,7 +145,10 @@ func (b *Broker) Handle(data []byte) []byte {
 		return b.choose(*m.GLPath)
 	}
 	if Failure(*m.Status) {
+		b.calls[Failed].Add(1)
 		b.fail(*m.GLPath, *m.Status)
+	} else {
+		b.calls[Succeeded].Add(1)
 	}
 	return nil
 }
@@ -142,6 +156,7 @@ func (b *Broker) Handle(data []byte) []byte {
 func (b *Broker) choose(ingress string) []byte {
 	p := b.pools[ingress]
 	if p == nil {
+		b.calls[NotIngress].Add(1)
 		if b.log.Enabled(context.Background(), slog.LevelDebug) {
 			b.log.Debug("not an ingress; leaving the call alone", slog.String("gl_path", ingress))
 		}
@@ -149,6 +164,7 @@ func (b *Broker) choose(ingress string) []byte {
 	}
 	c := p.live.Load()
 	if len(c.routers) == 0 {
+		b.calls[Stranded].Add(1)
 		return nil
 	}
 	i := 0
@@ -156,6 +172,8 @@ func (b *Broker) choose(ingress string) []byte {
 		n := rand.IntN(c.cum[len(c.cum)-1])
 		i = sort.Search(len(c.cum), func(i int) bool { return c.cum[i] > n })
 	}
+	b.calls[Chosen].Add(1)
+	p.chosen[c.index[i]].Add(1)
 	if b.log.Enabled(context.Background(), slog.LevelDebug) {
 		b.log.Debug("chose router", slog.String("ingress", ingress), slog.String("router", c.routers[i]))
 	}
@@ -225,6 +243,7 @@ func (b *Broker) tryWrite(rec kv.Record) error {
 	ctx, cancel := context.WithTimeout(b.writeContext, 5*time.Second)
 	defer cancel()
 	rev, err := b.store.Create(ctx, rec)
+	b.countWrite(err)
 	if errors.Is(err, kv.ErrExists) {
 		var e kv.Entry
 		if e, err = b.store.Get(ctx, rec.Router); err != nil {
@@ -237,6 +256,7 @@ func (b *Broker) tryWrite(rec kv.Record) error {
 		// An ended disable whose key is not gone yet: TTLs end on whole
 		// seconds, and without TTLs the janitor deletes a little later.
 		rev, err = b.store.Update(ctx, rec, e.Revision)
+		b.countWrite(err)
 	}
 	if err != nil {
 		return err
@@ -248,6 +268,8 @@ func (b *Broker) tryWrite(rec kv.Record) error {
 // Observe applies a change from the shared bucket to this replica's view.
 // Changes to routers no pool knows are ignored.
 func (b *Broker) Observe(ev kv.Event) {
+	b.watchEvents.Add(1)
+	b.lastWatch.Store(time.Now().UnixNano())
 	if b.member[ev.Router] == nil {
 		return
 	}
@@ -277,10 +299,16 @@ func (b *Broker) set(router string, d *disable, now time.Time) {
 		if !was {
 			return
 		}
+		cause := "deleted"
+		if old := b.disabled[router]; !old.rec.ActiveAt(now) {
+			cause = "expired"
+		}
 		delete(b.disabled, router)
-		b.log.Info("router enabled", slog.String("router", router))
+		b.transitions[transition{router, "enabled", cause}]++
+		b.log.Info("router enabled", slog.String("router", router), slog.String("cause", cause))
 	} else {
 		if !was {
+			b.transitions[transition{router, "disabled", disableReason(d.rec)}]++
 			b.log.Warn("router disabled",
 				slog.String("router", router), slog.Int("status", d.rec.Status),
 				slog.String("reason", d.rec.Reason), slog.Time("until", d.rec.Until),
@@ -313,7 +341,7 @@ func (b *Broker) rebuild(p *pool, now time.Time) {
 func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 	c := &choice{}
 	total := 0
-	for _, r := range p.routers {
+	for i, r := range p.routers {
 		if d, ok := b.disabled[r.Path]; ok && d.rec.ActiveAt(now) {
 			continue
 		}
@@ -321,6 +349,7 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 		c.routers = append(c.routers, r.Path)
 		c.replies = append(c.replies, reply(r.Path))
 		c.cum = append(c.cum, total)
+		c.index = append(c.index, i)
 	}
 	return c
 }

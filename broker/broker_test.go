@@ -380,3 +380,36 @@ func TestWriteIsRetriedWhenTheStoreFails(t *testing.T) {
 	natstest.Eventually(t, 5*time.Second, func() bool { _, ok := store.entry("/azure/dud/"); return ok }, "disable written after retries")
 	is.New(t).Equal(l.count("could not write disable to the bucket; other replicas keep using the router until it is written; retrying"), 1)
 }
+
+func TestStatsCountCallsChoicesTransitionsAndWrites(t *testing.T) {
+	is := is.New(t)
+	store := newFakeStore()
+	b, _ := newBroker(t, broker.Config{Store: store})
+	for range 10 {
+		b.Handle(request("/azure/"))
+	}
+	b.Handle(request("/other/"))
+	b.Handle([]byte("nope"))
+	b.Handle(response("/azure/gpt4/", 200))
+	b.Handle(response("/azure/dud/", 502))
+	b.Handle(response("/azure/dud/", 502))
+	natstest.Eventually(t, 2*time.Second, func() bool { return b.Stats().KVWrites == 1 }, "one KV write")
+
+	s := b.Stats()
+	is.Equal(s.Calls[broker.Chosen], uint64(10))
+	is.Equal(s.Calls[broker.NotIngress], uint64(1))
+	is.Equal(s.Calls[broker.Malformed], uint64(1))
+	is.Equal(s.Calls[broker.Succeeded], uint64(1))
+	is.Equal(s.Calls[broker.Failed], uint64(2))
+	var chosen uint64
+	for _, c := range s.Choices {
+		is.Equal(c.Ingress, "/azure/")
+		chosen += c.N
+	}
+	is.Equal(chosen, uint64(10)) // every choice counted once, by router
+	is.Equal(s.Disabled, 1)
+	is.Equal(s.KVErrors, uint64(0))
+	is.Equal(s.Transitions, []broker.Count{{Router: "/azure/dud/", To: "disabled", Reason: "status_502", N: 1}})
+	is.Equal(broker.Chosen.Context(), "request")
+	is.Equal(broker.Failed.String(), "failure")
+}

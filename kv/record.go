@@ -14,6 +14,8 @@ const RecordVersion = 1
 //
 //	{"v":1,"router":"/azure/dud/","status":502,"reason":"egress status 502",
 //	 "at":"2026-11-25T12:00:00Z","until":"2026-11-25T12:10:00Z","by":"broker-7f9c:1"}
+//
+// An operator's disable adds "manual":true and may leave out "until".
 type Record struct {
 	Version int    `json:"v"`
 	Router  string `json:"router"`
@@ -27,6 +29,9 @@ type Record struct {
 	Until time.Time `json:"until,omitzero"`
 	// By names the replica (or person) that wrote the record.
 	By string `json:"by"`
+	// Manual marks a disable set by an operator: automatic logic never
+	// lifts it early, overwrites it or probes the router.
+	Manual bool `json:"manual,omitempty"`
 }
 
 // ActiveAt reports whether the record still disables its router at t.

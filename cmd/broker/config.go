@@ -37,6 +37,8 @@ type config struct {
 	poolsFile    string
 	pools        []broker.Pool
 	id           string
+	glConfig     string // gl_config.json to check at startup
+	metricsAddr  string
 
 	logLevel  string
 	logFormat string
@@ -189,10 +191,9 @@ var (
 	bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 )
 
-// parseServe reads the serve command's settings.
-func parseServe(args []string, getenv func(string) string, stdout io.Writer) (config, error) {
-	var c config
-	s := newSettings("serve", getenv)
+// connection registers the settings every command that talks to NATS
+// shares: where the server is, how to authenticate, and the bucket.
+func (s *settings) connection(c *config) {
 	s.string(&c.server, "server", "NATS_URL", "", "NATS server `URLs`, comma separated; wins over GECHOLOG_HOST")
 	s.string(&c.gechologHost, "gecholog-host", "GECHOLOG_HOST", "", "gecholog `host`; the broker connects to nats://HOST:4222 (default localhost)")
 	s.string(&c.token, "token", "NATS_TOKEN", "", "NATS `token`, as gecholog's service bus uses")
@@ -203,15 +204,24 @@ func parseServe(args []string, getenv func(string) string, stdout io.Writer) (co
 	s.string(&c.tlsCert, "tlscert", "NATS_CERT", "", "TLS client certificate `file`")
 	s.string(&c.tlsKey, "tlskey", "NATS_KEY", "", "TLS client key `file`")
 	s.string(&c.tlsCA, "tlsca", "NATS_CA", "", "TLS certificate authority `file` for verifying the server")
-	s.string(&c.subject, "subject", "BROKER_SUBJECT", "coburn.gl.broker", "`subject` gecholog sends the broker's processor calls to")
-	s.string(&c.queue, "queue", "BROKER_QUEUE", "broker", "`queue` group the replicas share calls in")
 	s.string(&c.bucket, "bucket", "BROKER_BUCKET", "gl_broker", "JetStream KV `bucket` holding disabled routers")
-	s.int(&c.kvReplicas, "kv-replicas", "BROKER_KV_REPLICAS", 1, 1, 5, "`replicas` of the bucket when the broker creates it (3 on a NATS cluster)")
-	s.minutes(&c.disabledTime, "disabled-time", "DISABLED_TIME", 10, "`minutes` a failed router stays out of its pool, fractions allowed")
 	s.string(&c.poolsFile, "pools", "BROKER_POOLS", "", "pools `file` (JSON); default: /azure/ over /azure/gpt35turbo/, /azure/gpt4/ and /azure/dud/")
-	s.string(&c.id, "id", "BROKER_ID", defaultID(), "`name` of this replica in the records it writes")
 	s.string(&c.logLevel, "log-level", "BROKER_LOG_LEVEL", "info", "`level`: debug, info, warn or error")
 	s.string(&c.logFormat, "log-format", "BROKER_LOG_FORMAT", "text", "`format`: text or json")
+}
+
+// parseServe reads the serve command's settings.
+func parseServe(args []string, getenv func(string) string, stdout io.Writer) (config, error) {
+	var c config
+	s := newSettings("serve", getenv)
+	s.connection(&c)
+	s.string(&c.subject, "subject", "BROKER_SUBJECT", "coburn.gl.broker", "`subject` gecholog sends the broker's processor calls to")
+	s.string(&c.queue, "queue", "BROKER_QUEUE", "broker", "`queue` group the replicas share calls in")
+	s.int(&c.kvReplicas, "kv-replicas", "BROKER_KV_REPLICAS", 1, 1, 5, "`replicas` of the bucket when the broker creates it (3 on a NATS cluster)")
+	s.minutes(&c.disabledTime, "disabled-time", "DISABLED_TIME", 10, "`minutes` a failed router stays out of its pool, fractions allowed")
+	s.string(&c.id, "id", "BROKER_ID", defaultID(), "`name` of this replica in the records it writes")
+	s.string(&c.glConfig, "gl-config", "BROKER_GL_CONFIG", "", "gecholog's gl_config.json `file`: refuse to start when it does not route the pools through this broker")
+	s.string(&c.metricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for /metrics, /healthz and /readyz (off when empty)")
 	s.bool(&c.embedded, "embedded-nats", "BROKER_EMBEDDED_NATS", "start an in-process nats-server with JetStream and serve on it")
 	s.string(&c.embeddedListen, "embedded-listen", "BROKER_EMBEDDED_LISTEN", "127.0.0.1:4222", "listen `address` of the embedded nats-server")
 	s.string(&c.embeddedStore, "embedded-store", "BROKER_EMBEDDED_STORE", defaultStore(), "JetStream store `directory` of the embedded nats-server")

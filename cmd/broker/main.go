@@ -1,7 +1,11 @@
 // Command broker is the gecholog load-balancing and failover processor.
 //
-//	broker [flags]          serve: answer gecholog's processor calls
-//	broker demo             a self-contained run with nothing installed
+//	broker [flags]                      serve: answer gecholog's processor calls
+//	broker demo                         a self-contained run with nothing installed
+//	broker status [--json]              every pool and router with its state
+//	broker disable ROUTER [--for D]     take a router out by hand, on every replica
+//	broker enable ROUTER                lift any disable now, on every replica
+//	broker check [gl_config.json]       do the pools and gecholog's config agree?
 //
 // Run "broker -h" for the settings; each is a flag and an environment
 // variable.
@@ -40,8 +44,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = serveCommand(ctx, args, getenv, stdout, stderr)
 	case "demo":
 		err = demoCommand(ctx, args, getenv, stdout, stderr)
+	case "status":
+		err = statusCommand(ctx, args, getenv, stdout, stderr)
+	case "disable":
+		err = disableCommand(ctx, args, getenv, stdout, stderr)
+	case "enable":
+		err = enableCommand(ctx, args, getenv, stdout, stderr)
+	case "check":
+		err = checkCommand(ctx, args, getenv, stdout, stderr)
 	default:
-		return fmt.Errorf("unknown command %q: the commands are serve (the default) and demo", cmd)
+		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable and check", cmd)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return nil

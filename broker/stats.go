@@ -1,0 +1,117 @@
+package broker
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/gecholog/broker/kv"
+)
+
+// Outcome is what became of one processor call.
+type Outcome int
+
+// The outcomes of a call, by context.
+const (
+	Chosen     Outcome = iota // request context: answered with a router
+	Stranded                  // request context: every router of the pool disabled, answered empty
+	NotIngress                // request context: not an ingress, answered empty
+	Succeeded                 // response context: not a failure
+	Failed                    // response context: a failure
+	Malformed                 // unreadable message
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"chosen", "stranded", "not_ingress", "success", "failure", "malformed"}
+
+func (o Outcome) String() string {
+	if o >= 0 && o < numOutcomes {
+		return outcomeNames[o]
+	}
+	return "Outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// Context is the processor context of the outcome: "request", "response"
+// or "unknown" for a malformed message.
+func (o Outcome) Context() string {
+	switch o {
+	case Chosen, Stranded, NotIngress:
+		return "request"
+	case Succeeded, Failed:
+		return "response"
+	}
+	return "unknown"
+}
+
+// transition counts a router's changes in this replica's view.
+type transition struct{ router, to, reason string }
+
+// disableReason names why a record disables its router, for metrics: the
+// status class it was set for, or "manual".
+func disableReason(r kv.Record) string {
+	switch {
+	case r.Manual:
+		return "manual"
+	case r.Status == 0:
+		return "other"
+	default:
+		return "status_" + strconv.Itoa(r.Status)
+	}
+}
+
+// Stats is a snapshot of what a replica has done since it started.
+type Stats struct {
+	Calls       [numOutcomes]uint64 // by Outcome
+	Choices     []Count             // by ingress and router
+	Transitions []Count             // disables and enables in this replica's view, by router and reason
+	Disabled    int                 // routers disabled now
+	KVWrites    uint64              // writes to the bucket, including failed ones
+	KVErrors    uint64              // writes that failed (a lost compare-and-set race is not an error)
+	WatchEvents uint64              // changes heard from the bucket
+	LastWatch   time.Time           // when the last one arrived; zero if none has
+}
+
+// Count is one labelled counter of Stats.
+type Count struct {
+	Ingress, Router string // Choices
+	To, Reason      string // Transitions: To is "disabled" or "enabled"
+	N               uint64
+}
+
+// Stats returns a snapshot of the replica's counters.
+func (b *Broker) Stats() Stats {
+	var s Stats
+	for i := range s.Calls {
+		s.Calls[i] = b.calls[i].Load()
+	}
+	for _, p := range b.pools {
+		for i, r := range p.routers {
+			s.Choices = append(s.Choices, Count{Ingress: p.ingress, Router: r.Path, N: p.chosen[i].Load()})
+		}
+	}
+	s.KVWrites = b.kvWrites.Load()
+	s.KVErrors = b.kvErrors.Load()
+	s.WatchEvents = b.watchEvents.Load()
+	if ns := b.lastWatch.Load(); ns != 0 {
+		s.LastWatch = time.Unix(0, ns)
+	}
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for t, n := range b.transitions {
+		s.Transitions = append(s.Transitions, Count{Router: t.router, To: t.to, Reason: t.reason, N: n})
+	}
+	for _, d := range b.disabled {
+		if d.rec.ActiveAt(now) {
+			s.Disabled++
+		}
+	}
+	return s
+}
+
+func (b *Broker) countWrite(err error) {
+	b.kvWrites.Add(1)
+	if err != nil && !errors.Is(err, kv.ErrExists) && !errors.Is(err, kv.ErrConflict) && !errors.Is(err, kv.ErrNotFound) {
+		b.kvErrors.Add(1)
+	}
+}
