@@ -39,6 +39,8 @@ func (m Mode) String() string {
 var (
 	// ErrNoJetStream means the server or the account has no JetStream.
 	ErrNoJetStream = errors.New("jetstream is not enabled on the NATS server")
+	// ErrNoBucket means the bucket does not exist and Config.NoCreate is set.
+	ErrNoBucket = errors.New("bucket does not exist")
 	// ErrExists means Create found a live key.
 	ErrExists = errors.New("key exists")
 	// ErrNotFound means the router has no live key.
@@ -68,6 +70,9 @@ type Config struct {
 	Owner string
 	// Logger receives warnings about unreadable records; nil discards them.
 	Logger *slog.Logger
+	// NoCreate makes Open fail with ErrNoBucket instead of creating a
+	// missing bucket, for tools that only look.
+	NoCreate bool
 }
 
 // Entry is a record with the revision it was read at.
@@ -104,6 +109,9 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	}
 	b, err := js.KeyValue(ctx, cfg.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if cfg.NoCreate {
+			return nil, fmt.Errorf("open bucket %q: %w", cfg.Bucket, ErrNoBucket)
+		}
 		b, err = create(ctx, js, cfg)
 	}
 	if err != nil {

@@ -248,3 +248,12 @@ func TestRecordIsActiveUntilItsUntil(t *testing.T) {
 	is.True(!record("/r/", now).ActiveAt(now))
 	is.True(record("/r/", time.Time{}).ActiveAt(now.Add(1000 * time.Hour))) // zero Until: until deleted
 }
+
+func TestOpenWithNoCreateLeavesAMissingBucketMissing(t *testing.T) {
+	is := is.New(t)
+	js := natstest.JetStream(t, natstest.Start(t))
+	_, err := kv.Open(context.Background(), js, kv.Config{Bucket: "health", NoCreate: true})
+	is.True(errors.Is(err, kv.ErrNoBucket))
+	_, err = js.KeyValue(context.Background(), "health")
+	is.True(errors.Is(err, jetstream.ErrBucketNotFound)) // not created
+}

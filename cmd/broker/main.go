@@ -6,6 +6,7 @@
 //	broker disable ROUTER [--for D]     take a router out by hand, on every replica
 //	broker enable ROUTER                lift any disable now, on every replica
 //	broker check [gl_config.json]       do the pools and gecholog's config agree?
+//	broker healthcheck                  is the replica on BROKER_METRICS_ADDR ready? (for container healthchecks)
 //
 // Run "broker -h" for the settings; each is a flag and an environment
 // variable.
@@ -52,8 +53,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = enableCommand(ctx, args, getenv, stdout, stderr)
 	case "check":
 		err = checkCommand(ctx, args, getenv, stdout, stderr)
+	case "healthcheck":
+		err = healthcheckCommand(ctx, args, getenv, stdout, stderr)
 	default:
-		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable and check", cmd)
+		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable, check and healthcheck", cmd)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return nil

@@ -34,6 +34,11 @@ const enableJetStream = `add "jetstream { store_dir: /app/working/jetstream }" t
 // those in flight and returns nil. ready, if not nil, is called once the
 // replica answers calls, with the replica's broker.
 func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.Broker)) error {
+	if c.glConfig != "" {
+		if err := checkAtStartup(c); err != nil {
+			return err
+		}
+	}
 	opts, err := natsOptions(c, log)
 	if err != nil {
 		return err
