@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+)
+
+// repoGLConfigFile is the gl_config.json the compose file mounts into
+// gecholog.
+const repoGLConfigFile = "../../gl_config.json"
+
+// brokenGLConfig writes a copy of the repository's gl_config.json with
+// mutate applied and returns its path.
+func brokenGLConfig(t *testing.T, mutate func(m map[string]any)) string {
+	t.Helper()
+	b, err := os.ReadFile(repoGLConfigFile)
+	if err != nil {
+		t.Fatalf("read %s: %v", repoGLConfigFile, err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("decode %s: %v", repoGLConfigFile, err)
+	}
+	mutate(m)
+	if b, err = json.MarshalIndent(m, "", "  "); err != nil {
+		t.Fatalf("encode: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "gl_config.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatalf("write %s: %v", path, err)
+	}
+	return path
+}
+
+// brokerEntry returns the broker's processor entry in section ("request"
+// or "response") of the repository's gl_config.json.
+func brokerEntry(m map[string]any, section string) map[string]any {
+	layers := m[section].(map[string]any)["processors"].([]any)
+	return layers[0].([]any)[0].(map[string]any)
+}
+
+// threeDefects breaks three things: a pool router is missing, the request
+// processor is no modifier and the response processor is synchronous.
+func threeDefects(m map[string]any) {
+	var routers []any
+	for _, r := range m["routers"].([]any) {
+		if r.(map[string]any)["path"] != "/azure/dud/" {
+			routers = append(routers, r)
+		}
+	}
+	m["routers"] = routers
+	brokerEntry(m, "request")["modifier"] = false
+	brokerEntry(m, "response")["async"] = false
+}
+
+func lines(s string) []string {
+	return strings.Split(strings.TrimRight(s, "\n"), "\n")
+}
+
+func TestCheckPassesOnTheRepoGLConfig(t *testing.T) {
+	is := is.New(t)
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), []string{"check", repoGLConfigFile}, env(), &out, &errOut)
+	is.NoErr(err) // the shipped gl_config.json routes the default pool through the broker
+	is.Equal(out.String(), repoGLConfigFile+": ok (1 pool, 3 routers, subject coburn.gl.broker)\n")
+}
+
+func TestCheckReadsTheFileNamedByBrokerGLConfig(t *testing.T) {
+	is := is.New(t)
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"check"}, env("BROKER_GL_CONFIG", repoGLConfigFile), &out, &bytes.Buffer{})
+	is.NoErr(err)
+	is.True(strings.HasPrefix(out.String(), repoGLConfigFile+": ok")) // the file BROKER_GL_CONFIG names is checked
+}
+
+func TestCheckPrintsOneLinePerDefectAndFails(t *testing.T) {
+	is := is.New(t)
+	path := brokenGLConfig(t, threeDefects)
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), []string{"check", path}, env(), &out, &errOut)
+	is.True(err != nil)                                 // a broken config fails the command
+	is.Equal(err.Error(), "check: 3 problems in "+path) // the error counts the problems
+	got := lines(out.String())
+	is.Equal(len(got), 3) // one line per defect
+	is.True(strings.HasPrefix(got[0], `routers: no router "/azure/dud/"`))
+	is.True(strings.HasPrefix(got[1], "request.processors[0][0].modifier: set true"))
+	is.True(strings.HasPrefix(got[2], "response.processors[0][0].async: set true"))
+}
+
+func TestCheckNamesThePoolRouterTheConfigLacks(t *testing.T) {
+	is := is.New(t)
+	pools := filepath.Join(t.TempDir(), "pools.json")
+	is.NoErr(os.WriteFile(pools, []byte(`{"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/gpt4/"},{"path":"/azure/gpt4o/"}]}]}`), 0o600))
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		getenv func(string) string
+	}{
+		{"pools from BROKER_POOLS", []string{"check", repoGLConfigFile}, env("BROKER_POOLS", pools)},
+		{"pools from a flag before the path", []string{"check", "-pools", pools, repoGLConfigFile}, env()},
+		{"pools from a flag after the path", []string{"check", repoGLConfigFile, "-pools", pools}, env()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			var out bytes.Buffer
+			err := run(t.Context(), tc.args, tc.getenv, &out, &bytes.Buffer{})
+			is.True(err != nil) // a pool router gecholog lacks is a problem
+			is.Equal(lines(out.String()), []string{
+				`routers: no router "/azure/gpt4o/", which pool "/azure/" chooses: add it; when the broker names a router gecholog lacks, gecholog silently keeps the call on the ingress "/azure/", so the pool does not spread or fail over`,
+			})
+		})
+	}
+}
+
+func TestCheckUsesTheBrokerSubject(t *testing.T) {
+	is := is.New(t)
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"check", repoGLConfigFile}, env("BROKER_SUBJECT", "coburn.gl.broker2"), &out, &bytes.Buffer{})
+	is.True(err != nil) // the repo's config calls the broker on another subject
+	got := lines(out.String())
+	is.Equal(len(got), 2) // no request and no response processor on the subject
+	is.True(strings.HasPrefix(got[0], `request.processors: no processor on "coburn.gl.broker2"`))
+	is.True(strings.HasPrefix(got[1], `response.processors: no processor on "coburn.gl.broker2"`))
+}
+
+func TestCheckOfAFileItCannotReadIsOneLine(t *testing.T) {
+	dir := t.TempDir()
+	notJSON := filepath.Join(dir, "not.json")
+	if err := os.WriteFile(notJSON, []byte("{\n  \"routers\": [\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, path, want string
+	}{
+		{"a missing file", filepath.Join(dir, "absent.json"), "no such file or directory (give its path"},
+		{"a file that is not JSON", notJSON, "not valid JSON: the file ends before the JSON is complete"},
+		{"a directory", dir, "is a directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			var out, errOut bytes.Buffer
+			err := run(t.Context(), []string{"check", tc.path}, env(), &out, &errOut)
+			is.True(err != nil)                                           // the command fails
+			is.True(strings.HasPrefix(err.Error(), "check "+tc.path+":")) // the error names the file
+			is.True(strings.Contains(err.Error(), tc.want))               // and what is wrong with it
+			is.True(!strings.Contains(err.Error(), "\n"))                 // in one line
+			is.Equal(out.String(), "")                                    // no problems are listed
+		})
+	}
+}
+
+func TestCheckRefusesTwoFiles(t *testing.T) {
+	is := is.New(t)
+	err := run(t.Context(), []string{"check", repoGLConfigFile, repoGLConfigFile}, env(), &bytes.Buffer{}, &bytes.Buffer{})
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), "one gl_config.json at a time"))
+}
+
+func TestCheckHelpShowsTheSettings(t *testing.T) {
+	is := is.New(t)
+	var out bytes.Buffer
+	is.NoErr(run(t.Context(), []string{"check", "-h"}, env(), &out, &bytes.Buffer{}))
+	for _, want := range []string{"broker check [flags] [gl_config.json]", "BROKER_POOLS", "BROKER_SUBJECT", "BROKER_GL_CONFIG"} {
+		is.True(strings.Contains(out.String(), want)) // -h names the argument and each variable
+	}
+}
+
+func TestServeRefusesToStartOnABrokenGLConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(m map[string]any)
+		want   string
+	}{
+		{"one problem", func(m map[string]any) { brokerEntry(m, "response")["async"] = false },
+			": 1 problem: response.processors[0][0].async: set true"},
+		{"several problems", threeDefects,
+			`: 3 problems: routers: no router "/azure/dud/"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			path := brokenGLConfig(t, tc.mutate)
+			// Nothing listens on port 1: a serve that got past the check
+			// would keep retrying until the context ends.
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			start := time.Now()
+			var out, errOut bytes.Buffer
+			err := run(ctx, []string{"-gl-config", path}, env("NATS_URL", "nats://127.0.0.1:1"), &out, &errOut)
+			is.True(time.Since(start) < time.Second)                           // it fails before connecting
+			is.True(err != nil)                                                // serve refuses to start
+			is.True(strings.HasPrefix(err.Error(), "gl-config "+path+tc.want)) // naming the setting, the file and the first problem
+			is.True(!strings.Contains(err.Error(), "\n"))                      // in one line
+		})
+	}
+}
+
+func TestServeChecksTheGLConfigFromTheEnvironment(t *testing.T) {
+	is := is.New(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	missing := filepath.Join(t.TempDir(), "gl_config.json")
+	err := run(ctx, nil, env("BROKER_GL_CONFIG", missing, "NATS_URL", "nats://127.0.0.1:1"), &bytes.Buffer{}, &bytes.Buffer{})
+	is.True(err != nil) // a gl_config.json that cannot be read stops startup
+	is.Equal(err.Error(), "gl-config "+missing+": cannot read it: no such file or directory")
+}
+
+func TestSeveralProblemsAtStartupPointToTheCheckCommand(t *testing.T) {
+	is := is.New(t)
+	path := brokenGLConfig(t, threeDefects)
+	c, err := parseServe([]string{"-gl-config", path}, env(), &bytes.Buffer{})
+	is.NoErr(err)
+	err = checkAtStartup(c)
+	is.True(err != nil)
+	is.True(strings.HasSuffix(err.Error(), `(run "broker check `+path+`" for all)`)) // the operator learns how to see the rest
+}
