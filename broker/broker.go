@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"sort"
@@ -14,25 +13,27 @@ import (
 	"github.com/gecholog/broker/kv"
 )
 
-// Store shares disables between replicas. *kv.Store implements it.
+// Store shares router health between replicas. *kv.Store implements it.
 type Store interface {
-	// Create writes r if its router has no live record, else gives kv.ErrExists.
-	Create(ctx context.Context, r kv.Record) (uint64, error)
-	// Get returns the router's live record or kv.ErrNotFound.
-	Get(ctx context.Context, router string) (kv.Entry, error)
-	// Update replaces the record at rev, or gives kv.ErrConflict.
+	// Latest returns the last message on router's key: the live record
+	// (live true), or the memo of its delete marker, with its revision.
+	Latest(ctx context.Context, router string) (e kv.Entry, live bool, err error)
+	// Update writes a live record if the key is still at rev, else gives
+	// kv.ErrConflict.
 	Update(ctx context.Context, r kv.Record, rev uint64) (uint64, error)
+	// Release deletes the key, leaving memo, if it is still at rev, else
+	// gives kv.ErrConflict.
+	Release(ctx context.Context, memo kv.Record, rev uint64) (uint64, error)
 }
 
-// Config is what a Broker needs. Pools and DisabledTime are required.
+// Config is what a Broker needs. Pools and Policy.DisabledTime are required.
 type Config struct {
-	Pools []Pool
-	// DisabledTime is how long a failed router stays out of its pools.
-	DisabledTime time.Duration
-	// ID names this replica in the records it writes.
+	Pools  []Pool
+	Policy Policy
+	// ID names this replica in the records it writes and probe claims.
 	ID string
-	// Store shares disables with other replicas; nil keeps them in this
-	// process, as the original broker did.
+	// Store shares router health with other replicas; nil keeps it in
+	// this process, as the original broker did.
 	Store Store
 	// Logger receives events; nil discards them.
 	Logger *slog.Logger
@@ -41,21 +42,20 @@ type Config struct {
 // Broker answers gecholog's processor calls. Its methods are safe for
 // concurrent use.
 type Broker struct {
-	pools        map[string]*pool   // by ingress; read-only after New
-	member       map[string][]*pool // router → the pools it serves; read-only
-	disabledTime time.Duration
-	id           string
-	store        Store
-	log          *slog.Logger
-	malformed    sometimes
+	pools     map[string]*pool  // by ingress; read-only after New
+	routers   map[string]*route // every pool member; read-only after New
+	policy    Policy
+	id        string
+	store     Store
+	log       *slog.Logger
+	malformed sometimes
 
 	writes       sync.WaitGroup
 	stopWrites   context.CancelFunc
 	writeContext context.Context
 
-	mu          sync.Mutex
-	disabled    map[string]disable // the view: routers out of their pools
-	timer       *time.Timer        // fires at the earliest Until in disabled
+	mu          sync.Mutex // guards the views in routers, timer, transitions and pool.stranded
+	timer       *time.Timer
 	transitions map[transition]uint64
 
 	calls       [numOutcomes]atomic.Uint64
@@ -65,12 +65,33 @@ type Broker struct {
 	lastWatch   atomic.Int64 // unix nanoseconds
 }
 
-// disable is one router's entry in the view.
-type disable struct {
-	rec kv.Record
-	// rev is the record's bucket revision; 0 while this replica's own write
-	// is on its way, so that older deletions do not undo it.
-	rev uint64
+// route is one router: the pools it serves and this replica's view of its
+// health.
+type route struct {
+	path  string
+	pools []*pool
+	// clean is true when there is nothing a success report could change:
+	// no live record and no failures counted. It lets the success path
+	// skip the lock.
+	clean atomic.Bool
+
+	// The view, guarded by Broker.mu.
+	live     *kv.Record // nil: no live record
+	memo     kv.Record  // from the last delete marker
+	rev      uint64     // revision of the last change the view holds
+	pending  bool       // this replica's own change is on its way to the store
+	claiming bool       // this replica's claim on the probe is on its way
+	phase    Phase      // as last logged
+	probe    *probeSlot // this replica's claim on the router's probe
+}
+
+// probeSlot is one probe this replica may send: the first request that
+// takes the token sends the call.
+type probeSlot struct {
+	at     time.Time // the claim it belongs to
+	token  atomic.Bool
+	reply  []byte
+	router string
 }
 
 type pool struct {
@@ -78,16 +99,23 @@ type pool struct {
 	routers  []Router
 	chosen   []atomic.Uint64 // choices by index in routers
 	live     atomic.Pointer[choice]
-	stranded bool // every router disabled; guarded by Broker.mu
+	stranded bool // no router enabled; guarded by Broker.mu
 }
 
-// choice is an immutable snapshot of a pool's enabled routers, swapped
-// whole when the view changes, so a request reads it without locking.
+// choice is an immutable snapshot of a pool, swapped whole when a view
+// changes, so a request reads it without locking.
 type choice struct {
 	routers []string
 	replies [][]byte // the encoded answer for each router
 	cum     []int    // cumulative weights
 	index   []int    // each router's index in pool.routers
+	probes  []*probeSlot
+	// fallback answers when no router is enabled: the panic choice, or
+	// with AllDisabled Any every router but manual ones (cumulative
+	// weights in fallbackCum).
+	fallback    [][]byte
+	fallbackCum []int
+	fallbackIdx []int
 }
 
 // New validates cfg and returns a Broker with every router enabled.
@@ -95,8 +123,9 @@ func New(cfg Config) (*Broker, error) {
 	if err := ValidatePools(cfg.Pools); err != nil {
 		return nil, err
 	}
-	if cfg.DisabledTime <= 0 {
-		return nil, fmt.Errorf("disabled time %v: must be positive", cfg.DisabledTime)
+	policy, err := cfg.Policy.Resolve()
+	if err != nil {
+		return nil, err
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -105,32 +134,40 @@ func New(cfg Config) (*Broker, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{
 		pools:        map[string]*pool{},
-		member:       map[string][]*pool{},
-		disabledTime: cfg.DisabledTime,
+		routers:      map[string]*route{},
+		policy:       policy,
 		id:           cfg.ID,
 		store:        cfg.Store,
 		log:          log,
 		malformed:    sometimes{every: 10 * time.Second},
 		writeContext: ctx,
 		stopWrites:   cancel,
-		disabled:     map[string]disable{},
 		transitions:  map[transition]uint64{},
 	}
 	for _, pc := range cfg.Pools {
 		p := &pool{ingress: pc.Ingress, routers: pc.Routers, chosen: make([]atomic.Uint64, len(pc.Routers))}
 		b.pools[p.ingress] = p
 		for _, r := range p.routers {
-			b.member[r.Path] = append(b.member[r.Path], p)
+			rt := b.routers[r.Path]
+			if rt == nil {
+				rt = &route{path: r.Path}
+				rt.clean.Store(true)
+				b.routers[r.Path] = rt
+			}
+			rt.pools = append(rt.pools, p)
 		}
-		p.live.Store(b.snapshot(p, time.Now()))
+	}
+	now := time.Now()
+	for _, p := range b.pools {
+		p.live.Store(b.snapshot(p, now))
 	}
 	return b, nil
 }
 
 // Handle answers one processor message. A request context naming an ingress
 // gets {"gl_path": chosen router}; everything else gets an empty answer
-// (nil), which gecholog reads as "no change". A response context reporting a
-// failure disables the router; the KV write happens after Handle returns.
+// (nil), which gecholog reads as "no change". A response context changes
+// the router's health; any KV write happens after Handle returns.
 func (b *Broker) Handle(data []byte) []byte {
 	m, err := parse(data)
 	if err != nil {
@@ -144,11 +181,21 @@ func (b *Broker) Handle(data []byte) []byte {
 	if m.Status == nil {
 		return b.choose(*m.GLPath)
 	}
-	if Failure(*m.Status) {
-		b.calls[Failed].Add(1)
-		b.fail(*m.GLPath, *m.Status)
-	} else {
+	rt := b.routers[*m.GLPath]
+	if !Failure(*m.Status) {
 		b.calls[Succeeded].Add(1)
+		if rt != nil && !rt.clean.Load() {
+			b.report(rt, event{kind: success, status: *m.Status})
+		}
+		return nil
+	}
+	b.calls[Failed].Add(1)
+	if rt != nil { // not the ingress itself, nor a router called directly
+		ev := event{kind: failure, status: *m.Status}
+		if *m.Status == 429 || *m.Status == 503 {
+			ev.retryAfter = retryAfter(m.Headers, time.Now())
+		}
+		b.report(rt, ev)
 	}
 	return nil
 }
@@ -163,106 +210,144 @@ func (b *Broker) choose(ingress string) []byte {
 		return nil
 	}
 	c := p.live.Load()
-	if len(c.routers) == 0 {
-		b.calls[Stranded].Add(1)
-		return nil
+	for _, s := range c.probes {
+		if s.token.CompareAndSwap(true, false) {
+			b.calls[Chosen].Add(1)
+			b.log.Info("sending the probe call", slog.String("router", s.router))
+			return s.reply
+		}
+	}
+	replies, cum, index, outcome := c.replies, c.cum, c.index, Chosen
+	if len(replies) == 0 {
+		replies, cum, index, outcome = c.fallback, c.fallbackCum, c.fallbackIdx, Panicked
+		if len(replies) == 0 {
+			b.calls[Stranded].Add(1)
+			return nil
+		}
 	}
 	i := 0
-	if len(c.cum) > 1 {
-		n := rand.IntN(c.cum[len(c.cum)-1])
-		i = sort.Search(len(c.cum), func(i int) bool { return c.cum[i] > n })
+	if len(cum) > 1 {
+		n := rand.IntN(cum[len(cum)-1])
+		i = sort.Search(len(cum), func(i int) bool { return cum[i] > n })
 	}
-	b.calls[Chosen].Add(1)
-	p.chosen[c.index[i]].Add(1)
+	b.calls[outcome].Add(1)
+	p.chosen[index[i]].Add(1)
 	if b.log.Enabled(context.Background(), slog.LevelDebug) {
-		b.log.Debug("chose router", slog.String("ingress", ingress), slog.String("router", c.routers[i]))
+		b.log.Debug("chose router", slog.String("ingress", ingress), slog.String("router", p.routers[index[i]].Path))
 	}
-	return c.replies[i]
+	return replies[i]
 }
 
-// fail disables router in this replica's view at once and writes the
-// disable to the store in the background. A router already disabled costs
-// nothing: one write per disable.
-func (b *Broker) fail(router string, status int) {
-	if b.member[router] == nil {
-		return // not a pool member: the ingress itself, or a router called directly
-	}
-	now := time.Now()
+// report applies ev to this replica's view at once, when the policy says
+// it changes anything, and writes the change to the store in the
+// background. A report that changes nothing costs no write.
+func (b *Broker) report(rt *route, ev event) {
+	ev.at, ev.by = time.Now(), b.id
 	b.mu.Lock()
-	if d, ok := b.disabled[router]; ok && d.rec.ActiveAt(now) {
+	ch, ok := b.policy.decide(rt.path, rt.live, rt.memo, ev)
+	if !ok {
 		b.mu.Unlock()
 		return
 	}
-	rec := kv.Record{
-		Router: router,
-		Status: status,
-		Reason: fmt.Sprintf("egress_status_code %d", status),
-		At:     now,
-		Until:  now.Add(b.disabledTime),
-		By:     b.id,
-	}
-	b.set(router, &disable{rec: rec}, now)
+	b.apply(rt, ch, rt.rev, b.store != nil, ev.at)
 	b.mu.Unlock()
-	if b.store != nil {
-		b.writes.Add(1)
-		go b.write(rec)
-	}
+	b.write(rt, ev)
 }
 
-// write shares rec through the store. If another replica disabled the
-// router first, its record stands and this one is dropped. Network errors
-// are retried until the disable would have ended anyway.
-func (b *Broker) write(rec kv.Record) {
-	defer b.writes.Done()
-	failing := false
-	for wait := 50 * time.Millisecond; time.Now().Before(rec.Until); wait = min(2*wait, 2*time.Second) {
-		err := b.tryWrite(rec)
-		if err == nil {
-			if failing {
-				b.log.Info("disable shared with the other replicas after retrying", slog.String("router", rec.Router))
+// write runs ev against the store's current state in the background:
+// read, decide, compare-and-set, again on a conflict. Network errors are
+// retried until the event no longer matters.
+func (b *Broker) write(rt *route, ev event) {
+	if b.store == nil {
+		return
+	}
+	b.writes.Add(1)
+	go func() {
+		defer b.writes.Done()
+		defer b.settle(rt, ev.kind)
+		failing := false
+		deadline := ev.at.Add(b.policy.DisabledTime)
+		for wait := 50 * time.Millisecond; time.Now().Before(deadline); wait = min(2*wait, 2*time.Second) {
+			err := b.tryWrite(rt, ev)
+			if err == nil {
+				if failing {
+					b.log.Info("router health written to the bucket after retrying", slog.String("router", rt.path))
+				}
+				return
 			}
-			return
+			if errors.Is(err, kv.ErrConflict) {
+				continue // the key changed under us: decide again at once
+			}
+			if !failing && ev.kind != claim {
+				b.log.Warn("could not write router health to the bucket; other replicas do not know yet; retrying",
+					slog.String("router", rt.path), slog.Any("error", err))
+				failing = true
+			}
+			select {
+			case <-b.writeContext.Done():
+				return
+			case <-time.After(wait):
+			}
 		}
-		if errors.Is(err, kv.ErrConflict) || errors.Is(err, kv.ErrNotFound) {
-			continue // the key changed under us: look again at once
-		}
-		if !failing {
-			b.log.Warn("could not write disable to the bucket; other replicas keep using the router until it is written; retrying",
-				slog.String("router", rec.Router), slog.Any("error", err))
-			failing = true
-		}
-		select {
-		case <-b.writeContext.Done():
-			return
-		case <-time.After(wait):
-		}
-	}
+	}()
 }
 
-func (b *Broker) tryWrite(rec kv.Record) error {
+func (b *Broker) tryWrite(rt *route, ev event) error {
 	ctx, cancel := context.WithTimeout(b.writeContext, 5*time.Second)
 	defer cancel()
-	rev, err := b.store.Create(ctx, rec)
-	b.countWrite(err)
-	if errors.Is(err, kv.ErrExists) {
-		var e kv.Entry
-		if e, err = b.store.Get(ctx, rec.Router); err != nil {
-			return err
-		}
-		if e.Record.ActiveAt(time.Now()) {
-			b.Observe(kv.Event{Router: rec.Router, Entry: &e, Revision: e.Revision})
-			return nil
-		}
-		// An ended disable whose key is not gone yet: TTLs end on whole
-		// seconds, and without TTLs the janitor deletes a little later.
-		rev, err = b.store.Update(ctx, rec, e.Revision)
-		b.countWrite(err)
+	cur, live, err := b.store.Latest(ctx, rt.path)
+	if err != nil {
+		b.kvErrors.Add(1)
+		return err
 	}
+	var liveRec *kv.Record
+	memo := cur.Record
+	if live {
+		liveRec, memo = &cur.Record, kv.Record{}
+	}
+	ch, ok := b.policy.decide(rt.path, liveRec, memo, ev)
+	if !ok {
+		// The store already says what this replica wanted, or something
+		// that wins over it: take the store's word.
+		ev := kv.Event{Router: rt.path, Revision: cur.Revision}
+		if live {
+			ev.Entry = &cur
+		} else {
+			ev.Memo = &cur.Record
+		}
+		b.observe(ev, true)
+		return nil
+	}
+	var rev uint64
+	if ch.release {
+		rev, err = b.store.Release(ctx, ch.rec, cur.Revision)
+	} else {
+		rev, err = b.store.Update(ctx, ch.rec, cur.Revision)
+	}
+	b.countWrite(err)
 	if err != nil {
 		return err
 	}
-	b.Observe(kv.Event{Router: rec.Router, Entry: &kv.Entry{Record: rec, Revision: rev}, Revision: rev})
+	written := kv.Event{Router: rt.path, Revision: rev}
+	if ch.release {
+		written.Memo = &ch.rec
+	} else {
+		written.Entry = &kv.Entry{Record: ch.rec, Revision: rev}
+	}
+	b.observe(written, true)
 	return nil
+}
+
+// settle ends this replica's claim, or its own pending change, when the
+// write is done or has given up.
+func (b *Broker) settle(rt *route, kind eventKind) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if kind == claim {
+		rt.claiming = false
+	} else {
+		rt.pending = false
+	}
 }
 
 // Observe applies a change from the shared bucket to this replica's view.
@@ -270,68 +355,129 @@ func (b *Broker) tryWrite(rec kv.Record) error {
 func (b *Broker) Observe(ev kv.Event) {
 	b.watchEvents.Add(1)
 	b.lastWatch.Store(time.Now().UnixNano())
-	if b.member[ev.Router] == nil {
+	b.observe(ev, false)
+}
+
+func (b *Broker) observe(ev kv.Event, own bool) {
+	rt := b.routers[ev.Router]
+	if rt == nil {
 		return
 	}
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	cur, had := b.disabled[ev.Router]
-	if had && cur.rev > ev.Revision && ev.Revision != 0 {
-		return // older than what the view holds
+	if ev.Revision != 0 && ev.Revision <= rt.rev {
+		return // the view already holds this change or a later one
 	}
-	if ev.Entry == nil || !ev.Entry.Record.ActiveAt(now) {
-		if had && cur.rev == 0 && ev.Revision != 0 {
-			return // a deletion from before this replica's own pending disable
-		}
-		b.set(ev.Router, nil, now)
-		return
+	if !own && rt.pending && (ev.Entry == nil || phase(&ev.Entry.Record, now) == Enabled) {
+		return // an older enable must not undo this replica's change on its way
 	}
-	b.set(ev.Router, &disable{rec: ev.Entry.Record, rev: ev.Entry.Revision}, now)
+	ch := change{release: ev.Entry == nil}
+	switch {
+	case ev.Entry != nil:
+		ch.rec = ev.Entry.Record
+	case ev.Memo != nil:
+		ch.rec = *ev.Memo
+	}
+	b.apply(rt, ch, ev.Revision, false, now)
 }
 
-// set puts router's entry in the view (d nil: enabled), logs the
-// transition, rebuilds the router's pools and re-arms the expiry timer.
-// b.mu must be held.
-func (b *Broker) set(router string, d *disable, now time.Time) {
-	_, was := b.disabled[router]
-	if d == nil {
-		if !was {
-			return
-		}
-		cause := "deleted"
-		if old := b.disabled[router]; !old.rec.ActiveAt(now) {
-			cause = "expired"
-		}
-		delete(b.disabled, router)
-		b.transitions[transition{router, "enabled", cause}]++
-		b.log.Info("router enabled", slog.String("router", router), slog.String("cause", cause))
+// apply sets rt's view to ch, logs a change of phase, rebuilds the pools
+// and re-arms the timer. b.mu must be held.
+func (b *Broker) apply(rt *route, ch change, rev uint64, pending bool, now time.Time) {
+	if ch.release {
+		rt.live, rt.memo = nil, ch.rec
 	} else {
-		if !was {
-			b.transitions[transition{router, "disabled", disableReason(d.rec)}]++
-			b.log.Warn("router disabled",
-				slog.String("router", router), slog.Int("status", d.rec.Status),
-				slog.String("reason", d.rec.Reason), slog.Time("until", d.rec.Until),
-				slog.String("by", d.rec.By))
-		}
-		b.disabled[router] = *d
+		r := ch.rec
+		rt.live = &r
 	}
-	for _, p := range b.member[router] {
-		b.rebuild(p, now)
-	}
+	rt.rev, rt.pending = rev, pending
+	rt.clean.Store(rt.live == nil && rt.memo.Failures == 0)
+	b.refresh(rt, now)
 	b.arm(now)
 }
 
-// rebuild swaps in a new snapshot of p's enabled routers and logs when p
-// becomes stranded or usable again. b.mu must be held.
+// refresh brings rt's phase, probe slot and pools up to date at now, and
+// claims the probe when the router is on probation and nobody holds it.
+// b.mu must be held.
+func (b *Broker) refresh(rt *route, now time.Time) {
+	ph := phase(rt.live, now)
+	if ph != rt.phase {
+		b.logPhase(rt, ph, now)
+		rt.phase = ph
+	}
+	var held *kv.Probe
+	if ph == Probation && rt.live.Probe != nil && now.Before(rt.live.Probe.Until) {
+		held = rt.live.Probe
+	}
+	switch {
+	case held != nil && held.By == b.id:
+		if rt.probe == nil || !rt.probe.at.Equal(held.At) {
+			rt.probe = &probeSlot{at: held.At, reply: reply(rt.path), router: rt.path}
+			rt.probe.token.Store(true)
+		}
+	default:
+		rt.probe = nil
+	}
+	for _, p := range rt.pools {
+		b.rebuild(p, now)
+	}
+	if ph == Probation && held == nil && b.store != nil && !rt.pending && !rt.claiming {
+		// Every replica tries; compare-and-set lets one win.
+		rt.claiming = true
+		b.write(rt, event{kind: claim, by: b.id, at: now})
+	}
+	if ph == Probation && b.store == nil && rt.probe == nil {
+		// Local mode: this replica is the whole fleet.
+		rt.live.Probe = &kv.Probe{By: b.id, At: now, Until: now.Add(b.policy.ProbeTimeout)}
+		b.refresh(rt, now)
+	}
+}
+
+func (b *Broker) logPhase(rt *route, ph Phase, now time.Time) {
+	reason := "other"
+	switch ph {
+	case Enabled:
+		cause := "deleted"
+		switch {
+		case rt.live != nil:
+			cause = "manual disable ended"
+		case rt.memo.Reason != "" && !rt.memo.Ended.IsZero():
+			cause = rt.memo.Reason
+		}
+		reason = cause
+		b.log.Info("router enabled", slog.String("router", rt.path), slog.String("cause", cause))
+	case Disabled, Manual:
+		r := rt.live
+		reason = disableReason(*r)
+		b.log.Warn("router disabled",
+			slog.String("router", rt.path), slog.Int("status", r.Status),
+			slog.String("reason", r.Reason), slog.Time("until", r.Until),
+			slog.Int("level", r.Level), slog.Bool("manual", r.Manual), slog.String("by", r.By))
+	case Probation:
+		reason = "disable ended"
+		b.log.Info("router on probation: one probe call decides", slog.String("router", rt.path))
+	}
+	b.transitions[transition{rt.path, ph.String(), reason}]++
+}
+
+// rebuild swaps in a new snapshot of p and logs when p runs out of
+// enabled routers or has one again. b.mu must be held.
 func (b *Broker) rebuild(p *pool, now time.Time) {
 	c := b.snapshot(p, now)
 	p.live.Store(c)
 	switch {
 	case len(c.routers) == 0 && !p.stranded:
 		p.stranded = true
-		b.log.Warn("every router of the pool is disabled; calls stay on the ingress router's own outbound",
-			slog.String("ingress", p.ingress))
+		msg := map[AllDisabled]string{
+			Panic:   "every router of the pool is disabled; sending calls to the one whose disable ends soonest (panic mode)",
+			Ingress: "every router of the pool is disabled; calls stay on the ingress router's own outbound",
+			Any:     "every router of the pool is disabled; choosing among all of them",
+		}[b.policy.AllDisabled]
+		if len(c.fallback) == 0 && b.policy.AllDisabled != Ingress {
+			msg = "every router of the pool is disabled by hand; calls stay on the ingress router's own outbound"
+		}
+		b.log.Warn(msg, slog.String("ingress", p.ingress))
 	case len(c.routers) > 0 && p.stranded:
 		p.stranded = false
 		b.log.Info("pool has an enabled router again", slog.String("ingress", p.ingress))
@@ -340,9 +486,24 @@ func (b *Broker) rebuild(p *pool, now time.Time) {
 
 func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 	c := &choice{}
-	total := 0
+	total, all := 0, 0
+	soonest := -1
 	for i, r := range p.routers {
-		if d, ok := b.disabled[r.Path]; ok && d.rec.ActiveAt(now) {
+		rt := b.routers[r.Path]
+		ph := phase(rt.live, now)
+		if rt.probe != nil && rt.probe.token.Load() {
+			c.probes = append(c.probes, rt.probe)
+		}
+		if ph != Manual {
+			all += r.Weight
+			c.fallback = append(c.fallback, reply(r.Path))
+			c.fallbackCum = append(c.fallbackCum, all)
+			c.fallbackIdx = append(c.fallbackIdx, i)
+			if ph != Enabled && (soonest < 0 || rt.live.Until.Before(b.routers[p.routers[soonest].Path].live.Until)) {
+				soonest = i
+			}
+		}
+		if ph != Enabled {
 			continue
 		}
 		total += r.Weight
@@ -351,41 +512,69 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 		c.cum = append(c.cum, total)
 		c.index = append(c.index, i)
 	}
+	switch b.policy.AllDisabled {
+	case Ingress:
+		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil
+	case Panic:
+		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil
+		if soonest >= 0 {
+			c.fallback = [][]byte{reply(p.routers[soonest].Path)}
+			c.fallbackCum = []int{1}
+			c.fallbackIdx = []int{soonest}
+		}
+	}
 	return c
 }
 
-// arm sets the timer to the earliest end of a disable. b.mu must be held.
+// next is when rt's phase or probe claim changes by itself, or zero.
+func next(rt *route, now time.Time) time.Time {
+	r := rt.live
+	switch phase(r, now) {
+	case Manual, Disabled:
+		return r.Until
+	case Probation:
+		if r.Probe != nil && now.Before(r.Probe.Until) {
+			return r.Probe.Until
+		}
+	}
+	return time.Time{}
+}
+
+// arm sets the timer to the earliest time a view changes by itself.
+// b.mu must be held.
 func (b *Broker) arm(now time.Time) {
-	var next time.Time
-	for _, d := range b.disabled {
-		if !d.rec.Until.IsZero() && (next.IsZero() || d.rec.Until.Before(next)) {
-			next = d.rec.Until
+	var at time.Time
+	for _, rt := range b.routers {
+		if t := next(rt, now); !t.IsZero() && (at.IsZero() || t.Before(at)) {
+			at = t
 		}
 	}
 	if b.timer != nil {
 		b.timer.Stop()
 		b.timer = nil
 	}
-	if !next.IsZero() {
-		b.timer = time.AfterFunc(next.Sub(now), b.expire)
+	if !at.IsZero() {
+		b.timer = time.AfterFunc(at.Sub(now), b.tick)
 	}
 }
 
-// expire enables every router whose disable has ended. The bucket's TTL or
-// janitor removes the key too, a little later; the view goes by Until.
-func (b *Broker) expire() {
+// tick moves every view whose time has come: disables that end go on
+// probation, lapsed probe claims are claimed again, manual disables that
+// run out are enabled.
+func (b *Broker) tick() {
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for router, d := range b.disabled {
-		if !d.rec.ActiveAt(now) {
-			b.set(router, nil, now)
+	for _, rt := range b.routers {
+		if rt.live != nil {
+			b.refresh(rt, now)
 		}
 	}
 	b.arm(now)
 }
 
-// Routers returns the routers a request for ingress may be sent to now.
+// Routers returns the routers a request for ingress is shared among now:
+// the enabled ones.
 func (b *Broker) Routers(ingress string) []string {
 	if p := b.pools[ingress]; p != nil {
 		return append([]string(nil), p.live.Load().routers...)
@@ -393,8 +582,34 @@ func (b *Broker) Routers(ingress string) []string {
 	return nil
 }
 
-// Close waits for disables on their way to the store until ctx ends, then
-// abandons them, and stops the expiry timer.
+// Phase returns router's phase in this replica's view.
+func (b *Broker) Phase(router string) Phase {
+	rt := b.routers[router]
+	if rt == nil {
+		return Enabled
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return phase(rt.live, time.Now())
+}
+
+// Failures returns how many consecutive failures of router this replica's
+// view has counted towards the threshold.
+func (b *Broker) Failures(router string) int {
+	rt := b.routers[router]
+	if rt == nil {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if rt.live != nil {
+		return 0
+	}
+	return rt.memo.Failures
+}
+
+// Close waits for writes on their way to the store until ctx ends, then
+// abandons them, and stops the timer.
 func (b *Broker) Close(ctx context.Context) {
 	done := make(chan struct{})
 	go func() { b.writes.Wait(); close(done) }()

@@ -19,19 +19,25 @@ import (
 	"github.com/gecholog/broker/kv"
 )
 
-// fakeStore is an in-memory Store with revisions and compare-and-set, and
-// a count of writes.
+// fakeStore is an in-memory Store with revisions, compare-and-set, delete
+// markers with memos, and a count of writes.
 type fakeStore struct {
 	mu      sync.Mutex
 	rev     uint64
-	recs    map[string]kv.Entry
+	last    map[string]fakeMsg
 	writes  int
 	failing int // the next n calls fail with a network error
 }
 
+type fakeMsg struct {
+	rec     kv.Record
+	rev     uint64
+	deleted bool
+}
+
 var errNetwork = errors.New("nats: timeout")
 
-func newFakeStore() *fakeStore { return &fakeStore{recs: map[string]kv.Entry{}} }
+func newFakeStore() *fakeStore { return &fakeStore{last: map[string]fakeMsg{}} }
 
 func (f *fakeStore) fail() error {
 	if f.failing > 0 {
@@ -41,55 +47,49 @@ func (f *fakeStore) fail() error {
 	return nil
 }
 
-func (f *fakeStore) Create(_ context.Context, r kv.Record) (uint64, error) {
+func (f *fakeStore) Latest(_ context.Context, router string) (kv.Entry, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fail(); err != nil {
-		return 0, err
+		return kv.Entry{}, false, err
 	}
-	if _, ok := f.recs[r.Router]; ok {
-		return 0, kv.ErrExists
-	}
-	return f.put(r), nil
-}
-
-func (f *fakeStore) Get(_ context.Context, router string) (kv.Entry, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.fail(); err != nil {
-		return kv.Entry{}, err
-	}
-	e, ok := f.recs[router]
-	if !ok {
-		return kv.Entry{}, kv.ErrNotFound
-	}
-	return e, nil
+	m := f.last[router]
+	return kv.Entry{Record: m.rec, Revision: m.rev}, m.rev != 0 && !m.deleted, nil
 }
 
 func (f *fakeStore) Update(_ context.Context, r kv.Record, rev uint64) (uint64, error) {
+	return f.write(r, rev, false)
+}
+
+func (f *fakeStore) Release(_ context.Context, memo kv.Record, rev uint64) (uint64, error) {
+	return f.write(memo, rev, true)
+}
+
+func (f *fakeStore) write(r kv.Record, rev uint64, deleted bool) (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fail(); err != nil {
 		return 0, err
 	}
-	if f.recs[r.Router].Revision != rev {
+	if f.last[r.Router].rev != rev {
 		return 0, kv.ErrConflict
 	}
-	return f.put(r), nil
+	return f.put(r, deleted), nil
 }
 
-func (f *fakeStore) put(r kv.Record) uint64 {
+func (f *fakeStore) put(r kv.Record, deleted bool) uint64 {
 	f.rev++
 	f.writes++
-	f.recs[r.Router] = kv.Entry{Record: r, Revision: f.rev}
+	f.last[r.Router] = fakeMsg{rec: r, rev: f.rev, deleted: deleted}
 	return f.rev
 }
 
+// entry returns router's live record.
 func (f *fakeStore) entry(router string) (kv.Entry, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	e, ok := f.recs[router]
-	return e, ok
+	m, ok := f.last[router]
+	return kv.Entry{Record: m.rec, Revision: m.rev}, ok && !m.deleted
 }
 
 func (f *fakeStore) writeCount() int {
@@ -118,8 +118,8 @@ func newBroker(t *testing.T, cfg broker.Config) (*broker.Broker, *logs) {
 	if cfg.Pools == nil {
 		cfg.Pools = broker.DefaultPools()
 	}
-	if cfg.DisabledTime == 0 {
-		cfg.DisabledTime = time.Hour
+	if cfg.Policy.DisabledTime == 0 {
+		cfg.Policy.DisabledTime = time.Hour
 	}
 	cfg.ID = "replica-1"
 	cfg.Logger = slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -246,24 +246,35 @@ func TestFailedRouterIsNeverChosenAndWrittenOnce(t *testing.T) {
 	is.Equal(e.Record.By, "replica-1")
 	is.Equal(e.Record.Reason, "egress_status_code 502")
 	is.True(e.Record.Until.Sub(e.Record.At) == time.Hour) // DisabledTime
-	is.Equal(store.writeCount(), 1)                       // one write for fifty reports
-	is.Equal(l.count("router disabled"), 1)               // one log line per transition
+	is.Equal(e.Record.Level, 0)
+	is.Equal(store.writeCount(), 1)         // one write for fifty reports
+	is.Equal(l.count("router disabled"), 1) // one log line per transition
 }
 
-func TestDisabledRouterComesBackAfterDisabledTime(t *testing.T) {
+func TestDisabledRouterGetsOneProbeAfterDisabledTimeAndReturnsWhenItSucceeds(t *testing.T) {
 	is := is.New(t)
-	b, l := newBroker(t, broker.Config{DisabledTime: 100 * time.Millisecond})
+	b, l := newBroker(t, broker.Config{Policy: broker.Policy{DisabledTime: 100 * time.Millisecond}})
 	b.Handle(response("/azure/dud/", 503))
 	start := time.Now()
-	is.Equal(len(b.Routers("/azure/")), 2)
-	natstest.Eventually(t, 2*time.Second, func() bool { return len(b.Routers("/azure/")) == 3 }, "dud back")
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	natstest.Eventually(t, 2*time.Second, func() bool { return b.Phase("/azure/dud/") == broker.Probation }, "dud on probation")
 	is.True(time.Since(start) >= 90*time.Millisecond) // not before its time
+	probes := 0
+	for range 300 {
+		if chosen(t, b.Handle(request("/azure/"))) == "/azure/dud/" {
+			probes++
+		}
+	}
+	is.Equal(probes, 1) // exactly one probe call
+	b.Handle(response("/azure/dud/", 200))
+	is.Equal(b.Phase("/azure/dud/"), broker.Enabled)
+	is.Equal(len(b.Routers("/azure/")), 3)
 	is.Equal(l.count("router enabled"), 1)
 }
 
-func TestPoolWithEveryRouterDisabledLeavesCallsOnTheIngress(t *testing.T) {
+func TestPoolWithEveryRouterDisabledLeavesCallsOnTheIngressWhenSoConfigured(t *testing.T) {
 	is := is.New(t)
-	b, l := newBroker(t, broker.Config{DisabledTime: 200 * time.Millisecond})
+	b, l := newBroker(t, broker.Config{Policy: broker.Policy{DisabledTime: 200 * time.Millisecond, AllDisabled: broker.Ingress}})
 	for _, r := range []string{"/azure/gpt35turbo/", "/azure/gpt4/", "/azure/dud/"} {
 		b.Handle(response(r, 500))
 	}
@@ -271,8 +282,7 @@ func TestPoolWithEveryRouterDisabledLeavesCallsOnTheIngress(t *testing.T) {
 		is.Equal(len(b.Handle(request("/azure/"))), 0) // empty reply: gecholog keeps the ingress router
 	}
 	is.Equal(l.count("every router of the pool is disabled; calls stay on the ingress router's own outbound"), 1)
-	natstest.Eventually(t, 2*time.Second, func() bool { return chosen(t, b.Handle(request("/azure/"))) != "" }, "pool usable again")
-	is.Equal(l.count("pool has an enabled router again"), 1)
+	natstest.Eventually(t, 2*time.Second, func() bool { return chosen(t, b.Handle(request("/azure/"))) != "" }, "a probe goes out")
 }
 
 func TestChoicesAreUniformByDefaultAndFollowWeights(t *testing.T) {
@@ -318,11 +328,17 @@ func TestDisablesFromOtherReplicasApplyAndLift(t *testing.T) {
 	is.Equal(len(b.Routers("/azure/")), 3)
 }
 
-func TestRecordThatHasEndedDisablesNothing(t *testing.T) {
+func TestEndedRecordPutsAnAutomaticDisableOnProbationAndEndsAManualOne(t *testing.T) {
 	is := is.New(t)
 	b, _ := newBroker(t, broker.Config{})
-	rec := kv.Record{Router: "/azure/gpt4/", At: time.Now().Add(-time.Hour), Until: time.Now().Add(-time.Minute)}
-	b.Observe(kv.Event{Router: rec.Router, Entry: &kv.Entry{Record: rec, Revision: 3}, Revision: 3})
+	ended := kv.Record{Router: "/azure/gpt4/", At: time.Now().Add(-time.Hour), Until: time.Now().Add(-time.Minute)}
+	b.Observe(kv.Event{Router: ended.Router, Entry: &kv.Entry{Record: ended, Revision: 3}, Revision: 3})
+	is.Equal(b.Phase("/azure/gpt4/"), broker.Probation) // waits for a probe
+	is.Equal(len(b.Routers("/azure/")), 2)
+
+	ended.Manual = true
+	b.Observe(kv.Event{Router: ended.Router, Entry: &kv.Entry{Record: ended, Revision: 4}, Revision: 4})
+	is.Equal(b.Phase("/azure/gpt4/"), broker.Enabled) // manual disables are never probed
 	is.Equal(len(b.Routers("/azure/")), 3)
 }
 
@@ -348,28 +364,28 @@ func TestLosingTheRaceAdoptsTheOtherReplicasDisable(t *testing.T) {
 	is := is.New(t)
 	store := newFakeStore()
 	winner := kv.Record{Router: "/azure/dud/", Status: 504, At: time.Now(), Until: time.Now().Add(30 * time.Minute), By: "replica-2"}
-	store.put(winner)
+	store.put(winner, false)
 	b, _ := newBroker(t, broker.Config{Store: store})
 	b.Handle(response("/azure/dud/", 502))
-	natstest.Eventually(t, 2*time.Second, func() bool { return !strings.Contains(fmt.Sprint(b.Routers("/azure/")), "dud") }, "dud disabled")
-	natstest.Eventually(t, 2*time.Second, func() bool {
-		e, _ := store.entry("/azure/dud/")
-		return e.Record.By == "replica-2"
-	}, "winner kept")
-	is.Equal(store.writeCount(), 1) // only the winner's write
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	b.Close(context.Background()) // waits for the background write
+	e, _ := store.entry("/azure/dud/")
+	is.Equal(e.Record.By, "replica-2") // the winner's record stands
+	is.Equal(store.writeCount(), 1)    // only the winner's write
 }
 
-func TestEndedRecordStillInTheBucketIsReplaced(t *testing.T) {
+func TestFailureDuringProbationDisablesAtTheNextLevel(t *testing.T) {
 	is := is.New(t)
 	store := newFakeStore()
-	store.put(kv.Record{Router: "/azure/dud/", Until: time.Now().Add(-time.Second), By: "replica-2"})
+	store.put(kv.Record{Router: "/azure/dud/", Until: time.Now().Add(-time.Second), By: "replica-2", Level: 1}, false)
 	b, _ := newBroker(t, broker.Config{Store: store})
 	b.Handle(response("/azure/dud/", 502))
-	natstest.Eventually(t, 2*time.Second, func() bool {
-		e, _ := store.entry("/azure/dud/")
-		return e.Record.By == "replica-1"
-	}, "new disable written over the ended one")
-	is.Equal(store.writeCount(), 2)
+	b.Close(context.Background())
+	e, _ := store.entry("/azure/dud/")
+	is.Equal(e.Record.By, "replica-1")
+	is.Equal(e.Record.Level, 2)
+	is.Equal(e.Record.Until.Sub(e.Record.At), 4*time.Hour) // DisabledTime × 2²
+	is.True(strings.HasPrefix(e.Record.Reason, "probe failed"))
 }
 
 func TestWriteIsRetriedWhenTheStoreFails(t *testing.T) {
@@ -378,7 +394,7 @@ func TestWriteIsRetriedWhenTheStoreFails(t *testing.T) {
 	b, l := newBroker(t, broker.Config{Store: store})
 	b.Handle(response("/azure/dud/", 502))
 	natstest.Eventually(t, 5*time.Second, func() bool { _, ok := store.entry("/azure/dud/"); return ok }, "disable written after retries")
-	is.New(t).Equal(l.count("could not write disable to the bucket; other replicas keep using the router until it is written; retrying"), 1)
+	is.New(t).Equal(l.count("could not write router health to the bucket; other replicas do not know yet; retrying"), 1)
 }
 
 func TestStatsCountCallsChoicesTransitionsAndWrites(t *testing.T) {
@@ -410,6 +426,64 @@ func TestStatsCountCallsChoicesTransitionsAndWrites(t *testing.T) {
 	is.Equal(s.Disabled, 1)
 	is.Equal(s.KVErrors, uint64(0))
 	is.Equal(s.Transitions, []broker.Count{{Router: "/azure/dud/", To: "disabled", Reason: "status_502", N: 1}})
+	is.Equal(s.Calls[broker.Panicked], uint64(0))
 	is.Equal(broker.Chosen.Context(), "request")
 	is.Equal(broker.Failed.String(), "failure")
+}
+
+func TestPanicModeSendsCallsToTheRouterBackSoonestButNeverAManualOne(t *testing.T) {
+	is := is.New(t)
+	b, l := newBroker(t, broker.Config{})
+	now := time.Now()
+	for i, r := range []kv.Record{
+		{Router: "/azure/gpt35turbo/", Until: now.Add(3 * time.Minute)},
+		{Router: "/azure/gpt4/", Until: now.Add(time.Minute), Manual: true}, // back soonest, but by hand
+		{Router: "/azure/dud/", Until: now.Add(2 * time.Minute)},
+	} {
+		b.Observe(kv.Event{Router: r.Router, Entry: &kv.Entry{Record: r, Revision: uint64(i + 1)}, Revision: uint64(i + 1)})
+	}
+	for range 50 {
+		is.Equal(chosen(t, b.Handle(request("/azure/"))), "/azure/dud/") // the automatic disable that ends soonest
+	}
+	is.Equal(b.Stats().Calls[broker.Panicked], uint64(50))
+	is.Equal(l.count("every router of the pool is disabled; sending calls to the one whose disable ends soonest (panic mode)"), 1)
+}
+
+func TestAllDisabledAnyChoosesAmongEveryRouterButManualOnes(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{Policy: broker.Policy{DisabledTime: time.Hour, AllDisabled: broker.Any}})
+	b.Observe(kv.Event{Router: "/azure/gpt4/", Entry: &kv.Entry{Record: kv.Record{Router: "/azure/gpt4/", Manual: true}, Revision: 1}, Revision: 1})
+	b.Handle(response("/azure/gpt35turbo/", 500))
+	b.Handle(response("/azure/dud/", 500))
+	seen := map[string]int{}
+	for range 300 {
+		seen[chosen(t, b.Handle(request("/azure/")))]++
+	}
+	is.Equal(len(seen), 2)            // both automatic disables get calls
+	is.Equal(seen["/azure/gpt4/"], 0) // the manual one never
+}
+
+func TestOnlyOneProbeGoesOutUnderConcurrentCalls(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{})
+	ended := kv.Record{Router: "/azure/dud/", Until: time.Now().Add(-time.Second), Probe: &kv.Probe{By: "replica-1", At: time.Now(), Until: time.Now().Add(time.Minute)}}
+	b.Observe(kv.Event{Router: ended.Router, Entry: &kv.Entry{Record: ended, Revision: 5}, Revision: 5})
+	var mu sync.Mutex
+	probes := 0
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 200 {
+				if chosen(t, b.Handle(request("/azure/"))) == "/azure/dud/" {
+					mu.Lock()
+					probes++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	is.Equal(probes, 1) // one probe for 1600 concurrent calls
 }

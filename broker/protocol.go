@@ -4,13 +4,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
 )
 
 // message is what gecholog sends: the router in gl_path and, in the
 // response context only, the status the client got.
 type message struct {
-	GLPath *string `json:"gl_path"`
-	Status *int    `json:"egress_status_code"`
+	GLPath  *string         `json:"gl_path"`
+	Status  *int            `json:"egress_status_code"`
+	Headers json.RawMessage `json:"inbound_headers"`
 }
 
 var errNoPath = errors.New(`no "gl_path" string in the message; give the broker's processor entries "gl_path" in input_fields_include`)
@@ -44,4 +49,33 @@ func Failure(status int) bool {
 func reply(router string) []byte {
 	b, _ := json.Marshal(map[string]string{"gl_path": router}) // a map of strings always encodes
 	return b
+}
+
+// retryAfter reads the upstream's Retry-After from gecholog's
+// inbound_headers (header name to a list of values, names in any case):
+// delay-seconds or an HTTP date. It returns 0 when there is none or it
+// cannot be read, and at least a nanosecond for a date already past, which
+// the policy then raises to its one-second floor.
+func retryAfter(headers json.RawMessage, now time.Time) time.Duration {
+	if len(headers) == 0 {
+		return 0
+	}
+	var h map[string][]string
+	if json.Unmarshal(headers, &h) != nil {
+		return 0
+	}
+	for name, values := range h {
+		if !strings.EqualFold(name, "Retry-After") || len(values) == 0 {
+			continue
+		}
+		v := strings.TrimSpace(values[0])
+		if secs, err := strconv.ParseInt(v, 10, 64); err == nil && secs >= 0 {
+			return max(time.Duration(min(secs, 1<<32))*time.Second, 1)
+		}
+		if t, err := http.ParseTime(v); err == nil {
+			return max(t.Sub(now), 1)
+		}
+		return 0
+	}
+	return 0
 }

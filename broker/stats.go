@@ -14,7 +14,8 @@ type Outcome int
 // The outcomes of a call, by context.
 const (
 	Chosen     Outcome = iota // request context: answered with a router
-	Stranded                  // request context: every router of the pool disabled, answered empty
+	Panicked                  // request context: no router enabled, answered by the all-disabled rule
+	Stranded                  // request context: no router to answer with, answered empty
 	NotIngress                // request context: not an ingress, answered empty
 	Succeeded                 // response context: not a failure
 	Failed                    // response context: a failure
@@ -22,7 +23,7 @@ const (
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"chosen", "stranded", "not_ingress", "success", "failure", "malformed"}
+var outcomeNames = [numOutcomes]string{"chosen", "panic", "stranded", "not_ingress", "success", "failure", "malformed"}
 
 func (o Outcome) String() string {
 	if o >= 0 && o < numOutcomes {
@@ -35,7 +36,7 @@ func (o Outcome) String() string {
 // or "unknown" for a malformed message.
 func (o Outcome) Context() string {
 	switch o {
-	case Chosen, Stranded, NotIngress:
+	case Chosen, Panicked, Stranded, NotIngress:
 		return "request"
 	case Succeeded, Failed:
 		return "response"
@@ -43,7 +44,7 @@ func (o Outcome) Context() string {
 	return "unknown"
 }
 
-// transition counts a router's changes in this replica's view.
+// transition counts a router's changes of phase in this replica's view.
 type transition struct{ router, to, reason string }
 
 // disableReason names why a record disables its router, for metrics: the
@@ -63,8 +64,8 @@ func disableReason(r kv.Record) string {
 type Stats struct {
 	Calls       [numOutcomes]uint64 // by Outcome
 	Choices     []Count             // by ingress and router
-	Transitions []Count             // disables and enables in this replica's view, by router and reason
-	Disabled    int                 // routers disabled now
+	Transitions []Count             // changes of phase in this replica's view, by router, phase and reason
+	Disabled    int                 // routers not enabled now: disabled, manual or on probation
 	KVWrites    uint64              // writes to the bucket, including failed ones
 	KVErrors    uint64              // writes that failed (a lost compare-and-set race is not an error)
 	WatchEvents uint64              // changes heard from the bucket
@@ -74,7 +75,7 @@ type Stats struct {
 // Count is one labelled counter of Stats.
 type Count struct {
 	Ingress, Router string // Choices
-	To, Reason      string // Transitions: To is "disabled" or "enabled"
+	To, Reason      string // Transitions: To is the new Phase's name
 	N               uint64
 }
 
@@ -101,8 +102,8 @@ func (b *Broker) Stats() Stats {
 	for t, n := range b.transitions {
 		s.Transitions = append(s.Transitions, Count{Router: t.router, To: t.to, Reason: t.reason, N: n})
 	}
-	for _, d := range b.disabled {
-		if d.rec.ActiveAt(now) {
+	for _, rt := range b.routers {
+		if phase(rt.live, now) != Enabled {
 			s.Disabled++
 		}
 	}
@@ -111,7 +112,7 @@ func (b *Broker) Stats() Stats {
 
 func (b *Broker) countWrite(err error) {
 	b.kvWrites.Add(1)
-	if err != nil && !errors.Is(err, kv.ErrExists) && !errors.Is(err, kv.ErrConflict) && !errors.Is(err, kv.ErrNotFound) {
+	if err != nil && !errors.Is(err, kv.ErrConflict) {
 		b.kvErrors.Add(1)
 	}
 }

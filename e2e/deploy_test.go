@@ -168,7 +168,47 @@ func TestComposeFileDeploysGechologAndScalableBroker(t *testing.T) {
 		is.Equal(env(brokerSvc, "NATS_TOKEN"), env(gecholog, "NATS_TOKEN")) // broker authenticates with gecholog's token
 		is.Equal(env(brokerSvc, "GECHOLOG_HOST"), "gecholog")               // broker finds NATS by the gecholog service name
 		is.Equal(env(brokerSvc, "DISABLED_TIME"), "10")                     // DISABLED_TIME defaults to the original's 10 minutes
+		is.Equal(env(brokerSvc, "BROKER_LOG_FORMAT"), "json")               // logs are JSON inside the container
 	})
+
+	t.Run("broker healthcheck", func(t *testing.T) {
+		is := is.New(t)
+		hc := brokerSvc.HealthCheck
+		is.True(hc != nil && !hc.Disable) // the broker has a healthcheck
+		// The image is distroless: no shell, no curl. The broker binary
+		// asks its own /readyz on BROKER_METRICS_ADDR.
+		is.Equal([]string(hc.Test), []string{"CMD", entrypoint(t), "healthcheck"}) // the healthcheck runs the image's own binary
+		is.True(env(brokerSvc, "BROKER_METRICS_ADDR") != "")                       // the listener it asks is on
+		is.True(hc.Interval != nil && *hc.Interval > 0)                            // it runs periodically
+		// "broker healthcheck" gives up after 2s; a shorter docker timeout
+		// would report a slow answer as a hung check.
+		is.True(hc.Timeout != nil && time.Duration(*hc.Timeout) > 2*time.Second)
+		is.True(hc.Retries != nil && *hc.Retries > 0)
+		// Until gecholog's NATS answers and the bucket is read, /readyz
+		// says 503; the start period keeps that from counting as a failure.
+		is.True(hc.StartPeriod != nil && *hc.StartPeriod > 0)
+	})
+}
+
+// entrypoint returns the program the Dockerfile's final stage runs, the
+// one binary in the distroless image.
+func entrypoint(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(dockerfilePath)
+	if err != nil {
+		t.Fatalf("read %s: %v", dockerfilePath, err)
+	}
+	var last string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && strings.EqualFold(f[0], "ENTRYPOINT") {
+			last = strings.TrimSpace(line[len(f[0]):])
+		}
+	}
+	var exec []string
+	if err := json.Unmarshal([]byte(last), &exec); err != nil || len(exec) == 0 {
+		t.Fatalf("%s: the final ENTRYPOINT %q is not in exec form", dockerfilePath, last)
+	}
+	return exec[0]
 }
 
 func TestComposeFileRefusesToStartWithoutNATSToken(t *testing.T) {

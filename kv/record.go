@@ -16,6 +16,11 @@ const RecordVersion = 1
 //	 "at":"2026-11-25T12:00:00Z","until":"2026-11-25T12:10:00Z","by":"broker-7f9c:1"}
 //
 // An operator's disable adds "manual":true and may leave out "until".
+//
+// When a router is enabled again its key is deleted, and the delete marker
+// carries a memo: the same format with "ended" and "failures", from which
+// the backoff level and the failure count survive restarts while `nats kv
+// ls` lists only disabled routers.
 type Record struct {
 	Version int    `json:"v"`
 	Router  string `json:"router"`
@@ -32,6 +37,25 @@ type Record struct {
 	// Manual marks a disable set by an operator: automatic logic never
 	// lifts it early, overwrites it or probes the router.
 	Manual bool `json:"manual,omitempty"`
+	// Level is the backoff level of an automatic disable: it lasted the
+	// disabled time times the multiplier to this power.
+	Level int `json:"level,omitempty"`
+	// Probe is the claim on the one trial call a router on probation gets
+	// after Until, held by one replica until the claim's Until.
+	Probe *Probe `json:"probe,omitempty"`
+	// Failures counts consecutive failures not yet enough to disable.
+	// Kept in a memo, not in a live record.
+	Failures int `json:"failures,omitempty"`
+	// Ended is when a disable stopped disabling (a probe succeeded, or it
+	// lapsed). Kept in a memo, from which the backoff level decays.
+	Ended time.Time `json:"ended,omitzero"`
+}
+
+// Probe is a replica's claim on a router's half-open trial call.
+type Probe struct {
+	By    string    `json:"by"`
+	At    time.Time `json:"at"`
+	Until time.Time `json:"until"`
 }
 
 // ActiveAt reports whether the record still disables its router at t.

@@ -73,6 +73,10 @@ type Config struct {
 	// NoCreate makes Open fail with ErrNoBucket instead of creating a
 	// missing bucket, for tools that only look.
 	NoCreate bool
+	// Linger is how long an automatic record's key outlives its Until and
+	// its probe claim: the time a router on probation has to be probed
+	// before the key expires and the router is simply enabled.
+	Linger time.Duration
 }
 
 // Entry is a record with the revision it was read at.
@@ -84,11 +88,13 @@ type Entry struct {
 // Store reads and writes router health records. Its methods are safe for
 // concurrent use.
 type Store struct {
-	js    jetstream.JetStream
-	kv    jetstream.KeyValue
-	mode  Mode
-	owner string
-	log   *slog.Logger
+	js     jetstream.JetStream
+	kv     jetstream.KeyValue
+	stream jetstream.Stream
+	mode   Mode
+	owner  string
+	linger time.Duration
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	janitor map[string]*time.Timer // ModeExpiry: pending deletes by key
@@ -125,7 +131,12 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if st.LimitMarkerTTL() > 0 {
 		mode = ModeTTL
 	}
-	return &Store{js: js, kv: b, mode: mode, owner: cfg.Owner, log: log, janitor: map[string]*time.Timer{}}, nil
+	stream, err := js.Stream(ctx, "KV_"+cfg.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %q stream: %w", cfg.Bucket, err)
+	}
+	return &Store{js: js, kv: b, stream: stream, mode: mode, owner: cfg.Owner, linger: cfg.Linger, log: log,
+		janitor: map[string]*time.Timer{}}, nil
 }
 
 func create(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, error) {
@@ -202,29 +213,81 @@ func (s *Store) Create(ctx context.Context, r Record) (uint64, error) {
 	return rev, nil
 }
 
-// Update replaces the record at revision rev with r, or gives ErrConflict if
-// the key has changed since.
+// Update writes r as its router's live record if the key's last message,
+// live or a delete marker, is still at revision rev (0: the key has never
+// had a message), with the TTL the mode calls for, and returns the new
+// revision. Otherwise it gives ErrConflict.
 func (s *Store) Update(ctx context.Context, r Record, rev uint64) (uint64, error) {
 	val, err := r.Encode()
 	if err != nil {
 		return 0, err
 	}
-	// KeyValue.Update takes no TTL, so publish to the key's subject with the
-	// same compare-and-set header Update uses, plus the TTL header.
-	m := &nats.Msg{Subject: "$KV." + s.kv.Bucket() + "." + r.Router, Data: val}
-	opts := []jetstream.PublishOpt{jetstream.WithExpectLastSequencePerSubject(rev)}
+	var opts []jetstream.PublishOpt
 	if ttl := s.ttl(r); ttl > 0 {
 		opts = append(opts, jetstream.WithMsgTTL(ttl))
 	}
+	// KeyValue.Update takes no TTL, so publish to the key's subject with the
+	// same compare-and-set header Update uses, plus the TTL header.
+	return s.publish(ctx, &nats.Msg{Subject: s.subject(r.Router), Data: val}, rev, opts...)
+}
+
+// Release deletes the router's key if its last message is still at
+// revision rev, leaving memo in the delete marker: `nats kv ls` no longer
+// lists the router, and Latest and watchers still read the memo.
+func (s *Store) Release(ctx context.Context, memo Record, rev uint64) (uint64, error) {
+	val, err := memo.Encode()
+	if err != nil {
+		return 0, err
+	}
+	m := &nats.Msg{Subject: s.subject(memo.Router), Data: val, Header: nats.Header{}}
+	m.Header.Set(kvOperation, "DEL") // what KeyValue.Delete writes
+	return s.publish(ctx, m, rev)
+}
+
+// kvOperation is the header nats.go's KV marks deletes and purges with.
+const kvOperation = "KV-Operation"
+
+func (s *Store) publish(ctx context.Context, m *nats.Msg, rev uint64, opts ...jetstream.PublishOpt) (uint64, error) {
+	opts = append(opts, jetstream.WithExpectLastSequencePerSubject(rev))
+	key := m.Subject[len(s.subject("")):]
 	ack, err := s.js.PublishMsg(ctx, m, opts...)
 	if err != nil {
 		if wrongLastSequence(err) {
-			return 0, fmt.Errorf("update %q at revision %d: %w", r.Router, rev, ErrConflict)
+			return 0, fmt.Errorf("write %q at revision %d: %w", key, rev, ErrConflict)
 		}
-		return 0, fmt.Errorf("update %q: %w", r.Router, err)
+		return 0, fmt.Errorf("write %q: %w", key, err)
 	}
 	return ack.Sequence, nil
 }
+
+// Latest returns the last message on router's key with its revision, for
+// a compare-and-set that follows. live says whether it is a live record;
+// otherwise the entry holds the memo of the last delete marker (zero when
+// it has none) or, with Revision 0, the key has never had a message. A
+// live record that cannot be read is reported as not live, as watchers
+// treat it, so that a write can replace it.
+func (s *Store) Latest(ctx context.Context, router string) (e Entry, live bool, err error) {
+	m, err := s.stream.GetLastMsgForSubject(ctx, s.subject(router))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Entry{}, false, nil
+	}
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("read %q: %w", router, err)
+	}
+	e.Revision = m.Sequence
+	live = m.Header.Get(kvOperation) == "" && m.Header.Get(jetstream.MarkerReasonHeader) == ""
+	if len(m.Data) == 0 {
+		return e, false, nil
+	}
+	r, err := Decode(router, m.Data)
+	if err != nil {
+		return e, false, nil
+	}
+	e.Record = r
+	return e, live, nil
+}
+
+func (s *Store) subject(key string) string { return "$KV." + s.kv.Bucket() + "." + key }
 
 // Delete removes router's key if it is still at revision rev (0: any).
 func (s *Store) Delete(ctx context.Context, router string, rev uint64) error {
@@ -262,14 +325,28 @@ func (s *Store) List(ctx context.Context) ([]Entry, error) {
 	return out, nil
 }
 
+// keepUntil is when r's key may go: a manual record at its Until (zero:
+// never), an automatic one Linger after its Until and its probe claim.
+func (s *Store) keepUntil(r Record) time.Time {
+	if r.Manual || r.Until.IsZero() {
+		return r.Until
+	}
+	end := r.Until
+	if r.Probe != nil && r.Probe.Until.After(end) {
+		end = r.Probe.Until
+	}
+	return end.Add(s.linger)
+}
+
 // ttl is the key's time to live for r in ModeTTL, 0 for none. The server
-// truncates TTLs to whole seconds, so round up: the key then outlives Until
-// by less than a second, and readers go by Until.
+// truncates TTLs to whole seconds, so round up: the key then outlives its
+// time by less than a second, and readers go by the record's times.
 func (s *Store) ttl(r Record) time.Duration {
-	if s.mode != ModeTTL || r.Until.IsZero() {
+	keep := s.keepUntil(r)
+	if s.mode != ModeTTL || keep.IsZero() {
 		return 0
 	}
-	d := time.Until(r.Until)
+	d := time.Until(keep)
 	if d < time.Second {
 		return time.Second
 	}
@@ -295,20 +372,26 @@ func (s *Store) sweep(key string, e *Entry) {
 		t.Stop()
 		delete(s.janitor, key)
 	}
-	if e == nil || e.Record.Until.IsZero() || s.closed {
+	keep := time.Time{}
+	if e != nil {
+		keep = s.keepUntil(e.Record)
+	}
+	if keep.IsZero() || s.closed {
 		return
 	}
-	wait := time.Until(e.Record.Until)
+	wait := time.Until(keep)
 	if e.Record.By != s.owner {
 		wait += janitorGrace + rand.N(time.Second)
 	}
 	rev := e.Revision
+	memo := Record{Router: key, Level: e.Record.Level, Ended: keep, Reason: "expired", At: keep, By: s.owner}
 	s.janitor[key] = time.AfterFunc(wait, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		// Compare-and-set: only the first replica's delete lands, and a
-		// record rewritten meanwhile is left alone.
-		err := s.Delete(ctx, key, rev)
+		// record rewritten meanwhile is left alone. The memo keeps the
+		// backoff level, as a TTL expiry cannot.
+		_, err := s.Release(ctx, memo, rev)
 		if err != nil && !errors.Is(err, ErrConflict) {
 			s.log.Warn("could not delete expired router record; it no longer disables the router, but `nats kv ls` still lists it",
 				slog.String("router", key), slog.Any("error", err))

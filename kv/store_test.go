@@ -257,3 +257,83 @@ func TestOpenWithNoCreateLeavesAMissingBucketMissing(t *testing.T) {
 	_, err = js.KeyValue(context.Background(), "health")
 	is.True(errors.Is(err, jetstream.ErrBucketNotFound)) // not created
 }
+
+func TestReleaseLeavesAMemoThatLatestAndWatchersReadButKvLsDoesNot(t *testing.T) {
+	is := is.New(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	js := natstest.JetStream(t, natstest.Start(t))
+	s := open(t, js)
+	var ev events
+	is.NoErr(s.Watch(ctx, ev.add))
+
+	e, live, err := s.Latest(ctx, "/azure/dud/")
+	is.NoErr(err)
+	is.True(!live)
+	is.Equal(e.Revision, uint64(0)) // never written
+
+	rev, err := s.Update(ctx, record("/azure/dud/", time.Now().Add(time.Hour)), 0)
+	is.NoErr(err)
+	e, live, err = s.Latest(ctx, "/azure/dud/")
+	is.NoErr(err)
+	is.True(live)
+	is.Equal(e.Revision, rev)
+
+	memo := kv.Record{Router: "/azure/dud/", Level: 2, Ended: time.Now(), Reason: "probe succeeded"}
+	_, err = s.Release(ctx, memo, rev-1)
+	is.True(errors.Is(err, kv.ErrConflict)) // compare-and-set
+	rev2, err := s.Release(ctx, memo, rev)
+	is.NoErr(err)
+
+	is.Equal(keys(t, js), nil) // `nats kv ls` no longer lists it
+	e, live, err = s.Latest(ctx, "/azure/dud/")
+	is.NoErr(err)
+	is.True(!live)
+	is.Equal(e.Revision, rev2)
+	is.Equal(e.Record.Level, 2) // the memo survives
+	natstest.Eventually(t, 2*time.Second, func() bool {
+		last, _ := ev.last("/azure/dud/")
+		return last.Entry == nil && last.Memo != nil && last.Memo.Level == 2
+	}, "watchers get the memo")
+
+	_, err = s.Update(ctx, record("/azure/dud/", time.Now().Add(time.Hour)), rev2)
+	is.NoErr(err) // a new disable over the memo, at its revision
+}
+
+func TestRestartedWatcherReadsMemosWithTheCurrentRecords(t *testing.T) {
+	is := is.New(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := open(t, natstest.JetStream(t, natstest.Start(t)))
+	rev, err := s.Update(ctx, record("/a/", time.Now().Add(time.Hour)), 0)
+	is.NoErr(err)
+	_, err = s.Release(ctx, kv.Record{Router: "/a/", Failures: 2}, rev)
+	is.NoErr(err)
+	var ev events
+	is.NoErr(s.Watch(ctx, ev.add))
+	last, ok := ev.last("/a/")
+	is.True(ok && last.Memo != nil)
+	is.Equal(last.Memo.Failures, 2) // a replica that starts now still knows the count
+}
+
+func TestJanitorKeepsTheBackoffLevelWhenItDeletesAnExpiredRecord(t *testing.T) {
+	is := is.New(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	js := natstest.JetStream(t, natstest.Start(t))
+	plainBucket(t, js)
+	s, err := kv.Open(ctx, js, kv.Config{Bucket: "health", Owner: "test", Linger: 300 * time.Millisecond})
+	is.NoErr(err)
+	defer s.Close()
+	is.NoErr(s.Watch(ctx, func(kv.Event) {}))
+	r := record("/a/", time.Now().Add(200*time.Millisecond))
+	r.Level = 2
+	_, err = s.Update(ctx, r, 0)
+	is.NoErr(err)
+	natstest.Eventually(t, 5*time.Second, func() bool { return len(keys(t, js)) == 0 }, "janitor deletes after Until and the linger")
+	is.True(!time.Now().Before(r.Until.Add(300 * time.Millisecond))) // not before
+	e, live, err := s.Latest(ctx, "/a/")
+	is.NoErr(err)
+	is.True(!live)
+	is.Equal(e.Record.Level, 2)
+}

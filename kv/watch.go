@@ -15,6 +15,8 @@ type Event struct {
 	// Entry is the record now in force, or nil when the key was deleted,
 	// purged, expired, or overwritten with something unreadable.
 	Entry *Entry
+	// Memo is what a delete marker carries (see Store.Release), or nil.
+	Memo *Record
 	// Revision is the bucket revision of the change; 0 when the change was
 	// inferred after re-watching.
 	Revision uint64
@@ -108,7 +110,11 @@ func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[st
 
 func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]bool, fn func(Event)) {
 	ev := Event{Router: e.Key(), Revision: e.Revision()}
-	if e.Operation() == jetstream.KeyValuePut {
+	if e.Operation() != jetstream.KeyValuePut {
+		if r, err := Decode(e.Key(), e.Value()); err == nil {
+			ev.Memo = &r
+		}
+	} else {
 		r, err := Decode(e.Key(), e.Value())
 		if err != nil {
 			s.log.Warn("ignoring unreadable router record; fix or remove it with `nats kv del`",

@@ -39,6 +39,7 @@ type config struct {
 	id           string
 	glConfig     string // gl_config.json to check at startup
 	metricsAddr  string
+	policy       broker.Policy
 
 	logLevel  string
 	logFormat string
@@ -89,6 +90,16 @@ func (s *settings) int(p *int, name, env string, def, lo, hi int, usage string) 
 
 func (s *settings) bool(p *bool, name, env string, usage string) {
 	s.value((*boolValue)(p), name, env, usage)
+}
+
+func (s *settings) float(p *float64, name, env string, def, lo, hi float64, usage string) {
+	*p = def
+	s.value(&floatValue{p: p, lo: lo, hi: hi}, name, env, usage)
+}
+
+func (s *settings) duration(p *time.Duration, name, env string, def, lo, hi time.Duration, usage string) {
+	*p = def
+	s.value(&spanValue{p: p, lo: lo, hi: hi}, name, env, usage)
 }
 
 func (s *settings) minutes(p *time.Duration, name, env string, def float64, usage string) {
@@ -153,6 +164,48 @@ func (v *intValue) String() string {
 		return "0"
 	}
 	return strconv.Itoa(*v.p)
+}
+
+type floatValue struct {
+	p      *float64
+	lo, hi float64
+}
+
+func (v *floatValue) Set(s string) error {
+	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || math.IsNaN(f) || f < v.lo || f > v.hi {
+		return fmt.Errorf("not a number from %v to %v", v.lo, v.hi)
+	}
+	*v.p = f
+	return nil
+}
+
+func (v *floatValue) String() string {
+	if v == nil || v.p == nil {
+		return "0"
+	}
+	return strconv.FormatFloat(*v.p, 'f', -1, 64)
+}
+
+type spanValue struct {
+	p      *time.Duration
+	lo, hi time.Duration
+}
+
+func (v *spanValue) Set(s string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil || d < v.lo || d > v.hi {
+		return fmt.Errorf("not a duration from %v to %v, such as 2m or 90s", v.lo, v.hi)
+	}
+	*v.p = d
+	return nil
+}
+
+func (v *spanValue) String() string {
+	if v == nil || v.p == nil {
+		return "0s"
+	}
+	return v.p.String()
 }
 
 // maxMinutes is a year: longer is surely a typo, and far longer would
@@ -220,6 +273,11 @@ func parseServe(args []string, getenv func(string) string, stdout io.Writer) (co
 	s.int(&c.kvReplicas, "kv-replicas", "BROKER_KV_REPLICAS", 1, 1, 5, "`replicas` of the bucket when the broker creates it (3 on a NATS cluster)")
 	s.minutes(&c.disabledTime, "disabled-time", "DISABLED_TIME", 10, "`minutes` a failed router stays out of its pool, fractions allowed")
 	s.string(&c.id, "id", "BROKER_ID", defaultID(), "`name` of this replica in the records it writes")
+	s.int(&c.policy.Threshold, "failure-threshold", "BROKER_FAILURE_THRESHOLD", 1, 1, 1000, "consecutive `failures`, counted over every replica, that disable a router")
+	s.float(&c.policy.Multiplier, "backoff-multiplier", "BROKER_BACKOFF_MULTIPLIER", 2, 1, 100, "`factor` the disabled time grows by each time a router is disabled again before it recovered (1: no backoff)")
+	s.float(&c.policy.MaxMultiplier, "backoff-cap", "BROKER_BACKOFF_CAP", 8, 1, 1000, "largest `multiple` of the disabled time a disable (or a Retry-After) lasts")
+	s.duration(&c.policy.ProbeTimeout, "probe-timeout", "BROKER_PROBE_TIMEOUT", 2*time.Minute, time.Second, 24*time.Hour, "how long a probe call may go unreported before another `duration` may be tried")
+	s.string((*string)(&c.policy.AllDisabled), "all-disabled", "BROKER_ALL_DISABLED", "panic", "what a pool with no enabled router does: `mode` panic (the router back soonest), ingress (the ingress's own outbound) or any")
 	s.string(&c.glConfig, "gl-config", "BROKER_GL_CONFIG", "", "gecholog's gl_config.json `file`: refuse to start when it does not route the pools through this broker")
 	s.string(&c.metricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for /metrics, /healthz and /readyz (off when empty)")
 	s.bool(&c.embedded, "embedded-nats", "BROKER_EMBEDDED_NATS", "start an in-process nats-server with JetStream and serve on it")
@@ -256,6 +314,11 @@ func (c *config) resolve() error {
 	}
 	if _, err := logLevel(c.logLevel); err != nil {
 		return err
+	}
+	switch c.policy.AllDisabled {
+	case broker.Panic, broker.Ingress, broker.Any:
+	default:
+		return fmt.Errorf("all-disabled %q: panic, ingress or any", c.policy.AllDisabled)
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return fmt.Errorf("log-format %q: text or json", c.logFormat)

@@ -34,6 +34,12 @@ const enableJetStream = `add "jetstream { store_dir: /app/working/jetstream }" t
 // those in flight and returns nil. ready, if not nil, is called once the
 // replica answers calls, with the replica's broker.
 func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.Broker)) error {
+	c.policy.DisabledTime = c.disabledTime
+	policy, err := c.policy.Resolve()
+	if err != nil {
+		return err
+	}
+	c.policy = policy
 	if c.glConfig != "" {
 		if err := checkAtStartup(c); err != nil {
 			return err
@@ -42,6 +48,17 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 	opts, err := natsOptions(c, log)
 	if err != nil {
 		return err
+	}
+	var mon *monitor // nil: metrics and health are off
+	if c.metricsAddr != "" {
+		// Listening before connecting lets /healthz answer, and /readyz
+		// say why not, while the replica waits for the server. Deferred
+		// first, the listener closes last, after the drain.
+		mon = newMonitor(log)
+		if err := mon.listen(c.metricsAddr); err != nil {
+			return err
+		}
+		defer mon.close()
 	}
 	if c.embedded {
 		s, err := startEmbedded(c, log)
@@ -57,6 +74,7 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 		return nil // ctx ended while waiting for the server: a clean stop
 	}
 	defer nc.Close()
+	mon.connected(nc)
 
 	var store *kv.Store
 	var bstore broker.Store // stays a nil interface in local mode
@@ -73,17 +91,19 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 		bstore = store
 		mode = store.Mode().String()
 	}
+	mon.attached(mode)
 
 	b, err := broker.New(broker.Config{
-		Pools:        c.pools,
-		DisabledTime: c.disabledTime,
-		ID:           c.id,
-		Store:        bstore,
-		Logger:       log,
+		Pools:  c.pools,
+		Policy: c.policy,
+		ID:     c.id,
+		Store:  bstore,
+		Logger: log,
 	})
 	if err != nil {
 		return err
 	}
+	mon.started(b)
 	if store != nil {
 		// The view is complete before the first call is answered.
 		if err := store.Watch(ctx, b.Observe); err != nil {
@@ -94,12 +114,13 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 		}
 	}
 
-	sub, err := nc.QueueSubscribe(c.subject, c.queue, func(m *nats.Msg) {
+	mon.stage(subscribing)
+	sub, err := nc.QueueSubscribe(c.subject, c.queue, mon.timed(func(m *nats.Msg) {
 		reply := b.Handle(m.Data)
 		if m.Reply != "" {
 			_ = m.Respond(reply) // fails only when the connection is closed
 		}
-	})
+	}))
 	if err != nil {
 		return fmt.Errorf("subscribe to %q: %w", c.subject, err)
 	}
@@ -107,6 +128,7 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("subscribe to %q: %w", c.subject, err)
 	}
+	mon.stage("") // ready
 	log.Info("serving",
 		slog.String("subject", c.subject), slog.String("queue", c.queue),
 		slog.String("bucket", c.bucket), slog.String("ttl_mode", mode),
@@ -117,6 +139,7 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 	}
 
 	<-ctx.Done()
+	mon.stage(stopping)
 	log.Info("stopping: finishing calls in flight")
 	if err := sub.Drain(); err == nil {
 		select {
@@ -225,7 +248,7 @@ func attach(ctx context.Context, nc *nats.Conn, c config, log *slog.Logger) (*kv
 	}
 	for attempt := 0; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		store, err := kv.Open(actx, js, kv.Config{Bucket: c.bucket, Replicas: c.kvReplicas, Owner: c.id, Logger: log})
+		store, err := kv.Open(actx, js, kv.Config{Bucket: c.bucket, Replicas: c.kvReplicas, Owner: c.id, Logger: log, Linger: c.policy.ProbeTimeout})
 		cancel()
 		if err == nil || errors.Is(err, kv.ErrNoJetStream) {
 			return store, err

@@ -1,0 +1,249 @@
+package broker
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/gecholog/broker/kv"
+)
+
+// AllDisabled says what a request for a pool gets when none of its routers
+// is enabled.
+type AllDisabled string
+
+const (
+	// Panic sends calls to the router whose disable ends soonest, as
+	// Envoy's panic mode does: a call that may work beats one that cannot.
+	Panic AllDisabled = "panic"
+	// Ingress answers empty, so gecholog uses the ingress router's own
+	// outbound: the original broker's behaviour.
+	Ingress AllDisabled = "ingress"
+	// Any chooses at random, by weight, among all the pool's routers.
+	Any AllDisabled = "any"
+)
+
+// Policy decides when a router is disabled, for how long, and how it comes
+// back. Zero fields take the defaults named on each.
+type Policy struct {
+	// DisabledTime is the first disable's length (required).
+	DisabledTime time.Duration
+	// Threshold is how many consecutive failures, counted over every
+	// replica, disable a router (default 1).
+	Threshold int
+	// Multiplier grows the disabled time each time a router is disabled
+	// again before it has recovered (default 2; 1 turns backoff off).
+	Multiplier float64
+	// MaxMultiplier caps the growth (default 8), and so caps Retry-After.
+	MaxMultiplier float64
+	// ProbeTimeout is how long a replica's claim on the half-open probe
+	// lasts without a report before another probe may go (default 2m).
+	ProbeTimeout time.Duration
+	// AllDisabled is what a pool with no enabled router does (default Panic).
+	AllDisabled AllDisabled
+}
+
+// Resolve returns p with defaults in place of zero fields, or an error
+// naming a field that is out of range.
+func (p Policy) Resolve() (Policy, error) {
+	if p.Threshold == 0 {
+		p.Threshold = 1
+	}
+	if p.Multiplier == 0 {
+		p.Multiplier = 2
+	}
+	if p.MaxMultiplier == 0 {
+		p.MaxMultiplier = 8
+	}
+	if p.ProbeTimeout == 0 {
+		p.ProbeTimeout = 2 * time.Minute
+	}
+	if p.AllDisabled == "" {
+		p.AllDisabled = Panic
+	}
+	switch {
+	case p.DisabledTime <= 0:
+		return p, fmt.Errorf("disabled time %v: must be positive", p.DisabledTime)
+	case p.Threshold < 1:
+		return p, fmt.Errorf("failure threshold %d: must be at least 1", p.Threshold)
+	case p.Multiplier < 1 || math.IsNaN(p.Multiplier) || p.Multiplier > 100:
+		return p, fmt.Errorf("backoff multiplier %v: must be from 1 to 100", p.Multiplier)
+	case p.MaxMultiplier < 1 || math.IsNaN(p.MaxMultiplier) || p.MaxMultiplier > 1000:
+		return p, fmt.Errorf("backoff cap %v: must be from 1 to 1000", p.MaxMultiplier)
+	case p.ProbeTimeout < time.Second:
+		return p, fmt.Errorf("probe timeout %v: must be at least a second", p.ProbeTimeout)
+	case p.AllDisabled != Panic && p.AllDisabled != Ingress && p.AllDisabled != Any:
+		return p, fmt.Errorf("all-disabled %q: panic, ingress or any", p.AllDisabled)
+	}
+	return p, nil
+}
+
+// maxLevel is the first backoff level whose multiplier reaches the cap.
+func (p Policy) maxLevel() int {
+	if p.Multiplier <= 1 {
+		return 0
+	}
+	level := 0
+	for math.Pow(p.Multiplier, float64(level)) < p.MaxMultiplier {
+		level++
+	}
+	return level
+}
+
+// Duration is how long a disable at backoff level lasts.
+func (p Policy) Duration(level int) time.Duration {
+	m := math.Min(math.Pow(p.Multiplier, float64(level)), p.MaxMultiplier)
+	return time.Duration(float64(p.DisabledTime) * m)
+}
+
+// maxDuration is the longest any automatic disable lasts.
+func (p Policy) maxDuration() time.Duration {
+	return time.Duration(float64(p.DisabledTime) * p.MaxMultiplier)
+}
+
+// level is the backoff level a new disable gets, given the memo of the
+// router's last one: one more than what is left of the last level, which
+// falls by one for each DisabledTime the router has served since, or 0 when
+// it has fully recovered.
+func (p Policy) level(memo kv.Record, now time.Time) int {
+	if memo.Ended.IsZero() {
+		return 0
+	}
+	left := memo.Level - int(now.Sub(memo.Ended)/p.DisabledTime)
+	if left < 0 {
+		return 0
+	}
+	return min(left+1, p.maxLevel())
+}
+
+// Phase is where a router stands.
+type Phase int
+
+const (
+	Enabled   Phase = iota // takes its share of calls
+	Disabled               // out of its pools until its record's Until
+	Probation              // disable over; waits for one probe call to succeed
+	Manual                 // disabled by an operator; only an operator or Until ends it
+)
+
+func (ph Phase) String() string {
+	return [...]string{"enabled", "disabled", "probation", "manual"}[ph]
+}
+
+// phase of a router whose live record is r (nil: none) at now.
+func phase(r *kv.Record, now time.Time) Phase {
+	switch {
+	case r == nil:
+		return Enabled
+	case r.Manual && r.ActiveAt(now):
+		return Manual
+	case r.Manual:
+		return Enabled // a manual disable that has run out
+	case now.Before(r.Until):
+		return Disabled
+	}
+	return Probation
+}
+
+// event is what happened to a router, as a replica heard it.
+type event struct {
+	kind       eventKind
+	status     int
+	retryAfter time.Duration // from the upstream's Retry-After; 0 without
+	by         string        // the replica
+	at         time.Time
+}
+
+type eventKind int
+
+const (
+	failure eventKind = iota
+	success
+	claim // a replica asks for the probe of a router on probation
+)
+
+// change is what an event writes: a live record, or a memo left in the
+// delete marker that enables the router.
+type change struct {
+	rec     kv.Record
+	release bool
+}
+
+// decide applies ev to a router whose live record is live (nil: none) and
+// whose last memo is memo. It says what to write, or false when nothing
+// changes. It is the whole failure policy, and pure.
+func (p Policy) decide(router string, live *kv.Record, memo kv.Record, ev event) (change, bool) {
+	ph := phase(live, ev.at)
+	if ph == Enabled && live != nil {
+		memo = kv.Record{} // a manual disable ran out; it leaves no backoff
+	}
+	switch ev.kind {
+	case failure:
+		switch ph {
+		case Manual:
+			return change{}, false
+		case Disabled:
+			// Calls that were in flight when the router was disabled fail
+			// too; they are the same outage. Only a longer Retry-After
+			// moves the deadline, and never earlier.
+			if ev.retryAfter == 0 {
+				return change{}, false
+			}
+			until := ev.at.Add(p.clampRetryAfter(ev.retryAfter))
+			if !until.After(live.Until.Add(time.Second)) {
+				return change{}, false
+			}
+			r := *live
+			r.Until, r.Status, r.Reason, r.By = until, ev.status, reason(ev, ""), ev.by
+			return change{rec: r}, true
+		case Probation:
+			return change{rec: p.disable(router, min(live.Level+1, p.maxLevel()), ev, "probe failed: ")}, true
+		}
+		if memo.Failures+1 < p.Threshold {
+			m := memo
+			m.Router, m.Failures, m.Status, m.Reason, m.At, m.By = router, memo.Failures+1, ev.status, reason(ev, ""), ev.at, ev.by
+			return change{rec: m, release: true}, true
+		}
+		return change{rec: p.disable(router, p.level(memo, ev.at), ev, "")}, true
+	case success:
+		switch ph {
+		case Probation:
+			return change{rec: kv.Record{Router: router, Level: live.Level, Ended: ev.at,
+				Reason: "probe succeeded", At: ev.at, By: ev.by}, release: true}, true
+		case Enabled:
+			if memo.Failures > 0 {
+				m := memo
+				m.Failures = 0
+				return change{rec: m, release: true}, true
+			}
+		}
+	case claim:
+		if ph == Probation && (live.Probe == nil || !ev.at.Before(live.Probe.Until)) {
+			r := *live
+			r.Probe = &kv.Probe{By: ev.by, At: ev.at, Until: ev.at.Add(p.ProbeTimeout)}
+			return change{rec: r}, true
+		}
+	}
+	return change{}, false
+}
+
+func (p Policy) disable(router string, level int, ev event, prefix string) kv.Record {
+	d := p.Duration(level)
+	if ev.retryAfter > 0 {
+		d = p.clampRetryAfter(ev.retryAfter)
+	}
+	return kv.Record{Router: router, Status: ev.status, Reason: reason(ev, prefix),
+		At: ev.at, Until: ev.at.Add(d), By: ev.by, Level: level}
+}
+
+func (p Policy) clampRetryAfter(d time.Duration) time.Duration {
+	return min(max(d, time.Second), p.maxDuration())
+}
+
+func reason(ev event, prefix string) string {
+	r := prefix + fmt.Sprintf("egress_status_code %d", ev.status)
+	if ev.retryAfter > 0 {
+		r += fmt.Sprintf(", Retry-After %v", ev.retryAfter)
+	}
+	return r
+}

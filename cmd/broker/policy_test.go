@@ -1,0 +1,436 @@
+package main
+
+// End-to-end tests of the failure policy: three replicas in this process,
+// each a full serve() with its own NATS connection and bucket watcher, on a
+// real embedded nats-server with JetStream, driven as gecholog drives them.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/kv"
+)
+
+// fleet is three replicas serving one embedded server.
+type fleet struct {
+	srv      *server.Server
+	replicas []*broker.Broker
+	logs     []*syncBuffer
+	nc       *nats.Conn
+	bucket   jetstream.KeyValue
+}
+
+// startFleet runs n replicas with cfg's policy; plain pre-creates the bucket
+// without limit markers, as a server without per-message TTL would have.
+func startFleet(t *testing.T, n int, disabled time.Duration, policy broker.Policy, plain bool) *fleet {
+	t.Helper()
+	f := &fleet{srv: natstest.Start(t)}
+	f.nc = natstest.Connect(t, f.srv)
+	js, err := jetstream.New(f.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if plain {
+		if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "gl_broker"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	ready := make(chan *broker.Broker, n)
+	for i := range n {
+		c := config{
+			server: f.srv.ClientURL(), subject: "coburn.gl.broker", queue: "broker", bucket: "gl_broker",
+			kvReplicas: 1, disabledTime: disabled, pools: broker.DefaultPools(), policy: policy,
+			id: fmt.Sprintf("replica-%d", i+1),
+		}
+		logs := &syncBuffer{}
+		f.logs = append(f.logs, logs)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			if err := serve(ctx, c, log, func(b *broker.Broker) { ready <- b }); err != nil {
+				t.Errorf("replica %s: %v", c.id, err)
+			}
+		}()
+	}
+	for range n {
+		select {
+		case b := <-ready:
+			f.replicas = append(f.replicas, b)
+		case <-time.After(10 * time.Second):
+			t.Fatal("replicas not ready within 10s")
+		}
+	}
+	if f.bucket, err = js.KeyValue(ctx, "gl_broker"); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// everyReplica waits until cond holds for every replica.
+func (f *fleet) everyReplica(t *testing.T, d time.Duration, cond func(*broker.Broker) bool, what string) {
+	t.Helper()
+	natstest.Eventually(t, d, func() bool {
+		for _, b := range f.replicas {
+			if !cond(b) {
+				return false
+			}
+		}
+		return true
+	}, "%s on every replica", what)
+}
+
+func (f *fleet) record(t *testing.T, router string) (kv.Record, bool) {
+	t.Helper()
+	e, err := f.bucket.Get(context.Background(), router)
+	if err != nil {
+		return kv.Record{}, false
+	}
+	r, err := kv.Decode(router, e.Value())
+	if err != nil {
+		t.Fatalf("record %s: %v", router, err)
+	}
+	return r, true
+}
+
+func (f *fleet) put(t *testing.T, r kv.Record) {
+	t.Helper()
+	b, err := r.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.bucket.Put(context.Background(), r.Router, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// route makes a request-context call and returns the chosen router ("" for
+// an empty answer).
+func (f *fleet) route(t *testing.T) string {
+	t.Helper()
+	m, err := f.nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
+	if err != nil {
+		t.Fatalf("request context: %v", err)
+	}
+	var r struct {
+		GLPath string `json:"gl_path"`
+	}
+	if len(m.Data) > 0 {
+		if err := json.Unmarshal(m.Data, &r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r.GLPath
+}
+
+func (f *fleet) report(t *testing.T, msg string) {
+	t.Helper()
+	if _, err := f.nc.Request("coburn.gl.broker", []byte(msg), 2*time.Second); err != nil {
+		t.Fatalf("response context: %v", err)
+	}
+}
+
+func phaseIs(router string, ph broker.Phase) func(*broker.Broker) bool {
+	return func(b *broker.Broker) bool { return b.Phase(router) == ph }
+}
+
+func TestFailuresReportedToDifferentReplicasAddUpToTheThreshold(t *testing.T) {
+	is := is.New(t)
+	f := startFleet(t, 3, time.Minute, broker.Policy{Threshold: 3}, false)
+	// report sends one response context through the queue group, so it
+	// lands on any replica, and waits until every replica has counted it,
+	// as gecholog's calls are spaced by the LLM's own latency.
+	report := func(router string, status, failures int) {
+		f.report(t, fmt.Sprintf(`{"gl_path":%q,"egress_status_code":%d}`, router, status))
+		f.everyReplica(t, 2*time.Second, func(b *broker.Broker) bool {
+			return b.Phase(router) == broker.Enabled && b.Failures(router) == failures
+		}, fmt.Sprintf("%s counted %d", router, failures))
+	}
+	report("/azure/dud/", 502, 1)
+	report("/azure/dud/", 502, 2)
+	_, live := f.record(t, "/azure/dud/")
+	is.True(!live)                 // two failures are not enough
+	report("/azure/gpt4/", 200, 0) // another router's success does not reset it
+	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":502}`)
+	f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "the third failure disables")
+
+	report("/azure/gpt4/", 502, 1)
+	report("/azure/gpt4/", 502, 2)
+	report("/azure/gpt4/", 200, 0) // a success resets the count
+	report("/azure/gpt4/", 502, 1)
+	report("/azure/gpt4/", 502, 2)
+	_, live = f.record(t, "/azure/gpt4/")
+	is.True(!live) // not disabled: never three in a row
+}
+
+func TestProbeIsSentExactlyOnceFleetWideIn100Repetitions(t *testing.T) {
+	for _, mode := range []string{"ttl", "expiry"} {
+		t.Run(mode, func(t *testing.T) {
+			is := is.New(t)
+			f := startFleet(t, 3, time.Minute, broker.Policy{}, mode == "expiry")
+			for rep := range 100 {
+				now := time.Now()
+				f.put(t, kv.Record{Router: "/azure/dud/", Status: 502, Reason: "test", At: now.Add(-time.Minute), Until: now, By: "test"})
+				// Every replica must have heard of the disable before the calls
+				// start; before that, a replica still sends the router its share.
+				f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation")
+				// 6 callers send request contexts through the queue group, so
+				// they land on every replica, until the probe has gone and a
+				// further 60 calls have found no second one.
+				var probes, after atomic.Int64
+				var wg sync.WaitGroup
+				deadline := time.Now().Add(5 * time.Second)
+				for range 6 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for time.Now().Before(deadline) && after.Load() < 60 {
+							if f.route(t) == "/azure/dud/" {
+								probes.Add(1)
+							} else if probes.Load() > 0 {
+								after.Add(1)
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				is.Equal(probes.Load(), int64(1)) // one probe, repetition rep
+				r, _ := f.record(t, "/azure/dud/")
+				is.True(r.Probe != nil) // claimed in the bucket
+				is.NoErr(f.bucket.Delete(context.Background(), "/azure/dud/"))
+				f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Enabled), fmt.Sprint("reset ", rep))
+			}
+		})
+	}
+}
+
+func TestProbeFailureBacksOffAndProbeSuccessEnables(t *testing.T) {
+	is := is.New(t)
+	f := startFleet(t, 3, time.Second, broker.Policy{}, false)
+	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":502}`)
+	f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled")
+	r, _ := f.record(t, "/azure/dud/")
+	is.Equal(r.Level, 0)
+	is.Equal(r.Until.Sub(r.At), time.Second)
+
+	f.everyReplica(t, 3*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation")
+	natstest.Eventually(t, 3*time.Second, func() bool { return f.route(t) == "/azure/dud/" }, "the probe goes out")
+	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":502}`) // the probe fails
+	f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled again")
+	r, _ = f.record(t, "/azure/dud/")
+	is.Equal(r.Level, 1)                       // the next level
+	is.Equal(r.Until.Sub(r.At), 2*time.Second) // twice as long
+	is.True(r.Reason == "probe failed: egress_status_code 502")
+
+	f.everyReplica(t, 4*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation again")
+	natstest.Eventually(t, 3*time.Second, func() bool { return f.route(t) == "/azure/dud/" }, "the second probe goes out")
+	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":200}`) // and succeeds
+	f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Enabled), "enabled")
+	_, live := f.record(t, "/azure/dud/")
+	is.True(!live) // `nats kv ls` no longer lists it
+
+	// Failing again right away starts at the next level: it has not recovered.
+	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":502}`)
+	f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled once more")
+	r, _ = f.record(t, "/azure/dud/")
+	is.Equal(r.Level, 2)
+}
+
+func TestRetryAfterFromTheUpstreamSetsTheDisabledTime(t *testing.T) {
+	is := is.New(t)
+	f := startFleet(t, 2, time.Minute, broker.Policy{}, false)
+	f.report(t, `{"gl_path":"/azure/gpt4/","egress_status_code":429,"inbound_headers":{"retry-after":["7"],"Content-Type":["application/json"]}}`)
+	f.everyReplica(t, 2*time.Second, phaseIs("/azure/gpt4/", broker.Disabled), "disabled")
+	r, _ := f.record(t, "/azure/gpt4/")
+	is.Equal(r.Until.Sub(r.At), 7*time.Second)
+
+	// A longer Retry-After moves the deadline later; a shorter one does not.
+	f.report(t, `{"gl_path":"/azure/gpt4/","egress_status_code":503,"inbound_headers":{"Retry-After":["1"]}}`)
+	f.report(t, `{"gl_path":"/azure/gpt4/","egress_status_code":503,"inbound_headers":{"Retry-After":["40"]}}`)
+	natstest.Eventually(t, 2*time.Second, func() bool {
+		r2, _ := f.record(t, "/azure/gpt4/")
+		return r2.Until.Sub(r.At) > 30*time.Second
+	}, "extended by the longer Retry-After")
+}
+
+func TestManualDisableIsObeyedAndNeverTouchedByAutomaticRules(t *testing.T) {
+	is := is.New(t)
+	f := startFleet(t, 3, time.Second, broker.Policy{}, false)
+	manual := kv.Record{Router: "/azure/gpt4/", Manual: true, Reason: "maintenance", At: time.Now(), By: "alice"}
+	f.put(t, manual) // as `nats kv put` would
+	f.everyReplica(t, time.Second, phaseIs("/azure/gpt4/", broker.Manual), "manual disable obeyed")
+	for range 5 {
+		f.report(t, `{"gl_path":"/azure/gpt4/","egress_status_code":502}`)
+		f.report(t, `{"gl_path":"/azure/gpt4/","egress_status_code":200}`)
+	}
+	// Every other router disabled too: panic mode must not pick the manual one.
+	f.report(t, `{"gl_path":"/azure/gpt35turbo/","egress_status_code":500}`)
+	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":500}`)
+	for range 30 {
+		is.True(f.route(t) != "/azure/gpt4/") // never chosen, not even in panic mode
+	}
+	r, _ := f.record(t, "/azure/gpt4/")
+	is.True(r.Manual && r.By == "alice") // never overwritten
+	is.NoErr(f.bucket.Delete(context.Background(), "/azure/gpt4/"))
+	f.everyReplica(t, time.Second, phaseIs("/azure/gpt4/", broker.Enabled), "enabled by hand")
+}
+
+func TestEveryRouterDisabledSendsCallsToTheOneBackSoonest(t *testing.T) {
+	is := is.New(t)
+	f := startFleet(t, 3, time.Minute, broker.Policy{}, false)
+	now := time.Now()
+	f.put(t, kv.Record{Router: "/azure/gpt35turbo/", At: now, Until: now.Add(3 * time.Minute)})
+	f.put(t, kv.Record{Router: "/azure/gpt4/", At: now, Until: now.Add(time.Minute)})
+	f.put(t, kv.Record{Router: "/azure/dud/", At: now, Until: now.Add(2 * time.Minute)})
+	f.everyReplica(t, time.Second, func(b *broker.Broker) bool { return len(b.Routers("/azure/")) == 0 }, "all disabled")
+	for range 30 {
+		is.Equal(f.route(t), "/azure/gpt4/") // panic mode: the router whose disable ends soonest
+	}
+}
+
+// TestDeadRouterCostsInFlightCallsPlusOnePerProbe is the number users feel:
+// 8 callers drive three replicas gecholog-style while one router is dead
+// for 5 × DISABLED_TIME, then healthy again.
+func TestDeadRouterCostsInFlightCallsPlusOnePerProbe(t *testing.T) {
+	is := is.New(t)
+	const disabled = time.Second
+	f := startFleet(t, 3, disabled, broker.Policy{}, false)
+
+	var dead atomic.Bool
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	is.NoErr(err)
+	flaky := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if dead.Load() {
+			w.WriteHeader(http.StatusBadGateway)
+		}
+	})}
+	go func() { _ = flaky.Serve(l) }()
+	defer flaky.Close()
+	ups, err := startUpstreams()
+	is.NoErr(err)
+	defer ups.close()
+	ups.urls["/azure/dud/"] = "http://" + l.Addr().String() + "/"
+	gw := gateway{nc: f.nc, subject: "coburn.gl.broker", upstreams: ups.urls, client: &http.Client{Timeout: 5 * time.Second}}
+
+	var mu sync.Mutex
+	type call struct {
+		router     string
+		status     int
+		start, end time.Time
+	}
+	var calls []call
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; n < 100000; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				router, status, err := gw.call("/azure/")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				calls = append(calls, call{router, status, start, time.Now()})
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // a healthy baseline before the failure
+	died := time.Now()
+	dead.Store(true)
+	time.Sleep(5 * disabled)
+	dead.Store(false)
+	revived := time.Now()
+	f.everyReplica(t, 20*time.Second, phaseIs("/azure/dud/", broker.Enabled), "dud back")
+	enabled := time.Now()
+	time.Sleep(time.Second) // its share after recovery
+	close(stop)
+	wg.Wait()
+
+	var deadCalls, inFlight, afterShare, after int
+	for _, c := range calls {
+		if c.router == "/azure/dud/" && c.status == http.StatusBadGateway {
+			deadCalls++
+			if c.start.Before(died) {
+				inFlight++
+			}
+		}
+		if c.start.After(enabled) {
+			after++
+			if c.router == "/azure/dud/" {
+				afterShare++
+			}
+		}
+	}
+	var deadProbes, liveProbes int
+	for _, l := range f.logs {
+		deadProbes += countLines(l.String(), "sending the probe call", died, revived)
+		liveProbes += countLines(l.String(), "sending the probe call", revived, enabled)
+	}
+	t.Logf("dead for %v (5 × DISABLED_TIME %v), 8 callers: %d calls in all, %d to the dead router (%d already under way when it died), %d probes while dead; bound 8 in flight + %d probes = %d",
+		revived.Sub(died).Round(time.Millisecond), disabled, len(calls), deadCalls, inFlight, deadProbes, deadProbes, 8+deadProbes)
+	t.Logf("recovered: enabled %v after the upstream came back, by %d probe; share after recovery %d/%d = %.2f (full share 0.33)",
+		enabled.Sub(revived).Round(time.Millisecond), liveProbes, afterShare, after, float64(afterShare)/float64(after))
+	is.True(deadCalls <= 8+deadProbes) // at most the calls in flight plus one per probe
+	is.True(deadProbes >= 1)           // the policy did probe while it was dead
+	is.Equal(liveProbes, 1)            // back within one probe
+	share := float64(afterShare) / float64(after)
+	is.True(share > 0.25 && share < 0.42) // back to its full share
+}
+
+// countLines counts JSON log lines with msg logged from..to.
+func countLines(out, msg string, from, to time.Time) int {
+	n := 0
+	for _, line := range splitLines(out) {
+		var m struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+		}
+		if json.Unmarshal([]byte(line), &m) == nil && m.Msg == msg && !m.Time.Before(from) && m.Time.Before(to) {
+			n++
+		}
+	}
+	return n
+}
+
+func splitLines(s string) []string {
+	var out []string
+	for len(s) > 0 {
+		i := 0
+		for i < len(s) && s[i] != '\n' {
+			i++
+		}
+		out = append(out, s[:i])
+		if i < len(s) {
+			i++
+		}
+		s = s[i:]
+	}
+	return out
+}
