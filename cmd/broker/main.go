@@ -7,6 +7,7 @@
 //	broker enable ROUTER                lift any disable now, on every replica
 //	broker check [gl_config.json]       do the pools and gecholog's config agree?
 //	broker healthcheck                  is the replica on BROKER_METRICS_ADDR ready? (for container healthchecks)
+//	broker bench [-mode M]              load and timing measurements on loopback
 //
 // Run "broker -h" for the settings; each is a flag and an environment
 // variable.
@@ -55,8 +56,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = checkCommand(ctx, args, getenv, stdout, stderr)
 	case "healthcheck":
 		err = healthcheckCommand(ctx, args, getenv, stdout, stderr)
+	case "bench":
+		err = benchCommand(ctx, args, getenv, stdout, stderr)
 	default:
-		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable, check and healthcheck", cmd)
+		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable, check, healthcheck and bench", cmd)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
