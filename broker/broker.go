@@ -54,9 +54,10 @@ type Broker struct {
 	stopWrites   context.CancelFunc
 	writeContext context.Context
 
-	mu          sync.Mutex // guards the views in routers, timer, transitions and pool.stranded
+	mu          sync.Mutex // guards the views in routers, timer, transitions, warned and pool.stranded
 	timer       *time.Timer
 	transitions map[transition]uint64
+	warned      map[string]uint64 // router → revision last warned about
 
 	calls       [numOutcomes]atomic.Uint64
 	kvWrites    atomic.Uint64
@@ -143,6 +144,7 @@ func New(cfg Config) (*Broker, error) {
 		writeContext: ctx,
 		stopWrites:   cancel,
 		transitions:  map[transition]uint64{},
+		warned:       map[string]uint64{},
 	}
 	for _, pc := range cfg.Pools {
 		p := &pool{ingress: pc.Ingress, routers: pc.Routers, chosen: make([]atomic.Uint64, len(pc.Routers))}
@@ -303,6 +305,9 @@ func (b *Broker) tryWrite(rt *route, ev event) error {
 	var liveRec *kv.Record
 	memo := cur.Record
 	if live {
+		b.mu.Lock()
+		cur.Record = b.sane(cur)
+		b.mu.Unlock()
 		liveRec, memo = &cur.Record, kv.Record{}
 	}
 	ch, ok := b.policy.decide(rt.path, liveRec, memo, ev)
@@ -361,6 +366,15 @@ func (b *Broker) Observe(ev kv.Event) {
 func (b *Broker) observe(ev kv.Event, own bool) {
 	rt := b.routers[ev.Router]
 	if rt == nil {
+		if ev.Entry != nil {
+			b.mu.Lock()
+			if b.warned[ev.Router] == 0 {
+				b.log.Warn("ignoring a record for a router no pool has; delete it with `nats kv del` if it is a mistake",
+					slog.String("router", ev.Router))
+			}
+			b.warned[ev.Router] = ev.Revision
+			b.mu.Unlock()
+		}
 		return
 	}
 	now := time.Now()
@@ -375,11 +389,41 @@ func (b *Broker) observe(ev kv.Event, own bool) {
 	ch := change{release: ev.Entry == nil}
 	switch {
 	case ev.Entry != nil:
-		ch.rec = ev.Entry.Record
+		ch.rec = b.sane(*ev.Entry)
 	case ev.Memo != nil:
 		ch.rec = *ev.Memo
 	}
 	b.apply(rt, ch, ev.Revision, false, now)
+}
+
+// sane returns e's record with times no automatic disable could have: an
+// Until beyond the longest disable, or none at all, and a probe claim
+// beyond the probe timeout, counted from when the server stored the
+// record. Such a record was written by hand or by a broken writer; taken
+// at its word it would strand the router. Manual records are an
+// operator's word and kept as they are. b.mu must be held.
+func (b *Broker) sane(e kv.Entry) kv.Record {
+	r := e.Record
+	if r.Manual || e.Created.IsZero() {
+		return r
+	}
+	const slack = time.Second // clocks of writer and server differ a little
+	limit := e.Created.Add(b.policy.maxDuration() + slack)
+	clamped := false
+	if r.Until.IsZero() || r.Until.After(limit) {
+		r.Until, clamped = limit, true
+	}
+	if r.Probe != nil && r.Probe.Until.After(e.Created.Add(b.policy.ProbeTimeout+slack)) {
+		p := *r.Probe
+		p.Until, r.Probe, clamped = e.Created.Add(b.policy.ProbeTimeout), &p, true
+	}
+	if clamped && b.warned[r.Router] != e.Revision {
+		b.warned[r.Router] = e.Revision
+		b.log.Warn("record reaches further than the failure policy allows; using the longest disable instead",
+			slog.String("router", r.Router), slog.Time("until", e.Record.Until), slog.Time("clamped_to", r.Until),
+			slog.Uint64("revision", e.Revision))
+	}
+	return r
 }
 
 // apply sets rt's view to ch, logs a change of phase, rebuilds the pools

@@ -487,3 +487,39 @@ func TestOnlyOneProbeGoesOutUnderConcurrentCalls(t *testing.T) {
 	wg.Wait()
 	is.Equal(probes, 1) // one probe for 1600 concurrent calls
 }
+
+func TestPoisonedRecordsNeverStrandARouter(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		name string
+		rec  kv.Record
+	}{
+		{"until years away", kv.Record{Router: "/azure/dud/", At: now, Until: now.AddDate(20, 0, 0)}},
+		{"automatic without until", kv.Record{Router: "/azure/dud/", At: now}},
+		{"probe claim years away", kv.Record{Router: "/azure/dud/", At: now, Until: now.Add(-time.Second),
+			Probe: &kv.Probe{By: "ghost", At: now, Until: now.AddDate(5, 0, 0)}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			b, l := newBroker(t, broker.Config{Policy: broker.Policy{DisabledTime: 100 * time.Millisecond, ProbeTimeout: time.Second}})
+			e := kv.Entry{Record: tc.rec, Revision: 9, Created: now}
+			b.Observe(kv.Event{Router: tc.rec.Router, Entry: &e, Revision: 9})
+			b.Observe(kv.Event{Router: tc.rec.Router, Entry: &e, Revision: 9}) // the same record again: no second warning
+			is.Equal(l.count("record reaches further than the failure policy allows; using the longest disable instead"), 1)
+			// The longest disable is 800ms (8 × 100ms), the probe timeout 1s: the
+			// router comes back to probation and its probe within that.
+			natstest.Eventually(t, 3*time.Second, func() bool { return chosen(t, b.Handle(request("/azure/"))) == "/azure/dud/" }, "the router gets a probe")
+		})
+	}
+}
+
+func TestRecordForARouterNoPoolHasIsIgnoredWithOneWarning(t *testing.T) {
+	is := is.New(t)
+	b, l := newBroker(t, broker.Config{})
+	for rev := range uint64(3) {
+		e := kv.Entry{Record: kv.Record{Router: "/nowhere/", Until: time.Now().Add(time.Hour)}, Revision: rev + 1}
+		b.Observe(kv.Event{Router: "/nowhere/", Entry: &e, Revision: rev + 1})
+	}
+	is.Equal(l.count("ignoring a record for a router no pool has; delete it with `nats kv del` if it is a mistake"), 1)
+	is.Equal(len(b.Routers("/azure/")), 3)
+}

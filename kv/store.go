@@ -83,6 +83,9 @@ type Config struct {
 type Entry struct {
 	Record   Record
 	Revision uint64
+	// Created is when the server stored this revision, by the server's
+	// clock: an anchor no writer can forge.
+	Created time.Time
 }
 
 // Store reads and writes router health records. Its methods are safe for
@@ -189,7 +192,7 @@ func (s *Store) Get(ctx context.Context, router string) (Entry, error) {
 	if err != nil {
 		return Entry{}, err
 	}
-	return Entry{Record: r, Revision: e.Revision()}, nil
+	return Entry{Record: r, Revision: e.Revision(), Created: e.Created()}, nil
 }
 
 // Create writes r under its router's key if the key is absent, deleted or
@@ -274,7 +277,7 @@ func (s *Store) Latest(ctx context.Context, router string) (e Entry, live bool, 
 	if err != nil {
 		return Entry{}, false, fmt.Errorf("read %q: %w", router, err)
 	}
-	e.Revision = m.Sequence
+	e.Revision, e.Created = m.Sequence, m.Time
 	live = m.Header.Get(kvOperation) == "" && m.Header.Get(jetstream.MarkerReasonHeader) == ""
 	if len(m.Data) == 0 {
 		return e, false, nil

@@ -121,7 +121,7 @@ func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]bool, fn fun
 				slog.String("bucket", s.Bucket()), slog.String("router", e.Key()),
 				slog.Uint64("revision", e.Revision()), slog.Any("error", err))
 		} else {
-			ev.Entry = &Entry{Record: r, Revision: e.Revision()}
+			ev.Entry = &Entry{Record: r, Revision: e.Revision(), Created: e.Created()}
 		}
 	}
 	if ev.Entry != nil {
