@@ -46,7 +46,7 @@ type Broker struct {
 	routers   map[string]*route // every pool member; read-only after New
 	policy    Policy
 	id        string
-	store     Store
+	store     atomic.Pointer[storeRef] // nil until there is a store
 	log       *slog.Logger
 	malformed sometimes
 
@@ -64,6 +64,16 @@ type Broker struct {
 	kvErrors    atomic.Uint64
 	watchEvents atomic.Uint64
 	lastWatch   atomic.Int64 // unix nanoseconds
+}
+
+type storeRef struct{ Store }
+
+// shared returns the store, or nil in local mode.
+func (b *Broker) shared() Store {
+	if r := b.store.Load(); r != nil {
+		return r.Store
+	}
+	return nil
 }
 
 // route is one router: the pools it serves and this replica's view of its
@@ -138,7 +148,6 @@ func New(cfg Config) (*Broker, error) {
 		routers:      map[string]*route{},
 		policy:       policy,
 		id:           cfg.ID,
-		store:        cfg.Store,
 		log:          log,
 		malformed:    sometimes{every: 10 * time.Second},
 		writeContext: ctx,
@@ -159,11 +168,34 @@ func New(cfg Config) (*Broker, error) {
 			rt.pools = append(rt.pools, p)
 		}
 	}
+	if cfg.Store != nil {
+		b.store.Store(&storeRef{cfg.Store})
+	}
 	now := time.Now()
 	for _, p := range b.pools {
 		p.live.Store(b.snapshot(p, now))
 	}
 	return b, nil
+}
+
+// Attach starts sharing router health through s, for a replica that began
+// without one (the server had no JetStream). From now on changes are
+// written to s, and the disables this replica holds are carried over
+// where s has no live record of its own.
+func (b *Broker) Attach(s Store) {
+	b.store.Store(&storeRef{s})
+	b.mu.Lock()
+	var carry []*route
+	for _, rt := range b.routers {
+		if rt.live != nil {
+			rt.pending = true
+			carry = append(carry, rt)
+		}
+	}
+	b.mu.Unlock()
+	for _, rt := range carry {
+		b.write(rt, event{kind: carryOver, by: b.id, at: time.Now()})
+	}
 }
 
 // Handle answers one processor message. A request context naming an ingress
@@ -180,22 +212,33 @@ func (b *Broker) Handle(data []byte) []byte {
 		})
 		return nil
 	}
-	if m.Status == nil {
-		return b.choose(*m.GLPath)
+	// Maps are indexed with string(m.path) in the index expression
+	// itself, which Go does without allocating; the pool's own ingress
+	// string goes on to choose.
+	if !m.hasStatus {
+		p := b.pools[string(m.path)]
+		if p == nil {
+			b.calls[NotIngress].Add(1)
+			if b.log.Enabled(context.Background(), slog.LevelDebug) {
+				b.log.Debug("not an ingress; leaving the call alone", slog.String("gl_path", string(m.path)))
+			}
+			return nil
+		}
+		return b.choose(p.ingress)
 	}
-	rt := b.routers[*m.GLPath]
-	if !Failure(*m.Status) {
+	rt := b.routers[string(m.path)]
+	if !Failure(m.status) {
 		b.calls[Succeeded].Add(1)
 		if rt != nil && !rt.clean.Load() {
-			b.report(rt, event{kind: success, status: *m.Status})
+			b.report(rt, event{kind: success, status: m.status})
 		}
 		return nil
 	}
 	b.calls[Failed].Add(1)
 	if rt != nil { // not the ingress itself, nor a router called directly
-		ev := event{kind: failure, status: *m.Status}
-		if *m.Status == 429 || *m.Status == 503 {
-			ev.retryAfter = retryAfter(m.Headers, time.Now())
+		ev := event{kind: failure, status: m.status}
+		if m.status == 429 || m.status == 503 {
+			ev.retryAfter = retryAfter(m.headers, time.Now())
 		}
 		b.report(rt, ev)
 	}
@@ -203,14 +246,7 @@ func (b *Broker) Handle(data []byte) []byte {
 }
 
 func (b *Broker) choose(ingress string) []byte {
-	p := b.pools[ingress]
-	if p == nil {
-		b.calls[NotIngress].Add(1)
-		if b.log.Enabled(context.Background(), slog.LevelDebug) {
-			b.log.Debug("not an ingress; leaving the call alone", slog.String("gl_path", ingress))
-		}
-		return nil
-	}
+	p := b.pools[ingress] // Handle calls with a pool's own ingress only
 	c := p.live.Load()
 	for _, s := range c.probes {
 		if s.token.CompareAndSwap(true, false) {
@@ -251,7 +287,7 @@ func (b *Broker) report(rt *route, ev event) {
 		b.mu.Unlock()
 		return
 	}
-	b.apply(rt, ch, rt.rev, b.store != nil, ev.at)
+	b.apply(rt, ch, rt.rev, b.shared() != nil, ev.at)
 	b.mu.Unlock()
 	b.write(rt, ev)
 }
@@ -260,7 +296,7 @@ func (b *Broker) report(rt *route, ev event) {
 // read, decide, compare-and-set, again on a conflict. Network errors are
 // retried until the event no longer matters.
 func (b *Broker) write(rt *route, ev event) {
-	if b.store == nil {
+	if b.shared() == nil {
 		return
 	}
 	b.writes.Add(1)
@@ -297,7 +333,8 @@ func (b *Broker) write(rt *route, ev event) {
 func (b *Broker) tryWrite(rt *route, ev event) error {
 	ctx, cancel := context.WithTimeout(b.writeContext, 5*time.Second)
 	defer cancel()
-	cur, live, err := b.store.Latest(ctx, rt.path)
+	store := b.shared()
+	cur, live, err := store.Latest(ctx, rt.path)
 	if err != nil {
 		b.kvErrors.Add(1)
 		return err
@@ -310,7 +347,19 @@ func (b *Broker) tryWrite(rt *route, ev event) error {
 		b.mu.Unlock()
 		liveRec, memo = &cur.Record, kv.Record{}
 	}
-	ch, ok := b.policy.decide(rt.path, liveRec, memo, ev)
+	var ch change
+	var ok bool
+	if ev.kind == carryOver {
+		// A disable held before the store was there: write it unless the
+		// store has a live record, which then wins.
+		b.mu.Lock()
+		if !live && rt.live != nil {
+			ch, ok = change{rec: *rt.live}, true
+		}
+		b.mu.Unlock()
+	} else {
+		ch, ok = b.policy.decide(rt.path, liveRec, memo, ev)
+	}
 	if !ok {
 		// The store already says what this replica wanted, or something
 		// that wins over it: take the store's word.
@@ -325,9 +374,9 @@ func (b *Broker) tryWrite(rt *route, ev event) error {
 	}
 	var rev uint64
 	if ch.release {
-		rev, err = b.store.Release(ctx, ch.rec, cur.Revision)
+		rev, err = store.Release(ctx, ch.rec, cur.Revision)
 	} else {
-		rev, err = b.store.Update(ctx, ch.rec, cur.Revision)
+		rev, err = store.Update(ctx, ch.rec, cur.Revision)
 	}
 	b.countWrite(err)
 	if err != nil {
@@ -466,12 +515,12 @@ func (b *Broker) refresh(rt *route, now time.Time) {
 	for _, p := range rt.pools {
 		b.rebuild(p, now)
 	}
-	if ph == Probation && held == nil && b.store != nil && !rt.pending && !rt.claiming {
+	if ph == Probation && held == nil && b.shared() != nil && !rt.pending && !rt.claiming {
 		// Every replica tries; compare-and-set lets one win.
 		rt.claiming = true
 		b.write(rt, event{kind: claim, by: b.id, at: now})
 	}
-	if ph == Probation && b.store == nil && rt.probe == nil {
+	if ph == Probation && b.shared() == nil && rt.probe == nil {
 		// Local mode: this replica is the whole fleet.
 		rt.live.Probe = &kv.Probe{By: b.id, At: now, Until: now.Add(b.policy.ProbeTimeout)}
 		b.refresh(rt, now)

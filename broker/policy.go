@@ -130,6 +130,10 @@ func (ph Phase) String() string {
 	return [...]string{"enabled", "disabled", "probation", "manual"}[ph]
 }
 
+// RecordPhase is the phase a router with the live record r is in at now,
+// as every replica sees it.
+func RecordPhase(r kv.Record, now time.Time) Phase { return phase(&r, now) }
+
 // phase of a router whose live record is r (nil: none) at now.
 func phase(r *kv.Record, now time.Time) Phase {
 	switch {
@@ -159,7 +163,8 @@ type eventKind int
 const (
 	failure eventKind = iota
 	success
-	claim // a replica asks for the probe of a router on probation
+	claim     // a replica asks for the probe of a router on probation
+	carryOver // a replica that had no store shares a disable it holds
 )
 
 // change is what an event writes: a live record, or a memo left in the

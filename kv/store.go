@@ -98,6 +98,7 @@ type Store struct {
 	owner  string
 	linger time.Duration
 	log    *slog.Logger
+	cfg    Config // to create the bucket again if someone deletes it
 
 	mu      sync.Mutex
 	janitor map[string]*time.Timer // ModeExpiry: pending deletes by key
@@ -138,7 +139,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %q stream: %w", cfg.Bucket, err)
 	}
-	return &Store{js: js, kv: b, stream: stream, mode: mode, owner: cfg.Owner, linger: cfg.Linger, log: log,
+	return &Store{js: js, kv: b, stream: stream, mode: mode, owner: cfg.Owner, linger: cfg.Linger, log: log, cfg: cfg,
 		janitor: map[string]*time.Timer{}}, nil
 }
 

@@ -2,10 +2,12 @@ package kv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -50,11 +52,26 @@ func (s *Store) Watch(ctx context.Context, fn func(Event)) error {
 				if w, err = s.watch(ctx, known, fn); err == nil {
 					break
 				}
+				if gone(err) && !s.cfg.NoCreate {
+					// Someone deleted the bucket. Replicas keep serving from
+					// their views meanwhile; a new bucket starts empty.
+					if _, cerr := create(ctx, s.js, s.cfg); cerr == nil {
+						s.log.Warn("bucket was deleted; created it again", slog.String("bucket", s.Bucket()))
+						wait = 0
+						continue
+					}
+				}
 				s.log.Warn("could not watch bucket; retrying", slog.String("bucket", s.Bucket()), slog.Any("error", err))
 			}
 		}
 	}()
 	return nil
+}
+
+// gone reports whether err says the bucket's stream does not exist.
+func gone(err error) bool {
+	return errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.Is(err, nats.ErrStreamNotFound)
 }
 
 // watch starts a watcher and delivers the bucket's current keys to fn. Keys

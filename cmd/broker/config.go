@@ -40,6 +40,10 @@ type config struct {
 	glConfig     string // gl_config.json to check at startup
 	metricsAddr  string
 	policy       broker.Policy
+	requireKV    bool
+	// reattachEvery is how often a replica in local mode looks for
+	// JetStream again; not a setting, tests shorten it.
+	reattachEvery time.Duration
 
 	logLevel  string
 	logFormat string
@@ -280,12 +284,14 @@ func parseServe(args []string, getenv func(string) string, stdout io.Writer) (co
 	s.string((*string)(&c.policy.AllDisabled), "all-disabled", "BROKER_ALL_DISABLED", "panic", "what a pool with no enabled router does: `mode` panic (the router back soonest), ingress (the ingress's own outbound) or any")
 	s.string(&c.glConfig, "gl-config", "BROKER_GL_CONFIG", "", "gecholog's gl_config.json `file`: refuse to start when it does not route the pools through this broker")
 	s.string(&c.metricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for /metrics, /healthz and /readyz (off when empty)")
+	s.bool(&c.requireKV, "require-kv", "BROKER_REQUIRE_KV", "refuse to start when the server has no JetStream, instead of serving in local mode")
 	s.bool(&c.embedded, "embedded-nats", "BROKER_EMBEDDED_NATS", "start an in-process nats-server with JetStream and serve on it")
 	s.string(&c.embeddedListen, "embedded-listen", "BROKER_EMBEDDED_LISTEN", "127.0.0.1:4222", "listen `address` of the embedded nats-server")
 	s.string(&c.embeddedStore, "embedded-store", "BROKER_EMBEDDED_STORE", defaultStore(), "JetStream store `directory` of the embedded nats-server")
 	if err := s.parse(args, stdout); err != nil {
 		return c, err
 	}
+	c.reattachEvery = 5 * time.Second
 	return c, c.resolve()
 }
 

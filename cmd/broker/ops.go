@@ -339,7 +339,8 @@ func timedOut(err error, server string) error {
 type statusRow struct {
 	Ingress string `json:"ingress"`
 	Router  string `json:"router"`
-	// State is "enabled", "disabled", "unreadable" (replicas ignore the
+	// State is "enabled", "disabled", "probation" (the disable has ended
+	// and one probe call decides), "unreadable" (replicas ignore the
 	// record, so the router is in use) or "unknown router" (a record no
 	// configured pool uses).
 	State       string  `json:"state"`
@@ -349,8 +350,10 @@ type statusRow struct {
 	Status      *int    `json:"status"` // the status code that caused the disable
 	By          string  `json:"by"`
 	Manual      bool    `json:"manual"`
-	// Level is the backoff level; the record does not carry one yet.
+	// Level is the backoff level of an automatic disable.
 	Level *int `json:"level"`
+	// Probe names the replica holding a router's probe, while it holds it.
+	Probe string `json:"probe,omitempty"`
 }
 
 // statusColumns are the table's columns: adding one is one line here.
@@ -361,8 +364,11 @@ var statusColumns = []struct {
 	{"INGRESS", func(r statusRow) string { return r.Ingress }},
 	{"ROUTER", func(r statusRow) string { return r.Router }},
 	{"STATE", func(r statusRow) string {
-		if r.Manual {
+		switch {
+		case r.Manual:
 			return r.State + " (manual)"
+		case r.Probe != "":
+			return r.State + " (probe: " + r.Probe + ")"
 		}
 		return r.State
 	}},
@@ -403,11 +409,20 @@ func statusRows(pools []broker.Pool, listed []kv.Listed, now time.Time) []status
 				case l.Err != nil:
 					row.State = "unreadable"
 					row.Reason = "replicas ignore this record: " + l.Err.Error()
-				case l.Entry.Record.ActiveAt(now):
-					row.State = "disabled"
-					row.fill(l.Entry.Record, now)
+				default:
+					switch broker.RecordPhase(l.Entry.Record, now) {
+					case broker.Disabled, broker.Manual:
+						row.State = "disabled"
+						row.fill(l.Entry.Record, now)
+					case broker.Probation:
+						row.State = "probation"
+						row.fill(l.Entry.Record, now)
+						if p := l.Entry.Record.Probe; p != nil && now.Before(p.Until) {
+							row.Probe = p.By
+						}
+					}
+					// An ended manual record is enabled already; its key goes soon.
 				}
-				// An ended record is enabled already; its key goes soon.
 			}
 			rows = append(rows, row)
 		}
@@ -432,6 +447,9 @@ func (row *statusRow) fill(rec kv.Record, now time.Time) {
 	row.Reason, row.By, row.Manual = rec.Reason, rec.By, rec.Manual
 	if rec.Status != 0 {
 		row.Status = &rec.Status
+	}
+	if !rec.Manual {
+		row.Level = &rec.Level
 	}
 	if !rec.Until.IsZero() {
 		until := rec.Until.UTC().Format(time.RFC3339)

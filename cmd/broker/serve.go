@@ -40,6 +40,9 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 		return err
 	}
 	c.policy = policy
+	if c.reattachEvery <= 0 {
+		c.reattachEvery = 5 * time.Second
+	}
 	if c.glConfig != "" {
 		if err := checkAtStartup(c); err != nil {
 			return err
@@ -81,9 +84,11 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 	mode := "local"
 	store, err = attach(ctx, nc, c, log)
 	switch {
+	case errors.Is(err, kv.ErrNoJetStream) && c.requireKV:
+		return fmt.Errorf("require-kv: JetStream is not enabled on the NATS server %s; %s", redact(nc.ConnectedUrl()), enableJetStream)
 	case errors.Is(err, kv.ErrNoJetStream):
-		log.Warn("JetStream is not enabled on the NATS server: serving in local mode, where each replica keeps its own disables as the original broker did; to share them, "+enableJetStream,
-			slog.String("server", nc.ConnectedUrlRedacted()))
+		log.Warn("JetStream is not enabled on the NATS server: serving in local mode, where each replica keeps its own disables as the original broker did, and trying again every "+c.reattachEvery.String()+"; to share them, "+enableJetStream,
+			slog.String("server", redact(nc.ConnectedUrl())))
 	case err != nil:
 		return nil // ctx ended
 	default:
@@ -112,6 +117,10 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 			}
 			return fmt.Errorf("load router health from bucket %q: %w", c.bucket, err)
 		}
+	} else {
+		attached := make(chan struct{})
+		go reattach(ctx, nc, c, log, b, mon, attached)
+		defer func() { <-attached }()
 	}
 
 	mon.stage(subscribing)
@@ -133,7 +142,7 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 		slog.String("subject", c.subject), slog.String("queue", c.queue),
 		slog.String("bucket", c.bucket), slog.String("ttl_mode", mode),
 		slog.Int("pools", len(c.pools)), slog.Duration("disabled_time", c.disabledTime),
-		slog.String("id", c.id), slog.String("server", nc.ConnectedUrlRedacted()))
+		slog.String("id", c.id), slog.String("server", redact(nc.ConnectedUrl())))
 	if ready != nil {
 		ready(b)
 	}
@@ -141,7 +150,11 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 	<-ctx.Done()
 	mon.stage(stopping)
 	log.Info("stopping: finishing calls in flight")
-	if err := sub.Drain(); err == nil {
+	// Draining needs the server; without a connection no call can be in
+	// flight, so do not wait for one.
+	if !nc.IsConnected() {
+		_ = sub.Unsubscribe()
+	} else if err := sub.Drain(); err == nil {
 		select {
 		case <-closed:
 		case <-time.After(10 * time.Second):
@@ -180,7 +193,7 @@ func natsOptions(c config, log *slog.Logger) ([]nats.Option, error) {
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			log.Info("reconnected to NATS", slog.String("server", nc.ConnectedUrlRedacted()))
+			log.Info("reconnected to NATS", slog.String("server", redact(nc.ConnectedUrl())))
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			attrs := []any{slog.Any("error", err)}
@@ -261,6 +274,42 @@ func attach(ctx context.Context, nc *nats.Conn, c config, log *slog.Logger) (*kv
 			return nil, ctx.Err()
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// reattach keeps trying to open the bucket for a replica that started in
+// local mode, and switches the replica to it once JetStream is there,
+// carrying the disables it holds over. It closes done when it stops.
+func reattach(ctx context.Context, nc *nats.Conn, c config, log *slog.Logger, b *broker.Broker, mon *monitor, done chan<- struct{}) {
+	defer close(done)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(c.reattachEvery):
+		}
+		js, err := jetstream.New(nc)
+		if err != nil {
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		store, err := kv.Open(actx, js, kv.Config{Bucket: c.bucket, Replicas: c.kvReplicas, Owner: c.id, Logger: log, Linger: c.policy.ProbeTimeout})
+		cancel()
+		if err != nil {
+			continue // still no JetStream, or the server is away: try again later
+		}
+		b.Attach(store)
+		if err := store.Watch(ctx, b.Observe); err != nil {
+			store.Close()
+			continue
+		}
+		mon.attached(store.Mode().String())
+		mon.stage("")
+		log.Info("JetStream is available: router health is now shared through the bucket, local disables carried over",
+			slog.String("bucket", c.bucket), slog.String("ttl_mode", store.Mode().String()))
+		<-ctx.Done()
+		store.Close()
+		return
 	}
 }
 

@@ -1,0 +1,550 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/kv"
+)
+
+// startReplicas runs n replicas of the processor in-process on s, with the
+// default pool and the given DISABLED_TIME, and returns their brokers once
+// every one answers calls. They stop when the test ends.
+func startReplicas(t *testing.T, s *server.Server, n int, disabled time.Duration) []*broker.Broker {
+	t.Helper()
+	c, err := parseServe(nil, env("NATS_URL", s.ClientURL()), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.disabledTime = disabled
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	ready := make(chan *broker.Broker, n)
+	for i := range n {
+		c := c
+		c.id = fmt.Sprintf("replica-%d", i+1)
+		wg.Go(func() {
+			if err := serve(ctx, c, slog.New(slog.DiscardHandler), func(b *broker.Broker) { ready <- b }); err != nil {
+				t.Errorf("%s: %v", c.id, err)
+			}
+		})
+	}
+	var bs []*broker.Broker
+	for len(bs) < n {
+		select {
+		case b := <-ready:
+			bs = append(bs, b)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d replicas ready within 10s", len(bs), n)
+		}
+	}
+	return bs
+}
+
+// choosing counts the replicas that would send an /azure/ call to router.
+func choosing(bs []*broker.Broker, router string) int {
+	n := 0
+	for _, b := range bs {
+		if slices.Contains(b.Routers("/azure/"), router) {
+			n++
+		}
+	}
+	return n
+}
+
+// runOp runs the program as an operator would, and returns what it printed.
+func runOp(getenv func(string) string, args ...string) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out, errs syncBuffer
+	err = run(ctx, args, getenv, &out, &errs)
+	return out.String(), errs.String(), err
+}
+
+// bucketRecord reads router's record from the bucket, as a replica would.
+func bucketRecord(t *testing.T, js jetstream.JetStream, router string) (kv.Entry, error) {
+	t.Helper()
+	st, err := kv.Open(context.Background(), js, kv.Config{Bucket: "gl_broker", NoCreate: true})
+	if err != nil {
+		t.Fatalf("open bucket: %v", err)
+	}
+	return st.Get(context.Background(), router)
+}
+
+// createBucket creates the bucket as the first replica would.
+func createBucket(t *testing.T, js jetstream.JetStream) *kv.Store {
+	t.Helper()
+	st, err := kv.Open(context.Background(), js, kv.Config{Bucket: "gl_broker"})
+	if err != nil {
+		t.Fatalf("create bucket: %v", err)
+	}
+	t.Cleanup(st.Close)
+	return st
+}
+
+// tableRow finds the status table's line for router.
+func tableRow(out, router string) string {
+	for line := range strings.Lines(out) {
+		if f := strings.Fields(line); len(f) > 1 && f[1] == router {
+			return line
+		}
+	}
+	return ""
+}
+
+func statusJSON(t *testing.T, getenv func(string) string) []map[string]any {
+	t.Helper()
+	out, _, err := runOp(getenv, "status", "--json")
+	if err != nil {
+		t.Fatalf("status --json: %v", err)
+	}
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("status --json printed %q: %v", out, err)
+	}
+	return rows
+}
+
+func jsonRow(rows []map[string]any, router string) map[string]any {
+	for _, r := range rows {
+		if r["router"] == router {
+			return r
+		}
+	}
+	return nil
+}
+
+func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
+	is := is.New(t)
+	const disabledTime = 2 * time.Second
+	s := natstest.Start(t)
+	replicas := startReplicas(t, s, 2, disabledTime)
+	nc := natstest.Connect(t, s)
+	js, err := jetstream.New(nc)
+	is.NoErr(err)
+	ops := env("NATS_URL", s.ClientURL(), "USER", "alice")
+
+	out, _, err := runOp(ops, "disable", "/azure/gpt4/")
+	is.NoErr(err)
+	is.True(strings.HasPrefix(out, "disabled /azure/gpt4/ on every replica until enabled by hand; manual, by alice@")) // one confirming line
+	is.Equal(strings.Count(out, "\n"), 1)
+	natstest.Eventually(t, time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 0 }, "no replica chooses /azure/gpt4/")
+
+	// Past twice the automatic disabled time, with failure reports reaching
+	// both replicas through the bus and directly, the record stays the
+	// operator's and no replica chooses the router.
+	rec, err := bucketRecord(t, js, "/azure/gpt4/")
+	is.NoErr(err)
+	report := []byte(`{"gl_path":"/azure/gpt4/","egress_status_code":502}`)
+	for hold := rec.Record.At.Add(2*disabledTime + 500*time.Millisecond); time.Now().Before(hold); {
+		_, err := nc.Request("coburn.gl.broker", report, 2*time.Second)
+		is.NoErr(err)
+		for _, b := range replicas {
+			b.Handle(report)
+		}
+		is.Equal(choosing(replicas, "/azure/gpt4/"), 0) // still disabled on every replica
+		got, err := bucketRecord(t, js, "/azure/gpt4/")
+		is.NoErr(err)
+		is.Equal(got.Revision, rec.Revision) // never overwritten by automatic logic
+		time.Sleep(50 * time.Millisecond)
+	}
+	is.Equal(choosing(replicas, "/azure/gpt35turbo/"), 2) // the others stay in use
+
+	table, _, err := runOp(ops, "status")
+	is.NoErr(err)
+	is.True(strings.HasPrefix(table, "bucket gl_broker on nats://127.0.0.1:")) // the header names bucket and server
+	is.True(strings.Contains(strings.SplitN(table, "\n", 2)[0], "ttl mode"))   // and the TTL mode
+	row := tableRow(table, "/azure/gpt4/")
+	is.True(strings.Contains(row, "disabled (manual)"))
+	is.True(strings.Contains(row, "until enabled by hand"))
+	is.True(strings.Contains(row, "disabled by hand")) // the default reason
+	is.True(strings.Contains(row, "alice@"))
+	is.True(strings.Contains(tableRow(table, "/azure/gpt35turbo/"), " enabled "))
+
+	got := jsonRow(statusJSON(t, ops), "/azure/gpt4/")
+	is.Equal(got["state"], "disabled")
+	is.Equal(got["manual"], true)
+	is.Equal(got["until"], nil)
+	is.Equal(got["left_seconds"], nil)
+	is.Equal(got["ingress"], "/azure/")
+	is.True(strings.HasPrefix(got["by"].(string), "alice@"))
+
+	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
+	is.NoErr(err)
+	is.True(strings.HasPrefix(out, "enabled /azure/gpt4/ on every replica; removed the manual disable by alice@"))
+	natstest.Eventually(t, time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 2 }, "both replicas choose /azure/gpt4/ again")
+
+	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
+	is.NoErr(err) // enabling an enabled router is no error
+	is.Equal(out, "/azure/gpt4/ is already enabled: bucket gl_broker holds no record for it\n")
+}
+
+func TestTimedManualDisableEndsByItselfOnEveryReplica(t *testing.T) {
+	for _, mode := range []kv.Mode{kv.ModeTTL, kv.ModeExpiry} {
+		t.Run(mode.String(), func(t *testing.T) {
+			is := is.New(t)
+			s := natstest.Start(t)
+			js := natstest.JetStream(t, s)
+			if mode == kv.ModeExpiry {
+				// As on nats-server 2.10, whose buckets have no per-key TTL.
+				_, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "gl_broker"})
+				is.NoErr(err)
+			}
+			replicas := startReplicas(t, s, 2, 10*time.Minute)
+			ops := env("NATS_URL", s.ClientURL())
+
+			out, _, err := runOp(ops, "disable", "/azure/gpt4/", "--for", "2s") // flags after the router
+			is.NoErr(err)
+			is.True(strings.HasPrefix(out, "disabled /azure/gpt4/ on every replica for 2s, until "))
+			natstest.Eventually(t, time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 0 }, "no replica chooses /azure/gpt4/")
+			rec, err := bucketRecord(t, js, "/azure/gpt4/")
+			is.NoErr(err)
+			is.True(rec.Record.Manual)
+
+			table, _, err := runOp(ops, "status")
+			is.NoErr(err)
+			is.True(strings.Contains(strings.SplitN(table, "\n", 2)[0], ", "+mode.String()+" mode (")) // the header names the mode
+			left := jsonRow(statusJSON(t, ops), "/azure/gpt4/")["left_seconds"].(float64)
+			is.True(left >= 1 && left <= 2) // how long is left, rounded up
+
+			natstest.Eventually(t, 4*time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 2 }, "both replicas choose /azure/gpt4/ again")
+			is.True(!time.Now().Before(rec.Record.Until)) // not before its until
+		})
+	}
+}
+
+func TestManualDisableReplacesAnAutomaticOne(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	replicas := startReplicas(t, s, 2, 10*time.Minute)
+	nc := natstest.Connect(t, s)
+	js, err := jetstream.New(nc)
+	is.NoErr(err)
+	_, err = nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), 2*time.Second)
+	is.NoErr(err)
+	var auto kv.Entry
+	natstest.Eventually(t, 2*time.Second, func() bool { auto, err = bucketRecord(t, js, "/azure/dud/"); return err == nil }, "the automatic record is written")
+	is.True(!auto.Record.Manual)
+
+	out, _, err := runOp(env("NATS_URL", s.ClientURL()), "disable", "--by", "bob", "/azure/dud/", "--reason", "maintenance")
+	is.NoErr(err)
+	is.True(strings.Contains(out, "; replaces the automatic disable by replica-")) // says what it replaced
+	got, err := bucketRecord(t, js, "/azure/dud/")
+	is.NoErr(err)
+	is.True(got.Record.Manual)
+	is.Equal(got.Record.Reason, "maintenance")
+	is.Equal(got.Record.By, "bob")
+	is.True(got.Record.Until.IsZero()) // until enabled by hand, not the automatic until
+	is.Equal(got.Record.Status, 0)
+	natstest.Eventually(t, time.Second, func() bool { return choosing(replicas, "/azure/dud/") == 0 }, "still out on every replica")
+}
+
+func TestStatusWithoutReplicasShowsEveryRouterEnabled(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	createBucket(t, natstest.JetStream(t, s))
+	ops := env("NATS_URL", s.ClientURL())
+
+	table, _, err := runOp(ops, "status")
+	is.NoErr(err)
+	lines := strings.Split(strings.TrimSpace(table), "\n")
+	is.Equal(len(lines), 6) // header, blank line, column heads, three routers
+	is.True(strings.Contains(lines[0], "ttl mode"))
+	is.Equal(strings.Fields(lines[2]), []string{"INGRESS", "ROUTER", "STATE", "UNTIL", "LEFT", "STATUS", "REASON", "BY", "LEVEL"})
+	for _, r := range []string{"/azure/gpt35turbo/", "/azure/gpt4/", "/azure/dud/"} {
+		is.Equal(strings.Fields(tableRow(table, r)), []string{"/azure/", r, "enabled", "-", "-", "-", "-", "-", "-"})
+	}
+
+	rows := statusJSON(t, ops)
+	is.Equal(len(rows), 3)
+	for _, r := range rows {
+		names := make([]string, 0, len(r))
+		for k := range r {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		is.Equal(names, []string{"by", "ingress", "left_seconds", "level", "manual", "reason", "router", "state", "status", "until"}) // stable field names
+		is.Equal(r["state"], "enabled")
+	}
+}
+
+func TestStatusHidesNothingInTheBucket(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s)
+	st := createBucket(t, js)
+	ctx := context.Background()
+	now := time.Now()
+	_, err := st.Create(ctx, kv.Record{Router: "/azure/gpt4/", Status: 503, Reason: "egress_status_code 503", At: now, Until: now.Add(4*time.Minute + 12*time.Second), By: "replica-1"})
+	is.NoErr(err)
+	_, err = st.Create(ctx, kv.Record{Router: "/legacy/x/", Reason: "old\tway\nreally", At: now, By: "carol", Manual: true})
+	is.NoErr(err)
+	b, err := js.KeyValue(ctx, "gl_broker")
+	is.NoErr(err)
+	_, err = b.Put(ctx, "/azure/dud/", []byte("{written by hand\tbadly"))
+	is.NoErr(err)
+	ops := env("NATS_URL", s.ClientURL())
+
+	table, _, err := runOp(ops, "status")
+	is.NoErr(err)
+	gpt4 := strings.Fields(tableRow(table, "/azure/gpt4/"))
+	is.Equal(gpt4[2], "disabled")
+	is.Equal(gpt4[4], "4m12s") // how long is left
+	is.Equal(gpt4[5], "503")
+	is.True(strings.Contains(tableRow(table, "/azure/dud/"), "unreadable"))
+	is.True(strings.Contains(tableRow(table, "/legacy/x/"), "unknown router (manual)")) // a router no pool knows
+	is.True(!strings.Contains(table, "\t"))                                             // a hand-written tab does not break the table
+	is.Equal(strings.Count(table, "\n"), 2+1+4)                                         // nor a newline: header, blank, column heads, four rows
+
+	rows := statusJSON(t, ops)
+	is.Equal(len(rows), 4)
+	is.Equal(jsonRow(rows, "/azure/gpt4/")["status"], 503.0)
+	is.Equal(jsonRow(rows, "/azure/gpt4/")["until"], now.Add(4*time.Minute+12*time.Second).UTC().Format(time.RFC3339))
+	is.Equal(jsonRow(rows, "/azure/dud/")["state"], "unreadable")
+	legacy := jsonRow(rows, "/legacy/x/")
+	is.Equal(legacy["state"], "unknown router")
+	is.Equal(legacy["ingress"], "")
+	is.Equal(legacy["manual"], true)
+}
+
+func TestStatusListsTheRoutersOfThePoolsFile(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	createBucket(t, natstest.JetStream(t, s))
+	f := filepath.Join(t.TempDir(), "pools.json")
+	is.NoErr(os.WriteFile(f, []byte(`{"pools":[
+		{"ingress":"/azure/","routers":[{"path":"/azure/a/"},{"path":"/azure/b/"}]},
+		{"ingress":"/openai/","routers":[{"path":"/openai/a/"},{"path":"/azure/b/"}]}]}`), 0o600))
+	rows := statusJSON(t, env("NATS_URL", s.ClientURL(), "BROKER_POOLS", f))
+	var got []string
+	for _, r := range rows {
+		got = append(got, r["ingress"].(string)+" "+r["router"].(string))
+	}
+	is.Equal(got, []string{"/azure/ /azure/a/", "/azure/ /azure/b/", "/openai/ /openai/a/", "/openai/ /azure/b/"}) // every pool's routers, in order
+}
+
+func TestToolsNeverCreateTheBucket(t *testing.T) {
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s)
+	for _, args := range [][]string{{"status"}, {"disable", "/azure/gpt4/"}, {"enable", "/azure/gpt4/"}} {
+		t.Run(args[0], func(t *testing.T) {
+			is := is.New(t)
+			_, _, err := runOp(env("NATS_URL", s.ClientURL()), args...)
+			is.True(err != nil)
+			is.Equal(err.Error(), `bucket "gl_broker" does not exist on `+s.ClientURL()+`: no broker has run against this server yet, or BROKER_BUCKET differs`)
+			_, err = js.KeyValue(context.Background(), "gl_broker")
+			is.True(errors.Is(err, jetstream.ErrBucketNotFound)) // still missing
+		})
+	}
+}
+
+func TestToolsWithoutJetStreamSayHowToEnableIt(t *testing.T) {
+	s := natstest.Start(t, natstest.WithoutJetStream())
+	for _, args := range [][]string{{"status"}, {"disable", "/azure/gpt4/"}, {"enable", "/azure/gpt4/"}} {
+		t.Run(args[0], func(t *testing.T) {
+			is := is.New(t)
+			_, _, err := runOp(env("NATS_URL", s.ClientURL()), args...)
+			is.True(err != nil)
+			is.True(strings.HasPrefix(err.Error(), "JetStream is not enabled on "+s.ClientURL()))
+			is.True(strings.Contains(err.Error(), "nats-server.conf")) // says where to enable it
+			is.True(!strings.Contains(err.Error(), "\n"))
+		})
+	}
+}
+
+func TestBadOperatorInputIsOneLineBeforeConnecting(t *testing.T) {
+	// Nothing listens here: input is refused before the tool connects.
+	nowhere := env("NATS_URL", "nats://127.0.0.1:1")
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		names []string
+	}{
+		{"router in no pool", []string{"disable", "/azure/gpt5/"}, []string{`"/azure/gpt5/"`, "/azure/gpt35turbo/, /azure/gpt4/, /azure/dud/", "--force"}},
+		{"an ingress is no pool router", []string{"disable", "/azure/"}, []string{"in no pool"}},
+		{"negative duration", []string{"disable", "/azure/gpt4/", "--for", "-5m"}, []string{"-for", "at least 1s"}},
+		{"not a duration", []string{"disable", "/azure/gpt4/", "--for", "banana"}, []string{"-for", "30m"}},
+		{"zero duration", []string{"disable", "--for", "0s", "/azure/gpt4/"}, []string{"-for"}},
+		{"absurd duration", []string{"disable", "/azure/gpt4/", "--for", "9000h"}, []string{"-for", "year"}},
+		{"disable without router", []string{"disable", "--for", "5m"}, []string{"ROUTER"}},
+		{"enable without router", []string{"enable"}, []string{"ROUTER"}},
+		{"two routers", []string{"disable", "/azure/gpt4/", "/azure/dud/"}, []string{"one ROUTER"}},
+		{"not a router path", []string{"enable", "azure/gpt4"}, []string{`"azure/gpt4"`, "starts and ends with /"}},
+		{"status takes no operand", []string{"status", "/azure/"}, []string{"unexpected argument"}},
+		{"unknown flag", []string{"disable", "/azure/gpt4/", "--fro", "5m"}, []string{"-fro"}},
+		{"bad bucket name", []string{"status", "--bucket", "a.b"}, []string{"bucket"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			out, _, err := runOp(nowhere, tc.args...)
+			is.True(err != nil) // refused
+			for _, n := range tc.names {
+				is.True(strings.Contains(err.Error(), n)) // the line names the problem
+			}
+			is.True(!strings.Contains(err.Error(), "\n")) // one line
+			is.True(!strings.Contains(err.Error(), "cannot connect"))
+			is.Equal(out, "")
+		})
+	}
+}
+
+func TestForcedDisableOfARouterNoPoolHas(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s)
+	createBucket(t, js)
+	_, _, err := runOp(env("NATS_URL", s.ClientURL()), "disable", "--force", "/other/pool/router/")
+	is.NoErr(err)
+	got, err := bucketRecord(t, js, "/other/pool/router/")
+	is.NoErr(err)
+	is.True(got.Record.Manual)
+}
+
+func TestDisableHelpNamesTheRouterOperand(t *testing.T) {
+	is := is.New(t)
+	out, _, err := runOp(env("NATS_TOKEN", "s3cr3t"), "disable", "-h")
+	is.NoErr(err)
+	is.True(strings.HasPrefix(out, "Usage: broker disable ROUTER [flags]\n"))
+	for _, f := range []string{"-for", "-reason", "-by", "-force", "NATS_URL"} {
+		is.True(strings.Contains(out, f))
+	}
+	is.True(!strings.Contains(out, "s3cr3t"))
+}
+
+func TestUnreachableServerFailsFastInOneLineWithoutCredentials(t *testing.T) {
+	for _, tc := range []struct{ url, secret, starts string }{
+		{"nats://s3cr3t-t0ken@127.0.0.1:1", "s3cr3t-t0ken", "cannot connect to NATS at nats://[redacted]@127.0.0.1:1: "},
+		// net/url quotes a URL it refuses, credentials and all.
+		{"nats://user:pa55w0rd@127.0.0.1:4x", "pa55w0rd", "cannot connect to NATS at nats://[redacted]@127.0.0.1:4x: "},
+	} {
+		t.Run(tc.url, func(t *testing.T) {
+			is := is.New(t)
+			start := time.Now()
+			out, errs, err := runOp(env("NATS_URL", tc.url), "status")
+			is.True(err != nil)
+			is.True(time.Since(start) < 10*time.Second) // no reconnecting forever
+			is.True(strings.HasPrefix(err.Error(), tc.starts))
+			is.True(!strings.Contains(err.Error(), "\n"))
+			for _, text := range []string{out, errs, err.Error()} {
+				is.True(!strings.Contains(text, tc.secret))
+			}
+		})
+	}
+}
+
+func TestToolsNeverPrintTheToken(t *testing.T) {
+	const token = "s3cr3t-t0ken"
+	s := natstest.Start(t, natstest.WithToken(token))
+	nc := natstest.Connect(t, s, nats.Token(token))
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	createBucket(t, js)
+	url := s.ClientURL()
+	inURL := strings.Replace(url, "nats://", "nats://"+token+"@", 1)
+	for _, tc := range []struct {
+		name   string
+		getenv func(string) string
+		args   []string
+		fails  string // the start of the error, or "" for success
+	}{
+		{"status", env("NATS_URL", url, "NATS_TOKEN", token), []string{"status"}, ""},
+		{"status json", env("NATS_URL", url, "NATS_TOKEN", token), []string{"status", "--json"}, ""},
+		{"disable", env("NATS_URL", url, "NATS_TOKEN", token), []string{"disable", "/azure/dud/", "--for", "1h"}, ""},
+		{"enable", env("NATS_URL", url, "NATS_TOKEN", token), []string{"enable", "/azure/dud/"}, ""},
+		{"token in the URL", env("NATS_URL", inURL), []string{"status"}, ""},
+		{"token in the URL, missing bucket", env("NATS_URL", inURL, "BROKER_BUCKET", "other"), []string{"status"}, `bucket "other" does not exist on nats://[redacted]@`},
+		{"token flag", env("NATS_URL", url), []string{"status", "--token", token}, ""},
+		{"no token", env("NATS_URL", url), []string{"status"}, "cannot connect to NATS"},
+		{"wrong token", env("NATS_URL", url, "NATS_TOKEN", token+"-old"), []string{"disable", "/azure/gpt4/"}, "cannot connect to NATS"},
+		{"wrong token in the URL", env("NATS_URL", strings.Replace(inURL, token, token+"-old", 1)), []string{"status"}, "cannot connect to NATS at nats://[redacted]@"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			out, errs, err := runOp(tc.getenv, tc.args...)
+			if tc.fails == "" {
+				is.NoErr(err)
+			} else {
+				is.True(err != nil && strings.HasPrefix(err.Error(), tc.fails))
+				if strings.HasPrefix(tc.fails, "cannot connect") {
+					is.True(strings.Contains(err.Error(), "NATS_TOKEN")) // the hint names the setting
+				}
+				out += err.Error()
+			}
+			is.True(!strings.Contains(out, token))  // not on stdout nor in the error
+			is.True(!strings.Contains(errs, token)) // nor on stderr
+			if tc.name == "token in the URL" {
+				is.True(strings.Contains(out, " on nats://[redacted]@127.0.0.1:")) // the header shows where, not how
+			}
+		})
+	}
+}
+
+func TestStatusRowsKeepThePoolsOrderAndAddUnknownRoutersInKeyOrder(t *testing.T) {
+	is := is.New(t)
+	now := time.Now()
+	rec := func(r string) kv.Listed {
+		return kv.Listed{Router: r, Entry: kv.Entry{Record: kv.Record{Router: r, At: now, Until: now.Add(time.Minute)}}}
+	}
+	rows := statusRows(broker.DefaultPools(), []kv.Listed{rec("/z/"), rec("/azure/dud/"), rec("/a/")}, now)
+	var got []string
+	for _, r := range rows {
+		got = append(got, r.Router+" "+r.State)
+	}
+	is.Equal(got, []string{
+		"/azure/gpt35turbo/ enabled", "/azure/gpt4/ enabled", "/azure/dud/ disabled",
+		"/a/ unknown router", "/z/ unknown router",
+	})
+	var buf bytes.Buffer
+	is.NoErr(writeTable(&buf, rows))
+	is.Equal(strings.Count(buf.String(), "\n"), 6) // column heads and one line per row
+}
+
+func TestStatusShowsProbationWithItsProbeAndTheBackoffLevel(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s)
+	st := createBucket(t, js)
+	ctx := context.Background()
+	now := time.Now()
+	_, err := st.Create(ctx, kv.Record{Router: "/azure/gpt4/", Status: 502, Reason: "probe failed: egress_status_code 502",
+		At: now, Until: now.Add(40 * time.Minute), By: "replica-1", Level: 2})
+	is.NoErr(err)
+	_, err = st.Create(ctx, kv.Record{Router: "/azure/dud/", Status: 503, Reason: "egress_status_code 503",
+		At: now.Add(-time.Hour), Until: now.Add(-time.Second), By: "replica-1", Level: 1,
+		Probe: &kv.Probe{By: "replica-3", At: now, Until: now.Add(2 * time.Minute)}})
+	is.NoErr(err)
+	ops := env("NATS_URL", s.ClientURL())
+
+	table, _, err := runOp(ops, "status")
+	is.NoErr(err)
+	is.True(strings.Contains(tableRow(table, "/azure/dud/"), "probation (probe: replica-3)"))
+	rows := statusJSON(t, ops)
+	is.Equal(jsonRow(rows, "/azure/gpt4/")["level"], 2.0)
+	dud := jsonRow(rows, "/azure/dud/")
+	is.Equal(dud["state"], "probation")
+	is.Equal(dud["probe"], "replica-3")
+	is.Equal(dud["level"], 1.0)
+}

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/kv"
+)
+
+// freePort finds a loopback port nobody listens on, for a server that
+// must come back on the same address.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func onPort(port int) natstest.Option { return func(o *server.Options) { o.Port = port } }
+
+// serveOne runs one replica on url with a short re-attach interval. The
+// caller defers stop, so the replica stops before the servers do.
+func serveOne(t *testing.T, url string, logs io.Writer) (b *broker.Broker, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	stop = func() { cancel(); wg.Wait() }
+	ready := make(chan *broker.Broker, 1)
+	c := config{
+		server: url, subject: "coburn.gl.broker", queue: "broker", bucket: "gl_broker", kvReplicas: 1,
+		disabledTime: time.Minute, pools: broker.DefaultPools(), id: "replica-1", reattachEvery: 100 * time.Millisecond,
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		log := slog.New(slog.NewJSONHandler(logs, nil))
+		if err := serve(ctx, c, log, func(b *broker.Broker) { ready <- b }); err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	select {
+	case b = <-ready:
+		return b, stop
+	case <-time.After(10 * time.Second):
+		stop()
+		t.Fatal("replica not ready within 10s")
+		return nil, nil
+	}
+}
+
+func TestLocalModeSwitchesToTheBucketWhenJetStreamAppearsAndCarriesDisablesOver(t *testing.T) {
+	is := is.New(t)
+	port := freePort(t)
+	stock := natstest.Start(t, natstest.WithoutJetStream(), onPort(port)) // gecholog's stock config
+	var logs syncBuffer
+	b, stop := serveOne(t, stock.ClientURL(), &logs)
+	defer stop()
+	serving, _ := logLine(logs.String(), "serving")
+	is.Equal(serving["ttl_mode"], "local")
+
+	nc := natstest.Connect(t, stock, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	_, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), 2*time.Second)
+	is.NoErr(err)
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled) // disabled in this replica alone
+
+	// The operator enables JetStream and restarts the server.
+	stock.Shutdown()
+	stock.WaitForShutdown()
+	js := natstest.Start(t, onPort(port))
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		_, ok := logLine(logs.String(), "JetStream is available: router health is now shared through the bucket, local disables carried over")
+		return ok
+	}, "the replica attaches to the bucket")
+
+	bucket, err := natstest.JetStream(t, js).KeyValue(context.Background(), "gl_broker")
+	is.NoErr(err)
+	e, err := bucket.Get(context.Background(), "/azure/dud/")
+	is.NoErr(err) // the local disable was carried over
+	r, err := kv.Decode("/azure/dud/", e.Value())
+	is.NoErr(err)
+	is.Equal(r.By, "replica-1")
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+
+	// From now on disables are shared.
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		_, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/gpt4/","egress_status_code":503}`), time.Second)
+		return err == nil
+	}, "the client reconnects")
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		_, err := bucket.Get(context.Background(), "/azure/gpt4/")
+		return err == nil
+	}, "a new disable is written to the bucket")
+}
+
+func TestRequireKVRefusesToStartWithoutJetStream(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t, natstest.WithoutJetStream())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := run(ctx, []string{"-require-kv"}, env("NATS_URL", s.ClientURL()), io.Discard, io.Discard)
+	is.True(err != nil)                                   // refused
+	is.True(strings.Contains(err.Error(), "require-kv"))  // names the setting
+	is.True(strings.Contains(err.Error(), "jetstream {")) // and the fix
+	is.True(!strings.Contains(err.Error(), "\n"))
+}
+
+func TestBucketDeletedAtRuntimeIsRecreatedAndServingNeverStops(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	var logs syncBuffer
+	b, stop := serveOne(t, s.ClientURL(), &logs)
+	defer stop()
+	nc := natstest.Connect(t, s)
+	js, err := jetstream.New(nc)
+	is.NoErr(err)
+	is.NoErr(js.DeleteKeyValue(context.Background(), "gl_broker"))
+
+	natstest.Eventually(t, 20*time.Second, func() bool {
+		_, err := js.KeyValue(context.Background(), "gl_broker")
+		return err == nil
+	}, "the bucket is back")
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		return strings.Contains(logs.String(), "bucket was deleted; created it again")
+	}, "the replica says so")
+	m, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), time.Second)
+	is.NoErr(err)
+	is.True(strings.HasPrefix(string(m.Data), `{"gl_path":"/azure/`)) // still serving
+	_, err = nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), time.Second)
+	is.NoErr(err)
+	bucket, err := js.KeyValue(context.Background(), "gl_broker")
+	is.NoErr(err)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		_, err := bucket.Get(context.Background(), "/azure/dud/")
+		return err == nil
+	}, "disables are shared through the new bucket")
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	is.Equal(strings.Count(logs.String(), "bucket was deleted; created it again"), 1) // logged once
+}
