@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"sort"
@@ -85,13 +86,15 @@ type route struct {
 	// no live record and no failures counted. It lets the success path
 	// skip the lock.
 	clean atomic.Bool
+	// claiming is true while this replica's claim on the probe is on its
+	// way to the store.
+	claiming atomic.Bool
 
 	// The view, guarded by Broker.mu.
 	live     *kv.Record // nil: no live record
 	memo     kv.Record  // from the last delete marker
 	rev      uint64     // revision of the last change the view holds
 	pending  bool       // this replica's own change is on its way to the store
-	claiming bool       // this replica's claim on the probe is on its way
 	phase    Phase      // as last logged
 	probe    *probeSlot // this replica's claim on the router's probe
 }
@@ -121,6 +124,9 @@ type choice struct {
 	cum     []int    // cumulative weights
 	index   []int    // each router's index in pool.routers
 	probes  []*probeSlot
+	// unclaimed are routers on probation whose probe nobody holds: a
+	// request claims it.
+	unclaimed []*route
 	// fallback answers when no router is enabled: the panic choice, or
 	// with AllDisabled Any every router but manual ones (cumulative
 	// weights in fallbackCum).
@@ -220,7 +226,7 @@ func (b *Broker) Handle(data []byte) []byte {
 		if p == nil {
 			b.calls[NotIngress].Add(1)
 			if b.log.Enabled(context.Background(), slog.LevelDebug) {
-				b.log.Debug("not an ingress; leaving the call alone", slog.String("gl_path", string(m.path)))
+				b.log.Debug("not an ingress; leaving the call alone", slog.String("gl_path", clip(string(m.path))))
 			}
 			return nil
 		}
@@ -248,6 +254,13 @@ func (b *Broker) Handle(data []byte) []byte {
 func (b *Broker) choose(ingress string) []byte {
 	p := b.pools[ingress] // Handle calls with a pool's own ingress only
 	c := p.live.Load()
+	for _, rt := range c.unclaimed {
+		// Traffic wants the probe: claim it in the background. Without
+		// traffic nobody claims, and the key expires by itself.
+		if rt.claiming.CompareAndSwap(false, true) {
+			b.write(rt, event{kind: claim, by: b.id, at: time.Now()})
+		}
+	}
 	for _, s := range c.probes {
 		if s.token.CompareAndSwap(true, false) {
 			b.calls[Chosen].Add(1)
@@ -398,7 +411,7 @@ func (b *Broker) settle(rt *route, kind eventKind) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if kind == claim {
-		rt.claiming = false
+		rt.claiming.Store(false)
 	} else {
 		rt.pending = false
 	}
@@ -495,12 +508,13 @@ func (b *Broker) apply(rt *route, ch change, rev uint64, pending bool, now time.
 // b.mu must be held.
 func (b *Broker) refresh(rt *route, now time.Time) {
 	ph := phase(rt.live, now)
-	if ph != rt.phase {
-		b.logPhase(rt, ph, now)
-		rt.phase = ph
-	}
 	var held *kv.Probe
 	if ph == Probation && rt.live.Probe != nil && now.Before(rt.live.Probe.Until) {
+		held = rt.live.Probe
+	}
+	if ph == Probation && held == nil && b.shared() == nil {
+		// Local mode: this replica is the whole fleet and claims at once.
+		rt.live.Probe = &kv.Probe{By: b.id, At: now, Until: now.Add(b.policy.ProbeTimeout)}
 		held = rt.live.Probe
 	}
 	switch {
@@ -515,15 +529,11 @@ func (b *Broker) refresh(rt *route, now time.Time) {
 	for _, p := range rt.pools {
 		b.rebuild(p, now)
 	}
-	if ph == Probation && held == nil && b.shared() != nil && !rt.pending && !rt.claiming {
-		// Every replica tries; compare-and-set lets one win.
-		rt.claiming = true
-		b.write(rt, event{kind: claim, by: b.id, at: now})
-	}
-	if ph == Probation && b.shared() == nil && rt.probe == nil {
-		// Local mode: this replica is the whole fleet.
-		rt.live.Probe = &kv.Probe{By: b.id, At: now, Until: now.Add(b.policy.ProbeTimeout)}
-		b.refresh(rt, now)
+	// Logged after the snapshots changed, so a replica that has said a
+	// router is out no longer chooses it.
+	if ph != rt.phase {
+		b.logPhase(rt, ph, now)
+		rt.phase = ph
 	}
 }
 
@@ -546,7 +556,7 @@ func (b *Broker) logPhase(rt *route, ph Phase, now time.Time) {
 		b.log.Warn("router disabled",
 			slog.String("router", rt.path), slog.Int("status", r.Status),
 			slog.String("reason", r.Reason), slog.Time("until", r.Until),
-			slog.Int("level", r.Level), slog.Bool("manual", r.Manual), slog.String("by", r.By))
+			slog.Int("backoff_level", r.Level), slog.Bool("manual", r.Manual), slog.String("by", r.By))
 	case Probation:
 		reason = "disable ended"
 		b.log.Info("router on probation: one probe call decides", slog.String("router", rt.path))
@@ -586,6 +596,10 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 		ph := phase(rt.live, now)
 		if rt.probe != nil && rt.probe.token.Load() {
 			c.probes = append(c.probes, rt.probe)
+		}
+		if ph == Probation && b.shared() != nil && !rt.pending &&
+			(rt.live.Probe == nil || !now.Before(rt.live.Probe.Until)) {
+			c.unclaimed = append(c.unclaimed, rt)
 		}
 		if ph != Manual {
 			all += r.Weight
@@ -717,6 +731,16 @@ func (b *Broker) Close(ctx context.Context) {
 		b.timer.Stop()
 	}
 	b.mu.Unlock()
+}
+
+// clip shortens a string from a message for a log line: a path is short,
+// and a megabyte of garbage in gl_path must not become a megabyte of log.
+func clip(s string) string {
+	const most = 200
+	if len(s) <= most {
+		return s
+	}
+	return s[:most] + fmt.Sprintf("... (%d bytes)", len(s))
 }
 
 // sometimes runs a function at most once per interval and counts the calls

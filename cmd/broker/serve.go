@@ -141,7 +141,7 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 	log.Info("serving",
 		slog.String("subject", c.subject), slog.String("queue", c.queue),
 		slog.String("bucket", c.bucket), slog.String("ttl_mode", mode),
-		slog.Int("pools", len(c.pools)), slog.Duration("disabled_time", c.disabledTime),
+		slog.Int("pools", len(c.pools)), slog.String("disabled_time", c.disabledTime.String()),
 		slog.String("id", c.id), slog.String("server", redact(nc.ConnectedUrl())))
 	if ready != nil {
 		ready(b)
