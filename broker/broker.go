@@ -91,12 +91,12 @@ type route struct {
 	claiming atomic.Bool
 
 	// The view, guarded by Broker.mu.
-	live     *kv.Record // nil: no live record
-	memo     kv.Record  // from the last delete marker
-	rev      uint64     // revision of the last change the view holds
-	pending  bool       // this replica's own change is on its way to the store
-	phase    Phase      // as last logged
-	probe    *probeSlot // this replica's claim on the router's probe
+	live    *kv.Record // nil: no live record
+	memo    kv.Record  // from the last delete marker
+	rev     uint64     // revision of the last change the view holds
+	pending bool       // this replica's own change is on its way to the store
+	phase   Phase      // as last logged
+	probe   *probeSlot // this replica's claim on the router's probe
 }
 
 // probeSlot is one probe this replica may send: the first request that

@@ -185,7 +185,7 @@ func TestDisabledRouterReturnsOnEveryReplicaAfterDisabledTime(t *testing.T) {
 			is.Equal(probes, 1) // the probe call went to the router
 			probe := readRecord(t, bucket, dud).Probe
 			is.True(probe != nil && (probe.By == "replica-1" || probe.By == "replica-2")) // a replica holds the probe in the bucket
-			is.Equal(gw.routes(t, 100)[dud], 0) // and no other call while it is out
+			is.Equal(gw.routes(t, 100)[dud], 0)                                           // and no other call while it is out
 
 			is.NoErr(gw.report(dud, 200)) // the probe call succeeded
 			for _, r := range replicas {
