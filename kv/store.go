@@ -103,6 +103,8 @@ type Store struct {
 	mu      sync.Mutex
 	janitor map[string]*time.Timer // ModeExpiry: pending deletes by key
 	closed  bool
+
+	resync chan struct{} // asks Watch to start a new watcher at once
 }
 
 // Open attaches to the bucket named in cfg, creating it when it does not
@@ -140,7 +142,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 		return nil, fmt.Errorf("open bucket %q stream: %w", cfg.Bucket, err)
 	}
 	return &Store{js: js, kv: b, stream: stream, mode: mode, owner: cfg.Owner, linger: cfg.Linger, log: log, cfg: cfg,
-		janitor: map[string]*time.Timer{}}, nil
+		janitor: map[string]*time.Timer{}, resync: make(chan struct{}, 1)}, nil
 }
 
 func create(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, error) {

@@ -38,12 +38,17 @@ func (s *Store) Watch(ctx context.Context, fn func(Event)) error {
 	}
 	go func() {
 		for {
-			s.follow(ctx, w, known, fn)
+			asked := s.follow(ctx, w, known, fn)
 			if ctx.Err() != nil {
 				return
 			}
-			s.log.Warn("bucket watcher stopped; watching again", slog.String("bucket", s.Bucket()))
-			for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+			wait := 100 * time.Millisecond
+			if asked {
+				wait = 0
+			} else {
+				s.log.Warn("bucket watcher stopped; watching again", slog.String("bucket", s.Bucket()))
+			}
+			for failed := false; ; wait = max(min(2*wait, 5*time.Second), 100*time.Millisecond) {
 				select {
 				case <-ctx.Done():
 					return
@@ -61,7 +66,10 @@ func (s *Store) Watch(ctx context.Context, fn func(Event)) error {
 						continue
 					}
 				}
-				s.log.Warn("could not watch bucket; retrying", slog.String("bucket", s.Bucket()), slog.Any("error", err))
+				if !failed {
+					s.log.Warn("could not watch bucket; retrying until it works", slog.String("bucket", s.Bucket()), slog.Any("error", err))
+					failed = true
+				}
 			}
 		}
 	}()
@@ -107,16 +115,31 @@ func (s *Store) watch(ctx context.Context, known map[string]bool, fn func(Event)
 	}
 }
 
-// follow delivers changes until ctx ends or the watcher stops.
-func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[string]bool, fn func(Event)) {
+// Resync makes Watch drop its watcher and start a new one at once, which
+// delivers every key again. Call it after a reconnect: the watcher's
+// ordered consumer may have lived on a server that restarted or left the
+// cluster, and would otherwise notice only after two missed heartbeats,
+// about ten seconds.
+func (s *Store) Resync() {
+	select {
+	case s.resync <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
+// follow delivers changes until ctx ends, the watcher stops, or Resync
+// asks for a new one (asked true).
+func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[string]bool, fn func(Event)) (asked bool) {
 	defer func() { _ = w.Stop() }()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
+		case <-s.resync:
+			return true
 		case e, ok := <-w.Updates():
 			if !ok {
-				return
+				return false
 			}
 			if e != nil {
 				s.deliver(e, known, fn)

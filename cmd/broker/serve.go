@@ -110,6 +110,7 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 	}
 	mon.started(b)
 	if store != nil {
+		resyncOnReconnect(nc, store, log)
 		// The view is complete before the first call is answered.
 		if err := store.Watch(ctx, b.Observe); err != nil {
 			if ctx.Err() != nil {
@@ -299,6 +300,7 @@ func reattach(ctx context.Context, nc *nats.Conn, c config, log *slog.Logger, b 
 			continue // still no JetStream, or the server is away: try again later
 		}
 		b.Attach(store)
+		resyncOnReconnect(nc, store, log)
 		if err := store.Watch(ctx, b.Observe); err != nil {
 			store.Close()
 			continue
@@ -311,6 +313,15 @@ func reattach(ctx context.Context, nc *nats.Conn, c config, log *slog.Logger, b 
 		store.Close()
 		return
 	}
+}
+
+// resyncOnReconnect reloads the view from the bucket after every reconnect,
+// instead of waiting for the watcher to miss its heartbeats.
+func resyncOnReconnect(nc *nats.Conn, store *kv.Store, log *slog.Logger) {
+	nc.SetReconnectHandler(func(nc *nats.Conn) {
+		log.Info("reconnected to NATS", slog.String("server", redact(nc.ConnectedUrl())), slog.Bool("reloading_router_health", true))
+		store.Resync()
+	})
 }
 
 // redact removes user information from NATS URLs before they are logged.
