@@ -153,3 +153,22 @@ func BenchmarkMalformed(b *testing.B) {
 		br.Handle(msg)
 	}
 }
+
+// TestHotPathAllocatesNothing holds the request context and a success
+// report to no allocation with a production logger at info, which also
+// proves the per-call debug lines cost nothing when debug is off.
+func TestHotPathAllocatesNothing(t *testing.T) {
+	br := benchBroker(t, broker.DefaultPools(), 1, slog.LevelInfo)
+	for _, msg := range []string{
+		`{"gl_path":"/azure/"}`,
+		`{"gl_path":"/azure/gpt4/"}`,
+		`{"gl_path":"/azure/gpt4/","egress_status_code":200}`,
+		`{"gl_path":"/azure/gpt4/","egress_status_code":200,"inbound_headers":{"Content-Type":["application/json"]}}`,
+		`{"gl_path":"/azure/gpt35turbo/","egress_status_code":502}`,
+	} {
+		data := []byte(msg)
+		if n := testing.AllocsPerRun(1000, func() { br.Handle(data) }); n != 0 {
+			t.Errorf("%s: %v allocations per message, want none", msg, n)
+		}
+	}
+}

@@ -3,6 +3,9 @@
 package natstest
 
 import (
+	"fmt"
+	"net"
+	"net/url"
 	"testing"
 	"time"
 
@@ -19,6 +22,10 @@ func WithoutJetStream() Option { return func(o *server.Options) { o.JetStream = 
 
 // WithToken requires clients to present token.
 func WithToken(token string) Option { return func(o *server.Options) { o.Authorization = token } }
+
+// WithStoreDir keeps JetStream's files in dir, so that a server started
+// again on the same dir finds its streams.
+func WithStoreDir(dir string) Option { return func(o *server.Options) { o.StoreDir = dir } }
 
 // Start runs a nats-server with JetStream (file storage in a temporary
 // directory) on a random loopback port and shuts it down when the test ends.
@@ -82,4 +89,54 @@ func Eventually(t testing.TB, d time.Duration, cond func() bool, format string, 
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// StartCluster runs n nats-servers with JetStream as one cluster on
+// loopback: distinct server names, separate stores, client ports chosen at
+// random and routes from every node to every other. It returns once the
+// JetStream meta group has a leader that counts every node, so that a
+// stream with n replicas can be created at once. Each server is shut down
+// when the test ends; opts apply to every node.
+func StartCluster(t testing.TB, n int, opts ...Option) []*server.Server {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = freePort(t)
+	}
+	servers := make([]*server.Server, n)
+	for i := range servers {
+		var routes []*url.URL
+		for j, p := range ports {
+			if j != i {
+				routes = append(routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", p)})
+			}
+		}
+		node := func(o *server.Options) {
+			o.ServerName = fmt.Sprintf("n%d", i+1)
+			o.Cluster = server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: ports[i]}
+			o.Routes = routes
+		}
+		servers[i] = Start(t, append([]Option{node}, opts...)...)
+	}
+	Eventually(t, 30*time.Second, func() bool {
+		for _, s := range servers {
+			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == n {
+				return true
+			}
+		}
+		return false
+	}, "a JetStream meta leader that knows all %d nodes", n)
+	return servers
+}
+
+// freePort finds a loopback port nobody listens on. Cluster ports must be
+// known before the nodes start, as each node's routes name the others.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("natstest: free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
