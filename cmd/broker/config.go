@@ -295,8 +295,9 @@ func parseServe(args []string, getenv func(string) string, stdout io.Writer) (co
 	return c, c.resolve()
 }
 
-// resolve checks the settings and derives the rest.
-func (c *config) resolve() error {
+// resolveConnection checks the settings s.connection registers and derives
+// the server and the pools: what every command that talks to NATS needs.
+func (c *config) resolveConnection() error {
 	if c.server == "" {
 		host := c.gechologHost
 		if host == "" {
@@ -305,14 +306,8 @@ func (c *config) resolve() error {
 		c.server = "nats://" + host + ":4222"
 	}
 	switch {
-	case !subjectRE.MatchString(c.subject):
-		return fmt.Errorf("subject %q: not a NATS subject (dot-separated tokens, no spaces)", c.subject)
-	case strings.ContainsAny(c.queue, " \t\r\n.*>") || c.queue == "":
-		return fmt.Errorf("queue %q: a queue group is one token without spaces, dots or wildcards", c.queue)
 	case !bucketRE.MatchString(c.bucket):
 		return fmt.Errorf("bucket %q: a bucket name holds only letters, digits, - and _", c.bucket)
-	case c.id == "":
-		return errors.New("id: give this replica a name")
 	case (c.tlsCert == "") != (c.tlsKey == ""):
 		return errors.New("tlscert and tlskey: give both or neither")
 	case c.user != "" && c.token != "":
@@ -320,11 +315,6 @@ func (c *config) resolve() error {
 	}
 	if _, err := logLevel(c.logLevel); err != nil {
 		return err
-	}
-	switch c.policy.AllDisabled {
-	case broker.Panic, broker.Ingress, broker.Any:
-	default:
-		return fmt.Errorf("all-disabled %q: panic, ingress or any", c.policy.AllDisabled)
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return fmt.Errorf("log-format %q: text or json", c.logFormat)
@@ -338,6 +328,24 @@ func (c *config) resolve() error {
 		c.pools = p
 	}
 	return nil
+}
+
+// resolve checks the serve command's settings and derives the rest.
+func (c *config) resolve() error {
+	switch {
+	case !subjectRE.MatchString(c.subject):
+		return fmt.Errorf("subject %q: not a NATS subject (dot-separated tokens, no spaces)", c.subject)
+	case strings.ContainsAny(c.queue, " \t\r\n.*>") || c.queue == "":
+		return fmt.Errorf("queue %q: a queue group is one token without spaces, dots or wildcards", c.queue)
+	case c.id == "":
+		return errors.New("id: give this replica a name")
+	}
+	switch c.policy.AllDisabled {
+	case broker.Panic, broker.Ingress, broker.Any:
+	default:
+		return fmt.Errorf("all-disabled %q: panic, ingress or any", c.policy.AllDisabled)
+	}
+	return c.resolveConnection()
 }
 
 // maxPoolsFile bounds what the broker reads: a pools file is a few

@@ -206,42 +206,6 @@ func parseOp(name, operands string, args []string, getenv func(string) string, s
 	return c, pos, nil
 }
 
-// resolveConnection checks the settings s.connection registers and derives
-// the server and the pools, as resolve does for serve. resolve checks the
-// serve command's own settings too, which the tools neither have nor need.
-func (c *config) resolveConnection() error {
-	if c.server == "" {
-		host := c.gechologHost
-		if host == "" {
-			host = "localhost"
-		}
-		c.server = "nats://" + host + ":4222"
-	}
-	switch {
-	case !bucketRE.MatchString(c.bucket):
-		return fmt.Errorf("bucket %q: a bucket name holds only letters, digits, - and _", c.bucket)
-	case (c.tlsCert == "") != (c.tlsKey == ""):
-		return errors.New("tlscert and tlskey: give both or neither")
-	case c.user != "" && c.token != "":
-		return errors.New("user and token: NATS takes one of them; unset NATS_TOKEN or NATS_USER")
-	}
-	if _, err := logLevel(c.logLevel); err != nil {
-		return err
-	}
-	if c.logFormat != "text" && c.logFormat != "json" {
-		return fmt.Errorf("log-format %q: text or json", c.logFormat)
-	}
-	c.pools = broker.DefaultPools()
-	if c.poolsFile != "" {
-		p, err := readPools(c.poolsFile)
-		if err != nil {
-			return fmt.Errorf("pools %s: %w", c.poolsFile, err)
-		}
-		c.pools = p
-	}
-	return nil
-}
-
 // oneRouter is the single ROUTER operand of cmd.
 func oneRouter(cmd string, pos []string) (string, error) {
 	switch {
