@@ -267,10 +267,10 @@ func withBucket(ctx context.Context, c config, stderr io.Writer, fn func(context
 		if errors.Is(err, nats.ErrAuthorization) {
 			hint = "the server refused the credentials: check NATS_TOKEN (or NATS_USER and NATS_PASSWORD, NATS_CREDS, NATS_NKEY)"
 		}
-		return fmt.Errorf("cannot connect to NATS at %s: %w: %s", stripUserinfo(c.server), err, hint)
+		return fmt.Errorf("cannot connect to NATS at %s: %w: %s", redact(c.server), err, hint)
 	}
 	defer nc.Close()
-	server := stripUserinfo(nc.ConnectedUrl())
+	server := redact(nc.ConnectedUrl())
 
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
@@ -558,9 +558,11 @@ func userinfo(servers string) []string {
 	return out
 }
 
-// stripUserinfo removes credentials from server URLs before they are shown.
+// redact removes credentials from server URLs before they are shown. It
+// cuts by hand rather than with net/url, which would return a mistyped URL
+// unchanged, credentials and all.
 // nats.go's own redaction keeps a token given as the URL's user name.
-func stripUserinfo(servers string) string {
+func redact(servers string) string {
 	parts := strings.Split(servers, ",")
 	for i, p := range parts {
 		p = strings.TrimSpace(p)

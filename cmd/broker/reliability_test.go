@@ -152,3 +152,20 @@ func TestBucketDeletedAtRuntimeIsRecreatedAndServingNeverStops(t *testing.T) {
 	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
 	is.Equal(strings.Count(logs.String(), "bucket was deleted; created it again"), 1) // logged once
 }
+
+func TestARefusedSubscriptionStopsStartupWithOneLine(t *testing.T) {
+	is := is.New(t)
+	// A user that may use JetStream and inboxes, but not the broker's subject.
+	s := natstest.Start(t, func(o *server.Options) {
+		o.Users = []*server.User{{Username: "broker", Password: "pw", Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+		}}}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := run(ctx, nil, env("NATS_URL", s.ClientURL(), "NATS_USER", "broker", "NATS_PASSWORD", "pw"), io.Discard, io.Discard)
+	is.True(err != nil) // no replica that never gets a call
+	is.True(strings.Contains(err.Error(), `allow the broker's NATS user to subscribe to "coburn.gl.broker broker"`))
+	is.True(!strings.Contains(err.Error(), "\n"))
+}

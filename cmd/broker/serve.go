@@ -2,12 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -72,7 +73,7 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 		c.server = s.ClientURL()
 	}
 
-	nc, err := connect(ctx, c.server, opts, log)
+	nc, err := connect(ctx, c, opts, log)
 	if err != nil {
 		return nil // ctx ended while waiting for the server: a clean stop
 	}
@@ -137,6 +138,11 @@ func serve(ctx context.Context, c config, log *slog.Logger, ready func(*broker.B
 	closed := sub.StatusChanged(nats.SubscriptionClosed)
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("subscribe to %q: %w", c.subject, err)
+	}
+	// The server refuses a subscription asynchronously; after the flush's
+	// round trip the refusal has arrived if there was one.
+	if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), strconv.Quote(c.subject)) {
+		return fmt.Errorf("subscribe to %q in queue group %q: %w: allow the broker's NATS user to subscribe to %q", c.subject, c.queue, err, c.subject+" "+c.queue)
 	}
 	mon.stage("") // ready
 	log.Info("serving",
@@ -229,21 +235,18 @@ func natsOptions(c config, log *slog.Logger) ([]nats.Option, error) {
 	return opts, nil
 }
 
-// connect dials until the server answers or ctx ends. Failures are logged
-// when they start and then every half minute, not every second.
-func connect(ctx context.Context, server string, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
+// connect dials c.server until it answers or ctx ends. Failures are logged
+// when they start and then every half minute, not every second, and
+// never with a credential in them.
+func connect(ctx context.Context, c config, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
 	for attempt := 0; ; attempt++ {
-		nc, err := nats.Connect(server, opts...)
+		nc, err := nats.Connect(c.server, opts...)
 		if err == nil {
 			return nc, nil
 		}
 		if attempt%30 == 0 {
-			hint := "is the server running and reachable? set NATS_URL or GECHOLOG_HOST"
-			if errors.Is(err, nats.ErrAuthorization) {
-				hint = "the server refused the credentials: check NATS_TOKEN (or NATS_USER, NATS_CREDS, NATS_NKEY)"
-			}
-			log.Warn("cannot connect to NATS; retrying every second", slog.String("server", redact(server)),
-				slog.Any("error", err), slog.String("hint", hint))
+			log.Warn("cannot connect to NATS; retrying every second", slog.String("server", redact(c.server)),
+				slog.Any("error", c.scrub(err)), slog.String("hint", connectHint(err)))
 		}
 		select {
 		case <-ctx.Done():
@@ -251,6 +254,19 @@ func connect(ctx context.Context, server string, opts []nats.Option, log *slog.L
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// connectHint names the settings to look at for a failed connection.
+func connectHint(err error) string {
+	var tlsErr *tls.CertificateVerificationError
+	switch {
+	case errors.Is(err, nats.ErrAuthorization):
+		return "the server refused the credentials: check NATS_TOKEN (or NATS_USER and NATS_PASSWORD, NATS_CREDS, NATS_NKEY)"
+	case errors.As(err, &tlsErr), strings.Contains(err.Error(), "tls:"), strings.Contains(err.Error(), "x509:"),
+		errors.Is(err, nats.ErrSecureConnRequired), errors.Is(err, nats.ErrSecureConnWanted):
+		return "TLS failed: check NATS_CA (the CA that signed the server's certificate), NATS_CERT and NATS_KEY, and a tls:// URL"
+	}
+	return "is the server running and reachable? set NATS_URL or GECHOLOG_HOST"
 }
 
 // attach opens the bucket, retrying until ctx ends. A server without
@@ -322,16 +338,4 @@ func resyncOnReconnect(nc *nats.Conn, store *kv.Store, log *slog.Logger) {
 		log.Info("reconnected to NATS", slog.String("server", redact(nc.ConnectedUrl())), slog.Bool("reloading_router_health", true))
 		store.Resync()
 	})
-}
-
-// redact removes user information from NATS URLs before they are logged.
-func redact(servers string) string {
-	parts := strings.Split(servers, ",")
-	for i, p := range parts {
-		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
-			u.User = url.User("redacted")
-			parts[i] = u.String()
-		}
-	}
-	return strings.Join(parts, ",")
 }
