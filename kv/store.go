@@ -105,6 +105,10 @@ type Store struct {
 	closed  bool
 
 	resync chan struct{} // asks Watch to start a new watcher at once
+
+	// Used by the watch goroutine only.
+	delivered uint64 // the highest revision delivered
+	staleAt   uint64 // the last sequence a re-watch was last made for
 }
 
 // Open attaches to the bucket named in cfg, creating it when it does not
@@ -129,7 +133,17 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if err != nil {
 		return nil, noJetStream(fmt.Errorf("open bucket %q: %w", cfg.Bucket, err))
 	}
-	st, err := b.Status(ctx)
+	// A bucket just created on a cluster may have no stream leader for a
+	// moment; ask again each second rather than wait out ctx once.
+	var st jetstream.KeyValueStatus
+	for {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err = b.Status(sctx)
+		cancel()
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			break
+		}
+	}
 	if err != nil {
 		return nil, noJetStream(fmt.Errorf("read bucket %q status: %w", cfg.Bucket, err))
 	}

@@ -127,16 +127,43 @@ func (s *Store) Resync() {
 	}
 }
 
-// follow delivers changes until ctx ends, the watcher stops, or Resync
-// asks for a new one (asked true).
+// staleCheck is how often follow asks the server whether the watcher has
+// missed something.
+const staleCheck = time.Second
+
+// follow delivers changes until ctx ends, the watcher stops, or a new one
+// is wanted (asked true): Resync asked, or the watcher fell behind. Its
+// ordered consumer lives on one server; when that server leaves the
+// cluster while this replica's own connection is to another, there is no
+// reconnect to tell us, and nats.go would notice only after two missed
+// heartbeats. So once a second follow compares the stream's last sequence
+// with the last revision delivered, and watches again when the stream has
+// stayed ahead for two checks.
 func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[string]bool, fn func(Event)) (asked bool) {
 	defer func() { _ = w.Stop() }()
+	tick := time.NewTicker(staleCheck)
+	defer tick.Stop()
+	behind := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return false
 		case <-s.resync:
 			return true
+		case <-tick.C:
+			last := s.lastSeq(ctx)
+			// A stream's last message can be gone (a marker that expired)
+			// and so never delivered: one re-watch per such sequence.
+			if last <= s.delivered || last == s.staleAt {
+				behind = 0
+				continue
+			}
+			if behind++; behind >= 2 {
+				s.staleAt = last
+				s.log.Warn("bucket watcher fell behind the bucket; watching again",
+					slog.String("bucket", s.Bucket()), slog.Uint64("last_revision", last), slog.Uint64("delivered", s.delivered))
+				return true
+			}
 		case e, ok := <-w.Updates():
 			if !ok {
 				return false
@@ -148,7 +175,20 @@ func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[st
 	}
 }
 
+// lastSeq is the bucket stream's last sequence, or 0 when the server does
+// not answer within a second.
+func (s *Store) lastSeq(ctx context.Context) uint64 {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return 0
+	}
+	return info.State.LastSeq
+}
+
 func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]bool, fn func(Event)) {
+	s.delivered = max(s.delivered, e.Revision())
 	ev := Event{Router: e.Key(), Revision: e.Revision()}
 	if e.Operation() != jetstream.KeyValuePut {
 		if r, err := Decode(e.Key(), e.Value()); err == nil {

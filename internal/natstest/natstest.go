@@ -92,32 +92,32 @@ func Eventually(t testing.TB, d time.Duration, cond func() bool, format string, 
 }
 
 // StartCluster runs n nats-servers with JetStream as one cluster on
-// loopback: distinct server names, separate stores, client ports chosen at
-// random and routes from every node to every other. It returns once the
-// JetStream meta group has a leader that counts every node, so that a
-// stream with n replicas can be created at once. Each server is shut down
-// when the test ends; opts apply to every node.
+// loopback: distinct server names (n1, n2, ...), separate stores, and
+// routes from every node to every other. It returns once the JetStream meta
+// group has a leader that counts every node, so that a stream with n
+// replicas can be created at once. Each server is shut down when the test
+// ends; opts apply to every node.
 func StartCluster(t testing.TB, n int, opts ...Option) []*server.Server {
 	t.Helper()
-	ports := make([]int, n)
-	for i := range ports {
-		ports[i] = freePort(t)
-	}
-	servers := make([]*server.Server, n)
-	for i := range servers {
-		var routes []*url.URL
-		for j, p := range ports {
-			if j != i {
-				routes = append(routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", p)})
+	// JetStream refuses a cluster node without routes, so every port must
+	// be known before the first node starts. A port found free may be taken
+	// before its node binds it; then start the cluster again on new ports.
+	var servers []*server.Server
+	for attempt := 1; servers == nil; attempt++ {
+		var err error
+		if servers, err = startCluster(t, n, opts); err != nil {
+			if attempt == 3 {
+				t.Fatalf("natstest: cluster: %v", err)
 			}
+			t.Logf("natstest: cluster: %v; trying new ports", err)
 		}
-		node := func(o *server.Options) {
-			o.ServerName = fmt.Sprintf("n%d", i+1)
-			o.Cluster = server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: ports[i]}
-			o.Routes = routes
-		}
-		servers[i] = Start(t, append([]Option{node}, opts...)...)
 	}
+	t.Cleanup(func() {
+		for _, s := range servers {
+			s.Shutdown()
+			s.WaitForShutdown()
+		}
+	})
 	Eventually(t, 30*time.Second, func() bool {
 		for _, s := range servers {
 			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == n {
@@ -129,14 +129,65 @@ func StartCluster(t testing.TB, n int, opts ...Option) []*server.Server {
 	return servers
 }
 
-// freePort finds a loopback port nobody listens on. Cluster ports must be
-// known before the nodes start, as each node's routes name the others.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func startCluster(t testing.TB, n int, opts []Option) ([]*server.Server, error) {
+	ports, err := freePorts(2 * n) // client ports, then cluster ports
 	if err != nil {
-		t.Fatalf("natstest: free port: %v", err)
+		return nil, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	servers := make([]*server.Server, 0, n)
+	stop := func() {
+		for _, s := range servers {
+			s.Shutdown()
+			s.WaitForShutdown()
+		}
+	}
+	for i := range n {
+		o := &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1),
+			Host:       "127.0.0.1",
+			Port:       ports[i],
+			JetStream:  true,
+			StoreDir:   t.TempDir(),
+			NoLog:      true,
+			NoSigs:     true,
+			Cluster:    server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: ports[n+i]},
+		}
+		for j := range n {
+			if j != i {
+				o.Routes = append(o.Routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", ports[n+j])})
+			}
+		}
+		for _, opt := range opts {
+			opt(o)
+		}
+		s, err := server.NewServer(o)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("new server %s: %w", o.ServerName, err)
+		}
+		servers = append(servers, s)
+		go s.Start()
+	}
+	for _, s := range servers {
+		if !s.ReadyForConnections(10 * time.Second) {
+			stop()
+			return nil, fmt.Errorf("node %s not ready within 10s", s.Name())
+		}
+	}
+	return servers, nil
+}
+
+// freePorts finds n distinct loopback ports nobody listens on.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		// Held open until all are found, so that the n are distinct.
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
+	}
+	return ports, nil
 }
