@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"runtime"
 	"slices"
 	"strings"
@@ -390,72 +389,20 @@ func TestBurstOf50000CallsIsAnsweredInFullWithoutSlowConsumer(t *testing.T) {
 }
 
 // faultFleet is replicas serving one NATS URL list, each a full serve().
-type faultFleet struct {
-	replicas []*broker.Broker
-	logs     []*syncBuffer
-	stop     func()
-}
-
 // startFaultFleet runs n replicas on the NATS URL(s) url, creating the
 // bucket with kvReplicas replicas. The caller defers stop, so that the
 // replicas stop before the servers do.
-func startFaultFleet(t *testing.T, url string, n, kvReplicas int) *faultFleet {
+func startFaultFleet(t *testing.T, url string, n, kvReplicas int) *replicaSet {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	f := &faultFleet{stop: func() { cancel(); wg.Wait() }}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for i, l := range f.logs {
-				t.Logf("replica-%d logged:\n%s", i+1, l.String())
-			}
-		}
-	})
-	ready := make(chan *broker.Broker, n)
-	for i := range n {
-		c := config{
-			server: url, subject: "coburn.gl.broker", queue: "broker", bucket: "gl_broker", kvReplicas: kvReplicas,
-			disabledTime: time.Minute, pools: broker.DefaultPools(), id: fmt.Sprintf("replica-%d", i+1),
-		}
-		logs := &syncBuffer{}
-		f.logs = append(f.logs, logs)
-		f.replicas = append(f.replicas, nil)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			log := slog.New(slog.NewJSONHandler(logs, nil))
-			if err := serve(ctx, c, log, func(b *broker.Broker) { f.replicas[i] = b; ready <- b }); err != nil {
-				t.Errorf("replica %s: %v", c.id, err)
-			}
-		}()
-	}
-	for range n {
-		select {
-		case <-ready:
-		case <-time.After(15 * time.Second):
-			f.stop()
-			t.Fatal("replicas not ready within 15s")
-		}
-	}
-	return f
-}
-
-// every waits until cond holds on every replica.
-func (f *faultFleet) every(t *testing.T, d time.Duration, cond func(*broker.Broker) bool, what string) {
-	t.Helper()
-	natstest.Eventually(t, d, func() bool {
-		for _, b := range f.replicas {
-			if !cond(b) {
-				return false
-			}
-		}
-		return true
-	}, "%s on every replica", what)
+	return runReplicas(t, config{
+		server: url, subject: "coburn.gl.broker", queue: "broker", bucket: "gl_broker", kvReplicas: kvReplicas,
+		disabledTime: time.Minute, pools: broker.DefaultPools(),
+	}, n)
 }
 
 // servingNodes says which of urls each replica serves on, as its
 // "serving" line says.
-func (f *faultFleet) servingNodes(t *testing.T, urls []string) []int {
+func (f *replicaSet) servingNodes(t *testing.T, urls []string) []int {
 	t.Helper()
 	on := make([]int, len(f.replicas))
 	for i, l := range f.logs {
@@ -468,7 +415,7 @@ func (f *faultFleet) servingNodes(t *testing.T, urls []string) []int {
 }
 
 // waitLogged waits until every replica has logged msg.
-func (f *faultFleet) waitLogged(t *testing.T, msg string) {
+func (f *replicaSet) waitLogged(t *testing.T, msg string) {
 	t.Helper()
 	natstest.Eventually(t, 5*time.Second, func() bool {
 		for _, l := range f.logs {
@@ -481,7 +428,7 @@ func (f *faultFleet) waitLogged(t *testing.T, msg string) {
 }
 
 // chosen is how many calls each replica has answered with a router.
-func (f *faultFleet) chosen() []uint64 {
+func (f *replicaSet) chosen() []uint64 {
 	n := make([]uint64, len(f.replicas))
 	for i, b := range f.replicas {
 		n[i] = b.Stats().Calls[broker.Chosen]
@@ -491,7 +438,7 @@ func (f *faultFleet) chosen() []uint64 {
 
 // answersAgain waits until every replica has answered a call more than
 // base says, and returns for each how long after since that was seen.
-func (f *faultFleet) answersAgain(t *testing.T, base []uint64, since time.Time, d time.Duration) []time.Duration {
+func (f *replicaSet) answersAgain(t *testing.T, base []uint64, since time.Time, d time.Duration) []time.Duration {
 	t.Helper()
 	took := make([]time.Duration, len(f.replicas))
 	natstest.Eventually(t, d, func() bool {

@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -26,16 +25,15 @@ import (
 	"github.com/gecholog/broker/kv"
 )
 
-// fleet is three replicas serving one embedded server.
+// fleet is replicas serving one embedded server, and a client of it.
 type fleet struct {
-	srv      *server.Server
-	replicas []*broker.Broker
-	logs     []*syncBuffer
-	nc       *nats.Conn
-	bucket   jetstream.KeyValue
+	*replicaSet
+	srv    *server.Server
+	nc     *nats.Conn
+	bucket jetstream.KeyValue
 }
 
-// startFleet runs n replicas with cfg's policy; plain pre-creates the bucket
+// startFleet runs n replicas with policy; plain pre-creates the bucket
 // without limit markers, as a server without per-message TTL would have.
 func startFleet(t *testing.T, n int, disabled time.Duration, policy broker.Policy, plain bool) *fleet {
 	t.Helper()
@@ -45,57 +43,21 @@ func startFleet(t *testing.T, n int, disabled time.Duration, policy broker.Polic
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	if plain {
 		if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "gl_broker"}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	ready := make(chan *broker.Broker, n)
-	for i := range n {
-		c := config{
-			server: f.srv.ClientURL(), subject: "coburn.gl.broker", queue: "broker", bucket: "gl_broker",
-			kvReplicas: 1, disabledTime: disabled, pools: broker.DefaultPools(), policy: policy,
-			id: fmt.Sprintf("replica-%d", i+1),
-		}
-		logs := &syncBuffer{}
-		f.logs = append(f.logs, logs)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-			if err := serve(ctx, c, log, func(b *broker.Broker) { ready <- b }); err != nil {
-				t.Errorf("replica %s: %v", c.id, err)
-			}
-		}()
-	}
-	for range n {
-		select {
-		case b := <-ready:
-			f.replicas = append(f.replicas, b)
-		case <-time.After(10 * time.Second):
-			t.Fatal("replicas not ready within 10s")
-		}
-	}
+	f.replicaSet = runReplicas(t, config{
+		server: f.srv.ClientURL(), subject: "coburn.gl.broker", queue: "broker", bucket: "gl_broker",
+		kvReplicas: 1, disabledTime: disabled, pools: broker.DefaultPools(), policy: policy,
+	}, n)
+	t.Cleanup(f.stop) // before the server's cleanup, registered earlier
 	if f.bucket, err = js.KeyValue(ctx, "gl_broker"); err != nil {
 		t.Fatal(err)
 	}
 	return f
-}
-
-// everyReplica waits until cond holds for every replica.
-func (f *fleet) everyReplica(t *testing.T, d time.Duration, cond func(*broker.Broker) bool, what string) {
-	t.Helper()
-	natstest.Eventually(t, d, func() bool {
-		for _, b := range f.replicas {
-			if !cond(b) {
-				return false
-			}
-		}
-		return true
-	}, "%s on every replica", what)
 }
 
 func (f *fleet) record(t *testing.T, router string) (kv.Record, bool) {
@@ -160,7 +122,7 @@ func TestFailuresReportedToDifferentReplicasAddUpToTheThreshold(t *testing.T) {
 	// as gecholog's calls are spaced by the LLM's own latency.
 	report := func(router string, status, failures int) {
 		f.report(t, fmt.Sprintf(`{"gl_path":%q,"egress_status_code":%d}`, router, status))
-		f.everyReplica(t, 2*time.Second, func(b *broker.Broker) bool {
+		f.every(t, 2*time.Second, func(b *broker.Broker) bool {
 			return b.Phase(router) == broker.Enabled && b.Failures(router) == failures
 		}, fmt.Sprintf("%s counted %d", router, failures))
 	}
@@ -170,7 +132,7 @@ func TestFailuresReportedToDifferentReplicasAddUpToTheThreshold(t *testing.T) {
 	is.True(!live)                 // two failures are not enough
 	report("/azure/gpt4/", 200, 0) // another router's success does not reset it
 	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":502}`)
-	f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "the third failure disables")
+	f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "the third failure disables")
 
 	report("/azure/gpt4/", 502, 1)
 	report("/azure/gpt4/", 502, 2)
@@ -191,7 +153,7 @@ func TestProbeIsSentExactlyOnceFleetWideIn100Repetitions(t *testing.T) {
 				f.put(t, kv.Record{Router: "/azure/dud/", Status: 502, Reason: "test", At: now.Add(-time.Minute), Until: now, By: "test"})
 				// Every replica must have heard of the disable before the calls
 				// start; before that, a replica still sends the router its share.
-				f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation")
+				f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation")
 				// 6 callers send request contexts through the queue group, so
 				// they land on every replica, until the probe has gone and a
 				// further 60 calls have found no second one.
@@ -216,7 +178,7 @@ func TestProbeIsSentExactlyOnceFleetWideIn100Repetitions(t *testing.T) {
 				r, _ := f.record(t, "/azure/dud/")
 				is.True(r.Probe != nil) // claimed in the bucket
 				is.NoErr(f.bucket.Delete(context.Background(), "/azure/dud/"))
-				f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Enabled), fmt.Sprint("reset ", rep))
+				f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Enabled), fmt.Sprint("reset ", rep))
 			}
 		})
 	}
@@ -226,30 +188,30 @@ func TestProbeFailureBacksOffAndProbeSuccessEnables(t *testing.T) {
 	is := is.New(t)
 	f := startFleet(t, 3, time.Second, broker.Policy{}, false)
 	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":502}`)
-	f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled")
+	f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled")
 	r, _ := f.record(t, "/azure/dud/")
 	is.Equal(r.Level, 0)
 	is.Equal(r.Until.Sub(r.At), time.Second)
 
-	f.everyReplica(t, 3*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation")
+	f.every(t, 3*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation")
 	natstest.Eventually(t, 3*time.Second, func() bool { return f.route(t) == "/azure/dud/" }, "the probe goes out")
 	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":502}`) // the probe fails
-	f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled again")
+	f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled again")
 	r, _ = f.record(t, "/azure/dud/")
 	is.Equal(r.Level, 1)                       // the next level
 	is.Equal(r.Until.Sub(r.At), 2*time.Second) // twice as long
 	is.True(r.Reason == "probe failed: egress_status_code 502")
 
-	f.everyReplica(t, 4*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation again")
+	f.every(t, 4*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation again")
 	natstest.Eventually(t, 3*time.Second, func() bool { return f.route(t) == "/azure/dud/" }, "the second probe goes out")
 	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":200}`) // and succeeds
-	f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Enabled), "enabled")
+	f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Enabled), "enabled")
 	_, live := f.record(t, "/azure/dud/")
 	is.True(!live) // `nats kv ls` no longer lists it
 
 	// Failing again right away starts at the next level: it has not recovered.
 	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":502}`)
-	f.everyReplica(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled once more")
+	f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled once more")
 	r, _ = f.record(t, "/azure/dud/")
 	is.Equal(r.Level, 2)
 }
@@ -258,7 +220,7 @@ func TestRetryAfterFromTheUpstreamSetsTheDisabledTime(t *testing.T) {
 	is := is.New(t)
 	f := startFleet(t, 2, time.Minute, broker.Policy{}, false)
 	f.report(t, `{"gl_path":"/azure/gpt4/","egress_status_code":429,"inbound_headers":{"retry-after":["7"],"Content-Type":["application/json"]}}`)
-	f.everyReplica(t, 2*time.Second, phaseIs("/azure/gpt4/", broker.Disabled), "disabled")
+	f.every(t, 2*time.Second, phaseIs("/azure/gpt4/", broker.Disabled), "disabled")
 	r, _ := f.record(t, "/azure/gpt4/")
 	is.Equal(r.Until.Sub(r.At), 7*time.Second)
 
@@ -276,7 +238,7 @@ func TestManualDisableIsObeyedAndNeverTouchedByAutomaticRules(t *testing.T) {
 	f := startFleet(t, 3, time.Second, broker.Policy{}, false)
 	manual := kv.Record{Router: "/azure/gpt4/", Manual: true, Reason: "maintenance", At: time.Now(), By: "alice"}
 	f.put(t, manual) // as `nats kv put` would
-	f.everyReplica(t, time.Second, phaseIs("/azure/gpt4/", broker.Manual), "manual disable obeyed")
+	f.every(t, time.Second, phaseIs("/azure/gpt4/", broker.Manual), "manual disable obeyed")
 	for range 5 {
 		f.report(t, `{"gl_path":"/azure/gpt4/","egress_status_code":502}`)
 		f.report(t, `{"gl_path":"/azure/gpt4/","egress_status_code":200}`)
@@ -290,7 +252,7 @@ func TestManualDisableIsObeyedAndNeverTouchedByAutomaticRules(t *testing.T) {
 	r, _ := f.record(t, "/azure/gpt4/")
 	is.True(r.Manual && r.By == "alice") // never overwritten
 	is.NoErr(f.bucket.Delete(context.Background(), "/azure/gpt4/"))
-	f.everyReplica(t, time.Second, phaseIs("/azure/gpt4/", broker.Enabled), "enabled by hand")
+	f.every(t, time.Second, phaseIs("/azure/gpt4/", broker.Enabled), "enabled by hand")
 }
 
 func TestEveryRouterDisabledSendsCallsToTheOneBackSoonest(t *testing.T) {
@@ -300,7 +262,7 @@ func TestEveryRouterDisabledSendsCallsToTheOneBackSoonest(t *testing.T) {
 	f.put(t, kv.Record{Router: "/azure/gpt35turbo/", At: now, Until: now.Add(3 * time.Minute)})
 	f.put(t, kv.Record{Router: "/azure/gpt4/", At: now, Until: now.Add(time.Minute)})
 	f.put(t, kv.Record{Router: "/azure/dud/", At: now, Until: now.Add(2 * time.Minute)})
-	f.everyReplica(t, time.Second, func(b *broker.Broker) bool { return len(b.Routers("/azure/")) == 0 }, "all disabled")
+	f.every(t, time.Second, func(b *broker.Broker) bool { return len(b.Routers("/azure/")) == 0 }, "all disabled")
 	for range 30 {
 		is.Equal(f.route(t), "/azure/gpt4/") // panic mode: the router whose disable ends soonest
 	}
@@ -367,7 +329,7 @@ func TestDeadRouterCostsInFlightCallsPlusOnePerProbe(t *testing.T) {
 	time.Sleep(5 * disabled)
 	dead.Store(false)
 	revived := time.Now()
-	f.everyReplica(t, 20*time.Second, phaseIs("/azure/dud/", broker.Enabled), "dud back")
+	f.every(t, 20*time.Second, phaseIs("/azure/dud/", broker.Enabled), "dud back")
 	enabled := time.Now()
 	time.Sleep(time.Second) // its share after recovery
 	close(stop)
