@@ -396,3 +396,37 @@ func splitLines(s string) []string {
 	}
 	return out
 }
+
+func TestFailureReportsAtEveryReplicaAtOnceMakeOneDisable(t *testing.T) {
+	for _, mode := range []string{"ttl", "expiry"} {
+		t.Run(mode, func(t *testing.T) {
+			is := is.New(t)
+			f := startFleet(t, 3, time.Minute, broker.Policy{}, mode == "expiry")
+			stream, err := jetstream.New(f.nc)
+			is.NoErr(err)
+			kvStream, err := stream.Stream(context.Background(), "KV_gl_broker")
+			is.NoErr(err)
+			// 60 reports at once through the queue group: every replica gets
+			// some before it has heard of any other's disable.
+			var wg sync.WaitGroup
+			for range 60 {
+				wg.Go(func() { f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":502}`) })
+			}
+			wg.Wait()
+			f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled")
+			for _, b := range f.replicas {
+				b.Close(context.Background()) // every write attempt done
+			}
+			info, err := kvStream.Info(context.Background())
+			is.NoErr(err)
+			// The bucket keeps one revision per key, so count what was ever
+			// written by the stream's sequence: the bucket was empty before.
+			is.Equal(info.State.LastSeq, uint64(1)) // one write landed: compare-and-set, not a race of overwrites
+			var attempts uint64
+			for _, b := range f.replicas {
+				attempts += b.Stats().KVWrites
+			}
+			t.Logf("%s: 60 simultaneous reports, %d write attempts, 1 landed", mode, attempts)
+		})
+	}
+}
