@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -353,19 +354,14 @@ func (c *config) resolve() error {
 const maxPoolsFile = 1 << 20
 
 func readPools(path string) ([]broker.Pool, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxPoolsFile+1))
+	data, err := readFileAtMost(path, maxPoolsFile)
 	if err != nil {
 		return nil, err
 	}
 	if len(data) > maxPoolsFile {
 		return nil, fmt.Errorf("larger than %d bytes; is it the right file?", maxPoolsFile)
 	}
-	return broker.ReadPools(strings.NewReader(string(data)))
+	return broker.ReadPools(bytes.NewReader(data))
 }
 
 func logLevel(s string) (slog.Level, error) {
