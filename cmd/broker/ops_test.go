@@ -5,15 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -37,29 +34,9 @@ func startReplicas(t *testing.T, s *server.Server, n int, disabled time.Duration
 		t.Fatal(err)
 	}
 	c.disabledTime = disabled
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	ready := make(chan *broker.Broker, n)
-	for i := range n {
-		c := c
-		c.id = fmt.Sprintf("replica-%d", i+1)
-		wg.Go(func() {
-			if err := serve(ctx, c, slog.New(slog.DiscardHandler), func(b *broker.Broker) { ready <- b }); err != nil {
-				t.Errorf("%s: %v", c.id, err)
-			}
-		})
-	}
-	var bs []*broker.Broker
-	for len(bs) < n {
-		select {
-		case b := <-ready:
-			bs = append(bs, b)
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%d of %d replicas ready within 10s", len(bs), n)
-		}
-	}
-	return bs
+	rs := runReplicas(t, c, n)
+	t.Cleanup(rs.stop)
+	return rs.replicas
 }
 
 // choosing counts the replicas that would send an /azure/ call to router.
