@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"math"
 	"time"
-
-	"github.com/gecholog/broker/kv"
 )
 
 // AllDisabled says what a request for a pool gets when none of its routers
@@ -22,6 +20,21 @@ const (
 	// Any chooses at random, by weight, among all the pool's routers.
 	Any AllDisabled = "any"
 )
+
+// DefaultDisabledTime is how long a failed router stays out at first: the
+// original broker's DISABLED_TIME default.
+const DefaultDisabledTime = 10 * time.Minute
+
+// Failure reports whether a status the client got means the router is down,
+// overloaded or misconfigured: 5xx, 429, 408, 401, 403 and 404. Other codes,
+// including 400, 413 and 422, are the client's own doing.
+func Failure(status int) bool {
+	switch status {
+	case 401, 403, 404, 408, 429:
+		return true
+	}
+	return status >= 500 && status <= 599
+}
 
 // Policy decides when a router is disabled, for how long, and how it comes
 // back. Zero fields take the defaults named on each.
@@ -72,10 +85,20 @@ func (p Policy) Resolve() (Policy, error) {
 		return p, fmt.Errorf("backoff cap %v: must be from 1 to 1000", p.MaxMultiplier)
 	case p.ProbeTimeout < time.Second:
 		return p, fmt.Errorf("probe timeout %v: must be at least a second", p.ProbeTimeout)
-	case p.AllDisabled != Panic && p.AllDisabled != Ingress && p.AllDisabled != Any:
-		return p, fmt.Errorf("all-disabled %q: panic, ingress or any", p.AllDisabled)
+	}
+	if _, err := ParseAllDisabled(string(p.AllDisabled)); err != nil {
+		return p, err
 	}
 	return p, nil
+}
+
+// ParseAllDisabled reads the name of an all-disabled mode.
+func ParseAllDisabled(s string) (AllDisabled, error) {
+	switch m := AllDisabled(s); m {
+	case Panic, Ingress, Any:
+		return m, nil
+	}
+	return "", fmt.Errorf("all-disabled %q: panic, ingress or any", s)
 }
 
 // maxLevel is the first backoff level whose multiplier reaches the cap.
@@ -105,7 +128,7 @@ func (p Policy) maxDuration() time.Duration {
 // router's last one: one more than what is left of the last level, which
 // falls by one for each DisabledTime the router has served since, or 0 when
 // it has fully recovered.
-func (p Policy) level(memo kv.Record, now time.Time) int {
+func (p Policy) level(memo Record, now time.Time) int {
 	if memo.Ended.IsZero() {
 		return 0
 	}
@@ -132,10 +155,10 @@ func (ph Phase) String() string {
 
 // RecordPhase is the phase a router with the live record r is in at now,
 // as every replica sees it.
-func RecordPhase(r kv.Record, now time.Time) Phase { return phase(&r, now) }
+func RecordPhase(r Record, now time.Time) Phase { return phase(&r, now) }
 
 // phase of a router whose live record is r (nil: none) at now.
-func phase(r *kv.Record, now time.Time) Phase {
+func phase(r *Record, now time.Time) Phase {
 	switch {
 	case r == nil:
 		return Enabled
@@ -170,17 +193,17 @@ const (
 // change is what an event writes: a live record, or a memo left in the
 // delete marker that enables the router.
 type change struct {
-	rec     kv.Record
+	rec     Record
 	release bool
 }
 
 // decide applies ev to a router whose live record is live (nil: none) and
 // whose last memo is memo. It says what to write, or false when nothing
 // changes. It is the whole failure policy, and pure.
-func (p Policy) decide(router string, live *kv.Record, memo kv.Record, ev event) (change, bool) {
+func (p Policy) decide(router string, live *Record, memo Record, ev event) (change, bool) {
 	ph := phase(live, ev.at)
 	if ph == Enabled && live != nil {
-		memo = kv.Record{} // a manual disable ran out; it leaves no backoff
+		memo = Record{} // a manual disable ran out; it leaves no backoff
 	}
 	switch ev.kind {
 	case failure:
@@ -213,8 +236,8 @@ func (p Policy) decide(router string, live *kv.Record, memo kv.Record, ev event)
 	case success:
 		switch ph {
 		case Probation:
-			return change{rec: kv.Record{Router: router, Level: live.Level, Ended: ev.at,
-				Reason: "probe succeeded", At: ev.at, By: ev.by}, release: true}, true
+			return change{rec: Record{Router: router, Level: live.Level, Ended: ev.at,
+				Reason: reasonProbeSucceeded, At: ev.at, By: ev.by}, release: true}, true
 		case Enabled:
 			if memo.Failures > 0 {
 				m := memo
@@ -225,20 +248,51 @@ func (p Policy) decide(router string, live *kv.Record, memo kv.Record, ev event)
 	case claim:
 		if ph == Probation && (live.Probe == nil || !ev.at.Before(live.Probe.Until)) {
 			r := *live
-			r.Probe = &kv.Probe{By: ev.by, At: ev.at, Until: ev.at.Add(p.ProbeTimeout)}
+			r.Probe = &Probe{By: ev.by, At: ev.at, Until: ev.at.Add(p.ProbeTimeout)}
 			return change{rec: r}, true
 		}
 	}
 	return change{}, false
 }
 
-func (p Policy) disable(router string, level int, ev event, prefix string) kv.Record {
+func (p Policy) disable(router string, level int, ev event, prefix string) Record {
 	d := p.Duration(level)
 	if ev.retryAfter > 0 {
 		d = p.clampRetryAfter(ev.retryAfter)
 	}
-	return kv.Record{Router: router, Status: ev.status, Reason: reason(ev, prefix),
+	return Record{Router: router, Status: ev.status, Reason: reason(ev, prefix),
 		At: ev.at, Until: ev.at.Add(d), By: ev.by, Level: level}
+}
+
+// The reasons of memos: a probe call succeeded, or a disable ran out
+// with nobody probing the router (a store's clean-up writes it).
+const (
+	reasonProbeSucceeded = "probe succeeded"
+	ReasonExpired        = "expired"
+)
+
+// Clamp returns e's record with times no automatic disable could have
+// pulled back within the policy: an Until beyond the longest disable, or
+// none at all, and a probe claim beyond the probe timeout, each counted
+// from when the store kept the record. Such a record was written by hand
+// or by a broken writer; taken at its word it would strand the router.
+// Manual records are an operator's word and kept as they are. clamped
+// says whether anything changed.
+func (p Policy) Clamp(e Entry) (r Record, clamped bool) {
+	r = e.Record
+	if r.Manual || e.Created.IsZero() {
+		return r, false
+	}
+	const slack = time.Second // clocks of writer and store differ a little
+	limit := e.Created.Add(p.maxDuration() + slack)
+	if r.Until.IsZero() || r.Until.After(limit) {
+		r.Until, clamped = limit, true
+	}
+	if r.Probe != nil && r.Probe.Until.After(e.Created.Add(p.ProbeTimeout+slack)) {
+		probe := *r.Probe
+		probe.Until, r.Probe, clamped = e.Created.Add(p.ProbeTimeout), &probe, true
+	}
+	return r, clamped
 }
 
 func (p Policy) clampRetryAfter(d time.Duration) time.Duration {

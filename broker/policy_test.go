@@ -1,13 +1,10 @@
 package broker
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 
 	"github.com/matryer/is"
-
-	"github.com/gecholog/broker/kv"
 )
 
 const dt = 10 * time.Minute
@@ -49,17 +46,17 @@ func TestLevelOfANewDisableFollowsTheLastOneAndDecays(t *testing.T) {
 	now := time.Now()
 	for _, tc := range []struct {
 		name string
-		memo kv.Record
+		memo Record
 		want int
 	}{
-		{"never disabled", kv.Record{}, 0},
-		{"only failures counted", kv.Record{Failures: 2}, 0},
-		{"recovered just now from level 0", kv.Record{Level: 0, Ended: now}, 1},
-		{"recovered just now from level 2", kv.Record{Level: 2, Ended: now}, 3},
-		{"at the cap stays at the cap", kv.Record{Level: 3, Ended: now}, 3},
-		{"one disabled time of service: one level less", kv.Record{Level: 2, Ended: now.Add(-dt)}, 2},
-		{"served long enough: back to the start", kv.Record{Level: 2, Ended: now.Add(-3 * dt)}, 0},
-		{"level 0 served one disabled time: recovered", kv.Record{Level: 0, Ended: now.Add(-dt)}, 0},
+		{"never disabled", Record{}, 0},
+		{"only failures counted", Record{Failures: 2}, 0},
+		{"recovered just now from level 0", Record{Level: 0, Ended: now}, 1},
+		{"recovered just now from level 2", Record{Level: 2, Ended: now}, 3},
+		{"at the cap stays at the cap", Record{Level: 3, Ended: now}, 3},
+		{"one disabled time of service: one level less", Record{Level: 2, Ended: now.Add(-dt)}, 2},
+		{"served long enough: back to the start", Record{Level: 2, Ended: now.Add(-3 * dt)}, 0},
+		{"level 0 served one disabled time: recovered", Record{Level: 0, Ended: now.Add(-dt)}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			is.New(t).Equal(policy(t, Policy{}).level(tc.memo, now), tc.want)
@@ -75,7 +72,7 @@ func TestThresholdCountsConsecutiveFailuresAndASuccessResetsIt(t *testing.T) {
 	is := is.New(t)
 	p := policy(t, Policy{Threshold: 3})
 	now := time.Now()
-	var memo kv.Record
+	var memo Record
 	for i := 1; i <= 2; i++ {
 		ch, ok := p.decide("/r/", nil, memo, fail(502, now))
 		is.True(ok && ch.release)    // counted in the memo, no disable
@@ -97,12 +94,12 @@ func TestAReportThatChangesNothingWritesNothing(t *testing.T) {
 	is := is.New(t)
 	p := policy(t, Policy{})
 	now := time.Now()
-	disabled := &kv.Record{Router: "/r/", At: now, Until: now.Add(dt)}
-	_, ok := p.decide("/r/", disabled, kv.Record{}, fail(502, now.Add(time.Second)))
+	disabled := &Record{Router: "/r/", At: now, Until: now.Add(dt)}
+	_, ok := p.decide("/r/", disabled, Record{}, fail(502, now.Add(time.Second)))
 	is.True(!ok) // a failure of a disabled router: the same outage
-	_, ok = p.decide("/r/", disabled, kv.Record{}, event{kind: success, at: now})
+	_, ok = p.decide("/r/", disabled, Record{}, event{kind: success, at: now})
 	is.True(!ok) // a late success while disabled
-	_, ok = p.decide("/r/", nil, kv.Record{}, event{kind: success, at: now})
+	_, ok = p.decide("/r/", nil, Record{}, event{kind: success, at: now})
 	is.True(!ok) // success of a healthy router
 }
 
@@ -112,70 +109,50 @@ func TestRetryAfterSetsTheDisableAndOnlyEverExtendsIt(t *testing.T) {
 	now := time.Now()
 	ev := fail(429, now)
 	ev.retryAfter = 30 * time.Second
-	ch, _ := p.decide("/r/", nil, kv.Record{}, ev)
+	ch, _ := p.decide("/r/", nil, Record{}, ev)
 	is.Equal(ch.rec.Until, now.Add(30*time.Second)) // as long as the upstream asked
 
 	ev.retryAfter = time.Millisecond
-	ch, _ = p.decide("/r/", nil, kv.Record{}, ev)
+	ch, _ = p.decide("/r/", nil, Record{}, ev)
 	is.Equal(ch.rec.Until, now.Add(time.Second)) // at least a second
 
 	ev.retryAfter = 1000 * time.Hour
-	ch, _ = p.decide("/r/", nil, kv.Record{}, ev)
+	ch, _ = p.decide("/r/", nil, Record{}, ev)
 	is.Equal(ch.rec.Until, now.Add(8*dt)) // at most the cap
 
-	live := &kv.Record{Router: "/r/", At: now, Until: now.Add(time.Minute)}
+	live := &Record{Router: "/r/", At: now, Until: now.Add(time.Minute)}
 	ev.retryAfter = 30 * time.Second
-	_, ok := p.decide("/r/", live, kv.Record{}, ev)
+	_, ok := p.decide("/r/", live, Record{}, ev)
 	is.True(!ok) // a shorter deadline never shortens the disable
 	ev.retryAfter = 5 * time.Minute
-	ch, ok = p.decide("/r/", live, kv.Record{}, ev)
+	ch, ok = p.decide("/r/", live, Record{}, ev)
 	is.True(ok) // a later one extends it
 	is.Equal(ch.rec.Until, now.Add(5*time.Minute))
-}
-
-func TestRetryAfterHeaderIsReadInAnyCaseAsSecondsOrDate(t *testing.T) {
-	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	for _, tc := range []struct {
-		headers string
-		want    time.Duration
-	}{
-		{`{"Retry-After":["30"]}`, 30 * time.Second},
-		{`{"retry-after":[" 7 "]}`, 7 * time.Second},
-		{`{"RETRY-AFTER":["Wed, 25 Nov 2026 12:02:00 GMT"]}`, 2 * time.Minute},
-		{`{"Retry-After":["Wed, 25 Nov 2026 11:00:00 GMT"]}`, 1}, // past: the floor applies
-		{`{"Retry-After":["soon"]}`, 0},
-		{`{"Retry-After":[]}`, 0},
-		{`{"Content-Type":["application/json"]}`, 0},
-		{`"not an object"`, 0},
-		{``, 0},
-	} {
-		is.New(t).Equal(retryAfter(json.RawMessage(tc.headers), now), tc.want) // tc.headers
-	}
 }
 
 func TestProbeIsClaimedOnceAndDecidesTheRoutersFate(t *testing.T) {
 	is := is.New(t)
 	p := policy(t, Policy{})
 	now := time.Now()
-	ended := &kv.Record{Router: "/r/", At: now.Add(-dt), Until: now.Add(-time.Millisecond), Level: 1}
+	ended := &Record{Router: "/r/", At: now.Add(-dt), Until: now.Add(-time.Millisecond), Level: 1}
 
-	ch, ok := p.decide("/r/", ended, kv.Record{}, event{kind: claim, by: "r1", at: now})
+	ch, ok := p.decide("/r/", ended, Record{}, event{kind: claim, by: "r1", at: now})
 	is.True(ok) // the first claim wins
 	is.Equal(ch.rec.Probe.By, "r1")
 	is.Equal(ch.rec.Probe.Until, now.Add(2*time.Minute))
 	claimed := ch.rec
-	_, ok = p.decide("/r/", &claimed, kv.Record{}, event{kind: claim, by: "r2", at: now})
+	_, ok = p.decide("/r/", &claimed, Record{}, event{kind: claim, by: "r2", at: now})
 	is.True(!ok) // a held claim is not taken
-	ch, ok = p.decide("/r/", &claimed, kv.Record{}, event{kind: claim, by: "r2", at: now.Add(3 * time.Minute)})
+	ch, ok = p.decide("/r/", &claimed, Record{}, event{kind: claim, by: "r2", at: now.Add(3 * time.Minute)})
 	is.True(ok) // a lapsed claim is
 	is.Equal(ch.rec.Probe.By, "r2")
 
-	ch, _ = p.decide("/r/", &claimed, kv.Record{}, event{kind: success, at: now})
+	ch, _ = p.decide("/r/", &claimed, Record{}, event{kind: success, at: now})
 	is.True(ch.release) // success: enabled, the level kept in the memo to decay
 	is.Equal(ch.rec.Level, 1)
 	is.Equal(ch.rec.Ended, now)
 
-	ch, _ = p.decide("/r/", &claimed, kv.Record{}, fail(502, now))
+	ch, _ = p.decide("/r/", &claimed, Record{}, fail(502, now))
 	is.True(!ch.release) // failure: disabled at the next level
 	is.Equal(ch.rec.Level, 2)
 	is.Equal(ch.rec.Until, now.Add(4*dt))
@@ -185,17 +162,17 @@ func TestManualDisableIsNeverOverwrittenProbedOrLiftedEarly(t *testing.T) {
 	is := is.New(t)
 	p := policy(t, Policy{})
 	now := time.Now()
-	manual := &kv.Record{Router: "/r/", Manual: true, At: now, Until: now.Add(time.Minute)}
-	forever := &kv.Record{Router: "/r/", Manual: true, At: now}
-	for _, live := range []*kv.Record{manual, forever} {
+	manual := &Record{Router: "/r/", Manual: true, At: now, Until: now.Add(time.Minute)}
+	forever := &Record{Router: "/r/", Manual: true, At: now}
+	for _, live := range []*Record{manual, forever} {
 		for _, ev := range []event{fail(502, now), {kind: success, at: now}, {kind: claim, by: "r1", at: now.Add(2 * time.Minute)}} {
-			_, ok := p.decide("/r/", live, kv.Record{}, ev)
+			_, ok := p.decide("/r/", live, Record{}, ev)
 			is.True(!ok) // nothing automatic touches an active manual disable
 		}
 	}
 	is.Equal(phase(forever, now.Add(10000*time.Hour)), Manual) // without Until: until enabled by hand
 	is.Equal(phase(manual, now.Add(2*time.Minute)), Enabled)   // with Until: enabled then, never probed
-	_, ok := p.decide("/r/", manual, kv.Record{}, event{kind: claim, by: "r1", at: now.Add(2 * time.Minute)})
+	_, ok := p.decide("/r/", manual, Record{}, event{kind: claim, by: "r1", at: now.Add(2 * time.Minute)})
 	is.True(!ok)
 }
 

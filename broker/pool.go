@@ -1,25 +1,23 @@
 package broker
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 )
 
 // Router is one member of a pool: a gecholog router path and its share of the
 // traffic relative to the other members.
 type Router struct {
-	Path   string `json:"path"`
-	Weight int    `json:"weight,omitempty"`
+	Path   string
+	Weight int
 }
 
 // Pool is a set of routers that stand in for one ingress router. A request
 // context for Ingress is answered with one of Routers.
 type Pool struct {
-	Ingress string   `json:"ingress"`
-	Routers []Router `json:"routers"`
+	Ingress string
+	Routers []Router
 }
 
 // DefaultPools returns the original broker's pool: /azure/ spread over
@@ -45,36 +43,6 @@ var routerPath = regexp.MustCompile(`^/([A-Za-z0-9]+/)+$`)
 
 // ValidPath reports whether p is a gecholog router path.
 func ValidPath(p string) bool { return routerPath.MatchString(p) }
-
-// ReadPools decodes a pools file:
-//
-//	{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/gpt4/", "weight": 2}, ...]}]}
-//
-// A weight of 0 or an absent weight means 1. The pools are validated.
-func ReadPools(r io.Reader) ([]Pool, error) {
-	var f struct {
-		Pools []Pool `json:"pools"`
-	}
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("decode pools: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("decode pools: trailing data after the JSON object")
-	}
-	for i := range f.Pools {
-		for j := range f.Pools[i].Routers {
-			if f.Pools[i].Routers[j].Weight == 0 {
-				f.Pools[i].Routers[j].Weight = 1
-			}
-		}
-	}
-	if err := ValidatePools(f.Pools); err != nil {
-		return nil, err
-	}
-	return f.Pools, nil
-}
 
 // ValidatePools checks that pools can be served: at least one pool, valid
 // and distinct ingress paths, at least one router each, valid router paths,

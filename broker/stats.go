@@ -4,8 +4,6 @@ import (
 	"errors"
 	"strconv"
 	"time"
-
-	"github.com/gecholog/broker/kv"
 )
 
 // Outcome is what became of one processor call.
@@ -19,11 +17,10 @@ const (
 	NotIngress                // request context: not an ingress, answered empty
 	Succeeded                 // response context: not a failure
 	Failed                    // response context: a failure
-	Malformed                 // unreadable message
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"chosen", "panic", "stranded", "not_ingress", "success", "failure", "malformed"}
+var outcomeNames = [numOutcomes]string{"chosen", "panic", "stranded", "not_ingress", "success", "failure"}
 
 func (o Outcome) String() string {
 	if o >= 0 && o < numOutcomes {
@@ -32,28 +29,34 @@ func (o Outcome) String() string {
 	return "Outcome(" + strconv.Itoa(int(o)) + ")"
 }
 
-// Context is the processor context of the outcome: "request", "response"
-// or "unknown" for a malformed message.
+// Outcomes lists every outcome, for counting them all.
+func Outcomes() []Outcome {
+	out := make([]Outcome, numOutcomes)
+	for i := range out {
+		out[i] = Outcome(i)
+	}
+	return out
+}
+
+// Context is the processor context of the outcome: "request" or "response".
 func (o Outcome) Context() string {
-	switch o {
-	case Chosen, Panicked, Stranded, NotIngress:
-		return "request"
-	case Succeeded, Failed:
+	if o >= Succeeded {
 		return "response"
 	}
-	return "unknown"
+	return "request"
 }
 
 // transition counts a router's changes of phase in this replica's view.
 type transition struct{ router, to, reason string }
 
 // disableReason names why a record disables its router, for metrics: the
-// status class it was set for, or "manual".
-func disableReason(r kv.Record) string {
+// status it was set for, or "manual". A status no HTTP answer has is
+// "other", so that a record written by hand cannot grow the metric.
+func disableReason(r Record) string {
 	switch {
 	case r.Manual:
 		return "manual"
-	case r.Status == 0:
+	case r.Status < 100 || r.Status > 599:
 		return "other"
 	default:
 		return "status_" + strconv.Itoa(r.Status)
@@ -112,7 +115,7 @@ func (b *Broker) Stats() Stats {
 
 func (b *Broker) countWrite(err error) {
 	b.kvWrites.Add(1)
-	if err != nil && !errors.Is(err, kv.ErrConflict) {
+	if err != nil && !errors.Is(err, ErrConflict) {
 		b.kvErrors.Add(1)
 	}
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
 )
 
 // This file holds what operators' tools need beyond what replicas use:
@@ -23,7 +25,7 @@ type Listed struct {
 	Router string
 	// Entry is the record and its revision. When Err is set, only
 	// Entry.Revision is meaningful.
-	Entry Entry
+	Entry broker.Entry
 	// Err says why the value is not a record this package reads; replicas
 	// ignore such a key.
 	Err error
@@ -45,7 +47,7 @@ func (s *Store) Scan(ctx context.Context) ([]Listed, error) {
 		if err != nil {
 			return nil, fmt.Errorf("get %q: %w", k, err)
 		}
-		l := Listed{Router: k, Entry: Entry{Revision: e.Revision()}}
+		l := Listed{Router: k, Entry: broker.Entry{Revision: e.Revision()}}
 		if l.Entry.Record, err = Decode(k, e.Value()); err != nil {
 			l.Err = err
 		}
@@ -68,11 +70,11 @@ var keyRE = regexp.MustCompile(`^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$`)
 // for an operator's disable, which must win over an automatic one; replicas
 // never use it. Automatic writes compare-and-set, so one racing with Put
 // fails and its replica adopts r.
-func (s *Store) Put(ctx context.Context, r Record) (uint64, error) {
+func (s *Store) Put(ctx context.Context, r broker.Record) (uint64, error) {
 	if !keyRE.MatchString(r.Router) {
 		return 0, fmt.Errorf("put %q: not a valid key", r.Router)
 	}
-	val, err := r.Encode()
+	val, err := Encode(r)
 	if err != nil {
 		return 0, err
 	}

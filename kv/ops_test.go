@@ -8,12 +8,13 @@ import (
 
 	"github.com/matryer/is"
 
+	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natstest"
 	"github.com/gecholog/broker/kv"
 )
 
-func manual(router string, until time.Time) kv.Record {
-	return kv.Record{Router: router, Reason: "maintenance", At: time.Now(), Until: until, By: "alice@ops", Manual: true}
+func manual(router string, until time.Time) broker.Record {
+	return broker.Record{Router: router, Reason: "maintenance", At: time.Now(), Until: until, By: "alice@ops", Manual: true}
 }
 
 func TestPutReplacesWhateverTheKeyHolds(t *testing.T) {

@@ -4,70 +4,52 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/gecholog/broker/broker"
 )
 
 // RecordVersion is the version of the record format this package writes.
 const RecordVersion = 1
 
-// Record is the value stored under a disabled router's key. Its JSON form is
-// the documented record format:
+// record is the JSON form of a broker.Record, the documented record format
+// a person reads with `nats kv get`:
 //
-//	{"v":1,"router":"/azure/dud/","status":502,"reason":"egress status 502",
+//	{"v":1,"router":"/azure/dud/","status":502,"reason":"egress_status_code 502",
 //	 "at":"2026-11-25T12:00:00Z","until":"2026-11-25T12:10:00Z","by":"broker-7f9c:1"}
 //
-// An operator's disable adds "manual":true and may leave out "until".
-//
-// When a router is enabled again its key is deleted, and the delete marker
-// carries a memo: the same format with "ended" and "failures", from which
-// the backoff level and the failure count survive restarts while `nats kv
-// ls` lists only disabled routers.
-type Record struct {
-	Version int    `json:"v"`
-	Router  string `json:"router"`
-	// Status is the status code that caused the disable, 0 when none did.
-	Status int    `json:"status,omitempty"`
-	Reason string `json:"reason"`
-	// At is when the router was disabled.
-	At time.Time `json:"at"`
-	// Until is when the router comes back. It is the truth; a TTL on the key
-	// is only clean-up. The zero time means until someone deletes the key.
-	Until time.Time `json:"until,omitzero"`
-	// By names the replica (or person) that wrote the record.
-	By string `json:"by"`
-	// Manual marks a disable set by an operator: automatic logic never
-	// lifts it early, overwrites it or probes the router.
-	Manual bool `json:"manual,omitempty"`
-	// Level is the backoff level of an automatic disable: it lasted the
-	// disabled time times the multiplier to this power.
-	Level int `json:"level,omitempty"`
-	// Probe is the claim on the one trial call a router on probation gets
-	// after Until, held by one replica until the claim's Until.
-	Probe *Probe `json:"probe,omitempty"`
-	// Failures counts consecutive failures not yet enough to disable.
-	// Kept in a memo, not in a live record.
-	Failures int `json:"failures,omitempty"`
-	// Ended is when a disable stopped disabling (a probe succeeded, or it
-	// lapsed). Kept in a memo, from which the backoff level decays.
-	Ended time.Time `json:"ended,omitzero"`
+// An operator's disable adds "manual":true and may leave out "until". The
+// memo in a delete marker is the same format with "ended" and "failures".
+// The field order is the order written: add fields, never rename them.
+type record struct {
+	Version  int       `json:"v"`
+	Router   string    `json:"router"`
+	Status   int       `json:"status,omitempty"`
+	Reason   string    `json:"reason"`
+	At       time.Time `json:"at"`
+	Until    time.Time `json:"until,omitzero"`
+	By       string    `json:"by"`
+	Manual   bool      `json:"manual,omitempty"`
+	Level    int       `json:"level,omitempty"`
+	Probe    *probe    `json:"probe,omitempty"`
+	Failures int       `json:"failures,omitempty"`
+	Ended    time.Time `json:"ended,omitzero"`
 }
 
-// Probe is a replica's claim on a router's half-open trial call.
-type Probe struct {
+type probe struct {
 	By    string    `json:"by"`
 	At    time.Time `json:"at"`
 	Until time.Time `json:"until"`
 }
 
-// ActiveAt reports whether the record still disables its router at t.
-func (r Record) ActiveAt(t time.Time) bool {
-	return r.Until.IsZero() || t.Before(r.Until)
-}
-
-// Encode returns the record's JSON form, with Version set. It fails only for
-// a time outside the years 0 to 9999.
-func (r Record) Encode() ([]byte, error) {
-	r.Version = RecordVersion
-	b, err := json.Marshal(r)
+// Encode returns r's JSON form. It fails only for a time outside the years
+// 0 to 9999.
+func Encode(r broker.Record) ([]byte, error) {
+	w := record{Version: RecordVersion, Router: r.Router, Status: r.Status, Reason: r.Reason, At: r.At,
+		Until: r.Until, By: r.By, Manual: r.Manual, Level: r.Level, Failures: r.Failures, Ended: r.Ended}
+	if r.Probe != nil {
+		w.Probe = &probe{By: r.Probe.By, At: r.Probe.At, Until: r.Probe.Until}
+	}
+	b, err := json.Marshal(w)
 	if err != nil {
 		return nil, fmt.Errorf("encode record %q: %w", r.Router, err)
 	}
@@ -77,14 +59,18 @@ func (r Record) Encode() ([]byte, error) {
 // Decode parses a stored value for key. The key wins over the record's own
 // router field, so a record copied under the wrong key cannot disable a
 // router nobody named.
-func Decode(key string, value []byte) (Record, error) {
-	var r Record
-	if err := json.Unmarshal(value, &r); err != nil {
-		return Record{}, fmt.Errorf("record %q is not valid JSON: %w", key, err)
+func Decode(key string, value []byte) (broker.Record, error) {
+	var w record
+	if err := json.Unmarshal(value, &w); err != nil {
+		return broker.Record{}, fmt.Errorf("record %q is not valid JSON: %w", key, err)
 	}
-	if r.Version != RecordVersion {
-		return Record{}, fmt.Errorf("record %q has version %d, this broker reads version %d", key, r.Version, RecordVersion)
+	if w.Version != RecordVersion {
+		return broker.Record{}, fmt.Errorf("record %q has version %d, this broker reads version %d", key, w.Version, RecordVersion)
 	}
-	r.Router = key
+	r := broker.Record{Router: key, Status: w.Status, Reason: w.Reason, At: w.At, Until: w.Until, By: w.By,
+		Manual: w.Manual, Level: w.Level, Failures: w.Failures, Ended: w.Ended}
+	if w.Probe != nil {
+		r.Probe = &broker.Probe{By: w.Probe.By, At: w.Probe.At, Until: w.Probe.Until}
+	}
 	return r, nil
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
 )
 
 // Mode says how disables expire.
@@ -45,8 +47,9 @@ var (
 	ErrExists = errors.New("key exists")
 	// ErrNotFound means the router has no live key.
 	ErrNotFound = errors.New("key not found")
-	// ErrConflict means the key changed since the revision given.
-	ErrConflict = errors.New("key revision changed")
+	// ErrConflict means the key changed since the revision given; it is
+	// broker.ErrConflict, which the broker's writes test for.
+	ErrConflict = broker.ErrConflict
 )
 
 // markerTTL is how long a bucket in ModeTTL keeps the purge marker of an
@@ -64,6 +67,8 @@ const janitorGrace = 5 * time.Second
 type Config struct {
 	// Bucket is the bucket's name; it is created when missing.
 	Bucket string
+	// Description is the description a new bucket gets, for `nats kv info`.
+	Description string
 	// Replicas is the bucket's replica count when it is created (default 1).
 	Replicas int
 	// Owner names this replica; the janitor deletes its own expired records first.
@@ -79,17 +84,8 @@ type Config struct {
 	Linger time.Duration
 }
 
-// Entry is a record with the revision it was read at.
-type Entry struct {
-	Record   Record
-	Revision uint64
-	// Created is when the server stored this revision, by the server's
-	// clock: an anchor no writer can forge.
-	Created time.Time
-}
-
-// Store reads and writes router health records. Its methods are safe for
-// concurrent use.
+// Store reads and writes router health records; it implements
+// broker.Store. Its methods are safe for concurrent use.
 type Store struct {
 	js     jetstream.JetStream
 	kv     jetstream.KeyValue
@@ -103,6 +99,9 @@ type Store struct {
 	mu      sync.Mutex
 	janitor map[string]*time.Timer // ModeExpiry: pending deletes by key
 	closed  bool
+	sweeps  sync.WaitGroup     // janitor deletes armed or running; added to under mu while not closed
+	stop    context.Context    // ends janitor deletes in flight when the store closes
+	cancel  context.CancelFunc // ends stop
 
 	resync chan struct{} // asks Watch to start a new watcher at once
 
@@ -155,8 +154,9 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %q stream: %w", cfg.Bucket, err)
 	}
+	stop, cancel := context.WithCancel(context.Background())
 	return &Store{js: js, kv: b, stream: stream, mode: mode, owner: cfg.Owner, linger: cfg.Linger, log: log, cfg: cfg,
-		janitor: map[string]*time.Timer{}, resync: make(chan struct{}, 1)}, nil
+		janitor: map[string]*time.Timer{}, stop: stop, cancel: cancel, resync: make(chan struct{}, 1)}, nil
 }
 
 func create(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, error) {
@@ -166,7 +166,7 @@ func create(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.
 	}
 	kc := jetstream.KeyValueConfig{
 		Bucket:      cfg.Bucket,
-		Description: "gecholog broker: disabled routers, one key per router path",
+		Description: cfg.Description,
 		Storage:     jetstream.FileStorage,
 		Replicas:    cfg.Replicas,
 	}
@@ -197,25 +197,25 @@ func (s *Store) Mode() Mode { return s.mode }
 func (s *Store) Bucket() string { return s.kv.Bucket() }
 
 // Get returns the live record of router, or ErrNotFound.
-func (s *Store) Get(ctx context.Context, router string) (Entry, error) {
+func (s *Store) Get(ctx context.Context, router string) (broker.Entry, error) {
 	e, err := s.kv.Get(ctx, router)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return Entry{}, fmt.Errorf("get %q: %w", router, ErrNotFound)
+		return broker.Entry{}, fmt.Errorf("get %q: %w", router, ErrNotFound)
 	}
 	if err != nil {
-		return Entry{}, fmt.Errorf("get %q: %w", router, err)
+		return broker.Entry{}, fmt.Errorf("get %q: %w", router, err)
 	}
 	r, err := Decode(router, e.Value())
 	if err != nil {
-		return Entry{}, err
+		return broker.Entry{}, err
 	}
-	return Entry{Record: r, Revision: e.Revision(), Created: e.Created()}, nil
+	return broker.Entry{Record: r, Revision: e.Revision(), Created: e.Created()}, nil
 }
 
 // Create writes r under its router's key if the key is absent, deleted or
 // expired, and returns the new revision. A live key gives ErrExists.
-func (s *Store) Create(ctx context.Context, r Record) (uint64, error) {
-	val, err := r.Encode()
+func (s *Store) Create(ctx context.Context, r broker.Record) (uint64, error) {
+	val, err := Encode(r)
 	if err != nil {
 		return 0, err
 	}
@@ -237,8 +237,8 @@ func (s *Store) Create(ctx context.Context, r Record) (uint64, error) {
 // live or a delete marker, is still at revision rev (0: the key has never
 // had a message), with the TTL the mode calls for, and returns the new
 // revision. Otherwise it gives ErrConflict.
-func (s *Store) Update(ctx context.Context, r Record, rev uint64) (uint64, error) {
-	val, err := r.Encode()
+func (s *Store) Update(ctx context.Context, r broker.Record, rev uint64) (uint64, error) {
+	val, err := Encode(r)
 	if err != nil {
 		return 0, err
 	}
@@ -254,8 +254,8 @@ func (s *Store) Update(ctx context.Context, r Record, rev uint64) (uint64, error
 // Release deletes the router's key if its last message is still at
 // revision rev, leaving memo in the delete marker: `nats kv ls` no longer
 // lists the router, and Latest and watchers still read the memo.
-func (s *Store) Release(ctx context.Context, memo Record, rev uint64) (uint64, error) {
-	val, err := memo.Encode()
+func (s *Store) Release(ctx context.Context, memo broker.Record, rev uint64) (uint64, error) {
+	val, err := Encode(memo)
 	if err != nil {
 		return 0, err
 	}
@@ -286,13 +286,13 @@ func (s *Store) publish(ctx context.Context, m *nats.Msg, rev uint64, opts ...je
 // it has none) or, with Revision 0, the key has never had a message. A
 // live record that cannot be read is reported as not live, as watchers
 // treat it, so that a write can replace it.
-func (s *Store) Latest(ctx context.Context, router string) (e Entry, live bool, err error) {
+func (s *Store) Latest(ctx context.Context, router string) (e broker.Entry, live bool, err error) {
 	m, err := s.stream.GetLastMsgForSubject(ctx, s.subject(router))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return Entry{}, false, nil
+		return broker.Entry{}, false, nil
 	}
 	if err != nil {
-		return Entry{}, false, fmt.Errorf("read %q: %w", router, err)
+		return broker.Entry{}, false, fmt.Errorf("read %q: %w", router, err)
 	}
 	e.Revision, e.Created = m.Sequence, m.Time
 	live = m.Header.Get(kvOperation) == "" && m.Header.Get(jetstream.MarkerReasonHeader) == ""
@@ -326,12 +326,12 @@ func (s *Store) Delete(ctx context.Context, router string, rev uint64) error {
 }
 
 // List returns every live record.
-func (s *Store) List(ctx context.Context) ([]Entry, error) {
+func (s *Store) List(ctx context.Context) ([]broker.Entry, error) {
 	keys, err := s.kv.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list bucket %q: %w", s.kv.Bucket(), err)
 	}
-	var out []Entry
+	var out []broker.Entry
 	for k := range keys.Keys() {
 		e, err := s.Get(ctx, k)
 		if errors.Is(err, ErrNotFound) {
@@ -347,7 +347,7 @@ func (s *Store) List(ctx context.Context) ([]Entry, error) {
 
 // keepUntil is when r's key may go: a manual record at its Until (zero:
 // never), an automatic one Linger after its Until and its probe claim.
-func (s *Store) keepUntil(r Record) time.Time {
+func (s *Store) keepUntil(r broker.Record) time.Time {
 	if r.Manual || r.Until.IsZero() {
 		return r.Until
 	}
@@ -361,7 +361,7 @@ func (s *Store) keepUntil(r Record) time.Time {
 // ttl is the key's time to live for r in ModeTTL, 0 for none. The server
 // truncates TTLs to whole seconds, so round up: the key then outlives its
 // time by less than a second, and readers go by the record's times.
-func (s *Store) ttl(r Record) time.Duration {
+func (s *Store) ttl(r broker.Record) time.Duration {
 	keep := s.keepUntil(r)
 	if s.mode != ModeTTL || keep.IsZero() {
 		return 0
@@ -382,16 +382,13 @@ func wrongLastSequence(err error) bool {
 
 // sweep schedules the deletion of e's key after its Until in ModeExpiry, or
 // cancels a scheduled one when e is nil.
-func (s *Store) sweep(key string, e *Entry) {
+func (s *Store) sweep(key string, e *broker.Entry) {
 	if s.mode != ModeExpiry {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if t := s.janitor[key]; t != nil {
-		t.Stop()
-		delete(s.janitor, key)
-	}
+	s.unsweep(key)
 	keep := time.Time{}
 	if e != nil {
 		keep = s.keepUntil(e.Record)
@@ -404,28 +401,44 @@ func (s *Store) sweep(key string, e *Entry) {
 		wait += janitorGrace + rand.N(time.Second)
 	}
 	rev := e.Revision
-	memo := Record{Router: key, Level: e.Record.Level, Ended: keep, Reason: "expired", At: keep, By: s.owner}
+	memo := broker.Record{Router: key, Level: e.Record.Level, Ended: keep, Reason: broker.ReasonExpired, At: keep, By: s.owner}
+	s.sweeps.Add(1)
 	s.janitor[key] = time.AfterFunc(wait, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer s.sweeps.Done()
+		ctx, cancel := context.WithTimeout(s.stop, 5*time.Second)
 		defer cancel()
 		// Compare-and-set: only the first replica's delete lands, and a
 		// record rewritten meanwhile is left alone. The memo keeps the
 		// backoff level, as a TTL expiry cannot.
 		_, err := s.Release(ctx, memo, rev)
-		if err != nil && !errors.Is(err, ErrConflict) {
+		if err != nil && !errors.Is(err, ErrConflict) && s.stop.Err() == nil {
 			s.log.Warn("could not delete expired router record; it no longer disables the router, but `nats kv ls` still lists it",
 				slog.String("router", key), slog.Any("error", err))
 		}
 	})
 }
 
-// Close stops pending janitor deletes.
+// unsweep cancels key's scheduled delete. A delete already under way
+// finishes, or ends with the store. s.mu must be held.
+func (s *Store) unsweep(key string) {
+	if t := s.janitor[key]; t != nil {
+		if t.Stop() {
+			s.sweeps.Done()
+		}
+		delete(s.janitor, key)
+	}
+}
+
+// Close stops the janitor: scheduled deletes are cancelled, and one under
+// way is abandoned. It returns when none runs. Watchers are stopped by the
+// function Watch returned.
 func (s *Store) Close() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.closed = true
-	for k, t := range s.janitor {
-		t.Stop()
-		delete(s.janitor, k)
+	for k := range s.janitor {
+		s.unsweep(k)
 	}
+	s.mu.Unlock()
+	s.cancel()
+	s.sweeps.Wait()
 }

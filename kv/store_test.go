@@ -10,17 +10,18 @@ import (
 	"github.com/matryer/is"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natstest"
 	"github.com/gecholog/broker/kv"
 )
 
-func record(router string, until time.Time) kv.Record {
-	return kv.Record{Router: router, Status: 502, Reason: "egress status 502", At: time.Now(), Until: until, By: "test"}
+func record(router string, until time.Time) broker.Record {
+	return broker.Record{Router: router, Status: 502, Reason: "egress status 502", At: time.Now(), Until: until, By: "test"}
 }
 
-func encode(t *testing.T, r kv.Record) []byte {
+func encode(t *testing.T, r broker.Record) []byte {
 	t.Helper()
-	b, err := r.Encode()
+	b, err := kv.Encode(r)
 	if err != nil {
 		t.Fatalf("encode: %v", err)
 	}
@@ -35,6 +36,19 @@ func open(t *testing.T, js jetstream.JetStream) *kv.Store {
 	}
 	t.Cleanup(s.Close)
 	return s
+}
+
+// watch starts a watcher of s that calls fn, and stops it and waits for
+// it when the test ends. It returns the watcher's stop, which may be
+// called again.
+func watch(t testing.TB, ctx context.Context, s *kv.Store, fn func(broker.Event)) (stop func()) {
+	t.Helper()
+	stop, err := s.Watch(ctx, fn)
+	if err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // plainBucket creates the bucket as a server without per-message TTL would.
@@ -67,12 +81,12 @@ func keys(t *testing.T, js jetstream.JetStream) []string {
 // events collects what a watcher delivers.
 type events struct {
 	mu  sync.Mutex
-	all []kv.Event
+	all []broker.Event
 }
 
-func (e *events) add(ev kv.Event) { e.mu.Lock(); e.all = append(e.all, ev); e.mu.Unlock() }
+func (e *events) add(ev broker.Event) { e.mu.Lock(); e.all = append(e.all, ev); e.mu.Unlock() }
 
-func (e *events) last(router string) (kv.Event, bool) {
+func (e *events) last(router string) (broker.Event, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for i := len(e.all) - 1; i >= 0; i-- {
@@ -80,7 +94,7 @@ func (e *events) last(router string) (kv.Event, bool) {
 			return e.all[i], true
 		}
 	}
-	return kv.Event{}, false
+	return broker.Event{}, false
 }
 
 func TestOpenCreatesBucketWithPerKeyTTLOnNewServer(t *testing.T) {
@@ -93,6 +107,20 @@ func TestOpenCreatesBucketWithPerKeyTTLOnNewServer(t *testing.T) {
 	st, err := b.Status(context.Background())
 	is.NoErr(err)
 	is.True(st.LimitMarkerTTL() > 0) // the bucket keeps limit markers
+}
+
+func TestOpenGivesANewBucketItsDescription(t *testing.T) {
+	is := is.New(t)
+	ctx := context.Background()
+	js := natstest.JetStream(t, natstest.Start(t))
+	s, err := kv.Open(ctx, js, kv.Config{Bucket: "health", Description: "router health for the broker"})
+	is.NoErr(err)
+	t.Cleanup(s.Close)
+	st, err := js.Stream(ctx, "KV_health")
+	is.NoErr(err)
+	info, err := st.Info(ctx)
+	is.NoErr(err)
+	is.Equal(info.Config.Description, "router health for the broker") // what `nats kv info` shows
 }
 
 func TestOpenKeepsExistingBucketWithoutTTLAndUsesExpiryMode(t *testing.T) {
@@ -158,7 +186,7 @@ func TestWatchLoadsEveryRecordBeforeReturning(t *testing.T) {
 		is.NoErr(err)
 	}
 	var ev events
-	is.NoErr(s.Watch(ctx, ev.add))
+	watch(t, ctx, s, ev.add)
 	for _, r := range routers {
 		e, ok := ev.last(r)
 		is.True(ok)             // delivered before Watch returned
@@ -179,7 +207,7 @@ func TestExpiredKeyVanishesAndWatchersHearIt(t *testing.T) {
 			s := open(t, js)
 			is.Equal(s.Mode(), mode)
 			var ev events
-			is.NoErr(s.Watch(ctx, ev.add))
+			watch(t, ctx, s, ev.add)
 
 			until := time.Now().Add(1200 * time.Millisecond)
 			_, err := s.Create(ctx, record("/azure/dud/", until))
@@ -219,7 +247,7 @@ func TestWatchReportsUnreadableRecordAsNoDisable(t *testing.T) {
 	js := natstest.JetStream(t, natstest.Start(t))
 	s := open(t, js)
 	var ev events
-	is.NoErr(s.Watch(ctx, ev.add))
+	watch(t, ctx, s, ev.add)
 	_, err := s.Create(ctx, record("/azure/dud/", time.Now().Add(time.Hour)))
 	is.NoErr(err)
 	b, err := js.KeyValue(ctx, "health")
@@ -239,6 +267,33 @@ func TestDecodeTakesRouterFromKey(t *testing.T) {
 	r, err := kv.Decode("/azure/gpt4/", []byte(`{"v":1,"router":"/azure/dud/","reason":"x"}`))
 	is.NoErr(err)
 	is.Equal(r.Router, "/azure/gpt4/")
+}
+
+func TestEncodeWritesTheDocumentedFormat(t *testing.T) {
+	is := is.New(t)
+	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	v, err := kv.Encode(broker.Record{Router: "/azure/dud/", Status: 502, Reason: "egress_status_code 502",
+		At: at, Until: at.Add(10 * time.Minute), By: "broker-7f9c:1"})
+	is.NoErr(err)
+	is.Equal(string(v), `{"v":1,"router":"/azure/dud/","status":502,"reason":"egress_status_code 502",`+
+		`"at":"2026-11-25T12:00:00Z","until":"2026-11-25T12:10:00Z","by":"broker-7f9c:1"}`)
+}
+
+func TestDecodeReadsBackEveryFieldEncodeWrites(t *testing.T) {
+	is := is.New(t)
+	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for _, r := range []broker.Record{
+		{Router: "/a/", Status: 429, Reason: "probe failed: egress_status_code 429", At: at, Until: at.Add(time.Hour),
+			By: "r1", Level: 3, Probe: &broker.Probe{By: "r2", At: at.Add(time.Minute), Until: at.Add(3 * time.Minute)}},
+		{Router: "/a/", Reason: "maintenance", At: at, By: "alice@ops", Manual: true},
+		{Router: "/a/", Reason: "probe succeeded", At: at, By: "r1", Level: 2, Failures: 1, Ended: at.Add(time.Second)},
+	} {
+		v, err := kv.Encode(r)
+		is.NoErr(err)
+		got, err := kv.Decode("/a/", v)
+		is.NoErr(err)
+		is.Equal(got, r) // nothing lost on the way through the bucket
+	}
 }
 
 func TestRecordIsActiveUntilItsUntil(t *testing.T) {
@@ -265,7 +320,7 @@ func TestReleaseLeavesAMemoThatLatestAndWatchersReadButKvLsDoesNot(t *testing.T)
 	js := natstest.JetStream(t, natstest.Start(t))
 	s := open(t, js)
 	var ev events
-	is.NoErr(s.Watch(ctx, ev.add))
+	watch(t, ctx, s, ev.add)
 
 	e, live, err := s.Latest(ctx, "/azure/dud/")
 	is.NoErr(err)
@@ -279,7 +334,7 @@ func TestReleaseLeavesAMemoThatLatestAndWatchersReadButKvLsDoesNot(t *testing.T)
 	is.True(live)
 	is.Equal(e.Revision, rev)
 
-	memo := kv.Record{Router: "/azure/dud/", Level: 2, Ended: time.Now(), Reason: "probe succeeded"}
+	memo := broker.Record{Router: "/azure/dud/", Level: 2, Ended: time.Now(), Reason: "probe succeeded"}
 	_, err = s.Release(ctx, memo, rev-1)
 	is.True(errors.Is(err, kv.ErrConflict)) // compare-and-set
 	rev2, err := s.Release(ctx, memo, rev)
@@ -307,10 +362,10 @@ func TestRestartedWatcherReadsMemosWithTheCurrentRecords(t *testing.T) {
 	s := open(t, natstest.JetStream(t, natstest.Start(t)))
 	rev, err := s.Update(ctx, record("/a/", time.Now().Add(time.Hour)), 0)
 	is.NoErr(err)
-	_, err = s.Release(ctx, kv.Record{Router: "/a/", Failures: 2}, rev)
+	_, err = s.Release(ctx, broker.Record{Router: "/a/", Failures: 2}, rev)
 	is.NoErr(err)
 	var ev events
-	is.NoErr(s.Watch(ctx, ev.add))
+	watch(t, ctx, s, ev.add)
 	last, ok := ev.last("/a/")
 	is.True(ok && last.Memo != nil)
 	is.Equal(last.Memo.Failures, 2) // a replica that starts now still knows the count
@@ -324,8 +379,8 @@ func TestJanitorKeepsTheBackoffLevelWhenItDeletesAnExpiredRecord(t *testing.T) {
 	plainBucket(t, js)
 	s, err := kv.Open(ctx, js, kv.Config{Bucket: "health", Owner: "test", Linger: 300 * time.Millisecond})
 	is.NoErr(err)
-	defer s.Close()
-	is.NoErr(s.Watch(ctx, func(kv.Event) {}))
+	t.Cleanup(s.Close)
+	watch(t, ctx, s, func(broker.Event) {})
 	r := record("/a/", time.Now().Add(200*time.Millisecond))
 	r.Level = 2
 	_, err = s.Update(ctx, r, 0)

@@ -9,71 +9,72 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
 )
 
-// Event is a change to one router's record.
-type Event struct {
-	Router string
-	// Entry is the record now in force, or nil when the key was deleted,
-	// purged, expired, or overwritten with something unreadable.
-	Entry *Entry
-	// Memo is what a delete marker carries (see Store.Release), or nil.
-	Memo *Record
-	// Revision is the bucket revision of the change; 0 when the change was
-	// inferred after re-watching.
-	Revision uint64
-}
-
 // Watch calls fn once for every key in the bucket and returns when it has,
-// so the caller's view is complete before it serves. Then it keeps calling fn
-// for each change until ctx ends, from one goroutine at a time. If the
-// watcher stops while ctx is live (the connection was closed, the consumer
-// vanished), Watch starts a new one and reports keys that disappeared
-// meanwhile as deleted.
-func (s *Store) Watch(ctx context.Context, fn func(Event)) error {
+// so the caller's view is complete before it serves. Then it keeps calling
+// fn for each change, from one goroutine at a time, until ctx ends or stop
+// is called; stop returns when that goroutine has. If the watcher stops
+// meanwhile (the connection was closed, the consumer vanished), Watch
+// starts a new one and reports keys that disappeared as deleted (an Event
+// with neither Entry nor Memo). A delete marker's memo (see Store.Release)
+// arrives as the Event's Memo.
+func (s *Store) Watch(ctx context.Context, fn func(broker.Event)) (stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
 	known := map[string]bool{}
 	w, err := s.watch(ctx, known, fn)
 	if err != nil {
-		return err
+		cancel()
+		return nil, err
 	}
+	done := make(chan struct{})
 	go func() {
-		for {
-			asked := s.follow(ctx, w, known, fn)
-			if ctx.Err() != nil {
+		defer close(done)
+		s.keepWatching(ctx, w, known, fn)
+	}()
+	return func() { cancel(); <-done }, nil
+}
+
+// keepWatching follows w, and each watcher after it, until ctx ends.
+func (s *Store) keepWatching(ctx context.Context, w jetstream.KeyWatcher, known map[string]bool, fn func(broker.Event)) {
+	var err error
+	for {
+		asked := s.follow(ctx, w, known, fn)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := 100 * time.Millisecond
+		if asked {
+			wait = 0
+		} else {
+			s.log.Warn("bucket watcher stopped; watching again", slog.String("bucket", s.Bucket()))
+		}
+		for failed := false; ; wait = max(min(2*wait, 5*time.Second), 100*time.Millisecond) {
+			select {
+			case <-ctx.Done():
 				return
+			case <-time.After(wait):
 			}
-			wait := 100 * time.Millisecond
-			if asked {
-				wait = 0
-			} else {
-				s.log.Warn("bucket watcher stopped; watching again", slog.String("bucket", s.Bucket()))
+			if w, err = s.watch(ctx, known, fn); err == nil {
+				break
 			}
-			for failed := false; ; wait = max(min(2*wait, 5*time.Second), 100*time.Millisecond) {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(wait):
+			if gone(err) && !s.cfg.NoCreate {
+				// Someone deleted the bucket. Replicas keep serving from
+				// their views meanwhile; a new bucket starts empty.
+				if _, cerr := create(ctx, s.js, s.cfg); cerr == nil {
+					s.log.Warn("bucket was deleted; created it again", slog.String("bucket", s.Bucket()))
+					wait = 0
+					continue
 				}
-				if w, err = s.watch(ctx, known, fn); err == nil {
-					break
-				}
-				if gone(err) && !s.cfg.NoCreate {
-					// Someone deleted the bucket. Replicas keep serving from
-					// their views meanwhile; a new bucket starts empty.
-					if _, cerr := create(ctx, s.js, s.cfg); cerr == nil {
-						s.log.Warn("bucket was deleted; created it again", slog.String("bucket", s.Bucket()))
-						wait = 0
-						continue
-					}
-				}
-				if !failed {
-					s.log.Warn("could not watch bucket; retrying until it works", slog.String("bucket", s.Bucket()), slog.Any("error", err))
-					failed = true
-				}
+			}
+			if !failed {
+				s.log.Warn("could not watch bucket; retrying until it works", slog.String("bucket", s.Bucket()), slog.Any("error", err))
+				failed = true
 			}
 		}
-	}()
-	return nil
+	}
 }
 
 // gone reports whether err says the bucket's stream does not exist.
@@ -84,7 +85,7 @@ func gone(err error) bool {
 
 // watch starts a watcher and delivers the bucket's current keys to fn. Keys
 // in known that are no longer there are delivered as deleted.
-func (s *Store) watch(ctx context.Context, known map[string]bool, fn func(Event)) (jetstream.KeyWatcher, error) {
+func (s *Store) watch(ctx context.Context, known map[string]bool, fn func(broker.Event)) (jetstream.KeyWatcher, error) {
 	w, err := s.kv.WatchAll(ctx)
 	if err != nil {
 		return nil, noJetStream(fmt.Errorf("watch bucket %q: %w", s.Bucket(), err))
@@ -104,7 +105,7 @@ func (s *Store) watch(ctx context.Context, known map[string]bool, fn func(Event)
 					if !seen[k] {
 						delete(known, k)
 						s.sweep(k, nil)
-						fn(Event{Router: k})
+						fn(broker.Event{Router: k})
 					}
 				}
 				return w, nil
@@ -139,7 +140,7 @@ const staleCheck = time.Second
 // heartbeats. So once a second follow compares the stream's last sequence
 // with the last revision delivered, and watches again when the stream has
 // stayed ahead for two checks.
-func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[string]bool, fn func(Event)) (asked bool) {
+func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[string]bool, fn func(broker.Event)) (asked bool) {
 	defer func() { _ = w.Stop() }()
 	tick := time.NewTicker(staleCheck)
 	defer tick.Stop()
@@ -187,9 +188,9 @@ func (s *Store) lastSeq(ctx context.Context) uint64 {
 	return info.State.LastSeq
 }
 
-func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]bool, fn func(Event)) {
+func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]bool, fn func(broker.Event)) {
 	s.delivered = max(s.delivered, e.Revision())
-	ev := Event{Router: e.Key(), Revision: e.Revision()}
+	ev := broker.Event{Router: e.Key(), Revision: e.Revision()}
 	if e.Operation() != jetstream.KeyValuePut {
 		if r, err := Decode(e.Key(), e.Value()); err == nil {
 			ev.Memo = &r
@@ -201,7 +202,7 @@ func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]bool, fn fun
 				slog.String("bucket", s.Bucket()), slog.String("router", e.Key()),
 				slog.Uint64("revision", e.Revision()), slog.Any("error", err))
 		} else {
-			ev.Entry = &Entry{Record: r, Revision: e.Revision(), Created: e.Created()}
+			ev.Entry = &broker.Entry{Record: r, Revision: e.Revision(), Created: e.Created()}
 		}
 	}
 	if ev.Entry != nil {

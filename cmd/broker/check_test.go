@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/matryer/is"
+
+	"github.com/gecholog/broker/ops"
 )
 
 // repoGLConfigFile is the gl_config.json the compose file mounts into
@@ -215,9 +217,9 @@ func TestServeChecksTheGLConfigFromTheEnvironment(t *testing.T) {
 func TestSeveralProblemsAtStartupPointToTheCheckCommand(t *testing.T) {
 	is := is.New(t)
 	path := brokenGLConfig(t, threeDefects)
-	c, err := parseServe([]string{"-gl-config", path}, env(), &bytes.Buffer{})
+	s, err := parseServe([]string{"-gl-config", path}, env())
 	is.NoErr(err)
-	err = checkAtStartup(c)
+	err = ops.CheckAtStartup(s.glConfig, s.pools, s.subject) // what serve calls before it connects
 	is.True(err != nil)
 	is.True(strings.HasSuffix(err.Error(), `(run "broker check `+path+`" for all)`)) // the operator learns how to see the rest
 }

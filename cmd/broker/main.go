@@ -7,10 +7,9 @@
 //	broker enable ROUTER                lift any disable now, on every replica
 //	broker check [gl_config.json]       do the pools and gecholog's config agree?
 //	broker healthcheck                  is the replica on BROKER_METRICS_ADDR ready? (for container healthchecks)
-//	broker bench [-mode M]              load and timing measurements on loopback
 //
 // Run "broker -h" for the settings; each is a flag and an environment
-// variable.
+// variable. The measurements are a command of their own, broker-bench.
 package main
 
 import (
@@ -33,34 +32,29 @@ func main() {
 	}
 }
 
+// commands are the broker's commands by name.
+var commands = map[string]func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error{
+	"serve":       serveCommand,
+	"demo":        demoCommand,
+	"status":      statusCommand,
+	"disable":     disableCommand,
+	"enable":      enableCommand,
+	"check":       checkCommand,
+	"healthcheck": healthcheckCommand,
+}
+
 // run is the whole program: main only supplies the process's arguments,
 // environment and output, so tests run it in-process.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cmd := "serve"
+	name := "serve"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		cmd, args = args[0], args[1:]
+		name, args = args[0], args[1:]
 	}
-	var err error
-	switch cmd {
-	case "serve":
-		err = serveCommand(ctx, args, getenv, stdout, stderr)
-	case "demo":
-		err = demoCommand(ctx, args, getenv, stdout, stderr)
-	case "status":
-		err = statusCommand(ctx, args, getenv, stdout, stderr)
-	case "disable":
-		err = disableCommand(ctx, args, getenv, stdout, stderr)
-	case "enable":
-		err = enableCommand(ctx, args, getenv, stdout, stderr)
-	case "check":
-		err = checkCommand(ctx, args, getenv, stdout, stderr)
-	case "healthcheck":
-		err = healthcheckCommand(ctx, args, getenv, stdout, stderr)
-	case "bench":
-		err = benchCommand(ctx, args, getenv, stdout, stderr)
-	default:
-		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable, check, healthcheck and bench", cmd)
+	cmd := commands[name]
+	if cmd == nil {
+		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable, check and healthcheck", name)
 	}
+	err := cmd(ctx, args, getenv, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}

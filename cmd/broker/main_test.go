@@ -1,11 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,9 +16,26 @@ import (
 
 	"github.com/matryer/is"
 	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
 
 	"github.com/gecholog/broker/internal/natstest"
 )
+
+// TestMain fails the package when a test leaves a goroutine running: every
+// goroutine the program starts has an owner that stops it and waits for
+// it before run returns.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// parseServe reads the serve command's settings from args and getenv, as
+// serve does before it starts the replica.
+func parseServe(args []string, getenv func(string) string) (*settings, error) {
+	s := newSettings("serve", getenv)
+	s.serving()
+	err := s.parse(args, "", io.Discard)
+	return s, err
+}
 
 // env makes a getenv from pairs, so tests never read the real environment.
 func env(pairs ...string) func(string) string {
@@ -44,14 +61,99 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 
 // logLine finds the first JSON log line with msg and returns its fields.
 func logLine(out, msg string) (map[string]any, bool) {
-	sc := bufio.NewScanner(strings.NewReader(out))
-	for sc.Scan() {
+	m := logged(out, msg)
+	return m, m != nil
+}
+
+// program is the whole program run in-process, as one processor replica
+// would run, with everything it prints captured.
+type program struct {
+	logs, out syncBuffer // stderr (the JSON log) and stdout
+	cancel    context.CancelFunc
+	done      chan error
+}
+
+// startProgram runs the program with args and getenv, logging JSON, until
+// stop or the end of the test; when the test fails, the log is shown.
+func startProgram(t *testing.T, getenv func(string) string, args ...string) *program {
+	t.Helper()
+	p := &program{done: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	withJSON := func(k string) string {
+		if k == "BROKER_LOG_FORMAT" {
+			return "json"
+		}
+		return getenv(k)
+	}
+	go func() { p.done <- run(ctx, args, withJSON, &p.out, &p.logs) }()
+	t.Cleanup(func() {
+		// What run returned is the test's to check; one still running is
+		// a leak.
+		if err := p.stop(); errors.Is(err, errStillRunning) {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.Logf("the program logged:\n%s", &p.logs)
+		}
+	})
+	return p
+}
+
+// await waits up to 10 s for a log line with msg whose attributes include
+// attrs (name, value pairs) and returns it.
+func (p *program) await(t *testing.T, msg string, attrs ...string) map[string]any {
+	t.Helper()
+	return p.awaitWithin(t, 10*time.Second, msg, attrs...)
+}
+
+// awaitWithin waits up to d for a log line as await does.
+func (p *program) awaitWithin(t *testing.T, d time.Duration, msg string, attrs ...string) map[string]any {
+	t.Helper()
+	var line map[string]any
+	natstest.Eventually(t, d, func() bool {
+		line = logged(p.logs.String(), msg, attrs...)
+		return line != nil
+	}, "log line %q %v", msg, attrs)
+	return line
+}
+
+// stop cancels the program and returns what run returned, waiting up to
+// 15 s for it.
+func (p *program) stop() error { return p.stopWithin(15 * time.Second) }
+
+// stopWithin cancels the program and returns what run returned, or an
+// error when run has not returned within d. It may be called again.
+func (p *program) stopWithin(d time.Duration) error {
+	p.cancel()
+	select {
+	case err := <-p.done:
+		p.done <- err // for the next call, such as the cleanup's
+		return err
+	case <-time.After(d):
+		return fmt.Errorf("%w %v after its cancellation", errStillRunning, d)
+	}
+}
+
+var errStillRunning = errors.New("the program was still running")
+
+// logged finds the first JSON log line with msg and attrs (name, value
+// pairs) in out.
+func logged(out, msg string, attrs ...string) map[string]any {
+	for line := range strings.Lines(out) {
 		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == msg {
-			return m, true
+		if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != msg {
+			continue
+		}
+		match := true
+		for i := 0; i+1 < len(attrs); i += 2 {
+			match = match && fmt.Sprint(m[attrs[i]]) == attrs[i+1]
+		}
+		if match {
+			return m
 		}
 	}
-	return nil, false
+	return nil
 }
 
 func TestSettingsComeFromFlagsThenEnvironmentThenDefaults(t *testing.T) {
@@ -59,46 +161,46 @@ func TestSettingsComeFromFlagsThenEnvironmentThenDefaults(t *testing.T) {
 		name   string
 		args   []string
 		getenv func(string) string
-		check  func(is *is.I, c config)
+		check  func(is *is.I, s *settings)
 	}{
-		{"defaults are the original's", nil, env(), func(is *is.I, c config) {
-			is.Equal(c.server, "nats://localhost:4222")
-			is.Equal(c.subject, "coburn.gl.broker")
-			is.Equal(c.disabledTime, 10*time.Minute)
-			is.Equal(c.bucket, "gl_broker")
-			is.Equal(c.kvReplicas, 1)
-			is.Equal(len(c.pools), 1)
-			is.Equal(c.pools[0].Ingress, "/azure/")
+		{"defaults are the original's", nil, env(), func(is *is.I, s *settings) {
+			is.Equal(s.nats.Servers, "nats://localhost:4222")
+			is.Equal(s.subject, "coburn.gl.broker")
+			is.Equal(s.policy.DisabledTime, 10*time.Minute)
+			is.Equal(s.bucket, "gl_broker")
+			is.Equal(s.kvReplicas, 1)
+			is.Equal(len(s.pools), 1)
+			is.Equal(s.pools[0].Ingress, "/azure/")
 		}},
-		{"GECHOLOG_HOST names the server", nil, env("GECHOLOG_HOST", "gecholog"), func(is *is.I, c config) {
-			is.Equal(c.server, "nats://gecholog:4222")
+		{"GECHOLOG_HOST names the server", nil, env("GECHOLOG_HOST", "gecholog"), func(is *is.I, s *settings) {
+			is.Equal(s.nats.Servers, "nats://gecholog:4222")
 		}},
-		{"NATS_URL wins over GECHOLOG_HOST", nil, env("GECHOLOG_HOST", "gecholog", "NATS_URL", "nats://a:1,nats://b:2"), func(is *is.I, c config) {
-			is.Equal(c.server, "nats://a:1,nats://b:2")
+		{"NATS_URL wins over GECHOLOG_HOST", nil, env("GECHOLOG_HOST", "gecholog", "NATS_URL", "nats://a:1,nats://b:2"), func(is *is.I, s *settings) {
+			is.Equal(s.nats.Servers, "nats://a:1,nats://b:2")
 		}},
-		{"DISABLED_TIME is fractional minutes", nil, env("DISABLED_TIME", "0.5"), func(is *is.I, c config) {
-			is.Equal(c.disabledTime, 30*time.Second)
+		{"DISABLED_TIME is fractional minutes", nil, env("DISABLED_TIME", "0.5"), func(is *is.I, s *settings) {
+			is.Equal(s.policy.DisabledTime, 30*time.Second)
 		}},
-		{"a flag wins over its variable", []string{"-disabled-time", "2", "-bucket", "b2"}, env("DISABLED_TIME", "0.5", "BROKER_BUCKET", "b1"), func(is *is.I, c config) {
-			is.Equal(c.disabledTime, 2*time.Minute)
-			is.Equal(c.bucket, "b2")
+		{"a flag wins over its variable", []string{"-disabled-time", "2", "-bucket", "b2"}, env("DISABLED_TIME", "0.5", "BROKER_BUCKET", "b1"), func(is *is.I, s *settings) {
+			is.Equal(s.policy.DisabledTime, 2*time.Minute)
+			is.Equal(s.bucket, "b2")
 		}},
-		{"NATS connection settings as NATS tools name them", nil, env("NATS_TOKEN", "t", "NATS_CREDS", "/c", "NATS_NKEY", "/n", "NATS_CERT", "/cert", "NATS_KEY", "/key", "NATS_CA", "/ca"), func(is *is.I, c config) {
-			is.Equal(c.token, "t")
-			is.Equal(c.creds, "/c")
-			is.Equal(c.nkey, "/n")
-			is.Equal([]string{c.tlsCert, c.tlsKey, c.tlsCA}, []string{"/cert", "/key", "/ca"})
+		{"NATS connection settings as NATS tools name them", nil, env("NATS_TOKEN", "t", "NATS_CREDS", "/c", "NATS_NKEY", "/n", "NATS_CERT", "/cert", "NATS_KEY", "/key", "NATS_CA", "/ca"), func(is *is.I, s *settings) {
+			is.Equal(s.nats.Token, "t")
+			is.Equal(s.nats.Creds, "/c")
+			is.Equal(s.nats.NKey, "/n")
+			is.Equal([]string{s.nats.TLSCert, s.nats.TLSKey, s.nats.TLSCA}, []string{"/cert", "/key", "/ca"})
 		}},
-		{"user and password", []string{"-user", "u"}, env("NATS_PASSWORD", "p"), func(is *is.I, c config) {
-			is.Equal(c.user, "u")
-			is.Equal(c.password, "p")
+		{"user and password", []string{"-user", "u"}, env("NATS_PASSWORD", "p"), func(is *is.I, s *settings) {
+			is.Equal(s.nats.User, "u")
+			is.Equal(s.nats.Password, "p")
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			is := is.New(t)
-			c, err := parseServe(tc.args, tc.getenv, io.Discard)
+			s, err := parseServe(tc.args, tc.getenv)
 			is.NoErr(err)
-			tc.check(is, c)
+			tc.check(is, s)
 		})
 	}
 }
@@ -109,11 +211,11 @@ func TestPoolsFileSetsPoolsAndWeights(t *testing.T) {
 	is.NoErr(os.WriteFile(f, []byte(`{"pools":[
 		{"ingress":"/azure/","routers":[{"path":"/azure/gpt4/","weight":3},{"path":"/azure/gpt35turbo/"}]},
 		{"ingress":"/openai/","routers":[{"path":"/openai/a/"}]}]}`), 0o600))
-	c, err := parseServe([]string{"-pools", f}, env(), io.Discard)
+	s, err := parseServe([]string{"-pools", f}, env())
 	is.NoErr(err)
-	is.Equal(len(c.pools), 2)
-	is.Equal(c.pools[0].Routers[0].Weight, 3)
-	is.Equal(c.pools[0].Routers[1].Weight, 1) // absent weight means 1
+	is.Equal(len(s.pools), 2)
+	is.Equal(s.pools[0].Routers[0].Weight, 3)
+	is.Equal(s.pools[0].Routers[1].Weight, 1) // absent weight means 1
 }
 
 func TestBadSettingStopsStartupWithOneLineNamingIt(t *testing.T) {
@@ -171,10 +273,18 @@ func TestBadSettingStopsStartupWithOneLineNamingIt(t *testing.T) {
 
 func TestMissingCredentialFileStopsStartupNamingTheSetting(t *testing.T) {
 	is := is.New(t)
-	c, err := parseServe(nil, env("NATS_CREDS", filepath.Join(t.TempDir(), "missing.creds")), io.Discard)
-	is.NoErr(err)
-	_, err = natsOptions(c, nil)
+	getenv := env("NATS_CREDS", filepath.Join(t.TempDir(), "missing.creds"), "NATS_URL", "nats://127.0.0.1:1")
+	s, err := parseServe(nil, getenv)
+	is.NoErr(err) // the file is checked when connecting, not when parsing
+	_, err = s.nats.Options()
 	is.True(err != nil && strings.HasPrefix(err.Error(), "creds:")) // names the setting
+	// Nothing listens on port 1: a serve that got past the check would
+	// keep retrying until the context ends.
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	err = run(ctx, nil, getenv, io.Discard, io.Discard)
+	is.True(err != nil && strings.HasPrefix(err.Error(), "creds:")) // startup stops, naming the setting
+	is.True(ctx.Err() == nil)                                       // at once, not by the deadline
 }
 
 func TestHelpPrintsEverySettingAndNoSecret(t *testing.T) {
@@ -197,44 +307,26 @@ func TestUnknownCommandIsRefused(t *testing.T) {
 func TestServeAnswersThenStopsCleanlyWhenCancelled(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, nil, env("NATS_URL", s.ClientURL(), "BROKER_LOG_FORMAT", "json"), io.Discard, &logs)
-	}()
+	p := startProgram(t, env("NATS_URL", s.ClientURL()))
 	nc := natstest.Connect(t, s)
-	natstest.Eventually(t, 10*time.Second, func() bool { _, ok := logLine(logs.String(), "serving"); return ok }, "replica serving")
-	serving, _ := logLine(logs.String(), "serving")
+	serving := p.await(t, "serving")
 	is.Equal(serving["ttl_mode"], "ttl")
 
 	m, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
 	is.NoErr(err)
 	is.True(bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`))) // a pool router
 
-	cancel()
-	select {
-	case err := <-done:
-		is.NoErr(err) // a signal is a clean stop
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not stop within 10s of cancellation")
-	}
-	_, stopped := logLine(logs.String(), "stopped")
+	is.NoErr(p.stopWithin(10 * time.Second)) // a signal is a clean stop
+	_, stopped := logLine(p.logs.String(), "stopped")
 	is.True(stopped)
 }
 
 func TestEmbeddedNATSServesWithTheGatewaysToken(t *testing.T) {
 	is := is.New(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--embedded-nats", "--embedded-listen", "127.0.0.1:0", "--embedded-store", t.TempDir()},
-			env("NATS_TOKEN", "tok", "BROKER_LOG_FORMAT", "json"), io.Discard, &logs)
-	}()
-	defer func() { cancel(); <-done }()
-	natstest.Eventually(t, 10*time.Second, func() bool { _, ok := logLine(logs.String(), "serving"); return ok }, "replica serving")
-	started, ok := logLine(logs.String(), "embedded nats-server with JetStream started")
+	p := startProgram(t, env("NATS_TOKEN", "tok"),
+		"--embedded-nats", "--embedded-listen", "127.0.0.1:0", "--embedded-store", t.TempDir())
+	p.await(t, "serving")
+	started, ok := logLine(p.logs.String(), "embedded nats-server with JetStream started")
 	is.True(ok)
 	addr := "nats://" + started["listen"].(string)
 
@@ -246,29 +338,15 @@ func TestEmbeddedNATSServesWithTheGatewaysToken(t *testing.T) {
 	m, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
 	is.NoErr(err)
 	is.True(bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`)))
-	is.True(!strings.Contains(logs.String(), "tok\"")) // the token is never logged
+	is.True(!strings.Contains(p.logs.String(), "tok\"")) // the token is never logged
 }
 
 func TestServeWaitsForTheServerAndStopsWhenCancelled(t *testing.T) {
 	is := is.New(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, nil, env("NATS_URL", "nats://secret-token@127.0.0.1:1", "BROKER_LOG_FORMAT", "json"), io.Discard, &logs)
-	}()
-	natstest.Eventually(t, 5*time.Second, func() bool {
-		_, ok := logLine(logs.String(), "cannot connect to NATS; retrying every second")
-		return ok
-	}, "one clear line about the unreachable server")
-	cancel()
-	select {
-	case err := <-done:
-		is.NoErr(err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("did not stop within 5s of cancellation")
-	}
-	is.True(!strings.Contains(logs.String(), "secret-token")) // credentials in the URL are redacted
+	p := startProgram(t, env("NATS_URL", "nats://secret-token@127.0.0.1:1"))
+	p.awaitWithin(t, 5*time.Second, "cannot connect to NATS; retrying every second") // one clear line about the unreachable server
+	is.NoErr(p.stopWithin(5 * time.Second))
+	is.True(!strings.Contains(p.logs.String(), "secret-token")) // credentials in the URL are redacted
 }
 
 func TestDemoRunsToCompletion(t *testing.T) {

@@ -2,20 +2,15 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/matryer/is"
-	"github.com/nats-io/nats.go"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -26,42 +21,17 @@ import (
 // metricsReplica is a replica run in-process with its metrics listener on
 // a free loopback port.
 type metricsReplica struct {
-	addr   string // where the metrics listener is, host:port
-	logs   *syncBuffer
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-	err    error
+	*program
+	addr string // where the metrics listener is, host:port
 }
 
 // startMetricsReplica runs serve against natsURL with metrics on and waits
 // for its listener. The replica is stopped when the test ends.
 func startMetricsReplica(t *testing.T, natsURL string) *metricsReplica {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &metricsReplica{logs: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		r.done <- run(ctx, nil, env("NATS_URL", natsURL, "BROKER_LOG_FORMAT", "json", "BROKER_METRICS_ADDR", "127.0.0.1:0"), io.Discard, r.logs)
-	}()
-	t.Cleanup(func() { r.stop(t) })
-	natstest.Eventually(t, 10*time.Second, func() bool { _, ok := logLine(r.logs.String(), "metrics listening"); return ok }, "metrics listener up")
-	l, _ := logLine(r.logs.String(), "metrics listening")
-	r.addr = l["addr"].(string)
-	return r
-}
-
-// stop cancels the replica and returns what serve returned.
-func (r *metricsReplica) stop(t *testing.T) error {
-	t.Helper()
-	r.once.Do(func() {
-		r.cancel()
-		select {
-		case r.err = <-r.done:
-		case <-time.After(15 * time.Second):
-			r.err = fmt.Errorf("replica did not stop within 15s of cancellation")
-		}
-	})
-	return r.err
+	p := startProgram(t, env("NATS_URL", natsURL, "BROKER_METRICS_ADDR", "127.0.0.1:0"))
+	l := p.await(t, "metrics listening")
+	return &metricsReplica{program: p, addr: l["addr"].(string)}
 }
 
 // get fetches path from the replica's listener.
@@ -152,7 +122,7 @@ func TestHealthzAnswersWhileWaitingForNATSAndReadyzSaysWhy(t *testing.T) {
 	is.True(strings.Contains(err.Error(), "not connected to NATS")) // with the replica's reason
 	is.True(!strings.Contains(err.Error(), "\n"))                   // on one line
 
-	is.NoErr(r.stop(t))
+	is.NoErr(r.stop())
 	_, _, err = r.get("/healthz")
 	is.True(err != nil) // the listener is closed once serve returns
 }
@@ -177,7 +147,7 @@ func TestReadyzTurnsReadyOnceServingAndHealthcheckPasses(t *testing.T) {
 	is.Equal(fs.sum("broker_ttl_mode", "mode", "ttl"), 1.0)
 	is.Equal(len(fs["broker_ttl_mode"].GetMetric()), 1) // one mode only
 
-	is.NoErr(r.stop(t))
+	is.NoErr(r.stop())
 	_, _, err := r.get("/readyz")
 	is.True(err != nil) // the listener is closed once serve returns
 }
@@ -281,53 +251,6 @@ func TestHealthcheckWithoutAddressSaysWhichSettingIsMissing(t *testing.T) {
 	is.True(err != nil && strings.Contains(err.Error(), "BROKER_METRICS_ADDR"))
 }
 
-func TestHealthcheckAsksLoopbackForAListenerOnEveryInterface(t *testing.T) {
-	for _, tc := range []struct{ addr, url string }{
-		{":9090", "http://127.0.0.1:9090/readyz"},
-		{"0.0.0.0:9090", "http://127.0.0.1:9090/readyz"},
-		{"[::]:9090", "http://127.0.0.1:9090/readyz"},
-		{"127.0.0.1:9091", "http://127.0.0.1:9091/readyz"},
-		{"localhost:9090", "http://localhost:9090/readyz"},
-		{"[::1]:9090", "http://[::1]:9090/readyz"},
-	} {
-		t.Run(tc.addr, func(t *testing.T) {
-			is := is.New(t)
-			u, err := readyzURL(tc.addr)
-			is.NoErr(err)
-			is.Equal(u, tc.url)
-		})
-	}
-	_, err := readyzURL("9090")
-	if err == nil || !strings.Contains(err.Error(), "metrics-addr") {
-		t.Fatalf("a bare port: got %v, want an error naming metrics-addr", err)
-	}
-}
-
-func TestReadyzReportsEachStageUntilStopping(t *testing.T) {
-	m := newMonitor(slog.New(slog.DiscardHandler))
-	for _, tc := range []struct {
-		stage string
-		code  int
-		body  string
-	}{
-		{notConnected, http.StatusServiceUnavailable, "not connected to NATS\n"},
-		{openingStore, http.StatusServiceUnavailable, "opening the router health bucket\n"},
-		{loadingView, http.StatusServiceUnavailable, "loading router health\n"},
-		{subscribing, http.StatusServiceUnavailable, "subscribing\n"},
-		{"", http.StatusOK, "ok\n"},
-		{stopping, http.StatusServiceUnavailable, "stopping\n"},
-	} {
-		t.Run(strings.TrimSpace(tc.body), func(t *testing.T) {
-			is := is.New(t)
-			m.stage(tc.stage)
-			w := httptest.NewRecorder()
-			m.readyz(w, httptest.NewRequest(http.MethodGet, "/readyz", nil))
-			is.Equal(w.Code, tc.code)
-			is.Equal(w.Body.String(), tc.body)
-		})
-	}
-}
-
 func TestMetricsAddrInUseStopsStartupNamingIt(t *testing.T) {
 	is := is.New(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -337,23 +260,4 @@ func TestMetricsAddrInUseStopsStartupNamingIt(t *testing.T) {
 	is.True(err != nil)                                    // startup refused
 	is.True(strings.Contains(err.Error(), "metrics-addr")) // the line names the setting
 	is.True(!strings.Contains(err.Error(), "\n"))          // one line
-}
-
-func TestWithoutMetricsAddrTheHandlerIsNotWrapped(t *testing.T) {
-	is := is.New(t)
-	var m *monitor // what serve has when metrics-addr is empty
-	called := 0
-	h := func(*nats.Msg) { called++ }
-	wrapped := m.timed(h)
-	wrapped(&nats.Msg{})
-	is.Equal(called, 1)
-	is.Equal(fmt.Sprintf("%p", wrapped), fmt.Sprintf("%p", h)) // the same function: no clock read, no observation
-}
-
-func TestTimingACallAllocatesNothing(t *testing.T) {
-	is := is.New(t)
-	m := newMonitor(slog.New(slog.DiscardHandler))
-	h := m.timed(func(*nats.Msg) {})
-	msg := &nats.Msg{}
-	is.Equal(testing.AllocsPerRun(1000, func() { h(msg) }), 0.0) // the request path pays a clock read and atomic adds only
 }

@@ -1,11 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,23 +19,56 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/gecholog"
 	"github.com/gecholog/broker/internal/natstest"
 	"github.com/gecholog/broker/kv"
+	"github.com/gecholog/broker/replica"
 )
 
-// startReplicas runs n replicas of the processor in-process on s, with the
-// default pool and the given DISABLED_TIME, and returns their brokers once
-// every one answers calls. They stop when the test ends.
+// startReplicas runs n replicas of the processor in-process on s, as serve
+// runs them with NATS_URL alone (the default pool) and the given
+// DISABLED_TIME, named replica-1 to replica-n, and returns their brokers
+// once every one answers calls. They stop when the test ends, before the
+// server; when the test fails, each replica's log is shown.
 func startReplicas(t *testing.T, s *server.Server, n int, disabled time.Duration) []*broker.Broker {
 	t.Helper()
-	c, err := parseServe(nil, env("NATS_URL", s.ClientURL()), io.Discard)
+	st, err := parseServe(nil, env("NATS_URL", s.ClientURL()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.disabledTime = disabled
-	rs := runReplicas(t, c, n)
-	t.Cleanup(rs.stop)
-	return rs.replicas
+	st.policy.DisabledTime = disabled
+	c := st.replicaConfig(nil)
+	c.ID = "" // the fleet names its replicas
+	type replicaLog struct {
+		id  string
+		log *syncBuffer
+	}
+	var logs []replicaLog // appended to by StartFleet before any replica starts
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, l := range logs {
+				t.Logf("%s logged:\n%s", l.id, l.log)
+			}
+		}
+	})
+	fleet, err := replica.StartFleet(context.Background(), c, n, func(id string) *slog.Logger {
+		l := &syncBuffer{}
+		logs = append(logs, replicaLog{id, l})
+		return slog.New(slog.NewJSONHandler(l, nil))
+	})
+	if err != nil {
+		t.Fatalf("start %d replicas: %v", n, err)
+	}
+	t.Cleanup(func() {
+		if err := fleet.Stop(); err != nil {
+			t.Errorf("replicas: %v", err)
+		}
+	})
+	brokers := make([]*broker.Broker, n)
+	for i, r := range fleet.Replicas {
+		brokers[i] = r.Broker()
+	}
+	return brokers
 }
 
 // choosing counts the replicas that would send an /azure/ call to router.
@@ -60,12 +92,13 @@ func runOp(getenv func(string) string, args ...string) (stdout, stderr string, e
 }
 
 // bucketRecord reads router's record from the bucket, as a replica would.
-func bucketRecord(t *testing.T, js jetstream.JetStream, router string) (kv.Entry, error) {
+func bucketRecord(t *testing.T, js jetstream.JetStream, router string) (broker.Entry, error) {
 	t.Helper()
 	st, err := kv.Open(context.Background(), js, kv.Config{Bucket: "gl_broker", NoCreate: true})
 	if err != nil {
 		t.Fatalf("open bucket: %v", err)
 	}
+	defer st.Close()
 	return st.Get(context.Background(), router)
 }
 
@@ -134,17 +167,22 @@ func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
 	rec, err := bucketRecord(t, js, "/azure/gpt4/")
 	is.NoErr(err)
 	report := []byte(`{"gl_path":"/azure/gpt4/","egress_status_code":502}`)
-	for hold := rec.Record.At.Add(2*disabledTime + 500*time.Millisecond); time.Now().Before(hold); {
+	var direct []*gecholog.Handler // each replica's broker, as its subscription hands it a call
+	for _, b := range replicas {
+		direct = append(direct, gecholog.NewHandler(b, nil))
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for hold := rec.Record.At.Add(2*disabledTime + 500*time.Millisecond); time.Now().Before(hold); <-tick.C {
 		_, err := nc.Request("coburn.gl.broker", report, 2*time.Second)
 		is.NoErr(err)
-		for _, b := range replicas {
-			b.Handle(report)
+		for _, h := range direct {
+			h.Handle(report)
 		}
 		is.Equal(choosing(replicas, "/azure/gpt4/"), 0) // still disabled on every replica
 		got, err := bucketRecord(t, js, "/azure/gpt4/")
 		is.NoErr(err)
 		is.Equal(got.Revision, rec.Revision) // never overwritten by automatic logic
-		time.Sleep(50 * time.Millisecond)
 	}
 	is.Equal(choosing(replicas, "/azure/gpt35turbo/"), 2) // the others stay in use
 
@@ -220,7 +258,7 @@ func TestManualDisableReplacesAnAutomaticOne(t *testing.T) {
 	is.NoErr(err)
 	_, err = nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), 2*time.Second)
 	is.NoErr(err)
-	var auto kv.Entry
+	var auto broker.Entry
 	natstest.Eventually(t, 2*time.Second, func() bool { auto, err = bucketRecord(t, js, "/azure/dud/"); return err == nil }, "the automatic record is written")
 	is.True(!auto.Record.Manual)
 
@@ -273,9 +311,9 @@ func TestStatusHidesNothingInTheBucket(t *testing.T) {
 	st := createBucket(t, js)
 	ctx := context.Background()
 	now := time.Now()
-	_, err := st.Create(ctx, kv.Record{Router: "/azure/gpt4/", Status: 503, Reason: "egress_status_code 503", At: now, Until: now.Add(4*time.Minute + 12*time.Second), By: "replica-1"})
+	_, err := st.Create(ctx, broker.Record{Router: "/azure/gpt4/", Status: 503, Reason: "egress_status_code 503", At: now, Until: now.Add(4*time.Minute + 12*time.Second), By: "replica-1"})
 	is.NoErr(err)
-	_, err = st.Create(ctx, kv.Record{Router: "/legacy/x/", Reason: "old\tway\nreally", At: now, By: "carol", Manual: true})
+	_, err = st.Create(ctx, broker.Record{Router: "/legacy/x/", Reason: "old\tway\nreally", At: now, By: "carol", Manual: true})
 	is.NoErr(err)
 	b, err := js.KeyValue(ctx, "gl_broker")
 	is.NoErr(err)
@@ -479,26 +517,6 @@ func TestToolsNeverPrintTheToken(t *testing.T) {
 	}
 }
 
-func TestStatusRowsKeepThePoolsOrderAndAddUnknownRoutersInKeyOrder(t *testing.T) {
-	is := is.New(t)
-	now := time.Now()
-	rec := func(r string) kv.Listed {
-		return kv.Listed{Router: r, Entry: kv.Entry{Record: kv.Record{Router: r, At: now, Until: now.Add(time.Minute)}}}
-	}
-	rows := statusRows(broker.DefaultPools(), []kv.Listed{rec("/z/"), rec("/azure/dud/"), rec("/a/")}, now)
-	var got []string
-	for _, r := range rows {
-		got = append(got, r.Router+" "+r.State)
-	}
-	is.Equal(got, []string{
-		"/azure/gpt35turbo/ enabled", "/azure/gpt4/ enabled", "/azure/dud/ disabled",
-		"/a/ unknown router", "/z/ unknown router",
-	})
-	var buf bytes.Buffer
-	is.NoErr(writeTable(&buf, rows))
-	is.Equal(strings.Count(buf.String(), "\n"), 6) // column heads and one line per row
-}
-
 func TestStatusShowsProbationWithItsProbeAndTheBackoffLevel(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
@@ -506,12 +524,12 @@ func TestStatusShowsProbationWithItsProbeAndTheBackoffLevel(t *testing.T) {
 	st := createBucket(t, js)
 	ctx := context.Background()
 	now := time.Now()
-	_, err := st.Create(ctx, kv.Record{Router: "/azure/gpt4/", Status: 502, Reason: "probe failed: egress_status_code 502",
+	_, err := st.Create(ctx, broker.Record{Router: "/azure/gpt4/", Status: 502, Reason: "probe failed: egress_status_code 502",
 		At: now, Until: now.Add(40 * time.Minute), By: "replica-1", Level: 2})
 	is.NoErr(err)
-	_, err = st.Create(ctx, kv.Record{Router: "/azure/dud/", Status: 503, Reason: "egress_status_code 503",
+	_, err = st.Create(ctx, broker.Record{Router: "/azure/dud/", Status: 503, Reason: "egress_status_code 503",
 		At: now.Add(-time.Hour), Until: now.Add(-time.Second), By: "replica-1", Level: 1,
-		Probe: &kv.Probe{By: "replica-3", At: now, Until: now.Add(2 * time.Minute)}})
+		Probe: &broker.Probe{By: "replica-3", At: now, Until: now.Add(2 * time.Minute)}})
 	is.NoErr(err)
 	ops := env("NATS_URL", s.ClientURL())
 

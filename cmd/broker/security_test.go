@@ -17,8 +17,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -38,74 +38,6 @@ import (
 
 	"github.com/gecholog/broker/internal/natstest"
 )
-
-// secReplica is the whole program run in-process as one processor replica,
-// with everything it prints captured.
-type secReplica struct {
-	logs, out syncBuffer // stderr (the JSON log) and stdout
-	cancel    context.CancelFunc
-	done      chan error
-}
-
-// secStart runs the processor with getenv, logging JSON, until stop or the
-// end of the test.
-func secStart(t *testing.T, getenv func(string) string, args ...string) *secReplica {
-	t.Helper()
-	r := &secReplica{done: make(chan error, 1)}
-	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
-	withJSON := func(k string) string {
-		if k == "BROKER_LOG_FORMAT" {
-			return "json"
-		}
-		return getenv(k)
-	}
-	go func() { r.done <- run(ctx, args, withJSON, &r.out, &r.logs) }()
-	t.Cleanup(func() { _ = r.stop() })
-	return r
-}
-
-// await waits for a log line with msg whose attributes include attrs
-// (name, value pairs) and returns it.
-func (r *secReplica) await(t *testing.T, msg string, attrs ...string) map[string]any {
-	t.Helper()
-	var line map[string]any
-	natstest.Eventually(t, 10*time.Second, func() bool {
-		line = secLogged(r.logs.String(), msg, attrs...)
-		return line != nil
-	}, "log line %q %v; the log so far:\n%s", msg, attrs, &r.logs)
-	return line
-}
-
-// stop cancels the replica and returns what run returned.
-func (r *secReplica) stop() error {
-	r.cancel()
-	select {
-	case err := <-r.done:
-		r.done <- err // stop may be called again, by the cleanup
-		return err
-	case <-time.After(15 * time.Second):
-		return errors.New("the replica did not stop within 15s of cancellation")
-	}
-}
-
-// secLogged finds the first JSON log line with msg and attrs.
-func secLogged(out, msg string, attrs ...string) map[string]any {
-	for line := range strings.Lines(out) {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != msg {
-			continue
-		}
-		match := true
-		for i := 0; i+1 < len(attrs); i += 2 {
-			match = match && fmt.Sprint(m[attrs[i]]) == attrs[i+1]
-		}
-		if match {
-			return m
-		}
-	}
-	return nil
-}
 
 // secAsk makes gecholog's request-context call for the /azure/ ingress.
 func secAsk(t *testing.T, nc *nats.Conn) []byte {
@@ -478,7 +410,7 @@ func TestEachAuthMethodServesOnAServerThatRequiresIt(t *testing.T) {
 			}
 			gw := natstest.Connect(t, s, tc.client...)
 
-			r := secStart(t, env(append([]string{"NATS_URL", url}, tc.good...)...))
+			r := startProgram(t, env(append([]string{"NATS_URL", url}, tc.good...)...))
 			serving := r.await(t, "serving")
 			is.Equal(serving["ttl_mode"], "ttl")                                   // the shared bucket, not local mode
 			is.True(bytes.HasPrefix(secAsk(t, gw), []byte(`{"gl_path":"/azure/`))) // a pool router
@@ -487,7 +419,7 @@ func TestEachAuthMethodServesOnAServerThatRequiresIt(t *testing.T) {
 			for _, rc := range tc.refused {
 				t.Run(rc.name, func(t *testing.T) {
 					is := is.New(t)
-					r := secStart(t, env(append([]string{"NATS_URL", url}, rc.env...)...))
+					r := startProgram(t, env(append([]string{"NATS_URL", url}, rc.env...)...))
 					line := r.await(t, "cannot connect to NATS; retrying every second")
 					is.True(strings.Contains(fmt.Sprint(line["error"], " ", line["hint"]), rc.says)) // says why
 					is.NoErr(r.stop())                                                               // cancelled while retrying: a clean stop
@@ -583,7 +515,7 @@ func TestSecretsNeverAppearInLogsUsageOrToolOutput(t *testing.T) {
 
 			// Serving, with a failure report and a reconnect, so that warnings
 			// and the reconnect lines are logged too.
-			r := secStart(t, getenv, "--id", "replica-1")
+			r := startProgram(t, getenv, "--id", "replica-1")
 			r.await(t, "serving")
 			is.True(bytes.HasPrefix(secAsk(t, gw), []byte(`{"gl_path":"/azure/`)))
 			secReport(t, gw, "/azure/dud/", 502)
@@ -632,7 +564,7 @@ func TestSecretsNeverAppearInLogsUsageOrToolOutput(t *testing.T) {
 				failing["refused"] = env(tc.wrong(s.ClientURL())...)
 			}
 			for _, getenv := range failing {
-				r := secStart(t, getenv)
+				r := startProgram(t, getenv)
 				r.await(t, "cannot connect to NATS; retrying every second")
 				is.NoErr(r.stop())
 				keep(r.out.String(), r.logs.String())
@@ -667,7 +599,7 @@ func TestAMistypedNATSURLNeverPrintsItsSecrets(t *testing.T) {
 			is := is.New(t)
 			// A typo in the port: net/url refuses the URL and quotes it,
 			// credentials and all, in its error.
-			r := secStart(t, env("NATS_URL", tc.url))
+			r := startProgram(t, env("NATS_URL", tc.url))
 			line := r.await(t, "cannot connect to NATS; retrying every second")
 			is.NoErr(r.stop())
 			is.True(strings.Contains(fmt.Sprint(line["error"]), "invalid port")) // says why
@@ -812,24 +744,27 @@ func (v *secViolations) subjects() []string {
 	return out
 }
 
-// secRoles are the users of secRoleServer: broker, broker-admin and
-// broker-viewer, each with the password "<user>-pw".
+// secRoles are the roles of the users of secRoleServer.
 type secRoles struct{ processor, admin, viewer secRole }
 
 var leastRoles = secRoles{processorRole, adminRole, viewerRole}
 
-// secRoleServer starts a server with the users of roles and "gateway",
-// which may do anything, and records the violations it logs.
+// users are broker, broker-admin and broker-viewer with the roles, and
+// "gateway", which may do anything; each has the password "<user>-pw".
+func (roles secRoles) users() []*server.User {
+	return []*server.User{
+		{Username: "broker", Password: "broker-pw", Permissions: roles.processor.permissions()},
+		{Username: "broker-admin", Password: "broker-admin-pw", Permissions: roles.admin.permissions()},
+		{Username: "broker-viewer", Password: "broker-viewer-pw", Permissions: roles.viewer.permissions()},
+		{Username: "gateway", Password: "gateway-pw"},
+	}
+}
+
+// secRoleServer starts a server with the users of roles and records the
+// violations it logs.
 func secRoleServer(t *testing.T, roles secRoles) (*server.Server, *secViolations) {
 	t.Helper()
-	s := natstest.Start(t, func(o *server.Options) {
-		o.Users = []*server.User{
-			{Username: "broker", Password: "broker-pw", Permissions: roles.processor.permissions()},
-			{Username: "broker-admin", Password: "broker-admin-pw", Permissions: roles.admin.permissions()},
-			{Username: "broker-viewer", Password: "broker-viewer-pw", Permissions: roles.viewer.permissions()},
-			{Username: "gateway", Password: "gateway-pw"},
-		}
-	})
+	s := natstest.Start(t, func(o *server.Options) { o.Users = roles.users() })
 	v := &secViolations{seen: make(chan struct{})}
 	s.SetLoggerV2(v, false, false, false)
 	return s, v
@@ -867,11 +802,11 @@ func driveProcessor(t *testing.T, s *server.Server, v *secViolations) (logs stri
 		m, err := gw.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 500*time.Millisecond)
 		return err == nil && bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`))
 	}
-	var rs []*secReplica
+	var rs []*program
 	everyReplica := func(msg string, attrs ...string) func() bool {
 		return func() bool {
 			for _, r := range rs {
-				if secLogged(r.logs.String(), msg, attrs...) == nil {
+				if logged(r.logs.String(), msg, attrs...) == nil {
 					return false
 				}
 			}
@@ -879,7 +814,7 @@ func driveProcessor(t *testing.T, s *server.Server, v *secViolations) (logs stri
 		}
 	}
 	for _, id := range []string{"replica-1", "replica-2"} {
-		rs = append(rs, secStart(t, secUser(s, "broker"), "--id", id))
+		rs = append(rs, startProgram(t, secUser(s, "broker"), "--id", id))
 		if !until(everyReplica("serving"), id+" serving") {
 			return "", false
 		}
@@ -960,7 +895,7 @@ func secSeedBucket(t *testing.T, s *server.Server) {
 	if disable() == nil {
 		return
 	}
-	r := secStart(t, secUser(s, "gateway")) // tools never create the bucket
+	r := startProgram(t, secUser(s, "gateway")) // tools never create the bucket
 	r.await(t, "serving")
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
@@ -1042,67 +977,105 @@ func TestLeastPrivilegeHasNoPermissionToSpare(t *testing.T) {
 	}
 }
 
-// leastPrivilegeConf is the README's "Least privilege" example: the roles
-// above as nats-server.conf users.
-const leastPrivilegeConf = `
-authorization {
-  users = [
-    # The processor: every replica.
-    {
-      user: broker
-      password: $BROKER_NATS_PASSWORD
-      permissions: {
-        publish: [
-          "$JS.API.INFO"                           # these two only to create
-          "$JS.API.STREAM.CREATE.KV_gl_broker"     # the bucket when missing
-          "$JS.API.STREAM.INFO.KV_gl_broker"
-          "$JS.API.CONSUMER.CREATE.KV_gl_broker.>"
-          "$JS.API.CONSUMER.DELETE.KV_gl_broker.>"
-          "$JS.API.DIRECT.GET.KV_gl_broker.>"
-          "$KV.gl_broker.>"
-        ]
-        subscribe: ["coburn.gl.broker broker", "_INBOX.>"]
-        allow_responses: true
-      }
-    }
-    # broker status, disable and enable.
-    {
-      user: broker-admin
-      password: $BROKER_ADMIN_NATS_PASSWORD
-      permissions: {
-        publish: [
-          "$JS.API.STREAM.INFO.KV_gl_broker"
-          "$JS.API.CONSUMER.CREATE.KV_gl_broker.>"
-          "$JS.API.CONSUMER.DELETE.KV_gl_broker.>"
-          "$JS.API.DIRECT.GET.KV_gl_broker.>"
-          "$KV.gl_broker.>"                        # leave out for status only
-        ]
-        subscribe: ["_INBOX.>"]
-      }
-    }
-  ]
+// readmeLeastPrivilege is the nats-server.conf block of README.md's "Least
+// privilege" section: the first fenced block after the heading, which
+// must come before the next heading.
+func readmeLeastPrivilege(t *testing.T) string {
+	t.Helper()
+	const readme, heading = "../../README.md", "### Least privilege\n"
+	b, err := os.ReadFile(readme)
+	if err != nil {
+		t.Fatalf("read %s: %v", readme, err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n"+heading)
+	if !ok {
+		t.Fatalf("%s has no %q heading", readme, strings.TrimSpace(heading))
+	}
+	prose, block, ok := strings.Cut(section, "\n```\n")
+	if !ok || strings.Contains(prose, "\n#") {
+		t.Fatalf("%s: no fenced block under %q before the next heading", readme, strings.TrimSpace(heading))
+	}
+	block, _, ok = strings.Cut(block, "\n```\n")
+	if !ok {
+		t.Fatalf("%s: the block under %q is not closed", readme, strings.TrimSpace(heading))
+	}
+	if !strings.HasPrefix(block, "authorization {") {
+		t.Fatalf("%s: the block under %q is not an authorization block:\n%s", readme, strings.TrimSpace(heading), block)
+	}
+	return block + "\n"
 }
-`
 
-func TestLeastPrivilegeConfigGivesTheRolesTheTestsProve(t *testing.T) {
+// secGrant is a user's permissions as the server holds them, with every
+// list sorted, so that two grants compare equal when they allow the same.
+type secGrant struct {
+	PublishAllow, PublishDeny, SubscribeAllow, SubscribeDeny []string
+	Responses                                                string // allow_responses: "none" or its limits
+}
+
+func grantOf(p *server.Permissions) secGrant {
+	sorted := func(s []string) []string { return slices.Sorted(slices.Values(s)) }
+	g := secGrant{Responses: "none"}
+	if p == nil {
+		return g
+	}
+	if p.Publish != nil {
+		g.PublishAllow, g.PublishDeny = sorted(p.Publish.Allow), sorted(p.Publish.Deny)
+	}
+	if p.Subscribe != nil {
+		g.SubscribeAllow, g.SubscribeDeny = sorted(p.Subscribe.Allow), sorted(p.Subscribe.Deny)
+	}
+	if p.Response != nil {
+		g.Responses = fmt.Sprintf("%+v", *p.Response)
+	}
+	return g
+}
+
+// grantsOf loads conf as nats-server does, with the README's password
+// variables set, and returns each user's grant.
+func grantsOf(t *testing.T, conf string) map[string]secGrant {
+	t.Helper()
+	o, err := server.ProcessConfigFile(secWrite(t, "nats-server.conf", []byte(conf)))
+	if err != nil {
+		t.Fatalf("nats-server cannot load the README's block: %v\n%s", err, conf)
+	}
+	grants := map[string]secGrant{}
+	for _, u := range o.Users {
+		if u.Permissions == nil {
+			t.Fatalf("the README's user %s has no permissions: it could do anything", u.Username)
+		}
+		grants[u.Username] = grantOf(u.Permissions)
+	}
+	return grants
+}
+
+// TestLeastPrivilegeInTheReadmeIsWhatTheTestsGrant reads the README's
+// nats-server.conf block as nats-server does and shows that each user in it
+// has exactly the permissions the least-privilege tests above grant, and
+// that the README's "leave out for status only" gives exactly the viewer's.
+func TestLeastPrivilegeInTheReadmeIsWhatTheTestsGrant(t *testing.T) {
 	is := is.New(t)
 	t.Setenv("BROKER_NATS_PASSWORD", "p1")
 	t.Setenv("BROKER_ADMIN_NATS_PASSWORD", "p2")
-	o, err := server.ProcessConfigFile(secWrite(t, "nats-server.conf", []byte(leastPrivilegeConf)))
-	is.NoErr(err)
-	users := map[string]*server.Permissions{}
-	for _, u := range o.Users {
-		users[u.Username] = u.Permissions
+	conf := readmeLeastPrivilege(t)
+	granted := map[string]secGrant{}
+	for _, u := range leastRoles.users() {
+		granted[u.Username] = grantOf(u.Permissions)
 	}
-	sorted := func(s []string) []string { return slices.Sorted(slices.Values(s)) }
-	for user, role := range map[string]secRole{"broker": processorRole, "broker-admin": adminRole} {
-		p := users[user]
-		is.True(p != nil)                                           // the user is there
-		is.Equal(sorted(p.Publish.Allow), sorted(role.publish))     // the same publish permissions
-		is.Equal(sorted(p.Subscribe.Allow), sorted(role.subscribe)) // the same subscribe permissions
-		is.Equal(p.Response, role.permissions().Response)           // allow_responses as the tests have it
-		is.Equal(len(p.Publish.Deny)+len(p.Subscribe.Deny), 0)      // nothing else
+
+	readme := grantsOf(t, conf)
+	is.Equal(slices.Sorted(maps.Keys(readme)), []string{"broker", "broker-admin"}) // the processor's user and the tools'
+	for user, g := range readme {
+		is.Equal(g, granted[user]) // the README's user has exactly what the tests grant that user
 	}
-	// The viewer is the admin without writing keys.
-	is.Equal(sorted(viewerRole.publish), sorted(slices.DeleteFunc(slices.Clone(adminRole.publish), func(s string) bool { return s == "$KV.gl_broker.>" })))
+
+	// The viewer is the README's admin with the lines marked for leaving out.
+	var viewerConf []string
+	for line := range strings.Lines(conf) {
+		if !strings.Contains(line, "# leave out for status only") {
+			viewerConf = append(viewerConf, line)
+		}
+	}
+	is.Equal(len(viewerConf), strings.Count(conf, "\n")-1) // one line is marked: $KV.gl_broker.>, writing keys
+	viewer := grantsOf(t, strings.Join(viewerConf, ""))
+	is.Equal(viewer["broker-admin"], granted["broker-viewer"]) // status only is exactly what the tests grant the viewer
 }

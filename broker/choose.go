@@ -1,0 +1,165 @@
+package broker
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync/atomic"
+	"time"
+)
+
+type pool struct {
+	ingress  string
+	routers  []Router
+	ids      []int           // each router's id, by index in routers
+	chosen   []atomic.Uint64 // choices by index in routers
+	live     atomic.Pointer[choice]
+	stranded bool // no router enabled; guarded by Broker.mu
+}
+
+// choice is an immutable snapshot of a pool, swapped whole when a view
+// changes, so a request reads it without locking.
+type choice struct {
+	ids   []int // the enabled routers
+	cum   []int // cumulative weights
+	index []int // each router's index in pool.routers
+	// probes are the probe calls this replica holds for the pool's routers.
+	probes []*probeSlot
+	// unclaimed are routers on probation whose probe nobody holds: a
+	// request claims it.
+	unclaimed []*route
+	// fallback answers when no router is enabled: the panic choice, or
+	// with AllDisabled Any every router but manual ones (cumulative
+	// weights in fallbackCum).
+	fallback    []int
+	fallbackCum []int
+	fallbackIdx []int
+}
+
+// probeSlot is one probe this replica may send: the first request that
+// takes the token sends the call.
+type probeSlot struct {
+	at    time.Time // the claim it belongs to
+	token atomic.Bool
+	route *route
+}
+
+// Choose picks the router that a request context for ingress goes to and
+// returns its id, its index in Members. It returns -1 when the call should
+// stay on the ingress router: ingress is no pool's, or no router of the
+// pool may take calls. It reads an immutable snapshot and never waits.
+func (b *Broker) Choose(ingress []byte) int {
+	p := b.pools[string(ingress)] // does not allocate
+	if p == nil {
+		b.calls[NotIngress].Add(1)
+		if b.log.Enabled(context.Background(), slog.LevelDebug) {
+			b.log.Debug("not an ingress; leaving the call alone", slog.String("gl_path", clip(string(ingress))))
+		}
+		return -1
+	}
+	c := p.live.Load()
+	for _, rt := range c.unclaimed {
+		// Traffic wants the probe: claim it in the background. Without
+		// traffic nobody claims, and the key expires by itself.
+		if rt.claiming.CompareAndSwap(false, true) {
+			b.write(rt, event{kind: claim, by: b.id, at: time.Now()})
+		}
+	}
+	for _, s := range c.probes {
+		if s.token.CompareAndSwap(true, false) {
+			b.calls[Chosen].Add(1)
+			b.log.Info("sending the probe call", slog.String("router", s.route.path))
+			return s.route.id
+		}
+	}
+	ids, cum, index, outcome := c.ids, c.cum, c.index, Chosen
+	if len(ids) == 0 {
+		ids, cum, index, outcome = c.fallback, c.fallbackCum, c.fallbackIdx, Panicked
+		if len(ids) == 0 {
+			b.calls[Stranded].Add(1)
+			return -1
+		}
+	}
+	i := 0
+	if len(cum) > 1 {
+		n := rand.IntN(cum[len(cum)-1])
+		i = sort.Search(len(cum), func(i int) bool { return cum[i] > n })
+	}
+	b.calls[outcome].Add(1)
+	p.chosen[index[i]].Add(1)
+	if b.log.Enabled(context.Background(), slog.LevelDebug) {
+		b.log.Debug("chose router", slog.String("ingress", p.ingress), slog.String("router", p.routers[index[i]].Path))
+	}
+	return ids[i]
+}
+
+// rebuild swaps in a new snapshot of p and logs when p runs out of
+// enabled routers or has one again. b.mu must be held.
+func (b *Broker) rebuild(p *pool, now time.Time) {
+	c := b.snapshot(p, now)
+	p.live.Store(c)
+	switch {
+	case len(c.ids) == 0 && !p.stranded:
+		p.stranded = true
+		msg := map[AllDisabled]string{
+			Panic:   "every router of the pool is disabled; sending calls to the one whose disable ends soonest (panic mode)",
+			Ingress: "every router of the pool is disabled; calls stay on the ingress router's own outbound",
+			Any:     "every router of the pool is disabled; choosing among all of them",
+		}[b.policy.AllDisabled]
+		if len(c.fallback) == 0 && b.policy.AllDisabled != Ingress {
+			msg = "every router of the pool is disabled by hand; calls stay on the ingress router's own outbound"
+		}
+		b.log.Warn(msg, slog.String("ingress", p.ingress))
+	case len(c.ids) > 0 && p.stranded:
+		p.stranded = false
+		b.log.Info("pool has an enabled router again", slog.String("ingress", p.ingress))
+	}
+}
+
+// snapshot builds p's choice from the views at now. b.mu must be held
+// (or, in New, nothing else may run yet).
+func (b *Broker) snapshot(p *pool, now time.Time) *choice {
+	c := &choice{}
+	total, all := 0, 0
+	soonest := -1
+	for i, r := range p.routers {
+		rt := b.members[p.ids[i]]
+		ph := phase(rt.live, now)
+		if rt.probe != nil && rt.probe.token.Load() {
+			c.probes = append(c.probes, rt.probe)
+		}
+		if ph == Probation && b.shared() != nil && !rt.pending &&
+			(rt.live.Probe == nil || !now.Before(rt.live.Probe.Until)) {
+			c.unclaimed = append(c.unclaimed, rt)
+		}
+		if ph != Manual {
+			all += r.Weight
+			c.fallback = append(c.fallback, rt.id)
+			c.fallbackCum = append(c.fallbackCum, all)
+			c.fallbackIdx = append(c.fallbackIdx, i)
+			if ph != Enabled && (soonest < 0 || rt.live.Until.Before(b.members[p.ids[soonest]].live.Until)) {
+				soonest = i
+			}
+		}
+		if ph != Enabled {
+			continue
+		}
+		total += r.Weight
+		c.ids = append(c.ids, rt.id)
+		c.cum = append(c.cum, total)
+		c.index = append(c.index, i)
+	}
+	switch b.policy.AllDisabled {
+	case Ingress:
+		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil
+	case Panic:
+		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil
+		if soonest >= 0 {
+			c.fallback = []int{p.ids[soonest]}
+			c.fallbackCum = []int{1}
+			c.fallbackIdx = []int{soonest}
+		}
+	}
+	return c
+}

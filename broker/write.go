@@ -1,0 +1,148 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+)
+
+// report applies ev to this replica's view at once, when the policy says
+// it changes anything, and writes the change to the store in the
+// background. A report that changes nothing costs no write.
+func (b *Broker) report(rt *route, ev event) {
+	ev.at, ev.by = time.Now(), b.id
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	ch, ok := b.policy.decide(rt.path, rt.live, rt.memo, ev)
+	if !ok {
+		b.mu.Unlock()
+		return
+	}
+	b.apply(rt, ch, rt.rev, b.shared() != nil, ev.at)
+	b.mu.Unlock()
+	b.write(rt, ev)
+}
+
+// write runs ev against the store's current state in the background:
+// read, decide, compare-and-set, again on a conflict. Network errors are
+// retried until the event no longer matters. A closed broker starts no
+// write.
+func (b *Broker) write(rt *route, ev event) {
+	if b.shared() == nil {
+		return
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		b.settle(rt, ev.kind)
+		return
+	}
+	b.writes.Add(1)
+	b.mu.Unlock()
+	go func() {
+		defer b.writes.Done()
+		defer b.settle(rt, ev.kind)
+		failing := false
+		deadline := ev.at.Add(b.policy.DisabledTime)
+		for wait := 50 * time.Millisecond; time.Now().Before(deadline); wait = min(2*wait, 2*time.Second) {
+			err := b.tryWrite(rt, ev)
+			if err == nil {
+				if failing {
+					b.log.Info("router health written to the bucket after retrying", slog.String("router", rt.path))
+				}
+				return
+			}
+			if errors.Is(err, ErrConflict) {
+				continue // the key changed under us: decide again at once
+			}
+			if !failing && ev.kind != claim {
+				b.log.Warn("could not write router health to the bucket; other replicas do not know yet; retrying",
+					slog.String("router", rt.path), slog.Any("error", err))
+				failing = true
+			}
+			select {
+			case <-b.writeContext.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+	}()
+}
+
+func (b *Broker) tryWrite(rt *route, ev event) error {
+	ctx, cancel := context.WithTimeout(b.writeContext, 5*time.Second)
+	defer cancel()
+	store := b.shared()
+	cur, live, err := store.Latest(ctx, rt.path)
+	if err != nil {
+		b.kvErrors.Add(1)
+		return err
+	}
+	var liveRec *Record
+	memo := cur.Record
+	if live {
+		b.mu.Lock()
+		cur.Record = b.sane(rt, cur)
+		b.mu.Unlock()
+		liveRec, memo = &cur.Record, Record{}
+	}
+	var ch change
+	var ok bool
+	if ev.kind == carryOver {
+		// A disable held before the store was there: write it unless the
+		// store has a live record, which then wins.
+		b.mu.Lock()
+		if !live && rt.live != nil {
+			ch, ok = change{rec: *rt.live}, true
+		}
+		b.mu.Unlock()
+	} else {
+		ch, ok = b.policy.decide(rt.path, liveRec, memo, ev)
+	}
+	if !ok {
+		// The store already says what this replica wanted, or something
+		// that wins over it: take the store's word.
+		ev := Event{Router: rt.path, Revision: cur.Revision}
+		if live {
+			ev.Entry = &cur
+		} else {
+			ev.Memo = &cur.Record
+		}
+		b.observe(ev, true)
+		return nil
+	}
+	var rev uint64
+	if ch.release {
+		rev, err = store.Release(ctx, ch.rec, cur.Revision)
+	} else {
+		rev, err = store.Update(ctx, ch.rec, cur.Revision)
+	}
+	b.countWrite(err)
+	if err != nil {
+		return err
+	}
+	written := Event{Router: rt.path, Revision: rev}
+	if ch.release {
+		written.Memo = &ch.rec
+	} else {
+		written.Entry = &Entry{Record: ch.rec, Revision: rev}
+	}
+	b.observe(written, true)
+	return nil
+}
+
+// settle ends this replica's claim, or its own pending change, when the
+// write is done or has given up.
+func (b *Broker) settle(rt *route, kind eventKind) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if kind == claim {
+		rt.claiming.Store(false)
+	} else {
+		rt.pending = false
+	}
+}

@@ -1,0 +1,103 @@
+package main
+
+// The bench run in miniature: each mode with tiny durations and
+// counts, to prove the program works end to end. These tests make no
+// timing assertions; the figures are for people, on a quiet machine.
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+	"go.uber.org/goleak"
+
+	"github.com/gecholog/broker/internal/natstest"
+)
+
+// TestMain fails the package when a goroutine the bench started, or a
+// server or connection it opened, outlives the run.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// noEnv is an environment with nothing set: the bench reads only what its
+// arguments say, whatever the machine running the tests has exported.
+func noEnv(string) string { return "" }
+
+func runBench(t *testing.T, args ...string) string {
+	t.Helper()
+	is := is.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out, errs bytes.Buffer
+	err := run(ctx, args, noEnv, &out, &errs)
+	is.NoErr(err) // the bench ran
+	t.Log(out.String())
+	return out.String()
+}
+
+func TestBenchModesPrintTheirReports(t *testing.T) {
+	for _, tc := range []struct {
+		mode string
+		args []string
+		want []string
+	}{
+		{"throughput", []string{"-duration", "300ms", "-warmup", "50ms", "-rounds", "2", "-callers", "4", "-conns", "2"},
+			[]string{"no-op responder (3)", "broker (3 replicas)", "requests/s", "p99.9", "round by round", "broker / no-op: throughput"}},
+		{"propagation", []string{"-trials", "20"},
+			[]string{"last replica drops it (from sending the report)", "p99", "trials 20, not propagated within 5s 0", "KV writes"}},
+		{"storm", []string{"-duration", "300ms", "-warmup", "50ms", "-callers", "4", "-reports", "1000", "-rounds", "2"},
+			[]string{"baseline", "during the storm", "each storm run against the baselines", "failure reports sent", "writes per disable event", "drop"}},
+		{"scale", []string{"-pools", "5", "-routers", "50", "-starts", "2"},
+			[]string{"5 pools, 50 routers", "start to ready", "choice in a pool of 10", "replica ready", "the replica's share"}},
+		{"soak", []string{"-duration", "500ms", "-rate", "200", "-timeout", "2s"},
+			[]string{"200 gecholog calls per second", "request context", "response context", "start", "end", "broker errors"}},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			out := runBench(t, append([]string{"-mode", tc.mode}, tc.args...)...)
+			is := is.New(t)
+			is.True(strings.HasPrefix(out, "broker bench -mode "+tc.mode+": nats-server ")) // the header names the server
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("report lacks %q", w)
+				}
+			}
+		})
+	}
+}
+
+func TestBenchRunsAgainstAServerGivenByURL(t *testing.T) {
+	srv := natstest.Start(t)
+	out := runBench(t, "-mode", "propagation", "-trials", "5", "-replicas", "2", "-server", srv.ClientURL())
+	is.New(t).True(strings.Contains(out, "(nats://127.0.0.1:")) // the given server, not an embedded one
+}
+
+func TestBenchRefusesBadSettingsWithOneLine(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-mode", "fast"}, `mode "fast"`},
+		{[]string{"-callers", "0"}, "-callers"},
+		{[]string{"-duration", "forever"}, "-duration"},
+		{[]string{"-fail", "1.5"}, "-fail"},
+		{[]string{"-log-level", "loud"}, "log-level"},
+		{[]string{"-pools", "10", "-routers", "5"}, "at least one router per pool"},
+		{[]string{"-server", "nats://example.com:4222"}, "loopback only"},
+		{[]string{"-server", "10.0.0.1:4222"}, "loopback only"},
+		{[]string{"extra"}, `unexpected argument "extra"`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			is := is.New(t)
+			var out bytes.Buffer
+			err := run(context.Background(), tc.args, noEnv, &out, &out)
+			is.True(err != nil)                             // refused
+			is.True(strings.Contains(err.Error(), tc.want)) // names the setting
+			is.True(!strings.Contains(err.Error(), "\n"))   // in one line
+			is.Equal(out.Len(), 0)                          // and nothing started
+		})
+	}
+}

@@ -1,0 +1,226 @@
+// Command broker-bench measures the broker on loopback: throughput against
+// no-op responders, how fast a failure report reaches every replica, the
+// cost of a storm of failure reports, the start of a replica with many
+// pools, and a soak at gecholog's call pattern. The replicas run in this
+// process, each a full replica.Run with its own NATS connection, as in the
+// demo and the end-to-end tests.
+//
+//	broker-bench [-mode throughput|propagation|storm|scale|soak] [flags]
+//
+// Run "broker-bench -h" for the settings.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gecholog/broker/internal/flagenv"
+	"github.com/gecholog/broker/internal/natsconn"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "broker-bench:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the bench's settings.
+type options struct {
+	mode     string
+	server   string // "" starts an embedded server
+	token    string
+	duration time.Duration // 0: the mode's default
+	warmup   time.Duration
+	callers  int
+	conns    int
+	replicas int
+	timeout  time.Duration
+	maxCalls int
+	rounds   int
+	trials   int
+	reports  int
+	pools    int
+	routers  int
+	starts   int
+	rate     int
+	fail     float64
+	disable  time.Duration
+	logLevel string
+	level    slog.Level // of logLevel
+	cpuProf  string
+	memProf  string
+}
+
+// modeDuration is the measuring time a mode runs for by default; ok is
+// false for a mode that does not exist.
+func modeDuration(mode string) (d time.Duration, ok bool) {
+	switch mode {
+	case "throughput":
+		return 10 * time.Second, true
+	case "storm":
+		return 5 * time.Second, true
+	case "soak":
+		return time.Minute, true
+	case "propagation", "scale":
+		return 0, true // counted in trials and starts, not time
+	}
+	return 0, false
+}
+
+func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (options, error) {
+	var o options
+	s := flagenv.New("broker-bench", getenv)
+	s.String(&o.mode, "mode", "", "throughput", "`mode`: throughput, propagation, storm, scale or soak")
+	s.String(&o.server, "server", "", "", "NATS server `URL` on loopback; default: an embedded nats-server with JetStream on a random 127.0.0.1 port")
+	s.String(&o.token, "token", "NATS_TOKEN", "", "NATS `token` for -server")
+	s.Duration(&o.duration, "duration", "", 0, 0, time.Hour, "measuring `time` of each condition (default 10s throughput, 5s storm, 60s soak)")
+	s.Duration(&o.warmup, "warmup", "", time.Second, 0, time.Minute, "warm-up `time` before measuring")
+	s.Int(&o.callers, "callers", "", 32, 1, 1024, "concurrent `callers` (throughput, storm)")
+	s.Int(&o.conns, "conns", "", 4, 1, 64, "NATS `connections` the callers share")
+	s.Int(&o.replicas, "replicas", "", 3, 1, 16, "broker `replicas`, and no-op responders")
+	s.Duration(&o.timeout, "timeout", "", 50*time.Millisecond, time.Millisecond, time.Minute, "a call without a reply within this `time` is an error (gecholog's processor timeout is 50ms)")
+	s.Int(&o.maxCalls, "max-calls", "", 10_000_000, 1, 100_000_000, "at most this many `calls` per measured run")
+	s.Int(&o.rounds, "rounds", "", 10, 1, 1000, "throughput and storm: `runs` each condition's measuring time is split into, taken in turns")
+	s.Int(&o.trials, "trials", "", 1000, 1, 100_000, "propagation: `trials`, each with a router of its own")
+	s.Int(&o.reports, "reports", "", 10_000, 1, 1_000_000, "storm: failure `reports` per second")
+	s.Int(&o.pools, "pools", "", 100, 1, 10_000, "scale: `pools`")
+	s.Int(&o.routers, "routers", "", 1000, 1, 100_000, "scale: `routers` in all, each with a record in the bucket")
+	s.Int(&o.starts, "starts", "", 5, 1, 100, "scale: replica `starts` timed")
+	s.Int(&o.rate, "rate", "", 2000, 1, 1_000_000, "soak: gecholog `calls` per second, each a request and a response context")
+	s.Float(&o.fail, "fail", "", 0.3, 0, 1, "soak: `fraction` of the failing router's calls that fail")
+	s.Duration(&o.disable, "soak-disable", "", time.Second, time.Second, time.Hour, "soak: the disabled `time`, short so that routers cycle through disable, probe and enable")
+	s.String(&o.logLevel, "log-level", "", "error", "replicas' log `level` on stderr: debug, info, warn or error")
+	s.String(&o.cpuProf, "cpuprofile", "", "", "write a CPU profile of the whole run (server, replicas and callers) to `file`")
+	s.String(&o.memProf, "memprofile", "", "", "write an allocation profile of the whole run to `file`")
+	if err := s.Parse(args, "Usage: broker-bench [flags]", stdout); err != nil {
+		return o, err
+	}
+	def, ok := modeDuration(o.mode)
+	if !ok {
+		return o, fmt.Errorf("mode %q: throughput, propagation, storm, scale or soak", o.mode)
+	}
+	if o.duration == 0 {
+		o.duration = def
+	}
+	if err := o.level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return o, fmt.Errorf("log-level %q: debug, info, warn or error", o.logLevel)
+	}
+	if o.server != "" {
+		if err := loopbackOnly(o.server); err != nil {
+			return o, err
+		}
+	}
+	if o.routers < o.pools {
+		return o, fmt.Errorf("routers %d: give at least one router per pool (%d pools)", o.routers, o.pools)
+	}
+	return o, nil
+}
+
+// loopbackOnly refuses servers elsewhere: a load program has no business
+// on anyone's network.
+func loopbackOnly(servers string) error {
+	for _, s := range strings.Split(servers, ",") {
+		s = strings.TrimSpace(s)
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s
+		}
+		u, err := url.Parse(s)
+		if err != nil {
+			return fmt.Errorf("server %q: %w", natsconn.Redact(s), err)
+		}
+		host := u.Hostname()
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("server %q: the bench runs on loopback only (127.0.0.1, ::1 or localhost)", natsconn.Redact(s))
+		}
+	}
+	return nil
+}
+
+// bench is one run of the program.
+type bench struct {
+	o       options
+	url     string
+	version string // the server's
+	where   string
+	subject string // the replicas'
+	noop    string // the no-op responders'
+	bucket  string
+	out     io.Writer
+	stderr  io.Writer
+}
+
+// run is the whole program: main only supplies the process's arguments,
+// environment and output, so tests run it in-process.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	o, err := parseOptions(args, getenv, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	// A random token keeps runs against a shared -server apart.
+	tok := strings.ToLower(nats.NewInbox()[len(nats.InboxPrefix):])
+	b := &bench{o: o, out: stdout, stderr: stderr,
+		subject: "bench." + tok + ".broker", noop: "bench." + tok + ".noop", bucket: "bench_" + tok}
+	stopServer, err := b.startServer()
+	if err != nil {
+		return err
+	}
+	defer stopServer()
+
+	fmt.Fprintf(stdout, "broker bench -mode %s: nats-server %s (%s), %s %s/%s, GOMAXPROCS %d\n\n",
+		o.mode, b.version, b.where, runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0))
+	if o.cpuProf != "" {
+		f, err := os.Create(o.cpuProf)
+		if err != nil {
+			return fmt.Errorf("cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if o.memProf != "" {
+		defer func() {
+			if err := writeHeapProfile(o.memProf); err != nil {
+				fmt.Fprintln(stderr, "broker-bench: memprofile:", err)
+			}
+		}()
+	}
+	switch o.mode {
+	case "throughput":
+		err = b.throughput(ctx)
+	case "propagation":
+		err = b.propagation(ctx)
+	case "storm":
+		err = b.storm(ctx)
+	case "scale":
+		err = b.scale(ctx)
+	case "soak":
+		err = b.soak(ctx)
+	}
+	if err == nil && ctx.Err() != nil {
+		err = errors.New("bench interrupted")
+	}
+	return err
+}

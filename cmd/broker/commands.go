@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/demo"
+	"github.com/gecholog/broker/ops"
+	"github.com/gecholog/broker/replica"
+)
+
+// serveCommand answers gecholog's processor calls until ctx ends.
+func serveCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("serve", getenv)
+	s.serving()
+	if err := s.parse(args, "Usage: broker [serve] [flags]", stdout); err != nil {
+		return err
+	}
+	if s.glConfig != "" {
+		if err := ops.CheckAtStartup(s.glConfig, s.pools, s.subject); err != nil {
+			return err
+		}
+	}
+	return replica.Run(ctx, s.replicaConfig(s.logger(stderr)))
+}
+
+// demoCommand runs the broker for real with nothing installed.
+func demoCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("demo", getenv)
+	var requests int
+	s.set.Int(&requests, "requests", "", 10, 1, 10000, "`requests` to make after the dud has failed")
+	s.disabledTimeSetting()
+	if err := s.parse(args, "Usage: broker demo [flags]", stdout); err != nil {
+		return err
+	}
+	return demo.Run(ctx, demo.Options{Requests: requests, DisabledTime: s.policy.DisabledTime}, stdout, stderr)
+}
+
+func statusCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("status", getenv)
+	s.connection()
+	var asJSON bool
+	s.set.Bool(&asJSON, "json", "", "print a JSON array for scripts instead of the table")
+	operands, err := s.parseOperands(args, "Usage: broker status [flags]", stdout)
+	if err != nil {
+		return err
+	}
+	if len(operands) > 0 {
+		return fmt.Errorf("unexpected argument %q: status shows every router", operands[0])
+	}
+	return ops.Status(ctx, s.target(), asJSON, stdout)
+}
+
+func disableCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("disable", getenv)
+	s.connection()
+	var d ops.Disable
+	s.set.Var((*forTime)(&d.For), "for", "", "how long, as a `duration` such as 30m or 2h; without it, until enabled by hand")
+	s.set.String(&d.Reason, "reason", "", ops.DefaultReason, "`text` saying why, shown by status")
+	s.set.String(&d.By, "by", "", ops.Operator(getenv), "`name` of who disables it, shown by status")
+	s.set.Bool(&d.Force, "force", "", "disable a router that no configured pool has (for replicas with other pools)")
+	operands, err := s.parseOperands(args, "Usage: broker disable ROUTER [flags]", stdout)
+	if err != nil {
+		return err
+	}
+	if d.Router, err = oneRouter("disable", operands); err != nil {
+		return err
+	}
+	return ops.DisableRouter(ctx, s.target(), d, getenv, stdout)
+}
+
+func enableCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("enable", getenv)
+	s.connection()
+	operands, err := s.parseOperands(args, "Usage: broker enable ROUTER [flags]", stdout)
+	if err != nil {
+		return err
+	}
+	router, err := oneRouter("enable", operands)
+	if err != nil {
+		return err
+	}
+	return ops.EnableRouter(ctx, s.target(), router, stdout)
+}
+
+// oneRouter is the single ROUTER operand of cmd.
+func oneRouter(cmd string, operands []string) (string, error) {
+	switch {
+	case len(operands) == 0:
+		return "", fmt.Errorf("%s: give the ROUTER, e.g. broker %s /azure/gpt4/", cmd, cmd)
+	case len(operands) > 1:
+		return "", fmt.Errorf("%s: one ROUTER at a time, got %q", cmd, operands)
+	case !broker.ValidPath(operands[0]):
+		return "", fmt.Errorf("router %q: a router path starts and ends with / and holds only letters, digits and /", operands[0])
+	}
+	return operands[0], nil
+}
+
+// checkCommand reads the settings the processor reads, so that "broker check" in
+// the broker's container checks what the broker serves.
+func checkCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("check", getenv)
+	s.poolsSetting()
+	s.subjectSetting()
+	s.glConfigSetting()
+	operands, err := s.parseOperands(args, "Usage: broker check [flags] [gl_config.json]\nChecks that gecholog's gl_config.json routes the pools through the broker; each problem is one line.", stdout)
+	if err != nil {
+		return err
+	}
+	path := s.glConfig
+	switch len(operands) {
+	case 0:
+		if path == "" {
+			path = ops.DefaultGLConfig
+		}
+	case 1:
+		path = operands[0]
+	default:
+		return fmt.Errorf("check: one gl_config.json at a time, not %q and %q", operands[0], operands[1])
+	}
+	return ops.Check(path, s.pools, s.subject, stdout)
+}
+
+func healthcheckCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("healthcheck", getenv)
+	s.metricsAddrSetting()
+	if err := s.parse(args, "Usage: broker healthcheck [flags]", stdout); err != nil {
+		return err
+	}
+	return ops.Healthcheck(ctx, s.metricsAddr, stdout)
+}

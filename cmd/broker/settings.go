@@ -1,0 +1,222 @@
+package main
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/flagenv"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/ops"
+	"github.com/gecholog/broker/replica"
+)
+
+// settings are the settings of every command. Each is defined once, in
+// one of the methods below that register a flag, its variable, default,
+// range and help; a command registers the ones it takes, and resolve
+// checks and derives them once for every command.
+type settings struct {
+	set    *flagenv.Set
+	getenv func(string) string
+
+	nats         natsconn.Settings
+	gechologHost string
+	bucket       string
+	poolsFile    string
+	pools        []broker.Pool // resolved from poolsFile
+	logLevel     string
+	logFormat    string
+
+	subject     string
+	glConfig    string
+	metricsAddr string
+
+	queue          string
+	kvReplicas     int
+	id             string
+	policy         broker.Policy
+	requireKV      bool
+	embedded       bool
+	embeddedListen string
+	embeddedStore  string
+}
+
+func newSettings(name string, getenv func(string) string) *settings {
+	return &settings{set: flagenv.New(name, getenv), getenv: getenv}
+}
+
+// connection registers what every command that talks to NATS takes: where
+// the server is, how to authenticate, the bucket, the pools and the log.
+func (s *settings) connection() {
+	f := s.set
+	f.String(&s.nats.Servers, "server", "NATS_URL", "", "NATS server `URLs`, comma separated; wins over GECHOLOG_HOST")
+	f.String(&s.gechologHost, "gecholog-host", "GECHOLOG_HOST", "", "gecholog `host`; the broker connects to nats://HOST:4222 (default localhost)")
+	f.String(&s.nats.Token, "token", "NATS_TOKEN", "", "NATS `token`, as gecholog's service bus uses")
+	f.String(&s.nats.User, "user", "NATS_USER", "", "NATS `user` name")
+	f.String(&s.nats.Password, "password", "NATS_PASSWORD", "", "NATS `password`")
+	f.String(&s.nats.Creds, "creds", "NATS_CREDS", "", "NATS credentials `file` (JWT and seed)")
+	f.String(&s.nats.NKey, "nkey", "NATS_NKEY", "", "NATS nkey seed `file`")
+	f.String(&s.nats.TLSCert, "tlscert", "NATS_CERT", "", "TLS client certificate `file`")
+	f.String(&s.nats.TLSKey, "tlskey", "NATS_KEY", "", "TLS client key `file`")
+	f.String(&s.nats.TLSCA, "tlsca", "NATS_CA", "", "TLS certificate authority `file` for verifying the server")
+	f.String(&s.bucket, "bucket", "BROKER_BUCKET", replica.DefaultBucket, "JetStream KV `bucket` holding disabled routers")
+	s.poolsSetting()
+	f.String(&s.logLevel, "log-level", "BROKER_LOG_LEVEL", "info", "`level`: debug, info, warn or error")
+	f.String(&s.logFormat, "log-format", "BROKER_LOG_FORMAT", "text", "`format`: text or json")
+}
+
+func (s *settings) poolsSetting() {
+	s.set.String(&s.poolsFile, "pools", "BROKER_POOLS", "", "pools `file` (JSON); default: /azure/ over /azure/gpt35turbo/, /azure/gpt4/ and /azure/dud/")
+}
+
+func (s *settings) subjectSetting() {
+	s.set.String(&s.subject, "subject", "BROKER_SUBJECT", replica.DefaultSubject, "`subject` gecholog sends the broker's processor calls to")
+}
+
+func (s *settings) glConfigSetting() {
+	s.set.String(&s.glConfig, "gl-config", "BROKER_GL_CONFIG", "", "gecholog's gl_config.json `file`: serve refuses to start when it does not route the pools through this broker; check reads it (default "+ops.DefaultGLConfig+")")
+}
+
+func (s *settings) disabledTimeSetting() {
+	s.policy.DisabledTime = broker.DefaultDisabledTime
+	s.set.Var((*minutes)(&s.policy.DisabledTime), "disabled-time", "DISABLED_TIME", "`minutes` a failed router stays out of its pool, fractions allowed")
+}
+
+func (s *settings) metricsAddrSetting() {
+	s.set.String(&s.metricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for /metrics, /healthz and /readyz (off when empty)")
+}
+
+// serving registers the processor's own settings.
+func (s *settings) serving() {
+	f := s.set
+	s.connection()
+	s.subjectSetting()
+	s.disabledTimeSetting()
+	s.glConfigSetting()
+	s.metricsAddrSetting()
+	f.String(&s.queue, "queue", "BROKER_QUEUE", replica.DefaultQueue, "`queue` group the replicas share calls in")
+	f.Int(&s.kvReplicas, "kv-replicas", "BROKER_KV_REPLICAS", 1, 1, 5, "`replicas` of the bucket when the broker creates it (3 on a NATS cluster)")
+	f.String(&s.id, "id", "BROKER_ID", replica.DefaultID(), "`name` of this replica in the records it writes")
+	f.Int(&s.policy.Threshold, "failure-threshold", "BROKER_FAILURE_THRESHOLD", 1, 1, 1000, "consecutive `failures`, counted over every replica, that disable a router")
+	f.Float(&s.policy.Multiplier, "backoff-multiplier", "BROKER_BACKOFF_MULTIPLIER", 2, 1, 100, "`factor` the disabled time grows by each time a router is disabled again before it recovered (1: no backoff)")
+	f.Float(&s.policy.MaxMultiplier, "backoff-cap", "BROKER_BACKOFF_CAP", 8, 1, 1000, "largest `multiple` of the disabled time a disable (or a Retry-After) lasts")
+	f.Duration(&s.policy.ProbeTimeout, "probe-timeout", "BROKER_PROBE_TIMEOUT", 2*time.Minute, time.Second, 24*time.Hour, "`time` a probe call may go unreported before another probe may be sent")
+	s.policy.AllDisabled = broker.Panic
+	f.Var((*allDisabled)(&s.policy.AllDisabled), "all-disabled", "BROKER_ALL_DISABLED", "what a pool with no enabled router does: `mode` panic (the router back soonest), ingress (the ingress's own outbound) or any")
+	f.Bool(&s.requireKV, "require-kv", "BROKER_REQUIRE_KV", "refuse to start when the server has no JetStream, instead of serving in local mode")
+	f.Bool(&s.embedded, "embedded-nats", "BROKER_EMBEDDED_NATS", "start an in-process nats-server with JetStream and serve on it")
+	f.String(&s.embeddedListen, "embedded-listen", "BROKER_EMBEDDED_LISTEN", "127.0.0.1:4222", "listen `address` of the embedded nats-server")
+	f.String(&s.embeddedStore, "embedded-store", "BROKER_EMBEDDED_STORE", filepath.Join(cmp.Or(s.getenv("TMPDIR"), "/tmp"), "broker-jetstream"), "JetStream store `directory` of the embedded nats-server")
+}
+
+var (
+	// A NATS subject: dot-separated tokens without white space; wildcards
+	// are allowed for a subscription.
+	subjectRE = regexp.MustCompile(`^[^.\s]+(\.[^.\s]+)*$`)
+	// JetStream bucket names.
+	bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
+)
+
+// resolve checks the settings the command registered and derives the rest:
+// the server from GECHOLOG_HOST, the pools from their file.
+func (s *settings) resolve() error {
+	has := s.set.Has
+	if has("server") && s.nats.Servers == "" {
+		host := s.gechologHost
+		if host == "" {
+			host = "localhost"
+		}
+		s.nats.Servers = "nats://" + host + ":4222"
+	}
+	switch {
+	case has("subject") && !subjectRE.MatchString(s.subject):
+		return fmt.Errorf("subject %q: not a NATS subject (dot-separated tokens, no spaces)", s.subject)
+	case has("queue") && (strings.ContainsAny(s.queue, " \t\r\n.*>") || s.queue == ""):
+		return fmt.Errorf("queue %q: a queue group is one token without spaces, dots or wildcards", s.queue)
+	case has("id") && s.id == "":
+		return errors.New("id: give this replica a name")
+	case has("bucket") && !bucketRE.MatchString(s.bucket):
+		return fmt.Errorf("bucket %q: a bucket name holds only letters, digits, - and _", s.bucket)
+	}
+	if err := s.nats.Check(); err != nil {
+		return err
+	}
+	if has("log-level") {
+		if _, err := logLevel(s.logLevel); err != nil {
+			return err
+		}
+	}
+	if has("log-format") && s.logFormat != "text" && s.logFormat != "json" {
+		return fmt.Errorf("log-format %q: text or json", s.logFormat)
+	}
+	if has("pools") {
+		s.pools = broker.DefaultPools()
+		if s.poolsFile != "" {
+			p, err := readPools(s.poolsFile)
+			if err != nil {
+				return fmt.Errorf("pools %s: %w", s.poolsFile, err)
+			}
+			s.pools = p
+		}
+	}
+	return nil
+}
+
+// parse reads args (flags only) and resolves them.
+func (s *settings) parse(args []string, usage string, stdout io.Writer) error {
+	if err := s.set.Parse(args, usage, stdout); err != nil {
+		return err
+	}
+	return s.resolve()
+}
+
+// parseOperands reads args, flags and operands mixed, and resolves them.
+func (s *settings) parseOperands(args []string, usage string, stdout io.Writer) ([]string, error) {
+	operands, err := s.set.ParseOperands(args, usage, stdout)
+	if err != nil {
+		return nil, err
+	}
+	return operands, s.resolve()
+}
+
+func logLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("log-level %q: debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+func (s *settings) logger(w io.Writer) *slog.Logger {
+	level, _ := logLevel(s.logLevel) // checked in resolve
+	opts := &slog.HandlerOptions{Level: level}
+	if s.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// replicaConfig is the replica the serve settings describe.
+func (s *settings) replicaConfig(log *slog.Logger) replica.Config {
+	c := replica.Config{
+		NATS: s.nats, Subject: s.subject, Queue: s.queue, Bucket: s.bucket, KVReplicas: s.kvReplicas,
+		Pools: s.pools, Policy: s.policy, ID: s.id, MetricsAddr: s.metricsAddr, RequireKV: s.requireKV,
+		Logger: log,
+	}
+	if s.embedded {
+		c.Embedded = &replica.Embedded{Listen: s.embeddedListen, StoreDir: s.embeddedStore}
+	}
+	return c
+}
+
+// target is what the operator's bucket commands act on.
+func (s *settings) target() ops.Target {
+	return ops.Target{NATS: s.nats, Bucket: s.bucket, Pools: s.pools, PoolsFile: s.poolsFile}
+}

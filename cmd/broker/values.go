@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/ops"
+)
+
+// The settings whose values need more than a number, a string or a Go
+// duration: the pools file, DISABLED_TIME in minutes, the all-disabled
+// mode and --for.
+
+// maxPoolsFile bounds what the broker reads: a pools file is a few
+// kilobytes even with a thousand routers.
+const maxPoolsFile = 1 << 20
+
+// readPools reads a pools file:
+//
+//	{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/gpt4/", "weight": 2}, ...]}]}
+//
+// A weight of 0 or an absent weight means 1. Unknown fields are refused,
+// and the pools are validated.
+func readPools(path string) ([]broker.Pool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxPoolsFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxPoolsFile {
+		return nil, fmt.Errorf("larger than %d bytes; is it the right file?", maxPoolsFile)
+	}
+	var file struct {
+		Pools []struct {
+			Ingress string `json:"ingress"`
+			Routers []struct {
+				Path   string `json:"path"`
+				Weight int    `json:"weight"`
+			} `json:"routers"`
+		} `json:"pools"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&file); err != nil {
+		return nil, fmt.Errorf("decode pools: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("decode pools: trailing data after the JSON object")
+	}
+	pools := []broker.Pool{}
+	for _, p := range file.Pools {
+		pool := broker.Pool{Ingress: p.Ingress}
+		for _, r := range p.Routers {
+			pool.Routers = append(pool.Routers, broker.Router{Path: r.Path, Weight: cmp.Or(r.Weight, 1)})
+		}
+		pools = append(pools, pool)
+	}
+	if err := broker.ValidatePools(pools); err != nil {
+		return nil, err
+	}
+	return pools, nil
+}
+
+// maxMinutes is a year: longer is surely a typo, and far longer would
+// overflow time.Duration.
+const maxMinutes = 365 * 24 * 60
+
+// minutes is DISABLED_TIME: minutes, fractions allowed, as the original
+// broker read it.
+type minutes time.Duration
+
+func (v *minutes) Set(s string) error {
+	m, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || math.IsNaN(m) || m <= 0 || m > maxMinutes {
+		return fmt.Errorf("not a number of minutes above 0 and at most %d (fractions allowed, e.g. 0.5)", maxMinutes)
+	}
+	d := time.Duration(m * float64(time.Minute))
+	if d < time.Second {
+		return errors.New("less than a second: JetStream keeps TTLs in whole seconds")
+	}
+	*v = minutes(d)
+	return nil
+}
+
+func (v *minutes) String() string {
+	if v == nil {
+		return "0"
+	}
+	return strconv.FormatFloat(time.Duration(*v).Minutes(), 'f', -1, 64)
+}
+
+// allDisabled is the all-disabled mode, checked by the broker's own rule.
+type allDisabled broker.AllDisabled
+
+func (v *allDisabled) Set(s string) error {
+	m, err := broker.ParseAllDisabled(s)
+	if err != nil {
+		return errors.New("panic, ingress or any")
+	}
+	*v = allDisabled(m)
+	return nil
+}
+
+func (v *allDisabled) String() string {
+	if v == nil {
+		return ""
+	}
+	return string(*v)
+}
+
+// forTime is --for: a Go duration from a second to a year.
+type forTime time.Duration
+
+func (v *forTime) Set(s string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		return errors.New("not a duration such as 90s, 30m, 2h or 1h30m")
+	case d < time.Second:
+		return errors.New("must be at least 1s; leave --for out to disable until enabled by hand")
+	case d > ops.MaxFor:
+		return errors.New("more than a year; leave --for out to disable until enabled by hand")
+	}
+	*v = forTime(d)
+	return nil
+}
+
+func (v *forTime) String() string {
+	if v == nil || *v == 0 {
+		return ""
+	}
+	return time.Duration(*v).String()
+}

@@ -1,0 +1,147 @@
+// Package demo shows the broker at work with nothing installed: an
+// embedded nats-server with JetStream, two replicas, local upstreams for
+// gpt4 and gpt35turbo, a dead dud, and a stand-in for gecholog making its
+// two processor calls per client call.
+package demo
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/gechologtest"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/replica"
+)
+
+// Options are the demo's settings.
+type Options struct {
+	// Requests is how many requests to make after the dud has failed.
+	Requests int
+	// DisabledTime is how long a failed router stays out.
+	DisabledTime time.Duration
+}
+
+// Run runs the demo, printing what happens to stdout and the replicas'
+// warnings to stderr.
+func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
+	store, err := os.MkdirTemp("", "broker-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(store)
+	srv, err := replica.StartEmbedded(replica.Embedded{Listen: "127.0.0.1:0", StoreDir: store}, "", slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+
+	upstreams, err := gechologtest.StartUpstreams()
+	if err != nil {
+		return err
+	}
+	defer upstreams.Close()
+
+	// Two replicas, as `docker compose up --scale broker=2` would run.
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	base := replica.Config{
+		NATS:   natsconn.Settings{Servers: srv.ClientURL()},
+		Policy: broker.Policy{DisabledTime: o.DisabledTime},
+	}
+	fleet, err := replica.StartFleet(ctx, base, 2, func(id string) *slog.Logger { return log.With(slog.String("replica", id)) })
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("demo: %w", err)
+	}
+	defer fleet.Stop()
+
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	gw := gechologtest.Gateway{NC: nc, Subject: replica.DefaultSubject, Upstreams: upstreams.URLs, Client: &http.Client{Timeout: 5 * time.Second}}
+
+	fmt.Fprintf(stdout, "gecholog stand-in → 2 broker replicas on embedded NATS %s, bucket %s, DISABLED_TIME %v minutes\n\n",
+		srv.ClientURL(), replica.DefaultBucket, o.DisabledTime.Minutes())
+	dudFailed := false
+	for i, left := 1, o.Requests; left > 0 && i <= 1000; i++ {
+		if ctx.Err() != nil {
+			return nil
+		}
+		router, status, err := gw.Call("/azure/")
+		if err != nil {
+			return err
+		}
+		line := fmt.Sprintf("request%d to /azure/ randomly selects %s %d", i, router, status)
+		if broker.Failure(status) {
+			line += fmt.Sprintf(" failed. Disabled for %v minutes", o.DisabledTime.Minutes())
+		}
+		fmt.Fprintln(stdout, line)
+		if router == "/azure/dud/" && broker.Failure(status) && !dudFailed {
+			dudFailed = true
+			start := time.Now()
+			for _, r := range fleet.Replicas {
+				for slices.Contains(r.Broker().Routers("/azure/"), "/azure/dud/") {
+					if time.Since(start) > 5*time.Second {
+						return errors.New("demo: a replica still chooses /azure/dud/ 5s after its failure")
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}
+			fmt.Fprintf(stdout, "# both replicas dropped /azure/dud/ within %v of the failure report\n",
+				time.Since(start).Round(10*time.Microsecond))
+		}
+		if dudFailed {
+			left--
+		}
+	}
+	if !dudFailed {
+		return errors.New("demo: /azure/dud/ was never chosen in 1000 requests")
+	}
+	return listBucket(ctx, nc, stdout)
+}
+
+// listBucket prints what `nats kv ls` and `nats kv get` show.
+func listBucket(ctx context.Context, nc *nats.Conn, stdout io.Writer) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	bucket, err := js.KeyValue(ctx, replica.DefaultBucket)
+	if err != nil {
+		return err
+	}
+	keys, err := bucket.Keys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return err
+	}
+	fmt.Fprintf(stdout, "\n$ nats kv ls %s\n", replica.DefaultBucket)
+	for _, k := range keys {
+		fmt.Fprintln(stdout, k)
+	}
+	for _, k := range keys {
+		e, err := bucket.Get(ctx, k)
+		if err != nil {
+			return err
+		}
+		var pretty bytes.Buffer
+		_ = json.Indent(&pretty, e.Value(), "", "  ")
+		fmt.Fprintf(stdout, "\n$ nats kv get %s %s --raw\n%s\n", replica.DefaultBucket, k, pretty.String())
+	}
+	return nil
+}

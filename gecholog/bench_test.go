@@ -1,0 +1,178 @@
+package gecholog_test
+
+// Benchmarks of the hot path: one processor message in, one reply out, as
+// a replica's subscription handler runs it: gecholog's message parsed, the
+// broker's decision, the pre-encoded reply. Run them with
+//
+//	go test -run '^$' -bench . -benchmem ./gecholog
+//
+// The targets (issue 6): at most 1 µs and 2 allocations for a request
+// context and for a response context that reports a success, and a choice
+// whose cost does not grow with the number of disabled routers.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/gecholog"
+)
+
+// benchLogger logs as a production replica does: text at info, so every
+// debug call on the hot path meets a real handler that says no.
+func benchLogger(level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: level}))
+}
+
+// benchPools is one pool, /p/, of n routers /p/r0/ ... /p/r{n-1}/.
+func benchPools(n int) []broker.Pool {
+	p := broker.Pool{Ingress: "/p/"}
+	for i := range n {
+		p.Routers = append(p.Routers, broker.Router{Path: fmt.Sprintf("/p/r%d/", i), Weight: 1})
+	}
+	return []broker.Pool{p}
+}
+
+// benchHandler is the message handler of a replica in local mode (no
+// store, so nothing leaves the process) serving pools, with the first
+// disabled routers of the first pool disabled by failure reports.
+func benchHandler(tb testing.TB, pools []broker.Pool, disabled int, level slog.Level) *gecholog.Handler {
+	tb.Helper()
+	log := benchLogger(level)
+	b, err := broker.New(broker.Config{
+		Pools:  pools,
+		Policy: broker.Policy{DisabledTime: time.Hour},
+		ID:     "bench",
+		Logger: log,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { b.Close(context.Background()) })
+	h := gecholog.NewHandler(b, log)
+	for _, r := range pools[0].Routers[:disabled] {
+		h.Handle(fmt.Appendf(nil, `{"gl_path":%q,"egress_status_code":502}`, r.Path))
+	}
+	if got := len(b.Routers(pools[0].Ingress)); got != len(pools[0].Routers)-disabled {
+		tb.Fatalf("%d routers enabled, want %d", got, len(pools[0].Routers)-disabled)
+	}
+	return h
+}
+
+// BenchmarkRequest is a request context for an ingress: parse, choose,
+// and the pre-encoded reply. Its cost must not depend on how many of the
+// pool's routers are disabled.
+func BenchmarkRequest(b *testing.B) {
+	for _, tc := range []struct{ routers, disabled int }{
+		{3, 0}, {3, 2}, {1000, 0}, {1000, 500}, {1000, 999},
+	} {
+		b.Run(fmt.Sprintf("routers=%d/disabled=%d", tc.routers, tc.disabled), func(b *testing.B) {
+			pools := broker.DefaultPools()
+			if tc.routers != 3 {
+				pools = benchPools(tc.routers)
+			}
+			h := benchHandler(b, pools, tc.disabled, slog.LevelInfo)
+			msg := []byte(`{"gl_path":"` + pools[0].Ingress + `"}`)
+			for b.Loop() {
+				if len(h.Handle(msg)) == 0 {
+					b.Fatal("no router chosen")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkRequestManyPools chooses in one of 100 pools of 10 routers.
+func BenchmarkRequestManyPools(b *testing.B) {
+	var pools []broker.Pool
+	for i := range 100 {
+		p := broker.Pool{Ingress: fmt.Sprintf("/pool%d/", i)}
+		for j := range 10 {
+			p.Routers = append(p.Routers, broker.Router{Path: fmt.Sprintf("/pool%d/r%d/", i, j), Weight: 1})
+		}
+		pools = append(pools, p)
+	}
+	h := benchHandler(b, pools, 5, slog.LevelInfo)
+	msg := []byte(`{"gl_path":"/pool0/"}`)
+	for b.Loop() {
+		if len(h.Handle(msg)) == 0 {
+			b.Fatal("no router chosen")
+		}
+	}
+}
+
+// BenchmarkRequestDebugLog is the same call with debug logging on, which
+// formats a line per message: what a disabled level saves.
+func BenchmarkRequestDebugLog(b *testing.B) {
+	h := benchHandler(b, broker.DefaultPools(), 0, slog.LevelDebug)
+	msg := []byte(`{"gl_path":"/azure/"}`)
+	for b.Loop() {
+		h.Handle(msg)
+	}
+}
+
+// BenchmarkRequestNotIngress is a request context for a router called
+// directly, answered empty.
+func BenchmarkRequestNotIngress(b *testing.B) {
+	h := benchHandler(b, broker.DefaultPools(), 0, slog.LevelInfo)
+	msg := []byte(`{"gl_path":"/azure/gpt4/"}`)
+	for b.Loop() {
+		h.Handle(msg)
+	}
+}
+
+// BenchmarkResponse is a response context: a success of a healthy router
+// (the common case), the same with gecholog's inbound_headers included,
+// and a failure of a router already disabled (a failure storm: calls in
+// flight when it was disabled), which changes nothing and writes nothing.
+func BenchmarkResponse(b *testing.B) {
+	for _, tc := range []struct{ name, msg string }{
+		{"success", `{"gl_path":"/azure/gpt4/","egress_status_code":200}`},
+		{"success+headers", `{"egress_status_code":200,"gl_path":"/azure/gpt4/","inbound_headers":{"Content-Type":["application/json"],"Date":["Wed, 25 Nov 2026 12:00:00 GMT"],"X-Request-Id":["5c1b3f0e-8d7a-4f7e-9a57-1f0d2c3b4a59"]}}`},
+		{"failure-of-disabled", `{"gl_path":"/azure/dud/","egress_status_code":502}`},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			h := benchHandler(b, broker.DefaultPools(), 0, slog.LevelInfo)
+			msg := []byte(tc.msg)
+			h.Handle(msg) // the first failure disables; the rest are the storm
+			for b.Loop() {
+				if len(h.Handle(msg)) != 0 {
+					b.Fatal("a response context got a reply")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkMalformed is a message that is not JSON: counted, logged at
+// most once per 10 s.
+func BenchmarkMalformed(b *testing.B) {
+	h := benchHandler(b, broker.DefaultPools(), 0, slog.LevelInfo)
+	msg := []byte(`{"gl_path":"/azure/"`)
+	for b.Loop() {
+		h.Handle(msg)
+	}
+}
+
+// TestHotPathAllocatesNothing holds the request context and a success
+// report to no allocation with a production logger at info, which also
+// proves the per-call debug lines cost nothing when debug is off.
+func TestHotPathAllocatesNothing(t *testing.T) {
+	h := benchHandler(t, broker.DefaultPools(), 1, slog.LevelInfo)
+	for _, msg := range []string{
+		`{"gl_path":"/azure/"}`,
+		`{"gl_path":"/azure/gpt4/"}`,
+		`{"gl_path":"/azure/gpt4/","egress_status_code":200}`,
+		`{"gl_path":"/azure/gpt4/","egress_status_code":200,"inbound_headers":{"Content-Type":["application/json"]}}`,
+		`{"gl_path":"/azure/gpt35turbo/","egress_status_code":502}`,
+	} {
+		data := []byte(msg)
+		if n := testing.AllocsPerRun(1000, func() { h.Handle(data) }); n != 0 {
+			t.Errorf("%s: %v allocations per message, want none", msg, n)
+		}
+	}
+}

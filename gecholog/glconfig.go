@@ -1,0 +1,460 @@
+package gecholog
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/gecholog/broker/broker"
+)
+
+// Problem is one thing in a gl_config.json that keeps gecholog from routing
+// the pools through the broker, or that makes it do so badly.
+type Problem struct {
+	// Field is where the problem is: a JSON path such as
+	// request.processors[0][1].modifier, or routers for a router that is
+	// missing from the list.
+	Field string
+	// Fix says what to change and why.
+	Fix string
+}
+
+// String is the problem as one line: the field, a colon and the fix.
+func (p Problem) String() string { return p.Field + ": " + p.Fix }
+
+// maxRequestTimeout bounds the request processor's timeout. gecholog waits
+// that long on every client call when the broker does not answer, so a
+// large value turns a broker outage into a latency outage.
+const maxRequestTimeout = 1000
+
+// maxGLConfig bounds what CheckGLConfigFile reads: a gl_config.json is
+// tens of kilobytes even with hundreds of routers.
+const maxGLConfig = 16 << 20
+
+// CheckGLConfigFile checks the gl_config.json at path as CheckGLConfig
+// does, requiring inbound_headers for Retry-After. The error is for a file
+// that cannot be checked: unreadable, too large, not JSON.
+func CheckGLConfigFile(path string, pools []broker.Pool, subject string) ([]Problem, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the caller names the file
+		}
+		return nil, fmt.Errorf("cannot read it: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxGLConfig+1))
+	if err != nil {
+		return nil, fmt.Errorf("cannot read it: %w", err)
+	}
+	if len(data) > maxGLConfig {
+		return nil, fmt.Errorf("larger than %d bytes; is it gecholog's gl_config.json?", maxGLConfig)
+	}
+	// The failure policy honours the upstream's Retry-After, which gecholog
+	// passes to a response processor only in inbound_headers.
+	return CheckGLConfig(bytes.NewReader(data), pools, subject, true)
+}
+
+// CheckGLConfig reads a gecholog gl_config.json from r and reports every way
+// it fails to route pools through a broker on subject: a pool ingress or
+// router that is no gecholog router, an invalid router path, and a missing or
+// miswired request or response processor entry on subject. retryAfter says
+// the broker honours the upstream's Retry-After header, so the response
+// processor must also be given inbound_headers.
+//
+// ${NAME} placeholders are read as they are: gecholog replaces them from its
+// own environment, which the check cannot see.
+//
+// The error is for a file that cannot be checked at all: unreadable, not
+// JSON, or not a JSON object. Anything else is a Problem: first the shape of
+// the file and its router paths, then the pools, then the broker's request
+// and response processor entries.
+func CheckGLConfig(r io.Reader, pools []broker.Pool, subject string, retryAfter bool) ([]Problem, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, errors.New("the file is empty: it should be gecholog's gl_config.json")
+	}
+	var doc any
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, syntaxError(data, err)
+	}
+	top, ok := doc.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("not a gl_config.json: the file holds %s, not an object", kind(doc))
+	}
+
+	var c checker
+	routers, haveRouters := c.routers(top)
+	request, requestRead := c.processors(top, "request")
+	response, responseRead := c.processors(top, "response")
+
+	if haveRouters {
+		c.pools(pools, routers)
+	}
+	all := slices.Concat(request, response)
+	c.requestProcessor(c.onSubject("request", request, requestRead, subject, all,
+		"add the broker as a request processor (modifier true, async false, gl_path in input_fields_include and output_fields_write, timeout 50); without it gecholog never asks the broker to choose a router"))
+	inputs := "gl_path and egress_status_code"
+	if retryAfter {
+		inputs = "gl_path, egress_status_code and inbound_headers"
+	}
+	c.responseProcessor(c.onSubject("response", response, responseRead, subject, all,
+		"add the broker as a response processor (async true, "+inputs+" in input_fields_include, timeout 50); without it no failure reaches the broker and failed routers are never taken out"), retryAfter)
+	return c.problems, nil
+}
+
+// syntaxError says where the JSON breaks, as an editor counts lines.
+func syntaxError(data []byte, err error) error {
+	var se *json.SyntaxError
+	if !errors.As(err, &se) || se.Offset < 1 {
+		return fmt.Errorf("not valid JSON: %w", err)
+	}
+	if strings.Contains(se.Error(), "unexpected end") {
+		// The offset is the end of the file, not where the fault is.
+		return errors.New("not valid JSON: the file ends before the JSON is complete; is a ] or } missing?")
+	}
+	i := int(se.Offset) - 1 // the byte the decoder stopped at
+	line := 1 + bytes.Count(data[:i], []byte("\n"))
+	col := i - bytes.LastIndexByte(data[:i], '\n')
+	hint := ""
+	if data[i] == '$' {
+		// gecholog substitutes ${NAME} in the raw text before it parses the
+		// file, so an unquoted placeholder is legal for gecholog; this check
+		// reads the file as it is and cannot know the value.
+		hint = " (an unquoted ${NAME} placeholder: gecholog fills it in before parsing, but this check reads the file as it is; write the value to check the file)"
+	}
+	return fmt.Errorf("not valid JSON at line %d, column %d: %v%s", line, col, err, hint)
+}
+
+// kind names what a JSON value is, to say what was found instead of what
+// was expected.
+func kind(v any) string {
+	switch v := v.(type) {
+	case map[string]any:
+		return "an object"
+	case []any:
+		return "a list"
+	case string:
+		return "a string"
+	case float64:
+		return "a number"
+	case bool:
+		return fmt.Sprint(v)
+	case nil:
+		return "null"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// checker collects problems in the order it finds them.
+type checker struct {
+	problems []Problem
+}
+
+func (c *checker) add(field, format string, args ...any) {
+	c.problems = append(c.problems, Problem{Field: field, Fix: fmt.Sprintf(format, args...)})
+}
+
+// routers returns the router paths as written, and whether the file has a
+// list of routers at all; without one, every pool router would be reported
+// missing, which says nothing the one problem does not.
+func (c *checker) routers(top map[string]any) ([]string, bool) {
+	v, ok := top["routers"]
+	if !ok {
+		c.add("routers", "missing: add the list of gecholog routers, each {\"path\", \"ingress\", \"outbound\"}, with every pool ingress and router among them")
+		return nil, false
+	}
+	list, ok := v.([]any)
+	if !ok {
+		c.add("routers", "%s, not a list: write [{\"path\": \"/azure/\", \"ingress\": {...}, \"outbound\": {...}}, ...]", kind(v))
+		return nil, false
+	}
+	var paths []string
+	for i, e := range list {
+		at := fmt.Sprintf("routers[%d]", i)
+		r, ok := e.(map[string]any)
+		if !ok {
+			c.add(at, "%s, not a router object: write {\"path\": \"/azure/\", \"ingress\": {...}, \"outbound\": {...}}", kind(e))
+			continue
+		}
+		for _, f := range []string{"ingress", "outbound"} {
+			if v, ok := r[f]; ok {
+				if _, obj := v.(map[string]any); !obj {
+					c.add(at+"."+f, "%s, not an object: gecholog reads the router's %s settings from it", kind(v), f)
+				}
+			}
+		}
+		p, ok := r["path"].(string)
+		switch {
+		case !ok:
+			c.add(at+".path", "missing or not a string: give the router a path such as \"/azure/gpt4/\"")
+			continue
+		case strings.Contains(p, "${"):
+			// gecholog fills the placeholder in; only the result can be checked.
+		case !broker.ValidPath(p):
+			c.add(at+".path", "%q is not a router path: start and end it with / and use only letters, digits and / (e.g. \"/azure/gpt4/\")", p)
+		}
+		paths = append(paths, p)
+	}
+	return paths, true
+}
+
+// pools reports pool paths that gecholog has no router for.
+func (c *checker) pools(pools []broker.Pool, routers []string) {
+	for _, p := range pools {
+		if !slices.Contains(routers, p.Ingress) {
+			c.add("routers", "no router %q, the ingress of a pool: add it; clients call the ingress, so without it the pool gets no calls", p.Ingress)
+		}
+		for _, r := range p.Routers {
+			if !slices.Contains(routers, r.Path) {
+				c.add("routers", "no router %q, which pool %q chooses: add it; when the broker names a router gecholog lacks, gecholog silently keeps the call on the ingress %q, so the pool does not spread or fail over", r.Path, p.Ingress, p.Ingress)
+			}
+		}
+	}
+}
+
+// processor is one entry of request.processors or response.processors, with
+// the JSON path it was found at. Absent fields hold their zero values, as
+// they would for gecholog.
+type processor struct {
+	at       string
+	name     string
+	modifier bool
+	async    bool
+	include  []string
+	exclude  []string
+	output   []string
+	topic    string
+	timeout  float64
+	// hasTimeout is false when timeout is absent.
+	hasTimeout bool
+	// bad holds the fields whose type is wrong: they are reported once as
+	// such, not again for the value the check then cannot read.
+	bad map[string]bool
+}
+
+func (p processor) has(field string) bool { return !p.bad[field] }
+
+// processors reads section.processors: a list of layers run in order, each
+// a list of processors called in parallel.
+//
+// ok is false when part of the list could not be read: the broker's entry
+// may be in that part, so its absence is not reported on top.
+func (c *checker) processors(top map[string]any, section string) (ps []processor, ok bool) {
+	v, ok := top[section]
+	if !ok {
+		return nil, true // no processors; the missing broker entry is reported later
+	}
+	sec, ok := v.(map[string]any)
+	if !ok {
+		c.add(section, "%s, not an object: write {\"processors\": [[...], ...]}", kind(v))
+		return nil, false
+	}
+	at := section + ".processors"
+	v, ok = sec["processors"]
+	if !ok || v == nil {
+		return nil, true
+	}
+	layers, ok := v.([]any)
+	if !ok {
+		c.add(at, "%s, not a list of layers: write [[{processor}, ...], ...]; each layer is a list of processors called in parallel, and layers run in order", kind(v))
+		return nil, false
+	}
+	readable := true
+	for i, l := range layers {
+		layerAt := fmt.Sprintf("%s[%d]", at, i)
+		layer, ok := l.([]any)
+		if !ok {
+			c.add(layerAt, "%s, not a layer: a layer is a list of processors called in parallel; wrap it in [ ]", kind(l))
+			readable = false
+			continue
+		}
+		for j, e := range layer {
+			entryAt := fmt.Sprintf("%s[%d]", layerAt, j)
+			m, ok := e.(map[string]any)
+			if !ok {
+				c.add(entryAt, "%s, not a processor object with name, modifier, required, async, input_fields_include, input_fields_exclude, output_fields_write, service_bus_topic and timeout", kind(e))
+				readable = false
+				continue
+			}
+			p := c.processor(entryAt, m)
+			if !p.has("service_bus_topic") {
+				readable = false
+			}
+			ps = append(ps, p)
+		}
+	}
+	return ps, readable
+}
+
+func (c *checker) processor(at string, m map[string]any) processor {
+	p := processor{at: at, bad: map[string]bool{}}
+	wrong := func(f, format string, args ...any) {
+		c.add(at+"."+f, format, args...)
+		p.bad[f] = true
+	}
+	str := func(f string, dst *string) {
+		if v, ok := m[f]; ok {
+			if s, ok := v.(string); ok {
+				*dst = s
+			} else {
+				wrong(f, "%s, not a string", kind(v))
+			}
+		}
+	}
+	boolean := func(f string, dst *bool) {
+		if v, ok := m[f]; ok {
+			if b, ok := v.(bool); ok {
+				*dst = b
+			} else {
+				wrong(f, "%s, not true or false", kind(v))
+			}
+		}
+	}
+	strs := func(f string, dst *[]string) {
+		v, ok := m[f]
+		if !ok || v == nil {
+			return
+		}
+		list, ok := v.([]any)
+		if !ok {
+			wrong(f, "%s, not a list of field names such as [\"gl_path\"]", kind(v))
+			return
+		}
+		for k, e := range list {
+			s, ok := e.(string)
+			if !ok {
+				c.add(fmt.Sprintf("%s.%s[%d]", at, f, k), "%s, not a field name", kind(e))
+				p.bad[f] = true
+				continue
+			}
+			*dst = append(*dst, s)
+		}
+	}
+	str("name", &p.name)
+	str("service_bus_topic", &p.topic)
+	boolean("modifier", &p.modifier)
+	var required bool // gecholog's choice to make; the broker works either way
+	boolean("required", &required)
+	boolean("async", &p.async)
+	strs("input_fields_include", &p.include)
+	strs("input_fields_exclude", &p.exclude)
+	strs("output_fields_write", &p.output)
+	if v, ok := m["timeout"]; ok {
+		switch n, isNum := v.(float64); {
+		case !isNum:
+			wrong("timeout", "%s, not a number of milliseconds", kind(v))
+		case n != math.Trunc(n):
+			wrong("timeout", "%v is not a whole number of milliseconds", n)
+		default:
+			p.timeout, p.hasTimeout = n, true
+		}
+	}
+	return p
+}
+
+// on returns the processors called on subject.
+func on(ps []processor, subject string) []processor {
+	var out []processor
+	for _, p := range ps {
+		if p.topic == subject {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// strayBroker names a processor that looks like the broker but is called on
+// another subject: the likely cause when none is on subject.
+func strayBroker(all []processor, subject string) string {
+	for _, p := range all {
+		if p.topic != subject && strings.Contains(strings.ToLower(p.name), "broker") {
+			return fmt.Sprintf(" (%s, named %q, is on %q: set its service_bus_topic to %q, or run the broker with that subject)", p.at, p.name, p.topic, subject)
+		}
+	}
+	return ""
+}
+
+// onSubject returns section's processors on subject and reports none or
+// several. readable is false when part of the section could not be read,
+// and then none is not reported: the entry may be in that part.
+func (c *checker) onSubject(section string, ps []processor, readable bool, subject string, all []processor, fix string) []processor {
+	mine := on(ps, subject)
+	switch {
+	case len(mine) == 0 && readable:
+		c.add(section+".processors", "no processor on %q: %s%s", subject, fix, strayBroker(all, subject))
+	case len(mine) > 1:
+		var at []string
+		for _, p := range mine {
+			at = append(at, p.at)
+		}
+		c.add(section+".processors", "%d processors on %q (%s): keep one; gecholog calls every entry, so the broker gets each call more than once", len(mine), subject, strings.Join(at, ", "))
+	}
+	return mine
+}
+
+// needsInput reports a field the broker must receive but that p's input
+// fields do not give it.
+func (c *checker) needsInput(p processor, field, why string) {
+	if p.has("input_fields_include") && !slices.Contains(p.include, field) {
+		c.add(p.at+".input_fields_include", "add %q: %s", field, why)
+	}
+	if p.has("input_fields_exclude") && slices.Contains(p.exclude, field) {
+		c.add(p.at+".input_fields_exclude", "remove %q: %s", field, why)
+	}
+}
+
+func (c *checker) requestProcessor(ps []processor) {
+	for _, p := range ps {
+		if p.has("modifier") && !p.modifier {
+			c.add(p.at+".modifier", "set true: gl_path is already in the transaction and gecholog lets only a modifier replace a field, so the broker's choice is dropped")
+		}
+		if p.has("async") && p.async {
+			c.add(p.at+".async", "set false: gecholog does not wait for an async request processor before the outbound call, so the broker's choice comes too late to route it")
+		}
+		c.needsInput(p, "gl_path", "the broker chooses a router by the ingress path gecholog sends it")
+		if p.has("output_fields_write") && !slices.Contains(p.output, "gl_path") {
+			c.add(p.at+".output_fields_write", "add \"gl_path\": gecholog keeps only these fields of a reply, so the broker's choice is dropped")
+		}
+		switch {
+		case !p.has("timeout"):
+		case !p.hasTimeout:
+			c.add(p.at+".timeout", "missing: set it above 0 and at most %d ms (the seed uses 50): the broker needs time to answer", maxRequestTimeout)
+		case p.timeout <= 0:
+			c.add(p.at+".timeout", "%v ms: set it above 0 and at most %d ms (the seed uses 50): the broker needs time to answer", p.timeout, maxRequestTimeout)
+		case p.timeout > maxRequestTimeout:
+			c.add(p.at+".timeout", "%v ms: set it at most %d ms (the seed uses 50): while the broker is down gecholog waits this long on every client call", p.timeout, maxRequestTimeout)
+		}
+	}
+}
+
+func (c *checker) responseProcessor(ps []processor, retryAfter bool) {
+	for _, p := range ps {
+		if p.has("async") && !p.async {
+			c.add(p.at+".async", "set true: gecholog waits for a synchronous response processor before answering the client, adding its reply time to every call")
+		}
+		c.needsInput(p, "gl_path", "the broker must know which router the call used")
+		c.needsInput(p, "egress_status_code", "the broker takes a router out by the status the client got")
+		if retryAfter {
+			c.needsInput(p, "inbound_headers", "the broker honours the upstream's Retry-After header, which gecholog passes only in inbound_headers")
+		}
+		switch {
+		case !p.has("timeout"):
+		case !p.hasTimeout:
+			c.add(p.at+".timeout", "missing: set it above 0 ms (the seed uses 50): gecholog waits for the broker's empty reply and logs a timeout as an error")
+		case p.timeout <= 0:
+			c.add(p.at+".timeout", "%v ms: set it above 0 ms (the seed uses 50): gecholog waits for the broker's empty reply and logs a timeout as an error", p.timeout)
+		}
+	}
+}

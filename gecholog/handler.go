@@ -1,0 +1,87 @@
+package gecholog
+
+import (
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/gecholog/broker/broker"
+)
+
+// Handler answers gecholog's processor messages with a broker's
+// decisions. gecholog calls the broker twice per client call on one
+// subject: in the request context with {"gl_path": "/azure/"}, answered
+// with the chosen router, and in the response context with the router used
+// and the status the client got, answered empty. Its methods are safe for
+// concurrent use.
+type Handler struct {
+	b         *broker.Broker
+	replies   [][]byte // the answer for each router, by id
+	log       *slog.Logger
+	malformed atomic.Uint64
+	warn      sometimes
+}
+
+// NewHandler returns a handler answering with b's choices. log receives
+// warnings about malformed messages; nil discards them.
+func NewHandler(b *broker.Broker, log *slog.Logger) *Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h := &Handler{b: b, log: log, warn: sometimes{every: 10 * time.Second}}
+	for _, r := range b.Members() {
+		h.replies = append(h.replies, Reply(r))
+	}
+	return h
+}
+
+// Handle answers one processor message. A request context naming an ingress
+// gets {"gl_path": chosen router}; everything else gets an empty answer
+// (nil), which gecholog reads as "no change". A response context changes
+// the router's health; any write to the store happens after Handle returns.
+// A malformed message is answered empty and counted, with one warning line
+// at most every 10 s.
+func (h *Handler) Handle(data []byte) []byte {
+	m, err := Parse(data)
+	if err != nil {
+		h.malformed.Add(1)
+		h.warn.do(func(suppressed int) {
+			h.log.Warn("ignoring malformed processor message",
+				slog.Any("error", err), slog.Int("suppressed_since_last", suppressed))
+		})
+		return nil
+	}
+	if !m.HasStatus {
+		if id := h.b.Choose(m.Path); id >= 0 {
+			return h.replies[id]
+		}
+		return nil
+	}
+	var retryAfter time.Duration
+	if m.Status == 429 || m.Status == 503 {
+		retryAfter = RetryAfter(m.Headers, time.Now())
+	}
+	h.b.Report(m.Path, m.Status, retryAfter)
+	return nil
+}
+
+// Malformed returns how many messages could not be read.
+func (h *Handler) Malformed() uint64 { return h.malformed.Load() }
+
+// sometimes runs a function at most once per interval and counts the calls
+// it skipped, so that a flood of bad input yields one log line, not a flood.
+type sometimes struct {
+	every   time.Duration
+	last    atomic.Int64 // unix nanoseconds of the last run
+	skipped atomic.Int64
+}
+
+func (s *sometimes) do(f func(skipped int)) {
+	now := time.Now().UnixNano()
+	last := s.last.Load()
+	if now-last < int64(s.every) || !s.last.CompareAndSwap(last, now) {
+		s.skipped.Add(1)
+		return
+	}
+	f(int(s.skipped.Swap(0)))
+}

@@ -1,0 +1,98 @@
+// Package ops holds the operator's commands: status, disable and enable,
+// which read and write the router health bucket; check, which reads
+// gecholog's gl_config.json; and healthcheck, which asks a replica whether
+// it is ready.
+//
+// The bucket commands use the same connection settings and environment as
+// the processor, connect once with a short timeout instead of waiting for
+// the server forever, and never create the bucket: that is the
+// processor's job, and a tool that created it would hide a wrong server
+// or BROKER_BUCKET behind an empty table.
+package ops
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/gecholog"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/kv"
+)
+
+const (
+	// dialTimeout bounds connecting to each server of NATS_URL.
+	dialTimeout = 5 * time.Second
+	// opTimeout bounds everything a command does once connected.
+	opTimeout = 10 * time.Second
+)
+
+// Target is what the bucket commands act on: the bucket on a NATS server,
+// and the pools the replicas serve.
+type Target struct {
+	NATS   natsconn.Settings
+	Bucket string
+	Pools  []broker.Pool
+	// PoolsFile names where Pools came from, for messages; "" for the
+	// default pool.
+	PoolsFile string
+}
+
+// bucket is an open connection to the router health bucket.
+type bucket struct {
+	store  *kv.Store
+	server string // the connected server, without credentials
+}
+
+// withBucket connects as the command cmd, opens the bucket without
+// creating it, runs fn with a context bounded by opTimeout, and closes the
+// connection. Every failure is one line that says what to do, with no
+// secret in it.
+func (t Target) withBucket(ctx context.Context, cmd string, fn func(context.Context, bucket) error) error {
+	return t.NATS.Scrub(t.openBucket(ctx, cmd, fn))
+}
+
+func (t Target) openBucket(ctx context.Context, cmd string, fn func(context.Context, bucket) error) error {
+	opts, err := t.NATS.Options()
+	if err != nil {
+		return err
+	}
+	// A tool fails fast: one attempt per server, no reconnecting forever.
+	opts = append(opts, nats.Name("broker "+cmd), nats.Timeout(dialTimeout), nats.NoReconnect(), nats.NoCallbacksAfterClientClose())
+	nc, err := nats.Connect(t.NATS.Servers, opts...)
+	if err != nil {
+		return fmt.Errorf("cannot connect to NATS at %s: %w: %s", t.NATS.Redacted(), err, natsconn.Hint(err))
+	}
+	defer nc.Close()
+	server := natsconn.Redact(nc.ConnectedUrl())
+
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	store, err := kv.Open(ctx, js, kv.Config{Bucket: t.Bucket, NoCreate: true})
+	switch {
+	case errors.Is(err, kv.ErrNoBucket):
+		return fmt.Errorf("bucket %q does not exist on %s: no broker has run against this server yet, or BROKER_BUCKET differs", t.Bucket, server)
+	case errors.Is(err, kv.ErrNoJetStream):
+		return fmt.Errorf("JetStream is not enabled on %s, so broker replicas there keep their disables each to itself and no tool can see or change them; to share them, %s", server, gecholog.EnableJetStream)
+	case err != nil:
+		return timedOut(err, server)
+	}
+	defer store.Close()
+	return timedOut(fn(ctx, bucket{store: store, server: server}), server)
+}
+
+func timedOut(err error, server string) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("no answer from %s within %v: %w", server, opTimeout, err)
+	}
+	return err
+}

@@ -1,0 +1,164 @@
+package ops
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/kv"
+)
+
+const (
+	// MaxFor is the longest disable by hand with an end: longer is surely
+	// a typo, and a disable meant to be that long should be lifted by hand
+	// anyway.
+	MaxFor = 365 * 24 * time.Hour
+	// DefaultReason is a manual disable's reason when none is given.
+	DefaultReason = "disabled by hand"
+)
+
+// Disable is a disable by hand.
+type Disable struct {
+	Router string
+	// For is how long; 0 lasts until someone enables the router.
+	For time.Duration
+	// Reason and By are shown by status; empty ones get DefaultReason and
+	// Operator's name.
+	Reason, By string
+	// Force disables a router no pool has (for replicas with other pools).
+	Force bool
+}
+
+// DisableRouter writes a manual record for d.Router, replacing whatever
+// the key holds, so that every replica stops choosing it until d.For ends
+// or someone enables it.
+func DisableRouter(ctx context.Context, t Target, d Disable, getenv func(string) string, stdout io.Writer) error {
+	if err := t.checkRouter(d.Router, d.Force); err != nil {
+		return err
+	}
+	if strings.TrimSpace(d.Reason) == "" {
+		d.Reason = DefaultReason
+	}
+	if strings.TrimSpace(d.By) == "" {
+		d.By = Operator(getenv)
+	}
+	return t.withBucket(ctx, "disable", func(ctx context.Context, b bucket) error {
+		prev, prevErr := b.store.Get(ctx, d.Router)
+		now := time.Now()
+		rec := broker.Record{Router: d.Router, Reason: d.Reason, At: now, By: d.By, Manual: true}
+		if d.For > 0 {
+			rec.Until = now.Add(d.For)
+		}
+		// Put, not compare-and-set: the operator means "whatever is there
+		// now". Replicas only ever create or compare-and-set, so one racing
+		// with this write loses and adopts the manual record.
+		if _, err := b.store.Put(ctx, rec); err != nil {
+			return err
+		}
+		line := fmt.Sprintf("disabled %s on every replica %s; manual, by %s: %s", d.Router, untilText(rec.Until), d.By, d.Reason)
+		switch {
+		case prevErr == nil && prev.Record.ActiveAt(now):
+			line += "; replaces " + describe(prev.Record)
+		case prevErr != nil && !errors.Is(prevErr, kv.ErrNotFound):
+			line += "; replaces a record that could not be read"
+		}
+		fmt.Fprintln(stdout, natsconn.OneLine(line))
+		return nil
+	})
+}
+
+// EnableRouter deletes router's key, so that every replica chooses it
+// again at once. Any router path may be enabled, pool member or not:
+// lifting a disable is always safe, and status lists records of routers
+// no pool knows.
+func EnableRouter(ctx context.Context, t Target, router string, stdout io.Writer) error {
+	return t.withBucket(ctx, "enable", func(ctx context.Context, b bucket) error {
+		prev, err := b.store.Get(ctx, router)
+		if errors.Is(err, kv.ErrNotFound) {
+			fmt.Fprintf(stdout, "%s is already enabled: bucket %s holds no record for it\n", router, b.store.Bucket())
+			return nil
+		}
+		what := "a record that could not be read"
+		if err == nil {
+			what = describe(prev.Record)
+			if !prev.Record.ActiveAt(time.Now()) {
+				what = "an ended " + strings.TrimPrefix(what, "the ")
+			}
+		}
+		// Deleting, whatever the revision: every replica's watcher hears the
+		// delete and re-enables the router at once.
+		if err := b.store.Delete(ctx, router, 0); err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, natsconn.OneLine(fmt.Sprintf("enabled %s on every replica; removed %s", router, what)))
+		return nil
+	})
+}
+
+// checkRouter refuses a router that no pool has, unless forced: replicas
+// ignore records of routers they do not serve, so such a disable would do
+// nothing and most likely is a typo.
+func (t Target) checkRouter(router string, force bool) error {
+	var routers []string
+	for _, p := range t.Pools {
+		for _, r := range p.Routers {
+			if r.Path == router {
+				return nil
+			}
+			if !slices.Contains(routers, r.Path) {
+				routers = append(routers, r.Path)
+			}
+		}
+	}
+	if force {
+		return nil
+	}
+	from := "the default pool (set -pools or BROKER_POOLS for others)"
+	if t.PoolsFile != "" {
+		from = "pools file " + t.PoolsFile
+	}
+	return fmt.Errorf("router %q is in no pool: the routers of %s are %s; give --force to disable it anyway",
+		router, from, strings.Join(routers, ", "))
+}
+
+// describe names a record for the confirming lines.
+func describe(r broker.Record) string {
+	kind := "automatic"
+	if r.Manual {
+		kind = "manual"
+	}
+	s := fmt.Sprintf("the %s disable by %s (%s", kind, r.By, r.Reason)
+	if !r.Until.IsZero() {
+		s += ", until " + r.Until.UTC().Format(time.RFC3339)
+	}
+	return s + ")"
+}
+
+func untilText(until time.Time) string {
+	if until.IsZero() {
+		return "until enabled by hand"
+	}
+	return fmt.Sprintf("for %v, until %s", time.Until(until).Round(time.Second), until.UTC().Format(time.RFC3339))
+}
+
+// Operator names the person running a command: $USER@hostname.
+func Operator(getenv func(string) string) string {
+	user := getenv("USER")
+	if user == "" {
+		user = getenv("LOGNAME")
+	}
+	if user == "" {
+		user = "operator"
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return user + "@" + h
+	}
+	return user
+}

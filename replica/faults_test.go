@@ -1,0 +1,628 @@
+package replica_test
+
+// The faults a gateway's bus really has, each survived under load: the NATS
+// server restarting, a cluster node dying, a burst larger than the broker can
+// answer at once. Replicas are full replica.Run calls in this process, each with
+// its own connection and bucket watcher, on real embedded nats-servers.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/kv"
+	"github.com/gecholog/broker/replica"
+)
+
+const (
+	askRouter = `{"gl_path":"/azure/"}`
+	dudFailed = `{"gl_path":"/azure/dud/","egress_status_code":502}`
+)
+
+func TestNATSRestartMidLoadKeepsDisablesAndAnswersAgainWithinTwoSeconds(t *testing.T) {
+	is := is.New(t)
+	port, store := freePort(t), t.TempDir()
+	first := natstest.Start(t, onPort(port), natstest.WithStoreDir(store))
+	f := startFaultFleet(t, first.ClientURL(), 3, 1)
+	defer f.stop()
+	// The load's own connection retries every 10 ms, so that the time
+	// measured is the replicas' and not the test's.
+	nc := natstest.Connect(t, first, nats.MaxReconnects(-1), nats.ReconnectWait(10*time.Millisecond))
+	_, err := nc.Request("coburn.gl.broker", []byte(dudFailed), 2*time.Second)
+	is.NoErr(err)
+	f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled before the restart")
+	js, err := jetstream.New(nc)
+	is.NoErr(err)
+	waitRecord(t, js, "/azure/dud/", 2*time.Second)
+
+	load := startCallLoad(t, nc, 4, 500*time.Millisecond)
+	load.waitAnswered(t, 200, 10*time.Second)
+	first.Shutdown()
+	first.WaitForShutdown()
+	down := time.Now()
+	// Every replica has lost its connection before the server returns.
+	f.waitLogged(t, "disconnected from NATS; reconnecting")
+	base := f.chosen()
+	second := natstest.Start(t, onPort(port), natstest.WithStoreDir(store))
+	back := time.Now()
+	answered := f.answersAgain(t, base, back, 5*time.Second)
+	for _, b := range f.replicas {
+		is.Equal(b.Phase("/azure/dud/"), broker.Disabled) // the disable set before the restart holds
+	}
+	r := waitRecord(t, natstest.JetStream(t, second), "/azure/dud/", time.Second)
+	is.Equal(r.Status, 502) // and it is still in the bucket, read through a new connection
+
+	mark := time.Now()
+	load.waitAnsweredSince(t, mark, 200, 10*time.Second)
+	calls := load.finish()
+	slowest := slices.Max(answered)
+	resumed := back.Add(slowest)
+	var failed, failedAfter int
+	firstOK := time.Duration(-1)
+	for _, c := range calls {
+		if c.err != nil {
+			failed++
+			if c.start.After(resumed) {
+				failedAfter++
+			}
+		} else if c.end.After(back) && (firstOK < 0 || c.end.Sub(back) < firstOK) {
+			firstOK = c.end.Sub(back)
+		}
+	}
+	t.Logf("server down %v; from the server ready again to each replica answering: %v (max %v); first answer to the load %v; "+
+		"%d calls, %d failed, all sent before every replica was back",
+		back.Sub(down).Round(time.Millisecond), roundAll(answered), slowest.Round(time.Millisecond), firstOK.Round(time.Millisecond),
+		len(calls), failed)
+	is.True(slowest <= 2*time.Second) // every replica answers within 2 s of the server's return
+	is.Equal(failedAfter, 0)          // no call fails once every replica is back
+}
+
+func TestClusterNodeLossMovesReplicasToAnotherNodeAndLosesNoDisable(t *testing.T) {
+	is := is.New(t)
+	nodes := natstest.StartCluster(t, 3)
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, n.ClientURL())
+	}
+	f := startFaultFleet(t, strings.Join(urls, ","), 3, 3) // NATS_URL=all three, BROKER_KV_REPLICAS=3
+	defer f.stop()
+	on := f.servingNodes(t, urls)
+	victim := on[0] // the node replica-1 is connected to
+	survivor := (victim + 1) % len(nodes)
+	var moved []int // the replicas on the victim
+	for i, n := range on {
+		if n == victim {
+			moved = append(moved, i)
+		}
+	}
+	nc := natstest.Connect(t, nodes[survivor])
+	js, err := jetstream.New(nc)
+	is.NoErr(err)
+	stream, err := js.Stream(context.Background(), "KV_gl_broker")
+	is.NoErr(err)
+	is.Equal(stream.CachedInfo().Config.Replicas, 3) // the bucket was created with three replicas
+	waitInterest(t, nc)
+
+	_, err = nc.Request("coburn.gl.broker", []byte(dudFailed), 2*time.Second)
+	is.NoErr(err)
+	f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled before the node loss")
+	waitRecord(t, js, "/azure/dud/", 2*time.Second)
+
+	const callers = 4
+	load := startCallLoad(t, nc, callers, time.Second)
+	load.waitAnswered(t, 200, 10*time.Second)
+	killed := time.Now()
+	nodes[victim].Shutdown()
+	nodes[victim].WaitForShutdown()
+
+	// Each replica that was on the node reconnects elsewhere and answers
+	// calls there. Calls it chose before the reconnect line do not count:
+	// they may have been waiting in its connection's buffer.
+	resumed := make([]time.Duration, len(moved))
+	for k, i := range moved {
+		var to string
+		natstest.Eventually(t, 5*time.Second, func() bool {
+			l, ok := logLineWithPrefix(f.logs[i].String(), "reconnected to NATS")
+			to = fmt.Sprint(l["server"])
+			return ok
+		}, "replica-%d reconnects", i+1)
+		is.True(to != urls[victim]) // to another node
+		base := f.replicas[i].Stats().Calls[broker.Chosen]
+		natstest.Eventually(t, time.Until(killed.Add(5*time.Second)), func() bool {
+			return f.replicas[i].Stats().Calls[broker.Chosen] > base
+		}, "replica-%d answers again within 5 s of the node loss", i+1)
+		resumed[k] = time.Since(killed)
+	}
+	failover := slices.Max(resumed) // replica-1 at least was moved
+
+	// No disable is lost: every replica still has it, and so has the bucket
+	// once its stream has a leader again.
+	for _, b := range f.replicas {
+		is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	}
+	r := waitRecord(t, js, "/azure/dud/", 10*time.Second)
+	is.Equal(r.Status, 502)
+	readable := time.Since(killed)
+	// And a disable after the loss is written to the bucket.
+	reported := time.Now()
+	_, err = nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/gpt4/","egress_status_code":503}`), 2*time.Second)
+	is.NoErr(err)
+	waitRecord(t, js, "/azure/gpt4/", 10*time.Second)
+	written := time.Since(reported)
+
+	load.waitAnsweredSince(t, time.Now(), 200, 10*time.Second)
+	calls := load.finish()
+	// Calls in flight on the lost node time out. While the node shuts down,
+	// the gateway's node may also pick one of its queue members, still
+	// registered behind a route that is closing, and answer "no responders"
+	// at once: nats-server does not try another member then. Both happen in
+	// the moments after the loss; a second later every call is answered.
+	settled := killed.Add(time.Second)
+	var timeouts, noResponders, other, failedAfter int
+	window := "none" // when the failed calls were sent, after the loss
+	var sent []time.Duration
+	for _, c := range calls {
+		if c.err == nil {
+			continue
+		}
+		switch {
+		case errors.Is(c.err, nats.ErrTimeout):
+			timeouts++
+		case errors.Is(c.err, nats.ErrNoResponders):
+			noResponders++
+		default:
+			other++
+			t.Logf("call failed: %v", c.err)
+		}
+		if c.start.After(settled) {
+			failedAfter++
+		}
+		sent = append(sent, c.start.Sub(killed))
+	}
+	if len(sent) > 0 {
+		window = fmt.Sprintf("%v to %v", slices.Min(sent).Round(time.Millisecond), slices.Max(sent).Round(time.Millisecond))
+	}
+	t.Logf("killed node n%d with %d of %d replicas on it; they answered again after %v (max %v); the bucket answered %v after the loss; "+
+		"a disable reported after it was in the bucket %v later; %d calls by %d callers: %d timed out, %d no responders, %d other failures, "+
+		"sent %s after the loss",
+		victim+1, len(moved), len(f.replicas), roundAll(resumed), failover.Round(time.Millisecond), readable.Round(time.Millisecond),
+		written.Round(time.Millisecond), len(calls), callers, timeouts, noResponders, other, window)
+	is.True(timeouts <= callers) // at most the calls in flight on the lost node
+	is.Equal(other, 0)
+	is.Equal(failedAfter, 0) // every call from a second after the loss is answered
+}
+
+// watcherLost names the bug TestEveryReplicaHearsOfChangesAfterTheNodeHoldingItsWatcherIsLost finds.
+// A watcher's ordered consumer lives in the server's memory and does not
+// survive a restart; the replica must watch again as soon as it reconnects.
+func TestEveryReplicaHearsOfChangesWithinTwoSecondsOfANATSRestart(t *testing.T) {
+	port, store := freePort(t), t.TempDir()
+	first := natstest.Start(t, onPort(port), natstest.WithStoreDir(store))
+	f := startFaultFleet(t, first.ClientURL(), 3, 1)
+	defer f.stop()
+	first.Shutdown()
+	first.WaitForShutdown()
+	f.waitLogged(t, "disconnected from NATS; reconnecting")
+	second := natstest.Start(t, onPort(port), natstest.WithStoreDir(store))
+	back := time.Now()
+	// Written the moment the server is back, as an operator's `nats kv
+	// put` or another replica's disable would be.
+	putManual(t, natstest.JetStream(t, second), "/azure/gpt4/")
+	f.every(t, 2*time.Second, phaseIs("/azure/gpt4/", broker.Manual), "a record written right after the restart")
+	t.Logf("a record written as the server came back reached every replica %v later", time.Since(back).Round(time.Millisecond))
+}
+
+func TestEveryReplicaHearsOfChangesAfterTheNodeHoldingItsWatcherIsLost(t *testing.T) {
+	is := is.New(t)
+	nodes := natstest.StartCluster(t, 3)
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, n.ClientURL())
+	}
+	f := startFaultFleet(t, strings.Join(urls, ","), 3, 3)
+	defer f.stop()
+	on := f.servingNodes(t, urls)
+	// A watcher's consumer is R1, on a random node of the stream's three,
+	// and delivers to a subscription of its replica's connection. The worst
+	// node to lose holds the watcher of a replica connected elsewhere: that
+	// replica's connection never breaks, so no reconnect tells it to watch
+	// again.
+	owner := map[string]int{} // deliver subject → replica
+	for _, n := range nodes {
+		cz, err := n.Connz(&server.ConnzOptions{Subscriptions: true})
+		is.NoErr(err)
+		for _, c := range cz.Conns {
+			for i := range f.replicas {
+				if c.Name == fmt.Sprintf("gecholog-broker replica-%d", i+1) {
+					for _, sub := range c.Subs {
+						owner[sub] = i
+					}
+				}
+			}
+		}
+	}
+	stream, err := natstest.JetStream(t, nodes[0]).Stream(context.Background(), "KV_gl_broker")
+	is.NoErr(err)
+	victim, watched := -1, -1
+	for c := range stream.ListConsumers(context.Background()).Info() {
+		i, ok := owner[c.Config.DeliverSubject]
+		if !ok || c.Cluster == nil {
+			continue
+		}
+		node := slices.IndexFunc(nodes, func(n *server.Server) bool { return n.Name() == c.Cluster.Leader })
+		if victim < 0 || (on[watched] == victim && on[i] != node) {
+			victim, watched = node, i
+		}
+	}
+	is.True(victim >= 0) // a node holds a watcher
+	nc := natstest.Connect(t, nodes[(victim+1)%len(nodes)])
+	waitInterest(t, nc)
+	js, err := jetstream.New(nc)
+	is.NoErr(err)
+	nodes[victim].Shutdown()
+	nodes[victim].WaitForShutdown()
+	// Written to the bucket, not reported to a replica, which would apply
+	// its own report at once: every replica must hear it from its watcher.
+	// The stream may first need a new leader.
+	natstest.Eventually(t, 10*time.Second, func() bool { return tryPutManual(js, "/azure/gpt4/") == nil }, "a write to the bucket")
+	written := time.Now()
+	f.every(t, 5*time.Second, phaseIs("/azure/gpt4/", broker.Manual), "a record written after the node loss")
+	t.Logf("lost node %s, which held the watcher of replica-%d (connected to %s); a record written after the loss reached every replica %v later",
+		nodes[victim].Name(), watched+1, nodes[on[watched]].Name(), time.Since(written).Round(time.Millisecond))
+}
+
+func TestBurstOf50000CallsIsAnsweredInFullWithoutSlowConsumer(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	var logs syncBuffer
+	b, stop := serveOne(t, s.ClientURL(), &logs)
+	defer stop()
+
+	const total, conns = 50_000, 4
+	var sent, replied, wrong atomic.Int64
+	inboxes := make([]string, conns)
+	clients := make([]*nats.Conn, conns)
+	for i := range clients {
+		clients[i] = natstest.Connect(t, s)
+		inboxes[i] = clients[i].NewInbox()
+		sub, err := clients[i].Subscribe(inboxes[i], func(m *nats.Msg) {
+			if bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`)) {
+				replied.Add(1)
+			} else {
+				wrong.Add(1)
+			}
+		})
+		is.NoErr(err)
+		is.NoErr(sub.SetPendingLimits(-1, -1)) // a drop, if any, is the broker's and not the test's
+		is.NoErr(clients[i].Flush())
+	}
+
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapInuse
+	var peakHeap uint64
+	var peakBacklog, peakQueued int64 // sent but not replied; sent but not yet handled by the broker
+	sampled := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			peakHeap = max(peakHeap, ms.HeapInuse)
+			handled := int64(b.Stats().Calls[broker.Chosen])
+			peakQueued = max(peakQueued, sent.Load()-handled)
+			peakBacklog = max(peakBacklog, sent.Load()-replied.Load())
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i, nc := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range total / conns {
+				if err := nc.PublishRequest("coburn.gl.broker", inboxes[i], []byte(askRouter)); err != nil {
+					t.Errorf("publish: %v", err)
+					return
+				}
+				sent.Add(1)
+			}
+			if err := nc.Flush(); err != nil {
+				t.Errorf("flush: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	published := time.Since(start)
+	// Until every reply is in, or the broker says it dropped calls (then
+	// the missing replies will never come).
+	deadline := time.Now().Add(30 * time.Second)
+	for replied.Load()+wrong.Load() < total && time.Now().Before(deadline) && !strings.Contains(logs.String(), "slow consumer") {
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	close(done)
+	<-sampled
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	after := ms.HeapInuse
+
+	const mb = 1 << 20
+	t.Logf("%d calls from %d connections, published in %v, all replies in %v (%.0f calls/s); peak not yet handled by the broker %d, not yet replied %d; "+
+		"heap in use before %.1f MB, peak %.1f MB (+%.1f MB), after %.1f MB; server slow consumers %d; broker answered %d",
+		sent.Load(), conns, published.Round(time.Millisecond), elapsed.Round(time.Millisecond), float64(total)/elapsed.Seconds(), peakQueued, peakBacklog,
+		float64(before)/mb, float64(peakHeap)/mb, float64(peakHeap-min(before, peakHeap))/mb, float64(after)/mb,
+		s.NumSlowConsumers(), b.Stats().Calls[broker.Chosen])
+	is.Equal(sent.Load(), int64(total))
+	is.Equal(s.NumSlowConsumers(), int64(0))                       // the server dropped nothing and disconnected no one
+	is.Equal(b.Stats().Calls[broker.Chosen], uint64(total))        // the broker handled every call
+	is.Equal(wrong.Load(), int64(0))                               // each with a router of the pool
+	is.Equal(replied.Load(), int64(total))                         // and every reply arrived
+	is.True(peakHeap < before+128*mb)                              // memory bounded
+	is.True(!strings.Contains(logs.String(), `"level":"ERROR"`))   // no NATS error, slow consumer or other
+	is.True(!strings.Contains(logs.String(), "disconnected from")) // and never a disconnect
+}
+
+// startFaultFleet runs n replicas on the NATS URL(s) url, creating the
+// bucket with kvReplicas replicas. The caller defers stop, so that the
+// replicas stop before the servers do.
+func startFaultFleet(t *testing.T, url string, n, kvReplicas int) *replicaSet {
+	t.Helper()
+	return runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: url}, KVReplicas: kvReplicas,
+		Policy: broker.Policy{DisabledTime: time.Minute}}, n)
+}
+
+// servingNodes says which of urls each replica serves on, as its
+// "serving" line says.
+func (f *replicaSet) servingNodes(t *testing.T, urls []string) []int {
+	t.Helper()
+	on := make([]int, len(f.replicas))
+	for i, l := range f.logs {
+		serving, _ := logLine(l.String(), "serving")
+		if on[i] = slices.Index(urls, fmt.Sprint(serving["server"])); on[i] < 0 {
+			t.Fatalf("replica-%d serves on %v, not a node of the cluster", i+1, serving["server"])
+		}
+	}
+	return on
+}
+
+// waitLogged waits until every replica has logged msg.
+func (f *replicaSet) waitLogged(t *testing.T, msg string) {
+	t.Helper()
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		for _, l := range f.logs {
+			if _, ok := logLine(l.String(), msg); !ok {
+				return false
+			}
+		}
+		return true
+	}, "every replica logs %q", msg)
+}
+
+// chosen is how many calls each replica has answered with a router.
+func (f *replicaSet) chosen() []uint64 {
+	n := make([]uint64, len(f.replicas))
+	for i, b := range f.replicas {
+		n[i] = b.Stats().Calls[broker.Chosen]
+	}
+	return n
+}
+
+// answersAgain waits until every replica has answered a call more than
+// base says, and returns for each how long after since that was seen.
+func (f *replicaSet) answersAgain(t *testing.T, base []uint64, since time.Time, d time.Duration) []time.Duration {
+	t.Helper()
+	took := make([]time.Duration, len(f.replicas))
+	natstest.Eventually(t, d, func() bool {
+		all := true
+		for i, n := range f.chosen() {
+			if took[i] == 0 && n > base[i] {
+				took[i] = time.Since(since)
+			}
+			all = all && took[i] > 0
+		}
+		return all
+	}, "every replica answers again")
+	return took
+}
+
+// logLineWithPrefix finds the first JSON log line whose msg starts with
+// prefix and returns its fields.
+func logLineWithPrefix(out, prefix string) (map[string]any, bool) {
+	for _, line := range strings.Split(out, "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && strings.HasPrefix(fmt.Sprint(m["msg"]), prefix) {
+			return m, true
+		}
+	}
+	return nil, false
+}
+
+// waitInterest waits until the replicas' subscriptions have reached the
+// cluster node nc is connected to: a replica serves once its own node has
+// its subscription, and routes carry it to the others a moment later.
+func waitInterest(t *testing.T, nc *nats.Conn) {
+	t.Helper()
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		_, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/not/an/ingress/"}`), time.Second)
+		return err == nil
+	}, "the replicas' subscriptions reach %s", nc.ConnectedUrl())
+}
+
+// putManual disables router by hand, as `nats kv put` would.
+func putManual(t *testing.T, js jetstream.JetStream, router string) {
+	t.Helper()
+	if err := tryPutManual(js, router); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func tryPutManual(js jetstream.JetStream, router string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	bucket, err := js.KeyValue(ctx, "gl_broker")
+	if err != nil {
+		return fmt.Errorf("open bucket: %w", err)
+	}
+	r, err := kv.Encode(broker.Record{Router: router, Manual: true, Reason: "maintenance", At: time.Now(), By: "alice"})
+	if err != nil {
+		return err
+	}
+	if _, err := bucket.Put(ctx, router, r); err != nil {
+		return fmt.Errorf("put %s: %w", router, err)
+	}
+	return nil
+}
+
+// waitRecord waits until router has a live record in the bucket and
+// returns it; right after a node loss the stream may still elect a leader.
+func waitRecord(t *testing.T, js jetstream.JetStream, router string, d time.Duration) broker.Record {
+	t.Helper()
+	var r broker.Record
+	natstest.Eventually(t, d, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		bucket, err := js.KeyValue(ctx, "gl_broker")
+		if err != nil {
+			return false
+		}
+		e, err := bucket.Get(ctx, router)
+		if err != nil {
+			return false
+		}
+		r, err = kv.Decode(router, e.Value())
+		if err != nil {
+			t.Fatalf("record %s: %v", router, err)
+		}
+		return true
+	}, "a record for %s in the bucket", router)
+	return r
+}
+
+// loadCall is one request context of a callLoad.
+type loadCall struct {
+	start, end time.Time
+	err        error
+}
+
+// callLoad is callers making request contexts back to back, as gecholog's
+// request processor does for each client call, each waiting at most its
+// timeout for the answer.
+type callLoad struct {
+	mu    sync.Mutex
+	calls []loadCall
+	halt  chan struct{}
+	once  sync.Once
+	wg    sync.WaitGroup
+}
+
+// maxLoadCalls bounds each caller, should a test forget to stop it.
+const maxLoadCalls = 50_000
+
+func startCallLoad(t *testing.T, nc *nats.Conn, callers int, timeout time.Duration) *callLoad {
+	l := &callLoad{halt: make(chan struct{})}
+	for range callers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for range maxLoadCalls {
+				select {
+				case <-l.halt:
+					return
+				default:
+				}
+				c := loadCall{start: time.Now()}
+				m, err := nc.Request("coburn.gl.broker", []byte(askRouter), timeout)
+				c.end = time.Now()
+				if err == nil && !bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`)) {
+					err = fmt.Errorf("reply %q is not a router of the pool", m.Data)
+				}
+				c.err = err
+				l.mu.Lock()
+				l.calls = append(l.calls, c)
+				l.mu.Unlock()
+			}
+		}()
+	}
+	t.Cleanup(func() { l.finish() })
+	return l
+}
+
+// waitAnswered waits until n calls have been answered.
+func (l *callLoad) waitAnswered(t *testing.T, n int, d time.Duration) {
+	t.Helper()
+	l.waitAnsweredSince(t, time.Time{}, n, d)
+}
+
+// waitAnsweredSince waits until n calls sent after from have been answered.
+func (l *callLoad) waitAnsweredSince(t *testing.T, from time.Time, n int, d time.Duration) {
+	t.Helper()
+	defer func() {
+		if t.Failed() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			errs := map[string]int{}
+			for _, c := range l.calls {
+				if c.err != nil {
+					errs[c.err.Error()]++
+				}
+			}
+			t.Logf("%d calls, failures: %v", len(l.calls), errs)
+		}
+	}()
+	natstest.Eventually(t, d, func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		ok := 0
+		for _, c := range l.calls {
+			if c.err == nil && !c.start.Before(from) {
+				ok++
+			}
+		}
+		return ok >= n
+	}, "%d calls answered", n)
+}
+
+// finish stops the callers and returns every call made.
+func (l *callLoad) finish() []loadCall {
+	l.once.Do(func() { close(l.halt) })
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.calls)
+}
+
+func roundAll(ds []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ds))
+	for i, d := range ds {
+		out[i] = d.Round(time.Millisecond)
+	}
+	return out
+}

@@ -1,0 +1,385 @@
+// Package replica runs one broker replica: it connects to NATS, opens the
+// shared router health bucket (or serves in local mode without JetStream,
+// and attaches later), answers gecholog's processor calls on the queue
+// group, serves metrics and health, and stops in order. The broker
+// command, the demo, the benchmarks and the tests all start replicas
+// through Run.
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/gecholog"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/kv"
+)
+
+// The defaults of Config, which the broker command's settings show.
+const (
+	DefaultSubject = "coburn.gl.broker" // the original broker's, and gecholog's seed config's
+	DefaultQueue   = "broker"
+	DefaultBucket  = "gl_broker"
+	// DefaultReattach is how often a replica in local mode looks for
+	// JetStream again.
+	DefaultReattach = 5 * time.Second
+	// DefaultDrainTimeout is how long a stopping replica waits for the
+	// calls it holds.
+	DefaultDrainTimeout = 10 * time.Second
+)
+
+// BucketDescription is what `nats kv info` says of a bucket the broker
+// creates.
+const BucketDescription = "gecholog broker: disabled routers, one key per router path"
+
+// Config is one replica's settings. Zero fields take the defaults named.
+type Config struct {
+	NATS natsconn.Settings
+	// Subject is the service_bus_topic of the broker's processor entries
+	// in gl_config.json (DefaultSubject).
+	Subject string
+	// Queue is the queue group the replicas share calls in (DefaultQueue).
+	Queue string
+	// Bucket is the KV bucket of router health (DefaultBucket).
+	Bucket string
+	// KVReplicas is the bucket's replicas when the replica creates it (1).
+	KVReplicas int
+	// Pools are the pools served (broker.DefaultPools).
+	Pools []broker.Pool
+	// Policy is the failure policy; its DisabledTime defaults to
+	// broker.DefaultDisabledTime.
+	Policy broker.Policy
+	// ID names this replica in the records it writes (DefaultID).
+	ID string
+	// MetricsAddr is the HTTP listener for /metrics, /healthz and /readyz;
+	// none when empty.
+	MetricsAddr string
+	// RequireKV refuses to start when the server has no JetStream.
+	RequireKV bool
+	// Embedded, when set, starts an in-process nats-server with JetStream
+	// and serves on it instead of NATS.Servers.
+	Embedded *Embedded
+	// Logger receives the replica's log; nil discards it.
+	Logger *slog.Logger
+	// Reattach is how often local mode looks for JetStream (DefaultReattach).
+	Reattach time.Duration
+	// DrainTimeout bounds how long a stopping replica waits for the calls
+	// it already holds (DefaultDrainTimeout).
+	DrainTimeout time.Duration
+	// Ready, when set, is called once the replica answers calls.
+	Ready func(*Replica)
+}
+
+// DefaultID names a replica by host and process: container hosts are
+// unique, and the pid tells processes on one host apart.
+func DefaultID() string {
+	h, err := os.Hostname()
+	if err != nil {
+		h = "broker"
+	}
+	return h + ":" + strconv.Itoa(os.Getpid())
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Subject == "" {
+		c.Subject = DefaultSubject
+	}
+	if c.Queue == "" {
+		c.Queue = DefaultQueue
+	}
+	if c.Bucket == "" {
+		c.Bucket = DefaultBucket
+	}
+	if c.KVReplicas == 0 {
+		c.KVReplicas = 1
+	}
+	if c.Pools == nil {
+		c.Pools = broker.DefaultPools()
+	}
+	if c.Policy.DisabledTime == 0 {
+		c.Policy.DisabledTime = broker.DefaultDisabledTime
+	}
+	if c.ID == "" {
+		c.ID = DefaultID()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Reattach <= 0 {
+		c.Reattach = DefaultReattach
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	policy, err := c.Policy.Resolve()
+	if err != nil {
+		return c, err
+	}
+	c.Policy = policy
+	return c, nil
+}
+
+// Replica is a running replica, as Config.Ready sees it.
+type Replica struct {
+	cfg     Config
+	log     *slog.Logger
+	mon     *monitor // nil: no listener
+	nc      *nats.Conn
+	broker  *broker.Broker
+	handler *gecholog.Handler
+	sub     *nats.Subscription
+	closed  <-chan nats.SubStatus
+	calls   gate
+	serving bool // answered calls: stopping drains them
+
+	// Set by Run, or by the re-attach goroutine in local mode; read when
+	// stopping, after that goroutine has ended.
+	mu        sync.Mutex
+	store     *kv.Store
+	stopWatch func()
+	mode      string // "ttl", "expiry" or "local"
+
+	stopAttach func() // stops and waits for the re-attach goroutine
+}
+
+// Broker is the replica's decision core.
+func (r *Replica) Broker() *broker.Broker { return r.broker }
+
+// ID is the replica's name.
+func (r *Replica) ID() string { return r.cfg.ID }
+
+// Mode is how router health is kept: "ttl" or "expiry" (the bucket's
+// mode) or "local" (no JetStream yet).
+func (r *Replica) Mode() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.mode
+}
+
+// Run runs one replica until ctx ends, then stops taking calls, finishes
+// those in flight and the bucket writes they started, and returns nil. It
+// returns an error when the replica cannot start: a bad setting, a refused
+// subscription, a missing JetStream with RequireKV. While the server is
+// unreachable it keeps trying, and a ctx that ends meanwhile is a clean
+// stop.
+func Run(ctx context.Context, cfg Config) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	r := &Replica{cfg: cfg, log: cfg.Logger, stopAttach: func() {}}
+	if cfg.MetricsAddr != "" {
+		// Listening before connecting lets /healthz answer, and /readyz
+		// say why not, while the replica waits for the server. Deferred
+		// first, the listener closes last.
+		r.mon = newMonitor(r.log)
+		if err := r.mon.listen(cfg.MetricsAddr); err != nil {
+			return err
+		}
+		defer r.mon.close()
+	}
+	if cfg.Embedded != nil {
+		s, err := StartEmbedded(*cfg.Embedded, cfg.NATS.Token, r.log)
+		if err != nil {
+			return err
+		}
+		defer func() { s.Shutdown(); s.WaitForShutdown() }()
+		cfg.NATS.Servers = s.ClientURL()
+		r.cfg = cfg
+	}
+	opts, err := r.natsOptions()
+	if err != nil {
+		return err
+	}
+	r.nc = connect(ctx, cfg.NATS, opts, r.log)
+	if r.nc == nil {
+		return nil // ctx ended while waiting for the server: a clean stop
+	}
+	defer r.stop()
+	if err := r.start(ctx); err != nil || ctx.Err() != nil {
+		return err
+	}
+	r.mon.stage("") // ready
+	r.serving = true
+	r.log.Info("serving",
+		slog.String("subject", cfg.Subject), slog.String("queue", cfg.Queue),
+		slog.String("bucket", cfg.Bucket), slog.String("ttl_mode", r.Mode()),
+		slog.Int("pools", len(cfg.Pools)), slog.String("disabled_time", cfg.Policy.DisabledTime.String()),
+		slog.String("id", cfg.ID), slog.String("server", natsconn.Redact(r.nc.ConnectedUrl())))
+	if cfg.Ready != nil {
+		cfg.Ready(r)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// start opens the bucket, builds the broker, loads the view and
+// subscribes. An error, or a nil error with ctx ended, ends Run.
+func (r *Replica) start(ctx context.Context) error {
+	r.mon.connected(r.nc)
+	store, err := openStore(ctx, r.nc, r.cfg, r.log)
+	switch {
+	case errors.Is(err, kv.ErrNoJetStream) && r.cfg.RequireKV:
+		return fmt.Errorf("require-kv: JetStream is not enabled on the NATS server %s; %s", natsconn.Redact(r.nc.ConnectedUrl()), gecholog.EnableJetStream)
+	case errors.Is(err, kv.ErrNoJetStream):
+		r.log.Warn("JetStream is not enabled on the NATS server: serving in local mode, where each replica keeps its own disables as the original broker did, and trying again every "+r.cfg.Reattach.String()+"; to share them, "+gecholog.EnableJetStream,
+			slog.String("server", natsconn.Redact(r.nc.ConnectedUrl())))
+	case ctx.Err() != nil:
+		return nil
+	case err != nil:
+		return err
+	}
+	var shared broker.Store // stays a nil interface in local mode
+	r.mode = "local"
+	if store != nil {
+		shared = store
+		r.store, r.mode = store, store.Mode().String()
+	}
+	r.mon.attached(r.mode)
+
+	r.broker, err = broker.New(broker.Config{Pools: r.cfg.Pools, Policy: r.cfg.Policy, ID: r.cfg.ID, Store: shared, Logger: r.log})
+	if err != nil {
+		return err
+	}
+	r.handler = gecholog.NewHandler(r.broker, r.log)
+	r.mon.started(r.broker, r.handler)
+	if store != nil {
+		resyncOnReconnect(r.nc, store, r.log)
+		// The view is complete before the first call is answered.
+		r.stopWatch, err = store.Watch(ctx, r.broker.Observe)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("load router health from bucket %q: %w", r.cfg.Bucket, err)
+		}
+	} else {
+		r.stopAttach = r.reattach(ctx)
+	}
+	r.mon.stage(subscribing)
+	return r.subscribe()
+}
+
+// subscribe joins the queue group. A refusal by the server's permissions
+// ends startup with one line naming the permission.
+func (r *Replica) subscribe() error {
+	c := r.cfg
+	sub, err := r.nc.QueueSubscribe(c.Subject, c.Queue, r.mon.timed(func(m *nats.Msg) {
+		var reply []byte
+		if r.calls.enter() {
+			reply = r.handler.Handle(m.Data)
+			r.calls.leave()
+		}
+		if m.Reply != "" {
+			_ = m.Respond(reply) // fails only when the connection is closed
+		}
+	}))
+	if err != nil {
+		return fmt.Errorf("subscribe to %q: %w", c.Subject, err)
+	}
+	r.sub = sub
+	// A burst waits in this queue while the handler catches up. gecholog
+	// gives up after its processor timeout (50 ms), so a deep queue only
+	// answers calls in vain, yet a burst of 50,000 calls (the fault tests')
+	// must not be dropped: 64 Ki calls hold it with room to spare, about
+	// 16 MB of overhead plus at most 32 MiB of payload. nats.go's defaults
+	// (500,000 calls) let a stalled replica queue ~125 MB, seconds of work.
+	// Beyond the limit the newest calls are dropped with one slow-consumer
+	// error, and gecholog keeps those calls on the ingress router.
+	if err := sub.SetPendingLimits(1<<16, 32<<20); err != nil {
+		return fmt.Errorf("subscribe to %q: %w", c.Subject, err)
+	}
+	r.closed = sub.StatusChanged(nats.SubscriptionClosed)
+	if err := r.nc.Flush(); err != nil {
+		return fmt.Errorf("subscribe to %q: %w", c.Subject, err)
+	}
+	// The server refuses a subscription asynchronously; after the flush's
+	// round trip the refusal has arrived if there was one.
+	if err := r.nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), strconv.Quote(c.Subject)) {
+		return fmt.Errorf("subscribe to %q in queue group %q: %w: allow the broker's NATS user to subscribe to %q", c.Subject, c.Queue, err, c.Subject+" "+c.Queue)
+	}
+	return nil
+}
+
+// stop takes the replica down in the order the data flows: no new calls,
+// the calls in flight answered, the re-attach and the bucket watcher
+// stopped so that nothing changes the view, the bucket writes those calls
+// started finished (or abandoned after 5 s), the janitor stopped, and the
+// connection closed. Every goroutine the replica started has ended when it
+// returns; each step copes with a start that got only part of the way.
+func (r *Replica) stop() {
+	r.mon.stage(stopping)
+	switch {
+	case r.sub != nil && !r.serving:
+		_ = r.sub.Unsubscribe()
+	case r.sub != nil:
+		r.log.Info("stopping: finishing calls in flight")
+		// Draining needs the server; without a connection no call can be
+		// in flight, so do not wait for one.
+		if !r.nc.IsConnected() {
+			_ = r.sub.Unsubscribe()
+		} else if err := r.sub.Drain(); err == nil {
+			select {
+			case <-r.closed:
+			case <-time.After(r.cfg.DrainTimeout):
+				r.log.Warn("calls still in flight after " + r.cfg.DrainTimeout.String() + "; stopping anyway")
+				_ = r.sub.Unsubscribe()
+			}
+		}
+	}
+	r.calls.close() // a handler still running finishes; no other starts
+	r.stopAttach()
+	r.mu.Lock()
+	store, stopWatch := r.store, r.stopWatch
+	r.mu.Unlock()
+	if stopWatch != nil {
+		stopWatch()
+	}
+	if r.broker != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		r.broker.Close(ctx)
+		cancel()
+	}
+	if store != nil {
+		store.Close()
+	}
+	_ = r.nc.Flush()
+	r.nc.Close()
+	if r.broker != nil {
+		r.log.Info("stopped")
+	}
+}
+
+// gate lets calls into the broker until it closes; close waits for a call
+// inside to leave.
+type gate struct {
+	mu     sync.RWMutex
+	closed bool
+}
+
+func (g *gate) enter() bool {
+	g.mu.RLock()
+	if g.closed {
+		g.mu.RUnlock()
+		return false
+	}
+	return true
+}
+
+func (g *gate) leave() { g.mu.RUnlock() }
+
+func (g *gate) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+}
