@@ -8,9 +8,13 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 
-COPY cmd/ ./cmd/
+COPY cmd/broker/ ./cmd/broker/
 COPY broker/ ./broker/
+COPY gecholog/ ./gecholog/
 COPY kv/ ./kv/
+COPY replica/ ./replica/
+COPY ops/ ./ops/
+COPY demo/ ./demo/
 COPY internal/ ./internal/
 
 # A static binary: the final image has no libc.

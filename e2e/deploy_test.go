@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -417,8 +419,9 @@ func TestDockerfileBuildsStaticNonRootBinary(t *testing.T) {
 	is.True(len(stages) >= 2) // a build stage and a separate runtime stage
 
 	all := strings.Join(slices.Concat(stages...), "\n")
-	is.True(strings.Contains(all, "CGO_ENABLED=0"))                          // the binary is static
-	is.True(regexp.MustCompile(`go build .*\./cmd/broker`).MatchString(all)) // it builds ./cmd/broker
+	is.True(strings.Contains(all, "CGO_ENABLED=0"))                                // the binary is static
+	is.True(regexp.MustCompile(`go build .*\./cmd/broker(\s|$)`).MatchString(all)) // it builds ./cmd/broker
+	is.True(!strings.Contains(all, "broker-bench"))                                // and not the benchmarks
 
 	var user string
 	for _, line := range stages[len(stages)-1] {
@@ -429,4 +432,114 @@ func TestDockerfileBuildsStaticNonRootBinary(t *testing.T) {
 	is.True(user != "") // the final stage sets a USER
 	name := strings.Split(user, ":")[0]
 	is.True(name != "root" && name != "0") // the final stage does not run as root
+}
+
+// TestDockerfileContextBuildsTheBinary builds ./cmd/broker from exactly the
+// files a docker build would see: those .dockerignore lets into the
+// context and the build stage COPYs. A new package the binary imports and
+// the Dockerfile forgets fails here, not in a user's docker compose up.
+func TestDockerfileContextBuildsTheBinary(t *testing.T) {
+	is := is.New(t)
+	ignore, err := os.ReadFile("../.dockerignore")
+	is.NoErr(err)
+	dockerfile, err := os.ReadFile(dockerfilePath)
+	is.NoErr(err)
+	var patterns []string
+	for _, line := range strings.Split(string(ignore), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			patterns = append(patterns, line)
+		}
+	}
+	var copies []string // the sources the build stage copies
+	for _, line := range strings.Split(string(dockerfile), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) > 0 && strings.EqualFold(fields[0], "FROM") && len(copies) > 0 {
+			break // the runtime stage copies from the build stage only
+		}
+		if len(fields) >= 3 && strings.EqualFold(fields[0], "COPY") && !strings.HasPrefix(fields[1], "--") {
+			copies = append(copies, fields[1:len(fields)-1]...)
+		}
+	}
+	is.True(len(copies) > 0)
+
+	dir := t.TempDir()
+	root, err := filepath.Abs("..")
+	is.NoErr(err)
+	is.NoErr(filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel := filepath.ToSlash(must(filepath.Rel(root, path)))
+		if d.IsDir() {
+			if strings.HasPrefix(d.Name(), ".") && rel != "." {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !inContext(patterns, rel) || !slices.ContainsFunc(copies, func(c string) bool {
+			c = strings.TrimSuffix(strings.TrimPrefix(c, "./"), "/")
+			return rel == c || strings.HasPrefix(rel, c+"/")
+		}) {
+			return nil
+		}
+		dst := filepath.Join(dir, filepath.FromSlash(rel))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, data, 0o644)
+	}))
+	// Built as TestMain builds the replicas' binary, so that the modules
+	// come from the build cache: what is checked is that the context holds
+	// every file, not the image's build flags.
+	build := exec.Command("go", "build", "-race", "-o", filepath.Join(t.TempDir(), "broker"), "./cmd/broker")
+	build.Dir = dir
+	build.Env = append(os.Environ(), "GOFLAGS=-mod=readonly")
+	out, err := build.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build ./cmd/broker in the docker build context: %v\n%s", err, out)
+	}
+}
+
+// inContext says whether .dockerignore's patterns let rel into the build
+// context: the last pattern that matches rel, or a folder above it,
+// decides, and one starting with ! lets it in.
+func inContext(patterns []string, rel string) bool {
+	in := true
+	for _, p := range patterns {
+		keep := strings.HasPrefix(p, "!")
+		p = strings.TrimSuffix(strings.TrimPrefix(p, "!"), "/")
+		if matchesPath(p, rel) {
+			in = keep
+		}
+	}
+	return in
+}
+
+func matchesPath(pattern, rel string) bool {
+	if suffix, ok := strings.CutPrefix(pattern, "**/"); ok {
+		parts := strings.Split(rel, "/")
+		for i := range parts {
+			if matchesPath(suffix, strings.Join(parts[i:], "/")) {
+				return true
+			}
+		}
+		return false
+	}
+	for p := rel; p != "." && p != ""; p = path.Dir(p) {
+		if ok, _ := path.Match(pattern, p); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
