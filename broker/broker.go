@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -28,6 +29,7 @@ type Config struct {
 // methods are safe for concurrent use; none of them waits on the network.
 type Broker struct {
 	pools   map[string]*pool  // by ingress; read-only after New
+	order   []string          // the pools' ingresses in the configured order
 	routers map[string]*route // every pool member by path; read-only after New
 	members []*route          // the same, by id
 	policy  Policy
@@ -91,6 +93,7 @@ func New(cfg Config) (*Broker, error) {
 	for _, pc := range cfg.Pools {
 		p := &pool{ingress: pc.Ingress, routers: pc.Routers, chosen: make([]atomic.Uint64, len(pc.Routers))}
 		b.pools[p.ingress] = p
+		b.order = append(b.order, p.ingress)
 		for _, r := range p.routers {
 			rt := b.routers[r.Path]
 			if rt == nil {
@@ -193,6 +196,52 @@ func (b *Broker) Phase(router string) Phase {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return phase(rt.live, time.Now())
+}
+
+// Reload reads every router's latest change from the store and applies
+// it, for a replica that may have missed changes: after a reconnect, its
+// watcher may be gone with the server it lived on, and a new one cannot be
+// made while a cluster elects a leader, but reading a key can. It returns
+// the first error; the routers it could read are applied.
+func (b *Broker) Reload(ctx context.Context) error {
+	store := b.shared()
+	if store == nil {
+		return nil
+	}
+	var first error
+	for _, rt := range b.members {
+		e, live, err := store.Latest(ctx, rt.path)
+		if err != nil {
+			first = cmp.Or(first, err)
+			continue
+		}
+		ev := Event{Router: rt.path, Revision: e.Revision, Created: e.Created}
+		switch {
+		case e.Revision == 0:
+			continue // never had a record
+		case live:
+			ev.Entry = &e
+		default:
+			ev.Memo = &e.Record
+		}
+		b.observe(ev, false)
+	}
+	return first
+}
+
+// Until returns when router's disable ends in this replica's view: the
+// zero time when it is enabled, or disabled until someone enables it.
+func (b *Broker) Until(router string) time.Time {
+	rt := b.routers[router]
+	if rt == nil {
+		return time.Time{}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if rt.live == nil {
+		return time.Time{}
+	}
+	return rt.live.Until
 }
 
 // Failures returns how many consecutive failures of router this replica's

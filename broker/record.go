@@ -70,8 +70,17 @@ type Event struct {
 	// Memo is what the router's last disable left behind, or nil.
 	Memo *Record
 	// Revision is the store's revision of the change; 0 when the change
-	// was inferred, not read.
+	// was inferred, not read, or is provisional.
 	Revision uint64
+	// Created is when the store kept the change, by the store's clock;
+	// zero when unknown.
+	Created time.Time
+	// Provisional marks a disable another replica has decided and is
+	// writing, heard before the store has it (see Store.Announce): Entry
+	// is its record. A replica avoids the router on its word until the
+	// store says something newer of it, and never lets it lift or shorten
+	// a disable.
+	Provisional bool
 }
 
 // ErrConflict is what a [Store] gives when a key changed since the

@@ -18,4 +18,10 @@ type Store interface {
 	// Release enables the router, keeping memo, if it is still at rev,
 	// and returns the new revision; otherwise it gives ErrConflict.
 	Release(ctx context.Context, memo Record, rev uint64) (uint64, error)
+	// Announce tells the other replicas at once of a disable this replica
+	// has decided and is about to write, so that they avoid the router
+	// while the write is on its way: a store may hold writes up for
+	// seconds (a JetStream stream electing a leader). The others receive
+	// it as a provisional Event. It must not block.
+	Announce(r Record)
 }

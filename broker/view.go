@@ -28,6 +28,17 @@ type route struct {
 	phase   Phase      // as last logged
 	probe   *probeSlot // this replica's claim on the router's probe
 	clamped uint64     // revision of the last record warned about as reaching too far
+	// heard is when the disable the view holds was decided by another
+	// replica that announced it before its write landed (zero: none).
+	// Until the store says something newer of the router, the view keeps
+	// it: an older word of the store predates the disable.
+	heard time.Time
+	// changed is when the store kept the change the view last took from
+	// it (zero: unknown). An announcement decided before it is stale.
+	changed time.Time
+	// stored is the live record as the store holds it, when the policy
+	// held it shorter (see Policy.Clamp); nil otherwise.
+	stored *Record
 }
 
 // maxUnknown bounds how many routers no pool has are named in warnings,
@@ -58,20 +69,62 @@ func (b *Broker) observe(ev Event, own bool) {
 		}
 		return
 	}
+	if ev.Provisional {
+		b.hear(rt, ev, now)
+		return
+	}
 	if ev.Revision != 0 && ev.Revision <= rt.rev {
 		return // the view already holds this change or a later one
 	}
 	if !own && rt.pending && (ev.Entry == nil || phase(&ev.Entry.Record, now) == Enabled) {
 		return // an older enable must not undo this replica's change on its way
 	}
+	if !own && !rt.heard.IsZero() && ev.Created.Before(rt.heard) {
+		return // the store's word predates the disable another replica announced
+	}
 	ch := change{release: ev.Entry == nil}
+	clamped := false
 	switch {
 	case ev.Entry != nil:
-		ch.rec = b.sane(rt, *ev.Entry)
+		ch.rec, clamped = b.sane(rt, *ev.Entry)
 	case ev.Memo != nil:
 		ch.rec = *ev.Memo
 	}
 	b.apply(rt, ch, ev.Revision, false, now)
+	if clamped {
+		stored := ev.Entry.Record
+		rt.stored = &stored
+	}
+	if ev.Created.After(rt.changed) {
+		rt.changed = ev.Created
+	}
+}
+
+// hear applies a disable another replica announced before its write
+// landed, when it takes the router out for longer than the view does: it
+// never lifts or shortens a disable, and never touches a manual one. Its
+// times are held to the policy from when it was heard, as a record's are
+// from when the store kept it. b.mu must be held.
+func (b *Broker) hear(rt *route, ev Event, now time.Time) {
+	if ev.Entry == nil || ev.Entry.Record.Manual {
+		return
+	}
+	r, _ := b.policy.Clamp(Entry{Record: ev.Entry.Record, Created: now})
+	switch ph := phase(rt.live, now); {
+	case !r.ActiveAt(now), ph == Manual, ph == Disabled && !r.Until.After(rt.live.Until):
+		return
+	case !rt.changed.IsZero() && !r.At.After(rt.changed):
+		return // the store has said something newer since it was decided
+	}
+	r.Router, r.Probe = rt.path, nil
+	rt.live = &r
+	rt.heard = r.At
+	if rt.heard.IsZero() || rt.heard.After(now) {
+		rt.heard = now
+	}
+	rt.clean.Store(false)
+	b.refresh(rt, now)
+	b.arm(now)
 }
 
 // warnUnknown warns once about a record for a router no pool has.
@@ -96,15 +149,15 @@ func (b *Broker) warnUnknown(router string) {
 // Such a record was written by hand or by a broken writer; taken at its
 // word it would strand the router. Manual records are an operator's word
 // and kept as they are. b.mu must be held when rt is not nil.
-func (b *Broker) sane(rt *route, e Entry) Record {
-	r, clamped := b.policy.Clamp(e)
+func (b *Broker) sane(rt *route, e Entry) (r Record, clamped bool) {
+	r, clamped = b.policy.Clamp(e)
 	if clamped && rt != nil && rt.clamped != e.Revision {
 		rt.clamped = e.Revision
 		b.log.Warn("record reaches further than the failure policy allows; using the longest disable instead",
 			slog.String("router", r.Router), slog.Time("until", e.Record.Until), slog.Time("clamped_to", r.Until),
 			slog.Uint64("revision", e.Revision))
 	}
-	return r
+	return r, clamped
 }
 
 // apply sets rt's view to ch, logs a change of phase, rebuilds the pools
@@ -116,7 +169,7 @@ func (b *Broker) apply(rt *route, ch change, rev uint64, pending bool, now time.
 		r := ch.rec
 		rt.live = &r
 	}
-	rt.rev, rt.pending = rev, pending
+	rt.rev, rt.pending, rt.heard, rt.stored = rev, pending, time.Time{}, nil
 	rt.clean.Store(rt.live == nil && rt.memo.Failures == 0)
 	b.refresh(rt, now)
 	b.arm(now)

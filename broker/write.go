@@ -22,8 +22,14 @@ func (b *Broker) report(rt *route, ev event) {
 		b.mu.Unlock()
 		return
 	}
-	b.apply(rt, ch, rt.rev, b.shared() != nil, ev.at)
+	store := b.shared()
+	b.apply(rt, ch, rt.rev, store != nil, ev.at)
 	b.mu.Unlock()
+	if store != nil && !ch.release {
+		// The others hear of the disable before it lands, which an
+		// election of the store can hold up for seconds.
+		store.Announce(ch.rec)
+	}
 	b.write(rt, ev)
 }
 
@@ -47,9 +53,9 @@ func (b *Broker) write(rt *route, ev event) {
 		defer b.writes.Done()
 		defer b.settle(rt, ev.kind)
 		failing := false
-		deadline := ev.at.Add(b.policy.DisabledTime)
-		for wait := 50 * time.Millisecond; time.Now().Before(deadline); wait = min(2*wait, 2*time.Second) {
-			err := b.tryWrite(rt, ev)
+		deadline := b.deadline(rt, ev)
+		for wait := 50 * time.Millisecond; time.Now().Before(deadline); wait = min(2*wait, time.Second) {
+			err := b.tryWrite(rt, ev, deadline)
 			if err == nil {
 				if failing {
 					b.log.Info("router health written to the bucket after retrying", slog.String("router", rt.path))
@@ -73,8 +79,34 @@ func (b *Broker) write(rt *route, ev event) {
 	}()
 }
 
-func (b *Broker) tryWrite(rt *route, ev event) error {
-	ctx, cancel := context.WithTimeout(b.writeContext, 5*time.Second)
+// writeAttempt bounds one read and compare-and-set: a millisecond when the
+// store is well. A JetStream stream that lost its leader takes seconds to
+// elect another, and short attempts, retried, land within a second of it.
+const writeAttempt = 2 * time.Second
+
+// deadline is when writing ev no longer matters: a disable's or a
+// carried-over disable's end, a probe claim's, or else a DisabledTime
+// after it, as for a failure count or an enable.
+func (b *Broker) deadline(rt *route, ev event) time.Time {
+	switch ev.kind {
+	case claim:
+		return ev.at.Add(b.policy.ProbeTimeout)
+	case failure, carryOver:
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if rt.live != nil && !rt.live.Until.IsZero() {
+			return rt.live.Until
+		}
+	}
+	return ev.at.Add(b.policy.DisabledTime)
+}
+
+func (b *Broker) tryWrite(rt *route, ev event, deadline time.Time) error {
+	end := time.Now().Add(writeAttempt)
+	if deadline.Before(end) {
+		end = deadline
+	}
+	ctx, cancel := context.WithDeadline(b.writeContext, end)
 	defer cancel()
 	store := b.shared()
 	cur, live, err := store.Latest(ctx, rt.path)
@@ -82,11 +114,17 @@ func (b *Broker) tryWrite(rt *route, ev event) error {
 		b.kvErrors.Add(1)
 		return err
 	}
+	if !time.Now().Before(deadline) {
+		// The read took so long (nats.go held it through an outage) that
+		// what it would write has ended: written now, it would put the
+		// router on probation on every replica.
+		return nil
+	}
 	var liveRec *Record
 	memo := cur.Record
 	if live {
 		b.mu.Lock()
-		cur.Record = b.sane(rt, cur)
+		cur.Record, _ = b.sane(rt, cur)
 		b.mu.Unlock()
 		liveRec, memo = &cur.Record, Record{}
 	}

@@ -45,6 +45,9 @@ func (s *memStore) Release(_ context.Context, memo broker.Record, rev uint64) (u
 	return s.write(memo, rev, false)
 }
 
+// Announce tells nobody: a handler test runs one replica.
+func (s *memStore) Announce(broker.Record) {}
+
 func (s *memStore) write(r broker.Record, rev uint64, live bool) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -89,5 +89,6 @@ func (s *Store) Put(ctx context.Context, r broker.Record) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("put %q: %w", r.Router, err)
 	}
+	s.tell("put", r, ack.Sequence)
 	return ack.Sequence, nil
 }

@@ -69,6 +69,9 @@ type Config struct {
 	Bucket string
 	// Description is the description a new bucket gets, for `nats kv info`.
 	Description string
+	// News is the plain NATS subject every write is told on at once, and
+	// watchers listen to (see Store.Announce); none when empty.
+	News string
 	// Replicas is the bucket's replica count when it is created (default 1).
 	Replicas int
 	// Owner names this replica; the janitor deletes its own expired records first.
@@ -97,7 +100,8 @@ type Store struct {
 	cfg    Config // to create the bucket again if someone deletes it
 
 	mu      sync.Mutex
-	janitor map[string]*time.Timer // ModeExpiry: pending deletes by key
+	janitor map[string]*time.Timer   // ModeExpiry: pending deletes by key
+	pending map[string]broker.Record // announced and not yet written, by key
 	closed  bool
 	sweeps  sync.WaitGroup     // janitor deletes armed or running; added to under mu while not closed
 	stop    context.Context    // ends janitor deletes in flight when the store closes
@@ -156,7 +160,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	}
 	stop, cancel := context.WithCancel(context.Background())
 	return &Store{js: js, kv: b, stream: stream, mode: mode, owner: cfg.Owner, linger: cfg.Linger, log: log, cfg: cfg,
-		janitor: map[string]*time.Timer{}, stop: stop, cancel: cancel, resync: make(chan struct{}, 1)}, nil
+		janitor: map[string]*time.Timer{}, pending: map[string]broker.Record{}, stop: stop, cancel: cancel, resync: make(chan struct{}, 1)}, nil
 }
 
 func create(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, error) {
@@ -248,7 +252,11 @@ func (s *Store) Update(ctx context.Context, r broker.Record, rev uint64) (uint64
 	}
 	// KeyValue.Update takes no TTL, so publish to the key's subject with the
 	// same compare-and-set header Update uses, plus the TTL header.
-	return s.publish(ctx, &nats.Msg{Subject: s.subject(r.Router), Data: val}, rev, opts...)
+	seq, err := s.publish(ctx, &nats.Msg{Subject: s.subject(r.Router), Data: val}, rev, opts...)
+	if err == nil {
+		s.tell("put", r, seq)
+	}
+	return seq, err
 }
 
 // Release deletes the router's key if its last message is still at
@@ -261,7 +269,11 @@ func (s *Store) Release(ctx context.Context, memo broker.Record, rev uint64) (ui
 	}
 	m := &nats.Msg{Subject: s.subject(memo.Router), Data: val, Header: nats.Header{}}
 	m.Header.Set(kvOperation, "DEL") // what KeyValue.Delete writes
-	return s.publish(ctx, m, rev)
+	seq, err := s.publish(ctx, m, rev)
+	if err == nil {
+		s.tell("del", memo, seq)
+	}
+	return seq, err
 }
 
 // kvOperation is the header nats.go's KV marks deletes and purges with.
@@ -309,19 +321,24 @@ func (s *Store) Latest(ctx context.Context, router string) (e broker.Entry, live
 
 func (s *Store) subject(key string) string { return "$KV." + s.kv.Bucket() + "." + key }
 
-// Delete removes router's key if it is still at revision rev (0: any).
+// Delete removes router's key if it is still at revision rev (0: whatever
+// it holds), as `nats kv del` does: an empty delete marker, which also
+// forgets the backoff level.
 func (s *Store) Delete(ctx context.Context, router string, rev uint64) error {
-	var opts []jetstream.KVDeleteOpt
+	m := &nats.Msg{Subject: s.subject(router), Header: nats.Header{}}
+	m.Header.Set(kvOperation, "DEL")
+	var opts []jetstream.PublishOpt
 	if rev > 0 {
-		opts = append(opts, jetstream.LastRevision(rev))
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(rev))
 	}
-	err := s.kv.Delete(ctx, router, opts...)
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || wrongLastSequence(err) {
+	ack, err := s.js.PublishMsg(ctx, m, opts...)
+	if wrongLastSequence(err) {
 		return fmt.Errorf("delete %q at revision %d: %w", router, rev, ErrConflict)
 	}
 	if err != nil {
 		return fmt.Errorf("delete %q: %w", router, err)
 	}
+	s.tell("del", broker.Record{Router: router}, ack.Sequence)
 	return nil
 }
 

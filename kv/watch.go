@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,27 +16,62 @@ import (
 
 // Watch calls fn once for every key in the bucket and returns when it has,
 // so the caller's view is complete before it serves. Then it keeps calling
-// fn for each change, from one goroutine at a time, until ctx ends or stop
-// is called; stop returns when that goroutine has. If the watcher stops
-// meanwhile (the connection was closed, the consumer vanished), Watch
-// starts a new one and reports keys that disappeared as deleted (an Event
-// with neither Entry nor Memo). A delete marker's memo (see Store.Release)
-// arrives as the Event's Memo.
+// fn for each change until ctx ends or stop is called; stop returns when
+// nothing calls fn any more. fn may be called from two goroutines at once:
+// the watcher's, and the news' (see Store.Announce), which may tell of a
+// change before or after the watcher does; Event.Revision tells which is
+// newer. If the watcher stops meanwhile (the connection was closed, the
+// consumer vanished), Watch starts a new one and reports keys that
+// disappeared as deleted (an Event with neither Entry nor Memo). A delete
+// marker's memo (see Store.Release) arrives as the Event's Memo.
+//
+// Each attempt to start a watcher is bounded by watchAttempt and retried
+// until ctx ends: during a cluster's election of a JetStream meta leader no
+// consumer can be made, and the news carries the replicas' changes
+// meanwhile.
 func (s *Store) Watch(ctx context.Context, fn func(broker.Event)) (stop func(), err error) {
+	// Listening first, so that no news falls between the load and the
+	// listening.
+	unlisten, err := s.listen(fn)
+	if err != nil {
+		return nil, fmt.Errorf("listen to the news of bucket %q: %w", s.Bucket(), err)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	known := map[string]bool{}
 	w, err := s.watch(ctx, known, fn)
+	for attempt := 1; err != nil && !gone(err) && !errors.Is(err, ErrNoJetStream) && ctx.Err() == nil; attempt++ {
+		if attempt == 1 {
+			s.log.Warn("cannot load the bucket yet; retrying until it works",
+				slog.String("bucket", s.Bucket()), slog.Any("error", err))
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(retryWatch):
+			w, err = s.watch(ctx, known, fn)
+		}
+	}
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
 	if err != nil {
 		cancel()
+		unlisten()
 		return nil, err
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.keepWatching(ctx, w, known, fn)
-	}()
-	return func() { cancel(); <-done }, nil
+	var wg sync.WaitGroup
+	wg.Go(func() { s.keepWatching(ctx, w, known, fn) })
+	wg.Go(func() { s.retell(ctx) })
+	return func() { cancel(); wg.Wait(); unlisten() }, nil
 }
+
+const (
+	// watchAttempt bounds one attempt to start a watcher and load the
+	// bucket through it: a few milliseconds when the servers are well,
+	// and nothing comes sooner during an election.
+	watchAttempt = 2 * time.Second
+	// retryWatch is the pause between attempts.
+	retryWatch = 250 * time.Millisecond
+)
 
 // keepWatching follows w, and each watcher after it, until ctx ends.
 func (s *Store) keepWatching(ctx context.Context, w jetstream.KeyWatcher, known map[string]bool, fn func(broker.Event)) {
@@ -51,7 +87,7 @@ func (s *Store) keepWatching(ctx context.Context, w jetstream.KeyWatcher, known 
 		} else {
 			s.log.Warn("bucket watcher stopped; watching again", slog.String("bucket", s.Bucket()))
 		}
-		for failed := false; ; wait = max(min(2*wait, 5*time.Second), 100*time.Millisecond) {
+		for failed := false; ; wait = max(min(2*wait, time.Second), retryWatch) {
 			select {
 			case <-ctx.Done():
 				return
@@ -59,6 +95,9 @@ func (s *Store) keepWatching(ctx context.Context, w jetstream.KeyWatcher, known 
 			}
 			if w, err = s.watch(ctx, known, fn); err == nil {
 				break
+			}
+			if ctx.Err() != nil {
+				return
 			}
 			if gone(err) && !s.cfg.NoCreate {
 				// Someone deleted the bucket. Replicas keep serving from
@@ -86,21 +125,34 @@ func gone(err error) bool {
 // watch starts a watcher and delivers the bucket's current keys to fn. Keys
 // in known that are no longer there are delivered as deleted.
 func (s *Store) watch(ctx context.Context, known map[string]bool, fn func(broker.Event)) (jetstream.KeyWatcher, error) {
-	w, err := s.kv.WatchAll(ctx)
+	// The attempt is cancelled when it takes too long, but a watcher that
+	// made it keeps its context: nats.go makes its consumer again with
+	// that context after a reconnect, and a cancelled one breaks that.
+	actx, cancel := context.WithCancel(ctx)
+	timeout := time.AfterFunc(watchAttempt, cancel)
+	w, err := s.kv.WatchAll(actx)
 	if err != nil {
+		timeout.Stop()
+		cancel()
 		return nil, noJetStream(fmt.Errorf("watch bucket %q: %w", s.Bucket(), err))
 	}
 	seen := map[string]bool{}
 	for {
 		select {
-		case <-ctx.Done():
+		case <-actx.Done():
 			_ = w.Stop()
-			return nil, ctx.Err()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("watch bucket %q: no answer while loading within %v", s.Bucket(), watchAttempt)
 		case e, ok := <-w.Updates():
 			if !ok {
 				return nil, fmt.Errorf("watch bucket %q: watcher closed while loading", s.Bucket())
 			}
 			if e == nil { // all current values delivered
+				if !timeout.Stop() {
+					continue // it timed out just now: actx is ending
+				}
 				for k := range known {
 					if !seen[k] {
 						delete(known, k)
@@ -117,11 +169,14 @@ func (s *Store) watch(ctx context.Context, known map[string]bool, fn func(broker
 }
 
 // Resync makes Watch drop its watcher and start a new one at once, which
-// delivers every key again. Call it after a reconnect: the watcher's
-// ordered consumer may have lived on a server that restarted or left the
-// cluster, and would otherwise notice only after two missed heartbeats,
-// about ten seconds.
+// delivers every key again, and asks the other stores for the disables
+// they announced and have not written yet. Call it after a reconnect: the
+// watcher's ordered consumer may have lived on a server that restarted or
+// left the cluster, and would otherwise notice only after two missed
+// heartbeats, about ten seconds, and news told while this store was away
+// never reached it.
 func (s *Store) Resync() {
+	s.ask()
 	select {
 	case s.resync <- struct{}{}:
 	default: // one is pending already
@@ -190,7 +245,8 @@ func (s *Store) lastSeq(ctx context.Context) uint64 {
 
 func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]bool, fn func(broker.Event)) {
 	s.delivered = max(s.delivered, e.Revision())
-	ev := broker.Event{Router: e.Key(), Revision: e.Revision()}
+	ev := broker.Event{Router: e.Key(), Revision: e.Revision(), Created: e.Created()}
+	s.settled(ev.Router, ev.Created)
 	if e.Operation() != jetstream.KeyValuePut {
 		if r, err := Decode(e.Key(), e.Value()); err == nil {
 			ev.Memo = &r

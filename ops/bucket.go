@@ -23,6 +23,7 @@ import (
 	"github.com/gecholog/broker/gecholog"
 	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/kv"
+	"github.com/gecholog/broker/replica"
 )
 
 const (
@@ -77,7 +78,9 @@ func (t Target) openBucket(ctx context.Context, cmd string, fn func(context.Cont
 	if err != nil {
 		return err
 	}
-	store, err := kv.Open(ctx, js, kv.Config{Bucket: t.Bucket, NoCreate: true})
+	// The news tells the replicas of a change at once, even while the
+	// cluster elects a JetStream leader.
+	store, err := kv.Open(ctx, js, kv.Config{Bucket: t.Bucket, NoCreate: true, News: replica.NewsSubject(t.Bucket), Owner: "broker " + cmd})
 	switch {
 	case errors.Is(err, kv.ErrNoBucket):
 		return fmt.Errorf("bucket %q does not exist on %s: no broker has run against this server yet, or BROKER_BUCKET differs", t.Bucket, server)

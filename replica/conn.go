@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,16 +35,58 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 			log.Info("reconnected to NATS", slog.String("server", natsconn.Redact(nc.ConnectedUrl())))
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
+				r.drops.tell(log, sub, false)
+				return
+			}
 			attrs := []any{slog.Any("error", err)}
 			if sub != nil {
 				attrs = append(attrs, slog.String("subject", sub.Subject))
-				if dropped, derr := sub.Dropped(); derr == nil && dropped > 0 {
-					attrs = append(attrs, slog.Int("dropped_calls", dropped))
-				}
 			}
 			log.Error("NATS error", attrs...)
 		}),
 	), nil
+}
+
+// dropEvery is how often, at most, a subscription that keeps dropping
+// messages is logged.
+const dropEvery = 10 * time.Second
+
+// drops logs the messages a subscription dropped because its queue was
+// full: one line when it starts, then at most one every dropEvery with the
+// count since the last, and the rest when the replica stops. nats.go
+// reports a slow consumer each time the queue, having taken a message,
+// drops the next, which under a long burst is every few milliseconds.
+type drops struct {
+	mu   sync.Mutex
+	told map[*nats.Subscription]dropsTold
+}
+
+type dropsTold struct {
+	at    time.Time
+	count int // dropped as of the last line
+}
+
+// tell logs sub's drops unless a line went out within dropEvery; final
+// logs any untold drops whatever the time.
+func (d *drops) tell(log *slog.Logger, sub *nats.Subscription, final bool) {
+	dropped, err := sub.Dropped()
+	if err != nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	last := d.told[sub]
+	if dropped <= last.count || !final && time.Since(last.at) < dropEvery {
+		return
+	}
+	if d.told == nil {
+		d.told = map[*nats.Subscription]dropsTold{}
+	}
+	d.told[sub] = dropsTold{at: time.Now(), count: dropped}
+	log.Error("NATS error", slog.Any("error", nats.ErrSlowConsumer), slog.String("subject", sub.Subject),
+		slog.Int("dropped_calls", dropped-last.count), slog.Int("dropped_calls_total", dropped),
+		slog.String("hint", "calls arrive faster than this replica answers them; run more replicas"))
 }
 
 // connect dials the servers until they answer, or returns nil when ctx
@@ -69,7 +112,7 @@ func connect(ctx context.Context, s natsconn.Settings, opts []nats.Option, log *
 
 // storeConfig is how every replica opens the bucket.
 func storeConfig(c Config, log *slog.Logger) kv.Config {
-	return kv.Config{Bucket: c.Bucket, Description: BucketDescription, Replicas: c.KVReplicas,
+	return kv.Config{Bucket: c.Bucket, Description: BucketDescription, Replicas: c.KVReplicas, News: NewsSubject(c.Bucket),
 		Owner: c.ID, Logger: log, Linger: c.Policy.ProbeTimeout}
 }
 
@@ -88,7 +131,14 @@ func openStore(ctx context.Context, nc *nats.Conn, c Config, log *slog.Logger) (
 			return store, err
 		}
 		if attempt%30 == 0 {
-			log.Warn("cannot open the router health bucket; retrying", slog.String("bucket", c.Bucket), slog.Any("error", err))
+			attrs := []any{slog.String("bucket", c.Bucket), slog.Any("error", err)}
+			if perr := nc.LastError(); errors.Is(perr, nats.ErrPermissionViolation) {
+				// The server refuses JetStream API requests without an
+				// answer; the request only times out.
+				attrs = append(attrs, slog.String("hint", "the server refused a request: "+perr.Error()+
+					"; grant the broker's NATS user the permissions in the README's least-privilege section, or create the bucket beforehand"))
+			}
+			log.Warn("cannot open the router health bucket; retrying", attrs...)
 		}
 		select {
 		case <-ctx.Done():
@@ -131,7 +181,7 @@ func (r *Replica) reattach(ctx context.Context) (stop func()) {
 			r.store = store // closed when the replica stops
 			r.mu.Unlock()
 			r.broker.Attach(store)
-			resyncOnReconnect(r.nc, store, r.log)
+			r.resyncOnReconnect(store)
 			stopWatch, err := store.Watch(ctx, r.broker.Observe)
 			if err != nil {
 				continue // writes go to the bucket already; the next attempt watches
@@ -149,11 +199,36 @@ func (r *Replica) reattach(ctx context.Context) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
-// resyncOnReconnect reloads the view from the bucket after every reconnect,
-// instead of waiting for the watcher to miss its heartbeats.
-func resyncOnReconnect(nc *nats.Conn, store *kv.Store, log *slog.Logger) {
-	nc.SetReconnectHandler(func(nc *nats.Conn) {
-		log.Info("reconnected to NATS", slog.String("server", natsconn.Redact(nc.ConnectedUrl())), slog.Bool("reloading_router_health", true))
+// resyncOnReconnect brings the view up to date after every reconnect,
+// instead of waiting for the watcher to miss its heartbeats: it reads every
+// router's key at once (which works while a cluster elects a leader, when
+// a new watcher cannot be made), asks the other replicas for disables
+// they announced while this one was away, and watches again.
+func (r *Replica) resyncOnReconnect(store *kv.Store) {
+	r.nc.SetReconnectHandler(func(nc *nats.Conn) {
+		r.log.Info("reconnected to NATS", slog.String("server", natsconn.Redact(nc.ConnectedUrl())), slog.Bool("reloading_router_health", true))
 		store.Resync()
+		r.background(func(ctx context.Context) {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := r.broker.Reload(ctx); err != nil && ctx.Err() == nil {
+				r.log.Warn("could not read every router's health after reconnecting; the watcher brings it", slog.Any("error", err))
+			}
+		})
 	})
+}
+
+// background runs f in a goroutine that stopping the replica cancels and
+// waits for. Once the replica stops, it runs nothing.
+func (r *Replica) background(f func(ctx context.Context)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bgCtx.Err() != nil {
+		return
+	}
+	r.bg.Add(1)
+	go func() {
+		defer r.bg.Done()
+		f(r.bgCtx)
+	}()
 }

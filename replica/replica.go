@@ -42,6 +42,13 @@ const (
 // creates.
 const BucketDescription = "gecholog broker: disabled routers, one key per router path"
 
+// NewsSubject is the plain NATS subject on which the replicas (and the
+// operator's tools) tell each other of every change to bucket as they make
+// it, so that a change reaches every replica while the cluster elects a
+// JetStream leader (see kv.Config.News): `nats sub broker.news.gl_broker`
+// shows them.
+func NewsSubject(bucket string) string { return "broker.news." + bucket }
+
 // Config is one replica's settings. Zero fields take the defaults named.
 type Config struct {
 	NATS natsconn.Settings
@@ -150,6 +157,12 @@ type Replica struct {
 	mode      string // "ttl", "expiry" or "local"
 
 	stopAttach func() // stops and waits for the re-attach goroutine
+
+	drops drops // slow-consumer lines
+
+	bg       sync.WaitGroup // background work; added to under mu while bgCtx lives
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
 }
 
 // Broker is the replica's decision core.
@@ -157,6 +170,10 @@ func (r *Replica) Broker() *broker.Broker { return r.broker }
 
 // ID is the replica's name.
 func (r *Replica) ID() string { return r.cfg.ID }
+
+// Server is the URL of the NATS server the replica is connected to, without
+// credentials; "" while it is not connected.
+func (r *Replica) Server() string { return natsconn.Redact(r.nc.ConnectedUrl()) }
 
 // Mode is how router health is kept: "ttl" or "expiry" (the bucket's
 // mode) or "local" (no JetStream yet).
@@ -178,6 +195,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	r := &Replica{cfg: cfg, log: cfg.Logger, stopAttach: func() {}}
+	r.bgCtx, r.bgCancel = context.WithCancel(context.Background())
+	defer r.bgCancel()
 	if cfg.MetricsAddr != "" {
 		// Listening before connecting lets /healthz answer, and /readyz
 		// say why not, while the replica waits for the server. Deferred
@@ -254,7 +273,7 @@ func (r *Replica) start(ctx context.Context) error {
 	r.handler = gecholog.NewHandler(r.broker, r.log)
 	r.mon.started(r.broker, r.handler)
 	if store != nil {
-		resyncOnReconnect(r.nc, store, r.log)
+		r.resyncOnReconnect(store)
 		// The view is complete before the first call is answered.
 		r.stopWatch, err = store.Watch(ctx, r.broker.Observe)
 		if err != nil {
@@ -319,6 +338,11 @@ func (r *Replica) subscribe() error {
 // returns; each step copes with a start that got only part of the way.
 func (r *Replica) stop() {
 	r.mon.stage(stopping)
+	if r.sub != nil {
+		// The calls dropped since the last line; a drained subscription
+		// no longer says.
+		r.drops.tell(r.log, r.sub, true)
+	}
 	switch {
 	case r.sub != nil && !r.serving:
 		_ = r.sub.Unsubscribe()
@@ -340,6 +364,10 @@ func (r *Replica) stop() {
 	r.calls.close() // a handler still running finishes; no other starts
 	r.stopAttach()
 	r.mu.Lock()
+	r.bgCancel() // under mu, so that no background work starts after it
+	r.mu.Unlock()
+	r.bg.Wait()
+	r.mu.Lock()
 	store, stopWatch := r.store, r.stopWatch
 	r.mu.Unlock()
 	if stopWatch != nil {
@@ -353,7 +381,9 @@ func (r *Replica) stop() {
 	if store != nil {
 		store.Close()
 	}
-	_ = r.nc.Flush()
+	if r.nc.IsConnected() {
+		_ = r.nc.FlushTimeout(time.Second) // replies on their way; without a server there are none
+	}
 	r.nc.Close()
 	if r.broker != nil {
 		r.log.Info("stopped")

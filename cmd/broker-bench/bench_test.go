@@ -55,6 +55,8 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 			[]string{"5 pools, 50 routers", "start to ready", "choice in a pool of 10", "replica ready", "the replica's share"}},
 		{"soak", []string{"-duration", "500ms", "-rate", "200", "-timeout", "2s"},
 			[]string{"200 gecholog calls per second", "request context", "response context", "start", "end", "broker errors"}},
+		{"nodeloss", []string{"-runs", "1", "-nodeloss-disabled-time", "3s"},
+			[]string{"3 nats-server", "meta leader", "stream leader", "neither leader", "agree max", "answer max", "no disable lost: met"}},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			out := runBench(t, append([]string{"-mode", tc.mode}, tc.args...)...)

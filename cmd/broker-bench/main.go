@@ -1,11 +1,12 @@
 // Command broker-bench measures the broker on loopback: throughput against
 // no-op responders, how fast a failure report reaches every replica, the
 // cost of a storm of failure reports, the start of a replica with many
-// pools, and a soak at gecholog's call pattern. The replicas run in this
+// pools, a soak at gecholog's call pattern, and losing a node of a NATS
+// cluster. The replicas run in this
 // process, each a full replica.Run with its own NATS connection, as in the
 // demo and the end-to-end tests.
 //
-//	broker-bench [-mode throughput|propagation|storm|scale|soak] [flags]
+//	broker-bench [-mode throughput|propagation|storm|scale|soak|nodeloss] [flags]
 //
 // Run "broker-bench -h" for the settings.
 package main
@@ -30,6 +31,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/gecholog/broker/internal/flagenv"
+	"github.com/gecholog/broker/internal/natsbin"
 	"github.com/gecholog/broker/internal/natsconn"
 )
 
@@ -63,10 +65,13 @@ type options struct {
 	rate     int
 	fail     float64
 	disable  time.Duration
-	logLevel string
-	level    slog.Level // of logLevel
-	cpuProf  string
-	memProf  string
+	runs     int
+	// nodelossDisabled is DISABLED_TIME in nodeloss mode.
+	nodelossDisabled time.Duration
+	logLevel         string
+	level            slog.Level // of logLevel
+	cpuProf          string
+	memProf          string
 }
 
 // modeDuration is the measuring time a mode runs for by default; ok is
@@ -79,8 +84,8 @@ func modeDuration(mode string) (d time.Duration, ok bool) {
 		return 5 * time.Second, true
 	case "soak":
 		return time.Minute, true
-	case "propagation", "scale":
-		return 0, true // counted in trials and starts, not time
+	case "propagation", "scale", "nodeloss":
+		return 0, true // counted in trials, starts and runs, not time
 	}
 	return 0, false
 }
@@ -88,7 +93,7 @@ func modeDuration(mode string) (d time.Duration, ok bool) {
 func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (options, error) {
 	var o options
 	s := flagenv.New("broker-bench", getenv)
-	s.String(&o.mode, "mode", "", "throughput", "`mode`: throughput, propagation, storm, scale or soak")
+	s.String(&o.mode, "mode", "", "throughput", "`mode`: throughput, propagation, storm, scale, soak or nodeloss")
 	s.String(&o.server, "server", "", "", "NATS server `URL` on loopback; default: an embedded nats-server with JetStream on a random 127.0.0.1 port")
 	s.String(&o.token, "token", "NATS_TOKEN", "", "NATS `token` for -server")
 	s.Duration(&o.duration, "duration", "", 0, 0, time.Hour, "measuring `time` of each condition (default 10s throughput, 5s storm, 60s soak)")
@@ -107,6 +112,8 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Int(&o.rate, "rate", "", 2000, 1, 1_000_000, "soak: gecholog `calls` per second, each a request and a response context")
 	s.Float(&o.fail, "fail", "", 0.3, 0, 1, "soak: `fraction` of the failing router's calls that fail")
 	s.Duration(&o.disable, "soak-disable", "", time.Second, time.Second, time.Hour, "soak: the disabled `time`, short so that routers cycle through disable, probe and enable")
+	s.Int(&o.runs, "runs", "", 20, 1, 1000, "nodeloss: `runs` for each kind of node lost")
+	s.Duration(&o.nodelossDisabled, "nodeloss-disabled-time", "", time.Minute, time.Second, time.Hour, "nodeloss: the disabled `time`; over 30s, each run also waits for every disable to land")
 	s.String(&o.logLevel, "log-level", "", "error", "replicas' log `level` on stderr: debug, info, warn or error")
 	s.String(&o.cpuProf, "cpuprofile", "", "", "write a CPU profile of the whole run (server, replicas and callers) to `file`")
 	s.String(&o.memProf, "memprofile", "", "", "write an allocation profile of the whole run to `file`")
@@ -115,7 +122,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	}
 	def, ok := modeDuration(o.mode)
 	if !ok {
-		return o, fmt.Errorf("mode %q: throughput, propagation, storm, scale or soak", o.mode)
+		return o, fmt.Errorf("mode %q: throughput, propagation, storm, scale, soak or nodeloss", o.mode)
 	}
 	if o.duration == 0 {
 		o.duration = def
@@ -181,6 +188,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	tok := strings.ToLower(nats.NewInbox()[len(nats.InboxPrefix):])
 	b := &bench{o: o, out: stdout, stderr: stderr,
 		subject: "bench." + tok + ".broker", noop: "bench." + tok + ".noop", bucket: "bench_" + tok}
+	if o.mode == "nodeloss" { // a cluster of its own, as processes
+		fmt.Fprintf(stdout, "broker bench -mode nodeloss: nats-server %s (3 processes on 127.0.0.1), %s %s/%s, GOMAXPROCS %d\n\n",
+			natsbin.Embedded, runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0))
+		if err := b.nodeloss(ctx); err != nil || ctx.Err() == nil {
+			return err
+		}
+		return errors.New("bench interrupted")
+	}
 	stopServer, err := b.startServer()
 	if err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"maps"
 	"math/big"
@@ -34,6 +35,7 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/gecholog/broker/internal/natstest"
@@ -393,7 +395,12 @@ func secAuthCases(t *testing.T) []secAuthCase {
 	}
 }
 
-func TestEachAuthMethodServesOnAServerThatRequiresIt(t *testing.T) {
+// TestEachAuthMethodServesAndRunsTheToolsOnAServerThatRequiresIt runs the
+// processor and then status, disable and enable, each with one way of
+// authenticating against a server that requires it, and shows that the
+// same settings without the method are refused, for the processor and for
+// every tool alike.
+func TestEachAuthMethodServesAndRunsTheToolsOnAServerThatRequiresIt(t *testing.T) {
 	for _, tc := range secAuthCases(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -409,24 +416,50 @@ func TestEachAuthMethodServesOnAServerThatRequiresIt(t *testing.T) {
 				t.Fatal("the server let a client in without credentials")
 			}
 			gw := natstest.Connect(t, s, tc.client...)
+			good := env(append([]string{"NATS_URL", url}, tc.good...)...)
 
-			r := startProgram(t, env(append([]string{"NATS_URL", url}, tc.good...)...))
+			r := startProgram(t, good, "--id", "replica-1")
 			serving := r.await(t, "serving")
 			is.Equal(serving["ttl_mode"], "ttl")                                   // the shared bucket, not local mode
 			is.True(bytes.HasPrefix(secAsk(t, gw), []byte(`{"gl_path":"/azure/`))) // a pool router
+
+			// The operator's tools, with the processor's settings: each one's
+			// effect is seen by the replica, through the bucket, and by status.
+			out, errs, err := secOp(context.Background(), good, "disable", "/azure/gpt4/", "--for", "1h", "--by", "alice")
+			is.NoErr(err)                                                                                // disable
+			is.True(strings.HasPrefix(out, "disabled /azure/gpt4/ on every replica for 1h0m0s, until ")) // confirmed
+			is.Equal(errs, "")
+			r.await(t, "router disabled", "router", "/azure/gpt4/", "manual", "true", "by", "alice")
+			is.Equal(secState(t, good, "/azure/gpt4/"), "disabled") // status
+			out, _, err = secOp(context.Background(), good, "enable", "/azure/gpt4/")
+			is.NoErr(err) // enable
+			is.True(strings.HasPrefix(out, "enabled /azure/gpt4/ on every replica; removed the manual disable by alice"))
+			r.await(t, "router enabled", "router", "/azure/gpt4/")
+			is.Equal(secState(t, good, "/azure/gpt4/"), "enabled")
 			is.NoErr(r.stop())
 
 			for _, rc := range tc.refused {
 				t.Run(rc.name, func(t *testing.T) {
 					is := is.New(t)
-					r := startProgram(t, env(append([]string{"NATS_URL", url}, rc.env...)...))
+					refused := env(append([]string{"NATS_URL", url}, rc.env...)...)
+					r := startProgram(t, refused)
 					line := r.await(t, "cannot connect to NATS; retrying every second")
 					is.True(strings.Contains(fmt.Sprint(line["error"], " ", line["hint"]), rc.says)) // says why
 					is.NoErr(r.stop())                                                               // cancelled while retrying: a clean stop
 					_, served := logLine(r.logs.String(), "serving")
 					is.True(!served)
+
+					for _, args := range [][]string{{"status"}, {"disable", "/azure/gpt4/"}, {"enable", "/azure/gpt4/"}} {
+						out, _, err := secOp(context.Background(), refused, args...)
+						is.True(err != nil)                                                   // the tool is refused too
+						is.True(strings.HasPrefix(err.Error(), "cannot connect to NATS at ")) // at connecting
+						is.True(strings.Contains(err.Error(), rc.says))                       // saying why
+						is.Equal(out, "")
+					}
 				})
 			}
+			// Nothing the refused tools tried reached the bucket.
+			is.Equal(secState(t, good, "/azure/gpt4/"), "enabled")
 		})
 	}
 }
@@ -623,9 +656,10 @@ var (
 	// queue group, creates the bucket when it is missing ($JS.API.INFO and
 	// STREAM.CREATE), watches it with an ordered consumer (CONSUMER.CREATE,
 	// and CONSUMER.DELETE when it re-watches after a reconnect), reads a key
-	// before each compare-and-set write (DIRECT.GET) and writes keys
-	// ($KV.gl_broker.>). _INBOX.> receives the JetStream API's replies and
-	// the watcher's messages.
+	// before each compare-and-set write and every key after a reconnect
+	// (DIRECT.GET), writes keys ($KV.gl_broker.>) and tells the other
+	// replicas of its changes (broker.news.gl_broker). _INBOX.> receives
+	// the JetStream API's replies and the watcher's messages.
 	processorRole = secRole{
 		publish: []string{
 			"$JS.API.INFO",
@@ -635,8 +669,9 @@ var (
 			"$JS.API.CONSUMER.DELETE.KV_gl_broker.>",
 			"$JS.API.DIRECT.GET.KV_gl_broker.>",
 			"$KV.gl_broker.>",
+			"broker.news.gl_broker",
 		},
-		subscribe: []string{"coburn.gl.broker broker", "_INBOX.>"},
+		subscribe: []string{"coburn.gl.broker broker", "broker.news.gl_broker", "_INBOX.>"},
 		responses: true,
 	}
 	// viewerRole is `broker status`'s: it opens the bucket without
@@ -650,9 +685,10 @@ var (
 		},
 		subscribe: []string{"_INBOX.>"},
 	}
-	// adminRole adds writing keys, for disable and enable.
+	// adminRole adds writing keys, for disable and enable, and telling the
+	// replicas of it at once.
 	adminRole = secRole{
-		publish:   append(slices.Clip(viewerRole.publish), "$KV.gl_broker.>"),
+		publish:   append(slices.Clip(viewerRole.publish), "$KV.gl_broker.>", "broker.news.gl_broker"),
 		subscribe: viewerRole.subscribe,
 	}
 )
@@ -932,6 +968,76 @@ func TestAViewerWithLeastPrivilegeCannotDisable(t *testing.T) {
 	s, v := secRoleServer(t, leastRoles)
 	is.True(!driveTools(t, s, v, "broker-viewer", [][]string{{"disable", "/azure/gpt4/"}}))
 	is.Equal(v.subjects(), []string{"$KV.gl_broker./azure/gpt4/"}) // the write, and only the write
+}
+
+// withoutCreating is role without the two permissions the README says the
+// processor needs only to create a missing bucket.
+func withoutCreating(role secRole) secRole {
+	role.publish = slices.DeleteFunc(slices.Clone(role.publish), func(p string) bool {
+		return p == "$JS.API.INFO" || p == "$JS.API.STREAM.CREATE.KV_gl_broker"
+	})
+	return role
+}
+
+func TestProcessorWithoutCreatePermissionsServesFromABucketCreatedBeforehand(t *testing.T) {
+	is := is.New(t)
+	roles := leastRoles
+	roles.processor = withoutCreating(processorRole)
+	is.Equal(len(roles.processor.publish), len(processorRole.publish)-2) // both taken away
+	s, v := secRoleServer(t, roles)
+	// Created beforehand, as a replica with every permission creates it.
+	creator := startProgram(t, secUser(s, "gateway"), "--id", "creator")
+	creator.await(t, "serving")
+	is.NoErr(creator.stop())
+
+	logs, ok := driveProcessor(t, s, v)
+	is.Equal(v.subjects(), []string(nil))               // no request was refused
+	is.True(ok)                                         // serves, shares disables, reconnects and stops
+	is.True(!strings.Contains(logs, `"level":"ERROR"`)) // without an error on the way
+}
+
+func TestProcessorWithoutCreatePermissionsNamesTheRefusalWhenTheBucketIsMissing(t *testing.T) {
+	t.Parallel() // waits out a 5 s attempt to open the bucket
+	is := is.New(t)
+	roles := leastRoles
+	roles.processor = withoutCreating(processorRole)
+	s, v := secRoleServer(t, roles)
+	gw := natstest.Connect(t, s, nats.UserInfo("gateway", "gateway-pw"))
+
+	r := startProgram(t, secUser(s, "broker"))
+	refused := r.await(t, "NATS error")
+	is.Equal(refused["level"], "ERROR")
+	is.True(strings.Contains(fmt.Sprint(refused["error"]), `Permissions Violation for Publish to "$JS.API.INFO"`)) // names what it may not do
+	r.await(t, "cannot open the router health bucket; retrying", "bucket", "gl_broker")                            // and which bucket it cannot open
+	_, served := logLine(r.logs.String(), "serving")
+	is.True(!served) // no serving without the bucket: not in local mode either
+	_, err := gw.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
+	is.True(errors.Is(err, nats.ErrNoResponders))                    // no replica takes gecholog's calls
+	is.NoErr(r.stop())                                               // cancelled while retrying: a clean stop
+	is.Equal(slices.Compact(v.subjects()), []string{"$JS.API.INFO"}) // the first step of creating it, and nothing else
+	js, err := jetstream.New(gw)
+	is.NoErr(err)
+	_, err = js.KeyValue(context.Background(), "gl_broker")
+	is.True(errors.Is(err, jetstream.ErrBucketNotFound)) // still missing
+}
+
+func TestAReplicaWhoseSubscriptionIsRefusedStopsNamingThePermission(t *testing.T) {
+	is := is.New(t)
+	roles := leastRoles
+	roles.processor.subscribe = []string{"_INBOX.>"} // without "coburn.gl.broker broker"
+	s, _ := secRoleServer(t, roles)
+	// Cancelled, a replica stops cleanly and run returns nil; refused, it
+	// returns the error at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var logs syncBuffer
+	err := run(ctx, nil, secUser(s, "broker"), &syncBuffer{}, &logs)
+	is.True(err != nil) // startup stops
+	is.True(strings.HasPrefix(err.Error(), `subscribe to "coburn.gl.broker" in queue group "broker": `))
+	is.True(strings.HasSuffix(err.Error(), `: allow the broker's NATS user to subscribe to "coburn.gl.broker broker"`)) // saying which permission to grant
+	is.True(!strings.Contains(err.Error(), "\n"))                                                                       // in one line
+	_, served := logLine(logs.String(), "serving")
+	is.True(!served)
 }
 
 // TestLeastPrivilegeHasNoPermissionToSpare takes each permission away in

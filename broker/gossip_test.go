@@ -1,0 +1,172 @@
+package broker_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natstest"
+)
+
+// announcingStore is a fakeStore that records what it is asked to
+// announce, and can hold every write back, as a store electing a leader
+// does.
+type announcingStore struct {
+	*fakeStore
+	mu        sync.Mutex
+	announced []broker.Record
+}
+
+func (a *announcingStore) Announce(r broker.Record) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.announced = append(a.announced, r)
+}
+
+func (a *announcingStore) heard() []broker.Record {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]broker.Record(nil), a.announced...)
+}
+
+// provisional is what a replica hears of another's announced disable.
+func provisional(r broker.Record) broker.Event {
+	return broker.Event{Router: r.Router, Entry: &broker.Entry{Record: r}, Provisional: true}
+}
+
+func TestADisableIsAnnouncedOnceBeforeItsWriteLands(t *testing.T) {
+	is := is.New(t)
+	store := &announcingStore{fakeStore: newFakeStore()}
+	store.failing = 1 << 30 // no write ever lands
+	b, _ := newBroker(t, broker.Config{Store: store})
+	for range 5 {
+		report(b, "/azure/dud/", 502)
+	}
+	report(b, "/azure/gpt4/", 200) // a success is not news
+	heard := store.heard()
+	is.Equal(len(heard), 1) // one disable, announced once
+	is.Equal(heard[0].Router, "/azure/dud/")
+	is.Equal(heard[0].Status, 502)
+	is.Equal(heard[0].By, "replica-1")
+	is.True(heard[0].Until.Sub(heard[0].At) == time.Hour)
+	is.Equal(store.writeCount(), 0) // before any write landed
+}
+
+func TestFailuresBelowTheThresholdAreNotAnnounced(t *testing.T) {
+	is := is.New(t)
+	store := &announcingStore{fakeStore: newFakeStore()}
+	b, _ := newBroker(t, broker.Config{Store: store, Policy: broker.Policy{Threshold: 3}})
+	report(b, "/azure/dud/", 502)
+	report(b, "/azure/dud/", 502)
+	is.Equal(len(store.heard()), 0) // a count is no disable
+	report(b, "/azure/dud/", 502)
+	is.Equal(len(store.heard()), 1)
+}
+
+func TestAnAnnouncedDisableTakesTheRouterOutUntilTheStoreSaysSomethingNewer(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{})
+	now := time.Now()
+	// The store last said the router was enabled, a minute ago.
+	b.Observe(broker.Event{Router: "/azure/dud/", Memo: &broker.Record{Router: "/azure/dud/"}, Revision: 3, Created: now.Add(-time.Minute)})
+	b.Observe(provisional(broker.Record{Router: "/azure/dud/", Status: 502, At: now, Until: now.Add(time.Hour), By: "replica-2"}))
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	is.Equal(b.Routers("/azure/"), []string{"/azure/gpt35turbo/", "/azure/gpt4/"})
+
+	// A watcher that lagged delivers an older enable: it predates the
+	// disable, which is still on its way to the store.
+	b.Observe(broker.Event{Router: "/azure/dud/", Memo: &broker.Record{Router: "/azure/dud/"}, Revision: 4, Created: now.Add(-time.Second)})
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	// The store enables it after the disable was decided (an operator's
+	// `broker enable`): the store's word wins.
+	b.Observe(broker.Event{Router: "/azure/dud/", Memo: &broker.Record{Router: "/azure/dud/"}, Revision: 5, Created: now.Add(time.Millisecond)})
+	is.Equal(b.Phase("/azure/dud/"), broker.Enabled)
+	is.Equal(len(b.Routers("/azure/")), 3)
+}
+
+func TestTheAnnouncedDisableLandingReplacesTheProvisionalOne(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{})
+	now := time.Now()
+	rec := broker.Record{Router: "/azure/dud/", Status: 502, At: now, Until: now.Add(time.Hour), By: "replica-2"}
+	b.Observe(provisional(rec))
+	landed := rec
+	landed.Until = now.Add(2 * time.Hour) // say the writer lost a race to a longer one
+	b.Observe(broker.Event{Router: rec.Router, Entry: &broker.Entry{Record: landed, Revision: 7, Created: now.Add(time.Millisecond)}, Revision: 7, Created: now.Add(time.Millisecond)})
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	// From now on the store's word counts as before: a newer enable enables.
+	b.Observe(broker.Event{Router: rec.Router, Revision: 8, Created: now.Add(2 * time.Millisecond)})
+	is.Equal(b.Phase("/azure/dud/"), broker.Enabled)
+}
+
+func TestAnAnnouncedDisableNeverLiftsShortensOrOverridesAManualOne(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		name  string
+		have  broker.Record
+		heard broker.Record
+		until time.Time // of the view afterwards
+	}{
+		{"a longer disable is kept",
+			broker.Record{Router: "/azure/dud/", At: now, Until: now.Add(2 * time.Hour)},
+			broker.Record{Router: "/azure/dud/", At: now, Until: now.Add(time.Hour)},
+			now.Add(2 * time.Hour)},
+		{"a manual disable is kept",
+			broker.Record{Router: "/azure/dud/", At: now, Manual: true, Until: now.Add(time.Minute)},
+			broker.Record{Router: "/azure/dud/", At: now, Until: now.Add(time.Hour)},
+			now.Add(time.Minute)},
+		{"a shorter disable is extended by one decided after it",
+			broker.Record{Router: "/azure/dud/", At: now, Until: now.Add(time.Minute)},
+			broker.Record{Router: "/azure/dud/", At: now.Add(time.Millisecond), Until: now.Add(time.Hour)},
+			now.Add(time.Hour)},
+		{"an announcement decided before the store's word is stale",
+			broker.Record{Router: "/azure/dud/", At: now, Until: now.Add(time.Minute)},
+			broker.Record{Router: "/azure/dud/", At: now.Add(-time.Millisecond), Until: now.Add(time.Hour)},
+			now.Add(time.Minute)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			b, _ := newBroker(t, broker.Config{})
+			b.Observe(broker.Event{Router: tc.have.Router, Entry: &broker.Entry{Record: tc.have, Revision: 2, Created: now}, Revision: 2, Created: now})
+			b.Observe(provisional(tc.heard))
+			is.True(b.Phase("/azure/dud/") != broker.Enabled)
+			is.True(len(b.Routers("/azure/")) == 2)
+			is.Equal(b.Until("/azure/dud/"), tc.until)
+		})
+	}
+}
+
+func TestAnEndedOrManualAnnouncementIsIgnoredAndAPoisonedOneIsHeldToThePolicy(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{Policy: broker.Policy{DisabledTime: time.Minute}})
+	now := time.Now()
+	b.Observe(provisional(broker.Record{Router: "/azure/dud/", At: now.Add(-time.Hour), Until: now.Add(-time.Minute)}))
+	is.Equal(b.Phase("/azure/dud/"), broker.Enabled) // ended already
+	b.Observe(provisional(broker.Record{Router: "/azure/dud/", Manual: true, At: now}))
+	is.Equal(b.Phase("/azure/dud/"), broker.Enabled) // only the store carries manual disables
+	b.Observe(provisional(broker.Record{Router: "/azure/dud/", At: now, Until: now.AddDate(20, 0, 0)}))
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	is.True(b.Until("/azure/dud/").Before(now.Add(8*time.Minute + 2*time.Second))) // the longest disable, 8 × DISABLED_TIME
+}
+
+func TestAProvisionalDisableEndsByTheClockAndTheStoresWordTakesOver(t *testing.T) {
+	is := is.New(t)
+	store := newFakeStore()
+	b, _ := newBroker(t, broker.Config{Store: store, Policy: broker.Policy{DisabledTime: 100 * time.Millisecond}})
+	now := time.Now()
+	// Announced, but the writer died before its write landed.
+	b.Observe(provisional(broker.Record{Router: "/azure/dud/", At: now, Until: now.Add(100 * time.Millisecond), By: "replica-2"}))
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	// Once it ends, traffic asks the store for the probe; the store has no
+	// record, so the router is simply enabled again.
+	natstest.Eventually(t, 3*time.Second, func() bool {
+		pick(b, "/azure/") // the claim is written in the background
+		return b.Phase("/azure/dud/") == broker.Enabled
+	}, "the router enabled by the store's word")
+	b.Close(context.Background())
+	is.Equal(store.writeCount(), 0) // nothing was written for it
+}
