@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,7 +59,9 @@ func TestFailureReportedToAnyReplicaStopsEveryReplicaChoosingTheRouter(t *testin
 	for _, r := range replicas {
 		r.waitFor(t, 5*time.Second, logged("router disabled", "router", dud, "status", "502"))
 	}
-	is.Equal(keys(t, bucket), []string{dud}) // `nats kv ls gl_broker` lists the router
+	// `nats kv ls gl_broker` lists the router. The replicas may hear of the
+	// disable before its write lands, so wait for the key.
+	waitKeys(t, bucket, 5*time.Second, dud)
 
 	marks := make([]int, len(replicas))
 	for i, r := range replicas {
@@ -124,6 +127,17 @@ func TestFailureReportedToAnyReplicaStopsEveryReplicaChoosingTheRouter(t *testin
 	slices.Sort(lags)
 	t.Logf("a disable reached all %d replicas (report sent → last \"router disabled\" line read) over %d trials: p50 %v, max %v",
 		len(replicas), len(lags), lags[len(lags)/2].Round(time.Microsecond), lags[len(lags)-1].Round(time.Microsecond))
+	// The README measures about 2 ms across three replica processes; this
+	// test sees 5 to 35 ms, the replicas race-instrumented and the suite
+	// running beside them on two cores. A disable heard only when a lost
+	// watcher misses its heartbeats (10 to 20 s) fails the 5 s wait above;
+	// this bound fails one heard by any slower path, such as the
+	// once-a-second comparison of the stream's sequence (0.5 to 1 s), yet
+	// leaves a busy machine 7 times the worst lag seen here.
+	const bound = 250 * time.Millisecond
+	if worst := lags[len(lags)-1]; worst > bound {
+		t.Errorf("a disable took %v to reach all %d replicas in the slowest of %d trials, more than %v", worst, len(replicas), len(lags), bound)
+	}
 }
 
 // When DISABLED_TIME has passed, a router is on probation on every replica:
@@ -281,7 +295,15 @@ func TestBadInputGetsEmptyReplyAndBrokerKeepsServing(t *testing.T) {
 		is := is.New(t)
 		settle(t, gw, r)
 		is.Equal(len(r.linesSince(0, logged("router disabled"))), 0)
-		is.True(len(r.linesSince(0, logged("ignoring malformed processor message"))) > 0) // the operator hears of it once
+		// The warning comes at most once per 10 s: all the bad input above
+		// came within that, so the operator hears of it once, and of the
+		// rest from the next warning (TestMalformedMessagesAreWarnedAbout…).
+		warned := r.linesSince(0, logged("ignoring malformed processor message"))
+		is.Equal(len(warned), 1) // one warning line for the whole burst of malformed messages
+		is.Equal(warned[0].attrs["suppressed_since_last"], "0")
+		if d := time.Since(warned[0].at); d >= malformedEvery {
+			t.Fatalf("the bad input took %v after the first warning, longer than its %v interval: the count above says nothing", d, malformedEvery)
+		}
 		is.Equal(len(keys(t, bucket)), 0)
 		router, err := gw.route(ingress)
 		is.NoErr(err)
@@ -319,129 +341,63 @@ func TestBadInputGetsEmptyReplyAndBrokerKeepsServing(t *testing.T) {
 	})
 }
 
-func TestSIGTERMFinishesInFlightCallsAndExitsZero(t *testing.T) {
+// malformedEvery is how often at most the broker warns of malformed
+// messages (README, What it does).
+const malformedEvery = 10 * time.Second
+
+// README, What it does: anything malformed is answered empty, with "one
+// warning line (at most one per 10 s, with a count of the rest)". The test
+// takes the 10 s the promise needs.
+func TestMalformedMessagesAreWarnedAboutAtMostOncePer10sWithACountOfTheRest(t *testing.T) {
 	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
-	r := startReplica(t, replicaEnv(s, "replica-1"))
-	nc := natstest.Connect(t, s)
+	r := startReplica(t, replicaEnv(s, "replica-1", "BROKER_LOG_LEVEL", "debug")) // debug: for settle
+	gw := newGateway(t, s)
+	malformed := logged("ignoring malformed processor message")
+	sent := 0
+	send := func() {
+		t.Helper()
+		m, err := gw.nc.Request(brokerTopic, []byte(`{"gl_path":"/azure/"`), callTimeout)
+		is.NoErr(err)            // a malformed message is answered
+		is.Equal(len(m.Data), 0) // with an empty reply
+		sent++
+	}
 
-	// The calls are pipelined, not one at a time, so that many are in flight
-	// when the signal comes. A call counts as sent once a flush round trip
-	// returns: the server has then handed it to the replica's connection,
-	// ahead of anything the replica sends when it starts to drain.
-	const maxCalls = 2000
-	type call struct {
-		flushed   time.Time // zero: not known to have reached the server
-		reply     *nats.Msg
-		repliedAt time.Time
+	for range 50 {
+		send()
 	}
-	var (
-		mu    sync.Mutex
-		calls [maxCalls]call
-	)
-	replies := nc.NewInbox()
-	_, err := nc.Subscribe(replies+".*", func(m *nats.Msg) {
-		i, err := strconv.Atoi(m.Subject[len(replies)+1:])
-		if err != nil || i < 0 || i >= maxCalls {
-			return
-		}
-		mu.Lock()
-		calls[i].reply, calls[i].repliedAt = m, time.Now()
-		mu.Unlock()
-	})
-	is.NoErr(err)
-	is.NoErr(nc.Flush())
+	settle(t, gw, r)
+	warned := r.linesSince(0, malformed)
+	is.Equal(len(warned), 1) // a burst of 50 gets one warning line
+	first := warned[0]
+	is.Equal(first.attrs["suppressed_since_last"], "0") // nothing came before it
 
-	started := make(chan struct{}) // closed after 200 calls
-	done := make(chan int)         // the number of calls made
-	go func() {
-		n := 0
-		defer func() { done <- n }()
-		body := fmt.Appendf(nil, `{"gl_path":%q}`, ingress)
-		for end := time.Now().Add(3 * time.Second); n < maxCalls && time.Now().Before(end); n++ {
-			if n == 200 {
-				close(started)
-			}
-			if nc.PublishRequest(brokerTopic, replies+"."+strconv.Itoa(n), body) != nil {
-				return
-			}
-			if nc.FlushTimeout(time.Second) == nil {
-				mu.Lock()
-				calls[n].flushed = time.Now()
-				mu.Unlock()
-			}
-		}
-	}()
-	select {
-	case <-started:
-	case <-time.After(5 * time.Second):
-		t.Fatal("200 calls not sent within 5s")
+	// More keep coming, four a second, until a second before the 10 s
+	// are up (as the replica's own clock counts them, from its line): no
+	// line for any of them.
+	quiet := first.at.Add(malformedEvery - time.Second)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; i < 40 && time.Now().Before(quiet); i++ {
+		<-tick.C
+		send()
 	}
-	signalled := time.Now()
-	r.signal(t, syscall.SIGTERM)
-	is.Equal(r.exitCode(t, 10*time.Second), 0)
-	stopping := r.waitFor(t, time.Second, logged("stopping: finishing calls in flight"))
-	stopped := r.waitFor(t, time.Second, logged("stopped"))
-	is.True(stopping.index < stopped.index)
+	settle(t, gw, r)
+	if !time.Now().Before(first.at.Add(malformedEvery)) {
+		t.Fatalf("the quiet period overran the %v interval; the next warning may already be due", malformedEvery)
+	}
+	is.Equal(len(r.linesSince(0, malformed)), 1) // no second line within 10 s
 
-	var made int
-	select {
-	case made = <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the caller did not finish within 5s")
-	}
-	before := 0 // calls known to have reached the server before the signal
-	for i := range made {
-		mu.Lock()
-		c := calls[i]
-		mu.Unlock()
-		if !c.flushed.IsZero() && c.flushed.Before(signalled) {
-			before++
-		}
-	}
-	is.True(before >= 200)
-	// Every call sent before the signal gets a real answer. The replica has
-	// exited, so no answer can still be on its way, except through this
-	// test's own connection: give that a moment.
-	natstest.Eventually(t, 2*time.Second, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		for i := range made {
-			if c := calls[i]; !c.flushed.IsZero() && c.flushed.Before(signalled) && c.reply == nil {
-				return false
-			}
-		}
-		return true
-	}, "every call sent before SIGTERM is answered")
-	mu.Lock()
-	defer mu.Unlock()
-	var inFlight, answeredAfter, noResponders, unanswered int
-	for i := range made {
-		c := calls[i]
-		sentBefore := !c.flushed.IsZero() && c.flushed.Before(signalled)
-		switch {
-		case c.reply == nil:
-			unanswered++
-		case c.reply.Header.Get("Status") == "503": // nats: no responders
-			is.True(!sentBefore) // a call sent before SIGTERM found no replica
-			noResponders++
-		default:
-			var rep struct {
-				GLPath string `json:"gl_path"`
-			}
-			is.NoErr(json.Unmarshal(c.reply.Data, &rep))
-			is.True(slices.Contains(pool, rep.GLPath)) // a real answer
-			if sentBefore && c.repliedAt.After(signalled) {
-				inFlight++
-			}
-			if !sentBefore {
-				answeredAfter++
-			}
-		}
-	}
-	t.Logf("%d calls: %d sent before SIGTERM, all answered, %d of them after the signal; after it: %d answered, %d no responders, %d unanswered",
-		made, before, inFlight, answeredAfter, noResponders, unanswered)
+	// The first one after the 10 s is warned about, with the count of those
+	// in between.
+	<-time.After(time.Until(first.at.Add(malformedEvery)))
+	send()
+	settle(t, gw, r)
+	warned = r.linesSince(0, malformed)
+	is.Equal(len(warned), 2) // a line for the first malformed message after 10 s
+	is.Equal(warned[1].attrs["suppressed_since_last"], strconv.Itoa(sent-2))
+	is.True(warned[1].at.Sub(first.at) >= malformedEvery) // the two lines are 10 s apart
 }
 
 func TestOriginalEnvironmentOnlyThreeReplicasAgree(t *testing.T) {
@@ -468,7 +424,7 @@ func TestOriginalEnvironmentOnlyThreeReplicasAgree(t *testing.T) {
 	for _, r := range replicas {
 		r.waitFor(t, 5*time.Second, logged("router disabled", "router", dud))
 	}
-	is.Equal(keys(t, bucket), []string{dud})
+	waitKeys(t, bucket, 5*time.Second, dud)
 	got := gw.routes(t, 600)
 	is.Equal(got[dud], 0)
 	is.True(got[gpt35] > 0)
@@ -496,13 +452,19 @@ func TestServerWithoutJetStreamServesInLocalMode(t *testing.T) {
 	l := r.waitFor(t, 5*time.Second, logged("router disabled", "router", dud))
 	until, err := time.Parse(time.RFC3339Nano, l.attrs["until"])
 	is.NoErr(err)
-	calls := 0
-	for ; calls < 300 && time.Now().Before(until); calls++ {
+	// However many calls a busy machine fits into the disable, every one
+	// answered before until went elsewhere. A call answered later may be
+	// the probe.
+	checked := 0
+	for calls := 0; calls < 300 && time.Now().Before(until); calls++ {
 		router, err := gw.route(ingress)
 		is.NoErr(err)
-		is.True(router != dud) // the disabled router was chosen
+		if time.Now().Before(until) {
+			is.True(router != dud) // the disabled router was chosen before until
+			checked++
+		}
 	}
-	is.Equal(calls, 300) // 300 calls within the 6 s disable
+	is.True(checked > 0) // some call was answered within the 6 s disable
 
 	// Without a bucket the replica's own timer ends the disable, and the
 	// replica, the whole fleet here, sends the probe call.
@@ -603,7 +565,12 @@ type record struct {
 	Until   time.Time `json:"until"`
 	By      string    `json:"by"`
 	Level   int       `json:"level"`
-	Probe   *struct {
+	// A memo, the body of the delete marker that enables the router,
+	// also keeps the failures counted towards the threshold and when the
+	// last disable ended.
+	Failures int       `json:"failures"`
+	Ended    time.Time `json:"ended"`
+	Probe    *struct {
 		By    string    `json:"by"`
 		At    time.Time `json:"at"`
 		Until time.Time `json:"until"`
@@ -666,22 +633,108 @@ func listenOn(host string, port int) natstest.Option {
 // startGechologBus starts a token-protected server on port 4222, where the
 // original broker looks for gecholog's bus, at a random address in 127/8
 // (all of which Linux routes to the loopback interface) so that tests and a
-// developer's own NATS server on 127.0.0.1:4222 do not collide.
+// developer's own NATS server on 127.0.0.1:4222 do not collide. It is the
+// only test of GECHOLOG_HOST on the default port, so it never skips: when
+// no address will do, the test fails naming what listens in the way.
 func startGechologBus(t *testing.T, token string) (*server.Server, string) {
 	t.Helper()
-	for range 20 {
-		host := fmt.Sprintf("127.0.%d.%d", 1+rand.IntN(254), 1+rand.IntN(254))
+	const tries = 100
+	var err error
+	for range tries {
+		host := fmt.Sprintf("127.%d.%d.%d", rand.IntN(256), rand.IntN(256), 2+rand.IntN(253))
 		// natstest.Start waits 10 s for a server that cannot bind, so try
 		// the address first.
-		l, err := net.Listen("tcp", net.JoinHostPort(host, "4222"))
-		if err != nil {
+		var l net.Listener
+		if l, err = net.Listen("tcp", net.JoinHostPort(host, "4222")); err != nil {
 			continue
 		}
 		l.Close()
 		return natstest.Start(t, natstest.WithToken(token), listenOn(host, 4222)), host
 	}
-	t.Skip("port 4222 is taken on 20 random 127/8 addresses: is a NATS server listening on 0.0.0.0:4222?")
+	t.Fatalf("cannot test GECHOLOG_HOST on port 4222: could not listen there at any of %d random 127/8 addresses (last: %v); listening on port 4222: %s",
+		tries, err, listenersOn(4222))
 	return nil, ""
+}
+
+// listenersOn describes the TCP sockets listening on port, from
+// /proc/net/tcp and tcp6, with the process that owns each where this user
+// may see it and what a NATS server there says it is.
+func listenersOn(port int) string {
+	var found []string
+	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			continue
+		}
+		for _, row := range strings.Split(string(data), "\n")[1:] {
+			// sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+			f := strings.Fields(row)
+			if len(f) < 10 || f[3] != "0A" { // 0A: LISTEN
+				continue
+			}
+			hexHost, hexPort, ok := strings.Cut(f[1], ":")
+			if p, err := strconv.ParseUint(hexPort, 16, 16); !ok || err != nil || int(p) != port {
+				continue
+			}
+			addr := net.JoinHostPort(procNetIP(hexHost), strconv.Itoa(port))
+			found = append(found, addr+" ("+socketOwner(f[9])+"; "+natsInfo(addr)+")")
+		}
+	}
+	if len(found) == 0 {
+		return "nothing found in /proc/net/tcp{,6}; see `ss -ltnp 'sport = :" + strconv.Itoa(port) + "'`"
+	}
+	return strings.Join(found, ", ")
+}
+
+// procNetIP reads an address as /proc/net/tcp writes it: the bytes of each
+// 32-bit word in host (little-endian) order.
+func procNetIP(h string) string {
+	b := make([]byte, 0, len(h)/2)
+	for i := 0; i+8 <= len(h); i += 8 {
+		w, err := strconv.ParseUint(h[i:i+8], 16, 32)
+		if err != nil {
+			return h
+		}
+		b = append(b, byte(w), byte(w>>8), byte(w>>16), byte(w>>24))
+	}
+	return net.IP(b).String()
+}
+
+// socketOwner names the process holding the socket with inode, if this
+// user can see it.
+func socketOwner(inode string) string {
+	want := "socket:[" + inode + "]"
+	fds, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range fds {
+		if link, err := os.Readlink(fd); err == nil && link == want {
+			pid := strings.Split(fd, "/")[2]
+			comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+			return "pid " + pid + " " + strings.TrimSpace(string(comm))
+		}
+	}
+	return "owner not visible to this user"
+}
+
+// natsInfo says what the server at addr announces, if it is a NATS server.
+func natsInfo(addr string) string {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "does not accept: " + err.Error()
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	first, _ := bufio.NewReader(c).ReadString('\n')
+	var info struct {
+		Name    string `json:"server_name"`
+		Version string `json:"version"`
+	}
+	if js, ok := strings.CutPrefix(first, "INFO "); ok && json.Unmarshal([]byte(js), &info) == nil {
+		return fmt.Sprintf("a NATS server %s, version %s", info.Name, info.Version)
+	}
+	if first == "" {
+		return "not a NATS server: it said nothing within 1s"
+	}
+	return fmt.Sprintf("not a NATS server: it said %q", first)
 }
 
 // replicaEnv is the environment of a replica serving on s, with the logs in
@@ -715,9 +768,9 @@ func startReplicas(t *testing.T, s *server.Server, n int, more ...string) []*rep
 	return rs
 }
 
-func startReplica(t *testing.T, env map[string]string) *replica {
+func startReplica(t *testing.T, env map[string]string, opts ...replicaOption) *replica {
 	t.Helper()
-	r := spawnReplica(t, env)
+	r := spawnReplica(t, env, opts...)
 	r.waitServing(t)
 	return r
 }
@@ -732,6 +785,13 @@ type replica struct {
 	lines []logLine
 	grew  chan struct{} // closed and replaced when a line arrives or the log ends
 	ended bool          // stderr reached EOF
+
+	// countDebug, when set, counts debug lines instead of keeping them, for
+	// a test that makes more calls than it could keep a line for.
+	countDebug bool
+	debug      atomic.Int64 // debug lines counted, not kept
+	// held stops the reading of stderr while locked (holdLog).
+	held sync.Mutex
 
 	exited chan struct{} // closed once the process has been waited for
 	state  *os.ProcessState
@@ -751,10 +811,16 @@ type logLine struct {
 	attrs map[string]string // every field; numbers in their JSON form
 }
 
+// replicaOption changes how the test watches a replica before it starts.
+type replicaOption func(*replica)
+
+// countingDebugLines keeps only a count of the replica's debug lines.
+func countingDebugLines(r *replica) { r.countDebug = true }
+
 // spawnReplica starts a broker process with env and nothing else but PATH,
 // HOME and TMPDIR, so that the developer's NATS_* variables never leak in.
 // The process is stopped when the test ends.
-func spawnReplica(t *testing.T, env map[string]string) *replica {
+func spawnReplica(t *testing.T, env map[string]string, opts ...replicaOption) *replica {
 	t.Helper()
 	cmd := exec.Command(brokerBin)
 	for _, k := range []string{"PATH", "HOME", "TMPDIR"} {
@@ -780,6 +846,9 @@ func spawnReplica(t *testing.T, env map[string]string) *replica {
 		id = "pid-" + strconv.Itoa(cmd.Process.Pid)
 	}
 	r := &replica{id: id, cmd: cmd, grew: make(chan struct{}), exited: make(chan struct{})}
+	for _, o := range opts {
+		o(r)
+	}
 	go func() {
 		// Wait closes the pipe, so it may only run once reading is done.
 		r.read(stderr)
@@ -795,7 +864,13 @@ func spawnReplica(t *testing.T, env map[string]string) *replica {
 func (r *replica) read(stderr io.Reader) {
 	br := bufio.NewReader(stderr)
 	for {
+		r.held.Lock() // waits while the test holds the log
+		r.held.Unlock()
 		s, err := br.ReadString('\n') // no length limit: a debug line may hold a 1 MB gl_path
+		if r.countDebug && strings.HasPrefix(s, `{"time":`) && strings.Contains(s, `,"level":"DEBUG",`) {
+			r.debug.Add(1)
+			s = ""
+		}
 		if s = strings.TrimRight(s, "\n"); s != "" {
 			l := parseLine(s)
 			l.read = time.Now()
@@ -986,6 +1061,68 @@ func (r *replica) signal(t *testing.T, sig os.Signal) {
 	r.signalled.Store(true)
 	if err := r.cmd.Process.Signal(sig); err != nil {
 		t.Fatalf("signal %s: %v", r.id, err)
+	}
+}
+
+// pause stops the process (SIGSTOP) until resume: as a CPU-throttled
+// container or a long stall would be, it reads and answers nothing while the
+// server keeps what is sent to it. A paused process is resumed before the
+// test's cleanup stops it.
+func (r *replica) pause(t *testing.T) {
+	t.Helper()
+	if err := r.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("pause %s: %v", r.id, err)
+	}
+	t.Cleanup(func() { _ = r.cmd.Process.Signal(syscall.SIGCONT) })
+	// The signal is sent, not yet obeyed: wait until every thread stands.
+	natstest.Eventually(t, 5*time.Second, func() bool { return stopped(r.cmd.Process.Pid) }, "%s stopped by SIGSTOP", r.id)
+}
+
+// stopped reports whether every thread of process pid is stopped by a
+// signal (state T in /proc/PID/task/TID/stat).
+func stopped(pid int) bool {
+	stats, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(stats) == 0 {
+		return false
+	}
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		// "TID (comm) S ...": the state follows the last parenthesis.
+		i := strings.LastIndexByte(string(b), ')')
+		if err != nil || i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *replica) resume(t *testing.T) {
+	t.Helper()
+	if err := r.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatalf("resume %s: %v", r.id, err)
+	}
+}
+
+// holdLog stops reading the replica's stderr until the function it returns
+// is called (at the latest when the test ends). Once the pipe's buffer is
+// full, whatever in the replica writes a log line waits: with every call
+// logged (debug), its handler stands, as on a blocked log pipe, while its
+// connection goes on taking calls.
+func (r *replica) holdLog(t *testing.T) (release func()) {
+	r.held.Lock()
+	var once sync.Once
+	release = func() { once.Do(r.held.Unlock) }
+	t.Cleanup(release)
+	return release
+}
+
+// kill ends the process with SIGKILL, which leaves it no time to write
+// anything on its way out, and waits for it.
+func (r *replica) kill(t *testing.T) {
+	t.Helper()
+	r.signal(t, syscall.SIGKILL)
+	if code := r.exitCode(t, 5*time.Second); code != -1 {
+		t.Fatalf("%s exited with code %d before SIGKILL ended it", r.id, code)
 	}
 }
 

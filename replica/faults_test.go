@@ -236,42 +236,52 @@ func TestEveryReplicaHearsOfChangesAfterTheNodeHoldingItsWatcherIsLost(t *testin
 	for _, n := range nodes {
 		urls = append(urls, n.ClientURL())
 	}
-	f := startFaultFleet(t, strings.Join(urls, ","), 3, 3)
-	defer f.stop()
-	on := f.servingNodes(t, urls)
 	// A watcher's consumer is R1, on a random node of the stream's three,
 	// and delivers to a subscription of its replica's connection. The worst
 	// node to lose holds the watcher of a replica connected elsewhere: that
 	// replica's connection never breaks, so no reconnect tells it to watch
-	// again.
-	owner := map[string]int{} // deliver subject → replica
-	for _, n := range nodes {
-		cz, err := n.Connz(&server.ConnzOptions{Subscriptions: true})
-		is.NoErr(err)
-		for _, c := range cz.Conns {
-			for i := range f.replicas {
-				if c.Name == fmt.Sprintf("gecholog-broker replica-%d", i+1) {
-					for _, sub := range c.Subs {
-						owner[sub] = i
+	// again. Replicas are started again until one has its watcher on
+	// another node than its connection (each start has a 1 - (1/3)^3 chance).
+	var f *replicaSet
+	var on []int
+	victim, watched := -1, -1
+	for attempt := 0; attempt < 10 && victim < 0; attempt++ {
+		if f != nil {
+			f.stop()
+		}
+		f = startFaultFleet(t, strings.Join(urls, ","), 3, 3)
+		on = f.servingNodes(t, urls)
+		owner := map[string]int{} // deliver subject → replica
+		for _, n := range nodes {
+			cz, err := n.Connz(&server.ConnzOptions{Subscriptions: true})
+			is.NoErr(err)
+			for _, c := range cz.Conns {
+				for i := range f.replicas {
+					if c.Name == fmt.Sprintf("gecholog-broker replica-%d", i+1) {
+						for _, sub := range c.Subs {
+							owner[sub] = i
+						}
 					}
 				}
 			}
 		}
-	}
-	stream, err := natstest.JetStream(t, nodes[0]).Stream(context.Background(), "KV_gl_broker")
-	is.NoErr(err)
-	victim, watched := -1, -1
-	for c := range stream.ListConsumers(context.Background()).Info() {
-		i, ok := owner[c.Config.DeliverSubject]
-		if !ok || c.Cluster == nil {
-			continue
+		stream, err := natstest.JetStream(t, nodes[0]).Stream(context.Background(), "KV_gl_broker")
+		is.NoErr(err)
+		// Read to the end: nats.go's lister blocks forever on a consumer
+		// nobody takes.
+		for c := range stream.ListConsumers(context.Background()).Info() {
+			i, ok := owner[c.Config.DeliverSubject]
+			if !ok || c.Cluster == nil || victim >= 0 {
+				continue
+			}
+			if node := slices.IndexFunc(nodes, func(n *server.Server) bool { return n.Name() == c.Cluster.Leader }); node >= 0 && node != on[i] {
+				victim, watched = node, i
+			}
 		}
-		node := slices.IndexFunc(nodes, func(n *server.Server) bool { return n.Name() == c.Cluster.Leader })
-		if victim < 0 || (on[watched] == victim && on[i] != node) {
-			victim, watched = node, i
-		}
 	}
-	is.True(victim >= 0) // a node holds a watcher
+	defer f.stop()
+	is.True(victim >= 0)           // a node holds the watcher of a replica connected to another
+	is.True(on[watched] != victim) // so losing it breaks no connection of that replica
 	nc := natstest.Connect(t, nodes[(victim+1)%len(nodes)])
 	waitInterest(t, nc)
 	js, err := jetstream.New(nc)

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -35,6 +37,9 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// jsonLogger logs JSON lines to w, as the broker command does.
+func jsonLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewJSONHandler(w, nil)) }
 
 // logLine finds the first JSON log line with msg and returns its fields.
 func logLine(out, msg string) (map[string]any, bool) {

@@ -2,10 +2,9 @@ package replica_test
 
 import (
 	"context"
+	"fmt"
 	"io"
-	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,30 +24,11 @@ import (
 // caller defers stop, so the replica stops before the servers do.
 func serveOne(t *testing.T, url string, logs io.Writer) (b *broker.Broker, stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	stop = func() { cancel(); wg.Wait() }
-	ready := make(chan *broker.Broker, 1)
-	c := replica.Config{
+	r, stop := startReplica(t, replica.Config{
 		NATS: natsconn.Settings{Servers: url}, Policy: broker.Policy{DisabledTime: time.Minute}, ID: "replica-1",
-		Reattach: 100 * time.Millisecond, Logger: slog.New(slog.NewJSONHandler(logs, nil)),
-		Ready: func(r *replica.Replica) { ready <- r.Broker() },
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := replica.Run(ctx, c); err != nil {
-			t.Errorf("replica.Run: %v", err)
-		}
-	}()
-	select {
-	case b = <-ready:
-		return b, stop
-	case <-time.After(10 * time.Second):
-		stop()
-		t.Fatal("replica not ready within 10s")
-		return nil, nil
-	}
+		Reattach: 100 * time.Millisecond, Logger: jsonLogger(logs),
+	})
+	return r.Broker(), stop
 }
 
 func TestLocalModeSwitchesToTheBucketWhenJetStreamAppearsAndCarriesDisablesOver(t *testing.T) {
@@ -77,10 +57,12 @@ func TestLocalModeSwitchesToTheBucketWhenJetStreamAppearsAndCarriesDisablesOver(
 
 	bucket, err := natstest.JetStream(t, js).KeyValue(context.Background(), "gl_broker")
 	is.NoErr(err)
-	e, err := bucket.Get(context.Background(), "/azure/dud/")
-	is.NoErr(err) // the local disable was carried over
-	r, err := kv.Decode("/azure/dud/", e.Value())
-	is.NoErr(err)
+	var r broker.Record
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		var live bool
+		r, live = readRecord(t, bucket, "/azure/dud/")
+		return live
+	}, "the local disable is carried over") // written in the background
 	is.Equal(r.By, "replica-1")
 	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
 
@@ -95,6 +77,67 @@ func TestLocalModeSwitchesToTheBucketWhenJetStreamAppearsAndCarriesDisablesOver(
 	}, "a new disable is written to the bucket")
 }
 
+// TestLocalModeSwitchingToABucketThatHoldsARecordLetsTheBucketsRecordWin:
+// a replica in local mode disabled two routers on its own; when JetStream
+// appears, the bucket already holds an operator's record for one of them.
+// That record wins: it is neither overwritten nor joined by the replica's
+// own, and the replica follows it. The other disable is carried over.
+func TestLocalModeSwitchingToABucketThatHoldsARecordLetsTheBucketsRecordWin(t *testing.T) {
+	is := is.New(t)
+	port, store := freePort(t), t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The bucket as the operator's JetStream will find it, made ahead in
+	// the store by a server on another port.
+	prep := natstest.Start(t, natstest.WithStoreDir(store))
+	bucket, err := natstest.JetStream(t, prep).CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "gl_broker"})
+	is.NoErr(err)
+	manual, err := kv.Encode(broker.Record{Router: "/azure/dud/", Manual: true, Reason: "maintenance", At: time.Now(), By: "alice"})
+	is.NoErr(err)
+	rev, err := bucket.Put(ctx, "/azure/dud/", manual)
+	is.NoErr(err)
+	prep.Shutdown()
+	prep.WaitForShutdown()
+
+	stock := natstest.Start(t, natstest.WithoutJetStream(), onPort(port)) // gecholog's stock config
+	var logs syncBuffer
+	b, stop := serveOne(t, stock.ClientURL(), &logs)
+	defer stop()
+	serving, _ := logLine(logs.String(), "serving")
+	is.Equal(serving["ttl_mode"], "local")
+	b.Report([]byte("/azure/dud/"), 502, 0)
+	b.Report([]byte("/azure/gpt4/"), 503, 0)
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled) // disabled in this replica alone
+	is.Equal(b.Phase("/azure/gpt4/"), broker.Disabled)
+
+	// The operator enables JetStream and restarts the server.
+	stock.Shutdown()
+	stock.WaitForShutdown()
+	js := natstest.Start(t, onPort(port), natstest.WithStoreDir(store))
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		_, ok := logLine(logs.String(), "JetStream is available: router health is now shared through the bucket, local disables carried over")
+		return ok
+	}, "the replica attaches to the bucket")
+	bucket, err = natstest.JetStream(t, js).KeyValue(ctx, "gl_broker")
+	is.NoErr(err)
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		_, live := readRecord(t, bucket, "/azure/gpt4/")
+		return live
+	}, "the disable the bucket had no record for is carried over")
+	natstest.Eventually(t, 5*time.Second, func() bool { return b.Phase("/azure/dud/") == broker.Manual },
+		"the replica follows the bucket's record")
+	stop() // every carry-over write finished
+	e, err := bucket.Get(ctx, "/azure/dud/")
+	is.NoErr(err)
+	is.Equal(e.Revision(), rev) // the bucket's record was never overwritten
+	r, err := kv.Decode("/azure/dud/", e.Value())
+	is.NoErr(err)
+	is.True(r.Manual && r.By == "alice")
+	g, live := readRecord(t, bucket, "/azure/gpt4/")
+	is.True(live)
+	is.Equal(g.By, "replica-1")
+}
+
 func TestRequireKVRefusesToStartWithoutJetStream(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t, natstest.WithoutJetStream())
@@ -107,6 +150,11 @@ func TestRequireKVRefusesToStartWithoutJetStream(t *testing.T) {
 	is.True(!strings.Contains(err.Error(), "\n"))
 }
 
+// recreateWithin is how soon a replica creates a deleted bucket again.
+// The README says about 10 s: the watcher's ordered consumer is gone with
+// the stream, and nats.go notices after two missed heartbeats (5 s each).
+const recreateWithin = 12 * time.Second
+
 func TestBucketDeletedAtRuntimeIsRecreatedAndServingNeverStops(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
@@ -116,24 +164,43 @@ func TestBucketDeletedAtRuntimeIsRecreatedAndServingNeverStops(t *testing.T) {
 	nc := natstest.Connect(t, s)
 	js, err := jetstream.New(nc)
 	is.NoErr(err)
-	is.NoErr(js.DeleteKeyValue(context.Background(), "gl_broker"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// gecholog's request contexts go on throughout, each waiting at most
+	// 500 ms (gecholog itself waits 50 ms; this leaves room for -race on a
+	// loaded machine).
+	load := startServingLoad(t, nc, 2, 500*time.Millisecond)
+	load.waitAnswered(t, time.Time{}, 50, 10*time.Second)
 
-	natstest.Eventually(t, 20*time.Second, func() bool {
-		_, err := js.KeyValue(context.Background(), "gl_broker")
-		return err == nil
-	}, "the bucket is back")
-	natstest.Eventually(t, 5*time.Second, func() bool {
-		return strings.Contains(logs.String(), "bucket was deleted; created it again")
-	}, "the replica says so")
-	m, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), time.Second)
-	is.NoErr(err)
-	is.True(strings.HasPrefix(string(m.Data), `{"gl_path":"/azure/`)) // still serving
+	deleted := time.Now()
+	is.NoErr(js.DeleteKeyValue(ctx, "gl_broker"))
+	var recreated time.Time
+	natstest.Eventually(t, recreateWithin+5*time.Second, func() bool {
+		line, ok := logLine(logs.String(), "bucket was deleted; created it again")
+		if ok {
+			recreated, _ = time.Parse(time.RFC3339Nano, fmt.Sprint(line["time"]))
+		}
+		return ok
+	}, "the replica creates the bucket again and says so")
+	_, err = js.KeyValue(ctx, "gl_broker")
+	is.NoErr(err) // the bucket is back
+	took := recreated.Sub(deleted)
+	// Serving goes on after it too.
+	load.waitAnswered(t, recreated, 50, 10*time.Second)
+	answered, failed, gap := servedThroughout(load.finish(), deleted, recreated)
+	t.Logf("bucket created again %v after it was deleted; meanwhile %d calls answered, %d not, at most %v without an answer",
+		took.Round(time.Millisecond), answered, len(failed), gap.Round(time.Millisecond))
+	is.True(took <= recreateWithin) // as the README says
+	is.Equal(failed, []error(nil))  // serving never stopped: every call answered with a router
+	is.True(answered >= 100)        // and calls went on throughout
+	is.True(gap < time.Second)      // with no pause longer than a call's timeout and a little
+
 	_, err = nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), time.Second)
 	is.NoErr(err)
-	bucket, err := js.KeyValue(context.Background(), "gl_broker")
+	bucket, err := js.KeyValue(ctx, "gl_broker")
 	is.NoErr(err)
 	natstest.Eventually(t, 10*time.Second, func() bool {
-		_, err := bucket.Get(context.Background(), "/azure/dud/")
+		_, err := bucket.Get(ctx, "/azure/dud/")
 		return err == nil
 	}, "disables are shared through the new bucket")
 	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -146,6 +147,7 @@ func jsonRow(rows []map[string]any, router string) map[string]any {
 }
 
 func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
+	t.Parallel() // waits out disables, in step with the others
 	is := is.New(t)
 	const disabledTime = 2 * time.Second
 	s := natstest.Start(t)
@@ -159,7 +161,7 @@ func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
 	is.NoErr(err)
 	is.True(strings.HasPrefix(out, "disabled /azure/gpt4/ on every replica until enabled by hand; manual, by alice@")) // one confirming line
 	is.Equal(strings.Count(out, "\n"), 1)
-	natstest.Eventually(t, time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 0 }, "no replica chooses /azure/gpt4/")
+	natstest.Eventually(t, 5*time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 0 }, "no replica chooses /azure/gpt4/")
 
 	// Past twice the automatic disabled time, with failure reports reaching
 	// both replicas through the bus and directly, the record stays the
@@ -173,7 +175,9 @@ func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
 	}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	for hold := rec.Record.At.Add(2*disabledTime + 500*time.Millisecond); time.Now().Before(hold); <-tick.C {
+	hold := rec.Record.At.Add(2*disabledTime + 500*time.Millisecond)
+	for past := false; !past; <-tick.C {
+		past = !time.Now().Before(hold) // the last round checks past the hold, however few came before
 		_, err := nc.Request("coburn.gl.broker", report, 2*time.Second)
 		is.NoErr(err)
 		for _, h := range direct {
@@ -208,7 +212,7 @@ func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
 	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
 	is.NoErr(err)
 	is.True(strings.HasPrefix(out, "enabled /azure/gpt4/ on every replica; removed the manual disable by alice@"))
-	natstest.Eventually(t, time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 2 }, "both replicas choose /azure/gpt4/ again")
+	natstest.Eventually(t, 5*time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 2 }, "both replicas choose /azure/gpt4/ again")
 
 	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
 	is.NoErr(err) // enabling an enabled router is no error
@@ -216,8 +220,14 @@ func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
 }
 
 func TestTimedManualDisableEndsByItselfOnEveryReplica(t *testing.T) {
+	t.Parallel() // waits out disables, in step with the others
+	// Long enough that the tools below normally run while it holds; every
+	// bound is derived from the record's own until, so a slow run checks
+	// the same promises, never a guess about how long the tools take.
+	const span = 5 * time.Second
 	for _, mode := range []kv.Mode{kv.ModeTTL, kv.ModeExpiry} {
 		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
 			is := is.New(t)
 			s := natstest.Start(t)
 			js := natstest.JetStream(t, s)
@@ -229,22 +239,57 @@ func TestTimedManualDisableEndsByItselfOnEveryReplica(t *testing.T) {
 			replicas := startReplicas(t, s, 2, 10*time.Minute)
 			ops := env("NATS_URL", s.ClientURL())
 
-			out, _, err := runOp(ops, "disable", "/azure/gpt4/", "--for", "2s") // flags after the router
+			out, _, err := runOp(ops, "disable", "/azure/gpt4/", "--for", span.String()) // flags after the router
+			done := time.Now()
 			is.NoErr(err)
-			is.True(strings.HasPrefix(out, "disabled /azure/gpt4/ on every replica for 2s, until "))
-			natstest.Eventually(t, time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 0 }, "no replica chooses /azure/gpt4/")
 			rec, err := bucketRecord(t, js, "/azure/gpt4/")
 			is.NoErr(err)
 			is.True(rec.Record.Manual)
+			is.Equal(rec.Record.Until.Sub(rec.Record.At), span) // --for from the moment it was written
+			m := regexp.MustCompile(`^disabled /azure/gpt4/ on every replica for (\S+), until (\S+); manual, by `).FindStringSubmatch(out)
+			is.True(m != nil) // one confirming line
+			is.Equal(strings.Count(out, "\n"), 1)
+			is.Equal(m[2], rec.Record.Until.UTC().Format(time.RFC3339)) // says until when
+			shown, err := time.ParseDuration(m[1])
+			is.NoErr(err)
+			is.True(shown <= span && shown >= rec.Record.Until.Sub(done).Round(time.Second)) // and how long is left when it printed
+			natstest.Eventually(t, 5*time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 0 }, "no replica chooses /azure/gpt4/")
 
 			table, _, err := runOp(ops, "status")
 			is.NoErr(err)
 			is.True(strings.Contains(strings.SplitN(table, "\n", 2)[0], ", "+mode.String()+" mode (")) // the header names the mode
-			left := jsonRow(statusJSON(t, ops), "/azure/gpt4/")["left_seconds"].(float64)
-			is.True(left >= 1 && left <= 2) // how long is left, rounded up
 
-			natstest.Eventually(t, 4*time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 2 }, "both replicas choose /azure/gpt4/ again")
-			is.True(!time.Now().Before(rec.Record.Until)) // not before its until
+			// Status reads the clock at some moment within [before, after].
+			before := time.Now()
+			row := jsonRow(statusJSON(t, ops), "/azure/gpt4/")
+			after := time.Now()
+			switch row["state"] {
+			case "disabled":
+				is.True(before.Before(rec.Record.Until)) // disabled only while the record holds
+				ceil := func(d time.Duration) float64 { return float64(max(0, (d+time.Second-1)/time.Second)) }
+				left, ok := row["left_seconds"].(float64)
+				is.True(ok)                                                                                      // a timed disable says how long is left
+				is.True(left >= ceil(rec.Record.Until.Sub(after)) && left <= ceil(rec.Record.Until.Sub(before))) // rounded up
+				is.Equal(row["until"], rec.Record.Until.UTC().Format(time.RFC3339))
+			case "enabled":
+				is.True(!after.Before(rec.Record.Until)) // enabled only once the record has ended
+			default:
+				t.Fatalf("status shows /azure/gpt4/ as %v", row["state"])
+			}
+
+			// Both replicas take it back by themselves, and neither before
+			// its until: a replica seen choosing it was choosing it by then.
+			var early time.Time
+			natstest.Eventually(t, time.Until(rec.Record.Until)+5*time.Second, func() bool {
+				n := choosing(replicas, "/azure/gpt4/")
+				if seen := time.Now(); n > 0 && seen.Before(rec.Record.Until) && early.IsZero() {
+					early = seen
+				}
+				return n == 2
+			}, "both replicas choose /azure/gpt4/ again")
+			if !early.IsZero() {
+				t.Errorf("a replica chose /azure/gpt4/ %v before its until", rec.Record.Until.Sub(early))
+			}
 		})
 	}
 }
@@ -259,7 +304,13 @@ func TestManualDisableReplacesAnAutomaticOne(t *testing.T) {
 	_, err = nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), 2*time.Second)
 	is.NoErr(err)
 	var auto broker.Entry
-	natstest.Eventually(t, 2*time.Second, func() bool { auto, err = bucketRecord(t, js, "/azure/dud/"); return err == nil }, "the automatic record is written")
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		auto, err = bucketRecord(t, js, "/azure/dud/")
+		if err != nil && !errors.Is(err, kv.ErrNotFound) {
+			t.Fatalf("read the dud's record: %v", err)
+		}
+		return err == nil
+	}, "the automatic record is written")
 	is.True(!auto.Record.Manual)
 
 	out, _, err := runOp(env("NATS_URL", s.ClientURL()), "disable", "--by", "bob", "/azure/dud/", "--reason", "maintenance")
@@ -272,7 +323,85 @@ func TestManualDisableReplacesAnAutomaticOne(t *testing.T) {
 	is.Equal(got.Record.By, "bob")
 	is.True(got.Record.Until.IsZero()) // until enabled by hand, not the automatic until
 	is.Equal(got.Record.Status, 0)
-	natstest.Eventually(t, time.Second, func() bool { return choosing(replicas, "/azure/dud/") == 0 }, "still out on every replica")
+	natstest.Eventually(t, 5*time.Second, phaseOnEvery(replicas, "/azure/dud/", broker.Manual), "every replica holds the manual disable")
+	is.Equal(choosing(replicas, "/azure/dud/"), 0) // still out on every replica
+}
+
+// phaseOnEvery says whether every replica's view has router in phase.
+func phaseOnEvery(bs []*broker.Broker, router string, phase broker.Phase) func() bool {
+	return func() bool {
+		for _, b := range bs {
+			if b.Phase(router) != phase {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// TestEnableForgetsTheBackoffLevel: `broker enable` deletes the key, and
+// with it the router's backoff level, so that the router's next failure
+// is a first one: level 0, out for DISABLED_TIME.
+func TestEnableForgetsTheBackoffLevel(t *testing.T) {
+	t.Parallel() // waits out disables, in step with the others
+	is := is.New(t)
+	// Short, so that the first disable ends soon; long enough that the
+	// failure after the enable comes well within two DISABLED_TIMEs of it,
+	// where a level remembered would still count.
+	const disabledTime = 2 * time.Second
+	s := natstest.Start(t)
+	replicas := startReplicas(t, s, 2, disabledTime)
+	nc := natstest.Connect(t, s)
+	js, err := jetstream.New(nc)
+	is.NoErr(err)
+	ops := env("NATS_URL", s.ClientURL())
+	fail := func() {
+		t.Helper()
+		_, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), 2*time.Second)
+		is.NoErr(err)
+	}
+	// disabledSince waits for the dud's record written at or after since.
+	disabledSince := func(since time.Time) broker.Entry {
+		t.Helper()
+		var rec broker.Entry
+		natstest.Eventually(t, 5*time.Second, func() bool {
+			var err error
+			rec, err = bucketRecord(t, js, "/azure/dud/")
+			if err != nil && !errors.Is(err, kv.ErrNotFound) {
+				t.Fatalf("read the dud's record: %v", err)
+			}
+			return err == nil && !rec.Record.At.Before(since)
+		}, "a record for /azure/dud/ written since %v", since)
+		return rec
+	}
+
+	// A failure, then a failed probe: backoff level 1.
+	fail()
+	natstest.Eventually(t, disabledTime+5*time.Second, phaseOnEvery(replicas, "/azure/dud/", broker.Probation), "the first disable ends on every replica")
+	probed := time.Now()
+	fail()
+	rec := disabledSince(probed)
+	is.Equal(rec.Record.Level, 1)                                      // backed off
+	is.Equal(rec.Record.Until.Sub(rec.Record.At), 2*disabledTime)      // twice DISABLED_TIME
+	is.True(strings.HasPrefix(rec.Record.Reason, "probe failed: "))    // after the probe failed
+	is.Equal(jsonRow(statusJSON(t, ops), "/azure/dud/")["level"], 1.0) // as status shows it
+
+	enabling := time.Now()
+	out, _, err := runOp(ops, "enable", "/azure/dud/")
+	is.NoErr(err)
+	is.True(strings.HasPrefix(out, "enabled /azure/dud/ on every replica; removed ")) // confirmed
+	is.True(strings.Contains(out, "automatic disable by replica-"))                   // naming what it removed
+	natstest.Eventually(t, 5*time.Second, phaseOnEvery(replicas, "/azure/dud/", broker.Enabled), "every replica heard the enable")
+
+	enabled := time.Now()
+	fail()
+	rec = disabledSince(enabled)
+	// Level 1 remembered from the enable would make this failure level 2
+	// within one DISABLED_TIME, and level 1 within two.
+	is.True(rec.Record.At.Sub(enabling) < 2*disabledTime)
+	is.Equal(rec.Record.Level, 0)                               // the backoff level was forgotten
+	is.Equal(rec.Record.Until.Sub(rec.Record.At), disabledTime) // out for DISABLED_TIME
+	is.Equal(rec.Record.Reason, "egress_status_code 502")       // a first failure, not a failed probe
 }
 
 func TestStatusWithoutReplicasShowsEveryRouterEnabled(t *testing.T) {
@@ -311,7 +440,8 @@ func TestStatusHidesNothingInTheBucket(t *testing.T) {
 	st := createBucket(t, js)
 	ctx := context.Background()
 	now := time.Now()
-	_, err := st.Create(ctx, broker.Record{Router: "/azure/gpt4/", Status: 503, Reason: "egress_status_code 503", At: now, Until: now.Add(4*time.Minute + 12*time.Second), By: "replica-1"})
+	until := now.Add(4*time.Minute + 12*time.Second)
+	_, err := st.Create(ctx, broker.Record{Router: "/azure/gpt4/", Status: 503, Reason: "egress_status_code 503", At: now, Until: until, By: "replica-1"})
 	is.NoErr(err)
 	_, err = st.Create(ctx, broker.Record{Router: "/legacy/x/", Reason: "old\tway\nreally", At: now, By: "carol", Manual: true})
 	is.NoErr(err)
@@ -321,11 +451,16 @@ func TestStatusHidesNothingInTheBucket(t *testing.T) {
 	is.NoErr(err)
 	ops := env("NATS_URL", s.ClientURL())
 
+	before := time.Now() // status reads the clock within [before, after]
 	table, _, err := runOp(ops, "status")
+	after := time.Now()
 	is.NoErr(err)
 	gpt4 := strings.Fields(tableRow(table, "/azure/gpt4/"))
 	is.Equal(gpt4[2], "disabled")
-	is.Equal(gpt4[4], "4m12s") // how long is left
+	left, err := time.ParseDuration(gpt4[4])
+	is.NoErr(err)
+	ceil := func(d time.Duration) time.Duration { return (d + time.Second - 1).Truncate(time.Second) }
+	is.True(left >= ceil(until.Sub(after)) && left <= ceil(until.Sub(before))) // how long is left, in whole seconds rounded up
 	is.Equal(gpt4[5], "503")
 	is.True(strings.Contains(tableRow(table, "/azure/dud/"), "unreadable"))
 	is.True(strings.Contains(tableRow(table, "/legacy/x/"), "unknown router (manual)")) // a router no pool knows
@@ -335,7 +470,7 @@ func TestStatusHidesNothingInTheBucket(t *testing.T) {
 	rows := statusJSON(t, ops)
 	is.Equal(len(rows), 4)
 	is.Equal(jsonRow(rows, "/azure/gpt4/")["status"], 503.0)
-	is.Equal(jsonRow(rows, "/azure/gpt4/")["until"], now.Add(4*time.Minute+12*time.Second).UTC().Format(time.RFC3339))
+	is.Equal(jsonRow(rows, "/azure/gpt4/")["until"], until.UTC().Format(time.RFC3339))
 	is.Equal(jsonRow(rows, "/azure/dud/")["state"], "unreadable")
 	legacy := jsonRow(rows, "/legacy/x/")
 	is.Equal(legacy["state"], "unknown router")

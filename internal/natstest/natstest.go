@@ -191,3 +191,26 @@ func freePorts(n int) ([]int, error) {
 	}
 	return ports, nil
 }
+
+// ConnectURL opens a client connection to the server at url that is
+// closed when the test ends.
+func ConnectURL(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatalf("natstest: connect to %s: %v", url, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// JetStreamURL returns a JetStream context on a new connection to the
+// server at url.
+func JetStreamURL(t testing.TB, url string) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(ConnectURL(t, url))
+	if err != nil {
+		t.Fatalf("natstest: jetstream: %v", err)
+	}
+	return js
+}

@@ -1,0 +1,228 @@
+package natstest
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Proxy forwards NATS client connections from a loopback port to a server
+// and can hold back what the clients publish, to line up a race that
+// would otherwise depend on scheduling: the messages each client sends to
+// chosen subjects wait until the test releases them all at once, while
+// everything else each client sends, and everything the server sends,
+// flows on.
+type Proxy struct {
+	ln     net.Listener
+	target string
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	conns   map[net.Conn]bool
+	hold    func(subject string) bool // nil: forward everything
+	held    []*heldConn               // connections holding messages, in the order they began
+	changed chan struct{}             // closed and replaced when held grows
+	closed  bool
+}
+
+// heldConn is the messages one client connection holds, in order.
+type heldConn struct {
+	id       int
+	server   net.Conn
+	subjects []string
+	msgs     [][]byte
+}
+
+// StartProxy listens on a random loopback port and forwards each client
+// connection to the NATS server at url (nats://host:port). It stops when
+// the test ends.
+func StartProxy(t testing.TB, url string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("natstest: proxy: %v", err)
+	}
+	p := &Proxy{ln: ln, target: strings.TrimPrefix(url, "nats://"), conns: map[net.Conn]bool{}, changed: make(chan struct{})}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(p.Close)
+	return p
+}
+
+// ClientURL is the URL clients connect to through the proxy.
+func (p *Proxy) ClientURL() string { return "nats://" + p.ln.Addr().String() }
+
+// Hold makes the proxy hold back every message a client publishes to a
+// subject hold accepts, in order, until Release. Other messages a client
+// sends after a held one go on: requests to the JetStream API, replies.
+func (p *Proxy) Hold(hold func(subject string) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hold = hold
+}
+
+// Holding returns how many client connections hold a message to a subject
+// that starts with prefix, and a channel closed when any connection holds
+// a new message.
+func (p *Proxy) Holding(prefix string) (int, <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, h := range p.held {
+		for _, s := range h.subjects {
+			if strings.HasPrefix(s, prefix) {
+				n++
+				break
+			}
+		}
+	}
+	return n, p.changed
+}
+
+// Release sends every held message on, each connection's in order, and
+// stops holding. It returns the subjects released.
+func (p *Proxy) Release() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hold = nil
+	var subjects []string
+	for _, h := range p.held {
+		for _, m := range h.msgs {
+			_, _ = h.server.Write(m) // a closed connection loses them, as a crash would
+		}
+		subjects = append(subjects, h.subjects...)
+	}
+	p.held = nil
+	return subjects
+}
+
+// Close stops listening, closes every connection and waits for the
+// proxy's goroutines.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.ln.Close()
+	p.wg.Wait()
+}
+
+func (p *Proxy) accept() {
+	defer p.wg.Done()
+	for id := 1; ; id++ {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		server, err := net.Dial("tcp", p.target)
+		if err != nil {
+			client.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			client.Close()
+			server.Close()
+			return
+		}
+		p.conns[client], p.conns[server] = true, true
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go func() {
+			defer p.wg.Done()
+			_, _ = io.Copy(client, server)
+			p.drop(client, server)
+		}()
+		go func() {
+			defer p.wg.Done()
+			p.forward(id, client, server)
+			p.drop(client, server)
+		}()
+	}
+}
+
+func (p *Proxy) drop(conns ...net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+		delete(p.conns, c)
+	}
+}
+
+// forward copies a client's protocol to the server one operation at a
+// time, holding the publications Hold asks for.
+func (p *Proxy) forward(id int, client, server net.Conn) {
+	r := bufio.NewReaderSize(client, 64<<10)
+	var h *heldConn
+	for {
+		op, subject, err := readOp(r)
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		hold := p.hold
+		if hold == nil || subject == "" || !hold(subject) {
+			p.mu.Unlock()
+			if _, err := server.Write(op); err != nil {
+				return
+			}
+			continue
+		}
+		if h == nil || !p.holds(h) {
+			h = &heldConn{id: id, server: server}
+			p.held = append(p.held, h)
+		}
+		h.subjects = append(h.subjects, subject)
+		h.msgs = append(h.msgs, op)
+		close(p.changed)
+		p.changed = make(chan struct{})
+		p.mu.Unlock()
+	}
+}
+
+// holds reports whether h is still held, not released. p.mu must be held.
+func (p *Proxy) holds(h *heldConn) bool {
+	for _, x := range p.held {
+		if x == h {
+			return true
+		}
+	}
+	return false
+}
+
+// readOp reads one operation of the NATS client protocol, with its
+// payload, and returns its bytes and, for PUB and HPUB, its subject.
+func readOp(r *bufio.Reader) (op []byte, subject string, err error) {
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		return nil, "", err
+	}
+	f := strings.Fields(string(line))
+	if len(f) < 3 {
+		return line, "", nil // PING, PONG, CONNECT {...}, SUB, UNSUB
+	}
+	switch strings.ToUpper(f[0]) {
+	case "PUB", "HPUB": // PUB subject [reply] size; HPUB subject [reply] hdr-size total-size
+	default:
+		return line, "", nil
+	}
+	size, err := strconv.Atoi(f[len(f)-1])
+	if err != nil || size < 0 {
+		return nil, "", fmt.Errorf("natstest: proxy: bad size in %q", bytes.TrimSpace(line))
+	}
+	payload := make([]byte, size+2) // and its CRLF
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return nil, "", err
+	}
+	return append(line, payload...), f[1], nil
+}
