@@ -15,6 +15,7 @@ COPY kv/ ./kv/
 COPY replica/ ./replica/
 COPY ops/ ./ops/
 COPY demo/ ./demo/
+COPY statuspage/ ./statuspage/
 COPY internal/ ./internal/
 
 # A static binary: the final image has no libc.

@@ -21,7 +21,14 @@ type Config struct {
 	Store Store
 	// Logger receives events; nil discards them.
 	Logger *slog.Logger
+	// InFlightBound is how long a chosen call counts as in flight when its
+	// report never comes (DefaultInFlightBound).
+	InFlightBound time.Duration
 }
+
+// DefaultInFlightBound is how long a call counts as in flight at most:
+// longer than any LLM call gecholog waits for.
+const DefaultInFlightBound = 5 * time.Minute
 
 // Broker is one replica's decision core: it chooses a router for each
 // call to an ingress, hears how calls went, and keeps its view of every
@@ -47,6 +54,11 @@ type Broker struct {
 	ticks       sync.WaitGroup // the timer's callback, armed or running
 	timer       *time.Timer
 	transitions map[transition]uint64
+
+	fleet fleet // the other replicas' counts
+
+	failureReports failureReports
+	heard          atomic.Int64 // unix nanoseconds of the last transaction heard of; 0: none
 
 	calls       [numOutcomes]atomic.Uint64
 	kvWrites    atomic.Uint64
@@ -78,8 +90,13 @@ func New(cfg Config) (*Broker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	bound := cfg.InFlightBound
+	if bound <= 0 {
+		bound = DefaultInFlightBound
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{
+		fleet:        fleet{bound: bound, peers: map[string]peer{}, nudged: make(chan struct{}, 1)},
 		pools:        map[string]*pool{},
 		routers:      map[string]*route{},
 		policy:       policy,
@@ -91,13 +108,14 @@ func New(cfg Config) (*Broker, error) {
 		transitions:  map[transition]uint64{},
 	}
 	for _, pc := range cfg.Pools {
-		p := &pool{ingress: pc.Ingress, routers: pc.Routers, chosen: make([]atomic.Uint64, len(pc.Routers))}
+		s, _ := strategy(pc.Strategy) // ValidatePools checked it
+		p := &pool{ingress: pc.Ingress, routers: pc.Routers, strategy: s, chosen: make([]atomic.Uint64, len(pc.Routers))}
 		b.pools[p.ingress] = p
 		b.order = append(b.order, p.ingress)
 		for _, r := range p.routers {
 			rt := b.routers[r.Path]
 			if rt == nil {
-				rt = &route{path: r.Path, id: len(b.members)}
+				rt = &route{path: r.Path, id: len(b.members), stats: newRouteStats(bound, policy.RateWindow, time.Now())}
 				rt.clean.Store(true)
 				b.routers[r.Path] = rt
 				b.members = append(b.members, rt)
@@ -160,27 +178,35 @@ func (b *Broker) Report(router []byte, status int, retryAfter time.Duration) {
 	// Indexing with string(router) in the index expression itself does not
 	// allocate.
 	rt := b.routers[string(router)]
-	if !Failure(status) {
+	failed := b.policy.FailureCodes.Has(status)
+	if !failed {
 		b.calls[Succeeded].Add(1)
-		if rt != nil && !rt.clean.Load() {
-			b.report(rt, event{kind: success, status: status})
+		if rt != nil {
+			b.counted(rt, false, time.Now(), status, 0)
+			if !rt.clean.Load() {
+				b.report(rt, event{kind: success, status: status})
+			}
 		}
 		return
 	}
 	b.calls[Failed].Add(1)
+	b.failureReports.add(rt, status)
 	if rt != nil {
-		b.report(rt, event{kind: failure, status: status, retryAfter: retryAfter})
+		failures, rate := b.counted(rt, true, time.Now(), status, retryAfter)
+		b.report(rt, event{kind: failure, status: status, retryAfter: retryAfter, failures: failures, rate: rate})
 	}
 }
 
-// Routers returns the routers a request for ingress is shared among now:
-// the enabled ones.
+// Routers returns the enabled routers of the pool for ingress, best tier
+// first: a request goes to one of the first tier's, unless none of them
+// may take it.
 func (b *Broker) Routers(ingress string) []string {
 	if p := b.pools[ingress]; p != nil {
-		c := p.live.Load()
-		out := make([]string, len(c.ids))
-		for i, id := range c.ids {
-			out[i] = b.members[id].path
+		var out []string
+		for _, t := range p.live.Load().tiers {
+			for _, rt := range t.routes {
+				out = append(out, rt.path)
+			}
 		}
 		return out
 	}
@@ -244,19 +270,15 @@ func (b *Broker) Until(router string) time.Time {
 	return rt.live.Until
 }
 
-// Failures returns how many consecutive failures of router this replica's
-// view has counted towards the threshold.
+// Failures returns how many consecutive failures of router the fleet has
+// reported, as this replica last heard from every replica, towards the
+// threshold.
 func (b *Broker) Failures(router string) int {
 	rt := b.routers[router]
 	if rt == nil {
 		return 0
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if rt.live != nil {
-		return 0
-	}
-	return rt.memo.Failures
+	return b.consecutive(rt)
 }
 
 // Close stops the broker: it takes no more reports or changes, waits for

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -123,7 +124,9 @@ func newBroker(t *testing.T, cfg broker.Config) (*broker.Broker, *logs) {
 	if cfg.Policy.DisabledTime == 0 {
 		cfg.Policy.DisabledTime = time.Hour
 	}
-	cfg.ID = "replica-1"
+	if cfg.ID == "" {
+		cfg.ID = "replica-1"
+	}
 	cfg.Logger = slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b, err := broker.New(cfg)
 	if err != nil {
@@ -252,7 +255,16 @@ func TestDisabledRouterGetsOneProbeAfterDisabledTimeAndReturnsWhenItSucceeds(t *
 		return ph == broker.Probation
 	}, "dud on probation")
 	is.True(!by.Before(before.Add(disabled))) // not before its time
+	// The phase follows the clock; the pool's choices follow the timer,
+	// which fires at the same moment: wait for the probe, then for no
+	// second one.
 	probes := 0
+	natstest.Eventually(t, time.Second, func() bool {
+		if pick(b, "/azure/") == "/azure/dud/" {
+			probes++
+		}
+		return probes > 0
+	}, "the probe goes out")
 	for range 300 {
 		if pick(b, "/azure/") == "/azure/dud/" {
 			probes++
@@ -423,15 +435,26 @@ func TestStatsCountCallsChoicesTransitionsAndWrites(t *testing.T) {
 	report(b, "/azure/gpt4/", 200)
 	report(b, "/azure/dud/", 502)
 	report(b, "/azure/dud/", 502)
+	report(b, "/azure/dud/", 429)
+	report(b, "/nowhere/", 503) // a path no pool has
+	report(b, "/elsewhere/", 503)
 	natstest.Eventually(t, 5*time.Second, func() bool { return b.Stats().KVWrites == 1 }, "one KV write")
 	b.Close(context.Background()) // waits for any other write on its way
 
 	s := b.Stats()
-	is.Equal(s.KVWrites, uint64(1)) // one write for two failure reports
+	is.Equal(s.KVWrites, uint64(1)) // one write for three failure reports
 	is.Equal(s.Calls[broker.Chosen], uint64(10))
 	is.Equal(s.Calls[broker.NotIngress], uint64(1))
 	is.Equal(s.Calls[broker.Succeeded], uint64(1))
-	is.Equal(s.Calls[broker.Failed], uint64(2))
+	is.Equal(s.Calls[broker.Failed], uint64(5))
+	slices.SortFunc(s.FailureReports, func(a, b broker.Count) int {
+		return strings.Compare(a.Router+" "+a.Status, b.Router+" "+b.Status)
+	})
+	is.Equal(s.FailureReports, []broker.Count{ // by router and status, with bounded labels
+		{Router: "/azure/dud/", Status: "429", N: 1},
+		{Router: "/azure/dud/", Status: "502", N: 2},
+		{Router: broker.OtherRouter, Status: "503", N: 2},
+	})
 	var chosen uint64
 	for _, c := range s.Choices {
 		is.Equal(c.Ingress, "/azure/")

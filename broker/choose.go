@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 type pool struct {
 	ingress  string
 	routers  []Router
+	strategy Strategy
 	ids      []int           // each router's id, by index in routers
 	chosen   []atomic.Uint64 // choices by index in routers
 	live     atomic.Pointer[choice]
@@ -21,9 +23,9 @@ type pool struct {
 // choice is an immutable snapshot of a pool, swapped whole when a view
 // changes, so a request reads it without locking.
 type choice struct {
-	ids   []int // the enabled routers
-	cum   []int // cumulative weights
-	index []int // each router's index in pool.routers
+	// tiers are the enabled routers by priority, best first; a tier
+	// without one is left out.
+	tiers []*Tier
 	// probes are the probe calls this replica holds for the pool's routers.
 	probes []*probeSlot
 	// unclaimed are routers on probation whose probe nobody holds: a
@@ -68,30 +70,46 @@ func (b *Broker) Choose(ingress []byte) int {
 	}
 	for _, s := range c.probes {
 		if s.token.CompareAndSwap(true, false) {
-			b.calls[Chosen].Add(1)
 			b.log.Info("sending the probe call", slog.String("router", s.route.path))
-			return s.route.id
+			return b.chose(p, s.route, slices.Index(p.ids, s.route.id), Chosen)
 		}
 	}
-	ids, cum, index, outcome := c.ids, c.cum, c.index, Chosen
-	if len(ids) == 0 {
-		ids, cum, index, outcome = c.fallback, c.fallbackCum, c.fallbackIdx, Panicked
-		if len(ids) == 0 {
-			b.calls[Stranded].Add(1)
-			return -1
+	for _, t := range c.tiers {
+		// Asked even of a tier of one router: headroom may decline it.
+		i := p.strategy.Pick(t)
+		if i < 0 {
+			continue // the strategy says none of this tier can take it
 		}
+		return b.chose(p, t.routes[i], t.index[i], Chosen)
+	}
+	if len(c.tiers) > 0 {
+		// Every tier declined (none has rate limit left): a call that may
+		// work beats one that cannot.
+		t := c.tiers[0]
+		i := t.Random()
+		return b.chose(p, t.routes[i], t.index[i], Panicked)
+	}
+	if len(c.fallback) == 0 {
+		b.calls[Stranded].Add(1)
+		return -1
 	}
 	i := 0
-	if len(cum) > 1 {
+	if cum := c.fallbackCum; len(cum) > 1 {
 		n := rand.IntN(cum[len(cum)-1])
 		i = sort.Search(len(cum), func(i int) bool { return cum[i] > n })
 	}
+	return b.chose(p, b.members[c.fallback[i]], c.fallbackIdx[i], Panicked)
+}
+
+// chose counts a choice of rt, router index of p, and returns its id.
+func (b *Broker) chose(p *pool, rt *route, index int, outcome Outcome) int {
 	b.calls[outcome].Add(1)
-	p.chosen[index[i]].Add(1)
+	p.chosen[index].Add(1)
+	rt.stats.chosen.add(1)
 	if b.log.Enabled(context.Background(), slog.LevelDebug) {
-		b.log.Debug("chose router", slog.String("ingress", p.ingress), slog.String("router", p.routers[index[i]].Path))
+		b.log.Debug("chose router", slog.String("ingress", p.ingress), slog.String("router", rt.path))
 	}
-	return ids[i]
+	return rt.id
 }
 
 // rebuild swaps in a new snapshot of p and logs when p runs out of
@@ -100,7 +118,7 @@ func (b *Broker) rebuild(p *pool, now time.Time) {
 	c := b.snapshot(p, now)
 	p.live.Store(c)
 	switch {
-	case len(c.ids) == 0 && !p.stranded:
+	case len(c.tiers) == 0 && !p.stranded:
 		p.stranded = true
 		msg := map[AllDisabled]string{
 			Panic:   "every router of the pool is disabled; sending calls to the one whose disable ends soonest (panic mode)",
@@ -111,7 +129,7 @@ func (b *Broker) rebuild(p *pool, now time.Time) {
 			msg = "every router of the pool is disabled by hand; calls stay on the ingress router's own outbound"
 		}
 		b.log.Warn(msg, slog.String("ingress", p.ingress))
-	case len(c.ids) > 0 && p.stranded:
+	case len(c.tiers) > 0 && p.stranded:
 		p.stranded = false
 		b.log.Info("pool has an enabled router again", slog.String("ingress", p.ingress))
 	}
@@ -121,8 +139,9 @@ func (b *Broker) rebuild(p *pool, now time.Time) {
 // (or, in New, nothing else may run yet).
 func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 	c := &choice{}
-	total, all := 0, 0
+	all := 0
 	soonest := -1
+	tiers := map[int]*Tier{}
 	for i, r := range p.routers {
 		rt := b.members[p.ids[i]]
 		ph := phase(rt.live, now)
@@ -145,11 +164,22 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 		if ph != Enabled {
 			continue
 		}
-		total += r.Weight
-		c.ids = append(c.ids, rt.id)
-		c.cum = append(c.cum, total)
-		c.index = append(c.index, i)
+		t := tiers[r.Priority]
+		if t == nil {
+			t = &Tier{}
+			tiers[r.Priority] = t
+			c.tiers = append(c.tiers, t)
+		}
+		total := r.Weight
+		if n := len(t.cum); n > 0 {
+			total += t.cum[n-1]
+		}
+		t.routes = append(t.routes, rt)
+		t.weights = append(t.weights, r.Weight)
+		t.cum = append(t.cum, total)
+		t.index = append(t.index, i)
 	}
+	slices.SortFunc(c.tiers, func(a, b *Tier) int { return p.routers[a.index[0]].Priority - p.routers[b.index[0]].Priority })
 	switch b.policy.AllDisabled {
 	case Ingress:
 		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil

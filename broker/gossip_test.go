@@ -170,3 +170,41 @@ func TestAProvisionalDisableEndsByTheClockAndTheStoresWordTakesOver(t *testing.T
 	b.Close(context.Background())
 	is.Equal(store.writeCount(), 0) // nothing was written for it
 }
+
+// Failures are counted over every replica. Two reported at once to two
+// replicas, each short of the threshold alone, disable the router once
+// the replicas have told each other: by the replica that heard the newest
+// of them, once, however often they tell.
+func TestFailuresThatReachTheThresholdOnlyTogetherDisableTheRouterOnce(t *testing.T) {
+	is := is.New(t)
+	pol := broker.Policy{Threshold: 2}
+	first := &announcingStore{fakeStore: newFakeStore()}
+	second := &announcingStore{fakeStore: newFakeStore()}
+	a, _ := newBroker(t, broker.Config{ID: "replica-1", Store: first, Policy: pol})
+	b, _ := newBroker(t, broker.Config{ID: "replica-2", Store: second, Policy: pol})
+	report(a, "/azure/dud/", 503)
+	b.Report([]byte("/azure/dud/"), 429, 30*time.Second) // the newest, before b heard of a's
+	is.Equal(a.Phase("/azure/dud/"), broker.Enabled)     // one failure each: nothing yet
+	is.Equal(b.Phase("/azure/dud/"), broker.Enabled)
+
+	for range 3 { // tell, and tell again
+		now := time.Now()
+		a.Merge("replica-2", now, b.Counts())
+		b.Merge("replica-1", now, a.Counts())
+		a.Refresh(now)
+		b.Refresh(now)
+	}
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	is.Equal(len(first.heard()), 0) // a leaves it to b
+	heard := second.heard()
+	is.Equal(len(heard), 1) // one disable, once
+	is.Equal(heard[0].Status, 429)
+	is.Equal(heard[0].Reason, "egress_status_code 429, Retry-After 30s") // the newest failure's, as reported
+	is.Equal(heard[0].Until.Sub(heard[0].At), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	a.Close(ctx)
+	b.Close(ctx) // waits for its write
+	is.Equal(first.writeCount(), 0)
+	is.Equal(second.writeCount(), 1)
+}

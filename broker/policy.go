@@ -25,25 +25,29 @@ const (
 // original broker's DISABLED_TIME default.
 const DefaultDisabledTime = 10 * time.Minute
 
-// Failure reports whether a status the client got means the router is down,
-// overloaded or misconfigured: 5xx, 429, 408, 401, 403 and 404. Other codes,
-// including 400, 413 and 422, are the client's own doing.
-func Failure(status int) bool {
-	switch status {
-	case 401, 403, 404, 408, 429:
-		return true
-	}
-	return status >= 500 && status <= 599
-}
-
 // Policy decides when a router is disabled, for how long, and how it comes
 // back. Zero fields take the defaults named on each.
 type Policy struct {
-	// DisabledTime is the first disable's length (required).
+	// DisabledTime is the first disable's length (required unless
+	// NeverDisable).
 	DisabledTime time.Duration
+	// NeverDisable means a failure never takes a router out: the original
+	// broker's DISABLED_TIME=0. Calls are still spread and counted.
+	NeverDisable bool
+	// FailureCodes are the statuses that count as failures
+	// (DefaultFailureCodes).
+	FailureCodes FailureCodes
 	// Threshold is how many consecutive failures, counted over every
 	// replica, disable a router (default 1).
 	Threshold int
+	// Rate, when above 0, disables a router when at least Rate percent
+	// of its calls within RateWindow failed, counted over every replica,
+	// given at least RateMinCalls calls in it: a rule for a busy, flaky
+	// router that rarely fails Threshold times in a row. Whichever rule
+	// fires first disables.
+	Rate         float64
+	RateWindow   time.Duration // default 60s
+	RateMinCalls int           // default 20
 	// Multiplier grows the disabled time each time a router is disabled
 	// again before it has recovered (default 2; 1 turns backoff off).
 	Multiplier float64
@@ -74,9 +78,21 @@ func (p Policy) Resolve() (Policy, error) {
 	if p.AllDisabled == "" {
 		p.AllDisabled = Panic
 	}
+	if p.RateWindow == 0 {
+		p.RateWindow = time.Minute
+	}
+	if p.RateMinCalls == 0 {
+		p.RateMinCalls = 20
+	}
 	switch {
-	case p.DisabledTime <= 0:
-		return p, fmt.Errorf("disabled time %v: must be positive", p.DisabledTime)
+	case p.DisabledTime <= 0 && !p.NeverDisable:
+		return p, fmt.Errorf("disabled time %v: must be positive (or set NeverDisable)", p.DisabledTime)
+	case p.Rate < 0 || p.Rate > 100 || math.IsNaN(p.Rate):
+		return p, fmt.Errorf("failure rate %v: a percentage from 0 (off) to 100", p.Rate)
+	case p.RateWindow < time.Second:
+		return p, fmt.Errorf("failure rate window %v: must be at least a second", p.RateWindow)
+	case p.RateMinCalls < 1:
+		return p, fmt.Errorf("failure rate min calls %d: must be at least 1", p.RateMinCalls)
 	case p.Threshold < 1:
 		return p, fmt.Errorf("failure threshold %d: must be at least 1", p.Threshold)
 	case p.Multiplier < 1 || math.IsNaN(p.Multiplier) || p.Multiplier > 100:
@@ -129,7 +145,7 @@ func (p Policy) maxDuration() time.Duration {
 // falls by one for each DisabledTime the router has served since, or 0 when
 // it has fully recovered.
 func (p Policy) level(memo Record, now time.Time) int {
-	if memo.Ended.IsZero() {
+	if memo.Ended.IsZero() || p.DisabledTime <= 0 {
 		return 0
 	}
 	left := memo.Level - int(now.Sub(memo.Ended)/p.DisabledTime)
@@ -179,6 +195,18 @@ type event struct {
 	retryAfter time.Duration // from the upstream's Retry-After; 0 without
 	by         string        // the replica
 	at         time.Time
+	// failures is how many consecutive failures of the router the fleet
+	// has heard of, this one included; rate is the failure-rate rule's
+	// figures when it fires and the consecutive rule does not. Both for a
+	// failure only.
+	failures int
+	rate     *rateFigures
+}
+
+// rateFigures say why the failure-rate rule fired.
+type rateFigures struct {
+	failures, calls int64
+	window          time.Duration
 }
 
 type eventKind int
@@ -207,9 +235,11 @@ func (p Policy) decide(router string, live *Record, memo Record, ev event) (chan
 	}
 	switch ev.kind {
 	case failure:
+		switch {
+		case p.NeverDisable, ph == Manual:
+			return change{}, false // a failure never takes a router out, or an operator's word stands
+		}
 		switch ph {
-		case Manual:
-			return change{}, false
 		case Disabled:
 			// Calls that were in flight when the router was disabled fail
 			// too; they are the same outage. Only a longer Retry-After
@@ -227,23 +257,16 @@ func (p Policy) decide(router string, live *Record, memo Record, ev event) (chan
 		case Probation:
 			return change{rec: p.disable(router, min(live.Level+1, p.maxLevel()), ev, "probe failed: ")}, true
 		}
-		if memo.Failures+1 < p.Threshold {
-			m := memo
-			m.Router, m.Failures, m.Status, m.Reason, m.At, m.By = router, memo.Failures+1, ev.status, reason(ev, ""), ev.at, ev.by
-			return change{rec: m, release: true}, true
+		// Both rules count the fleet's calls, which the replicas tell each
+		// other; nothing is written until one fires.
+		if ev.failures < p.Threshold && ev.rate == nil {
+			return change{}, false
 		}
 		return change{rec: p.disable(router, p.level(memo, ev.at), ev, "")}, true
 	case success:
-		switch ph {
-		case Probation:
+		if ph == Probation {
 			return change{rec: Record{Router: router, Level: live.Level, Ended: ev.at,
 				Reason: reasonProbeSucceeded, At: ev.at, By: ev.by}, release: true}, true
-		case Enabled:
-			if memo.Failures > 0 {
-				m := memo
-				m.Failures = 0
-				return change{rec: m, release: true}, true
-			}
 		}
 	case claim:
 		if ph == Probation && (live.Probe == nil || !ev.at.Before(live.Probe.Until)) {
@@ -300,6 +323,9 @@ func (p Policy) clampRetryAfter(d time.Duration) time.Duration {
 }
 
 func reason(ev event, prefix string) string {
+	if ev.rate != nil && prefix == "" {
+		return fmt.Sprintf("failure rate %d%% of %d calls in %v", ev.rate.failures*100/ev.rate.calls, ev.rate.calls, ev.rate.window)
+	}
 	r := prefix + fmt.Sprintf("egress_status_code %d", ev.status)
 	if ev.retryAfter > 0 {
 		r += fmt.Sprintf(", Retry-After %v", ev.retryAfter)

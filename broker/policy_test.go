@@ -64,30 +64,55 @@ func TestLevelOfANewDisableFollowsTheLastOneAndDecays(t *testing.T) {
 	}
 }
 
+// fail is the first failure of a router since its last success.
 func fail(status int, at time.Time) event {
-	return event{kind: failure, status: status, at: at, by: "r1"}
+	return event{kind: failure, status: status, at: at, by: "r1", failures: 1}
 }
 
-func TestThresholdCountsConsecutiveFailuresAndASuccessResetsIt(t *testing.T) {
+func TestThresholdDisablesAtTheNthConsecutiveFailureAndWritesNothingBefore(t *testing.T) {
 	is := is.New(t)
 	p := policy(t, Policy{Threshold: 3})
 	now := time.Now()
-	var memo Record
-	for i := 1; i <= 2; i++ {
-		ch, ok := p.decide("/r/", nil, memo, fail(502, now))
-		is.True(ok && ch.release)    // counted in the memo, no disable
-		is.Equal(ch.rec.Failures, i) // one more
-		memo = ch.rec
+	for n := 1; n <= 2; n++ {
+		ev := fail(502, now)
+		ev.failures = n
+		_, ok := p.decide("/r/", nil, Record{}, ev)
+		is.True(!ok) // counted by the replicas, which tell each other: nothing written
 	}
-	ch, ok := p.decide("/r/", nil, memo, event{kind: success, at: now})
-	is.True(ok && ch.release)
-	is.Equal(ch.rec.Failures, 0) // a success resets the count
-	for range 2 {
-		ch, _ = p.decide("/r/", nil, ch.rec, fail(502, now))
-	}
-	ch, ok = p.decide("/r/", nil, ch.rec, fail(502, now))
+	_, ok := p.decide("/r/", nil, Record{}, event{kind: success, at: now})
+	is.True(!ok) // nor for a success
+	ev := fail(502, now)
+	ev.failures = 3
+	ch, ok := p.decide("/r/", nil, Record{}, ev)
 	is.True(ok && !ch.release) // the third consecutive failure disables
 	is.Equal(ch.rec.Until, now.Add(dt))
+	is.Equal(ch.rec.Reason, "egress_status_code 502")
+}
+
+func TestTheFailureRateRuleDisablesAndSaysSo(t *testing.T) {
+	is := is.New(t)
+	p := policy(t, Policy{Threshold: 5, Rate: 20})
+	now := time.Now()
+	ev := fail(502, now)
+	ev.rate = &rateFigures{failures: 15, calls: 48, window: time.Minute}
+	ch, ok := p.decide("/r/", nil, Record{}, ev)
+	is.True(ok && !ch.release)
+	is.Equal(ch.rec.Reason, "failure rate 31% of 48 calls in 1m0s")
+	is.Equal(ch.rec.Until, now.Add(dt)) // the same policy as any disable
+	is.Equal(ch.rec.Status, 502)
+}
+
+func TestWithDisabledTimeZeroAFailureNeverDisables(t *testing.T) {
+	is := is.New(t)
+	p := policy(t, Policy{NeverDisable: true})
+	now := time.Now()
+	ev := fail(502, now)
+	ev.retryAfter = time.Minute
+	ev.rate = &rateFigures{failures: 10, calls: 10, window: time.Minute}
+	_, ok := p.decide("/r/", nil, Record{}, ev)
+	is.True(!ok)
+	_, ok = p.decide("/r/", &Record{Router: "/r/", At: now, Until: now.Add(-time.Second)}, Record{}, ev)
+	is.True(!ok) // nor a probe's failure
 }
 
 func TestAReportThatChangesNothingWritesNothing(t *testing.T) {
@@ -179,7 +204,12 @@ func TestManualDisableIsNeverOverwrittenProbedOrLiftedEarly(t *testing.T) {
 func TestPolicyRefusesOutOfRangeSettings(t *testing.T) {
 	for _, p := range []Policy{
 		{},
+		{DisabledTime: -time.Second},
 		{DisabledTime: dt, Threshold: -1},
+		{DisabledTime: dt, Rate: -1},
+		{DisabledTime: dt, Rate: 101},
+		{DisabledTime: dt, Rate: 20, RateWindow: time.Millisecond},
+		{DisabledTime: dt, Rate: 20, RateMinCalls: -1},
 		{DisabledTime: dt, Multiplier: 0.5},
 		{DisabledTime: dt, MaxMultiplier: 0.5},
 		{DisabledTime: dt, ProbeTimeout: time.Millisecond},

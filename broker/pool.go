@@ -6,11 +6,14 @@ import (
 	"regexp"
 )
 
-// Router is one member of a pool: a gecholog router path and its share of the
-// traffic relative to the other members.
+// Router is one member of a pool: a gecholog router path, its share of the
+// traffic relative to the other members of its tier, and its tier.
 type Router struct {
 	Path   string
 	Weight int
+	// Priority is the router's tier, lower first: calls go to the best
+	// tier that has an enabled router (0, the default, is the best).
+	Priority int
 }
 
 // Pool is a set of routers that stand in for one ingress router. A request
@@ -18,6 +21,9 @@ type Router struct {
 type Pool struct {
 	Ingress string
 	Routers []Router
+	// Strategy names how a router is chosen within a tier (see
+	// Strategies); "" is DefaultStrategy.
+	Strategy string
 }
 
 // DefaultPools returns the original broker's pool: /azure/ spread over
@@ -45,8 +51,9 @@ var routerPath = regexp.MustCompile(`^/([A-Za-z0-9]+/)+$`)
 func ValidPath(p string) bool { return routerPath.MatchString(p) }
 
 // ValidatePools checks that pools can be served: at least one pool, valid
-// and distinct ingress paths, at least one router each, valid router paths,
-// no router twice in a pool or equal to its ingress, weights in 1..1000000.
+// and distinct ingress paths, a known strategy, at least one router each,
+// valid router paths, no router twice in a pool or equal to its ingress,
+// weights in 1..1000000 and priorities from 0.
 func ValidatePools(pools []Pool) error {
 	if len(pools) == 0 {
 		return errors.New("no pools: give at least one pool with an ingress and routers")
@@ -63,6 +70,9 @@ func ValidatePools(pools []Pool) error {
 		if len(p.Routers) == 0 {
 			return fmt.Errorf("pool %q has no routers", p.Ingress)
 		}
+		if _, err := strategy(p.Strategy); err != nil {
+			return fmt.Errorf("pool %q: %w", p.Ingress, err)
+		}
 		seen := map[string]bool{}
 		for _, r := range p.Routers {
 			switch {
@@ -74,6 +84,8 @@ func ValidatePools(pools []Pool) error {
 				return fmt.Errorf("pool %q lists router %q twice", p.Ingress, r.Path)
 			case r.Weight < 1 || r.Weight > maxWeight:
 				return fmt.Errorf("pool %q: router %q: weight %d is outside 1..%d", p.Ingress, r.Path, r.Weight, maxWeight)
+			case r.Priority < 0:
+				return fmt.Errorf("pool %q: router %q: priority %d: give 0 (the first tier) or more", p.Ingress, r.Path, r.Priority)
 			}
 			seen[r.Path] = true
 		}

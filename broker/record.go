@@ -31,8 +31,9 @@ type Record struct {
 	// Probe is the claim on the one trial call a router on probation gets
 	// after Until, held by one replica until the claim's Until.
 	Probe *Probe
-	// Failures counts consecutive failures not yet enough to disable.
-	// Kept in a memo, not in a live record.
+	// Failures counted consecutive failures not yet enough to disable, in
+	// memos of brokers before the replicas told each other their counts;
+	// read, and ignored.
 	Failures int
 	// Ended is when a disable stopped disabling (a probe succeeded, or it
 	// lapsed). Kept in a memo, from which the backoff level decays.

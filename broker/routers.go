@@ -24,6 +24,36 @@ type RouterView struct {
 	Probe string
 	// Chosen counts the calls this replica sent the router for the pool.
 	Chosen uint64
+	// Priority is the router's tier in the pool, lower first.
+	Priority int
+	// InFlight is the calls in flight to the router over the whole fleet,
+	// and Share its share of the pool's recent choices, fleet-wide (as of
+	// the last Refresh).
+	InFlight int64
+	Share    float64
+	// Latency is the router's recent upstream latency (LatencyKnown false
+	// until one of its calls is heard of), and Headroom the share of its
+	// rate limit left (HeadroomKnown false while its upstream says none).
+	Latency       time.Duration
+	LatencyKnown  bool
+	Headroom      float64
+	HeadroomKnown bool
+	// Calls and Failures are the router's calls reported, and the failures
+	// among them, over the whole fleet within the failure-rate window.
+	Calls, Failures int64
+}
+
+// InFlightBound is how long a chosen call counts as in flight, which is
+// also the span RouterView.Share is counted over.
+func (b *Broker) InFlightBound() time.Duration { return b.fleet.bound }
+
+// Heard is when this replica last heard of a finished call from gecholog's
+// transaction log (zero: never).
+func (b *Broker) Heard() time.Time {
+	if ns := b.heard.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // View returns every router of every pool, pools in the order they were
@@ -38,7 +68,17 @@ func (b *Broker) View(now time.Time) []RouterView {
 		for i, r := range p.routers {
 			rt := b.members[p.ids[i]]
 			v := RouterView{Ingress: ingress, Router: r.Path, Phase: phase(rt.live, now), Chosen: p.chosen[i].Load(),
-				Provisional: !rt.heard.IsZero()}
+				Provisional: !rt.heard.IsZero(), Priority: r.Priority, InFlight: rt.stats.inFlight()}
+			var all int64
+			for _, id := range p.ids {
+				all += b.members[id].stats.fleetChosen.Load()
+			}
+			if all > 0 {
+				v.Share = float64(rt.stats.fleetChosen.Load()) / float64(all)
+			}
+			v.Latency, v.LatencyKnown = rt.stats.latency()
+			v.Headroom, v.HeadroomKnown = rt.stats.headroom(now)
+			v.Failures, v.Calls = b.rate(rt)
 			if rt.live != nil && v.Phase != Enabled {
 				rec := *rt.live
 				v.Record = &rec

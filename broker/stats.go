@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -63,22 +64,56 @@ func disableReason(r Record) string {
 	}
 }
 
+// failureReports counts the failures reported, by router and status.
+type failureReports struct {
+	mu sync.Mutex
+	n  map[failureKey]uint64
+}
+
+// failureKey keeps a path no pool has as OtherRouter, so that what
+// gecholog sends cannot grow the metric beyond the pools' routers and the
+// statuses that count as failures (all from 100 to 599).
+type failureKey struct {
+	router string
+	status int
+}
+
+// OtherRouter stands in Stats.FailureReports for every path no pool has.
+const OtherRouter = "other"
+
+func (f *failureReports) add(rt *route, status int) {
+	k := failureKey{router: OtherRouter, status: status}
+	if rt != nil {
+		k.router = rt.path
+	}
+	f.mu.Lock()
+	if f.n == nil {
+		f.n = map[failureKey]uint64{}
+	}
+	f.n[k]++
+	f.mu.Unlock()
+}
+
 // Stats is a snapshot of what a replica has done since it started.
 type Stats struct {
-	Calls       [numOutcomes]uint64 // by Outcome
-	Choices     []Count             // by ingress and router
-	Transitions []Count             // changes of phase in this replica's view, by router, phase and reason
-	Disabled    int                 // routers not enabled now: disabled, manual or on probation
-	KVWrites    uint64              // writes to the bucket, including failed ones
-	KVErrors    uint64              // writes that failed (a lost compare-and-set race is not an error)
-	WatchEvents uint64              // changes heard from the bucket
-	LastWatch   time.Time           // when the last one arrived; zero if none has
+	Calls [numOutcomes]uint64 // by Outcome
+	// FailureReports are the failures reported, by Router (OtherRouter
+	// for a path no pool has) and Status.
+	FailureReports []Count
+	Choices        []Count   // by ingress and router
+	Transitions    []Count   // changes of phase in this replica's view, by router, phase and reason
+	Disabled       int       // routers not enabled now: disabled, manual or on probation
+	KVWrites       uint64    // writes to the bucket, including failed ones
+	KVErrors       uint64    // writes that failed (a lost compare-and-set race is not an error)
+	WatchEvents    uint64    // changes heard from the bucket
+	LastWatch      time.Time // when the last one arrived; zero if none has
 }
 
 // Count is one labelled counter of Stats.
 type Count struct {
 	Ingress, Router string // Choices
 	To, Reason      string // Transitions: To is the new Phase's name
+	Status          string // FailureReports
 	N               uint64
 }
 
@@ -93,6 +128,11 @@ func (b *Broker) Stats() Stats {
 			s.Choices = append(s.Choices, Count{Ingress: p.ingress, Router: r.Path, N: p.chosen[i].Load()})
 		}
 	}
+	b.failureReports.mu.Lock()
+	for k, n := range b.failureReports.n {
+		s.FailureReports = append(s.FailureReports, Count{Router: k.router, Status: strconv.Itoa(k.status), N: n})
+	}
+	b.failureReports.mu.Unlock()
 	s.KVWrites = b.kvWrites.Load()
 	s.KVErrors = b.kvErrors.Load()
 	s.WatchEvents = b.watchEvents.Load()

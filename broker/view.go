@@ -12,9 +12,9 @@ type route struct {
 	path  string
 	id    int // index in Broker.members
 	pools []*pool
-	// clean is true when there is nothing a success report could change:
-	// no live record and no failures counted. It lets the success path
-	// skip the lock.
+	stats routeStats
+	// clean is true when there is nothing a success report could change
+	// in the view: no live record. It lets the success path skip the lock.
 	clean atomic.Bool
 	// claiming is true while this replica's claim on the probe is on its
 	// way to the store.
@@ -170,7 +170,7 @@ func (b *Broker) apply(rt *route, ch change, rev uint64, pending bool, now time.
 		rt.live = &r
 	}
 	rt.rev, rt.pending, rt.heard, rt.stored = rev, pending, time.Time{}, nil
-	rt.clean.Store(rt.live == nil && rt.memo.Failures == 0)
+	rt.clean.Store(rt.live == nil)
 	b.refresh(rt, now)
 	b.arm(now)
 }

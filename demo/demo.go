@@ -1,7 +1,8 @@
 // Package demo shows the broker at work with nothing installed: an
 // embedded nats-server with JetStream, two replicas, local upstreams for
 // gpt4 and gpt35turbo, a dead dud, and a stand-in for gecholog making its
-// two processor calls per client call.
+// two processor calls per client call; then a pool in priority tiers, whose
+// PTU deployment's 429 moves the calls to tier 1 until its Retry-After.
 package demo
 
 import (
@@ -56,8 +57,13 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 
 	// Two replicas, as `docker compose up --scale broker=2` would run.
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ptu := &gechologtest.LLM{Model: "gpt-4o (PTU)", Quota: 5, Window: 2 * time.Second}
+	if err := tieredUpstreams(upstreams, ptu); err != nil {
+		return err
+	}
 	base := replica.Config{
 		NATS:   natsconn.Settings{Servers: srv.ClientURL()},
+		Pools:  append(broker.DefaultPools(), tieredPool),
 		Policy: broker.Policy{DisabledTime: o.DisabledTime},
 	}
 	fleet, err := replica.StartFleet(ctx, base, 2, func(id string) *slog.Logger { return log.With(slog.String("replica", id)) })
@@ -113,7 +119,10 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 	if !dudFailed {
 		return errors.New("demo: /azure/dud/ was never chosen in 1000 requests")
 	}
-	return listBucket(ctx, nc, stdout)
+	if err := listBucket(ctx, nc, stdout); err != nil {
+		return err
+	}
+	return tiers(ctx, gw, ptu, stdout)
 }
 
 // listBucket prints what `nats kv ls` and `nats kv get` show.
@@ -144,4 +153,71 @@ func listBucket(ctx context.Context, nc *nats.Conn, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "\n$ nats kv get %s %s --raw\n%s\n", replica.DefaultBucket, k, pretty.String())
 	}
 	return nil
+}
+
+// tieredPool is a provisioned-throughput deployment (PTU) first, with two
+// pay-as-you-go deployments behind it, as Azure's "smart load balancing"
+// samples set them up.
+var tieredPool = broker.Pool{Ingress: "/openai/", Routers: []broker.Router{
+	{Path: "/openai/ptu/", Weight: 1, Priority: 0},
+	{Path: "/openai/payg1/", Weight: 1, Priority: 1},
+	{Path: "/openai/payg2/", Weight: 1, Priority: 1},
+}}
+
+// tieredUpstreams serves the tiered pool's deployments: the PTU allows
+// quota calls per window and answers the rest 429 with Retry-After, as
+// Azure's do; the pay-as-you-go ones take any number.
+func tieredUpstreams(u *gechologtest.Upstreams, ptu *gechologtest.LLM) error {
+	if err := u.Add("/openai/ptu/", ptu); err != nil {
+		return err
+	}
+	for _, r := range []string{"/openai/payg1/", "/openai/payg2/"} {
+		if err := u.Add(r, &gechologtest.LLM{Model: "gpt-4o (pay-as-you-go)"}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tiers shows the tiered pool: calls go to the PTU deployment until it
+// answers 429, then to the pay-as-you-go ones until its Retry-After has
+// passed and a probe finds it answering again.
+func tiers(ctx context.Context, gw gechologtest.Gateway, ptu *gechologtest.LLM, stdout io.Writer) error {
+	fmt.Fprintf(stdout, "\n# priority tiers: /openai/ sends calls to its PTU deployment (tier 0) first; it allows %d calls per %v\n", ptu.Quota, ptu.Window)
+	tier := map[string]int{}
+	for _, r := range tieredPool.Routers {
+		tier[r.Path] = r.Priority
+	}
+	limited, spilled := false, 0
+	deadline := time.Now().Add(time.Minute)
+	for i := 1; time.Now().Before(deadline); i++ {
+		if ctx.Err() != nil {
+			return nil
+		}
+		router, status, err := gw.Call("/openai/")
+		if err != nil {
+			return err
+		}
+		line := fmt.Sprintf("request%d to /openai/ selects %s (tier %d) %d", i, router, tier[router], status)
+		switch {
+		case status == http.StatusTooManyRequests:
+			limited = true
+			line += " with Retry-After: out until then, and tier 1 takes the calls"
+		case limited && router == "/openai/ptu/":
+			fmt.Fprintln(stdout, line+": its Retry-After has passed, and the probe found it answering; calls return to tier 0")
+			return nil
+		case limited:
+			spilled++
+		}
+		fmt.Fprintln(stdout, line)
+		if limited {
+			// Paced, so that the Retry-After passes within a few lines.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	return fmt.Errorf("demo: /openai/ptu/ did not come back within a minute (%d calls went to tier 1)", spilled)
 }

@@ -149,16 +149,7 @@ func TestDisabledRouterReturnsOnEveryReplicaAfterDisabledTime(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
 			is := is.New(t)
-			s := natstest.Start(t)
-			nc := natstest.Connect(t, s)
-			if mode == "expiry" {
-				// A bucket without limit markers, as a 2.10 server (gecholog's)
-				// makes, forces the replicas to enforce expiry themselves.
-				js, err := jetstream.New(nc)
-				is.NoErr(err)
-				_, err = js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: bucketName})
-				is.NoErr(err)
-			}
+			s, nc := serverIn(t, mode)
 			replicas := startReplicas(t, s, 2, "DISABLED_TIME", "0.05") // 3 s
 			for _, r := range replicas {
 				is.Equal(r.serving.attrs["ttl_mode"], mode) // the replica detected the bucket's mode
@@ -575,6 +566,25 @@ type record struct {
 		At    time.Time `json:"at"`
 		Until time.Time `json:"until"`
 	} `json:"probe"`
+}
+
+// serverIn starts a server whose bucket the replicas will find in mode:
+// "ttl", or "expiry", where a bucket without limit markers, as a 2.10
+// server (gecholog's) makes, has the replicas enforce expiry themselves.
+func serverIn(t *testing.T, mode string) (*server.Server, *nats.Conn) {
+	t.Helper()
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	if mode == "expiry" {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err = js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: bucketName}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return s, nc
 }
 
 func openBucket(t *testing.T, nc *nats.Conn) jetstream.KeyValue {

@@ -163,7 +163,10 @@ func TestComposeFileDeploysGechologAndScalableBroker(t *testing.T) {
 		is.Equal(brokerSvc.Build.Context, repoPath(t, "..")) // build context is the repo root
 		is.Equal(brokerSvc.Build.Dockerfile, "Dockerfile")   // built with the repo's Dockerfile
 		is.Equal(brokerSvc.ContainerName, "")                // a fixed container_name would stop --scale broker=N
-		is.Equal(len(brokerSvc.Ports), 0)                    // a published host port would stop --scale broker=N
+		for _, port := range brokerSvc.Ports {
+			is.Equal(port.Published, "")       // a fixed host port would stop --scale broker=N
+			is.Equal(port.HostIP, "127.0.0.1") // the listener has no authentication: the host's loopback only
+		}
 		dep, ok := brokerSvc.DependsOn["gecholog"]
 		is.True(ok)                                                         // broker depends on gecholog
 		is.Equal(dep.Condition, types.ServiceConditionHealthy)              // broker waits until gl has accepted its config

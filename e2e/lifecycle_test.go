@@ -195,23 +195,50 @@ func TestARestartedReplicaKeepsTheFailureCountTheTimeLeftAndTheBackoffLevel(t *t
 	js, err := jetstream.New(nc)
 	is.NoErr(err)
 
-	// One failure of the two: counted in the bucket, not yet a disable.
+	// One failure of the two: counted by the replicas, which tell each
+	// other on the stats subject; nothing is written.
+	stats, err := nc.SubscribeSync("broker.stats." + bucketName)
+	is.NoErr(err)
 	first := startReplica(t, env("replica-1"))
+	second := startReplica(t, env("replica-2"))
 	bucket := openBucket(t, nc)
 	is.NoErr(gw.report(dud, 502))
-	waitLastWrite(t, js, dud, "a memo counting one failure", func(w lastWrite) bool { return w.deleted && w.rec.Failures == 1 })
-	is.Equal(len(keys(t, bucket)), 0) // one failure of two disables nothing
+	knows := map[string]bool{} // replica → tells of one failure of the dud
+	for deadline := time.Now().Add(5 * time.Second); !(knows["replica-1"] && knows["replica-2"]); {
+		m, err := stats.NextMsg(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("both replicas telling of the failure: %v (so far %v)", err, knows)
+		}
+		var msg struct {
+			ID      string `json:"id"`
+			Routers []struct {
+				Router  string  `json:"router"`
+				Failing []int64 `json:"failing"`
+			} `json:"routers"`
+		}
+		is.NoErr(json.Unmarshal(m.Data, &msg))
+		for _, r := range msg.Routers {
+			if r.Router == dud && len(r.Failing) == 1 {
+				knows[msg.ID] = true
+			}
+		}
+	}
+	is.NoErr(stats.Unsubscribe())
+	is.Equal(len(keys(t, bucket)), 0)   // one failure of two disables nothing
+	is.Equal(lastSeq(t, js), uint64(0)) // and writes nothing
 	first.kill(t)
 
-	// The count survives: one more failure, to a new replica, is the second.
-	second := startReplica(t, env("replica-2"))
+	// The count outlives the replica that heard it: one more failure, to
+	// the replica left or a new one, is the second.
+	newcomer := startReplica(t, env("replica-5"))
 	is.NoErr(gw.report(dud, 502))
-	second.waitFor(t, 5*time.Second, logged("router disabled", "router", dud, "by", "replica-2"))
 	waitKeys(t, bucket, 5*time.Second, dud)
 	rec := readRecord(t, bucket, dud)
+	is.True(rec.By == "replica-2" || rec.By == "replica-5") // disabled by whichever got the second failure
 	is.Equal(rec.Level, 0)
 	is.True((rec.Until.Sub(rec.At) - disabledTime).Abs() < time.Millisecond) // DISABLED_TIME 0.1 minutes
 	second.kill(t)
+	newcomer.kill(t)
 
 	// Mid-disable, a new replica holds the router out until the record's
 	// until, to the nanosecond, and not a moment less.
@@ -436,4 +463,19 @@ func waitLastWrite(t *testing.T, js jetstream.JetStream, key, what string, want 
 		return want(w)
 	}, "key %s: %s", key, what)
 	return w
+}
+
+// lastSeq is the bucket stream's last sequence: every write ever made to
+// the bucket, as it keeps one revision per key.
+func lastSeq(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	stream, err := js.Stream(t.Context(), "KV_"+bucketName)
+	if err != nil {
+		t.Fatalf("stream of bucket %s: %v", bucketName, err)
+	}
+	info, err := stream.Info(t.Context())
+	if err != nil {
+		t.Fatalf("stream info: %v", err)
+	}
+	return info.State.LastSeq
 }

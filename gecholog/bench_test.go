@@ -86,6 +86,61 @@ func BenchmarkRequest(b *testing.B) {
 	}
 }
 
+// strategyHandler is the message handler of a replica serving one pool,
+// /p/, of three routers (weights 1, 1 and 2) chosen by strategy, with
+// every statistic the strategies read present: each router's latency and
+// rate-limit headroom heard of in the transaction log, calls in flight
+// told by another replica, and calls this one chose and never heard the
+// end of. It returns the request context for /p/.
+func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte) {
+	tb.Helper()
+	pool := broker.Pool{Ingress: "/p/", Strategy: strategy, Routers: []broker.Router{
+		{Path: "/p/r0/", Weight: 1}, {Path: "/p/r1/", Weight: 1}, {Path: "/p/r2/", Weight: 2}}}
+	log := benchLogger(slog.LevelInfo)
+	b, err := broker.New(broker.Config{Pools: []broker.Pool{pool}, Policy: broker.Policy{DisabledTime: time.Hour}, ID: "bench", Logger: log})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { b.Close(context.Background()) })
+	h := gecholog.NewHandler(b, log)
+	now := time.Now()
+	var counts []broker.Counts
+	for i, r := range pool.Routers {
+		b.Finished([]byte(r.Path), time.Duration(i+1)*20*time.Millisecond, &broker.RateLimits{
+			RemainingRequests: int64(100 * (i + 1)), LimitRequests: 1000, ResetRequests: now.Add(time.Hour),
+			RemainingTokens: -1, LimitTokens: -1})
+		counts = append(counts, broker.Counts{Router: r.Path, Chosen: int64(10 * (i + 1)), Reported: int64(4 * (i + 1))})
+	}
+	b.Merge("other", now, counts)
+	msg := []byte(`{"gl_path":"/p/"}`)
+	for range 30 {
+		h.Handle(msg)
+	}
+	b.Refresh(now)
+	for _, v := range b.View(now) {
+		if v.InFlight == 0 || !v.LatencyKnown || !v.HeadroomKnown {
+			tb.Fatalf("%s: in flight %d, latency known %v, headroom known %v: want every statistic present", v.Router, v.InFlight, v.LatencyKnown, v.HeadroomKnown)
+		}
+	}
+	return h, msg
+}
+
+// BenchmarkRequestStrategy is a request context for a pool of each
+// strategy, with the statistics it reads present. The target (issue 10):
+// at most 200 ns and no allocation for every strategy.
+func BenchmarkRequestStrategy(b *testing.B) {
+	for _, s := range broker.Strategies() {
+		b.Run(s, func(b *testing.B) {
+			h, msg := strategyHandler(b, s)
+			for b.Loop() {
+				if len(h.Handle(msg)) == 0 {
+					b.Fatal("no router chosen")
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkRequestManyPools chooses in one of 100 pools of 10 routers.
 func BenchmarkRequestManyPools(b *testing.B) {
 	var pools []broker.Pool
@@ -174,5 +229,19 @@ func TestHotPathAllocatesNothing(t *testing.T) {
 		if n := testing.AllocsPerRun(1000, func() { h.Handle(data) }); n != 0 {
 			t.Errorf("%s: %v allocations per message, want none", msg, n)
 		}
+	}
+}
+
+// TestHotPathAllocatesNothingForEveryStrategy holds a request context to
+// no allocation whichever strategy chooses, with the statistics it reads
+// present.
+func TestHotPathAllocatesNothingForEveryStrategy(t *testing.T) {
+	for _, s := range broker.Strategies() {
+		t.Run(s, func(t *testing.T) {
+			h, msg := strategyHandler(t, s)
+			if n := testing.AllocsPerRun(1000, func() { h.Handle(msg) }); n != 0 {
+				t.Errorf("%v allocations per request context, want none", n)
+			}
+		})
 	}
 }

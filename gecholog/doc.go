@@ -8,6 +8,12 @@
 // allocating, [Handler] answers them with a broker's decisions, and
 // [CheckGLConfig] says whether a gl_config.json routes pools through the
 // broker.
+//
+// gecholog also publishes every finished call, whole, on its logger
+// subject. [ParseTransaction] reads the few fields the broker needs from
+// one (the router, the upstream's time, its headers) without decoding the
+// prompt or the completion, and [RateLimits] reads OpenAI's, Azure
+// OpenAI's and Anthropic's rate-limit headers from those headers.
 package gecholog
 
 // EnableJetStream is the fix to name when the service bus has no

@@ -16,7 +16,8 @@ import (
 )
 
 // Problem is one thing in a gl_config.json that keeps gecholog from routing
-// the pools through the broker, or that makes it do so badly.
+// the pools through the broker, or that makes it do so badly; or, as
+// advice, one that only turns off an extra.
 type Problem struct {
 	// Field is where the problem is: a JSON path such as
 	// request.processors[0][1].modifier, or routers for a router that is
@@ -24,10 +25,20 @@ type Problem struct {
 	Field string
 	// Fix says what to change and why.
 	Fix string
+	// Advice is true when the broker routes and fails over as well
+	// without the fix, and only an extra is off, such as honouring the
+	// upstream's Retry-After. A file with nothing but advice works.
+	Advice bool
 }
 
-// String is the problem as one line: the field, a colon and the fix.
-func (p Problem) String() string { return p.Field + ": " + p.Fix }
+// String is the problem as one line: the field, a colon and the fix,
+// after "advice: " for advice.
+func (p Problem) String() string {
+	if p.Advice {
+		return "advice: " + p.Field + ": " + p.Fix
+	}
+	return p.Field + ": " + p.Fix
+}
 
 // maxRequestTimeout bounds the request processor's timeout. gecholog waits
 // that long on every client call when the broker does not answer, so a
@@ -39,7 +50,7 @@ const maxRequestTimeout = 1000
 const maxGLConfig = 16 << 20
 
 // CheckGLConfigFile checks the gl_config.json at path as CheckGLConfig
-// does, requiring inbound_headers for Retry-After. The error is for a file
+// does, advising inbound_headers for Retry-After. The error is for a file
 // that cannot be checked: unreadable, too large, not JSON.
 func CheckGLConfigFile(path string, pools []broker.Pool, subject string) ([]Problem, error) {
 	f, err := os.Open(path)
@@ -67,8 +78,9 @@ func CheckGLConfigFile(path string, pools []broker.Pool, subject string) ([]Prob
 // it fails to route pools through a broker on subject: a pool ingress or
 // router that is no gecholog router, an invalid router path, and a missing or
 // miswired request or response processor entry on subject. retryAfter says
-// the broker honours the upstream's Retry-After header, so the response
-// processor must also be given inbound_headers.
+// the broker honours the upstream's Retry-After header, so a response
+// processor without inbound_headers gets advice to add it: a Problem with
+// Advice set, since the broker routes and fails over without it.
 //
 // ${NAME} placeholders are read as they are: gecholog replaces them from its
 // own environment, which the check cannot see.
@@ -109,6 +121,8 @@ func CheckGLConfig(r io.Reader, pools []broker.Pool, subject string, retryAfter 
 	if retryAfter {
 		inputs = "gl_path, egress_status_code and inbound_headers"
 	}
+	// A missing response processor is an error, not advice: without it no
+	// failure reaches the broker.
 	c.responseProcessor(c.onSubject("response", response, responseRead, subject, all,
 		"add the broker as a response processor (async true, "+inputs+" in input_fields_include, timeout 50); without it no failure reaches the broker and failed routers are never taken out"), retryAfter)
 	return c.problems, nil
@@ -164,6 +178,11 @@ type checker struct {
 
 func (c *checker) add(field, format string, args ...any) {
 	c.problems = append(c.problems, Problem{Field: field, Fix: fmt.Sprintf(format, args...)})
+}
+
+// advise adds advice: a fix that only turns an extra on.
+func (c *checker) advise(field, format string, args ...any) {
+	c.problems = append(c.problems, Problem{Field: field, Fix: fmt.Sprintf(format, args...), Advice: true})
 }
 
 // routers returns the router paths as written, and whether the file has a
@@ -404,14 +423,14 @@ func (c *checker) onSubject(section string, ps []processor, readable bool, subje
 	return mine
 }
 
-// needsInput reports a field the broker must receive but that p's input
-// fields do not give it.
-func (c *checker) needsInput(p processor, field, why string) {
+// needsInput reports, through report (add or advise), a field the broker
+// should receive but that p's input fields do not give it.
+func (c *checker) needsInput(report func(field, format string, args ...any), p processor, field, why string) {
 	if p.has("input_fields_include") && !slices.Contains(p.include, field) {
-		c.add(p.at+".input_fields_include", "add %q: %s", field, why)
+		report(p.at+".input_fields_include", "add %q: %s", field, why)
 	}
 	if p.has("input_fields_exclude") && slices.Contains(p.exclude, field) {
-		c.add(p.at+".input_fields_exclude", "remove %q: %s", field, why)
+		report(p.at+".input_fields_exclude", "remove %q: %s", field, why)
 	}
 }
 
@@ -423,7 +442,7 @@ func (c *checker) requestProcessor(ps []processor) {
 		if p.has("async") && p.async {
 			c.add(p.at+".async", "set false: gecholog does not wait for an async request processor before the outbound call, so the broker's choice comes too late to route it")
 		}
-		c.needsInput(p, "gl_path", "the broker chooses a router by the ingress path gecholog sends it")
+		c.needsInput(c.add, p, "gl_path", "the broker chooses a router by the ingress path gecholog sends it")
 		if p.has("output_fields_write") && !slices.Contains(p.output, "gl_path") {
 			c.add(p.at+".output_fields_write", "add \"gl_path\": gecholog keeps only these fields of a reply, so the broker's choice is dropped")
 		}
@@ -444,10 +463,12 @@ func (c *checker) responseProcessor(ps []processor, retryAfter bool) {
 		if p.has("async") && !p.async {
 			c.add(p.at+".async", "set true: gecholog waits for a synchronous response processor before answering the client, adding its reply time to every call")
 		}
-		c.needsInput(p, "gl_path", "the broker must know which router the call used")
-		c.needsInput(p, "egress_status_code", "the broker takes a router out by the status the client got")
+		c.needsInput(c.add, p, "gl_path", "the broker must know which router the call used")
+		c.needsInput(c.add, p, "egress_status_code", "the broker takes a router out by the status the client got")
 		if retryAfter {
-			c.needsInput(p, "inbound_headers", "the broker honours the upstream's Retry-After header, which gecholog passes only in inbound_headers")
+			// Only the Retry-After of a 429 or 503 is read from it; the
+			// router is taken out either way.
+			c.needsInput(c.advise, p, "inbound_headers", "it carries the upstream's Retry-After, which the broker honours; without it a 429 or 503 takes the router out for the broker's own disabled time, not as long as the upstream asks")
 		}
 		switch {
 		case !p.has("timeout"):

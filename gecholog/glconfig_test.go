@@ -18,6 +18,15 @@ const repoGLConfig = "../gl_config.json"
 
 const glSubject = "coburn.gl.broker"
 
+// originalGLConfig is the gl_config.json the original broker shipped with,
+// byte for byte: processors/broker/gl_config_broker.json in
+// github.com/direktoren/gecholog-resources at commit
+// 11b681a8559410ad13816b01ef5eaf07bb79ca84 (2024-09-26; MIT License,
+// Copyright (c) 2024 direktoren), which that example's gecholog.Dockerfile
+// copies to /app/conf/gl_config.json. Its response processor reads gl_path
+// and egress_status_code, not inbound_headers.
+const originalGLConfig = "testdata/original_gl_config.json"
+
 // readGLConfig decodes the repository's gl_config.json into plain maps and
 // lists, for a test to break one thing in.
 func readGLConfig(t *testing.T) map[string]any {
@@ -87,80 +96,84 @@ func TestGLConfigCheckNamesTheFieldOfEachDefect(t *testing.T) {
 		mutate func(m map[string]any)
 		field  string // the problem's field
 		fix    string // a part of the problem's fix
+		advice bool   // whether routing works without the fix
 	}{
 		{"a pool router that is no gecholog router",
 			func(m map[string]any) { withoutGLRouter(m, "/azure/gpt4/") },
-			"routers", `no router "/azure/gpt4/", which pool "/azure/" chooses`},
+			"routers", `no router "/azure/gpt4/", which pool "/azure/" chooses`, false},
 		{"a pool ingress that is no gecholog router",
 			func(m map[string]any) { withoutGLRouter(m, "/azure/") },
-			"routers", `no router "/azure/", the ingress of a pool`},
+			"routers", `no router "/azure/", the ingress of a pool`, false},
 		{"an invalid router path",
 			func(m map[string]any) { m["routers"].([]any)[0].(map[string]any)["path"] = "azure" },
-			"routers[0].path", `"azure" is not a router path`},
+			"routers[0].path", `"azure" is not a router path`, false},
 		{"a request processor that is no modifier",
 			func(m map[string]any) { glProcessor(m, "request")["modifier"] = false },
-			"request.processors[0][0].modifier", "set true"},
+			"request.processors[0][0].modifier", "set true", false},
 		{"an async request processor",
 			func(m map[string]any) { glProcessor(m, "request")["async"] = true },
-			"request.processors[0][0].async", "set false"},
+			"request.processors[0][0].async", "set false", false},
 		{"a request processor that does not read gl_path",
 			func(m map[string]any) { withoutField(glProcessor(m, "request"), "input_fields_include", "gl_path") },
-			"request.processors[0][0].input_fields_include", `add "gl_path"`},
+			"request.processors[0][0].input_fields_include", `add "gl_path"`, false},
 		{"a request processor that excludes gl_path",
 			func(m map[string]any) { glProcessor(m, "request")["input_fields_exclude"] = []any{"gl_path"} },
-			"request.processors[0][0].input_fields_exclude", `remove "gl_path"`},
+			"request.processors[0][0].input_fields_exclude", `remove "gl_path"`, false},
 		{"a request processor that cannot write gl_path",
 			func(m map[string]any) { withoutField(glProcessor(m, "request"), "output_fields_write", "gl_path") },
-			"request.processors[0][0].output_fields_write", `add "gl_path"`},
+			"request.processors[0][0].output_fields_write", `add "gl_path"`, false},
 		{"a request processor with no time to answer",
 			func(m map[string]any) { glProcessor(m, "request")["timeout"] = 0 },
-			"request.processors[0][0].timeout", "0 ms: set it above 0"},
+			"request.processors[0][0].timeout", "0 ms: set it above 0", false},
 		{"a request processor whose timeout delays every call while the broker is down",
 			func(m map[string]any) { glProcessor(m, "request")["timeout"] = 5000 },
-			"request.processors[0][0].timeout", "5000 ms: set it at most 1000"},
+			"request.processors[0][0].timeout", "5000 ms: set it at most 1000", false},
 		{"a request processor timeout that is not a number",
 			func(m map[string]any) { glProcessor(m, "request")["timeout"] = "50" },
-			"request.processors[0][0].timeout", "a string, not a number"},
+			"request.processors[0][0].timeout", "a string, not a number", false},
 		{"two request processors on the glSubject",
 			func(m map[string]any) {
 				layers := m["request"].(map[string]any)["processors"].([]any)
 				m["request"].(map[string]any)["processors"] = append(layers, []any{glProcessor(m, "request")})
 			},
-			"request.processors", `2 processors on "coburn.gl.broker" (request.processors[0][0], request.processors[1][0])`},
+			"request.processors", `2 processors on "coburn.gl.broker" (request.processors[0][0], request.processors[1][0])`, false},
 		{"no request processor on the glSubject",
 			func(m map[string]any) { m["request"].(map[string]any)["processors"] = []any{} },
-			"request.processors", `no processor on "coburn.gl.broker": add the broker as a request processor`},
+			"request.processors", `no processor on "coburn.gl.broker": add the broker as a request processor`, false},
 		{"request processors that are not a list of layers",
 			func(m map[string]any) { m["request"].(map[string]any)["processors"] = []any{glProcessor(m, "request")} },
-			"request.processors[0]", "not a layer"},
+			"request.processors[0]", "not a layer", false},
 		{"a response processor that does not read egress_status_code",
 			func(m map[string]any) {
 				withoutField(glProcessor(m, "response"), "input_fields_include", "egress_status_code")
 			},
-			"response.processors[0][0].input_fields_include", `add "egress_status_code"`},
+			"response.processors[0][0].input_fields_include", `add "egress_status_code"`, false},
 		{"a response processor that does not read gl_path",
 			func(m map[string]any) { withoutField(glProcessor(m, "response"), "input_fields_include", "gl_path") },
-			"response.processors[0][0].input_fields_include", `add "gl_path"`},
+			"response.processors[0][0].input_fields_include", `add "gl_path"`, false},
 		{"a response processor that does not read inbound_headers",
 			func(m map[string]any) {
 				withoutField(glProcessor(m, "response"), "input_fields_include", "inbound_headers")
 			},
-			"response.processors[0][0].input_fields_include", `add "inbound_headers"`},
+			"response.processors[0][0].input_fields_include", `add "inbound_headers": it carries the upstream's Retry-After`, true},
+		{"a response processor that excludes inbound_headers",
+			func(m map[string]any) { glProcessor(m, "response")["input_fields_exclude"] = []any{"inbound_headers"} },
+			"response.processors[0][0].input_fields_exclude", `remove "inbound_headers": it carries the upstream's Retry-After`, true},
 		{"a synchronous response processor",
 			func(m map[string]any) { glProcessor(m, "response")["async"] = false },
-			"response.processors[0][0].async", "set true"},
+			"response.processors[0][0].async", "set true", false},
 		{"a response processor with no time to answer",
 			func(m map[string]any) { glProcessor(m, "response")["timeout"] = 0 },
-			"response.processors[0][0].timeout", "0 ms: set it above 0"},
+			"response.processors[0][0].timeout", "0 ms: set it above 0", false},
 		{"the broker's response processor on another glSubject",
 			func(m map[string]any) { glProcessor(m, "response")["service_bus_topic"] = "other.broker" },
-			"response.processors", `no processor on "coburn.gl.broker": add the broker as a response processor`},
+			"response.processors", `no processor on "coburn.gl.broker": add the broker as a response processor`, false},
 		{"a processor entry of the wrong type",
 			func(m map[string]any) { glProcessor(m, "request")["modifier"] = "true" },
-			"request.processors[0][0].modifier", "a string, not true or false"},
+			"request.processors[0][0].modifier", "a string, not true or false", false},
 		{"routers that are not a list",
 			func(m map[string]any) { m["routers"] = map[string]any{} },
-			"routers", "an object, not a list"},
+			"routers", "an object, not a list", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			is := is.New(t)
@@ -176,6 +189,7 @@ func TestGLConfigCheckNamesTheFieldOfEachDefect(t *testing.T) {
 			p := problems[0]
 			is.Equal(p.Field, tc.field)                  // the problem names the field
 			is.True(strings.Contains(p.Fix, tc.fix))     // the fix says what to do
+			is.Equal(p.Advice, tc.advice)                // only an extra is advice; what breaks routing is an error
 			is.True(!strings.Contains(p.String(), "\n")) // in one line
 		})
 	}
@@ -199,6 +213,31 @@ func TestGLConfigProblemPointsAtTheBrokerOnAnotherSubject(t *testing.T) {
 	is.NoErr(err)
 	is.Equal(len(problems), 1)
 	is.True(strings.Contains(problems[0].Fix, `request.processors[0][0], named "broker", is on "coburn.gl.other"`)) // the likely culprit is named
+}
+
+func TestOriginalBrokersGLConfigRoutesWithOneAdvice(t *testing.T) {
+	is := is.New(t)
+	f, err := os.Open(originalGLConfig)
+	is.NoErr(err)
+	defer f.Close()
+	problems, err := gecholog.CheckGLConfig(f, broker.DefaultPools(), glSubject, true)
+	is.NoErr(err)
+	is.Equal(len(problems), 1) // only inbound_headers is missing
+	if len(problems) != 1 {
+		t.Logf("problems: %q", problems)
+		return
+	}
+	p := problems[0]
+	is.True(p.Advice) // the original's file routes and fails over as it is
+	is.Equal(p.Field, "response.processors[0][0].input_fields_include")
+	is.True(strings.HasPrefix(p.String(), `advice: response.processors[0][0].input_fields_include: add "inbound_headers"`)) // marked as advice, naming the field to add
+	is.True(strings.Contains(p.Fix, "Retry-After"))                                                                         // and the extra it turns on
+}
+
+func TestGLConfigProblemStringMarksAdviceOnly(t *testing.T) {
+	is := is.New(t)
+	is.Equal(gecholog.Problem{Field: "f", Fix: "do x"}.String(), "f: do x")
+	is.Equal(gecholog.Problem{Field: "f", Fix: "do x", Advice: true}.String(), "advice: f: do x")
 }
 
 func TestGLConfigWithoutRetryAfterNeedsNoInboundHeaders(t *testing.T) {

@@ -47,7 +47,7 @@ func (s *Store) Scan(ctx context.Context) ([]Listed, error) {
 		if err != nil {
 			return nil, fmt.Errorf("get %q: %w", k, err)
 		}
-		l := Listed{Router: k, Entry: broker.Entry{Revision: e.Revision()}}
+		l := Listed{Router: k, Entry: broker.Entry{Revision: e.Revision(), Created: e.Created()}}
 		if l.Entry.Record, err = Decode(k, e.Value()); err != nil {
 			l.Err = err
 		}

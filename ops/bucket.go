@@ -47,6 +47,7 @@ type Target struct {
 // bucket is an open connection to the router health bucket.
 type bucket struct {
 	store  *kv.Store
+	nc     *nats.Conn
 	server string // the connected server, without credentials
 }
 
@@ -55,16 +56,29 @@ type bucket struct {
 // connection. Every failure is one line that says what to do, with no
 // secret in it.
 func (t Target) withBucket(ctx context.Context, cmd string, fn func(context.Context, bucket) error) error {
-	return t.NATS.Scrub(t.openBucket(ctx, cmd, fn))
+	return t.NATS.Scrub(t.openBucket(ctx, cmd, false, fn))
 }
 
-func (t Target) openBucket(ctx context.Context, cmd string, fn func(context.Context, bucket) error) error {
+// followBucket is withBucket for a command that runs until ctx ends, such
+// as status --watch: connecting and opening the bucket fail fast as
+// withBucket's do, but then the connection reconnects for as long as the
+// command runs, and fn bounds each of its own steps.
+func (t Target) followBucket(ctx context.Context, cmd string, fn func(context.Context, bucket) error) error {
+	return t.NATS.Scrub(t.openBucket(ctx, cmd, true, fn))
+}
+
+func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func(context.Context, bucket) error) error {
 	opts, err := t.NATS.Options()
 	if err != nil {
 		return err
 	}
-	// A tool fails fast: one attempt per server, no reconnecting forever.
-	opts = append(opts, nats.Name("broker "+cmd), nats.Timeout(dialTimeout), nats.NoReconnect(), nats.NoCallbacksAfterClientClose())
+	opts = append(opts, nats.Name("broker "+cmd), nats.Timeout(dialTimeout), nats.NoCallbacksAfterClientClose())
+	if follow {
+		opts = append(opts, nats.MaxReconnects(-1), nats.ReconnectWait(time.Second))
+	} else {
+		// A tool fails fast: one attempt per server, no reconnecting forever.
+		opts = append(opts, nats.NoReconnect())
+	}
 	nc, err := nats.Connect(t.NATS.Servers, opts...)
 	if err != nil {
 		return fmt.Errorf("cannot connect to NATS at %s: %w: %s", t.NATS.Redacted(), err, natsconn.Hint(err))
@@ -72,6 +86,7 @@ func (t Target) openBucket(ctx context.Context, cmd string, fn func(context.Cont
 	defer nc.Close()
 	server := natsconn.Redact(nc.ConnectedUrl())
 
+	run := ctx
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	js, err := jetstream.New(nc)
@@ -90,7 +105,10 @@ func (t Target) openBucket(ctx context.Context, cmd string, fn func(context.Cont
 		return timedOut(err, server)
 	}
 	defer store.Close()
-	return timedOut(fn(ctx, bucket{store: store, server: server}), server)
+	if follow {
+		return fn(run, bucket{store: store, nc: nc, server: server})
+	}
+	return timedOut(fn(ctx, bucket{store: store, nc: nc, server: server}), server)
 }
 
 func timedOut(err error, server string) error {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"strconv"
 
 	"github.com/gecholog/broker/broker"
@@ -15,7 +16,9 @@ import (
 const DefaultGLConfig = "gl_config.json"
 
 // Check prints each way the gl_config.json at path fails to route pools
-// through a broker on subject, one line each, and fails if there is any.
+// through a broker on subject, one line each: the errors, then the advice
+// (marked "advice:"). It fails if there is any error; advice only names an
+// extra the file leaves off, so a file with nothing else is ok.
 func Check(path string, pools []broker.Pool, subject string, stdout io.Writer) error {
 	problems, err := gecholog.CheckGLConfigFile(path, pools, subject)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -24,11 +27,15 @@ func Check(path string, pools []broker.Pool, subject string, stdout io.Writer) e
 	if err != nil {
 		return fmt.Errorf("check %s: %w", path, err)
 	}
-	for _, p := range problems {
+	errs, advice := split(problems)
+	for _, p := range errs {
 		fmt.Fprintln(stdout, p)
 	}
-	if len(problems) > 0 {
-		return fmt.Errorf("check: %s in %s", plural(len(problems), "problem"), path)
+	for _, p := range advice {
+		fmt.Fprintln(stdout, p)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("check: %s in %s", plural(len(errs), "problem"), path)
 	}
 	routers := 0
 	for _, p := range pools {
@@ -40,18 +47,37 @@ func Check(path string, pools []broker.Pool, subject string, stdout io.Writer) e
 
 // CheckAtStartup refuses to serve when the gl_config.json at path does not
 // route pools through this broker. The error is one line with the first
-// problem; "broker check" lists them all.
-func CheckAtStartup(path string, pools []broker.Pool, subject string) error {
+// problem; "broker check" lists them all. Advice does not stop the start:
+// each piece is logged once to log as a warning (nil: not logged).
+func CheckAtStartup(path string, pools []broker.Pool, subject string, log *slog.Logger) error {
 	problems, err := gecholog.CheckGLConfigFile(path, pools, subject)
+	errs, advice := split(problems)
 	switch {
 	case err != nil:
 		return fmt.Errorf("gl-config %s: %w", path, err)
-	case len(problems) == 1:
-		return fmt.Errorf("gl-config %s: 1 problem: %s", path, problems[0])
-	case len(problems) > 1:
-		return fmt.Errorf("gl-config %s: %d problems: %s (run \"broker check %s\" for all)", path, len(problems), problems[0], path)
+	case len(errs) == 1:
+		return fmt.Errorf("gl-config %s: 1 problem: %s", path, errs[0])
+	case len(errs) > 1:
+		return fmt.Errorf("gl-config %s: %d problems: %s (run \"broker check %s\" for all)", path, len(errs), errs[0], path)
+	}
+	if log != nil {
+		for _, a := range advice {
+			log.Warn("gl-config advice", slog.String("gl_config", path), slog.String("field", a.Field), slog.String("advice", a.Fix))
+		}
 	}
 	return nil
+}
+
+// split parts problems into errors and advice, each in the order found.
+func split(problems []gecholog.Problem) (errs, advice []gecholog.Problem) {
+	for _, p := range problems {
+		if p.Advice {
+			advice = append(advice, p)
+		} else {
+			errs = append(errs, p)
+		}
+	}
+	return errs, advice
 }
 
 func plural(n int, noun string) string {

@@ -3,6 +3,7 @@ package ops
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -13,27 +14,147 @@ import (
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/kv"
+	"github.com/gecholog/broker/replica"
 )
 
-// Status prints every pool router's state, and every other record in the
-// bucket, as a table or, with asJSON, as a JSON array for scripts.
-func Status(ctx context.Context, t Target, asJSON bool, stdout io.Writer) error {
+// StatusOptions are how `broker status` shows the pools.
+type StatusOptions struct {
+	// JSON prints a JSON array for scripts instead of the table.
+	JSON bool
+	// Watch redraws the table every WatchEvery until ctx ends, as watch(1)
+	// would.
+	Watch bool
+	// Policy is the failure policy the replicas hold records to, from the
+	// processor's own settings (DISABLED_TIME, BROKER_BACKOFF_CAP): a
+	// record that reaches further is shown with the time the replicas act
+	// on, marked as clamped. Zero fields take the policy's defaults.
+	Policy broker.Policy
+}
+
+// WatchEvery is how often status --watch redraws the table.
+const WatchEvery = time.Second
+
+// clearScreen moves the cursor home and clears the terminal, as watch(1)
+// does before each redraw.
+const clearScreen = "\x1b[H\x1b[2J"
+
+// Status prints every pool router's state as the replicas act on it, and
+// every other record in the bucket, as a table or as a JSON array for
+// scripts; with o.Watch, it redraws the table every second until ctx ends.
+func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) error {
+	if o.Policy.DisabledTime == 0 {
+		o.Policy.DisabledTime = broker.DefaultDisabledTime
+	}
+	policy, err := o.Policy.Resolve()
+	if err != nil {
+		return err
+	}
+	if o.Watch {
+		if o.JSON {
+			return errors.New("status: --watch redraws the table; leave out --json, or run --json every second yourself")
+		}
+		return t.followBucket(ctx, "status", func(ctx context.Context, b bucket) error {
+			return watch(ctx, t, policy, b, stdout)
+		})
+	}
 	return t.withBucket(ctx, "status", func(ctx context.Context, b bucket) error {
-		listed, err := b.store.Scan(ctx)
+		f := hearFleet(b.nc, t.Bucket)
+		defer f.stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(fleetListen):
+		}
+		rows, fv, now, err := readRows(ctx, t, policy, b, f)
 		if err != nil {
 			return err
 		}
-		now := time.Now()
-		rows := statusRows(t.Pools, listed, now)
-		if asJSON {
+		if o.JSON {
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
 			return enc.Encode(rows)
 		}
-		fmt.Fprintf(stdout, "bucket %s on %s, %s mode (%s), at %s\n\n",
-			b.store.Bucket(), b.server, b.store.Mode(), modeNote(b.store.Mode()), now.UTC().Format(time.RFC3339))
+		fmt.Fprint(stdout, heading(b, t, fv, now))
 		return writeTable(stdout, rows)
 	})
+}
+
+// watch redraws the table every WatchEvery until ctx ends. A read that
+// fails (the server gone a while, the bucket deleted) is shown in the
+// table's place, and the next redraw tries again.
+func watch(ctx context.Context, t Target, policy broker.Policy, b bucket, stdout io.Writer) error {
+	tick := time.NewTicker(WatchEvery)
+	defer tick.Stop()
+	f := hearFleet(b.nc, t.Bucket)
+	defer f.stop()
+	for {
+		var frame strings.Builder
+		frame.WriteString(clearScreen)
+		fmt.Fprintf(&frame, "Every %v: broker status (Ctrl-C to stop)\n", WatchEvery)
+		rctx, cancel := context.WithTimeout(ctx, opTimeout)
+		rows, fv, now, err := readRows(rctx, t, policy, b, f)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			fmt.Fprintf(&frame, "cannot read bucket %s on %s at %s: %s\n", b.store.Bucket(), b.server,
+				time.Now().UTC().Format(time.RFC3339), natsconn.OneLine(timedOut(err, b.server).Error()))
+		default:
+			frame.WriteString(heading(b, t, fv, now))
+			writeTable(&frame, rows)
+		}
+		if _, err := io.WriteString(stdout, frame.String()); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// readRows reads the bucket and makes the status rows of it, with the
+// fleet's figures as f heard them.
+func readRows(ctx context.Context, t Target, policy broker.Policy, b bucket, f *fleet) ([]statusRow, fleetView, time.Time, error) {
+	listed, err := b.store.Scan(ctx)
+	if err != nil {
+		return nil, fleetView{}, time.Time{}, err
+	}
+	now := time.Now()
+	fv := f.view(now)
+	return statusRows(t.Pools, policy, listed, fv, now), fv, now, nil
+}
+
+func heading(b bucket, t Target, fv fleetView, now time.Time) string {
+	var h strings.Builder
+	fmt.Fprintf(&h, "bucket %s on %s, %s mode (%s), at %s\n",
+		b.store.Bucket(), b.server, b.store.Mode(), modeNote(b.store.Mode()), now.UTC().Format(time.RFC3339))
+	subject := replica.StatsSubject(t.Bucket)
+	if len(fv.replicas) == 0 {
+		fmt.Fprintf(&h, "replicas: none heard on %s within %v, so no in-flight, share, latency, headroom or failure figures (no replica running, or this user may not subscribe there)\n", subject, fleetListen)
+	} else {
+		fmt.Fprintf(&h, "replicas: %d heard on %s (%s)\n", len(fv.replicas), subject, strings.Join(fv.replicas, ", "))
+	}
+	var needs []string
+	for _, p := range t.Pools {
+		if p.Strategy == "latency" || p.Strategy == "headroom" {
+			needs = append(needs, p.Ingress+" ("+p.Strategy+")")
+		}
+	}
+	if len(needs) > 0 && len(fv.replicas) > 0 {
+		switch age := now.Sub(fv.logHeard); {
+		case fv.logHeard.IsZero():
+			fmt.Fprintf(&h, "transaction log: never heard, so %s choose at random: set gecholog's service_bus.topic_exact_logger and BROKER_LOGGER_SUBJECT alike\n", strings.Join(needs, ", "))
+		case age > replica.DefaultLoggerSilence:
+			fmt.Fprintf(&h, "transaction log: silent for %v, so %s choose at random\n", age.Round(time.Second), strings.Join(needs, ", "))
+		default:
+			fmt.Fprintf(&h, "transaction log: last heard %v ago\n", age.Round(time.Millisecond))
+		}
+	}
+	h.WriteString("\n")
+	return h.String()
 }
 
 // statusRow is one line of `broker status`. Its JSON names are the
@@ -45,9 +166,17 @@ type statusRow struct {
 	// and one probe call decides), "unreadable" (replicas ignore the
 	// record, so the router is in use) or "unknown router" (a record no
 	// configured pool uses).
-	State       string  `json:"state"`
-	Until       *string `json:"until"`        // RFC 3339; null: until enabled by hand, or enabled
+	State string `json:"state"`
+	// Until is when the disable ends as every replica holds it to the
+	// failure policy: RFC 3339; null: until enabled by hand, or enabled.
+	Until       *string `json:"until"`
 	LeftSeconds *int64  `json:"left_seconds"` // rounded up; null when Until is
+	// Clamped says the record reaches further than the policy allows (an
+	// automatic disable beyond the longest, or without an end), so the
+	// replicas act on Until instead of the record's own time, which
+	// RecordUntil gives (absent: the record has none).
+	Clamped     bool    `json:"clamped,omitempty"`
+	RecordUntil *string `json:"record_until,omitempty"`
 	Reason      string  `json:"reason"`
 	Status      *int    `json:"status"` // the status code that caused the disable
 	By          string  `json:"by"`
@@ -56,6 +185,23 @@ type statusRow struct {
 	Level *int `json:"level"`
 	// Probe names the replica holding a router's probe, while it holds it.
 	Probe string `json:"probe,omitempty"`
+
+	// Tier is the router's priority in its pool, lower first.
+	Tier *int `json:"tier"`
+	// The fleet's figures, added up from what every replica tells on the
+	// stats subject; null when no replica was heard (or, for share,
+	// latency, headroom and failure rate, while there is nothing to say).
+	// InFlight is the calls chosen and not reported yet; Share the
+	// router's share of its pool's recent choices (0 to 1); LatencyMs its
+	// recent upstream time from the transaction log; Headroom the share of
+	// its rate limit left (0 to 1); Calls its calls reported within the
+	// failure-rate window, and FailureRate the share of those that failed.
+	InFlight    *int64   `json:"in_flight"`
+	Share       *float64 `json:"share"`
+	LatencyMs   *float64 `json:"latency_ms"`
+	Headroom    *float64 `json:"headroom"`
+	Calls       *int64   `json:"calls"`
+	FailureRate *float64 `json:"failure_rate"`
 }
 
 // statusColumns are the table's columns: adding one is one line here.
@@ -65,6 +211,7 @@ var statusColumns = []struct {
 }{
 	{"INGRESS", func(r statusRow) string { return r.Ingress }},
 	{"ROUTER", func(r statusRow) string { return r.Router }},
+	{"TIER", func(r statusRow) string { return numberCell(r.Tier) }},
 	{"STATE", func(r statusRow) string {
 		switch {
 		case r.Manual:
@@ -78,6 +225,13 @@ var statusColumns = []struct {
 		if r.Until == nil && r.State == "disabled" {
 			return "until enabled by hand"
 		}
+		if r.Clamped {
+			own := "none"
+			if r.RecordUntil != nil {
+				own = *r.RecordUntil
+			}
+			return stringCell(r.Until) + " clamped (record: " + own + ")"
+		}
 		return stringCell(r.Until)
 	}},
 	{"LEFT", func(r statusRow) string {
@@ -86,16 +240,28 @@ var statusColumns = []struct {
 		}
 		return (time.Duration(*r.LeftSeconds) * time.Second).String()
 	}},
+	{"IN-FLIGHT", func(r statusRow) string { return int64Cell(r.InFlight) }},
+	{"SHARE", func(r statusRow) string { return percentCell(r.Share) }},
+	{"LATENCY", func(r statusRow) string {
+		if r.LatencyMs == nil {
+			return ""
+		}
+		return (time.Duration(*r.LatencyMs * float64(time.Millisecond))).Round(time.Millisecond).String()
+	}},
+	{"HEADROOM", func(r statusRow) string { return percentCell(r.Headroom) }},
+	{"CALLS", func(r statusRow) string { return int64Cell(r.Calls) }},
+	{"FAILED", func(r statusRow) string { return percentCell(r.FailureRate) }},
 	{"STATUS", func(r statusRow) string { return numberCell(r.Status) }},
 	{"REASON", func(r statusRow) string { return r.Reason }},
 	{"BY", func(r statusRow) string { return r.By }},
 	{"LEVEL", func(r statusRow) string { return numberCell(r.Level) }},
 }
 
-// statusRows lists every router of every pool, in the pools' order, then
-// the records of routers no pool knows, in key order, so that nothing in
-// the bucket is hidden.
-func statusRows(pools []broker.Pool, listed []kv.Listed, now time.Time) []statusRow {
+// statusRows lists every router of every pool, in the pools' order, with
+// its record held to policy as every replica holds it, then the records of
+// routers no pool knows, in key order, so that nothing in the bucket is
+// hidden.
+func statusRows(pools []broker.Pool, policy broker.Policy, listed []kv.Listed, fv fleetView, now time.Time) []statusRow {
 	records := map[string]kv.Listed{}
 	for _, l := range listed {
 		records[l.Router] = l
@@ -105,22 +271,31 @@ func statusRows(pools []broker.Pool, listed []kv.Listed, now time.Time) []status
 	for _, p := range pools {
 		for _, r := range p.Routers {
 			known[r.Path] = true
-			row := statusRow{Ingress: p.Ingress, Router: r.Path, State: "enabled"}
+			row := statusRow{Ingress: p.Ingress, Router: r.Path, State: "enabled", Tier: &r.Priority}
+			fv.figures(&row, p)
 			if l, ok := records[r.Path]; ok {
 				switch {
 				case l.Err != nil:
 					row.State = "unreadable"
 					row.Reason = "replicas ignore this record: " + l.Err.Error()
 				default:
-					switch broker.RecordPhase(l.Entry.Record, now) {
+					rec, clamped := policy.Clamp(l.Entry)
+					switch broker.RecordPhase(rec, now) {
 					case broker.Disabled, broker.Manual:
 						row.State = "disabled"
-						row.fill(l.Entry.Record, now)
+						row.fill(rec, now)
 					case broker.Probation:
 						row.State = "probation"
-						row.fill(l.Entry.Record, now)
-						if p := l.Entry.Record.Probe; p != nil && now.Before(p.Until) {
+						row.fill(rec, now)
+						if p := rec.Probe; p != nil && now.Before(p.Until) {
 							row.Probe = p.By
+						}
+					}
+					if clamped && row.State != "enabled" && !rec.Until.Equal(l.Entry.Record.Until) {
+						row.Clamped = true
+						if u := l.Entry.Record.Until; !u.IsZero() {
+							own := u.UTC().Format(time.RFC3339)
+							row.RecordUntil = &own
 						}
 					}
 					// An ended manual record is enabled already; its key goes soon.
@@ -191,6 +366,21 @@ func stringCell(s *string) string {
 		return ""
 	}
 	return *s
+}
+
+func int64Cell(n *int64) string {
+	if n == nil {
+		return ""
+	}
+	return fmt.Sprint(*n)
+}
+
+// percentCell is a share from 0 to 1 as a whole percentage.
+func percentCell(x *float64) string {
+	if x == nil {
+		return ""
+	}
+	return fmt.Sprintf("%.0f%%", *x*100)
 }
 
 func numberCell(n *int) string {

@@ -15,10 +15,12 @@ import (
 func TestStatusRowsKeepThePoolsOrderAndAddUnknownRoutersInKeyOrder(t *testing.T) {
 	is := is.New(t)
 	now := time.Now()
+	policy, err := broker.Policy{DisabledTime: time.Minute}.Resolve()
+	is.NoErr(err)
 	rec := func(r string) kv.Listed {
 		return kv.Listed{Router: r, Entry: broker.Entry{Record: broker.Record{Router: r, At: now, Until: now.Add(time.Minute)}}}
 	}
-	rows := statusRows(broker.DefaultPools(), []kv.Listed{rec("/z/"), rec("/azure/dud/"), rec("/a/")}, now)
+	rows := statusRows(broker.DefaultPools(), policy, []kv.Listed{rec("/z/"), rec("/azure/dud/"), rec("/a/")}, fleetView{}, now)
 	var got []string
 	for _, r := range rows {
 		got = append(got, r.Router+" "+r.State)

@@ -36,6 +36,10 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
+				if sub.Queue == "" && sub.Subject == r.cfg.LoggerSubject {
+					r.tx.tellDropped(log, sub, false) // statistics, not calls
+					return
+				}
 				r.drops.tell(log, sub, false)
 				return
 			}
@@ -199,6 +203,10 @@ func (r *Replica) reattach(ctx context.Context) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
+// reloadAgain is when a replica reads every router's health a second time
+// after reconnecting.
+const reloadAgain = 500 * time.Millisecond
+
 // resyncOnReconnect brings the view up to date after every reconnect,
 // instead of waiting for the watcher to miss its heartbeats: it reads every
 // router's key at once (which works while a cluster elects a leader, when
@@ -211,8 +219,21 @@ func (r *Replica) resyncOnReconnect(store *kv.Store) {
 		r.background(func(ctx context.Context) {
 			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			if err := r.broker.Reload(ctx); err != nil && ctx.Err() == nil {
-				r.log.Warn("could not read every router's health after reconnecting; the watcher brings it", slog.Any("error", err))
+			// Twice: at once, and again once this replica's interest in the
+			// news has reached every node of a cluster. A disable announced
+			// and written while it was spreading was neither heard nor yet
+			// in the bucket at the first reading, and the watcher may not be
+			// back before the cluster has elected a leader.
+			for _, after := range []time.Duration{0, reloadAgain} {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(after):
+				}
+				if err := r.broker.Reload(ctx); err != nil && ctx.Err() == nil {
+					r.log.Warn("could not read every router's health after reconnecting; the watcher brings it", slog.Any("error", err))
+					return
+				}
 			}
 		})
 	})

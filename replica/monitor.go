@@ -19,6 +19,8 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/gecholog"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/statuspage"
 )
 
 // Why /readyz answers 503, in the order Run passes through them.
@@ -38,25 +40,30 @@ var replyBuckets = []float64{
 	1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
 }
 
-// monitor is one replica's HTTP listener for /metrics, /healthz and
-// /readyz, and the state those report. Each Run has its own, with its own
-// registry, so replicas in one process do not share metrics.
+// monitor is one replica's HTTP listener for /metrics, /healthz, /readyz
+// and the status page at /, and the state those report. Each Run has its
+// own, with its own registry, so replicas in one process do not share
+// metrics.
 type monitor struct {
 	reason  atomic.Pointer[string] // why the replica is not ready; "" when it is
 	nc      atomic.Pointer[nats.Conn]
 	broker  atomic.Pointer[broker.Broker]
 	handler atomic.Pointer[gecholog.Handler]
+	tx      atomic.Pointer[func() TransactionCounts]
 	mode    atomic.Pointer[string] // "ttl", "expiry" or "local" once decided
 
+	id     string // the replica's
 	reply  prometheus.Histogram
+	page   *statuspage.Page
 	server *http.Server
 	log    *slog.Logger
 	done   chan struct{} // closed when the server has stopped serving
 }
 
-// newMonitor builds the registry and the handlers; listen starts them.
-func newMonitor(log *slog.Logger) *monitor {
-	m := &monitor{log: log, done: make(chan struct{})}
+// newMonitor builds the registry and the handlers for the replica id;
+// listen starts them.
+func newMonitor(id string, log *slog.Logger) *monitor {
+	m := &monitor{id: id, log: log, done: make(chan struct{})}
 	m.setReason(notConnected)
 	m.reply = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "broker_reply_seconds",
@@ -76,6 +83,8 @@ func newMonitor(log *slog.Logger) *monitor {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", m.readyz)
+	m.page = statuspage.New(pageSource{m})
+	m.page.Register(mux)
 	m.server = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return m
 }
@@ -97,8 +106,10 @@ func (m *monitor) listen(addr string) error {
 	return nil
 }
 
-// close stops the listener, letting a scrape in progress finish.
+// close stops the listener, letting a scrape in progress finish. Open
+// status pages are let go first: their event streams never finish.
 func (m *monitor) close() {
+	m.page.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := m.server.Shutdown(ctx); err != nil {
@@ -133,6 +144,25 @@ func (m *monitor) readyz(w http.ResponseWriter, _ *http.Request) {
 	io.WriteString(w, "ok\n")
 }
 
+// pageSource is what the status page reads of the replica.
+type pageSource struct{ m *monitor }
+
+func (p pageSource) Broker() *broker.Broker { return p.m.broker.Load() }
+
+func (p pageSource) Status() statuspage.Status {
+	st := statuspage.Status{ID: p.m.id, NotReady: p.m.notReady()}
+	if nc := p.m.nc.Load(); nc != nil {
+		st.Connected = nc.IsConnected()
+		if st.Connected {
+			st.Server = natsconn.Redact(nc.ConnectedUrl())
+		}
+	}
+	if mode := p.m.mode.Load(); mode != nil {
+		st.Mode = *mode
+	}
+	return st
+}
+
 // The descriptions of the metrics read from broker.Stats at scrape time.
 var (
 	callsDesc = prometheus.NewDesc("broker_calls_total",
@@ -141,6 +171,9 @@ var (
 	choicesDesc = prometheus.NewDesc("broker_choices_total",
 		"Request contexts answered with a router, by ingress (pool) and router.",
 		[]string{"ingress", "router"}, nil)
+	failureReportsDesc = prometheus.NewDesc("broker_failure_reports_total",
+		"Response contexts whose status counts as a failure, by router (other: a path no pool has) and status.",
+		[]string{"router", "status"}, nil)
 	transitionsDesc = prometheus.NewDesc("broker_router_transitions_total",
 		"Routers disabled or enabled in this replica's view, by router, new state (to) and reason.",
 		[]string{"router", "to", "reason"}, nil)
@@ -159,7 +192,48 @@ var (
 		[]string{"mode"}, nil)
 	connectedDesc = prometheus.NewDesc("broker_nats_connected",
 		"1 while connected to the NATS server, else 0.", nil, nil)
+	routerStateDesc = prometheus.NewDesc("broker_router_state",
+		"Each pool router's state in this replica's view: 0 enabled, 1 disabled, 2 probation (one probe call decides), 3 disabled by hand.",
+		[]string{"ingress", "router"}, nil)
+	// What the strategies and the failure-rate rule read, per pool router:
+	// the pools file bounds the labels.
+	priorityDesc = prometheus.NewDesc("broker_router_priority",
+		"Each pool router's tier, lower first.", []string{"ingress", "router"}, nil)
+	inFlightDesc = prometheus.NewDesc("broker_router_in_flight",
+		"Calls in flight to the router over the whole fleet: chosen and not reported yet, within the in-flight bound.",
+		[]string{"ingress", "router"}, nil)
+	shareDesc = prometheus.NewDesc("broker_router_share_ratio",
+		"The router's share of its pool's recent choices over the whole fleet, 0 to 1.", []string{"ingress", "router"}, nil)
+	latencyDesc = prometheus.NewDesc("broker_router_latency_seconds",
+		"The router's recent upstream time from gecholog's transaction log (a moving average); NaN until a call of it is heard of.",
+		[]string{"ingress", "router"}, nil)
+	headroomDesc = prometheus.NewDesc("broker_router_headroom_ratio",
+		"The share of the router's rate limit left, from its upstream's rate-limit headers, 0 to 1; NaN while its upstream sends none.",
+		[]string{"ingress", "router"}, nil)
+	recentCallsDesc = prometheus.NewDesc("broker_router_recent_calls",
+		"Calls of the router reported over the whole fleet within the failure-rate window.", []string{"ingress", "router"}, nil)
+	transactionsDesc = prometheus.NewDesc("broker_transactions_total",
+		"Transactions from gecholog's logger subject, by outcome: read, too_large and unreadable (ignored), dropped (came faster than the replica read them).",
+		[]string{"outcome"}, nil)
+	logAgeDesc = prometheus.NewDesc("broker_transaction_log_last_heard_age_seconds",
+		"Seconds since the replica last heard a call on gecholog's transaction log; NaN if never.", nil, nil)
+	failureRateDesc = prometheus.NewDesc("broker_router_failure_rate_ratio",
+		"The share of the router's calls reported within the failure-rate window that failed, over the whole fleet; NaN without calls.",
+		[]string{"ingress", "router"}, nil)
 )
+
+// known is x, or NaN when it is not known: a gap in a graph, and false in
+// any comparison an alert makes.
+func known(x float64, ok bool) float64 {
+	if !ok {
+		return math.NaN()
+	}
+	return x
+}
+
+// stateValue is broker_router_state's value for each phase: the metric's
+// documented interface, kept apart from the order of the core's constants.
+var stateValue = map[broker.Phase]float64{broker.Enabled: 0, broker.Disabled: 1, broker.Probation: 2, broker.Manual: 3}
 
 // statsCollector turns a broker.Stats snapshot into metrics when scraped,
 // so counting costs the request path nothing beyond the broker's own
@@ -167,8 +241,10 @@ var (
 type statsCollector struct{ m *monitor }
 
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{callsDesc, choicesDesc, transitionsDesc, disabledDesc,
-		kvWritesDesc, kvErrorsDesc, watchEventsDesc, watchAgeDesc, ttlModeDesc, connectedDesc} {
+	for _, d := range []*prometheus.Desc{callsDesc, choicesDesc, failureReportsDesc, transitionsDesc, disabledDesc,
+		kvWritesDesc, kvErrorsDesc, watchEventsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
+		priorityDesc, inFlightDesc, shareDesc, latencyDesc, headroomDesc, recentCallsDesc, failureRateDesc,
+		transactionsDesc, logAgeDesc} {
 		ch <- d
 	}
 }
@@ -194,10 +270,28 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, n := range s.Choices {
 		ch <- prometheus.MustNewConstMetric(choicesDesc, prometheus.CounterValue, float64(n.N), n.Ingress, n.Router)
 	}
+	for _, n := range s.FailureReports {
+		ch <- prometheus.MustNewConstMetric(failureReportsDesc, prometheus.CounterValue, float64(n.N), n.Router, n.Status)
+	}
 	for _, n := range s.Transitions {
 		ch <- prometheus.MustNewConstMetric(transitionsDesc, prometheus.CounterValue, float64(n.N), n.Router, n.To, n.Reason)
 	}
 	ch <- prometheus.MustNewConstMetric(disabledDesc, prometheus.GaugeValue, float64(s.Disabled))
+	// One series per router whose value is its state, so that a dashboard
+	// draws each router's state over time as one line.
+	for _, v := range b.View(time.Now()) {
+		gauge := func(d *prometheus.Desc, x float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, x, v.Ingress, v.Router)
+		}
+		gauge(routerStateDesc, stateValue[v.Phase])
+		gauge(priorityDesc, float64(v.Priority))
+		gauge(inFlightDesc, float64(v.InFlight))
+		gauge(shareDesc, v.Share)
+		gauge(latencyDesc, known(v.Latency.Seconds(), v.LatencyKnown))
+		gauge(headroomDesc, known(v.Headroom, v.HeadroomKnown))
+		gauge(recentCallsDesc, float64(v.Calls))
+		gauge(failureRateDesc, known(float64(v.Failures)/float64(v.Calls), v.Calls > 0))
+	}
 	ch <- prometheus.MustNewConstMetric(kvWritesDesc, prometheus.CounterValue, float64(s.KVWrites))
 	ch <- prometheus.MustNewConstMetric(kvErrorsDesc, prometheus.CounterValue, float64(s.KVErrors))
 	ch <- prometheus.MustNewConstMetric(watchEventsDesc, prometheus.CounterValue, float64(s.WatchEvents))
@@ -210,6 +304,14 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 		age = time.Since(s.LastWatch).Seconds()
 	}
 	ch <- prometheus.MustNewConstMetric(watchAgeDesc, prometheus.GaugeValue, age)
+	if tx := c.m.tx.Load(); tx != nil {
+		t := (*tx)()
+		for outcome, n := range map[string]uint64{"read": t.Read, "too_large": t.TooLarge, "unreadable": t.Unreadable, "dropped": t.Dropped} {
+			ch <- prometheus.MustNewConstMetric(transactionsDesc, prometheus.CounterValue, float64(n), outcome)
+		}
+	}
+	heard := b.Heard()
+	ch <- prometheus.MustNewConstMetric(logAgeDesc, prometheus.GaugeValue, known(time.Since(heard).Seconds(), !heard.IsZero()))
 }
 
 // The methods Run calls as it starts and stops. Each does nothing on a
@@ -232,11 +334,12 @@ func (m *monitor) attached(mode string) {
 	}
 }
 
-// started records the broker whose Stats are scraped, and the handler
-// that counts malformed messages.
-func (m *monitor) started(b *broker.Broker, h *gecholog.Handler) {
+// started records the broker whose Stats are scraped, the handler that
+// counts malformed messages, and what counts the transaction log read.
+func (m *monitor) started(b *broker.Broker, h *gecholog.Handler, tx func() TransactionCounts) {
 	if m != nil {
 		m.handler.Store(h)
+		m.tx.Store(&tx)
 		m.broker.Store(b)
 	}
 }

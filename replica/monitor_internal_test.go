@@ -13,7 +13,7 @@ import (
 )
 
 func TestReadyzReportsEachStageUntilStopping(t *testing.T) {
-	m := newMonitor(slog.New(slog.DiscardHandler))
+	m := newMonitor("replica-1", slog.New(slog.DiscardHandler))
 	for _, tc := range []struct {
 		stage string
 		code  int
@@ -50,7 +50,7 @@ func TestWithoutMetricsAddrTheHandlerIsNotWrapped(t *testing.T) {
 
 func TestTimingACallAllocatesNothing(t *testing.T) {
 	is := is.New(t)
-	m := newMonitor(slog.New(slog.DiscardHandler))
+	m := newMonitor("replica-1", slog.New(slog.DiscardHandler))
 	h := m.timed(func(*nats.Msg) {})
 	msg := &nats.Msg{}
 	is.Equal(testing.AllocsPerRun(1000, func() { h(msg) }), 0.0) // the request path pays a clock read and atomic adds only

@@ -30,6 +30,9 @@ const (
 	DefaultSubject = "coburn.gl.broker" // the original broker's, and gecholog's seed config's
 	DefaultQueue   = "broker"
 	DefaultBucket  = "gl_broker"
+	// DefaultLoggerSubject is gecholog's seed service_bus.topic_exact_logger,
+	// where it publishes every finished call.
+	DefaultLoggerSubject = "coburn.gl.logger"
 	// DefaultReattach is how often a replica in local mode looks for
 	// JetStream again.
 	DefaultReattach = 5 * time.Second
@@ -59,6 +62,14 @@ type Config struct {
 	Queue string
 	// Bucket is the KV bucket of router health (DefaultBucket).
 	Bucket string
+	// LoggerSubject is where gecholog publishes its transaction log, the
+	// service_bus.topic_exact_logger of its gl_config.json
+	// (DefaultLoggerSubject).
+	LoggerSubject string
+	// LoggerSilence is how long the transaction log may be silent while a
+	// pool that needs it has calls chosen before the replica says so
+	// (DefaultLoggerSilence).
+	LoggerSilence time.Duration
 	// KVReplicas is the bucket's replicas when the replica creates it (1).
 	KVReplicas int
 	// Pools are the pools served (broker.DefaultPools).
@@ -68,8 +79,8 @@ type Config struct {
 	Policy broker.Policy
 	// ID names this replica in the records it writes (DefaultID).
 	ID string
-	// MetricsAddr is the HTTP listener for /metrics, /healthz and /readyz;
-	// none when empty.
+	// MetricsAddr is the HTTP listener for the status page at /, /metrics,
+	// /healthz and /readyz; none when empty.
 	MetricsAddr string
 	// RequireKV refuses to start when the server has no JetStream.
 	RequireKV bool
@@ -83,6 +94,9 @@ type Config struct {
 	// DrainTimeout bounds how long a stopping replica waits for the calls
 	// it already holds (DefaultDrainTimeout).
 	DrainTimeout time.Duration
+	// InFlightBound is how long a chosen call counts as in flight when its
+	// report never comes (broker.DefaultInFlightBound).
+	InFlightBound time.Duration
 	// Ready, when set, is called once the replica answers calls.
 	Ready func(*Replica)
 }
@@ -106,6 +120,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Bucket == "" {
 		c.Bucket = DefaultBucket
+	}
+	if c.LoggerSubject == "" {
+		c.LoggerSubject = DefaultLoggerSubject
+	}
+	if c.LoggerSilence <= 0 {
+		c.LoggerSilence = DefaultLoggerSilence
 	}
 	if c.KVReplicas == 0 {
 		c.KVReplicas = 1
@@ -157,6 +177,9 @@ type Replica struct {
 	mode      string // "ttl", "expiry" or "local"
 
 	stopAttach func() // stops and waits for the re-attach goroutine
+	stopStats  func() // stops and waits for the statistics goroutine
+	stopTx     func() // stops and waits for the transaction log's reader
+	tx         txLog  // gecholog's transaction log
 
 	drops drops // slow-consumer lines
 
@@ -194,14 +217,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	r := &Replica{cfg: cfg, log: cfg.Logger, stopAttach: func() {}}
+	r := &Replica{cfg: cfg, log: cfg.Logger, stopAttach: func() {}, stopStats: func() {}, stopTx: func() {}}
 	r.bgCtx, r.bgCancel = context.WithCancel(context.Background())
 	defer r.bgCancel()
 	if cfg.MetricsAddr != "" {
 		// Listening before connecting lets /healthz answer, and /readyz
 		// say why not, while the replica waits for the server. Deferred
 		// first, the listener closes last.
-		r.mon = newMonitor(r.log)
+		r.mon = newMonitor(cfg.ID, r.log)
 		if err := r.mon.listen(cfg.MetricsAddr); err != nil {
 			return err
 		}
@@ -266,12 +289,26 @@ func (r *Replica) start(ctx context.Context) error {
 	}
 	r.mon.attached(r.mode)
 
-	r.broker, err = broker.New(broker.Config{Pools: r.cfg.Pools, Policy: r.cfg.Policy, ID: r.cfg.ID, Store: shared, Logger: r.log})
+	r.broker, err = broker.New(broker.Config{Pools: r.cfg.Pools, Policy: r.cfg.Policy, ID: r.cfg.ID, Store: shared, Logger: r.log,
+		InFlightBound: r.cfg.InFlightBound})
 	if err != nil {
 		return err
 	}
+	if r.cfg.Policy.NeverDisable {
+		r.log.Warn("DISABLED_TIME is 0: a failure never takes a router out, as in the original broker; calls are still spread and the failures counted; set DISABLED_TIME above 0 to fail over")
+	}
 	r.handler = gecholog.NewHandler(r.broker, r.log)
-	r.mon.started(r.broker, r.handler)
+	r.mon.started(r.broker, r.handler, r.Transactions)
+	stopStats, err := r.shareStats(ctx)
+	if err != nil {
+		return fmt.Errorf("subscribe to %q: %w", StatsSubject(r.cfg.Bucket), err)
+	}
+	r.stopStats = stopStats
+	stopTx, err := r.hearTransactions(ctx)
+	if err != nil {
+		return fmt.Errorf("subscribe to %q: %w", r.cfg.LoggerSubject, err)
+	}
+	r.stopTx = stopTx
 	if store != nil {
 		r.resyncOnReconnect(store)
 		// The view is complete before the first call is answered.
@@ -363,6 +400,8 @@ func (r *Replica) stop() {
 	}
 	r.calls.close() // a handler still running finishes; no other starts
 	r.stopAttach()
+	r.stopStats()
+	r.stopTx()
 	r.mu.Lock()
 	r.bgCancel() // under mu, so that no background work starts after it
 	r.mu.Unlock()

@@ -1,12 +1,15 @@
 // Command broker-bench measures the broker on loopback: throughput against
 // no-op responders, how fast a failure report reaches every replica, the
 // cost of a storm of failure reports, the start of a replica with many
-// pools, a soak at gecholog's call pattern, and losing a node of a NATS
-// cluster. The replicas run in this
+// pools, a soak at gecholog's call pattern, losing a node of a NATS
+// cluster, and how well each strategy chooses among LLM deployments on
+// loopback (throughput, spillover, headroom, latency, balance, drift).
+// The replicas run in this
 // process, each a full replica.Run with its own NATS connection, as in the
 // demo and the end-to-end tests.
 //
-//	broker-bench [-mode throughput|propagation|storm|scale|soak|nodeloss] [flags]
+//	broker-bench [-mode throughput|propagation|storm|scale|soak|nodeloss|
+//	                    strategies|spillover|headroom|latency|balance|drift] [flags]
 //
 // Run "broker-bench -h" for the settings.
 package main
@@ -68,10 +71,18 @@ type options struct {
 	runs     int
 	// nodelossDisabled is DISABLED_TIME in nodeloss mode.
 	nodelossDisabled time.Duration
-	logLevel         string
-	level            slog.Level // of logLevel
-	cpuProf          string
-	memProf          string
+	// The strategy modes'.
+	quota  int           // requests per window of a deployment with a quota; 0: the mode's
+	window time.Duration // the quota's window
+	load   int           // calls per second; 0: the mode's
+	calls  int           // drift: calls per pool
+	lose   float64       // drift: share of reports lost
+	bound  time.Duration // drift: the in-flight bound
+
+	logLevel string
+	level    slog.Level // of logLevel
+	cpuProf  string
+	memProf  string
 }
 
 // modeDuration is the measuring time a mode runs for by default; ok is
@@ -84,8 +95,16 @@ func modeDuration(mode string) (d time.Duration, ok bool) {
 		return 5 * time.Second, true
 	case "soak":
 		return time.Minute, true
-	case "propagation", "scale", "nodeloss":
-		return 0, true // counted in trials, starts and runs, not time
+	case "strategies":
+		return 10 * time.Second, true
+	case "spillover":
+		return 40 * time.Second, true
+	case "headroom":
+		return 2 * time.Minute, true
+	case "latency", "balance":
+		return 20 * time.Second, true
+	case "propagation", "scale", "nodeloss", "drift":
+		return 0, true // counted in trials, starts, runs and calls, not time
 	}
 	return 0, false
 }
@@ -93,10 +112,10 @@ func modeDuration(mode string) (d time.Duration, ok bool) {
 func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (options, error) {
 	var o options
 	s := flagenv.New("broker-bench", getenv)
-	s.String(&o.mode, "mode", "", "throughput", "`mode`: throughput, propagation, storm, scale, soak or nodeloss")
+	s.String(&o.mode, "mode", "", "throughput", "`mode`: throughput, propagation, storm, scale, soak or nodeloss; how the strategies choose: strategies (throughput of each), spillover, headroom, latency, balance (least-busy) or drift (least-busy)")
 	s.String(&o.server, "server", "", "", "NATS server `URL` on loopback; default: an embedded nats-server with JetStream on a random 127.0.0.1 port")
 	s.String(&o.token, "token", "NATS_TOKEN", "", "NATS `token` for -server")
-	s.Duration(&o.duration, "duration", "", 0, 0, time.Hour, "measuring `time` of each condition (default 10s throughput, 5s storm, 60s soak)")
+	s.Duration(&o.duration, "duration", "", 0, 0, time.Hour, "measuring `time` of each condition (default 10s throughput and strategies, 5s storm, 60s soak, 40s spillover, 2m headroom, 20s latency and balance)")
 	s.Duration(&o.warmup, "warmup", "", time.Second, 0, time.Minute, "warm-up `time` before measuring")
 	s.Int(&o.callers, "callers", "", 32, 1, 1024, "concurrent `callers` (throughput, storm)")
 	s.Int(&o.conns, "conns", "", 4, 1, 64, "NATS `connections` the callers share")
@@ -114,6 +133,12 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Duration(&o.disable, "soak-disable", "", time.Second, time.Second, time.Hour, "soak: the disabled `time`, short so that routers cycle through disable, probe and enable")
 	s.Int(&o.runs, "runs", "", 20, 1, 1000, "nodeloss: `runs` for each kind of node lost")
 	s.Duration(&o.nodelossDisabled, "nodeloss-disabled-time", "", time.Minute, time.Second, time.Hour, "nodeloss: the disabled `time`; over 30s, each run also waits for every disable to land")
+	s.Int(&o.quota, "quota", "", 0, 0, 1_000_000, "spillover, headroom: a deployment's request `quota` per window (default 50)")
+	s.Duration(&o.window, "window", "", 2*time.Second, time.Second, time.Hour, "spillover, headroom: the quota's `window`, compressed from the real APIs' minute")
+	s.Int(&o.load, "load", "", 0, 0, 100_000, "latency, balance: `calls` per second to each pool (default 40 latency, 150 balance)")
+	s.Int(&o.calls, "calls", "", 100_000, 1, 10_000_000, "drift: `calls` to each pool")
+	s.Float(&o.lose, "lose", "", 0.01, 0, 1, "drift: `fraction` of the calls whose report (response context) is lost")
+	s.Duration(&o.bound, "inflight-bound", "", 5*time.Second, time.Second, time.Hour, "drift: the in-flight `bound`, short so that the bench ends")
 	s.String(&o.logLevel, "log-level", "", "error", "replicas' log `level` on stderr: debug, info, warn or error")
 	s.String(&o.cpuProf, "cpuprofile", "", "", "write a CPU profile of the whole run (server, replicas and callers) to `file`")
 	s.String(&o.memProf, "memprofile", "", "", "write an allocation profile of the whole run to `file`")
@@ -122,7 +147,10 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	}
 	def, ok := modeDuration(o.mode)
 	if !ok {
-		return o, fmt.Errorf("mode %q: throughput, propagation, storm, scale, soak or nodeloss", o.mode)
+		return o, fmt.Errorf("mode %q: throughput, propagation, storm, scale, soak, nodeloss, strategies, spillover, headroom, latency, balance or drift", o.mode)
+	}
+	if o.quota == 0 {
+		o.quota = map[string]int{"spillover": 50, "headroom": 50}[o.mode]
 	}
 	if o.duration == 0 {
 		o.duration = def
@@ -233,6 +261,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = b.scale(ctx)
 	case "soak":
 		err = b.soak(ctx)
+	case "strategies":
+		err = b.strategies(ctx)
+	case "spillover":
+		err = b.spillover(ctx)
+	case "headroom":
+		err = b.headroomMode(ctx)
+	case "latency":
+		err = b.latencyMode(ctx)
+	case "balance":
+		err = b.balance(ctx)
+	case "drift":
+		err = b.drift(ctx)
 	}
 	if err == nil && ctx.Err() != nil {
 		err = errors.New("bench interrupted")

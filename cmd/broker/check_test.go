@@ -12,12 +12,19 @@ import (
 
 	"github.com/matryer/is"
 
+	"github.com/gecholog/broker/internal/natstest"
 	"github.com/gecholog/broker/ops"
 )
 
 // repoGLConfigFile is the gl_config.json the compose file mounts into
 // gecholog.
 const repoGLConfigFile = "../../gl_config.json"
+
+// originalGLConfigFile is the original broker's own gl_config.json; see
+// gecholog/glconfig_test.go for where it comes from. Its response processor
+// lacks inbound_headers, and nothing else: a user migrating from the
+// original brings it as it is.
+const originalGLConfigFile = "../../gecholog/testdata/original_gl_config.json"
 
 // brokenGLConfig writes a copy of the repository's gl_config.json with
 // mutate applied and returns its path.
@@ -73,6 +80,45 @@ func TestCheckPassesOnTheRepoGLConfig(t *testing.T) {
 	err := run(t.Context(), []string{"check", repoGLConfigFile}, env(), &out, &errOut)
 	is.NoErr(err) // the shipped gl_config.json routes the default pool through the broker
 	is.Equal(out.String(), repoGLConfigFile+": ok (1 pool, 3 routers, subject coburn.gl.broker)\n")
+}
+
+func TestCheckPassesOnTheOriginalsGLConfigWithOneAdvice(t *testing.T) {
+	is := is.New(t)
+	var out, errOut bytes.Buffer
+	err := run(t.Context(), []string{"check", originalGLConfigFile}, env(), &out, &errOut)
+	is.NoErr(err) // exit 0: the original's file routes the default pool through the broker
+	is.Equal(lines(out.String()), []string{
+		`advice: response.processors[0][0].input_fields_include: add "inbound_headers": it carries the upstream's Retry-After, which the broker honours; without it a 429 or 503 takes the router out for the broker's own disabled time, not as long as the upstream asks`,
+		originalGLConfigFile + ": ok (1 pool, 3 routers, subject coburn.gl.broker)",
+	}) // one advice line, then the ok line
+	is.Equal(errOut.String(), "")
+}
+
+func TestServeStartsOnTheOriginalsGLConfigAndWarnsOnce(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	p := startProgram(t, env("NATS_URL", s.ClientURL()), "--gl-config", originalGLConfigFile)
+	p.await(t, "serving") // the check let it start
+
+	nc := natstest.Connect(t, s)
+	m, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
+	is.NoErr(err)
+	is.True(bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`))) // and it routes
+
+	var warnings []map[string]any
+	for line := range strings.Lines(p.logs.String()) {
+		var l map[string]any
+		if json.Unmarshal([]byte(line), &l) == nil && l["msg"] == "gl-config advice" {
+			warnings = append(warnings, l)
+		}
+	}
+	is.Equal(len(warnings), 1) // the one piece of advice, logged once
+	if len(warnings) != 1 {
+		return
+	}
+	is.Equal(warnings[0]["level"], "WARN")
+	is.Equal(warnings[0]["field"], "response.processors[0][0].input_fields_include")
+	is.True(strings.HasPrefix(warnings[0]["advice"].(string), `add "inbound_headers"`)) // naming the field to add
 }
 
 func TestCheckReadsTheFileNamedByBrokerGLConfig(t *testing.T) {
@@ -222,7 +268,7 @@ func TestSeveralProblemsAtStartupPointToTheCheckCommand(t *testing.T) {
 	path := brokenGLConfig(t, threeDefects)
 	s, err := parseServe([]string{"-gl-config", path}, env())
 	is.NoErr(err)
-	err = ops.CheckAtStartup(s.glConfig, s.pools, s.subject) // what serve calls before it connects
+	err = ops.CheckAtStartup(s.glConfig, s.pools, s.subject, nil) // what serve calls before it connects
 	is.True(err != nil)
 	is.True(strings.HasSuffix(err.Error(), `(run "broker check `+path+`" for all)`)) // the operator learns how to see the rest
 }

@@ -18,12 +18,13 @@ func serveCommand(ctx context.Context, args []string, getenv func(string) string
 	if err := s.parse(args, "Usage: broker [serve] [flags]", stdout); err != nil {
 		return err
 	}
+	log := s.logger(stderr)
 	if s.glConfig != "" {
-		if err := ops.CheckAtStartup(s.glConfig, s.pools, s.subject); err != nil {
+		if err := ops.CheckAtStartup(s.glConfig, s.pools, s.subject, log); err != nil {
 			return err
 		}
 	}
-	return replica.Run(ctx, s.replicaConfig(s.logger(stderr)))
+	return replica.Run(ctx, s.replicaConfig(log))
 }
 
 // demoCommand runs the broker for real with nothing installed.
@@ -41,16 +42,21 @@ func demoCommand(ctx context.Context, args []string, getenv func(string) string,
 func statusCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("status", getenv)
 	s.connection()
-	var asJSON bool
-	s.set.Bool(&asJSON, "json", "", "print a JSON array for scripts instead of the table")
-	operands, err := s.parseOperands(args, "Usage: broker status [flags]", stdout)
+	// The replicas hold every record to their failure policy; status shows
+	// what they act on, so it reads the same settings they do.
+	s.policyLimits()
+	var o ops.StatusOptions
+	s.set.Bool(&o.JSON, "json", "", "print a JSON array for scripts instead of the table")
+	s.set.Bool(&o.Watch, "watch", "", "redraw the table every second until interrupted, as watch(1) would")
+	operands, err := s.parseOperands(args, "Usage: broker status [flags]\nShows every pool router as the replicas act on it; give it the processor's DISABLED_TIME and BROKER_BACKOFF_CAP.", stdout)
 	if err != nil {
 		return err
 	}
 	if len(operands) > 0 {
 		return fmt.Errorf("unexpected argument %q: status shows every router", operands[0])
 	}
-	return ops.Status(ctx, s.target(), asJSON, stdout)
+	o.Policy = s.policy
+	return ops.Status(ctx, s.target(), o, stdout)
 }
 
 func disableCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -105,7 +111,7 @@ func checkCommand(ctx context.Context, args []string, getenv func(string) string
 	s.poolsSetting()
 	s.subjectSetting()
 	s.glConfigSetting()
-	operands, err := s.parseOperands(args, "Usage: broker check [flags] [gl_config.json]\nChecks that gecholog's gl_config.json routes the pools through the broker; each problem is one line.", stdout)
+	operands, err := s.parseOperands(args, "Usage: broker check [flags] [gl_config.json]\nChecks that gecholog's gl_config.json routes the pools through the broker; each problem is one line,\nand so is each piece of advice (\"advice: ...\"), which names an extra the file leaves off.\nIt exits non-zero only on a problem.", stdout)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,7 @@
 //
 //	broker [flags]                      serve: answer gecholog's processor calls
 //	broker demo                         a self-contained run with nothing installed
-//	broker status [--json]              every pool and router with its state
+//	broker status [--json|--watch]      every pool and router with its state
 //	broker disable ROUTER [--for D]     take a router out by hand, on every replica
 //	broker enable ROUTER                lift any disable now, on every replica
 //	broker check [gl_config.json]       do the pools and gecholog's config agree?

@@ -181,6 +181,29 @@ func TestSettingsComeFromFlagsThenEnvironmentThenDefaults(t *testing.T) {
 		{"DISABLED_TIME is fractional minutes", nil, env("DISABLED_TIME", "0.5"), func(is *is.I, s *settings) {
 			is.Equal(s.policy.DisabledTime, 30*time.Second)
 		}},
+		{"DISABLED_TIME 0.005 is 0.3 s, exactly", nil, env("DISABLED_TIME", "0.005"), func(is *is.I, s *settings) {
+			is.Equal(s.policy.DisabledTime, 300*time.Millisecond)
+			is.True(!s.policy.NeverDisable)
+		}},
+		{"DISABLED_TIME 0: a failure never takes a router out", nil, env("DISABLED_TIME", "0"), func(is *is.I, s *settings) {
+			is.True(s.policy.NeverDisable)
+		}},
+		{"failure rate rule off by default", nil, env(), func(is *is.I, s *settings) {
+			is.Equal(s.policy.Rate, 0.0)
+			is.Equal(s.policy.RateWindow, time.Minute)
+			is.Equal(s.policy.RateMinCalls, 20)
+			is.Equal(s.policy.FailureCodes.String(), "5xx,429,408,401,403,404")
+		}},
+		{"failure rate rule from the environment", nil, env("BROKER_FAILURE_RATE", "20", "BROKER_FAILURE_RATE_WINDOW", "30s", "BROKER_FAILURE_RATE_MIN_CALLS", "50"), func(is *is.I, s *settings) {
+			is.Equal(s.policy.Rate, 20.0)
+			is.Equal(s.policy.RateWindow, 30*time.Second)
+			is.Equal(s.policy.RateMinCalls, 50)
+		}},
+		{"failure codes by code and class", []string{"-failure-codes", "5xx, 429"}, env(), func(is *is.I, s *settings) {
+			is.True(s.policy.FailureCodes.Has(503))
+			is.True(s.policy.FailureCodes.Has(429))
+			is.True(!s.policy.FailureCodes.Has(404))
+		}},
 		{"a flag wins over its variable", []string{"-disabled-time", "2", "-bucket", "b2"}, env("DISABLED_TIME", "0.5", "BROKER_BUCKET", "b1"), func(is *is.I, s *settings) {
 			is.Equal(s.policy.DisabledTime, 2*time.Minute)
 			is.Equal(s.bucket, "b2")
@@ -234,11 +257,19 @@ func TestBadSettingStopsStartupWithOneLineNamingIt(t *testing.T) {
 		getenv      func(string) string
 	}{
 		{"DISABLED_TIME not a number", "DISABLED_TIME", nil, env("DISABLED_TIME", "ten")},
-		{"DISABLED_TIME zero", "DISABLED_TIME", nil, env("DISABLED_TIME", "0")},
 		{"DISABLED_TIME negative", "DISABLED_TIME", nil, env("DISABLED_TIME", "-1")},
 		{"DISABLED_TIME NaN", "DISABLED_TIME", nil, env("DISABLED_TIME", "NaN")},
 		{"DISABLED_TIME infinite", "DISABLED_TIME", nil, env("DISABLED_TIME", "Inf")},
-		{"DISABLED_TIME under a second", "DISABLED_TIME", nil, env("DISABLED_TIME", "0.001")},
+		{"DISABLED_TIME empty", "disabled-time", []string{"-disabled-time", ""}, env()},
+		{"failure rate over 100", "failure-rate", []string{"-failure-rate", "101"}, env()},
+		{"failure rate negative", "BROKER_FAILURE_RATE", nil, env("BROKER_FAILURE_RATE", "-5")},
+		{"failure rate NaN", "BROKER_FAILURE_RATE", nil, env("BROKER_FAILURE_RATE", "NaN")},
+		{"failure rate window zero", "failure-rate-window", []string{"-failure-rate-window", "0s"}, env()},
+		{"failure rate min calls zero", "BROKER_FAILURE_RATE_MIN_CALLS", nil, env("BROKER_FAILURE_RATE_MIN_CALLS", "0")},
+		{"failure codes class out of range", "failure-codes", []string{"-failure-codes", "6xx"}, env()},
+		{"failure codes junk", "BROKER_FAILURE_CODES", nil, env("BROKER_FAILURE_CODES", "5xx,oops")},
+		{"failure codes empty item", "BROKER_FAILURE_CODES", nil, env("BROKER_FAILURE_CODES", "5xx,,429")},
+		{"failure codes status out of range", "BROKER_FAILURE_CODES", nil, env("BROKER_FAILURE_CODES", "999")},
 		{"disabled-time flag", "disabled-time", []string{"-disabled-time", "x"}, env()},
 		{"kv replicas zero", "BROKER_KV_REPLICAS", nil, env("BROKER_KV_REPLICAS", "0")},
 		{"kv replicas too many", "kv-replicas", []string{"-kv-replicas", "9"}, env()},

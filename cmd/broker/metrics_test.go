@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/gecholog/broker/internal/gechologtest"
 	"github.com/gecholog/broker/internal/natstest"
 )
 
@@ -27,11 +31,22 @@ type metricsReplica struct {
 
 // startMetricsReplica runs serve against natsURL with metrics on and waits
 // for its listener. The replica is stopped when the test ends.
-func startMetricsReplica(t *testing.T, natsURL string) *metricsReplica {
+func startMetricsReplica(t *testing.T, natsURL string, more ...string) *metricsReplica {
 	t.Helper()
-	p := startProgram(t, env("NATS_URL", natsURL, "BROKER_METRICS_ADDR", "127.0.0.1:0"))
+	p := startProgram(t, env(append([]string{"NATS_URL", natsURL, "BROKER_METRICS_ADDR", "127.0.0.1:0"}, more...)...))
 	l := p.await(t, "metrics listening")
 	return &metricsReplica{program: p, addr: l["addr"].(string)}
+}
+
+// waitReady waits until every replica's /readyz answers 200.
+func waitReady(t *testing.T, replicas ...*metricsReplica) {
+	t.Helper()
+	for _, r := range replicas {
+		natstest.Eventually(t, 10*time.Second, func() bool {
+			code, _, err := r.get("/readyz")
+			return err == nil && code == http.StatusOK
+		}, "replica ready")
+	}
 }
 
 // get fetches path from the replica's listener.
@@ -169,12 +184,7 @@ func TestMetricsCountTheCallsMadeAcrossReplicas(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
 	replicas := []*metricsReplica{startMetricsReplica(t, s.ClientURL()), startMetricsReplica(t, s.ClientURL())}
-	for _, r := range replicas {
-		natstest.Eventually(t, 10*time.Second, func() bool {
-			code, _, err := r.get("/readyz")
-			return err == nil && code == http.StatusOK
-		}, "replica ready")
-	}
+	waitReady(t, replicas...)
 	nc := natstest.Connect(t, s)
 
 	const requests, failures, successes = 40, 3, 5
@@ -260,4 +270,81 @@ func TestMetricsAddrInUseStopsStartupNamingIt(t *testing.T) {
 	is.True(err != nil)                                    // startup refused
 	is.True(strings.Contains(err.Error(), "metrics-addr")) // the line names the setting
 	is.True(!strings.Contains(err.Error(), "\n"))          // one line
+}
+
+// value is the one series of name with the given labels.
+func (fs families) value(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	var found []float64
+	for _, m := range fs[name].GetMetric() {
+		ok := true
+		for i := 0; i+1 < len(labels); i += 2 {
+			ok = ok && hasLabel(m, labels[i], labels[i+1])
+		}
+		if ok {
+			found = append(found, m.GetGauge().GetValue())
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%s%q: %d series, want 1", name, labels, len(found))
+	}
+	return found[0]
+}
+
+// What the strategies and the failure-rate rule read is on /metrics, per
+// pool router, the same on every replica: the tier, the calls in flight
+// over the fleet, the share of choices, the latency and headroom
+// gecholog's transaction log told, and the fleet's recent calls and
+// failure rate.
+func TestMetricsShowWhatTheStrategiesAndTheFailureRateRead(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	pools := filepath.Join(t.TempDir(), "pools.json")
+	is.NoErr(os.WriteFile(pools, []byte(`{"pools":[{"ingress":"/azure/","strategy":"least-busy","routers":[
+		{"path":"/azure/gpt4/"},{"path":"/azure/gpt35turbo/"},{"path":"/azure/dud/","priority":1}]}]}`), 0o600))
+	more := []string{"BROKER_POOLS", pools, "BROKER_FAILURE_RATE", "50", "BROKER_FAILURE_THRESHOLD", "100"}
+	// Two replicas in one process: the default ID, host:pid, would be
+	// the same.
+	replicas := []*metricsReplica{startMetricsReplica(t, s.ClientURL(), append(more, "BROKER_ID", "replica-1")...),
+		startMetricsReplica(t, s.ClientURL(), append(more, "BROKER_ID", "replica-2")...)}
+	waitReady(t, replicas...)
+	nc := natstest.Connect(t, s)
+	// 6 calls chosen through the queue group and none reported: in flight.
+	for range 6 {
+		_, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
+		is.NoErr(err)
+	}
+	// The dud's calls: 1 of 4 failed, fleet-wide.
+	for _, status := range []int{200, 502, 200, 200} {
+		_, err := nc.Request("coburn.gl.broker", fmt.Appendf(nil, `{"gl_path":"/azure/dud/","egress_status_code":%d}`, status), 2*time.Second)
+		is.NoErr(err)
+	}
+	// gpt4's upstream took 40 ms and has 30 of its 120 requests left.
+	is.NoErr(nc.Publish("coburn.gl.logger", gechologtest.Transaction(gechologtest.Finished{Ingress: "/azure/", Router: "/azure/gpt4/",
+		Latency: 40 * time.Millisecond, Headers: map[string]string{"x-ratelimit-remaining-requests": "30", "x-ratelimit-limit-requests": "120"}})))
+
+	lbl := func(router string) []string { return []string{"ingress", "/azure/", "router", router} }
+	for _, r := range replicas {
+		natstest.Eventually(t, 2*time.Second, func() bool {
+			fs := r.metrics(t)
+			return fs.value(t, "broker_router_in_flight", lbl("/azure/gpt4/")...)+fs.value(t, "broker_router_in_flight", lbl("/azure/gpt35turbo/")...) == 6 &&
+				fs.value(t, "broker_router_recent_calls", lbl("/azure/dud/")...) == 4 &&
+				!math.IsNaN(fs.value(t, "broker_router_latency_seconds", lbl("/azure/gpt4/")...))
+		}, "both replicas count every call")
+		fs := r.metrics(t)
+		is.Equal(fs.value(t, "broker_router_priority", lbl("/azure/dud/")...), 1.0) // the tier
+		is.Equal(fs.value(t, "broker_router_priority", lbl("/azure/gpt4/")...), 0.0)
+		is.Equal(fs.value(t, "broker_router_in_flight", lbl("/azure/dud/")...), 0.0) // reports only: none in flight
+		is.Equal(fs.value(t, "broker_router_share_ratio", lbl("/azure/gpt4/")...)+fs.value(t, "broker_router_share_ratio", lbl("/azure/gpt35turbo/")...), 1.0)
+		is.Equal(fs.value(t, "broker_router_latency_seconds", lbl("/azure/gpt4/")...), 0.04)
+		is.True(math.IsNaN(fs.value(t, "broker_router_latency_seconds", lbl("/azure/gpt35turbo/")...))) // never heard of: NaN
+		is.Equal(fs.value(t, "broker_router_headroom_ratio", lbl("/azure/gpt4/")...), 0.25)
+		is.True(math.IsNaN(fs.value(t, "broker_router_headroom_ratio", lbl("/azure/gpt35turbo/")...)))
+		is.Equal(fs.value(t, "broker_router_failure_rate_ratio", lbl("/azure/dud/")...), 0.25)
+		is.True(math.IsNaN(fs.value(t, "broker_router_failure_rate_ratio", lbl("/azure/gpt4/")...))) // no calls: NaN
+		is.Equal(fs.sum("broker_transactions_total", "outcome", "read"), 1.0)                        // the transaction, heard by each replica
+		is.Equal(fs.sum("broker_transactions_total"), 1.0)                                           // and nothing dropped or unreadable
+		age := fs.sum("broker_transaction_log_last_heard_age_seconds")
+		is.True(age >= 0 && age < 10)
+	}
 }

@@ -413,11 +413,13 @@ func TestStatusWithoutReplicasShowsEveryRouterEnabled(t *testing.T) {
 	table, _, err := runOp(ops, "status")
 	is.NoErr(err)
 	lines := strings.Split(strings.TrimSpace(table), "\n")
-	is.Equal(len(lines), 6) // header, blank line, column heads, three routers
+	is.Equal(len(lines), 7) // header (bucket, replicas), blank line, column heads, three routers
 	is.True(strings.Contains(lines[0], "ttl mode"))
-	is.Equal(strings.Fields(lines[2]), []string{"INGRESS", "ROUTER", "STATE", "UNTIL", "LEFT", "STATUS", "REASON", "BY", "LEVEL"})
+	is.True(strings.HasPrefix(lines[1], "replicas: none heard on broker.stats.gl_broker")) // no figures, and why
+	is.Equal(strings.Fields(lines[3]), []string{"INGRESS", "ROUTER", "TIER", "STATE", "UNTIL", "LEFT",
+		"IN-FLIGHT", "SHARE", "LATENCY", "HEADROOM", "CALLS", "FAILED", "STATUS", "REASON", "BY", "LEVEL"})
 	for _, r := range []string{"/azure/gpt35turbo/", "/azure/gpt4/", "/azure/dud/"} {
-		is.Equal(strings.Fields(tableRow(table, r)), []string{"/azure/", r, "enabled", "-", "-", "-", "-", "-", "-"})
+		is.Equal(strings.Fields(tableRow(table, r)), []string{"/azure/", r, "0", "enabled", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"})
 	}
 
 	rows := statusJSON(t, ops)
@@ -428,7 +430,8 @@ func TestStatusWithoutReplicasShowsEveryRouterEnabled(t *testing.T) {
 			names = append(names, k)
 		}
 		sort.Strings(names)
-		is.Equal(names, []string{"by", "ingress", "left_seconds", "level", "manual", "reason", "router", "state", "status", "until"}) // stable field names
+		is.Equal(names, []string{"by", "calls", "failure_rate", "headroom", "in_flight", "ingress", "latency_ms", "left_seconds", "level",
+			"manual", "reason", "router", "share", "state", "status", "tier", "until"}) // stable field names
 		is.Equal(r["state"], "enabled")
 	}
 }
@@ -456,16 +459,16 @@ func TestStatusHidesNothingInTheBucket(t *testing.T) {
 	after := time.Now()
 	is.NoErr(err)
 	gpt4 := strings.Fields(tableRow(table, "/azure/gpt4/"))
-	is.Equal(gpt4[2], "disabled")
-	left, err := time.ParseDuration(gpt4[4])
+	is.Equal(gpt4[3], "disabled")
+	left, err := time.ParseDuration(gpt4[5])
 	is.NoErr(err)
 	ceil := func(d time.Duration) time.Duration { return (d + time.Second - 1).Truncate(time.Second) }
 	is.True(left >= ceil(until.Sub(after)) && left <= ceil(until.Sub(before))) // how long is left, in whole seconds rounded up
-	is.Equal(gpt4[5], "503")
+	is.Equal(gpt4[12], "503")
 	is.True(strings.Contains(tableRow(table, "/azure/dud/"), "unreadable"))
 	is.True(strings.Contains(tableRow(table, "/legacy/x/"), "unknown router (manual)")) // a router no pool knows
 	is.True(!strings.Contains(table, "\t"))                                             // a hand-written tab does not break the table
-	is.Equal(strings.Count(table, "\n"), 2+1+4)                                         // nor a newline: header, blank, column heads, four rows
+	is.Equal(strings.Count(table, "\n"), 3+1+4)                                         // nor a newline: header, blank, column heads, four rows
 
 	rows := statusJSON(t, ops)
 	is.Equal(len(rows), 4)

@@ -38,6 +38,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
+	"github.com/gecholog/broker/internal/gechologtest"
 	"github.com/gecholog/broker/internal/natstest"
 )
 
@@ -657,9 +658,11 @@ var (
 	// STREAM.CREATE), watches it with an ordered consumer (CONSUMER.CREATE,
 	// and CONSUMER.DELETE when it re-watches after a reconnect), reads a key
 	// before each compare-and-set write and every key after a reconnect
-	// (DIRECT.GET), writes keys ($KV.gl_broker.>) and tells the other
-	// replicas of its changes (broker.news.gl_broker). _INBOX.> receives
-	// the JetStream API's replies and the watcher's messages.
+	// (DIRECT.GET), writes keys ($KV.gl_broker.>), tells the other
+	// replicas of its changes (broker.news.gl_broker) and its counts of
+	// calls (broker.stats.gl_broker), and hears every call gecholog logs
+	// (coburn.gl.logger, outside the queue group). _INBOX.> receives the
+	// JetStream API's replies and the watcher's messages.
 	processorRole = secRole{
 		publish: []string{
 			"$JS.API.INFO",
@@ -670,12 +673,15 @@ var (
 			"$JS.API.DIRECT.GET.KV_gl_broker.>",
 			"$KV.gl_broker.>",
 			"broker.news.gl_broker",
+			"broker.stats.gl_broker",
 		},
-		subscribe: []string{"coburn.gl.broker broker", "broker.news.gl_broker", "_INBOX.>"},
+		subscribe: []string{"coburn.gl.broker broker", "coburn.gl.logger", "broker.news.gl_broker", "broker.stats.gl_broker", "_INBOX.>"},
 		responses: true,
 	}
 	// viewerRole is `broker status`'s: it opens the bucket without
-	// creating it, lists the keys with a consumer and reads each.
+	// creating it, lists the keys with a consumer and reads each, and
+	// hears the replicas' counts (broker.stats.gl_broker) for the fleet's
+	// figures.
 	viewerRole = secRole{
 		publish: []string{
 			"$JS.API.STREAM.INFO.KV_gl_broker",
@@ -683,7 +689,7 @@ var (
 			"$JS.API.CONSUMER.DELETE.KV_gl_broker.>",
 			"$JS.API.DIRECT.GET.KV_gl_broker.>",
 		},
-		subscribe: []string{"_INBOX.>"},
+		subscribe: []string{"broker.stats.gl_broker", "_INBOX.>"},
 	}
 	// adminRole adds writing keys, for disable and enable, and telling the
 	// replicas of it at once.
@@ -813,9 +819,10 @@ func secUser(s *server.Server, user string) func(string) string {
 
 // driveProcessor takes two replicas running as user "broker" through
 // everything the processor does on the bus: create the bucket and watch
-// it, answer gecholog's calls, share a failure report's disable through
-// the bucket, reconnect and watch again, obey an operator's disable, and
-// stop. It stops early, returning false, at the first permission
+// it, tell each other their counts of calls, answer gecholog's calls,
+// hear gecholog's transaction log, share a failure report's disable
+// through the bucket, reconnect and watch again, obey an operator's
+// disable, and stop. It stops early, returning false, at the first permission
 // violation, and returns the replicas' logs.
 func driveProcessor(t *testing.T, s *server.Server, v *secViolations) (logs string, ok bool) {
 	t.Helper()
@@ -856,6 +863,14 @@ func driveProcessor(t *testing.T, s *server.Server, v *secViolations) (logs stri
 		}
 	}
 	if !until(answers, "an answer") {
+		return "", false
+	}
+	// gecholog logs the call, and every replica hears it.
+	tx := gechologtest.Transaction(gechologtest.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: time.Millisecond})
+	if err := gw.Publish("coburn.gl.logger", tx); err != nil {
+		t.Fatalf("transaction log: %v", err)
+	}
+	if !until(everyReplica("hearing gecholog's transaction log"), "the transaction log heard by every replica") {
 		return "", false
 	}
 	if _, err := gw.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), time.Second); err != nil {

@@ -39,10 +39,12 @@ type settings struct {
 	metricsAddr string
 
 	queue          string
+	loggerSubject  string // gecholog's transaction log
 	kvReplicas     int
 	id             string
 	policy         broker.Policy
 	requireKV      bool
+	inFlightBound  time.Duration
 	embedded       bool
 	embeddedListen string
 	embeddedStore  string
@@ -80,17 +82,37 @@ func (s *settings) subjectSetting() {
 	s.set.String(&s.subject, "subject", "BROKER_SUBJECT", replica.DefaultSubject, "`subject` gecholog sends the broker's processor calls to")
 }
 
+func (s *settings) loggerSubjectSetting() {
+	s.set.String(&s.loggerSubject, "logger-subject", "BROKER_LOGGER_SUBJECT", replica.DefaultLoggerSubject, "`subject` of gecholog's transaction log (service_bus.topic_exact_logger), which the latency and headroom strategies read")
+}
+
 func (s *settings) glConfigSetting() {
 	s.set.String(&s.glConfig, "gl-config", "BROKER_GL_CONFIG", "", "gecholog's gl_config.json `file`: serve refuses to start when it does not route the pools through this broker; check reads it (default "+ops.DefaultGLConfig+")")
 }
 
 func (s *settings) disabledTimeSetting() {
 	s.policy.DisabledTime = broker.DefaultDisabledTime
-	s.set.Var((*minutes)(&s.policy.DisabledTime), "disabled-time", "DISABLED_TIME", "`minutes` a failed router stays out of its pool, fractions allowed")
+	s.set.Var((*disabledTime)(&s.policy), "disabled-time", "DISABLED_TIME", "`minutes` a failed router stays out of its pool, fractions allowed; 0: failures never take a router out")
+}
+
+func (s *settings) backoffCapSetting() {
+	s.set.Float(&s.policy.MaxMultiplier, "backoff-cap", "BROKER_BACKOFF_CAP", 8, 1, 1000, "largest `multiple` of the disabled time a disable (or a Retry-After) lasts")
+}
+
+func (s *settings) probeTimeoutSetting() {
+	s.set.Duration(&s.policy.ProbeTimeout, "probe-timeout", "BROKER_PROBE_TIMEOUT", 2*time.Minute, time.Second, 24*time.Hour, "`time` a probe call may go unreported before another probe may be sent")
+}
+
+// policyLimits registers the settings that bound how long a record holds
+// a router out, for a tool that shows what the replicas act on.
+func (s *settings) policyLimits() {
+	s.disabledTimeSetting()
+	s.backoffCapSetting()
+	s.probeTimeoutSetting()
 }
 
 func (s *settings) metricsAddrSetting() {
-	s.set.String(&s.metricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for /metrics, /healthz and /readyz (off when empty)")
+	s.set.String(&s.metricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for the status page (/), /metrics, /healthz and /readyz (off when empty)")
 }
 
 // serving registers the processor's own settings.
@@ -98,18 +120,23 @@ func (s *settings) serving() {
 	f := s.set
 	s.connection()
 	s.subjectSetting()
-	s.disabledTimeSetting()
+	s.loggerSubjectSetting()
 	s.glConfigSetting()
 	s.metricsAddrSetting()
 	f.String(&s.queue, "queue", "BROKER_QUEUE", replica.DefaultQueue, "`queue` group the replicas share calls in")
 	f.Int(&s.kvReplicas, "kv-replicas", "BROKER_KV_REPLICAS", 1, 1, 5, "`replicas` of the bucket when the broker creates it (3 on a NATS cluster)")
 	f.String(&s.id, "id", "BROKER_ID", replica.DefaultID(), "`name` of this replica in the records it writes")
 	f.Int(&s.policy.Threshold, "failure-threshold", "BROKER_FAILURE_THRESHOLD", 1, 1, 1000, "consecutive `failures`, counted over every replica, that disable a router")
+	f.Float(&s.policy.Rate, "failure-rate", "BROKER_FAILURE_RATE", 0, 0, 100, "`percent` of a router's calls, over every replica, that disables it when they failed within the failure-rate window (0: off)")
+	f.Duration(&s.policy.RateWindow, "failure-rate-window", "BROKER_FAILURE_RATE_WINDOW", time.Minute, time.Second, 24*time.Hour, "the failure-rate rule's window of recent calls, a `duration`")
+	f.Int(&s.policy.RateMinCalls, "failure-rate-min-calls", "BROKER_FAILURE_RATE_MIN_CALLS", 20, 1, 1_000_000, "`calls` within the window before the failure-rate rule judges a router")
+	s.policy.FailureCodes = broker.DefaultFailureCodes
+	f.Var((*failureCodes)(&s.policy.FailureCodes), "failure-codes", "BROKER_FAILURE_CODES", "`statuses` that count against a router: codes and classes such as 5xx, comma separated")
 	f.Float(&s.policy.Multiplier, "backoff-multiplier", "BROKER_BACKOFF_MULTIPLIER", 2, 1, 100, "`factor` the disabled time grows by each time a router is disabled again before it recovered (1: no backoff)")
-	f.Float(&s.policy.MaxMultiplier, "backoff-cap", "BROKER_BACKOFF_CAP", 8, 1, 1000, "largest `multiple` of the disabled time a disable (or a Retry-After) lasts")
-	f.Duration(&s.policy.ProbeTimeout, "probe-timeout", "BROKER_PROBE_TIMEOUT", 2*time.Minute, time.Second, 24*time.Hour, "`time` a probe call may go unreported before another probe may be sent")
+	s.policyLimits() // DISABLED_TIME, BROKER_BACKOFF_CAP, BROKER_PROBE_TIMEOUT
 	s.policy.AllDisabled = broker.Panic
 	f.Var((*allDisabled)(&s.policy.AllDisabled), "all-disabled", "BROKER_ALL_DISABLED", "what a pool with no enabled router does: `mode` panic (the router back soonest), ingress (the ingress's own outbound) or any")
+	f.Duration(&s.inFlightBound, "inflight-bound", "BROKER_INFLIGHT_BOUND", broker.DefaultInFlightBound, time.Second, 24*time.Hour, "`time` a chosen call counts as in flight, over every replica, when its report never comes (least-busy)")
 	f.Bool(&s.requireKV, "require-kv", "BROKER_REQUIRE_KV", "refuse to start when the server has no JetStream, instead of serving in local mode")
 	f.Bool(&s.embedded, "embedded-nats", "BROKER_EMBEDDED_NATS", "start an in-process nats-server with JetStream and serve on it")
 	f.String(&s.embeddedListen, "embedded-listen", "BROKER_EMBEDDED_LISTEN", "127.0.0.1:4222", "listen `address` of the embedded nats-server")
@@ -138,6 +165,8 @@ func (s *settings) resolve() error {
 	switch {
 	case has("subject") && !subjectRE.MatchString(s.subject):
 		return fmt.Errorf("subject %q: not a NATS subject (dot-separated tokens, no spaces)", s.subject)
+	case has("logger-subject") && !subjectRE.MatchString(s.loggerSubject):
+		return fmt.Errorf("logger-subject %q: not a NATS subject (dot-separated tokens, no spaces)", s.loggerSubject)
 	case has("queue") && (strings.ContainsAny(s.queue, " \t\r\n.*>") || s.queue == ""):
 		return fmt.Errorf("queue %q: a queue group is one token without spaces, dots or wildcards", s.queue)
 	case has("id") && s.id == "":
@@ -206,9 +235,9 @@ func (s *settings) logger(w io.Writer) *slog.Logger {
 // replicaConfig is the replica the serve settings describe.
 func (s *settings) replicaConfig(log *slog.Logger) replica.Config {
 	c := replica.Config{
-		NATS: s.nats, Subject: s.subject, Queue: s.queue, Bucket: s.bucket, KVReplicas: s.kvReplicas,
+		NATS: s.nats, Subject: s.subject, LoggerSubject: s.loggerSubject, Queue: s.queue, Bucket: s.bucket, KVReplicas: s.kvReplicas,
 		Pools: s.pools, Policy: s.policy, ID: s.id, MetricsAddr: s.metricsAddr, RequireKV: s.requireKV,
-		Logger: log,
+		InFlightBound: s.inFlightBound, Logger: log,
 	}
 	if s.embedded {
 		c.Embedded = &replica.Embedded{Listen: s.embeddedListen, StoreDir: s.embeddedStore}

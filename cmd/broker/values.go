@@ -27,9 +27,11 @@ const maxPoolsFile = 1 << 20
 
 // readPools reads a pools file:
 //
-//	{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/gpt4/", "weight": 2}, ...]}]}
+//	{"pools": [{"ingress": "/azure/", "strategy": "least-busy",
+//	            "routers": [{"path": "/azure/ptu/", "weight": 2, "priority": 0}, ...]}]}
 //
-// A weight of 0 or an absent weight means 1. Unknown fields are refused,
+// A weight of 0 or an absent weight means 1; an absent priority is 0, the
+// first tier; an absent strategy is random. Unknown fields are refused,
 // and the pools are validated.
 func readPools(path string) ([]broker.Pool, error) {
 	f, err := os.Open(path)
@@ -46,10 +48,12 @@ func readPools(path string) ([]broker.Pool, error) {
 	}
 	var file struct {
 		Pools []struct {
-			Ingress string `json:"ingress"`
-			Routers []struct {
-				Path   string `json:"path"`
-				Weight int    `json:"weight"`
+			Ingress  string `json:"ingress"`
+			Strategy string `json:"strategy"`
+			Routers  []struct {
+				Path     string `json:"path"`
+				Weight   int    `json:"weight"`
+				Priority int    `json:"priority"`
 			} `json:"routers"`
 		} `json:"pools"`
 	}
@@ -63,9 +67,9 @@ func readPools(path string) ([]broker.Pool, error) {
 	}
 	pools := []broker.Pool{}
 	for _, p := range file.Pools {
-		pool := broker.Pool{Ingress: p.Ingress}
+		pool := broker.Pool{Ingress: p.Ingress, Strategy: p.Strategy}
 		for _, r := range p.Routers {
-			pool.Routers = append(pool.Routers, broker.Router{Path: r.Path, Weight: cmp.Or(r.Weight, 1)})
+			pool.Routers = append(pool.Routers, broker.Router{Path: r.Path, Weight: cmp.Or(r.Weight, 1), Priority: r.Priority})
 		}
 		pools = append(pools, pool)
 	}
@@ -79,28 +83,31 @@ func readPools(path string) ([]broker.Pool, error) {
 // overflow time.Duration.
 const maxMinutes = 365 * 24 * 60
 
-// minutes is DISABLED_TIME: minutes, fractions allowed, as the original
-// broker read it.
-type minutes time.Duration
+// disabledTime is DISABLED_TIME: minutes, fractions allowed, as the
+// original broker read it; 0, as there, means a failure never takes a
+// router out.
+type disabledTime broker.Policy
 
-func (v *minutes) Set(s string) error {
+func (v *disabledTime) Set(s string) error {
 	m, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-	if err != nil || math.IsNaN(m) || m <= 0 || m > maxMinutes {
-		return fmt.Errorf("not a number of minutes above 0 and at most %d (fractions allowed, e.g. 0.5)", maxMinutes)
+	if err != nil || math.IsNaN(m) || m < 0 || m > maxMinutes {
+		return fmt.Errorf("not a number of minutes from 0 to %d (fractions allowed, e.g. 0.5; 0: failures never take a router out)", maxMinutes)
 	}
+	// A fraction of a second is kept exact: the record's until is the
+	// truth, and a JetStream TTL is rounded up to a whole second.
 	d := time.Duration(m * float64(time.Minute))
-	if d < time.Second {
-		return errors.New("less than a second: JetStream keeps TTLs in whole seconds")
+	v.NeverDisable = d == 0
+	if d > 0 {
+		v.DisabledTime = d
 	}
-	*v = minutes(d)
 	return nil
 }
 
-func (v *minutes) String() string {
-	if v == nil {
+func (v *disabledTime) String() string {
+	if v == nil || v.NeverDisable {
 		return "0"
 	}
-	return strconv.FormatFloat(time.Duration(*v).Minutes(), 'f', -1, 64)
+	return strconv.FormatFloat(v.DisabledTime.Minutes(), 'f', -1, 64)
 }
 
 // allDisabled is the all-disabled mode, checked by the broker's own rule.
@@ -144,4 +151,23 @@ func (v *forTime) String() string {
 		return ""
 	}
 	return time.Duration(*v).String()
+}
+
+// failureCodes is BROKER_FAILURE_CODES, read by the broker's own rule.
+type failureCodes broker.FailureCodes
+
+func (v *failureCodes) Set(s string) error {
+	c, err := broker.ParseFailureCodes(s)
+	if err != nil {
+		return err
+	}
+	*v = failureCodes(c)
+	return nil
+}
+
+func (v *failureCodes) String() string {
+	if v == nil {
+		return ""
+	}
+	return broker.FailureCodes(*v).String()
 }

@@ -5,55 +5,12 @@
 package gechologtest
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
-	"time"
-
-	"github.com/nats-io/nats.go"
 )
 
-// Gateway makes calls as gecholog does: the request context to the
-// broker, the call to the chosen router's upstream, then the response
-// context with the status the client got.
-type Gateway struct {
-	NC        *nats.Conn
-	Subject   string            // the broker's service_bus_topic
-	Upstreams map[string]string // router → upstream URL
-	Client    *http.Client
-}
-
-// Call makes one client call to ingress and says which router served it
-// and the status the client got.
-func (g Gateway) Call(ingress string) (router string, status int, err error) {
-	msg, err := g.NC.Request(g.Subject, fmt.Appendf(nil, `{"gl_path":%q}`, ingress), 2*time.Second)
-	if err != nil {
-		return "", 0, fmt.Errorf("request context: %w", err)
-	}
-	router = ingress
-	if len(msg.Data) > 0 {
-		var r struct {
-			GLPath string `json:"gl_path"`
-		}
-		if err := json.Unmarshal(msg.Data, &r); err != nil {
-			return "", 0, fmt.Errorf("broker reply %q: %w", msg.Data, err)
-		}
-		router = r.GLPath
-	}
-	status = http.StatusBadGateway // gecholog's answer when the connection is refused
-	if resp, err := g.Client.Post(g.Upstreams[router], "application/json", bytes.NewReader([]byte(`{"messages":[]}`))); err == nil {
-		status = resp.StatusCode
-		resp.Body.Close()
-	}
-	if _, err := g.NC.Request(g.Subject, fmt.Appendf(nil, `{"gl_path":%q,"egress_status_code":%d}`, router, status), 2*time.Second); err != nil {
-		return "", 0, fmt.Errorf("response context: %w", err)
-	}
-	return router, status, nil
-}
-
-// Upstreams are LLM APIs on loopback for the default pool.
+// Upstreams are LLM APIs on loopback, by router; the zero value has none.
 type Upstreams struct {
 	URLs    map[string]string // router → upstream URL
 	servers []*http.Server
@@ -100,6 +57,19 @@ func (u *Upstreams) Serve(h http.Handler) (string, error) {
 	u.servers = append(u.servers, s)
 	u.done = append(u.done, done)
 	return "http://" + l.Addr().String() + "/", nil
+}
+
+// Add serves h on a loopback port until Close as router's upstream.
+func (u *Upstreams) Add(router string, h http.Handler) error {
+	url, err := u.Serve(h)
+	if err != nil {
+		return err
+	}
+	if u.URLs == nil {
+		u.URLs = map[string]string{}
+	}
+	u.URLs[router] = url
+	return nil
 }
 
 // Close stops every upstream and waits for them.

@@ -1,0 +1,529 @@
+package broker
+
+import (
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The statistics the strategies read are the whole fleet's. Each replica
+// counts the calls it chooses and the reports it hears, per router, over a
+// sliding window (Counts), and shares them with the others, which merge
+// them (Merge); the replica package publishes them on a NATS subject at
+// least every 100 ms. Latency and rate-limit headroom come from gecholog's
+// transaction log, which every replica hears in full (Finished). Reading
+// them on a call is a few atomic loads; Refresh folds what was merged into
+// those atomics.
+
+// slots is how many slots a window keeps: it slides a slot at a time.
+const slots = 120
+
+// window counts events over the last span, in slots of span/slots.
+type window struct {
+	slot  time.Duration
+	total atomic.Int64 // every event ever
+	// marks[i] is total at the start of slot i (mod slots); at is the
+	// slot the marks were last advanced to. Both are written by advance
+	// only, under the stats lock.
+	marks [slots]int64
+	at    int64
+}
+
+// newWindow starts a window at now: every event from now counts.
+func newWindow(span time.Duration, now time.Time) *window {
+	w := &window{slot: max(span/slots, time.Millisecond)}
+	w.at = now.UnixNano() / int64(w.slot)
+	return w
+}
+
+func (w *window) add(n int64) { w.total.Add(n) }
+
+// advance moves the window to now, total being the events ever. Called
+// under the stats lock.
+func (w *window) advance(now time.Time, total int64) {
+	slot := now.UnixNano() / int64(w.slot)
+	for s := max(w.at+1, slot-slots+1); s <= slot; s++ {
+		w.marks[s%slots] = total
+	}
+	w.at = slot
+}
+
+// count is the events within the window as last advanced, total being the
+// events ever: those since the start of its oldest slot. Called under the
+// stats lock.
+func (w *window) count(total int64) int64 {
+	return total - w.marks[(w.at+1)%slots]
+}
+
+// Counts is what a replica tells the others of one router.
+type Counts struct {
+	Router string
+	// Chosen and Reported are the calls it chose and the reports it heard
+	// within the in-flight bound.
+	Chosen, Reported int64
+	// Calls and Failures are the reports it heard, and the failures among
+	// them, within the failure-rate window.
+	Calls, Failures int64
+	// LastSuccess is the last success it heard reported (zero: none), and
+	// Failing the failures it heard since, oldest first, at most
+	// maxFailing.
+	LastSuccess time.Time
+	Failing     []time.Time
+	// Latency and Headroom are what this replica knows of the router's
+	// upstream from the transaction log (zero, and HeadroomKnown false,
+	// when nothing): the same on every replica, which all hear the log, so
+	// the others ignore them. They are told for operators (broker status).
+	Latency       time.Duration
+	Headroom      float64
+	HeadroomKnown bool
+}
+
+// maxFailing bounds the failures a replica tells since its last success:
+// a threshold above it counts at most this many from each replica.
+const maxFailing = 64
+
+// Equal reports whether c and d say the same counts; latency and headroom
+// are not compared: they change with every call, and ride along with the
+// counts when those are told.
+func (c Counts) Equal(d Counts) bool {
+	return c.Router == d.Router && c.Chosen == d.Chosen && c.Reported == d.Reported && c.Calls == d.Calls &&
+		c.Failures == d.Failures && c.LastSuccess.Equal(d.LastSuccess) && slices.EqualFunc(c.Failing, d.Failing, time.Time.Equal)
+}
+
+// routeStats are one router's statistics.
+type routeStats struct {
+	chosen, reported *window // this replica's, within the in-flight bound
+	calls, failures  *window // this replica's, within the failure-rate window
+
+	// lastSuccess is when this replica last heard a success reported
+	// (unix nanoseconds), and failing the failures since (guarded by the
+	// fleet's lock).
+	lastSuccess atomic.Int64
+	failing     []time.Time
+	failingLen  atomic.Int32 // len(failing), read without the lock
+	// newest is the last failure this replica heard reported itself, and
+	// acted whether the fleet's count reached the threshold with it
+	// (guarded by the fleet's lock).
+	newest newestFailure
+
+	// Set by Refresh: the fleet's chosen minus reported within the bound,
+	// and this replica's totals then, so that a call adds its own choice
+	// and report at once.
+	base, chosenMark, reportedMark atomic.Int64
+	fleetChosen                    atomic.Int64 // the fleet's choices of it within the bound (set by Refresh)
+
+	latencyNs atomic.Int64 // EWMA of upstream time; 0: no sample yet
+	samples   atomic.Int64
+	limits    atomic.Pointer[RateLimits] // the last the upstream said; nil: none
+	// room is what the headroom strategy reads on a call, set from limits
+	// when a transaction is heard and at every Refresh, so that a call
+	// reads no clock; nil: the upstream said nothing.
+	room atomic.Pointer[room]
+}
+
+// newestFailure is a failure report as this replica heard it.
+type newestFailure struct {
+	at         time.Time
+	status     int
+	retryAfter time.Duration
+	acted      bool
+}
+
+// room is a router's rate limit left as of its last answer, with the
+// resets that have passed applied.
+type room struct {
+	requests, limit int64   // requests left and their limit; requests < 0: not said, or reset since
+	tokens          float64 // the share of tokens left, 0 to 1 (1: not said, or reset since)
+}
+
+// setRoom sets s.room from s.limits at now.
+func (s *routeStats) setRoom(now time.Time) {
+	l := s.limits.Load()
+	if l == nil {
+		s.room.Store(nil)
+		return
+	}
+	r := room{requests: -1, tokens: 1}
+	if l.RemainingRequests >= 0 && (l.ResetRequests.IsZero() || now.Before(l.ResetRequests)) {
+		r.requests, r.limit = l.RemainingRequests, l.LimitRequests
+	}
+	if l.RemainingTokens >= 0 && (l.ResetTokens.IsZero() || now.Before(l.ResetTokens)) {
+		switch {
+		case l.LimitTokens > 0:
+			r.tokens = math.Max(float64(l.RemainingTokens)/float64(l.LimitTokens), 0)
+		case l.RemainingTokens == 0:
+			r.tokens = 0
+		}
+	}
+	if old := s.room.Load(); old == nil || *old != r {
+		s.room.Store(&r)
+	}
+}
+
+// roomFor is the share of the rate limit left for one more call, with
+// inFlight calls chosen and not yet answered taken from the requests left:
+// the last answer's count does not know of the calls chosen since. 1 when
+// the upstream says nothing.
+func (s *routeStats) roomFor(inFlight int64) float64 {
+	r := s.room.Load()
+	if r == nil {
+		return 1
+	}
+	h := r.tokens
+	if r.requests >= 0 {
+		left := r.requests - inFlight
+		switch {
+		case left <= 0:
+			return 0
+		case r.limit > 0:
+			h = math.Min(h, float64(left)/float64(r.limit))
+		}
+	}
+	return h
+}
+
+func newRouteStats(bound, rateWindow time.Duration, now time.Time) routeStats {
+	return routeStats{chosen: newWindow(bound, now), reported: newWindow(bound, now),
+		calls: newWindow(rateWindow, now), failures: newWindow(rateWindow, now)}
+}
+
+func (s *routeStats) inFlight() int64 {
+	n := s.base.Load() + (s.chosen.total.Load() - s.chosenMark.Load()) - (s.reported.total.Load() - s.reportedMark.Load())
+	return max(n, 0)
+}
+
+// latencyWeight is how much one sample moves the average.
+const latencyWeight = 0.2
+
+func (s *routeStats) addLatency(d time.Duration) {
+	d = max(d, time.Nanosecond) // 0 means no sample
+	old := s.latencyNs.Load()
+	if old == 0 {
+		s.latencyNs.Store(int64(d))
+	} else {
+		s.latencyNs.Store(old + int64(latencyWeight*float64(int64(d)-old)))
+	}
+	s.samples.Add(1)
+}
+
+func (s *routeStats) latency() (time.Duration, bool) {
+	ns := s.latencyNs.Load()
+	return time.Duration(ns), ns != 0
+}
+
+func (s *routeStats) headroom(now time.Time) (float64, bool) {
+	l := s.limits.Load()
+	if l == nil {
+		return 0, false
+	}
+	return l.headroom(now), true
+}
+
+// RateLimits is what an upstream's rate-limit headers said of what is left:
+// OpenAI's and Azure OpenAI's x-ratelimit-*, Anthropic's
+// anthropic-ratelimit-*. A negative count is one not said.
+type RateLimits struct {
+	RemainingRequests, LimitRequests int64
+	RemainingTokens, LimitTokens     int64
+	// ResetRequests and ResetTokens are when each count is full again;
+	// zero when not said.
+	ResetRequests, ResetTokens time.Time
+}
+
+// unsaidReset is when a count said without a reset is taken as full again.
+const unsaidReset = time.Minute
+
+// Known reports whether the headers said anything of what is left.
+func (l RateLimits) Known() bool { return l.RemainingRequests >= 0 || l.RemainingTokens >= 0 }
+
+// headroom is the share left of the scarcer of requests and tokens at now,
+// from 0 to 1: a count past its reset is full again, and one whose limit
+// was not said is measured against the most seen left.
+func (l *RateLimits) headroom(now time.Time) float64 {
+	h := 1.0
+	for _, c := range [2]struct {
+		left, limit int64
+		reset       time.Time
+	}{{l.RemainingRequests, l.LimitRequests, l.ResetRequests}, {l.RemainingTokens, l.LimitTokens, l.ResetTokens}} {
+		if c.left < 0 || !c.reset.IsZero() && !now.Before(c.reset) {
+			continue
+		}
+		if c.limit <= 0 {
+			if c.left == 0 {
+				h = 0
+			}
+			continue
+		}
+		h = math.Min(h, float64(c.left)/float64(c.limit))
+	}
+	return math.Max(h, 0)
+}
+
+// fleet is the other replicas' counts, merged.
+type fleet struct {
+	bound  time.Duration
+	mu     sync.Mutex
+	peers  map[string]peer // by replica
+	nudged chan struct{}   // see Nudged
+}
+
+type peer struct {
+	at     time.Time
+	counts map[string]Counts // by router
+}
+
+// peerSilence is how long a replica's last counts stand without a new
+// word: replicas tell at least every 100 ms, so one silent for a second
+// has stopped (its calls are reported to the others, or time out).
+const peerSilence = time.Second
+
+// Merge takes the counts replica from told at, replacing what it told
+// before. This replica's own are ignored.
+func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
+	if from == b.id {
+		return
+	}
+	m := make(map[string]Counts, len(counts))
+	for _, c := range counts {
+		if _, ok := b.routers[c.Router]; ok {
+			m[c.Router] = c
+		}
+	}
+	b.fleet.mu.Lock()
+	b.fleet.peers[from] = peer{at: at, counts: m}
+	b.fleet.mu.Unlock()
+}
+
+// Counts returns what this replica tells the others, as of the last
+// Refresh: every router it chose or heard a report of within the bound.
+func (b *Broker) Counts() []Counts {
+	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	var out []Counts
+	for _, rt := range b.members {
+		s := &rt.stats
+		c := Counts{Router: rt.path, Chosen: s.chosen.count(s.chosen.total.Load()), Reported: s.reported.count(s.reported.total.Load()),
+			Calls: s.calls.count(s.calls.total.Load()), Failures: s.failures.count(s.failures.total.Load())}
+		if ns := s.lastSuccess.Load(); ns != 0 {
+			c.LastSuccess = time.Unix(0, ns)
+		}
+		c.Failing = slices.Clone(s.failing)
+		c.Latency, _ = s.latency()
+		c.Headroom, c.HeadroomKnown = s.headroom(time.Now())
+		if c.Chosen != 0 || c.Reported != 0 || c.Calls != 0 || len(c.Failing) > 0 || c.Latency != 0 || c.HeadroomKnown {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Refresh slides this replica's windows to now, forgets replicas silent
+// for a second, and sets what the strategies read. It disables a router
+// whose failures, this replica's newest among them, reach the threshold
+// only with those the others told of since. The replica calls it before
+// it tells its counts, every few milliseconds.
+func (b *Broker) Refresh(now time.Time) {
+	for _, late := range b.refreshFleet(now) {
+		b.report(late.rt, late.ev)
+	}
+}
+
+// lateFailure is a failure that, with the failures the other replicas
+// told of since, makes the fleet's count reach the threshold.
+type lateFailure struct {
+	rt *route
+	ev event
+}
+
+func (b *Broker) refreshFleet(now time.Time) (late []lateFailure) {
+	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	for id, p := range b.fleet.peers {
+		if now.Sub(p.at) > peerSilence {
+			delete(b.fleet.peers, id)
+		}
+	}
+	for _, rt := range b.members {
+		s := &rt.stats
+		s.calls.advance(now, s.calls.total.Load())
+		s.failures.advance(now, s.failures.total.Load())
+		ct, rtot := s.chosen.total.Load(), s.reported.total.Load()
+		s.chosen.advance(now, ct)
+		s.reported.advance(now, rtot)
+		c, r := s.chosen.count(ct), s.reported.count(rtot)
+		for _, p := range b.fleet.peers {
+			if pc, ok := p.counts[rt.path]; ok {
+				c += pc.Chosen
+				r += pc.Reported
+			}
+		}
+		// Failures reported to two replicas at once, or to one that had
+		// not yet heard the others, each count short of the threshold
+		// when reported; told to each other, they reach it. The replica
+		// that heard the newest of them disables the router, so that one
+		// does, once.
+		if n := len(b.failing(rt)); n >= b.policy.Threshold && !s.newest.acted && s.failing[n-1].Equal(s.newest.at) {
+			s.newest.acted = true
+			late = append(late, lateFailure{rt, event{kind: failure, status: s.newest.status,
+				retryAfter: s.newest.retryAfter, failures: n}})
+		}
+		s.setRoom(now)
+		// A call chosen or reported from here on adds to this at once.
+		s.base.Store(c - r)
+		s.chosenMark.Store(ct)
+		s.reportedMark.Store(rtot)
+		s.fleetChosen.Store(c)
+	}
+	return late
+}
+
+// counted adds a report of rt to this replica's counts, and for a failure
+// returns the fleet's consecutive failures of it, this one included, and
+// the failure-rate rule's figures when that rule fires.
+func (b *Broker) counted(rt *route, failed bool, now time.Time, status int, retryAfter time.Duration) (failures int, rate *rateFigures) {
+	s := &rt.stats
+	s.reported.add(1)
+	s.calls.add(1)
+	if !failed {
+		s.lastSuccess.Store(now.UnixNano())
+		if s.failingLen.Load() > 0 {
+			b.nudge() // the fleet's count ends here
+		}
+		return 0, nil
+	}
+	s.failures.add(1)
+	defer b.nudge()
+	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	s.failing = append(s.failing, now)
+	s.failingLen.Store(int32(len(s.failing)))
+	s.newest = newestFailure{at: now, status: status, retryAfter: retryAfter}
+	failures = len(b.failing(rt))
+	calls, failed64 := s.calls.count(s.calls.total.Load()), s.failures.count(s.failures.total.Load())
+	for _, p := range b.fleet.peers {
+		pc := p.counts[rt.path]
+		calls += pc.Calls
+		failed64 += pc.Failures
+	}
+	pol := b.policy
+	if pol.Rate > 0 && failures < pol.Threshold && calls >= int64(pol.RateMinCalls) && float64(failed64)*100 >= pol.Rate*float64(calls) {
+		rate = &rateFigures{failures: failed64, calls: calls, window: pol.RateWindow}
+	}
+	s.newest.acted = failures >= pol.Threshold || rate != nil
+	return failures, rate
+}
+
+// failing gathers the fleet's failures of rt since the fleet's last success
+// of it into rt's own list, oldest first, and returns it. Every replica
+// tells the failures it knows of, its own and the others', and the last
+// success any heard, so that a count outlives the replica that heard it.
+// b.fleet.mu must be held.
+func (b *Broker) failing(rt *route) []time.Time {
+	s := &rt.stats
+	last := s.lastSuccess.Load()
+	for _, p := range b.fleet.peers {
+		if pc, ok := p.counts[rt.path]; ok && pc.LastSuccess.UnixNano() > last {
+			last = pc.LastSuccess.UnixNano()
+		}
+	}
+	for cur := s.lastSuccess.Load(); cur < last && !s.lastSuccess.CompareAndSwap(cur, last); cur = s.lastSuccess.Load() {
+	}
+	all := s.failing
+	for _, p := range b.fleet.peers {
+		all = append(all, p.counts[rt.path].Failing...)
+	}
+	all = slices.DeleteFunc(all, func(t time.Time) bool { return t.UnixNano() <= last })
+	slices.SortFunc(all, time.Time.Compare)
+	all = slices.CompactFunc(all, time.Time.Equal)
+	if len(all) > maxFailing {
+		// Down to the front, so that the list's capacity is reused: a
+		// failure storm appends without allocating.
+		all = all[:copy(all, all[len(all)-maxFailing:])]
+	}
+	s.failing = all
+	s.failingLen.Store(int32(len(s.failing)))
+	return s.failing
+}
+
+// nudge tells the replica that a report changed a count the others should
+// hear at once rather than at the next tick: a failure, or a success that
+// ends failures. It never blocks.
+func (b *Broker) nudge() {
+	select {
+	case b.fleet.nudged <- struct{}{}:
+	default:
+	}
+}
+
+// Nudged receives when this replica's counts changed in a way the other
+// replicas should hear at once: a failure reported, or a success that
+// ends a run of failures. The replica tells its counts then, so that a
+// failure reported to one replica adds to the count on the next
+// within a round trip, as a write to the bucket did.
+func (b *Broker) Nudged() <-chan struct{} { return b.fleet.nudged }
+
+// consecutive is the fleet's consecutive failures of rt as this replica
+// last heard from every replica.
+func (b *Broker) consecutive(rt *route) int {
+	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	return len(b.failing(rt))
+}
+
+// rate is rt's failures and calls within the failure-rate window, over the
+// fleet, as of the last Refresh.
+func (b *Broker) rate(rt *route) (failures, calls int64) {
+	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	s := &rt.stats
+	calls, failures = s.calls.count(s.calls.total.Load()), s.failures.count(s.failures.total.Load())
+	for _, p := range b.fleet.peers {
+		pc := p.counts[rt.path]
+		calls += pc.Calls
+		failures += pc.Failures
+	}
+	return failures, calls
+}
+
+// Finished takes a call the fleet finished, as gecholog's transaction log
+// tells it: the router used, its upstream's time, and what its rate-limit
+// headers said (nil when none).
+func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimits) {
+	rt := b.routers[string(router)]
+	if rt == nil {
+		return
+	}
+	b.heard.Store(time.Now().UnixNano())
+	if latency > 0 {
+		rt.stats.addLatency(latency)
+	}
+	if limits != nil && limits.Known() {
+		l := *limits
+		// Azure OpenAI says what is left but not when it is full again:
+		// its quotas are per minute, so a count said without a reset is
+		// taken as full again a minute on, unless a newer answer says
+		// otherwise. Without this, a router told 0 left would never get
+		// another call, and so never another answer to lift it.
+		now := time.Now()
+		if l.RemainingRequests >= 0 && l.ResetRequests.IsZero() {
+			l.ResetRequests = now.Add(unsaidReset)
+		}
+		if l.RemainingTokens >= 0 && l.ResetTokens.IsZero() {
+			l.ResetTokens = now.Add(unsaidReset)
+		}
+		if old := rt.stats.limits.Load(); old != nil {
+			// What a count was measured against when the headers do
+			// not say: the most ever left.
+			if l.LimitRequests < 0 {
+				l.LimitRequests = max(old.LimitRequests, old.RemainingRequests, l.RemainingRequests)
+			}
+			if l.LimitTokens < 0 {
+				l.LimitTokens = max(old.LimitTokens, old.RemainingTokens, l.RemainingTokens)
+			}
+		}
+		rt.stats.limits.Store(&l)
+		rt.stats.setRoom(now)
+	}
+}

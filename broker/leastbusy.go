@@ -1,0 +1,39 @@
+package broker
+
+import "math/rand/v2"
+
+// leastBusy sends a call to the router with the fewest calls in flight over
+// the whole fleet, relative to its weight, breaking ties at random. Over 16
+// routers it compares two chosen at random, which comes close at a fixed
+// cost.
+type leastBusy struct{}
+
+func (leastBusy) Pick(t *Tier) int {
+	n := t.Len()
+	if n > 16 {
+		a, b := rand.IntN(n), rand.IntN(n-1)
+		if b >= a {
+			b++
+		}
+		if busier(t, a, b) {
+			return b
+		}
+		return a
+	}
+	// From a random start, so that of equally busy routers each is first
+	// as often.
+	start := rand.IntN(n)
+	best := start
+	for k := 1; k < n; k++ {
+		if i := (start + k) % n; busier(t, best, i) {
+			best = i
+		}
+	}
+	return best
+}
+
+// busier reports whether router a has more calls in flight per weight than
+// router b: a/wa > b/wb, compared without division.
+func busier(t *Tier, a, b int) bool {
+	return t.InFlight(a)*int64(t.Weight(b)) > t.InFlight(b)*int64(t.Weight(a))
+}

@@ -1,0 +1,159 @@
+package ops
+
+import (
+	"encoding/json"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/replica"
+)
+
+// The replicas tell each other their counts on the stats subject at least
+// every 100 ms (replica.StatsSubject); status listens there for a while
+// and adds them up, as each replica does, to show what the strategies and
+// the failure-rate rule read.
+
+// fleetListen is how long a one-shot status listens: every running replica
+// speaks at least twice in it.
+const fleetListen = 250 * time.Millisecond
+
+// fleetSilence is how long a replica's last word stands: one silent for
+// it has stopped (the replicas forget each other after the same time).
+const fleetSilence = time.Second
+
+// fleet hears the replicas' statistics until stopped.
+type fleet struct {
+	sub     *nats.Subscription
+	subject string
+	mu      sync.Mutex
+	heard   map[string]heardStats // by replica
+}
+
+type heardStats struct {
+	at  time.Time
+	msg replica.StatsMessage
+}
+
+// hearFleet subscribes to the replicas' statistics of bucket. A failure to
+// subscribe is no error for status: it shows what the bucket says, and
+// says the statistics are missing.
+func hearFleet(nc *nats.Conn, bucket string) *fleet {
+	f := &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{}}
+	f.sub, _ = nc.Subscribe(f.subject, func(m *nats.Msg) {
+		var msg replica.StatsMessage
+		if len(m.Data) > 1<<20 || json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" {
+			return
+		}
+		f.mu.Lock()
+		f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
+		f.mu.Unlock()
+	})
+	return f
+}
+
+func (f *fleet) stop() {
+	if f.sub != nil {
+		_ = f.sub.Unsubscribe()
+	}
+}
+
+// fleetView is the fleet's statistics per router, as of one moment.
+type fleetView struct {
+	replicas []string // the replicas heard, in ID order
+	routers  map[string]*routerFigures
+	// logHeard is when any replica last heard gecholog's transaction log
+	// (zero: none has).
+	logHeard time.Time
+}
+
+type routerFigures struct {
+	chosen, reported int64
+	calls, failures  int64
+	latency          time.Duration
+	headroom         *float64
+}
+
+// view adds up what each replica heard from within fleetSilence told.
+func (f *fleet) view(now time.Time) fleetView {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v := fleetView{routers: map[string]*routerFigures{}}
+	var latest time.Time // of the message latency and headroom are taken from
+	for id, h := range f.heard {
+		if now.Sub(h.at) > fleetSilence {
+			delete(f.heard, id)
+			continue
+		}
+		v.replicas = append(v.replicas, id)
+		if h.msg.LogHeard != 0 {
+			if at := time.Unix(0, h.msg.LogHeard); at.After(v.logHeard) {
+				v.logHeard = at
+			}
+		}
+		newest := h.msg.At.After(latest)
+		if newest {
+			latest = h.msg.At
+		}
+		for _, rs := range h.msg.Routers {
+			r := v.routers[rs.Router]
+			if r == nil {
+				r = &routerFigures{}
+				v.routers[rs.Router] = r
+			}
+			r.chosen += rs.Chosen
+			r.reported += rs.Reported
+			r.calls += rs.Calls
+			r.failures += rs.Failures
+			// Every replica hears the whole transaction log, so they agree
+			// on these: the newest word is enough.
+			if rs.LatencyMs > 0 && (newest || r.latency == 0) {
+				r.latency = time.Duration(rs.LatencyMs * float64(time.Millisecond))
+			}
+			if rs.Headroom != nil && (newest || r.headroom == nil) {
+				h := *rs.Headroom
+				r.headroom = &h
+			}
+		}
+	}
+	slices.Sort(v.replicas)
+	return v
+}
+
+// figures fills row with the fleet's figures for its router; share is
+// among the pool's routers.
+func (v fleetView) figures(row *statusRow, pool broker.Pool) {
+	if len(v.replicas) == 0 {
+		return
+	}
+	r := v.routers[row.Router]
+	if r == nil {
+		r = &routerFigures{}
+	}
+	inFlight := max(r.chosen-r.reported, 0)
+	row.InFlight = &inFlight
+	var all int64
+	for _, pr := range pool.Routers {
+		if o := v.routers[pr.Path]; o != nil {
+			all += o.chosen
+		}
+	}
+	if all > 0 {
+		share := float64(r.chosen) / float64(all)
+		row.Share = &share
+	}
+	if r.latency > 0 {
+		ms := float64(r.latency) / float64(time.Millisecond)
+		row.LatencyMs = &ms
+	}
+	row.Headroom = r.headroom
+	calls := r.calls
+	row.Calls = &calls
+	if calls > 0 {
+		rate := float64(r.failures) / float64(calls)
+		row.FailureRate = &rate
+	}
+}

@@ -1,0 +1,178 @@
+package replica
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gecholog/broker/broker"
+)
+
+// StatsSubject is the plain NATS subject on which the replicas tell each
+// other, every few milliseconds and at once on a failure, the calls each
+// chose and heard reported per router, from which every replica knows the
+// calls in flight and the failures over the whole fleet:
+// `nats sub broker.stats.gl_broker` shows them.
+func StatsSubject(bucket string) string { return "broker.stats." + bucket }
+
+const (
+	// statsEvery is how often a replica refreshes its statistics and
+	// tells its counts when they changed.
+	statsEvery = 10 * time.Millisecond
+	// statsAtLeast is how often it tells them anyway, so that the others
+	// know it is there.
+	statsAtLeast = 100 * time.Millisecond
+	// nudgeFloor is the least time between two words told at once, on a
+	// failure, rather than at the tick.
+	nudgeFloor = time.Millisecond
+	// maxStats bounds a counts message read: a thousand routers fit.
+	maxStats = 1 << 20
+)
+
+// StatsMessage is what a replica tells the others: its counts per router
+// within the in-flight bound, and what it knows of each router's latency
+// and headroom (the same on every replica, which all hear gecholog's
+// transaction log), for `broker status`.
+type StatsMessage struct {
+	ID      string        `json:"id"`
+	At      time.Time     `json:"at"`
+	Routers []RouterStats `json:"routers"`
+	// LogHeard is when the replica last heard gecholog's transaction log,
+	// in unix nanoseconds (absent: never).
+	LogHeard int64 `json:"log_heard,omitempty"`
+}
+
+// RouterStats is one router in a StatsMessage: calls chosen and reports
+// heard within the in-flight bound, calls and failures within the
+// failure-rate window, and the last success and the failures since that
+// the replica knows of (its own and the others'), in unix nanoseconds.
+type RouterStats struct {
+	Router      string  `json:"router"`
+	Chosen      int64   `json:"chosen"`
+	Reported    int64   `json:"reported"`
+	Calls       int64   `json:"calls,omitempty"`
+	Failures    int64   `json:"failures,omitempty"`
+	LastSuccess int64   `json:"last_success,omitempty"`
+	Failing     []int64 `json:"failing,omitempty"`
+	// LatencyMs and Headroom (a share of the rate limit left, 0 to 1) are
+	// what the replica knows of the upstream from the transaction log,
+	// absent while it knows nothing; for `broker status`.
+	LatencyMs float64  `json:"latency_ms,omitempty"`
+	Headroom  *float64 `json:"headroom,omitempty"`
+}
+
+func toCounts(rs RouterStats) broker.Counts {
+	c := broker.Counts{Router: rs.Router, Chosen: rs.Chosen, Reported: rs.Reported, Calls: rs.Calls, Failures: rs.Failures}
+	if rs.LastSuccess != 0 {
+		c.LastSuccess = time.Unix(0, rs.LastSuccess)
+	}
+	for _, ns := range rs.Failing {
+		c.Failing = append(c.Failing, time.Unix(0, ns))
+	}
+	c.Latency = time.Duration(rs.LatencyMs * float64(time.Millisecond))
+	if rs.Headroom != nil {
+		c.Headroom, c.HeadroomKnown = *rs.Headroom, true
+	}
+	return c
+}
+
+func fromCounts(c broker.Counts) RouterStats {
+	rs := RouterStats{Router: c.Router, Chosen: c.Chosen, Reported: c.Reported, Calls: c.Calls, Failures: c.Failures}
+	if !c.LastSuccess.IsZero() {
+		rs.LastSuccess = c.LastSuccess.UnixNano()
+	}
+	for _, t := range c.Failing {
+		rs.Failing = append(rs.Failing, t.UnixNano())
+	}
+	rs.LatencyMs = float64(c.Latency) / float64(time.Millisecond)
+	if c.HeadroomKnown {
+		h := c.Headroom
+		rs.Headroom = &h
+	}
+	return rs
+}
+
+// shareStats tells this replica's counts to the others and takes theirs
+// until ctx ends. The returned function stops it and waits.
+func (r *Replica) shareStats(ctx context.Context) (stop func(), err error) {
+	subject := StatsSubject(r.cfg.Bucket)
+	sub, err := r.nc.Subscribe(subject, func(m *nats.Msg) {
+		if len(m.Data) > maxStats {
+			return
+		}
+		var msg StatsMessage
+		if json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" || msg.ID == r.cfg.ID {
+			return
+		}
+		counts := make([]broker.Counts, len(msg.Routers))
+		for i, rs := range msg.Routers {
+			counts[i] = toCounts(rs)
+		}
+		// By this replica's clock: how long ago it heard is what matters.
+		r.broker.Merge(msg.ID, time.Now(), counts)
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(statsEvery)
+		defer t.Stop()
+		var told []broker.Counts
+		var toldAt time.Time
+		tell := func(now time.Time, always bool) {
+			r.broker.Refresh(now)
+			counts := r.broker.Counts()
+			if !always && slices.EqualFunc(counts, told, broker.Counts.Equal) && now.Sub(toldAt) < statsAtLeast {
+				return
+			}
+			msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts))}
+			if heard := r.broker.Heard(); !heard.IsZero() {
+				msg.LogHeard = heard.UnixNano()
+			}
+			for i, c := range counts {
+				msg.Routers[i] = fromCounts(c)
+			}
+			data, err := json.Marshal(msg)
+			if err != nil {
+				return
+			}
+			if err := r.nc.Publish(subject, data); err != nil {
+				r.log.Debug("could not tell the counts", slog.Any("error", err))
+				return
+			}
+			told, toldAt = counts, now
+		}
+		// soon is set while a nudge waits out nudgeFloor since the last
+		// word, so that a flood of failures is told at most every
+		// nudgeFloor, not once per call.
+		var soon <-chan time.Time
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				tell(now, false)
+			case <-r.broker.Nudged():
+				if soon != nil {
+					continue
+				}
+				if wait := nudgeFloor - time.Since(toldAt); wait > 0 {
+					soon = time.After(wait)
+					continue
+				}
+				tell(time.Now(), true)
+			case now := <-soon:
+				soon = nil
+				tell(now, true)
+			}
+		}
+	}()
+	return func() { cancel(); <-done; _ = sub.Unsubscribe() }, nil
+}

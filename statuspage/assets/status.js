@@ -1,0 +1,213 @@
+// The broker's status page: renders the snapshots /events streams (or, where
+// that is not possible, /status.json polled once a second). Everything from
+// the replica is put in the page as text, never as markup: router names and
+// reasons come from the bucket, where anyone with NATS access can write.
+"use strict";
+
+(function () {
+  const DASH = "—";
+  let last = null;          // the last snapshot
+  let offset = 0;           // replica clock minus this browser's, in ms
+  let heard = 0;            // when the last snapshot arrived, by this browser's clock
+  let polling = null;
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") e.className = v;
+      else if (k.startsWith("data-")) e.setAttribute(k, v);
+      else e[k] = v;
+    }
+    for (const c of children) {
+      if (c === null || c === undefined) continue;
+      e.append(typeof c === "string" ? document.createTextNode(c) : c);
+    }
+    return e;
+  }
+
+  function two(n) { return String(n).padStart(2, "0"); }
+
+  // A duration in ms as "1h 02m 03s", "4m 12s" or "12s".
+  function span(ms) {
+    let s = Math.max(0, Math.ceil(ms / 1000));
+    const d = Math.floor(s / 86400); s -= d * 86400;
+    const h = Math.floor(s / 3600); s -= h * 3600;
+    const m = Math.floor(s / 60); s -= m * 60;
+    if (d > 0) return d + "d " + two(h) + "h " + two(m) + "m";
+    if (h > 0) return h + "h " + two(m) + "m " + two(s) + "s";
+    if (m > 0) return m + "m " + two(s) + "s";
+    return s + "s";
+  }
+
+  // An RFC 3339 time as "2026-11-25 14:32:21Z".
+  function when(t) { return t ? t.replace("T", " ").replace(/\.\d+Z$/, "Z") : DASH; }
+
+  // The replica's clock now.
+  function now() { return Date.now() + offset; }
+
+  function figure(v, label, format) {
+    const known = v !== null && v !== undefined;
+    return el("td", { class: "num" + (known ? "" : " unknown-figure"), "data-label": label }, known ? format(v) : DASH);
+  }
+
+  function untilCell(r) {
+    const td = el("td", { class: "until", "data-label": "until" });
+    const until = r.until ? Date.parse(r.until) : null;
+    switch (r.state) {
+      case "enabled":
+        td.append(DASH);
+        return td;
+      case "probation":
+        td.append(el("span", { class: "left" }, r.probe ? "probe out" : "waiting for a probe"));
+        td.append(el("span", { class: "small" }, r.probe ? "the probe call is with " + r.probe : "the next call for the pool tries it"));
+        if (until) td.append(el("span", { class: "small" }, "disable ended " + span(now() - until) + " ago"));
+        break;
+      default:
+        if (until === null) {
+          td.append(el("span", { class: "left" }, "until enabled by hand"));
+        } else {
+          td.append(el("span", { class: "left", "data-until": r.until }, span(until - now()) + " left"));
+          td.append(el("span", { class: "small" }, "until " + when(r.until)));
+        }
+    }
+    if (r.clamped) {
+      td.append(el("span", { class: "small" }, el("span", { class: "clamped", title: "the record reaches further than the failure policy allows; every replica holds it to the longest disable" }, "clamped"),
+        " record says " + (r.record_until ? when(r.record_until) : "until enabled by hand")));
+    }
+    return td;
+  }
+
+  function stateCell(r) {
+    const td = el("td", { "data-label": "state" }, el("span", { class: "state " + r.state }, r.state));
+    if (r.provisional) td.append(el("span", { class: "small" }, "announced by " + (r.by || "a replica") + "; not in the bucket yet"));
+    if (r.since) td.append(el("span", { class: "small" }, "since " + when(r.since)));
+    return td;
+  }
+
+  function reasonCell(r) {
+    const td = el("td", { "data-label": "reason" }, r.reason || DASH);
+    if (r.status !== null && r.status !== undefined) td.append(el("span", { class: "small" }, "status " + r.status));
+    return td;
+  }
+
+  // shareCell is the router's share of the pool's recent choices: the
+  // fleet's once the replicas share their counts, else this replica's.
+  function shareCell(r) {
+    const td = el("td", { class: "num", "data-label": "share" });
+    const fleet = r.fleet_share !== null && r.fleet_share !== undefined;
+    const share = fleet ? r.fleet_share : r.share;
+    if (share === null || share === undefined) {
+      td.append(r.state === "enabled" ? "no calls" : DASH);
+      return td;
+    }
+    td.append(Math.round(share * 100) + "%");
+    if (!fleet) td.append(el("span", { class: "small" }, r.chosen + (r.chosen === 1 ? " call" : " calls")));
+    const bar = el("span", { class: "bar" }, el("span", { class: "fill" }));
+    bar.firstChild.style.width = Math.round(share * 100) + "%";
+    td.append(bar);
+    return td;
+  }
+
+  function windowText(c) {
+    const who = c.scope || "this replica";
+    return c.seconds > 0 ? who + ", last " + Math.round(c.seconds) + " s" : who + ", since it started";
+  }
+
+  function head(choices) {
+    return el("thead", {}, el("tr", {},
+      el("th", {}, "router"), el("th", {}, "state"), el("th", {}, "until"), el("th", {}, "reason"),
+      el("th", {}, "by"), el("th", { class: "num" }, "level"), el("th", { class: "num" }, "tier"),
+      el("th", { class: "num", title: "share of the pool's choices: " + windowText(choices) }, "share"),
+      el("th", { class: "num" }, "in flight"), el("th", { class: "num" }, "latency"), el("th", { class: "num" }, "headroom"),
+      el("th", { class: "num", title: "the fleet's calls reported within the failure-rate window, and the share that failed" }, "failed")));
+  }
+
+  // pool is one pool's rows: a heading row, then each router.
+  function pool(p) {
+    const body = el("tbody", { "data-ingress": p.ingress },
+      el("tr", { class: "pool-head" }, el("th", { colSpan: 12 }, "pool ", el("code", {}, p.ingress),
+        el("span", { class: "quiet" }, " · " + p.routers.length + (p.routers.length === 1 ? " router" : " routers")))));
+    for (const r of p.routers) {
+      body.append(el("tr", { "data-router": r.router, "data-state": r.state, "data-clamped": r.clamped ? "true" : "false" },
+        el("td", { class: "router", "data-label": "router" }, r.router),
+        stateCell(r), untilCell(r), reasonCell(r),
+        el("td", { class: "by", "data-label": "by" }, r.by || DASH),
+        figure(r.level, "level", String),
+        figure(r.tier, "tier", String),
+        shareCell(r),
+        figure(r.in_flight, "in flight", String),
+        figure(r.latency_ms, "latency", v => v.toFixed(0) + " ms"),
+        figure(r.headroom, "headroom", v => Math.round(v * 100) + "%"),
+        figure(r.failure_rate, "failed", v => Math.round(v * 100) + "% of " + r.calls)));
+    }
+    return body;
+  }
+
+  function render(s) {
+    document.getElementById("replica").textContent = s.replica || "not known yet";
+    const nats = document.getElementById("nats");
+    nats.textContent = s.nats.connected ? "connected to " + s.nats.server : "not connected";
+    nats.className = s.nats.connected ? "" : "bad";
+    const modes = { ttl: "shared (bucket, ttl mode)", expiry: "shared (bucket, expiry mode)", local: "local to this replica" };
+    document.getElementById("mode").textContent = modes[s.mode] || "not known yet";
+
+    const notes = document.getElementById("notes");
+    notes.replaceChildren(...s.notes.map(n => el("li", {}, n)));
+    if (s.not_ready) notes.append(el("li", {}, "Not taking calls: " + s.not_ready + "."));
+
+    document.getElementById("share").textContent = windowText(s.choices);
+    const pools = document.getElementById("pools");
+    if (!s.pools) {
+      pools.replaceChildren(el("p", { class: "quiet" }, "The pools are not known yet."));
+    } else {
+      pools.replaceChildren(el("table", {}, head(s.choices), ...s.pools.map(pool)));
+    }
+    const unknown = document.getElementById("unknown");
+    unknown.hidden = s.unknown_routers.length === 0;
+    document.getElementById("unknown-routers").replaceChildren(...s.unknown_routers.map(r => el("li", { "data-unknown": r }, el("code", {}, r))));
+  }
+
+  // tick redraws what the clock changes: the countdowns and the age of the
+  // data, and says so when the replica has gone quiet.
+  function tick() {
+    if (!last) return;
+    render(last);
+    const age = Date.now() - heard;
+    document.getElementById("updated").textContent = age < 1500 ? "live" : span(age) + " ago";
+    const link = document.getElementById("link");
+    if (age > 3000) {
+      link.hidden = false;
+      link.textContent = "No word from the replica since " + new Date(heard).toLocaleTimeString() +
+        ": what is shown is what it last said, and the countdowns run on from there. Retrying…";
+    } else {
+      link.hidden = true;
+    }
+  }
+
+  function take(s) {
+    last = s;
+    heard = Date.now();
+    offset = Date.parse(s.at) - heard;
+    tick();
+  }
+
+  function poll() {
+    if (polling) return;
+    const once = () => fetch("status.json", { cache: "no-store" }).then(r => r.json()).then(take).catch(() => {});
+    once();
+    polling = setInterval(once, 1000);
+  }
+
+  function start() {
+    setInterval(tick, 1000);
+    if (!window.EventSource) { poll(); return; }
+    const es = new EventSource("events");
+    es.onmessage = e => take(JSON.parse(e.data));
+    // A stream refused (too many pages open) is not retried by the
+    // browser; poll instead.
+    es.onerror = () => { if (es.readyState === EventSource.CLOSED) poll(); };
+  }
+
+  start();
+})();

@@ -1,0 +1,231 @@
+package statuspage
+
+import (
+	"bytes"
+	"embed"
+	"encoding/json"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gecholog/broker/broker"
+)
+
+// Source is the running replica the page reads. Its methods are called for
+// every update and must be cheap and safe for concurrent use.
+type Source interface {
+	// Status says who and where the replica is now.
+	Status() Status
+	// Broker is the replica's decision core; nil until it has connected.
+	Broker() *broker.Broker
+}
+
+// Status is the replica's standing, as its Source tells it.
+type Status struct {
+	ID        string // "" while not known
+	Connected bool   // to NATS
+	Server    string // the NATS server, without credentials
+	Mode      string // "ttl", "expiry" or "local"; "" until decided
+	NotReady  string // why it takes no calls; "" when it does
+}
+
+const (
+	// check is how often an open page's event stream looks for a change
+	// to send: a disable shows within a tenth of a second of the replica
+	// hearing of it.
+	check = 100 * time.Millisecond
+	// heartbeat is how often a snapshot is sent when nothing changed, so
+	// the page knows the replica still answers.
+	heartbeat = time.Second
+	// maxStreams bounds the event streams open at once: the listener has
+	// no authentication, and each stream costs a goroutine. Past it, a
+	// page polls /status.json instead.
+	maxStreams = 64
+)
+
+//go:embed assets
+var assets embed.FS
+
+// Page is the status page of one replica. Register its handlers on the
+// replica's listener; Close ends the event streams of open pages, which
+// an http.Server's Shutdown would otherwise wait for.
+type Page struct {
+	src     Source
+	streams chan struct{} // one token per open event stream
+	done    chan struct{}
+	once    sync.Once
+	shares  shares
+}
+
+// New returns the page of the replica src.
+func New(src Source) *Page {
+	return &Page{src: src, streams: make(chan struct{}, maxStreams), done: make(chan struct{})}
+}
+
+// Register adds the page's handlers to mux: the page at /, its style sheet
+// and script, /status.json and the event stream /events. Every one is a
+// GET: nothing on the page changes anything.
+func (p *Page) Register(mux *http.ServeMux) {
+	mux.HandleFunc("GET /{$}", asset("assets/index.html", "text/html; charset=utf-8"))
+	mux.HandleFunc("GET /status.css", asset("assets/status.css", "text/css; charset=utf-8"))
+	mux.HandleFunc("GET /status.js", asset("assets/status.js", "text/javascript; charset=utf-8"))
+	mux.HandleFunc("GET /status.json", p.json)
+	mux.HandleFunc("GET /events", p.events)
+}
+
+// Close ends every open event stream; the pages reconnect to whatever
+// answers next.
+func (p *Page) Close() { p.once.Do(func() { close(p.done) }) }
+
+// Snapshot is what the page shows at now.
+func (p *Page) Snapshot(now time.Time) Snapshot {
+	st := p.src.Status()
+	s := Snapshot{Replica: st.ID, At: now.UTC(), Mode: st.Mode, NotReady: st.NotReady,
+		NATS: NATS{Connected: st.Connected, Server: st.Server}, UnknownRouters: []string{}, Notes: []string{},
+		Choices: Window{Scope: "this replica"}}
+	b := p.src.Broker()
+	switch {
+	case b == nil:
+		s.Notes = append(s.Notes, "The pools and router health are not known yet: the replica has not connected to NATS and read the bucket ("+notReady(st)+").")
+		return s
+	case !st.Connected:
+		s.Notes = append(s.Notes, "Not connected to NATS: this is the router health the replica last heard. Changes made meanwhile, by other replicas or by hand, are not known until it reconnects.")
+	}
+	if st.Mode == "local" {
+		s.Notes = append(s.Notes, "Local mode: the NATS server has no JetStream, so this replica keeps its own disables. Other replicas keep theirs and may show different ones.")
+	}
+	views := b.View(now)
+	var chosen []uint64
+	s.Choices.Seconds, chosen = p.shares.recent(now, views)
+	for i, v := range views {
+		if len(s.Pools) == 0 || s.Pools[len(s.Pools)-1].Ingress != v.Ingress {
+			s.Pools = append(s.Pools, Pool{Ingress: v.Ingress})
+		}
+		pool := &s.Pools[len(s.Pools)-1]
+		r := router(v)
+		r.Chosen = chosen[i]
+		pool.Routers = append(pool.Routers, r)
+	}
+	fleet := false
+	for _, pool := range s.Pools {
+		var total uint64
+		for _, r := range pool.Routers {
+			total += r.Chosen
+		}
+		for i := range pool.Routers {
+			if total > 0 {
+				pool.Routers[i].Share = ptr(float64(pool.Routers[i].Chosen) / float64(total))
+			}
+		}
+	}
+	i := 0
+	for p := range s.Pools {
+		start, some := i, false
+		for range s.Pools[p].Routers {
+			some = some || views[i].Share > 0
+			i++
+		}
+		if !some {
+			continue // the fleet chose none of the pool's routers lately
+		}
+		fleet = true
+		for j := range s.Pools[p].Routers {
+			s.Pools[p].Routers[j].FleetShare = ptr(views[start+j].Share)
+		}
+	}
+	if fleet {
+		// The fleet's choices are counted within the in-flight bound.
+		s.Choices = Window{Seconds: b.InFlightBound().Seconds(), Scope: "the whole fleet"}
+	}
+	s.UnknownRouters = append(s.UnknownRouters, b.Unknown()...)
+	return s
+}
+
+func notReady(st Status) string {
+	if st.NotReady != "" {
+		return st.NotReady
+	}
+	return "not connected to NATS"
+}
+
+// headers are every answer's: the page runs only its own script and style
+// sheet, so a router name or reason that a forged record fills with markup
+// cannot run, and no other site may frame the page.
+func headers(w http.ResponseWriter, contentType string) {
+	h := w.Header()
+	h.Set("Content-Type", contentType)
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-store")
+}
+
+func asset(name, contentType string) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		b, err := assets.ReadFile(name)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		headers(w, contentType)
+		w.Write(b)
+	}
+}
+
+func (p *Page) json(w http.ResponseWriter, _ *http.Request) {
+	headers(w, "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(p.Snapshot(time.Now()))
+}
+
+// events streams a snapshot whenever one differs from the last sent, and
+// at least once a second, until the page goes away or Close.
+func (p *Page) events(w http.ResponseWriter, r *http.Request) {
+	select {
+	case p.streams <- struct{}{}:
+		defer func() { <-p.streams }()
+	default:
+		http.Error(w, "too many open pages; this one polls /status.json instead", http.StatusServiceUnavailable)
+		return
+	}
+	rc := http.NewResponseController(w)
+	headers(w, "text/event-stream")
+	// The browser's EventSource reconnects after this many milliseconds
+	// when the stream ends, as when the replica restarts.
+	if _, err := io.WriteString(w, "retry: 1000\n\n"); err != nil {
+		return
+	}
+	tick := time.NewTicker(check)
+	defer tick.Stop()
+	var last []byte
+	var sent time.Time
+	for {
+		now := time.Now()
+		s := p.Snapshot(now)
+		s.At = time.Time{} // the clock alone is no change
+		same, err := json.Marshal(s)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(same, last) || now.Sub(sent) >= heartbeat {
+			s.At = now.UTC()
+			data, _ := json.Marshal(s)
+			if _, err := w.Write(append(append([]byte("data: "), data...), "\n\n"...)); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+			last, sent = same, now
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-p.done:
+			return
+		case <-tick.C:
+		}
+	}
+}
