@@ -224,16 +224,17 @@ func (r *Replica) resyncOnReconnect(store *kv.Store) {
 			// and written while it was spreading was neither heard nor yet
 			// in the bucket at the first reading, and the watcher may not be
 			// back before the cluster has elected a leader.
+			var err error
 			for _, after := range []time.Duration{0, reloadAgain} {
 				select {
 				case <-ctx.Done():
 					return
 				case <-time.After(after):
 				}
-				if err := r.broker.Reload(ctx); err != nil && ctx.Err() == nil {
-					r.log.Warn("could not read every router's health after reconnecting; the watcher brings it", slog.Any("error", err))
-					return
-				}
+				err = r.broker.Reload(ctx)
+			}
+			if err != nil && ctx.Err() == nil {
+				r.log.Warn("could not read every router's health after reconnecting; the watcher brings it", slog.Any("error", err))
 			}
 		})
 	})
