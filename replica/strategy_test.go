@@ -26,7 +26,6 @@ func inFlight(b *broker.Broker, router string) int64 {
 	return -1
 }
 
-// ask makes a request context and returns the router chosen.
 // choosing starts 2 replicas serving pool, whose ingress is /azure/, and
 // returns them, a connection to their server, and count, which asks them
 // for n calls to the pool and counts the calls each router got.
@@ -46,6 +45,7 @@ func choosing(t *testing.T, pool broker.Pool) (*replicaSet, *nats.Conn, func(n i
 	return rs, nc, count
 }
 
+// ask makes a request context and returns the router chosen.
 func ask(t *testing.T, nc *nats.Conn, ingress string) string {
 	t.Helper()
 	m, err := nc.Request(replica.DefaultSubject, fmt.Appendf(nil, `{"gl_path":%q}`, ingress), 2*time.Second)

@@ -103,7 +103,7 @@ func modeDuration(mode string) (d time.Duration, ok bool) {
 		return 2 * time.Minute, true
 	case "latency", "balance":
 		return 20 * time.Second, true
-	case "propagation", "scale", "nodeloss", "drift":
+	case "propagation", "scale", "nodeloss", "drift", "views":
 		return 0, true // counted in trials, starts, runs and calls, not time
 	}
 	return 0, false
@@ -112,7 +112,7 @@ func modeDuration(mode string) (d time.Duration, ok bool) {
 func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (options, error) {
 	var o options
 	s := flagenv.New("broker-bench", getenv)
-	s.String(&o.mode, "mode", "", "throughput", "`mode`: throughput, propagation, storm, scale, soak or nodeloss; how the strategies choose: strategies (throughput of each), spillover, headroom, latency, balance (least-busy) or drift (least-busy)")
+	s.String(&o.mode, "mode", "", "throughput", "`mode`: throughput, propagation, storm, scale, soak or nodeloss; how the strategies choose: strategies (throughput of each), spillover, headroom, latency, balance (least-busy), drift (least-busy) or views (how soon the replicas agree on what the strategies read)")
 	s.String(&o.server, "server", "", "", "NATS server `URL` on loopback; default: an embedded nats-server with JetStream on a random 127.0.0.1 port")
 	s.String(&o.token, "token", "NATS_TOKEN", "", "NATS `token` for -server")
 	s.Duration(&o.duration, "duration", "", 0, 0, time.Hour, "measuring `time` of each condition (default 10s throughput and strategies, 5s storm, 60s soak, 40s spillover, 2m headroom, 20s latency and balance)")
@@ -123,7 +123,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Duration(&o.timeout, "timeout", "", 50*time.Millisecond, time.Millisecond, time.Minute, "a call without a reply within this `time` is an error (gecholog's processor timeout is 50ms)")
 	s.Int(&o.maxCalls, "max-calls", "", 10_000_000, 1, 100_000_000, "at most this many `calls` per measured run")
 	s.Int(&o.rounds, "rounds", "", 10, 1, 1000, "throughput and storm: `runs` each condition's measuring time is split into, taken in turns")
-	s.Int(&o.trials, "trials", "", 1000, 1, 100_000, "propagation: `trials`, each with a router of its own")
+	s.Int(&o.trials, "trials", "", 1000, 1, 100_000, "propagation: `trials`, each with a router of its own; views: trials of three changes each")
 	s.Int(&o.reports, "reports", "", 10_000, 1, 1_000_000, "storm: failure `reports` per second")
 	s.Int(&o.pools, "pools", "", 100, 1, 10_000, "scale: `pools`")
 	s.Int(&o.routers, "routers", "", 1000, 1, 100_000, "scale: `routers` in all, each with a record in the bucket")
@@ -273,6 +273,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = b.balance(ctx)
 	case "drift":
 		err = b.drift(ctx)
+	case "views":
+		err = b.views(ctx)
 	}
 	if err == nil && ctx.Err() != nil {
 		err = errors.New("bench interrupted")
