@@ -23,13 +23,7 @@ func (b *bench) drift(ctx context.Context) error {
 	lb := pool("leastbusy", "least-busy", "a", "b", "c")
 	rnd := pool("random", "random", "a", "b", "c")
 	pools := []broker.Pool{lb, rnd}
-	llms := map[string]*gechologtest.LLM{}
-	for _, p := range pools {
-		for _, r := range p.Routers {
-			llms[r.Path] = &gechologtest.LLM{Model: "gpt-4o"}
-		}
-	}
-	l, err := b.startLab(ctx, pools, llms, o.bound)
+	l, err := b.startLab(ctx, pools, instant(pools...), o.bound)
 	if err != nil {
 		return err
 	}

@@ -223,6 +223,18 @@ func bySpeed(speeds map[string]time.Duration, spread float64, pools ...broker.Po
 	return llms
 }
 
+// instant gives every router of pools a deployment that answers at once,
+// without limits.
+func instant(pools ...broker.Pool) map[string]*gechologtest.LLM {
+	llms := map[string]*gechologtest.LLM{}
+	for _, p := range pools {
+		for _, r := range p.Routers {
+			llms[r.Path] = &gechologtest.LLM{Model: "gpt-4o"}
+		}
+	}
+	return llms
+}
+
 // compressed says how time is compressed in a mode's report.
 func (b *bench) compressed(what string) {
 	fmt.Fprintf(b.out, "Time is compressed: %s.\n", what)

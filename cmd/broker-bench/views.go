@@ -21,11 +21,7 @@ import (
 func (b *bench) views(ctx context.Context) error {
 	o := b.o
 	p := pool("views", "least-busy", "a", "b", "c")
-	llms := map[string]*gechologtest.LLM{}
-	for _, r := range p.Routers {
-		llms[r.Path] = &gechologtest.LLM{Model: "gpt-4o"}
-	}
-	l, err := b.startLab(ctx, []broker.Pool{p}, llms, 0)
+	l, err := b.startLab(ctx, []broker.Pool{p}, instant(p), 0)
 	if err != nil {
 		return err
 	}
