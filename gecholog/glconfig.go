@@ -40,6 +40,21 @@ func (p Problem) String() string {
 	return p.Field + ": " + p.Fix
 }
 
+// Wiring is how a broker is wired to gecholog, as far as a gl_config.json
+// can get it wrong.
+type Wiring struct {
+	// Subject is the subject the broker serves processor calls on: the
+	// service_bus_topic of its request and response processor entries.
+	Subject string
+	// LoggerSubject is the subject of gecholog's transaction log the
+	// broker reads (service_bus.topic_exact_logger); "" leaves it
+	// unchecked. Only pools choosing by latency or headroom read it.
+	LoggerSubject string
+	// RetryAfter says the broker honours the upstream's Retry-After, so a
+	// response processor without inbound_headers gets advice to add it.
+	RetryAfter bool
+}
+
 // maxRequestTimeout bounds the request processor's timeout. gecholog waits
 // that long on every client call when the broker does not answer, so a
 // large value turns a broker outage into a latency outage.
@@ -52,7 +67,7 @@ const maxGLConfig = 16 << 20
 // CheckGLConfigFile checks the gl_config.json at path as CheckGLConfig
 // does, advising inbound_headers for Retry-After. The error is for a file
 // that cannot be checked: unreadable, too large, not JSON.
-func CheckGLConfigFile(path string, pools []broker.Pool, subject string) ([]Problem, error) {
+func CheckGLConfigFile(path string, pools []broker.Pool, w Wiring) ([]Problem, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		var pe *fs.PathError
@@ -71,16 +86,18 @@ func CheckGLConfigFile(path string, pools []broker.Pool, subject string) ([]Prob
 	}
 	// The failure policy honours the upstream's Retry-After, which gecholog
 	// passes to a response processor only in inbound_headers.
-	return CheckGLConfig(bytes.NewReader(data), pools, subject, true)
+	w.RetryAfter = true
+	return CheckGLConfig(bytes.NewReader(data), pools, w)
 }
 
 // CheckGLConfig reads a gecholog gl_config.json from r and reports every way
-// it fails to route pools through a broker on subject: a pool ingress or
+// it fails to route pools through a broker wired as w: a pool ingress or
 // router that is no gecholog router, an invalid router path, and a missing or
-// miswired request or response processor entry on subject. retryAfter says
-// the broker honours the upstream's Retry-After header, so a response
-// processor without inbound_headers gets advice to add it: a Problem with
-// Advice set, since the broker routes and fails over without it.
+// miswired request or response processor entry on w.Subject. Extras the
+// file leaves off are advice, a Problem with Advice set, since the broker
+// routes and fails over without them: inbound_headers for a response
+// processor when w.RetryAfter, and a transaction log on another subject
+// than w.LoggerSubject when a pool chooses by latency or headroom.
 //
 // ${NAME} placeholders are read as they are: gecholog replaces them from its
 // own environment, which the check cannot see.
@@ -89,7 +106,8 @@ func CheckGLConfigFile(path string, pools []broker.Pool, subject string) ([]Prob
 // JSON, or not a JSON object. Anything else is a Problem: first the shape of
 // the file and its router paths, then the pools, then the broker's request
 // and response processor entries.
-func CheckGLConfig(r io.Reader, pools []broker.Pool, subject string, retryAfter bool) ([]Problem, error) {
+func CheckGLConfig(r io.Reader, pools []broker.Pool, w Wiring) ([]Problem, error) {
+	subject, retryAfter := w.Subject, w.RetryAfter
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return nil, err
@@ -125,7 +143,34 @@ func CheckGLConfig(r io.Reader, pools []broker.Pool, subject string, retryAfter 
 	// failure reaches the broker.
 	c.responseProcessor(c.onSubject("response", response, responseRead, subject, all,
 		"add the broker as a response processor (async true, "+inputs+" in input_fields_include, timeout 50); without it no failure reaches the broker and failed routers are never taken out"), retryAfter)
+	c.logger(top, pools, w.LoggerSubject)
 	return c.problems, nil
+}
+
+// logger advises when a pool chooses by what gecholog's transaction log
+// says and gecholog logs elsewhere than the broker reads: those pools then
+// choose at random, and the broker says only that the log is silent.
+func (c *checker) logger(top map[string]any, pools []broker.Pool, want string) {
+	var readers []string
+	for _, p := range pools {
+		if p.Strategy == "latency" || p.Strategy == "headroom" {
+			readers = append(readers, fmt.Sprintf("%s (%s)", p.Ingress, p.Strategy))
+		}
+	}
+	if want == "" || len(readers) == 0 {
+		return
+	}
+	const field = "service_bus.topic_exact_logger"
+	bus, _ := top["service_bus"].(map[string]any)
+	got, ok := bus["topic_exact_logger"].(string)
+	switch {
+	case !ok || got == "":
+		c.advise(field, "missing: set it to %q, the subject the broker reads gecholog's transaction log on; without it pools %s choose at random", want, strings.Join(readers, ", "))
+	case strings.Contains(got, "${"):
+		// gecholog fills the placeholder in; only the result can be checked.
+	case got != want:
+		c.advise(field, "%q, but the broker reads gecholog's transaction log on %q: run the broker with BROKER_LOGGER_SUBJECT=%s (-logger-subject); until then pools %s choose at random", got, want, got, strings.Join(readers, ", "))
+	}
 }
 
 // syntaxError says where the JSON breaks, as an editor counts lines.

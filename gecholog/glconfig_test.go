@@ -85,7 +85,7 @@ func TestRepoGLConfigRoutesTheDefaultPoolThroughTheBroker(t *testing.T) {
 	f, err := os.Open(repoGLConfig)
 	is.NoErr(err)
 	defer f.Close()
-	problems, err := gecholog.CheckGLConfig(f, broker.DefaultPools(), glSubject, true)
+	problems, err := gecholog.CheckGLConfig(f, broker.DefaultPools(), gecholog.Wiring{Subject: glSubject, RetryAfter: true})
 	is.NoErr(err)
 	is.Equal(problems, nil) // the shipped gl_config.json has no problems
 }
@@ -179,7 +179,7 @@ func TestGLConfigCheckNamesTheFieldOfEachDefect(t *testing.T) {
 			is := is.New(t)
 			m := readGLConfig(t)
 			tc.mutate(m)
-			problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), broker.DefaultPools(), glSubject, true)
+			problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), broker.DefaultPools(), gecholog.Wiring{Subject: glSubject, RetryAfter: true})
 			is.NoErr(err)
 			is.Equal(len(problems), 1) // one defect is one problem
 			if len(problems) != 1 {
@@ -199,7 +199,7 @@ func TestGLConfigProblemSaysGechologKeepsTheIngressForAMissingRouter(t *testing.
 	is := is.New(t)
 	m := readGLConfig(t)
 	withoutGLRouter(m, "/azure/dud/")
-	problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), broker.DefaultPools(), glSubject, true)
+	problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), broker.DefaultPools(), gecholog.Wiring{Subject: glSubject, RetryAfter: true})
 	is.NoErr(err)
 	is.Equal(len(problems), 1)
 	is.True(strings.Contains(problems[0].Fix, `gecholog silently keeps the call on the ingress "/azure/"`)) // the fix says why it matters
@@ -209,7 +209,7 @@ func TestGLConfigProblemPointsAtTheBrokerOnAnotherSubject(t *testing.T) {
 	is := is.New(t)
 	m := readGLConfig(t)
 	glProcessor(m, "request")["service_bus_topic"] = "coburn.gl.other"
-	problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), broker.DefaultPools(), glSubject, true)
+	problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), broker.DefaultPools(), gecholog.Wiring{Subject: glSubject, RetryAfter: true})
 	is.NoErr(err)
 	is.Equal(len(problems), 1)
 	is.True(strings.Contains(problems[0].Fix, `request.processors[0][0], named "broker", is on "coburn.gl.other"`)) // the likely culprit is named
@@ -220,7 +220,7 @@ func TestOriginalBrokersGLConfigRoutesWithOneAdvice(t *testing.T) {
 	f, err := os.Open(originalGLConfig)
 	is.NoErr(err)
 	defer f.Close()
-	problems, err := gecholog.CheckGLConfig(f, broker.DefaultPools(), glSubject, true)
+	problems, err := gecholog.CheckGLConfig(f, broker.DefaultPools(), gecholog.Wiring{Subject: glSubject, RetryAfter: true})
 	is.NoErr(err)
 	is.Equal(len(problems), 1) // only inbound_headers is missing
 	if len(problems) != 1 {
@@ -244,7 +244,7 @@ func TestGLConfigWithoutRetryAfterNeedsNoInboundHeaders(t *testing.T) {
 	is := is.New(t)
 	m := readGLConfig(t)
 	withoutField(glProcessor(m, "response"), "input_fields_include", "inbound_headers")
-	problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), broker.DefaultPools(), glSubject, false)
+	problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), broker.DefaultPools(), gecholog.Wiring{Subject: glSubject})
 	is.NoErr(err)
 	is.Equal(problems, nil)
 }
@@ -255,7 +255,7 @@ func TestGLConfigPoolsAreCheckedAgainstTheRouters(t *testing.T) {
 	f, err := os.Open(repoGLConfig)
 	is.NoErr(err)
 	defer f.Close()
-	problems, err := gecholog.CheckGLConfig(f, pools, glSubject, true)
+	problems, err := gecholog.CheckGLConfig(f, pools, gecholog.Wiring{Subject: glSubject, RetryAfter: true})
 	is.NoErr(err)
 	is.Equal(len(problems), 1)
 	is.True(strings.Contains(problems[0].String(), `routers: no router "/azure/gpt4o/"`)) // only the router gecholog lacks is named
@@ -265,7 +265,7 @@ func TestGLConfigCheckPlaceholdersAreReadAsTheyAre(t *testing.T) {
 	is := is.New(t)
 	m := readGLConfig(t)
 	m["routers"].([]any)[0].(map[string]any)["path"] = "${ECHO_PATH}"
-	problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), broker.DefaultPools(), glSubject, true)
+	problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), broker.DefaultPools(), gecholog.Wiring{Subject: glSubject, RetryAfter: true})
 	is.NoErr(err)
 	is.Equal(problems, nil) // gecholog fills in a placeholder path; the check cannot judge it
 }
@@ -282,11 +282,56 @@ func TestGLConfigThatCannotBeReadIsOneError(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			is := is.New(t)
-			problems, err := gecholog.CheckGLConfig(strings.NewReader(tc.file), broker.DefaultPools(), glSubject, true)
+			problems, err := gecholog.CheckGLConfig(strings.NewReader(tc.file), broker.DefaultPools(), gecholog.Wiring{Subject: glSubject, RetryAfter: true})
 			is.True(err != nil)                             // the file cannot be checked
 			is.Equal(problems, nil)                         // and no problems are guessed at
 			is.True(strings.Contains(err.Error(), tc.want)) // the error says what is wrong and where
 			is.True(!strings.Contains(err.Error(), "\n"))   // in one line
+		})
+	}
+}
+
+// A pool choosing by latency or headroom reads gecholog's transaction log:
+// a gl_config.json that logs elsewhere than the broker reads gets advice
+// naming both subjects and the setting that joins them.
+func TestGLConfigLoggingElsewhereThanTheBrokerReadsIsAdviceForPoolsThatReadTheLog(t *testing.T) {
+	reads := []broker.Pool{broker.DefaultPools()[0], {Ingress: "/openai/", Strategy: "headroom",
+		Routers: []broker.Router{{Path: "/azure/gpt4/", Weight: 1}}}}
+	reads[0].Strategy = "latency"
+	for _, tc := range []struct {
+		name   string
+		logger any // service_bus.topic_exact_logger; nil: none
+		pools  []broker.Pool
+		want   string // "": no problem
+	}{
+		{"the same subject", "coburn.gl.logger", reads, ""},
+		{"another subject", "gl.prod.logger", reads,
+			`advice: service_bus.topic_exact_logger: "gl.prod.logger", but the broker reads gecholog's transaction log on "coburn.gl.logger": run the broker with BROKER_LOGGER_SUBJECT=gl.prod.logger (-logger-subject); until then pools /azure/ (latency), /openai/ (headroom) choose at random`},
+		{"none", nil, reads,
+			`advice: service_bus.topic_exact_logger: missing: set it to "coburn.gl.logger", the subject the broker reads gecholog's transaction log on; without it pools /azure/ (latency), /openai/ (headroom) choose at random`},
+		{"a placeholder", "${LOGGER_TOPIC}", reads, ""},
+		{"no pool reads the log", "gl.prod.logger", broker.DefaultPools(), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			m := readGLConfig(t)
+			bus := m["service_bus"].(map[string]any)
+			delete(bus, "topic_exact_logger")
+			if tc.logger != nil {
+				bus["topic_exact_logger"] = tc.logger
+			}
+			// The pools' routers, so that only the logger is in question.
+			m["routers"] = append(m["routers"].([]any), map[string]any{"path": "/openai/", "ingress": map[string]any{}, "outbound": map[string]any{}})
+			problems, err := gecholog.CheckGLConfig(bytes.NewReader(encodeGLConfig(t, m)), tc.pools,
+				gecholog.Wiring{Subject: glSubject, LoggerSubject: "coburn.gl.logger", RetryAfter: true})
+			is.NoErr(err)
+			if tc.want == "" {
+				is.Equal(problems, nil)
+				return
+			}
+			is.Equal(len(problems), 1)
+			is.True(problems[0].Advice) // the broker routes and fails over without it
+			is.Equal(problems[0].String(), tc.want)
 		})
 	}
 }

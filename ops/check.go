@@ -16,11 +16,11 @@ import (
 const DefaultGLConfig = "gl_config.json"
 
 // Check prints each way the gl_config.json at path fails to route pools
-// through a broker on subject, one line each: the errors, then the advice
+// through a broker wired as w, one line each: the errors, then the advice
 // (marked "advice:"). It fails if there is any error; advice only names an
 // extra the file leaves off, so a file with nothing else is ok.
-func Check(path string, pools []broker.Pool, subject string, stdout io.Writer) error {
-	problems, err := gecholog.CheckGLConfigFile(path, pools, subject)
+func Check(path string, pools []broker.Pool, w gecholog.Wiring, stdout io.Writer) error {
+	problems, err := gecholog.CheckGLConfigFile(path, pools, w)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("check %s: %w (give its path: broker check PATH, or set BROKER_GL_CONFIG)", path, err)
 	}
@@ -41,7 +41,7 @@ func Check(path string, pools []broker.Pool, subject string, stdout io.Writer) e
 	for _, p := range pools {
 		routers += len(p.Routers)
 	}
-	fmt.Fprintf(stdout, "%s: ok (%s, %s, subject %s)\n", path, plural(len(pools), "pool"), plural(routers, "router"), subject)
+	fmt.Fprintf(stdout, "%s: ok (%s, %s, subject %s)\n", path, plural(len(pools), "pool"), plural(routers, "router"), w.Subject)
 	return nil
 }
 
@@ -49,8 +49,8 @@ func Check(path string, pools []broker.Pool, subject string, stdout io.Writer) e
 // route pools through this broker. The error is one line with the first
 // problem; "broker check" lists them all. Advice does not stop the start:
 // each piece is logged once to log as a warning (nil: not logged).
-func CheckAtStartup(path string, pools []broker.Pool, subject string, log *slog.Logger) error {
-	problems, err := gecholog.CheckGLConfigFile(path, pools, subject)
+func CheckAtStartup(path string, pools []broker.Pool, w gecholog.Wiring, log *slog.Logger) error {
+	problems, err := gecholog.CheckGLConfigFile(path, pools, w)
 	errs, advice := split(problems)
 	switch {
 	case err != nil:

@@ -12,6 +12,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/gecholog"
 	"github.com/gecholog/broker/ops"
 )
 
@@ -51,7 +52,7 @@ func printed(s string) []string { return strings.Split(strings.TrimRight(s, "\n"
 func TestCheckPassesTheOriginalsGLConfigWithOneAdvice(t *testing.T) {
 	is := is.New(t)
 	var out bytes.Buffer
-	is.NoErr(ops.Check(originalGLConfig, broker.DefaultPools(), subject, &out)) // advice alone does not fail the check
+	is.NoErr(ops.Check(originalGLConfig, broker.DefaultPools(), gecholog.Wiring{Subject: subject}, &out)) // advice alone does not fail the check
 	got := printed(out.String())
 	is.Equal(len(got), 2) // the advice, then the ok line
 	is.True(strings.HasPrefix(got[0], `advice: response.processors[0][0].input_fields_include: add "inbound_headers"`))
@@ -62,7 +63,7 @@ func TestCheckFailsOnAnErrorAndListsItBeforeTheAdvice(t *testing.T) {
 	is := is.New(t)
 	path := originalWithoutModifier(t)
 	var out bytes.Buffer
-	err := ops.Check(path, broker.DefaultPools(), subject, &out)
+	err := ops.Check(path, broker.DefaultPools(), gecholog.Wiring{Subject: subject}, &out)
 	is.True(err != nil)                                // an error fails the check
 	is.Equal(err.Error(), "check: 1 problem in "+path) // counting the errors, not the advice
 	got := printed(out.String())
@@ -74,7 +75,7 @@ func TestCheckFailsOnAnErrorAndListsItBeforeTheAdvice(t *testing.T) {
 func TestCheckAtStartupLogsEachAdviceOnceAsAWarning(t *testing.T) {
 	is := is.New(t)
 	var logs bytes.Buffer
-	err := ops.CheckAtStartup(originalGLConfig, broker.DefaultPools(), subject, slog.New(slog.NewJSONHandler(&logs, nil)))
+	err := ops.CheckAtStartup(originalGLConfig, broker.DefaultPools(), gecholog.Wiring{Subject: subject}, slog.New(slog.NewJSONHandler(&logs, nil)))
 	is.NoErr(err) // the original's file does not stop the start
 	got := printed(logs.String())
 	is.Equal(len(got), 1) // one line for the one piece of advice
@@ -90,7 +91,7 @@ func TestCheckAtStartupLogsEachAdviceOnceAsAWarning(t *testing.T) {
 func TestCheckAtStartupRefusesOnAnError(t *testing.T) {
 	is := is.New(t)
 	path := originalWithoutModifier(t)
-	err := ops.CheckAtStartup(path, broker.DefaultPools(), subject, nil)
+	err := ops.CheckAtStartup(path, broker.DefaultPools(), gecholog.Wiring{Subject: subject}, nil)
 	is.True(err != nil)
 	is.Equal(err.Error(), "gl-config "+path+": 1 problem: request.processors[0][0].modifier: set true: gl_path is already in the transaction and gecholog lets only a modifier replace a field, so the broker's choice is dropped") // the advice is not counted
 }

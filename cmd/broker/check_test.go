@@ -179,6 +179,40 @@ func TestCheckUsesTheBrokerSubject(t *testing.T) {
 	is.True(strings.HasPrefix(got[1], `response.processors: no processor on "coburn.gl.broker2"`))
 }
 
+// A pool choosing by headroom reads gecholog's transaction log: the check
+// compares where gecholog logs with where the broker reads, and says how
+// to join them.
+func TestCheckComparesTheTransactionLogSubjectForPoolsThatReadIt(t *testing.T) {
+	pools := filepath.Join(t.TempDir(), "pools.json")
+	if err := os.WriteFile(pools, []byte(`{"pools":[{"ingress":"/azure/","strategy":"headroom","routers":[{"path":"/azure/gpt4/"},{"path":"/azure/gpt35turbo/"}]}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := brokenGLConfig(t, func(m map[string]any) { m["service_bus"].(map[string]any)["topic_exact_logger"] = "gl.prod.logger" })
+	for _, tc := range []struct {
+		name   string
+		getenv func(string) string
+		advice string // "": none
+	}{
+		{"the same subject", env("BROKER_POOLS", pools, "BROKER_GL_CONFIG", repoGLConfigFile), ""},
+		{"another subject", env("BROKER_POOLS", pools, "BROKER_GL_CONFIG", elsewhere),
+			`advice: service_bus.topic_exact_logger: "gl.prod.logger", but the broker reads gecholog's transaction log on "coburn.gl.logger": run the broker with BROKER_LOGGER_SUBJECT=gl.prod.logger (-logger-subject); until then pools /azure/ (headroom) choose at random`},
+		{"the broker told where", env("BROKER_POOLS", pools, "BROKER_GL_CONFIG", elsewhere, "BROKER_LOGGER_SUBJECT", "gl.prod.logger"), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			var out bytes.Buffer
+			is.NoErr(run(t.Context(), []string{"check"}, tc.getenv, &out, &bytes.Buffer{})) // advice alone does not fail the check
+			got := lines(out.String())
+			if tc.advice == "" {
+				is.Equal(len(got), 1) // the ok line alone
+				return
+			}
+			is.Equal(len(got), 2)
+			is.Equal(got[0], tc.advice)
+		})
+	}
+}
+
 func TestCheckOfAFileItCannotReadIsOneLine(t *testing.T) {
 	dir := t.TempDir()
 	notJSON := filepath.Join(dir, "not.json")
@@ -216,7 +250,7 @@ func TestCheckHelpShowsTheSettings(t *testing.T) {
 	is := is.New(t)
 	var out bytes.Buffer
 	is.NoErr(run(t.Context(), []string{"check", "-h"}, env(), &out, &bytes.Buffer{}))
-	for _, want := range []string{"broker check [flags] [gl_config.json]", "BROKER_POOLS", "BROKER_SUBJECT", "BROKER_GL_CONFIG"} {
+	for _, want := range []string{"broker check [flags] [gl_config.json]", "BROKER_POOLS", "BROKER_SUBJECT", "BROKER_LOGGER_SUBJECT", "BROKER_GL_CONFIG"} {
 		is.True(strings.Contains(out.String(), want)) // -h names the argument and each variable
 	}
 }
@@ -268,7 +302,7 @@ func TestSeveralProblemsAtStartupPointToTheCheckCommand(t *testing.T) {
 	path := brokenGLConfig(t, threeDefects)
 	s, err := parseServe([]string{"-gl-config", path}, env())
 	is.NoErr(err)
-	err = ops.CheckAtStartup(s.glConfig, s.pools, s.subject, nil) // what serve calls before it connects
+	err = ops.CheckAtStartup(s.glConfig, s.pools, s.wiring(), nil) // what serve calls before it connects
 	is.True(err != nil)
 	is.True(strings.HasSuffix(err.Error(), `(run "broker check `+path+`" for all)`)) // the operator learns how to see the rest
 }

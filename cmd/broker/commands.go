@@ -20,7 +20,7 @@ func serveCommand(ctx context.Context, args []string, getenv func(string) string
 	}
 	log := s.logger(stderr)
 	if s.glConfig != "" {
-		if err := ops.CheckAtStartup(s.glConfig, s.pools, s.subject, log); err != nil {
+		if err := ops.CheckAtStartup(s.glConfig, s.pools, s.wiring(), log); err != nil {
 			return err
 		}
 	}
@@ -110,6 +110,7 @@ func checkCommand(ctx context.Context, args []string, getenv func(string) string
 	s := newSettings("check", getenv)
 	s.poolsSetting()
 	s.subjectSetting()
+	s.loggerSubjectSetting()
 	s.glConfigSetting()
 	operands, err := s.parseOperands(args, "Usage: broker check [flags] [gl_config.json]\nChecks that gecholog's gl_config.json routes the pools through the broker; each problem is one line,\nand so is each piece of advice (\"advice: ...\"), which names an extra the file leaves off.\nIt exits non-zero only on a problem.", stdout)
 	if err != nil {
@@ -126,7 +127,7 @@ func checkCommand(ctx context.Context, args []string, getenv func(string) string
 	default:
 		return fmt.Errorf("check: one gl_config.json at a time, not %q and %q", operands[0], operands[1])
 	}
-	return ops.Check(path, s.pools, s.subject, stdout)
+	return ops.Check(path, s.pools, s.wiring(), stdout)
 }
 
 func healthcheckCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/gecholog"
 	"github.com/gecholog/broker/internal/flagenv"
 	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/ops"
@@ -113,6 +114,12 @@ func (s *settings) policyLimits() {
 
 func (s *settings) metricsAddrSetting() {
 	s.set.String(&s.metricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for the status page (/), /metrics, /healthz and /readyz (off when empty)")
+}
+
+// wiring is how the settings wire the broker to gecholog, for checking a
+// gl_config.json.
+func (s *settings) wiring() gecholog.Wiring {
+	return gecholog.Wiring{Subject: s.subject, LoggerSubject: s.loggerSubject}
 }
 
 // serving registers the processor's own settings.
