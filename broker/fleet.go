@@ -292,8 +292,21 @@ func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
 		}
 	}
 	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	old := b.fleet.peers[from].counts
 	b.fleet.peers[from] = peer{at: at, counts: m}
-	b.fleet.mu.Unlock()
+	// What least-busy reads takes the news at once, rather than at the
+	// next Refresh: half the time two replicas' counts disagree.
+	for path, c := range m {
+		if o, ok := old[path]; !ok || o.Chosen != c.Chosen || o.Reported != c.Reported {
+			b.setBase(b.routers[path])
+		}
+	}
+	for path := range old {
+		if _, ok := m[path]; !ok {
+			b.setBase(b.routers[path])
+		}
+	}
 }
 
 // Counts returns what this replica tells the others, as of the last
@@ -349,16 +362,9 @@ func (b *Broker) refreshFleet(now time.Time) (late []lateFailure) {
 		s := &rt.stats
 		s.calls.advance(now, s.calls.total.Load())
 		s.failures.advance(now, s.failures.total.Load())
-		ct, rtot := s.chosen.total.Load(), s.reported.total.Load()
-		s.chosen.advance(now, ct)
-		s.reported.advance(now, rtot)
-		c, r := s.chosen.count(ct), s.reported.count(rtot)
-		for _, p := range b.fleet.peers {
-			if pc, ok := p.counts[rt.path]; ok {
-				c += pc.Chosen
-				r += pc.Reported
-			}
-		}
+		s.chosen.advance(now, s.chosen.total.Load())
+		s.reported.advance(now, s.reported.total.Load())
+		b.setBase(rt)
 		// Failures reported to two replicas at once, or to one that had
 		// not yet heard the others, each count short of the threshold
 		// when reported; told to each other, they reach it. The replica
@@ -370,13 +376,28 @@ func (b *Broker) refreshFleet(now time.Time) (late []lateFailure) {
 				retryAfter: s.newest.retryAfter, failures: n}})
 		}
 		s.setRoom(now)
-		// A call chosen or reported from here on adds to this at once.
-		s.base.Store(c - r)
-		s.chosenMark.Store(ct)
-		s.reportedMark.Store(rtot)
-		s.fleetChosen.Store(c)
 	}
 	return late
+}
+
+// setBase sets what rt's calls in flight count from: the fleet's choices
+// minus its reports within the bound, by this replica's windows and what
+// the others last told. A call chosen or reported here from now on adds
+// to it at once. b.fleet.mu must be held.
+func (b *Broker) setBase(rt *route) {
+	s := &rt.stats
+	ct, rtot := s.chosen.total.Load(), s.reported.total.Load()
+	c, r := s.chosen.count(ct), s.reported.count(rtot)
+	for _, p := range b.fleet.peers {
+		if pc, ok := p.counts[rt.path]; ok {
+			c += pc.Chosen
+			r += pc.Reported
+		}
+	}
+	s.base.Store(c - r)
+	s.chosenMark.Store(ct)
+	s.reportedMark.Store(rtot)
+	s.fleetChosen.Store(c)
 }
 
 // counted adds a report of rt to this replica's counts, and for a failure

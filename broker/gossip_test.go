@@ -208,3 +208,26 @@ func TestFailuresThatReachTheThresholdOnlyTogetherDisableTheRouterOnce(t *testin
 	is.Equal(first.writeCount(), 0)
 	is.Equal(second.writeCount(), 1)
 }
+
+// What another replica tells of its calls in flight shows in this one's
+// view as it arrives, not at this one's next Refresh.
+func TestCallsInFlightToldByAnotherReplicaShowAtOnce(t *testing.T) {
+	is := is.New(t)
+	a, _ := newBroker(t, broker.Config{ID: "replica-1"})
+	b, _ := newBroker(t, broker.Config{ID: "replica-2"})
+	inFlight := func(router string) int64 {
+		for _, v := range b.View(time.Now()) {
+			if v.Router == router {
+				return v.InFlight
+			}
+		}
+		return -1
+	}
+	router := pick(a, "/azure/")
+	is.Equal(inFlight(router), int64(0)) // b has not heard yet
+	b.Merge("replica-1", time.Now(), a.Counts())
+	is.Equal(inFlight(router), int64(1)) // chosen by a, in flight on b's view
+	report(a, router, 200)
+	b.Merge("replica-1", time.Now(), a.Counts())
+	is.Equal(inFlight(router), int64(0)) // reported to a: no longer
+}
