@@ -136,6 +136,10 @@ type newestFailure struct {
 type room struct {
 	requests, limit int64   // requests left and their limit; requests < 0: not said, or reset since
 	tokens          float64 // the share of tokens left, 0 to 1 (1: not said, or reset since)
+	// When requests and tokens are full again (unix nanoseconds; 0: not
+	// said), so that a router with none left takes calls from its reset
+	// on, not from the next refresh.
+	requestsReset, tokensReset int64
 }
 
 // setRoom sets s.room from s.limits at now.
@@ -148,8 +152,14 @@ func (s *routeStats) setRoom(now time.Time) {
 	r := room{requests: -1, tokens: 1}
 	if l.RemainingRequests >= 0 && (l.ResetRequests.IsZero() || now.Before(l.ResetRequests)) {
 		r.requests, r.limit = l.RemainingRequests, l.LimitRequests
+		if !l.ResetRequests.IsZero() {
+			r.requestsReset = l.ResetRequests.UnixNano()
+		}
 	}
 	if l.RemainingTokens >= 0 && (l.ResetTokens.IsZero() || now.Before(l.ResetTokens)) {
+		if !l.ResetTokens.IsZero() {
+			r.tokensReset = l.ResetTokens.UnixNano()
+		}
 		switch {
 		case l.LimitTokens > 0:
 			r.tokens = math.Max(float64(l.RemainingTokens)/float64(l.LimitTokens), 0)
@@ -165,24 +175,35 @@ func (s *routeStats) setRoom(now time.Time) {
 // roomFor is the share of the rate limit left for one more call, with
 // inFlight calls chosen and not yet answered taken from the requests left:
 // the last answer's count does not know of the calls chosen since. 1 when
-// the upstream says nothing.
+// the upstream says nothing. It reads the clock only for a router whose
+// upstream said none is left, to let it take calls again from its reset on.
 func (s *routeStats) roomFor(inFlight int64) float64 {
 	r := s.room.Load()
 	if r == nil {
 		return 1
 	}
 	h := r.tokens
+	if h <= 0 && passed(r.tokensReset) {
+		h = 1
+	}
 	if r.requests >= 0 {
 		left := r.requests - inFlight
 		switch {
-		case left <= 0:
+		case left > 0:
+			if r.limit > 0 {
+				h = math.Min(h, float64(left)/float64(r.limit))
+			}
+		case r.requests > 0 || !passed(r.requestsReset):
+			// None left for this call; only a router its upstream said had
+			// none reads the clock, whose reset may have passed since.
 			return 0
-		case r.limit > 0:
-			h = math.Min(h, float64(left)/float64(r.limit))
 		}
 	}
 	return h
 }
+
+// passed says whether reset (unix nanoseconds; 0: none said) is past.
+func passed(reset int64) bool { return reset != 0 && time.Now().UnixNano() >= reset }
 
 func newRouteStats(bound, rateWindow time.Duration, now time.Time) routeStats {
 	return routeStats{chosen: newWindow(bound, now), reported: newWindow(bound, now),

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -121,6 +122,22 @@ func TestHeadroomIsFullAgainAtTheResetAndRandomWithoutHeaders(t *testing.T) {
 	is.True(!ok) // no headers from its upstream
 	got := picks(mostHeadroom{}, tr, 9000)
 	is.True(got[0] > 2600 && got[0] < 3400) // 0.5 : 1
+}
+
+// A router with none left takes calls again from its reset on, without
+// waiting for the replica's next refresh of what the strategies read.
+func TestHeadroomIsFullAgainFromTheResetOnBeforeAnyRefresh(t *testing.T) {
+	is := is.New(t)
+	tr := tierOf(1, 1)
+	reset := time.Now().Add(50 * time.Millisecond)
+	setLimits(tr.routes[0], &RateLimits{RemainingRequests: 0, LimitRequests: 100, RemainingTokens: -1, LimitTokens: -1, ResetRequests: reset})
+	setLimits(tr.routes[1], &RateLimits{RemainingRequests: -1, LimitRequests: -1, RemainingTokens: 0, LimitTokens: 1000, ResetTokens: reset})
+	is.Equal(picks(mostHeadroom{}, tr, 100), []int{0, 0}) // neither has any left: the tier declines (-1)
+	for time.Now().Before(reset) {                        // no refresh comes: the picks alone must see the reset pass
+		runtime.Gosched()
+	}
+	got := picks(mostHeadroom{}, tr, 1000)
+	is.True(got[0] > 350 && got[1] > 350) // both full again, at random
 }
 
 func TestHeadroomDeclinesATierWithNoneLeft(t *testing.T) {

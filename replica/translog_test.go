@@ -165,8 +165,8 @@ func TestHeadroomSendsNoCallToARouterWithNoneLeftUntilItsResetAndSpillsToTheNext
 		}
 		return !back.IsZero()
 	}, "calls back to openai after its reset")
-	is.True(!back.Before(reset)) // not before its reset
-	is.Equal(count(20), map[string]int{"/azure/openai/": 20})
+	is.True(!back.Before(reset))                              // not before its reset
+	is.Equal(count(20), map[string]int{"/azure/openai/": 20}) // on every replica, from the reset on
 }
 
 func TestASilentTransactionLogIsSaidOnceEachTimeItFallsSilent(t *testing.T) {
