@@ -553,11 +553,16 @@ type callLoad struct {
 	wg    sync.WaitGroup
 }
 
-// maxLoadCalls bounds each caller, should a test forget to stop it.
-const maxLoadCalls = 50_000
+// maxLoadCalls and maxLoadTime bound each caller, should a test forget to
+// stop it.
+const (
+	maxLoadCalls = 50_000
+	maxLoadTime  = 2 * time.Minute
+)
 
 func startCallLoad(t *testing.T, nc *nats.Conn, callers int, timeout time.Duration) *callLoad {
 	l := &callLoad{halt: make(chan struct{})}
+	end := time.Now().Add(maxLoadTime)
 	for range callers {
 		l.wg.Add(1)
 		go func() {
@@ -567,6 +572,9 @@ func startCallLoad(t *testing.T, nc *nats.Conn, callers int, timeout time.Durati
 				case <-l.halt:
 					return
 				default:
+				}
+				if time.Now().After(end) {
+					return
 				}
 				c := loadCall{start: time.Now()}
 				m, err := nc.Request("coburn.gl.broker", []byte(askRouter), timeout)
@@ -627,6 +635,30 @@ func (l *callLoad) finish() []loadCall {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.calls)
+}
+
+// servedThroughout checks the calls that ended within from..to: it
+// returns how many were answered, the errors of those that were not, and
+// the longest time within from..to in which no call was answered.
+func servedThroughout(calls []loadCall, from, to time.Time) (answered int, failed []error, gap time.Duration) {
+	ends := []time.Time{from}
+	for _, c := range calls {
+		if c.end.Before(from) || c.end.After(to) {
+			continue
+		}
+		if c.err != nil {
+			failed = append(failed, c.err)
+			continue
+		}
+		answered++
+		ends = append(ends, c.end)
+	}
+	ends = append(ends, to)
+	slices.SortFunc(ends, time.Time.Compare)
+	for i := 1; i < len(ends); i++ {
+		gap = max(gap, ends[i].Sub(ends[i-1]))
+	}
+	return answered, failed, gap
 }
 
 func roundAll(ds []time.Duration) []time.Duration {

@@ -2,7 +2,6 @@ package statuspage_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,18 +24,8 @@ import (
 	"github.com/gecholog/broker/statuspage"
 )
 
-// syncBuffer is a bytes.Buffer safe for a replica's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+// syncBuffer is a buffer safe for the goroutines that write to it.
+type syncBuffer = natstest.Buffer
 
 // fleet is replicas running in this process, each with its listener on a
 // loopback port of its own.

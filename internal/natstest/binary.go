@@ -109,7 +109,7 @@ func oneLine(err error) string { return strings.Join(strings.Fields(err.Error())
 type Binary struct {
 	url  string
 	cmd  *exec.Cmd
-	log  *logBuffer
+	log  *Buffer
 	once sync.Once
 	done chan struct{} // closed when the process has exited
 	err  error         // how it exited; read after done
@@ -141,7 +141,7 @@ func StartBinary(t testing.TB, path string, opts ...Option) *Binary {
 	if o.Authorization != "" {
 		args = append(args, "--auth", o.Authorization)
 	}
-	b := &Binary{log: &logBuffer{}, done: make(chan struct{})}
+	b := &Binary{log: &Buffer{}, done: make(chan struct{})}
 	b.cmd = exec.Command(path, args...)
 	b.cmd.Stdout, b.cmd.Stderr = b.log, b.log
 	b.cmd.SysProcAttr = sysProcAttr()
@@ -196,19 +196,20 @@ func (b *Binary) Shutdown() {
 // Log returns what the server has logged so far.
 func (b *Binary) Log() string { return b.log.String() }
 
-// logBuffer collects a process's output; safe for concurrent use.
-type logBuffer struct {
+// Buffer collects output, a process's or a logger's; safe for concurrent
+// use.
+type Buffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *logBuffer) Write(p []byte) (int, error) {
+func (l *Buffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *logBuffer) String() string {
+func (l *Buffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()

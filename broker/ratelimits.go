@@ -1,0 +1,167 @@
+package broker
+
+import (
+	"math"
+	"time"
+)
+
+// headroom is the share of its rate limit the router has left at now, as
+// its upstream last said (false: it said nothing), as operators see it.
+func (s *routeStats) headroom(now time.Time) (float64, bool) {
+	l := s.limits.Load()
+	if l == nil {
+		return 0, false
+	}
+	return l.headroom(now), true
+}
+
+// headroom is the share left at now of the scarcer of requests and tokens,
+// from 0 to 1.
+func (l *RateLimits) headroom(now time.Time) float64 {
+	r := l.roomAt(now)
+	return r.share(0)
+}
+
+// RateLimits is what an upstream's rate-limit headers said of what is left:
+// OpenAI's and Azure OpenAI's x-ratelimit-*, Anthropic's
+// anthropic-ratelimit-*. A negative count is one not said.
+type RateLimits struct {
+	RemainingRequests, LimitRequests int64
+	RemainingTokens, LimitTokens     int64
+	// ResetRequests and ResetTokens are when each count is full again;
+	// zero when not said.
+	ResetRequests, ResetTokens time.Time
+}
+
+// unsaidReset is when a count said without a reset is taken as full again.
+const unsaidReset = time.Minute
+
+// Known reports whether the headers said anything of what is left.
+func (l RateLimits) Known() bool { return l.RemainingRequests >= 0 || l.RemainingTokens >= 0 }
+
+// room is a router's rate limit left as of its last answer, with the
+// resets that have passed applied.
+type room struct {
+	requests, limit int64   // requests left and their limit; requests < 0: not said, or reset since
+	tokens          float64 // the share of tokens left, 0 to 1 (1: not said, or reset since)
+	// When requests and tokens are full again (unix nanoseconds; 0: not
+	// said), so that a router with none left takes calls from its reset
+	// on, not from the next refresh.
+	requestsReset, tokensReset int64
+}
+
+// setRoom sets s.room from s.limits at now.
+func (s *routeStats) setRoom(now time.Time) {
+	l := s.limits.Load()
+	if l == nil {
+		s.room.Store(nil)
+		return
+	}
+	r := l.roomAt(now)
+	if old := s.room.Load(); old == nil || *old != r {
+		s.room.Store(&r)
+	}
+}
+
+// roomAt is what l leaves at now: a count past its reset is full again.
+func (l *RateLimits) roomAt(now time.Time) room {
+	r := room{requests: -1, tokens: 1}
+	if l.RemainingRequests >= 0 && (l.ResetRequests.IsZero() || now.Before(l.ResetRequests)) {
+		r.requests, r.limit = l.RemainingRequests, l.LimitRequests
+		if !l.ResetRequests.IsZero() {
+			r.requestsReset = l.ResetRequests.UnixNano()
+		}
+	}
+	if l.RemainingTokens >= 0 && (l.ResetTokens.IsZero() || now.Before(l.ResetTokens)) {
+		if !l.ResetTokens.IsZero() {
+			r.tokensReset = l.ResetTokens.UnixNano()
+		}
+		switch {
+		case l.LimitTokens > 0:
+			r.tokens = math.Max(float64(l.RemainingTokens)/float64(l.LimitTokens), 0)
+		case l.RemainingTokens == 0:
+			r.tokens = 0
+		}
+	}
+	return r
+}
+
+// roomFor is the share of the rate limit left for one more call, with
+// inFlight calls chosen and not yet answered taken from the requests left:
+// the last answer's count does not know of the calls chosen since. 1 when
+// the upstream says nothing. It reads the clock only for a router whose
+// upstream said none is left, to let it take calls again from its reset on.
+func (s *routeStats) roomFor(inFlight int64) float64 {
+	r := s.room.Load()
+	if r == nil {
+		return 1
+	}
+	return r.share(inFlight)
+}
+
+// share is the share of r left for one more call, with inFlight calls
+// taken from the requests left.
+func (r *room) share(inFlight int64) float64 {
+	h := r.tokens
+	if h <= 0 && passed(r.tokensReset) {
+		h = 1
+	}
+	if r.requests >= 0 {
+		left := r.requests - inFlight
+		switch {
+		case left > 0:
+			if r.limit > 0 {
+				h = math.Min(h, float64(left)/float64(r.limit))
+			}
+		case r.requests > 0 || !passed(r.requestsReset):
+			// None left for this call; only a router its upstream said had
+			// none reads the clock, whose reset may have passed since.
+			return 0
+		}
+	}
+	return h
+}
+
+// passed says whether reset (unix nanoseconds; 0: none said) is past.
+func passed(reset int64) bool { return reset != 0 && time.Now().UnixNano() >= reset }
+
+// Finished takes a call the fleet finished, as gecholog's transaction log
+// tells it: the router used, its upstream's time, and what its rate-limit
+// headers said (nil when none).
+func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimits) {
+	rt := b.routers[string(router)]
+	if rt == nil {
+		return
+	}
+	b.heard.Store(time.Now().UnixNano())
+	if latency > 0 {
+		rt.stats.addLatency(latency)
+	}
+	if limits != nil && limits.Known() {
+		l := *limits
+		// Azure OpenAI says what is left but not when it is full again:
+		// its quotas are per minute, so a count said without a reset is
+		// taken as full again a minute on, unless a newer answer says
+		// otherwise. Without this, a router told 0 left would never get
+		// another call, and so never another answer to lift it.
+		now := time.Now()
+		if l.RemainingRequests >= 0 && l.ResetRequests.IsZero() {
+			l.ResetRequests = now.Add(unsaidReset)
+		}
+		if l.RemainingTokens >= 0 && l.ResetTokens.IsZero() {
+			l.ResetTokens = now.Add(unsaidReset)
+		}
+		if old := rt.stats.limits.Load(); old != nil {
+			// What a count was measured against when the headers do
+			// not say: the most ever left.
+			if l.LimitRequests < 0 {
+				l.LimitRequests = max(old.LimitRequests, old.RemainingRequests, l.RemainingRequests)
+			}
+			if l.LimitTokens < 0 {
+				l.LimitTokens = max(old.LimitTokens, old.RemainingTokens, l.RemainingTokens)
+			}
+		}
+		rt.stats.limits.Store(&l)
+		rt.stats.setRoom(now)
+	}
+}
