@@ -64,7 +64,8 @@ type Broker struct {
 	kvWrites    atomic.Uint64
 	kvErrors    atomic.Uint64
 	watchEvents atomic.Uint64
-	lastWatch   atomic.Int64 // unix nanoseconds
+	lastWatch   atomic.Int64  // unix nanoseconds
+	repairs     atomic.Uint64 // views Verify found differing from the store
 }
 
 type storeRef struct{ Store }

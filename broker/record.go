@@ -82,6 +82,12 @@ type Event struct {
 	// store says something newer of it, and never lets it lift or shorten
 	// a disable.
 	Provisional bool
+	// Reset says the store is not the one the view's revisions came from:
+	// its bucket was deleted and made again, or purged, and revisions
+	// started over. The view forgets the revisions it holds (not the
+	// records), and the store then tells every key's current state,
+	// and keys no longer there as deleted. Router is empty.
+	Reset bool
 }
 
 // ErrConflict is what a [Store] gives when a key changed since the

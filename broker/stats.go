@@ -106,6 +106,7 @@ type Stats struct {
 	KVWrites       uint64    // writes to the bucket, including failed ones
 	KVErrors       uint64    // writes that failed (a lost compare-and-set race is not an error)
 	WatchEvents    uint64    // changes heard from the bucket
+	ViewRepairs    uint64    // routers whose view Verify found differing from the bucket
 	LastWatch      time.Time // when the last one arrived; zero if none has
 }
 
@@ -136,6 +137,7 @@ func (b *Broker) Stats() Stats {
 	s.KVWrites = b.kvWrites.Load()
 	s.KVErrors = b.kvErrors.Load()
 	s.WatchEvents = b.watchEvents.Load()
+	s.ViewRepairs = b.repairs.Load()
 	if ns := b.lastWatch.Load(); ns != 0 {
 		s.LastWatch = time.Unix(0, ns)
 	}

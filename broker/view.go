@@ -39,7 +39,23 @@ type route struct {
 	// stored is the live record as the store holds it, when the policy
 	// held it shorter (see Policy.Clamp); nil otherwise.
 	stored *Record
+	// deferred is the newest word of the store that arrived while this
+	// replica's own change was on its way (pending), held back until the
+	// write settles and then taken if it is newer than the write.
+	deferred *Event
+	// confirmed is what the view held from the store before it heard an
+	// announced disable (heard not zero); the view goes back to it when
+	// the store has not confirmed the disable by heardEnd.
+	confirmed *Record
+	heardEnd  time.Time
 }
+
+// provisionalHold bounds how long a disable another replica announced
+// holds the router out without the store confirming it. An honest
+// announcement lands within a second, or when an election of the store's
+// leader ends (seconds); one forged message on the news subject costs at
+// most this long.
+var provisionalHold = 30 * time.Second // a variable for tests only
 
 // maxUnknown bounds how many routers no pool has are named in warnings,
 // so that a bucket shared with other deployments costs bounded memory.
@@ -63,12 +79,21 @@ func (b *Broker) observe(ev Event, own bool) {
 	if b.closed {
 		return
 	}
+	if ev.Reset {
+		b.rebase()
+		return
+	}
 	if rt == nil {
 		if ev.Entry != nil {
 			b.warnUnknown(ev.Router)
 		}
 		return
 	}
+	b.observeLocked(rt, ev, own, now)
+}
+
+// observeLocked applies ev to rt's view. b.mu must be held.
+func (b *Broker) observeLocked(rt *route, ev Event, own bool, now time.Time) {
 	if ev.Provisional {
 		b.hear(rt, ev, now)
 		return
@@ -77,7 +102,19 @@ func (b *Broker) observe(ev Event, own bool) {
 		return // the view already holds this change or a later one
 	}
 	if !own && rt.pending && (ev.Entry == nil || phase(&ev.Entry.Record, now) == Enabled) {
-		return // an older enable must not undo this replica's change on its way
+		// An enable older than this replica's change on its way must not
+		// undo it; but it may as well be newer: an operator deleted the
+		// key just after the write landed, before the write's ack came
+		// back. The watcher then never delivers the put at all (the
+		// bucket keeps one message per key, and the delete removed it
+		// before it was delivered), so the delete comes while the change
+		// is still pending. Which one it is can only be told from the
+		// write's revision: hold it back until the write settles (see
+		// settle), and take it then if it is newer.
+		if rt.deferred == nil || ev.Revision > rt.deferred.Revision {
+			rt.deferred = &ev
+		}
+		return
 	}
 	if !own && !rt.heard.IsZero() && ev.Created.Before(rt.heard) {
 		return // the store's word predates the disable another replica announced
@@ -117,11 +154,15 @@ func (b *Broker) hear(rt *route, ev Event, now time.Time) {
 		return // the store has said something newer since it was decided
 	}
 	r.Router, r.Probe = rt.path, nil
+	if rt.heard.IsZero() {
+		rt.confirmed = rt.live
+	}
 	rt.live = &r
 	rt.heard = r.At
 	if rt.heard.IsZero() || rt.heard.After(now) {
 		rt.heard = now
 	}
+	rt.heardEnd = now.Add(provisionalHold)
 	rt.clean.Store(false)
 	b.refresh(rt, now)
 	b.arm(now)
@@ -169,7 +210,7 @@ func (b *Broker) apply(rt *route, ch change, rev uint64, pending bool, now time.
 		r := ch.rec
 		rt.live = &r
 	}
-	rt.rev, rt.pending, rt.heard, rt.stored = rev, pending, time.Time{}, nil
+	rt.rev, rt.pending, rt.heard, rt.stored, rt.confirmed = rev, pending, time.Time{}, nil, nil
 	rt.clean.Store(rt.live == nil)
 	b.refresh(rt, now)
 	b.arm(now)
@@ -248,6 +289,9 @@ func (b *Broker) logPhase(rt *route, ph Phase) {
 // next is when rt's phase or probe claim changes by itself, or zero.
 func next(rt *route, now time.Time) time.Time {
 	r := rt.live
+	if !rt.heard.IsZero() && (r == nil || r.Until.IsZero() || rt.heardEnd.Before(r.Until)) {
+		return rt.heardEnd
+	}
 	switch phase(r, now) {
 	case Manual, Disabled:
 		return r.Until
@@ -302,9 +346,23 @@ func (b *Broker) tick() {
 		return
 	}
 	for _, rt := range b.members {
-		if rt.live != nil {
+		switch {
+		case !rt.heard.IsZero() && !now.Before(rt.heardEnd):
+			b.unhear(rt, now)
+		case rt.live != nil:
 			b.refresh(rt, now)
 		}
 	}
 	b.arm(now)
+}
+
+// unhear drops an announced disable the store has not confirmed within
+// provisionalHold: the view goes back to the store's word. b.mu must be
+// held.
+func (b *Broker) unhear(rt *route, now time.Time) {
+	b.log.Warn("an announced disable never reached the bucket; following the bucket again",
+		slog.String("router", rt.path), slog.Duration("held", provisionalHold))
+	rt.live, rt.confirmed, rt.heard = rt.confirmed, nil, time.Time{}
+	rt.clean.Store(rt.live == nil)
+	b.refresh(rt, now)
 }

@@ -174,13 +174,23 @@ func (b *Broker) tryWrite(rt *route, ev event, deadline time.Time) error {
 }
 
 // settle ends this replica's claim, or its own pending change, when the
-// write is done or has given up.
+// write is done or has given up, and then takes the store's word that
+// arrived meanwhile when it is newer than what the view now holds.
 func (b *Broker) settle(rt *route, kind eventKind) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if kind == claim {
 		rt.claiming.Store(false)
-	} else {
-		rt.pending = false
+		b.mu.Unlock()
+		return
+	}
+	rt.pending = false
+	held := rt.deferred
+	rt.deferred = nil
+	b.mu.Unlock()
+	// A word without a revision (a key found missing when the watcher
+	// started again) cannot be placed before or after the write; Verify
+	// settles it against the store.
+	if held != nil && held.Revision != 0 {
+		b.observe(*held, false)
 	}
 }

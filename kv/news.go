@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -19,11 +20,14 @@ import (
 // elects a leader. Both take seconds. Plain subjects need neither, so the
 // news reaches every replica through the routes that are left.
 //
-// What is told after a write landed carries its revision and is the
-// bucket's word, exactly as the watcher will deliver it later. What is
-// announced before is provisional: a replica only avoids the router on its
-// word (see broker.Event). A plain subscription to the bucket's own
-// subjects would not do, as it also delivers writes the stream refused.
+// Whoever may publish on the bus can forge the news, so what is told after
+// a write landed is only a hint: the listener reads the key from the
+// bucket and delivers what the bucket says, with the bucket's revision;
+// the revision and record in the message are never taken. What is
+// announced before a write is provisional: a replica avoids the router on
+// its word for a bounded time only (see broker.Event). A plain
+// subscription to the bucket's own subjects would not do, as it also
+// delivers writes the stream refused.
 
 // The headers of a news message; its body is the record or memo, in the
 // record format.
@@ -141,22 +145,28 @@ func (s *Store) tell(op string, r broker.Record, rev uint64) {
 	}
 }
 
-// listen calls fn for every piece of news another writer tells, until the
-// returned stop. nats.go calls fn from the subscription's goroutine.
-func (s *Store) listen(fn func(broker.Event)) (stop func(), err error) {
+// listen calls fn for every disable another writer announces, and hands
+// the keys of the writes others tell of to h, until the returned stop.
+// nats.go calls fn from the subscription's goroutine.
+func (s *Store) listen(fn func(broker.Event), h *hints) (stop func(), err error) {
 	if s.cfg.News == "" {
 		return func() {}, nil
 	}
 	sub, err := s.js.Conn().Subscribe(s.cfg.News, func(m *nats.Msg) {
-		if m.Header.Get(newsOp) == "ask" && m.Header.Get(newsFrom) != s.owner {
-			s.answer()
+		if m.Header.Get(newsFrom) == s.owner {
 			return
 		}
-		if ev, ok := s.news(m); ok {
-			if !ev.Provisional {
-				s.settled(ev.Router, ev.Created)
+		key := m.Header.Get(newsKey)
+		switch op := m.Header.Get(newsOp); {
+		case op == "ask":
+			s.answer()
+		case !keyRE.MatchString(key) || len(m.Data) > maxNews:
+		case op == "put" || op == "del":
+			h.add(key)
+		case op == "pending":
+			if r, err := Decode(key, m.Data); err == nil && len(m.Data) > 0 {
+				fn(broker.Event{Router: key, Entry: &broker.Entry{Record: r}, Provisional: true})
 			}
-			fn(ev)
 		}
 	})
 	if err != nil {
@@ -165,43 +175,65 @@ func (s *Store) listen(fn func(broker.Event)) (stop func(), err error) {
 	return func() { _ = sub.Unsubscribe() }, nil
 }
 
-// news reads a news message; ok is false for this store's own news and for
-// anything that is not news.
-func (s *Store) news(m *nats.Msg) (ev broker.Event, ok bool) {
-	key := m.Header.Get(newsKey)
-	if m.Header.Get(newsFrom) == s.owner || !keyRE.MatchString(key) || len(m.Data) > maxNews {
-		return ev, false
+// maxHints bounds the keys waiting to be read after news of them: a
+// flood of forged news costs one read per key at most, and what does not
+// fit is left to the watcher.
+const maxHints = 1024
+
+// hints are the keys news told of a write to, waiting to be read.
+type hints struct {
+	mu    sync.Mutex
+	keys  map[string]bool
+	ready chan struct{}
+}
+
+func newHints() *hints { return &hints{keys: map[string]bool{}, ready: make(chan struct{}, 1)} }
+
+func (h *hints) add(key string) {
+	h.mu.Lock()
+	if len(h.keys) < maxHints {
+		h.keys[key] = true
 	}
-	ev.Router = key
-	var rec *broker.Record
-	if len(m.Data) > 0 {
-		r, err := Decode(key, m.Data)
-		if err != nil {
-			return ev, false
-		}
-		rec = &r
-	}
-	op := m.Header.Get(newsOp)
-	if op == "pending" {
-		if rec == nil {
-			return ev, false
-		}
-		ev.Entry, ev.Provisional = &broker.Entry{Record: *rec}, true
-		return ev, true
-	}
-	rev, err := strconv.ParseUint(m.Header.Get(newsRevision), 10, 64)
-	if err != nil || rev == 0 {
-		return ev, false
-	}
-	created, _ := time.Parse(time.RFC3339Nano, m.Header.Get(newsCreated))
-	ev.Revision, ev.Created = rev, created
-	switch {
-	case op == "put" && rec != nil:
-		ev.Entry = &broker.Entry{Record: *rec, Revision: rev, Created: created}
-	case op == "del":
-		ev.Memo = rec
+	h.mu.Unlock()
+	select {
+	case h.ready <- struct{}{}:
 	default:
-		return ev, false
 	}
-	return ev, true
+}
+
+func (h *hints) take() map[string]bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	keys := h.keys
+	h.keys = map[string]bool{}
+	return keys
+}
+
+// readHints reads each key the news told of from the bucket and delivers
+// the bucket's word to fn, until ctx ends. A read that fails is dropped:
+// the watcher brings the change.
+func (s *Store) readHints(ctx context.Context, h *hints, fn func(broker.Event)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.ready:
+		}
+		for key := range h.take() {
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			e, live, err := s.Latest(rctx, key)
+			cancel()
+			if err != nil || e.Revision == 0 {
+				continue
+			}
+			ev := broker.Event{Router: key, Revision: e.Revision, Created: e.Created}
+			if live {
+				ev.Entry = &e
+			} else {
+				ev.Memo = &e.Record
+			}
+			s.settled(key, e.Created)
+			fn(ev)
+		}
+	}
 }

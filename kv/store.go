@@ -110,8 +110,12 @@ type Store struct {
 	resync chan struct{} // asks Watch to start a new watcher at once
 
 	// Used by the watch goroutine only.
-	delivered uint64 // the highest revision delivered
-	staleAt   uint64 // the last sequence a re-watch was last made for
+	delivered     uint64      // the highest revision delivered
+	staleAt       uint64      // the last sequence a re-watch was last made for
+	created       time.Time   // when the stream the view came from was made
+	seen          streamState // the stream's state at the last check
+	verified      streamState // the stream's state at the last verify
+	verifiedClean bool        // the last verify found every router settled
 }
 
 // Open attaches to the bucket named in cfg, creating it when it does not
@@ -160,7 +164,8 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	}
 	stop, cancel := context.WithCancel(context.Background())
 	return &Store{js: js, kv: b, stream: stream, mode: mode, owner: cfg.Owner, linger: cfg.Linger, log: log, cfg: cfg,
-		janitor: map[string]*time.Timer{}, pending: map[string]broker.Record{}, stop: stop, cancel: cancel, resync: make(chan struct{}, 1)}, nil
+		janitor: map[string]*time.Timer{}, pending: map[string]broker.Record{}, stop: stop, cancel: cancel, resync: make(chan struct{}, 1),
+		created: stream.CachedInfo().Created}, nil
 }
 
 func create(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, error) {

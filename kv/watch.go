@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -17,27 +18,42 @@ import (
 // Watch calls fn once for every key in the bucket and returns when it has,
 // so the caller's view is complete before it serves. Then it keeps calling
 // fn for each change until ctx ends or stop is called; stop returns when
-// nothing calls fn any more. fn may be called from two goroutines at once:
-// the watcher's, and the news' (see Store.Announce), which may tell of a
-// change before or after the watcher does; Event.Revision tells which is
-// newer. If the watcher stops meanwhile (the connection was closed, the
-// consumer vanished), Watch starts a new one and reports keys that
-// disappeared as deleted (an Event with neither Entry nor Memo). A delete
-// marker's memo (see Store.Release) arrives as the Event's Memo.
+// nothing calls fn any more. fn may be called from three goroutines at
+// once: the watcher's, the news' announcements (see Store.Announce), and
+// the reader of the keys the news told of; Event.Revision tells which
+// word is newer. If the watcher stops meanwhile (the connection was
+// closed, the consumer vanished), Watch starts a new one and reports keys
+// that disappeared as deleted (an Event with neither Entry nor Memo). A
+// delete marker's memo (see Store.Release) arrives as the Event's Memo.
+//
+// Once a second Watch compares the bucket's stream with what it has
+// delivered. A stream made again (the bucket was deleted: its creation
+// time changed) is told as an Event with Reset, and read afresh; a purge
+// (a delivered key's message is gone) is read afresh; and after the stream
+// changed, WithVerify's function compares the caller's view with it.
 //
 // Each attempt to start a watcher is bounded by watchAttempt and retried
 // until ctx ends: during a cluster's election of a JetStream meta leader no
 // consumer can be made, and the news carries the replicas' changes
 // meanwhile.
-func (s *Store) Watch(ctx context.Context, fn func(broker.Event)) (stop func(), err error) {
-	// Listening first, so that no news falls between the load and the
-	// listening.
-	unlisten, err := s.listen(fn)
-	if err != nil {
-		return nil, fmt.Errorf("listen to the news of bucket %q: %w", s.Bucket(), err)
+func (s *Store) Watch(ctx context.Context, fn func(broker.Event), opts ...WatchOption) (stop func(), err error) {
+	var o watchOptions
+	for _, opt := range opts {
+		opt(&o)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	known := map[string]bool{}
+	var wg sync.WaitGroup
+	h := newHints()
+	wg.Go(func() { s.readHints(ctx, h, fn) })
+	// Listening first, so that no news falls between the load and the
+	// listening.
+	unlisten, err := s.listen(fn, h)
+	if err != nil {
+		cancel()
+		wg.Wait()
+		return nil, fmt.Errorf("listen to the news of bucket %q: %w", s.Bucket(), err)
+	}
+	known := map[string]uint64{}
 	w, err := s.watch(ctx, known, fn)
 	for attempt := 1; err != nil && !gone(err) && !errors.Is(err, ErrNoJetStream) && ctx.Err() == nil; attempt++ {
 		if attempt == 1 {
@@ -55,13 +71,28 @@ func (s *Store) Watch(ctx context.Context, fn func(broker.Event)) (stop func(), 
 	}
 	if err != nil {
 		cancel()
+		wg.Wait()
 		unlisten()
 		return nil, err
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() { s.keepWatching(ctx, w, known, fn) })
+	wg.Go(func() { s.keepWatching(ctx, w, known, fn, o.verify) })
 	wg.Go(func() { s.retell(ctx) })
 	return func() { cancel(); wg.Wait(); unlisten() }, nil
+}
+
+// A WatchOption tunes Watch.
+type WatchOption func(*watchOptions)
+
+type watchOptions struct {
+	verify func(context.Context) error
+}
+
+// WithVerify has Watch call verify from its goroutine after the bucket's
+// stream changed and the watcher delivered the change, at most once a
+// second (see broker.Broker.Verify). An error makes Watch call it again a
+// second later.
+func WithVerify(verify func(context.Context) error) WatchOption {
+	return func(o *watchOptions) { o.verify = verify }
 }
 
 const (
@@ -74,10 +105,10 @@ const (
 )
 
 // keepWatching follows w, and each watcher after it, until ctx ends.
-func (s *Store) keepWatching(ctx context.Context, w jetstream.KeyWatcher, known map[string]bool, fn func(broker.Event)) {
+func (s *Store) keepWatching(ctx context.Context, w jetstream.KeyWatcher, known map[string]uint64, fn func(broker.Event), verify func(context.Context) error) {
 	var err error
 	for {
-		asked := s.follow(ctx, w, known, fn)
+		asked := s.follow(ctx, w, known, fn, verify)
 		if ctx.Err() != nil {
 			return
 		}
@@ -124,12 +155,23 @@ func gone(err error) bool {
 
 // watch starts a watcher and delivers the bucket's current keys to fn. Keys
 // in known that are no longer there are delivered as deleted.
-func (s *Store) watch(ctx context.Context, known map[string]bool, fn func(broker.Event)) (jetstream.KeyWatcher, error) {
+func (s *Store) watch(ctx context.Context, known map[string]uint64, fn func(broker.Event)) (jetstream.KeyWatcher, error) {
 	// The attempt is cancelled when it takes too long, but a watcher that
 	// made it keeps its context: nats.go makes its consumer again with
 	// that context after a reconnect, and a cancelled one breaks that.
 	actx, cancel := context.WithCancel(ctx)
 	timeout := time.AfterFunc(watchAttempt, cancel)
+	if st, err := s.state(actx); err == nil && !st.created.Equal(s.created) {
+		// The bucket was deleted and made again since the view was
+		// loaded: its revisions started over, and the caller must forget
+		// the ones it holds before it hears the new bucket's.
+		if !s.created.IsZero() {
+			s.log.Warn("the bucket was deleted and made again; reading it afresh",
+				slog.String("bucket", s.Bucket()), slog.Time("created", st.created))
+			fn(broker.Event{Reset: true})
+		}
+		s.created, s.delivered, s.staleAt = st.created, 0, 0
+	}
 	w, err := s.kv.WatchAll(actx)
 	if err != nil {
 		timeout.Stop()
@@ -160,6 +202,9 @@ func (s *Store) watch(ctx context.Context, known map[string]bool, fn func(broker
 						fn(broker.Event{Router: k})
 					}
 				}
+				if st, err := s.state(ctx); err == nil {
+					s.seen = st
+				}
 				return w, nil
 			}
 			seen[e.Key()] = true
@@ -187,19 +232,30 @@ func (s *Store) Resync() {
 // missed something.
 const staleCheck = time.Second
 
+// streamState is what follow compares of the bucket's stream.
+type streamState struct {
+	created           time.Time
+	first, last, msgs uint64
+}
+
 // follow delivers changes until ctx ends, the watcher stops, or a new one
-// is wanted (asked true): Resync asked, or the watcher fell behind. Its
-// ordered consumer lives on one server; when that server leaves the
-// cluster while this replica's own connection is to another, there is no
-// reconnect to tell us, and nats.go would notice only after two missed
-// heartbeats. So once a second follow compares the stream's last sequence
-// with the last revision delivered, and watches again when the stream has
-// stayed ahead for two checks.
-func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[string]bool, fn func(broker.Event)) (asked bool) {
+// is wanted (asked true): Resync asked, the watcher fell behind, or the
+// bucket no longer holds what it delivered. Its ordered consumer lives on one
+// server; when that server leaves the cluster while this replica's own
+// connection is to another, there is no reconnect to tell us, and nats.go
+// would notice only after two missed heartbeats. So once a second follow
+// reads the stream's state, and watches again when
+//   - the stream was made again (its creation time changed);
+//   - a key it delivered as live has lost its message (purged);
+//   - messages went without a write (a purge of some subjects);
+//   - what the stream held at the last check is still not delivered.
+//
+// When the stream changed since the last verify and everything was
+// delivered, it calls verify.
+func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[string]uint64, fn func(broker.Event), verify func(context.Context) error) (asked bool) {
 	defer func() { _ = w.Stop() }()
 	tick := time.NewTicker(staleCheck)
 	defer tick.Stop()
-	behind := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -207,18 +263,41 @@ func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[st
 		case <-s.resync:
 			return true
 		case <-tick.C:
-			last := s.lastSeq(ctx)
-			// A stream's last message can be gone (a marker that expired)
-			// and so never delivered: one re-watch per such sequence.
-			if last <= s.delivered || last == s.staleAt {
-				behind = 0
+			st, err := s.state(ctx)
+			if gone(err) {
+				s.log.Warn("the bucket was deleted; making it again and reading it afresh", slog.String("bucket", s.Bucket()))
+				return true
+			}
+			if err != nil {
 				continue
 			}
-			if behind++; behind >= 2 {
-				s.staleAt = last
+			prev := s.seen
+			s.seen = st
+			if !st.created.Equal(s.created) {
+				return true // watch logs it and tells the caller to forget revisions
+			}
+			// The watcher has had a second to deliver what the stream
+			// held at the last check; if it has not, it is lost. A
+			// stream's last message can also be gone (a marker that
+			// expired) and so never delivered: one re-watch per such
+			// sequence.
+			if prev.created.Equal(st.created) && prev.last > s.delivered && prev.last != s.staleAt {
+				s.staleAt = prev.last
 				s.log.Warn("bucket watcher fell behind the bucket; watching again",
-					slog.String("bucket", s.Bucket()), slog.Uint64("last_revision", last), slog.Uint64("delivered", s.delivered))
+					slog.String("bucket", s.Bucket()), slog.Uint64("last_revision", prev.last), slog.Uint64("delivered", s.delivered))
 				return true
+			}
+			if st.last > s.delivered && st.last != s.staleAt {
+				continue // on its way: compared at the next check
+			}
+			if why := purged(prev, st, known); why != "" {
+				s.log.Warn("the bucket was purged; reading it afresh",
+					slog.String("bucket", s.Bucket()), slog.String("why", why))
+				return true
+			}
+			if verify != nil && (st != s.verified || !s.verifiedClean) {
+				err := verify(ctx)
+				s.verified, s.verifiedClean = st, err == nil
 			}
 		case e, ok := <-w.Updates():
 			if !ok {
@@ -231,19 +310,34 @@ func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[st
 	}
 }
 
-// lastSeq is the bucket stream's last sequence, or 0 when the server does
-// not answer within a second.
-func (s *Store) lastSeq(ctx context.Context) uint64 {
+// purged says why the stream in state st no longer holds what the
+// watcher delivered, or "" when it does. Only asked once the watcher has
+// delivered everything the stream holds: a key that expires loses its
+// message just before the watcher hears its marker.
+func purged(prev, st streamState, known map[string]uint64) string {
+	for k, rev := range known {
+		if rev < st.first {
+			return "the message of key " + strconv.Quote(k) + " is gone"
+		}
+	}
+	if prev.created.Equal(st.created) && st.last == prev.last && st.msgs < prev.msgs {
+		return "messages were removed without a write"
+	}
+	return ""
+}
+
+// state is the bucket stream's state, asked for with a second's patience.
+func (s *Store) state(ctx context.Context) (streamState, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	info, err := s.stream.Info(ctx)
 	if err != nil {
-		return 0
+		return streamState{}, err
 	}
-	return info.State.LastSeq
+	return streamState{created: info.Created, first: info.State.FirstSeq, last: info.State.LastSeq, msgs: info.State.Msgs}, nil
 }
 
-func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]bool, fn func(broker.Event)) {
+func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]uint64, fn func(broker.Event)) {
 	s.delivered = max(s.delivered, e.Revision())
 	ev := broker.Event{Router: e.Key(), Revision: e.Revision(), Created: e.Created()}
 	s.settled(ev.Router, ev.Created)
@@ -262,7 +356,7 @@ func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]bool, fn fun
 		}
 	}
 	if ev.Entry != nil {
-		known[ev.Router] = true
+		known[ev.Router] = ev.Revision
 	} else {
 		delete(known, ev.Router)
 	}

@@ -186,7 +186,7 @@ func (r *Replica) reattach(ctx context.Context) (stop func()) {
 			r.mu.Unlock()
 			r.broker.Attach(store)
 			r.resyncOnReconnect(store)
-			stopWatch, err := store.Watch(ctx, r.broker.Observe)
+			stopWatch, err := store.Watch(ctx, r.broker.Observe, kv.WithVerify(r.broker.Verify))
 			if err != nil {
 				continue // writes go to the bucket already; the next attempt watches
 			}

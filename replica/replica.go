@@ -312,7 +312,7 @@ func (r *Replica) start(ctx context.Context) error {
 	if store != nil {
 		r.resyncOnReconnect(store)
 		// The view is complete before the first call is answered.
-		r.stopWatch, err = store.Watch(ctx, r.broker.Observe)
+		r.stopWatch, err = store.Watch(ctx, r.broker.Observe, kv.WithVerify(r.broker.Verify))
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
