@@ -259,7 +259,7 @@ func TestDisabledRouterGetsOneProbeAfterDisabledTimeAndReturnsWhenItSucceeds(t *
 	// which fires at the same moment: wait for the probe, then for no
 	// second one.
 	probes := 0
-	natstest.Eventually(t, time.Second, func() bool {
+	natstest.Eventually(t, 5*time.Second, func() bool {
 		if pick(b, "/azure/") == "/azure/dud/" {
 			probes++
 		}

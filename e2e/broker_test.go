@@ -179,15 +179,7 @@ func TestDisabledRouterReturnsOnEveryReplicaAfterDisabledTime(t *testing.T) {
 			}
 			// Calls make the replicas race to claim the probe; one wins, and
 			// its next call for the pool is the probe.
-			probes := 0
-			for i := 0; i < 300 && probes == 0; i++ {
-				router, err := gw.route(ingress)
-				is.NoErr(err)
-				if router == dud {
-					probes++
-				}
-			}
-			is.Equal(probes, 1) // the probe call went to the router
+			is.True(gw.probe(t, 5*time.Second)) // the probe call went to the router
 			probe := readRecord(t, bucket, dud).Probe
 			is.True(probe != nil && (probe.By == "replica-1" || probe.By == "replica-2")) // a replica holds the probe in the bucket
 			is.Equal(gw.routes(t, 100)[dud], 0)                                           // and no other call while it is out
@@ -461,16 +453,8 @@ func TestServerWithoutJetStreamServesInLocalMode(t *testing.T) {
 	// replica, the whole fleet here, sends the probe call.
 	l = r.waitFor(t, time.Until(until)+3*time.Second, logged("router on probation: one probe call decides", "router", dud))
 	is.True(!l.at.Before(until.Add(-time.Millisecond))) // the disable ended before DISABLED_TIME
-	probes := 0
-	for i := 0; i < 300 && probes == 0; i++ {
-		router, err := gw.route(ingress)
-		is.NoErr(err)
-		if router == dud {
-			probes++
-		}
-	}
-	is.Equal(probes, 1)                 // the probe call went to the router
-	is.Equal(gw.routes(t, 100)[dud], 0) // and no other call while it is out
+	is.True(gw.probe(t, 5*time.Second))                 // the probe call went to the router
+	is.Equal(gw.routes(t, 100)[dud], 0)                 // and no other call while it is out
 	is.NoErr(gw.report(dud, 200))
 	r.waitFor(t, 5*time.Second, logged("router enabled", "router", dud))
 	is.True(gw.routes(t, 300)[dud] > 0) // the router is back in the pool
@@ -530,6 +514,24 @@ func (g gateway) routes(t *testing.T, n int) map[string]int {
 		got[router]++
 	}
 	return got
+}
+
+// probe makes request contexts for the default ingress until one goes to
+// dud, the router on probation, and reports whether one did within d. The
+// replicas claim the probe with a write to the bucket, as calls come: how
+// many calls go elsewhere meanwhile depends on the machine, not the time.
+func (g gateway) probe(t *testing.T, d time.Duration) bool {
+	t.Helper()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
+		router, err := g.route(ingress)
+		if err != nil {
+			t.Fatalf("request context: %v", err)
+		}
+		if router == dud {
+			return true
+		}
+	}
+	return false
 }
 
 // settle returns once r has logged everything caused by the calls made

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,60 +33,16 @@ func TestReplicaKilledMidLoadCostsAtMostTheCallsInFlightOnIt(t *testing.T) {
 	nc := natstest.Connect(t, s)
 
 	// Callers make request contexts back to back through the queue group,
-	// as gecholog does for each client call.
-	const callers, maxCalls = 4, 20_000
-	type call struct {
-		start, end time.Time
-		err        error
-	}
-	var (
-		mu    sync.Mutex
-		calls []call
-		wg    sync.WaitGroup
-	)
-	stop := make(chan struct{})
-	var once sync.Once
-	halt := func() { once.Do(func() { close(stop) }); wg.Wait() }
-	t.Cleanup(halt)
-	body := fmt.Appendf(nil, `{"gl_path":%q}`, ingress)
-	for range callers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range maxCalls {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				c := call{start: time.Now()}
-				m, err := nc.Request(brokerTopic, body, killCallTimeout)
-				c.end = time.Now()
-				if err == nil && !bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`)) {
-					err = fmt.Errorf("reply %q is not a router of the pool", m.Data)
-				}
-				c.err = err
-				mu.Lock()
-				calls = append(calls, c)
-				mu.Unlock()
-			}
-		}()
-	}
-	answeredSince := func(from time.Time, n int) {
-		t.Helper()
-		natstest.Eventually(t, 15*time.Second, func() bool {
-			mu.Lock()
-			defer mu.Unlock()
-			ok := 0
-			for _, c := range calls {
-				if c.err == nil && !c.start.Before(from) {
-					ok++
-				}
-			}
-			return ok >= n
-		}, "%d calls answered", n)
-	}
-	answeredSince(time.Time{}, 300)
+	// as gecholog does for each client call, until the test has seen what
+	// it needs.
+	const callers = 4
+	load := natstest.StartLoad(t, nc, callers, brokerTopic, fmt.Appendf(nil, `{"gl_path":%q}`, ingress), killCallTimeout, func(m *nats.Msg) error {
+		if !bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`)) {
+			return fmt.Errorf("reply %q is not a router of the pool", m.Data)
+		}
+		return nil
+	})
+	load.WaitAnswered(t, time.Time{}, 300, 15*time.Second)
 
 	victim := replicas[1]
 	killed := time.Now()
@@ -98,28 +53,26 @@ func TestReplicaKilledMidLoadCostsAtMostTheCallsInFlightOnIt(t *testing.T) {
 	natstest.Eventually(t, 5*time.Second, func() bool { return !serverHasClient(t, s, "gecholog-broker "+victim.id) },
 		"the server drops %s's connection", victim.id)
 	gone := time.Now()
-	answeredSince(gone, 300)
-	halt()
+	load.WaitAnswered(t, gone, 300, 15*time.Second)
+	calls := load.Finish()
 
-	mu.Lock()
-	defer mu.Unlock()
 	var failed, timeouts, failedAfter, sentBefore int
 	var answered []time.Time
 	for _, c := range calls {
-		if c.err == nil {
-			answered = append(answered, c.end)
+		if c.Err == nil {
+			answered = append(answered, c.End)
 			continue
 		}
 		failed++
-		if errors.Is(c.err, nats.ErrTimeout) {
+		if errors.Is(c.Err, nats.ErrTimeout) {
 			timeouts++
 		} else {
-			t.Errorf("call failed other than by a timeout: %v", c.err)
+			t.Errorf("call failed other than by a timeout: %v", c.Err)
 		}
-		if c.start.Before(killed) {
+		if c.Start.Before(killed) {
 			sentBefore++
 		}
-		if c.start.After(gone) {
+		if c.Start.After(gone) {
 			failedAfter++
 		}
 	}

@@ -138,17 +138,20 @@ func TestReadyzSaysStoppingWhileTheReplicaDrains(t *testing.T) {
 	c.flush(t)
 
 	// /readyz is asked again and again, from before the signal until the
-	// process is gone. Its answers go to the test through a channel, not
-	// through t.
+	// process is gone, at most once a millisecond, and for no longer than
+	// the test waits for the exit. Its answers go to the test through a
+	// channel, not through t.
 	polled := make(chan []probe, 1)
 	go func() {
 		var probes []probe
 		defer func() { polled <- probes }()
-		for range 20_000 {
+		pace := time.NewTicker(time.Millisecond)
+		defer pace.Stop()
+		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); {
 			select {
 			case <-r.exited:
 				return
-			default:
+			case <-pace.C:
 			}
 			probes = append(probes, readyz(client, url))
 		}

@@ -43,8 +43,13 @@ func TestEveryWriteThatLandsIsToldWithItsRevision(t *testing.T) {
 	srv := natstest.Start(t)
 	js := natstest.JetStream(t, srv)
 	s := openWithNews(t, js, "replica-1")
-	sub, err := natstest.Connect(t, srv).SubscribeSync(newsSubject)
+	nc := natstest.Connect(t, srv)
+	sub, err := nc.SubscribeSync(newsSubject)
 	is.NoErr(err)
+	// The subscription goes out on its own connection, the writes' news on
+	// the store's: the server must know it before the first write, or that
+	// news, published once and kept for no one, is missed.
+	is.NoErr(nc.Flush())
 	ctx := context.Background()
 
 	rec := record("/azure/dud/", time.Now().Add(time.Hour))

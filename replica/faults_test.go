@@ -53,7 +53,7 @@ func TestNATSRestartMidLoadKeepsDisablesAndAnswersAgainWithinTwoSeconds(t *testi
 	waitRecord(t, js, "/azure/dud/", 2*time.Second)
 
 	load := startCallLoad(t, nc, 4, 500*time.Millisecond)
-	load.waitAnswered(t, 200, 10*time.Second)
+	load.WaitAnswered(t, time.Time{}, 200, 10*time.Second)
 	first.Shutdown()
 	first.WaitForShutdown()
 	down := time.Now()
@@ -70,20 +70,20 @@ func TestNATSRestartMidLoadKeepsDisablesAndAnswersAgainWithinTwoSeconds(t *testi
 	is.Equal(r.Status, 502) // and it is still in the bucket, read through a new connection
 
 	mark := time.Now()
-	load.waitAnsweredSince(t, mark, 200, 10*time.Second)
-	calls := load.finish()
+	load.WaitAnswered(t, mark, 200, 10*time.Second)
+	calls := load.Finish()
 	slowest := slices.Max(answered)
 	resumed := back.Add(slowest)
 	var failed, failedAfter int
 	firstOK := time.Duration(-1)
 	for _, c := range calls {
-		if c.err != nil {
+		if c.Err != nil {
 			failed++
-			if c.start.After(resumed) {
+			if c.Start.After(resumed) {
 				failedAfter++
 			}
-		} else if c.end.After(back) && (firstOK < 0 || c.end.Sub(back) < firstOK) {
-			firstOK = c.end.Sub(back)
+		} else if c.End.After(back) && (firstOK < 0 || c.End.Sub(back) < firstOK) {
+			firstOK = c.End.Sub(back)
 		}
 	}
 	t.Logf("server down %v; from the server ready again to each replica answering: %v (max %v); first answer to the load %v; "+
@@ -127,7 +127,7 @@ func TestClusterNodeLossMovesReplicasToAnotherNodeAndLosesNoDisable(t *testing.T
 
 	const callers = 4
 	load := startCallLoad(t, nc, callers, time.Second)
-	load.waitAnswered(t, 200, 10*time.Second)
+	load.WaitAnswered(t, time.Time{}, 200, 10*time.Second)
 	killed := time.Now()
 	nodes[victim].Shutdown()
 	nodes[victim].WaitForShutdown()
@@ -167,8 +167,8 @@ func TestClusterNodeLossMovesReplicasToAnotherNodeAndLosesNoDisable(t *testing.T
 	waitRecord(t, js, "/azure/gpt4/", 10*time.Second)
 	written := time.Since(reported)
 
-	load.waitAnsweredSince(t, time.Now(), 200, 10*time.Second)
-	calls := load.finish()
+	load.WaitAnswered(t, time.Now(), 200, 10*time.Second)
+	calls := load.Finish()
 	// Calls in flight on the lost node time out. While the node shuts down,
 	// the gateway's node may also pick one of its queue members, still
 	// registered behind a route that is closing, and answer "no responders"
@@ -179,22 +179,22 @@ func TestClusterNodeLossMovesReplicasToAnotherNodeAndLosesNoDisable(t *testing.T
 	window := "none" // when the failed calls were sent, after the loss
 	var sent []time.Duration
 	for _, c := range calls {
-		if c.err == nil {
+		if c.Err == nil {
 			continue
 		}
 		switch {
-		case errors.Is(c.err, nats.ErrTimeout):
+		case errors.Is(c.Err, nats.ErrTimeout):
 			timeouts++
-		case errors.Is(c.err, nats.ErrNoResponders):
+		case errors.Is(c.Err, nats.ErrNoResponders):
 			noResponders++
 		default:
 			other++
-			t.Logf("call failed: %v", c.err)
+			t.Logf("call failed: %v", c.Err)
 		}
-		if c.start.After(settled) {
+		if c.Start.After(settled) {
 			failedAfter++
 		}
-		sent = append(sent, c.start.Sub(killed))
+		sent = append(sent, c.Start.Sub(killed))
 	}
 	if len(sent) > 0 {
 		window = fmt.Sprintf("%v to %v", slices.Min(sent).Round(time.Millisecond), slices.Max(sent).Round(time.Millisecond))
@@ -536,122 +536,32 @@ func waitRecord(t *testing.T, js jetstream.JetStream, router string, d time.Dura
 	return r
 }
 
-// loadCall is one request context of a callLoad.
-type loadCall struct {
-	start, end time.Time
-	err        error
-}
-
-// callLoad is callers making request contexts back to back, as gecholog's
-// request processor does for each client call, each waiting at most its
-// timeout for the answer.
-type callLoad struct {
-	mu    sync.Mutex
-	calls []loadCall
-	halt  chan struct{}
-	once  sync.Once
-	wg    sync.WaitGroup
-}
-
-// maxLoadCalls and maxLoadTime bound each caller, should a test forget to
-// stop it.
-const (
-	maxLoadCalls = 50_000
-	maxLoadTime  = 2 * time.Minute
-)
-
-func startCallLoad(t *testing.T, nc *nats.Conn, callers int, timeout time.Duration) *callLoad {
-	l := &callLoad{halt: make(chan struct{})}
-	end := time.Now().Add(maxLoadTime)
-	for range callers {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			for range maxLoadCalls {
-				select {
-				case <-l.halt:
-					return
-				default:
-				}
-				if time.Now().After(end) {
-					return
-				}
-				c := loadCall{start: time.Now()}
-				m, err := nc.Request("coburn.gl.broker", []byte(askRouter), timeout)
-				c.end = time.Now()
-				if err == nil && !bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`)) {
-					err = fmt.Errorf("reply %q is not a router of the pool", m.Data)
-				}
-				c.err = err
-				l.mu.Lock()
-				l.calls = append(l.calls, c)
-				l.mu.Unlock()
-			}
-		}()
-	}
-	t.Cleanup(func() { l.finish() })
-	return l
-}
-
-// waitAnswered waits until n calls have been answered.
-func (l *callLoad) waitAnswered(t *testing.T, n int, d time.Duration) {
-	t.Helper()
-	l.waitAnsweredSince(t, time.Time{}, n, d)
-}
-
-// waitAnsweredSince waits until n calls sent after from have been answered.
-func (l *callLoad) waitAnsweredSince(t *testing.T, from time.Time, n int, d time.Duration) {
-	t.Helper()
-	defer func() {
-		if t.Failed() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			errs := map[string]int{}
-			for _, c := range l.calls {
-				if c.err != nil {
-					errs[c.err.Error()]++
-				}
-			}
-			t.Logf("%d calls, failures: %v", len(l.calls), errs)
+// startCallLoad is callers asking the broker for a router of the pool,
+// each waiting at most timeout for the answer, until the test stops them.
+func startCallLoad(t *testing.T, nc *nats.Conn, callers int, timeout time.Duration) *natstest.Load {
+	return natstest.StartLoad(t, nc, callers, "coburn.gl.broker", []byte(askRouter), timeout, func(m *nats.Msg) error {
+		if !bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`)) {
+			return fmt.Errorf("reply %q is not a router of the pool", m.Data)
 		}
-	}()
-	natstest.Eventually(t, d, func() bool {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		ok := 0
-		for _, c := range l.calls {
-			if c.err == nil && !c.start.Before(from) {
-				ok++
-			}
-		}
-		return ok >= n
-	}, "%d calls answered", n)
-}
-
-// finish stops the callers and returns every call made.
-func (l *callLoad) finish() []loadCall {
-	l.once.Do(func() { close(l.halt) })
-	l.wg.Wait()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.calls)
+		return nil
+	})
 }
 
 // servedThroughout checks the calls that ended within from..to: it
 // returns how many were answered, the errors of those that were not, and
 // the longest time within from..to in which no call was answered.
-func servedThroughout(calls []loadCall, from, to time.Time) (answered int, failed []error, gap time.Duration) {
+func servedThroughout(calls []natstest.Call, from, to time.Time) (answered int, failed []error, gap time.Duration) {
 	ends := []time.Time{from}
 	for _, c := range calls {
-		if c.end.Before(from) || c.end.After(to) {
+		if c.End.Before(from) || c.End.After(to) {
 			continue
 		}
-		if c.err != nil {
-			failed = append(failed, c.err)
+		if c.Err != nil {
+			failed = append(failed, c.Err)
 			continue
 		}
 		answered++
-		ends = append(ends, c.end)
+		ends = append(ends, c.End)
 	}
 	ends = append(ends, to)
 	slices.SortFunc(ends, time.Time.Compare)

@@ -175,13 +175,13 @@ func TestWithTheRuleOffTheThresholdAloneDecides(t *testing.T) {
 		is.NoErr(err)
 		is.Equal(res.Router, "/azure/dud/")
 		if i < 5 {
-			f.every(t, time.Second, func(b *broker.Broker) bool { return b.Failures("/azure/dud/") == i }, fmt.Sprintf("%d failures counted", i))
+			f.every(t, 5*time.Second, func(b *broker.Broker) bool { return b.Failures("/azure/dud/") == i }, fmt.Sprintf("%d failures counted", i))
 			for _, b := range f.replicas {
 				is.Equal(b.Phase("/azure/dud/"), broker.Enabled) // not yet
 			}
 		}
 	}
-	f.every(t, time.Second, phaseIs("/azure/dud/", broker.Disabled), "out at the fifth failure")
+	f.every(t, 5*time.Second, phaseIs("/azure/dud/", broker.Disabled), "out at the fifth failure")
 	is.Equal(landed(t, f.nc, "/azure/dud/").Reason, "egress_status_code 502")
 }
 
@@ -204,7 +204,7 @@ func TestFailuresReportedToTwoReplicasAtOnceReachTheThresholdTogether(t *testing
 	close(start)
 	<-done
 	<-done
-	f.every(t, time.Second, phaseIs("/azure/dud/", broker.Disabled), "out")
+	f.every(t, 5*time.Second, phaseIs("/azure/dud/", broker.Disabled), "out")
 	is.Equal(landed(t, f.nc, "/azure/dud/").Reason, "egress_status_code 502")
 	f.stop()
 	is.Equal(bucketWrites(t, f.nc)-before, uint64(1)) // one disable, written once
@@ -218,7 +218,7 @@ func TestFailureCodesYouChooseDecideWhatCountsAgainstARouter(t *testing.T) {
 	tell(t, nc, "/azure/gpt4/", 429) // a 429 is no failure now
 	tell(t, nc, "/azure/gpt4/", 404)
 	tell(t, nc, "/azure/dud/", 504)
-	rs.every(t, time.Second, phaseIs("/azure/dud/", broker.Disabled), "a 5xx disables")
+	rs.every(t, 5*time.Second, phaseIs("/azure/dud/", broker.Disabled), "a 5xx disables")
 	for _, b := range rs.replicas {
 		is.Equal(b.Phase("/azure/gpt4/"), broker.Enabled)
 	}

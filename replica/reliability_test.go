@@ -170,7 +170,7 @@ func TestBucketDeletedAtRuntimeIsRecreatedAndServingNeverStops(t *testing.T) {
 	// 500 ms (gecholog itself waits 50 ms; this leaves room for -race on a
 	// loaded machine).
 	load := startCallLoad(t, nc, 2, 500*time.Millisecond)
-	load.waitAnswered(t, 50, 10*time.Second)
+	load.WaitAnswered(t, time.Time{}, 50, 10*time.Second)
 
 	deleted := time.Now()
 	is.NoErr(js.DeleteKeyValue(ctx, "gl_broker"))
@@ -186,8 +186,8 @@ func TestBucketDeletedAtRuntimeIsRecreatedAndServingNeverStops(t *testing.T) {
 	is.NoErr(err) // the bucket is back
 	took := recreated.Sub(deleted)
 	// Serving goes on after it too.
-	load.waitAnsweredSince(t, recreated, 50, 10*time.Second)
-	answered, failed, gap := servedThroughout(load.finish(), deleted, recreated)
+	load.WaitAnswered(t, recreated, 50, 10*time.Second)
+	answered, failed, gap := servedThroughout(load.Finish(), deleted, recreated)
 	t.Logf("bucket created again %v after it was deleted; meanwhile %d calls answered, %d not, at most %v without an answer",
 		took.Round(time.Millisecond), answered, len(failed), gap.Round(time.Millisecond))
 	is.True(took <= recreateWithin) // as the README says

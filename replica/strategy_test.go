@@ -84,7 +84,7 @@ func TestCallsInFlightAreCountedOverEveryReplica(t *testing.T) {
 		chosen[ask(t, nc, "/azure/")]++
 	}
 	for r, n := range chosen {
-		rs.every(t, time.Second, func(b *broker.Broker) bool { return inFlight(b, r) == n }, fmt.Sprintf("%s has %d in flight", r, n))
+		rs.every(t, 5*time.Second, func(b *broker.Broker) bool { return inFlight(b, r) == n }, fmt.Sprintf("%s has %d in flight", r, n))
 	}
 	// Reported, to any replica: none in flight.
 	for r, n := range chosen {
@@ -93,7 +93,7 @@ func TestCallsInFlightAreCountedOverEveryReplica(t *testing.T) {
 		}
 	}
 	for r := range chosen {
-		rs.every(t, time.Second, func(b *broker.Broker) bool { return inFlight(b, r) == 0 }, r+" has none in flight")
+		rs.every(t, 5*time.Second, func(b *broker.Broker) bool { return inFlight(b, r) == 0 }, r+" has none in flight")
 	}
 }
 
@@ -110,7 +110,7 @@ func TestLeastBusySendsACallToTheRouterWithFewestInFlightRelativeToItsWeight(t *
 	chosen := map[string]int{}
 	for n := 1; n <= 40; n++ {
 		chosen[ask(t, nc, "/azure/")]++
-		rs.every(t, time.Second, func(b *broker.Broker) bool {
+		rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
 			return inFlight(b, "/azure/a/")+inFlight(b, "/azure/b/") == int64(n)
 		}, fmt.Sprintf("%d in flight", n))
 	}

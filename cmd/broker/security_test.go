@@ -924,7 +924,7 @@ func driveTools(t *testing.T, s *server.Server, v *secViolations, user string, c
 			select { // a refusal the server has not logged yet
 			case <-v.seen:
 				return false
-			case <-time.After(2 * time.Second):
+			case <-time.After(5 * time.Second):
 			}
 			t.Fatalf("%s as %s: %v\n%s%s", strings.Join(args, " "), user, err, out, errs)
 		}
