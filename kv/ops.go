@@ -40,6 +40,17 @@ func (s *Store) Scan(ctx context.Context) ([]Listed, error) {
 	}
 	var out []Listed
 	for k := range keys.Keys() {
+		if !ValidKey(k) {
+			// The KV API refuses to read it: read it through the stream.
+			l, live, err := s.scanInvalid(ctx, k)
+			if err != nil {
+				return nil, err
+			}
+			if live {
+				out = append(out, l)
+			}
+			continue
+		}
 		e, err := s.kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			continue // expired or deleted since the listing
@@ -60,6 +71,26 @@ func (s *Store) Scan(ctx context.Context) ([]Listed, error) {
 	}
 	slices.SortFunc(out, func(a, b Listed) int { return strings.Compare(a.Router, b.Router) })
 	return out, nil
+}
+
+// scanInvalid is Scan's entry for a key the KV API refuses, read through
+// the stream; live is false when it was deleted since the listing.
+func (s *Store) scanInvalid(ctx context.Context, key string) (l Listed, live bool, err error) {
+	m, err := s.stream.GetLastMsgForSubject(ctx, s.subject(key))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Listed{}, false, nil
+	}
+	if err != nil {
+		return Listed{}, false, fmt.Errorf("read %q: %w", key, err)
+	}
+	if m.Header.Get(kvOperation) != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "" {
+		return Listed{}, false, nil
+	}
+	l = Listed{Router: key, Entry: broker.Entry{Revision: m.Sequence, Created: m.Time}, Err: fmt.Errorf("key %q: %w", key, ErrInvalidKey)}
+	if r, err := Decode(key, m.Data); err == nil {
+		l.Entry.Record = r
+	}
+	return l, true, nil
 }
 
 // keyRE is what JetStream accepts as a key, with no leading or trailing dot.

@@ -355,6 +355,9 @@ func (s *Store) List(ctx context.Context) ([]broker.Entry, error) {
 	}
 	var out []broker.Entry
 	for k := range keys.Keys() {
+		if !ValidKey(k) {
+			continue // not a router: see ErrInvalidKey
+		}
 		e, err := s.Get(ctx, k)
 		if errors.Is(err, ErrNotFound) {
 			continue // expired or deleted since the listing

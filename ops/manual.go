@@ -12,6 +12,7 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/safetext"
 	"github.com/gecholog/broker/kv"
 )
 
@@ -78,7 +79,26 @@ func DisableRouter(ctx context.Context, t Target, d Disable, getenv func(string)
 // again at once. Any router path may be enabled, pool member or not:
 // lifting a disable is always safe, and status lists records of routers
 // no pool knows.
+//
+// A key that is no router path, even one NATS's KV API refuses (see
+// kv.ErrInvalidKey), is purged when the bucket holds it: status lists
+// every key, and each must be removable without a raw purge.
 func EnableRouter(ctx context.Context, t Target, router string, stdout io.Writer) error {
+	if !broker.ValidPath(router) {
+		return t.withBucket(ctx, "enable", func(ctx context.Context, b bucket) error {
+			removed, err := b.store.PurgeKey(ctx, router)
+			if err != nil {
+				return err
+			}
+			if !removed {
+				return fmt.Errorf("router %q: a router path starts and ends with / and holds only letters, digits and /, and bucket %s holds no such key either",
+					safetext.Clip(router, safetext.MaxShown), b.store.Bucket())
+			}
+			fmt.Fprintln(stdout, natsconn.OneLine(fmt.Sprintf("removed key %s from bucket %s: no router path, so every replica ignored it",
+				safetext.Clip(router, safetext.MaxShown), b.store.Bucket())))
+			return nil
+		})
+	}
 	return t.withBucket(ctx, "enable", func(ctx context.Context, b bucket) error {
 		prev, err := b.store.Get(ctx, router)
 		if errors.Is(err, kv.ErrNotFound) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/safetext"
 	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/replica"
 )
@@ -70,9 +71,14 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 			return err
 		}
 		if o.JSON {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			return enc.Encode(rows)
+			doc, err := json.MarshalIndent(rows, "", "  ")
+			if err != nil {
+				return err
+			}
+			// Escaped as JSON, control and bidirectional characters from
+			// the bucket spoof no terminal the array is printed on.
+			_, err = stdout.Write(append(safetext.JSON(doc), '\n'))
+			return err
 		}
 		fmt.Fprint(stdout, heading(b, t, fv, now))
 		return writeTable(stdout, rows)
@@ -135,7 +141,11 @@ func heading(b bucket, t Target, fv fleetView, now time.Time) string {
 	if len(fv.replicas) == 0 {
 		fmt.Fprintf(&h, "replicas: none heard on %s within %v, so no in-flight, share, latency, headroom or failure figures (no replica running, or this user may not subscribe there)\n", subject, fleetListen)
 	} else {
-		fmt.Fprintf(&h, "replicas: %d heard on %s (%s)\n", len(fv.replicas), subject, strings.Join(fv.replicas, ", "))
+		names := make([]string, len(fv.replicas))
+		for i, r := range fv.replicas {
+			names[i] = safetext.Clip(r, safetext.MaxShown) // a name anyone may publish on the stats subject
+		}
+		fmt.Fprintf(&h, "replicas: %d heard on %s (%s)\n", len(fv.replicas), subject, strings.Join(names, ", "))
 	}
 	var needs []string
 	for _, p := range t.Pools {
@@ -210,7 +220,7 @@ var statusColumns = []struct {
 	cell func(statusRow) string
 }{
 	{"INGRESS", func(r statusRow) string { return r.Ingress }},
-	{"ROUTER", func(r statusRow) string { return r.Router }},
+	{"ROUTER", func(r statusRow) string { return safetext.Cut(r.Router, safetext.MaxShown) }},
 	{"TIER", func(r statusRow) string { return numberCell(r.Tier) }},
 	{"STATE", func(r statusRow) string {
 		switch {
@@ -277,7 +287,7 @@ func statusRows(pools []broker.Pool, policy broker.Policy, listed []kv.Listed, f
 				switch {
 				case l.Err != nil:
 					row.State = "unreadable"
-					row.Reason = "replicas ignore this record: " + l.Err.Error()
+					row.Reason = safetext.Cut("replicas ignore this record: "+l.Err.Error(), safetext.MaxShown)
 				default:
 					rec, clamped := policy.Clamp(l.Entry)
 					switch broker.RecordPhase(rec, now) {
@@ -288,7 +298,7 @@ func statusRows(pools []broker.Pool, policy broker.Policy, listed []kv.Listed, f
 						row.State = "probation"
 						row.fill(rec, now)
 						if p := rec.Probe; p != nil && now.Before(p.Until) {
-							row.Probe = p.By
+							row.Probe = safetext.Cut(p.By, safetext.MaxShown)
 						}
 					}
 					if clamped && row.State != "enabled" && !rec.Until.Equal(l.Entry.Record.Until) {
@@ -310,9 +320,13 @@ func statusRows(pools []broker.Pool, policy broker.Policy, listed []kv.Listed, f
 			continue
 		}
 		row := statusRow{Router: l.Router, State: "unknown router"}
-		if l.Err != nil {
-			row.Reason = "unreadable: " + l.Err.Error()
-		} else {
+		switch {
+		case errors.Is(l.Err, kv.ErrInvalidKey):
+			row.State = "invalid key"
+			row.Reason = "not a router: NATS's KV API refuses this key, and every replica ignores it; `broker enable` with the key removes it"
+		case l.Err != nil:
+			row.Reason = safetext.Cut("unreadable: "+l.Err.Error(), safetext.MaxShown)
+		default:
 			row.fill(l.Entry.Record, now)
 		}
 		rows = append(rows, row)
@@ -321,7 +335,8 @@ func statusRows(pools []broker.Pool, policy broker.Policy, listed []kv.Listed, f
 }
 
 func (row *statusRow) fill(rec broker.Record, now time.Time) {
-	row.Reason, row.By, row.Manual = rec.Reason, rec.By, rec.Manual
+	// A record may say anything at any length; what is shown is bounded.
+	row.Reason, row.By, row.Manual = safetext.Cut(rec.Reason, safetext.MaxShown), safetext.Cut(rec.By, safetext.MaxShown), rec.Manual
 	if rec.Status != 0 {
 		row.Status = &rec.Status
 	}
@@ -344,7 +359,7 @@ func writeTable(w io.Writer, rows []statusRow) error {
 	fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	for _, r := range rows {
 		for i, col := range statusColumns {
-			cells[i] = natsconn.OneLine(col.cell(r))
+			cells[i] = safetext.Line(col.cell(r)) // the fields are cut to safetext.MaxShown already
 			if cells[i] == "" {
 				cells[i] = "-"
 			}

@@ -89,17 +89,22 @@ func newMonitor(id string, log *slog.Logger) *monitor {
 	return m
 }
 
-// listen binds addr and serves in the background; the error names the
-// setting, so a port in use stops startup with one clear line.
-func (m *monitor) listen(addr string) error {
+// listen binds addr and serves in the background, closing connections
+// idle for idle and keeping at most maxConns open (see connLimit); the
+// error names the setting, so a port in use stops startup with one clear
+// line.
+func (m *monitor) listen(addr string, idle time.Duration, maxConns int) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics-addr %q: %w", addr, err)
 	}
+	limit := newConnLimit(ln, maxConns, m.log)
+	m.server.IdleTimeout = idle
+	m.server.ConnState = limit.connState
 	m.log.Info("metrics listening", slog.String("addr", ln.Addr().String()))
 	go func() {
 		defer close(m.done)
-		if err := m.server.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := m.server.Serve(limit); !errors.Is(err, http.ErrServerClosed) {
 			m.log.Error("metrics listener stopped", slog.Any("error", err))
 		}
 	}()

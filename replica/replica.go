@@ -82,6 +82,13 @@ type Config struct {
 	// MetricsAddr is the HTTP listener for the status page at /, /metrics,
 	// /healthz and /readyz; none when empty.
 	MetricsAddr string
+	// HTTPIdleTimeout is how long the listener keeps a keep-alive
+	// connection idle between requests (DefaultHTTPIdleTimeout).
+	HTTPIdleTimeout time.Duration
+	// HTTPMaxConns bounds the listener's open connections
+	// (DefaultHTTPMaxConns): past it, the longest idle one is closed, or
+	// the new one waits until one closes.
+	HTTPMaxConns int
 	// RequireKV refuses to start when the server has no JetStream.
 	RequireKV bool
 	// Embedded, when set, starts an in-process nats-server with JetStream
@@ -147,6 +154,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.HTTPIdleTimeout <= 0 {
+		c.HTTPIdleTimeout = DefaultHTTPIdleTimeout
+	}
+	if c.HTTPMaxConns <= 0 {
+		c.HTTPMaxConns = DefaultHTTPMaxConns
 	}
 	policy, err := c.Policy.Resolve()
 	if err != nil {
@@ -225,7 +238,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// say why not, while the replica waits for the server. Deferred
 		// first, the listener closes last.
 		r.mon = newMonitor(cfg.ID, r.log)
-		if err := r.mon.listen(cfg.MetricsAddr); err != nil {
+		if err := r.mon.listen(cfg.MetricsAddr, cfg.HTTPIdleTimeout, cfg.HTTPMaxConns); err != nil {
 			return err
 		}
 		defer r.mon.close()

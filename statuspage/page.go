@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/safetext"
 )
 
 // Source is the running replica the page reads. Its methods are called for
@@ -42,6 +43,9 @@ const (
 	// no authentication, and each stream costs a goroutine. Past it, a
 	// page polls /status.json instead.
 	maxStreams = 64
+	// maxUnknownShown bounds the routers no pool has that the page names;
+	// UnknownMore counts the rest, which `broker status` lists.
+	maxUnknownShown = 20
 )
 
 //go:embed assets
@@ -138,8 +142,39 @@ func (p *Page) Snapshot(now time.Time) Snapshot {
 		// The fleet's choices are counted within the in-flight bound.
 		s.Choices = Window{Seconds: b.InFlightBound().Seconds(), Scope: "the whole fleet"}
 	}
-	s.UnknownRouters = append(s.UnknownRouters, b.Unknown()...)
+	unknown := b.Unknown()
+	if len(unknown) > maxUnknownShown {
+		s.UnknownMore = len(unknown) - maxUnknownShown
+		unknown = unknown[:maxUnknownShown]
+	}
+	s.UnknownRouters = append(s.UnknownRouters, unknown...)
+	s.escape()
 	return s
+}
+
+// escape shows every text that came from the bucket or the bus escaped
+// and cut to safetext.MaxShown, as status does: a router name or reason
+// with a bidirectional override or a control character reads as written,
+// and a huge one costs an open page no more than a short one.
+func (s *Snapshot) escape() {
+	show := func(p *string) { *p = safetext.Clip(*p, safetext.MaxShown) }
+	show(&s.Replica)
+	show(&s.NATS.Server)
+	show(&s.NotReady)
+	for i := range s.Pools {
+		p := &s.Pools[i]
+		show(&p.Ingress)
+		for j := range p.Routers {
+			r := &p.Routers[j]
+			show(&r.Router)
+			show(&r.Reason)
+			show(&r.By)
+			show(&r.Probe)
+		}
+	}
+	for i := range s.UnknownRouters {
+		show(&s.UnknownRouters[i])
+	}
 }
 
 func notReady(st Status) string {
@@ -181,7 +216,8 @@ func (p *Page) json(w http.ResponseWriter, _ *http.Request) {
 }
 
 // events streams a snapshot whenever one differs from the last sent, and
-// at least once a second, until the page goes away or Close.
+// otherwise the replica's clock once a second (an "at" event), until the
+// page goes away or Close.
 func (p *Page) events(w http.ResponseWriter, r *http.Request) {
 	select {
 	case p.streams <- struct{}{}:
@@ -209,10 +245,22 @@ func (p *Page) events(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return
 		}
-		if !bytes.Equal(same, last) || now.Sub(sent) >= heartbeat {
+		var event []byte
+		switch {
+		case !bytes.Equal(same, last):
 			s.At = now.UTC()
 			data, _ := json.Marshal(s)
-			if _, err := w.Write(append(append([]byte("data: "), data...), "\n\n"...)); err != nil {
+			event = append(append([]byte("data: "), data...), "\n\n"...)
+		case now.Sub(sent) >= heartbeat:
+			// Nothing changed: only the replica's clock, so that the page
+			// knows it still answers, not the snapshot again.
+			at, _ := json.Marshal(struct {
+				At time.Time `json:"at"`
+			}{now.UTC()})
+			event = append(append([]byte("event: at\ndata: "), at...), "\n\n"...)
+		}
+		if event != nil {
+			if _, err := w.Write(event); err != nil {
 				return
 			}
 			if err := rc.Flush(); err != nil {

@@ -9,7 +9,9 @@ import (
 // Snapshot is what the page shows at one moment, as the JSON that
 // /status.json answers and /events streams. Its JSON names are the page's
 // interface: add fields, never rename them. A null number means "not
-// known", and the page shows "—" for it.
+// known", and the page shows "—" for it. Its texts are shown as they are
+// to be read: control, bidirectional and format characters escaped (as
+// \u202e), and each cut to safetext.MaxShown characters.
 type Snapshot struct {
 	// Replica names the replica that answered; "" until it has connected.
 	Replica string `json:"replica"`
@@ -30,6 +32,9 @@ type Snapshot struct {
 	// UnknownRouters are routers no pool has that the bucket held records
 	// for since the replica started: replicas ignore those records.
 	UnknownRouters []string `json:"unknown_routers"`
+	// UnknownMore counts the routers no pool has beyond the first 20,
+	// which UnknownRouters names.
+	UnknownMore int `json:"unknown_more"`
 	// Choices says over what the share of choices is counted.
 	Choices Window `json:"choices"`
 	// Notes say, in words, what the page does not know and why.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/demo"
+	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/ops"
 	"github.com/gecholog/broker/replica"
 )
@@ -84,7 +85,13 @@ func enableCommand(ctx context.Context, args []string, getenv func(string) strin
 	if err != nil {
 		return err
 	}
+	// Any key the bucket may hold, router path or not, so that every key
+	// status lists can be removed; the bucket is asked whether it holds
+	// one that is no router path.
 	router, err := oneRouter("enable", operands)
+	if err != nil && len(operands) == 1 && kv.LiteralKey(operands[0]) {
+		router, err = operands[0], nil
+	}
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/gecholog/broker/internal/safetext"
 )
 
 // Settings say where the NATS server is and how to authenticate, as the
@@ -102,14 +104,16 @@ func (s Settings) Scrub(err error) error {
 	if err == nil {
 		return nil
 	}
-	msg := OneLine(err.Error())
+	msg := err.Error()
 	secrets := append(userinfo(s.Servers), s.Token, s.Password)
 	for _, secret := range secrets {
 		if len(secret) >= 3 {
 			msg = strings.ReplaceAll(msg, secret, "[redacted]")
 		}
 	}
-	return scrubbed{msg: msg, err: err}
+	// Secrets out first: escaping a secret's odd character would hide the
+	// secret from the search and show it, escaped.
+	return scrubbed{msg: OneLine(msg), err: err}
 }
 
 type scrubbed struct {
@@ -176,12 +180,7 @@ func Redact(servers string) string {
 }
 
 // OneLine puts text on one line: records may be written by hand, and a
-// reason with a tab or a newline must not break a table or a log line.
-func OneLine(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
-}
+// reason with a tab or a newline must not break a table or a log line,
+// nor a control or bidirectional character spoof a terminal; it is
+// safetext.Line, which the status page uses too.
+func OneLine(s string) string { return safetext.Line(s) }

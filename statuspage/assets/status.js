@@ -1,7 +1,8 @@
 // The broker's status page: renders the snapshots /events streams (or, where
 // that is not possible, /status.json polled once a second). Everything from
 // the replica is put in the page as text, never as markup: router names and
-// reasons come from the bucket, where anyone with NATS access can write.
+// reasons come from the bucket, where anyone with NATS access can write;
+// the replica has shown their control and bidirectional characters escaped.
 "use strict";
 
 (function () {
@@ -165,7 +166,9 @@
     }
     const unknown = document.getElementById("unknown");
     unknown.hidden = s.unknown_routers.length === 0;
-    document.getElementById("unknown-routers").replaceChildren(...s.unknown_routers.map(r => el("li", { "data-unknown": r }, el("code", {}, r))));
+    const list = document.getElementById("unknown-routers");
+    list.replaceChildren(...s.unknown_routers.map(r => el("li", { "data-unknown": r }, el("code", {}, r))));
+    if (s.unknown_more > 0) list.append(el("li", { class: "quiet" }, "and " + s.unknown_more + " more: broker status lists them"));
   }
 
   // tick redraws what the clock changes: the countdowns and the age of the
@@ -204,6 +207,8 @@
     if (!window.EventSource) { poll(); return; }
     const es = new EventSource("events");
     es.onmessage = e => take(JSON.parse(e.data));
+    // Nothing changed: the replica sends only its clock.
+    es.addEventListener("at", e => { if (last) take(Object.assign(last, JSON.parse(e.data))); });
     // A stream refused (too many pages open) is not retried by the
     // browser; poll instead.
     es.onerror = () => { if (es.readyState === EventSource.CLOSED) poll(); };

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natstest"
+)
+
+// What a hostile or careless writer of the bucket can put there, and what
+// the operator's commands make of it.
+
+// rawKey publishes value straight to the bucket's subject for key, past the
+// KV API and its check of the key's characters, and waits until the
+// bucket's stream holds it.
+func rawKey(t *testing.T, js jetstream.JetStream, key, value string) {
+	t.Helper()
+	if _, err := js.Publish(context.Background(), "$KV.gl_broker."+key, []byte(value)); err != nil {
+		t.Fatalf("publish %q: %v", key, err)
+	}
+}
+
+// watchFrame runs status --watch until its first frame and returns it.
+func watchFrame(t *testing.T, getenv func(string) string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"status", "--watch"}, getenv, &out, &out) }()
+	frames := func() []string { return strings.Split(out.String(), "\x1b[H\x1b[2J")[1:] }
+	natstest.Eventually(t, 10*time.Second, func() bool { return len(frames()) >= 2 }, "two frames")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("status --watch: %v", err)
+	}
+	return frames()[0]
+}
+
+func TestStatusShowsAKeyTheKVAPIRefusesAndEnableRemovesIt(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s)
+	st := createBucket(t, js)
+	_, err := st.Create(context.Background(), broker.Record{Router: "/azure/dud/", Status: 502, Reason: "egress_status_code 502",
+		At: time.Now(), Until: time.Now().Add(time.Hour), By: "replica-1"})
+	is.NoErr(err)
+	const bad = "<svg/onload=alert(6)>"
+	rawKey(t, js, bad, "x")
+	rawKey(t, js, "evil\u202ett", `{"v":1,"router":"x","reason":"r","at":"2026-01-01T00:00:00Z","by":"mallory"}`)
+	ops := env("NATS_URL", s.ClientURL())
+
+	// --json: every key, the refused ones marked.
+	rows := statusJSON(t, ops)
+	is.Equal(jsonRow(rows, "/azure/dud/")["state"], "disabled") // the others are listed as ever
+	row := jsonRow(rows, bad)
+	is.True(row != nil) // the refused key is listed
+	is.Equal(row["state"], "invalid key")
+	is.True(strings.Contains(row["reason"].(string), "not a router"))
+	is.Equal(jsonRow(rows, "evil\u202ett")["state"], "invalid key")
+
+	// The table: the same, the override escaped.
+	table, _, err := runOp(ops, "status")
+	is.NoErr(err)
+	t.Logf("broker status\n%s", table)
+	is.True(strings.Contains(tableRow(table, bad), "invalid key"))
+	is.True(strings.Contains(tableRow(table, "/azure/dud/"), "disabled"))
+	is.True(strings.Contains(table, `evil\u202ett`)) // shown escaped
+	is.True(!strings.Contains(table, "\u202e"))      // never raw
+
+	// --watch draws the table, not an error.
+	frame := watchFrame(t, ops)
+	is.True(!strings.Contains(frame, "cannot read bucket"))
+	is.True(strings.Contains(tableRow(frame, bad), "invalid key"))
+
+	// enable removes the key, whatever it is.
+	out, _, err := runOp(ops, "enable", bad)
+	is.NoErr(err)
+	is.Equal(out, "removed key "+bad+" from bucket gl_broker: no router path, so every replica ignored it\n")
+	out, _, err = runOp(ops, "enable", "evil\u202ett")
+	is.NoErr(err)
+	is.True(strings.Contains(out, `evil\u202ett`)) // the confirmation escapes it too
+	rows = statusJSON(t, ops)
+	is.Equal(jsonRow(rows, bad), nil)            // gone
+	is.Equal(jsonRow(rows, "evil\u202ett"), nil) // gone
+	is.True(jsonRow(rows, "/azure/dud/") != nil) // the rest untouched
+	is.Equal(jsonRow(rows, "/azure/dud/")["state"], "disabled")
+
+	// A key the bucket does not hold, and no router path: one line.
+	_, _, err = runOp(ops, "enable", bad)
+	is.True(err != nil)
+	is.True(strings.Contains(err.Error(), "holds no such key"))
+}
+
+func TestStatusShowsControlAndBidiCharactersEscaped(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s)
+	st := createBucket(t, js)
+	spoof := "quota\u202e ok \u009b31m\x1b[2J\u2066\u200b!"
+	_, err := st.Create(context.Background(), broker.Record{Router: "/azure/gpt4/", Reason: spoof,
+		At: time.Now(), Until: time.Now().Add(time.Hour), By: "alice\u009b\u2067", Manual: true})
+	is.NoErr(err)
+	ops := env("NATS_URL", s.ClientURL())
+
+	table, _, err := runOp(ops, "status")
+	is.NoErr(err)
+	t.Logf("broker status\n%s", table)
+	for _, raw := range []string{"\u202e", "\u009b", "\x1b[2J", "\u2066", "\u2067", "\u200b"} {
+		is.True(!strings.Contains(table, raw)) // nothing reaches the terminal raw
+	}
+	is.True(strings.Contains(tableRow(table, "/azure/gpt4/"), `quota\u202e ok \u009b31m\u001b[2J\u2066\u200b!`)) // shown escaped
+	is.True(strings.Contains(tableRow(table, "/azure/gpt4/"), `alice\u009b\u2067`))
+
+	out, _, err := runOp(ops, "status", "--json")
+	is.NoErr(err)
+	for _, raw := range []string{"\u202e", "\u009b", "\x1b", "\u2066", "\u2067", "\u200b"} {
+		is.True(!strings.Contains(out, raw)) // JSON-escaped, not raw
+	}
+	var rows []map[string]any
+	is.NoErr(json.Unmarshal([]byte(out), &rows))
+	is.Equal(jsonRow(rows, "/azure/gpt4/")["reason"], spoof) // the same text to a script
+}
+
+func TestStatusShowsAHugeReasonCut(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s)
+	st := createBucket(t, js)
+	huge := strings.Repeat("r", 100_000)
+	_, err := st.Create(context.Background(), broker.Record{Router: "/azure/gpt4/", Reason: huge,
+		At: time.Now(), Until: time.Now().Add(time.Hour), By: strings.Repeat("b", 50_000), Manual: true})
+	is.NoErr(err)
+	ops := env("NATS_URL", s.ClientURL())
+	table, _, err := runOp(ops, "status")
+	is.NoErr(err)
+	line := tableRow(table, "/azure/gpt4/")
+	is.True(strings.Contains(line, strings.Repeat("r", 200)+"… [99800 more bytes]")) // cut at 200, with how much was left out
+	is.True(len(line) < 2000)                                                        // the row stays a row
+	rows := statusJSON(t, ops)
+	is.Equal(jsonRow(rows, "/azure/gpt4/")["reason"], strings.Repeat("r", 200)+"… [99800 more bytes]")
+}
