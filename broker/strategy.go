@@ -14,10 +14,10 @@ import (
 // is its whole contract; the README points here.
 //
 // Pick is asked, on every request context for a pool that names the
-// strategy, about the pool's tiers in priority order, best first, until
-// it picks a router. It is not asked when a probe call is due (the probe
-// goes to the router on probation) or when no router of the pool is
-// enabled (the all-disabled rule answers).
+// strategy (DefaultStrategy when it names none), about the pool's tiers
+// in priority order, best first, until it picks a router. It is not asked
+// when a probe call is due (the probe goes to the router on probation) or
+// when no router of the pool is enabled (the all-disabled rule answers).
 //
 // Its input: t holds the enabled routers of one priority of the pool, in
 // the order of the pools file, and at least one: a tier of one router is
@@ -35,13 +35,13 @@ import (
 //     router of the best tier at random by weight (Tier.Random), counted
 //     as panic: a call that may work beats one that cannot.
 //
-// t.Len() or more is a bug: the request's path panics on it.
+// t.Len() or more is a bug: the replica panics on it.
 //
 // Pick runs on the request's path: it must not allocate, lock, wait or do
-// I/O, and its time must be bounded whatever the tier's size (leastBusy and mostHeadroom compare a sample of a tier over 16
-// routers). One value serves every pool that names the strategy, from
-// many goroutines at once: a strategy keeps no state of its own, only
-// what t gives.
+// I/O, and its time must be bounded whatever the tier's size (leastBusy
+// and mostHeadroom compare a sample of a tier over 16 routers). One value
+// serves every pool that names the strategy, from many goroutines at
+// once: a strategy keeps no state of its own, only what t gives.
 //
 // Adding a strategy is one type in a file of its own, using only what
 // Tier exports, and one line in strategies.
