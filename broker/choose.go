@@ -74,17 +74,13 @@ func (b *Broker) Choose(ingress []byte) int {
 			return b.chose(p, s.route, slices.Index(p.ids, s.route.id), Chosen)
 		}
 	}
+	// What the strategy is asked and what its answers mean: see Strategy.
 	for _, t := range c.tiers {
-		// Asked even of a tier of one router: headroom may decline it.
-		i := p.strategy.Pick(t)
-		if i < 0 {
-			continue // the strategy says none of this tier can take it
+		if i := p.strategy.Pick(t); i >= 0 {
+			return b.chose(p, t.routes[i], t.index[i], Chosen)
 		}
-		return b.chose(p, t.routes[i], t.index[i], Chosen)
 	}
 	if len(c.tiers) > 0 {
-		// Every tier declined (none has rate limit left): a call that may
-		// work beats one that cannot.
 		t := c.tiers[0]
 		i := t.Random()
 		return b.chose(p, t.routes[i], t.index[i], Panicked)

@@ -49,7 +49,10 @@ func (mostHeadroom) Pick(t *Tier) int {
 	return -1
 }
 
+// roomOf is router i's headroom, full when its upstream says nothing.
 func roomOf(t *Tier, i int) float64 {
-	s := &t.routes[i].stats
-	return s.roomFor(s.inFlight())
+	if h, ok := t.Headroom(i); ok {
+		return h
+	}
+	return 1
 }

@@ -1,6 +1,9 @@
 package broker
 
-import "math/rand/v2"
+import (
+	"math/rand/v2"
+	"time"
+)
 
 // explore is the share of calls the latency strategy sends at random (by
 // weight), so that a slow router that recovers is noticed: with three
@@ -21,18 +24,17 @@ func (lowestLatency) Pick(t *Tier) int {
 	}
 	n := t.Len()
 	start := rand.IntN(n)
-	best, bestLat := -1, int64(0)
+	best, bestLat := -1, time.Duration(0) // bestLat 0: best is unheard of
 	heard := false
 	for k := range n {
 		i := (start + k) % n
-		s := &t.routes[i].stats
-		lat := s.latencyNs.Load()
-		heard = heard || lat != 0
+		lat, ok := t.Latency(i)
+		heard = heard || ok
 		switch {
-		case lat == 0 && s.inFlight() > 0: // its first call is out: wait for it
-		case lat == 0 && (best < 0 || bestLat != 0): // unheard of: explore it
+		case !ok && t.InFlight(i) > 0: // its first call is out: wait for it
+		case !ok && (best < 0 || bestLat != 0): // unheard of: explore it
 			best, bestLat = i, 0
-		case lat != 0 && best < 0, lat != 0 && bestLat != 0 && lat < bestLat:
+		case ok && best < 0, ok && bestLat != 0 && lat < bestLat:
 			best, bestLat = i, lat
 		}
 	}

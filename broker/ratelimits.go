@@ -86,21 +86,11 @@ func (l *RateLimits) roomAt(now time.Time) room {
 	return r
 }
 
-// roomFor is the share of the rate limit left for one more call, with
-// inFlight calls chosen and not yet answered taken from the requests left:
-// the last answer's count does not know of the calls chosen since. 1 when
-// the upstream says nothing. It reads the clock only for a router whose
-// upstream said none is left, to let it take calls again from its reset on.
-func (s *routeStats) roomFor(inFlight int64) float64 {
-	r := s.room.Load()
-	if r == nil {
-		return 1
-	}
-	return r.share(inFlight)
-}
-
 // share is the share of r left for one more call, with inFlight calls
-// taken from the requests left.
+// chosen and not yet answered taken from the requests left: the last
+// answer's count does not know of the calls chosen since. It reads the
+// clock only for a router whose upstream said none is left, to let it
+// take calls again from its reset on.
 func (r *room) share(inFlight int64) float64 {
 	h := r.tokens
 	if h <= 0 && passed(r.tokensReset) {

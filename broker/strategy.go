@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -9,24 +10,63 @@ import (
 	"time"
 )
 
-// A Strategy chooses which of the enabled routers of a pool's best tier a
-// call goes to. Pick runs on every call, on the request's path: it must not
-// allocate, lock or wait, and reads the routers' statistics, which the
-// replica keeps up to date in the background from the whole fleet's
-// traffic. Adding a strategy is one type in one file, and a line in
-// strategies.
+// A Strategy chooses which router of a tier a call goes to. This comment
+// is its whole contract; the README points here.
+//
+// Pick is asked, on every request context for a pool that names the
+// strategy (DefaultStrategy when it names none), about the pool's tiers
+// in priority order, best first, until it picks a router. It is not asked
+// when a probe call is due (the probe goes to the router on probation) or
+// when no router of the pool is enabled (the all-disabled rule answers).
+//
+// Its input: t holds the enabled routers of one priority of the pool, in
+// the order of the pools file, and at least one: a tier of one router is
+// asked too. t.Weight(i) is 1 or more. t is immutable, but the statistics
+// it reads (InFlight, Latency, Headroom) are the whole fleet's and change
+// as calls are made and heard of, even between two reads in one Pick. The
+// same t is handed to many calls at once and is replaced whenever a
+// router's health changes: read it during Pick, never keep it.
+//
+// Its return:
+//   - an index i in t, 0 <= i < t.Len(): the call goes to router i and is
+//     counted as chosen;
+//   - -1 (any negative number): none of this tier can take the call; the
+//     next tier is asked. When every tier declines, the call goes to a
+//     router of the best tier at random by weight (Tier.Random), counted
+//     as panic: a call that may work beats one that cannot.
+//
+// t.Len() or more is a bug: the replica panics on it.
+//
+// Pick runs on the request's path: it must not allocate, lock, wait or do
+// I/O, and its time must be bounded whatever the tier's size (leastBusy
+// and mostHeadroom compare a sample of a tier over 16 routers). One value
+// serves every pool that names the strategy, from many goroutines at
+// once: a strategy keeps no state of its own, only what t gives.
+//
+// Adding a strategy is one type in a file of its own, using only what
+// Tier exports, and one line in strategies.
 type Strategy interface {
-	// Pick returns the index in t of the router to call; t holds at least
-	// two routers.
 	Pick(t *Tier) int
 }
 
-// strategies are the strategies a pool can name, by name.
-var strategies = map[string]Strategy{
-	"random":     random{},
-	"least-busy": leastBusy{},
-	"latency":    lowestLatency{},
-	"headroom":   mostHeadroom{},
+// strategies are the strategies a pool can name, by name, each with what
+// it needs from the replica.
+var strategies = map[string]registration{
+	"random":     {Strategy: random{}},
+	"least-busy": {Strategy: leastBusy{}},
+	"latency":    {Strategy: lowestLatency{}, NeedsTransactionLog: true},
+	"headroom":   {Strategy: mostHeadroom{}, NeedsTransactionLog: true},
+}
+
+// registration is a strategy as strategies holds it.
+type registration struct {
+	Strategy
+	// NeedsTransactionLog says the strategy reads Tier.Latency or
+	// Tier.Headroom, which only gecholog's transaction log fills: while
+	// the replicas do not hear it, the replica warns, `broker status`
+	// says so and `broker check` compares gecholog's logger subject with
+	// the broker's, for each pool that names the strategy.
+	NeedsTransactionLog bool
 }
 
 // DefaultStrategy is what a pool that names none uses: weighted random, as
@@ -45,19 +85,24 @@ func Strategies() []string {
 
 // strategy returns the named strategy, or an error naming the known ones.
 func strategy(name string) (Strategy, error) {
-	if name == "" {
-		name = DefaultStrategy
-	}
-	s, ok := strategies[name]
+	s, ok := strategies[cmp.Or(name, DefaultStrategy)]
 	if !ok {
 		return nil, fmt.Errorf("strategy %q: %s", name, strings.Join(Strategies(), ", "))
 	}
-	return s, nil
+	return s.Strategy, nil
+}
+
+// NeedsTransactionLog reports whether p's strategy chooses by what
+// gecholog's transaction log says, as its line in strategies declares. An
+// unknown strategy needs nothing (ValidatePools refuses it).
+func (p Pool) NeedsTransactionLog() bool {
+	return strategies[cmp.Or(p.Strategy, DefaultStrategy)].NeedsTransactionLog
 }
 
 // Tier is the enabled routers of one priority of a pool, as a strategy sees
 // them: each router's weight and live statistics. It is immutable; the
-// statistics behind it change as the fleet's calls do.
+// statistics behind it change as the fleet's calls do. Its methods are
+// what every strategy, shipped or new, reads; each is a few atomic loads.
 type Tier struct {
 	routes  []*route
 	weights []int
@@ -65,10 +110,10 @@ type Tier struct {
 	index   []int // each router's index in the pool
 }
 
-// Len is the number of routers.
+// Len is the number of routers, 1 or more.
 func (t *Tier) Len() int { return len(t.routes) }
 
-// Weight is router i's weight in its pool.
+// Weight is router i's weight in its pool, 1 or more.
 func (t *Tier) Weight(i int) int { return t.weights[i] }
 
 // Random picks a router at random, in proportion to the weights.
@@ -89,11 +134,17 @@ func (t *Tier) InFlight(i int) int64 { return t.routes[i].stats.inFlight() }
 // transaction log; ok is false until a call of it has been heard of.
 func (t *Tier) Latency(i int) (d time.Duration, ok bool) { return t.routes[i].stats.latency() }
 
-// Headroom is the share of router i's rate limit left, from 0 (none until
-// its reset) to 1, as its upstream's rate-limit headers last said; ok is
-// false when it sent none.
-func (t *Tier) Headroom(i int, now time.Time) (h float64, ok bool) {
-	return t.routes[i].stats.headroom(now)
+// Headroom is the share of router i's rate limit left for one more call,
+// from 0 (none until its reset) to 1: what its upstream's rate-limit
+// headers last said was left, less the calls in flight to it, which that
+// answer could not know of. ok is false when its upstream sent none.
+func (t *Tier) Headroom(i int) (h float64, ok bool) {
+	s := &t.routes[i].stats
+	r := s.room.Load()
+	if r == nil {
+		return 0, false
+	}
+	return r.share(s.inFlight()), true
 }
 
 // random is weighted random: the default, and the original's rule.

@@ -147,7 +147,7 @@ func CheckGLConfig(r io.Reader, pools []broker.Pool, w Wiring) ([]Problem, error
 func (c *checker) logger(top map[string]any, pools []broker.Pool, want string) {
 	var readers []string
 	for _, p := range pools {
-		if p.Strategy == "latency" || p.Strategy == "headroom" {
+		if p.NeedsTransactionLog() {
 			readers = append(readers, fmt.Sprintf("%s (%s)", p.Ingress, p.Strategy))
 		}
 	}

@@ -149,7 +149,7 @@ func heading(b bucket, t Target, fv fleetView, now time.Time) string {
 	}
 	var needs []string
 	for _, p := range t.Pools {
-		if p.Strategy == "latency" || p.Strategy == "headroom" {
+		if p.NeedsTransactionLog() {
 			needs = append(needs, p.Ingress+" ("+p.Strategy+")")
 		}
 	}

@@ -40,10 +40,6 @@ const (
 	txTellEvery = 10 * time.Second
 )
 
-// needsLog reports whether a pool's strategy chooses by what the
-// transaction log says; without it such a strategy chooses at random.
-func needsLog(strategy string) bool { return strategy == "latency" || strategy == "headroom" }
-
 // TransactionCounts are what a replica made of gecholog's transaction log
 // since it started.
 type TransactionCounts struct {
@@ -255,7 +251,7 @@ type silenceWatch struct {
 func newSilenceWatch(pools []broker.Pool, limit time.Duration, start time.Time) *silenceWatch {
 	w := &silenceWatch{limit: limit, pools: map[string]string{}, since: start, chosen: map[string]uint64{}}
 	for _, p := range pools {
-		if needsLog(p.Strategy) {
+		if p.NeedsTransactionLog() {
 			w.pools[p.Ingress] = p.Strategy
 		}
 	}

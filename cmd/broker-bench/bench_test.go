@@ -7,6 +7,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -40,7 +42,7 @@ func runBench(t *testing.T, args ...string) string {
 }
 
 func TestBenchModesPrintTheirReports(t *testing.T) {
-	for _, tc := range []struct {
+	cases := []struct {
 		mode string
 		args []string
 		want []string
@@ -75,7 +77,14 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 		{"drift", []string{"-calls", "300", "-callers", "4", "-inflight-bound", "1s"},
 			[]string{"in-flight bound 1s", "Time is compressed: the in-flight bound is 1s", "/leastbusy/ (least-busy)", "/random/ (random)",
 				"least-busy drift: after 300 calls", "back to 0", "(target ≤ the bound, 1s: "}},
-	} {
+	}
+	var tested []string
+	for _, tc := range cases {
+		tested = append(tested, tc.mode)
+	}
+	slices.Sort(tested)
+	is.New(t).Equal(tested, slices.Sorted(slices.Values(modeList(t)))) // every mode of the table has a case here
+	for _, tc := range cases {
 		t.Run(tc.mode, func(t *testing.T) {
 			out := runBench(t, append([]string{"-mode", tc.mode}, tc.args...)...)
 			is := is.New(t)
@@ -86,6 +95,34 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// modeList is the names in the table of modes.
+func modeList(t *testing.T) []string {
+	t.Helper()
+	var names []string
+	for _, m := range modes {
+		names = append(names, m.name)
+	}
+	return names
+}
+
+// The table of modes is the one list: -h and the error for an unknown
+// mode name every mode in it.
+func TestHelpAndTheUnknownModeErrorNameEveryMode(t *testing.T) {
+	is := is.New(t)
+	var help bytes.Buffer
+	is.NoErr(run(context.Background(), []string{"-h"}, noEnv, &help, &help))
+	err := run(context.Background(), []string{"-mode", "fast"}, noEnv, io.Discard, io.Discard)
+	is.True(err != nil) // an unknown mode is refused
+	for _, m := range modes {
+		if !strings.Contains(help.String(), " "+m.name+" (") {
+			t.Errorf("-h does not name mode %q and what it measures:\n%s", m.name, &help)
+		}
+		if !strings.Contains(err.Error(), " "+m.name) {
+			t.Errorf("the error for an unknown mode does not name mode %q: %v", m.name, err)
+		}
 	}
 }
 

@@ -1,17 +1,15 @@
-// Command broker-bench measures the broker on loopback: throughput against
-// no-op responders, how fast a failure report reaches every replica, the
-// cost of a storm of failure reports, the start of a replica with many
-// pools, a soak at gecholog's call pattern, losing a node of a NATS
-// cluster, and how well each strategy chooses among LLM deployments on
-// loopback (throughput, spillover, headroom, latency, balance, drift).
-// The replicas run in this
+// Command broker-bench measures the broker on loopback, one mode at a
+// time (modes lists them): throughput against no-op responders, how fast a
+// failure report reaches every replica, the cost of a storm of failure
+// reports, the start of a replica with many pools, a soak at gecholog's
+// call pattern, losing a node of a NATS cluster, and how well each
+// strategy chooses among LLM deployments. The replicas run in this
 // process, each a full replica.Run with its own NATS connection, as in the
 // demo and the end-to-end tests.
 //
-//	broker-bench [-mode throughput|propagation|storm|scale|soak|nodeloss|
-//	                    strategies|spillover|headroom|latency|balance|drift] [flags]
+//	broker-bench [-mode MODE] [flags]
 //
-// Run "broker-bench -h" for the settings.
+// Run "broker-bench -h" for the modes and the settings.
 package main
 
 import (
@@ -27,6 +25,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -85,37 +84,91 @@ type options struct {
 	memProf  string
 }
 
-// modeDuration is the measuring time a mode runs for by default; ok is
-// false for a mode that does not exist.
-func modeDuration(mode string) (d time.Duration, ok bool) {
-	switch mode {
-	case "throughput":
-		return 10 * time.Second, true
-	case "storm":
-		return 5 * time.Second, true
-	case "soak":
-		return time.Minute, true
-	case "strategies":
-		return 10 * time.Second, true
-	case "spillover":
-		return 40 * time.Second, true
-	case "headroom":
-		return 2 * time.Minute, true
-	case "latency", "balance":
-		return 20 * time.Second, true
-	case "propagation", "scale", "nodeloss", "drift", "views":
-		return 0, true // counted in trials, starts, runs and calls, not time
+// mode is one of the bench's measurements.
+type mode struct {
+	name  string
+	about string // what it measures, for -h
+	// duration is its measuring time by default; 0 for a mode counted in
+	// trials, starts, runs or calls.
+	duration time.Duration
+	// cluster says it starts a cluster of nats-server processes of its
+	// own, rather than the one server the others share.
+	cluster bool
+	quota   int // its -quota by default
+	run     func(*bench, context.Context) error
+}
+
+// modes are the bench's measurements, in the order -h lists them: the
+// flags' help, the error for an unknown mode and run all read this table.
+var modes = []mode{
+	{name: "throughput", about: "replicas against no-op responders", duration: 10 * time.Second, run: (*bench).throughput},
+	{name: "propagation", about: "how fast a failure report reaches every replica", run: (*bench).propagation},
+	{name: "storm", about: "the cost of a storm of failure reports", duration: 5 * time.Second, run: (*bench).storm},
+	{name: "scale", about: "the start of a replica with many pools", run: (*bench).scale},
+	{name: "soak", about: "gecholog's call pattern for a while", duration: time.Minute, run: (*bench).soak},
+	{name: "nodeloss", about: "losing a node of a NATS cluster", cluster: true, run: (*bench).nodeloss},
+	{name: "strategies", about: "the throughput of each strategy", duration: 10 * time.Second, run: (*bench).strategies},
+	{name: "spillover", about: "priority tiers taking a quota's overflow", duration: 40 * time.Second, quota: 50, run: (*bench).spillover},
+	{name: "headroom", about: "the headroom strategy against rate limits", duration: 2 * time.Minute, quota: 50, run: (*bench).headroomMode},
+	{name: "latency", about: "the latency strategy against slow deployments", duration: 20 * time.Second, run: (*bench).latencyMode},
+	{name: "balance", about: "least-busy's balance", duration: 20 * time.Second, run: (*bench).balance},
+	{name: "drift", about: "least-busy when reports are lost", run: (*bench).drift},
+	{name: "views", about: "how soon the replicas agree on what the strategies read", run: (*bench).views},
+}
+
+// modeNamed returns the mode called name; ok is false when there is none.
+func modeNamed(name string) (m mode, ok bool) {
+	i := slices.IndexFunc(modes, func(m mode) bool { return m.name == name })
+	if i < 0 {
+		return mode{}, false
 	}
-	return 0, false
+	return modes[i], true
+}
+
+// modeHelp is the -mode flag's help: every mode and what it measures.
+func modeHelp() string {
+	var h strings.Builder
+	h.WriteString("`mode`:")
+	for i, m := range modes {
+		if i > 0 {
+			h.WriteString(";")
+		}
+		fmt.Fprintf(&h, " %s (%s)", m.name, m.about)
+	}
+	return h.String()
+}
+
+// durationHelp is the -duration flag's help: each mode's default.
+func durationHelp() string {
+	var ds []string
+	for _, m := range modes {
+		if m.duration > 0 {
+			d := m.duration.String()
+			if m.duration%time.Minute == 0 {
+				d = fmt.Sprintf("%dm", m.duration/time.Minute)
+			}
+			ds = append(ds, d+" "+m.name)
+		}
+	}
+	return "measuring `time` of each condition (default " + strings.Join(ds, ", ") + "; the other modes count trials, starts, runs or calls)"
+}
+
+// modeNames lists the modes' names for an error: "a, b or c".
+func modeNames() string {
+	names := make([]string, len(modes))
+	for i, m := range modes {
+		names[i] = m.name
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
 func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (options, error) {
 	var o options
 	s := flagenv.New("broker-bench", getenv)
-	s.String(&o.mode, "mode", "", "throughput", "`mode`: throughput, propagation, storm, scale, soak or nodeloss; how the strategies choose: strategies (throughput of each), spillover, headroom, latency, balance (least-busy), drift (least-busy) or views (how soon the replicas agree on what the strategies read)")
+	s.String(&o.mode, "mode", "", modes[0].name, modeHelp())
 	s.String(&o.server, "server", "", "", "NATS server `URL` on loopback; default: an embedded nats-server with JetStream on a random 127.0.0.1 port")
 	s.String(&o.token, "token", "NATS_TOKEN", "", "NATS `token` for -server")
-	s.Duration(&o.duration, "duration", "", 0, 0, time.Hour, "measuring `time` of each condition (default 10s throughput and strategies, 5s storm, 60s soak, 40s spillover, 2m headroom, 20s latency and balance)")
+	s.Duration(&o.duration, "duration", "", 0, 0, time.Hour, durationHelp())
 	s.Duration(&o.warmup, "warmup", "", time.Second, 0, time.Minute, "warm-up `time` before measuring")
 	s.Int(&o.callers, "callers", "", 32, 1, 1024, "concurrent `callers` (throughput, storm)")
 	s.Int(&o.conns, "conns", "", 4, 1, 64, "NATS `connections` the callers share")
@@ -145,15 +198,15 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	if err := s.Parse(args, "Usage: broker-bench [flags]", stdout); err != nil {
 		return o, err
 	}
-	def, ok := modeDuration(o.mode)
+	m, ok := modeNamed(o.mode)
 	if !ok {
-		return o, fmt.Errorf("mode %q: throughput, propagation, storm, scale, soak, nodeloss, strategies, spillover, headroom, latency, balance or drift", o.mode)
+		return o, fmt.Errorf("mode %q: %s", o.mode, modeNames())
 	}
 	if o.quota == 0 {
-		o.quota = map[string]int{"spillover": 50, "headroom": 50}[o.mode]
+		o.quota = m.quota
 	}
 	if o.duration == 0 {
-		o.duration = def
+		o.duration = m.duration
 	}
 	if err := o.level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return o, fmt.Errorf("log-level %q: debug, info, warn or error", o.logLevel)
@@ -216,10 +269,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	tok := strings.ToLower(nats.NewInbox()[len(nats.InboxPrefix):])
 	b := &bench{o: o, out: stdout, stderr: stderr,
 		subject: "bench." + tok + ".broker", noop: "bench." + tok + ".noop", bucket: "bench_" + tok}
-	if o.mode == "nodeloss" { // a cluster of its own, as processes
-		fmt.Fprintf(stdout, "broker bench -mode nodeloss: nats-server %s (3 processes on 127.0.0.1), %s %s/%s, GOMAXPROCS %d\n\n",
-			natsbin.Embedded, runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0))
-		if err := b.nodeloss(ctx); err != nil || ctx.Err() == nil {
+	m, _ := modeNamed(o.mode) // parseOptions refused any other
+	if m.cluster {
+		fmt.Fprintf(stdout, "broker bench -mode %s: nats-server %s (3 processes on 127.0.0.1), %s %s/%s, GOMAXPROCS %d\n\n",
+			m.name, natsbin.Embedded, runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0))
+		if err := m.run(b, ctx); err != nil || ctx.Err() == nil {
 			return err
 		}
 		return errors.New("bench interrupted")
@@ -250,32 +304,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			}
 		}()
 	}
-	switch o.mode {
-	case "throughput":
-		err = b.throughput(ctx)
-	case "propagation":
-		err = b.propagation(ctx)
-	case "storm":
-		err = b.storm(ctx)
-	case "scale":
-		err = b.scale(ctx)
-	case "soak":
-		err = b.soak(ctx)
-	case "strategies":
-		err = b.strategies(ctx)
-	case "spillover":
-		err = b.spillover(ctx)
-	case "headroom":
-		err = b.headroomMode(ctx)
-	case "latency":
-		err = b.latencyMode(ctx)
-	case "balance":
-		err = b.balance(ctx)
-	case "drift":
-		err = b.drift(ctx)
-	case "views":
-		err = b.views(ctx)
-	}
+	err = m.run(b, ctx)
 	if err == nil && ctx.Err() != nil {
 		err = errors.New("bench interrupted")
 	}
