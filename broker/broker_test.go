@@ -560,7 +560,7 @@ func TestRecordForARouterNoPoolHasIsIgnoredWithOneWarning(t *testing.T) {
 		e := broker.Entry{Record: broker.Record{Router: "/nowhere/", Until: time.Now().Add(time.Hour)}, Revision: rev + 1}
 		b.Observe(broker.Event{Router: "/nowhere/", Entry: &e, Revision: rev + 1})
 	}
-	is.Equal(l.count("ignoring a record for a router no pool has; delete it with `nats kv del` if it is a mistake"), 1)
+	is.Equal(l.count("ignoring a record for a router no pool has; remove it with `broker enable KEY` if it is a mistake"), 1)
 	is.Equal(len(b.Routers("/azure/")), 3)
 }
 

@@ -177,6 +177,11 @@ type peer struct {
 // has stopped (its calls are reported to the others, or time out).
 const peerSilence = time.Second
 
+// maxPeers bounds the replicas whose counts are kept at once. A fleet is a
+// few dozen; anyone may publish on the stats subject, and a flood of
+// forged replica names then costs bounded memory until they fall silent.
+const maxPeers = 1024
+
 // Merge takes the counts replica from told at, replacing what it told
 // before. This replica's own are ignored.
 func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
@@ -191,7 +196,11 @@ func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
 	}
 	b.fleet.mu.Lock()
 	defer b.fleet.mu.Unlock()
-	old := b.fleet.peers[from].counts
+	prev, known := b.fleet.peers[from]
+	if !known && len(b.fleet.peers) >= maxPeers {
+		return
+	}
+	old := prev.counts
 	b.fleet.peers[from] = peer{at: at, counts: m}
 	// What least-busy reads takes the news at once, rather than at the
 	// next Refresh: half the time two replicas' counts disagree.

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -34,5 +35,29 @@ func TestAnAnnouncedDisableTheStoreNeverConfirmsEndsAfterTheHold(t *testing.T) {
 	}
 	if held := time.Since(start); held < provisionalHold/2 {
 		t.Fatalf("held only %v, the hold being %v", held, provisionalHold)
+	}
+}
+
+// Anyone may publish on the stats subject: forged replica names cost
+// bounded memory, and a replica already known keeps being heard.
+func TestAFloodOfForgedReplicasOnTheStatsSubjectIsBounded(t *testing.T) {
+	b, err := New(Config{Pools: DefaultPools(), Policy: Policy{DisabledTime: time.Hour}, ID: "replica-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	now := time.Now()
+	b.Merge("replica-2", now, []Counts{{Router: "/azure/gpt4/", Chosen: 1}})
+	for i := range 2 * maxPeers {
+		b.Merge(fmt.Sprintf("forged-%d", i), now, []Counts{{Router: "/azure/gpt4/", Chosen: 1}})
+	}
+	b.Merge("replica-2", now, []Counts{{Router: "/azure/gpt4/", Chosen: 7}})
+	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	if n := len(b.fleet.peers); n != maxPeers {
+		t.Fatalf("%d replicas kept, want the bound %d", n, maxPeers)
+	}
+	if got := b.fleet.peers["replica-2"].counts["/azure/gpt4/"].Chosen; got != 7 {
+		t.Fatalf("a known replica's new counts: chosen %d, want 7", got)
 	}
 }

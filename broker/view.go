@@ -175,7 +175,7 @@ func (b *Broker) warnUnknown(router string) {
 	case b.unknown[router]:
 	case len(b.unknown) < maxUnknown:
 		b.unknown[router] = true
-		b.log.Warn("ignoring a record for a router no pool has; delete it with `nats kv del` if it is a mistake",
+		b.log.Warn("ignoring a record for a router no pool has; remove it with `broker enable KEY` if it is a mistake",
 			slog.String("router", clip(router)))
 	case len(b.unknown) == maxUnknown:
 		b.unknown[""] = true // once: no more names after this

@@ -348,7 +348,7 @@ func (s *Store) deliver(e jetstream.KeyValueEntry, known map[string]uint64, fn f
 	} else {
 		r, err := Decode(e.Key(), e.Value())
 		if err != nil {
-			s.log.Warn("ignoring unreadable router record; fix or remove it with `nats kv del`",
+			s.log.Warn("ignoring unreadable router record; remove it with `broker enable KEY`",
 				slog.String("bucket", s.Bucket()), slog.String("router", e.Key()),
 				slog.Uint64("revision", e.Revision()), slog.Any("error", err))
 		} else {

@@ -41,6 +41,10 @@ type heardStats struct {
 // hearFleet subscribes to the replicas' statistics of bucket. A failure to
 // subscribe is no error for status: it shows what the bucket says, and
 // says the statistics are missing.
+// maxHeard bounds the replicas status names: anyone may publish on the
+// stats subject, and forged names must not grow the table without end.
+const maxHeard = 256
+
 func hearFleet(nc *nats.Conn, bucket string) *fleet {
 	f := &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{}}
 	f.sub, _ = nc.Subscribe(f.subject, func(m *nats.Msg) {
@@ -49,7 +53,9 @@ func hearFleet(nc *nats.Conn, bucket string) *fleet {
 			return
 		}
 		f.mu.Lock()
-		f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
+		if _, ok := f.heard[msg.ID]; ok || len(f.heard) < maxHeard {
+			f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
+		}
 		f.mu.Unlock()
 	})
 	return f
