@@ -116,8 +116,8 @@ func (f *fleet) view(now time.Time) fleetView {
 			r.failures += rs.Failures
 			// Every replica hears the whole transaction log, so they agree
 			// on these: the newest word is enough.
-			if rs.LatencyMs > 0 && (newest || r.latency == 0) {
-				r.latency = time.Duration(rs.LatencyMs * float64(time.Millisecond))
+			if rs.LatencyMS > 0 && (newest || r.latency == 0) {
+				r.latency = time.Duration(rs.LatencyMS * float64(time.Millisecond))
 			}
 			if rs.Headroom != nil && (newest || r.headroom == nil) {
 				h := *rs.Headroom
@@ -153,7 +153,7 @@ func (v fleetView) figures(row *statusRow, pool broker.Pool) {
 	}
 	if r.latency > 0 {
 		ms := float64(r.latency) / float64(time.Millisecond)
-		row.LatencyMs = &ms
+		row.LatencyMS = &ms
 	}
 	row.Headroom = r.headroom
 	calls := r.calls

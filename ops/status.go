@@ -202,13 +202,13 @@ type statusRow struct {
 	// stats subject; null when no replica was heard (or, for share,
 	// latency, headroom and failure rate, while there is nothing to say).
 	// InFlight is the calls chosen and not reported yet; Share the
-	// router's share of its pool's recent choices (0 to 1); LatencyMs its
+	// router's share of its pool's recent choices (0 to 1); LatencyMS its
 	// recent upstream time from the transaction log; Headroom the share of
 	// its rate limit left (0 to 1); Calls its calls reported within the
 	// failure-rate window, and FailureRate the share of those that failed.
 	InFlight    *int64   `json:"in_flight"`
 	Share       *float64 `json:"share"`
-	LatencyMs   *float64 `json:"latency_ms"`
+	LatencyMS   *float64 `json:"latency_ms"`
 	Headroom    *float64 `json:"headroom"`
 	Calls       *int64   `json:"calls"`
 	FailureRate *float64 `json:"failure_rate"`
@@ -253,10 +253,10 @@ var statusColumns = []struct {
 	{"IN-FLIGHT", func(r statusRow) string { return int64Cell(r.InFlight) }},
 	{"SHARE", func(r statusRow) string { return percentCell(r.Share) }},
 	{"LATENCY", func(r statusRow) string {
-		if r.LatencyMs == nil {
+		if r.LatencyMS == nil {
 			return ""
 		}
-		return (time.Duration(*r.LatencyMs * float64(time.Millisecond))).Round(time.Millisecond).String()
+		return (time.Duration(*r.LatencyMS * float64(time.Millisecond))).Round(time.Millisecond).String()
 	}},
 	{"HEADROOM", func(r statusRow) string { return percentCell(r.Headroom) }},
 	{"CALLS", func(r statusRow) string { return int64Cell(r.Calls) }},

@@ -58,10 +58,10 @@ type RouterStats struct {
 	Failures    int64   `json:"failures,omitempty"`
 	LastSuccess int64   `json:"last_success,omitempty"`
 	Failing     []int64 `json:"failing,omitempty"`
-	// LatencyMs and Headroom (a share of the rate limit left, 0 to 1) are
+	// LatencyMS and Headroom (a share of the rate limit left, 0 to 1) are
 	// what the replica knows of the upstream from the transaction log,
 	// absent while it knows nothing; for `broker status`.
-	LatencyMs float64  `json:"latency_ms,omitempty"`
+	LatencyMS float64  `json:"latency_ms,omitempty"`
 	Headroom  *float64 `json:"headroom,omitempty"`
 }
 
@@ -73,7 +73,7 @@ func toCounts(rs RouterStats) broker.Counts {
 	for _, ns := range rs.Failing {
 		c.Failing = append(c.Failing, time.Unix(0, ns))
 	}
-	c.Latency = time.Duration(rs.LatencyMs * float64(time.Millisecond))
+	c.Latency = time.Duration(rs.LatencyMS * float64(time.Millisecond))
 	if rs.Headroom != nil {
 		c.Headroom, c.HeadroomKnown = *rs.Headroom, true
 	}
@@ -88,7 +88,7 @@ func fromCounts(c broker.Counts) RouterStats {
 	for _, t := range c.Failing {
 		rs.Failing = append(rs.Failing, t.UnixNano())
 	}
-	rs.LatencyMs = float64(c.Latency) / float64(time.Millisecond)
+	rs.LatencyMS = float64(c.Latency) / float64(time.Millisecond)
 	if c.HeadroomKnown {
 		h := c.Headroom
 		rs.Headroom = &h

@@ -119,7 +119,7 @@ func (p *Page) Snapshot(now time.Time) Snapshot {
 		}
 		for i := range pool.Routers {
 			if total > 0 {
-				pool.Routers[i].Share = ptr(float64(pool.Routers[i].Chosen) / float64(total))
+				pool.Routers[i].ReplicaShare = ptr(float64(pool.Routers[i].Chosen) / float64(total))
 			}
 		}
 	}
@@ -135,7 +135,7 @@ func (p *Page) Snapshot(now time.Time) Snapshot {
 		}
 		fleet = true
 		for j := range s.Pools[p].Routers {
-			s.Pools[p].Routers[j].FleetShare = ptr(views[start+j].Share)
+			s.Pools[p].Routers[j].Share = ptr(views[start+j].Share)
 		}
 	}
 	if fleet {

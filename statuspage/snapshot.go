@@ -96,21 +96,21 @@ type Router struct {
 	// does.
 	Probe string `json:"probe"`
 	// Chosen counts the calls this replica sent the router for the pool
-	// over Snapshot.Choices; Share is their part of the pool's, null
-	// when the pool had none.
-	Chosen uint64   `json:"chosen"`
-	Share  *float64 `json:"share"`
+	// over Snapshot.Choices; ReplicaShare is their part of the pool's,
+	// null when the pool had none.
+	Chosen       uint64   `json:"chosen"`
+	ReplicaShare *float64 `json:"replica_share"`
 
 	// What the strategies read: the router's priority tier, its calls in
 	// flight over the fleet, its recent upstream latency and the share of
 	// its rate limit left (null until gecholog's transaction log has said),
 	// and its share of the fleet's recent choices (null when the pool had
-	// none).
-	Tier       *int     `json:"tier"`
-	InFlight   *int64   `json:"in_flight"`
-	LatencyMS  *float64 `json:"latency_ms"`
-	Headroom   *float64 `json:"headroom"`
-	FleetShare *float64 `json:"fleet_share"`
+	// none), as `broker status --json` names them.
+	Tier      *int     `json:"tier"`
+	InFlight  *int64   `json:"in_flight"`
+	LatencyMS *float64 `json:"latency_ms"`
+	Headroom  *float64 `json:"headroom"`
+	Share     *float64 `json:"share"`
 	// Calls are its calls reported over the fleet within the failure-rate
 	// window, and FailureRate the share of them that failed (null without
 	// calls).

@@ -96,8 +96,8 @@
   // fleet's once the replicas share their counts, else this replica's.
   function shareCell(r) {
     const td = el("td", { class: "num", "data-label": "share" });
-    const fleet = r.fleet_share !== null && r.fleet_share !== undefined;
-    const share = fleet ? r.fleet_share : r.share;
+    const fleet = r.share !== null && r.share !== undefined;
+    const share = fleet ? r.share : r.replica_share;
     if (share === null || share === undefined) {
       td.append(r.state === "enabled" ? "no calls" : DASH);
       return td;
