@@ -625,19 +625,31 @@ func TestSecretsNeverAppearInLogsUsageOrToolOutput(t *testing.T) {
 }
 
 func TestAMistypedNATSURLNeverPrintsItsSecrets(t *testing.T) {
-	for _, tc := range []struct{ name, url, secret string }{
-		{"token", "nats://tok-S3CR3T-d04f@127.0.0.1:4x", "tok-S3CR3T-d04f"},
-		{"password", "nats://broker:pw-S3CR3T-e15a@127.0.0.1:4x", "pw-S3CR3T-e15a"},
+	for _, tc := range []struct{ name, url, secret, says string }{
+		// A typo in the port: net/url refuses the URL and quotes it,
+		// credentials and all, in its error.
+		{"token", "nats://tok-S3CR3T-d04f@127.0.0.1:4x", "tok-S3CR3T-d04f", "numeric port"},
+		{"password", "nats://broker:pw-S3CR3T-e15a@127.0.0.1:4x", "pw-S3CR3T-e15a", "numeric port"},
+		// A /, ? or # in a password ends the user information for net/url,
+		// which takes the rest of the secret for the path.
+		{"slash", "nats://bob:pa/ssw0rd-S3CR3T@127.0.0.1:4222", "ssw0rd-S3CR3T", "%2F"},
+		{"question mark", "nats://bob:pa?ssw0rd-S3CR3T@127.0.0.1:4222", "ssw0rd-S3CR3T", "%3F"},
+		{"hash", "nats://t0k#en-S3CR3T@127.0.0.1:4222", "en-S3CR3T", "%23"},
+		// nats.go splits a list at every comma, also one in a password.
+		{"comma", "nats://bob:pa,ssw0rd-S3CR3T@127.0.0.1:4222", "ssw0rd-S3CR3T", "%2C"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			is := is.New(t)
-			// A typo in the port: net/url refuses the URL and quotes it,
-			// credentials and all, in its error.
-			r := startProgram(t, env("NATS_URL", tc.url))
-			line := r.await(t, "cannot connect to NATS; retrying every second")
-			is.NoErr(r.stop())
-			is.True(strings.Contains(fmt.Sprint(line["error"]), "invalid port")) // says why
-			is.True(!strings.Contains(r.logs.String()+r.out.String(), tc.secret))
+			for _, args := range [][]string{nil, {"status"}, {"disable", "/azure/gpt4/"}, {"enable", "/azure/gpt4/"}} {
+				is := is.New(t)
+				// It can never connect: refused at once, before connecting.
+				out, errs, err := secOp(context.Background(), env("NATS_URL", tc.url), args...)
+				is.True(err != nil)                                              // refused
+				is.True(strings.HasPrefix(err.Error(), "NATS_URL "))             // naming the setting
+				is.True(strings.Contains(err.Error(), "[redacted]@127.0.0.1:4")) // and the host
+				is.True(strings.Contains(err.Error(), tc.says))                  // saying how to fix it
+				is.True(!strings.Contains(err.Error(), "\n"))                    // in one line
+				is.True(!strings.Contains(out+errs+err.Error(), tc.secret))      // never the secret
+			}
 		})
 	}
 }
