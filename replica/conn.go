@@ -28,7 +28,7 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 		nats.ReconnectWait(250*time.Millisecond), // plus nats.go's jitter, so replicas do not come back in step
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				log.Warn("disconnected from NATS; reconnecting", slog.Any("error", err))
+				log.Warn("disconnected from NATS; reconnecting", slog.Any("error", r.cfg.NATS.Scrub(err)))
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
@@ -43,7 +43,7 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 				r.drops.tell(log, sub, false)
 				return
 			}
-			attrs := []any{slog.Any("error", err)}
+			attrs := []any{slog.Any("error", r.cfg.NATS.Scrub(err))}
 			if sub != nil {
 				attrs = append(attrs, slog.String("subject", sub.Subject))
 			}

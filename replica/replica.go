@@ -161,6 +161,14 @@ func (c Config) withDefaults() (Config, error) {
 	if c.HTTPMaxConns <= 0 {
 		c.HTTPMaxConns = DefaultHTTPMaxConns
 	}
+	for _, s := range []struct{ name, subject string }{
+		{"subject", c.Subject}, {"logger-subject", c.LoggerSubject},
+		{"bucket", NewsSubject(c.Bucket)}, {"bucket", StatsSubject(c.Bucket)},
+	} {
+		if err := CheckSubject(s.subject); err != nil {
+			return c, fmt.Errorf("%s %q: not a subject a replica may use: %w", s.name, s.subject, err)
+		}
+	}
 	policy, err := c.Policy.Resolve()
 	if err != nil {
 		return c, err

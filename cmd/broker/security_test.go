@@ -625,19 +625,31 @@ func TestSecretsNeverAppearInLogsUsageOrToolOutput(t *testing.T) {
 }
 
 func TestAMistypedNATSURLNeverPrintsItsSecrets(t *testing.T) {
-	for _, tc := range []struct{ name, url, secret string }{
-		{"token", "nats://tok-S3CR3T-d04f@127.0.0.1:4x", "tok-S3CR3T-d04f"},
-		{"password", "nats://broker:pw-S3CR3T-e15a@127.0.0.1:4x", "pw-S3CR3T-e15a"},
+	for _, tc := range []struct{ name, url, secret, says string }{
+		// A typo in the port: net/url refuses the URL and quotes it,
+		// credentials and all, in its error.
+		{"token", "nats://tok-S3CR3T-d04f@127.0.0.1:4x", "tok-S3CR3T-d04f", "numeric port"},
+		{"password", "nats://broker:pw-S3CR3T-e15a@127.0.0.1:4x", "pw-S3CR3T-e15a", "numeric port"},
+		// A /, ? or # in a password ends the user information for net/url,
+		// which takes the rest of the secret for the path.
+		{"slash", "nats://bob:pa/ssw0rd-S3CR3T@127.0.0.1:4222", "ssw0rd-S3CR3T", "%2F"},
+		{"question mark", "nats://bob:pa?ssw0rd-S3CR3T@127.0.0.1:4222", "ssw0rd-S3CR3T", "%3F"},
+		{"hash", "nats://t0k#en-S3CR3T@127.0.0.1:4222", "en-S3CR3T", "%23"},
+		// nats.go splits a list at every comma, also one in a password.
+		{"comma", "nats://bob:pa,ssw0rd-S3CR3T@127.0.0.1:4222", "ssw0rd-S3CR3T", "%2C"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			is := is.New(t)
-			// A typo in the port: net/url refuses the URL and quotes it,
-			// credentials and all, in its error.
-			r := startProgram(t, env("NATS_URL", tc.url))
-			line := r.await(t, "cannot connect to NATS; retrying every second")
-			is.NoErr(r.stop())
-			is.True(strings.Contains(fmt.Sprint(line["error"]), "invalid port")) // says why
-			is.True(!strings.Contains(r.logs.String()+r.out.String(), tc.secret))
+			for _, args := range [][]string{nil, {"status"}, {"disable", "/azure/gpt4/"}, {"enable", "/azure/gpt4/"}} {
+				is := is.New(t)
+				// It can never connect: refused at once, before connecting.
+				out, errs, err := secOp(context.Background(), env("NATS_URL", tc.url), args...)
+				is.True(err != nil)                                              // refused
+				is.True(strings.HasPrefix(err.Error(), "NATS_URL "))             // naming the setting
+				is.True(strings.Contains(err.Error(), "[redacted]@127.0.0.1:4")) // and the host
+				is.True(strings.Contains(err.Error(), tc.says))                  // saying how to fix it
+				is.True(!strings.Contains(err.Error(), "\n"))                    // in one line
+				is.True(!strings.Contains(out+errs+err.Error(), tc.secret))      // never the secret
+			}
 		})
 	}
 }
@@ -1199,4 +1211,96 @@ func TestLeastPrivilegeInTheReadmeIsWhatTheTestsGrant(t *testing.T) {
 	is.Equal(len(viewerConf), strings.Count(conf, "\n")-1) // one line is marked: $KV.gl_broker.>, writing keys
 	viewer := grantsOf(t, strings.Join(viewerConf, ""))
 	is.Equal(viewer["broker-admin"], granted["broker-viewer"]) // status only is exactly what the tests grant the viewer
+}
+
+func TestEmbeddedNATSOffLoopbackRefusesToStartWithoutAToken(t *testing.T) {
+	for _, listen := range []string{"0.0.0.0:0", "[::]:0", ":0", "nats.example.com:0", "10.1.2.3:0"} {
+		t.Run(listen, func(t *testing.T) {
+			is := is.New(t)
+			// Started, the server would serve until the context ends and run
+			// would return nil.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			var out, logs syncBuffer
+			err := run(ctx, []string{"--embedded-nats", "--embedded-listen", listen, "--embedded-store", t.TempDir()}, env(), &out, &logs)
+			is.True(err != nil)                                                                              // refused
+			is.True(strings.HasPrefix(err.Error(), fmt.Sprintf("embedded-listen %q: off loopback", listen))) // naming the setting
+			is.True(strings.Contains(err.Error(), "set NATS_TOKEN"))                                         // and how to fix it
+			is.True(!strings.Contains(err.Error(), "\n"))                                                    // in one line
+			_, started := logLine(logs.String(), "embedded nats-server with JetStream started")
+			is.True(!started)
+		})
+	}
+}
+
+func TestEmbeddedNATSServesOffLoopbackWithATokenAndOnLoopbackWithout(t *testing.T) {
+	for _, tc := range []struct{ listen, token string }{
+		{"0.0.0.0:0", "tok-S3CR3T-a1b2"}, // every interface, the token required
+		{"127.0.0.1:0", ""},
+		{"localhost:0", ""},
+	} {
+		t.Run(tc.listen, func(t *testing.T) {
+			is := is.New(t)
+			p := startProgram(t, env("NATS_TOKEN", tc.token),
+				"--embedded-nats", "--embedded-listen", tc.listen, "--embedded-store", t.TempDir())
+			p.await(t, "serving")
+			started := p.await(t, "embedded nats-server with JetStream started")
+			is.Equal(started["token_required"], tc.token != "")
+			_, port, err := net.SplitHostPort(started["listen"].(string))
+			is.NoErr(err)
+			nc, err := nats.Connect("nats://127.0.0.1:"+port, nats.Token(tc.token))
+			is.NoErr(err) // the gateway's client connects
+			defer nc.Close()
+			m, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
+			is.NoErr(err)
+			is.True(bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`))) // and is answered
+			if tc.token != "" {
+				_, err := nats.Connect("nats://127.0.0.1:" + port)
+				is.True(errors.Is(err, nats.ErrAuthorization)) // without the token, refused
+			}
+			is.NoErr(p.stop())
+		})
+	}
+}
+
+func TestSubjectSettingsRefuseWildcardsNATSOwnSubjectsAndEmptyTokens(t *testing.T) {
+	s := natstest.Start(t)
+	bad := []string{">", "*", "coburn.>", "coburn.*.broker", "coburn.gl*", "$JS.API.>", "$SYS.REQ.SERVER.PING", "$KV.gl_broker.x",
+		"", ".coburn", "coburn.", "coburn..broker", "coburn gl", "coburn\tgl", "coburn\ngl", "coburn\u00a0gl", "coburn\x00gl"}
+	for _, setting := range []struct {
+		flag, env string
+		commands  [][]string // each with its flags before the setting's
+	}{
+		{"subject", "BROKER_SUBJECT", [][]string{{"serve"}, {"check", "--gl-config", "gl_config.json"}}},
+		{"logger-subject", "BROKER_LOGGER_SUBJECT", [][]string{{"serve"}, {"check", "--gl-config", "gl_config.json"}}},
+		{"queue", "BROKER_QUEUE", [][]string{{"serve"}}},
+	} {
+		values := bad
+		if setting.flag == "queue" {
+			values = append(slices.Clone(bad), "coburn.gl") // a queue group is one token
+		}
+		for _, value := range values {
+			for _, command := range setting.commands {
+				t.Run(fmt.Sprintf("%s %s %q", command[0], setting.flag, value), func(t *testing.T) {
+					is := is.New(t)
+					// Accepted, serve would answer until the context ends, and run
+					// would return nil.
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					var out, logs syncBuffer
+					args := append(slices.Clone(command), "--"+setting.flag+"="+value)
+					err := run(ctx, args, env("NATS_URL", s.ClientURL()), &out, &logs)
+					is.True(err != nil)                                                                                    // refused
+					is.True(strings.HasPrefix(err.Error(), fmt.Sprintf("%s (%s) %q: ", setting.flag, setting.env, value))) // naming the setting and the value
+					is.True(!strings.Contains(err.Error(), "\n"))                                                          // in one line
+					_, served := logLine(logs.String(), "serving")
+					is.True(!served)
+				})
+			}
+		}
+	}
+	// The environment variable is refused the same way.
+	is := is.New(t)
+	_, _, err := secOp(context.Background(), env("NATS_URL", s.ClientURL(), "BROKER_SUBJECT", ">"))
+	is.True(err != nil && strings.HasPrefix(err.Error(), `subject (BROKER_SUBJECT) ">": not a subject the broker may use: holds a wildcard`))
 }

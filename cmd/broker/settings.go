@@ -150,13 +150,8 @@ func (s *settings) serving() {
 	f.String(&s.embeddedStore, "embedded-store", "BROKER_EMBEDDED_STORE", filepath.Join(cmp.Or(s.getenv("TMPDIR"), "/tmp"), "broker-jetstream"), "JetStream store `directory` of the embedded nats-server")
 }
 
-var (
-	// A NATS subject: dot-separated tokens without white space; wildcards
-	// are allowed for a subscription.
-	subjectRE = regexp.MustCompile(`^[^.\s]+(\.[^.\s]+)*$`)
-	// JetStream bucket names.
-	bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
-)
+// bucketRE is a JetStream bucket name.
+var bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 
 // resolve checks the settings the command registered and derives the rest:
 // the server from GECHOLOG_HOST, the pools from their file.
@@ -169,13 +164,17 @@ func (s *settings) resolve() error {
 		}
 		s.nats.Servers = "nats://" + host + ":4222"
 	}
+	for _, subject := range []struct{ name, env, value string }{
+		{"subject", "BROKER_SUBJECT", s.subject},
+		{"logger-subject", "BROKER_LOGGER_SUBJECT", s.loggerSubject},
+	} {
+		if err := replica.CheckSubject(subject.value); has(subject.name) && err != nil {
+			return fmt.Errorf("%s (%s) %q: not a subject the broker may use: %w", subject.name, subject.env, subject.value, err)
+		}
+	}
 	switch {
-	case has("subject") && !subjectRE.MatchString(s.subject):
-		return fmt.Errorf("subject %q: not a NATS subject (dot-separated tokens, no spaces)", s.subject)
-	case has("logger-subject") && !subjectRE.MatchString(s.loggerSubject):
-		return fmt.Errorf("logger-subject %q: not a NATS subject (dot-separated tokens, no spaces)", s.loggerSubject)
-	case has("queue") && (strings.ContainsAny(s.queue, " \t\r\n.*>") || s.queue == ""):
-		return fmt.Errorf("queue %q: a queue group is one token without spaces, dots or wildcards", s.queue)
+	case has("queue") && (replica.CheckSubject(s.queue) != nil || strings.Contains(s.queue, ".")):
+		return fmt.Errorf("queue (BROKER_QUEUE) %q: a queue group is one token without spaces, control characters, dots or wildcards", s.queue)
 	case has("id") && s.id == "":
 		return errors.New("id: give this replica a name")
 	case has("bucket") && !bucketRE.MatchString(s.bucket):
