@@ -26,6 +26,11 @@ func TestDemoTakesTheDudOutOnBothReplicasAndLeavesNothingRunning(t *testing.T) {
 	defer cancel()
 	is.NoErr(demo.Run(ctx, demo.Options{Requests: 5, DisabledTime: time.Minute}, &out, &errs))
 	text := out.String()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the demo printed:\n%s", text)
+		}
+	})
 	failed := strings.Index(text, "randomly selects /azure/dud/ 502 failed. Disabled for 1 minutes")
 	is.True(failed > 0)                                                          // the dud fails once
 	is.True(!strings.Contains(text[failed+10:], "randomly selects /azure/dud/")) // and is never chosen again

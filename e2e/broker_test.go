@@ -14,66 +14,54 @@ import (
 	"github.com/gecholog/broker/internal/natstest"
 )
 
-// The default pool, as the original broker hard-coded it.
-const (
-	ingress    = "/azure/"
-	gpt35      = "/azure/gpt35turbo/"
-	gpt4       = "/azure/gpt4/"
-	dud        = "/azure/dud/"
-	bucketName = "gl_broker"
-)
-
-var pool = []string{gpt35, gpt4, dud}
-
-// callTimeout bounds one processor call. gecholog waits 50 ms; the replicas
-// here are race-instrumented and share two cores with the test, so allow
-// more and let the assertions, not the timeout, say what is correct.
-const callTimeout = 2 * time.Second
-
 func TestFailureReportedToAnyReplicaStopsEveryReplicaChoosingTheRouter(t *testing.T) {
 	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
-	// Debug level logs every choice, which shows that every replica answered
-	// some of the calls below.
-	replicas := startReplicas(t, s, 3, "BROKER_LOG_LEVEL", "debug")
+	replicas := startReplicas(t, s, 3)
 	gw := newGateway(t, s)
 	bucket := openBucket(t, natstest.Connect(t, s))
 
 	// The queue group hands the report to any one of the replicas.
 	is.NoErr(gw.report(dud, 502))
 	for _, r := range replicas {
-		r.waitFor(t, 5*time.Second, logged("router disabled", "router", dud, "status", "502"))
+		st := r.waitState(t, 5*time.Second, dud, "disabled")
+		is.Equal(st.Status, 502) // every replica acts on the 502 reported to whichever replica got it
 	}
 	// `nats kv ls gl_broker` lists the router. The replicas may hear of the
 	// disable before its write lands, so wait for the key.
 	waitKeys(t, bucket, 5*time.Second, dud)
 
-	marks := make([]int, len(replicas))
-	for i, r := range replicas {
-		marks[i] = r.mark()
-	}
 	const calls = 600
 	got := gw.routes(t, calls)
-	isChoice := line{"a debug line choosing a router for " + ingress, func(l logLine) bool {
-		return l.level == "DEBUG" && l.attrs["ingress"] == ingress && l.attrs["router"] != ""
-	}}
-	natstest.Eventually(t, 5*time.Second, func() bool {
-		n := 0
-		for i, r := range replicas {
-			n += len(r.linesSince(marks[i], isChoice))
+	// Each replica counts the routers it chose; no call was made before
+	// the disable. That the counts add up to every call shows they are
+	// the ones counted.
+	chosen := func(r *replica, router ...string) float64 {
+		n, ok := r.metric(t, "broker_choices_total", append([]string{"ingress", ingress}, router...)...)
+		if !ok {
+			t.Fatalf("%s exports no broker_choices_total", r.id)
 		}
-		return n == calls
-	}, "the replicas logged %d choices", calls)
-	for i, r := range replicas {
-		choices := r.linesSince(marks[i], isChoice)
-		is.True(len(choices) > 0) // every replica answered some of the calls
-		disabled := r.linesSince(0, logged("router disabled", "router", dud))[0]
-		for _, l := range choices {
-			if l.attrs["router"] == dud {
-				t.Errorf("%s chose %s %v after it logged %q (%d lines later)",
-					r.id, dud, l.at.Sub(disabled.at), disabled.msg, l.index-disabled.index)
-			}
+		return n
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		total := 0.0
+		for _, r := range replicas {
+			total += chosen(r)
+		}
+		if total == calls {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the replicas count %v choices, not the %d calls made, 5s on", total, calls)
+		}
+	}
+	for _, r := range replicas {
+		if n := chosen(r); n == 0 {
+			t.Errorf("%s answered none of the %d calls: the test shows nothing of it", r.id, calls)
+		}
+		if n := chosen(r, "router", dud); n != 0 {
+			t.Errorf("%s chose %s %v times after its /status.json said it was disabled", r.id, dud, n)
 		}
 	}
 	is.Equal(got[dud], 0)   // no replica chose the disabled router
@@ -84,15 +72,15 @@ func TestFailureReportedToAnyReplicaStopsEveryReplicaChoosingTheRouter(t *testin
 	// Propagation: from sending a report to the last replica logging the
 	// disable. Deleting the key, as `nats kv del` would, re-enables the router
 	// between trials.
+	// The lag is measured from the moment the test reads each replica's
+	// line, which no poll of its state could time as closely.
 	var lags []time.Duration
+	marks := make([]int, len(replicas))
 	measure := time.Now()
 	for trial := 0; trial < 20 && time.Since(measure) < 15*time.Second; trial++ {
-		for i, r := range replicas {
-			marks[i] = r.mark()
-		}
 		is.NoErr(bucket.Delete(t.Context(), dud))
-		for i, r := range replicas {
-			r.waitAfter(t, marks[i], 5*time.Second, logged("router enabled", "router", dud))
+		for _, r := range replicas {
+			r.waitState(t, 5*time.Second, dud, "enabled")
 		}
 		for i, r := range replicas {
 			marks[i] = r.mark()
@@ -145,7 +133,7 @@ func TestDisabledRouterReturnsOnEveryReplicaAfterDisabledTime(t *testing.T) {
 
 			is.NoErr(gw.report(dud, 504))
 			for _, r := range replicas {
-				r.waitFor(t, 5*time.Second, logged("router disabled", "router", dud))
+				r.waitState(t, 5*time.Second, dud, "disabled")
 			}
 			waitKeys(t, bucket, 5*time.Second, dud)
 			rec := readRecord(t, bucket, dud)
@@ -154,6 +142,8 @@ func TestDisabledRouterReturnsOnEveryReplicaAfterDisabledTime(t *testing.T) {
 			is.Equal(rec.Level, 0)                                                    // a first disable
 			is.True((rec.Until.Sub(rec.At) - 3*time.Second).Abs() < time.Millisecond) // DISABLED_TIME 0.05 minutes
 
+			// The line's own time tells when the replica ended the disable,
+			// which no poll of its state could time as closely.
 			for _, r := range replicas {
 				l := r.waitFor(t, time.Until(rec.Until)+3*time.Second, logged("router on probation: one probe call decides", "router", dud))
 				// The line's own time, in the replica's clock; JSON logs keep
@@ -167,15 +157,17 @@ func TestDisabledRouterReturnsOnEveryReplicaAfterDisabledTime(t *testing.T) {
 			// its next call for the pool is the probe.
 			is.True(gw.probe(t, 5*time.Second)) // the probe call went to the router
 			probe := readRecord(t, bucket, dud).Probe
-			is.True(probe != nil && (probe.By == "replica-1" || probe.By == "replica-2")) // a replica holds the probe in the bucket
-			is.Equal(gw.routes(t, 100)[dud], 0)                                           // and no other call while it is out
+			if probe == nil || (probe.By != "replica-1" && probe.By != "replica-2") {
+				t.Fatalf("the record holds probe %+v, not one held by replica-1 or replica-2", probe)
+			}
+			is.Equal(gw.routes(t, 100)[dud], 0) // and no other call while it is out
 
 			is.NoErr(gw.report(dud, 200)) // the probe call succeeded
 			for _, r := range replicas {
-				r.waitFor(t, 5*time.Second, logged("router enabled", "router", dud))
+				r.waitState(t, 5*time.Second, dud, "enabled")
 			}
 			waitKeys(t, bucket, 5*time.Second)  // `nats kv ls` no longer lists it
-			is.True(gw.routes(t, 300)[dud] > 0) // the router is back in the pool
+			is.True(gw.routes(t, 300)[dud] > 0) // the router is back in the pool: some of 300 calls went to it
 		})
 	}
 }
@@ -195,10 +187,10 @@ func TestRouterOnProbationWithoutCallsIsEnabledWhenItsKeyExpires(t *testing.T) {
 	is.NoErr(gw.report(dud, 502))
 	waitKeys(t, bucket, 5*time.Second, dud)
 	until := readRecord(t, bucket, dud).Until
-	r.waitFor(t, time.Until(until)+3*time.Second, logged("router on probation: one probe call decides", "router", dud))
+	r.waitState(t, time.Until(until)+3*time.Second, dud, "probation")
 	// The claim lapses a probe timeout after until and the key lingers one
 	// more; allow as much again for the TTL's whole seconds and the janitor.
-	r.waitFor(t, time.Until(until)+4*probeTimeout+3*time.Second, logged("router enabled", "router", dud))
+	r.waitState(t, time.Until(until)+4*probeTimeout+3*time.Second, dud, "enabled")
 	waitKeys(t, bucket, 5*time.Second)
 }
 
@@ -214,14 +206,18 @@ func TestReplicaStartedAfterADisableTreatsTheRouterAsDisabled(t *testing.T) {
 	waitKeys(t, bucket, 5*time.Second, dud)
 
 	second := startReplica(t, replicaEnv(s, "replica-2"))
+	// The order of its lines is what shows the disable was known before
+	// the replica served: its state, read afterwards, could not.
 	l := second.waitFor(t, time.Second, logged("router disabled", "router", dud, "by", "replica-1"))
-	is.True(l.index < second.serving.index) // the view was loaded before the replica served
+	if l.index > second.serving.index {
+		t.Fatalf("%s logged the disable in line %d, after it served in line %d", second.id, l.index, second.serving.index)
+	}
 
 	first.signal(t, syscall.SIGTERM)
 	is.Equal(first.exitCode(t, 10*time.Second), 0)
 
 	got := gw.routes(t, 300) // all on the new replica now
-	is.Equal(got[dud], 0)    // the late replica chose the disabled router
+	is.Equal(got[dud], 0)    // the late replica never chose the disabled router
 }
 
 func TestBadInputGetsEmptyReplyAndBrokerKeepsServing(t *testing.T) {
@@ -263,7 +259,13 @@ func TestBadInputGetsEmptyReplyAndBrokerKeepsServing(t *testing.T) {
 	t.Run("nothing is disabled and valid calls are still answered", func(t *testing.T) {
 		is := is.New(t)
 		settle(t, gw, r)
-		is.Equal(len(r.linesSince(0, logged("router disabled"))), 0)
+		for _, p := range r.status(t).Pools {
+			for _, rs := range p.Routers {
+				is.Equal(rs.State, "enabled") // no bad input disabled a router: a disable would last DISABLED_TIME, 10 minutes
+			}
+		}
+		disables, _ := r.metric(t, "broker_router_transitions_total", "to", "disabled")
+		is.Equal(disables, 0.0) // nor for a moment
 		// The warning comes at most once per 10 s: all the bad input above
 		// came within that, so the operator hears of it once, and of the
 		// rest from the next warning (TestMalformedMessagesAreWarnedAbout…).
@@ -273,10 +275,10 @@ func TestBadInputGetsEmptyReplyAndBrokerKeepsServing(t *testing.T) {
 		if d := time.Since(warned[0].at); d >= malformedEvery {
 			t.Fatalf("the bad input took %v after the first warning, longer than its %v interval: the count above says nothing", d, malformedEvery)
 		}
-		is.Equal(len(keys(t, bucket)), 0)
+		is.Equal(keys(t, bucket), nil) // nothing written
 		router, err := gw.route(ingress)
 		is.NoErr(err)
-		is.True(slices.Contains(pool, router))
+		is.True(slices.Contains(pool, router)) // a valid call is answered with a router of the pool
 	})
 
 	t.Run("client errors never disable", func(t *testing.T) {
@@ -285,8 +287,10 @@ func TestBadInputGetsEmptyReplyAndBrokerKeepsServing(t *testing.T) {
 			is.NoErr(gw.report(dud, status))
 		}
 		settle(t, gw, r)
-		is.Equal(len(r.linesSince(0, logged("router disabled"))), 0)
-		is.Equal(len(keys(t, bucket)), 0)
+		is.Equal(r.stateOf(t, dud), "enabled") // still enabled
+		disables, _ := r.metric(t, "broker_router_transitions_total", "to", "disabled")
+		is.Equal(disables, 0.0)        // and never disabled
+		is.Equal(keys(t, bucket), nil) // nothing written
 	})
 
 	t.Run("failures disable", func(t *testing.T) {
@@ -295,13 +299,12 @@ func TestBadInputGetsEmptyReplyAndBrokerKeepsServing(t *testing.T) {
 			// may not have left behind.
 			ok := t.Run(strconv.Itoa(status), func(t *testing.T) {
 				is := is.New(t)
-				mark := r.mark()
 				is.NoErr(gw.report(dud, status))
-				r.waitAfter(t, mark, 5*time.Second, logged("router disabled", "router", dud, "status", strconv.Itoa(status)))
+				is.Equal(r.waitState(t, 5*time.Second, dud, "disabled").Status, status) // disabled for this status
 				waitKeys(t, bucket, 5*time.Second, dud)
-				is.Equal(readRecord(t, bucket, dud).Status, status)
+				is.Equal(readRecord(t, bucket, dud).Status, status) // and the record says so
 				is.NoErr(bucket.Delete(t.Context(), dud))
-				r.waitAfter(t, mark, 5*time.Second, logged("router enabled", "router", dud))
+				r.waitState(t, 5*time.Second, dud, "enabled")
 			})
 			if !ok {
 				break
@@ -366,7 +369,9 @@ func TestMalformedMessagesAreWarnedAboutAtMostOncePer10sWithACountOfTheRest(t *t
 	warned = r.linesSince(0, malformed)
 	is.Equal(len(warned), 2) // a line for the first malformed message after 10 s
 	is.Equal(warned[1].attrs["suppressed_since_last"], strconv.Itoa(sent-2))
-	is.True(warned[1].at.Sub(first.at) >= malformedEvery) // the two lines are 10 s apart
+	if gap := warned[1].at.Sub(first.at); gap < malformedEvery {
+		t.Fatalf("the two warnings are %v apart, less than %v", gap, malformedEvery)
+	}
 }
 
 func TestOriginalEnvironmentOnlyThreeReplicasAgree(t *testing.T) {
@@ -390,14 +395,16 @@ func TestOriginalEnvironmentOnlyThreeReplicasAgree(t *testing.T) {
 	bucket := openBucket(t, nc)
 
 	is.NoErr(gw.report(dud, 502))
+	// These replicas have no metrics listener, as the original had none:
+	// their log is all they say of their state.
 	for _, r := range replicas {
 		r.waitFor(t, 5*time.Second, logged("router disabled", "router", dud))
 	}
 	waitKeys(t, bucket, 5*time.Second, dud)
 	got := gw.routes(t, 600)
-	is.Equal(got[dud], 0)
-	is.True(got[gpt35] > 0)
-	is.True(got[gpt4] > 0)
+	is.Equal(got[dud], 0)   // no replica chose the disabled router
+	is.True(got[gpt35] > 0) // the rest of the pool still gets calls
+	is.True(got[gpt4] > 0)  // the rest of the pool still gets calls
 }
 
 func TestServerWithoutJetStreamServesInLocalMode(t *testing.T) {
@@ -414,13 +421,12 @@ func TestServerWithoutJetStreamServesInLocalMode(t *testing.T) {
 	gw := newGateway(t, s)
 	got := gw.routes(t, 60)
 	for router := range got {
-		is.True(slices.Contains(pool, router))
+		is.True(slices.Contains(pool, router)) // every call is answered with a router of the pool
 	}
 
 	is.NoErr(gw.report(dud, 502))
-	l := r.waitFor(t, 5*time.Second, logged("router disabled", "router", dud))
-	until, err := time.Parse(time.RFC3339Nano, l.attrs["until"])
-	is.NoErr(err)
+	until := r.waitState(t, 5*time.Second, dud, "disabled").Until
+	is.True(!until.IsZero()) // a disable in local mode still has an end
 	// However many calls a busy machine fits into the disable, every one
 	// answered before until went elsewhere. A call answered later may be
 	// the probe.
@@ -429,19 +435,22 @@ func TestServerWithoutJetStreamServesInLocalMode(t *testing.T) {
 		router, err := gw.route(ingress)
 		is.NoErr(err)
 		if time.Now().Before(until) {
-			is.True(router != dud) // the disabled router was chosen before until
+			is.True(router != dud) // the disabled router was not chosen before until
 			checked++
 		}
 	}
 	is.True(checked > 0) // some call was answered within the 6 s disable
 
 	// Without a bucket the replica's own timer ends the disable, and the
-	// replica, the whole fleet here, sends the probe call.
-	l = r.waitFor(t, time.Until(until)+3*time.Second, logged("router on probation: one probe call decides", "router", dud))
-	is.True(!l.at.Before(until.Add(-time.Millisecond))) // the disable ended before DISABLED_TIME
-	is.True(gw.probe(t, 5*time.Second))                 // the probe call went to the router
-	is.Equal(gw.routes(t, 100)[dud], 0)                 // and no other call while it is out
+	// replica, the whole fleet here, sends the probe call. The line's own
+	// time tells when the replica ended the disable.
+	l := r.waitFor(t, time.Until(until)+3*time.Second, logged("router on probation: one probe call decides", "router", dud))
+	if l.at.Before(until.Add(-time.Millisecond)) {
+		t.Fatalf("%s put %s on probation at %v, before the disable's until %v", r.id, dud, l.at, until)
+	}
+	is.True(gw.probe(t, 5*time.Second)) // the probe call went to the router
+	is.Equal(gw.routes(t, 100)[dud], 0) // and no other call while it is out
 	is.NoErr(gw.report(dud, 200))
-	r.waitFor(t, 5*time.Second, logged("router enabled", "router", dud))
-	is.True(gw.routes(t, 300)[dud] > 0) // the router is back in the pool
+	r.waitState(t, 5*time.Second, dud, "enabled")
+	is.True(gw.routes(t, 300)[dud] > 0) // the router is back in the pool: some of 300 calls went to it
 }

@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -14,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/matryer/is"
 	"github.com/nats-io/nats-server/v2/server"
@@ -23,105 +20,6 @@ import (
 
 	"github.com/gecholog/broker/broker"
 )
-
-// The deployment files live at the repository root, one folder up.
-const (
-	composeFile    = "../docker-compose.yml"
-	glConfigFile   = "../gl_config.json"
-	dockerfilePath = "../Dockerfile"
-)
-
-// brokerTopic is the subject both broker processor entries use.
-const brokerTopic = "coburn.gl.broker"
-
-// composeEnv stands in for the host environment, so that the tests do not
-// depend on what the developer has exported.
-var composeEnv = map[string]string{
-	"NATS_TOKEN":         "e2e-nats-token",
-	"GUI_SECRET":         "e2e-gui-secret",
-	"AISERVICE_API_BASE": "https://llm.example.test/",
-}
-
-// loadCompose parses docker-compose.yml as docker compose would, with env as
-// the only environment.
-func loadCompose(t *testing.T, env map[string]string) (*types.Project, error) {
-	t.Helper()
-	var pairs []string
-	for k, v := range env {
-		pairs = append(pairs, k+"="+v)
-	}
-	opts, err := cli.NewProjectOptions(
-		[]string{composeFile},
-		cli.WithName("gecholog-broker-e2e"),
-		cli.WithWorkingDirectory(".."),
-		cli.WithEnv(pairs),
-	)
-	if err != nil {
-		return nil, err
-	}
-	return opts.LoadProject(t.Context())
-}
-
-func mustLoadCompose(t *testing.T) *types.Project {
-	t.Helper()
-	p, err := loadCompose(t, composeEnv)
-	if err != nil {
-		t.Fatalf("load %s: %v", composeFile, err)
-	}
-	return p
-}
-
-// mountAt returns the service's mount whose target is target.
-func mountAt(svc types.ServiceConfig, target string) (types.ServiceVolumeConfig, bool) {
-	for _, v := range svc.Volumes {
-		if v.Target == target {
-			return v, true
-		}
-	}
-	return types.ServiceVolumeConfig{}, false
-}
-
-// onNamedVolume reports whether path inside svc lies on one of the
-// project's named volumes, i.e. survives the container being recreated.
-func onNamedVolume(p *types.Project, svc types.ServiceConfig, path string) bool {
-	for _, v := range svc.Volumes {
-		if v.Type != types.VolumeTypeVolume {
-			continue
-		}
-		if _, named := p.Volumes[v.Source]; !named {
-			continue
-		}
-		if path == v.Target || strings.HasPrefix(path, strings.TrimSuffix(v.Target, "/")+"/") {
-			return true
-		}
-	}
-	return false
-}
-
-func env(svc types.ServiceConfig, name string) string {
-	v := svc.Environment[name]
-	if v == nil {
-		return ""
-	}
-	return *v
-}
-
-func published(svc types.ServiceConfig) []string {
-	var ports []string
-	for _, p := range svc.Ports {
-		ports = append(ports, p.Published)
-	}
-	return ports
-}
-
-func repoPath(t *testing.T, rel string) string {
-	t.Helper()
-	abs, err := filepath.Abs(rel)
-	if err != nil {
-		t.Fatalf("abs %s: %v", rel, err)
-	}
-	return abs
-}
 
 func TestComposeFileDeploysGechologAndScalableBroker(t *testing.T) {
 	is := is.New(t)
@@ -187,33 +85,12 @@ func TestComposeFileDeploysGechologAndScalableBroker(t *testing.T) {
 		is.True(hc.Interval != nil && *hc.Interval > 0)                            // it runs periodically
 		// "broker healthcheck" gives up after 2s; a shorter docker timeout
 		// would report a slow answer as a hung check.
-		is.True(hc.Timeout != nil && time.Duration(*hc.Timeout) > 2*time.Second)
-		is.True(hc.Retries != nil && *hc.Retries > 0)
+		is.True(hc.Timeout != nil && time.Duration(*hc.Timeout) > 2*time.Second) // the healthcheck's timeout is longer than 2s
+		is.True(hc.Retries != nil && *hc.Retries > 0)                            // a failed check is retried
 		// Until gecholog's NATS answers and the bucket is read, /readyz
 		// says 503; the start period keeps that from counting as a failure.
-		is.True(hc.StartPeriod != nil && *hc.StartPeriod > 0)
+		is.True(hc.StartPeriod != nil && *hc.StartPeriod > 0) // the healthcheck has a start period
 	})
-}
-
-// entrypoint returns the program the Dockerfile's final stage runs, the
-// one binary in the distroless image.
-func entrypoint(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile(dockerfilePath)
-	if err != nil {
-		t.Fatalf("read %s: %v", dockerfilePath, err)
-	}
-	var last string
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && strings.EqualFold(f[0], "ENTRYPOINT") {
-			last = strings.TrimSpace(line[len(f[0]):])
-		}
-	}
-	var exec []string
-	if err := json.Unmarshal([]byte(last), &exec); err != nil || len(exec) == 0 {
-		t.Fatalf("%s: the final ENTRYPOINT %q is not in exec form", dockerfilePath, last)
-	}
-	return exec[0]
 }
 
 func TestComposeFileRefusesToStartWithoutNATSToken(t *testing.T) {
@@ -278,68 +155,6 @@ func TestComposeMountedNATSConfigEnablesJetStream(t *testing.T) {
 	is.NoErr(err) // a file-backed KV bucket fits within the limits
 	_, err = kv.Put(t.Context(), "azure.dud", []byte("down"))
 	is.NoErr(err) // the bucket takes writes
-}
-
-// glConfig holds the parts of gl_config.json these tests read.
-type glConfig struct {
-	GatewayID  string `json:"gateway_id"`
-	Version    string `json:"version"`
-	GLPort     int    `json:"gl_port"`
-	ServiceBus struct {
-		Hostname         string `json:"hostname"`
-		TopicExactLogger string `json:"topic_exact_logger"`
-		Token            string `json:"token"`
-	} `json:"service_bus"`
-	Routers []struct {
-		Path     string `json:"path"`
-		Outbound struct {
-			URL string `json:"url"`
-		} `json:"outbound"`
-	} `json:"routers"`
-	// Processors are layers run in order; a layer's processors run in parallel.
-	Request struct {
-		Processors [][]glProcessor `json:"processors"`
-	} `json:"request"`
-	Response struct {
-		Processors [][]glProcessor `json:"processors"`
-	} `json:"response"`
-}
-
-type glProcessor struct {
-	Name               string   `json:"name"`
-	Modifier           bool     `json:"modifier"`
-	Required           bool     `json:"required"`
-	Async              bool     `json:"async"`
-	InputFieldsInclude []string `json:"input_fields_include"`
-	OutputFieldsWrite  []string `json:"output_fields_write"`
-	ServiceBusTopic    string   `json:"service_bus_topic"`
-	Timeout            int      `json:"timeout"`
-}
-
-func readGlConfig(t *testing.T) glConfig {
-	t.Helper()
-	b, err := os.ReadFile(glConfigFile)
-	if err != nil {
-		t.Fatalf("read %s: %v", glConfigFile, err)
-	}
-	var c glConfig
-	if err := json.Unmarshal(b, &c); err != nil {
-		t.Fatalf("decode %s: %v", glConfigFile, err)
-	}
-	return c
-}
-
-// onTopic returns the processors, across all layers, that are called on topic.
-func onTopic(layers [][]glProcessor, topic string) []glProcessor {
-	var ps []glProcessor
-	for _, layer := range layers {
-		for _, p := range layer {
-			if p.ServiceBusTopic == topic {
-				ps = append(ps, p)
-			}
-		}
-	}
-	return ps
 }
 
 func TestGlConfigHasTheFieldsCurrentGechologRequires(t *testing.T) {
@@ -463,7 +278,7 @@ func TestDockerfileContextBuildsTheBinary(t *testing.T) {
 			copies = append(copies, fields[1:len(fields)-1]...)
 		}
 	}
-	is.True(len(copies) > 0)
+	is.True(len(copies) > 0) // the Dockerfile's build stage COPYs the sources
 
 	dir := t.TempDir()
 	root, err := filepath.Abs("..")
@@ -505,44 +320,4 @@ func TestDockerfileContextBuildsTheBinary(t *testing.T) {
 	if err != nil {
 		t.Fatalf("go build ./cmd/broker in the docker build context: %v\n%s", err, out)
 	}
-}
-
-// inContext says whether .dockerignore's patterns let rel into the build
-// context: the last pattern that matches rel, or a folder above it,
-// decides, and one starting with ! lets it in.
-func inContext(patterns []string, rel string) bool {
-	in := true
-	for _, p := range patterns {
-		keep := strings.HasPrefix(p, "!")
-		p = strings.TrimSuffix(strings.TrimPrefix(p, "!"), "/")
-		if matchesPath(p, rel) {
-			in = keep
-		}
-	}
-	return in
-}
-
-func matchesPath(pattern, rel string) bool {
-	if suffix, ok := strings.CutPrefix(pattern, "**/"); ok {
-		parts := strings.Split(rel, "/")
-		for i := range parts {
-			if matchesPath(suffix, strings.Join(parts[i:], "/")) {
-				return true
-			}
-		}
-		return false
-	}
-	for p := rel; p != "." && p != ""; p = path.Dir(p) {
-		if ok, _ := path.Match(pattern, p); ok {
-			return true
-		}
-	}
-	return false
-}
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
 }

@@ -8,15 +8,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,11 +22,34 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/gecholog/broker/internal/gechologtest"
 	"github.com/gecholog/broker/internal/natstest"
 )
 
 // The harness the e2e tests share: a stand-in for the gecholog gateway, the
-// bucket as `nats kv` sees it, and replica processes whose logs the tests read.
+// bucket as `nats kv` sees it, the servers the replicas use and the pools
+// files they read. The replica processes themselves are in
+// replica_helper_test.go, the deployment files' readers in
+// deploy_helper_test.go.
+
+// The default pool, as the original broker hard-coded it.
+const (
+	ingress    = "/azure/"
+	gpt35      = "/azure/gpt35turbo/"
+	gpt4       = "/azure/gpt4/"
+	dud        = "/azure/dud/"
+	bucketName = "gl_broker"
+)
+
+var pool = []string{gpt35, gpt4, dud}
+
+// callTimeout bounds one processor call. gecholog waits 50 ms; the replicas
+// here are race-instrumented and share two cores with the test, so allow
+// more and let the assertions, not the timeout, say what is correct.
+const callTimeout = 2 * time.Second
+
+// brokerTopic is the subject both broker processor entries use.
+const brokerTopic = "coburn.gl.broker"
 
 // gateway makes gecholog's processor calls to the broker.
 type gateway struct {
@@ -319,458 +340,223 @@ func natsInfo(addr string) string {
 	return fmt.Sprintf("not a NATS server: it said %q", first)
 }
 
-// replicaEnv is the environment of a replica serving on s, with the logs in
-// JSON; more are extra name, value pairs.
-func replicaEnv(s *server.Server, id string, more ...string) map[string]string {
-	env := map[string]string{
-		"NATS_URL":          s.ClientURL(),
-		"BROKER_ID":         id,
-		"BROKER_LOG_FORMAT": "json",
-		"BROKER_LOG_LEVEL":  "info",
-		// The race runtime waits a second at exit by default, which each
-		// stopped replica would add to the test's time.
-		"GORACE": "atexit_sleep_ms=0",
-	}
-	for i := 0; i+1 < len(more); i += 2 {
-		env[more[i]] = more[i+1]
-	}
-	return env
-}
-
-// startReplicas starts n replicas on s at once and waits until all serve.
-func startReplicas(t *testing.T, s *server.Server, n int, more ...string) []*replica {
+// poolsFile writes a pools file for the test and returns its path.
+func poolsFile(t *testing.T, json string) string {
 	t.Helper()
-	rs := make([]*replica, n)
-	for i := range rs {
-		rs[i] = spawnReplica(t, replicaEnv(s, fmt.Sprintf("replica-%d", i+1), more...))
+	path := filepath.Join(t.TempDir(), "pools.json")
+	if err := os.WriteFile(path, []byte(json), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	for _, r := range rs {
-		r.waitServing(t)
-	}
-	return rs
+	return path
 }
 
-func startReplica(t *testing.T, env map[string]string, opts ...replicaOption) *replica {
+// llmGateway serves llms (router → deployment) on loopback and returns the
+// stand-in for gecholog that calls them through the replicas on s, logging
+// each transaction on gecholog's seed logger subject.
+func llmGateway(t *testing.T, s *server.Server, llms map[string]*gechologtest.LLM) gechologtest.Gateway {
 	t.Helper()
-	r := spawnReplica(t, env, opts...)
-	r.waitServing(t)
-	return r
-}
-
-// replica is one broker process and what it has logged.
-type replica struct {
-	id        string
-	cmd       *exec.Cmd
-	signalled atomic.Bool
-
-	mu    sync.Mutex
-	lines []logLine
-	grew  chan struct{} // closed and replaced when a line arrives or the log ends
-	ended bool          // stderr reached EOF
-
-	// countDebug, when set, counts debug lines instead of keeping them, for
-	// a test that makes more calls than it could keep a line for.
-	countDebug bool
-	debug      atomic.Int64 // debug lines counted, not kept
-	// held stops the reading of stderr while locked (holdLog).
-	held sync.Mutex
-
-	exited chan struct{} // closed once the process has been waited for
-	state  *os.ProcessState
-
-	serving logLine // the "serving" line, once waitServing returned
-}
-
-// logLine is one line of a replica's stderr: a slog record in JSON or text
-// form, or anything else the process printed (a panic, a race report).
-type logLine struct {
-	index int
-	read  time.Time // when the test read the line
-	raw   string
-	at    time.Time // the record's own time
-	level string
-	msg   string
-	attrs map[string]string // every field; numbers in their JSON form
-}
-
-// replicaOption changes how the test watches a replica before it starts.
-type replicaOption func(*replica)
-
-// countingDebugLines keeps only a count of the replica's debug lines.
-func countingDebugLines(r *replica) { r.countDebug = true }
-
-// spawnReplica starts a broker process with env and nothing else but PATH,
-// HOME and TMPDIR, so that the developer's NATS_* variables never leak in.
-// The process is stopped when the test ends.
-func spawnReplica(t *testing.T, env map[string]string, opts ...replicaOption) *replica {
-	t.Helper()
-	cmd := exec.Command(brokerBin)
-	for _, k := range []string{"PATH", "HOME", "TMPDIR"} {
-		if v, ok := os.LookupEnv(k); ok {
-			cmd.Env = append(cmd.Env, k+"="+v)
+	ups := &gechologtest.Upstreams{}
+	client := gechologtest.NewClient(30 * time.Second)
+	t.Cleanup(func() { client.CloseIdleConnections(); ups.Close() })
+	for router, llm := range llms {
+		if err := ups.Add(router, llm); err != nil {
+			t.Fatal(err)
 		}
 	}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
+	return gechologtest.Gateway{NC: natstest.Connect(t, s), Subject: brokerTopic, Upstreams: ups.URLs, Client: client,
+		Logger: "coburn.gl.logger", Timeout: callTimeout}
+}
+
+// askRouter is gecholog's request context for the default ingress.
+var askRouter = fmt.Appendf(nil, `{"gl_path":%q}`, ingress)
+
+// routerOf reads a request context's reply; "" for an empty one.
+func routerOf(t *testing.T, m *nats.Msg) string {
+	t.Helper()
+	if len(m.Data) == 0 {
+		return ""
 	}
-	if cmd.Env == nil {
-		cmd.Env = []string{} // nil would mean: inherit the test's environment
+	var r struct {
+		GLPath string `json:"gl_path"`
 	}
-	stderr, err := cmd.StderrPipe()
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		t.Fatalf("reply %q is not {\"gl_path\": router}", m.Data)
+	}
+	return r.GLPath
+}
+
+// calls are processor calls published without waiting for their replies,
+// as gecholog's many clients make them, each with its own reply subject, so
+// that the test knows which were answered, with what and when.
+type calls struct {
+	nc    *nats.Conn
+	inbox string
+
+	mu      sync.Mutex
+	answers map[int]answer // by call
+	grew    chan struct{}  // closed and replaced when an answer arrives
+}
+
+type answer struct {
+	msg *nats.Msg
+	at  time.Time // when the test received it
+}
+
+func newCalls(t *testing.T, nc *nats.Conn) *calls {
+	t.Helper()
+	c := &calls{nc: nc, inbox: nc.NewInbox(), answers: map[int]answer{}, grew: make(chan struct{})}
+	sub, err := nc.Subscribe(c.inbox+".*", func(m *nats.Msg) {
+		i, err := strconv.Atoi(m.Subject[len(c.inbox)+1:])
+		if err != nil {
+			return
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.answers[i] = answer{m, time.Now()}
+		close(c.grew)
+		c.grew = make(chan struct{})
+	})
+	if err == nil {
+		// A reply this test's client dropped would look like a call the
+		// broker lost.
+		err = sub.SetPendingLimits(-1, -1)
+	}
+	if err == nil {
+		err = nc.Flush()
+	}
 	if err != nil {
-		t.Fatalf("stderr pipe: %v", err)
+		t.Fatalf("subscribe to replies: %v", err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", brokerBin, err)
-	}
-	id := env["BROKER_ID"]
-	if id == "" {
-		id = "pid-" + strconv.Itoa(cmd.Process.Pid)
-	}
-	r := &replica{id: id, cmd: cmd, grew: make(chan struct{}), exited: make(chan struct{})}
-	for _, o := range opts {
-		o(r)
-	}
-	go func() {
-		// Wait closes the pipe, so it may only run once reading is done.
-		r.read(stderr)
-		_ = cmd.Wait()
-		r.state = cmd.ProcessState
-		close(r.exited)
-	}()
-	t.Cleanup(func() { r.cleanup(t) })
-	return r
+	return c
 }
 
-// read records stderr line by line until EOF.
-func (r *replica) read(stderr io.Reader) {
-	br := bufio.NewReader(stderr)
-	for {
-		r.held.Lock() // waits while the test holds the log
-		r.held.Unlock()
-		s, err := br.ReadString('\n') // no length limit: a debug line may hold a 1 MB gl_path
-		if r.countDebug && strings.HasPrefix(s, `{"time":`) && strings.Contains(s, `,"level":"DEBUG",`) {
-			r.debug.Add(1)
-			s = ""
-		}
-		if s = strings.TrimRight(s, "\n"); s != "" {
-			l := parseLine(s)
-			l.read = time.Now()
-			r.mu.Lock()
-			l.index = len(r.lines)
-			r.lines = append(r.lines, l)
-			close(r.grew)
-			r.grew = make(chan struct{})
-			r.mu.Unlock()
-		}
-		if err != nil {
-			r.mu.Lock()
-			r.ended = true
-			close(r.grew)
-			r.grew = make(chan struct{})
-			r.mu.Unlock()
-			return
-		}
-	}
-}
-
-func parseLine(s string) logLine {
-	l := logLine{raw: s, attrs: map[string]string{}}
-	if strings.HasPrefix(s, "{") {
-		parseJSON(s, l.attrs)
-	} else {
-		l.attrs = parseText(s)
-	}
-	l.level, l.msg = l.attrs["level"], l.attrs["msg"]
-	l.at, _ = time.Parse(time.RFC3339Nano, l.attrs["time"])
-	return l
-}
-
-// parseJSON reads slog's JSON form into attrs, strings unquoted. Where a
-// key appears twice the first wins: slog writes its own time, level and msg
-// first, and an attribute of the same name ("level" of a backoff) must not
-// hide them.
-func parseJSON(s string, attrs map[string]string) {
-	dec := json.NewDecoder(strings.NewReader(s))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return
-	}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return
-		}
-		key, _ := tok.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return
-		}
-		if _, dup := attrs[key]; dup {
-			continue
-		}
-		var str string
-		if json.Unmarshal(v, &str) == nil {
-			attrs[key] = str
-		} else {
-			attrs[key] = string(v)
-		}
-	}
-}
-
-// parseText reads slog's text form: key=value pairs, values quoted Go-style
-// where they need it.
-func parseText(s string) map[string]string {
-	m := map[string]string{}
-	for range len(s) {
-		s = strings.TrimLeft(s, " ")
-		eq := strings.IndexByte(s, '=')
-		if eq <= 0 || strings.ContainsAny(s[:eq], " \"") {
-			return m
-		}
-		key, rest := s[:eq], s[eq+1:]
-		if strings.HasPrefix(rest, `"`) {
-			q, err := strconv.QuotedPrefix(rest)
-			if err != nil {
-				return m
-			}
-			v, _ := strconv.Unquote(q)
-			if _, dup := m[key]; !dup { // the first wins, as in parseJSON
-				m[key] = v
-			}
-			s = rest[len(q):]
-		} else {
-			end := strings.IndexByte(rest, ' ')
-			if end < 0 {
-				end = len(rest)
-			}
-			if _, dup := m[key]; !dup {
-				m[key] = rest[:end]
-			}
-			s = rest[end:]
-		}
-	}
-	return m
-}
-
-// line describes the log lines a test looks for.
-type line struct {
-	what  string
-	match func(logLine) bool
-}
-
-// logged matches lines with message msg and the given attribute values, as
-// name, value pairs.
-func logged(msg string, attrs ...string) line {
-	what := fmt.Sprintf("msg %q", msg)
-	for i := 0; i+1 < len(attrs); i += 2 {
-		what += fmt.Sprintf(" %s=%s", attrs[i], attrs[i+1])
-	}
-	return line{what, func(l logLine) bool {
-		if l.msg != msg {
-			return false
-		}
-		for i := 0; i+1 < len(attrs); i += 2 {
-			if l.attrs[attrs[i]] != attrs[i+1] {
-				return false
-			}
-		}
-		return true
-	}}
-}
-
-// mark is the index of the next line the replica will log.
-func (r *replica) mark() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.lines)
-}
-
-// linesSince returns the lines from index from on that match.
-func (r *replica) linesSince(from int, want line) []logLine {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []logLine
-	for _, l := range r.lines[min(from, len(r.lines)):] {
-		if want.match(l) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-func (r *replica) waitFor(t *testing.T, d time.Duration, want line) logLine {
+// publish sends call i with body, without waiting.
+func (c *calls) publish(t *testing.T, i int, body []byte) {
 	t.Helper()
-	return r.waitAfter(t, 0, d, want)
+	if err := c.nc.PublishRequest(brokerTopic, c.inbox+"."+strconv.Itoa(i), body); err != nil {
+		t.Fatalf("publish call %d: %v", i, err)
+	}
 }
 
-// waitAfter returns the first line from index from on that matches, waiting
-// at most d for it to be logged.
-func (r *replica) waitAfter(t *testing.T, from int, d time.Duration, want line) logLine {
+// flush returns once the server has every call published before: it has
+// routed them to the replica, whose connection holds them on their way.
+func (c *calls) flush(t *testing.T) {
 	t.Helper()
+	if err := c.nc.FlushTimeout(10 * time.Second); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+}
+
+func (c *calls) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.answers)
+}
+
+func (c *calls) answer(i int) (answer, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, ok := c.answers[i]
+	return a, ok
+}
+
+// answered waits at most d for call i's answer and says whether it came.
+func (c *calls) answered(i int, d time.Duration) bool {
 	timeout := time.NewTimer(d)
 	defer timeout.Stop()
-	for i := from; ; {
-		r.mu.Lock()
-		for ; i < len(r.lines); i++ {
-			if want.match(r.lines[i]) {
-				l := r.lines[i]
-				r.mu.Unlock()
-				return l
-			}
-		}
-		grew, ended := r.grew, r.ended
-		r.mu.Unlock()
-		if ended {
-			t.Fatalf("%s exited without logging %s", r.id, want.what)
+	for {
+		c.mu.Lock()
+		_, ok := c.answers[i]
+		grew := c.grew
+		c.mu.Unlock()
+		if ok {
+			return true
 		}
 		select {
 		case <-grew:
 		case <-timeout.C:
-			t.Fatalf("%s did not log %s within %v", r.id, want.what, d)
-		}
-	}
-}
-
-// waitServing waits for the replica to answer calls.
-func (r *replica) waitServing(t *testing.T) {
-	t.Helper()
-	// Race-instrumented start-up on a busy machine can be slow.
-	r.serving = r.waitFor(t, 15*time.Second, logged("serving"))
-}
-
-func (r *replica) signal(t *testing.T, sig os.Signal) {
-	t.Helper()
-	r.signalled.Store(true)
-	if err := r.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %s: %v", r.id, err)
-	}
-}
-
-// pause stops the process (SIGSTOP) until resume: as a CPU-throttled
-// container or a long stall would be, it reads and answers nothing while the
-// server keeps what is sent to it. A paused process is resumed before the
-// test's cleanup stops it.
-func (r *replica) pause(t *testing.T) {
-	t.Helper()
-	if err := r.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatalf("pause %s: %v", r.id, err)
-	}
-	t.Cleanup(func() { _ = r.cmd.Process.Signal(syscall.SIGCONT) })
-	// The signal is sent, not yet obeyed: wait until every thread stands.
-	natstest.Eventually(t, 5*time.Second, func() bool { return stopped(r.cmd.Process.Pid) }, "%s stopped by SIGSTOP", r.id)
-}
-
-// stopped reports whether every thread of process pid is stopped by a
-// signal (state T in /proc/PID/task/TID/stat).
-func stopped(pid int) bool {
-	stats, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
-	if err != nil || len(stats) == 0 {
-		return false
-	}
-	for _, f := range stats {
-		b, err := os.ReadFile(f)
-		// "TID (comm) S ...": the state follows the last parenthesis.
-		i := strings.LastIndexByte(string(b), ')')
-		if err != nil || i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
 			return false
 		}
 	}
-	return true
 }
 
-func (r *replica) resume(t *testing.T) {
+// waitAnswered fails the test unless calls 0 to n-1 are all answered
+// within d.
+func (c *calls) waitAnswered(t *testing.T, d time.Duration, n int) {
 	t.Helper()
-	if err := r.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-		t.Fatalf("resume %s: %v", r.id, err)
-	}
-}
-
-// holdLog stops reading the replica's stderr until the function it returns
-// is called (at the latest when the test ends). Once the pipe's buffer is
-// full, whatever in the replica writes a log line waits: with every call
-// logged (debug), its handler stands, as on a blocked log pipe, while its
-// connection goes on taking calls.
-func (r *replica) holdLog(t *testing.T) (release func()) {
-	r.held.Lock()
-	var once sync.Once
-	release = func() { once.Do(r.held.Unlock) }
-	t.Cleanup(release)
-	return release
-}
-
-// kill ends the process with SIGKILL, which leaves it no time to write
-// anything on its way out, and waits for it.
-func (r *replica) kill(t *testing.T) {
-	t.Helper()
-	r.signal(t, syscall.SIGKILL)
-	if code := r.exitCode(t, 5*time.Second); code != -1 {
-		t.Fatalf("%s exited with code %d before SIGKILL ended it", r.id, code)
-	}
-}
-
-// exitCode waits at most d for the process to exit and returns its code
-// (-1 when a signal ended it).
-func (r *replica) exitCode(t *testing.T, d time.Duration) int {
-	t.Helper()
-	select {
-	case <-r.exited:
-		return r.state.ExitCode()
-	case <-time.After(d):
-		t.Fatalf("%s still running %v after it was told to stop", r.id, d)
-		return 0
-	}
-}
-
-// cleanup stops the process if it still runs (SIGTERM, then SIGKILL after
-// 5 s), then fails the test if the replica crashed, reported a data race or
-// did not stop cleanly, and shows its log if the test failed.
-func (r *replica) cleanup(t *testing.T) {
-	select {
-	case <-r.exited:
-		if !r.signalled.Load() {
-			t.Errorf("%s exited on its own: %v", r.id, r.state)
-		}
-	default:
-		r.signalled.Store(true)
-		_ = r.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-r.exited:
-			if code := r.state.ExitCode(); code != 0 {
-				t.Errorf("%s exited with code %d after SIGTERM", r.id, code)
-			}
-		case <-time.After(5 * time.Second):
-			t.Errorf("%s still running 5s after SIGTERM; killing it", r.id)
-			_ = r.cmd.Process.Kill()
-			select {
-			case <-r.exited:
-			case <-time.After(5 * time.Second):
-				t.Errorf("%s still running 5s after SIGKILL", r.id)
-			}
+	deadline := time.Now().Add(d)
+	for i := range n {
+		if !c.answered(i, time.Until(deadline)) {
+			t.Fatalf("call %d of %d not answered within %v (%d answered)", i, n, d, c.count())
 		}
 	}
-	if races := r.linesSince(0, line{"a race report", func(l logLine) bool {
-		return strings.Contains(l.raw, "WARNING: DATA RACE")
-	}}); len(races) > 0 {
-		t.Errorf("%s reported %d data races", r.id, len(races))
+}
+
+// lastWrite is the newest message on a router's key: its live record, or
+// the memo in the delete marker that enabled it, which `nats kv get` hides
+// and the broker reads.
+type lastWrite struct {
+	rec     record
+	deleted bool // a delete marker (KV-Operation: DEL)
+}
+
+// waitLastWrite waits at most 5 s for the newest message on key to be one
+// that want accepts, and returns it.
+func waitLastWrite(t *testing.T, js jetstream.JetStream, key, what string, want func(lastWrite) bool) lastWrite {
+	t.Helper()
+	stream, err := js.Stream(t.Context(), "KV_"+bucketName)
+	if err != nil {
+		t.Fatalf("stream of bucket %s: %v", bucketName, err)
 	}
-	if t.Failed() {
-		// Every line but the flood of debug lines, which only the last
-		// few of are shown.
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		var b strings.Builder
-		shown := 0
-		for i, l := range r.lines {
-			if (l.level == "DEBUG" && i < len(r.lines)-20) || shown == 500 {
-				continue
-			}
-			shown++
-			raw := l.raw
-			if len(raw) > 400 {
-				raw = raw[:400] + "…"
-			}
-			fmt.Fprintf(&b, "%s %s\n", l.read.Format("15:04:05.000000"), raw)
+	var w lastWrite
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		m, err := stream.GetLastMsgForSubject(t.Context(), "$KV."+bucketName+"."+key)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return false
 		}
-		t.Logf("%s stderr, as read (%d of %d lines):\n%s", r.id, shown, len(r.lines), b.String())
+		if err != nil {
+			t.Fatalf("last message on key %s: %v", key, err)
+		}
+		w = lastWrite{deleted: m.Header.Get("KV-Operation") == "DEL"}
+		if len(m.Data) > 0 {
+			if err := json.Unmarshal(m.Data, &w.rec); err != nil {
+				t.Fatalf("key %s holds %q: %v", key, m.Data, err)
+			}
+		}
+		return want(w)
+	}, "key %s: %s", key, what)
+	return w
+}
+
+// lastSeq is the bucket stream's last sequence: every write ever made to
+// the bucket, as it keeps one revision per key.
+func lastSeq(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	stream, err := js.Stream(t.Context(), "KV_"+bucketName)
+	if err != nil {
+		t.Fatalf("stream of bucket %s: %v", bucketName, err)
 	}
+	info, err := stream.Info(t.Context())
+	if err != nil {
+		t.Fatalf("stream info: %v", err)
+	}
+	return info.State.LastSeq
+}
+
+// probe is one answer from /readyz.
+type probe struct {
+	code int
+	body string
+	at   time.Time // when it was received
+	err  error
+}
+
+func readyz(client *http.Client, url string) probe {
+	resp, err := client.Get(url)
+	if err != nil {
+		return probe{err: err, at: time.Now()}
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return probe{code: resp.StatusCode, body: string(b), at: time.Now(), err: err}
 }

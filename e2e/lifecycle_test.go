@@ -6,20 +6,15 @@ package e2e
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
-	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/matryer/is"
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/internal/natstest"
@@ -67,7 +62,12 @@ func TestStopSignalAnswersTheCallsInFlightFinishesTheirBucketWritesAndExitsZero(
 			r.signal(t, tc.sig)
 			r.resume(t)
 
-			r.waitFor(t, 10*time.Second, logged("could not write router health to the bucket; other replicas do not know yet; retrying", "router", dud))
+			// A failed write is counted before it is retried; the listener
+			// closes last, so it still answers while the replica stops.
+			natstest.Eventually(t, 10*time.Second, func() bool {
+				n, _ := r.metric(t, "broker_kv_errors_total")
+				return n > 0
+			}, "%s counts a failed write to the bucket", r.id)
 			select {
 			case <-r.exited:
 				t.Fatalf("%s exited with its bucket write unfinished", r.id)
@@ -84,7 +84,10 @@ func TestStopSignalAnswersTheCallsInFlightFinishesTheirBucketWritesAndExitsZero(
 			stopping := r.waitFor(t, time.Second, logged("stopping: finishing calls in flight"))
 			written := r.waitFor(t, time.Second, logged("router health written to the bucket after retrying", "router", dud))
 			stopped := r.waitFor(t, time.Second, logged("stopped"))
-			is.True(stopping.index < written.index && written.index < stopped.index)
+			if !(stopping.index < written.index && written.index < stopped.index) {
+				t.Errorf("lines %d %q, %d %q, %d %q: want the write finished after the drain began and before the replica stopped",
+					stopping.index, stopping.msg, written.index, written.msg, stopped.index, stopped.msg)
+			}
 			is.Equal(len(r.linesSince(0, logged("calls still in flight after 10s; stopping anyway"))), 0)
 
 			// Every call in flight is answered for real. The replica has
@@ -117,8 +120,8 @@ func TestReadyzSaysStoppingWhileTheReplicaDrains(t *testing.T) {
 	s := natstest.Start(t)
 	// At debug level the replica logs each call it answers, with the time
 	// by its own clock: the drain lasts until the last of those.
-	r := startReplica(t, replicaEnv(s, "replica-1", "BROKER_METRICS_ADDR", "127.0.0.1:0", "BROKER_LOG_LEVEL", "debug"))
-	url := "http://" + r.waitFor(t, time.Second, logged("metrics listening")).attrs["addr"] + "/readyz"
+	r := startReplica(t, replicaEnv(s, "replica-1", "BROKER_LOG_LEVEL", "debug"))
+	url := "http://" + r.addr + "/readyz"
 	client := &http.Client{Timeout: 2 * time.Second}
 	before := readyz(client, url)
 	is.NoErr(before.err)
@@ -168,7 +171,9 @@ func TestReadyzSaysStoppingWhileTheReplicaDrains(t *testing.T) {
 	c.waitAnswered(t, 5*time.Second, n) // the drain answered every call
 
 	choices := r.linesSince(0, choice)
-	is.True(len(choices) >= n)
+	if len(choices) < n {
+		t.Fatalf("%s logged %d choices, fewer than the %d calls it answered", r.id, len(choices), n)
+	}
 	lastCall := choices[len(choices)-1].at // the drain's last answer, by the replica's clock
 	stopping, ok := 0, 0
 	for _, p := range probes {
@@ -243,31 +248,41 @@ func TestARestartedReplicaKeepsTheFailureCountTheTimeLeftAndTheBackoffLevel(t *t
 	is.NoErr(gw.report(dud, 502))
 	waitKeys(t, bucket, 5*time.Second, dud)
 	rec := readRecord(t, bucket, dud)
-	is.True(rec.By == "replica-2" || rec.By == "replica-5") // disabled by whichever got the second failure
+	if rec.By != "replica-2" && rec.By != "replica-5" {
+		t.Fatalf("the record is by %q, not by replica-2 or replica-5, which got the second failure", rec.By)
+	}
 	is.Equal(rec.Level, 0)
 	is.True((rec.Until.Sub(rec.At) - disabledTime).Abs() < time.Millisecond) // DISABLED_TIME 0.1 minutes
 	second.kill(t)
 	newcomer.kill(t)
 
 	// Mid-disable, a new replica holds the router out until the record's
-	// until, to the nanosecond, and not a moment less.
+	// until, to the nanosecond, and not a moment less. The order of its
+	// lines shows it knew before it served, and the line's own time when it
+	// ended the disable: no poll of its state could show either.
 	third := startReplica(t, env("replica-3"))
 	if !time.Now().Before(rec.Until) {
 		t.Fatalf("replica-3 served only %v after the disable ended: too late to show it honours the time left", time.Since(rec.Until))
 	}
 	l := third.waitFor(t, time.Second, logged("router disabled", "router", dud))
-	is.True(l.index < third.serving.index) // known before the first call
+	if l.index > third.serving.index {
+		t.Fatalf("%s logged the disable in line %d, after it served in line %d", third.id, l.index, third.serving.index)
+	}
 	until, err := time.Parse(time.RFC3339Nano, l.attrs["until"])
 	is.NoErr(err)
-	is.True(until.Equal(rec.Until)) // the record's until, not a new DISABLED_TIME from the restart
+	if !until.Equal(rec.Until) {
+		t.Fatalf("%s holds the router out until %v, not the record's %v: a new DISABLED_TIME from the restart?", third.id, until, rec.Until)
+	}
 	is.Equal(l.attrs["backoff_level"], "0")
 	p := third.waitFor(t, time.Until(rec.Until)+3*time.Second, logged("router on probation: one probe call decides", "router", dud))
-	is.True(!p.at.Before(rec.Until.Add(-time.Millisecond))) // on probation at until, not before
+	if p.at.Before(rec.Until.Add(-time.Millisecond)) {
+		t.Fatalf("%s put the router on probation at %v, before the record's until %v", third.id, p.at, rec.Until)
+	}
 
 	// A success on probation ends the disable; its memo keeps the level and
 	// when it ended.
 	is.NoErr(gw.report(dud, 200))
-	third.waitFor(t, 5*time.Second, logged("router enabled", "router", dud))
+	third.waitState(t, 5*time.Second, dud, "enabled")
 	memo := waitLastWrite(t, js, dud, "a memo of the ended disable", func(w lastWrite) bool { return w.deleted && !w.rec.Ended.IsZero() })
 	is.Equal(memo.rec.Level, 0)
 	third.kill(t)
@@ -278,213 +293,13 @@ func TestARestartedReplicaKeepsTheFailureCountTheTimeLeftAndTheBackoffLevel(t *t
 	fourth := startReplica(t, env("replica-4"))
 	is.NoErr(gw.report(dud, 502))
 	is.NoErr(gw.report(dud, 502))
-	l = fourth.waitFor(t, 5*time.Second, logged("router disabled", "router", dud))
+	st := fourth.waitState(t, 5*time.Second, dud, "disabled")
 	waitKeys(t, bucket, 5*time.Second, dud)
 	rec = readRecord(t, bucket, dud)
 	if gap := rec.At.Sub(memo.rec.Ended); gap >= disabledTime {
 		t.Fatalf("the next disable came %v after the last ended, a whole DISABLED_TIME: the level has decayed, and cannot show it survived", gap)
 	}
-	is.Equal(l.attrs["backoff_level"], "1")
-	is.Equal(rec.Level, 1)
+	is.Equal(st.Level, 1)                                                      // the replica acts on level 1
+	is.Equal(rec.Level, 1)                                                     // and the record says so
 	is.True((rec.Until.Sub(rec.At) - 2*disabledTime).Abs() < time.Millisecond) // twice DISABLED_TIME
-}
-
-// askRouter is gecholog's request context for the default ingress.
-var askRouter = fmt.Appendf(nil, `{"gl_path":%q}`, ingress)
-
-// choice matches the debug line of a replica choosing a router for the
-// default ingress.
-var choice = line{"a debug line choosing a router for " + ingress, func(l logLine) bool {
-	return l.level == "DEBUG" && l.attrs["ingress"] == ingress && l.attrs["router"] != ""
-}}
-
-// routerOf reads a request context's reply; "" for an empty one.
-func routerOf(t *testing.T, m *nats.Msg) string {
-	t.Helper()
-	if len(m.Data) == 0 {
-		return ""
-	}
-	var r struct {
-		GLPath string `json:"gl_path"`
-	}
-	if err := json.Unmarshal(m.Data, &r); err != nil {
-		t.Fatalf("reply %q is not {\"gl_path\": router}", m.Data)
-	}
-	return r.GLPath
-}
-
-// calls are processor calls published without waiting for their replies,
-// as gecholog's many clients make them, each with its own reply subject, so
-// that the test knows which were answered, with what and when.
-type calls struct {
-	nc    *nats.Conn
-	inbox string
-
-	mu      sync.Mutex
-	answers map[int]answer // by call
-	grew    chan struct{}  // closed and replaced when an answer arrives
-}
-
-type answer struct {
-	msg *nats.Msg
-	at  time.Time // when the test received it
-}
-
-func newCalls(t *testing.T, nc *nats.Conn) *calls {
-	t.Helper()
-	c := &calls{nc: nc, inbox: nc.NewInbox(), answers: map[int]answer{}, grew: make(chan struct{})}
-	sub, err := nc.Subscribe(c.inbox+".*", func(m *nats.Msg) {
-		i, err := strconv.Atoi(m.Subject[len(c.inbox)+1:])
-		if err != nil {
-			return
-		}
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		c.answers[i] = answer{m, time.Now()}
-		close(c.grew)
-		c.grew = make(chan struct{})
-	})
-	if err == nil {
-		// A reply this test's client dropped would look like a call the
-		// broker lost.
-		err = sub.SetPendingLimits(-1, -1)
-	}
-	if err == nil {
-		err = nc.Flush()
-	}
-	if err != nil {
-		t.Fatalf("subscribe to replies: %v", err)
-	}
-	return c
-}
-
-// publish sends call i with body, without waiting.
-func (c *calls) publish(t *testing.T, i int, body []byte) {
-	t.Helper()
-	if err := c.nc.PublishRequest(brokerTopic, c.inbox+"."+strconv.Itoa(i), body); err != nil {
-		t.Fatalf("publish call %d: %v", i, err)
-	}
-}
-
-// flush returns once the server has every call published before: it has
-// routed them to the replica, whose connection holds them on their way.
-func (c *calls) flush(t *testing.T) {
-	t.Helper()
-	if err := c.nc.FlushTimeout(10 * time.Second); err != nil {
-		t.Fatalf("flush: %v", err)
-	}
-}
-
-func (c *calls) count() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.answers)
-}
-
-func (c *calls) answer(i int) (answer, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	a, ok := c.answers[i]
-	return a, ok
-}
-
-// answered waits at most d for call i's answer and says whether it came.
-func (c *calls) answered(i int, d time.Duration) bool {
-	timeout := time.NewTimer(d)
-	defer timeout.Stop()
-	for {
-		c.mu.Lock()
-		_, ok := c.answers[i]
-		grew := c.grew
-		c.mu.Unlock()
-		if ok {
-			return true
-		}
-		select {
-		case <-grew:
-		case <-timeout.C:
-			return false
-		}
-	}
-}
-
-// waitAnswered fails the test unless calls 0 to n-1 are all answered
-// within d.
-func (c *calls) waitAnswered(t *testing.T, d time.Duration, n int) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for i := range n {
-		if !c.answered(i, time.Until(deadline)) {
-			t.Fatalf("call %d of %d not answered within %v (%d answered)", i, n, d, c.count())
-		}
-	}
-}
-
-// probe is one answer from /readyz.
-type probe struct {
-	code int
-	body string
-	at   time.Time // when it was received
-	err  error
-}
-
-func readyz(client *http.Client, url string) probe {
-	resp, err := client.Get(url)
-	if err != nil {
-		return probe{err: err, at: time.Now()}
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return probe{code: resp.StatusCode, body: string(b), at: time.Now(), err: err}
-}
-
-// lastWrite is the newest message on a router's key: its live record, or
-// the memo in the delete marker that enabled it, which `nats kv get` hides
-// and the broker reads.
-type lastWrite struct {
-	rec     record
-	deleted bool // a delete marker (KV-Operation: DEL)
-}
-
-// waitLastWrite waits at most 5 s for the newest message on key to be one
-// that want accepts, and returns it.
-func waitLastWrite(t *testing.T, js jetstream.JetStream, key, what string, want func(lastWrite) bool) lastWrite {
-	t.Helper()
-	stream, err := js.Stream(t.Context(), "KV_"+bucketName)
-	if err != nil {
-		t.Fatalf("stream of bucket %s: %v", bucketName, err)
-	}
-	var w lastWrite
-	natstest.Eventually(t, 5*time.Second, func() bool {
-		m, err := stream.GetLastMsgForSubject(t.Context(), "$KV."+bucketName+"."+key)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return false
-		}
-		if err != nil {
-			t.Fatalf("last message on key %s: %v", key, err)
-		}
-		w = lastWrite{deleted: m.Header.Get("KV-Operation") == "DEL"}
-		if len(m.Data) > 0 {
-			if err := json.Unmarshal(m.Data, &w.rec); err != nil {
-				t.Fatalf("key %s holds %q: %v", key, m.Data, err)
-			}
-		}
-		return want(w)
-	}, "key %s: %s", key, what)
-	return w
-}
-
-// lastSeq is the bucket stream's last sequence: every write ever made to
-// the bucket, as it keeps one revision per key.
-func lastSeq(t *testing.T, js jetstream.JetStream) uint64 {
-	t.Helper()
-	stream, err := js.Stream(t.Context(), "KV_"+bucketName)
-	if err != nil {
-		t.Fatalf("stream of bucket %s: %v", bucketName, err)
-	}
-	info, err := stream.Info(t.Context())
-	if err != nil {
-		t.Fatalf("stream info: %v", err)
-	}
-	return info.State.LastSeq
 }

@@ -3,46 +3,16 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/matryer/is"
-	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/gecholog/broker/internal/gechologtest"
 	"github.com/gecholog/broker/internal/natstest"
 )
-
-// poolsFile writes a pools file for the test and returns its path.
-func poolsFile(t *testing.T, json string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "pools.json")
-	if err := os.WriteFile(path, []byte(json), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// llmGateway serves llms (router → deployment) on loopback and returns the
-// stand-in for gecholog that calls them through the replicas on s, logging
-// each transaction on gecholog's seed logger subject.
-func llmGateway(t *testing.T, s *server.Server, llms map[string]*gechologtest.LLM) gechologtest.Gateway {
-	t.Helper()
-	ups := &gechologtest.Upstreams{}
-	client := gechologtest.NewClient(30 * time.Second)
-	t.Cleanup(func() { client.CloseIdleConnections(); ups.Close() })
-	for router, llm := range llms {
-		if err := ups.Add(router, llm); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return gechologtest.Gateway{NC: natstest.Connect(t, s), Subject: brokerTopic, Upstreams: ups.URLs, Client: client,
-		Logger: "coburn.gl.logger", Timeout: callTimeout}
-}
 
 // The demo, with real replica processes: a PTU deployment on tier
 // 0 answers 429 with Retry-After once its quota is spent; the two
@@ -91,7 +61,7 @@ func TestSpilloverToTier1UntilThePTUsRetryAfterHasPassed(t *testing.T) {
 	retryAfter, err := strconv.Atoi(limited.Headers.Get("Retry-After"))
 	is.NoErr(err)
 	for _, r := range replicas {
-		r.waitFor(t, 5*time.Second, logged("router disabled", "router", ptu, "status", "429"))
+		is.Equal(r.waitState(t, 5*time.Second, ptu, "disabled").Status, 429) // every replica holds the PTU out for its 429
 	}
 
 	// Tier 1 takes the calls until the Retry-After has passed; then a
@@ -116,12 +86,12 @@ func TestSpilloverToTier1UntilThePTUsRetryAfterHasPassed(t *testing.T) {
 	is.Equal(probe.Status, 200)                                                             // when its quota was back
 	is.True(!probe.Start.Before(limited.Stop.Add(time.Duration(retryAfter) * time.Second))) // not before its Retry-After had passed
 	is.True(spilled[payg1] > 0)                                                             // both pay-as-you-go deployments took calls
-	is.True(spilled[payg2] > 0)
+	is.True(spilled[payg2] > 0)                                                             // both pay-as-you-go deployments took calls
 	t.Logf("%d calls on the PTU, a 429 with Retry-After %ds, %d calls to tier 1 (%v), then the probe %v after the 429",
 		served, retryAfter, spilled[payg1]+spilled[payg2], spilled, probe.Start.Sub(limited.Stop).Round(time.Millisecond))
 
 	for _, r := range replicas {
-		r.waitFor(t, 5*time.Second, logged("router enabled", "router", ptu))
+		r.waitState(t, 5*time.Second, ptu, "enabled")
 	}
 	for range 3 { // of the quota's 5 in the window, the probe took at most 1
 		r := call()
@@ -212,7 +182,9 @@ func TestLeastBusyBalancesCallsInFlightAcrossThreeReplicaProcesses(t *testing.T)
 	// its share whatever the broker chose, so not every sample is
 	// balanced. Measured on 2 shared cores under the race detector: 88%
 	// of samples for least-busy, 23% for random in this same test.
-	is.True(float64(balanced) >= 0.7*float64(samples))
+	if float64(balanced) < 0.7*float64(samples) {
+		t.Errorf("%d of %d samples balanced within 2 calls of a fair share, fewer than 70%%", balanced, samples)
+	}
 	for _, r := range replicas {
 		is.True(r.debug.Load() > 0) // every replica chose some of the calls
 	}

@@ -2,41 +2,17 @@ package kv_test
 
 import (
 	"context"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/matryer/is"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natstest"
 	"github.com/gecholog/broker/kv"
 )
-
-const newsSubject = "test.news.health"
-
-func openWithNews(t *testing.T, js jetstream.JetStream, owner string) *kv.Store {
-	t.Helper()
-	s, err := kv.Open(context.Background(), js, kv.Config{Bucket: "health", Owner: owner, News: newsSubject})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	t.Cleanup(s.Close)
-	return s
-}
-
-// nextNews waits for the next message on the news subject.
-func nextNews(t *testing.T, sub *nats.Subscription) *nats.Msg {
-	t.Helper()
-	m, err := sub.NextMsg(2 * time.Second)
-	if err != nil {
-		t.Fatalf("no news within 2s: %v", err)
-	}
-	return m
-}
 
 func TestEveryWriteThatLandsIsToldWithItsRevision(t *testing.T) {
 	is := is.New(t)
@@ -65,7 +41,7 @@ func TestEveryWriteThatLandsIsToldWithItsRevision(t *testing.T) {
 	is.Equal(got.Until.Unix(), rec.Until.Unix())
 
 	_, err = s.Update(ctx, rec, 0) // a write the stream refuses is never told
-	is.True(err != nil)
+	is.True(err != nil)            // the stream refuses a create over the live key
 
 	rev, err = s.Release(ctx, broker.Record{Router: "/azure/dud/", Level: 2}, rev)
 	is.NoErr(err)
@@ -150,19 +126,6 @@ func TestNewsThatIsNotNewsIsIgnored(t *testing.T) {
 	defer got.mu.Unlock()
 	is.New(t).Equal(len(got.all), 1) // only the good news was delivered
 }
-
-func news(key, op, rev string, body []byte) *nats.Msg {
-	m := &nats.Msg{Subject: newsSubject, Header: nats.Header{}, Data: body}
-	m.Header.Set("Kv-News-Key", key)
-	m.Header.Set("Kv-News-Op", op)
-	m.Header.Set("Kv-News-From", "someone")
-	if rev != "" {
-		m.Header.Set("Kv-News-Revision", rev)
-	}
-	return m
-}
-
-func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
 
 func TestAStoreThatAsksAfterAReconnectHearsWhatWasAnnouncedAndNotWritten(t *testing.T) {
 	is := is.New(t)

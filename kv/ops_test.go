@@ -8,14 +8,9 @@ import (
 
 	"github.com/matryer/is"
 
-	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natstest"
 	"github.com/gecholog/broker/kv"
 )
-
-func manual(router string, until time.Time) broker.Record {
-	return broker.Record{Router: router, Reason: "maintenance", At: time.Now(), Until: until, By: "alice@ops", Manual: true}
-}
 
 func TestPutReplacesWhateverTheKeyHolds(t *testing.T) {
 	ctx := context.Background()
@@ -69,7 +64,7 @@ func TestPutMakesAStaleAutomaticUpdateFail(t *testing.T) {
 	is.True(errors.Is(err, kv.ErrConflict)) // automatic logic cannot overwrite the manual record
 	got, err := s.Get(ctx, "/azure/dud/")
 	is.NoErr(err)
-	is.True(got.Record.Manual)
+	is.True(got.Record.Manual) // the manual record stays
 }
 
 func TestPutWithoutUntilStaysAndWithUntilExpires(t *testing.T) {

@@ -3,7 +3,6 @@ package kv_test
 import (
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,88 +13,6 @@ import (
 	"github.com/gecholog/broker/internal/natstest"
 	"github.com/gecholog/broker/kv"
 )
-
-func record(router string, until time.Time) broker.Record {
-	return broker.Record{Router: router, Status: 502, Reason: "egress status 502", At: time.Now(), Until: until, By: "test"}
-}
-
-func encode(t *testing.T, r broker.Record) []byte {
-	t.Helper()
-	b, err := kv.Encode(r)
-	if err != nil {
-		t.Fatalf("encode: %v", err)
-	}
-	return b
-}
-
-func open(t *testing.T, js jetstream.JetStream) *kv.Store {
-	t.Helper()
-	s, err := kv.Open(context.Background(), js, kv.Config{Bucket: "health", Owner: "test"})
-	if err != nil {
-		t.Fatalf("open: %v", err)
-	}
-	t.Cleanup(s.Close)
-	return s
-}
-
-// watch starts a watcher of s that calls fn, and stops it and waits for
-// it when the test ends. It returns the watcher's stop, which may be
-// called again.
-func watch(t testing.TB, ctx context.Context, s *kv.Store, fn func(broker.Event)) (stop func()) {
-	t.Helper()
-	stop, err := s.Watch(ctx, fn)
-	if err != nil {
-		t.Fatalf("watch: %v", err)
-	}
-	t.Cleanup(stop)
-	return stop
-}
-
-// plainBucket creates the bucket as a server without per-message TTL would.
-func plainBucket(t *testing.T, js jetstream.JetStream) jetstream.KeyValue {
-	t.Helper()
-	b, err := js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: "health"})
-	if err != nil {
-		t.Fatalf("create plain bucket: %v", err)
-	}
-	return b
-}
-
-// keys lists the bucket's keys as `nats kv ls` does.
-func keys(t *testing.T, js jetstream.JetStream) []string {
-	t.Helper()
-	b, err := js.KeyValue(context.Background(), "health")
-	if err != nil {
-		t.Fatalf("bucket: %v", err)
-	}
-	ks, err := b.Keys(context.Background())
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil
-	}
-	if err != nil {
-		t.Fatalf("keys: %v", err)
-	}
-	return ks
-}
-
-// events collects what a watcher delivers.
-type events struct {
-	mu  sync.Mutex
-	all []broker.Event
-}
-
-func (e *events) add(ev broker.Event) { e.mu.Lock(); e.all = append(e.all, ev); e.mu.Unlock() }
-
-func (e *events) last(router string) (broker.Event, bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for i := len(e.all) - 1; i >= 0; i-- {
-		if e.all[i].Router == router {
-			return e.all[i], true
-		}
-	}
-	return broker.Event{}, false
-}
 
 func TestOpenCreatesBucketWithPerKeyTTLOnNewServer(t *testing.T) {
 	is := is.New(t)
@@ -164,12 +81,15 @@ func TestCreateRefusesLiveKeyAndUpdateRefusesStaleRevision(t *testing.T) {
 	is.NoErr(err)
 	is.Equal(got.Revision, rev2)
 	is.Equal(got.Record.Status, 502)
-	is.True(got.Record.Until.Equal(r.Until))
+	if !got.Record.Until.Equal(r.Until) {
+		t.Fatalf("the record read back ends at %v, not %v as written", got.Record.Until, r.Until)
+	}
 
 	is.True(errors.Is(s.Delete(ctx, "/azure/dud/", rev), kv.ErrConflict)) // delete at a stale revision is refused
 	is.NoErr(s.Delete(ctx, "/azure/dud/", rev2))
-	_, err = s.Get(ctx, "/azure/dud/")
-	is.True(errors.Is(err, kv.ErrNotFound))
+	if _, err = s.Get(ctx, "/azure/dud/"); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("Get of the deleted key: %v, want kv.ErrNotFound", err)
+	}
 	_, err = s.Create(ctx, r) // a deleted key can be created again
 	is.NoErr(err)
 }
@@ -299,17 +219,18 @@ func TestDecodeReadsBackEveryFieldEncodeWrites(t *testing.T) {
 func TestRecordIsActiveUntilItsUntil(t *testing.T) {
 	is := is.New(t)
 	now := time.Now()
-	is.True(record("/r/", now.Add(time.Second)).ActiveAt(now))
-	is.True(!record("/r/", now).ActiveAt(now))
+	is.True(record("/r/", now.Add(time.Second)).ActiveAt(now))              // active before its until
+	is.True(!record("/r/", now).ActiveAt(now))                              // and no longer at it
 	is.True(record("/r/", time.Time{}).ActiveAt(now.Add(1000 * time.Hour))) // zero Until: until deleted
 }
 
 func TestOpenWithNoCreateLeavesAMissingBucketMissing(t *testing.T) {
 	is := is.New(t)
 	js := natstest.JetStream(t, natstest.Start(t))
-	_, err := kv.Open(context.Background(), js, kv.Config{Bucket: "health", NoCreate: true})
-	is.True(errors.Is(err, kv.ErrNoBucket))
-	_, err = js.KeyValue(context.Background(), "health")
+	if _, err := kv.Open(context.Background(), js, kv.Config{Bucket: "health", NoCreate: true}); !errors.Is(err, kv.ErrNoBucket) {
+		t.Fatalf("Open with NoCreate of a missing bucket: %v, want kv.ErrNoBucket", err)
+	}
+	_, err := js.KeyValue(context.Background(), "health")
 	is.True(errors.Is(err, jetstream.ErrBucketNotFound)) // not created
 }
 
@@ -324,14 +245,14 @@ func TestReleaseLeavesAMemoThatLatestAndWatchersReadButKvLsDoesNot(t *testing.T)
 
 	e, live, err := s.Latest(ctx, "/azure/dud/")
 	is.NoErr(err)
-	is.True(!live)
+	is.True(!live)                  // no live record before any write
 	is.Equal(e.Revision, uint64(0)) // never written
 
 	rev, err := s.Update(ctx, record("/azure/dud/", time.Now().Add(time.Hour)), 0)
 	is.NoErr(err)
 	e, live, err = s.Latest(ctx, "/azure/dud/")
 	is.NoErr(err)
-	is.True(live)
+	is.True(live) // the disable is the live record
 	is.Equal(e.Revision, rev)
 
 	memo := broker.Record{Router: "/azure/dud/", Level: 2, Ended: time.Now(), Reason: "probe succeeded"}
@@ -343,7 +264,7 @@ func TestReleaseLeavesAMemoThatLatestAndWatchersReadButKvLsDoesNot(t *testing.T)
 	is.Equal(keys(t, js), nil) // `nats kv ls` no longer lists it
 	e, live, err = s.Latest(ctx, "/azure/dud/")
 	is.NoErr(err)
-	is.True(!live)
+	is.True(!live) // a memo is no live record
 	is.Equal(e.Revision, rev2)
 	is.Equal(e.Record.Level, 2) // the memo survives
 	natstest.Eventually(t, 2*time.Second, func() bool {
@@ -367,7 +288,9 @@ func TestRestartedWatcherReadsMemosWithTheCurrentRecords(t *testing.T) {
 	var ev events
 	watch(t, ctx, s, ev.add)
 	last, ok := ev.last("/a/")
-	is.True(ok && last.Memo != nil)
+	if !ok || last.Memo == nil {
+		t.Fatalf("the watcher heard %+v (any: %v) of /a/, not its memo", last, ok)
+	}
 	is.Equal(last.Memo.Failures, 2) // a replica that starts now still knows the count
 }
 
@@ -389,6 +312,6 @@ func TestJanitorKeepsTheBackoffLevelWhenItDeletesAnExpiredRecord(t *testing.T) {
 	is.True(!time.Now().Before(r.Until.Add(300 * time.Millisecond))) // not before
 	e, live, err := s.Latest(ctx, "/a/")
 	is.NoErr(err)
-	is.True(!live)
+	is.True(!live) // the janitor deleted the record
 	is.Equal(e.Record.Level, 2)
 }

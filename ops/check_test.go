@@ -47,15 +47,24 @@ func originalWithoutModifier(t *testing.T) string {
 	return path
 }
 
-func printed(s string) []string { return strings.Split(strings.TrimRight(s, "\n"), "\n") }
+// printed is the lines written to s. When the test fails, they are shown.
+func printed(t *testing.T, s string) []string {
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("printed:\n%s", s)
+		}
+	})
+	return strings.Split(strings.TrimRight(s, "\n"), "\n")
+}
 
 func TestCheckPassesTheOriginalsGLConfigWithOneAdvice(t *testing.T) {
 	is := is.New(t)
 	var out bytes.Buffer
 	is.NoErr(ops.Check(originalGLConfig, broker.DefaultPools(), gecholog.Wiring{Subject: subject}, &out)) // advice alone does not fail the check
-	got := printed(out.String())
+	got := printed(t, out.String())
 	is.Equal(len(got), 2) // the advice, then the ok line
-	is.True(strings.HasPrefix(got[0], `advice: response.processors[0][0].input_fields_include: add "inbound_headers"`))
+
+	is.True(strings.HasPrefix(got[0], `advice: response.processors[0][0].input_fields_include: add "inbound_headers"`)) // the advice names the field and what to add
 	is.Equal(got[1], originalGLConfig+": ok (1 pool, 3 routers, subject coburn.gl.broker)")
 }
 
@@ -66,10 +75,11 @@ func TestCheckFailsOnAnErrorAndListsItBeforeTheAdvice(t *testing.T) {
 	err := ops.Check(path, broker.DefaultPools(), gecholog.Wiring{Subject: subject}, &out)
 	is.True(err != nil)                                // an error fails the check
 	is.Equal(err.Error(), "check: 1 problem in "+path) // counting the errors, not the advice
-	got := printed(out.String())
+	got := printed(t, out.String())
 	is.Equal(len(got), 2) // no ok line
-	is.True(strings.HasPrefix(got[0], "request.processors[0][0].modifier: set true"))
-	is.True(strings.HasPrefix(got[1], "advice: response.processors[0][0].input_fields_include"))
+
+	is.True(strings.HasPrefix(got[0], "request.processors[0][0].modifier: set true"))            // the error first
+	is.True(strings.HasPrefix(got[1], "advice: response.processors[0][0].input_fields_include")) // then the advice
 }
 
 func TestCheckAtStartupLogsEachAdviceOnceAsAWarning(t *testing.T) {
@@ -77,7 +87,7 @@ func TestCheckAtStartupLogsEachAdviceOnceAsAWarning(t *testing.T) {
 	var logs bytes.Buffer
 	err := ops.CheckAtStartup(originalGLConfig, broker.DefaultPools(), gecholog.Wiring{Subject: subject}, slog.New(slog.NewJSONHandler(&logs, nil)))
 	is.NoErr(err) // the original's file does not stop the start
-	got := printed(logs.String())
+	got := printed(t, logs.String())
 	is.Equal(len(got), 1) // one line for the one piece of advice
 	var line map[string]any
 	is.NoErr(json.Unmarshal([]byte(got[0]), &line))
@@ -92,6 +102,6 @@ func TestCheckAtStartupRefusesOnAnError(t *testing.T) {
 	is := is.New(t)
 	path := originalWithoutModifier(t)
 	err := ops.CheckAtStartup(path, broker.DefaultPools(), gecholog.Wiring{Subject: subject}, nil)
-	is.True(err != nil)
+	is.True(err != nil)                                                                                                                                                                                                             // an error stops the start
 	is.Equal(err.Error(), "gl-config "+path+": 1 problem: request.processors[0][0].modifier: set true: gl_path is already in the transaction and gecholog lets only a modifier replace a field, so the broker's choice is dropped") // the advice is not counted
 }

@@ -36,7 +36,9 @@ func TestStatusPageListsTheRoutersAndFollowsADisableAndAnEnableWithoutReload(t *
 	routers := eval[[]string](t, ctx, `[...document.querySelectorAll("tr[data-router]")].map(r => r.dataset.router + " " + r.dataset.state)`)
 	is.Equal(routers, []string{"/azure/gpt35turbo/ enabled", "/azure/gpt4/ enabled", "/azure/dud/ enabled"})
 	is.Equal(eval[string](t, ctx, `document.getElementById("replica").textContent`), "replica-1")
-	is.True(strings.HasPrefix(eval[string](t, ctx, `document.getElementById("nats").textContent`), "connected to nats://127.0.0.1:"))
+	if nats := eval[string](t, ctx, `document.getElementById("nats").textContent`); !strings.HasPrefix(nats, "connected to nats://127.0.0.1:") {
+		t.Fatalf("the page says the NATS connection is %q, not connected to the test's server", nats)
+	}
 	// A reload would drop this mark: the updates below must come without one.
 	eval[bool](t, ctx, `window.notReloaded = true`)
 
@@ -45,8 +47,8 @@ func TestStatusPageListsTheRoutersAndFollowsADisableAndAnEnableWithoutReload(t *
 	is.NoErr(ops.DisableRouter(context.Background(), tgt, ops.Disable{Router: "/azure/gpt4/", For: 30 * time.Minute, Reason: "quota exhausted", By: "alice"}, opsEnv, io.Discard))
 	took := waitFor(t, ctx, 5*time.Second, `document.querySelector(`+row("/azure/", "/azure/gpt4/")+`).dataset.state === "manual"`)
 	t.Logf("the disable showed %v after it was written", took.Round(time.Millisecond))
-	is.True(took <= live) // the disable showed within a second
-	is.True(eval[bool](t, ctx, `window.notReloaded === true`))
+	is.True(took <= live)                                      // the disable showed within a second
+	is.True(eval[bool](t, ctx, `window.notReloaded === true`)) // without a reload
 	gpt4 := rowText(t, ctx, "/azure/", "/azure/gpt4/")
 	for _, want := range []string{"manual", "quota exhausted", "alice", "left", "until 20"} {
 		is.True(strings.Contains(gpt4, want)) // the row shows the state, the reason, who, the countdown and the end
@@ -64,8 +66,8 @@ func TestStatusPageListsTheRoutersAndFollowsADisableAndAnEnableWithoutReload(t *
 	is.NoErr(ops.EnableRouter(context.Background(), tgt, "/azure/gpt4/", io.Discard))
 	took = waitFor(t, ctx, 5*time.Second, `document.querySelector(`+row("/azure/", "/azure/gpt4/")+`).dataset.state === "enabled"`)
 	t.Logf("the enable showed %v after it was written", took.Round(time.Millisecond))
-	is.True(took <= live) // the enable showed within a second
-	is.True(eval[bool](t, ctx, `window.notReloaded === true`))
+	is.True(took <= live)                                                                     // the enable showed within a second
+	is.True(eval[bool](t, ctx, `window.notReloaded === true`))                                // without a reload
 	is.True(!strings.Contains(rowText(t, ctx, "/azure/", "/azure/gpt4/"), "quota exhausted")) // nothing of the disable is left
 }
 
@@ -126,23 +128,23 @@ func TestStatusPageShowsWhatTheReplicasActOnAndSaysWhatItDoesNotKnow(t *testing.
 	is.True(left > 0 && left <= 8*time.Minute+2*time.Second) // the longest disable, not 631,947 hours
 
 	// The router on probation, with its probe.
-	is.True(strings.Contains(rowText(t, ctx, "/openai/", "/openai/gpt4omini/"), "the probe call is with replica-2"))
+	says(t, "the row of /openai/gpt4omini/", rowText(t, ctx, "/openai/", "/openai/gpt4omini/"), "the probe call is with replica-2")
 	// The automatic disable: its status, level and countdown.
 	dud := rowText(t, ctx, "/azure/", "/azure/dud/")
 	for _, want := range []string{"egress_status_code 502", "status 502", "replica-1", "left"} {
-		is.True(strings.Contains(dud, want))
+		says(t, "the row of /azure/dud/", dud, want)
 	}
 	// The router no pool has: named, and said to be ignored, its record
 	// not known to the replica.
 	is.Equal(eval[[]string](t, ctx, `[...document.querySelectorAll("[data-unknown]")].map(e => e.dataset.unknown)`), []string{"/legacy/gpt3/"})
-	is.True(strings.Contains(pageText(ctx), "every replica ignores them"))
+	says(t, "the page", pageText(ctx), "every replica ignores them")
 	// The share of recent choices is the fleet's, and says so.
-	is.True(strings.Contains(eval[string](t, ctx, `document.getElementById("share").textContent`), "the whole fleet"))
-	is.True(strings.Contains(rowText(t, ctx, "/azure/", "/azure/gpt35turbo/"), "%"))
+	says(t, "the share's heading", eval[string](t, ctx, `document.getElementById("share").textContent`), "the whole fleet")
+	says(t, "the row of /azure/gpt35turbo/", rowText(t, ctx, "/azure/", "/azure/gpt35turbo/"), "%")
 	// The strategies' numbers: a tier and calls in flight for every
 	// router; no latency or headroom, as no transaction was heard.
 	is.Equal(eval[string](t, ctx, `document.querySelector(`+row("/azure/", "/azure/gpt35turbo/")+` + " [data-label=tier]").textContent`), "0")
-	is.True(eval[string](t, ctx, `document.querySelector(`+row("/azure/", "/azure/gpt35turbo/")+` + " [data-label='in flight']").textContent`) != "—")
+	is.True(eval[string](t, ctx, `document.querySelector(`+row("/azure/", "/azure/gpt35turbo/")+` + " [data-label='in flight']").textContent`) != "—") // calls in flight are known
 	is.Equal(eval[string](t, ctx, `document.querySelector(`+row("/azure/", "/azure/gpt35turbo/")+` + " [data-label=latency]").textContent`), "—")
 	screenshot(t, ctx, "status-page", "")
 
@@ -179,8 +181,8 @@ func TestStatusPageSaysWhatItDoesNotKnowWhenNATSOrTheReplicaIsDown(t *testing.T)
 	s.WaitForShutdown()
 	waitFor(t, ctx, 10*time.Second, `document.getElementById("nats").textContent === "not connected"`)
 	text := pageText(ctx)
-	is.True(strings.Contains(text, "Not connected to NATS: this is the router health the replica last heard"))
-	is.True(strings.Contains(text, "Not taking calls: not connected to NATS"))
+	says(t, "the page", text, "Not connected to NATS: this is the router health the replica last heard")
+	says(t, "the page", text, "Not taking calls: not connected to NATS")
 	is.Equal(eval[string](t, ctx, `document.querySelector(`+row("/azure/", "/azure/dud/")+`).dataset.state`), "disabled") // what is known is still shown
 	screenshot(t, ctx, "nats-down", "-nats-down")
 
@@ -188,6 +190,6 @@ func TestStatusPageSaysWhatItDoesNotKnowWhenNATSOrTheReplicaIsDown(t *testing.T)
 	// when it has heard nothing.
 	fl.stop()
 	waitFor(t, ctx, 10*time.Second, `!document.getElementById("link").hidden`)
-	is.True(strings.Contains(eval[string](t, ctx, `document.getElementById("link").textContent`), "No word from the replica since"))
+	says(t, "the page's link line", eval[string](t, ctx, `document.getElementById("link").textContent`), "No word from the replica since")
 	is.Equal(eval[string](t, ctx, `document.querySelector(`+row("/azure/", "/azure/dud/")+`).dataset.state`), "disabled")
 }

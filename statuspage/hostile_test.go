@@ -1,7 +1,6 @@
 package statuspage_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -11,49 +10,15 @@ import (
 	"time"
 
 	"github.com/matryer/is"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natstest"
-	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/ops"
 	"github.com/gecholog/broker/replica"
-	"github.com/gecholog/broker/statuspage"
 )
 
 // What a hostile or careless writer of the bucket can put there, and what
 // the replicas and their pages make of it.
-
-// rawKey publishes value straight to the bucket's subject for key, past the
-// KV API and its check of the key's characters.
-func rawKey(t *testing.T, js jetstream.JetStream, key, value string) {
-	t.Helper()
-	if _, err := js.Publish(context.Background(), "$KV."+replica.DefaultBucket+"."+key, []byte(value)); err != nil {
-		t.Fatalf("publish %q: %v", key, err)
-	}
-}
-
-// openBucket opens the replicas' bucket, creating it, for the test to write.
-func openBucket(t *testing.T, js jetstream.JetStream) *kv.Store {
-	t.Helper()
-	st, err := kv.Open(context.Background(), js, kv.Config{Bucket: replica.DefaultBucket})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Close)
-	return st
-}
-
-func findRouter(s statuspage.Snapshot, router string) statuspage.Router {
-	for _, p := range s.Pools {
-		for _, r := range p.Routers {
-			if r.Router == router {
-				return r
-			}
-		}
-	}
-	return statuspage.Router{}
-}
 
 func TestReplicasKeepServingAndFollowingTheBucketPastAKeyTheKVAPIRefuses(t *testing.T) {
 	is := is.New(t)
@@ -126,7 +91,7 @@ func TestStatusPageShowsControlAndBidiCharactersEscaped(t *testing.T) {
 	waitFor(t, ctx, 5*time.Second, `document.querySelector(`+row("/azure/", "/azure/dud/")+`).dataset.state === "disabled"`)
 	dud := rowText(t, ctx, "/azure/", "/azure/dud/")
 	is.True(strings.Contains(dud, `quota\u202e ko \u009b31m\u2066\u200b!`)) // shown escaped, visibly
-	is.True(strings.Contains(dud, `alice\u009b\u2067`))
+	says(t, "the row of /azure/dud/", dud, `alice\u009b\u2067`)             // the writer's name, escaped too
 	is.Equal(eval[[]string](t, ctx, `[...document.querySelectorAll("[data-unknown]")].map(e => e.textContent)`), []string{`evil\u202ett`})
 	text := pageText(ctx)
 	for _, raw := range []string{"\u202e", "\u009b", "\u2066", "\u2067", "\u200b"} {
@@ -140,40 +105,6 @@ func TestStatusPageShowsControlAndBidiCharactersEscaped(t *testing.T) {
 	waitFor(t, ctx, 10*time.Second, `performance.now() - window.quietFrom > 3500`)
 	is.Equal(eval[string](t, ctx, `document.getElementById("updated").textContent`), "live")
 	is.True(eval[bool](t, ctx, `document.getElementById("link").hidden`)) // no "No word from the replica"
-}
-
-// events reads server-sent events from the page's stream at addr and
-// sends each, whole, until ctx ends.
-func events(t *testing.T, ctx context.Context, addr string) <-chan string {
-	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/events", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET /events: %v", err)
-	}
-	out := make(chan string)
-	go func() {
-		defer resp.Body.Close()
-		defer close(out)
-		r := bufio.NewReader(resp.Body)
-		var ev strings.Builder
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return
-			}
-			ev.WriteString(line)
-			if line == "\n" {
-				select {
-				case out <- ev.String():
-				case <-ctx.Done():
-					return
-				}
-				ev.Reset()
-			}
-		}
-	}()
-	return out
 }
 
 func TestAHugeReasonCostsAnOpenPageABoundedEvent(t *testing.T) {
@@ -201,7 +132,7 @@ func TestAHugeReasonCostsAnOpenPageABoundedEvent(t *testing.T) {
 	<-evs // retry: 1000
 	first := <-evs
 	t.Logf("the first event: %d bytes", len(first))
-	is.True(strings.HasPrefix(first, "data: "))
+	is.True(strings.HasPrefix(first, "data: "))                                       // an event of data
 	is.True(len(first) < 32<<10)                                                      // bounded, though the record is 200 KB
 	is.True(strings.Contains(first, strings.Repeat("r", 200)+"… [99800 more bytes]")) // the reason cut, saying so
 	is.True(strings.Contains(first, `"unknown_more":20`))                             // 20 named, the rest counted

@@ -5,52 +5,16 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/matryer/is"
 
-	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natstest"
 	"github.com/gecholog/broker/replica"
 	"github.com/gecholog/broker/statuspage"
 )
-
-// source is a replica as the page sees it, set by the test.
-type source struct {
-	status statuspage.Status
-	broker *broker.Broker
-}
-
-func (s source) Status() statuspage.Status { return s.status }
-func (s source) Broker() *broker.Broker    { return s.broker }
-
-// serve serves the page of src on a loopback test server.
-func serve(t *testing.T, src statuspage.Source) (*statuspage.Page, *httptest.Server) {
-	t.Helper()
-	p := statuspage.New(src)
-	mux := http.NewServeMux()
-	p.Register(mux)
-	srv := httptest.NewServer(mux)
-	t.Cleanup(func() { p.Close(); srv.Close() })
-	return p, srv
-}
-
-func get(t *testing.T, url string) (*http.Response, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp, string(b)
-}
 
 func TestBeforeConnectingThePageSaysThePoolsAreNotKnownYet(t *testing.T) {
 	is := is.New(t)
@@ -93,7 +57,7 @@ func TestThePageIsReadOnlyAndRunsOnlyItsOwnScript(t *testing.T) {
 	is.Equal(resp.StatusCode, http.StatusNotFound) // only / itself is the page
 	_, page := get(t, srv.URL+"/")
 	is.True(!strings.Contains(page, "<script>")) // the script is a file of its own
-	is.True(strings.Contains(page, `name="viewport"`))
+	says(t, "the page", page, `name="viewport"`) // it fits a phone's screen
 }
 
 func TestEventStreamsAreBoundedAndEndWhenThePageCloses(t *testing.T) {
@@ -124,7 +88,7 @@ func TestEventStreamsAreBoundedAndEndWhenThePageCloses(t *testing.T) {
 	}
 	resp, body := get(t, srv.URL+"/events")
 	is.Equal(resp.StatusCode, http.StatusServiceUnavailable) // one too many
-	is.True(strings.Contains(body, "polls /status.json"))
+	says(t, "the refusal", body, "polls /status.json")       // and says what to do instead
 
 	p.Close()
 	for _, b := range bodies {
@@ -160,7 +124,7 @@ func TestEveryReplicaServesTheSameFleetView(t *testing.T) {
 	is.Equal(one.Replica, "replica-1") // each says which replica answered
 	is.Equal(two.Replica, "replica-2")
 	is.Equal(one.Mode, "ttl")
-	is.True(one.NATS.Connected)
+	is.True(one.NATS.Connected) // and that it is connected
 }
 
 func TestThePageShowsNoSecrets(t *testing.T) {
@@ -171,7 +135,7 @@ func TestThePageShowsNoSecrets(t *testing.T) {
 	url := strings.Replace(s.ClientURL(), "nats://", "nats://"+token+"@", 1)
 	fl := startFleet(t, url, replica.Config{}, 1)
 	snap := snapshot(t, fl.addrs[0])
-	is.True(snap.NATS.Connected)
+	is.True(snap.NATS.Connected)                             // connected with the token
 	is.True(strings.Contains(snap.NATS.Server, "127.0.0.1")) // the server is named
 	for _, path := range []string{"/", "/status.js", "/status.json"} {
 		_, body := get(t, "http://"+fl.addrs[0]+path)
@@ -186,7 +150,7 @@ func TestThePageShowsNoSecrets(t *testing.T) {
 		line, err := r.ReadString('\n')
 		is.NoErr(err)
 		if strings.HasPrefix(line, "data: ") {
-			is.True(strings.Contains(line, "127.0.0.1"))
+			says(t, "the event", line, "127.0.0.1") // the server is named
 			is.True(!strings.Contains(line, token)) // nor in the event stream
 			break
 		}

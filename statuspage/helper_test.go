@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,14 +17,29 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/ops"
 	"github.com/gecholog/broker/replica"
 	"github.com/gecholog/broker/statuspage"
 )
+
+// The harness the statuspage tests share: replicas in this process whose
+// pages they read, a headless Chromium to read them with, a page on a
+// source the test sets, and the bucket written past the KV API.
+
+// says fails the test unless got, what the page shows as where, holds
+// want, and shows what it holds when it does not.
+func says(t *testing.T, where, got, want string) {
+	t.Helper()
+	if !strings.Contains(got, want) {
+		t.Fatalf("%s does not say %q; it says:\n%s", where, want, got)
+	}
+}
 
 // syncBuffer is a buffer safe for the goroutines that write to it.
 type syncBuffer = natstest.Buffer
@@ -276,4 +293,107 @@ func requestTo(t *testing.T, natsURL string, bodies ...string) {
 			t.Fatalf("request %s: %v", b, err)
 		}
 	}
+}
+
+// source is a replica as the page sees it, set by the test.
+type source struct {
+	status statuspage.Status
+	broker *broker.Broker
+}
+
+func (s source) Status() statuspage.Status { return s.status }
+
+func (s source) Broker() *broker.Broker { return s.broker }
+
+// serve serves the page of src on a loopback test server.
+func serve(t *testing.T, src statuspage.Source) (*statuspage.Page, *httptest.Server) {
+	t.Helper()
+	p := statuspage.New(src)
+	mux := http.NewServeMux()
+	p.Register(mux)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() { p.Close(); srv.Close() })
+	return p, srv
+}
+
+// get answers a GET of url, its body read whole.
+func get(t *testing.T, url string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp, string(b)
+}
+
+// openBucket opens the replicas' bucket, creating it, for the test to write.
+func openBucket(t *testing.T, js jetstream.JetStream) *kv.Store {
+	t.Helper()
+	st, err := kv.Open(context.Background(), js, kv.Config{Bucket: replica.DefaultBucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	return st
+}
+
+// rawKey publishes value straight to the bucket's subject for key, past the
+// KV API and its check of the key's characters.
+func rawKey(t *testing.T, js jetstream.JetStream, key, value string) {
+	t.Helper()
+	if _, err := js.Publish(context.Background(), "$KV."+replica.DefaultBucket+"."+key, []byte(value)); err != nil {
+		t.Fatalf("publish %q: %v", key, err)
+	}
+}
+
+// findRouter is router as the snapshot shows it in the first pool that
+// has it; the zero Router when none does.
+func findRouter(s statuspage.Snapshot, router string) statuspage.Router {
+	for _, p := range s.Pools {
+		for _, r := range p.Routers {
+			if r.Router == router {
+				return r
+			}
+		}
+	}
+	return statuspage.Router{}
+}
+
+// events reads server-sent events from the page's stream at addr and
+// sends each, whole, until ctx ends.
+func events(t *testing.T, ctx context.Context, addr string) <-chan string {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /events: %v", err)
+	}
+	out := make(chan string)
+	go func() {
+		defer resp.Body.Close()
+		defer close(out)
+		r := bufio.NewReader(resp.Body)
+		var ev strings.Builder
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			ev.WriteString(line)
+			if line == "\n" {
+				select {
+				case out <- ev.String():
+				case <-ctx.Done():
+					return
+				}
+				ev.Reset()
+			}
+		}
+	}()
+	return out
 }
