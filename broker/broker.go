@@ -30,6 +30,9 @@ type Config struct {
 // longer than any LLM call gecholog waits for.
 const DefaultInFlightBound = 5 * time.Minute
 
+// InFlightBoundRange is the in-flight bounds New accepts.
+var InFlightBoundRange = Range[time.Duration]{Min: time.Second, Max: 24 * time.Hour}
+
 // Broker is one replica's decision core: it chooses a router for each
 // call to an ingress, hears how calls went, and keeps its view of every
 // router's health in step with the other replicas through a Store. Its
@@ -94,6 +97,9 @@ func New(cfg Config) (*Broker, error) {
 	bound := cfg.InFlightBound
 	if bound <= 0 {
 		bound = DefaultInFlightBound
+	}
+	if !InFlightBoundRange.Contains(bound) {
+		return nil, fmt.Errorf("in-flight bound %v: must be %v", bound, InFlightBoundRange)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{

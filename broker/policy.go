@@ -21,12 +21,9 @@ const (
 	Any AllDisabled = "any"
 )
 
-// DefaultDisabledTime is how long a failed router stays out at first: the
-// original broker's DISABLED_TIME default.
-const DefaultDisabledTime = 10 * time.Minute
-
 // Policy decides when a router is disabled, for how long, and how it comes
-// back. Zero fields take the defaults named on each.
+// back. Zero fields take the defaults named on each (policy_defaults.go),
+// and each field has a range there.
 type Policy struct {
 	// DisabledTime is the first disable's length (required unless
 	// NeverDisable).
@@ -38,25 +35,29 @@ type Policy struct {
 	// (DefaultFailureCodes).
 	FailureCodes FailureCodes
 	// Threshold is how many consecutive failures, counted over every
-	// replica, disable a router (default 1).
+	// replica, disable a router (DefaultThreshold).
 	Threshold int
 	// Rate, when above 0, disables a router when at least Rate percent
 	// of its calls within RateWindow failed, counted over every replica,
 	// given at least RateMinCalls calls in it: a rule for a busy, flaky
 	// router that rarely fails Threshold times in a row. Whichever rule
-	// fires first disables.
+	// fires first disables. DefaultRate, 0, is off.
 	Rate         float64
-	RateWindow   time.Duration // default 60s
-	RateMinCalls int           // default 20
+	RateWindow   time.Duration // DefaultRateWindow
+	RateMinCalls int           // DefaultRateMinCalls
 	// Multiplier grows the disabled time each time a router is disabled
-	// again before it has recovered (default 2; 1 turns backoff off).
+	// again before it has recovered (DefaultMultiplier; 1 turns backoff
+	// off).
 	Multiplier float64
-	// MaxMultiplier caps the growth (default 8), and so caps Retry-After.
+	// MaxMultiplier caps the growth (DefaultMaxMultiplier), and so caps
+	// Retry-After.
 	MaxMultiplier float64
 	// ProbeTimeout is how long a replica's claim on the half-open probe
-	// lasts without a report before another probe may go (default 2m).
+	// lasts without a report before another probe may go
+	// (DefaultProbeTimeout).
 	ProbeTimeout time.Duration
-	// AllDisabled is what a pool with no enabled router does (default Panic).
+	// AllDisabled is what a pool with no enabled router does
+	// (DefaultAllDisabled).
 	AllDisabled AllDisabled
 }
 
@@ -64,43 +65,43 @@ type Policy struct {
 // naming a field that is out of range.
 func (p Policy) Resolve() (Policy, error) {
 	if p.Threshold == 0 {
-		p.Threshold = 1
+		p.Threshold = DefaultThreshold
 	}
 	if p.Multiplier == 0 {
-		p.Multiplier = 2
+		p.Multiplier = DefaultMultiplier
 	}
 	if p.MaxMultiplier == 0 {
-		p.MaxMultiplier = 8
+		p.MaxMultiplier = DefaultMaxMultiplier
 	}
 	if p.ProbeTimeout == 0 {
-		p.ProbeTimeout = 2 * time.Minute
+		p.ProbeTimeout = DefaultProbeTimeout
 	}
 	if p.AllDisabled == "" {
-		p.AllDisabled = Panic
+		p.AllDisabled = DefaultAllDisabled
 	}
 	if p.RateWindow == 0 {
-		p.RateWindow = time.Minute
+		p.RateWindow = DefaultRateWindow
 	}
 	if p.RateMinCalls == 0 {
-		p.RateMinCalls = 20
+		p.RateMinCalls = DefaultRateMinCalls
 	}
 	switch {
 	case p.DisabledTime <= 0 && !p.NeverDisable:
 		return p, fmt.Errorf("disabled time %v: must be positive (or set NeverDisable)", p.DisabledTime)
-	case p.Rate < 0 || p.Rate > 100 || math.IsNaN(p.Rate):
-		return p, fmt.Errorf("failure rate %v: a percentage from 0 (off) to 100", p.Rate)
-	case p.RateWindow < time.Second:
-		return p, fmt.Errorf("failure rate window %v: must be at least a second", p.RateWindow)
-	case p.RateMinCalls < 1:
-		return p, fmt.Errorf("failure rate min calls %d: must be at least 1", p.RateMinCalls)
-	case p.Threshold < 1:
-		return p, fmt.Errorf("failure threshold %d: must be at least 1", p.Threshold)
-	case p.Multiplier < 1 || math.IsNaN(p.Multiplier) || p.Multiplier > 100:
-		return p, fmt.Errorf("backoff multiplier %v: must be from 1 to 100", p.Multiplier)
-	case p.MaxMultiplier < 1 || math.IsNaN(p.MaxMultiplier) || p.MaxMultiplier > 1000:
-		return p, fmt.Errorf("backoff cap %v: must be from 1 to 1000", p.MaxMultiplier)
-	case p.ProbeTimeout < time.Second:
-		return p, fmt.Errorf("probe timeout %v: must be at least a second", p.ProbeTimeout)
+	case !RateRange.Contains(p.Rate):
+		return p, fmt.Errorf("failure rate %v: a percentage %v (0: off)", p.Rate, RateRange)
+	case !RateWindowRange.Contains(p.RateWindow):
+		return p, fmt.Errorf("failure rate window %v: must be %v", p.RateWindow, RateWindowRange)
+	case !RateMinCallsRange.Contains(p.RateMinCalls):
+		return p, fmt.Errorf("failure rate min calls %d: must be %v", p.RateMinCalls, RateMinCallsRange)
+	case !ThresholdRange.Contains(p.Threshold):
+		return p, fmt.Errorf("failure threshold %d: must be %v", p.Threshold, ThresholdRange)
+	case !MultiplierRange.Contains(p.Multiplier):
+		return p, fmt.Errorf("backoff multiplier %v: must be %v", p.Multiplier, MultiplierRange)
+	case !MaxMultiplierRange.Contains(p.MaxMultiplier):
+		return p, fmt.Errorf("backoff cap %v: must be %v", p.MaxMultiplier, MaxMultiplierRange)
+	case !ProbeTimeoutRange.Contains(p.ProbeTimeout):
+		return p, fmt.Errorf("probe timeout %v: must be %v", p.ProbeTimeout, ProbeTimeoutRange)
 	}
 	if _, err := ParseAllDisabled(string(p.AllDisabled)); err != nil {
 		return p, err

@@ -25,11 +25,16 @@ import (
 	"github.com/gecholog/broker/kv"
 )
 
-// The defaults of Config, which the broker command's settings show.
+// The defaults of Config, each defined here once: withDefaults puts them
+// in place of zero fields, and the broker command's flags and -h show
+// them. The failure policy's are broker's (broker.DefaultThreshold, ...).
 const (
 	DefaultSubject = "coburn.gl.broker" // the original broker's, and gecholog's seed config's
 	DefaultQueue   = "broker"
 	DefaultBucket  = "gl_broker"
+	// DefaultKVReplicas is the bucket's replicas when a replica creates it:
+	// one, as one nats-server has; 3 on a cluster.
+	DefaultKVReplicas = 1
 	// DefaultLoggerSubject is gecholog's seed service_bus.topic_exact_logger,
 	// where it publishes every finished call.
 	DefaultLoggerSubject = "coburn.gl.logger"
@@ -40,6 +45,10 @@ const (
 	// calls it holds.
 	DefaultDrainTimeout = 10 * time.Second
 )
+
+// KVReplicasRange is the bucket replicas a replica accepts: JetStream
+// keeps at most 5 copies of a stream.
+var KVReplicasRange = broker.Range[int]{Min: 1, Max: 5}
 
 // BucketDescription is what `nats kv info` says of a bucket the broker
 // creates.
@@ -70,7 +79,8 @@ type Config struct {
 	// pool that needs it has calls chosen before the replica says so
 	// (DefaultLoggerSilence).
 	LoggerSilence time.Duration
-	// KVReplicas is the bucket's replicas when the replica creates it (1).
+	// KVReplicas is the bucket's replicas when the replica creates it
+	// (DefaultKVReplicas), within KVReplicasRange.
 	KVReplicas int
 	// Pools are the pools served (broker.DefaultPools).
 	Pools []broker.Pool
@@ -135,7 +145,10 @@ func (c Config) withDefaults() (Config, error) {
 		c.LoggerSilence = DefaultLoggerSilence
 	}
 	if c.KVReplicas == 0 {
-		c.KVReplicas = 1
+		c.KVReplicas = DefaultKVReplicas
+	}
+	if !KVReplicasRange.Contains(c.KVReplicas) {
+		return c, fmt.Errorf("kv-replicas %d: must be %v", c.KVReplicas, KVReplicasRange)
 	}
 	if c.Pools == nil {
 		c.Pools = broker.DefaultPools()

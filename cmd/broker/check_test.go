@@ -302,7 +302,7 @@ func TestSeveralProblemsAtStartupPointToTheCheckCommand(t *testing.T) {
 	path := brokenGLConfig(t, threeDefects)
 	s, err := parseServe([]string{"-gl-config", path}, env())
 	is.NoErr(err)
-	err = ops.CheckAtStartup(s.glConfig, s.pools, s.wiring(), nil) // what serve calls before it connects
+	err = ops.CheckAtStartup(s.glConfig, s.Pools, s.wiring(), nil) // what serve calls before it connects
 	is.True(err != nil)
 	is.True(strings.HasSuffix(err.Error(), `(run "broker check `+path+`" for all)`)) // the operator learns how to see the rest
 }

@@ -21,7 +21,7 @@ func serveCommand(ctx context.Context, args []string, getenv func(string) string
 	}
 	log := s.logger(stderr)
 	if s.glConfig != "" {
-		if err := ops.CheckAtStartup(s.glConfig, s.pools, s.wiring(), log); err != nil {
+		if err := ops.CheckAtStartup(s.glConfig, s.Pools, s.wiring(), log); err != nil {
 			return err
 		}
 	}
@@ -37,7 +37,7 @@ func demoCommand(ctx context.Context, args []string, getenv func(string) string,
 	if err := s.parse(args, "Usage: broker demo [flags]", stdout); err != nil {
 		return err
 	}
-	return demo.Run(ctx, demo.Options{Requests: requests, DisabledTime: s.policy.DisabledTime}, stdout, stderr)
+	return demo.Run(ctx, demo.Options{Requests: requests, DisabledTime: s.Policy.DisabledTime}, stdout, stderr)
 }
 
 func statusCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -56,7 +56,7 @@ func statusCommand(ctx context.Context, args []string, getenv func(string) strin
 	if len(operands) > 0 {
 		return fmt.Errorf("unexpected argument %q: status shows every router", operands[0])
 	}
-	o.Policy = s.policy
+	o.Policy = s.Policy
 	return ops.Status(ctx, s.target(), o, stdout)
 }
 
@@ -134,7 +134,7 @@ func checkCommand(ctx context.Context, args []string, getenv func(string) string
 	default:
 		return fmt.Errorf("check: one gl_config.json at a time, not %q and %q", operands[0], operands[1])
 	}
-	return ops.Check(path, s.pools, s.wiring(), stdout)
+	return ops.Check(path, s.Pools, s.wiring(), stdout)
 }
 
 func healthcheckCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -143,5 +143,5 @@ func healthcheckCommand(ctx context.Context, args []string, getenv func(string) 
 	if err := s.parse(args, "Usage: broker healthcheck [flags]", stdout); err != nil {
 		return err
 	}
-	return ops.Healthcheck(ctx, s.metricsAddr, stdout)
+	return ops.Healthcheck(ctx, s.MetricsAddr, stdout)
 }

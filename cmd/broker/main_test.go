@@ -153,59 +153,59 @@ func TestSettingsComeFromFlagsThenEnvironmentThenDefaults(t *testing.T) {
 		check  func(is *is.I, s *settings)
 	}{
 		{"defaults are the original's", nil, env(), func(is *is.I, s *settings) {
-			is.Equal(s.nats.Servers, "nats://localhost:4222")
-			is.Equal(s.subject, "coburn.gl.broker")
-			is.Equal(s.policy.DisabledTime, 10*time.Minute)
-			is.Equal(s.bucket, "gl_broker")
-			is.Equal(s.kvReplicas, 1)
-			is.Equal(len(s.pools), 1)
-			is.Equal(s.pools[0].Ingress, "/azure/")
+			is.Equal(s.NATS.Servers, "nats://localhost:4222")
+			is.Equal(s.Subject, "coburn.gl.broker")
+			is.Equal(s.Policy.DisabledTime, 10*time.Minute)
+			is.Equal(s.Bucket, "gl_broker")
+			is.Equal(s.KVReplicas, 1)
+			is.Equal(len(s.Pools), 1)
+			is.Equal(s.Pools[0].Ingress, "/azure/")
 		}},
 		{"GECHOLOG_HOST names the server", nil, env("GECHOLOG_HOST", "gecholog"), func(is *is.I, s *settings) {
-			is.Equal(s.nats.Servers, "nats://gecholog:4222")
+			is.Equal(s.NATS.Servers, "nats://gecholog:4222")
 		}},
 		{"NATS_URL wins over GECHOLOG_HOST", nil, env("GECHOLOG_HOST", "gecholog", "NATS_URL", "nats://a:1,nats://b:2"), func(is *is.I, s *settings) {
-			is.Equal(s.nats.Servers, "nats://a:1,nats://b:2")
+			is.Equal(s.NATS.Servers, "nats://a:1,nats://b:2")
 		}},
 		{"DISABLED_TIME is fractional minutes", nil, env("DISABLED_TIME", "0.5"), func(is *is.I, s *settings) {
-			is.Equal(s.policy.DisabledTime, 30*time.Second)
+			is.Equal(s.Policy.DisabledTime, 30*time.Second)
 		}},
 		{"DISABLED_TIME 0.005 is 0.3 s, exactly", nil, env("DISABLED_TIME", "0.005"), func(is *is.I, s *settings) {
-			is.Equal(s.policy.DisabledTime, 300*time.Millisecond)
-			is.True(!s.policy.NeverDisable)
+			is.Equal(s.Policy.DisabledTime, 300*time.Millisecond)
+			is.True(!s.Policy.NeverDisable)
 		}},
 		{"DISABLED_TIME 0: a failure never takes a router out", nil, env("DISABLED_TIME", "0"), func(is *is.I, s *settings) {
-			is.True(s.policy.NeverDisable)
+			is.True(s.Policy.NeverDisable)
 		}},
 		{"failure rate rule off by default", nil, env(), func(is *is.I, s *settings) {
-			is.Equal(s.policy.Rate, 0.0)
-			is.Equal(s.policy.RateWindow, time.Minute)
-			is.Equal(s.policy.RateMinCalls, 20)
-			is.Equal(s.policy.FailureCodes.String(), "5xx,429,408,401,403,404")
+			is.Equal(s.Policy.Rate, 0.0)
+			is.Equal(s.Policy.RateWindow, time.Minute)
+			is.Equal(s.Policy.RateMinCalls, 20)
+			is.Equal(s.Policy.FailureCodes.String(), "5xx,429,408,401,403,404")
 		}},
 		{"failure rate rule from the environment", nil, env("BROKER_FAILURE_RATE", "20", "BROKER_FAILURE_RATE_WINDOW", "30s", "BROKER_FAILURE_RATE_MIN_CALLS", "50"), func(is *is.I, s *settings) {
-			is.Equal(s.policy.Rate, 20.0)
-			is.Equal(s.policy.RateWindow, 30*time.Second)
-			is.Equal(s.policy.RateMinCalls, 50)
+			is.Equal(s.Policy.Rate, 20.0)
+			is.Equal(s.Policy.RateWindow, 30*time.Second)
+			is.Equal(s.Policy.RateMinCalls, 50)
 		}},
 		{"failure codes by code and class", []string{"-failure-codes", "5xx, 429"}, env(), func(is *is.I, s *settings) {
-			is.True(s.policy.FailureCodes.Has(503))
-			is.True(s.policy.FailureCodes.Has(429))
-			is.True(!s.policy.FailureCodes.Has(404))
+			is.True(s.Policy.FailureCodes.Has(503))
+			is.True(s.Policy.FailureCodes.Has(429))
+			is.True(!s.Policy.FailureCodes.Has(404))
 		}},
 		{"a flag wins over its variable", []string{"-disabled-time", "2", "-bucket", "b2"}, env("DISABLED_TIME", "0.5", "BROKER_BUCKET", "b1"), func(is *is.I, s *settings) {
-			is.Equal(s.policy.DisabledTime, 2*time.Minute)
-			is.Equal(s.bucket, "b2")
+			is.Equal(s.Policy.DisabledTime, 2*time.Minute)
+			is.Equal(s.Bucket, "b2")
 		}},
 		{"NATS connection settings as NATS tools name them", nil, env("NATS_TOKEN", "t", "NATS_CREDS", "/c", "NATS_NKEY", "/n", "NATS_CERT", "/cert", "NATS_KEY", "/key", "NATS_CA", "/ca"), func(is *is.I, s *settings) {
-			is.Equal(s.nats.Token, "t")
-			is.Equal(s.nats.Creds, "/c")
-			is.Equal(s.nats.NKey, "/n")
-			is.Equal([]string{s.nats.TLSCert, s.nats.TLSKey, s.nats.TLSCA}, []string{"/cert", "/key", "/ca"})
+			is.Equal(s.NATS.Token, "t")
+			is.Equal(s.NATS.Creds, "/c")
+			is.Equal(s.NATS.NKey, "/n")
+			is.Equal([]string{s.NATS.TLSCert, s.NATS.TLSKey, s.NATS.TLSCA}, []string{"/cert", "/key", "/ca"})
 		}},
 		{"user and password", []string{"-user", "u"}, env("NATS_PASSWORD", "p"), func(is *is.I, s *settings) {
-			is.Equal(s.nats.User, "u")
-			is.Equal(s.nats.Password, "p")
+			is.Equal(s.NATS.User, "u")
+			is.Equal(s.NATS.Password, "p")
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -225,9 +225,9 @@ func TestPoolsFileSetsPoolsAndWeights(t *testing.T) {
 		{"ingress":"/openai/","routers":[{"path":"/openai/a/"}]}]}`), 0o600))
 	s, err := parseServe([]string{"-pools", f}, env())
 	is.NoErr(err)
-	is.Equal(len(s.pools), 2)
-	is.Equal(s.pools[0].Routers[0].Weight, 3)
-	is.Equal(s.pools[0].Routers[1].Weight, 1) // absent weight means 1
+	is.Equal(len(s.Pools), 2)
+	is.Equal(s.Pools[0].Routers[0].Weight, 3)
+	is.Equal(s.Pools[0].Routers[1].Weight, 1) // absent weight means 1
 }
 
 func TestBadSettingStopsStartupWithOneLineNamingIt(t *testing.T) {
@@ -296,7 +296,7 @@ func TestMissingCredentialFileStopsStartupNamingTheSetting(t *testing.T) {
 	getenv := env("NATS_CREDS", filepath.Join(t.TempDir(), "missing.creds"), "NATS_URL", "nats://127.0.0.1:1")
 	s, err := parseServe(nil, getenv)
 	is.NoErr(err) // the file is checked when connecting, not when parsing
-	_, err = s.nats.Options()
+	_, err = s.NATS.Options()
 	is.True(err != nil && strings.HasPrefix(err.Error(), "creds:")) // names the setting
 	// Nothing listens on port 1: a serve that got past the check would
 	// log that it cannot connect, keep retrying until the context ends,

@@ -37,7 +37,7 @@ func startReplicas(t *testing.T, s *server.Server, n int, disabled time.Duration
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.policy.DisabledTime = disabled
+	st.Policy.DisabledTime = disabled
 	c := st.replicaConfig(nil)
 	c.ID = "" // the fleet names its replicas
 	type replicaLog struct {

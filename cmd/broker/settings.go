@@ -9,47 +9,40 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"time"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/gecholog"
 	"github.com/gecholog/broker/internal/flagenv"
-	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/ops"
 	"github.com/gecholog/broker/replica"
 )
 
-// settings are the settings of every command. Each is defined once, in
-// one of the methods below that register a flag, its variable, default,
-// range and help; a command registers the ones it takes, and resolve
-// checks and derives them once for every command.
+// settings are the settings of every command. Each is registered in one
+// of the methods below: its flag, its variable and its help. Its default
+// and range are read from the package that owns it (replica for the
+// replica's, broker for the failure policy's), where validation reads
+// them too. A command registers the ones it takes, and resolve checks and
+// derives them once for every command.
 type settings struct {
 	set    *flagenv.Set
 	getenv func(string) string
 
-	nats         natsconn.Settings
+	// The flags write the replica's settings into its Config, which serve
+	// runs; the other commands read the parts they take (NATS, Bucket,
+	// Pools, Policy, Subject, LoggerSubject, MetricsAddr).
+	replica.Config
+
 	gechologHost string
-	bucket       string
-	poolsFile    string
-	pools        []broker.Pool // resolved from poolsFile
+	poolsFile    string // Pools are resolved from it
 	logLevel     string
 	logFormat    string
-
-	subject     string
-	glConfig    string
-	metricsAddr string
-
-	queue          string
-	loggerSubject  string // gecholog's transaction log
-	kvReplicas     int
-	id             string
-	policy         broker.Policy
-	requireKV      bool
-	inFlightBound  time.Duration
-	embedded       bool
-	embeddedListen string
-	embeddedStore  string
+	glConfig     string
+	embedded     bool             // serve on an in-process nats-server,
+	embeddedAt   replica.Embedded // this one
 }
+
+// defaultGechologHost is where gecholog's NATS is without GECHOLOG_HOST.
+const defaultGechologHost = "localhost"
 
 func newSettings(name string, getenv func(string) string) *settings {
 	return &settings{set: flagenv.New(name, getenv), getenv: getenv}
@@ -59,32 +52,32 @@ func newSettings(name string, getenv func(string) string) *settings {
 // the server is, how to authenticate, the bucket, the pools and the log.
 func (s *settings) connection() {
 	f := s.set
-	f.String(&s.nats.Servers, "server", "NATS_URL", "", "NATS server `URLs`, comma separated; wins over GECHOLOG_HOST")
-	f.String(&s.gechologHost, "gecholog-host", "GECHOLOG_HOST", "", "gecholog `host`; the broker connects to nats://HOST:4222 (default localhost)")
-	f.String(&s.nats.Token, "token", "NATS_TOKEN", "", "NATS `token`, as gecholog's service bus uses")
-	f.String(&s.nats.User, "user", "NATS_USER", "", "NATS `user` name")
-	f.String(&s.nats.Password, "password", "NATS_PASSWORD", "", "NATS `password`")
-	f.String(&s.nats.Creds, "creds", "NATS_CREDS", "", "NATS credentials `file` (JWT and seed)")
-	f.String(&s.nats.NKey, "nkey", "NATS_NKEY", "", "NATS nkey seed `file`")
-	f.String(&s.nats.TLSCert, "tlscert", "NATS_CERT", "", "TLS client certificate `file`")
-	f.String(&s.nats.TLSKey, "tlskey", "NATS_KEY", "", "TLS client key `file`")
-	f.String(&s.nats.TLSCA, "tlsca", "NATS_CA", "", "TLS certificate authority `file` for verifying the server")
-	f.String(&s.bucket, "bucket", "BROKER_BUCKET", replica.DefaultBucket, "JetStream KV `bucket` holding disabled routers")
+	f.String(&s.NATS.Servers, "server", "NATS_URL", "", "NATS server `URLs`, comma separated; wins over GECHOLOG_HOST")
+	f.String(&s.gechologHost, "gecholog-host", "GECHOLOG_HOST", defaultGechologHost, "gecholog `host`; the broker connects to nats://HOST:4222")
+	f.String(&s.NATS.Token, "token", "NATS_TOKEN", "", "NATS `token`, as gecholog's service bus uses")
+	f.String(&s.NATS.User, "user", "NATS_USER", "", "NATS `user` name")
+	f.String(&s.NATS.Password, "password", "NATS_PASSWORD", "", "NATS `password`")
+	f.String(&s.NATS.Creds, "creds", "NATS_CREDS", "", "NATS credentials `file` (JWT and seed)")
+	f.String(&s.NATS.NKey, "nkey", "NATS_NKEY", "", "NATS nkey seed `file`")
+	f.String(&s.NATS.TLSCert, "tlscert", "NATS_CERT", "", "TLS client certificate `file`")
+	f.String(&s.NATS.TLSKey, "tlskey", "NATS_KEY", "", "TLS client key `file`")
+	f.String(&s.NATS.TLSCA, "tlsca", "NATS_CA", "", "TLS certificate authority `file` for verifying the server")
+	f.String(&s.Bucket, "bucket", "BROKER_BUCKET", replica.DefaultBucket, "JetStream KV `bucket` holding disabled routers")
 	s.poolsSetting()
 	f.String(&s.logLevel, "log-level", "BROKER_LOG_LEVEL", "info", "`level`: debug, info, warn or error")
 	f.String(&s.logFormat, "log-format", "BROKER_LOG_FORMAT", "text", "`format`: text or json")
 }
 
 func (s *settings) poolsSetting() {
-	s.set.String(&s.poolsFile, "pools", "BROKER_POOLS", "", "pools `file` (JSON); default: /azure/ over /azure/gpt35turbo/, /azure/gpt4/ and /azure/dud/")
+	s.set.String(&s.poolsFile, "pools", "BROKER_POOLS", "", "pools `file` (JSON); default: "+describePools(broker.DefaultPools()))
 }
 
 func (s *settings) subjectSetting() {
-	s.set.String(&s.subject, "subject", "BROKER_SUBJECT", replica.DefaultSubject, "`subject` gecholog sends the broker's processor calls to")
+	s.set.String(&s.Subject, "subject", "BROKER_SUBJECT", replica.DefaultSubject, "`subject` gecholog sends the broker's processor calls to")
 }
 
 func (s *settings) loggerSubjectSetting() {
-	s.set.String(&s.loggerSubject, "logger-subject", "BROKER_LOGGER_SUBJECT", replica.DefaultLoggerSubject, "`subject` of gecholog's transaction log (service_bus.topic_exact_logger), which the latency and headroom strategies read")
+	s.set.String(&s.LoggerSubject, "logger-subject", "BROKER_LOGGER_SUBJECT", replica.DefaultLoggerSubject, "`subject` of gecholog's transaction log (service_bus.topic_exact_logger), which the latency and headroom strategies read")
 }
 
 func (s *settings) glConfigSetting() {
@@ -92,16 +85,16 @@ func (s *settings) glConfigSetting() {
 }
 
 func (s *settings) disabledTimeSetting() {
-	s.policy.DisabledTime = broker.DefaultDisabledTime
-	s.set.Var((*disabledTime)(&s.policy), "disabled-time", "DISABLED_TIME", "`minutes` a failed router stays out of its pool, fractions allowed; 0: failures never take a router out")
+	s.Policy.DisabledTime = broker.DefaultDisabledTime
+	s.set.Var((*disabledTime)(&s.Policy), "disabled-time", "DISABLED_TIME", "`minutes` a failed router stays out of its pool, fractions allowed; 0: failures never take a router out")
 }
 
 func (s *settings) backoffCapSetting() {
-	s.set.Float(&s.policy.MaxMultiplier, "backoff-cap", "BROKER_BACKOFF_CAP", 8, 1, 1000, "largest `multiple` of the disabled time a disable (or a Retry-After) lasts")
+	s.set.Float(&s.Policy.MaxMultiplier, "backoff-cap", "BROKER_BACKOFF_CAP", broker.DefaultMaxMultiplier, broker.MaxMultiplierRange.Min, broker.MaxMultiplierRange.Max, "largest `multiple` of the disabled time a disable (or a Retry-After) lasts")
 }
 
 func (s *settings) probeTimeoutSetting() {
-	s.set.Duration(&s.policy.ProbeTimeout, "probe-timeout", "BROKER_PROBE_TIMEOUT", 2*time.Minute, time.Second, 24*time.Hour, "`time` a probe call may go unreported before another probe may be sent")
+	s.set.Duration(&s.Policy.ProbeTimeout, "probe-timeout", "BROKER_PROBE_TIMEOUT", broker.DefaultProbeTimeout, broker.ProbeTimeoutRange.Min, broker.ProbeTimeoutRange.Max, "`time` a probe call may go unreported before another probe may be sent")
 }
 
 // policyLimits registers the settings that bound how long a record holds
@@ -113,13 +106,13 @@ func (s *settings) policyLimits() {
 }
 
 func (s *settings) metricsAddrSetting() {
-	s.set.String(&s.metricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for the status page (/), /metrics, /healthz and /readyz (off when empty)")
+	s.set.String(&s.MetricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for the status page (/), /metrics, /healthz and /readyz (off when empty)")
 }
 
 // wiring is how the settings wire the broker to gecholog, for checking a
 // gl_config.json.
 func (s *settings) wiring() gecholog.Wiring {
-	return gecholog.Wiring{Subject: s.subject, LoggerSubject: s.loggerSubject}
+	return gecholog.Wiring{Subject: s.Subject, LoggerSubject: s.LoggerSubject}
 }
 
 // serving registers the processor's own settings.
@@ -130,24 +123,25 @@ func (s *settings) serving() {
 	s.loggerSubjectSetting()
 	s.glConfigSetting()
 	s.metricsAddrSetting()
-	f.String(&s.queue, "queue", "BROKER_QUEUE", replica.DefaultQueue, "`queue` group the replicas share calls in")
-	f.Int(&s.kvReplicas, "kv-replicas", "BROKER_KV_REPLICAS", 1, 1, 5, "`replicas` of the bucket when the broker creates it (3 on a NATS cluster)")
-	f.String(&s.id, "id", "BROKER_ID", replica.DefaultID(), "`name` of this replica in the records it writes")
-	f.Int(&s.policy.Threshold, "failure-threshold", "BROKER_FAILURE_THRESHOLD", 1, 1, 1000, "consecutive `failures`, counted over every replica, that disable a router")
-	f.Float(&s.policy.Rate, "failure-rate", "BROKER_FAILURE_RATE", 0, 0, 100, "`percent` of a router's calls, over every replica, that disables it when they failed within the failure-rate window (0: off)")
-	f.Duration(&s.policy.RateWindow, "failure-rate-window", "BROKER_FAILURE_RATE_WINDOW", time.Minute, time.Second, 24*time.Hour, "the failure-rate rule's window of recent calls, a `duration`")
-	f.Int(&s.policy.RateMinCalls, "failure-rate-min-calls", "BROKER_FAILURE_RATE_MIN_CALLS", 20, 1, 1_000_000, "`calls` within the window before the failure-rate rule judges a router")
-	s.policy.FailureCodes = broker.DefaultFailureCodes
-	f.Var((*failureCodes)(&s.policy.FailureCodes), "failure-codes", "BROKER_FAILURE_CODES", "`statuses` that count against a router: codes and classes such as 5xx, comma separated")
-	f.Float(&s.policy.Multiplier, "backoff-multiplier", "BROKER_BACKOFF_MULTIPLIER", 2, 1, 100, "`factor` the disabled time grows by each time a router is disabled again before it recovered (1: no backoff)")
+	p := &s.Policy
+	f.String(&s.Queue, "queue", "BROKER_QUEUE", replica.DefaultQueue, "`queue` group the replicas share calls in")
+	f.Int(&s.KVReplicas, "kv-replicas", "BROKER_KV_REPLICAS", replica.DefaultKVReplicas, replica.KVReplicasRange.Min, replica.KVReplicasRange.Max, "`replicas` of the bucket when the broker creates it (3 on a NATS cluster)")
+	f.String(&s.ID, "id", "BROKER_ID", replica.DefaultID(), "`name` of this replica in the records it writes")
+	f.Int(&p.Threshold, "failure-threshold", "BROKER_FAILURE_THRESHOLD", broker.DefaultThreshold, broker.ThresholdRange.Min, broker.ThresholdRange.Max, "consecutive `failures`, counted over every replica, that disable a router")
+	f.Float(&p.Rate, "failure-rate", "BROKER_FAILURE_RATE", broker.DefaultRate, broker.RateRange.Min, broker.RateRange.Max, "`percent` of a router's calls, over every replica, that disables it when they failed within the failure-rate window (0: off)")
+	f.Duration(&p.RateWindow, "failure-rate-window", "BROKER_FAILURE_RATE_WINDOW", broker.DefaultRateWindow, broker.RateWindowRange.Min, broker.RateWindowRange.Max, "the failure-rate rule's window of recent calls, a `duration`")
+	f.Int(&p.RateMinCalls, "failure-rate-min-calls", "BROKER_FAILURE_RATE_MIN_CALLS", broker.DefaultRateMinCalls, broker.RateMinCallsRange.Min, broker.RateMinCallsRange.Max, "`calls` within the window before the failure-rate rule judges a router")
+	p.FailureCodes = broker.DefaultFailureCodes
+	f.Var((*failureCodes)(&p.FailureCodes), "failure-codes", "BROKER_FAILURE_CODES", "`statuses` that count against a router: codes and classes such as 5xx, comma separated")
+	f.Float(&p.Multiplier, "backoff-multiplier", "BROKER_BACKOFF_MULTIPLIER", broker.DefaultMultiplier, broker.MultiplierRange.Min, broker.MultiplierRange.Max, "`factor` the disabled time grows by each time a router is disabled again before it recovered (1: no backoff)")
 	s.policyLimits() // DISABLED_TIME, BROKER_BACKOFF_CAP, BROKER_PROBE_TIMEOUT
-	s.policy.AllDisabled = broker.Panic
-	f.Var((*allDisabled)(&s.policy.AllDisabled), "all-disabled", "BROKER_ALL_DISABLED", "what a pool with no enabled router does: `mode` panic (the router back soonest), ingress (the ingress's own outbound) or any")
-	f.Duration(&s.inFlightBound, "inflight-bound", "BROKER_INFLIGHT_BOUND", broker.DefaultInFlightBound, time.Second, 24*time.Hour, "`time` a chosen call counts as in flight, over every replica, when its report never comes (least-busy)")
-	f.Bool(&s.requireKV, "require-kv", "BROKER_REQUIRE_KV", "refuse to start when the server has no JetStream, instead of serving in local mode")
+	p.AllDisabled = broker.DefaultAllDisabled
+	f.Var((*allDisabled)(&p.AllDisabled), "all-disabled", "BROKER_ALL_DISABLED", "what a pool with no enabled router does: `mode` panic (the router back soonest), ingress (the ingress's own outbound) or any")
+	f.Duration(&s.InFlightBound, "inflight-bound", "BROKER_INFLIGHT_BOUND", broker.DefaultInFlightBound, broker.InFlightBoundRange.Min, broker.InFlightBoundRange.Max, "`time` a chosen call counts as in flight, over every replica, when its report never comes (least-busy)")
+	f.Bool(&s.RequireKV, "require-kv", "BROKER_REQUIRE_KV", "refuse to start when the server has no JetStream, instead of serving in local mode")
 	f.Bool(&s.embedded, "embedded-nats", "BROKER_EMBEDDED_NATS", "start an in-process nats-server with JetStream and serve on it")
-	f.String(&s.embeddedListen, "embedded-listen", "BROKER_EMBEDDED_LISTEN", "127.0.0.1:4222", "listen `address` of the embedded nats-server")
-	f.String(&s.embeddedStore, "embedded-store", "BROKER_EMBEDDED_STORE", filepath.Join(cmp.Or(s.getenv("TMPDIR"), "/tmp"), "broker-jetstream"), "JetStream store `directory` of the embedded nats-server")
+	f.String(&s.embeddedAt.Listen, "embedded-listen", "BROKER_EMBEDDED_LISTEN", "127.0.0.1:4222", "listen `address` of the embedded nats-server")
+	f.String(&s.embeddedAt.StoreDir, "embedded-store", "BROKER_EMBEDDED_STORE", filepath.Join(cmp.Or(s.getenv("TMPDIR"), "/tmp"), "broker-jetstream"), "JetStream store `directory` of the embedded nats-server")
 }
 
 // bucketRE is a JetStream bucket name.
@@ -157,30 +151,26 @@ var bucketRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 // the server from GECHOLOG_HOST, the pools from their file.
 func (s *settings) resolve() error {
 	has := s.set.Has
-	if has("server") && s.nats.Servers == "" {
-		host := s.gechologHost
-		if host == "" {
-			host = "localhost"
-		}
-		s.nats.Servers = "nats://" + host + ":4222"
+	if has("server") && s.NATS.Servers == "" {
+		s.NATS.Servers = "nats://" + cmp.Or(s.gechologHost, defaultGechologHost) + ":4222"
 	}
 	for _, subject := range []struct{ name, env, value string }{
-		{"subject", "BROKER_SUBJECT", s.subject},
-		{"logger-subject", "BROKER_LOGGER_SUBJECT", s.loggerSubject},
+		{"subject", "BROKER_SUBJECT", s.Subject},
+		{"logger-subject", "BROKER_LOGGER_SUBJECT", s.LoggerSubject},
 	} {
 		if err := replica.CheckSubject(subject.value); has(subject.name) && err != nil {
 			return fmt.Errorf("%s (%s) %q: not a subject the broker may use: %w", subject.name, subject.env, subject.value, err)
 		}
 	}
 	switch {
-	case has("queue") && (replica.CheckSubject(s.queue) != nil || strings.Contains(s.queue, ".")):
-		return fmt.Errorf("queue (BROKER_QUEUE) %q: a queue group is one token without spaces, control characters, dots or wildcards", s.queue)
-	case has("id") && s.id == "":
+	case has("queue") && (replica.CheckSubject(s.Queue) != nil || strings.Contains(s.Queue, ".")):
+		return fmt.Errorf("queue (BROKER_QUEUE) %q: a queue group is one token without spaces, control characters, dots or wildcards", s.Queue)
+	case has("id") && s.ID == "":
 		return errors.New("id: give this replica a name")
-	case has("bucket") && !bucketRE.MatchString(s.bucket):
-		return fmt.Errorf("bucket %q: a bucket name holds only letters, digits, - and _", s.bucket)
+	case has("bucket") && !bucketRE.MatchString(s.Bucket):
+		return fmt.Errorf("bucket %q: a bucket name holds only letters, digits, - and _", s.Bucket)
 	}
-	if err := s.nats.Check(); err != nil {
+	if err := s.NATS.Check(); err != nil {
 		return err
 	}
 	if has("log-level") {
@@ -192,13 +182,13 @@ func (s *settings) resolve() error {
 		return fmt.Errorf("log-format %q: text or json", s.logFormat)
 	}
 	if has("pools") {
-		s.pools = broker.DefaultPools()
+		s.Pools = broker.DefaultPools()
 		if s.poolsFile != "" {
 			p, err := readPools(s.poolsFile)
 			if err != nil {
 				return fmt.Errorf("pools %s: %w", s.poolsFile, err)
 			}
-			s.pools = p
+			s.Pools = p
 		}
 	}
 	return nil
@@ -240,18 +230,33 @@ func (s *settings) logger(w io.Writer) *slog.Logger {
 
 // replicaConfig is the replica the serve settings describe.
 func (s *settings) replicaConfig(log *slog.Logger) replica.Config {
-	c := replica.Config{
-		NATS: s.nats, Subject: s.subject, LoggerSubject: s.loggerSubject, Queue: s.queue, Bucket: s.bucket, KVReplicas: s.kvReplicas,
-		Pools: s.pools, Policy: s.policy, ID: s.id, MetricsAddr: s.metricsAddr, RequireKV: s.requireKV,
-		InFlightBound: s.inFlightBound, Logger: log,
-	}
+	c := s.Config
+	c.Logger = log
 	if s.embedded {
-		c.Embedded = &replica.Embedded{Listen: s.embeddedListen, StoreDir: s.embeddedStore}
+		e := s.embeddedAt
+		c.Embedded = &e
 	}
 	return c
 }
 
 // target is what the operator's bucket commands act on.
 func (s *settings) target() ops.Target {
-	return ops.Target{NATS: s.nats, Bucket: s.bucket, Pools: s.pools, PoolsFile: s.poolsFile}
+	return ops.Target{NATS: s.NATS, Bucket: s.Bucket, Pools: s.Pools, PoolsFile: s.poolsFile}
+}
+
+// describePools says pools as -h does: "/azure/ over /azure/gpt35turbo/,
+// /azure/gpt4/ and /azure/dud/".
+func describePools(pools []broker.Pool) string {
+	var each []string
+	for _, p := range pools {
+		paths := make([]string, len(p.Routers))
+		for i, r := range p.Routers {
+			paths[i] = r.Path
+		}
+		if n := len(paths); n > 1 {
+			paths = append(paths[:n-2], paths[n-2]+" and "+paths[n-1])
+		}
+		each = append(each, p.Ingress+" over "+strings.Join(paths, ", "))
+	}
+	return strings.Join(each, "; ")
 }

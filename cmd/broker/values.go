@@ -165,8 +165,11 @@ func (v *failureCodes) Set(s string) error {
 	return nil
 }
 
+// String is "" for the zero value, which the flag package takes for "no
+// default": broker.FailureCodes says its zero value as the default codes,
+// and -h would then leave out the default it registered.
 func (v *failureCodes) String() string {
-	if v == nil {
+	if v == nil || *v == (failureCodes{}) {
 		return ""
 	}
 	return broker.FailureCodes(*v).String()
