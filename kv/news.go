@@ -23,9 +23,11 @@ import (
 // Whoever may publish on the bus can forge the news, so what is told after
 // a write landed is only a hint: the listener reads the key from the
 // bucket and delivers what the bucket says, with the bucket's revision;
-// the revision and record in the message are never taken. What is
-// announced before a write is provisional: a replica avoids the router on
-// its word for a bounded time only (see broker.Event). A plain
+// the revision in the message is never taken. A disable, told before its
+// write (announced) or after, is heard at once as provisional: a replica
+// avoids the router on its word, for a bounded time only, and the bucket's
+// word wins over it (see broker.Event). An enable is only ever taken from
+// the bucket. A plain
 // subscription to the bucket's own subjects would not do, as it also
 // delivers writes the stream refused.
 
@@ -157,15 +159,32 @@ func (s *Store) listen(fn func(broker.Event), h *hints) (stop func(), err error)
 			return
 		}
 		key := m.Header.Get(newsKey)
-		switch op := m.Header.Get(newsOp); {
+		op := m.Header.Get(newsOp)
+		if op == "put" || op == "del" {
+			// Told after a write: it names the write's revision, which is
+			// not taken, but news without one is not news.
+			if rev, err := strconv.ParseUint(m.Header.Get(newsRevision), 10, 64); err != nil || rev == 0 {
+				return
+			}
+		}
+		switch {
 		case op == "ask":
 			s.answer()
 		case !keyRE.MatchString(key) || len(m.Data) > maxNews:
-		case op == "put" || op == "del":
-			h.add(key)
-		case op == "pending":
-			if r, err := Decode(key, m.Data); err == nil && len(m.Data) > 0 {
-				fn(broker.Event{Router: key, Entry: &broker.Entry{Record: r}, Provisional: true})
+		case op == "del":
+			h.add(key) // an enable is taken from the bucket only
+		case op == "put" || op == "pending":
+			// A disable is heard at once, as provisional: it never lifts
+			// or shortens a disable, and holds only until the bucket's
+			// word (see broker.Event). News of a write is then read from
+			// the bucket, which confirms it or ends it.
+			if len(m.Data) > 0 {
+				if r, err := Decode(key, m.Data); err == nil {
+					fn(broker.Event{Router: key, Entry: &broker.Entry{Record: r}, Provisional: true})
+				}
+			}
+			if op == "put" {
+				h.add(key)
 			}
 		}
 	})

@@ -102,8 +102,14 @@ func TestADeletedAndRecreatedBucketIsReadAfreshFromItsFirstRevision(t *testing.T
 
 	is.NoErr(js.DeleteKeyValue(context.Background(), "health")) // `nats kv rm health -f`
 	// Another replica, or the operator, makes it again, and writes to it.
-	other, err := kv.Open(context.Background(), js, kv.Config{Bucket: "health", Owner: "other"})
-	is.NoErr(err)
+	// The watcher makes the bucket again too; the server may refuse a
+	// create that races the delete's clean-up, so try until one works.
+	var other *kv.Store
+	natstest.Eventually(t, truthBound, func() bool {
+		var err error
+		other, err = kv.Open(context.Background(), js, kv.Config{Bucket: "health", Owner: "other"})
+		return err == nil
+	}, "the bucket opens again")
 	t.Cleanup(other.Close)
 	made := time.Now()
 	manual := record("/azure/gpt4/", time.Time{})
