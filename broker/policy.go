@@ -25,6 +25,14 @@ const (
 // original broker's DISABLED_TIME default.
 const DefaultDisabledTime = 10 * time.Minute
 
+// MinDisabledTime is the shortest disable: 60 ms, DISABLED_TIME 0.001.
+// The record's Until is the truth, kept to the nanosecond, and the
+// bucket's TTL only cleans up (rounded up to a whole second), so a
+// fraction of a second works; but a disable shorter than this would end
+// before a busy fleet hears of it, and a setting that rounds to less is a
+// slip (1e-12 minutes), not a wish.
+const MinDisabledTime = 60 * time.Millisecond
+
 // Policy decides when a router is disabled, for how long, and how it comes
 // back. Zero fields take the defaults named on each.
 type Policy struct {
@@ -85,8 +93,8 @@ func (p Policy) Resolve() (Policy, error) {
 		p.RateMinCalls = 20
 	}
 	switch {
-	case p.DisabledTime <= 0 && !p.NeverDisable:
-		return p, fmt.Errorf("disabled time %v: must be positive (or set NeverDisable)", p.DisabledTime)
+	case p.DisabledTime < MinDisabledTime && !p.NeverDisable:
+		return p, fmt.Errorf("disabled time %v: must be at least %v (or set NeverDisable)", p.DisabledTime, MinDisabledTime)
 	case p.Rate < 0 || p.Rate > 100 || math.IsNaN(p.Rate):
 		return p, fmt.Errorf("failure rate %v: a percentage from 0 (off) to 100", p.Rate)
 	case p.RateWindow < time.Second:

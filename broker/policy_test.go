@@ -205,6 +205,8 @@ func TestPolicyRefusesOutOfRangeSettings(t *testing.T) {
 	for _, p := range []Policy{
 		{},
 		{DisabledTime: -time.Second},
+		{DisabledTime: 1}, // what DISABLED_TIME=1e-12 was
+		{DisabledTime: MinDisabledTime - time.Millisecond}, // below the shortest
 		{DisabledTime: dt, Threshold: -1},
 		{DisabledTime: dt, Rate: -1},
 		{DisabledTime: dt, Rate: 101},
