@@ -125,6 +125,11 @@ func ParseAllDisabled(s string) (AllDisabled, error) {
 	return "", fmt.Errorf("all-disabled %q: panic, ingress or any", s)
 }
 
+// boundLevel is level within 0 and maxLevel: a level read from the store
+// may have been written by hand. A negative one would make the next
+// disable last next to nothing, and one past the cap means the cap.
+func (p Policy) boundLevel(level int) int { return min(max(level, 0), p.maxLevel()) }
+
 // maxLevel is the first backoff level whose multiplier reaches the cap.
 func (p Policy) maxLevel() int {
 	if p.Multiplier <= 1 {
@@ -156,7 +161,8 @@ func (p Policy) level(memo Record, now time.Time) int {
 	if memo.Ended.IsZero() || p.DisabledTime <= 0 {
 		return 0
 	}
-	left := memo.Level - int(now.Sub(memo.Ended)/p.DisabledTime)
+	served := now.Sub(memo.Ended) / p.DisabledTime // negative for an Ended ahead of now: no more than the level
+	left := p.boundLevel(memo.Level) - int(max(served, 0))
 	if left < 0 {
 		return 0
 	}
@@ -263,7 +269,7 @@ func (p Policy) decide(router string, live *Record, memo Record, ev event) (chan
 			r.Until, r.Status, r.Reason, r.By = until, ev.status, reason(ev, ""), ev.by
 			return change{rec: r}, true
 		case Probation:
-			return change{rec: p.disable(router, min(live.Level+1, p.maxLevel()), ev, "probe failed: ")}, true
+			return change{rec: p.disable(router, min(p.boundLevel(live.Level)+1, p.maxLevel()), ev, "probe failed: ")}, true
 		}
 		// Both rules count the fleet's calls, which the replicas tell each
 		// other; nothing is written until one fires.
@@ -307,12 +313,19 @@ const (
 // none at all, and a probe claim beyond the probe timeout, each counted
 // from when the store kept the record. Such a record was written by hand
 // or by a broken writer; taken at its word it would strand the router.
-// Manual records are an operator's word and kept as they are. clamped
-// says whether anything changed.
+// A backoff level below 0 or past the cap is held to them. Manual records
+// are an operator's word and kept as they are. clamped says whether
+// anything changed.
 func (p Policy) Clamp(e Entry) (r Record, clamped bool) {
 	r = e.Record
-	if r.Manual || e.Created.IsZero() {
+	if r.Manual {
 		return r, false
+	}
+	if l := p.boundLevel(r.Level); l != r.Level {
+		r.Level, clamped = l, true
+	}
+	if e.Created.IsZero() {
+		return r, clamped
 	}
 	const slack = time.Second // clocks of writer and store differ a little
 	limit := e.Created.Add(p.maxDuration() + slack)
