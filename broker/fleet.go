@@ -77,6 +77,9 @@ type Counts struct {
 	Latency       time.Duration
 	Headroom      float64
 	HeadroomKnown bool
+	// RateLimitedUntil is when the router, its upstream said, has a
+	// request or token again (zero: it is not waiting), for operators.
+	RateLimitedUntil time.Time
 }
 
 // maxFailing bounds the failures a replica tells since its last success:
@@ -256,7 +259,9 @@ func (b *Broker) Counts() []Counts {
 		}
 		c.Failing = slices.Clone(s.failing)
 		c.Latency, _ = s.latency()
-		c.Headroom, c.HeadroomKnown = s.headroom(time.Now())
+		now := time.Now()
+		c.Headroom, c.HeadroomKnown = s.headroom(now)
+		c.RateLimitedUntil = s.waitsUntil(now)
 		if c.Chosen != 0 || c.Reported != 0 || c.Calls != 0 || len(c.Failing) > 0 || c.Latency != 0 || c.HeadroomKnown {
 			out = append(out, c)
 		}

@@ -340,7 +340,23 @@ func (p Policy) Clamp(e Entry) (r Record, clamped bool) {
 }
 
 func (p Policy) clampRetryAfter(d time.Duration) time.Duration {
-	return min(max(d, time.Second), p.maxDuration())
+	return min(max(d, time.Second), p.maxWait())
+}
+
+// MaxWait is the longest an upstream's word keeps a router out, a
+// Retry-After or a rate-limit reset with none left: DisabledTime ×
+// MaxMultiplier of the resolved policy.
+func (p Policy) MaxWait() time.Duration { return p.maxWait() }
+
+// maxWait is the longest an upstream's word keeps a router out: a
+// Retry-After, or a rate-limit reset with none left. It is the longest
+// disable, or, when failures never disable, what it would be with the
+// default disabled time.
+func (p Policy) maxWait() time.Duration {
+	if p.DisabledTime <= 0 {
+		return time.Duration(float64(DefaultDisabledTime) * p.MaxMultiplier)
+	}
+	return p.maxDuration()
 }
 
 func reason(ev event, prefix string) string {
