@@ -570,8 +570,8 @@ func TestRecordForARouterNoPoolHasIsIgnoredWithOneWarning(t *testing.T) {
 func TestAClosedBrokerChangesNothingAndStartsNoWrite(t *testing.T) {
 	is := is.New(t)
 	store := newFakeStore()
-	b, _ := newBroker(t, broker.Config{Store: store, Policy: broker.Policy{DisabledTime: 50 * time.Millisecond}})
-	report(b, "/azure/dud/", 502) // armed: on probation in 50 ms
+	b, _ := newBroker(t, broker.Config{Store: store, Policy: broker.Policy{DisabledTime: 60 * time.Millisecond}})
+	report(b, "/azure/dud/", 502) // armed: on probation in 60 ms
 	b.Close(context.Background())
 	writes := store.writeCount()
 	is.Equal(writes, 1) // the disable, finished by Close
@@ -586,7 +586,7 @@ func TestAClosedBrokerChangesNothingAndStartsNoWrite(t *testing.T) {
 		is.True(pick(b, "/azure/") != "") // it still answers from its last view
 	}
 	is.Equal(store.writeCount(), writes) // and wrote nothing more
-	// The dud's disable ends at 50 ms; a live timer would put it on
+	// The dud's disable ends at 60 ms; a live timer would put it on
 	// probation and let a request claim its probe with a write.
 	natstest.Eventually(t, 5*time.Second, func() bool { return b.Phase("/azure/dud/") == broker.Probation }, "the disable ends by the clock")
 	for range 10 {

@@ -77,6 +77,9 @@ type Counts struct {
 	Latency       time.Duration
 	Headroom      float64
 	HeadroomKnown bool
+	// RateLimitedUntil is when the router, its upstream said, has a
+	// request or token again (zero: it is not waiting), for operators.
+	RateLimitedUntil time.Time
 }
 
 // maxFailing bounds the failures a replica tells since its last success:
@@ -191,7 +194,7 @@ func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
 	m := make(map[string]Counts, len(counts))
 	for _, c := range counts {
 		if _, ok := b.routers[c.Router]; ok {
-			m[c.Router] = c
+			m[c.Router] = bounded(c, at)
 		}
 	}
 	b.fleet.mu.Lock()
@@ -216,6 +219,40 @@ func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
 	}
 }
 
+// What one replica tells is bounded, so that a forged or broken message on
+// the stats subject changes the fleet's figures no more than a replica
+// could, and only while its sender keeps telling (peerSilence).
+const (
+	// maxTold bounds each count: a trillion calls, so that the counts of
+	// a million replicas add up without overflowing.
+	maxTold = 1 << 40
+	// maxSkew is how far ahead of this replica's clock a time told may be.
+	// A last success further ahead would hide every failure until then,
+	// and a failure further ahead would outlast every success until then:
+	// told, each would be told on by every replica, for ever.
+	maxSkew = 10 * time.Second
+)
+
+// bounded is c, as told at, with its counts within 0 and maxTold and
+// without times further than maxSkew ahead of at, nor more failures than
+// maxFailing.
+func bounded(c Counts, at time.Time) Counts {
+	count := func(n int64) int64 { return min(max(n, 0), maxTold) }
+	c.Chosen, c.Reported, c.Calls, c.Failures = count(c.Chosen), count(c.Reported), count(c.Calls), count(c.Failures)
+	c.Failures = min(c.Failures, c.Calls)
+	latest := at.Add(maxSkew)
+	if c.LastSuccess.After(latest) {
+		c.LastSuccess = time.Time{}
+	}
+	if len(c.Failing) > maxFailing {
+		c.Failing = c.Failing[len(c.Failing)-maxFailing:]
+	}
+	if slices.ContainsFunc(c.Failing, func(t time.Time) bool { return t.After(latest) }) {
+		c.Failing = slices.DeleteFunc(slices.Clone(c.Failing), func(t time.Time) bool { return t.After(latest) })
+	}
+	return c
+}
+
 // Counts returns what this replica tells the others, as of the last
 // Refresh: every router it chose or heard a report of within the bound.
 func (b *Broker) Counts() []Counts {
@@ -231,7 +268,9 @@ func (b *Broker) Counts() []Counts {
 		}
 		c.Failing = slices.Clone(s.failing)
 		c.Latency, _ = s.latency()
-		c.Headroom, c.HeadroomKnown = s.headroom(time.Now())
+		now := time.Now()
+		c.Headroom, c.HeadroomKnown = s.headroom(now)
+		c.RateLimitedUntil = s.waitsUntil(now)
 		if c.Chosen != 0 || c.Reported != 0 || c.Calls != 0 || len(c.Failing) > 0 || c.Latency != 0 || c.HeadroomKnown {
 			out = append(out, c)
 		}

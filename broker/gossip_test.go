@@ -231,3 +231,32 @@ func TestCallsInFlightToldByAnotherReplicaShowAtOnce(t *testing.T) {
 	b.Merge("replica-1", time.Now(), a.Counts())
 	is.Equal(inFlight(router), int64(0)) // reported to a: no longer
 }
+
+// A forged or broken message on the stats subject moves the fleet's
+// figures no further than a replica could: a last success told in the
+// year 2200 hid every failure after it, a failure told then outlasted
+// every success, and each was told on by every replica, for ever; a
+// count told negative or huge overflowed the sums.
+func TestCountsToldAreBoundedSoThatAForgedMessageCannotHideFailures(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{Policy: broker.Policy{Threshold: 2}})
+	future := time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
+	b.Merge("mallory", time.Now(), []broker.Counts{{Router: "/azure/dud/", LastSuccess: future, Failing: []time.Time{future},
+		Chosen: 1 << 62, Reported: -(1 << 62), Calls: -5, Failures: 1 << 62}})
+	b.Refresh(time.Now())
+	is.Equal(b.Failures("/azure/dud/"), 0) // the failure in 2200 is not counted
+	report(b, "/azure/dud/", 502)
+	is.Equal(b.Failures("/azure/dud/"), 1) // a real failure counts: the success in 2200 hides nothing
+	report(b, "/azure/dud/", 502)
+	is.Equal(b.Phase("/azure/dud/"), broker.Disabled) // and two disable it
+	for _, c := range b.Counts() {
+		is.True(c.LastSuccess.Before(time.Now().Add(time.Minute))) // nothing from 2200 is told on
+		for _, f := range c.Failing {
+			is.True(f.Before(time.Now().Add(time.Minute)))
+		}
+	}
+	for _, v := range b.View(time.Now()) {
+		is.True(v.InFlight >= 0 && v.InFlight <= 1<<40) // bounded counts, no overflow
+		is.True(v.Calls >= 0 && v.Failures <= v.Calls)
+	}
+}

@@ -86,8 +86,8 @@ func (p Policy) Resolve() (Policy, error) {
 		p.RateMinCalls = DefaultRateMinCalls
 	}
 	switch {
-	case p.DisabledTime <= 0 && !p.NeverDisable:
-		return p, fmt.Errorf("disabled time %v: must be positive (or set NeverDisable)", p.DisabledTime)
+	case p.DisabledTime < MinDisabledTime && !p.NeverDisable:
+		return p, fmt.Errorf("disabled time %v: must be at least %v (or set NeverDisable)", p.DisabledTime, MinDisabledTime)
 	case !RateRange.Contains(p.Rate):
 		return p, fmt.Errorf("failure rate %v: a percentage %v (0: off)", p.Rate, RateRange)
 	case !RateWindowRange.Contains(p.RateWindow):
@@ -117,6 +117,11 @@ func ParseAllDisabled(s string) (AllDisabled, error) {
 	}
 	return "", fmt.Errorf("all-disabled %q: panic, ingress or any", s)
 }
+
+// boundLevel is level within 0 and maxLevel: a level read from the store
+// may have been written by hand. A negative one would make the next
+// disable last next to nothing, and one past the cap means the cap.
+func (p Policy) boundLevel(level int) int { return min(max(level, 0), p.maxLevel()) }
 
 // maxLevel is the first backoff level whose multiplier reaches the cap.
 func (p Policy) maxLevel() int {
@@ -149,7 +154,8 @@ func (p Policy) level(memo Record, now time.Time) int {
 	if memo.Ended.IsZero() || p.DisabledTime <= 0 {
 		return 0
 	}
-	left := memo.Level - int(now.Sub(memo.Ended)/p.DisabledTime)
+	served := now.Sub(memo.Ended) / p.DisabledTime // negative for an Ended ahead of now: no more than the level
+	left := p.boundLevel(memo.Level) - int(max(served, 0))
 	if left < 0 {
 		return 0
 	}
@@ -256,7 +262,7 @@ func (p Policy) decide(router string, live *Record, memo Record, ev event) (chan
 			r.Until, r.Status, r.Reason, r.By = until, ev.status, reason(ev, ""), ev.by
 			return change{rec: r}, true
 		case Probation:
-			return change{rec: p.disable(router, min(live.Level+1, p.maxLevel()), ev, "probe failed: ")}, true
+			return change{rec: p.disable(router, min(p.boundLevel(live.Level)+1, p.maxLevel()), ev, "probe failed: ")}, true
 		}
 		// Both rules count the fleet's calls, which the replicas tell each
 		// other; nothing is written until one fires.
@@ -300,12 +306,19 @@ const (
 // none at all, and a probe claim beyond the probe timeout, each counted
 // from when the store kept the record. Such a record was written by hand
 // or by a broken writer; taken at its word it would strand the router.
-// Manual records are an operator's word and kept as they are. clamped
-// says whether anything changed.
+// A backoff level below 0 or past the cap is held to them. Manual records
+// are an operator's word and kept as they are. clamped says whether
+// anything changed.
 func (p Policy) Clamp(e Entry) (r Record, clamped bool) {
 	r = e.Record
-	if r.Manual || e.Created.IsZero() {
+	if r.Manual {
 		return r, false
+	}
+	if l := p.boundLevel(r.Level); l != r.Level {
+		r.Level, clamped = l, true
+	}
+	if e.Created.IsZero() {
+		return r, clamped
 	}
 	const slack = time.Second // clocks of writer and store differ a little
 	limit := e.Created.Add(p.maxDuration() + slack)
@@ -320,7 +333,23 @@ func (p Policy) Clamp(e Entry) (r Record, clamped bool) {
 }
 
 func (p Policy) clampRetryAfter(d time.Duration) time.Duration {
-	return min(max(d, time.Second), p.maxDuration())
+	return min(max(d, time.Second), p.maxWait())
+}
+
+// MaxWait is the longest an upstream's word keeps a router out, a
+// Retry-After or a rate-limit reset with none left: DisabledTime ×
+// MaxMultiplier of the resolved policy.
+func (p Policy) MaxWait() time.Duration { return p.maxWait() }
+
+// maxWait is the longest an upstream's word keeps a router out: a
+// Retry-After, or a rate-limit reset with none left. It is the longest
+// disable, or, when failures never disable, what it would be with the
+// default disabled time.
+func (p Policy) maxWait() time.Duration {
+	if p.DisabledTime <= 0 {
+		return time.Duration(float64(DefaultDisabledTime) * p.MaxMultiplier)
+	}
+	return p.maxDuration()
 }
 
 func reason(ev event, prefix string) string {

@@ -19,6 +19,14 @@ const (
 	DefaultAllDisabled   = Panic
 )
 
+// MinDisabledTime is the shortest disable: 60 ms, DISABLED_TIME 0.001.
+// The record's Until is the truth, kept to the nanosecond, and the
+// bucket's TTL only cleans up (rounded up to a whole second), so a
+// fraction of a second works; but a disable shorter than this would end
+// before a busy fleet hears of it, and a setting that rounds to less is a
+// slip (1e-12 minutes), not a wish.
+const MinDisabledTime = 60 * time.Millisecond
+
 // The ranges of Policy's fields, each defined here once: Resolve refuses
 // a value outside them, and the broker command's flags refuse it naming
 // the setting. A Rate of 0 turns the failure-rate rule off.

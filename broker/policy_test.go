@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -205,6 +206,8 @@ func TestPolicyRefusesOutOfRangeSettings(t *testing.T) {
 	for _, p := range []Policy{
 		{},
 		{DisabledTime: -time.Second},
+		{DisabledTime: 1}, // what DISABLED_TIME=1e-12 was
+		{DisabledTime: MinDisabledTime - time.Millisecond}, // below the shortest
 		{DisabledTime: dt, Threshold: -1},
 		{DisabledTime: dt, Rate: -1},
 		{DisabledTime: dt, Rate: 101},
@@ -217,5 +220,31 @@ func TestPolicyRefusesOutOfRangeSettings(t *testing.T) {
 	} {
 		_, err := p.Resolve()
 		is.New(t).True(err != nil) // refused
+	}
+}
+
+func TestALevelReadFromTheStoreIsHeldWithinZeroAndTheCap(t *testing.T) {
+	p := policy(t, Policy{}) // ×2 capped at ×8: levels 0 to 3
+	now := time.Now()
+	for _, tc := range []struct {
+		stored, want int
+	}{
+		{-1000000, 0}, {-1, 0}, {0, 0}, {2, 2}, {3, 3}, {4, 3}, {math.MaxInt, 3},
+	} {
+		is := is.New(t)
+		rec := Record{Router: "/r/", At: now.Add(-time.Minute), Until: now.Add(-time.Second), Level: tc.stored}
+		got, clamped := p.Clamp(Entry{Record: rec, Created: rec.At})
+		is.Equal(got.Level, tc.want)            // held to the policy
+		is.Equal(clamped, tc.stored != tc.want) // and said so
+		live, _ := p.Clamp(Entry{Record: rec})
+		ch, ok := p.decide("/r/", &live, Record{}, event{kind: failure, status: 502, at: now})
+		is.True(ok)                                                    // a failed probe always disables
+		is.Equal(ch.rec.Until.Sub(now), p.Duration(min(tc.want+1, 3))) // at the next level, never for nothing
+
+		// A memo's level, with its disable just ended, sets the next one's.
+		memo := Record{Router: "/r/", Level: tc.stored, Ended: now}
+		ch, ok = p.decide("/r/", nil, memo, event{kind: failure, status: 502, at: now, failures: 1})
+		is.True(ok)
+		is.Equal(ch.rec.Level, min(tc.want+1, 3)) // not overflowed past the cap into a negative
 	}
 }

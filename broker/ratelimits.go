@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"errors"
+	"fmt"
 	"math"
 	"time"
 )
@@ -20,6 +22,24 @@ func (s *routeStats) headroom(now time.Time) (float64, bool) {
 func (l *RateLimits) headroom(now time.Time) float64 {
 	r := l.roomAt(now)
 	return r.share(0)
+}
+
+// waitsUntil is when a router its upstream said has none left may take
+// calls again, as of now: the later reset of a count said to be 0 whose
+// reset is still to come; zero when it is not waiting.
+func (s *routeStats) waitsUntil(now time.Time) time.Time {
+	l := s.limits.Load()
+	if l == nil {
+		return time.Time{}
+	}
+	var t time.Time
+	if l.RemainingRequests == 0 && now.Before(l.ResetRequests) {
+		t = l.ResetRequests
+	}
+	if l.RemainingTokens == 0 && now.Before(l.ResetTokens) && l.ResetTokens.After(t) {
+		t = l.ResetTokens
+	}
+	return t
 }
 
 // RateLimits is what an upstream's rate-limit headers said of what is left:
@@ -115,16 +135,30 @@ func (r *room) share(inFlight int64) float64 {
 // passed says whether reset (unix nanoseconds; 0: none said) is past.
 func passed(reset int64) bool { return reset != 0 && time.Now().UnixNano() >= reset }
 
+// ErrLatencyOutOfBounds is what Finished gives for an upstream time longer
+// than the in-flight bound (Config.InFlightBound, 5 minutes by default):
+// no call counts as in flight that long, so such a time is a broken or
+// forged timer, and taken as a sample it would keep a latency pool off the
+// router for hundreds of samples.
+var ErrLatencyOutOfBounds = errors.New("upstream time longer than the in-flight bound; not taken as a latency sample")
+
 // Finished takes a call the fleet finished, as gecholog's transaction log
 // tells it: the router used, its upstream's time, and what its rate-limit
-// headers said (nil when none).
-func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimits) {
+// headers said (nil when none). A time longer than the in-flight bound is
+// no sample (ErrLatencyOutOfBounds; the rest is still taken), and a reset
+// further than the longest disable (DisabledTime × MaxMultiplier, the
+// bound of a Retry-After) is taken as that far.
+func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimits) error {
 	rt := b.routers[string(router)]
 	if rt == nil {
-		return
+		return nil
 	}
 	b.heard.Store(time.Now().UnixNano())
-	if latency > 0 {
+	var err error
+	switch {
+	case latency > b.fleet.bound:
+		err = fmt.Errorf("%w: %v, bound %v", ErrLatencyOutOfBounds, latency, b.fleet.bound)
+	case latency > 0:
 		rt.stats.addLatency(latency)
 	}
 	if limits != nil && limits.Known() {
@@ -141,6 +175,16 @@ func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimi
 		if l.RemainingTokens >= 0 && l.ResetTokens.IsZero() {
 			l.ResetTokens = now.Add(unsaidReset)
 		}
+		// A reset is held within what a Retry-After may ask: one upstream
+		// answer (or one forged transaction) keeps a router waiting no
+		// longer than the longest disable.
+		latest := now.Add(b.policy.maxWait())
+		if l.ResetRequests.After(latest) {
+			l.ResetRequests = latest
+		}
+		if l.ResetTokens.After(latest) {
+			l.ResetTokens = latest
+		}
 		if old := rt.stats.limits.Load(); old != nil {
 			// What a count was measured against when the headers do
 			// not say: the most ever left.
@@ -154,4 +198,5 @@ func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimi
 		rt.stats.limits.Store(&l)
 		rt.stats.setRoom(now)
 	}
+	return err
 }

@@ -38,6 +38,10 @@ type RouterView struct {
 	LatencyKnown  bool
 	Headroom      float64
 	HeadroomKnown bool
+	// RateLimitedUntil is when a router its upstream said has no request
+	// or token left takes calls again (its reset, held within the longest
+	// disable); zero when it is not waiting.
+	RateLimitedUntil time.Time
 	// Calls and Failures are the router's calls reported, and the failures
 	// among them, over the whole fleet within the failure-rate window.
 	Calls, Failures int64
@@ -78,6 +82,7 @@ func (b *Broker) View(now time.Time) []RouterView {
 			}
 			v.Latency, v.LatencyKnown = rt.stats.latency()
 			v.Headroom, v.HeadroomKnown = rt.stats.headroom(now)
+			v.RateLimitedUntil = rt.stats.waitsUntil(now)
 			v.Failures, v.Calls = b.rate(rt)
 			if rt.live != nil && v.Phase != Enabled {
 				rec := *rt.live

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
 	"testing"
@@ -222,4 +223,66 @@ func TestLatencyTriesARouterNotYetHeardOfWithOneCallAtATime(t *testing.T) {
 	tr.routes[1].stats.reported.add(1)
 	got = picks(lowestLatency{}, tr, 2000)
 	is.True(got[0] > 1800) // heard of, and slower
+}
+
+// A reset is bounded as a Retry-After is: one answer saying none is left
+// until 2000000h (or the year 2200) keeps the router waiting for the
+// longest disable, DisabledTime × the backoff cap, not for centuries; and
+// its view says it waits, and until when.
+func TestARateLimitResetIsHeldWithinTheLongestDisable(t *testing.T) {
+	is := is.New(t)
+	b, err := New(Config{Policy: Policy{DisabledTime: time.Minute}, Pools: []Pool{{Ingress: "/a/", Strategy: "headroom",
+		Routers: []Router{{Path: "/a/x/", Weight: 1}, {Path: "/a/y/", Weight: 1}}}}})
+	is.NoErr(err)
+	before := time.Now()
+	err = b.Finished([]byte("/a/x/"), time.Millisecond, &RateLimits{RemainingRequests: 0, LimitRequests: 10, RemainingTokens: -1, LimitTokens: -1,
+		ResetRequests: before.Add(2000000 * time.Hour)})
+	is.NoErr(err)
+	err = b.Finished([]byte("/a/y/"), time.Millisecond, &RateLimits{RemainingRequests: -1, LimitRequests: -1, RemainingTokens: 0, LimitTokens: 100,
+		ResetTokens: time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)})
+	is.NoErr(err)
+	after := time.Now()
+	for _, r := range []string{"/a/x/", "/a/y/"} {
+		v := viewOf(b, r)
+		is.True(v.HeadroomKnown && v.Headroom == 0)                      // none left
+		is.True(!v.RateLimitedUntil.Before(before.Add(8 * time.Minute))) // waits the longest disable
+		is.True(!v.RateLimitedUntil.After(after.Add(8 * time.Minute)))   // and no longer
+		l := b.routers[r].stats.limits.Load()
+		is.Equal(l.headroom(after.Add(8*time.Minute+time.Millisecond)), 1.0) // full again then
+	}
+	// Not waiting: nothing said, some left, or a reset passed.
+	is.True(viewOf(b, "/a/x/").RateLimitedUntil.After(after))
+	b.Finished([]byte("/a/x/"), time.Millisecond, &RateLimits{RemainingRequests: 3, LimitRequests: 10, RemainingTokens: -1, LimitTokens: -1,
+		ResetRequests: time.Now().Add(time.Second)})
+	is.True(viewOf(b, "/a/x/").RateLimitedUntil.IsZero()) // some left: not waiting
+}
+
+// A latency sample longer than the in-flight bound is a broken or forged
+// timer: refused, so that one transaction stopping in the year 9999 does
+// not make a router average 95 years, and a negative one is no sample.
+func TestALatencySampleLongerThanTheInFlightBoundIsRefused(t *testing.T) {
+	is := is.New(t)
+	b, err := New(Config{Policy: Policy{DisabledTime: time.Minute}, Pools: []Pool{{Ingress: "/a/", Strategy: "latency",
+		Routers: []Router{{Path: "/a/x/", Weight: 1}}}}})
+	is.NoErr(err)
+	for range 5 {
+		is.NoErr(b.Finished([]byte("/a/x/"), 10*time.Millisecond, nil))
+	}
+	err = b.Finished([]byte("/a/x/"), time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC).Sub(time.Now()), nil)
+	is.True(errors.Is(err, ErrLatencyOutOfBounds)) // refused, and said
+	err = b.Finished([]byte("/a/x/"), DefaultInFlightBound+time.Nanosecond, nil)
+	is.True(errors.Is(err, ErrLatencyOutOfBounds)) // just past the bound too
+	is.NoErr(b.Finished([]byte("/a/x/"), -time.Second, nil))
+	is.Equal(viewOf(b, "/a/x/").Latency, 10*time.Millisecond)        // the average is the real samples'
+	is.NoErr(b.Finished([]byte("/a/x/"), DefaultInFlightBound, nil)) // the bound itself is a sample
+	is.Equal(viewOf(b, "/a/x/").Latency, 10*time.Millisecond+(DefaultInFlightBound-10*time.Millisecond)/5)
+}
+
+func viewOf(b *Broker, router string) RouterView {
+	for _, v := range b.View(time.Now()) {
+		if v.Router == router {
+			return v
+		}
+	}
+	return RouterView{}
 }

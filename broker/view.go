@@ -194,9 +194,17 @@ func (b *Broker) sane(rt *route, e Entry) (r Record, clamped bool) {
 	r, clamped = b.policy.Clamp(e)
 	if clamped && rt != nil && rt.clamped != e.Revision {
 		rt.clamped = e.Revision
-		b.log.Warn("record reaches further than the failure policy allows; using the longest disable instead",
-			slog.String("router", r.Router), slog.Time("until", e.Record.Until), slog.Time("clamped_to", r.Until),
-			slog.Uint64("revision", e.Revision))
+		if !r.Until.Equal(e.Record.Until) || r.Probe != e.Record.Probe {
+			b.log.Warn("record reaches further than the failure policy allows; using the longest disable instead",
+				slog.String("router", r.Router), slog.Time("until", e.Record.Until), slog.Time("clamped_to", r.Until),
+				slog.Uint64("revision", e.Revision))
+		}
+		if r.Level != e.Record.Level {
+			b.log.Warn("record's backoff level is out of range; using the nearest the failure policy allows",
+				slog.String("router", clip(r.Router)), slog.Int("level", e.Record.Level), slog.Int("used", r.Level),
+				slog.Int("max_level", b.policy.maxLevel()), slog.Uint64("revision", e.Revision),
+				slog.String("hint", "levels go from 0 to the cap; a record written by hand may leave \"level\" out"))
+		}
 	}
 	return r, clamped
 }

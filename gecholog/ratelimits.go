@@ -35,15 +35,16 @@ var rateHeaders = [...]rateHeader{
 // list of values, of which the first counts. at is when the upstream
 // answered (the transaction's stop time), from which OpenAI's resets
 // count. A count not said is negative and a reset not said zero; a header
-// that cannot be read is ignored, and headers that are not such an object
-// say nothing.
-func RateLimits(headers []byte, at time.Time) broker.RateLimits {
+// that cannot be read is ignored and counted in bad (a reset past what a
+// time holds, the year 2262, is such a header), and headers that are not
+// such an object say nothing.
+func RateLimits(headers []byte, at time.Time) (l broker.RateLimits, bad int) {
 	none := broker.RateLimits{RemainingRequests: -1, LimitRequests: -1, RemainingTokens: -1, LimitTokens: -1}
-	l := none
+	l = none
 	s := msgScanner{data: headers}
 	s.space()
 	if s.i == len(s.data) || s.data[s.i] != '{' {
-		return none
+		return none, 0
 	}
 	err := s.object(func(key []byte, escaped bool) error {
 		if escaped {
@@ -55,8 +56,8 @@ func RateLimits(headers []byte, at time.Time) broker.RateLimits {
 		}
 		for _, h := range rateHeaders {
 			if asciiEqualFold(key, h.name) {
-				if v, ok := firstString(s.data[start:s.i]); ok {
-					h.set(&l, v, at)
+				if v, ok := firstString(s.data[start:s.i]); !ok || !h.set(&l, v, at) {
+					bad++
 				}
 				break
 			}
@@ -64,9 +65,9 @@ func RateLimits(headers []byte, at time.Time) broker.RateLimits {
 		return nil
 	})
 	if err != nil || s.end() != nil {
-		return none
+		return none, 0
 	}
-	return l
+	return l, bad
 }
 
 // firstString is the first value of a header's list of values, which
@@ -144,14 +145,24 @@ func after(v []byte, at time.Time, t *time.Time) bool {
 	if err != nil || d < 0 {
 		return false
 	}
-	*t = at.Add(d)
-	return true
+	return held(at.Add(d), t)
 }
 
 // instant reads Anthropic's reset, an RFC 3339 time.
 func instant(v []byte, t *time.Time) bool {
 	r, err := time.Parse(time.RFC3339, string(trim(v)))
 	if err != nil {
+		return false
+	}
+	return held(r, t)
+}
+
+// held sets *t to r when r is within what the broker's clocks hold, unix
+// nanoseconds (the years 1678 to 2262): a reset beyond is bad input, not
+// a date to wait for (the broker holds any reset within its longest
+// disable).
+func held(r time.Time, t *time.Time) bool {
+	if !time.Unix(0, r.UnixNano()).Equal(r) {
 		return false
 	}
 	*t = r

@@ -81,6 +81,7 @@ type routerFigures struct {
 	calls, failures  int64
 	latency          time.Duration
 	headroom         *float64
+	rateLimitedUntil time.Time // zero: not waiting
 }
 
 // view adds up what each replica heard from within fleetSilence told.
@@ -120,8 +121,14 @@ func (f *fleet) view(now time.Time) fleetView {
 				r.latency = time.Duration(rs.LatencyMS * float64(time.Millisecond))
 			}
 			if rs.Headroom != nil && (newest || r.headroom == nil) {
-				h := *rs.Headroom
+				h := min(max(*rs.Headroom, 0), 1) // a share, whatever a message says
 				r.headroom = &h
+			}
+			if newest || r.rateLimitedUntil.IsZero() {
+				r.rateLimitedUntil = time.Time{}
+				if rs.RateLimitedUntil != 0 {
+					r.rateLimitedUntil = time.Unix(0, rs.RateLimitedUntil)
+				}
 			}
 		}
 	}
@@ -129,9 +136,10 @@ func (f *fleet) view(now time.Time) fleetView {
 	return v
 }
 
-// figures fills row with the fleet's figures for its router; share is
-// among the pool's routers.
-func (v fleetView) figures(row *statusRow, pool broker.Pool) {
+// figures fills row with the fleet's figures for its router at now; share
+// is among the pool's routers. A rate-limit reset further than maxWait
+// ahead, which no replica holds, is not shown.
+func (v fleetView) figures(row *statusRow, pool broker.Pool, now time.Time, maxWait time.Duration) {
 	if len(v.replicas) == 0 {
 		return
 	}
@@ -151,11 +159,16 @@ func (v fleetView) figures(row *statusRow, pool broker.Pool) {
 		share := float64(r.chosen) / float64(all)
 		row.Share = &share
 	}
-	if r.latency > 0 {
+	if r.latency > 0 && r.latency <= 24*time.Hour { // a moving average of upstream times, none of a day
 		ms := float64(r.latency) / float64(time.Millisecond)
 		row.LatencyMS = &ms
 	}
 	row.Headroom = r.headroom
+	if u := r.rateLimitedUntil; u.After(now) && !u.After(now.Add(maxWait+time.Second)) {
+		until := u.UTC().Format(time.RFC3339)
+		left := int64((u.Sub(now) + time.Second - 1) / time.Second)
+		row.RateLimitedUntil, row.rateLimitLeft = &until, &left
+	}
 	calls := r.calls
 	row.Calls = &calls
 	if calls > 0 {

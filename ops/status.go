@@ -212,6 +212,11 @@ type statusRow struct {
 	Headroom    *float64 `json:"headroom"`
 	Calls       *int64   `json:"calls"`
 	FailureRate *float64 `json:"failure_rate"`
+	// RateLimitedUntil is when a router its upstream said has no request
+	// or token left takes calls again (RFC 3339); null when it is not
+	// waiting for a reset.
+	RateLimitedUntil *string `json:"rate_limited_until"`
+	rateLimitLeft    *int64  // seconds to it, for the table
 }
 
 // statusColumns are the table's columns: adding one is one line here.
@@ -228,12 +233,17 @@ var statusColumns = []struct {
 			return r.State + " (manual)"
 		case r.Probe != "":
 			return r.State + " (probe: " + r.Probe + ")"
+		case r.RateLimitedUntil != nil && r.State == "enabled":
+			return r.State + " (rate-limited: waits for its reset)"
 		}
 		return r.State
 	}},
 	{"UNTIL", func(r statusRow) string {
 		if r.Until == nil && r.State == "disabled" {
 			return "until enabled by hand"
+		}
+		if r.Until == nil && r.RateLimitedUntil != nil {
+			return *r.RateLimitedUntil
 		}
 		if r.Clamped {
 			own := "none"
@@ -245,6 +255,9 @@ var statusColumns = []struct {
 		return stringCell(r.Until)
 	}},
 	{"LEFT", func(r statusRow) string {
+		if r.LeftSeconds == nil && r.rateLimitLeft != nil {
+			return (time.Duration(*r.rateLimitLeft) * time.Second).String()
+		}
 		if r.LeftSeconds == nil {
 			return ""
 		}
@@ -282,7 +295,7 @@ func statusRows(pools []broker.Pool, policy broker.Policy, listed []kv.Listed, f
 		for _, r := range p.Routers {
 			known[r.Path] = true
 			row := statusRow{Ingress: p.Ingress, Router: r.Path, State: "enabled", Tier: &r.Priority}
-			fv.figures(&row, p)
+			fv.figures(&row, p, now, policy.MaxWait())
 			if l, ok := records[r.Path]; ok {
 				switch {
 				case l.Err != nil:

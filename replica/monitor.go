@@ -215,11 +215,17 @@ var (
 	headroomDesc = prometheus.NewDesc("broker_router_headroom_ratio",
 		"The share of the router's rate limit left, from its upstream's rate-limit headers, 0 to 1; NaN while its upstream sends none.",
 		[]string{"ingress", "router"}, nil)
+	rateLimitedDesc = prometheus.NewDesc("broker_router_rate_limited_until_timestamp_seconds",
+		"When a router its upstream said has no request or token left takes calls again (its reset, held within the longest disable), in unix seconds; NaN while it is not waiting.",
+		[]string{"ingress", "router"}, nil)
 	recentCallsDesc = prometheus.NewDesc("broker_router_recent_calls",
 		"Calls of the router reported over the whole fleet within the failure-rate window.", []string{"ingress", "router"}, nil)
 	transactionsDesc = prometheus.NewDesc("broker_transactions_total",
 		"Transactions from gecholog's logger subject, by outcome: read, too_large and unreadable (ignored), dropped (came faster than the replica read them).",
 		[]string{"outcome"}, nil)
+	outOfBoundsDesc = prometheus.NewDesc("broker_transactions_out_of_bounds_total",
+		"Transactions read of which a value was ignored as out of bounds: an upstream time longer than the in-flight bound or negative, a rate-limit header that cannot be read or whose reset is past the year 2262.",
+		nil, nil)
 	logAgeDesc = prometheus.NewDesc("broker_transaction_log_last_heard_age_seconds",
 		"Seconds since the replica last heard a call on gecholog's transaction log; NaN if never.", nil, nil)
 	failureRateDesc = prometheus.NewDesc("broker_router_failure_rate_ratio",
@@ -248,8 +254,8 @@ type statsCollector struct{ m *monitor }
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{callsDesc, choicesDesc, failureReportsDesc, transitionsDesc, disabledDesc,
 		kvWritesDesc, kvErrorsDesc, watchEventsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
-		priorityDesc, inFlightDesc, shareDesc, latencyDesc, headroomDesc, recentCallsDesc, failureRateDesc,
-		transactionsDesc, logAgeDesc} {
+		priorityDesc, inFlightDesc, shareDesc, latencyDesc, headroomDesc, rateLimitedDesc, recentCallsDesc, failureRateDesc,
+		transactionsDesc, outOfBoundsDesc, logAgeDesc} {
 		ch <- d
 	}
 }
@@ -294,6 +300,7 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(shareDesc, v.Share)
 		gauge(latencyDesc, known(v.Latency.Seconds(), v.LatencyKnown))
 		gauge(headroomDesc, known(v.Headroom, v.HeadroomKnown))
+		gauge(rateLimitedDesc, known(float64(v.RateLimitedUntil.UnixNano())/1e9, !v.RateLimitedUntil.IsZero()))
 		gauge(recentCallsDesc, float64(v.Calls))
 		gauge(failureRateDesc, known(float64(v.Failures)/float64(v.Calls), v.Calls > 0))
 	}
@@ -314,6 +321,7 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 		for outcome, n := range map[string]uint64{"read": t.Read, "too_large": t.TooLarge, "unreadable": t.Unreadable, "dropped": t.Dropped} {
 			ch <- prometheus.MustNewConstMetric(transactionsDesc, prometheus.CounterValue, float64(n), outcome)
 		}
+		ch <- prometheus.MustNewConstMetric(outOfBoundsDesc, prometheus.CounterValue, float64(t.OutOfBounds))
 	}
 	heard := b.Heard()
 	ch <- prometheus.MustNewConstMetric(logAgeDesc, prometheus.GaugeValue, known(time.Since(heard).Seconds(), !heard.IsZero()))

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -698,4 +699,53 @@ func TestFailureReportsAtEveryReplicaAtOnceMakeOneDisable(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestABackoffLevelOutOfRangeInTheBucketIsHeldToThePolicy: a record
+// written by hand with a negative level made the next disable last next
+// to nothing, so a failed probe wrote nothing and the dead router got a
+// probe call per probe timeout for ever. Read, the level is held to 0 and
+// the cap, with one line saying so, and a failed probe disables the
+// router at the next level, in the bucket.
+func TestABackoffLevelOutOfRangeInTheBucketIsHeldToThePolicy(t *testing.T) {
+	is := is.New(t)
+	const disabled = time.Second
+	f := startFleet(t, 2, disabled, broker.Policy{}, false)
+	now := time.Now()
+	f.put(t, broker.Record{Router: "/azure/dud/", Status: 502, Reason: "by hand", At: now.Add(-time.Minute), Until: now, By: "mallory", Level: -1000000})
+	f.every(t, 2*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation")
+	natstest.Eventually(t, 3*time.Second, func() bool { return f.route(t) == "/azure/dud/" }, "the probe goes out")
+	f.report(t, `{"gl_path":"/azure/dud/","egress_status_code":502}`) // the probe fails
+	var r broker.Record
+	natstest.Eventually(t, 3*time.Second, func() bool {
+		r, _ = f.record(t, "/azure/dud/")
+		return strings.HasPrefix(r.Reason, "probe failed")
+	}, "the failed probe's disable in the bucket")
+	is.Equal(r.Level, 1)                    // the next level after 0
+	is.Equal(r.Until.Sub(r.At), 2*disabled) // and as long as that level lasts
+	f.every(t, time.Second, phaseIs("/azure/dud/", broker.Disabled), "disabled on every replica")
+	for _, l := range f.logs {
+		line, ok := logLine(l.String(), "record's backoff level is out of range; using the nearest the failure policy allows")
+		is.True(ok)                                // said on every replica
+		is.Equal(line["level"], float64(-1000000)) // what the record said
+		is.Equal(line["used"], float64(0))         // and what is used
+	}
+
+	// A memo (the delete marker's body) with a level past the cap is the
+	// cap: it overflowed to a negative level, and the next disable lasted
+	// nothing and was never written.
+	memo, err := kv.Encode(broker.Record{Router: "/azure/gpt4/", Reason: broker.ReasonExpired, By: "mallory", Level: math.MaxInt, Ended: time.Now()})
+	is.NoErr(err)
+	js, err := jetstream.New(f.nc)
+	is.NoErr(err)
+	_, err = js.PublishMsg(context.Background(), &nats.Msg{Subject: "$KV.gl_broker./azure/gpt4/", Data: memo, Header: nats.Header{"KV-Operation": []string{"DEL"}}})
+	is.NoErr(err)
+	f.report(t, `{"gl_path":"/azure/gpt4/","egress_status_code":502}`)
+	natstest.Eventually(t, 3*time.Second, func() bool {
+		_, live := f.record(t, "/azure/gpt4/")
+		return live
+	}, "gpt4's disable in the bucket")
+	r, _ = f.record(t, "/azure/gpt4/")
+	is.Equal(r.Level, 3)                    // the cap's level (×8 with the defaults)
+	is.Equal(r.Until.Sub(r.At), 8*disabled) // the longest disable
 }

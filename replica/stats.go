@@ -63,6 +63,9 @@ type RouterStats struct {
 	// absent while it knows nothing; for `broker status`.
 	LatencyMS float64  `json:"latency_ms,omitempty"`
 	Headroom  *float64 `json:"headroom,omitempty"`
+	// RateLimitedUntil is when a router its upstream said has none left
+	// takes calls again, in unix nanoseconds (absent: it is not waiting).
+	RateLimitedUntil int64 `json:"rate_limited_until,omitempty"`
 }
 
 func toCounts(rs RouterStats) broker.Counts {
@@ -76,6 +79,9 @@ func toCounts(rs RouterStats) broker.Counts {
 	c.Latency = time.Duration(rs.LatencyMS * float64(time.Millisecond))
 	if rs.Headroom != nil {
 		c.Headroom, c.HeadroomKnown = *rs.Headroom, true
+	}
+	if rs.RateLimitedUntil != 0 {
+		c.RateLimitedUntil = time.Unix(0, rs.RateLimitedUntil)
 	}
 	return c
 }
@@ -92,6 +98,9 @@ func fromCounts(c broker.Counts) RouterStats {
 	if c.HeadroomKnown {
 		h := c.Headroom
 		rs.Headroom = &h
+	}
+	if !c.RateLimitedUntil.IsZero() {
+		rs.RateLimitedUntil = c.RateLimitedUntil.UnixNano()
 	}
 	return rs
 }

@@ -2,6 +2,8 @@ package replica
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -47,12 +49,17 @@ type TransactionCounts struct {
 	TooLarge   uint64 // ignored unread: longer than gecholog.MaxTransaction
 	Unreadable uint64 // ignored: not a transaction the broker can read
 	Dropped    uint64 // dropped unread: they came faster than the replica read them
+	// OutOfBounds counts transactions read of which a value was ignored:
+	// an upstream time longer than the in-flight bound or negative, a
+	// rate-limit header that cannot be read or whose reset is past what a
+	// time holds. The rest of each was taken.
+	OutOfBounds uint64
 }
 
 // Transactions returns what the replica made of gecholog's transaction log.
 func (r *Replica) Transactions() TransactionCounts {
 	t := &r.tx
-	c := TransactionCounts{Read: t.read.Load(), TooLarge: t.tooLarge.Load(), Unreadable: t.unreadable.Load()}
+	c := TransactionCounts{Read: t.read.Load(), TooLarge: t.tooLarge.Load(), Unreadable: t.unreadable.Load(), OutOfBounds: t.ignored.Load()}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c.Dropped = uint64(t.dropped)
@@ -69,6 +76,7 @@ func (r *Replica) Transactions() TransactionCounts {
 type txLog struct {
 	calls                      gate // the handler, while it reads one; closed at stop
 	read, tooLarge, unreadable atomic.Uint64
+	ignored                    atomic.Uint64 // read, with a value out of bounds ignored
 
 	mu             sync.Mutex
 	sub            *nats.Subscription // nil once stopped
@@ -76,6 +84,8 @@ type txLog struct {
 	droppedAt      time.Time          // the last line about drops
 	unreadableAt   time.Time          // the last line about unreadable ones
 	unreadableTold uint64             // unreadable and too large as of that line
+	ignoredAt      time.Time          // the last line about values out of bounds
+	ignoredTold    uint64             // such transactions as of that line
 }
 
 // hearTransactions subscribes to gecholog's transaction log and watches
@@ -132,7 +142,11 @@ func (r *Replica) hear(m *nats.Msg) {
 		return
 	}
 	t.read.Add(1)
+	var ignored []error
 	latency, ok := tx.Latency()
+	if latency < 0 {
+		ignored = append(ignored, fmt.Errorf("%w: the upstream's timer runs backwards (%v)", errOutOfBounds, latency))
+	}
 	if !ok || tx.HasStatus && broker.Failure(tx.Status) {
 		latency = 0
 	}
@@ -141,10 +155,39 @@ func (r *Replica) hear(m *nats.Msg) {
 		at = time.Now()
 	}
 	var limits *broker.RateLimits
-	if l := gecholog.RateLimits(tx.Headers, at); l.Known() {
+	l, bad := gecholog.RateLimits(tx.Headers, at)
+	if l.Known() {
 		limits = &l
 	}
-	r.broker.Finished(tx.Router, latency, limits)
+	if bad > 0 {
+		ignored = append(ignored, fmt.Errorf("%w: %d rate-limit header(s) that cannot be read, or whose reset is past the year 2262", errOutOfBounds, bad))
+	}
+	if err := r.broker.Finished(tx.Router, latency, limits); err != nil {
+		ignored = append(ignored, err)
+	}
+	if len(ignored) > 0 {
+		t.ignored.Add(1)
+		t.tellIgnored(r.log, m.Subject, string(tx.Router), errors.Join(ignored...))
+	}
+}
+
+// errOutOfBounds marks a value of a transaction that was ignored.
+var errOutOfBounds = errors.New("ignored")
+
+// tellIgnored logs a transaction of which a value was ignored as beyond
+// its bound, at most once every txTellEvery with a count of the others.
+func (t *txLog) tellIgnored(log *slog.Logger, subject, router string, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
+	if !t.ignoredAt.IsZero() && now.Sub(t.ignoredAt) < txTellEvery {
+		return
+	}
+	n := t.ignored.Load()
+	log.Warn("ignoring a value of a transaction from gecholog's log that is out of bounds", slog.String("subject", subject),
+		slog.String("router", router[:min(len(router), 200)]), slog.String("error", strings.ReplaceAll(err.Error(), "\n", "; ")),
+		slog.Uint64("ignored_since_last", n-t.ignoredTold-1))
+	t.ignoredAt, t.ignoredTold = now, n
 }
 
 // tellUnreadable logs a transaction that could not be read, at most once

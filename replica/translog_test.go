@@ -249,3 +249,31 @@ func TestTransactionsTooLargeOrUnreadableAreCountedAndIgnored(t *testing.T) {
 	is.True(strings.Contains(line["error"].(string), "8 MiB"))                                  // why
 	is.Equal(countLines(rs.logs[0].String(), line["msg"].(string), time.Time{}, time.Now()), 1) // once in 10 s
 }
+
+// A transaction whose upstream timer stops in the year 9999 is no latency
+// sample: after five real samples of 10 ms the router averages 10 ms on
+// every replica, not 95 years, and the latency pool still chooses it.
+func TestALatencyBeyondTheInFlightBoundIsNoSample(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()},
+		Pools: []broker.Pool{poolOf("latency", "a", "b")}, Policy: broker.Policy{DisabledTime: time.Minute}}, 2)
+	nc := natstest.Connect(t, s)
+	for range 5 {
+		finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: "/azure/a/", Latency: 10 * time.Millisecond})
+	}
+	finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: "/azure/b/", Latency: 20 * time.Millisecond})
+	start := time.Now().UTC().Format(time.RFC3339Nano)
+	is.NoErr(nc.Publish(replica.DefaultLoggerSubject, []byte(`{"response":{"gl_path":"/azure/a/","egress_status_code":200,`+
+		`"outbound_inbound_timer":{"start":"`+start+`","stop":"9999-12-31T23:59:59Z","duration":1}}}`)))
+	for i, r := range rs.fleet.Replicas {
+		natstest.Eventually(t, 5*time.Second, func() bool { return r.Transactions().Read == 7 }, "replica-%d read all", i+1)
+		is.Equal(r.Transactions().OutOfBounds, uint64(1))                          // the forged one, counted
+		is.Equal(viewOf(rs.replicas[i], "/azure/a/").Latency, 10*time.Millisecond) // the real samples' average
+	}
+	got := map[string]int{}
+	for range 100 {
+		got[ask(t, nc, "/azure/")]++
+	}
+	is.True(got["/azure/a/"] >= 80) // the fastest still takes the calls
+}

@@ -111,6 +111,9 @@ type Router struct {
 	LatencyMS *float64 `json:"latency_ms"`
 	Headroom  *float64 `json:"headroom"`
 	Share     *float64 `json:"share"`
+	// RateLimitedUntil is when a router its upstream said has no request
+	// or token left takes calls again; null when it is not waiting.
+	RateLimitedUntil *time.Time `json:"rate_limited_until"`
 	// Calls are its calls reported over the fleet within the failure-rate
 	// window, and FailureRate the share of them that failed (null without
 	// calls).
@@ -127,6 +130,9 @@ func router(v broker.RouterView) Router {
 	}
 	if v.HeadroomKnown {
 		r.Headroom = ptr(v.Headroom)
+	}
+	if !v.RateLimitedUntil.IsZero() {
+		r.RateLimitedUntil = ptr(v.RateLimitedUntil.UTC())
 	}
 	if v.Calls > 0 {
 		r.FailureRate = ptr(float64(v.Failures) / float64(v.Calls))

@@ -177,6 +177,10 @@ func TestSettingsComeFromFlagsThenEnvironmentThenDefaults(t *testing.T) {
 		{"DISABLED_TIME 0: a failure never takes a router out", nil, env("DISABLED_TIME", "0"), func(is *is.I, s *settings) {
 			is.True(s.Policy.NeverDisable)
 		}},
+		{"DISABLED_TIME 0.001 is the shortest, 60 ms", nil, env("DISABLED_TIME", "0.001"), func(is *is.I, s *settings) {
+			is.Equal(s.Policy.DisabledTime, 60*time.Millisecond)
+			is.True(!s.Policy.NeverDisable)
+		}},
 		{"failure rate rule off by default", nil, env(), func(is *is.I, s *settings) {
 			is.Equal(s.Policy.Rate, 0.0)
 			is.Equal(s.Policy.RateWindow, time.Minute)
@@ -250,6 +254,9 @@ func TestBadSettingStopsStartupWithOneLineNamingIt(t *testing.T) {
 		{"DISABLED_TIME NaN", "DISABLED_TIME", nil, env("DISABLED_TIME", "NaN")},
 		{"DISABLED_TIME infinite", "DISABLED_TIME", nil, env("DISABLED_TIME", "Inf")},
 		{"DISABLED_TIME empty", "disabled-time", []string{"-disabled-time", ""}, env()},
+		{"DISABLED_TIME rounding to nothing", "DISABLED_TIME", nil, env("DISABLED_TIME", "1e-12")},
+		{"DISABLED_TIME of microseconds", "DISABLED_TIME", nil, env("DISABLED_TIME", "0.0000001")},
+		{"DISABLED_TIME just below the shortest", "disabled-time", []string{"-disabled-time", "0.00099"}, env()},
 		{"failure rate over 100", "failure-rate", []string{"-failure-rate", "101"}, env()},
 		{"failure rate negative", "BROKER_FAILURE_RATE", nil, env("BROKER_FAILURE_RATE", "-5")},
 		{"failure rate NaN", "BROKER_FAILURE_RATE", nil, env("BROKER_FAILURE_RATE", "NaN")},

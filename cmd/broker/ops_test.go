@@ -431,7 +431,7 @@ func TestStatusWithoutReplicasShowsEveryRouterEnabled(t *testing.T) {
 		}
 		sort.Strings(names)
 		is.Equal(names, []string{"by", "calls", "failure_rate", "headroom", "in_flight", "ingress", "latency_ms", "left_seconds", "level",
-			"manual", "reason", "router", "share", "state", "status", "tier", "until"}) // stable field names
+			"manual", "rate_limited_until", "reason", "router", "share", "state", "status", "tier", "until"}) // stable field names
 		is.Equal(r["state"], "enabled")
 	}
 }

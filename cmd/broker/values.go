@@ -96,8 +96,14 @@ func (v *disabledTime) Set(s string) error {
 	// A fraction of a second is kept exact: the record's until is the
 	// truth, and a JetStream TTL is rounded up to a whole second.
 	d := time.Duration(m * float64(time.Minute))
-	v.NeverDisable = d == 0
-	if d > 0 {
+	if m > 0 && d < broker.MinDisabledTime {
+		// 1e-12 would round to 0, which turns disabling off, and
+		// 0.0000001 to 6 µs: neither is what was meant.
+		return fmt.Errorf("%s minutes is %v, shorter than the shortest disable, %s minutes (%v); 0 turns disabling off",
+			strings.TrimSpace(s), d, strconv.FormatFloat(broker.MinDisabledTime.Minutes(), 'f', -1, 64), broker.MinDisabledTime)
+	}
+	v.NeverDisable = m == 0
+	if m > 0 {
 		v.DisabledTime = d
 	}
 	return nil

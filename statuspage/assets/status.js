@@ -57,6 +57,12 @@
     const until = r.until ? Date.parse(r.until) : null;
     switch (r.state) {
       case "enabled":
+        if (r.rate_limited_until) {
+          const reset = Date.parse(r.rate_limited_until);
+          td.append(el("span", { class: "left" }, "waits for its rate-limit reset"));
+          td.append(el("span", { class: "small" }, "none left; calls again at " + when(r.rate_limited_until) + ", in " + span(reset - now())));
+          return td;
+        }
         td.append(DASH);
         return td;
       case "probation":
