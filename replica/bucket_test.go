@@ -8,7 +8,6 @@ package replica_test
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -46,13 +45,11 @@ func TestReplicasCreateTheBucketInTheModeTheServerSupports(t *testing.T) {
 			is.NoErr(err)
 			is.True(tc.level(info.API.Level)) // the server is the one the mode is about
 			_, err = js.KeyValue(ctx, "gl_broker")
-			is.True(errors.Is(err, jetstream.ErrBucketNotFound)) // a fresh server: no bucket yet
+			isErr(t, err, jetstream.ErrBucketNotFound) // a fresh server: no bucket yet
 
 			f := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: srv.url}, Policy: broker.Policy{DisabledTime: time.Minute}}, 3)
-			for _, l := range f.logs {
-				serving, ok := logLine(l.String(), "serving")
-				is.True(ok)
-				is.Equal(serving["ttl_mode"], tc.server.mode) // detected from the server
+			for _, r := range f.fleet.Replicas {
+				is.Equal(r.Mode(), tc.server.mode) // detected from the server
 			}
 			bucket, err := js.KeyValue(ctx, "gl_broker")
 			is.NoErr(err)
@@ -64,10 +61,10 @@ func TestReplicasCreateTheBucketInTheModeTheServerSupports(t *testing.T) {
 			is.Equal(cfg.Description, replica.BucketDescription)
 			if tc.server.mode == "ttl" {
 				is.True(status.LimitMarkerTTL() > 0) // limit markers: the server expires keys
-				is.True(cfg.AllowMsgTTL)
+				is.Equal(cfg.AllowMsgTTL, true)      // per-message TTL, for the writes' own
 			} else {
 				is.Equal(status.LimitMarkerTTL(), time.Duration(0)) // no limit markers on 2.10
-				is.True(!cfg.AllowMsgTTL)
+				is.Equal(cfg.AllowMsgTTL, false)                    // 2.10 has no per-message TTL
 				is.Equal(cfg.SubjectDeleteMarkerTTL, time.Duration(0))
 			}
 		})
@@ -112,9 +109,8 @@ func TestAnExistingBucketIsNeverChanged(t *testing.T) {
 			policy := broker.Policy{DisabledTime: time.Second, ProbeTimeout: time.Second}
 			for run := 1; run <= 2; run++ {
 				f := newFleet(t, srv.url, "", false, 2, policy)
-				for _, l := range f.logs {
-					serving, _ := logLine(l.String(), "serving")
-					is.Equal(serving["ttl_mode"], tc.mode) // the bucket's mode, run run
+				for _, r := range f.fleet.Replicas {
+					is.Equal(r.Mode(), tc.mode) // the bucket's mode, run run
 				}
 				if run == 1 {
 					// A disable and its end: a write, and a delete by the

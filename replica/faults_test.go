@@ -8,7 +8,6 @@ package replica_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -25,10 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/internal/natstest"
-	"github.com/gecholog/broker/kv"
-	"github.com/gecholog/broker/replica"
 )
 
 const (
@@ -58,7 +54,7 @@ func TestNATSRestartMidLoadKeepsDisablesAndAnswersAgainWithinTwoSeconds(t *testi
 	first.WaitForShutdown()
 	down := time.Now()
 	// Every replica has lost its connection before the server returns.
-	f.waitLogged(t, "disconnected from NATS; reconnecting")
+	f.awaitDisconnected(t, 5*time.Second)
 	base := f.chosen()
 	second := natstest.Start(t, onPort(port), natstest.WithStoreDir(store))
 	back := time.Now()
@@ -219,7 +215,7 @@ func TestEveryReplicaHearsOfChangesWithinTwoSecondsOfANATSRestart(t *testing.T) 
 	defer f.stop()
 	first.Shutdown()
 	first.WaitForShutdown()
-	f.waitLogged(t, "disconnected from NATS; reconnecting")
+	f.awaitDisconnected(t, 5*time.Second)
 	second := natstest.Start(t, onPort(port), natstest.WithStoreDir(store))
 	back := time.Now()
 	// Written the moment the server is back, as an operator's `nats kv
@@ -302,8 +298,9 @@ func TestBurstOf50000CallsIsAnsweredInFullWithoutSlowConsumer(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
 	var logs syncBuffer
-	b, stop := serveOne(t, s.ClientURL(), &logs)
+	r, stop := serveOne(t, s.ClientURL(), &logs)
 	defer stop()
+	b := r.Broker()
 
 	const total, conns = 50_000, 4
 	var sent, replied, wrong atomic.Int64
@@ -398,183 +395,4 @@ func TestBurstOf50000CallsIsAnsweredInFullWithoutSlowConsumer(t *testing.T) {
 	is.True(peakHeap < before+128*mb)                              // memory bounded
 	is.True(!strings.Contains(logs.String(), `"level":"ERROR"`))   // no NATS error, slow consumer or other
 	is.True(!strings.Contains(logs.String(), "disconnected from")) // and never a disconnect
-}
-
-// startFaultFleet runs n replicas on the NATS URL(s) url, creating the
-// bucket with kvReplicas replicas. The caller defers stop, so that the
-// replicas stop before the servers do.
-func startFaultFleet(t *testing.T, url string, n, kvReplicas int) *replicaSet {
-	t.Helper()
-	return runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: url}, KVReplicas: kvReplicas,
-		Policy: broker.Policy{DisabledTime: time.Minute}}, n)
-}
-
-// servingNodes says which of urls each replica serves on, as its
-// "serving" line says.
-func (f *replicaSet) servingNodes(t *testing.T, urls []string) []int {
-	t.Helper()
-	on := make([]int, len(f.replicas))
-	for i, l := range f.logs {
-		serving, _ := logLine(l.String(), "serving")
-		if on[i] = slices.Index(urls, fmt.Sprint(serving["server"])); on[i] < 0 {
-			t.Fatalf("replica-%d serves on %v, not a node of the cluster", i+1, serving["server"])
-		}
-	}
-	return on
-}
-
-// waitLogged waits until every replica has logged msg.
-func (f *replicaSet) waitLogged(t *testing.T, msg string) {
-	t.Helper()
-	natstest.Eventually(t, 5*time.Second, func() bool {
-		for _, l := range f.logs {
-			if _, ok := logLine(l.String(), msg); !ok {
-				return false
-			}
-		}
-		return true
-	}, "every replica logs %q", msg)
-}
-
-// chosen is how many calls each replica has answered with a router.
-func (f *replicaSet) chosen() []uint64 {
-	n := make([]uint64, len(f.replicas))
-	for i, b := range f.replicas {
-		n[i] = b.Stats().Calls[broker.Chosen]
-	}
-	return n
-}
-
-// answersAgain waits until every replica has answered a call more than
-// base says, and returns for each how long after since that was seen.
-func (f *replicaSet) answersAgain(t *testing.T, base []uint64, since time.Time, d time.Duration) []time.Duration {
-	t.Helper()
-	took := make([]time.Duration, len(f.replicas))
-	natstest.Eventually(t, d, func() bool {
-		all := true
-		for i, n := range f.chosen() {
-			if took[i] == 0 && n > base[i] {
-				took[i] = time.Since(since)
-			}
-			all = all && took[i] > 0
-		}
-		return all
-	}, "every replica answers again")
-	return took
-}
-
-// logLineWithPrefix finds the first JSON log line whose msg starts with
-// prefix and returns its fields.
-func logLineWithPrefix(out, prefix string) (map[string]any, bool) {
-	for _, line := range strings.Split(out, "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil && strings.HasPrefix(fmt.Sprint(m["msg"]), prefix) {
-			return m, true
-		}
-	}
-	return nil, false
-}
-
-// waitInterest waits until the replicas' subscriptions have reached the
-// cluster node nc is connected to: a replica serves once its own node has
-// its subscription, and routes carry it to the others a moment later.
-func waitInterest(t *testing.T, nc *nats.Conn) {
-	t.Helper()
-	natstest.Eventually(t, 5*time.Second, func() bool {
-		_, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/not/an/ingress/"}`), time.Second)
-		return err == nil
-	}, "the replicas' subscriptions reach %s", nc.ConnectedUrl())
-}
-
-// putManual disables router by hand, as `nats kv put` would.
-func putManual(t *testing.T, js jetstream.JetStream, router string) {
-	t.Helper()
-	if err := tryPutManual(js, router); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func tryPutManual(js jetstream.JetStream, router string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	bucket, err := js.KeyValue(ctx, "gl_broker")
-	if err != nil {
-		return fmt.Errorf("open bucket: %w", err)
-	}
-	r, err := kv.Encode(broker.Record{Router: router, Manual: true, Reason: "maintenance", At: time.Now(), By: "alice"})
-	if err != nil {
-		return err
-	}
-	if _, err := bucket.Put(ctx, router, r); err != nil {
-		return fmt.Errorf("put %s: %w", router, err)
-	}
-	return nil
-}
-
-// waitRecord waits until router has a live record in the bucket and
-// returns it; right after a node loss the stream may still elect a leader.
-func waitRecord(t *testing.T, js jetstream.JetStream, router string, d time.Duration) broker.Record {
-	t.Helper()
-	var r broker.Record
-	natstest.Eventually(t, d, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		bucket, err := js.KeyValue(ctx, "gl_broker")
-		if err != nil {
-			return false
-		}
-		e, err := bucket.Get(ctx, router)
-		if err != nil {
-			return false
-		}
-		r, err = kv.Decode(router, e.Value())
-		if err != nil {
-			t.Fatalf("record %s: %v", router, err)
-		}
-		return true
-	}, "a record for %s in the bucket", router)
-	return r
-}
-
-// startCallLoad is callers asking the broker for a router of the pool,
-// each waiting at most timeout for the answer, until the test stops them.
-func startCallLoad(t *testing.T, nc *nats.Conn, callers int, timeout time.Duration) *natstest.Load {
-	return natstest.StartLoad(t, nc, callers, "coburn.gl.broker", []byte(askRouter), timeout, func(m *nats.Msg) error {
-		if !bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`)) {
-			return fmt.Errorf("reply %q is not a router of the pool", m.Data)
-		}
-		return nil
-	})
-}
-
-// servedThroughout checks the calls that ended within from..to: it
-// returns how many were answered, the errors of those that were not, and
-// the longest time within from..to in which no call was answered.
-func servedThroughout(calls []natstest.Call, from, to time.Time) (answered int, failed []error, gap time.Duration) {
-	ends := []time.Time{from}
-	for _, c := range calls {
-		if c.End.Before(from) || c.End.After(to) {
-			continue
-		}
-		if c.Err != nil {
-			failed = append(failed, c.Err)
-			continue
-		}
-		answered++
-		ends = append(ends, c.End)
-	}
-	ends = append(ends, to)
-	slices.SortFunc(ends, time.Time.Compare)
-	for i := 1; i < len(ends); i++ {
-		gap = max(gap, ends[i].Sub(ends[i-1]))
-	}
-	return answered, failed, gap
-}
-
-func roundAll(ds []time.Duration) []time.Duration {
-	out := make([]time.Duration, len(ds))
-	for i, d := range ds {
-		out[i] = d.Round(time.Millisecond)
-	}
-	return out
 }

@@ -6,7 +6,6 @@ package replica_test
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -51,7 +50,7 @@ func startOutage(t *testing.T, m serverMode, n int, policy broker.Policy) *outag
 func (o *outage) down(t *testing.T) {
 	t.Helper()
 	o.srv.shutdown()
-	o.allLogged(t, "disconnected from NATS; reconnecting", 5*time.Second)
+	o.awaitDisconnected(t, 5*time.Second)
 }
 
 // up starts the server again on the same port and store, and returns the
@@ -72,19 +71,6 @@ func (o *outage) up(t *testing.T) jetstream.KeyValue {
 		t.Fatal(err)
 	}
 	return bucket
-}
-
-// allLogged waits until every replica has logged msg.
-func (rs *replicaSet) allLogged(t *testing.T, msg string, d time.Duration) {
-	t.Helper()
-	natstest.Eventually(t, d, func() bool {
-		for _, l := range rs.logs {
-			if _, ok := logLine(l.String(), msg); !ok {
-				return false
-			}
-		}
-		return true
-	}, "every replica logs %q", msg)
 }
 
 func TestABucketWriteThatFailsDuringANATSOutageIsRetriedUntilItLands(t *testing.T) {
@@ -177,7 +163,7 @@ func TestABucketWriteWhoseDisableEndedDuringANATSOutageIsNeverWrittenLate(t *tes
 		if err == nil {
 			t.Logf("written at %v: %s", late.Time, late.Data)
 		}
-		is.True(errors.Is(err, jetstream.ErrMsgNotFound)) // the ended disable was never written
+		isErr(t, err, jetstream.ErrMsgNotFound) // the ended disable was never written
 		info, err := stream.Info(ctx)
 		is.NoErr(err)
 		is.Equal(info.State.LastSeq, uint64(1)) // only the new one was

@@ -2,8 +2,6 @@ package replica_test
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -20,26 +18,15 @@ import (
 	"github.com/gecholog/broker/replica"
 )
 
-// serveOne runs one replica on url with a short re-attach interval. The
-// caller defers stop, so the replica stops before the servers do.
-func serveOne(t *testing.T, url string, logs io.Writer) (b *broker.Broker, stop func()) {
-	t.Helper()
-	r, stop := startReplica(t, replica.Config{
-		NATS: natsconn.Settings{Servers: url}, Policy: broker.Policy{DisabledTime: time.Minute}, ID: "replica-1",
-		Reattach: 100 * time.Millisecond, Logger: jsonLogger(logs),
-	})
-	return r.Broker(), stop
-}
-
 func TestLocalModeSwitchesToTheBucketWhenJetStreamAppearsAndCarriesDisablesOver(t *testing.T) {
 	is := is.New(t)
 	port := freePort(t)
 	stock := natstest.Start(t, natstest.WithoutJetStream(), onPort(port)) // gecholog's stock config
 	var logs syncBuffer
-	b, stop := serveOne(t, stock.ClientURL(), &logs)
+	one, stop := serveOne(t, stock.ClientURL(), &logs)
 	defer stop()
-	serving, _ := logLine(logs.String(), "serving")
-	is.Equal(serving["ttl_mode"], "local")
+	b := one.Broker()
+	is.Equal(one.Mode(), "local")
 
 	nc := natstest.Connect(t, stock, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	_, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), 2*time.Second)
@@ -50,10 +37,7 @@ func TestLocalModeSwitchesToTheBucketWhenJetStreamAppearsAndCarriesDisablesOver(
 	stock.Shutdown()
 	stock.WaitForShutdown()
 	js := natstest.Start(t, onPort(port))
-	natstest.Eventually(t, 15*time.Second, func() bool {
-		_, ok := logLine(logs.String(), "JetStream is available: router health is now shared through the bucket, local disables carried over")
-		return ok
-	}, "the replica attaches to the bucket")
+	natstest.Eventually(t, 15*time.Second, func() bool { return one.Mode() == "ttl" }, "the replica attaches to the bucket")
 
 	bucket, err := natstest.JetStream(t, js).KeyValue(context.Background(), "gl_broker")
 	is.NoErr(err)
@@ -101,10 +85,10 @@ func TestLocalModeSwitchingToABucketThatHoldsARecordLetsTheBucketsRecordWin(t *t
 
 	stock := natstest.Start(t, natstest.WithoutJetStream(), onPort(port)) // gecholog's stock config
 	var logs syncBuffer
-	b, stop := serveOne(t, stock.ClientURL(), &logs)
+	one, stop := serveOne(t, stock.ClientURL(), &logs)
 	defer stop()
-	serving, _ := logLine(logs.String(), "serving")
-	is.Equal(serving["ttl_mode"], "local")
+	b := one.Broker()
+	is.Equal(one.Mode(), "local")
 	b.Report([]byte("/azure/dud/"), 502, 0)
 	b.Report([]byte("/azure/gpt4/"), 503, 0)
 	is.Equal(b.Phase("/azure/dud/"), broker.Disabled) // disabled in this replica alone
@@ -114,10 +98,8 @@ func TestLocalModeSwitchingToABucketThatHoldsARecordLetsTheBucketsRecordWin(t *t
 	stock.Shutdown()
 	stock.WaitForShutdown()
 	js := natstest.Start(t, onPort(port), natstest.WithStoreDir(store))
-	natstest.Eventually(t, 15*time.Second, func() bool {
-		_, ok := logLine(logs.String(), "JetStream is available: router health is now shared through the bucket, local disables carried over")
-		return ok
-	}, "the replica attaches to the bucket")
+	// The bucket made without per-message TTL: expiry mode.
+	natstest.Eventually(t, 15*time.Second, func() bool { return one.Mode() == "expiry" }, "the replica attaches to the bucket")
 	bucket, err = natstest.JetStream(t, js).KeyValue(ctx, "gl_broker")
 	is.NoErr(err)
 	natstest.Eventually(t, 5*time.Second, func() bool {
@@ -132,9 +114,10 @@ func TestLocalModeSwitchingToABucketThatHoldsARecordLetsTheBucketsRecordWin(t *t
 	is.Equal(e.Revision(), rev) // the bucket's record was never overwritten
 	r, err := kv.Decode("/azure/dud/", e.Value())
 	is.NoErr(err)
-	is.True(r.Manual && r.By == "alice")
+	is.Equal(r.Manual, true) // the bucket's manual disable
+	is.Equal(r.By, "alice")
 	g, live := readRecord(t, bucket, "/azure/gpt4/")
-	is.True(live)
+	is.True(live) // the carried-over disable of a router the bucket did not hold
 	is.Equal(g.By, "replica-1")
 }
 
@@ -144,10 +127,10 @@ func TestRequireKVRefusesToStartWithoutJetStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	err := replica.Run(ctx, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, RequireKV: true})
-	is.True(err != nil)                                   // refused
-	is.True(strings.Contains(err.Error(), "require-kv"))  // names the setting
-	is.True(strings.Contains(err.Error(), "jetstream {")) // and the fix
-	is.True(!strings.Contains(err.Error(), "\n"))
+	is.True(err != nil)                              // refused
+	says(t, "the error", err.Error(), "require-kv")  // names the setting
+	says(t, "the error", err.Error(), "jetstream {") // and the fix
+	oneLine(t, err)
 }
 
 // recreateWithin is how soon a replica creates a deleted bucket again.
@@ -159,8 +142,9 @@ func TestBucketDeletedAtRuntimeIsRecreatedAndServingNeverStops(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
 	var logs syncBuffer
-	b, stop := serveOne(t, s.ClientURL(), &logs)
+	r, stop := serveOne(t, s.ClientURL(), &logs)
 	defer stop()
+	b := r.Broker()
 	nc := natstest.Connect(t, s)
 	js, err := jetstream.New(nc)
 	is.NoErr(err)
@@ -176,14 +160,12 @@ func TestBucketDeletedAtRuntimeIsRecreatedAndServingNeverStops(t *testing.T) {
 	is.NoErr(js.DeleteKeyValue(ctx, "gl_broker"))
 	var recreated time.Time
 	natstest.Eventually(t, recreateWithin+5*time.Second, func() bool {
-		line, ok := logLine(logs.String(), "bucket was deleted; created it again")
-		if ok {
-			recreated, _ = time.Parse(time.RFC3339Nano, fmt.Sprint(line["time"]))
+		_, err := js.KeyValue(ctx, "gl_broker")
+		if err == nil {
+			recreated = time.Now()
 		}
-		return ok
-	}, "the replica creates the bucket again and says so")
-	_, err = js.KeyValue(ctx, "gl_broker")
-	is.NoErr(err) // the bucket is back
+		return err == nil
+	}, "the replica creates the bucket again")
 	took := recreated.Sub(deleted)
 	// Serving goes on after it too.
 	load.WaitAnswered(t, recreated, 50, 10*time.Second)
@@ -204,7 +186,7 @@ func TestBucketDeletedAtRuntimeIsRecreatedAndServingNeverStops(t *testing.T) {
 		return err == nil
 	}, "disables are shared through the new bucket")
 	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
-	is.Equal(strings.Count(logs.String(), "bucket was deleted; created it again"), 1) // logged once
+	is.Equal(strings.Count(logs.String(), "bucket was deleted; created it again"), 1) // and said so, once
 }
 
 func TestARefusedSubscriptionStopsStartupWithOneLine(t *testing.T) {
@@ -220,6 +202,6 @@ func TestARefusedSubscriptionStopsStartupWithOneLine(t *testing.T) {
 	defer cancel()
 	err := replica.Run(ctx, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL(), User: "broker", Password: "pw"}})
 	is.True(err != nil) // no replica that never gets a call
-	is.True(strings.Contains(err.Error(), `allow the broker's NATS user to subscribe to "coburn.gl.broker broker"`))
-	is.True(!strings.Contains(err.Error(), "\n"))
+	says(t, "the error", err.Error(), `allow the broker's NATS user to subscribe to "coburn.gl.broker broker"`)
+	oneLine(t, err)
 }

@@ -1,7 +1,6 @@
 package replica_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
@@ -43,31 +42,6 @@ func choosing(t *testing.T, pool broker.Pool) (*replicaSet, *nats.Conn, func(n i
 		return got
 	}
 	return rs, nc, count
-}
-
-// ask makes a request context and returns the router chosen.
-func ask(t *testing.T, nc *nats.Conn, ingress string) string {
-	t.Helper()
-	m, err := nc.Request(replica.DefaultSubject, fmt.Appendf(nil, `{"gl_path":%q}`, ingress), 2*time.Second)
-	if err != nil {
-		t.Fatalf("request context: %v", err)
-	}
-	var r struct {
-		GLPath string `json:"gl_path"`
-	}
-	if len(m.Data) > 0 {
-		if err := json.Unmarshal(m.Data, &r); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return r.GLPath
-}
-
-func tell(t *testing.T, nc *nats.Conn, router string, status int) {
-	t.Helper()
-	if _, err := nc.Request(replica.DefaultSubject, fmt.Appendf(nil, `{"gl_path":%q,"egress_status_code":%d}`, router, status), 2*time.Second); err != nil {
-		t.Fatalf("response context: %v", err)
-	}
 }
 
 func TestCallsInFlightAreCountedOverEveryReplica(t *testing.T) {

@@ -5,6 +5,7 @@ package replica_test
 // (gechologtest.Transaction), whole, with its prompt and completion.
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -83,7 +84,7 @@ func TestATransactionOnTheLoggerSubjectReachesEveryReplicasView(t *testing.T) {
 		is.Equal(claude.Headroom, 0.3)                       // 300 of 1000 tokens left (Anthropic)
 		is.True(!other.LatencyKnown && !other.HeadroomKnown) // a router not heard of is not known
 		is.Equal(rs.fleet.Replicas[i].Transactions(), replica.TransactionCounts{Read: 2})
-		is.True(!b.Heard().IsZero())
+		is.True(!b.Heard().IsZero()) // the log was heard
 	}
 	natstest.Eventually(t, 5*time.Second, func() bool {
 		for _, l := range rs.logs {
@@ -114,7 +115,7 @@ func TestLatencyPrefersTheFastestRouterOnceHeardAndStillExplores(t *testing.T) {
 	got := count(600)
 	is.True(got["/azure/fast/"] >= 540) // the fastest takes the calls
 	is.True(got["/azure/mid/"] >= 1)    // the others are still explored
-	is.True(got["/azure/slow/"] >= 1)
+	is.True(got["/azure/slow/"] >= 1)   // both of them
 
 	// The fastest turns slow: heard of, its calls go to the next fastest.
 	for range 10 {
@@ -124,8 +125,8 @@ func TestLatencyPrefersTheFastestRouterOnceHeardAndStillExplores(t *testing.T) {
 		return viewOf(b, "/azure/fast/").Latency > viewOf(b, "/azure/slow/").Latency
 	}, "fast is now the slowest")
 	got = count(600)
-	is.True(got["/azure/mid/"] >= 540)
-	is.True(got["/azure/fast/"] >= 1)
+	is.True(got["/azure/mid/"] >= 540) // the next fastest takes the calls
+	is.True(got["/azure/fast/"] >= 1)  // the slow one is still explored
 }
 
 func TestHeadroomSendsNoCallToARouterWithNoneLeftUntilItsResetAndSpillsToTheNextTier(t *testing.T) {
@@ -134,7 +135,7 @@ func TestHeadroomSendsNoCallToARouterWithNoneLeftUntilItsResetAndSpillsToTheNext
 	// Without rate-limit headers, tier 0 shares the calls.
 	got := count(40)
 	is.Equal(got["/azure/backup/"], 0)
-	is.True(got["/azure/openai/"] > 0 && got["/azure/anthropic/"] > 0)
+	is.True(got["/azure/openai/"] > 0 && got["/azure/anthropic/"] > 0) // both of tier 0 take calls
 
 	// OpenAI's last answer says no request is left for 3 s: a 429.
 	reset := time.Now().Add(3 * time.Second)
@@ -243,10 +244,10 @@ func TestTransactionsTooLargeOrUnreadableAreCountedAndIgnored(t *testing.T) {
 	natstest.Eventually(t, 5*time.Second, func() bool { return r.Transactions().Read == 1 }, "the good one read")
 	is.Equal(r.Transactions(), replica.TransactionCounts{Read: 1, TooLarge: 1, Unreadable: 2})
 	is.True(!viewOf(rs.replicas[0], "/azure/a/").LatencyKnown) // nothing of the ignored ones reached the view
-	is.True(viewOf(rs.replicas[0], "/azure/b/").LatencyKnown)
+	is.True(viewOf(rs.replicas[0], "/azure/b/").LatencyKnown)  // the good one did
 	line, ok := logLine(rs.logs[0].String(), "ignoring a transaction from gecholog's log that cannot be read")
 	is.True(ok)                                                                                 // said
-	is.True(strings.Contains(line["error"].(string), "8 MiB"))                                  // why
+	says(t, "the line's error", fmt.Sprint(line["error"]), "8 MiB")                             // why
 	is.Equal(countLines(rs.logs[0].String(), line["msg"].(string), time.Time{}, time.Now()), 1) // once in 10 s
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,38 +17,11 @@ import (
 	"github.com/gecholog/broker/ops"
 )
 
-// repoGLConfigFile is the gl_config.json the compose file mounts into
-// gecholog.
-const repoGLConfigFile = "../../gl_config.json"
-
 // originalGLConfigFile is the original broker's own gl_config.json; see
 // gecholog/glconfig_test.go for where it comes from. Its response processor
 // lacks inbound_headers, and nothing else: a user migrating from the
 // original brings it as it is.
 const originalGLConfigFile = "../../gecholog/testdata/original_gl_config.json"
-
-// brokenGLConfig writes a copy of the repository's gl_config.json with
-// mutate applied and returns its path.
-func brokenGLConfig(t *testing.T, mutate func(m map[string]any)) string {
-	t.Helper()
-	b, err := os.ReadFile(repoGLConfigFile)
-	if err != nil {
-		t.Fatalf("read %s: %v", repoGLConfigFile, err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatalf("decode %s: %v", repoGLConfigFile, err)
-	}
-	mutate(m)
-	if b, err = json.MarshalIndent(m, "", "  "); err != nil {
-		t.Fatalf("encode: %v", err)
-	}
-	path := filepath.Join(t.TempDir(), "gl_config.json")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatalf("write %s: %v", path, err)
-	}
-	return path
-}
 
 // brokerEntry returns the broker's processor entry in section ("request"
 // or "response") of the repository's gl_config.json.
@@ -68,10 +42,6 @@ func threeDefects(m map[string]any) {
 	m["routers"] = routers
 	brokerEntry(m, "request")["modifier"] = false
 	brokerEntry(m, "response")["async"] = false
-}
-
-func lines(s string) []string {
-	return strings.Split(strings.TrimRight(s, "\n"), "\n")
 }
 
 func TestCheckPassesOnTheRepoGLConfig(t *testing.T) {
@@ -98,12 +68,8 @@ func TestServeStartsOnTheOriginalsGLConfigAndWarnsOnce(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
 	p := startProgram(t, env("NATS_URL", s.ClientURL()), "--gl-config", originalGLConfigFile)
-	p.await(t, "serving") // the check let it start
-
-	nc := natstest.Connect(t, s)
-	m, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
-	is.NoErr(err)
-	is.True(bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`))) // and it routes
+	// The check let it start, and it routes.
+	saysFirst(t, "the answer", awaitAnswer(t, natstest.Connect(t, s), "/azure/"), `{"gl_path":"/azure/`)
 
 	var warnings []map[string]any
 	for line := range strings.Lines(p.logs.String()) {
@@ -118,7 +84,7 @@ func TestServeStartsOnTheOriginalsGLConfigAndWarnsOnce(t *testing.T) {
 	}
 	is.Equal(warnings[0]["level"], "WARN")
 	is.Equal(warnings[0]["field"], "response.processors[0][0].input_fields_include")
-	is.True(strings.HasPrefix(warnings[0]["advice"].(string), `add "inbound_headers"`)) // naming the field to add
+	saysFirst(t, "the advice", fmt.Sprint(warnings[0]["advice"]), `add "inbound_headers"`) // naming the field to add
 }
 
 func TestCheckReadsTheFileNamedByBrokerGLConfig(t *testing.T) {
@@ -126,7 +92,7 @@ func TestCheckReadsTheFileNamedByBrokerGLConfig(t *testing.T) {
 	var out bytes.Buffer
 	err := run(t.Context(), []string{"check"}, env("BROKER_GL_CONFIG", repoGLConfigFile), &out, &bytes.Buffer{})
 	is.NoErr(err)
-	is.True(strings.HasPrefix(out.String(), repoGLConfigFile+": ok")) // the file BROKER_GL_CONFIG names is checked
+	saysFirst(t, "the output", out.String(), repoGLConfigFile+": ok") // the file BROKER_GL_CONFIG names is checked
 }
 
 func TestCheckPrintsOneLinePerDefectAndFails(t *testing.T) {
@@ -138,9 +104,9 @@ func TestCheckPrintsOneLinePerDefectAndFails(t *testing.T) {
 	is.Equal(err.Error(), "check: 3 problems in "+path) // the error counts the problems
 	got := lines(out.String())
 	is.Equal(len(got), 3) // one line per defect
-	is.True(strings.HasPrefix(got[0], `routers: no router "/azure/dud/"`))
-	is.True(strings.HasPrefix(got[1], "request.processors[0][0].modifier: set true"))
-	is.True(strings.HasPrefix(got[2], "response.processors[0][0].async: set true"))
+	saysFirst(t, "line 1", got[0], `routers: no router "/azure/dud/"`)
+	saysFirst(t, "line 2", got[1], "request.processors[0][0].modifier: set true")
+	saysFirst(t, "line 3", got[2], "response.processors[0][0].async: set true")
 }
 
 func TestCheckNamesThePoolRouterTheConfigLacks(t *testing.T) {
@@ -175,8 +141,8 @@ func TestCheckUsesTheBrokerSubject(t *testing.T) {
 	is.True(err != nil) // the repo's config calls the broker on another subject
 	got := lines(out.String())
 	is.Equal(len(got), 2) // no request and no response processor on the subject
-	is.True(strings.HasPrefix(got[0], `request.processors: no processor on "coburn.gl.broker2"`))
-	is.True(strings.HasPrefix(got[1], `response.processors: no processor on "coburn.gl.broker2"`))
+	saysFirst(t, "line 1", got[0], `request.processors: no processor on "coburn.gl.broker2"`)
+	saysFirst(t, "line 2", got[1], `response.processors: no processor on "coburn.gl.broker2"`)
 }
 
 // A pool choosing by headroom reads gecholog's transaction log: the check
@@ -230,11 +196,11 @@ func TestCheckOfAFileItCannotReadIsOneLine(t *testing.T) {
 			is := is.New(t)
 			var out, errOut bytes.Buffer
 			err := run(t.Context(), []string{"check", tc.path}, env(), &out, &errOut)
-			is.True(err != nil)                                           // the command fails
-			is.True(strings.HasPrefix(err.Error(), "check "+tc.path+":")) // the error names the file
-			is.True(strings.Contains(err.Error(), tc.want))               // and what is wrong with it
-			is.True(!strings.Contains(err.Error(), "\n"))                 // in one line
-			is.Equal(out.String(), "")                                    // no problems are listed
+			is.True(err != nil)                                          // the command fails
+			saysFirst(t, "the error", err.Error(), "check "+tc.path+":") // the error names the file
+			says(t, "the error", err.Error(), tc.want)                   // and what is wrong with it
+			oneLine(t, err)                                              // in one line
+			is.Equal(out.String(), "")                                   // no problems are listed
 		})
 	}
 }
@@ -242,8 +208,8 @@ func TestCheckOfAFileItCannotReadIsOneLine(t *testing.T) {
 func TestCheckRefusesTwoFiles(t *testing.T) {
 	is := is.New(t)
 	err := run(t.Context(), []string{"check", repoGLConfigFile, repoGLConfigFile}, env(), &bytes.Buffer{}, &bytes.Buffer{})
-	is.True(err != nil)
-	is.True(strings.Contains(err.Error(), "one gl_config.json at a time"))
+	is.True(err != nil) // refused
+	says(t, "the error", err.Error(), "one gl_config.json at a time")
 }
 
 func TestCheckHelpShowsTheSettings(t *testing.T) {
@@ -251,7 +217,7 @@ func TestCheckHelpShowsTheSettings(t *testing.T) {
 	var out bytes.Buffer
 	is.NoErr(run(t.Context(), []string{"check", "-h"}, env(), &out, &bytes.Buffer{}))
 	for _, want := range []string{"broker check [flags] [gl_config.json]", "BROKER_POOLS", "BROKER_SUBJECT", "BROKER_LOGGER_SUBJECT", "BROKER_GL_CONFIG"} {
-		is.True(strings.Contains(out.String(), want)) // -h names the argument and each variable
+		says(t, "the output", out.String(), want) // -h names the argument and each variable
 	}
 }
 
@@ -276,10 +242,10 @@ func TestServeRefusesToStartOnABrokenGLConfig(t *testing.T) {
 			defer cancel()
 			var out, errOut bytes.Buffer
 			err := run(ctx, []string{"-gl-config", path}, env("NATS_URL", "nats://127.0.0.1:1"), &out, &errOut)
-			is.True(err != nil)                                                // serve refuses to start
-			is.True(strings.HasPrefix(err.Error(), "gl-config "+path+tc.want)) // naming the setting, the file and the first problem
-			is.True(!strings.Contains(err.Error(), "\n"))                      // in one line
-			is.Equal(errOut.String(), "")                                      // before it tried to connect: nothing logged
+			is.True(err != nil)                                               // serve refuses to start
+			saysFirst(t, "the error", err.Error(), "gl-config "+path+tc.want) // naming the setting, the file and the first problem
+			oneLine(t, err)                                                   // in one line
+			is.Equal(errOut.String(), "")                                     // before it tried to connect: nothing logged
 			is.Equal(out.String(), "")
 		})
 	}
@@ -302,7 +268,7 @@ func TestSeveralProblemsAtStartupPointToTheCheckCommand(t *testing.T) {
 	path := brokenGLConfig(t, threeDefects)
 	s, err := parseServe([]string{"-gl-config", path}, env())
 	is.NoErr(err)
-	err = ops.CheckAtStartup(s.glConfig, s.Pools, s.wiring(), nil) // what serve calls before it connects
-	is.True(err != nil)
-	is.True(strings.HasSuffix(err.Error(), `(run "broker check `+path+`" for all)`)) // the operator learns how to see the rest
+	err = ops.CheckAtStartup(s.glConfig, s.Pools, s.wiring(), nil)                 // what serve calls before it connects
+	is.True(err != nil)                                                            // the problems stop the start
+	saysLast(t, "the error", err.Error(), `(run "broker check `+path+`" for all)`) // the operator learns how to see the rest
 }

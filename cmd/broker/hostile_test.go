@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -63,22 +64,22 @@ func TestStatusShowsAKeyTheKVAPIRefusesAndEnableRemovesIt(t *testing.T) {
 	row := jsonRow(rows, bad)
 	is.True(row != nil) // the refused key is listed
 	is.Equal(row["state"], "invalid key")
-	is.True(strings.Contains(row["reason"].(string), "not a router"))
+	says(t, "the row's reason", fmt.Sprint(row["reason"]), "not a router") // says why
 	is.Equal(jsonRow(rows, "evil\u202ett")["state"], "invalid key")
 
 	// The table: the same, the override escaped.
 	table, _, err := runOp(ops, "status")
 	is.NoErr(err)
 	t.Logf("broker status\n%s", table)
-	is.True(strings.Contains(tableRow(table, bad), "invalid key"))
-	is.True(strings.Contains(tableRow(table, "/azure/dud/"), "disabled"))
-	is.True(strings.Contains(table, `evil\u202ett`)) // shown escaped
-	is.True(!strings.Contains(table, "\u202e"))      // never raw
+	says(t, "the row of "+bad, tableRow(table, bad), "invalid key")
+	says(t, "the row of /azure/dud/", tableRow(table, "/azure/dud/"), "disabled")
+	says(t, "the table", table, `evil\u202ett`) // shown escaped
+	neverSays(t, "the table", table, "\u202e")  // never raw
 
 	// --watch draws the table, not an error.
 	frame := watchFrame(t, ops)
-	is.True(!strings.Contains(frame, "cannot read bucket"))
-	is.True(strings.Contains(tableRow(frame, bad), "invalid key"))
+	neverSays(t, "the frame", frame, "cannot read bucket")
+	says(t, "the row of "+bad, tableRow(frame, bad), "invalid key")
 
 	// enable removes the key, whatever it is.
 	out, _, err := runOp(ops, "enable", bad)
@@ -86,7 +87,7 @@ func TestStatusShowsAKeyTheKVAPIRefusesAndEnableRemovesIt(t *testing.T) {
 	is.Equal(out, "removed key "+bad+" from bucket gl_broker: no router path, so every replica ignored it\n")
 	out, _, err = runOp(ops, "enable", "evil\u202ett")
 	is.NoErr(err)
-	is.True(strings.Contains(out, `evil\u202ett`)) // the confirmation escapes it too
+	says(t, "the output", out, `evil\u202ett`) // the confirmation escapes it too
 	rows = statusJSON(t, ops)
 	is.Equal(jsonRow(rows, bad), nil)            // gone
 	is.Equal(jsonRow(rows, "evil\u202ett"), nil) // gone
@@ -95,8 +96,8 @@ func TestStatusShowsAKeyTheKVAPIRefusesAndEnableRemovesIt(t *testing.T) {
 
 	// A key the bucket does not hold, and no router path: one line.
 	_, _, err = runOp(ops, "enable", bad)
-	is.True(err != nil)
-	is.True(strings.Contains(err.Error(), "holds no such key"))
+	is.True(err != nil) // refused
+	says(t, "the error", err.Error(), "holds no such key")
 }
 
 func TestStatusShowsControlAndBidiCharactersEscaped(t *testing.T) {
@@ -114,15 +115,15 @@ func TestStatusShowsControlAndBidiCharactersEscaped(t *testing.T) {
 	is.NoErr(err)
 	t.Logf("broker status\n%s", table)
 	for _, raw := range []string{"\u202e", "\u009b", "\x1b[2J", "\u2066", "\u2067", "\u200b"} {
-		is.True(!strings.Contains(table, raw)) // nothing reaches the terminal raw
+		neverSays(t, "the table", table, raw) // nothing reaches the terminal raw
 	}
-	is.True(strings.Contains(tableRow(table, "/azure/gpt4/"), `quota\u202e ok \u009b31m\u001b[2J\u2066\u200b!`)) // shown escaped
-	is.True(strings.Contains(tableRow(table, "/azure/gpt4/"), `alice\u009b\u2067`))
+	says(t, "the row of /azure/gpt4/", tableRow(table, "/azure/gpt4/"), `quota\u202e ok \u009b31m\u001b[2J\u2066\u200b!`) // shown escaped
+	says(t, "the row of /azure/gpt4/", tableRow(table, "/azure/gpt4/"), `alice\u009b\u2067`)
 
 	out, _, err := runOp(ops, "status", "--json")
 	is.NoErr(err)
 	for _, raw := range []string{"\u202e", "\u009b", "\x1b", "\u2066", "\u2067", "\u200b"} {
-		is.True(!strings.Contains(out, raw)) // JSON-escaped, not raw
+		neverSays(t, "the output", out, raw) // JSON-escaped, not raw
 	}
 	var rows []map[string]any
 	is.NoErr(json.Unmarshal([]byte(out), &rows))
@@ -142,8 +143,8 @@ func TestStatusShowsAHugeReasonCut(t *testing.T) {
 	table, _, err := runOp(ops, "status")
 	is.NoErr(err)
 	line := tableRow(table, "/azure/gpt4/")
-	is.True(strings.Contains(line, strings.Repeat("r", 200)+"… [99800 more bytes]")) // cut at 200, with how much was left out
-	is.True(len(line) < 2000)                                                        // the row stays a row
+	says(t, "the row of /azure/gpt4/", line, strings.Repeat("r", 200)+"… [99800 more bytes]") // cut at 200, with how much was left out
+	is.True(len(line) < 2000)                                                                 // the row stays a row
 	rows := statusJSON(t, ops)
 	is.Equal(jsonRow(rows, "/azure/gpt4/")["reason"], strings.Repeat("r", 200)+"… [99800 more bytes]")
 }

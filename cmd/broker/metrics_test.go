@@ -22,45 +22,6 @@ import (
 	"github.com/gecholog/broker/internal/natstest"
 )
 
-// metricsReplica is a replica run in-process with its metrics listener on
-// a free loopback port.
-type metricsReplica struct {
-	*program
-	addr string // where the metrics listener is, host:port
-}
-
-// startMetricsReplica runs serve against natsURL with metrics on and waits
-// for its listener. The replica is stopped when the test ends.
-func startMetricsReplica(t *testing.T, natsURL string, more ...string) *metricsReplica {
-	t.Helper()
-	p := startProgram(t, env(append([]string{"NATS_URL", natsURL, "BROKER_METRICS_ADDR", "127.0.0.1:0"}, more...)...))
-	l := p.await(t, "metrics listening")
-	return &metricsReplica{program: p, addr: l["addr"].(string)}
-}
-
-// waitReady waits until every replica's /readyz answers 200.
-func waitReady(t *testing.T, replicas ...*metricsReplica) {
-	t.Helper()
-	for _, r := range replicas {
-		natstest.Eventually(t, 10*time.Second, func() bool {
-			code, _, err := r.get("/readyz")
-			return err == nil && code == http.StatusOK
-		}, "replica ready")
-	}
-}
-
-// get fetches path from the replica's listener.
-func (r *metricsReplica) get(path string) (int, string, error) {
-	c := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + r.addr + path)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body), err
-}
-
 // metrics scrapes /metrics and parses it as Prometheus does.
 func (r *metricsReplica) metrics(t *testing.T) families {
 	t.Helper()
@@ -133,9 +94,9 @@ func TestHealthzAnswersWhileWaitingForNATSAndReadyzSaysWhy(t *testing.T) {
 	is.True(fs["go_goroutines"] != nil) // the Go collector is registered
 
 	err = run(context.Background(), []string{"healthcheck"}, env("BROKER_METRICS_ADDR", r.addr), io.Discard, io.Discard)
-	is.True(err != nil)                                             // the healthcheck fails
-	is.True(strings.Contains(err.Error(), "not connected to NATS")) // with the replica's reason
-	is.True(!strings.Contains(err.Error(), "\n"))                   // on one line
+	is.True(err != nil)                                        // the healthcheck fails
+	says(t, "the error", err.Error(), "not connected to NATS") // with the replica's reason
+	oneLine(t, err)                                            // on one line
 
 	is.NoErr(r.stop())
 	_, _, err = r.get("/healthz")
@@ -191,7 +152,7 @@ func TestMetricsCountTheCallsMadeAcrossReplicas(t *testing.T) {
 	for range requests {
 		m, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
 		is.NoErr(err)
-		is.True(strings.HasPrefix(string(m.Data), `{"gl_path":"/azure/`)) // a router was chosen
+		saysFirst(t, "the answer", string(m.Data), `{"gl_path":"/azure/`) // a router was chosen
 	}
 	for range successes {
 		_, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/gpt4/","egress_status_code":200}`), 2*time.Second)
@@ -230,7 +191,7 @@ func TestMetricsCountTheCallsMadeAcrossReplicas(t *testing.T) {
 	is.Equal(total("broker_router_transitions_total", "router", "/azure/dud/", "to", "disabled", "reason", "status_502"), 2.0) // one disable in each replica's view
 	is.Equal(total("broker_router_transitions_total", "to", "enabled"), 0.0)
 	is.Equal(total("broker_kv_errors_total"), 0.0)
-	is.True(total("broker_watch_events_total") >= 1)
+	is.True(total("broker_watch_events_total") >= 1)        // the watchers heard the bucket's writes
 	is.Equal(total("broker_reply_seconds"), float64(calls)) // one observation per message
 	for _, r := range replicas {
 		fs := r.metrics(t)
@@ -250,15 +211,16 @@ func TestHealthcheckFailsWithOneLineWhenNothingListens(t *testing.T) {
 	ln.Close() // a port nothing listens on
 
 	err = run(context.Background(), []string{"healthcheck"}, env("BROKER_METRICS_ADDR", addr), io.Discard, io.Discard)
-	is.True(err != nil)                                    // the healthcheck fails
-	is.True(strings.Contains(err.Error(), addr+"/readyz")) // naming what it asked
-	is.True(!strings.Contains(err.Error(), "\n"))          // on one line
+	is.True(err != nil)                               // the healthcheck fails
+	says(t, "the error", err.Error(), addr+"/readyz") // naming what it asked
+	oneLine(t, err)                                   // on one line
 }
 
 func TestHealthcheckWithoutAddressSaysWhichSettingIsMissing(t *testing.T) {
 	is := is.New(t)
 	err := run(context.Background(), []string{"healthcheck"}, env(), io.Discard, io.Discard)
-	is.True(err != nil && strings.Contains(err.Error(), "BROKER_METRICS_ADDR"))
+	is.True(err != nil)                                      // refused
+	says(t, "the error", err.Error(), "BROKER_METRICS_ADDR") // naming the setting
 }
 
 func TestMetricsAddrInUseStopsStartupNamingIt(t *testing.T) {
@@ -267,9 +229,9 @@ func TestMetricsAddrInUseStopsStartupNamingIt(t *testing.T) {
 	is.NoErr(err)
 	defer ln.Close()
 	err = run(context.Background(), nil, env("BROKER_METRICS_ADDR", ln.Addr().String(), "NATS_URL", "nats://127.0.0.1:1"), io.Discard, io.Discard)
-	is.True(err != nil)                                    // startup refused
-	is.True(strings.Contains(err.Error(), "metrics-addr")) // the line names the setting
-	is.True(!strings.Contains(err.Error(), "\n"))          // one line
+	is.True(err != nil)                               // startup refused
+	says(t, "the error", err.Error(), "metrics-addr") // the line names the setting
+	oneLine(t, err)                                   // one line
 }
 
 // value is the one series of name with the given labels.
@@ -339,12 +301,12 @@ func TestMetricsShowWhatTheStrategiesAndTheFailureRateRead(t *testing.T) {
 		is.Equal(fs.value(t, "broker_router_latency_seconds", lbl("/azure/gpt4/")...), 0.04)
 		is.True(math.IsNaN(fs.value(t, "broker_router_latency_seconds", lbl("/azure/gpt35turbo/")...))) // never heard of: NaN
 		is.Equal(fs.value(t, "broker_router_headroom_ratio", lbl("/azure/gpt4/")...), 0.25)
-		is.True(math.IsNaN(fs.value(t, "broker_router_headroom_ratio", lbl("/azure/gpt35turbo/")...)))
+		is.True(math.IsNaN(fs.value(t, "broker_router_headroom_ratio", lbl("/azure/gpt35turbo/")...))) // never heard of: NaN
 		is.Equal(fs.value(t, "broker_router_failure_rate_ratio", lbl("/azure/dud/")...), 0.25)
 		is.True(math.IsNaN(fs.value(t, "broker_router_failure_rate_ratio", lbl("/azure/gpt4/")...))) // no calls: NaN
 		is.Equal(fs.sum("broker_transactions_total", "outcome", "read"), 1.0)                        // the transaction, heard by each replica
 		is.Equal(fs.sum("broker_transactions_total"), 1.0)                                           // and nothing dropped or unreadable
 		age := fs.sum("broker_transaction_log_last_heard_age_seconds")
-		is.True(age >= 0 && age < 10)
+		is.True(age >= 0 && age < 10) // the transaction was heard just now
 	}
 }

@@ -2,20 +2,17 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"log/slog"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/matryer/is"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -23,74 +20,7 @@ import (
 	"github.com/gecholog/broker/gecholog"
 	"github.com/gecholog/broker/internal/natstest"
 	"github.com/gecholog/broker/kv"
-	"github.com/gecholog/broker/replica"
 )
-
-// startReplicas runs n replicas of the processor in-process on s, as serve
-// runs them with NATS_URL alone (the default pool) and the given
-// DISABLED_TIME, named replica-1 to replica-n, and returns their brokers
-// once every one answers calls. They stop when the test ends, before the
-// server; when the test fails, each replica's log is shown.
-func startReplicas(t *testing.T, s *server.Server, n int, disabled time.Duration) []*broker.Broker {
-	t.Helper()
-	st, err := parseServe(nil, env("NATS_URL", s.ClientURL()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Policy.DisabledTime = disabled
-	c := st.replicaConfig(nil)
-	c.ID = "" // the fleet names its replicas
-	type replicaLog struct {
-		id  string
-		log *syncBuffer
-	}
-	var logs []replicaLog // appended to by StartFleet before any replica starts
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, l := range logs {
-				t.Logf("%s logged:\n%s", l.id, l.log)
-			}
-		}
-	})
-	fleet, err := replica.StartFleet(context.Background(), c, n, func(id string) *slog.Logger {
-		l := &syncBuffer{}
-		logs = append(logs, replicaLog{id, l})
-		return slog.New(slog.NewJSONHandler(l, nil))
-	})
-	if err != nil {
-		t.Fatalf("start %d replicas: %v", n, err)
-	}
-	t.Cleanup(func() {
-		if err := fleet.Stop(); err != nil {
-			t.Errorf("replicas: %v", err)
-		}
-	})
-	brokers := make([]*broker.Broker, n)
-	for i, r := range fleet.Replicas {
-		brokers[i] = r.Broker()
-	}
-	return brokers
-}
-
-// choosing counts the replicas that would send an /azure/ call to router.
-func choosing(bs []*broker.Broker, router string) int {
-	n := 0
-	for _, b := range bs {
-		if slices.Contains(b.Routers("/azure/"), router) {
-			n++
-		}
-	}
-	return n
-}
-
-// runOp runs the program as an operator would, and returns what it printed.
-func runOp(getenv func(string) string, args ...string) (stdout, stderr string, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var out, errs syncBuffer
-	err = run(ctx, args, getenv, &out, &errs)
-	return out.String(), errs.String(), err
-}
 
 // bucketRecord reads router's record from the bucket, as a replica would.
 func bucketRecord(t *testing.T, js jetstream.JetStream, router string) (broker.Entry, error) {
@@ -101,49 +31,6 @@ func bucketRecord(t *testing.T, js jetstream.JetStream, router string) (broker.E
 	}
 	defer st.Close()
 	return st.Get(context.Background(), router)
-}
-
-// createBucket creates the bucket as the first replica would.
-func createBucket(t *testing.T, js jetstream.JetStream) *kv.Store {
-	t.Helper()
-	st, err := kv.Open(context.Background(), js, kv.Config{Bucket: "gl_broker"})
-	if err != nil {
-		t.Fatalf("create bucket: %v", err)
-	}
-	t.Cleanup(st.Close)
-	return st
-}
-
-// tableRow finds the status table's line for router.
-func tableRow(out, router string) string {
-	for line := range strings.Lines(out) {
-		if f := strings.Fields(line); len(f) > 1 && f[1] == router {
-			return line
-		}
-	}
-	return ""
-}
-
-func statusJSON(t *testing.T, getenv func(string) string) []map[string]any {
-	t.Helper()
-	out, _, err := runOp(getenv, "status", "--json")
-	if err != nil {
-		t.Fatalf("status --json: %v", err)
-	}
-	var rows []map[string]any
-	if err := json.Unmarshal([]byte(out), &rows); err != nil {
-		t.Fatalf("status --json printed %q: %v", out, err)
-	}
-	return rows
-}
-
-func jsonRow(rows []map[string]any, router string) map[string]any {
-	for _, r := range rows {
-		if r["router"] == router {
-			return r
-		}
-	}
-	return nil
 }
 
 func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
@@ -159,7 +46,7 @@ func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
 
 	out, _, err := runOp(ops, "disable", "/azure/gpt4/")
 	is.NoErr(err)
-	is.True(strings.HasPrefix(out, "disabled /azure/gpt4/ on every replica until enabled by hand; manual, by alice@")) // one confirming line
+	saysFirst(t, "the output", out, "disabled /azure/gpt4/ on every replica until enabled by hand; manual, by alice@") // one confirming line
 	is.Equal(strings.Count(out, "\n"), 1)
 	natstest.Eventually(t, 5*time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 0 }, "no replica chooses /azure/gpt4/")
 
@@ -192,14 +79,14 @@ func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
 
 	table, _, err := runOp(ops, "status")
 	is.NoErr(err)
-	is.True(strings.HasPrefix(table, "bucket gl_broker on nats://127.0.0.1:")) // the header names bucket and server
-	is.True(strings.Contains(strings.SplitN(table, "\n", 2)[0], "ttl mode"))   // and the TTL mode
+	saysFirst(t, "the table", table, "bucket gl_broker on nats://127.0.0.1:") // the header names bucket and server
+	is.True(strings.Contains(strings.SplitN(table, "\n", 2)[0], "ttl mode"))  // and the TTL mode
 	row := tableRow(table, "/azure/gpt4/")
-	is.True(strings.Contains(row, "disabled (manual)"))
-	is.True(strings.Contains(row, "until enabled by hand"))
-	is.True(strings.Contains(row, "disabled by hand")) // the default reason
-	is.True(strings.Contains(row, "alice@"))
-	is.True(strings.Contains(tableRow(table, "/azure/gpt35turbo/"), " enabled "))
+	says(t, "the row", row, "disabled (manual)")
+	says(t, "the row", row, "until enabled by hand")
+	says(t, "the row", row, "disabled by hand") // the default reason
+	says(t, "the row", row, "alice@")
+	says(t, "the row of /azure/gpt35turbo/", tableRow(table, "/azure/gpt35turbo/"), " enabled ")
 
 	got := jsonRow(statusJSON(t, ops), "/azure/gpt4/")
 	is.Equal(got["state"], "disabled")
@@ -207,11 +94,11 @@ func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
 	is.Equal(got["until"], nil)
 	is.Equal(got["left_seconds"], nil)
 	is.Equal(got["ingress"], "/azure/")
-	is.True(strings.HasPrefix(got["by"].(string), "alice@"))
+	saysFirst(t, "by", fmt.Sprint(got["by"]), "alice@") // the operator, at the host
 
 	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
 	is.NoErr(err)
-	is.True(strings.HasPrefix(out, "enabled /azure/gpt4/ on every replica; removed the manual disable by alice@"))
+	saysFirst(t, "the output", out, "enabled /azure/gpt4/ on every replica; removed the manual disable by alice@")
 	natstest.Eventually(t, 5*time.Second, func() bool { return choosing(replicas, "/azure/gpt4/") == 2 }, "both replicas choose /azure/gpt4/ again")
 
 	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
@@ -244,7 +131,7 @@ func TestTimedManualDisableEndsByItselfOnEveryReplica(t *testing.T) {
 			is.NoErr(err)
 			rec, err := bucketRecord(t, js, "/azure/gpt4/")
 			is.NoErr(err)
-			is.True(rec.Record.Manual)
+			is.Equal(rec.Record.Manual, true)                   // a disable by hand
 			is.Equal(rec.Record.Until.Sub(rec.Record.At), span) // --for from the moment it was written
 			m := regexp.MustCompile(`^disabled /azure/gpt4/ on every replica for (\S+), until (\S+); manual, by `).FindStringSubmatch(out)
 			is.True(m != nil) // one confirming line
@@ -311,14 +198,14 @@ func TestManualDisableReplacesAnAutomaticOne(t *testing.T) {
 		}
 		return err == nil
 	}, "the automatic record is written")
-	is.True(!auto.Record.Manual)
+	is.Equal(auto.Record.Manual, false) // the replica's own
 
 	out, _, err := runOp(env("NATS_URL", s.ClientURL()), "disable", "--by", "bob", "/azure/dud/", "--reason", "maintenance")
 	is.NoErr(err)
-	is.True(strings.Contains(out, "; replaces the automatic disable by replica-")) // says what it replaced
+	says(t, "the output", out, "; replaces the automatic disable by replica-") // says what it replaced
 	got, err := bucketRecord(t, js, "/azure/dud/")
 	is.NoErr(err)
-	is.True(got.Record.Manual)
+	is.Equal(got.Record.Manual, true) // the operator's took its place
 	is.Equal(got.Record.Reason, "maintenance")
 	is.Equal(got.Record.By, "bob")
 	is.True(got.Record.Until.IsZero()) // until enabled by hand, not the automatic until
@@ -389,8 +276,8 @@ func TestEnableForgetsTheBackoffLevel(t *testing.T) {
 	enabling := time.Now()
 	out, _, err := runOp(ops, "enable", "/azure/dud/")
 	is.NoErr(err)
-	is.True(strings.HasPrefix(out, "enabled /azure/dud/ on every replica; removed ")) // confirmed
-	is.True(strings.Contains(out, "automatic disable by replica-"))                   // naming what it removed
+	saysFirst(t, "the output", out, "enabled /azure/dud/ on every replica; removed ") // confirmed
+	says(t, "the output", out, "automatic disable by replica-")                       // naming what it removed
 	natstest.Eventually(t, 5*time.Second, phaseOnEvery(replicas, "/azure/dud/", broker.Enabled), "every replica heard the enable")
 
 	enabled := time.Now()
@@ -398,7 +285,7 @@ func TestEnableForgetsTheBackoffLevel(t *testing.T) {
 	rec = disabledSince(enabled)
 	// Level 1 remembered from the enable would make this failure level 2
 	// within one DISABLED_TIME, and level 1 within two.
-	is.True(rec.Record.At.Sub(enabling) < 2*disabledTime)
+	is.True(rec.Record.At.Sub(enabling) < 2*disabledTime)       // the failure came within two DISABLED_TIMEs of the enable
 	is.Equal(rec.Record.Level, 0)                               // the backoff level was forgotten
 	is.Equal(rec.Record.Until.Sub(rec.Record.At), disabledTime) // out for DISABLED_TIME
 	is.Equal(rec.Record.Reason, "egress_status_code 502")       // a first failure, not a failed probe
@@ -414,7 +301,7 @@ func TestStatusWithoutReplicasShowsEveryRouterEnabled(t *testing.T) {
 	is.NoErr(err)
 	lines := strings.Split(strings.TrimSpace(table), "\n")
 	is.Equal(len(lines), 7) // header (bucket, replicas), blank line, column heads, three routers
-	is.True(strings.Contains(lines[0], "ttl mode"))
+	says(t, "the first line", lines[0], "ttl mode")
 	is.True(strings.HasPrefix(lines[1], "replicas: none heard on broker.stats.gl_broker")) // no figures, and why
 	is.Equal(strings.Fields(lines[3]), []string{"INGRESS", "ROUTER", "TIER", "STATE", "UNTIL", "LEFT",
 		"IN-FLIGHT", "SHARE", "LATENCY", "HEADROOM", "CALLS", "FAILED", "STATUS", "REASON", "BY", "LEVEL"})
@@ -465,10 +352,10 @@ func TestStatusHidesNothingInTheBucket(t *testing.T) {
 	ceil := func(d time.Duration) time.Duration { return (d + time.Second - 1).Truncate(time.Second) }
 	is.True(left >= ceil(until.Sub(after)) && left <= ceil(until.Sub(before))) // how long is left, in whole seconds rounded up
 	is.Equal(gpt4[12], "503")
-	is.True(strings.Contains(tableRow(table, "/azure/dud/"), "unreadable"))
-	is.True(strings.Contains(tableRow(table, "/legacy/x/"), "unknown router (manual)")) // a router no pool knows
-	is.True(!strings.Contains(table, "\t"))                                             // a hand-written tab does not break the table
-	is.Equal(strings.Count(table, "\n"), 3+1+4)                                         // nor a newline: header, blank, column heads, four rows
+	says(t, "the row of /azure/dud/", tableRow(table, "/azure/dud/"), "unreadable")
+	says(t, "the row of /legacy/x/", tableRow(table, "/legacy/x/"), "unknown router (manual)") // a router no pool knows
+	neverSays(t, "the table", table, "\t")                                                     // a hand-written tab does not break the table
+	is.Equal(strings.Count(table, "\n"), 3+1+4)                                                // nor a newline: header, blank, column heads, four rows
 
 	rows := statusJSON(t, ops)
 	is.Equal(len(rows), 4)
@@ -504,10 +391,10 @@ func TestToolsNeverCreateTheBucket(t *testing.T) {
 		t.Run(args[0], func(t *testing.T) {
 			is := is.New(t)
 			_, _, err := runOp(env("NATS_URL", s.ClientURL()), args...)
-			is.True(err != nil)
+			is.True(err != nil) // refused
 			is.Equal(err.Error(), `bucket "gl_broker" does not exist on `+s.ClientURL()+`: no broker has run against this server yet, or BROKER_BUCKET differs`)
 			_, err = js.KeyValue(context.Background(), "gl_broker")
-			is.True(errors.Is(err, jetstream.ErrBucketNotFound)) // still missing
+			isErr(t, err, jetstream.ErrBucketNotFound) // still missing
 		})
 	}
 }
@@ -518,10 +405,10 @@ func TestToolsWithoutJetStreamSayHowToEnableIt(t *testing.T) {
 		t.Run(args[0], func(t *testing.T) {
 			is := is.New(t)
 			_, _, err := runOp(env("NATS_URL", s.ClientURL()), args...)
-			is.True(err != nil)
-			is.True(strings.HasPrefix(err.Error(), "JetStream is not enabled on "+s.ClientURL()))
-			is.True(strings.Contains(err.Error(), "nats-server.conf")) // says where to enable it
-			is.True(!strings.Contains(err.Error(), "\n"))
+			is.True(err != nil) // refused
+			saysFirst(t, "the error", err.Error(), "JetStream is not enabled on "+s.ClientURL())
+			says(t, "the error", err.Error(), "nats-server.conf") // says where to enable it
+			oneLine(t, err)
 		})
 	}
 }
@@ -554,10 +441,10 @@ func TestBadOperatorInputIsOneLineBeforeConnecting(t *testing.T) {
 			out, _, err := runOp(nowhere, tc.args...)
 			is.True(err != nil) // refused
 			for _, n := range tc.names {
-				is.True(strings.Contains(err.Error(), n)) // the line names the problem
+				says(t, "the error", err.Error(), n) // the line names the problem
 			}
-			is.True(!strings.Contains(err.Error(), "\n")) // one line
-			is.True(!strings.Contains(err.Error(), "cannot connect"))
+			oneLine(t, err) // one line
+			neverSays(t, "the error", err.Error(), "cannot connect")
 			is.Equal(out, "")
 		})
 	}
@@ -572,18 +459,18 @@ func TestForcedDisableOfARouterNoPoolHas(t *testing.T) {
 	is.NoErr(err)
 	got, err := bucketRecord(t, js, "/other/pool/router/")
 	is.NoErr(err)
-	is.True(got.Record.Manual)
+	is.Equal(got.Record.Manual, true) // disabled by hand, though no pool has it
 }
 
 func TestDisableHelpNamesTheRouterOperand(t *testing.T) {
 	is := is.New(t)
 	out, _, err := runOp(env("NATS_TOKEN", "s3cr3t"), "disable", "-h")
 	is.NoErr(err)
-	is.True(strings.HasPrefix(out, "Usage: broker disable ROUTER [flags]\n"))
+	saysFirst(t, "the output", out, "Usage: broker disable ROUTER [flags]\n")
 	for _, f := range []string{"-for", "-reason", "-by", "-force", "NATS_URL"} {
-		is.True(strings.Contains(out, f))
+		says(t, "the output", out, f)
 	}
-	is.True(!strings.Contains(out, "s3cr3t"))
+	neverSays(t, "the output", out, "s3cr3t")
 }
 
 func TestUnreachableServerFailsFastInOneLineWithoutCredentials(t *testing.T) {
@@ -597,12 +484,12 @@ func TestUnreachableServerFailsFastInOneLineWithoutCredentials(t *testing.T) {
 			is := is.New(t)
 			start := time.Now()
 			out, errs, err := runOp(env("NATS_URL", tc.url), "status")
-			is.True(err != nil)
+			is.True(err != nil)                         // the tool fails
 			is.True(time.Since(start) < 10*time.Second) // no reconnecting forever
-			is.True(strings.HasPrefix(err.Error(), tc.starts))
-			is.True(!strings.Contains(err.Error(), "\n"))
+			saysFirst(t, "the error", err.Error(), tc.starts)
+			oneLine(t, err)
 			for _, text := range []string{out, errs, err.Error()} {
-				is.True(!strings.Contains(text, tc.secret))
+				neverSays(t, "what it printed", text, tc.secret) // never the secret
 			}
 		})
 	}
@@ -642,16 +529,17 @@ func TestToolsNeverPrintTheToken(t *testing.T) {
 			if tc.fails == "" {
 				is.NoErr(err)
 			} else {
-				is.True(err != nil && strings.HasPrefix(err.Error(), tc.fails))
+				is.True(err != nil) // refused
+				saysFirst(t, "the error", err.Error(), tc.fails)
 				if strings.HasPrefix(tc.fails, "cannot connect") {
-					is.True(strings.Contains(err.Error(), "NATS_TOKEN")) // the hint names the setting
+					says(t, "the error", err.Error(), "NATS_TOKEN") // the hint names the setting
 				}
 				out += err.Error()
 			}
-			is.True(!strings.Contains(out, token))  // not on stdout nor in the error
-			is.True(!strings.Contains(errs, token)) // nor on stderr
+			neverSays(t, "the output", out, token)        // not on stdout nor in the error
+			neverSays(t, "the error output", errs, token) // nor on stderr
 			if tc.name == "token in the URL" {
-				is.True(strings.Contains(out, " on nats://[redacted]@127.0.0.1:")) // the header shows where, not how
+				says(t, "the output", out, " on nats://[redacted]@127.0.0.1:") // the header shows where, not how
 			}
 		})
 	}
@@ -675,7 +563,7 @@ func TestStatusShowsProbationWithItsProbeAndTheBackoffLevel(t *testing.T) {
 
 	table, _, err := runOp(ops, "status")
 	is.NoErr(err)
-	is.True(strings.Contains(tableRow(table, "/azure/dud/"), "probation (probe: replica-3)"))
+	says(t, "the row of /azure/dud/", tableRow(table, "/azure/dud/"), "probation (probe: replica-3)")
 	rows := statusJSON(t, ops)
 	is.Equal(jsonRow(rows, "/azure/gpt4/")["level"], 2.0)
 	dud := jsonRow(rows, "/azure/dud/")

@@ -13,8 +13,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -69,22 +67,14 @@ func fuzzCaseOf(t *testing.T, mode uint8, user, password, token string) fuzzCase
 	case 7:
 		creds := "-----BEGIN NATS USER JWT-----\n" + token + "\n------END NATS USER JWT------\n\n" +
 			"-----BEGIN USER NKEY SEED-----\n" + password + "\n------END USER NKEY SEED------\n"
-		return fuzzCase{env: []string{"NATS_CREDS", fuzzFile(t, "user.creds", creds)}, secrets: []string{token, password}}
+		return fuzzCase{env: []string{"NATS_CREDS", writeFile(t, "user.creds", []byte(creds))}, secrets: []string{token, password}}
 	case 8:
-		return fuzzCase{env: []string{"NATS_NKEY", fuzzFile(t, "user.nk", token)}, secrets: []string{token}}
+		return fuzzCase{env: []string{"NATS_NKEY", writeFile(t, "user.nk", []byte(token))}, secrets: []string{token}}
 	default: // a list, the first server away
 		return fuzzCase{url: func(h string) string {
 			return "nats://" + user + ":" + password + "@" + unreachable + ",nats://" + token + "@" + h
 		}, secrets: []string{user, password, token}}
 	}
-}
-
-func fuzzFile(t *testing.T, name, content string) string {
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // getenv is the case's environment for a server at host, and more.

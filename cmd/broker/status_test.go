@@ -49,7 +49,7 @@ func TestStatusShowsTheClampedTimeTheReplicasActOnBesideAForgedRecordsOwn(t *tes
 	endless := jsonRow(rows, "/azure/gpt35turbo/")
 	is.Equal(endless["clamped"], true)
 	is.Equal(endless["record_until"], nil) // the record has no end of its own
-	is.True(endless["until"] != nil)
+	is.True(endless["until"] != nil)       // but the replicas' clamped one
 	manual := jsonRow(rows, "/azure/gpt4/")
 	is.Equal(manual["until"], "2099-01-01T00:00:00Z")
 	is.Equal(manual["clamped"], nil) // not clamped, and no field for it
@@ -58,18 +58,18 @@ func TestStatusShowsTheClampedTimeTheReplicasActOnBesideAForgedRecordsOwn(t *tes
 	is.NoErr(err)
 	t.Logf("DISABLED_TIME=1 broker status\n%s", table)
 	line := tableRow(table, "/azure/dud/")
-	is.True(strings.Contains(line, acts.UTC().Format(time.RFC3339)+" clamped (record: 2099-01-01T00:00:00Z)"))
+	says(t, "the row of /azure/dud/", line, acts.UTC().Format(time.RFC3339)+" clamped (record: 2099-01-01T00:00:00Z)")
 	own := strings.Index(line, "(record: 2099-01-01T00:00:00Z)")
-	is.True(own > 0)
+	is.True(own > 0)                                               // the record's own until, after the one the replicas act on
 	left, err := time.ParseDuration(strings.Fields(line[own:])[2]) // after the until cell: "(record:", its own)
 	is.NoErr(err)
-	is.True(left <= 8*time.Minute+2*time.Second)
-	is.True(strings.Contains(tableRow(table, "/azure/gpt35turbo/"), "clamped (record: none)"))
+	is.True(left <= 8*time.Minute+2*time.Second) // what is left, at most the cap
+	says(t, "the row of /azure/gpt35turbo/", tableRow(table, "/azure/gpt35turbo/"), "clamped (record: none)")
 
 	// The cap comes from the processor's settings: BROKER_BACKOFF_CAP=2
 	// holds it to two minutes.
 	rows = statusJSON(t, env("NATS_URL", s.ClientURL(), "DISABLED_TIME", "1", "BROKER_BACKOFF_CAP", "2"))
-	is.True(jsonRow(rows, "/azure/dud/")["left_seconds"].(float64) <= 2*60+2)
+	is.True(jsonRow(rows, "/azure/dud/")["left_seconds"].(float64) <= 2*60+2) // 2 minutes at most
 }
 
 func TestStatusTakesThePoliciesSettingsAsTheProcessorDoes(t *testing.T) {
@@ -77,10 +77,11 @@ func TestStatusTakesThePoliciesSettingsAsTheProcessorDoes(t *testing.T) {
 	out, _, err := runOp(env(), "status", "-h")
 	is.NoErr(err)
 	for _, want := range []string{"-disabled-time", "DISABLED_TIME", "-backoff-cap", "BROKER_BACKOFF_CAP", "-probe-timeout", "-watch"} {
-		is.True(strings.Contains(out, want)) // status -h lists the setting
+		says(t, "the output", out, want) // status -h lists the setting
 	}
 	_, _, err = runOp(env("DISABLED_TIME", "ten"), "status")
-	is.True(err != nil && strings.Contains(err.Error(), "DISABLED_TIME")) // a bad value is refused as serve refuses it
+	is.True(err != nil)                                // a bad value is refused as serve refuses it
+	says(t, "the error", err.Error(), "DISABLED_TIME") // naming the setting
 }
 
 func TestStatusWatchRedrawsTheTableEverySecondUntilInterrupted(t *testing.T) {
@@ -102,9 +103,9 @@ func TestStatusWatchRedrawsTheTableEverySecondUntilInterrupted(t *testing.T) {
 	natstest.Eventually(t, 10*time.Second, func() bool { return len(frames()) >= 2 }, "two frames")
 	is.True(time.Since(start) >= time.Second) // a second apart
 	first := frames()[0]
-	is.True(strings.HasPrefix(first, "Every 1s: broker status (Ctrl-C to stop)\n"))
-	is.True(strings.Contains(first, "INGRESS"))
-	is.True(strings.Contains(tableRow(first, "/azure/gpt4/"), "enabled"))
+	saysFirst(t, "the first frame", first, "Every 1s: broker status (Ctrl-C to stop)\n")
+	says(t, "the first frame", first, "INGRESS")
+	says(t, "the row of /azure/gpt4/", tableRow(first, "/azure/gpt4/"), "enabled")
 
 	_, _, err := runOp(ops, "disable", "/azure/gpt4/", "--reason", "quota exhausted")
 	is.NoErr(err)
@@ -122,7 +123,8 @@ func TestStatusWatchRedrawsTheTableEverySecondUntilInterrupted(t *testing.T) {
 	}
 
 	_, _, err = runOp(ops, "status", "--watch", "--json")
-	is.True(err != nil && strings.Contains(err.Error(), "--watch")) // one or the other
+	is.True(err != nil)                          // one or the other
+	says(t, "the error", err.Error(), "--watch") // naming the flag
 }
 
 // status adds up what every replica tells on the stats subject: per
@@ -139,13 +141,12 @@ func TestStatusShowsTheFleetsFiguresPerRouter(t *testing.T) {
 	table, _, err := runOp(ops, "status")
 	is.True(err != nil) // no bucket yet: no replica ever ran
 	for _, id := range []string{"replica-1", "replica-2"} {
-		p := startProgram(t, env("NATS_URL", s.ClientURL(), "BROKER_POOLS", pools, "BROKER_ID", id, "BROKER_FAILURE_THRESHOLD", "100"))
-		p.await(t, "serving")
+		waitReady(t, startMetricsReplica(t, s.ClientURL(), "BROKER_POOLS", pools, "BROKER_ID", id, "BROKER_FAILURE_THRESHOLD", "100"))
 	}
 	table, _, err = runOp(ops, "status")
 	is.NoErr(err)
-	is.True(strings.Contains(table, "replicas: 2 heard on broker.stats.gl_broker (replica-1, replica-2)\n"))
-	is.True(strings.Contains(table, "transaction log: never heard, so /azure/ (latency) choose at random")) // the log the pool needs is silent
+	says(t, "the table", table, "replicas: 2 heard on broker.stats.gl_broker (replica-1, replica-2)\n")
+	says(t, "the table", table, "transaction log: never heard, so /azure/ (latency) choose at random") // the log the pool needs is silent
 
 	nc := natstest.Connect(t, s)
 	for range 4 { // chosen, never reported: in flight
@@ -186,7 +187,7 @@ func TestStatusShowsTheFleetsFiguresPerRouter(t *testing.T) {
 	table, _, err = runOp(ops, "status")
 	is.NoErr(err)
 	t.Logf("broker status\n%s", table)
-	is.True(strings.Contains(table, "transaction log: last heard "))
+	says(t, "the table", table, "transaction log: last heard ")
 	// INGRESS ROUTER TIER STATE UNTIL LEFT IN-FLIGHT SHARE LATENCY HEADROOM CALLS FAILED ...
 	dudCells, gpt4Cells := strings.Fields(tableRow(table, "/azure/dud/")), strings.Fields(tableRow(table, "/azure/gpt4/"))
 	is.Equal(dudCells[2], "1")                         // tier

@@ -110,9 +110,9 @@ func poolsFileChoosesHeaviest(t *testing.T) {
 	pools := filepath.Join(t.TempDir(), "pools.json")
 	is.NoErr(os.WriteFile(pools, []byte(`{"pools":[{"ingress":"/azure/","strategy":"heaviest","routers":[
 		{"path":"/azure/light/"},{"path":"/azure/heavy/","weight":5},{"path":"/azure/mid/","weight":2}]}]}`), 0o600))
-	p := startProgram(t, env("NATS_URL", s.ClientURL(), "BROKER_POOLS", pools))
-	p.await(t, "serving")
+	startProgram(t, env("NATS_URL", s.ClientURL(), "BROKER_POOLS", pools))
 	nc := natstest.Connect(t, s)
+	awaitAnswer(t, nc, "/azure/")
 	got := map[string]int{}
 	for range 50 {
 		m, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
