@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync/atomic"
 )
 
 // Router is one member of a pool: a gecholog router path, its share of the
@@ -91,4 +92,33 @@ func ValidatePools(pools []Pool) error {
 		}
 	}
 	return nil
+}
+
+type pool struct {
+	ingress  string
+	routers  []Router
+	strategy Strategy
+	ids      []int           // each router's id, by index in routers
+	chosen   []atomic.Uint64 // choices by index in routers
+	live     atomic.Pointer[choice]
+	stranded bool // no router enabled; guarded by Broker.mu
+}
+
+// choice is an immutable snapshot of a pool, swapped whole when a view
+// changes, so a request reads it without locking.
+type choice struct {
+	// tiers are the enabled routers by priority, best first; a tier
+	// without one is left out.
+	tiers []*Tier
+	// probes are the probe calls this replica holds for the pool's routers.
+	probes []*probeSlot
+	// unclaimed are routers on probation whose probe nobody holds: a
+	// request claims it.
+	unclaimed []*route
+	// fallback answers when no router is enabled: the panic choice, or
+	// with AllDisabled Any every router but manual ones (cumulative
+	// weights in fallbackCum).
+	fallback    []int
+	fallbackCum []int
+	fallbackIdx []int
 }
