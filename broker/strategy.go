@@ -11,7 +11,7 @@ import (
 )
 
 // A Strategy chooses which router of a tier a call goes to. This comment
-// is its whole contract; the README points here.
+// is its whole contract; docs/strategies.md points here.
 //
 // Pick is asked, on every request context for a pool that names the
 // strategy (DefaultStrategy when it names none), about the pool's tiers

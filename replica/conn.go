@@ -140,7 +140,7 @@ func openStore(ctx context.Context, nc *nats.Conn, c Config, log *slog.Logger) (
 				// The server refuses JetStream API requests without an
 				// answer; the request only times out.
 				attrs = append(attrs, slog.String("hint", "the server refused a request: "+perr.Error()+
-					"; grant the broker's NATS user the permissions in the README's least-privilege section, or create the bucket beforehand"))
+					"; grant the broker's NATS user the permissions in docs/security.md (Least privilege), or create the bucket beforehand"))
 			}
 			log.Warn("cannot open the router health bucket; retrying", attrs...)
 		}

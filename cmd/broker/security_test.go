@@ -512,12 +512,12 @@ func TestLeastPrivilegeHasNoPermissionToSpare(t *testing.T) {
 	}
 }
 
-// readmeLeastPrivilege is the nats-server.conf block of README.md's "Least
+// readmeLeastPrivilege is the nats-server.conf block of docs/security.md's "Least
 // privilege" section: the first fenced block after the heading, which
 // must come before the next heading.
 func readmeLeastPrivilege(t *testing.T) string {
 	t.Helper()
-	const readme, heading = "../../README.md", "### Least privilege\n"
+	const readme, heading = "../../docs/security.md", "## Least privilege\n"
 	b, err := os.ReadFile(readme)
 	if err != nil {
 		t.Fatalf("read %s: %v", readme, err)

@@ -38,10 +38,10 @@ func TestAStrategyIsOneFileAndOneLine(t *testing.T) {
 		t.Skip("builds the broker again with the README's strategy: not in -short")
 	}
 	is := is.New(t)
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/strategies.md")
 	is.NoErr(err)
 	code, line := readmeStrategy(t, string(readme))
-	is.True(strings.Contains(string(readme), "(`NeedsTransactionLog: true`)")) // the README says how a strategy declares it reads the log
+	is.True(strings.Contains(string(readme), "(`NeedsTransactionLog: true`)")) // docs/strategies.md says how a strategy declares it reads the log
 	logLine := strings.Replace(line, `"heaviest"`, `"heaviest-log"`, 1)
 	end := strings.LastIndex(logLine, "}")
 	logLine = logLine[:end] + ", NeedsTransactionLog: true" + logLine[end:]
@@ -83,7 +83,7 @@ func readmeStrategy(t *testing.T, readme string) (code, line string) {
 	if !ok {
 		t.Fatal(`README: no "**Writing a strategy.**" section`)
 	}
-	section, _, _ = strings.Cut(section, "\n### ")
+	section, _, _ = strings.Cut(section, "\n## ")
 	m := regexp.MustCompile("(?s)```go\n(package broker\n.*?)```").FindStringSubmatch(section)
 	if m == nil || !strings.Contains(m[1], "type heaviest ") {
 		t.Fatal("README: no Go file of package broker declaring heaviest under Writing a strategy")
