@@ -315,3 +315,36 @@ func TestJanitorKeepsTheBackoffLevelWhenItDeletesAnExpiredRecord(t *testing.T) {
 	is.True(!live) // the janitor deleted the record
 	is.Equal(e.Record.Level, 2)
 }
+
+// A watcher whose context ended has deleted its consumer on the server by
+// the time its stop returns, so that a connection closed right after
+// leaves nothing behind. nats.go, left to stop a watcher whose context
+// ended, would do it from a goroutine of its own, which closing the
+// connection cuts off; the server then keeps the consumer until it has
+// been idle for seconds.
+func TestAStoppedWatcherHasDeletedItsConsumer(t *testing.T) {
+	is := is.New(t)
+	srv := natstest.Start(t)
+	check := natstest.JetStream(t, srv)
+	open(t, check) // the bucket, made once
+	// The deletion raced the closing: without the fix, some of ten lose.
+	for range 10 {
+		nc := natstest.Connect(t, srv)
+		js, err := jetstream.New(nc)
+		is.NoErr(err)
+		s, err := kv.Open(context.Background(), js, kv.Config{Bucket: "health", Owner: "test"})
+		is.NoErr(err)
+		ctx, cancel := context.WithCancel(context.Background())
+		stop, err := s.Watch(ctx, func(broker.Event) {})
+		is.NoErr(err)
+		cancel() // as a replica's context ends when it stops
+		stop()
+		s.Close()
+		nc.Close()
+		stream, err := check.Stream(context.Background(), "KV_health")
+		is.NoErr(err)
+		info, err := stream.Info(context.Background())
+		is.NoErr(err)
+		is.Equal(info.State.Consumers, 0) // the watcher's consumer is gone
+	}
+}

@@ -156,11 +156,24 @@ func gone(err error) bool {
 // watch starts a watcher and delivers the bucket's current keys to fn. Keys
 // in known that are no longer there are delivered as deleted.
 func (s *Store) watch(ctx context.Context, known map[string]uint64, fn func(broker.Event)) (jetstream.KeyWatcher, error) {
-	// The attempt is cancelled when it takes too long, but a watcher that
-	// made it keeps its context: nats.go makes its consumer again with
-	// that context after a reconnect, and a cancelled one breaks that.
-	actx, cancel := context.WithCancel(ctx)
+	// The attempt is cancelled when it takes too long or ctx ends, but a
+	// watcher that made it keeps its context: nats.go makes its consumer
+	// again with that context after a reconnect, and a cancelled one
+	// breaks that. Nor does that context end with ctx, for when it ends
+	// nats.go stops the watcher from a goroutine of its own, and a
+	// connection closed meanwhile cuts off the deletion of its consumer,
+	// which the server then keeps until it has been idle for seconds. The
+	// watcher's Stop deletes the consumer, waits, and then ends it.
+	actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	timeout := time.AfterFunc(watchAttempt, cancel)
+	unlink := context.AfterFunc(ctx, cancel)
+	made := false
+	defer func() {
+		unlink()
+		if !made {
+			cancel()
+		}
+	}()
 	if st, err := s.state(actx); err == nil && !st.created.Equal(s.created) {
 		// The bucket was deleted and made again since the view was
 		// loaded: its revisions started over, and the caller must forget
@@ -175,7 +188,6 @@ func (s *Store) watch(ctx context.Context, known map[string]uint64, fn func(brok
 	w, err := s.kv.WatchAll(actx)
 	if err != nil {
 		timeout.Stop()
-		cancel()
 		return nil, noJetStream(fmt.Errorf("watch bucket %q: %w", s.Bucket(), err))
 	}
 	seen := map[string]bool{}
@@ -192,8 +204,8 @@ func (s *Store) watch(ctx context.Context, known map[string]uint64, fn func(brok
 				return nil, fmt.Errorf("watch bucket %q: watcher closed while loading", s.Bucket())
 			}
 			if e == nil { // all current values delivered
-				if !timeout.Stop() {
-					continue // it timed out just now: actx is ending
+				if !timeout.Stop() || !unlink() {
+					continue // it timed out or ctx ended just now: actx is ending
 				}
 				for k := range known {
 					if !seen[k] {
@@ -205,12 +217,26 @@ func (s *Store) watch(ctx context.Context, known map[string]uint64, fn func(brok
 				if st, err := s.state(ctx); err == nil {
 					s.seen = st
 				}
-				return w, nil
+				made = true
+				return stopFirst{w, cancel}, nil
 			}
 			seen[e.Key()] = true
 			s.deliver(e, known, fn)
 		}
 	}
+}
+
+// stopFirst is a watcher whose context ends once it is stopped.
+type stopFirst struct {
+	jetstream.KeyWatcher
+	cancel context.CancelFunc
+}
+
+// Stop stops the watcher and deletes its consumer, waiting for the
+// server's answer, and then ends the watcher's context.
+func (w stopFirst) Stop() error {
+	defer w.cancel()
+	return w.KeyWatcher.Stop()
 }
 
 // Resync makes Watch drop its watcher and start a new one at once, which

@@ -106,8 +106,8 @@ func fromCounts(c broker.Counts) RouterStats {
 }
 
 // shareStats tells this replica's counts to the others and takes theirs
-// until ctx ends. The returned function stops it and waits.
-func (r *Replica) shareStats(ctx context.Context) (stop func(), err error) {
+// until the replica stops.
+func (r *Replica) shareStats() error {
 	subject := StatsSubject(r.cfg.Bucket)
 	sub, err := r.nc.Subscribe(subject, func(m *nats.Msg) {
 		if len(m.Data) > maxStats {
@@ -125,12 +125,10 @@ func (r *Replica) shareStats(ctx context.Context) (stop func(), err error) {
 		r.broker.Merge(msg.ID, time.Now(), counts)
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	r.spawn(func(ctx context.Context) {
+		defer func() { _ = sub.Unsubscribe() }()
 		t := time.NewTicker(statsEvery)
 		defer t.Stop()
 		var told []broker.Counts
@@ -182,6 +180,6 @@ func (r *Replica) shareStats(ctx context.Context) (stop func(), err error) {
 				tell(now, true)
 			}
 		}
-	}()
-	return func() { cancel(); <-done; _ = sub.Unsubscribe() }, nil
+	})
+	return nil
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -114,44 +114,75 @@ func TestAReplicaWhoseDrainTimesOutStopsAndLeavesNoGoroutine(t *testing.T) {
 	_, err = js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: replica.DefaultBucket, LimitMarkerTTL: time.Hour})
 	is.NoErr(err)
 	var logs syncBuffer
+	hold := &holdChoice{Handler: slog.NewJSONHandler(&logs, nil), once: new(sync.Once), holding: make(chan struct{}), release: make(chan struct{})}
 	before := goleak.IgnoreCurrent()
 	r, stop := runUntilStopped(t, replica.Config{
 		NATS:         natsconn.Settings{Servers: s.ClientURL()},
 		Policy:       broker.Policy{DisabledTime: time.Minute},
-		Logger:       slog.New(slog.NewJSONHandler(&logs, nil)),
+		Logger:       slog.New(hold),
 		DrainTimeout: time.Millisecond,
 	})
-	// Calls flood in until the replica has stopped, so that it always holds
-	// more than it can answer in its drain time. Replies go to an inbox
-	// nobody reads.
+	// The replica's handler is held inside its first call, so that every
+	// call sent after it waits in the replica's queue: it holds more than
+	// it can answer in its drain time, on a fast machine as on a busy one.
+	// Replies go to an inbox nobody reads.
 	inbox := nats.NewInbox()
-	var sent atomic.Int64
-	halt, flooded := make(chan struct{}), make(chan error, 1)
+	const sent = 1001
+	is.NoErr(nc.PublishRequest(replica.DefaultSubject, inbox, []byte(`{"gl_path":"/azure/"}`)))
+	<-hold.holding
+	for range sent - 1 {
+		is.NoErr(nc.PublishRequest(replica.DefaultSubject, inbox, []byte(`{"gl_path":"/azure/"}`)))
+	}
+	// The server has passed every call on to the replica before the
+	// replica, stopping, unsubscribes.
+	is.NoErr(nc.Flush())
+	const gaveUp = "calls still in flight after 1ms; stopping anyway"
+	released := make(chan struct{})
 	go func() {
-		for range 1_000_000 {
-			select {
-			case <-halt:
-				flooded <- nc.Flush()
-				return
-			default:
-			}
-			if err := nc.PublishRequest(replica.DefaultSubject, inbox, []byte(`{"gl_path":"/azure/"}`)); err != nil {
-				flooded <- err
+		defer close(released)
+		defer close(hold.release)
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if _, ok := logLine(logs.String(), gaveUp); ok {
 				return
 			}
-			sent.Add(1)
 		}
-		flooded <- nil
 	}()
-	natstest.Eventually(t, 5*time.Second, func() bool { return r.Broker().Stats().Calls[broker.Chosen] > 1000 }, "calls arriving")
 	is.NoErr(stop())
-	close(halt)
-	is.NoErr(<-flooded)
+	<-released
 	nc.Close()
-	_, gaveUp := logLine(logs.String(), "calls still in flight after 1ms; stopping anyway")
-	is.True(gaveUp) // the drain did time out
+	_, ok := logLine(logs.String(), gaveUp)
+	is.True(ok) // the drain did time out
 	answered := r.Broker().Stats().Calls[broker.Chosen]
-	is.True(answered < uint64(sent.Load())) // some calls were never handled
+	is.True(answered < sent) // some calls were never handled
 	goleak.VerifyNone(t, before)
 	is.Equal(r.Broker().Stats().Calls[broker.Chosen], answered) // and none reached the broker after it stopped
+}
+
+// holdChoice logs what its Handler does from Info up, and holds the first
+// call the replica answers, at its debug line "chose router", until
+// release is closed; holding is closed once it holds it.
+type holdChoice struct {
+	slog.Handler
+	once             *sync.Once
+	holding, release chan struct{}
+}
+
+func (h *holdChoice) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *holdChoice) Handle(ctx context.Context, rec slog.Record) error {
+	if rec.Level < slog.LevelInfo {
+		if rec.Message == "chose router" {
+			h.once.Do(func() { close(h.holding); <-h.release })
+		}
+		return nil
+	}
+	return h.Handler.Handle(ctx, rec)
+}
+
+func (h *holdChoice) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &holdChoice{Handler: h.Handler.WithAttrs(attrs), once: h.once, holding: h.holding, release: h.release}
+}
+
+func (h *holdChoice) WithGroup(name string) slog.Handler {
+	return &holdChoice{Handler: h.Handler.WithGroup(name), once: h.once, holding: h.holding, release: h.release}
 }

@@ -23,15 +23,6 @@ import (
 	"github.com/gecholog/broker/statuspage"
 )
 
-// Why /readyz answers 503, in the order Run passes through them.
-const (
-	notConnected = "not connected to NATS"
-	openingStore = "opening the router health bucket"
-	loadingView  = "loading router health"
-	subscribing  = "subscribing"
-	stopping     = "stopping"
-)
-
 // replyBuckets span the handler's time per message: a microsecond or two
 // when all is well, up to gecholog's processor timeout, 50 ms in
 // gl_config.json, after which gl has given up on the answer anyway.
@@ -45,7 +36,7 @@ var replyBuckets = []float64{
 // own, with its own registry, so replicas in one process do not share
 // metrics.
 type monitor struct {
-	reason  atomic.Pointer[string] // why the replica is not ready; "" when it is
+	stage   *progress // the replica's, which /readyz reports
 	nc      atomic.Pointer[nats.Conn]
 	broker  atomic.Pointer[broker.Broker]
 	handler atomic.Pointer[gecholog.Handler]
@@ -60,11 +51,10 @@ type monitor struct {
 	done   chan struct{} // closed when the server has stopped serving
 }
 
-// newMonitor builds the registry and the handlers for the replica id;
-// listen starts them.
-func newMonitor(id string, log *slog.Logger) *monitor {
-	m := &monitor{id: id, log: log, done: make(chan struct{})}
-	m.setReason(notConnected)
+// newMonitor builds the registry and the handlers for the replica id,
+// whose stage is st; listen starts them.
+func newMonitor(id string, st *progress, log *slog.Logger) *monitor {
+	m := &monitor{id: id, stage: st, log: log, done: make(chan struct{})}
 	m.reply = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "broker_reply_seconds",
 		Help:    "Time from receiving a processor message to having sent its reply.",
@@ -114,6 +104,9 @@ func (m *monitor) listen(addr string, idle time.Duration, maxConns int) error {
 // close stops the listener, letting a scrape in progress finish. Open
 // status pages are let go first: their event streams never finish.
 func (m *monitor) close() {
+	if m == nil {
+		return
+	}
 	m.page.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -123,20 +116,21 @@ func (m *monitor) close() {
 	<-m.done
 }
 
-func (m *monitor) setReason(r string) { m.reason.Store(&r) }
-
 // notReady says why the replica should not get calls, or "" if it should.
 func (m *monitor) notReady() string {
-	r := *m.reason.Load()
-	if r == stopping {
-		return r
+	s := m.stage.load()
+	if s == stopping {
+		return s.String()
 	}
 	// The subscription survives a reconnect, but while the connection is
 	// down no call reaches this replica.
 	if nc := m.nc.Load(); nc != nil && !nc.IsConnected() {
-		return notConnected
+		return notConnected.String()
 	}
-	return r
+	if s == ready {
+		return ""
+	}
+	return s.String()
 }
 
 func (m *monitor) readyz(w http.ResponseWriter, _ *http.Request) {
@@ -328,14 +322,14 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // The methods Run calls as it starts and stops. Each does nothing on a
-// nil monitor, which is what serve has when metrics-addr is empty.
+// nil monitor, which is what Run has when metrics-addr is empty; the
+// replica's stage is its own, and the monitor only reads it.
 
 // connected records the connection whose state /readyz and
 // broker_nats_connected report.
 func (m *monitor) connected(nc *nats.Conn) {
 	if m != nil {
 		m.nc.Store(nc)
-		m.setReason(openingStore)
 	}
 }
 
@@ -343,7 +337,6 @@ func (m *monitor) connected(nc *nats.Conn) {
 func (m *monitor) attached(mode string) {
 	if m != nil {
 		m.mode.Store(&mode)
-		m.setReason(loadingView)
 	}
 }
 
@@ -354,13 +347,6 @@ func (m *monitor) started(b *broker.Broker, h *gecholog.Handler, tx func() Trans
 		m.handler.Store(h)
 		m.tx.Store(&tx)
 		m.broker.Store(b)
-	}
-}
-
-// stage records why the replica is not ready yet; "" marks it ready.
-func (m *monitor) stage(reason string) {
-	if m != nil {
-		m.setReason(reason)
 	}
 }
 

@@ -13,9 +13,10 @@ import (
 )
 
 func TestReadyzReportsEachStageUntilStopping(t *testing.T) {
-	m := newMonitor("replica-1", slog.New(slog.DiscardHandler))
+	var st progress
+	m := newMonitor("replica-1", &st, slog.New(slog.DiscardHandler))
 	for _, tc := range []struct {
-		stage string
+		stage stage
 		code  int
 		body  string
 	}{
@@ -23,12 +24,12 @@ func TestReadyzReportsEachStageUntilStopping(t *testing.T) {
 		{openingStore, http.StatusServiceUnavailable, "opening the router health bucket\n"},
 		{loadingView, http.StatusServiceUnavailable, "loading router health\n"},
 		{subscribing, http.StatusServiceUnavailable, "subscribing\n"},
-		{"", http.StatusOK, "ok\n"},
+		{ready, http.StatusOK, "ok\n"},
 		{stopping, http.StatusServiceUnavailable, "stopping\n"},
 	} {
 		t.Run(strings.TrimSpace(tc.body), func(t *testing.T) {
 			is := is.New(t)
-			m.stage(tc.stage)
+			st.advance(tc.stage)
 			w := httptest.NewRecorder()
 			m.readyz(w, httptest.NewRequest(http.MethodGet, "/readyz", nil))
 			is.Equal(w.Code, tc.code)
@@ -50,8 +51,20 @@ func TestWithoutMetricsAddrTheHandlerIsNotWrapped(t *testing.T) {
 
 func TestTimingACallAllocatesNothing(t *testing.T) {
 	is := is.New(t)
-	m := newMonitor("replica-1", slog.New(slog.DiscardHandler))
+	m := newMonitor("replica-1", new(progress), slog.New(slog.DiscardHandler))
 	h := m.timed(func(*nats.Msg) {})
 	msg := &nats.Msg{}
 	is.Equal(testing.AllocsPerRun(1000, func() { h(msg) }), 0.0) // the request path pays a clock read and atomic adds only
+}
+
+// A replica that started in local mode attaches to the bucket while it
+// serves, and loads the view again: it stays ready meanwhile.
+func TestAStageOnlyMovesForward(t *testing.T) {
+	is := is.New(t)
+	var st progress
+	is.Equal(st.advance(ready), notConnected) // the stage it was at
+	is.Equal(st.advance(loadingView), ready)  // a stage passed already...
+	is.Equal(st.load(), ready)                // ...leaves it where it is
+	is.Equal(st.advance(stopping), ready)
+	is.Equal(st.load(), stopping)
 }

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/gecholog/broker/broker"
@@ -44,6 +45,9 @@ const (
 	// DefaultDrainTimeout is how long a stopping replica waits for the
 	// calls it holds.
 	DefaultDrainTimeout = 10 * time.Second
+	// DefaultWriteDrainTimeout is how long a stopping replica then waits
+	// for the bucket writes those calls started.
+	DefaultWriteDrainTimeout = 5 * time.Second
 )
 
 // KVReplicasRange is the bucket replicas a replica accepts: JetStream
@@ -111,6 +115,10 @@ type Config struct {
 	// DrainTimeout bounds how long a stopping replica waits for the calls
 	// it already holds (DefaultDrainTimeout).
 	DrainTimeout time.Duration
+	// WriteDrainTimeout bounds how long it then waits for the bucket
+	// writes those calls started, retrying while JetStream is away
+	// (DefaultWriteDrainTimeout).
+	WriteDrainTimeout time.Duration
 	// InFlightBound is how long a chosen call counts as in flight when its
 	// report never comes (broker.DefaultInFlightBound).
 	InFlightBound time.Duration
@@ -168,6 +176,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
+	if c.WriteDrainTimeout <= 0 {
+		c.WriteDrainTimeout = DefaultWriteDrainTimeout
+	}
 	if c.HTTPIdleTimeout <= 0 {
 		c.HTTPIdleTimeout = DefaultHTTPIdleTimeout
 	}
@@ -192,34 +203,30 @@ func (c Config) withDefaults() (Config, error) {
 
 // Replica is a running replica, as Config.Ready sees it.
 type Replica struct {
-	cfg     Config
-	log     *slog.Logger
-	mon     *monitor // nil: no listener
-	nc      *nats.Conn
-	broker  *broker.Broker
-	handler *gecholog.Handler
-	sub     *nats.Subscription
-	closed  <-chan nats.SubStatus
-	calls   gate
-	serving bool // answered calls: stopping drains them
+	cfg      Config
+	log      *slog.Logger
+	stage    progress       // how far Run has come; /readyz reports it
+	mon      *monitor       // nil: no listener
+	embedded *server.Server // nil: none
+	nc       *nats.Conn
+	broker   *broker.Broker
+	handler  *gecholog.Handler
+	sub      *nats.Subscription
+	closed   <-chan nats.SubStatus
+	calls    gate
+	tx       txLog // gecholog's transaction log
+	drops    drops // slow-consumer lines
 
-	// Set by Run, or by the re-attach goroutine in local mode; read when
-	// stopping, after that goroutine has ended.
-	mu        sync.Mutex
-	store     *kv.Store
-	stopWatch func()
-	mode      string // "ttl", "expiry" or "local"
+	// ctx owns every goroutine the replica starts, each through spawn:
+	// stop cancels it and waits for the group.
+	ctx    context.Context
+	cancel context.CancelFunc
+	group  sync.WaitGroup
 
-	stopAttach func() // stops and waits for the re-attach goroutine
-	stopStats  func() // stops and waits for the statistics goroutine
-	stopTx     func() // stops and waits for the transaction log's reader
-	tx         txLog  // gecholog's transaction log
-
-	drops drops // slow-consumer lines
-
-	bg       sync.WaitGroup // background work; added to under mu while bgCtx lives
-	bgCtx    context.Context
-	bgCancel context.CancelFunc
+	mu      sync.Mutex
+	stopped bool      // stop has begun: spawn starts nothing more
+	store   *kv.Store // set by attach, in Run or in the re-attach goroutine
+	mode    string    // "ttl", "expiry" or "local"
 }
 
 // Broker is the replica's decision core.
@@ -240,6 +247,14 @@ func (r *Replica) Mode() string {
 	return r.mode
 }
 
+// setMode records how router health is kept, for Mode and the listener.
+func (r *Replica) setMode(mode string) {
+	r.mu.Lock()
+	r.mode = mode
+	r.mu.Unlock()
+	r.mon.attached(mode)
+}
+
 // Run runs one replica until ctx ends, then stops taking calls, finishes
 // those in flight and the bucket writes they started, and returns nil. It
 // returns an error when the replica cannot start: a bad setting, a refused
@@ -251,42 +266,19 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	r := &Replica{cfg: cfg, log: cfg.Logger, stopAttach: func() {}, stopStats: func() {}, stopTx: func() {}}
-	r.bgCtx, r.bgCancel = context.WithCancel(context.Background())
-	defer r.bgCancel()
-	if cfg.MetricsAddr != "" {
-		// Listening before connecting lets /healthz answer, and /readyz
-		// say why not, while the replica waits for the server. Deferred
-		// first, the listener closes last.
-		r.mon = newMonitor(cfg.ID, r.log)
-		if err := r.mon.listen(cfg.MetricsAddr, cfg.HTTPIdleTimeout, cfg.HTTPMaxConns); err != nil {
-			return err
-		}
-		defer r.mon.close()
-	}
-	if cfg.Embedded != nil {
-		s, err := StartEmbedded(*cfg.Embedded, cfg.NATS.Token, r.log)
-		if err != nil {
-			return err
-		}
-		defer func() { s.Shutdown(); s.WaitForShutdown() }()
-		cfg.NATS.Servers = s.ClientURL()
-		r.cfg = cfg
-	}
-	opts, err := r.natsOptions()
-	if err != nil {
-		return err
-	}
-	r.nc = connect(ctx, cfg.NATS, opts, r.log)
-	if r.nc == nil {
-		return nil // ctx ended while waiting for the server: a clean stop
-	}
+	r := &Replica{cfg: cfg, log: cfg.Logger}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
 	defer r.stop()
-	if err := r.start(ctx); err != nil || ctx.Err() != nil {
+	// The replica's own context outlives ctx, through the drain; until the
+	// replica serves, ctx ending also ends what start waits for (the
+	// bucket, the view).
+	starting := context.AfterFunc(ctx, r.cancel)
+	err = r.start(ctx)
+	starting()
+	if err != nil || ctx.Err() != nil {
 		return err
 	}
-	r.mon.stage("") // ready
-	r.serving = true
+	r.stage.advance(ready)
 	r.log.Info("serving",
 		slog.String("subject", cfg.Subject), slog.String("queue", cfg.Queue),
 		slog.String("bucket", cfg.Bucket), slog.String("ttl_mode", r.Mode()),
@@ -299,64 +291,70 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-// start opens the bucket, builds the broker, loads the view and
-// subscribes. An error, or a nil error with ctx ended, ends Run.
+// start takes the replica through its stages up to answering calls: the
+// listener, the embedded server, the connection, the broker and its
+// statistics, the bucket, the subscription. An error, or a nil error with
+// ctx ended, ends Run, and stop undoes whatever part was done.
 func (r *Replica) start(ctx context.Context) error {
+	c := r.cfg
+	if c.MetricsAddr != "" {
+		// Listening before connecting lets /healthz answer, and /readyz
+		// say why not, while the replica waits for the server.
+		mon := newMonitor(c.ID, &r.stage, r.log)
+		if err := mon.listen(c.MetricsAddr, c.HTTPIdleTimeout, c.HTTPMaxConns); err != nil {
+			return err
+		}
+		r.mon = mon
+	}
+	if c.Embedded != nil {
+		s, err := StartEmbedded(*c.Embedded, c.NATS.Token, r.log)
+		if err != nil {
+			return err
+		}
+		r.embedded = s
+		r.cfg.NATS.Servers = s.ClientURL()
+	}
+	opts, err := r.natsOptions()
+	if err != nil {
+		return err
+	}
+	if r.nc = connect(ctx, r.cfg.NATS, opts, r.log); r.nc == nil {
+		return nil // ctx ended while waiting for the server: a clean stop
+	}
 	r.mon.connected(r.nc)
-	store, err := openStore(ctx, r.nc, r.cfg, r.log)
-	switch {
-	case errors.Is(err, kv.ErrNoJetStream) && r.cfg.RequireKV:
+	r.stage.advance(openingStore)
+
+	r.broker, err = broker.New(broker.Config{Pools: c.Pools, Policy: c.Policy, ID: c.ID, Logger: r.log, InFlightBound: c.InFlightBound})
+	if err != nil {
+		return err
+	}
+	if c.Policy.NeverDisable {
+		r.log.Warn("DISABLED_TIME is 0: a failure never takes a router out, as in the original broker; calls are still spread and the failures counted; set DISABLED_TIME above 0 to fail over")
+	}
+	r.handler = gecholog.NewHandler(r.broker, r.log)
+	r.mon.started(r.broker, r.handler, r.Transactions)
+	if err := r.shareStats(); err != nil {
+		return fmt.Errorf("subscribe to %q: %w", StatsSubject(c.Bucket), err)
+	}
+	if err := r.hearTransactions(); err != nil {
+		return fmt.Errorf("subscribe to %q: %w", c.LoggerSubject, err)
+	}
+
+	// The view is complete before the first call is answered.
+	switch err := r.attach(r.ctx, true); {
+	case errors.Is(err, kv.ErrNoJetStream) && c.RequireKV:
 		return fmt.Errorf("require-kv: JetStream is not enabled on the NATS server %s; %s", natsconn.Redact(r.nc.ConnectedUrl()), gecholog.EnableJetStream)
 	case errors.Is(err, kv.ErrNoJetStream):
-		r.log.Warn("JetStream is not enabled on the NATS server: serving in local mode, where each replica keeps its own disables as the original broker did, and trying again every "+r.cfg.Reattach.String()+"; to share them, "+gecholog.EnableJetStream,
+		r.log.Warn("JetStream is not enabled on the NATS server: serving in local mode, where each replica keeps its own disables as the original broker did, and trying again every "+c.Reattach.String()+"; to share them, "+gecholog.EnableJetStream,
 			slog.String("server", natsconn.Redact(r.nc.ConnectedUrl())))
+		r.setMode("local")
+		r.spawn(r.reattach)
 	case ctx.Err() != nil:
 		return nil
 	case err != nil:
 		return err
 	}
-	var shared broker.Store // stays a nil interface in local mode
-	r.mode = "local"
-	if store != nil {
-		shared = store
-		r.store, r.mode = store, store.Mode().String()
-	}
-	r.mon.attached(r.mode)
-
-	r.broker, err = broker.New(broker.Config{Pools: r.cfg.Pools, Policy: r.cfg.Policy, ID: r.cfg.ID, Store: shared, Logger: r.log,
-		InFlightBound: r.cfg.InFlightBound})
-	if err != nil {
-		return err
-	}
-	if r.cfg.Policy.NeverDisable {
-		r.log.Warn("DISABLED_TIME is 0: a failure never takes a router out, as in the original broker; calls are still spread and the failures counted; set DISABLED_TIME above 0 to fail over")
-	}
-	r.handler = gecholog.NewHandler(r.broker, r.log)
-	r.mon.started(r.broker, r.handler, r.Transactions)
-	stopStats, err := r.shareStats(ctx)
-	if err != nil {
-		return fmt.Errorf("subscribe to %q: %w", StatsSubject(r.cfg.Bucket), err)
-	}
-	r.stopStats = stopStats
-	stopTx, err := r.hearTransactions(ctx)
-	if err != nil {
-		return fmt.Errorf("subscribe to %q: %w", r.cfg.LoggerSubject, err)
-	}
-	r.stopTx = stopTx
-	if store != nil {
-		r.resyncOnReconnect(store)
-		// The view is complete before the first call is answered.
-		r.stopWatch, err = store.Watch(ctx, r.broker.Observe, kv.WithVerify(r.broker.Verify))
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("load router health from bucket %q: %w", r.cfg.Bucket, err)
-		}
-	} else {
-		r.stopAttach = r.reattach(ctx)
-	}
-	r.mon.stage(subscribing)
+	r.stage.advance(subscribing)
 	return r.subscribe()
 }
 
@@ -401,29 +399,61 @@ func (r *Replica) subscribe() error {
 	return nil
 }
 
-// stop takes the replica down in the order the data flows: no new calls,
-// the calls in flight answered, the re-attach and the bucket watcher
-// stopped so that nothing changes the view, the bucket writes those calls
-// started finished (or abandoned after 5 s), the janitor stopped, and the
-// connection closed. Every goroutine the replica started has ended when it
-// returns; each step copes with a start that got only part of the way.
+// spawn runs f in a goroutine of the replica's group: stop cancels f's
+// ctx and waits for f to return. Once stop has begun it starts nothing
+// and returns false. Run's own calls come before its stop, so only work
+// started from another goroutine (a reconnect, the re-attach) can be
+// refused.
+func (r *Replica) spawn(f func(ctx context.Context)) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		return false
+	}
+	r.group.Go(func() { f(r.ctx) })
+	return true
+}
+
+// stop takes the replica down in the order the data flows. This is the
+// one place that order is written, and each step copes with a start that
+// got only part of the way:
+//
+//  1. Stop taking calls: /readyz says stopping, and the subscription
+//     drains, so the server sends it no more.
+//  2. Drain: the calls it holds are answered, for at most DrainTimeout;
+//     then no handler enters the broker.
+//  3. Stop the background: the group (the statistics, the transaction
+//     log's reader, the re-attach, the bucket watcher, the reloads after
+//     a reconnect) is cancelled and waited for, so nothing changes the
+//     view any more.
+//  4. Close the store: the bucket writes those calls started are
+//     finished, or abandoned after WriteDrainTimeout, then the store's
+//     janitor stops.
+//  5. Close the connection, once the replies on their way are flushed.
+//  6. Shut the embedded server down, and last the listener, so that
+//     /healthz and /readyz answer until the end.
+//
+// Every goroutine the replica started has ended when it returns.
 func (r *Replica) stop() {
-	r.mon.stage(stopping)
+	// 1. Stop taking calls, and 2. drain.
+	was := r.stage.advance(stopping)
 	if r.sub != nil {
 		// The calls dropped since the last line; a drained subscription
 		// no longer says.
 		r.drops.tell(r.log, r.sub, true)
-	}
-	switch {
-	case r.sub != nil && !r.serving:
-		_ = r.sub.Unsubscribe()
-	case r.sub != nil:
-		r.log.Info("stopping: finishing calls in flight")
-		// Draining needs the server; without a connection no call can be
-		// in flight, so do not wait for one.
-		if !r.nc.IsConnected() {
+		switch {
+		case was != ready:
 			_ = r.sub.Unsubscribe()
-		} else if err := r.sub.Drain(); err == nil {
+		case !r.nc.IsConnected():
+			// Draining needs the server; without a connection no call can
+			// be in flight, so do not wait for one.
+			r.log.Info("stopping: finishing calls in flight")
+			_ = r.sub.Unsubscribe()
+		default:
+			r.log.Info("stopping: finishing calls in flight")
+			if r.sub.Drain() != nil {
+				break
+			}
 			select {
 			case <-r.closed:
 			case <-time.After(r.cfg.DrainTimeout):
@@ -433,34 +463,41 @@ func (r *Replica) stop() {
 		}
 	}
 	r.calls.close() // a handler still running finishes; no other starts
-	r.stopAttach()
-	r.stopStats()
-	r.stopTx()
+
+	// 3. Stop the background.
 	r.mu.Lock()
-	r.bgCancel() // under mu, so that no background work starts after it
+	r.stopped = true
 	r.mu.Unlock()
-	r.bg.Wait()
-	r.mu.Lock()
-	store, stopWatch := r.store, r.stopWatch
-	r.mu.Unlock()
-	if stopWatch != nil {
-		stopWatch()
-	}
+	r.cancel()
+	r.group.Wait()
+
+	// 4. Close the store; nothing sets it any more.
 	if r.broker != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.WriteDrainTimeout)
 		r.broker.Close(ctx)
 		cancel()
 	}
-	if store != nil {
-		store.Close()
+	if r.store != nil {
+		r.store.Close()
 	}
-	if r.nc.IsConnected() {
-		_ = r.nc.FlushTimeout(time.Second) // replies on their way; without a server there are none
+
+	// 5. Close the connection.
+	if r.nc != nil {
+		if r.nc.IsConnected() {
+			_ = r.nc.FlushTimeout(time.Second) // replies on their way; without a server there are none
+		}
+		r.nc.Close()
 	}
-	r.nc.Close()
 	if r.broker != nil {
 		r.log.Info("stopped")
 	}
+
+	// 6. The embedded server, then the listener.
+	if r.embedded != nil {
+		r.embedded.Shutdown()
+		r.embedded.WaitForShutdown()
+	}
+	r.mon.close()
 }
 
 // gate lets calls into the broker until it closes; close waits for a call

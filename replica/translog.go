@@ -89,36 +89,29 @@ type txLog struct {
 }
 
 // hearTransactions subscribes to gecholog's transaction log and watches
-// for its silence until ctx ends. The function it returns stops both and
-// waits for them.
-func (r *Replica) hearTransactions(ctx context.Context) (stop func(), err error) {
+// for its silence until the replica stops.
+func (r *Replica) hearTransactions() error {
 	sub, err := r.nc.Subscribe(r.cfg.LoggerSubject, r.hear)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := sub.SetPendingLimits(txPendingMsgs, txPendingBytes); err != nil {
 		_ = sub.Unsubscribe()
-		return nil, err
+		return err
 	}
 	r.tx.mu.Lock()
 	r.tx.sub = sub
 	r.tx.mu.Unlock()
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	r.spawn(func(ctx context.Context) {
 		r.watchSilence(ctx, time.Now())
-	}()
-	return func() {
-		cancel()
-		<-done
 		r.tx.tellDropped(r.log, sub, true) // while the subscription still says
 		r.tx.mu.Lock()
 		r.tx.sub = nil
 		r.tx.mu.Unlock()
 		_ = sub.Unsubscribe()
 		r.tx.calls.close() // a transaction being read is finished; no other starts
-	}, nil
+	})
+	return nil
 }
 
 // hear reads one transaction into the broker. The upstream's time of a
