@@ -3,8 +3,11 @@ package replica
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -44,6 +47,12 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 			attrs := []any{slog.Any("error", err)}
 			if sub != nil {
 				attrs = append(attrs, slog.String("subject", sub.Subject))
+			}
+			if transient(err) {
+				// The connection broke mid-write: the reconnect that
+				// follows is logged, and nothing needs fixing.
+				log.Warn("NATS connection error; reconnecting", attrs...)
+				return
 			}
 			log.Error("NATS error", attrs...)
 		}),
@@ -110,4 +119,12 @@ func connect(ctx context.Context, s natsconn.Settings, opts []nats.Option, log *
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// transient reports whether err is the connection breaking, which a
+// reconnect mends, rather than something to fix (a permission refused).
+func transient(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, nats.ErrConnectionClosed)
 }
