@@ -15,7 +15,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // fakeStore is an in-memory Store with revisions, compare-and-set, delete

@@ -9,7 +9,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // gatedStore is a fakeStore whose writes land at once but whose answers

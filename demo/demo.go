@@ -22,8 +22,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
 	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/standin"
 	"github.com/gecholog/broker/replica"
 )
 
@@ -49,7 +49,7 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 	}
 	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
 
-	upstreams, err := gechologtest.StartUpstreams()
+	upstreams, err := standin.StartUpstreams()
 	if err != nil {
 		return err
 	}
@@ -57,7 +57,7 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 
 	// Two replicas, as `docker compose up --scale broker=2` would run.
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ptu := &gechologtest.LLM{Model: "gpt-4o (PTU)", Quota: 5, Window: 2 * time.Second}
+	ptu := &standin.LLM{Model: "gpt-4o (PTU)", Quota: 5, Window: 2 * time.Second}
 	if err := tieredUpstreams(upstreams, ptu); err != nil {
 		return err
 	}
@@ -80,7 +80,7 @@ func Run(ctx context.Context, o Options, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer nc.Close()
-	gw := gechologtest.Gateway{NC: nc, Subject: replica.DefaultSubject, Upstreams: upstreams.URLs, Client: &http.Client{Timeout: 5 * time.Second}}
+	gw := standin.Gateway{NC: nc, Subject: replica.DefaultSubject, Upstreams: upstreams.URLs, Client: &http.Client{Timeout: 5 * time.Second}}
 
 	fmt.Fprintf(stdout, "gecholog stand-in → 2 broker replicas on embedded NATS %s, bucket %s, DISABLED_TIME %v minutes\n\n",
 		srv.ClientURL(), replica.DefaultBucket, o.DisabledTime.Minutes())
@@ -167,12 +167,12 @@ var tieredPool = broker.Pool{Ingress: "/openai/", Routers: []broker.Router{
 // tieredUpstreams serves the tiered pool's deployments: the PTU allows
 // quota calls per window and answers the rest 429 with Retry-After, as
 // Azure's do; the pay-as-you-go ones take any number.
-func tieredUpstreams(u *gechologtest.Upstreams, ptu *gechologtest.LLM) error {
+func tieredUpstreams(u *standin.Upstreams, ptu *standin.LLM) error {
 	if err := u.Add("/openai/ptu/", ptu); err != nil {
 		return err
 	}
 	for _, r := range []string{"/openai/payg1/", "/openai/payg2/"} {
-		if err := u.Add(r, &gechologtest.LLM{Model: "gpt-4o (pay-as-you-go)"}); err != nil {
+		if err := u.Add(r, &standin.LLM{Model: "gpt-4o (pay-as-you-go)"}); err != nil {
 			return err
 		}
 	}
@@ -182,7 +182,7 @@ func tieredUpstreams(u *gechologtest.Upstreams, ptu *gechologtest.LLM) error {
 // tiers shows the tiered pool: calls go to the PTU deployment until it
 // answers 429, then to the pay-as-you-go ones until its Retry-After has
 // passed and a probe finds it answering again.
-func tiers(ctx context.Context, gw gechologtest.Gateway, ptu *gechologtest.LLM, stdout io.Writer) error {
+func tiers(ctx context.Context, gw standin.Gateway, ptu *standin.LLM, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "\n# priority tiers: /openai/ sends calls to its PTU deployment (tier 0) first; it allows %d calls per %v\n", ptu.Quota, ptu.Window)
 	tier := map[string]int{}
 	for _, r := range tieredPool.Routers {

@@ -11,7 +11,7 @@ import (
 	"github.com/matryer/is"
 	"github.com/nats-io/nats.go"
 
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 func TestFailureReportedToAnyReplicaStopsEveryReplicaChoosingTheRouter(t *testing.T) {

@@ -16,7 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // killCallTimeout is how long a caller of the load below waits for an

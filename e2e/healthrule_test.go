@@ -11,8 +11,8 @@ import (
 	"github.com/matryer/is"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/gecholog/broker/internal/gechologtest"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // The issue's rule: 20% of at least 20 calls in 30 s. The threshold is
@@ -27,7 +27,7 @@ const (
 // router, whose upstream's i-th call fails with 502 when fails(i), and,
 // with healthy, a healthy one. It returns the gateway, the flaky upstream's call count and
 // the bucket's stream.
-func flakyFleet(t *testing.T, fails func(i int64) bool, healthy bool) (gechologtest.Gateway, *atomic.Int64, jetstream.JetStream) {
+func flakyFleet(t *testing.T, fails func(i int64) bool, healthy bool) (standin.Gateway, *atomic.Int64, jetstream.JetStream) {
 	t.Helper()
 	s := natstest.Start(t)
 	routers := `{"path":"/azure/flaky/"}`
@@ -38,8 +38,8 @@ func flakyFleet(t *testing.T, fails func(i int64) bool, healthy bool) (gechologt
 	startReplicas(t, s, 3, "BROKER_POOLS", pools, "BROKER_FAILURE_THRESHOLD", "10",
 		"BROKER_FAILURE_RATE", "20", "BROKER_FAILURE_RATE_WINDOW", "30s", "BROKER_FAILURE_RATE_MIN_CALLS", "20")
 	var calls atomic.Int64
-	ups := &gechologtest.Upstreams{}
-	client := gechologtest.NewClient(30 * time.Second)
+	ups := &standin.Upstreams{}
+	client := standin.NewClient(30 * time.Second)
 	t.Cleanup(func() { client.CloseIdleConnections(); ups.Close() })
 	for router, h := range map[string]http.HandlerFunc{
 		"/azure/flaky/": func(w http.ResponseWriter, _ *http.Request) {
@@ -58,17 +58,17 @@ func flakyFleet(t *testing.T, fails func(i int64) bool, healthy bool) (gechologt
 	if err != nil {
 		t.Fatal(err)
 	}
-	return gechologtest.Gateway{NC: nc, Subject: brokerTopic, Upstreams: ups.URLs, Client: client,
+	return standin.Gateway{NC: nc, Subject: brokerTopic, Upstreams: ups.URLs, Client: client,
 		Logger: "coburn.gl.logger", Timeout: callTimeout}, &calls, js
 }
 
 // run makes n calls, callers at a time, and fails the test on any that the
 // broker did not answer.
-func run(t *testing.T, gw gechologtest.Gateway, n int) {
+func run(t *testing.T, gw standin.Gateway, n int) {
 	t.Helper()
 	var mu sync.Mutex
 	var first error
-	gw.Run(t.Context(), "/azure/", n, callers, func(_ gechologtest.Result, err error) {
+	gw.Run(t.Context(), "/azure/", n, callers, func(_ standin.Result, err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil && first == nil {

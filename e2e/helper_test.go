@@ -22,8 +22,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/gecholog/broker/internal/gechologtest"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // The harness the e2e tests share: a stand-in for the gecholog gateway, the
@@ -353,17 +353,17 @@ func poolsFile(t *testing.T, json string) string {
 // llmGateway serves llms (router → deployment) on loopback and returns the
 // stand-in for gecholog that calls them through the replicas on s, logging
 // each transaction on gecholog's seed logger subject.
-func llmGateway(t *testing.T, s *server.Server, llms map[string]*gechologtest.LLM) gechologtest.Gateway {
+func llmGateway(t *testing.T, s *server.Server, llms map[string]*standin.LLM) standin.Gateway {
 	t.Helper()
-	ups := &gechologtest.Upstreams{}
-	client := gechologtest.NewClient(30 * time.Second)
+	ups := &standin.Upstreams{}
+	client := standin.NewClient(30 * time.Second)
 	t.Cleanup(func() { client.CloseIdleConnections(); ups.Close() })
 	for router, llm := range llms {
 		if err := ups.Add(router, llm); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return gechologtest.Gateway{NC: natstest.Connect(t, s), Subject: brokerTopic, Upstreams: ups.URLs, Client: client,
+	return standin.Gateway{NC: natstest.Connect(t, s), Subject: brokerTopic, Upstreams: ups.URLs, Client: client,
 		Logger: "coburn.gl.logger", Timeout: callTimeout}
 }
 

@@ -14,7 +14,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/matryer/is"
 
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 func TestComposeMonitoringProfileScrapesEveryReplicaAndShowsTheDashboard(t *testing.T) {

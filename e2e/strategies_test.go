@@ -10,8 +10,8 @@ import (
 
 	"github.com/matryer/is"
 
-	"github.com/gecholog/broker/internal/gechologtest"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // The issue's demo, with real replica processes: a PTU deployment on tier
@@ -28,12 +28,12 @@ func TestSpilloverToTier1UntilThePTUsRetryAfterHasPassed(t *testing.T) {
 		{"path":"/openai/ptu/","priority":0},{"path":"/openai/payg1/","priority":1},{"path":"/openai/payg2/","priority":1}]}]}`)
 	replicas := startReplicas(t, s, 3, "BROKER_POOLS", pools)
 	const quota = 5
-	gw := llmGateway(t, s, map[string]*gechologtest.LLM{
+	gw := llmGateway(t, s, map[string]*standin.LLM{
 		ptu:   {Model: "PTU", Quota: quota, Window: 2 * time.Second},
 		payg1: {Model: "pay-as-you-go"},
 		payg2: {Model: "pay-as-you-go"},
 	})
-	call := func() gechologtest.Result {
+	call := func() standin.Result {
 		t.Helper()
 		r, err := gw.Do(t.Context(), "/openai/")
 		if err != nil {
@@ -44,7 +44,7 @@ func TestSpilloverToTier1UntilThePTUsRetryAfterHasPassed(t *testing.T) {
 
 	// Tier 0 takes every call until its quota is spent. One caller at a
 	// time, so that each report has been handled before the next call.
-	var limited gechologtest.Result
+	var limited standin.Result
 	served := 0
 	for i := 0; limited.Status == 0 && i < 10*quota; i++ {
 		switch r := call(); {
@@ -68,7 +68,7 @@ func TestSpilloverToTier1UntilThePTUsRetryAfterHasPassed(t *testing.T) {
 	// probe finds the PTU answering, and the calls return.
 	back := time.Now().Add(time.Duration(retryAfter) * time.Second)
 	spilled := map[string]int{}
-	var probe gechologtest.Result
+	var probe standin.Result
 	// Calls go on until the probe, or 30 s past the Retry-After: how many
 	// fit before it depends on the machine, not on the broker.
 	for probe.Router == "" && time.Now().Before(back.Add(30*time.Second)) {
@@ -122,10 +122,10 @@ func TestLeastBusyBalancesCallsInFlightAcrossThreeReplicaProcesses(t *testing.T)
 		r.waitServing(t)
 	}
 	routers := []string{"/llm/fast/", "/llm/mid/", "/llm/slow/"}
-	llms := map[string]*gechologtest.LLM{
-		routers[0]: {Latency: gechologtest.Fixed(20 * time.Millisecond)},
-		routers[1]: {Latency: gechologtest.Fixed(60 * time.Millisecond)},
-		routers[2]: {Latency: gechologtest.Fixed(180 * time.Millisecond)},
+	llms := map[string]*standin.LLM{
+		routers[0]: {Latency: standin.Fixed(20 * time.Millisecond)},
+		routers[1]: {Latency: standin.Fixed(60 * time.Millisecond)},
+		routers[2]: {Latency: standin.Fixed(180 * time.Millisecond)},
 	}
 	gw := llmGateway(t, s, llms)
 
@@ -161,7 +161,7 @@ func TestLeastBusyBalancesCallsInFlightAcrossThreeReplicaProcesses(t *testing.T)
 	})
 	var mu sync.Mutex
 	calls := map[string]int{}
-	gw.Run(t.Context(), "/llm/", 900, 12, func(r gechologtest.Result, err error) {
+	gw.Run(t.Context(), "/llm/", 900, 12, func(r standin.Result, err error) {
 		if err != nil {
 			t.Error(err)
 			return

@@ -13,13 +13,13 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/gecholog"
-	"github.com/gecholog/broker/internal/gechologtest"
+	"github.com/gecholog/broker/internal/standin"
 )
 
 func TestParseTransactionReadsTheFewFieldsOfAWholeTransaction(t *testing.T) {
 	is := is.New(t)
 	start := time.Date(2026, 11, 28, 20, 25, 24, 675919620, time.UTC)
-	data := gechologtest.Transaction(gechologtest.Finished{
+	data := standin.Transaction(standin.Finished{
 		Ingress: "/azure/", Router: "/azure/gpt4/", Status: 429, Start: start, Latency: 958634 * time.Nanosecond,
 		Headers: map[string]string{"x-ratelimit-remaining-requests": "0"}, Payload: 1 << 20,
 	})
@@ -78,7 +78,7 @@ func TestParseTransactionTakesTheRequestsRouterWhenTheResponseHasNone(t *testing
 
 func TestParseTransactionIgnoresOneTooLargeToRead(t *testing.T) {
 	is := is.New(t)
-	data := gechologtest.Transaction(gechologtest.Finished{Ingress: "/a/", Payload: gecholog.MaxTransaction / 2})
+	data := standin.Transaction(standin.Finished{Ingress: "/a/", Payload: gecholog.MaxTransaction / 2})
 	is.True(len(data) > gecholog.MaxTransaction)
 	_, err := gecholog.ParseTransaction(data)
 	is.True(errors.Is(err, gecholog.ErrTooLarge)) // not scanned
@@ -290,7 +290,7 @@ func TestParseTransactionAgreesWithEncodingJSON(t *testing.T) {
 	}
 	// What gecholog sends, small and large, and broken at every few bytes.
 	for _, payload := range []int{0, 100, 1 << 20} {
-		whole := gechologtest.Transaction(gechologtest.Finished{
+		whole := standin.Transaction(standin.Finished{
 			Ingress: "/azure/", Router: "/azure/gpt4/", Latency: 1234567 * time.Nanosecond, Payload: payload,
 			Headers: map[string]string{"x-ratelimit-remaining-requests": "99", "anthropic-ratelimit-tokens-reset": "2026-11-28T20:26:00Z"},
 		})
@@ -313,7 +313,7 @@ func FuzzParseTransaction(f *testing.F) {
 			f.Add([]byte(msg))
 		}
 	}
-	f.Add(gechologtest.Transaction(gechologtest.Finished{
+	f.Add(standin.Transaction(standin.Finished{
 		Ingress: "/azure/", Router: "/azure/gpt4/", Latency: time.Millisecond, Payload: 200,
 		Headers: map[string]string{"x-ratelimit-remaining-requests": "99", "x-ratelimit-reset-requests": "6m0s"},
 	}))
@@ -328,7 +328,7 @@ func FuzzParseTransaction(f *testing.F) {
 
 func TestParseTransactionDoesNotAllocatePerByte(t *testing.T) {
 	allocs := func(payload int) float64 {
-		data := gechologtest.Transaction(gechologtest.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: time.Millisecond, Payload: payload})
+		data := standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: time.Millisecond, Payload: payload})
 		return testing.AllocsPerRun(20, func() {
 			if _, err := gecholog.ParseTransaction(data); err != nil {
 				t.Fatal(err)
@@ -348,7 +348,7 @@ func TestParseTransactionDoesNotAllocatePerByte(t *testing.T) {
 //	go test -run '^$' -bench Transaction -benchmem ./gecholog
 func BenchmarkParseTransaction(b *testing.B) {
 	for _, payload := range []int{1 << 10, 1 << 19} {
-		data := gechologtest.Transaction(gechologtest.Finished{
+		data := standin.Transaction(standin.Finished{
 			Ingress: "/azure/", Router: "/azure/gpt4/", Latency: 300 * time.Millisecond, Payload: payload,
 			Headers: map[string]string{"x-ratelimit-remaining-requests": "99", "x-ratelimit-remaining-tokens": "14900", "x-ratelimit-reset-tokens": "6m0s"},
 		})

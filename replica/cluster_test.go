@@ -10,8 +10,8 @@ import (
 
 	"github.com/matryer/is"
 
-	"github.com/gecholog/broker/internal/natstest"
-	"github.com/gecholog/broker/internal/nodeloss"
+	"github.com/gecholog/broker/internal/testutil/natstest"
+	"github.com/gecholog/broker/internal/testutil/nodeloss"
 )
 
 // TestEveryReplicaAgreesWithinASecondWhicheverNodeIsLost loses one node of

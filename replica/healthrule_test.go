@@ -14,9 +14,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
 	"github.com/gecholog/broker/internal/natsconn"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/replica"
 )
@@ -67,7 +67,7 @@ func crossing(p broker.Policy, fails func(i int) bool) int {
 type healthFleet struct {
 	*replicaSet
 	nc   *nats.Conn
-	gw   gechologtest.Gateway
+	gw   standin.Gateway
 	fail atomic.Bool // the next upstream call fails
 }
 
@@ -81,7 +81,7 @@ func startHealthFleet(t *testing.T, policy broker.Policy) *healthFleet {
 		policy.DisabledTime = time.Minute
 	}
 	f := &healthFleet{nc: natstest.Connect(t, s)}
-	var ups gechologtest.Upstreams
+	var ups standin.Upstreams
 	t.Cleanup(ups.Close)
 	err := ups.Add("/azure/dud/", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		if f.fail.Load() {
@@ -93,8 +93,8 @@ func startHealthFleet(t *testing.T, policy broker.Policy) *healthFleet {
 	}
 	f.replicaSet = runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: policy,
 		Pools: []broker.Pool{{Ingress: "/azure/", Routers: []broker.Router{{Path: "/azure/dud/", Weight: 1}}}}}, 3)
-	f.gw = gechologtest.Gateway{NC: f.nc, Subject: replica.DefaultSubject, Upstreams: ups.URLs,
-		Logger: replica.DefaultLoggerSubject, Client: gechologtest.NewClient(5 * time.Second)}
+	f.gw = standin.Gateway{NC: f.nc, Subject: replica.DefaultSubject, Upstreams: ups.URLs,
+		Logger: replica.DefaultLoggerSubject, Client: standin.NewClient(5 * time.Second)}
 	return f
 }
 

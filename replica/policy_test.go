@@ -25,9 +25,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
 	"github.com/gecholog/broker/internal/natsconn"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/replica"
 )
@@ -496,11 +496,11 @@ func TestDeadRouterCostsInFlightCallsPlusOnePerProbe(t *testing.T) {
 	})}
 	go func() { _ = flaky.Serve(l) }()
 	defer flaky.Close()
-	ups, err := gechologtest.StartUpstreams()
+	ups, err := standin.StartUpstreams()
 	is.NoErr(err)
 	defer ups.Close()
 	ups.URLs["/azure/dud/"] = "http://" + l.Addr().String() + "/"
-	gw := gechologtest.Gateway{NC: f.nc, Subject: "coburn.gl.broker", Upstreams: ups.URLs, Client: &http.Client{Timeout: 5 * time.Second}}
+	gw := standin.Gateway{NC: f.nc, Subject: "coburn.gl.broker", Upstreams: ups.URLs, Client: &http.Client{Timeout: 5 * time.Second}}
 
 	var mu sync.Mutex
 	type call struct {

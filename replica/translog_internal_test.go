@@ -15,9 +15,9 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
 	"github.com/gecholog/broker/internal/natsconn"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // silenceScript drives a silenceWatch second by second, as the replica
@@ -141,7 +141,7 @@ func TestTransactionsComingFasterThanTheyAreReadAreDroppedAndCounted(t *testing.
 	t.Cleanup(release) // before the stop, which waits for the reader
 	nc := natstest.Connect(t, s)
 	const sent = txPendingMsgs + 100
-	data := gechologtest.Transaction(gechologtest.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: time.Millisecond})
+	data := standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: time.Millisecond})
 	for range sent {
 		is.NoErr(nc.Publish(DefaultLoggerSubject, data))
 	}

@@ -2,7 +2,7 @@ package replica_test
 
 // gecholog's transaction log, as every replica hears it: a stand-in
 // publishes each finished call on the logger subject the way gecholog does
-// (gechologtest.Transaction), whole, with its prompt and completion.
+// (standin.Transaction), whole, with its prompt and completion.
 
 import (
 	"fmt"
@@ -16,9 +16,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
 	"github.com/gecholog/broker/internal/natsconn"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/replica"
 )
 
@@ -34,9 +34,9 @@ func viewOf(b *broker.Broker, router string) broker.RouterView {
 
 // finish publishes f on gecholog's logger subject, as gecholog does once
 // the call is over.
-func finish(t *testing.T, nc *nats.Conn, f gechologtest.Finished) {
+func finish(t *testing.T, nc *nats.Conn, f standin.Finished) {
 	t.Helper()
-	if err := nc.Publish(replica.DefaultLoggerSubject, gechologtest.Transaction(f)); err != nil {
+	if err := nc.Publish(replica.DefaultLoggerSubject, standin.Transaction(f)); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
@@ -66,9 +66,9 @@ func TestATransactionOnTheLoggerSubjectReachesEveryReplicasView(t *testing.T) {
 		Pools: []broker.Pool{poolOf("latency", "gpt4", "claude", "gpt35turbo")}, Policy: broker.Policy{DisabledTime: time.Minute}}, 3)
 	nc := natstest.Connect(t, s)
 	// Whole transactions, with a prompt and a completion of 400 kB each.
-	finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: 123456789, Payload: 400 << 10,
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: 123456789, Payload: 400 << 10,
 		Headers: map[string]string{"x-ratelimit-remaining-requests": "25", "x-ratelimit-limit-requests": "100", "x-ratelimit-reset-requests": "1m0s"}})
-	finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: "/azure/claude/", Latency: 987654321, Payload: 400 << 10,
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/claude/", Latency: 987654321, Payload: 400 << 10,
 		Headers: map[string]string{"anthropic-ratelimit-tokens-remaining": "300", "anthropic-ratelimit-tokens-limit": "1000",
 			"anthropic-ratelimit-tokens-reset": time.Now().Add(time.Minute).UTC().Format(time.RFC3339)}})
 
@@ -100,7 +100,7 @@ func TestLatencyPrefersTheFastestRouterOnceHeardAndStillExplores(t *testing.T) {
 	is := is.New(t)
 	rs, nc, count := choosing(t, poolOf("latency", "fast", "mid", "slow"))
 	heard := func(router string, latency time.Duration) {
-		finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: router, Latency: latency, Payload: 1 << 10})
+		finish(t, nc, standin.Finished{Ingress: "/azure/", Router: router, Latency: latency, Payload: 1 << 10})
 	}
 	heard("/azure/fast/", 50*time.Millisecond)
 	heard("/azure/mid/", 100*time.Millisecond)
@@ -139,7 +139,7 @@ func TestHeadroomSendsNoCallToARouterWithNoneLeftUntilItsResetAndSpillsToTheNext
 
 	// OpenAI's last answer says no request is left for 3 s: a 429.
 	reset := time.Now().Add(3 * time.Second)
-	finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: "/azure/openai/", Status: 429, Start: time.Now(), Payload: 1 << 10,
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/openai/", Status: 429, Start: time.Now(), Payload: 1 << 10,
 		Headers: map[string]string{"X-Ratelimit-Remaining-Requests": "0", "X-Ratelimit-Limit-Requests": "60", "X-Ratelimit-Reset-Requests": "3s"}})
 	rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
 		v := viewOf(b, "/azure/openai/")
@@ -149,7 +149,7 @@ func TestHeadroomSendsNoCallToARouterWithNoneLeftUntilItsResetAndSpillsToTheNext
 
 	// Anthropic's says no token is left either: the whole tier is out, and
 	// tier 1 takes the calls.
-	finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: "/azure/anthropic/", Start: time.Now(), Payload: 1 << 10,
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/anthropic/", Start: time.Now(), Payload: 1 << 10,
 		Headers: map[string]string{"anthropic-ratelimit-tokens-remaining": "0", "anthropic-ratelimit-tokens-limit": "40000",
 			"anthropic-ratelimit-tokens-reset": reset.Add(time.Minute).UTC().Format(time.RFC3339Nano)}})
 	rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
@@ -222,7 +222,7 @@ func TestASilentTransactionLogIsSaidOnceEachTimeItFallsSilent(t *testing.T) {
 	is.Equal(lines(silent), []int{1, 1}) // once
 
 	// Heard: said, and the next silence is said once more.
-	finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: "/azure/a/", Latency: time.Millisecond})
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/a/", Latency: time.Millisecond})
 	natstest.Eventually(t, 5*time.Second, said("hearing gecholog's transaction log"), "the log heard by every replica")
 	calling(0, func() bool { return slices.Equal(lines(silent), []int{2, 2}) }, "the second silence said by every replica")
 	calling(3*silence, nil, "three more silences of calls")
@@ -235,11 +235,11 @@ func TestTransactionsTooLargeOrUnreadableAreCountedAndIgnored(t *testing.T) {
 	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()},
 		Pools: []broker.Pool{poolOf("latency", "a", "b")}, Policy: broker.Policy{DisabledTime: time.Minute}}, 1)
 	nc := natstest.Connect(t, s)
-	huge := gechologtest.Transaction(gechologtest.Finished{Ingress: "/azure/", Router: "/azure/a/", Latency: time.Millisecond, Payload: 5 << 20})
+	huge := standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/a/", Latency: time.Millisecond, Payload: 5 << 20})
 	for _, data := range [][]byte{huge, []byte(`{"response":{"gl_path":"/azure/a/"`), []byte(`{"response":{}}`)} {
 		is.NoErr(nc.Publish(replica.DefaultLoggerSubject, data))
 	}
-	finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: "/azure/b/", Latency: time.Millisecond})
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/b/", Latency: time.Millisecond})
 	r := rs.fleet.Replicas[0]
 	natstest.Eventually(t, 5*time.Second, func() bool { return r.Transactions().Read == 1 }, "the good one read")
 	is.Equal(r.Transactions(), replica.TransactionCounts{Read: 1, TooLarge: 1, Unreadable: 2})
@@ -261,9 +261,9 @@ func TestALatencyBeyondTheInFlightBoundIsNoSample(t *testing.T) {
 		Pools: []broker.Pool{poolOf("latency", "a", "b")}, Policy: broker.Policy{DisabledTime: time.Minute}}, 2)
 	nc := natstest.Connect(t, s)
 	for range 5 {
-		finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: "/azure/a/", Latency: 10 * time.Millisecond})
+		finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/a/", Latency: 10 * time.Millisecond})
 	}
-	finish(t, nc, gechologtest.Finished{Ingress: "/azure/", Router: "/azure/b/", Latency: 20 * time.Millisecond})
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/b/", Latency: 20 * time.Millisecond})
 	start := time.Now().UTC().Format(time.RFC3339Nano)
 	is.NoErr(nc.Publish(replica.DefaultLoggerSubject, []byte(`{"response":{"gl_path":"/azure/a/","egress_status_code":200,`+
 		`"outbound_inbound_timer":{"start":"`+start+`","stop":"9999-12-31T23:59:59Z","duration":1}}}`)))

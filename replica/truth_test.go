@@ -15,7 +15,7 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/ops"
 	"github.com/gecholog/broker/replica"

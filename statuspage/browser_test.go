@@ -12,7 +12,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/ops"
 	"github.com/gecholog/broker/replica"

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
+	"github.com/gecholog/broker/internal/standin"
 )
 
 // balance measures least-busy: deployments of different speeds and
@@ -87,7 +87,7 @@ type imbalance struct {
 
 // sample reads what each of p's deployments holds now and scores it
 // against the weighted fair shares.
-func (s *imbalance) sample(p broker.Pool, llms map[string]*gechologtest.LLM) {
+func (s *imbalance) sample(p broker.Pool, llms map[string]*standin.LLM) {
 	var total int64
 	weights := 0
 	held := make([]int64, len(p.Routers))

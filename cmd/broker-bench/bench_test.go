@@ -16,7 +16,7 @@ import (
 	"github.com/matryer/is"
 	"go.uber.org/goleak"
 
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // TestMain fails the package when a goroutine the bench started, or a

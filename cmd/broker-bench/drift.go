@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
+	"github.com/gecholog/broker/internal/standin"
 )
 
 // drift measures whether least-busy's counts of calls in flight drift:
@@ -48,7 +48,7 @@ func (b *bench) drift(ctx context.Context) error {
 	for _, p := range pools {
 		t := tallies[p.Ingress]
 		wg.Go(func() {
-			gw.Run(rctx, p.Ingress, o.calls, o.callers, func(r gechologtest.Result, err error) {
+			gw.Run(rctx, p.Ingress, o.calls, o.callers, func(r standin.Result, err error) {
 				t.calls.Add(1)
 				switch {
 				case err != nil:

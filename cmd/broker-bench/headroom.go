@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
+	"github.com/gecholog/broker/internal/standin"
 )
 
 // headroomMode measures the headroom strategy: two deployments, each with
@@ -21,10 +21,10 @@ func (b *bench) headroomMode(ctx context.Context) error {
 	head := pool("headroom", "headroom", "a", "b")
 	rnd := pool("random", "random", "a", "b")
 	now := time.Now()
-	llms := map[string]*gechologtest.LLM{}
+	llms := map[string]*standin.LLM{}
 	for _, p := range []broker.Pool{head, rnd} {
 		for i, r := range p.Routers {
-			llms[r.Path] = &gechologtest.LLM{Model: "gpt-4o", Latency: gechologtest.Uniform(20*time.Millisecond, 40*time.Millisecond),
+			llms[r.Path] = &standin.LLM{Model: "gpt-4o", Latency: standin.Uniform(20*time.Millisecond, 40*time.Millisecond),
 				Quota: q, Window: w, Epoch: now.Add(time.Duration(i) * w / 2)}
 		}
 	}
@@ -76,13 +76,13 @@ func (b *bench) headroomMode(ctx context.Context) error {
 // allSpent counts the 429s among calls that came when, by the answers
 // that had ended before the call started, every router had none left
 // until after it: the broker could only choose among routers with none.
-func allSpent(calls []gechologtest.Result) int {
+func allSpent(calls []standin.Result) int {
 	n := 0
 	for i, c := range calls {
 		if c.Status != 429 {
 			continue
 		}
-		last := map[string]gechologtest.Result{}
+		last := map[string]standin.Result{}
 		for _, p := range calls[:i] { // sorted by Stop: the latest wins
 			if p.Stop.Before(c.Start) {
 				last[p.Router] = p

@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
 	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/standin"
 	"github.com/gecholog/broker/replica"
 )
 
@@ -26,11 +26,11 @@ import (
 // logger subject, where every replica learns latency and headroom.
 type lab struct {
 	f      *replica.Fleet
-	ups    *gechologtest.Upstreams
-	llms   map[string]*gechologtest.LLM // by router
+	ups    *standin.Upstreams
+	llms   map[string]*standin.LLM // by router
 	nc     *nats.Conn
 	client *http.Client
-	gw     gechologtest.Gateway
+	gw     standin.Gateway
 }
 
 // loggerSubject is the bench's topic_exact_logger, apart from other runs
@@ -39,8 +39,8 @@ func (b *bench) loggerSubject() string { return strings.TrimSuffix(b.subject, ".
 
 // startLab serves llms (router → deployment) and runs the replicas on
 // pools, with the in-flight bound given (0: the default).
-func (b *bench) startLab(ctx context.Context, pools []broker.Pool, llms map[string]*gechologtest.LLM, bound time.Duration) (*lab, error) {
-	l := &lab{ups: &gechologtest.Upstreams{}, llms: llms, client: gechologtest.NewClient(30 * time.Second)}
+func (b *bench) startLab(ctx context.Context, pools []broker.Pool, llms map[string]*standin.LLM, bound time.Duration) (*lab, error) {
+	l := &lab{ups: &standin.Upstreams{}, llms: llms, client: standin.NewClient(30 * time.Second)}
 	for router, llm := range llms {
 		if err := l.ups.Add(router, llm); err != nil {
 			l.close()
@@ -68,7 +68,7 @@ func (b *bench) startLab(ctx context.Context, pools []broker.Pool, llms map[stri
 		l.close()
 		return nil, err
 	}
-	l.gw = gechologtest.Gateway{NC: l.nc, Subject: b.subject, Upstreams: l.ups.URLs, Client: l.client,
+	l.gw = standin.Gateway{NC: l.nc, Subject: b.subject, Upstreams: l.ups.URLs, Client: l.client,
 		Logger: b.loggerSubject(), Timeout: labTimeout(b.o.timeout), Payload: 1024}
 	fmt.Fprintf(b.out, "The stand-in for gecholog makes each call as gecholog does (request context, upstream call, response context with\n"+
 		"inbound_headers, then the transaction on %s); it waits up to %v for a processor call.\n", b.loggerSubject(), l.gw.Timeout)
@@ -96,11 +96,11 @@ func (l *lab) close() {
 // callLog keeps every call a lab made, for the reports.
 type callLog struct {
 	mu      sync.Mutex
-	results []gechologtest.Result
+	results []standin.Result
 	errors  int
 }
 
-func (c *callLog) add(r gechologtest.Result, err error) {
+func (c *callLog) add(r standin.Result, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
@@ -111,17 +111,17 @@ func (c *callLog) add(r gechologtest.Result, err error) {
 }
 
 // calls is the calls made, sorted by when their upstream call ended.
-func (c *callLog) calls() []gechologtest.Result {
+func (c *callLog) calls() []standin.Result {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := slices.Clone(c.results)
-	slices.SortFunc(out, func(a, b gechologtest.Result) int { return a.Stop.Compare(b.Stop) })
+	slices.SortFunc(out, func(a, b standin.Result) int { return a.Stop.Compare(b.Stop) })
 	return out
 }
 
 // byRouter counts the calls each router served, and those with status
 // (0: any).
-func byRouter(calls []gechologtest.Result, status int) map[string]int {
+func byRouter(calls []standin.Result, status int) map[string]int {
 	out := map[string]int{}
 	for _, r := range calls {
 		if status == 0 || r.Status == status {
@@ -211,13 +211,13 @@ func pool(name, strategy string, routers ...string) broker.Pool {
 // bySpeed gives every router of pools a deployment answering in the time
 // speeds gives for the router's name within its pool, give or take spread
 // (0.2: ±20%).
-func bySpeed(speeds map[string]time.Duration, spread float64, pools ...broker.Pool) map[string]*gechologtest.LLM {
-	llms := map[string]*gechologtest.LLM{}
+func bySpeed(speeds map[string]time.Duration, spread float64, pools ...broker.Pool) map[string]*standin.LLM {
+	llms := map[string]*standin.LLM{}
 	for _, p := range pools {
 		for _, r := range p.Routers {
 			d := speeds[r.Path[len(p.Ingress):len(r.Path)-1]]
 			off := time.Duration(float64(d) * spread)
-			llms[r.Path] = &gechologtest.LLM{Model: "gpt-4o", Latency: gechologtest.Uniform(d-off, d+off)}
+			llms[r.Path] = &standin.LLM{Model: "gpt-4o", Latency: standin.Uniform(d-off, d+off)}
 		}
 	}
 	return llms
@@ -225,11 +225,11 @@ func bySpeed(speeds map[string]time.Duration, spread float64, pools ...broker.Po
 
 // instant gives every router of pools a deployment that answers at once,
 // without limits.
-func instant(pools ...broker.Pool) map[string]*gechologtest.LLM {
-	llms := map[string]*gechologtest.LLM{}
+func instant(pools ...broker.Pool) map[string]*standin.LLM {
+	llms := map[string]*standin.LLM{}
 	for _, p := range pools {
 		for _, r := range p.Routers {
-			llms[r.Path] = &gechologtest.LLM{Model: "gpt-4o"}
+			llms[r.Path] = &standin.LLM{Model: "gpt-4o"}
 		}
 	}
 	return llms

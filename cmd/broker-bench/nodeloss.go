@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/internal/natsbin"
-	"github.com/gecholog/broker/internal/nodeloss"
+	"github.com/gecholog/broker/internal/testutil/nodeloss"
 )
 
 // nodeloss loses one node of a three-node cluster of nats-server

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
+	"github.com/gecholog/broker/internal/standin"
 )
 
 // spillover measures priority tiers: a PTU deployment on tier 0 with a
@@ -29,12 +29,12 @@ func (b *bench) spillover(ctx context.Context) error {
 	room.Routers[1].Priority, room.Routers[2].Priority = 1, 1
 	flat := pool("flat", "random", "ptu", "payg1", "payg2")
 	epoch := time.Now() // the deployments' windows start here, and follow each other
-	llms := map[string]*gechologtest.LLM{}
+	llms := map[string]*standin.LLM{}
 	for _, p := range []broker.Pool{tiered, room, flat} {
-		llms[p.Routers[0].Path] = &gechologtest.LLM{Model: "gpt-4o (PTU)", Latency: gechologtest.Uniform(20*time.Millisecond, 40*time.Millisecond),
+		llms[p.Routers[0].Path] = &standin.LLM{Model: "gpt-4o (PTU)", Latency: standin.Uniform(20*time.Millisecond, 40*time.Millisecond),
 			Quota: q, Window: w, Epoch: epoch}
 		for _, r := range p.Routers[1:] {
-			llms[r.Path] = &gechologtest.LLM{Model: "gpt-4o (pay-as-you-go)", Latency: gechologtest.Uniform(20*time.Millisecond, 40*time.Millisecond)}
+			llms[r.Path] = &standin.LLM{Model: "gpt-4o (pay-as-you-go)", Latency: standin.Uniform(20*time.Millisecond, 40*time.Millisecond)}
 		}
 	}
 	l, err := b.startLab(ctx, []broker.Pool{tiered, room, flat}, llms, 0)
@@ -127,7 +127,7 @@ func (b *bench) spillover(ctx context.Context) error {
 // each opened by a 429 not within an earlier one and lasting what it said,
 // and says the most in one window, the time from its first 429 to its
 // last, and how many windows had more than one.
-func perRetryAfter(calls []gechologtest.Result) (most, over int, spanned time.Duration) {
+func perRetryAfter(calls []standin.Result) (most, over int, spanned time.Duration) {
 	var first, until time.Time
 	n := 0
 	for _, r := range calls {

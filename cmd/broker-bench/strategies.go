@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
+	"github.com/gecholog/broker/internal/standin"
 )
 
 // strategies is the throughput mode for every strategy: three replicas
@@ -133,7 +133,7 @@ func (b *bench) transactionLog(ctx context.Context, l *lab, pools []broker.Pool,
 			}
 			p := pools[i%len(pools)]
 			k := (i / len(pools)) % len(p.Routers)
-			tx := gechologtest.Transaction(gechologtest.Finished{Ingress: p.Ingress, Router: p.Routers[k].Path,
+			tx := standin.Transaction(standin.Finished{Ingress: p.Ingress, Router: p.Routers[k].Path,
 				Start: time.Now().Add(-time.Duration(k+1) * 10 * time.Millisecond), Latency: time.Duration(k+1) * 10 * time.Millisecond,
 				Headers: map[string]string{
 					"x-ratelimit-limit-requests":     "1000",

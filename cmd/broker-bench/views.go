@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
+	"github.com/gecholog/broker/internal/standin"
 )
 
 // views measures how long the replicas' views of a router take to agree
@@ -100,7 +100,7 @@ func (b *bench) views(ctx context.Context) error {
 		// trial, so that each is a change.
 		left := int64(i%99) + 1
 		start = time.Now()
-		tx := gechologtest.Transaction(gechologtest.Finished{Ingress: p.Ingress, Router: router, Latency: time.Duration(i%50+1) * time.Millisecond,
+		tx := standin.Transaction(standin.Finished{Ingress: p.Ingress, Router: router, Latency: time.Duration(i%50+1) * time.Millisecond,
 			Payload: 1024, Headers: map[string]string{"x-ratelimit-remaining-requests": strconv.FormatInt(left, 10), "x-ratelimit-limit-requests": "100",
 				"x-ratelimit-reset-requests": "1m0s"}})
 		if err := l.nc.Publish(b.loggerSubject(), tx); err != nil {

@@ -12,8 +12,8 @@ import (
 
 	"github.com/matryer/is"
 
-	"github.com/gecholog/broker/internal/gechologtest"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // One transaction on gecholog's logger subject, forged or broken, moves a
@@ -35,7 +35,7 @@ func TestAForgedTransactionIsHeldToTheBoundsAndTheWaitIsShown(t *testing.T) {
 	nc := natstest.Connect(t, s)
 
 	before := time.Now()
-	is.NoErr(nc.Publish("coburn.gl.logger", gechologtest.Transaction(gechologtest.Finished{Ingress: "/azure/", Router: "/azure/gpt4/",
+	is.NoErr(nc.Publish("coburn.gl.logger", standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/",
 		Latency: 40 * time.Millisecond, Headers: map[string]string{"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2000000h"}})))
 	now := time.Now().UTC().Format(time.RFC3339Nano)
 	is.NoErr(nc.Publish("coburn.gl.logger", []byte(`{"request":{"gl_path":"/azure/gpt35turbo/"},"response":{"gl_path":"/azure/gpt35turbo/","egress_status_code":200,`+

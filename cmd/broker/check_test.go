@@ -13,7 +13,7 @@ import (
 
 	"github.com/matryer/is"
 
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/ops"
 )
 

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/replica"
 	"github.com/nats-io/nats-server/v2/server"

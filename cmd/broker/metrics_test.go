@@ -18,8 +18,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/gecholog/broker/internal/gechologtest"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // metrics scrapes /metrics and parses it as Prometheus does.
@@ -282,7 +282,7 @@ func TestMetricsShowWhatTheStrategiesAndTheFailureRateRead(t *testing.T) {
 		is.NoErr(err)
 	}
 	// gpt4's upstream took 40 ms and has 30 of its 120 requests left.
-	is.NoErr(nc.Publish("coburn.gl.logger", gechologtest.Transaction(gechologtest.Finished{Ingress: "/azure/", Router: "/azure/gpt4/",
+	is.NoErr(nc.Publish("coburn.gl.logger", standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/",
 		Latency: 40 * time.Millisecond, Headers: map[string]string{"x-ratelimit-remaining-requests": "30", "x-ratelimit-limit-requests": "120"}})))
 
 	lbl := func(router string) []string { return []string{"ingress", "/azure/", "router", router} }

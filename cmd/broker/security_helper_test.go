@@ -20,8 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gecholog/broker/internal/gechologtest"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -497,7 +497,7 @@ func driveProcessor(t *testing.T, s *server.Server, v *secViolations) (logs stri
 		return "", false
 	}
 	// gecholog logs the call, and every replica hears it.
-	tx := gechologtest.Transaction(gechologtest.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: time.Millisecond})
+	tx := standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: time.Millisecond})
 	if err := gw.Publish("coburn.gl.logger", tx); err != nil {
 		t.Fatalf("transaction log: %v", err)
 	}

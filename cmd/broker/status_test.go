@@ -12,8 +12,8 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/gechologtest"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 func TestStatusShowsTheClampedTimeTheReplicasActOnBesideAForgedRecordsOwn(t *testing.T) {
@@ -157,7 +157,7 @@ func TestStatusShowsTheFleetsFiguresPerRouter(t *testing.T) {
 		_, err := nc.Request("coburn.gl.broker", fmt.Appendf(nil, `{"gl_path":"/azure/dud/","egress_status_code":%d}`, status), 2*time.Second)
 		is.NoErr(err)
 	}
-	is.NoErr(nc.Publish("coburn.gl.logger", gechologtest.Transaction(gechologtest.Finished{Ingress: "/azure/", Router: "/azure/gpt4/",
+	is.NoErr(nc.Publish("coburn.gl.logger", standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/",
 		Latency: 40 * time.Millisecond, Headers: map[string]string{"x-ratelimit-remaining-requests": "30", "x-ratelimit-limit-requests": "120"}})))
 
 	var rows []map[string]any

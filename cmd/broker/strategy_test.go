@@ -16,7 +16,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // The README's promise: a strategy is one file of broker/ and one line in

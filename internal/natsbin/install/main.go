@@ -11,7 +11,7 @@ import (
 	"os"
 
 	"github.com/gecholog/broker/internal/natsbin"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 func main() {

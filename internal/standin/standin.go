@@ -1,8 +1,8 @@
-// Package gechologtest stands in for the gecholog gateway: it makes a
+// Package standin stands in for the gecholog gateway: it makes a
 // client call the way gecholog does, with the broker's two processor calls
 // around the call to the chosen router's upstream, and serves upstreams
 // on loopback. The demo and the tests drive replicas with it.
-package gechologtest
+package standin
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package gechologtest
+package standin
 
 import (
 	"encoding/json"

@@ -1,4 +1,4 @@
-package gechologtest_test
+package standin_test
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 	"github.com/matryer/is"
 	"github.com/nats-io/nats.go"
 
-	"github.com/gecholog/broker/internal/gechologtest"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // fakeBroker answers every request context on subject with router and
@@ -56,12 +56,12 @@ func TestGatewayMakesGechologsCallsAndLogsTheTransaction(t *testing.T) {
 	sub, err := nc.ChanSubscribe("coburn.gl.logger", logged)
 	is.NoErr(err)
 	defer sub.Unsubscribe()
-	ups := &gechologtest.Upstreams{}
-	is.NoErr(ups.Add("/azure/ptu/", &gechologtest.LLM{Quota: 1, Window: time.Hour, Latency: gechologtest.Fixed(5 * time.Millisecond)}))
-	client := gechologtest.NewClient(10 * time.Second)
+	ups := &standin.Upstreams{}
+	is.NoErr(ups.Add("/azure/ptu/", &standin.LLM{Quota: 1, Window: time.Hour, Latency: standin.Fixed(5 * time.Millisecond)}))
+	client := standin.NewClient(10 * time.Second)
 	defer func() { client.CloseIdleConnections(); ups.Close() }()
-	var statuses gechologtest.Statuses
-	gw := gechologtest.Gateway{NC: nc, Subject: "coburn.gl.broker", Upstreams: ups.URLs, Client: client,
+	var statuses standin.Statuses
+	gw := standin.Gateway{NC: nc, Subject: "coburn.gl.broker", Upstreams: ups.URLs, Client: client,
 		Logger: "coburn.gl.logger", Statuses: &statuses}
 
 	first, err := gw.Do(context.Background(), "/azure/")
@@ -88,7 +88,7 @@ func TestGatewayMakesGechologsCallsAndLogsTheTransaction(t *testing.T) {
 	is.Equal(headers["Retry-After"], []string{second.Headers.Get("Retry-After")}) // canonical names, values as lists
 	is.Equal(headers["X-Ratelimit-Remaining-Requests"], []string{"0"})
 
-	for _, want := range []gechologtest.Result{first, second} {
+	for _, want := range []standin.Result{first, second} {
 		select {
 		case m := <-logged:
 			var tx struct {
@@ -123,14 +123,14 @@ func TestGatewayLosesTheShareOfReportsAsked(t *testing.T) {
 	s := natstest.Start(t)
 	nc := natstest.Connect(t, s)
 	brk := startFakeBroker(t, nc, "broker", "/azure/a/")
-	ups := &gechologtest.Upstreams{}
-	is.NoErr(ups.Add("/azure/a/", &gechologtest.LLM{}))
-	client := gechologtest.NewClient(10 * time.Second)
+	ups := &standin.Upstreams{}
+	is.NoErr(ups.Add("/azure/a/", &standin.LLM{}))
+	client := standin.NewClient(10 * time.Second)
 	defer func() { client.CloseIdleConnections(); ups.Close() }()
-	gw := gechologtest.Gateway{NC: nc, Subject: "broker", Upstreams: ups.URLs, Client: client, LoseReports: 1}
+	gw := standin.Gateway{NC: nc, Subject: "broker", Upstreams: ups.URLs, Client: client, LoseReports: 1}
 	var mu sync.Mutex
 	results := 0
-	gw.Run(context.Background(), "/azure/", 20, 4, func(r gechologtest.Result, err error) {
+	gw.Run(context.Background(), "/azure/", 20, 4, func(r standin.Result, err error) {
 		is.NoErr(err)
 		is.True(!r.Reported) // every report lost
 		mu.Lock()

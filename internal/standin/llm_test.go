@@ -1,4 +1,4 @@
-package gechologtest_test
+package standin_test
 
 import (
 	"io"
@@ -11,8 +11,8 @@ import (
 	"github.com/matryer/is"
 	"go.uber.org/goleak"
 
-	"github.com/gecholog/broker/internal/gechologtest"
-	"github.com/gecholog/broker/internal/natstest"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // TestMain fails the package when a server or connection of a test
@@ -25,12 +25,12 @@ func TestMain(m *testing.M) {
 // that is closed with it.
 func serve(t *testing.T, h http.Handler) (string, *http.Client) {
 	t.Helper()
-	u := &gechologtest.Upstreams{}
+	u := &standin.Upstreams{}
 	url, err := u.Serve(h)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := gechologtest.NewClient(10 * time.Second)
+	c := standin.NewClient(10 * time.Second)
 	t.Cleanup(func() { c.CloseIdleConnections(); u.Close() })
 	return url, c
 }
@@ -48,7 +48,7 @@ func post(t *testing.T, c *http.Client, url string) *http.Response {
 
 func TestQuotaIsAnsweredHonestlyAndThen429WithRetryAfter(t *testing.T) {
 	is := is.New(t)
-	llm := &gechologtest.LLM{Quota: 3, Window: time.Hour}
+	llm := &standin.LLM{Quota: 3, Window: time.Hour}
 	url, c := serve(t, llm)
 	for left := 2; left >= 0; left-- {
 		resp := post(t, c, url)
@@ -78,7 +78,7 @@ func TestQuotaWindowsFollowTheEpochAndResetInWholeSeconds(t *testing.T) {
 	is := is.New(t)
 	// The window began 1.7 s ago and resets 0.3 s from now: Retry-After
 	// rounds up to 1.
-	llm := &gechologtest.LLM{Quota: 1, Window: 2 * time.Second, Epoch: time.Now().Add(-41*time.Second - 700*time.Millisecond)}
+	llm := &standin.LLM{Quota: 1, Window: 2 * time.Second, Epoch: time.Now().Add(-41*time.Second - 700*time.Millisecond)}
 	url, c := serve(t, llm)
 	is.Equal(post(t, c, url).StatusCode, 200)
 	resp := post(t, c, url)
@@ -98,7 +98,7 @@ func TestCallsBeyondTheConcurrencyLimitWaitForASlot(t *testing.T) {
 	var started sync.WaitGroup
 	started.Add(1)
 	served := 0
-	llm := &gechologtest.LLM{Concurrency: 1, Latency: func() time.Duration {
+	llm := &standin.LLM{Concurrency: 1, Latency: func() time.Duration {
 		served++ // only ever one at a time: the race detector would say
 		if served == 1 {
 			started.Done()
