@@ -34,6 +34,10 @@ type Listed struct {
 // Scan returns every live key in key order, readable or not, so that
 // nothing in the bucket is hidden from the person looking.
 func (s *Store) Scan(ctx context.Context) ([]Listed, error) {
+	// The lister's watcher lives until its context ends (nats.go waits
+	// for it in a goroutine of its own): end it when the listing is done.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	keys, err := s.kv.ListKeys(ctx)
 	if err != nil {
 		return nil, noJetStream(fmt.Errorf("list bucket %q: %w", s.Bucket(), err))

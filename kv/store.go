@@ -349,6 +349,10 @@ func (s *Store) Delete(ctx context.Context, router string, rev uint64) error {
 
 // List returns every live record.
 func (s *Store) List(ctx context.Context) ([]broker.Entry, error) {
+	// The lister's watcher lives until its context ends (nats.go waits
+	// for it in a goroutine of its own): end it when the listing is done.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	keys, err := s.kv.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list bucket %q: %w", s.kv.Bucket(), err)
