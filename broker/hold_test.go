@@ -61,3 +61,39 @@ func TestAFloodOfForgedReplicasOnTheStatsSubjectIsBounded(t *testing.T) {
 		t.Fatalf("a known replica's new counts: chosen %d, want 7", got)
 	}
 }
+
+// An announced disable shorter than the hold ends at its Until and the view
+// goes back to the store's word: it never goes on probation, which nothing
+// in the store backs (a probe claim would find nothing to claim, again and
+// again).
+func TestAShortAnnouncedDisableTheStoreNeverConfirmsEndsAtItsUntil(t *testing.T) {
+	b, err := New(Config{Pools: DefaultPools(), Policy: Policy{DisabledTime: time.Hour}, ID: "replica-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	const dud = "/azure/dud/"
+	out := func() bool { return !slices.Contains(b.Routers("/azure/"), dud) }
+	// The view already holds a memo of an earlier disable, as most do.
+	b.Observe(Event{Router: dud, Revision: 7, Memo: &Record{Router: dud, Level: 1, Ended: time.Now()}})
+	start := time.Now()
+	forged := Record{Router: dud, Status: 502, Reason: "forged", At: start, Until: start.Add(300 * time.Millisecond), By: "mallory"}
+	b.Observe(Event{Router: dud, Entry: &Entry{Record: forged}, Provisional: true})
+	if !out() {
+		t.Fatal("an announced disable holds the router out at once")
+	}
+	deadline := start.Add(10 * time.Second)
+	for out() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if out() {
+		t.Fatalf("still out %v after an announced disable of 300ms", time.Since(start))
+	}
+	if v := b.View(time.Now()); len(v) > 0 {
+		for _, r := range v {
+			if r.Router == dud && (r.Phase != Enabled || r.Provisional) {
+				t.Fatalf("after the announced disable ended: %s provisional=%v, want enabled from the store's word", r.Phase, r.Provisional)
+			}
+		}
+	}
+}

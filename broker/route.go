@@ -297,7 +297,14 @@ func (b *Broker) logPhase(rt *route, ph Phase) {
 // next is when rt's phase or probe claim changes by itself, or zero.
 func next(rt *route, now time.Time) time.Time {
 	r := rt.live
-	if !rt.heard.IsZero() && (r == nil || r.Until.IsZero() || rt.heardEnd.Before(r.Until)) {
+	if !rt.heard.IsZero() {
+		// An announced disable the store has not confirmed ends at its
+		// Until or at the hold, whichever comes first, and the view goes
+		// back to the store's word (see unhear): it never goes on
+		// probation, as nothing in the store backs it.
+		if r != nil && !r.Until.IsZero() && r.Until.Before(rt.heardEnd) {
+			return r.Until
+		}
 		return rt.heardEnd
 	}
 	switch phase(r, now) {
@@ -355,7 +362,7 @@ func (b *Broker) tick() {
 	}
 	for _, rt := range b.members {
 		switch {
-		case !rt.heard.IsZero() && !now.Before(rt.heardEnd):
+		case !rt.heard.IsZero() && (!now.Before(rt.heardEnd) || rt.live == nil || !rt.live.ActiveAt(now)):
 			b.unhear(rt, now)
 		case rt.live != nil:
 			b.refresh(rt, now)
@@ -364,12 +371,14 @@ func (b *Broker) tick() {
 	b.arm(now)
 }
 
-// unhear drops an announced disable the store has not confirmed within
-// provisionalHold: the view goes back to the store's word. b.mu must be
-// held.
+// unhear drops an announced disable the store has not confirmed by its
+// Until or within provisionalHold: the view goes back to the store's
+// word. b.mu must be held.
 func (b *Broker) unhear(rt *route, now time.Time) {
-	b.log.Warn("an announced disable never reached the bucket; following the bucket again",
-		slog.String("router", rt.path), slog.Duration("held", provisionalHold))
+	if !now.Before(rt.heardEnd) {
+		b.log.Warn("an announced disable never reached the bucket; following the bucket again",
+			slog.String("router", rt.path), slog.Duration("held", provisionalHold))
+	}
 	rt.live, rt.confirmed, rt.heard = rt.confirmed, nil, time.Time{}
 	rt.clean.Store(rt.live == nil)
 	b.refresh(rt, now)
