@@ -8,6 +8,13 @@ import (
 	"time"
 )
 
+// Validate checks pools, policy and an in-flight bound exactly as New and
+// Reconfigure do.
+func Validate(pools []Pool, policy Policy, inFlightBound time.Duration) error {
+	_, _, err := validate(pools, policy, inFlightBound)
+	return err
+}
+
 // validate checks a configuration as New and Reconfigure take it, and
 // returns the policy resolved and the in-flight bound (0: the default).
 func validate(pools []Pool, policy Policy, bound time.Duration) (Policy, time.Duration, error) {
