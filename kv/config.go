@@ -214,7 +214,7 @@ func DecodeFleetConfig(data []byte) (FleetConfig, error) {
 	if err := dec.Decode(&c); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			return c, fmt.Errorf("%s: %s is not a %s", cmp.Or(te.Field, "document"), te.Value, te.Type)
+			return c, fmt.Errorf("%s: got a JSON %s, want a %s", cmp.Or(te.Field, "document"), te.Value, te.Type)
 		}
 		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
 			return c, fmt.Errorf("%s: unknown field; is the document for another version?", f)
@@ -418,28 +418,27 @@ func (s *ConfigStore) Write(ctx context.Context, c FleetConfig, read uint64, pre
 	return rev, nil
 }
 
-// WatchConfig calls fn with every new revision of the document from the
-// newest on, until ctx ends; gone is called once when the bucket
+// WatchConfig calls fn with every new revision of the document after
+// from (0: from the newest on), until ctx ends; gone is called once when the bucket
 // disappears, after which the watch waits for a new bucket and follows
-// it. It returns when the first watcher is made.
-func (s *ConfigStore) WatchConfig(ctx context.Context, fn func(ConfigEntry), gone func()) error {
-	kv, err := s.kv(ctx, false)
-	if err != nil {
-		return err
+// it. It returns once the bucket is there, with a function that stops
+// the watch and waits for fn to return.
+func (s *ConfigStore) WatchConfig(ctx context.Context, from uint64, fn func(ConfigEntry), gone func()) (stop func(), err error) {
+	if _, err := s.kv(ctx, false); err != nil {
+		return nil, err
 	}
-	w, err := kv.Watch(ctx, ConfigKey, jetstream.IncludeHistory(), jetstream.MetaOnly())
-	if err != nil {
-		return err
-	}
-	w.Stop()
-	go s.follow(ctx, fn, gone)
-	return nil
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.follow(ctx, from, fn, gone)
+	}()
+	return func() { cancel(); <-done }, nil
 }
 
 // follow watches the key; when the bucket is gone, it says so and
 // polls for a new one.
-func (s *ConfigStore) follow(ctx context.Context, fn func(ConfigEntry), gone func()) {
-	var last uint64
+func (s *ConfigStore) follow(ctx context.Context, last uint64, fn func(ConfigEntry), gone func()) {
 	for ctx.Err() == nil {
 		kv, err := s.kv(ctx, false)
 		if err != nil {

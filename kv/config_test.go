@@ -70,7 +70,7 @@ func TestTheLoserOfTwoWritesIsToldWhichRevisionWonWhenAndByWhom(t *testing.T) {
 	is.Equal(wins.Load(), int32(1)) // one write between them
 	err = lost.Load().(error)
 	var ce *kv.ConflictError
-	is.True(errors.As(err, &ce))           // a conflict
+	is.True(errors.As(err, &ce))            // a conflict
 	is.True(errors.Is(err, kv.ErrConflict)) // as callers test for
 	msg := err.Error()
 	is.True(strings.Contains(msg, "revision 2 was written at")) // which and when
@@ -113,7 +113,9 @@ func TestTheWatcherDeliversNewRevisionsAndFollowsANewBucketAfterADelete(t *testi
 	is.NoErr(err)
 	got := make(chan kv.ConfigEntry, 16)
 	var gone atomic.Int32
-	is.NoErr(s.WatchConfig(ctx, func(e kv.ConfigEntry) { got <- e }, func() { gone.Add(1) }))
+	stop, err := s.WatchConfig(ctx, 0, func(e kv.ConfigEntry) { got <- e }, func() { gone.Add(1) })
+	is.NoErr(err)
+	defer stop()
 	next := func() kv.ConfigEntry {
 		t.Helper()
 		select {

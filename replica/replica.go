@@ -114,6 +114,10 @@ type Config struct {
 	// InFlightBound is how long a chosen call counts as in flight when its
 	// report never comes (broker.DefaultInFlightBound).
 	InFlightBound time.Duration
+	// PoolsFile names the file Pools came from; "" when none was given.
+	// A replica given one writes it over the fleet's configuration when
+	// it was edited (see docs/operating.md, "The fleet's configuration").
+	PoolsFile string
 	// Ready, when set, is called once the replica answers calls.
 	Ready func(*Replica)
 }
@@ -211,6 +215,8 @@ type Replica struct {
 	mode      string // "ttl", "expiry" or "local"
 
 	stopAttach func() // stops and waits for the re-attach goroutine
+	stopConfig func() // stops and waits for the configuration's watcher
+	conf       fleetConfig
 	stopStats  func() // stops and waits for the statistics goroutine
 	stopTx     func() // stops and waits for the transaction log's reader
 	tx         txLog  // gecholog's transaction log
@@ -251,7 +257,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	r := &Replica{cfg: cfg, log: cfg.Logger, stopAttach: func() {}, stopStats: func() {}, stopTx: func() {}}
+	r := &Replica{cfg: cfg, log: cfg.Logger, stopAttach: func() {}, stopConfig: func() {}, stopStats: func() {}, stopTx: func() {}}
 	r.bgCtx, r.bgCancel = context.WithCancel(context.Background())
 	defer r.bgCancel()
 	if cfg.MetricsAddr != "" {
@@ -259,6 +265,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// say why not, while the replica waits for the server. Deferred
 		// first, the listener closes last.
 		r.mon = newMonitor(cfg.ID, r.log)
+		r.mon.configured(r.Config)
 		if err := r.mon.listen(cfg.MetricsAddr, cfg.HTTPIdleTimeout, cfg.HTTPMaxConns); err != nil {
 			return err
 		}
@@ -322,6 +329,7 @@ func (r *Replica) start(ctx context.Context) error {
 		r.store, r.mode = store, store.Mode().String()
 	}
 	r.mon.attached(r.mode)
+	cs := r.fleetConfig(ctx, store)
 
 	r.broker, err = broker.New(broker.Config{Pools: r.cfg.Pools, Policy: r.cfg.Policy, ID: r.cfg.ID, Store: shared, Logger: r.log,
 		InFlightBound: r.cfg.InFlightBound})
@@ -330,6 +338,11 @@ func (r *Replica) start(ctx context.Context) error {
 	}
 	if r.cfg.Policy.NeverDisable {
 		r.log.Warn("DISABLED_TIME is 0: a failure never takes a router out, as in the original broker; calls are still spread and the failures counted; set DISABLED_TIME above 0 to fail over")
+	}
+	if cs != nil {
+		if err := r.watchConfig(ctx, cs); err != nil {
+			r.log.Warn("cannot watch the fleet's configuration; keeping revision in force", slog.Any("error", err))
+		}
 	}
 	r.handler = gecholog.NewHandler(r.broker, r.log)
 	r.mon.started(r.broker, r.handler, r.Transactions)
@@ -434,6 +447,7 @@ func (r *Replica) stop() {
 	}
 	r.calls.close() // a handler still running finishes; no other starts
 	r.stopAttach()
+	r.stopConfig()
 	r.stopStats()
 	r.stopTx()
 	r.mu.Lock()
