@@ -213,6 +213,9 @@ func (r *Replica) watchConfig(ctx context.Context, cs *kv.ConfigStore) (err erro
 func (r *Replica) fleetConfig(ctx context.Context, store *kv.Store) *kv.ConfigStore {
 	note := ""
 	var cs *kv.ConfigStore
+	if !r.cfg.FleetConfig {
+		return nil
+	}
 	if store == nil {
 		note = "no JetStream: this replica runs by its own pools and settings"
 	} else if c, err := r.startConfig(ctx); err != nil {

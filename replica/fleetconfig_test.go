@@ -116,7 +116,7 @@ func TestWhereTheConfigurationComesFrom(t *testing.T) {
 			if tc.seed != nil {
 				tc.seed(t, s)
 			}
-			rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.url}, Policy: minute, Pools: tc.pools, PoolsFile: tc.file}, 1)
+			rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, Pools: tc.pools, PoolsFile: tc.file}, 1)
 			is.Equal(routersOf(rs.replicas[0]), tc.want) // the routers served
 			st := rs.fleet.Replicas[0].Config()
 			is.Equal(st.Revision, tc.wantRev)           // the revision run
@@ -132,7 +132,7 @@ func TestWhereTheConfigurationComesFrom(t *testing.T) {
 func TestReplicasStartingAtOnceOnAnEmptyBucketWriteItOnce(t *testing.T) {
 	is := is.New(t)
 	s := startConfigServer(t)
-	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.url}, Policy: minute, Pools: onePool("/azure/a/"), PoolsFile: "a.json"}, 3)
+	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, Pools: onePool("/azure/a/"), PoolsFile: "a.json"}, 3)
 	is.Equal(s.latest(t).Revision, uint64(1)) // one write between them
 	for _, r := range rs.fleet.Replicas {
 		is.Equal(r.Config().Revision, uint64(1))
@@ -142,7 +142,7 @@ func TestReplicasStartingAtOnceOnAnEmptyBucketWriteItOnce(t *testing.T) {
 func TestEveryReplicaFollowsANewRevisionWithinASecondAndRefusesAnInvalidOne(t *testing.T) {
 	is := is.New(t)
 	s := startConfigServer(t)
-	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.url}, Policy: minute, MetricsAddr: "127.0.0.1:0"}, 3)
+	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, MetricsAddr: "127.0.0.1:0"}, 3)
 	start := time.Now()
 	rev := s.write(t, onePool("/azure/x/", "/azure/y/"), "alice")
 	rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
@@ -195,7 +195,7 @@ func TestEveryReplicaFollowsANewRevisionWithinASecondAndRefusesAnInvalidOne(t *t
 func TestTheConfigurationBucketDeletedKeepsTheLastGoodRevisionAndANewBucketIsFollowed(t *testing.T) {
 	is := is.New(t)
 	s := startConfigServer(t)
-	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.url}, Policy: minute, Pools: onePool("/azure/a/")}, 2)
+	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, Pools: onePool("/azure/a/")}, 2)
 	is.NoErr(s.js.DeleteKeyValue(context.Background(), kv.ConfigBucket(replica.DefaultBucket)))
 	for i, r := range rs.fleet.Replicas {
 		natstest.Eventually(t, 5*time.Second, func() bool { return strings.Contains(r.Config().Note, "deleted") }, "replica %d says so", i+1)
@@ -214,7 +214,7 @@ func TestTheConfigurationBucketDeletedKeepsTheLastGoodRevisionAndANewBucketIsFol
 func TestWithoutJetStreamAReplicaRunsByItsOwnSettingsAndSaysSo(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t, natstest.WithoutJetStream())
-	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute, Pools: onePool("/azure/a/")}, 1)
+	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute, Pools: onePool("/azure/a/")}, 1)
 	is.Equal(routersOf(rs.replicas[0]), []string{"/azure/a/"})
 	st := rs.fleet.Replicas[0].Config()
 	is.Equal(st.Revision, uint64(0))

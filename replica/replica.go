@@ -118,6 +118,12 @@ type Config struct {
 	// A replica given one writes it over the fleet's configuration when
 	// it was edited (see docs/operating.md, "The fleet's configuration").
 	PoolsFile string
+	// FleetConfig makes the replica follow the fleet's configuration in
+	// the <Bucket>_config bucket (docs/operating.md). Off, it runs by its
+	// own pools and policy. The broker command does not set it yet: the
+	// least-privilege permissions (docs/security.md) do not grant the
+	// configuration bucket.
+	FleetConfig bool
 	// Ready, when set, is called once the replica answers calls.
 	Ready func(*Replica)
 }
