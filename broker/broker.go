@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,11 +39,12 @@ var InFlightBoundRange = Range[time.Duration]{Min: time.Second, Max: 24 * time.H
 // router's health in step with the other replicas through a Store. Its
 // methods are safe for concurrent use; none of them waits on the network.
 type Broker struct {
-	pools   map[string]*pool  // by ingress; read-only after New
-	order   []string          // the pools' ingresses in the configured order
-	routers map[string]*route // every pool member by path; read-only after New
-	members []*route          // the same, by id
-	policy  Policy
+	// tab is the configuration in force: pools, routers and policy. A
+	// call loads it once and sees one revision whole; Reconfigure swaps
+	// it under mu.
+	tab     atomic.Pointer[table]
+	every   map[string]*route        // every router ever a member, by path; guarded by mu
+	names   atomic.Pointer[[]string] // every router ever a member, by id
 	id      string
 	store   atomic.Pointer[storeRef] // nil until there is a store
 	log     *slog.Logger
@@ -73,6 +75,19 @@ type Broker struct {
 
 type storeRef struct{ Store }
 
+// table is one revision of the configuration, immutable once stored.
+type table struct {
+	pools   map[string]*pool  // by ingress
+	order   []string          // the pools' ingresses in the configured order
+	routers map[string]*route // every pool member by path
+	members []*route          // the same, in the order the pools first list them
+	policy  Policy
+	bound   time.Duration // the in-flight bound
+}
+
+// cur returns the configuration in force.
+func (b *Broker) cur() *table { return b.tab.Load() }
+
 // shared returns the store, or nil in local mode.
 func (b *Broker) shared() Store {
 	if r := b.store.Load(); r != nil {
@@ -83,10 +98,7 @@ func (b *Broker) shared() Store {
 
 // New validates cfg and returns a Broker with every router enabled.
 func New(cfg Config) (*Broker, error) {
-	if err := ValidatePools(cfg.Pools); err != nil {
-		return nil, err
-	}
-	policy, err := cfg.Policy.Resolve()
+	policy, bound, err := validate(cfg.Pools, cfg.Policy, cfg.InFlightBound)
 	if err != nil {
 		return nil, err
 	}
@@ -94,19 +106,10 @@ func New(cfg Config) (*Broker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	bound := cfg.InFlightBound
-	if bound <= 0 {
-		bound = DefaultInFlightBound
-	}
-	if !InFlightBoundRange.Contains(bound) {
-		return nil, fmt.Errorf("in-flight bound %v: must be %v", bound, InFlightBoundRange)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{
-		fleet:        fleet{bound: bound, peers: map[string]peer{}, nudged: make(chan struct{}, 1)},
-		pools:        map[string]*pool{},
-		routers:      map[string]*route{},
-		policy:       policy,
+		fleet:        fleet{peers: map[string]peer{}, nudged: make(chan struct{}, 1)},
+		every:        map[string]*route{},
 		id:           cfg.ID,
 		log:          log,
 		unknown:      map[string]bool{},
@@ -114,45 +117,20 @@ func New(cfg Config) (*Broker, error) {
 		stopWrites:   cancel,
 		transitions:  map[transition]uint64{},
 	}
-	for _, pc := range cfg.Pools {
-		s, _ := strategy(pc.Strategy) // ValidatePools checked it
-		p := &pool{ingress: pc.Ingress, routers: pc.Routers, strategy: s, chosen: make([]atomic.Uint64, len(pc.Routers))}
-		b.pools[p.ingress] = p
-		b.order = append(b.order, p.ingress)
-		for _, r := range p.routers {
-			rt := b.routers[r.Path]
-			if rt == nil {
-				rt = &route{path: r.Path, id: len(b.members), stats: newRouteStats(bound, policy.RateWindow, time.Now())}
-				rt.clean.Store(true)
-				b.routers[r.Path] = rt
-				b.members = append(b.members, rt)
-			}
-			rt.pools = append(rt.pools, p)
-		}
-	}
-	for _, p := range b.pools {
-		for _, r := range p.routers {
-			p.ids = append(p.ids, b.routers[r.Path].id)
-		}
-	}
 	if cfg.Store != nil {
 		b.store.Store(&storeRef{cfg.Store})
 	}
-	now := time.Now()
-	for _, p := range b.pools {
-		p.live.Store(b.snapshot(p, now))
-	}
+	b.tab.Store(b.build(cfg.Pools, policy, bound, nil, time.Now()))
 	return b, nil
 }
 
 // Members returns every router of every pool, each once, in the order the
 // pools first list them. A router's index here is the id Choose returns.
+//
+// After Reconfigure it returns every router that was ever a member, by
+// id: a router removed keeps its id, and one added gets the next.
 func (b *Broker) Members() []string {
-	out := make([]string, len(b.members))
-	for i, rt := range b.members {
-		out[i] = rt.path
-	}
-	return out
+	return slices.Clone(*b.names.Load())
 }
 
 // Attach starts sharing router health through s, for a replica that began
@@ -163,7 +141,7 @@ func (b *Broker) Attach(s Store) {
 	b.store.Store(&storeRef{s})
 	b.mu.Lock()
 	var carry []*route
-	for _, rt := range b.members {
+	for _, rt := range b.cur().members {
 		if rt.live != nil {
 			rt.pending = true
 			carry = append(carry, rt)
@@ -184,8 +162,9 @@ func (b *Broker) Attach(s Store) {
 func (b *Broker) Report(router []byte, status int, retryAfter time.Duration) {
 	// Indexing with string(router) in the index expression itself does not
 	// allocate.
-	rt := b.routers[string(router)]
-	failed := b.policy.FailureCodes.Has(status)
+	t := b.cur()
+	rt := t.routers[string(router)]
+	failed := t.policy.FailureCodes.Has(status)
 	if !failed {
 		b.calls[Succeeded].Add(1)
 		if rt != nil {
@@ -208,7 +187,7 @@ func (b *Broker) Report(router []byte, status int, retryAfter time.Duration) {
 // first: a request goes to one of the first tier's, unless none of them
 // may take it.
 func (b *Broker) Routers(ingress string) []string {
-	if p := b.pools[ingress]; p != nil {
+	if p := b.cur().pools[ingress]; p != nil {
 		var out []string
 		for _, t := range p.live.Load().tiers {
 			for _, rt := range t.routes {
@@ -222,7 +201,7 @@ func (b *Broker) Routers(ingress string) []string {
 
 // Phase returns router's phase in this replica's view.
 func (b *Broker) Phase(router string) Phase {
-	rt := b.routers[router]
+	rt := b.cur().routers[router]
 	if rt == nil {
 		return Enabled
 	}
@@ -237,12 +216,17 @@ func (b *Broker) Phase(router string) Phase {
 // made while a cluster elects a leader, but reading a key can. It returns
 // the first error; the routers it could read are applied.
 func (b *Broker) Reload(ctx context.Context) error {
+	return b.reload(ctx, b.cur().members)
+}
+
+// reload reads routes' latest changes from the store and applies them.
+func (b *Broker) reload(ctx context.Context, routes []*route) error {
 	store := b.shared()
 	if store == nil {
 		return nil
 	}
 	var first error
-	for _, rt := range b.members {
+	for _, rt := range routes {
 		e, live, err := store.Latest(ctx, rt.path)
 		if err != nil {
 			first = cmp.Or(first, err)
@@ -265,7 +249,7 @@ func (b *Broker) Reload(ctx context.Context) error {
 // Until returns when router's disable ends in this replica's view: the
 // zero time when it is enabled, or disabled until someone enables it.
 func (b *Broker) Until(router string) time.Time {
-	rt := b.routers[router]
+	rt := b.cur().routers[router]
 	if rt == nil {
 		return time.Time{}
 	}
@@ -281,7 +265,7 @@ func (b *Broker) Until(router string) time.Time {
 // reported, as this replica last heard from every replica, towards the
 // threshold.
 func (b *Broker) Failures(router string) int {
-	rt := b.routers[router]
+	rt := b.cur().routers[router]
 	if rt == nil {
 		return 0
 	}

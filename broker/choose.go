@@ -23,7 +23,7 @@ type probeSlot struct {
 // stay on the ingress router: ingress is no pool's, or no router of the
 // pool may take calls. It reads an immutable snapshot and never waits.
 func (b *Broker) Choose(ingress []byte) int {
-	p := b.pools[string(ingress)] // does not allocate
+	p := b.cur().pools[string(ingress)] // does not allocate
 	if p == nil {
 		b.calls[NotIngress].Add(1)
 		if b.log.Enabled(context.Background(), slog.LevelDebug) {
@@ -65,7 +65,7 @@ func (b *Broker) Choose(ingress []byte) int {
 		n := rand.IntN(cum[len(cum)-1])
 		i = sort.Search(len(cum), func(i int) bool { return cum[i] > n })
 	}
-	return b.chose(p, b.members[c.fallback[i]], c.fallbackIdx[i], Panicked)
+	return b.chose(p, c.fallback[i], c.fallbackIdx[i], Panicked)
 }
 
 // chose counts a choice of rt, router index of p, and returns its id.
@@ -91,8 +91,8 @@ func (b *Broker) rebuild(p *pool, now time.Time) {
 			Panic:   "every router of the pool is disabled; sending calls to the one whose disable ends soonest (panic mode)",
 			Ingress: "every router of the pool is disabled; calls stay on the ingress router's own outbound",
 			Any:     "every router of the pool is disabled; choosing among all of them",
-		}[b.policy.AllDisabled]
-		if len(c.fallback) == 0 && b.policy.AllDisabled != Ingress {
+		}[p.tab.policy.AllDisabled]
+		if len(c.fallback) == 0 && p.tab.policy.AllDisabled != Ingress {
 			msg = "every router of the pool is disabled by hand; calls stay on the ingress router's own outbound"
 		}
 		b.log.Warn(msg, slog.String("ingress", p.ingress))
@@ -110,7 +110,7 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 	soonest := -1
 	tiers := map[int]*Tier{}
 	for i, r := range p.routers {
-		rt := b.members[p.ids[i]]
+		rt := p.routes[i]
 		ph := phase(rt.live, now)
 		if rt.probe != nil && rt.probe.token.Load() {
 			c.probes = append(c.probes, rt.probe)
@@ -121,10 +121,10 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 		}
 		if ph != Manual {
 			all += r.Weight
-			c.fallback = append(c.fallback, rt.id)
+			c.fallback = append(c.fallback, rt)
 			c.fallbackCum = append(c.fallbackCum, all)
 			c.fallbackIdx = append(c.fallbackIdx, i)
-			if ph != Enabled && (soonest < 0 || rt.live.Until.Before(b.members[p.ids[soonest]].live.Until)) {
+			if ph != Enabled && (soonest < 0 || rt.live.Until.Before(p.routes[soonest].live.Until)) {
 				soonest = i
 			}
 		}
@@ -147,13 +147,13 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 		t.index = append(t.index, i)
 	}
 	slices.SortFunc(c.tiers, func(a, b *Tier) int { return p.routers[a.index[0]].Priority - p.routers[b.index[0]].Priority })
-	switch b.policy.AllDisabled {
+	switch p.tab.policy.AllDisabled {
 	case Ingress:
 		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil
 	case Panic:
 		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil
 		if soonest >= 0 {
-			c.fallback = []int{p.ids[soonest]}
+			c.fallback = []*route{p.routes[soonest]}
 			c.fallbackCum = []int{1}
 			c.fallbackIdx = []int{soonest}
 		}

@@ -85,9 +85,10 @@ func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
 	if from == b.id {
 		return
 	}
+	t := b.cur()
 	m := make(map[string]Counts, len(counts))
 	for _, c := range counts {
-		if _, ok := b.routers[c.Router]; ok {
+		if _, ok := t.routers[c.Router]; ok {
 			m[c.Router] = bounded(c, at)
 		}
 	}
@@ -103,12 +104,12 @@ func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
 	// next Refresh: half the time two replicas' counts disagree.
 	for path, c := range m {
 		if o, ok := old[path]; !ok || o.Chosen != c.Chosen || o.Reported != c.Reported {
-			b.setBase(b.routers[path])
+			b.setBase(t.routers[path])
 		}
 	}
 	for path := range old {
-		if _, ok := m[path]; !ok {
-			b.setBase(b.routers[path])
+		if _, ok := m[path]; !ok && t.routers[path] != nil { // nil: removed by Reconfigure
+			b.setBase(t.routers[path])
 		}
 	}
 }
@@ -153,7 +154,7 @@ func (b *Broker) Counts() []Counts {
 	b.fleet.mu.Lock()
 	defer b.fleet.mu.Unlock()
 	var out []Counts
-	for _, rt := range b.members {
+	for _, rt := range b.cur().members {
 		s := &rt.stats
 		c := Counts{Router: rt.path, Chosen: s.chosen.count(s.chosen.total.Load()), Reported: s.reported.count(s.reported.total.Load()),
 			Calls: s.calls.count(s.calls.total.Load()), Failures: s.failures.count(s.failures.total.Load())}
@@ -198,7 +199,8 @@ func (b *Broker) refreshFleet(now time.Time) (late []lateFailure) {
 			delete(b.fleet.peers, id)
 		}
 	}
-	for _, rt := range b.members {
+	t := b.cur()
+	for _, rt := range t.members {
 		s := &rt.stats
 		s.calls.advance(now, s.calls.total.Load())
 		s.failures.advance(now, s.failures.total.Load())
@@ -210,7 +212,7 @@ func (b *Broker) refreshFleet(now time.Time) (late []lateFailure) {
 		// when reported; told to each other, they reach it. The replica
 		// that heard the newest of them disables the router, so that one
 		// does, once.
-		if n := len(b.failing(rt)); n >= b.policy.Threshold && !s.newest.acted && s.failing[n-1].Equal(s.newest.at) {
+		if n := len(b.failing(rt)); n >= t.policy.Threshold && !s.newest.acted && s.failing[n-1].Equal(s.newest.at) {
 			s.newest.acted = true
 			late = append(late, lateFailure{rt, event{kind: failure, status: s.newest.status,
 				retryAfter: s.newest.retryAfter, failures: n}})
@@ -268,7 +270,7 @@ func (b *Broker) counted(rt *route, failed bool, now time.Time, status int, retr
 		calls += pc.Calls
 		failed64 += pc.Failures
 	}
-	pol := b.policy
+	pol := &b.cur().policy
 	if pol.Rate > 0 && failures < pol.Threshold && calls >= int64(pol.RateMinCalls) && float64(failed64)*100 >= pol.Rate*float64(calls) {
 		rate = &rateFigures{failures: failed64, calls: calls, window: pol.RateWindow}
 	}

@@ -99,6 +99,8 @@ type pool struct {
 	routers  []Router
 	strategy Strategy
 	ids      []int           // each router's id, by index in routers
+	routes   []*route        // each router, by index in routers
+	tab      *table          // the configuration the pool belongs to
 	chosen   []atomic.Uint64 // choices by index in routers
 	live     atomic.Pointer[choice]
 	stranded bool // no router enabled; guarded by Broker.mu
@@ -118,7 +120,7 @@ type choice struct {
 	// fallback answers when no router is enabled: the panic choice, or
 	// with AllDisabled Any every router but manual ones (cumulative
 	// weights in fallbackCum).
-	fallback    []int
+	fallback    []*route
 	fallbackCum []int
 	fallbackIdx []int
 }

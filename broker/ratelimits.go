@@ -149,15 +149,16 @@ var ErrLatencyOutOfBounds = errors.New("upstream time longer than the in-flight 
 // further than the longest disable (DisabledTime × MaxMultiplier, the
 // bound of a Retry-After) is taken as that far.
 func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimits) error {
-	rt := b.routers[string(router)]
+	t := b.cur()
+	rt := t.routers[string(router)]
 	if rt == nil {
 		return nil
 	}
 	b.heard.Store(time.Now().UnixNano())
 	var err error
 	switch {
-	case latency > b.fleet.bound:
-		err = fmt.Errorf("%w: %v, bound %v", ErrLatencyOutOfBounds, latency, b.fleet.bound)
+	case latency > t.bound:
+		err = fmt.Errorf("%w: %v, bound %v", ErrLatencyOutOfBounds, latency, t.bound)
 	case latency > 0:
 		rt.stats.addLatency(latency)
 	}
@@ -178,7 +179,7 @@ func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimi
 		// A reset is held within what a Retry-After may ask: one upstream
 		// answer (or one forged transaction) keeps a router waiting no
 		// longer than the longest disable.
-		latest := now.Add(b.policy.maxWait())
+		latest := now.Add(t.policy.maxWait())
 		if l.ResetRequests.After(latest) {
 			l.ResetRequests = latest
 		}

@@ -72,10 +72,10 @@ func (b *Broker) Observe(ev Event) {
 // observe applies ev; own says it is this replica's own write, or the
 // store's answer to one.
 func (b *Broker) observe(ev Event, own bool) {
-	rt := b.routers[ev.Router]
 	now := time.Now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	rt := b.cur().routers[ev.Router]
 	if b.closed {
 		return
 	}
@@ -146,7 +146,7 @@ func (b *Broker) hear(rt *route, ev Event, now time.Time) {
 	if ev.Entry == nil || ev.Entry.Record.Manual {
 		return
 	}
-	r, _ := b.policy.Clamp(Entry{Record: ev.Entry.Record, Created: now})
+	r, _ := b.cur().policy.Clamp(Entry{Record: ev.Entry.Record, Created: now})
 	switch ph := phase(rt.live, now); {
 	case !r.ActiveAt(now), ph == Manual, ph == Disabled && !r.Until.After(rt.live.Until):
 		return
@@ -191,7 +191,7 @@ func (b *Broker) warnUnknown(router string) {
 // word it would strand the router. Manual records are an operator's word
 // and kept as they are. b.mu must be held when rt is not nil.
 func (b *Broker) sane(rt *route, e Entry) (r Record, clamped bool) {
-	r, clamped = b.policy.Clamp(e)
+	r, clamped = b.cur().policy.Clamp(e)
 	if clamped && rt != nil && rt.clamped != e.Revision {
 		rt.clamped = e.Revision
 		if !r.Until.Equal(e.Record.Until) || r.Probe != e.Record.Probe {
@@ -202,7 +202,7 @@ func (b *Broker) sane(rt *route, e Entry) (r Record, clamped bool) {
 		if r.Level != e.Record.Level {
 			b.log.Warn("record's backoff level is out of range; using the nearest the failure policy allows",
 				slog.String("router", clip(r.Router)), slog.Int("level", e.Record.Level), slog.Int("used", r.Level),
-				slog.Int("max_level", b.policy.maxLevel()), slog.Uint64("revision", e.Revision),
+				slog.Int("max_level", b.cur().policy.maxLevel()), slog.Uint64("revision", e.Revision),
 				slog.String("hint", "levels go from 0 to the cap; a record written by hand may leave \"level\" out"))
 		}
 	}
@@ -235,7 +235,7 @@ func (b *Broker) refresh(rt *route, now time.Time) {
 	}
 	if ph == Probation && held == nil && b.shared() == nil {
 		// Local mode: this replica is the whole fleet and claims at once.
-		rt.live.Probe = &Probe{By: b.id, At: now, Until: now.Add(b.policy.ProbeTimeout)}
+		rt.live.Probe = &Probe{By: b.id, At: now, Until: now.Add(b.cur().policy.ProbeTimeout)}
 		held = rt.live.Probe
 	}
 	switch {
@@ -326,7 +326,7 @@ func (b *Broker) arm(now time.Time) {
 		return
 	}
 	var at time.Time
-	for _, rt := range b.members {
+	for _, rt := range b.cur().members {
 		if t := next(rt, now); !t.IsZero() && (at.IsZero() || t.Before(at)) {
 			at = t
 		}
@@ -360,7 +360,7 @@ func (b *Broker) tick() {
 	if b.closed {
 		return
 	}
-	for _, rt := range b.members {
+	for _, rt := range b.cur().members {
 		switch {
 		case !rt.heard.IsZero() && (!now.Before(rt.heardEnd) || rt.live == nil || !rt.live.ActiveAt(now)):
 			b.unhear(rt, now)

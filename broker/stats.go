@@ -124,7 +124,9 @@ func (b *Broker) Stats() Stats {
 	for i := range s.Calls {
 		s.Calls[i] = b.calls[i].Load()
 	}
-	for _, p := range b.pools {
+	t := b.cur()
+	for _, ingress := range t.order {
+		p := t.pools[ingress]
 		for i, r := range p.routers {
 			s.Choices = append(s.Choices, Count{Ingress: p.ingress, Router: r.Path, N: p.chosen[i].Load()})
 		}
@@ -147,7 +149,7 @@ func (b *Broker) Stats() Stats {
 	for t, n := range b.transitions {
 		s.Transitions = append(s.Transitions, Count{Router: t.router, To: t.to, Reason: t.reason, N: n})
 	}
-	for _, rt := range b.routers {
+	for _, rt := range b.cur().members {
 		if phase(rt.live, now) != Enabled {
 			s.Disabled++
 		}

@@ -171,7 +171,7 @@ func TestACountSaidWithoutAResetIsFullAgainAMinuteOn(t *testing.T) {
 	before := time.Now()
 	b.Finished([]byte("/a/x/"), 0, &RateLimits{RemainingRequests: 0, LimitRequests: 100, RemainingTokens: 5000, LimitTokens: -1})
 	after := time.Now()
-	l := b.routers["/a/x/"].stats.limits.Load()
+	l := b.cur().routers["/a/x/"].stats.limits.Load()
 	for _, reset := range []time.Time{l.ResetRequests, l.ResetTokens} {
 		is.True(!reset.Before(before.Add(time.Minute)) && !reset.After(after.Add(time.Minute))) // a minute on
 	}
@@ -247,7 +247,7 @@ func TestARateLimitResetIsHeldWithinTheLongestDisable(t *testing.T) {
 		is.True(v.HeadroomKnown && v.Headroom == 0)                      // none left
 		is.True(!v.RateLimitedUntil.Before(before.Add(8 * time.Minute))) // waits the longest disable
 		is.True(!v.RateLimitedUntil.After(after.Add(8 * time.Minute)))   // and no longer
-		l := b.routers[r].stats.limits.Load()
+		l := b.cur().routers[r].stats.limits.Load()
 		is.Equal(l.headroom(after.Add(8*time.Minute+time.Millisecond)), 1.0) // full again then
 	}
 	// Not waiting: nothing said, some left, or a reset passed.

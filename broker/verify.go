@@ -27,7 +27,7 @@ func (b *Broker) Verify(ctx context.Context) error {
 		return nil
 	}
 	var first error
-	for _, rt := range b.members {
+	for _, rt := range b.cur().members {
 		err := b.verify(ctx, store, rt, true)
 		if first == nil {
 			first = err
@@ -83,7 +83,7 @@ func (b *Broker) verify(ctx context.Context, store Store, rt *route, again bool)
 // rebase forgets the revisions the view holds, for a store whose
 // revisions started over (see Event.Reset). b.mu must be held.
 func (b *Broker) rebase() {
-	for _, rt := range b.members {
+	for _, rt := range b.cur().members {
 		rt.rev, rt.deferred, rt.changed = 0, nil, time.Time{}
 	}
 }

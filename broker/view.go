@@ -49,7 +49,7 @@ type RouterView struct {
 
 // InFlightBound is how long a chosen call counts as in flight, which is
 // also the span RouterView.Share is counted over.
-func (b *Broker) InFlightBound() time.Duration { return b.fleet.bound }
+func (b *Broker) InFlightBound() time.Duration { return b.cur().bound }
 
 // Heard is when this replica last heard of a finished call from gecholog's
 // transaction log (zero: never).
@@ -67,15 +67,16 @@ func (b *Broker) View(now time.Time) []RouterView {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var out []RouterView
-	for _, ingress := range b.order {
-		p := b.pools[ingress]
+	t := b.cur()
+	for _, ingress := range t.order {
+		p := t.pools[ingress]
 		for i, r := range p.routers {
-			rt := b.members[p.ids[i]]
+			rt := p.routes[i]
 			v := RouterView{Ingress: ingress, Router: r.Path, Phase: phase(rt.live, now), Chosen: p.chosen[i].Load(),
 				Provisional: !rt.heard.IsZero(), Priority: r.Priority, InFlight: rt.stats.inFlight()}
 			var all int64
-			for _, id := range p.ids {
-				all += b.members[id].stats.fleetChosen.Load()
+			for _, o := range p.routes {
+				all += o.stats.fleetChosen.Load()
 			}
 			if all > 0 {
 				v.Share = float64(rt.stats.fleetChosen.Load()) / float64(all)

@@ -17,7 +17,7 @@ func (b *Broker) report(rt *route, ev event) {
 		b.mu.Unlock()
 		return
 	}
-	ch, ok := b.policy.decide(rt.path, rt.live, rt.memo, ev)
+	ch, ok := b.cur().policy.decide(rt.path, rt.live, rt.memo, ev)
 	if !ok {
 		b.mu.Unlock()
 		return
@@ -90,7 +90,7 @@ const writeAttempt = 2 * time.Second
 func (b *Broker) deadline(rt *route, ev event) time.Time {
 	switch ev.kind {
 	case claim:
-		return ev.at.Add(b.policy.ProbeTimeout)
+		return ev.at.Add(b.cur().policy.ProbeTimeout)
 	case failure, carryOver:
 		b.mu.Lock()
 		defer b.mu.Unlock()
@@ -98,7 +98,7 @@ func (b *Broker) deadline(rt *route, ev event) time.Time {
 			return rt.live.Until
 		}
 	}
-	return ev.at.Add(b.policy.DisabledTime)
+	return ev.at.Add(b.cur().policy.DisabledTime)
 }
 
 func (b *Broker) tryWrite(rt *route, ev event, deadline time.Time) error {
@@ -139,7 +139,7 @@ func (b *Broker) tryWrite(rt *route, ev event, deadline time.Time) error {
 		}
 		b.mu.Unlock()
 	} else {
-		ch, ok = b.policy.decide(rt.path, liveRec, memo, ev)
+		ch, ok = b.cur().policy.decide(rt.path, liveRec, memo, ev)
 	}
 	if !ok {
 		// The store already says what this replica wanted, or something

@@ -16,7 +16,7 @@ import (
 // concurrent use.
 type Handler struct {
 	b         *broker.Broker
-	replies   [][]byte // the answer for each router, by id
+	replies   atomic.Pointer[[][]byte] // the answer for each router, by id
 	log       *slog.Logger
 	malformed atomic.Uint64
 	warn      sometimes
@@ -29,10 +29,19 @@ func NewHandler(b *broker.Broker, log *slog.Logger) *Handler {
 		log = slog.New(slog.DiscardHandler)
 	}
 	h := &Handler{b: b, log: log, warn: sometimes{every: 10 * time.Second}}
-	for _, r := range b.Members() {
-		h.replies = append(h.replies, Reply(r))
-	}
+	h.learn()
 	return h
+}
+
+// learn makes the answers for every router b has had: a reconfigured
+// broker gives routers it adds the next ids.
+func (h *Handler) learn() [][]byte {
+	var replies [][]byte
+	for _, r := range h.b.Members() {
+		replies = append(replies, Reply(r))
+	}
+	h.replies.Store(&replies)
+	return replies
 }
 
 // Handle answers one processor message. A request context naming an ingress
@@ -53,7 +62,11 @@ func (h *Handler) Handle(data []byte) []byte {
 	}
 	if !m.HasStatus {
 		if id := h.b.Choose(m.Path); id >= 0 {
-			return h.replies[id]
+			replies := *h.replies.Load()
+			if id >= len(replies) {
+				replies = h.learn() // a router the broker added since
+			}
+			return replies[id]
 		}
 		return nil
 	}

@@ -272,3 +272,14 @@ func TestEscapedIngressIsChosenFor(t *testing.T) {
 	is.NoErr(json.Unmarshal(h.Handle([]byte(`{"gl_path":"\/azure\/"}`)), &m))
 	is.True(strings.HasPrefix(m.GLPath, "/azure/") && m.GLPath != "/azure/") // a router of the pool
 }
+
+func TestARouterAddedByReconfigurationIsAnsweredWithItsOwnPath(t *testing.T) {
+	is := is.New(t)
+	h, b, _ := newHandler(t, nil)
+	pools := []broker.Pool{{Ingress: "/azure/", Routers: []broker.Router{{Path: "/azure/added/", Weight: 1}}}}
+	is.NoErr(b.Reconfigure(pools, broker.Policy{DisabledTime: time.Hour}, 0))
+	for range 10 {
+		reply := h.Handle(request("/azure/"))
+		is.Equal(string(reply), string(gecholog.Reply("/azure/added/"))) // the new revision's only router
+	}
+}

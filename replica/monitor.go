@@ -42,6 +42,7 @@ type monitor struct {
 	handler atomic.Pointer[gecholog.Handler]
 	tx      atomic.Pointer[func() TransactionCounts]
 	mode    atomic.Pointer[string] // "ttl", "expiry" or "local" once decided
+	conf    atomic.Pointer[func() ConfigState]
 
 	id     string // the replica's
 	reply  prometheus.Histogram
@@ -159,6 +160,10 @@ func (p pageSource) Status() statuspage.Status {
 	if mode := p.m.mode.Load(); mode != nil {
 		st.Mode = *mode
 	}
+	if conf := p.m.conf.Load(); conf != nil {
+		c := (*conf)()
+		st.Config = statuspage.Config{Revision: c.Revision, Refused: c.Refused, Note: c.Note}
+	}
 	return st
 }
 
@@ -249,7 +254,7 @@ func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{callsDesc, choicesDesc, failureReportsDesc, transitionsDesc, disabledDesc,
 		kvWritesDesc, kvErrorsDesc, watchEventsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
 		priorityDesc, inFlightDesc, shareDesc, latencyDesc, headroomDesc, rateLimitedDesc, recentCallsDesc, failureRateDesc,
-		transactionsDesc, outOfBoundsDesc, logAgeDesc} {
+		transactionsDesc, outOfBoundsDesc, logAgeDesc, configRevisionDesc, configRefusedDesc} {
 		ch <- d
 	}
 }
@@ -262,6 +267,15 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(connectedDesc, prometheus.GaugeValue, connected)
 	if mode := c.m.mode.Load(); mode != nil {
 		ch <- prometheus.MustNewConstMetric(ttlModeDesc, prometheus.GaugeValue, 1, *mode)
+	}
+	if conf := c.m.conf.Load(); conf != nil {
+		st := (*conf)()
+		refused := 0.0
+		if st.Refused != "" {
+			refused = 1
+		}
+		ch <- prometheus.MustNewConstMetric(configRevisionDesc, prometheus.GaugeValue, float64(st.Revision))
+		ch <- prometheus.MustNewConstMetric(configRefusedDesc, prometheus.GaugeValue, refused)
 	}
 	b := c.m.broker.Load()
 	if b == nil {

@@ -122,6 +122,16 @@ type Config struct {
 	// InFlightBound is how long a chosen call counts as in flight when its
 	// report never comes (broker.DefaultInFlightBound).
 	InFlightBound time.Duration
+	// PoolsFile names the file Pools came from; "" when none was given.
+	// A replica given one writes it over the fleet's configuration when
+	// it was edited (see docs/operating.md, "The fleet's configuration").
+	PoolsFile string
+	// FleetConfig makes the replica follow the fleet's configuration in
+	// the <Bucket>_config bucket (docs/operating.md). Off, it runs by its
+	// own pools and policy. The broker command does not set it yet: the
+	// least-privilege permissions (docs/security.md) do not grant the
+	// configuration bucket.
+	FleetConfig bool
 	// Ready, when set, is called once the replica answers calls.
 	Ready func(*Replica)
 }
@@ -227,6 +237,7 @@ type Replica struct {
 	stopped bool      // stop has begun: spawn starts nothing more
 	store   *kv.Store // set by attach, in Run or in the re-attach goroutine
 	mode    string    // "ttl", "expiry" or "local"
+	conf    fleetConfig
 }
 
 // Broker is the replica's decision core.
@@ -324,6 +335,10 @@ func (r *Replica) start(ctx context.Context) error {
 	r.mon.connected(r.nc)
 	r.stage.advance(openingStore)
 
+	// The fleet's configuration, when the replica follows it, decides the
+	// pools, the policy and the bound it starts with (see fleetconfig.go).
+	cs := r.fleetConfig(ctx)
+	c = r.cfg
 	r.broker, err = broker.New(broker.Config{Pools: c.Pools, Policy: c.Policy, ID: c.ID, Logger: r.log, InFlightBound: c.InFlightBound})
 	if err != nil {
 		return err
@@ -333,6 +348,9 @@ func (r *Replica) start(ctx context.Context) error {
 	}
 	r.handler = gecholog.NewHandler(r.broker, r.log)
 	r.mon.started(r.broker, r.handler, r.Transactions)
+	if cs != nil {
+		r.watchConfig(cs)
+	}
 	if err := r.shareStats(); err != nil {
 		return fmt.Errorf("subscribe to %q: %w", StatsSubject(c.Bucket), err)
 	}

@@ -29,6 +29,8 @@ type Status struct {
 	Server    string // the NATS server, without credentials
 	Mode      string // "ttl", "expiry" or "local"; "" until decided
 	NotReady  string // why it takes no calls; "" when it does
+	// Config is the fleet's configuration the replica runs by.
+	Config Config
 }
 
 const (
@@ -85,7 +87,7 @@ func (p *Page) Close() { p.once.Do(func() { close(p.done) }) }
 // Snapshot is what the page shows at now.
 func (p *Page) Snapshot(now time.Time) Snapshot {
 	st := p.src.Status()
-	s := Snapshot{Replica: st.ID, At: now.UTC(), Mode: st.Mode, NotReady: st.NotReady,
+	s := Snapshot{Replica: st.ID, At: now.UTC(), Mode: st.Mode, NotReady: st.NotReady, Config: st.Config,
 		NATS: NATS{Connected: st.Connected, Server: st.Server}, UnknownRouters: []string{}, Notes: []string{},
 		Choices: Window{Scope: "this replica"}}
 	b := p.src.Broker()

@@ -25,6 +25,9 @@ type Snapshot struct {
 	Mode string `json:"mode"`
 	// NotReady says why the replica does not take calls; "" when it does.
 	NotReady string `json:"not_ready"`
+	// Config is the revision of the fleet's configuration the replica
+	// runs by, and what it refused.
+	Config Config `json:"config"`
 	// Pools are every pool in the configured order, each router in the
 	// pool's order; null while the replica has not connected and so does
 	// not know them yet.
@@ -164,3 +167,16 @@ func router(v broker.RouterView) Router {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Config is the revision of the fleet's configuration a replica runs by.
+type Config struct {
+	// Revision is the revision in force; 0 when the replica runs by its
+	// own settings (no JetStream).
+	Revision uint64 `json:"revision"`
+	// Refused is "refused revision N: why" while the newest revision is
+	// one the replica refused; "" otherwise.
+	Refused string `json:"refused,omitempty"`
+	// Note says what else the operator should know: the pools file is out
+	// of date, the bucket was deleted, no JetStream.
+	Note string `json:"note,omitempty"`
+}

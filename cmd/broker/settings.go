@@ -189,6 +189,7 @@ func (s *settings) resolve() error {
 				return fmt.Errorf("pools %s: %w", s.poolsFile, err)
 			}
 			s.Pools = p
+			s.PoolsFile = s.poolsFile
 		}
 	}
 	return nil

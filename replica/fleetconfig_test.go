@@ -1,0 +1,233 @@
+package replica_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/testutil/natstest"
+	"github.com/gecholog/broker/kv"
+	"github.com/gecholog/broker/replica"
+)
+
+// The fleet's configuration, end to end: real servers, real replicas.
+
+func onePool(routers ...string) []broker.Pool {
+	p := broker.Pool{Ingress: "/azure/"}
+	for _, r := range routers {
+		p.Routers = append(p.Routers, broker.Router{Path: r, Weight: 1})
+	}
+	return []broker.Pool{p}
+}
+
+var minute = broker.Policy{DisabledTime: time.Minute}
+
+type configServer struct {
+	url string
+	js  jetstream.JetStream
+	cs  *kv.ConfigStore
+}
+
+func startConfigServer(t *testing.T) configServer {
+	t.Helper()
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s)
+	cs, err := kv.OpenConfig(context.Background(), js, kv.ConfigBucket(replica.DefaultBucket), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return configServer{url: s.ClientURL(), js: js, cs: cs}
+}
+
+func (c configServer) latest(t *testing.T) kv.ConfigEntry {
+	t.Helper()
+	e, err := c.cs.Latest(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (c configServer) write(t *testing.T, pools []broker.Pool, by string) uint64 {
+	t.Helper()
+	l := c.latest(t)
+	doc := kv.NewFleetConfig(pools, minute, 0)
+	doc.By = by
+	var prev *kv.FleetConfig
+	if l.Revision != 0 {
+		prev = &l.Config
+	}
+	rev, err := c.cs.Write(context.Background(), doc, l.Revision, prev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rev
+}
+
+func routersOf(b *broker.Broker) []string {
+	r := b.Routers("/azure/")
+	slices.Sort(r)
+	return r
+}
+
+func TestWhereTheConfigurationComesFrom(t *testing.T) {
+	a := onePool("/azure/a/")
+	b := onePool("/azure/b/")
+	c := onePool("/azure/c/")
+	for _, tc := range []struct {
+		name    string
+		seed    func(t *testing.T, s configServer) // what the bucket holds first
+		file    string                             // the replica's pools file; "" none
+		pools   []broker.Pool
+		want    []string // the routers the replica serves
+		wantRev uint64   // the revision it runs
+		note    string   // in its status
+	}{
+		{name: "neither: the original's pool seeds the bucket", want: []string{"/azure/dud/", "/azure/gpt35turbo/", "/azure/gpt4/"}, wantRev: 1},
+		{name: "file only: the file seeds the bucket", file: "a.json", pools: a, want: []string{"/azure/a/"}, wantRev: 1},
+		{name: "bucket only: followed", seed: func(t *testing.T, s configServer) { s.write(t, b, "alice") }, want: []string{"/azure/b/"}, wantRev: 1},
+		{name: "both equal: followed, nothing written", seed: func(t *testing.T, s configServer) { s.write(t, a, "alice") }, file: "a.json", pools: a, want: []string{"/azure/a/"}, wantRev: 1},
+		{name: "both different, the file edited: the file is written", seed: func(t *testing.T, s configServer) { s.write(t, b, "alice") }, file: "a.json", pools: a, want: []string{"/azure/a/"}, wantRev: 2},
+		{name: "both different, the file older: the bucket is followed, loudly", seed: func(t *testing.T, s configServer) {
+			// A replica seeded the bucket with file a, then an operator
+			// set c.
+			doc := kv.NewFleetConfig(a, minute, 0)
+			doc.Files = []string{doc.Hash()}
+			if _, err := s.cs.Write(context.Background(), doc, 0, nil); err != nil {
+				t.Fatal(err)
+			}
+			s.write(t, c, "alice")
+		}, file: "a.json", pools: a, want: []string{"/azure/c/"}, wantRev: 2, note: "pools file a.json is out of date: following revision 2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			s := startConfigServer(t)
+			if tc.seed != nil {
+				tc.seed(t, s)
+			}
+			rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, Pools: tc.pools, PoolsFile: tc.file}, 1)
+			is.Equal(routersOf(rs.replicas[0]), tc.want) // the routers served
+			st := rs.fleet.Replicas[0].Config()
+			is.Equal(st.Revision, tc.wantRev)           // the revision run
+			is.Equal(s.latest(t).Revision, tc.wantRev)  // and the newest
+			is.True(strings.Contains(st.Note, tc.note)) // what it says
+			if tc.note != "" {
+				is.True(strings.Contains(rs.logs[0].String(), tc.note)) // said in the log too
+			}
+		})
+	}
+}
+
+func TestReplicasStartingAtOnceOnAnEmptyBucketWriteItOnce(t *testing.T) {
+	is := is.New(t)
+	s := startConfigServer(t)
+	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, Pools: onePool("/azure/a/"), PoolsFile: "a.json"}, 3)
+	is.Equal(s.latest(t).Revision, uint64(1)) // one write between them
+	for _, r := range rs.fleet.Replicas {
+		is.Equal(r.Config().Revision, uint64(1))
+	}
+}
+
+func TestEveryReplicaFollowsANewRevisionWithinASecondAndRefusesAnInvalidOne(t *testing.T) {
+	is := is.New(t)
+	s := startConfigServer(t)
+	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, MetricsAddr: "127.0.0.1:0"}, 3)
+	start := time.Now()
+	rev := s.write(t, onePool("/azure/x/", "/azure/y/"), "alice")
+	rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
+		return slices.Equal(routersOf(b), []string{"/azure/x/", "/azure/y/"})
+	}, "the new pool")
+	took := time.Since(start)
+	t.Logf("every replica chose by revision %d %v after it was written", rev, took)
+	is.True(took < time.Second) // applied within 1 s
+	for _, b := range rs.replicas {
+		for range 20 {
+			id := b.Choose([]byte("/azure/"))
+			p := b.Members()[id]
+			is.True(p == "/azure/x/" || p == "/azure/y/") // only the new pool's routers
+		}
+	}
+
+	// An invalid document written by hand: refused, the last good kept.
+	kvb, err := s.js.KeyValue(context.Background(), kv.ConfigBucket(replica.DefaultBucket))
+	is.NoErr(err)
+	bad, err := kvb.Put(context.Background(), kv.ConfigKey, []byte(`{"version":1,"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/z/","weight":"NaN"}]}]}`))
+	is.NoErr(err)
+	for i, r := range rs.fleet.Replicas {
+		natstest.Eventually(t, 5*time.Second, func() bool { return r.Config().Refused != "" }, "replica %d refuses", i+1)
+		is.True(strings.HasPrefix(r.Config().Refused, "refused revision "+strconv.FormatUint(bad, 10)+": pools.routers.weight")) // names revision and field
+		is.Equal(r.Config().Revision, rev)                                                                                       // keeps the last good
+		is.Equal(routersOf(rs.replicas[i]), []string{"/azure/x/", "/azure/y/"})
+		is.Equal(strings.Count(rs.logs[i].String(), "refused a revision"), 1) // one line
+	}
+	// The status page and /metrics say it.
+	m := regexp.MustCompile(`"msg":"metrics listening","addr":"([^"]+)"`).FindStringSubmatch(rs.logs[0].String())
+	is.True(m != nil) // the listener's address logged
+	addr := m[1]
+	page := get(t, "http://"+addr+"/status.json")
+	if !strings.Contains(page, `"refused": "refused revision `+strconv.FormatUint(bad, 10)) {
+		t.Fatalf("the status page does not say the refusal: %s", strings.Join(strings.Fields(page), " ")[:600])
+	}
+	metrics := get(t, "http://"+addr+"/metrics")
+	is.True(strings.Contains(metrics, "broker_config_revision "+strconv.FormatUint(rev, 10))) // the revision run
+	is.True(strings.Contains(metrics, "broker_config_refused 1"))                             // and the refusal
+
+	// Fixed: followed again, the refusal gone.
+	rev = s.write(t, onePool("/azure/w/"), "bob")
+	rs.every(t, 5*time.Second, func(b *broker.Broker) bool { return slices.Equal(routersOf(b), []string{"/azure/w/"}) }, "the fixed revision")
+	for _, r := range rs.fleet.Replicas {
+		is.Equal(r.Config().Refused, "")
+		is.Equal(r.Config().Revision, rev)
+	}
+}
+
+func TestTheConfigurationBucketDeletedKeepsTheLastGoodRevisionAndANewBucketIsFollowed(t *testing.T) {
+	is := is.New(t)
+	s := startConfigServer(t)
+	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, Pools: onePool("/azure/a/")}, 2)
+	is.NoErr(s.js.DeleteKeyValue(context.Background(), kv.ConfigBucket(replica.DefaultBucket)))
+	for i, r := range rs.fleet.Replicas {
+		natstest.Eventually(t, 5*time.Second, func() bool { return strings.Contains(r.Config().Note, "deleted") }, "replica %d says so", i+1)
+		is.Equal(routersOf(rs.replicas[i]), []string{"/azure/a/"}) // the last good kept
+	}
+	cs, err := kv.OpenConfig(context.Background(), s.js, kv.ConfigBucket(replica.DefaultBucket), true)
+	is.NoErr(err)
+	_, err = cs.Write(context.Background(), kv.NewFleetConfig(onePool("/azure/n/"), minute, 0), 0, nil)
+	is.NoErr(err)
+	rs.every(t, 5*time.Second, func(b *broker.Broker) bool { return slices.Equal(routersOf(b), []string{"/azure/n/"}) }, "the new bucket's pool")
+	for i := range rs.logs {
+		is.Equal(strings.Count(rs.logs[i].String(), "configuration bucket was deleted"), 1) // said once
+	}
+}
+
+func TestWithoutJetStreamAReplicaRunsByItsOwnSettingsAndSaysSo(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t, natstest.WithoutJetStream())
+	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute, Pools: onePool("/azure/a/")}, 1)
+	is.Equal(routersOf(rs.replicas[0]), []string{"/azure/a/"})
+	st := rs.fleet.Replicas[0].Config()
+	is.Equal(st.Revision, uint64(0))
+	is.True(strings.Contains(st.Note, "no JetStream")) // said
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
