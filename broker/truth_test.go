@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"math"
 	"slices"
 	"testing"
 	"time"
@@ -104,10 +105,10 @@ func TestVerifyTakesTheBucketsWordForAChangeTheViewNeverHeard(t *testing.T) {
 
 			c.bucket(store) // and the event is lost
 			is.True(!enabled(b2, dud))
-			is.NoErr(b2.Verify(t.Context()))
+			is.NoErr(b2.Verify(t.Context(), math.MaxUint64))
 			is.True(enabled(b2, dud))                   // the bucket's word, taken
 			is.Equal(b2.Stats().ViewRepairs, uint64(1)) // counted once
-			is.NoErr(b2.Verify(t.Context()))
+			is.NoErr(b2.Verify(t.Context(), math.MaxUint64))
 			is.Equal(b2.Stats().ViewRepairs, uint64(1)) // nothing more to repair
 		})
 	}

@@ -16,30 +16,38 @@ var ErrUnsettled = errors.New("a router's change is on its way to the store")
 // view agree with it where it does not. It is the net under the watcher:
 // whatever change the watcher did not deliver or the view did not take,
 // the view holds the store's word once Verify has run after the change.
-// A router whose store revision is older than the view's (the bucket was
-// purged or made again) is read twice before the view goes back to it, so
-// that a change the watcher delivered between the read and the comparison
-// is not undone. It returns the first error; the routers it could read
-// are made to agree.
-func (b *Broker) Verify(ctx context.Context) error {
+// upTo is the store's last revision the caller's watcher has delivered: a
+// router whose last change is newer is on its way, not missed, and is
+// left to the watcher. A router whose store revision is older than the
+// view's (the bucket was purged or made again) is read twice before the
+// view goes back to it, so that a change the watcher delivered between
+// the read and the comparison is not undone. It stops at the first read
+// that fails and returns its error; ErrUnsettled when a router could not
+// be compared; the routers it could read are made to agree.
+func (b *Broker) Verify(ctx context.Context, upTo uint64) error {
 	store := b.shared()
 	if store == nil {
 		return nil
 	}
-	var first error
+	var unsettled error
 	for _, rt := range b.cur().members {
-		err := b.verify(ctx, store, rt, true)
-		if first == nil {
-			first = err
+		switch err := b.verify(ctx, store, rt, upTo, true); {
+		case errors.Is(err, ErrUnsettled):
+			unsettled = err
+		case err != nil:
+			return err
 		}
 	}
-	return first
+	return unsettled
 }
 
-func (b *Broker) verify(ctx context.Context, store Store, rt *route, again bool) error {
+func (b *Broker) verify(ctx context.Context, store Store, rt *route, upTo uint64, again bool) error {
 	e, live, err := store.Latest(ctx, rt.path)
 	if err != nil {
 		return err
+	}
+	if e.Revision > upTo {
+		return ErrUnsettled // written since the watcher's last word: on its way
 	}
 	b.mu.Lock()
 	if b.closed {
@@ -57,7 +65,7 @@ func (b *Broker) verify(ctx context.Context, store Store, rt *route, again bool)
 	case agrees:
 		return nil
 	case e.Revision < view && again:
-		return b.verify(ctx, store, rt, false)
+		return b.verify(ctx, store, rt, upTo, false)
 	}
 	ev := Event{Router: rt.path, Revision: e.Revision, Created: e.Created}
 	switch {

@@ -23,11 +23,10 @@ import (
 // Whoever may publish on the bus can forge the news, so what is told after
 // a write landed is only a hint: the listener reads the key from the
 // bucket and delivers what the bucket says, with the bucket's revision;
-// the revision in the message is never taken. A disable, told before its
-// write (announced) or after, is heard at once as provisional: a replica
-// avoids the router on its word, for a bounded time only, and the bucket's
-// word wins over it (see broker.Event). An enable is only ever taken from
-// the bucket. A plain
+// the revision and record in the message are never taken. A disable is
+// also announced before its write (Announce): that is heard at once as
+// provisional, so that a replica avoids the router on its word, for a
+// bounded time only, until the bucket's word (see broker.Event). A plain
 // subscription to the bucket's own subjects would not do, as it also
 // delivers writes the stream refused.
 
@@ -171,20 +170,11 @@ func (s *Store) listen(fn func(broker.Event), h *hints) (stop func(), err error)
 		case op == "ask":
 			s.answer()
 		case !keyRE.MatchString(key) || len(m.Data) > maxNews:
-		case op == "del":
-			h.add(key) // an enable is taken from the bucket only
-		case op == "put" || op == "pending":
-			// A disable is heard at once, as provisional: it never lifts
-			// or shortens a disable, and holds only until the bucket's
-			// word (see broker.Event). News of a write is then read from
-			// the bucket, which confirms it or ends it.
-			if len(m.Data) > 0 {
-				if r, err := Decode(key, m.Data); err == nil {
-					fn(broker.Event{Router: key, Entry: &broker.Entry{Record: r}, Provisional: true})
-				}
-			}
-			if op == "put" {
-				h.add(key)
+		case op == "put" || op == "del":
+			h.add(key) // a write is read from the bucket, never taken from the message
+		case op == "pending" && len(m.Data) > 0:
+			if r, err := Decode(key, m.Data); err == nil {
+				fn(broker.Event{Router: key, Entry: &broker.Entry{Record: r}, Provisional: true})
 			}
 		}
 	})

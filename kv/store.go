@@ -116,6 +116,7 @@ type Store struct {
 	seen          streamState // the stream's state at the last check
 	verified      streamState // the stream's state at the last verify
 	verifiedClean bool        // the last verify found every router settled
+	verifiedAt    time.Time   // when the last verify ran
 }
 
 // Open attaches to the bucket named in cfg, creating it when it does not

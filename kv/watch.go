@@ -84,14 +84,16 @@ func (s *Store) Watch(ctx context.Context, fn func(broker.Event), opts ...WatchO
 type WatchOption func(*watchOptions)
 
 type watchOptions struct {
-	verify func(context.Context) error
+	verify func(ctx context.Context, upTo uint64) error
 }
 
 // WithVerify has Watch call verify from its goroutine after the bucket's
 // stream changed and the watcher delivered the change, at most once a
-// second (see broker.Broker.Verify). An error makes Watch call it again a
+// second, and every fullVerify whatever happened (see
+// broker.Broker.Verify); upTo is the last revision the watcher delivered.
+// Each call is bounded to a second; an error makes Watch call it again a
 // second later.
-func WithVerify(verify func(context.Context) error) WatchOption {
+func WithVerify(verify func(ctx context.Context, upTo uint64) error) WatchOption {
 	return func(o *watchOptions) { o.verify = verify }
 }
 
@@ -105,7 +107,7 @@ const (
 )
 
 // keepWatching follows w, and each watcher after it, until ctx ends.
-func (s *Store) keepWatching(ctx context.Context, w jetstream.KeyWatcher, known map[string]uint64, fn func(broker.Event), verify func(context.Context) error) {
+func (s *Store) keepWatching(ctx context.Context, w jetstream.KeyWatcher, known map[string]uint64, fn func(broker.Event), verify func(context.Context, uint64) error) {
 	var err error
 	for {
 		asked := s.follow(ctx, w, known, fn, verify)
@@ -258,6 +260,11 @@ func (s *Store) Resync() {
 // missed something.
 const staleCheck = time.Second
 
+// fullVerify is how often follow verifies the caller's view even when the
+// bucket did not change: a view can go wrong on its own only through a
+// defect, and this bounds how long one lasts.
+const fullVerify = 30 * time.Second
+
 // streamState is what follow compares of the bucket's stream.
 type streamState struct {
 	created           time.Time
@@ -273,12 +280,11 @@ type streamState struct {
 // reads the stream's state, and watches again when
 //   - the stream was made again (its creation time changed);
 //   - a key it delivered as live has lost its message (purged);
-//   - messages went without a write (a purge of some subjects);
 //   - what the stream held at the last check is still not delivered.
 //
 // When the stream changed since the last verify and everything was
 // delivered, it calls verify.
-func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[string]uint64, fn func(broker.Event), verify func(context.Context) error) (asked bool) {
+func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[string]uint64, fn func(broker.Event), verify func(context.Context, uint64) error) (asked bool) {
 	defer func() { _ = w.Stop() }()
 	tick := time.NewTicker(staleCheck)
 	defer tick.Stop()
@@ -316,14 +322,16 @@ func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[st
 			if st.last > s.delivered && st.last != s.staleAt {
 				continue // on its way: compared at the next check
 			}
-			if why := purged(prev, st, known); why != "" {
+			if why := purged(st, known); why != "" {
 				s.log.Warn("the bucket was purged; reading it afresh",
 					slog.String("bucket", s.Bucket()), slog.String("why", why))
 				return true
 			}
-			if verify != nil && (st != s.verified || !s.verifiedClean) {
-				err := verify(ctx)
-				s.verified, s.verifiedClean = st, err == nil
+			if verify != nil && (st != s.verified || !s.verifiedClean || time.Since(s.verifiedAt) >= fullVerify) {
+				vctx, cancel := context.WithTimeout(ctx, staleCheck)
+				err := verify(vctx, s.delivered)
+				cancel()
+				s.verified, s.verifiedClean, s.verifiedAt = st, err == nil, time.Now()
 			}
 		case e, ok := <-w.Updates():
 			if !ok {
@@ -340,14 +348,11 @@ func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, known map[st
 // watcher delivered, or "" when it does. Only asked once the watcher has
 // delivered everything the stream holds: a key that expires loses its
 // message just before the watcher hears its marker.
-func purged(prev, st streamState, known map[string]uint64) string {
+func purged(st streamState, known map[string]uint64) string {
 	for k, rev := range known {
 		if rev < st.first {
 			return "the message of key " + strconv.Quote(k) + " is gone"
 		}
-	}
-	if prev.created.Equal(st.created) && st.last == prev.last && st.msgs < prev.msgs {
-		return "messages were removed without a write"
 	}
 	return ""
 }

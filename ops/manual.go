@@ -102,7 +102,20 @@ func EnableRouter(ctx context.Context, t Target, router string, stdout io.Writer
 	return t.withBucket(ctx, "enable", func(ctx context.Context, b bucket) error {
 		prev, err := b.store.Get(ctx, router)
 		if errors.Is(err, kv.ErrNotFound) {
-			fmt.Fprintf(stdout, "%s is already enabled: bucket %s holds no record for it\n", router, b.store.Bucket())
+			// Nothing to remove, but a delete marker all the same, keeping
+			// the memo: a replica that holds the router out on another's
+			// announcement alone, which the bucket never confirmed (see
+			// docs/security.md), takes the bucket's newer word at once.
+			last, _, err := b.store.Latest(ctx, router)
+			if err == nil {
+				memo := last.Record
+				memo.Router = router
+				_, err = b.store.Release(ctx, memo, last.Revision)
+			}
+			if err != nil && !errors.Is(err, kv.ErrConflict) {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s is already enabled: bucket %s holds no record for it; told every replica\n", router, b.store.Bucket())
 			return nil
 		}
 		what := "a record that could not be read"

@@ -187,6 +187,8 @@ var (
 		"Writes to the router health bucket, including failed ones.", nil, nil)
 	kvErrorsDesc = prometheus.NewDesc("broker_kv_errors_total",
 		"Writes to the router health bucket that failed (losing a race to another replica is not a failure).", nil, nil)
+	viewRepairsDesc = prometheus.NewDesc("broker_view_repairs_total",
+		"Routers whose view this replica found differing from the bucket, and took the bucket's word for, in its once-a-second check.", nil, nil)
 	watchEventsDesc = prometheus.NewDesc("broker_watch_events_total",
 		"Changes heard from the router health bucket.", nil, nil)
 	watchAgeDesc = prometheus.NewDesc("broker_watch_last_event_age_seconds",
@@ -252,7 +254,7 @@ type statsCollector struct{ m *monitor }
 
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{callsDesc, choicesDesc, failureReportsDesc, transitionsDesc, disabledDesc,
-		kvWritesDesc, kvErrorsDesc, watchEventsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
+		kvWritesDesc, kvErrorsDesc, watchEventsDesc, viewRepairsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
 		priorityDesc, inFlightDesc, shareDesc, latencyDesc, headroomDesc, rateLimitedDesc, recentCallsDesc, failureRateDesc,
 		transactionsDesc, outOfBoundsDesc, logAgeDesc, configRevisionDesc, configRefusedDesc} {
 		ch <- d
@@ -315,6 +317,7 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(kvWritesDesc, prometheus.CounterValue, float64(s.KVWrites))
 	ch <- prometheus.MustNewConstMetric(kvErrorsDesc, prometheus.CounterValue, float64(s.KVErrors))
 	ch <- prometheus.MustNewConstMetric(watchEventsDesc, prometheus.CounterValue, float64(s.WatchEvents))
+	ch <- prometheus.MustNewConstMetric(viewRepairsDesc, prometheus.CounterValue, float64(s.ViewRepairs))
 	// NaN rather than -1 when nothing has been heard: the bucket only
 	// changes when a router fails, so "no event yet" is normal, and NaN
 	// makes "age > X" alerts false and leaves a gap in graphs instead of a

@@ -312,6 +312,7 @@ func (r *Replica) start(ctx context.Context) error {
 		// Listening before connecting lets /healthz answer, and /readyz
 		// say why not, while the replica waits for the server.
 		mon := newMonitor(c.ID, &r.stage, r.log)
+		mon.configured(r.Config)
 		if err := mon.listen(c.MetricsAddr, c.HTTPIdleTimeout, c.HTTPMaxConns); err != nil {
 			return err
 		}

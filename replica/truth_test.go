@@ -194,5 +194,10 @@ func TestAForgedAnnouncementIsUndoneByTheBucketsWord(t *testing.T) {
 	m.Header.Set("Kv-News-From", "mallory")
 	is.NoErr(f.nc.PublishMsg(m))
 	f.every(t, agreeBound, avoids(dud), "the forged announcement") // provisional: taken at its word, for now
+	// The bucket holds nothing: `broker enable` still tells every replica,
+	// and the bucket's newer word ends the announcement well before its
+	// 30 s hold.
+	f.enable(t)
+	f.every(t, agreeBound, chooses(dud), "the enable after the forged announcement")
 	f.holds(t)
 }

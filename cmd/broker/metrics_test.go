@@ -192,6 +192,7 @@ func TestMetricsCountTheCallsMadeAcrossReplicas(t *testing.T) {
 	is.Equal(total("broker_router_transitions_total", "to", "enabled"), 0.0)
 	is.Equal(total("broker_kv_errors_total"), 0.0)
 	is.True(total("broker_watch_events_total") >= 1)        // the watchers heard the bucket's writes
+	is.Equal(total("broker_view_repairs_total"), 0.0)       // nothing the watchers delivered was missed
 	is.Equal(total("broker_reply_seconds"), float64(calls)) // one observation per message
 	for _, r := range replicas {
 		fs := r.metrics(t)
