@@ -25,11 +25,22 @@ type Config struct {
 	// InFlightBound is how long a chosen call counts as in flight when its
 	// report never comes (DefaultInFlightBound).
 	InFlightBound time.Duration
+	// AnnouncementHold bounds how long a disable another replica
+	// announced holds a router out without the store confirming it
+	// (DefaultAnnouncementHold).
+	AnnouncementHold time.Duration
 }
 
 // DefaultInFlightBound is how long a call counts as in flight at most:
 // longer than any LLM call gecholog waits for.
 const DefaultInFlightBound = 5 * time.Minute
+
+// DefaultAnnouncementHold is how long a disable another replica announced
+// holds a router out at most without the store confirming it. An honest
+// announcement lands within a second, or when an election of the store's
+// leader ends (seconds); one forged message on the news subject costs at
+// most this long.
+const DefaultAnnouncementHold = 30 * time.Second
 
 // InFlightBoundRange is the in-flight bounds New accepts.
 var InFlightBoundRange = Range[time.Duration]{Min: time.Second, Max: 24 * time.Hour}
@@ -46,6 +57,7 @@ type Broker struct {
 	every   map[string]*route        // every router ever a member, by path; guarded by mu
 	names   atomic.Pointer[[]string] // every router ever a member, by id
 	id      string
+	hold    time.Duration            // see Config.AnnouncementHold
 	store   atomic.Pointer[storeRef] // nil until there is a store
 	log     *slog.Logger
 	unknown map[string]bool // routers no pool has whose records were warned about; guarded by mu
@@ -108,6 +120,7 @@ func New(cfg Config) (*Broker, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{
+		hold:         cmp.Or(cfg.AnnouncementHold, DefaultAnnouncementHold),
 		fleet:        fleet{peers: map[string]peer{}, nudged: make(chan struct{}, 1)},
 		every:        map[string]*route{},
 		id:           cfg.ID,
@@ -232,16 +245,9 @@ func (b *Broker) reload(ctx context.Context, routes []*route) error {
 			first = cmp.Or(first, err)
 			continue
 		}
-		ev := Event{Router: rt.path, Revision: e.Revision, Created: e.Created}
-		switch {
-		case e.Revision == 0:
-			continue // never had a record
-		case live:
-			ev.Entry = &e
-		default:
-			ev.Memo = &e.Record
+		if e.Revision != 0 { // else it never had a record
+			b.observe(Word(rt.path, e, live), false)
 		}
-		b.observe(ev, false)
 	}
 	return first
 }

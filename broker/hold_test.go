@@ -9,11 +9,10 @@ import (
 )
 
 // A forged announcement on the news subject holds a router out for
-// provisionalHold at most; then the view follows the store again.
+// Config.AnnouncementHold at most; then the view follows the store again.
 func TestAnAnnouncedDisableTheStoreNeverConfirmsEndsAfterTheHold(t *testing.T) {
-	defer func(d time.Duration) { provisionalHold = d }(provisionalHold)
-	provisionalHold = 200 * time.Millisecond
-	b, err := New(Config{Pools: DefaultPools(), Policy: Policy{DisabledTime: time.Hour}, ID: "replica-1"})
+	const hold = 200 * time.Millisecond
+	b, err := New(Config{Pools: DefaultPools(), Policy: Policy{DisabledTime: time.Hour}, ID: "replica-1", AnnouncementHold: hold})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,10 +30,10 @@ func TestAnAnnouncedDisableTheStoreNeverConfirmsEndsAfterTheHold(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	if out() {
-		t.Fatalf("still out %v after the announcement, the hold being %v", time.Since(start), provisionalHold)
+		t.Fatalf("still out %v after the announcement, the hold being %v", time.Since(start), hold)
 	}
-	if held := time.Since(start); held < provisionalHold/2 {
-		t.Fatalf("held only %v, the hold being %v", held, provisionalHold)
+	if held := time.Since(start); held < hold/2 {
+		t.Fatalf("held only %v, the hold being %v", held, hold)
 	}
 }
 

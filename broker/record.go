@@ -90,6 +90,20 @@ type Event struct {
 	Reset bool
 }
 
+// Word is the Event a store's reading of router says (see Store.Latest):
+// its live record, or else the memo its last disable left; neither when
+// the router has no history (revision 0).
+func Word(router string, e Entry, live bool) Event {
+	ev := Event{Router: router, Revision: e.Revision, Created: e.Created}
+	switch {
+	case live:
+		ev.Entry = &e
+	case e.Revision != 0:
+		ev.Memo = &e.Record
+	}
+	return ev
+}
+
 // ErrConflict is what a [Store] gives when a key changed since the
 // revision a write was based on.
 var ErrConflict = errors.New("key revision changed")

@@ -50,13 +50,6 @@ type route struct {
 	heardEnd  time.Time
 }
 
-// provisionalHold bounds how long a disable another replica announced
-// holds the router out without the store confirming it. An honest
-// announcement lands within a second, or when an election of the store's
-// leader ends (seconds); one forged message on the news subject costs at
-// most this long.
-var provisionalHold = 30 * time.Second // a variable for tests only
-
 // maxUnknown bounds how many routers no pool has are named in warnings,
 // so that a bucket shared with other deployments costs bounded memory.
 const maxUnknown = 256
@@ -162,7 +155,7 @@ func (b *Broker) hear(rt *route, ev Event, now time.Time) {
 	if rt.heard.IsZero() || rt.heard.After(now) {
 		rt.heard = now
 	}
-	rt.heardEnd = now.Add(provisionalHold)
+	rt.heardEnd = now.Add(b.hold)
 	rt.clean.Store(false)
 	b.refresh(rt, now)
 	b.arm(now)
@@ -372,12 +365,12 @@ func (b *Broker) tick() {
 }
 
 // unhear drops an announced disable the store has not confirmed by its
-// Until or within provisionalHold: the view goes back to the store's
+// Until or within the hold (Config.AnnouncementHold): the view goes back to the store's
 // word. b.mu must be held.
 func (b *Broker) unhear(rt *route, now time.Time) {
 	if !now.Before(rt.heardEnd) {
 		b.log.Warn("an announced disable never reached the bucket; following the bucket again",
-			slog.String("router", rt.path), slog.Duration("held", provisionalHold))
+			slog.String("router", rt.path), slog.Duration("held", b.hold))
 	}
 	rt.live, rt.confirmed, rt.heard = rt.confirmed, nil, time.Time{}
 	rt.clean.Store(rt.live == nil)

@@ -67,13 +67,7 @@ func (b *Broker) verify(ctx context.Context, store Store, rt *route, upTo uint64
 	case e.Revision < view && again:
 		return b.verify(ctx, store, rt, upTo, false)
 	}
-	ev := Event{Router: rt.path, Revision: e.Revision, Created: e.Created}
-	switch {
-	case live:
-		ev.Entry = &e
-	case e.Revision != 0:
-		ev.Memo = &e.Record
-	}
+	ev := Word(rt.path, e, live)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed || rt.pending || !rt.heard.IsZero() || rt.rev != view {

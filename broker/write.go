@@ -144,13 +144,7 @@ func (b *Broker) tryWrite(rt *route, ev event, deadline time.Time) error {
 	if !ok {
 		// The store already says what this replica wanted, or something
 		// that wins over it: take the store's word.
-		ev := Event{Router: rt.path, Revision: cur.Revision}
-		if live {
-			ev.Entry = &cur
-		} else {
-			ev.Memo = &cur.Record
-		}
-		b.observe(ev, true)
+		b.observe(Word(rt.path, cur, live), true)
 		return nil
 	}
 	var rev uint64

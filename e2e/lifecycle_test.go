@@ -78,6 +78,7 @@ func TestStopSignalAnswersTheCallsInFlightFinishesTheirBucketWritesAndExitsZero(
 			// against apiDispatch), which -race reports: the replica sends
 			// none while it is paused.
 			r.pause(t)
+			quiet(t, s) // and the server has handled what it sent before
 			is.NoErr(s.EnableJetStream(&server.JetStreamConfig{StoreDir: store})) // back within the 5 s a stopping replica waits
 			r.resume(t)
 			is.Equal(r.exitCode(t, 20*time.Second), 0)
@@ -302,4 +303,30 @@ func TestARestartedReplicaKeepsTheFailureCountTheTimeLeftAndTheBackoffLevel(t *t
 	is.Equal(st.Level, 1)                                                      // the replica acts on level 1
 	is.Equal(rec.Level, 1)                                                     // and the record says so
 	is.True((rec.Until.Sub(rec.At) - 2*disabledTime).Abs() < time.Millisecond) // twice DISABLED_TIME
+}
+
+// quiet waits until server s has handled every message its clients sent:
+// its count of messages in holds across three reads 20 ms apart. A client
+// that is paused sends nothing more, but what it wrote before may still
+// be on its way through the server's read loop.
+func quiet(t *testing.T, s *server.Server) {
+	t.Helper()
+	inMsgs := func() int64 {
+		v, err := s.Varz(nil)
+		if err != nil {
+			t.Fatalf("varz: %v", err)
+		}
+		return v.InMsgs
+	}
+	last, same := inMsgs(), 0
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		time.Sleep(20 * time.Millisecond) // the interval between reads, not a guess at an event
+		n := inMsgs()
+		if n == last {
+			same++
+		} else {
+			last, same = n, 0
+		}
+		return same >= 2
+	}, "the server handled what its clients sent")
 }

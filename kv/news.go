@@ -235,14 +235,8 @@ func (s *Store) readHints(ctx context.Context, h *hints, fn func(broker.Event)) 
 			if err != nil || e.Revision == 0 {
 				continue
 			}
-			ev := broker.Event{Router: key, Revision: e.Revision, Created: e.Created}
-			if live {
-				ev.Entry = &e
-			} else {
-				ev.Memo = &e.Record
-			}
 			s.settled(key, e.Created)
-			fn(ev)
+			fn(broker.Word(key, e, live))
 		}
 	}
 }

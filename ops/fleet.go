@@ -159,7 +159,7 @@ func (v fleetView) figures(row *statusRow, pool broker.Pool, now time.Time, maxW
 		share := float64(r.chosen) / float64(all)
 		row.Share = &share
 	}
-	if r.latency > 0 && r.latency <= 24*time.Hour { // a moving average of upstream times, none of a day
+	if r.latency > 0 && r.latency <= broker.InFlightBoundRange.Max { // a moving average of samples, none longer than the longest in-flight bound
 		ms := float64(r.latency) / float64(time.Millisecond)
 		row.LatencyMS = &ms
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/gecholog"
+	"github.com/gecholog/broker/internal/safetext"
 )
 
 // gecholog publishes every finished call, whole, on its logger subject
@@ -178,7 +179,7 @@ func (t *txLog) tellIgnored(log *slog.Logger, subject, router string, err error)
 	}
 	n := t.ignored.Load()
 	log.Warn("ignoring a value of a transaction from gecholog's log that is out of bounds", slog.String("subject", subject),
-		slog.String("router", router[:min(len(router), 200)]), slog.String("error", strings.ReplaceAll(err.Error(), "\n", "; ")),
+		slog.String("router", safetext.Clip(router, safetext.MaxShown)), slog.String("error", safetext.Line(err.Error())),
 		slog.Uint64("ignored_since_last", n-t.ignoredTold-1))
 	t.ignoredAt, t.ignoredTold = now, n
 }
