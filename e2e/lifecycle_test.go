@@ -78,7 +78,7 @@ func TestStopSignalAnswersTheCallsInFlightFinishesTheirBucketWritesAndExitsZero(
 			// against apiDispatch), which -race reports: the replica sends
 			// none while it is paused.
 			r.pause(t)
-			quiet(t, s) // and the server has handled what it sent before
+			quiet(t, s)                                                           // and the server has handled what it sent before
 			is.NoErr(s.EnableJetStream(&server.JetStreamConfig{StoreDir: store})) // back within the 5 s a stopping replica waits
 			r.resume(t)
 			is.Equal(r.exitCode(t, 20*time.Second), 0)
