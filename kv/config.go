@@ -272,21 +272,18 @@ func (s *ConfigStore) kv(ctx context.Context, create bool) (jetstream.KeyValue, 
 	if err == nil {
 		return kv, nil
 	}
-	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
-		return nil, ErrNoJetStream
-	}
 	if !errors.Is(err, jetstream.ErrBucketNotFound) {
-		return nil, err
+		return nil, noJetStream(err)
 	}
 	if !create {
 		return nil, fmt.Errorf("%w: %s", ErrNoBucket, s.bucket)
 	}
 	kv, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: s.bucket, History: ConfigHistory,
 		Description: "the broker fleet's configuration (broker config show)"})
-	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
-		return nil, ErrNoJetStream
+	if err != nil {
+		return nil, noJetStream(err)
 	}
-	return kv, err
+	return kv, nil
 }
 
 func entry(e jetstream.KeyValueEntry) ConfigEntry {

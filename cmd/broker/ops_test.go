@@ -103,7 +103,7 @@ func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
 
 	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
 	is.NoErr(err) // enabling an enabled router is no error
-	is.Equal(out, "/azure/gpt4/ is already enabled: bucket gl_broker holds no record for it\n")
+	is.Equal(out, "/azure/gpt4/ is already enabled: bucket gl_broker holds no record for it; told every replica\n")
 }
 
 func TestTimedManualDisableEndsByItselfOnEveryReplica(t *testing.T) {
