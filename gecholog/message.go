@@ -73,17 +73,52 @@ var msgKeys = []string{"gl_path", "egress_status_code", "inbound_headers"}
 
 // scanMessage fills m from data. As encoding/json does, it checks the
 // syntax of the whole input before it reports a field of the wrong type.
+// It walks the members itself rather than handing a callback to
+// scanner.object, as ParseTransaction does: on the hot path the callback
+// cost Parse a sixth of its time (BenchmarkParse/request, 32 to 37 ns).
 func scanMessage(data []byte, m *Message) error {
 	s := scanner{data: data}
-	return s.document("the message", func(key []byte, escaped bool) error {
-		switch pick(key, escaped, msgKeys) {
-		case 0:
-			return s.str(1, "gl_path", &m.Path, &m.HasPath)
-		case 1:
-			return s.whole(1, "egress_status_code", &m.Status, &m.HasStatus)
-		case 2:
-			return s.raw(1, &m.Headers)
+	if object, err := s.top("the message"); !object {
+		return err
+	}
+	for more := s.open(); more; {
+		key, escaped, err := s.key()
+		if err != nil {
+			return err
 		}
-		return s.skip(1)
-	})
+		switch msgKey(key, escaped) {
+		case 0:
+			err = s.str(1, "gl_path", &m.Path, &m.HasPath)
+		case 1:
+			err = s.whole(1, "egress_status_code", &m.Status, &m.HasStatus)
+		case 2:
+			err = s.raw(1, &m.Headers)
+		default:
+			err = s.skip(1)
+		}
+		if err != nil {
+			return err
+		}
+		if more, err = s.more(); err != nil {
+			return err
+		}
+	}
+	return s.finish()
+}
+
+// msgKey is pick(key, escaped, msgKeys), with the keys gecholog sends
+// matched first as constants, which the compiler compares in a few
+// instructions.
+func msgKey(key []byte, escaped bool) int {
+	if !escaped {
+		switch string(key) {
+		case "gl_path":
+			return 0
+		case "egress_status_code":
+			return 1
+		case "inbound_headers":
+			return 2
+		}
+	}
+	return pick(key, escaped, msgKeys)
 }

@@ -49,30 +49,45 @@ type scanner struct {
 
 // document reads data as one JSON object, surrounded by white space at
 // most, whose members member reads; name is what a type error calls it.
-// null is an object without members, as encoding/json takes it.
 func (s *scanner) document(name string, member func(key []byte, escaped bool) error) error {
+	if object, err := s.top(name); !object {
+		return err
+	}
+	if err := s.object(member); err != nil {
+		return err
+	}
+	return s.finish()
+}
+
+// top starts reading data as one JSON object: object is true with s.i at
+// its '{'. Otherwise the whole document has been read, and err is what to
+// say of it.
+func (s *scanner) top(name string) (object bool, err error) {
 	s.space()
 	if s.i == len(s.data) {
-		return s.fail("unexpected end of JSON input")
+		return false, s.fail("unexpected end of JSON input")
 	}
 	switch s.data[s.i] {
-	case 'n':
-		if err := s.literal("null"); err != nil {
-			return err
-		}
 	case '{':
-		if err := s.object(member); err != nil {
-			return err
+		return true, nil
+	case 'n': // encoding/json takes null as an object without members
+		if err := s.literal("null"); err != nil {
+			return false, err
 		}
-	default:
-		if err := s.skip(0); err != nil {
-			return err
-		}
-		if err := s.end(); err != nil {
-			return err
-		}
-		return &jsonTypeError{field: name, want: "an object", got: "another JSON value"}
+		return false, s.end()
 	}
+	if err := s.skip(0); err != nil {
+		return false, err
+	}
+	if err := s.end(); err != nil {
+		return false, err
+	}
+	return false, &jsonTypeError{field: name, want: "an object", got: "another JSON value"}
+}
+
+// finish ends the document whose object top started: nothing but white
+// space may follow, and then the first type error is the document's.
+func (s *scanner) finish() error {
 	if err := s.end(); err != nil {
 		return err
 	}
@@ -82,42 +97,55 @@ func (s *scanner) document(name string, member func(key []byte, escaped bool) er
 // object reads the members of the object whose '{' is at s.i, handing
 // each key to member with s.i at its value, which member must read.
 func (s *scanner) object(member func(key []byte, escaped bool) error) error {
-	s.i++
-	s.space()
-	if s.i < len(s.data) && s.data[s.i] == '}' {
-		s.i++
-		return nil
-	}
-	for {
+	for more := s.open(); more; {
 		key, escaped, err := s.key()
 		if err != nil {
 			return err
 		}
-		s.space()
-		if s.i == len(s.data) {
-			return s.fail("unexpected end of JSON input")
-		}
 		if err := member(key, escaped); err != nil {
 			return err
 		}
+		if more, err = s.more(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// open steps into the object whose '{' is at s.i, and reports whether it
+// has members: if not, it steps past its '}'.
+func (s *scanner) open() bool {
+	s.i++
+	s.space()
+	if s.i < len(s.data) && s.data[s.i] == '}' {
+		s.i++
+		return false
+	}
+	return true
+}
+
+// more reads what follows an object's member: a comma and white space
+// before the next, or the end of the object, which it steps past.
+func (s *scanner) more() (bool, error) {
+	s.space()
+	if s.i == len(s.data) {
+		return false, s.fail("unexpected end of JSON input")
+	}
+	switch c := s.data[s.i]; c {
+	case ',':
+		s.i++
 		s.space()
-		if s.i == len(s.data) {
-			return s.fail("unexpected end of JSON input")
-		}
-		switch s.data[s.i] {
-		case ',':
-			s.i++
-			s.space()
-			continue
-		case '}':
-			s.i++
-			return nil
-		}
-		return s.fail("invalid character " + quoteByte(s.data[s.i]) + " after object key:value pair")
+		return true, nil
+	case '}':
+		s.i++
+		return false, nil
+	default:
+		return false, s.fail("invalid character " + quoteByte(c) + " after object key:value pair")
 	}
 }
 
-// key reads an object key and the colon after it.
+// key reads an object key, the colon after it and the white space before
+// the member's value.
 func (s *scanner) key() (raw []byte, escaped bool, err error) {
 	if s.i == len(s.data) {
 		return nil, false, s.fail("unexpected end of JSON input")
@@ -137,6 +165,10 @@ func (s *scanner) key() (raw []byte, escaped bool, err error) {
 		return nil, false, s.fail("invalid character " + quoteByte(s.data[s.i]) + " after object key")
 	}
 	s.i++
+	s.space()
+	if s.i == len(s.data) {
+		return nil, false, s.fail("unexpected end of JSON input")
+	}
 	// Invalid UTF-8 in a key cannot match a field name, so only escapes
 	// need decoding.
 	return raw, !plain && hasBackslash(raw), nil
