@@ -203,6 +203,25 @@ func BenchmarkResponse(b *testing.B) {
 	}
 }
 
+// BenchmarkParse is the scanner alone, on what gecholog sends in each
+// context, without the broker's decision around it.
+func BenchmarkParse(b *testing.B) {
+	for _, tc := range []struct{ name, msg string }{
+		{"request", `{"gl_path":"/azure/"}`},
+		{"response", `{"gl_path":"/azure/gpt4/","egress_status_code":200}`},
+		{"response+headers", `{"egress_status_code":200,"gl_path":"/azure/gpt4/","inbound_headers":{"Content-Type":["application/json"],"Date":["Wed, 25 Nov 2026 12:00:00 GMT"],"X-Request-Id":["5c1b3f0e-8d7a-4f7e-9a57-1f0d2c3b4a59"]}}`},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			msg := []byte(tc.msg)
+			for b.Loop() {
+				if _, err := gecholog.Parse(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkMalformed is a message that is not JSON: counted, logged at
 // most once per 10 s.
 func BenchmarkMalformed(b *testing.B) {

@@ -41,7 +41,7 @@ var rateHeaders = [...]rateHeader{
 func RateLimits(headers []byte, at time.Time) (l broker.RateLimits, bad int) {
 	none := broker.RateLimits{RemainingRequests: -1, LimitRequests: -1, RemainingTokens: -1, LimitTokens: -1}
 	l = none
-	s := msgScanner{data: headers}
+	s := scanner{data: headers}
 	s.space()
 	if s.i == len(s.data) || s.data[s.i] != '{' {
 		return none, 0
@@ -74,7 +74,7 @@ func RateLimits(headers []byte, at time.Time) (l broker.RateLimits, bad int) {
 // skip has checked is JSON: the first element of an array, when it is a
 // string.
 func firstString(list []byte) (v []byte, ok bool) {
-	s := msgScanner{data: list}
+	s := scanner{data: list}
 	if s.data[0] != '[' {
 		return nil, false
 	}

@@ -1,17 +1,402 @@
 package gecholog
 
 import (
+	"fmt"
 	"math"
 	"strconv"
+	"time"
 	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
 )
 
+// The scanner Parse, ParseTransaction and RateLimits share: they read
+// gecholog's JSON in one pass, without allocating, and accept and reject
+// exactly what encoding/json does, with its errors' words.
+
+// maxDepth is encoding/json's limit on nested objects and arrays.
+const maxDepth = 10000
+
+// jsonSyntaxError says where a message stops being JSON.
+type jsonSyntaxError struct {
+	msg string
+	off int
+}
+
+func (e *jsonSyntaxError) Error() string { return e.msg + " at offset " + strconv.Itoa(e.off) }
+
+// jsonTypeError is JSON that is valid but holds the wrong type for a field.
+type jsonTypeError struct{ field, want, got string }
+
+func (e *jsonTypeError) Error() string {
+	return "cannot read " + e.got + " into " + e.field + ", which is " + e.want
+}
+
+// scanner walks a JSON text. Its methods leave i on the first byte they
+// did not consume.
+type scanner struct {
+	data []byte
+	i    int
+	// typeErr is the first value of the wrong type for its field. As
+	// encoding/json does, the scan goes on to check the syntax of the
+	// whole text, and reports it only then.
+	typeErr error
+	// vague makes a type error say "another JSON value" instead of naming
+	// what came: ParseTransaction's errors have always said so, Parse's
+	// name it.
+	vague bool
+}
+
+// document reads data as one JSON object, surrounded by white space at
+// most, whose members member reads; name is what a type error calls it.
+func (s *scanner) document(name string, member func(key []byte, escaped bool) error) error {
+	if object, err := s.top(name); !object {
+		return err
+	}
+	if err := s.object(member); err != nil {
+		return err
+	}
+	return s.finish()
+}
+
+// top starts reading data as one JSON object: object is true with s.i at
+// its '{'. Otherwise the whole document has been read, and err is what to
+// say of it.
+func (s *scanner) top(name string) (object bool, err error) {
+	s.space()
+	if s.i == len(s.data) {
+		return false, s.fail("unexpected end of JSON input")
+	}
+	switch s.data[s.i] {
+	case '{':
+		return true, nil
+	case 'n': // encoding/json takes null as an object without members
+		if err := s.literal("null"); err != nil {
+			return false, err
+		}
+		return false, s.end()
+	}
+	if err := s.skip(0); err != nil {
+		return false, err
+	}
+	if err := s.end(); err != nil {
+		return false, err
+	}
+	return false, &jsonTypeError{field: name, want: "an object", got: "another JSON value"}
+}
+
+// finish ends the document whose object top started: nothing but white
+// space may follow, and then the first type error is the document's.
+func (s *scanner) finish() error {
+	if err := s.end(); err != nil {
+		return err
+	}
+	return s.typeErr
+}
+
+// object reads the members of the object whose '{' is at s.i, handing
+// each key to member with s.i at its value, which member must read.
+func (s *scanner) object(member func(key []byte, escaped bool) error) error {
+	for more := s.open(); more; {
+		key, escaped, err := s.key()
+		if err != nil {
+			return err
+		}
+		if err := member(key, escaped); err != nil {
+			return err
+		}
+		if more, err = s.more(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// open steps into the object whose '{' is at s.i, and reports whether it
+// has members: if not, it steps past its '}'.
+func (s *scanner) open() bool {
+	s.i++
+	s.space()
+	if s.i < len(s.data) && s.data[s.i] == '}' {
+		s.i++
+		return false
+	}
+	return true
+}
+
+// more reads what follows an object's member: a comma and white space
+// before the next, or the end of the object, which it steps past.
+func (s *scanner) more() (bool, error) {
+	s.space()
+	if s.i == len(s.data) {
+		return false, s.fail("unexpected end of JSON input")
+	}
+	switch c := s.data[s.i]; c {
+	case ',':
+		s.i++
+		s.space()
+		return true, nil
+	case '}':
+		s.i++
+		return false, nil
+	default:
+		return false, s.fail("invalid character " + quoteByte(c) + " after object key:value pair")
+	}
+}
+
+// key reads an object key, the colon after it and the white space before
+// the member's value.
+func (s *scanner) key() (raw []byte, escaped bool, err error) {
+	if s.i == len(s.data) {
+		return nil, false, s.fail("unexpected end of JSON input")
+	}
+	if s.data[s.i] != '"' {
+		return nil, false, s.fail("invalid character " + quoteByte(s.data[s.i]) + " looking for beginning of object key string")
+	}
+	raw, plain, err := s.string()
+	if err != nil {
+		return nil, false, err
+	}
+	s.space()
+	if s.i == len(s.data) {
+		return nil, false, s.fail("unexpected end of JSON input")
+	}
+	if s.data[s.i] != ':' {
+		return nil, false, s.fail("invalid character " + quoteByte(s.data[s.i]) + " after object key")
+	}
+	s.i++
+	s.space()
+	if s.i == len(s.data) {
+		return nil, false, s.fail("unexpected end of JSON input")
+	}
+	// Invalid UTF-8 in a key cannot match a field name, so only escapes
+	// need decoding.
+	return raw, !plain && hasBackslash(raw), nil
+}
+
+func hasBackslash(b []byte) bool {
+	for _, c := range b {
+		if c == '\\' {
+			return true
+		}
+	}
+	return false
+}
+
+// pick returns the index in names of the field key names, or -1. key is
+// the key's raw text; escaped says it holds a backslash escape. names are
+// lower-case ASCII letters and underscores, matched as encoding/json
+// matches a struct's fields: exactly, or else case-insensitively with
+// Unicode folding (gecholog always sends its keys in lower case, but
+// "GL_PATH" is taken as encoding/json would take it rather than be the
+// odd one out).
+func pick(key []byte, escaped bool, names []string) int {
+	if escaped {
+		key = unquote(key)
+	}
+	for i, n := range names {
+		if string(key) == n {
+			return i
+		}
+	}
+	for i, n := range names {
+		if foldEqual(key, n) {
+			return i
+		}
+	}
+	return -1
+}
+
+// foldEqual reports whether key equals name, which is lower-case ASCII
+// letters and underscores, under encoding/json's folding: each rune folds
+// to the smallest rune of its Unicode case-folding orbit, so that, for
+// instance, U+017F (ſ) matches s, as encoding/json matches it.
+func foldEqual(key []byte, name string) bool {
+	j := 0
+	for i := 0; i < len(key); {
+		if j == len(name) {
+			return false
+		}
+		c := key[i]
+		if c < utf8.RuneSelf {
+			i++
+		} else {
+			r, n := utf8.DecodeRune(key[i:])
+			i += n
+			f := foldRune(r)
+			if f >= utf8.RuneSelf {
+				return false
+			}
+			c = byte(f)
+		}
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != name[j] {
+			return false
+		}
+		j++
+	}
+	return j == len(name)
+}
+
+// foldRune is encoding/json's: the smallest rune of r's folding orbit.
+func foldRune(r rune) rune {
+	for {
+		r2 := unicode.SimpleFold(r)
+		if r2 <= r {
+			return r2
+		}
+		r = r2
+	}
+}
+
+// The readers of a field's value below start at its first byte, inside
+// depth objects and arrays, and read it as encoding/json reads it into a
+// field of a struct: null is the same as leaving a pointer field out, and
+// a value of the wrong type is skipped and recorded in typeErr. A field
+// is set only by a value read whole: Parse returns what it read with its
+// error.
+
+// nested reads an object whose members member reads. null is reset, as
+// encoding/json sets a nil pointer; an object given again is read over
+// what the first gave, as encoding/json decodes into the pointer it
+// already has.
+func (s *scanner) nested(depth int, field string, reset func(), member func(key []byte, escaped bool) error) error {
+	switch s.data[s.i] {
+	case 'n':
+		if err := s.literal("null"); err != nil {
+			return err
+		}
+		reset()
+		return nil
+	case '{':
+		return s.object(member)
+	}
+	return s.mistyped(depth, field, "an object")
+}
+
+// str reads a string into *p, decoded; it shares data's memory unless it
+// holds an escape or invalid UTF-8.
+func (s *scanner) str(depth int, field string, p *[]byte, has *bool) error {
+	switch s.data[s.i] {
+	case 'n':
+		if err := s.literal("null"); err != nil {
+			return err
+		}
+		*p, *has = nil, false
+		return nil
+	case '"':
+		raw, plain, err := s.string()
+		if err != nil {
+			return err
+		}
+		if !plain {
+			raw = unquote(raw)
+		}
+		*p, *has = raw, true
+		return nil
+	}
+	return s.mistyped(depth, field, "a string")
+}
+
+// whole reads a number that encoding/json puts in an int into *n.
+func (s *scanner) whole(depth int, field string, n *int, has *bool) error {
+	c := s.data[s.i]
+	switch {
+	case c == 'n':
+		if err := s.literal("null"); err != nil {
+			return err
+		}
+		*n, *has = 0, false
+		return nil
+	case c == '-' || '0' <= c && c <= '9':
+		v, whole, err := s.number()
+		if err != nil {
+			return err
+		}
+		if !whole {
+			if s.typeErr == nil {
+				s.typeErr = &jsonTypeError{field: field, want: "a whole number", got: "a number with a fraction or exponent, or too large"}
+			}
+			return nil
+		}
+		*n, *has = v, true
+		return nil
+	}
+	return s.mistyped(depth, field, "a number")
+}
+
+// raw reads any value into *p exactly as sent, undecoded, like
+// json.RawMessage, which keeps null as null.
+func (s *scanner) raw(depth int, p *[]byte) error {
+	start := s.i
+	if err := s.skip(depth); err != nil {
+		return err
+	}
+	*p = s.data[start:s.i]
+	return nil
+}
+
+// timestamp reads a time as encoding/json reads a *time.Time: null is
+// absent, and anything else is handed to time.Time's UnmarshalJSON as it
+// stands, quotes and all, which takes an RFC 3339 string without escapes.
+func (s *scanner) timestamp(depth int, field string, t *time.Time) error {
+	var raw []byte
+	if err := s.raw(depth, &raw); err != nil {
+		return err
+	}
+	if raw[0] == 'n' {
+		*t = time.Time{}
+		return nil
+	}
+	var v time.Time
+	if err := v.UnmarshalJSON(raw); err != nil {
+		if s.typeErr == nil {
+			s.typeErr = fmt.Errorf("%s: %w", field, err)
+		}
+		return nil
+	}
+	*t = v // 0001-01-01T00:00:00Z reads as absent: no upstream answered then
+	return nil
+}
+
+// mistyped skips a value of the wrong type for field, which wants a
+// value described by want, and records the first such error.
+func (s *scanner) mistyped(depth int, field, want string) error {
+	got := "another JSON value"
+	if !s.vague {
+		switch s.data[s.i] {
+		case '{':
+			got = "an object"
+		case '[':
+			got = "an array"
+		case '"':
+			got = "a string"
+		case 't', 'f':
+			got = "a boolean"
+		case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
+			got = "a number"
+		default:
+			got = "a JSON value"
+		}
+	}
+	if err := s.skip(depth); err != nil {
+		return err
+	}
+	if s.typeErr == nil {
+		s.typeErr = &jsonTypeError{field: field, want: want, got: got}
+	}
+	return nil
+}
+
+// The syntax: each reader checks one JSON value as encoding/json's
+// scanner does and fails with its words and offset.
+
 // string reads a string starting at its opening quote and returns its raw
 // text between the quotes. plain reports that the text needs no decoding:
 // no escapes, and valid UTF-8.
-func (s *msgScanner) string() (raw []byte, plain bool, err error) {
+func (s *scanner) string() (raw []byte, plain bool, err error) {
 	start := s.i + 1
 	plain = true
 	for i := start; i < len(s.data); {
@@ -69,7 +454,7 @@ func isHex(c byte) bool {
 // number reads a JSON number. whole reports whether it is what
 // encoding/json puts in an int: written without fraction or exponent
 // (502.0 and 5.02e2 are not), and within int64. n is its value then.
-func (s *msgScanner) number() (n int, whole bool, err error) {
+func (s *scanner) number() (n int, whole bool, err error) {
 	d := s.data
 	i := s.i
 	neg := false
@@ -136,7 +521,7 @@ func (s *msgScanner) number() (n int, whole bool, err error) {
 	return n, true, nil
 }
 
-func (s *msgScanner) numberEnd(where string) error {
+func (s *scanner) numberEnd(where string) error {
 	if s.i == len(s.data) {
 		return s.fail("unexpected end of JSON input")
 	}
@@ -144,7 +529,7 @@ func (s *msgScanner) numberEnd(where string) error {
 }
 
 // literal reads true, false or null.
-func (s *msgScanner) literal(word string) error {
+func (s *scanner) literal(word string) error {
 	for k := 0; k < len(word); k++ {
 		if s.i == len(s.data) {
 			return s.fail("unexpected end of JSON input")
@@ -161,7 +546,7 @@ func (s *msgScanner) literal(word string) error {
 // the number of objects and arrays around it. It keeps its own stack of
 // open containers, one bit each, rather than recursing, so a hostile
 // message nested ten thousand deep costs a few hundred bytes.
-func (s *msgScanner) skip(depth int) error {
+func (s *scanner) skip(depth int) error {
 	var small [4]uint64
 	objects := small[:0] // bit set: the open container is an object
 	open := 0
@@ -280,7 +665,7 @@ func (s *msgScanner) skip(depth int) error {
 }
 
 // space skips JSON white space.
-func (s *msgScanner) space() {
+func (s *scanner) space() {
 	for s.i < len(s.data) {
 		switch s.data[s.i] {
 		case ' ', '\t', '\n', '\r':
@@ -292,7 +677,7 @@ func (s *msgScanner) space() {
 }
 
 // end checks that nothing but white space follows the message.
-func (s *msgScanner) end() error {
+func (s *scanner) end() error {
 	s.space()
 	if s.i < len(s.data) {
 		return s.fail("invalid character " + quoteByte(s.data[s.i]) + " after top-level value")
@@ -300,7 +685,7 @@ func (s *msgScanner) end() error {
 	return nil
 }
 
-func (s *msgScanner) fail(msg string) error { return &jsonSyntaxError{msg: msg, off: s.i} }
+func (s *scanner) fail(msg string) error { return &jsonSyntaxError{msg: msg, off: s.i} }
 
 func quoteByte(c byte) string {
 	if c == '\'' {

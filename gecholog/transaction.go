@@ -154,78 +154,46 @@ var (
 // scanTransaction fills tx from data. As encoding/json does, it checks the
 // syntax of the whole input before it reports a field of the wrong type.
 func scanTransaction(data []byte, tx *txFields) error {
-	s := msgScanner{data: data}
-	var typeErr error
-	s.space()
-	if s.i == len(data) {
-		return s.fail("unexpected end of JSON input")
-	}
-	switch data[s.i] {
-	case 'n': // encoding/json takes null as an object without fields
-		if err := s.literal("null"); err != nil {
-			return err
+	s := scanner{data: data, vague: true}
+	return s.document("the transaction", func(key []byte, escaped bool) error {
+		switch pick(key, escaped, txTop) {
+		case 0:
+			return s.nested(1, "request", tx.resetRequest, func(key []byte, escaped bool) error {
+				if pick(key, escaped, txRequest) == 0 {
+					return s.str(2, "request.gl_path", &tx.reqPath, &tx.hasReqPath)
+				}
+				return s.skip(2)
+			})
+		case 1:
+			return s.nested(1, "response", tx.resetResponse, func(key []byte, escaped bool) error {
+				return s.response(tx, key, escaped)
+			})
 		}
-	case '{':
-		if err := s.object(func(key []byte, escaped bool) error {
-			switch pick(key, escaped, txTop) {
-			case 0:
-				return s.nested(1, "request", tx.resetRequest, &typeErr, func(key []byte, escaped bool) error {
-					if pick(key, escaped, txRequest) == 0 {
-						return s.path(2, "request.gl_path", &tx.reqPath, &tx.hasReqPath, &typeErr)
-					}
-					return s.skip(2)
-				})
-			case 1:
-				return s.nested(1, "response", tx.resetResponse, &typeErr, func(key []byte, escaped bool) error {
-					return s.response(tx, key, escaped, &typeErr)
-				})
-			}
-			return s.skip(1)
-		}); err != nil {
-			return err
-		}
-	default:
-		if err := s.skip(0); err != nil {
-			return err
-		}
-		if err := s.end(); err != nil {
-			return err
-		}
-		return &jsonTypeError{field: "the transaction", want: "an object", got: "another JSON value"}
-	}
-	if err := s.end(); err != nil {
-		return err
-	}
-	return typeErr
+		return s.skip(1)
+	})
 }
 
 // response reads one key of the transaction's response and its value.
-func (s *msgScanner) response(tx *txFields, key []byte, escaped bool, typeErr *error) error {
+func (s *scanner) response(tx *txFields, key []byte, escaped bool) error {
 	switch pick(key, escaped, txResponse) {
 	case 0:
-		return s.path(2, "response.gl_path", &tx.respPath, &tx.hasRespPath, typeErr)
+		return s.str(2, "response.gl_path", &tx.respPath, &tx.hasRespPath)
 	case 1:
-		return s.whole(2, "response.egress_status_code", &tx.status, &tx.hasStatus, typeErr)
+		return s.whole(2, "response.egress_status_code", &tx.status, &tx.hasStatus)
 	case 2:
-		return s.nested(2, "response.outbound_inbound_timer", tx.resetTimer, typeErr, func(key []byte, escaped bool) error {
+		return s.nested(2, "response.outbound_inbound_timer", tx.resetTimer, func(key []byte, escaped bool) error {
 			switch pick(key, escaped, txTimer) {
 			case 0:
-				return s.timestamp(3, "response.outbound_inbound_timer.start", &tx.start, typeErr)
+				return s.timestamp(3, "response.outbound_inbound_timer.start", &tx.start)
 			case 1:
-				return s.timestamp(3, "response.outbound_inbound_timer.stop", &tx.stop, typeErr)
+				return s.timestamp(3, "response.outbound_inbound_timer.stop", &tx.stop)
 			case 2:
-				return s.whole(3, "response.outbound_inbound_timer.duration", &tx.duration, &tx.hasDuration, typeErr)
+				return s.whole(3, "response.outbound_inbound_timer.duration", &tx.duration, &tx.hasDuration)
 			}
 			return s.skip(3)
 		})
 	case 3:
-		// Kept as sent, like json.RawMessage, which keeps null as null.
-		start := s.i
-		if err := s.skip(2); err != nil {
-			return err
-		}
-		tx.headers = s.data[start:s.i]
-		return nil
+		return s.raw(2, &tx.headers)
 	}
 	return s.skip(2)
 }
@@ -244,159 +212,4 @@ func (tx *txFields) resetResponse() {
 func (tx *txFields) resetTimer() {
 	tx.start, tx.stop = time.Time{}, time.Time{}
 	tx.duration, tx.hasDuration = 0, false
-}
-
-// pick returns the index in names of the field key names, or -1. key is
-// the key's raw text; escaped says it holds a backslash escape. names are
-// lower-case ASCII letters and underscores, matched as encoding/json
-// matches a struct's fields: exactly, or else case-insensitively with
-// Unicode folding.
-func pick(key []byte, escaped bool, names []string) int {
-	if escaped {
-		key = unquote(key)
-	}
-	for i, n := range names {
-		if string(key) == n {
-			return i
-		}
-	}
-	for i, n := range names {
-		if foldEqual(key, n) {
-			return i
-		}
-	}
-	return -1
-}
-
-// object reads the members of the object whose '{' is at s.i, handing
-// each key to member with s.i at its value, which member must read.
-func (s *msgScanner) object(member func(key []byte, escaped bool) error) error {
-	s.i++
-	s.space()
-	if s.i < len(s.data) && s.data[s.i] == '}' {
-		s.i++
-		return nil
-	}
-	for {
-		key, escaped, err := s.key()
-		if err != nil {
-			return err
-		}
-		s.space()
-		if s.i == len(s.data) {
-			return s.fail("unexpected end of JSON input")
-		}
-		if err := member(key, escaped); err != nil {
-			return err
-		}
-		s.space()
-		if s.i == len(s.data) {
-			return s.fail("unexpected end of JSON input")
-		}
-		switch s.data[s.i] {
-		case ',':
-			s.i++
-			s.space()
-			continue
-		case '}':
-			s.i++
-			return nil
-		}
-		return s.fail("invalid character " + quoteByte(s.data[s.i]) + " after object key:value pair")
-	}
-}
-
-// nested reads the value at s.i, inside depth containers, as an object
-// whose members member reads. null is reset, as encoding/json sets a nil
-// pointer; an object given again is read over what the first gave, as
-// encoding/json decodes into the pointer it already has.
-func (s *msgScanner) nested(depth int, field string, reset func(), typeErr *error, member func(key []byte, escaped bool) error) error {
-	switch s.data[s.i] {
-	case 'n':
-		reset()
-		return s.literal("null")
-	case '{':
-		return s.object(member)
-	}
-	return s.mistyped(depth, field, "an object", typeErr)
-}
-
-// path reads a string value into *p.
-func (s *msgScanner) path(depth int, field string, p *[]byte, has *bool, typeErr *error) error {
-	switch s.data[s.i] {
-	case 'n':
-		*p, *has = nil, false
-		return s.literal("null")
-	case '"':
-		raw, plain, err := s.string()
-		if err != nil {
-			return err
-		}
-		if !plain {
-			raw = unquote(raw)
-		}
-		*p, *has = raw, true
-		return nil
-	}
-	return s.mistyped(depth, field, "a string", typeErr)
-}
-
-// whole reads a number that encoding/json puts in an int into *n.
-func (s *msgScanner) whole(depth int, field string, n *int, has *bool, typeErr *error) error {
-	c := s.data[s.i]
-	switch {
-	case c == 'n':
-		*n, *has = 0, false
-		return s.literal("null")
-	case c == '-' || '0' <= c && c <= '9':
-		v, whole, err := s.number()
-		if err != nil {
-			return err
-		}
-		if !whole {
-			if *typeErr == nil {
-				*typeErr = &jsonTypeError{field: field, want: "a whole number", got: "a number with a fraction or exponent, or too large"}
-			}
-			return nil
-		}
-		*n, *has = v, true
-		return nil
-	}
-	return s.mistyped(depth, field, "a number", typeErr)
-}
-
-// timestamp reads a time as encoding/json reads a *time.Time: null is absent,
-// and anything else is handed to time.Time's UnmarshalJSON as it stands,
-// quotes and all, which takes an RFC 3339 string without escapes.
-func (s *msgScanner) timestamp(depth int, field string, t *time.Time, typeErr *error) error {
-	start := s.i
-	if err := s.skip(depth); err != nil {
-		return err
-	}
-	raw := s.data[start:s.i]
-	if raw[0] == 'n' {
-		*t = time.Time{}
-		return nil
-	}
-	var v time.Time
-	if err := v.UnmarshalJSON(raw); err != nil {
-		if *typeErr == nil {
-			*typeErr = fmt.Errorf("%s: %w", field, err)
-		}
-		return nil
-	}
-	*t = v // 0001-01-01T00:00:00Z reads as absent: no upstream answered then
-	return nil
-}
-
-// mistyped skips a value of the wrong type for field and records the
-// first such error.
-func (s *msgScanner) mistyped(depth int, field, want string, typeErr *error) error {
-	if err := s.skip(depth); err != nil {
-		return err
-	}
-	if *typeErr == nil {
-		*typeErr = &jsonTypeError{field: field, want: want, got: "another JSON value"}
-	}
-	return nil
 }

@@ -84,6 +84,27 @@ func TestParseTransactionIgnoresOneTooLargeToRead(t *testing.T) {
 	is.True(errors.Is(err, gecholog.ErrTooLarge)) // not scanned
 }
 
+// TestParseTransactionNamesWhatIsWrong pins the errors' words, which the
+// differential test does not compare: the field's path in the
+// transaction, and "another JSON value" for whatever came instead, as
+// ParseTransaction has always said (Parse names what came).
+func TestParseTransactionNamesWhatIsWrong(t *testing.T) {
+	const malformed = "transaction is not a JSON object with gecholog's request and response: "
+	for _, tc := range []struct{ msg, want string }{
+		{`{"response":{"gl_path":5}}`, "cannot read another JSON value into response.gl_path, which is a string"},
+		{`{"response":[]}`, "cannot read another JSON value into response, which is an object"},
+		{`[1]`, "cannot read another JSON value into the transaction, which is an object"},
+		{`{"request":{"gl_path":"/a/"},"response":{"egress_status_code":502.0}}`,
+			"cannot read a number with a fraction or exponent, or too large into response.egress_status_code, which is a whole number"},
+		{`{"response":{"gl_path":"/a/","outbound_inbound_timer":{"start":"noon"}}}`,
+			`response.outbound_inbound_timer.start: parsing time "noon" as "2006-01-02T15:04:05Z07:00": cannot parse "noon" as "2006"`},
+		{`{"response":{"gl_path":"/a/"}} x`, "invalid character 'x' after top-level value at offset 31"},
+	} {
+		_, err := gecholog.ParseTransaction([]byte(tc.msg))
+		is.New(t).Equal(fmt.Sprint(err), malformed+tc.want) // tc.msg
+	}
+}
+
 // stdTransaction is what gecholog.ParseTransaction's scanner stands in for:
 // the transaction as encoding/json reads it.
 type stdTransaction struct {
