@@ -67,6 +67,7 @@ func (s *Store) Watch(ctx context.Context, fn func(broker.Event), opts ...WatchO
 		}
 	}
 	if err == nil && ctx.Err() != nil {
+		_ = w.Stop() // its context outlives ctx (see watch)
 		err = ctx.Err()
 	}
 	if err != nil {
