@@ -26,7 +26,7 @@ import (
 // that disappeared as deleted (an Event with neither Entry nor Memo). A
 // delete marker's memo (see Store.Release) arrives as the Event's Memo.
 //
-// Once a second Watch compares the bucket's stream with what it has
+// Twice a second Watch compares the bucket's stream with what it has
 // delivered. A stream made again (the bucket was deleted: its creation
 // time changed) is told as an Event with Reset, and read afresh; a purge
 // (a delivered key's message is gone) is read afresh; and after the stream
@@ -89,11 +89,11 @@ type watchOptions struct {
 }
 
 // WithVerify has Watch call verify from its goroutine after the bucket's
-// stream changed and the watcher delivered the change, at most once a
+// stream changed and the watcher delivered the change, at most twice a
 // second, and every fullVerify whatever happened (see
 // broker.Broker.Verify); upTo is the last revision the watcher delivered.
-// Each call is bounded to a second; an error makes Watch call it again a
-// second later.
+// Each call is bounded to half a second; an error makes Watch call it
+// again at the next check.
 func WithVerify(verify func(ctx context.Context, upTo uint64) error) WatchOption {
 	return func(o *watchOptions) { o.verify = verify }
 }
@@ -259,7 +259,7 @@ func (s *Store) Resync() {
 
 // staleCheck is how often follow asks the server whether the watcher has
 // missed something.
-const staleCheck = time.Second
+const staleCheck = 500 * time.Millisecond
 
 // fullVerify is how often follow verifies the caller's view even when the
 // bucket did not change: a view can go wrong on its own only through a
@@ -277,7 +277,7 @@ type streamState struct {
 // bucket no longer holds what it delivered. Its ordered consumer lives on one
 // server; when that server leaves the cluster while this replica's own
 // connection is to another, there is no reconnect to tell us, and nats.go
-// would notice only after two missed heartbeats. So once a second follow
+// would notice only after two missed heartbeats. So twice a second follow
 // reads the stream's state, and watches again when
 //   - the stream was made again (its creation time changed);
 //   - a key it delivered as live has lost its message (purged);

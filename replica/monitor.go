@@ -188,7 +188,7 @@ var (
 	kvErrorsDesc = prometheus.NewDesc("broker_kv_errors_total",
 		"Writes to the router health bucket that failed (losing a race to another replica is not a failure).", nil, nil)
 	viewRepairsDesc = prometheus.NewDesc("broker_view_repairs_total",
-		"Routers whose view this replica found differing from the bucket, and took the bucket's word for, in its once-a-second check.", nil, nil)
+		"Routers whose view this replica found differing from the bucket, and took the bucket's word for, in its twice-a-second check.", nil, nil)
 	watchEventsDesc = prometheus.NewDesc("broker_watch_events_total",
 		"Changes heard from the router health bucket.", nil, nil)
 	watchAgeDesc = prometheus.NewDesc("broker_watch_last_event_age_seconds",
