@@ -411,8 +411,8 @@ func TestFailureDuringProbationDisablesAtTheNextLevel(t *testing.T) {
 	e, _ := store.entry("/azure/dud/")
 	is.Equal(e.Record.By, "replica-1")
 	is.Equal(e.Record.Level, 2)
-	is.Equal(e.Record.Until.Sub(e.Record.At), 4*time.Hour) // DisabledTime × 2²
-	is.True(strings.HasPrefix(e.Record.Reason, "probe failed"))
+	is.Equal(e.Record.Until.Sub(e.Record.At), 4*time.Hour)      // DisabledTime × 2²
+	is.True(strings.HasPrefix(e.Record.Reason, "probe failed")) // the failed probe is the reason
 }
 
 func TestWriteIsRetriedWhenTheStoreFails(t *testing.T) {

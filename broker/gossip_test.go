@@ -52,8 +52,8 @@ func TestADisableIsAnnouncedOnceBeforeItsWriteLands(t *testing.T) {
 	is.Equal(heard[0].Router, "/azure/dud/")
 	is.Equal(heard[0].Status, 502)
 	is.Equal(heard[0].By, "replica-1")
-	is.True(heard[0].Until.Sub(heard[0].At) == time.Hour)
-	is.Equal(store.writeCount(), 0) // before any write landed
+	is.Equal(heard[0].Until.Sub(heard[0].At), time.Hour) // the disable announced lasts the disabled time
+	is.Equal(store.writeCount(), 0)                      // before any write landed
 }
 
 func TestFailuresBelowTheThresholdAreNotAnnounced(t *testing.T) {
@@ -133,8 +133,8 @@ func TestAnAnnouncedDisableNeverLiftsShortensOrOverridesAManualOne(t *testing.T)
 			b, _ := newBroker(t, broker.Config{})
 			b.Observe(broker.Event{Router: tc.have.Router, Entry: &broker.Entry{Record: tc.have, Revision: 2, Created: now}, Revision: 2, Created: now})
 			b.Observe(provisional(tc.heard))
-			is.True(b.Phase("/azure/dud/") != broker.Enabled)
-			is.True(len(b.Routers("/azure/")) == 2)
+			is.True(b.Phase("/azure/dud/") != broker.Enabled) // the router is out
+			is.Equal(len(b.Routers("/azure/")), 2)            // the rest of the pool still takes calls
 			is.Equal(b.Until("/azure/dud/"), tc.until)
 		})
 	}
@@ -252,11 +252,11 @@ func TestCountsToldAreBoundedSoThatAForgedMessageCannotHideFailures(t *testing.T
 	for _, c := range b.Counts() {
 		is.True(c.LastSuccess.Before(time.Now().Add(time.Minute))) // nothing from 2200 is told on
 		for _, f := range c.Failing {
-			is.True(f.Before(time.Now().Add(time.Minute)))
+			is.True(f.Before(time.Now().Add(time.Minute))) // no failure time told from the future is kept
 		}
 	}
 	for _, v := range b.View(time.Now()) {
 		is.True(v.InFlight >= 0 && v.InFlight <= 1<<40) // bounded counts, no overflow
-		is.True(v.Calls >= 0 && v.Failures <= v.Calls)
+		is.True(v.Calls >= 0 && v.Failures <= v.Calls)  // counts stay within 0 and the calls
 	}
 }

@@ -97,7 +97,7 @@ func TestTheFailureRateRuleDisablesAndSaysSo(t *testing.T) {
 	ev := fail(502, now)
 	ev.rate = &rateFigures{failures: 15, calls: 48, window: time.Minute}
 	ch, ok := p.decide("/r/", nil, Record{}, ev)
-	is.True(ok && !ch.release)
+	is.True(ok && !ch.release) // a disable is decided, not an enable
 	is.Equal(ch.rec.Reason, "failure rate 31% of 48 calls in 1m0s")
 	is.Equal(ch.rec.Until, now.Add(dt)) // the same policy as any disable
 	is.Equal(ch.rec.Status, 502)
@@ -111,7 +111,7 @@ func TestWithDisabledTimeZeroAFailureNeverDisables(t *testing.T) {
 	ev.retryAfter = time.Minute
 	ev.rate = &rateFigures{failures: 10, calls: 10, window: time.Minute}
 	_, ok := p.decide("/r/", nil, Record{}, ev)
-	is.True(!ok)
+	is.True(!ok) // nothing changes
 	_, ok = p.decide("/r/", &Record{Router: "/r/", At: now, Until: now.Add(-time.Second)}, Record{}, ev)
 	is.True(!ok) // nor a probe's failure
 }
@@ -199,7 +199,7 @@ func TestManualDisableIsNeverOverwrittenProbedOrLiftedEarly(t *testing.T) {
 	is.Equal(phase(forever, now.Add(10000*time.Hour)), Manual) // without Until: until enabled by hand
 	is.Equal(phase(manual, now.Add(2*time.Minute)), Enabled)   // with Until: enabled then, never probed
 	_, ok := p.decide("/r/", manual, Record{}, event{kind: claim, by: "r1", at: now.Add(2 * time.Minute)})
-	is.True(!ok)
+	is.True(!ok) // nothing changes
 }
 
 func TestPolicyRefusesOutOfRangeSettings(t *testing.T) {
@@ -244,7 +244,7 @@ func TestALevelReadFromTheStoreIsHeldWithinZeroAndTheCap(t *testing.T) {
 		// A memo's level, with its disable just ended, sets the next one's.
 		memo := Record{Router: "/r/", Level: tc.stored, Ended: now}
 		ch, ok = p.decide("/r/", nil, memo, event{kind: failure, status: 502, at: now, failures: 1})
-		is.True(ok)
+		is.True(ok)                               // a change is decided
 		is.Equal(ch.rec.Level, min(tc.want+1, 3)) // not overflowed past the cap into a negative
 	}
 }

@@ -93,7 +93,7 @@ func TestLatencyFollowsARouterThatBecomesFaster(t *testing.T) {
 		tr.routes[1].stats.addLatency(20 * time.Millisecond) // it recovered, and its explored calls say so
 	}
 	got := picks(lowestLatency{}, tr, 1000)
-	is.True(got[1] > 900)
+	is.True(got[1] > 900) // the heavier router takes most calls
 }
 
 func TestHeadroomWeighsByWhatIsLeftAndSkipsTheExhausted(t *testing.T) {
@@ -108,7 +108,7 @@ func TestHeadroomWeighsByWhatIsLeftAndSkipsTheExhausted(t *testing.T) {
 	is.Equal(got[2], 0)                     // none left until its reset
 	is.True(got[0] > 8600 && got[0] < 9400) // 90 : 10
 	h, ok := tr.Headroom(1)
-	is.True(ok && h == 0.1)
+	is.True(ok && h == 0.1) // a tenth of the requests left
 }
 
 func TestHeadroomIsFullAgainAtTheResetAndRandomWithoutHeaders(t *testing.T) {
@@ -118,7 +118,7 @@ func TestHeadroomIsFullAgainAtTheResetAndRandomWithoutHeaders(t *testing.T) {
 	setLimits(tr.routes[0], &RateLimits{RemainingRequests: 0, LimitRequests: 100, RemainingTokens: 500, LimitTokens: 1000,
 		ResetRequests: now.Add(-time.Second)}) // reset already: the tokens, half left, decide
 	h, ok := tr.Headroom(0)
-	is.True(ok && h == 0.5)
+	is.True(ok && h == 0.5) // half of the requests left
 	_, ok = tr.Headroom(1)
 	is.True(!ok) // no headers from its upstream
 	got := picks(mostHeadroom{}, tr, 9000)
@@ -155,7 +155,7 @@ func TestEveryStrategyIsKnownByNameAndAnUnknownOneIsRefused(t *testing.T) {
 	is := is.New(t)
 	is.Equal(Strategies(), []string{"headroom", "latency", "least-busy", "random"})
 	_, err := strategy("round-robin")
-	is.True(err != nil)
+	is.True(err != nil) // refused
 	s, err := strategy("")
 	is.NoErr(err)
 	is.Equal(s, Strategy(random{}))
@@ -251,7 +251,7 @@ func TestARateLimitResetIsHeldWithinTheLongestDisable(t *testing.T) {
 		is.Equal(l.headroom(after.Add(8*time.Minute+time.Millisecond)), 1.0) // full again then
 	}
 	// Not waiting: nothing said, some left, or a reset passed.
-	is.True(viewOf(b, "/a/x/").RateLimitedUntil.After(after))
+	is.True(viewOf(b, "/a/x/").RateLimitedUntil.After(after)) // the router waits for its reset
 	b.Finished([]byte("/a/x/"), time.Millisecond, &RateLimits{RemainingRequests: 3, LimitRequests: 10, RemainingTokens: -1, LimitTokens: -1,
 		ResetRequests: time.Now().Add(time.Second)})
 	is.True(viewOf(b, "/a/x/").RateLimitedUntil.IsZero()) // some left: not waiting

@@ -103,8 +103,8 @@ func TestVerifyTakesTheBucketsWordForAChangeTheViewNeverHeard(t *testing.T) {
 			b2.Observe(broker.Event{Router: dud, Entry: &e, Revision: e.Revision})
 			is.True(!enabled(b2, dud)) // out, as the bucket says
 
-			c.bucket(store) // and the event is lost
-			is.True(!enabled(b2, dud))
+			c.bucket(store)            // and the event is lost
+			is.True(!enabled(b2, dud)) // still out: the view never heard the change
 			is.NoErr(b2.Verify(t.Context(), math.MaxUint64))
 			is.True(enabled(b2, dud))                   // the bucket's word, taken
 			is.Equal(b2.Stats().ViewRepairs, uint64(1)) // counted once

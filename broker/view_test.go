@@ -22,7 +22,7 @@ func TestViewShowsWhatTheReplicaActsOnAndWhatTheStoreSays(t *testing.T) {
 	is.Equal(len(v), 3) // every router of the pool, in its order
 	is.Equal([]string{v[0].Router, v[1].Router, v[2].Router}, []string{"/azure/gpt35turbo/", "/azure/gpt4/", "/azure/dud/"})
 	is.Equal(v[0].Phase, broker.Enabled)
-	is.True(v[0].Record == nil)
+	is.True(v[0].Record == nil)      // an enabled router shows no record
 	is.Equal(v[0].Chosen, uint64(1)) // the only router left to choose
 
 	is.Equal(v[1].Phase, broker.Disabled)
@@ -31,7 +31,7 @@ func TestViewShowsWhatTheReplicaActsOnAndWhatTheStoreSays(t *testing.T) {
 
 	dud := v[2]
 	is.Equal(dud.Phase, broker.Disabled)
-	is.True(!dud.Provisional)
+	is.True(!dud.Provisional)                                                // the bucket's word, not an announcement
 	is.True(dud.Record.Until.Before(now.Add(8*time.Minute + 2*time.Second))) // what every replica acts on: the longest disable
 	is.True(dud.Stored != nil)                                               // and what the store says
 	is.Equal(dud.Stored.Until, forged.Until)

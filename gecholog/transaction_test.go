@@ -31,9 +31,9 @@ func TestParseTransactionReadsTheFewFieldsOfAWholeTransaction(t *testing.T) {
 	is.Equal(tx.Status, 429)                    // response.egress_status_code
 	is.True(tx.Start.Equal(start))              // the timer's start
 	lat, ok := tx.Latency()
-	is.True(ok)
-	is.Equal(lat, 958634*time.Nanosecond) // stop − start, exact where duration says 0
-	is.True(tx.HasDuration)
+	is.True(ok)                             // the transaction is read
+	is.Equal(lat, 958634*time.Nanosecond)   // stop − start, exact where duration says 0
+	is.True(tx.HasDuration)                 // its upstream time is known
 	is.Equal(tx.Duration, time.Duration(0)) // whole milliseconds, truncated
 	var headers map[string][]string
 	is.NoErr(json.Unmarshal(tx.Headers, &headers))
@@ -79,7 +79,7 @@ func TestParseTransactionTakesTheRequestsRouterWhenTheResponseHasNone(t *testing
 func TestParseTransactionIgnoresOneTooLargeToRead(t *testing.T) {
 	is := is.New(t)
 	data := standin.Transaction(standin.Finished{Ingress: "/a/", Payload: gecholog.MaxTransaction / 2})
-	is.True(len(data) > gecholog.MaxTransaction)
+	is.True(len(data) > gecholog.MaxTransaction) // the test transaction is over the limit
 	_, err := gecholog.ParseTransaction(data)
 	is.True(errors.Is(err, gecholog.ErrTooLarge)) // not scanned
 }

@@ -73,8 +73,8 @@ func TestTheLoserOfTwoWritesIsToldWhichRevisionWonWhenAndByWhom(t *testing.T) {
 	is.True(errors.As(err, &ce))            // a conflict
 	is.True(errors.Is(err, kv.ErrConflict)) // as callers test for
 	msg := err.Error()
-	is.True(strings.Contains(msg, "revision 2 was written at")) // which and when
-	is.True(strings.Contains(msg, "by alice") || strings.Contains(msg, "by bob"))
+	is.True(strings.Contains(msg, "revision 2 was written at"))                   // which and when
+	is.True(strings.Contains(msg, "by alice") || strings.Contains(msg, "by bob")) // the loser learns who won
 }
 
 func TestADocumentAReplicaCouldMisreadIsRefusedNamingTheField(t *testing.T) {

@@ -91,7 +91,7 @@ func TestAStoppedReplicaLeavesNoGoroutine(t *testing.T) {
 			is.NoErr(err)
 			m, err := nc.Request(replica.DefaultSubject, []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
 			is.NoErr(err)
-			is.True(!strings.Contains(string(m.Data), "/azure/dud/"))
+			is.True(!strings.Contains(string(m.Data), "/azure/dud/")) // the stopped replica no longer chooses the disabled router
 			if tc.mode != "local" {
 				natstest.Eventually(t, 5*time.Second, func() bool { return r.Broker().Stats().KVWrites == 1 }, "the disable written")
 			}

@@ -313,8 +313,8 @@ func TestProbeFailureBacksOffAndProbeSuccessEnables(t *testing.T) {
 		r, _ = f.record(t, "/azure/dud/")
 		return r.Level == 1
 	}, "the failed probe's record in the bucket")
-	is.Equal(r.Until.Sub(r.At), 2*time.Second) // twice as long
-	is.True(r.Reason == "probe failed: egress_status_code 502")
+	is.Equal(r.Until.Sub(r.At), 2*time.Second)                 // twice as long
+	is.Equal(r.Reason, "probe failed: egress_status_code 502") // why it is out again
 
 	f.every(t, 4*time.Second, phaseIs("/azure/dud/", broker.Probation), "on probation again")
 	natstest.Eventually(t, 3*time.Second, func() bool { return f.route(t) == "/azure/dud/" }, "the second probe goes out")
@@ -344,7 +344,7 @@ func TestRetryAfterFromTheUpstreamSetsTheDisabledTime(t *testing.T) {
 	// A shorter Retry-After does not shorten the disable: the record stays.
 	f.report(t, `{"gl_path":"/azure/gpt4/","egress_status_code":503,"inbound_headers":{"Retry-After":["1"]}}`)
 	now, live := f.record(t, "/azure/gpt4/")
-	is.True(live)
+	is.True(live)                     // the router is out again in the bucket
 	is.True(now.Until.Equal(r.Until)) // not shortened
 	f.every(t, time.Second, phaseIs("/azure/gpt4/", broker.Disabled), "still disabled")
 
@@ -361,8 +361,8 @@ func TestRetryAfterFromTheUpstreamSetsTheDisabledTime(t *testing.T) {
 	f.stop()
 	is.Equal(f.lastSeq(t), uint64(2))
 	final, live := f.record(t, "/azure/gpt4/")
-	is.True(live)
-	is.True(final.Until.Sub(r.At) > 30*time.Second)
+	is.True(live)                                              // the router is out again in the bucket
+	is.True(final.Until.Sub(r.At) > 30*time.Second)            // the disable backed off past the first 30 s
 	is.True(strings.Contains(final.Reason, "Retry-After 40s")) // the longer report's record
 }
 
@@ -606,7 +606,7 @@ func TestDeadRouterCostsInFlightCallsPlusOnePerProbe(t *testing.T) {
 	is.Equal(cause, "probe succeeded") // a probe brought it back, not an expiry
 	// Back within one probe: the one sent after the upstream came back, or
 	// none when the probe that succeeded was sent a moment before.
-	is.True(liveProbes <= 1)
+	is.True(liveProbes <= 1) // one probe at a time
 	share := float64(afterShare) / float64(after)
 	is.True(share > 0.25 && share < 0.42) // back to its full share
 }
@@ -674,7 +674,7 @@ func TestFailureReportsAtEveryReplicaAtOnceMakeOneDisable(t *testing.T) {
 				// of anyone else's disable, and nothing has landed yet.
 				for i, l := range f.logs {
 					first, ok := logLine(l.String(), "router disabled")
-					is.True(ok)
+					is.True(ok)                                           // the record is in the bucket
 					is.Equal(first["by"], fmt.Sprintf("replica-%d", i+1)) // its own decision
 				}
 				is.Equal(f.lastSeq(t), uint64(0))

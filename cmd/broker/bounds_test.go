@@ -54,9 +54,9 @@ func TestAForgedTransactionIsHeldToTheBoundsAndTheWaitIsShown(t *testing.T) {
 		is.True(until <= float64(time.Now().Add(longest+time.Second).Unix())) // and no longer, not 228 years
 		// gpt35turbo's reset was ignored: a count said without a reset is
 		// full again a minute on.
-		is.True(fs.value(t, "broker_router_rate_limited_until_timestamp_seconds", lbl("/azure/gpt35turbo/")...) <= float64(time.Now().Add(time.Minute+time.Second).Unix()))
-		is.True(math.IsNaN(fs.value(t, "broker_router_latency_seconds", lbl("/azure/gpt35turbo/")...))) // and its time is no sample
-		is.Equal(fs.sum("broker_transactions_out_of_bounds_total"), 1.0)                                // and both counted, in one transaction
+		is.True(fs.value(t, "broker_router_rate_limited_until_timestamp_seconds", lbl("/azure/gpt35turbo/")...) <= float64(time.Now().Add(time.Minute+time.Second).Unix())) // the wait is held within the bound
+		is.True(math.IsNaN(fs.value(t, "broker_router_latency_seconds", lbl("/azure/gpt35turbo/")...)))                                                                     // and its time is no sample
+		is.Equal(fs.sum("broker_transactions_out_of_bounds_total"), 1.0)                                                                                                    // and both counted, in one transaction
 		is.Equal(fs.value(t, "broker_router_headroom_ratio", lbl("/azure/gpt4/")...), 0.0)
 
 		code, body, err := r.get("/status.json")
@@ -78,7 +78,7 @@ func TestAForgedTransactionIsHeldToTheBoundsAndTheWaitIsShown(t *testing.T) {
 				is.Equal(row.State, "enabled")
 				is.True(row.RateLimitedUntil != nil && row.RateLimitedUntil.Unix() == int64(until)) // the page says until when
 			default:
-				is.True(row.RateLimitedUntil != nil && row.RateLimitedUntil.Before(time.Now().Add(time.Minute+time.Second)))
+				is.True(row.RateLimitedUntil != nil && row.RateLimitedUntil.Before(time.Now().Add(time.Minute+time.Second))) // status shows the wait, held within the bound
 			}
 		}
 		line := r.await(t, "ignoring a value of a transaction from gecholog's log that is out of bounds")

@@ -172,14 +172,14 @@ func TestSettingsComeFromFlagsThenEnvironmentThenDefaults(t *testing.T) {
 		}},
 		{"DISABLED_TIME 0.005 is 0.3 s, exactly", nil, env("DISABLED_TIME", "0.005"), func(is *is.I, s *settings) {
 			is.Equal(s.Policy.DisabledTime, 300*time.Millisecond)
-			is.True(!s.Policy.NeverDisable)
+			is.True(!s.Policy.NeverDisable) // failover on
 		}},
 		{"DISABLED_TIME 0: a failure never takes a router out", nil, env("DISABLED_TIME", "0"), func(is *is.I, s *settings) {
-			is.True(s.Policy.NeverDisable)
+			is.True(s.Policy.NeverDisable) // 0 turns failover off
 		}},
 		{"DISABLED_TIME 0.001 is the shortest, 60 ms", nil, env("DISABLED_TIME", "0.001"), func(is *is.I, s *settings) {
 			is.Equal(s.Policy.DisabledTime, 60*time.Millisecond)
-			is.True(!s.Policy.NeverDisable)
+			is.True(!s.Policy.NeverDisable) // failover on
 		}},
 		{"failure rate rule off by default", nil, env(), func(is *is.I, s *settings) {
 			is.Equal(s.Policy.Rate, 0.0)
@@ -193,9 +193,9 @@ func TestSettingsComeFromFlagsThenEnvironmentThenDefaults(t *testing.T) {
 			is.Equal(s.Policy.RateMinCalls, 50)
 		}},
 		{"failure codes by code and class", []string{"-failure-codes", "5xx, 429"}, env(), func(is *is.I, s *settings) {
-			is.True(s.Policy.FailureCodes.Has(503))
-			is.True(s.Policy.FailureCodes.Has(429))
-			is.True(!s.Policy.FailureCodes.Has(404))
+			is.True(s.Policy.FailureCodes.Has(503))  // 5xx counts
+			is.True(s.Policy.FailureCodes.Has(429))  // 429 counts
+			is.True(!s.Policy.FailureCodes.Has(404)) // 404 left out
 		}},
 		{"a flag wins over its variable", []string{"-disabled-time", "2", "-bucket", "b2"}, env("DISABLED_TIME", "0.5", "BROKER_BUCKET", "b1"), func(is *is.I, s *settings) {
 			is.Equal(s.Policy.DisabledTime, 2*time.Minute)
@@ -330,7 +330,7 @@ func TestHelpPrintsEverySettingAndNoSecret(t *testing.T) {
 func TestUnknownCommandIsRefused(t *testing.T) {
 	is := is.New(t)
 	err := run(context.Background(), []string{"serv"}, env(), io.Discard, io.Discard)
-	is.True(err != nil && strings.Contains(err.Error(), `"serv"`))
+	is.True(err != nil && strings.Contains(err.Error(), `"serv"`)) // the unknown command is named
 }
 
 func TestServeAnswersThenStopsCleanlyWhenCancelled(t *testing.T) {
@@ -347,7 +347,7 @@ func TestServeAnswersThenStopsCleanlyWhenCancelled(t *testing.T) {
 
 	is.NoErr(p.stopWithin(10 * time.Second)) // a signal is a clean stop
 	_, stopped := logLine(p.logs.String(), "stopped")
-	is.True(stopped)
+	is.True(stopped) // the program stopped when its context ended
 }
 
 func TestEmbeddedNATSServesWithTheGatewaysToken(t *testing.T) {
@@ -357,7 +357,7 @@ func TestEmbeddedNATSServesWithTheGatewaysToken(t *testing.T) {
 		"--embedded-nats", "--embedded-listen", "127.0.0.1:0", "--embedded-store", t.TempDir())
 	p.await(t, "serving")
 	started, ok := logLine(p.logs.String(), "embedded nats-server with JetStream started")
-	is.True(ok)
+	is.True(ok) // the line was logged
 	addr := "nats://" + started["listen"].(string)
 
 	_, err := nats.Connect(addr)
@@ -367,7 +367,7 @@ func TestEmbeddedNATSServesWithTheGatewaysToken(t *testing.T) {
 	defer nc.Close()
 	m, err := nc.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/"}`), 2*time.Second)
 	is.NoErr(err)
-	is.True(bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`)))
+	is.True(bytes.HasPrefix(m.Data, []byte(`{"gl_path":"/azure/`)))   // a router of the pool is chosen
 	is.True(!strings.Contains(p.logs.String()+p.out.String(), token)) // the token is never printed
 }
 

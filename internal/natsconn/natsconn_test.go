@@ -157,5 +157,5 @@ func TestCheckRefusesWhatNATSCannotUse(t *testing.T) {
 	is.True(natsconn.Settings{User: "u", Token: "t"}.Check() != nil)     // one of user and token
 	is.NoErr(natsconn.Settings{User: "u", Password: "p"}.Check())        // fine
 	_, err := natsconn.Settings{Creds: "/nonexistent/x.creds"}.Options() // a missing file is named
-	is.True(err != nil && strings.HasPrefix(err.Error(), "creds:"))
+	is.True(err != nil && strings.HasPrefix(err.Error(), "creds:"))      // the error names the creds setting
 }

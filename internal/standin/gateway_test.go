@@ -68,7 +68,7 @@ func TestGatewayMakesGechologsCallsAndLogsTheTransaction(t *testing.T) {
 	is.NoErr(err)
 	is.Equal(first.Router, "/azure/ptu/") // the broker's choice
 	is.Equal(first.Status, 200)
-	is.True(first.Reported)
+	is.True(first.Reported)                         // the response context was sent
 	is.True(first.Upstream() >= 5*time.Millisecond) // the upstream's time
 	second, err := gw.Do(context.Background(), "/azure/")
 	is.NoErr(err)
