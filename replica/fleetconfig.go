@@ -137,11 +137,11 @@ func (r *Replica) setConfig(rev uint64, hash string) {
 
 func (r *Replica) refuse(e kv.ConfigEntry) {
 	why := fmt.Sprintf("refused revision %d: %v", e.Revision, e.Err)
+	r.log.Warn("refused a revision of the fleet's configuration; keeping the last good one", slog.Uint64("revision", e.Revision),
+		slog.String("error", e.Err.Error()), slog.Uint64("running", r.conf.get().Revision))
 	r.conf.mu.Lock()
 	r.conf.state.Refused = why
 	r.conf.mu.Unlock()
-	r.log.Warn("refused a revision of the fleet's configuration; keeping the last good one", slog.Uint64("revision", e.Revision),
-		slog.String("error", e.Err.Error()), slog.Uint64("running", r.conf.get().Revision))
 }
 
 // apply takes a new revision heard from the watcher.

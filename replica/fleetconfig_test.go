@@ -165,7 +165,10 @@ func TestEveryReplicaFollowsANewRevisionWithinASecondAndRefusesAnInvalidOne(t *t
 	bad, err := kvb.Put(context.Background(), kv.ConfigKey, []byte(`{"version":1,"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/z/","weight":"NaN"}]}]}`))
 	is.NoErr(err)
 	for i, r := range rs.fleet.Replicas {
-		natstest.Eventually(t, 5*time.Second, func() bool { return r.Config().Refused != "" }, "replica %d refuses", i+1)
+		// The state is set just before the line is logged.
+		natstest.Eventually(t, 5*time.Second, func() bool {
+			return r.Config().Refused != "" && strings.Contains(rs.logs[i].String(), "refused a revision")
+		}, "replica %d refuses, and says so", i+1)
 		is.True(strings.HasPrefix(r.Config().Refused, "refused revision "+strconv.FormatUint(bad, 10)+": pools.routers.weight")) // names revision and field
 		is.Equal(r.Config().Revision, rev)                                                                                       // keeps the last good
 		is.Equal(routersOf(rs.replicas[i]), []string{"/azure/x/", "/azure/y/"})
