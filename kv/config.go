@@ -278,8 +278,13 @@ func (s *ConfigStore) kv(ctx context.Context, create bool) (jetstream.KeyValue, 
 	if !create {
 		return nil, fmt.Errorf("%w: %s", ErrNoBucket, s.bucket)
 	}
-	kv, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: s.bucket, History: ConfigHistory,
+	// Create, not CreateOrUpdate: the least privilege grants
+	// STREAM.CREATE, and a bucket another replica made meanwhile is opened.
+	kv, err = s.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: s.bucket, History: ConfigHistory,
 		Description: "the broker fleet's configuration (broker config show)"})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = s.js.KeyValue(ctx, s.bucket)
+	}
 	if err != nil {
 		return nil, noJetStream(err)
 	}

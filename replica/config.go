@@ -72,14 +72,17 @@ type Config struct {
 	// report never comes (broker.DefaultInFlightBound).
 	InFlightBound time.Duration
 	// PoolsFile names the file Pools came from; "" when none was given.
-	// A replica given one writes it over the fleet's configuration when
-	// it was edited (see docs/operating.md, "The fleet's configuration").
 	PoolsFile string
+	// Given names the settings of the fleet's configuration (the pools
+	// file, the failure policy, the in-flight bound) given to this replica
+	// rather than left at their defaults, such as "BROKER_POOLS" or
+	// "DISABLED_TIME". A replica given settings that were never written
+	// writes them as a new revision: an edit takes effect on restart (see
+	// docs/operating.md, "The fleet's configuration").
+	Given []string
 	// FleetConfig makes the replica follow the fleet's configuration in
 	// the <Bucket>_config bucket (docs/operating.md). Off, it runs by its
-	// own pools and policy. The broker command does not set it yet: the
-	// least-privilege permissions (docs/security.md) do not grant the
-	// configuration bucket.
+	// own pools and policy.
 	FleetConfig bool
 	// Ready, when set, is called once the replica answers calls.
 	Ready func(*Replica)

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -21,12 +23,17 @@ import (
 //   - an empty bucket gets the replica's document (a compare-and-set: of
 //     replicas starting at once, one writes and the others follow it);
 //   - a bucket whose newest revision configures the same is followed;
-//   - a replica given a pools file whose document differs and was never
-//     written (its hash is not among the revision's files) writes it as a
-//     new revision: an edited pools.json takes effect on restart;
-//   - otherwise (an older file, or no file) the replica follows the
-//     bucket, and with a file says once, loudly, that the file is out of
-//     date.
+//   - a replica given settings (a pools file, DISABLED_TIME, ...; see
+//     Config.Given) whose document differs and was never written (its
+//     hash is not among the revision's files) writes it as a new
+//     revision: an edited pools.json or DISABLED_TIME takes effect on
+//     restart;
+//   - otherwise (settings written before, or none given) the replica
+//     follows the bucket, and when it was given settings says once,
+//     loudly, that they are out of date.
+// A replica given nothing never writes over the bucket: one started
+// without its pools file mounted follows the fleet rather than bring
+// back the default pools.
 // Then every replica follows every new valid revision; an invalid one is
 // refused and the last good one kept.
 
@@ -57,11 +64,25 @@ func (r *Replica) Config() ConfigState { return r.conf.get() }
 func (r *Replica) own() kv.FleetConfig {
 	c := kv.NewFleetConfig(r.cfg.Pools, r.cfg.Policy, r.cfg.InFlightBound)
 	c.By = r.cfg.ID
-	c.Source = "the replica's settings"
-	if r.cfg.PoolsFile != "" {
-		c.Source = "pools file " + r.cfg.PoolsFile
+	c.Source = "the replica's default settings"
+	if given := r.given(); given != "" {
+		c.Source = "the replica's " + given
 	}
 	return c
+}
+
+// given says which settings the replica was given: "" for none.
+func (r *Replica) given() string {
+	var each []string
+	if r.cfg.PoolsFile != "" {
+		each = append(each, "pools file "+r.cfg.PoolsFile)
+	}
+	for _, g := range r.cfg.Given {
+		if g != "BROKER_POOLS" || r.cfg.PoolsFile == "" {
+			each = append(each, g)
+		}
+	}
+	return strings.Join(each, ", ")
 }
 
 // resolveConfig decides by the rule above what the replica starts with,
@@ -83,22 +104,22 @@ func (r *Replica) resolveConfig(ctx context.Context, cs *kv.ConfigStore) error {
 			}
 		case latest.Err != nil:
 			r.refuse(latest)
-			if r.cfg.PoolsFile == "" {
+			if r.given() == "" {
 				r.log.Warn("starting with this replica's own settings until the bucket holds a valid revision")
 				return nil
 			}
 			rev, err = cs.Write(ctx, own, latest.Revision, nil)
 		case latest.Config.Same(own):
 			return r.follow(latest)
-		case r.cfg.PoolsFile != "" && !slices.Contains(latest.Config.Files, own.Hash()):
+		case r.given() != "" && !slices.Contains(latest.Config.Files, own.Hash()):
 			rev, err = cs.Write(ctx, own, latest.Revision, &latest.Config)
 			if err == nil {
-				r.log.Warn("the pools file differs from the fleet's configuration and was never written: wrote it as a new revision; every replica follows it",
-					slog.String("pools", r.cfg.PoolsFile), slog.Uint64("revision", rev), slog.Uint64("was", latest.Revision))
+				r.log.Warn("this replica's settings differ from the fleet's configuration and were never written: wrote them as a new revision; every replica follows it",
+					slog.String("settings", r.given()), slog.Uint64("revision", rev), slog.Uint64("was", latest.Revision))
 			}
 		default:
-			if r.cfg.PoolsFile != "" {
-				note := fmt.Sprintf("pools file %s is out of date: following revision %d of the fleet's configuration (broker config show)", r.cfg.PoolsFile, latest.Revision)
+			if given := r.given(); given != "" {
+				note := fmt.Sprintf("this replica's %s: out of date, following revision %d of the fleet's configuration (broker config show)", given, latest.Revision)
 				r.log.Warn(note)
 				r.conf.mu.Lock()
 				r.conf.state.Note = note
@@ -172,6 +193,9 @@ func (r *Replica) apply(e kv.ConfigEntry) {
 	}
 }
 
+// configOpenTimeout bounds opening the configuration bucket at start.
+const configOpenTimeout = 5 * time.Second
+
 // startConfig opens the configuration bucket and resolves what the
 // replica starts with. A server without JetStream leaves the replica's
 // own settings in force.
@@ -180,7 +204,9 @@ func (r *Replica) startConfig(ctx context.Context) (*kv.ConfigStore, error) {
 	if err != nil {
 		return nil, err
 	}
-	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// Short: a server that refuses the bucket's subjects never answers,
+	// and the replica then serves by its own settings.
+	actx, cancel := context.WithTimeout(ctx, configOpenTimeout)
 	defer cancel()
 	cs, err := kv.OpenConfig(actx, js, kv.ConfigBucket(r.cfg.Bucket), true)
 	if err != nil {
@@ -222,6 +248,11 @@ func (r *Replica) fleetConfig(ctx context.Context) *kv.ConfigStore {
 		note := "running by this replica's own pools and settings: " + err.Error()
 		if errors.Is(err, kv.ErrNoJetStream) {
 			note = "no JetStream: this replica runs by its own pools and settings"
+		}
+		if perr := r.nc.LastError(); errors.Is(perr, nats.ErrPermissionViolation) {
+			// The server refuses JetStream API requests without an
+			// answer; the request only times out.
+			note += "; the server refused a request (" + perr.Error() + "): grant the permissions in docs/security.md (Least privilege), or set BROKER_CONFIG_SOURCE=local"
 		}
 		r.log.Warn(note)
 		r.conf.mu.Lock()

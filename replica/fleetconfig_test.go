@@ -1,6 +1,7 @@
 package replica_test
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"net/http"
@@ -90,9 +91,11 @@ func TestWhereTheConfigurationComesFrom(t *testing.T) {
 		seed    func(t *testing.T, s configServer) // what the bucket holds first
 		file    string                             // the replica's pools file; "" none
 		pools   []broker.Pool
-		want    []string // the routers the replica serves
-		wantRev uint64   // the revision it runs
-		note    string   // in its status
+		given   []string      // settings given besides the file
+		policy  broker.Policy // the replica's; zero: minute
+		want    []string      // the routers the replica serves
+		wantRev uint64        // the revision it runs
+		note    string        // in its status
 	}{
 		{name: "neither: the original's pool seeds the bucket", want: []string{"/azure/dud/", "/azure/gpt35turbo/", "/azure/gpt4/"}, wantRev: 1},
 		{name: "file only: the file seeds the bucket", file: "a.json", pools: a, want: []string{"/azure/a/"}, wantRev: 1},
@@ -108,7 +111,11 @@ func TestWhereTheConfigurationComesFrom(t *testing.T) {
 				t.Fatal(err)
 			}
 			s.write(t, c, "alice")
-		}, file: "a.json", pools: a, want: []string{"/azure/c/"}, wantRev: 2, note: "pools file a.json is out of date: following revision 2"},
+		}, file: "a.json", pools: a, want: []string{"/azure/c/"}, wantRev: 2, note: "this replica's pools file a.json: out of date, following revision 2"},
+		{name: "both different, DISABLED_TIME edited: written", seed: func(t *testing.T, s configServer) { s.write(t, b, "alice") },
+			given: []string{"DISABLED_TIME"}, pools: b, policy: broker.Policy{DisabledTime: 2 * time.Minute}, want: []string{"/azure/b/"}, wantRev: 2},
+		{name: "both different, nothing given: the bucket is followed, not overwritten by the defaults", seed: func(t *testing.T, s configServer) { s.write(t, b, "alice") },
+			policy: broker.Policy{DisabledTime: broker.DefaultDisabledTime}, want: []string{"/azure/b/"}, wantRev: 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			is := is.New(t)
@@ -116,7 +123,8 @@ func TestWhereTheConfigurationComesFrom(t *testing.T) {
 			if tc.seed != nil {
 				tc.seed(t, s)
 			}
-			rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, Pools: tc.pools, PoolsFile: tc.file}, 1)
+			policy := cmp.Or(tc.policy, minute)
+			rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: policy, Pools: tc.pools, PoolsFile: tc.file, Given: tc.given}, 1)
 			is.Equal(routersOf(rs.replicas[0]), tc.want) // the routers served
 			st := rs.fleet.Replicas[0].Config()
 			is.Equal(st.Revision, tc.wantRev)           // the revision run

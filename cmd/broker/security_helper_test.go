@@ -291,6 +291,12 @@ var (
 			"$KV.gl_broker.>",
 			"broker.news.gl_broker",
 			"broker.stats.gl_broker",
+			"$JS.API.STREAM.INFO.KV_gl_broker_config",
+			"$JS.API.STREAM.CREATE.KV_gl_broker_config",
+			"$JS.API.CONSUMER.CREATE.KV_gl_broker_config.>",
+			"$JS.API.CONSUMER.DELETE.KV_gl_broker_config.>",
+			"$JS.API.DIRECT.GET.KV_gl_broker_config.>",
+			"$KV.gl_broker_config.>",
 		},
 		subscribe: []string{"coburn.gl.broker broker", "coburn.gl.logger", "broker.news.gl_broker", "broker.stats.gl_broker", "_INBOX.>"},
 		responses: true,
@@ -443,7 +449,7 @@ func secUser(s *server.Server, user string) func(string) string {
 // processor needs only to create a missing bucket.
 func withoutCreating(role secRole) secRole {
 	role.publish = slices.DeleteFunc(slices.Clone(role.publish), func(p string) bool {
-		return p == "$JS.API.INFO" || p == "$JS.API.STREAM.CREATE.KV_gl_broker"
+		return p == "$JS.API.INFO" || p == "$JS.API.STREAM.CREATE.KV_gl_broker" || p == "$JS.API.STREAM.CREATE.KV_gl_broker_config"
 	})
 	return role
 }

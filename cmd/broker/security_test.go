@@ -412,7 +412,7 @@ func TestProcessorWithoutCreatePermissionsServesFromABucketCreatedBeforehand(t *
 	is := is.New(t)
 	roles := leastRoles
 	roles.processor = withoutCreating(processorRole)
-	is.Equal(len(roles.processor.publish), len(processorRole.publish)-2) // both taken away
+	is.Equal(len(roles.processor.publish), len(processorRole.publish)-3) // the three taken away
 	s, v := secRoleServer(t, roles)
 	// Created beforehand, as a replica with every permission creates it.
 	creator := startProgram(t, secUser(s, "gateway"), "--id", "creator")
@@ -706,4 +706,35 @@ func TestSubjectSettingsRefuseWildcardsNATSOwnSubjectsAndEmptyTokens(t *testing.
 	_, _, err := runOp(env("NATS_URL", s.ClientURL(), "BROKER_SUBJECT", ">"))
 	is.True(err != nil) // refused
 	saysFirst(t, "the error", err.Error(), `subject (BROKER_SUBJECT) ">": not a subject the broker may use: holds a wildcard`)
+}
+
+func TestProcessorWithoutTheConfigurationBucketsPermissionsServesByItsOwnSettingsAndSaysWhatToGrant(t *testing.T) {
+	t.Parallel() // waits out the 5 s attempt to open the configuration bucket
+	is := is.New(t)
+	roles := leastRoles
+	roles.processor.publish = slices.DeleteFunc(slices.Clone(processorRole.publish), func(p string) bool { return strings.Contains(p, "gl_broker_config") })
+	is.Equal(len(roles.processor.publish), len(processorRole.publish)-6) // the configuration bucket's six taken away
+	s, _ := secRoleServer(t, roles)
+	gw := natstest.Connect(t, s, nats.UserInfo("gateway", "gateway-pw"))
+
+	r := startProgram(t, secUser(s, "broker"))
+	note := r.awaitWithin(t, 20*time.Second, "running by this replica's own pools and settings: open the fleet's configuration bucket \"gl_broker_config\": context deadline exceeded; the server refused a request (nats: permissions violation: Permissions Violation for Publish to \"$JS.API.STREAM.INFO.KV_gl_broker_config\"): grant the permissions in docs/security.md (Least privilege), or set BROKER_CONFIG_SOURCE=local")
+	is.Equal(note["level"], "WARN")            // one warning naming what to grant
+	r.await(t, "serving")                      // and it serves
+	is.True(awaitAnswer(t, gw, "/azure/") != "") // by its own pools
+	is.NoErr(r.stop())
+}
+
+func TestProcessorWithConfigSourceLocalNeedsNoConfigurationBucket(t *testing.T) {
+	is := is.New(t)
+	roles := leastRoles
+	roles.processor.publish = slices.DeleteFunc(slices.Clone(processorRole.publish), func(p string) bool { return strings.Contains(p, "gl_broker_config") })
+	s, v := secRoleServer(t, roles)
+	gw := natstest.Connect(t, s, nats.UserInfo("gateway", "gateway-pw"))
+
+	r := startProgram(t, secUser(s, "broker"), "--config-source", "local")
+	r.await(t, "serving")
+	is.True(awaitAnswer(t, gw, "/azure/") != "") // serves at once
+	is.NoErr(r.stop())
+	is.Equal(v.subjects(), []string(nil)) // and never asked for the configuration bucket
 }

@@ -37,6 +37,7 @@ type settings struct {
 	logLevel     string
 	logFormat    string
 	glConfig     string
+	configSource string
 	embedded     bool             // serve on an in-process nats-server,
 	embeddedAt   replica.Embedded // this one
 }
@@ -138,6 +139,7 @@ func (s *settings) serving() {
 	p.AllDisabled = broker.DefaultAllDisabled
 	f.Var((*allDisabled)(&p.AllDisabled), "all-disabled", "BROKER_ALL_DISABLED", "what a pool with no enabled router does: `mode` panic (the router back soonest), ingress (the ingress's own outbound) or any")
 	f.Duration(&s.InFlightBound, "inflight-bound", "BROKER_INFLIGHT_BOUND", broker.DefaultInFlightBound, broker.InFlightBoundRange.Min, broker.InFlightBoundRange.Max, "`time` a chosen call counts as in flight, over every replica, when its report never comes (least-busy)")
+	f.String(&s.configSource, "config-source", "BROKER_CONFIG_SOURCE", "fleet", "`source` of the pools and failure policy: fleet (the fleet's configuration in the <bucket>_config bucket, which these settings seed and an edit to them updates; see broker config) or local (these settings only)")
 	f.Bool(&s.RequireKV, "require-kv", "BROKER_REQUIRE_KV", "refuse to start when the server has no JetStream, instead of serving in local mode")
 	f.Bool(&s.embedded, "embedded-nats", "BROKER_EMBEDDED_NATS", "start an in-process nats-server with JetStream and serve on it")
 	f.String(&s.embeddedAt.Listen, "embedded-listen", "BROKER_EMBEDDED_LISTEN", "127.0.0.1:4222", "listen `address` of the embedded nats-server")
@@ -169,6 +171,9 @@ func (s *settings) resolve() error {
 		return errors.New("id: give this replica a name")
 	case has("bucket") && !bucketRE.MatchString(s.Bucket):
 		return fmt.Errorf("bucket %q: a bucket name holds only letters, digits, - and _", s.Bucket)
+	}
+	if has("config-source") && s.configSource != "fleet" && s.configSource != "local" {
+		return fmt.Errorf("config-source (BROKER_CONFIG_SOURCE) %q: fleet or local", s.configSource)
 	}
 	if err := s.NATS.Check(); err != nil {
 		return err
@@ -229,10 +234,21 @@ func (s *settings) logger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// fleetSettings are the settings of the fleet's configuration: the
+// replicas must agree on them, and a replica given one writes it.
+var fleetSettings = []string{"pools", "disabled-time", "failure-threshold", "failure-rate", "failure-rate-window",
+	"failure-rate-min-calls", "failure-codes", "backoff-multiplier", "backoff-cap", "probe-timeout", "all-disabled", "inflight-bound"}
+
 // replicaConfig is the replica the serve settings describe.
 func (s *settings) replicaConfig(log *slog.Logger) replica.Config {
 	c := s.Config
 	c.Logger = log
+	c.FleetConfig = s.configSource == "fleet"
+	for _, name := range fleetSettings {
+		if s.set.Given(name) && (name != "pools" || s.poolsFile != "") {
+			c.Given = append(c.Given, cmp.Or(s.set.Env(name), "-"+name))
+		}
+	}
 	if s.embedded {
 		e := s.embeddedAt
 		c.Embedded = &e

@@ -18,7 +18,8 @@ import (
 type Set struct {
 	fs     *flag.FlagSet
 	getenv func(string) string
-	err    error // the first bad environment value
+	err    error             // the first bad environment value
+	envs   map[string]string // each flag's variable
 }
 
 // New returns an empty set for the command name, reading variables with
@@ -26,7 +27,7 @@ type Set struct {
 func New(name string, getenv func(string) string) *Set {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned as one line; -h prints usage itself
-	return &Set{fs: fs, getenv: getenv}
+	return &Set{fs: fs, getenv: getenv, envs: map[string]string{}}
 }
 
 // Var registers v under flag name and environment variable env ("" for
@@ -37,6 +38,7 @@ func (s *Set) Var(v flag.Value, name, env, usage string) {
 		usage += " (env " + env + ")"
 	}
 	s.fs.Var(v, name, usage)
+	s.envs[name] = env
 	if e := s.getenv(env); env != "" && e != "" {
 		if err := v.Set(e); err != nil && s.err == nil {
 			s.err = fmt.Errorf("environment variable %s=%q: %w", env, e, err)
@@ -198,3 +200,15 @@ func (v *durationValue) String() string {
 
 // Has reports whether the set has the flag name.
 func (s *Set) Has(name string) bool { return s.fs.Lookup(name) != nil }
+
+// Given reports whether setting name was given, by its flag or its
+// variable, rather than left at its default.
+func (s *Set) Given(name string) bool {
+	given := false
+	s.fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	env := s.envs[name]
+	return given || (env != "" && s.getenv(env) != "")
+}
+
+// Env is the variable of setting name; "" when it has none.
+func (s *Set) Env(name string) string { return s.envs[name] }
