@@ -719,8 +719,8 @@ func TestProcessorWithoutTheConfigurationBucketsPermissionsServesByItsOwnSetting
 
 	r := startProgram(t, secUser(s, "broker"))
 	note := r.awaitWithin(t, 20*time.Second, "running by this replica's own pools and settings: open the fleet's configuration bucket \"gl_broker_config\": context deadline exceeded; the server refused a request (nats: permissions violation: Permissions Violation for Publish to \"$JS.API.STREAM.INFO.KV_gl_broker_config\"): grant the permissions in docs/security.md (Least privilege), or set BROKER_CONFIG_SOURCE=local")
-	is.Equal(note["level"], "WARN")            // one warning naming what to grant
-	r.await(t, "serving")                      // and it serves
+	is.Equal(note["level"], "WARN")              // one warning naming what to grant
+	r.await(t, "serving")                        // and it serves
 	is.True(awaitAnswer(t, gw, "/azure/") != "") // by its own pools
 	is.NoErr(r.stop())
 }
