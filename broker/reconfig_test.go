@@ -97,6 +97,46 @@ func TestReconfigureKeepsTheViewOfRoutersInBothAndChoosesAnAddedOneAtOnce(t *tes
 	is.True(time.Until(until) <= time.Minute) // the new policy's disabled time
 }
 
+// What the strategies and the failure policy count of a router in both
+// revisions carries over a change: calls in flight, headroom and the
+// failures toward the threshold.
+func TestReconfigureCarriesOverCallsInFlightHeadroomAndFailureCounts(t *testing.T) {
+	is := is.New(t)
+	pol := broker.Policy{DisabledTime: time.Minute, Threshold: 2}
+	one := []broker.Pool{{Ingress: "/azure/", Strategy: "least-busy", Routers: []broker.Router{{Path: "/azure/a/", Weight: 1}}}}
+	b, _ := newBroker(t, broker.Config{Store: newFakeStore(), Pools: one, Policy: pol})
+	for range 3 {
+		is.Equal(pick(b, "/azure/"), "/azure/a/")
+	}
+	limits := &broker.RateLimits{RemainingRequests: 5, LimitRequests: 100, RemainingTokens: -1, LimitTokens: -1, ResetRequests: time.Now().Add(time.Minute)}
+	is.NoErr(b.Finished([]byte("/azure/a/"), 10*time.Millisecond, limits))
+	report(b, "/azure/a/", 200) // the finished call's report: 2 in flight
+	report(b, "/azure/a/", 502) // the first failure of the two the threshold asks for
+	is.Equal(b.Phase("/azure/a/"), broker.Enabled)
+
+	view := func() broker.RouterView {
+		b.Refresh(time.Now())
+		for _, v := range b.View(time.Now()) {
+			if v.Router == "/azure/a/" {
+				return v
+			}
+		}
+		t.Fatal("no view of /azure/a/")
+		return broker.RouterView{}
+	}
+	before := view()
+	is.True(before.InFlight > 0 && before.HeadroomKnown) // something to carry over
+	two := []broker.Pool{{Ingress: "/azure/", Strategy: "least-busy", Routers: []broker.Router{{Path: "/azure/a/", Weight: 1}, {Path: "/azure/b/", Weight: 1}}}}
+	is.NoErr(b.Reconfigure(two, pol, 0))
+	after := view()
+	is.Equal(after.InFlight, before.InFlight)       // the calls in flight carried over
+	is.True(after.HeadroomKnown)                    // the headroom too
+	is.Equal(after.Headroom, before.Headroom)       // unchanged
+	is.Equal(after.Latency, before.Latency)         // and the latency
+	report(b, "/azure/a/", 502)                     // the second failure, after the change
+	is.Equal(b.Phase("/azure/a/"), broker.Disabled) // counted with the first: the threshold is met
+}
+
 func TestARouterRemovedAndAddedAgainKeepsItsIDAndTheHandlerAnswersForIt(t *testing.T) {
 	is := is.New(t)
 	b, _ := newBroker(t, broker.Config{})
