@@ -153,6 +153,9 @@ func (r *Replica) follow(e kv.ConfigEntry) error {
 func (r *Replica) setConfig(rev uint64, hash string) {
 	r.conf.mu.Lock()
 	defer r.conf.mu.Unlock()
+	if strings.HasPrefix(r.conf.state.Note, "the fleet's configuration") {
+		r.conf.state.Note = "" // a deleted key or bucket holds a revision again
+	}
 	r.conf.state.Revision, r.conf.state.Refused, r.conf.hash = rev, "", hash
 }
 
@@ -168,7 +171,14 @@ func (r *Replica) refuse(e kv.ConfigEntry) {
 // apply takes a new revision heard from the watcher.
 func (r *Replica) apply(e kv.ConfigEntry) {
 	if e.Deleted {
-		return // deleted by hand: keep the last good one
+		// Deleted or purged by hand: keep the last good one, and say so
+		// until a revision is written again.
+		note := fmt.Sprintf("the fleet's configuration was deleted from the bucket (revision %d): keeping revision %d; broker config rollback writes it again", e.Revision, r.conf.get().Revision)
+		r.log.Warn(note)
+		r.conf.mu.Lock()
+		r.conf.state.Note = note
+		r.conf.mu.Unlock()
+		return
 	}
 	if e.Err != nil {
 		r.refuse(e)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/matryer/is"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
@@ -201,6 +202,57 @@ func TestEveryReplicaFollowsANewRevisionWithinASecondAndRefusesAnInvalidOne(t *t
 		// The revision is recorded just after the pools are swapped.
 		natstest.Eventually(t, 5*time.Second, func() bool { return r.Config().Revision == rev }, "replica %d records revision %d", i+1, rev)
 		is.Equal(r.Config().Refused, "") // the refusal gone
+	}
+}
+
+// Every kind of document a replica could misread, written straight to
+// the bucket as `nats kv put` would: each refused with one line naming
+// revision and why, the last good revision kept and served.
+func TestADocumentWrittenByHandThatCouldBeMisreadIsRefusedAndTheLastGoodKept(t *testing.T) {
+	is := is.New(t)
+	// A server that takes messages of 2 MB, so that the replica, not the
+	// server, is what refuses the large one.
+	s := natstest.Start(t, func(o *server.Options) { o.MaxPayload = 4 << 20 })
+	js := natstest.JetStream(t, s)
+	cs, err := kv.OpenConfig(context.Background(), js, kv.ConfigBucket(replica.DefaultBucket), true)
+	is.NoErr(err)
+	good, err := cs.Write(context.Background(), kv.NewFleetConfig(onePool("/azure/a/"), minute, 0), 0, nil)
+	is.NoErr(err)
+	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, 2)
+	kvb, err := js.KeyValue(context.Background(), kv.ConfigBucket(replica.DefaultBucket))
+	is.NoErr(err)
+
+	valid := `{"version":1,"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/z/","weight":1}]}],"policy":{"disabled_time":"1m"},"inflight_bound":"5m"}`
+	for _, c := range []struct{ name, doc, why string }{
+		{"bad JSON", `{"version":1,"pools":[`, "document: not JSON"},
+		{"an unknown field", strings.Replace(valid, `"inflight_bound"`, `"weights":"heavy","inflight_bound"`, 1), `"weights": unknown field`},
+		{"weight NaN", strings.Replace(valid, `"weight":1`, `"weight":"NaN"`, 1), "pools.routers.weight"},
+		{"an empty pool", strings.Replace(valid, `{"path":"/azure/z/","weight":1}`, ``, 1), `pools[0] ("/azure/").routers: empty`},
+		{"a newer broker's", strings.Replace(valid, `"version":1`, `"version":2`, 1), "version 2: this broker reads version 1"},
+		{"2 MB", valid[:len(valid)-1] + `,"source":"` + strings.Repeat("x", 2<<20) + `"}`, "larger than 1048576"},
+	} {
+		rev, err := kvb.Put(context.Background(), kv.ConfigKey, []byte(c.doc))
+		is.NoErr(err)
+		want := "refused revision " + strconv.FormatUint(rev, 10) + ": "
+		for i, r := range rs.fleet.Replicas {
+			natstest.Eventually(t, 5*time.Second, func() bool {
+				return strings.HasPrefix(r.Config().Refused, want) &&
+					strings.Contains(rs.logs[i].String(), `keeping the last good one","revision":`+strconv.FormatUint(rev, 10)+`,"error"`)
+			}, "replica %d refuses %s, and says so", i+1, c.name)
+			is.True(strings.Contains(r.Config().Refused, c.why))       // says why
+			is.Equal(r.Config().Revision, good)                        // keeps the last good revision
+			is.Equal(routersOf(rs.replicas[i]), []string{"/azure/a/"}) // and serves by it
+		}
+	}
+	for i := range rs.fleet.Replicas {
+		is.Equal(strings.Count(rs.logs[i].String(), "refused a revision"), 6) // one line each
+	}
+
+	// The key deleted by hand (nats kv del): the last good kept, and said.
+	is.NoErr(kvb.Delete(context.Background(), kv.ConfigKey))
+	for i, r := range rs.fleet.Replicas {
+		natstest.Eventually(t, 5*time.Second, func() bool { return strings.Contains(r.Config().Note, "deleted from the bucket") }, "replica %d says the key was deleted", i+1)
+		is.Equal(routersOf(rs.replicas[i]), []string{"/azure/a/"}) // still served
 	}
 }
 
