@@ -255,14 +255,25 @@ type ConfigEntry struct {
 
 // ConfigStore reads and writes the fleet's configuration.
 type ConfigStore struct {
-	js     jetstream.JetStream
-	bucket string
+	js       jetstream.JetStream
+	bucket   string
+	replicas int // of the bucket when created; 0: 1
 }
+
+// ConfigOption sets how the configuration bucket is created.
+type ConfigOption func(*ConfigStore)
+
+// ConfigReplicas creates the bucket with n replicas, as the health
+// bucket (3 on a NATS cluster).
+func ConfigReplicas(n int) ConfigOption { return func(s *ConfigStore) { s.replicas = n } }
 
 // OpenConfig opens the configuration bucket, creating it when create is
 // set; without create a missing bucket gives ErrNoBucket.
-func OpenConfig(ctx context.Context, js jetstream.JetStream, bucket string, create bool) (*ConfigStore, error) {
+func OpenConfig(ctx context.Context, js jetstream.JetStream, bucket string, create bool, opts ...ConfigOption) (*ConfigStore, error) {
 	s := &ConfigStore{js: js, bucket: bucket}
+	for _, o := range opts {
+		o(s)
+	}
 	_, err := s.kv(ctx, create)
 	return s, err
 }
@@ -280,7 +291,7 @@ func (s *ConfigStore) kv(ctx context.Context, create bool) (jetstream.KeyValue, 
 	}
 	// Create, not CreateOrUpdate: the least privilege grants
 	// STREAM.CREATE, and a bucket another replica made meanwhile is opened.
-	kv, err = s.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: s.bucket, History: ConfigHistory,
+	kv, err = s.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: s.bucket, History: ConfigHistory, Replicas: s.replicas,
 		Description: "the broker fleet's configuration (broker config show)"})
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		kv, err = s.js.KeyValue(ctx, s.bucket)

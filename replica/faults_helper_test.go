@@ -28,7 +28,8 @@ import (
 // replicas stop before the servers do.
 func startFaultFleet(t *testing.T, url string, n, kvReplicas int) *replicaSet {
 	t.Helper()
-	return runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: url}, KVReplicas: kvReplicas,
+	// FleetConfig as the broker command runs them.
+	return runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: url}, KVReplicas: kvReplicas, FleetConfig: true,
 		Policy: broker.Policy{DisabledTime: time.Minute}}, n)
 }
 

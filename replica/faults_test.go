@@ -114,6 +114,9 @@ func TestClusterNodeLossMovesReplicasToAnotherNodeAndLosesNoDisable(t *testing.T
 	stream, err := js.Stream(context.Background(), "KV_gl_broker")
 	is.NoErr(err)
 	is.Equal(stream.CachedInfo().Config.Replicas, 3) // the bucket was created with three replicas
+	stream, err = js.Stream(context.Background(), "KV_gl_broker_config")
+	is.NoErr(err)
+	is.Equal(stream.CachedInfo().Config.Replicas, 3) // and so was the fleet's configuration's
 	waitInterest(t, nc)
 
 	_, err = nc.Request("coburn.gl.broker", []byte(dudFailed), 2*time.Second)

@@ -218,7 +218,7 @@ func (r *Replica) startConfig(ctx context.Context) (*kv.ConfigStore, error) {
 	// and the replica then serves by its own settings.
 	actx, cancel := context.WithTimeout(ctx, configOpenTimeout)
 	defer cancel()
-	cs, err := kv.OpenConfig(actx, js, kv.ConfigBucket(r.cfg.Bucket), true)
+	cs, err := kv.OpenConfig(actx, js, kv.ConfigBucket(r.cfg.Bucket), true, kv.ConfigReplicas(r.cfg.KVReplicas))
 	if err != nil {
 		return nil, fmt.Errorf("open the fleet's configuration bucket %q: %w", kv.ConfigBucket(r.cfg.Bucket), err)
 	}
