@@ -304,6 +304,9 @@ func (e *Explanation) why(p PoolView, tiers, declined []int, now time.Time) {
 			if r.Stored != nil {
 				r.Why += "; the bucket's record reaches further, held to the failure policy's longest disable"
 			}
+			if !r.RateLimitedUntil.IsZero() {
+				r.Why += "; its upstream also said no request or token is left until " + at(r.RateLimitedUntil, now)
+			}
 			r.Reads = ""
 		case Probation:
 			r.Why = "on probation: its disable ended " + at(r.Record.Until, now) + ", and one probe call decides; "

@@ -68,6 +68,7 @@ func TestExplainSaysEachRoutersStateWhyAndShare(t *testing.T) {
 	is.Equal(dud.State, "disabled")
 	is.Equal(dud.Until, reset) // until the Retry-After ends
 	says(t, "the dud's why", dud.Why, "disabled until 2026-05-01T12:00:30Z (in 30s) by replica-2: egress_status_code 429, Retry-After 30s")
+	says(t, "the dud's why", dud.Why, "its upstream also said no request or token is left until 2026-05-01T12:00:30Z")
 	is.Equal(dud.Expected, 0.0)
 
 	gpt35 := explained(t, e, "/azure/gpt35turbo/")
