@@ -56,3 +56,24 @@ func roomOf(t *Tier, i int) float64 {
 	}
 	return 1
 }
+
+// Shares gives each router its headroom times its weight over the tier's
+// (see Sharer); a router whose upstream says nothing counts as full. It
+// declines a tier in which none has any.
+func (mostHeadroom) Shares(t []RouterView, share []float64) bool {
+	var total float64
+	for i, v := range t {
+		share[i] = float64(v.Weight)
+		if v.HeadroomKnown {
+			share[i] *= v.Room
+		}
+		total += share[i]
+	}
+	if total <= 0 {
+		return false
+	}
+	for i := range share {
+		share[i] /= total
+	}
+	return true
+}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"math/rand/v2"
+	"slices"
 	"time"
 )
 
@@ -42,4 +43,45 @@ func (lowestLatency) Pick(t *Tier) int {
 		return t.Random()
 	}
 	return best
+}
+
+// Shares gives the exploring share by weight to every router, and the
+// rest to the routers Pick prefers (see Sharer): those not heard of whose
+// first call is not out, else those of the lowest latency, in equal parts.
+// Until any is heard of, it is by weight.
+func (lowestLatency) Shares(t []RouterView, share []float64) bool {
+	byWeight(t, share)
+	heard := slices.ContainsFunc(t, func(v RouterView) bool { return v.LatencyKnown })
+	if !heard {
+		return true
+	}
+	untried := func(v RouterView) bool { return !v.LatencyKnown && v.InFlight == 0 }
+	best := make([]bool, len(t))
+	n := 0
+	if slices.ContainsFunc(t, untried) {
+		for i, v := range t {
+			if best[i] = untried(v); best[i] {
+				n++
+			}
+		}
+	} else {
+		lowest := time.Duration(-1)
+		for _, v := range t {
+			if v.LatencyKnown && (lowest < 0 || v.Latency < lowest) {
+				lowest = v.Latency
+			}
+		}
+		for i, v := range t {
+			if best[i] = v.LatencyKnown && v.Latency == lowest; best[i] {
+				n++
+			}
+		}
+	}
+	for i := range t {
+		share[i] *= explore
+		if best[i] {
+			share[i] += (1 - explore) / float64(n)
+		}
+	}
+	return true
 }

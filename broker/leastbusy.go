@@ -37,3 +37,28 @@ func (leastBusy) Pick(t *Tier) int {
 func busier(t *Tier, a, b int) bool {
 	return t.InFlight(a)*int64(t.Weight(b)) > t.InFlight(b)*int64(t.Weight(a))
 }
+
+// Shares gives the routers with the fewest calls in flight per weight an
+// equal share of the next calls, and the others none (see Sharer): as the
+// calls go out, the shares even out by weight.
+func (leastBusy) Shares(t []RouterView, share []float64) bool {
+	least := 0
+	for i := range t {
+		if t[least].InFlight*int64(t[i].Weight) > t[i].InFlight*int64(t[least].Weight) {
+			least = i
+		}
+	}
+	n := 0
+	for i := range t {
+		if t[i].InFlight*int64(t[least].Weight) == t[least].InFlight*int64(t[i].Weight) {
+			n++
+		}
+	}
+	for i := range t {
+		share[i] = 0
+		if t[i].InFlight*int64(t[least].Weight) == t[least].InFlight*int64(t[i].Weight) {
+			share[i] = 1 / float64(n)
+		}
+	}
+	return true
+}

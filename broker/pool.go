@@ -98,6 +98,7 @@ type pool struct {
 	ingress  string
 	routers  []Router
 	strategy Strategy
+	name     string          // the strategy's name, for operators
 	ids      []int           // each router's id, by index in routers
 	routes   []*route        // each router, by index in routers
 	tab      *table          // the configuration the pool belongs to

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -98,7 +99,7 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 	}
 	for _, pc := range pools {
 		s, _ := strategy(pc.Strategy) // validated
-		p := &pool{ingress: pc.Ingress, routers: slices.Clone(pc.Routers), strategy: s, chosen: make([]atomic.Uint64, len(pc.Routers)), tab: t}
+		p := &pool{ingress: pc.Ingress, routers: slices.Clone(pc.Routers), strategy: s, name: cmp.Or(pc.Strategy, DefaultStrategy), chosen: make([]atomic.Uint64, len(pc.Routers)), tab: t}
 		var was *pool
 		if old != nil {
 			was = old.pools[p.ingress]

@@ -151,3 +151,9 @@ func (t *Tier) Headroom(i int) (h float64, ok bool) {
 type random struct{}
 
 func (random) Pick(t *Tier) int { return t.Random() }
+
+// Shares: by weight (see Sharer).
+func (random) Shares(t []RouterView, share []float64) bool {
+	byWeight(t, share)
+	return true
+}

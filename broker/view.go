@@ -24,8 +24,10 @@ type RouterView struct {
 	Probe string
 	// Chosen counts the calls this replica sent the router for the pool.
 	Chosen uint64
-	// Priority is the router's tier in the pool, lower first.
+	// Priority is the router's tier in the pool, lower first, and Weight
+	// its weight in the pool.
 	Priority int
+	Weight   int
 	// InFlight is the calls in flight to the router over the whole fleet,
 	// and Share its share of the pool's recent choices, fleet-wide (as of
 	// the last Refresh).
@@ -38,6 +40,11 @@ type RouterView struct {
 	LatencyKnown  bool
 	Headroom      float64
 	HeadroomKnown bool
+	// Room is what the headroom strategy reads for the router's next call
+	// (as of the last Refresh or transaction heard): Headroom less the
+	// calls in flight that its upstream's last answer could not know of.
+	// It is 0 while HeadroomKnown is false.
+	Room float64
 	// RateLimitedUntil is when a router its upstream said has no request
 	// or token left takes calls again (its reset, held within the longest
 	// disable); zero when it is not waiting.
@@ -69,35 +76,45 @@ func (b *Broker) View(now time.Time) []RouterView {
 	var out []RouterView
 	t := b.cur()
 	for _, ingress := range t.order {
-		p := t.pools[ingress]
-		for i, r := range p.routers {
-			rt := p.routes[i]
-			v := RouterView{Ingress: ingress, Router: r.Path, Phase: phase(rt.live, now), Chosen: p.chosen[i].Load(),
-				Provisional: !rt.heard.IsZero(), Priority: r.Priority, InFlight: rt.stats.inFlight()}
-			var all int64
-			for _, o := range p.routes {
-				all += o.stats.fleetChosen.Load()
-			}
-			if all > 0 {
-				v.Share = float64(rt.stats.fleetChosen.Load()) / float64(all)
-			}
-			v.Latency, v.LatencyKnown = rt.stats.latency()
-			v.Headroom, v.HeadroomKnown = rt.stats.headroom(now)
-			v.RateLimitedUntil = rt.stats.waitsUntil(now)
-			v.Failures, v.Calls = b.rate(rt)
-			if rt.live != nil && v.Phase != Enabled {
-				rec := *rt.live
-				v.Record = &rec
-				if rec.Probe != nil && now.Before(rec.Probe.Until) {
-					v.Probe = rec.Probe.By
-				}
-			}
-			if rt.stored != nil && v.Record != nil {
-				stored := *rt.stored
-				v.Stored = &stored
-			}
-			out = append(out, v)
+		out = b.poolView(out, t.pools[ingress], now)
+	}
+	return out
+}
+
+// poolView appends p's routers as this replica sees them at now to out.
+// b.mu must be held.
+func (b *Broker) poolView(out []RouterView, p *pool, now time.Time) []RouterView {
+	var all int64
+	for _, o := range p.routes {
+		all += o.stats.fleetChosen.Load()
+	}
+	for i, r := range p.routers {
+		rt := p.routes[i]
+		v := RouterView{Ingress: p.ingress, Router: r.Path, Phase: phase(rt.live, now), Chosen: p.chosen[i].Load(),
+			Provisional: !rt.heard.IsZero(), Priority: r.Priority, Weight: r.Weight, InFlight: rt.stats.inFlight()}
+		if all > 0 {
+			v.Share = float64(rt.stats.fleetChosen.Load()) / float64(all)
 		}
+		v.Latency, v.LatencyKnown = rt.stats.latency()
+		v.Headroom, v.HeadroomKnown = rt.stats.headroom(now)
+		v.Room = v.Headroom
+		if r := rt.stats.room.Load(); r != nil {
+			v.Room = r.share(v.InFlight)
+		}
+		v.RateLimitedUntil = rt.stats.waitsUntil(now)
+		v.Failures, v.Calls = b.rate(rt)
+		if rt.live != nil && v.Phase != Enabled {
+			rec := *rt.live
+			v.Record = &rec
+			if rec.Probe != nil && now.Before(rec.Probe.Until) {
+				v.Probe = rec.Probe.By
+			}
+		}
+		if rt.stored != nil && v.Record != nil {
+			stored := *rt.stored
+			v.Stored = &stored
+		}
+		out = append(out, v)
 	}
 	return out
 }

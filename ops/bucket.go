@@ -1,7 +1,8 @@
 // Package ops holds the operator's commands: status, disable and enable,
 // which read and write the router health bucket; check, which reads
-// gecholog's gl_config.json; and healthcheck, which asks a replica whether
-// it is ready.
+// gecholog's gl_config.json; healthcheck, which asks a replica whether it
+// is ready; and explain, which asks a replica why a pool's calls go where
+// they go.
 //
 // The bucket commands use the same connection settings and environment as
 // the processor, connect once with a short timeout instead of waiting for

@@ -53,10 +53,19 @@ func Healthcheck(ctx context.Context, addr string, stdout io.Writer) error {
 	return nil
 }
 
-// readyzURL turns a listen address into the URL to ask: a listener on
+// readyzURL turns a listen address into the URL of its /readyz.
+func readyzURL(addr string) (string, error) {
+	base, err := listenerURL(addr)
+	if err != nil {
+		return "", err
+	}
+	return base + "/readyz", nil
+}
+
+// listenerURL turns a listen address into the URL to ask: a listener on
 // every interface (":9090", "0.0.0.0:9090", "[::]:9090") is asked on
 // loopback.
-func readyzURL(addr string) (string, error) {
+func listenerURL(addr string) (string, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return "", fmt.Errorf("metrics-addr %q: %w", addr, err)
@@ -64,5 +73,5 @@ func readyzURL(addr string) (string, error) {
 	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1"
 	}
-	return "http://" + net.JoinHostPort(host, port) + "/readyz", nil
+	return "http://" + net.JoinHostPort(host, port), nil
 }

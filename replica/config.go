@@ -43,7 +43,7 @@ type Config struct {
 	// ID names this replica in the records it writes (DefaultID).
 	ID string
 	// MetricsAddr is the HTTP listener for the status page at /, /metrics,
-	// /healthz and /readyz; none when empty.
+	// /healthz, /readyz and /explain; none when empty.
 	MetricsAddr string
 	// HTTPIdleTimeout is how long the listener keeps a keep-alive
 	// connection idle between requests (DefaultHTTPIdleTimeout).

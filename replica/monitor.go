@@ -31,10 +31,10 @@ var replyBuckets = []float64{
 	1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
 }
 
-// monitor is one replica's HTTP listener for /metrics, /healthz, /readyz
-// and the status page at /, and the state those report. Each Run has its
-// own, with its own registry, so replicas in one process do not share
-// metrics.
+// monitor is one replica's HTTP listener for /metrics, /healthz,
+// /readyz, /explain and the status page at /, and the state those report.
+// Each Run has its own, with its own registry, so replicas in one process
+// do not share metrics.
 type monitor struct {
 	stage   *progress // the replica's, which /readyz reports
 	nc      atomic.Pointer[nats.Conn]
@@ -74,6 +74,7 @@ func newMonitor(id string, st *progress, log *slog.Logger) *monitor {
 		io.WriteString(w, "ok\n")
 	})
 	mux.HandleFunc("GET /readyz", m.readyz)
+	mux.HandleFunc("GET /explain", m.explain)
 	m.page = statuspage.New(pageSource{m})
 	m.page.Register(mux)
 	m.server = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}

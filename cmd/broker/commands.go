@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -144,4 +145,22 @@ func healthcheckCommand(ctx context.Context, args []string, getenv func(string) 
 		return err
 	}
 	return ops.Healthcheck(ctx, s.MetricsAddr, stdout)
+}
+
+func explainCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	s := newSettings("explain", getenv)
+	s.metricsAddrSetting()
+	var asJSON bool
+	s.set.Bool(&asJSON, "json", "", "print the replica's answer as JSON for scripts instead of the table")
+	operands, err := s.parseOperands(args, "Usage: broker explain INGRESS [flags]\nSays why the calls for the pool INGRESS (e.g. /azure/) go where they go, as the replica on BROKER_METRICS_ADDR sees it.", stdout)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(operands) == 0:
+		return errors.New("explain: give the pool's INGRESS, e.g. broker explain /azure/")
+	case len(operands) > 1:
+		return fmt.Errorf("explain: one INGRESS at a time, got %d", len(operands))
+	}
+	return ops.Explain(ctx, s.MetricsAddr, operands[0], asJSON, stdout)
 }

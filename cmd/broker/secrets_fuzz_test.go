@@ -107,7 +107,7 @@ func printedBy(t *testing.T, s *server.Server, c fuzzCase) []string {
 	host := s.Addr().String()
 	here := c.getenv(host)
 
-	for _, cmd := range []string{"serve", "status", "disable", "enable", "check", "healthcheck"} {
+	for _, cmd := range []string{"serve", "status", "disable", "enable", "check", "explain", "healthcheck"} {
 		op(here, cmd, "-h")
 	}
 	op(here, "status", "--no-such-flag")
@@ -134,10 +134,12 @@ func printedBy(t *testing.T, s *server.Server, c fuzzCase) []string {
 		return serving || failing
 	}, "serve to start, fail or give up")
 	if _, serving := logLine(p.logs.String(), "serving"); serving {
-		for _, path := range []string{"/", "/status.json", "/metrics", "/healthz", "/readyz", "/events"} {
+		for _, path := range []string{"/", "/status.json", "/metrics", "/healthz", "/readyz", "/events", "/explain?ingress=/azure/"} {
 			keep(fuzzGet(t, addr, path))
 		}
 		op(env("BROKER_METRICS_ADDR", addr), "healthcheck")
+		op(env("BROKER_METRICS_ADDR", addr), "explain", "/azure/")
+		op(env("BROKER_METRICS_ADDR", addr), "explain", "/azure/", "--json")
 		op(here, "status")
 		op(here, "status", "--json")
 		op(here, "disable", "/azure/gpt4/", "--for", "1m", "--reason", "fuzz")

@@ -107,7 +107,7 @@ func (s *settings) policyLimits() {
 }
 
 func (s *settings) metricsAddrSetting() {
-	s.set.String(&s.MetricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for the status page (/), /metrics, /healthz and /readyz (off when empty)")
+	s.set.String(&s.MetricsAddr, "metrics-addr", "BROKER_METRICS_ADDR", "", "`address` of the HTTP listener for the status page (/), /metrics, /healthz, /readyz and /explain (off when empty)")
 }
 
 // wiring is how the settings wire the broker to gecholog, for checking a
