@@ -130,12 +130,10 @@ func DiffConfig(a, b FleetConfig) []ConfigChange {
 	if ia, ib := ingresses(a.Pools, b.Pools), ingresses(b.Pools, a.Pools); !slices.Equal(ia, ib) {
 		out = append(out, ConfigChange{Field: "order", From: strings.Join(ia, ", "), To: strings.Join(ib, ", ")})
 	}
-	va, vb := reflect.ValueOf(a.Policy), reflect.ValueOf(b.Policy)
-	for i := range va.NumField() {
-		name, _, _ := strings.Cut(va.Type().Field(i).Tag.Get("json"), ",")
-		from, to := fmt.Sprint(va.Field(i).Interface()), fmt.Sprint(vb.Field(i).Interface())
-		if !sameValue(from, to) {
-			out = append(out, ConfigChange{Field: "policy." + name, From: shown(from), To: shown(to)})
+	fa, fb := a.Policy.Fields(), b.Policy.Fields()
+	for i := range fa {
+		if !sameValue(fa[i].Value, fb[i].Value) {
+			out = append(out, ConfigChange{Field: "policy." + fa[i].Name, From: shown(fa[i].Value), To: shown(fb[i].Value)})
 		}
 	}
 	if !sameValue(a.InFlightBound, b.InFlightBound) {
@@ -143,6 +141,25 @@ func DiffConfig(a, b FleetConfig) []ConfigChange {
 	}
 	return out
 }
+
+// PolicyField is one field of the policy as the document names it, its
+// value as written.
+type PolicyField struct{ Name, Value string }
+
+// Fields are the policy's fields in the document's order.
+func (p ConfigPolicy) Fields() []PolicyField {
+	v := reflect.ValueOf(p)
+	out := make([]PolicyField, v.NumField())
+	for i := range out {
+		name, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("json"), ",")
+		out[i] = PolicyField{Name: name, Value: fmt.Sprint(v.Field(i).Interface())}
+	}
+	return out
+}
+
+// ShownValue is a value of the document as a person writes it: a
+// duration without its zero tail (10m, not 10m0s).
+func ShownValue(v string) string { return shown(v) }
 
 // diffPool lists what changed in a pool both documents have.
 func diffPool(a, b ConfigPool) []ConfigChange {

@@ -99,7 +99,7 @@ func TestTheDifferSaysEachChangeOnOneLine(t *testing.T) {
 			for _, c := range changes {
 				got = append(got, c.String())
 			}
-			is.Equal(got, tc.lines)                           // one line per change
+			is.Equal(got, tc.lines)                            // one line per change
 			is.Equal(kv.SummarizeChanges(changes), tc.summary) // all of them on one line
 		})
 	}

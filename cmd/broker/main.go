@@ -6,6 +6,9 @@
 //	broker disable ROUTER [--for D]     take a router out by hand, on every replica
 //	broker enable ROUTER                lift any disable now, on every replica
 //	broker check [gl_config.json]       do the pools and gecholog's config agree?
+//	broker config show|set|history|diff|rollback
+//	                                    the fleet's configuration in the bucket: every
+//	                                    replica runs by its newest valid revision
 //	broker healthcheck                  is the replica on BROKER_METRICS_ADDR ready? (for container healthchecks)
 //
 // Run "broker -h" for the settings; each is a flag and an environment
@@ -40,6 +43,7 @@ var commands = map[string]func(ctx context.Context, args []string, getenv func(s
 	"disable":     disableCommand,
 	"enable":      enableCommand,
 	"check":       checkCommand,
+	"config":      configCommand,
 	"healthcheck": healthcheckCommand,
 }
 
@@ -52,7 +56,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	cmd := commands[name]
 	if cmd == nil {
-		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable, check and healthcheck", name)
+		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable, check, config and healthcheck", name)
 	}
 	err := cmd(ctx, args, getenv, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {
