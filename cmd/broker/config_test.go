@@ -97,7 +97,7 @@ func TestConfigSetShowHistoryDiffAndRollback(t *testing.T) {
 
 	out = op(t, ops, "config", "set", a)
 	is.Equal(out, "no change: revision 1 already configures this; nothing written\n") // identical content
-	is.Equal(latestRevision(t, s), uint64(1))                                          // nothing written
+	is.Equal(latestRevision(t, s), uint64(1))                                         // nothing written
 
 	b := writeFile(t, "b.json", poolsJSON("/azure/gpt4/:3", "/azure/gpt35turbo/", "/azure/new/"))
 	out = op(t, ops, "config", "set", b, "--by", "bob")
