@@ -251,6 +251,8 @@ type ConfigEntry struct {
 	Err error
 	// Deleted marks a revision that deleted the key.
 	Deleted bool
+	// Raw is the revision as written, for showing one that is refused.
+	Raw []byte
 }
 
 // ConfigStore reads and writes the fleet's configuration.
@@ -309,7 +311,8 @@ func entry(e jetstream.KeyValueEntry) ConfigEntry {
 		ce.Err = errors.New("document: deleted")
 		return ce
 	}
-	ce.Config, ce.Err = DecodeFleetConfig(e.Value())
+	ce.Raw = e.Value()
+	ce.Config, ce.Err = DecodeFleetConfig(ce.Raw)
 	return ce
 }
 

@@ -68,10 +68,12 @@ func (t Target) followBucket(ctx context.Context, cmd string, fn func(context.Co
 	return t.NATS.Scrub(t.openBucket(ctx, cmd, true, fn))
 }
 
-func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func(context.Context, bucket) error) error {
+// dial connects as the command cmd; follow reconnects for as long as the
+// command runs, otherwise one attempt per server.
+func (t Target) dial(cmd string, follow bool) (nc *nats.Conn, server string, err error) {
 	opts, err := t.NATS.Options()
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	opts = append(opts, nats.Name("broker "+cmd), nats.Timeout(dialTimeout), nats.NoCallbacksAfterClientClose())
 	if follow {
@@ -80,12 +82,19 @@ func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func
 		// A tool fails fast: one attempt per server, no reconnecting forever.
 		opts = append(opts, nats.NoReconnect())
 	}
-	nc, err := nats.Connect(t.NATS.Servers, opts...)
+	nc, err = nats.Connect(t.NATS.Servers, opts...)
 	if err != nil {
-		return fmt.Errorf("cannot connect to NATS at %s: %w: %s", t.NATS.Redacted(), err, natsconn.Hint(err))
+		return nil, "", fmt.Errorf("cannot connect to NATS at %s: %w: %s", t.NATS.Redacted(), err, natsconn.Hint(err))
+	}
+	return nc, natsconn.Redact(nc.ConnectedUrl()), nil
+}
+
+func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func(context.Context, bucket) error) error {
+	nc, server, err := t.dial(cmd, follow)
+	if err != nil {
+		return err
 	}
 	defer nc.Close()
-	server := natsconn.Redact(nc.ConnectedUrl())
 
 	run := ctx
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)

@@ -37,12 +37,24 @@ import (
 // server; when the test fails, each replica's log is shown.
 func startReplicas(t *testing.T, s *server.Server, n int, disabled time.Duration) []*broker.Broker {
 	t.Helper()
+	fleet := startFleet(t, s, n, func(c *replica.Config) { c.Policy.DisabledTime = disabled })
+	brokers := make([]*broker.Broker, n)
+	for i, r := range fleet.Replicas {
+		brokers[i] = r.Broker()
+	}
+	return brokers
+}
+
+// startFleet runs n replicas as startReplicas does, each with the
+// settings adjust makes, and returns them.
+func startFleet(t *testing.T, s *server.Server, n int, adjust func(c *replica.Config)) *replica.Fleet {
+	t.Helper()
 	st, err := parseServe(nil, env("NATS_URL", s.ClientURL()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	st.Policy.DisabledTime = disabled
 	c := st.replicaConfig(nil)
+	adjust(&c)
 	c.ID = "" // the fleet names its replicas
 	type replicaLog struct {
 		id  string
@@ -69,11 +81,7 @@ func startReplicas(t *testing.T, s *server.Server, n int, disabled time.Duration
 			t.Errorf("replicas: %v", err)
 		}
 	})
-	brokers := make([]*broker.Broker, n)
-	for i, r := range fleet.Replicas {
-		brokers[i] = r.Broker()
-	}
-	return brokers
+	return fleet
 }
 
 // choosing counts the replicas that would send an /azure/ call to router.

@@ -7,6 +7,9 @@
 //	broker enable ROUTER                lift any disable now, on every replica
 //	broker check [gl_config.json]       do the pools and gecholog's config agree?
 //	broker explain INGRESS [--json]     why do the pool's calls go where they go? (asks BROKER_METRICS_ADDR)
+//	broker config show|set|history|diff|rollback
+//	                                    the fleet's configuration in the bucket: every
+//	                                    replica runs by its newest valid revision
 //	broker healthcheck                  is the replica on BROKER_METRICS_ADDR ready? (for container healthchecks)
 //
 // Run "broker -h" for the settings; each is a flag and an environment
@@ -42,6 +45,7 @@ var commands = map[string]func(ctx context.Context, args []string, getenv func(s
 	"enable":      enableCommand,
 	"check":       checkCommand,
 	"explain":     explainCommand,
+	"config":      configCommand,
 	"healthcheck": healthcheckCommand,
 }
 
@@ -54,7 +58,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	cmd := commands[name]
 	if cmd == nil {
-		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable, check, explain and healthcheck", name)
+		return fmt.Errorf("unknown command %q: the commands are serve (the default), demo, status, disable, enable, check, explain, config and healthcheck", name)
 	}
 	err := cmd(ctx, args, getenv, stdout, stderr)
 	if errors.Is(err, flag.ErrHelp) {

@@ -107,8 +107,8 @@ func printedBy(t *testing.T, s *server.Server, c fuzzCase) []string {
 	host := s.Addr().String()
 	here := c.getenv(host)
 
-	for _, cmd := range []string{"serve", "status", "disable", "enable", "check", "explain", "healthcheck"} {
-		op(here, cmd, "-h")
+	for _, cmd := range []string{"serve", "status", "disable", "enable", "check", "explain", "healthcheck", "config", "config show", "config set"} {
+		op(here, append(strings.Fields(cmd), "-h")...)
 	}
 	op(here, "status", "--no-such-flag")
 	op(here, "serve", "--log-level", "loud")
@@ -145,6 +145,8 @@ func printedBy(t *testing.T, s *server.Server, c fuzzCase) []string {
 		op(here, "disable", "/azure/gpt4/", "--for", "1m", "--reason", "fuzz")
 		op(here, "enable", "/azure/gpt4/")
 		op(c.getenv(host, "BROKER_BUCKET", "no_such_bucket"), "status")
+		op(here, "config", "show")
+		op(here, "config", "history")
 		keep(fuzzWatch(t, here, c.args))
 	}
 	p.stop()

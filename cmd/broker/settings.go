@@ -52,6 +52,13 @@ func newSettings(name string, getenv func(string) string) *settings {
 // connection registers what every command that talks to NATS takes: where
 // the server is, how to authenticate, the bucket, the pools and the log.
 func (s *settings) connection() {
+	s.natsSettings()
+	s.poolsSetting()
+}
+
+// natsSettings registers what connection does but the pools: the config
+// commands read the pools from the bucket, never from BROKER_POOLS.
+func (s *settings) natsSettings() {
 	f := s.set
 	f.String(&s.NATS.Servers, "server", "NATS_URL", "", "NATS server `URLs`, comma separated; wins over GECHOLOG_HOST")
 	f.String(&s.gechologHost, "gecholog-host", "GECHOLOG_HOST", defaultGechologHost, "gecholog `host`; the broker connects to nats://HOST:4222")
@@ -64,7 +71,6 @@ func (s *settings) connection() {
 	f.String(&s.NATS.TLSKey, "tlskey", "NATS_KEY", "", "TLS client key `file`")
 	f.String(&s.NATS.TLSCA, "tlsca", "NATS_CA", "", "TLS certificate authority `file` for verifying the server")
 	f.String(&s.Bucket, "bucket", "BROKER_BUCKET", replica.DefaultBucket, "JetStream KV `bucket` holding disabled routers")
-	s.poolsSetting()
 	f.String(&s.logLevel, "log-level", "BROKER_LOG_LEVEL", "info", "`level`: debug, info, warn or error")
 	f.String(&s.logFormat, "log-format", "BROKER_LOG_FORMAT", "text", "`format`: text or json")
 }

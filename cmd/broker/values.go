@@ -34,6 +34,15 @@ const maxPoolsFile = 1 << 20
 // first tier; an absent strategy is random. Unknown fields are refused,
 // and the pools are validated.
 func readPools(path string) ([]broker.Pool, error) {
+	data, err := readPoolsFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return decodePools(data)
+}
+
+// readPoolsFile reads a pools file, at most maxPoolsFile bytes of it.
+func readPoolsFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -46,6 +55,11 @@ func readPools(path string) ([]broker.Pool, error) {
 	if len(data) > maxPoolsFile {
 		return nil, fmt.Errorf("larger than %d bytes; is it the right file?", maxPoolsFile)
 	}
+	return data, nil
+}
+
+// decodePools reads the pools of a pools file, as readPools describes.
+func decodePools(data []byte) ([]broker.Pool, error) {
 	var file struct {
 		Pools []struct {
 			Ingress  string `json:"ingress"`
