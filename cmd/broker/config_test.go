@@ -193,6 +193,8 @@ func TestConfigSetRefusesBadInputWithOneLineAndWritesNothing(t *testing.T) {
 		{"bad JSON", []byte(`{"pools": [`), nil, "decode pools: unexpected EOF"},
 		{"an unknown field", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "wieght": 2}]}]}`), nil, `unknown field "wieght"`},
 		{"an unknown field of a document", []byte(`{"version": 1, "pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "weight": 1}]}], "polcy": {}}`), nil, `"polcy": unknown field`},
+		{"an array, not a pools file", []byte(`[{"ingress": "/azure/"}]`), nil, `decode pools: the file: got a JSON array, want an object {"pools": [...]}`},
+		{"a weight that is a string", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "weight": "2"}]}]}`), nil, "decode pools: pools.routers.weight: got a JSON string, want a whole number"},
 		{"a weight NaN", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "weight": NaN}]}]}`), nil, "invalid character 'N'"},
 		{"a weight \"NaN\" in a document", doc(`[{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "weight": "NaN"}]}]`), nil, "pools.routers.weight: got a JSON string"},
 		{"a negative weight", poolsJSON("/azure/a/:-1"), nil, `router "/azure/a/": weight -1 is outside 1..`},

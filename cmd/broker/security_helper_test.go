@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -311,13 +313,16 @@ var (
 			"$JS.API.CONSUMER.CREATE.KV_gl_broker.>",
 			"$JS.API.CONSUMER.DELETE.KV_gl_broker.>",
 			"$JS.API.DIRECT.GET.KV_gl_broker.>",
+			"$JS.API.STREAM.INFO.KV_gl_broker_config",
+			"$JS.API.CONSUMER.CREATE.KV_gl_broker_config.>",
+			"$JS.API.CONSUMER.DELETE.KV_gl_broker_config.>",
 		},
 		subscribe: []string{"broker.stats.gl_broker", "_INBOX.>"},
 	}
 	// adminRole adds writing keys, for disable and enable, and telling the
 	// replicas of it at once.
 	adminRole = secRole{
-		publish:   append(slices.Clip(viewerRole.publish), "$KV.gl_broker.>", "broker.news.gl_broker"),
+		publish:   append(slices.Clip(viewerRole.publish), "$KV.gl_broker.>", "broker.news.gl_broker", "$KV.gl_broker_config.>"),
 		subscribe: viewerRole.subscribe,
 	}
 )
@@ -552,7 +557,15 @@ func driveTools(t *testing.T, s *server.Server, v *secViolations, user string, c
 		case <-ctx.Done():
 		}
 	}()
+	pools := filepath.Join(t.TempDir(), "pools.json")
+	if err := os.WriteFile(pools, []byte(`{"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/gpt4/","weight":3},{"path":"/azure/dud/","weight":1}]}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range commands {
+		args = slices.Clone(args)
+		if i := slices.Index(args, "@pools"); i >= 0 {
+			args[i] = pools // a pools file to set
+		}
 		out, errs, err := runOpIn(ctx, secUser(s, user), args...)
 		if ctx.Err() != nil {
 			return false
@@ -595,8 +608,10 @@ func secSeedBucket(t *testing.T, s *server.Server) {
 
 var (
 	// statusCommands are what a viewer runs.
-	statusCommands = [][]string{{"status"}, {"status", "--json"}}
+	statusCommands = [][]string{{"status"}, {"status", "--json"}, {"config", "show"}, {"config", "history"}}
 	// adminCommands are what an admin runs: status reads the seeded
-	// record, enable removes one.
-	adminCommands = [][]string{{"status"}, {"disable", "/azure/gpt4/", "--for", "1m"}, {"enable", "/azure/gpt4/"}, {"enable", "/azure/dud/"}}
+	// record, enable removes one; config set and rollback write the
+	// fleet's configuration, which the seeding replica created.
+	adminCommands = [][]string{{"status"}, {"disable", "/azure/gpt4/", "--for", "1m"}, {"enable", "/azure/gpt4/"}, {"enable", "/azure/dud/"},
+		{"config", "set", "@pools"}, {"config", "diff"}, {"config", "rollback"}}
 )

@@ -610,7 +610,7 @@ func TestLeastPrivilegeInTheReadmeIsWhatTheTestsGrant(t *testing.T) {
 			viewerConf = append(viewerConf, line)
 		}
 	}
-	is.Equal(len(viewerConf), strings.Count(conf, "\n")-1) // one line is marked: $KV.gl_broker.>, writing keys
+	is.Equal(len(viewerConf), strings.Count(conf, "\n")-2) // two lines are marked: $KV.gl_broker.> and $KV.gl_broker_config.>, writing keys
 	viewer := grantsOf(t, strings.Join(viewerConf, ""))
 	is.Equal(viewer["broker-admin"], granted["broker-viewer"]) // status only is exactly what the tests grant the viewer
 }

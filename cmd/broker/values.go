@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -74,6 +75,24 @@ func decodePools(data []byte) ([]broker.Pool, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&file); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			// Say the field and the JSON wanted, never Go's type names.
+			field, want := cmp.Or(te.Field, "the file"), "an object {\"pools\": [...]}"
+			switch te.Type.Kind() {
+			case reflect.Slice:
+				want = "an array"
+			case reflect.Int:
+				want = "a whole number"
+			case reflect.String:
+				want = "a string"
+			case reflect.Struct:
+				if te.Field != "" {
+					want = "an object"
+				}
+			}
+			return nil, fmt.Errorf("decode pools: %s: got a JSON %s, want %s", field, te.Value, want)
+		}
 		return nil, fmt.Errorf("decode pools: %w", err)
 	}
 	if dec.More() {
