@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/safetext"
 )
 
 // The fleet's configuration: one key of a bucket of its own holds a
@@ -151,6 +152,9 @@ func (c FleetConfig) Settings() (pools []broker.Pool, p broker.Policy, bound tim
 		if math.IsNaN(f) || math.IsInf(f, 0) {
 			return nil, p, 0, errors.New("policy: a number is not finite")
 		}
+	}
+	if cp.DisabledTime == "" && !cp.NeverDisable {
+		return nil, p, 0, errors.New("policy.disabled_time: missing; give a duration such as 10m, or \"never_disable\": true")
 	}
 	if p.DisabledTime, err = dur("policy.disabled_time", cp.DisabledTime); err != nil {
 		return nil, p, 0, err
@@ -378,7 +382,7 @@ func (e *ConflictError) Error() string {
 		return fmt.Sprintf("the configuration changed since revision %d; read it again", e.Read)
 	}
 	return fmt.Sprintf("the configuration changed since revision %d: revision %d was written at %s by %s; read it again",
-		e.Read, l.Revision, l.Created.UTC().Format(time.RFC3339), cmp.Or(l.Config.By, "someone unnamed"))
+		e.Read, l.Revision, l.Created.UTC().Format(time.RFC3339), safetext.Line(cmp.Or(l.Config.By, "someone unnamed")))
 }
 
 func (e *ConflictError) Unwrap() error { return ErrConflict }

@@ -90,6 +90,7 @@ func TestADocumentAReplicaCouldMisreadIsRefusedNamingTheField(t *testing.T) {
 		{strings.Replace(valid, `{"path":"/azure/a/","weight":1}`, ``, 1), "pools[0] (\"/azure/\").routers: empty"},
 		{strings.Replace(valid, `[{"ingress":"/azure/","routers":[{"path":"/azure/a/","weight":1}]}]`, `[]`, 1), "pools: empty"},
 		{strings.Replace(valid, `"1m"`, `"soon"`, 1), "policy.disabled_time"},
+		{strings.Replace(valid, `"disabled_time":"1m"`, `"threshold":1`, 1), `policy.disabled_time: missing; give a duration such as 10m, or "never_disable": true`},
 		{valid[:len(valid)-1] + `,"by":"` + strings.Repeat("x", 2<<20) + `"}`, "larger than 1048576"},
 	} {
 		_, err := kv.DecodeFleetConfig([]byte(c.doc))

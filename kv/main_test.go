@@ -3,6 +3,7 @@ package kv_test
 import (
 	"testing"
 
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"go.uber.org/goleak"
 )
 
@@ -12,5 +13,5 @@ import (
 // within Shutdown and WaitForShutdown, which natstest's cleanup calls, so
 // nothing of the server's needs ignoring.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, natstest.LeakOptions()...)
 }

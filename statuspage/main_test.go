@@ -5,6 +5,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"go.uber.org/goleak"
 )
 
@@ -22,7 +23,7 @@ var screenshotFlag = flag.String("screenshot", "", "also save the status page's 
 // replica stopped, every browser closed, every event stream ended.
 func TestMain(m *testing.M) {
 	flag.Parse()
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, natstest.LeakOptions()...)
 }
 
 // screenshotPath is where a screenshot is asked for; "" when it is not.

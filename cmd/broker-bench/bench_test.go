@@ -22,7 +22,7 @@ import (
 // TestMain fails the package when a goroutine the bench started, or a
 // server or connection it opened, outlives the run.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, natstest.LeakOptions()...)
 }
 
 // noEnv is an environment with nothing set: the bench reads only what its

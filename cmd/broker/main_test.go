@@ -24,16 +24,9 @@ import (
 // goroutine the program starts has an owner that stops it and waits for
 // it before run returns.
 //
-// Two goroutines of the embedded nats-server 2.15.2 are let go: a stream's
-// file store flush loop and its access-time ticker. One run in about four
-// of this package ended with exactly these two left, and no goroutine of
-// ours beside them: a file store the server never stopped, as when it
-// shuts down while it still creates a stream (a replica stopped while it
-// makes the bucket). Which test does it is not pinned down yet.
+// natstest.LeakOptions lets go what nats-server leaves running.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*fileStore).flushStreamStateLoop"),
-		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server/ats.Register.func1"))
+	goleak.VerifyTestMain(m, natstest.LeakOptions()...)
 }
 
 // parseServe reads the serve command's settings from args and getenv, as
