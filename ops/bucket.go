@@ -49,6 +49,7 @@ type Target struct {
 type bucket struct {
 	store  *kv.Store
 	nc     *nats.Conn
+	js     jetstream.JetStream
 	server string // the connected server, without credentials
 }
 
@@ -116,9 +117,9 @@ func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func
 	}
 	defer store.Close()
 	if follow {
-		return fn(run, bucket{store: store, nc: nc, server: server})
+		return fn(run, bucket{store: store, nc: nc, js: js, server: server})
 	}
-	return timedOut(fn(ctx, bucket{store: store, nc: nc, server: server}), server)
+	return timedOut(fn(ctx, bucket{store: store, nc: nc, js: js, server: server}), server)
 }
 
 func timedOut(err error, server string) error {

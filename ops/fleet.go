@@ -70,7 +70,9 @@ func (f *fleet) stop() {
 // fleetView is the fleet's statistics per router, as of one moment.
 type fleetView struct {
 	replicas []string // the replicas heard, in ID order
-	routers  map[string]*routerFigures
+	// configs are the configuration each replica heard told it runs by.
+	configs []replica.ReplicaRevision
+	routers map[string]*routerFigures
 	// logHeard is when any replica last heard gecholog's transaction log
 	// (zero: none has).
 	logHeard time.Time
@@ -96,6 +98,7 @@ func (f *fleet) view(now time.Time) fleetView {
 			continue
 		}
 		v.replicas = append(v.replicas, id)
+		v.configs = append(v.configs, replica.Heard(id, h.msg.Config))
 		if h.msg.LogHeard != 0 {
 			if at := time.Unix(0, h.msg.LogHeard); at.After(v.logHeard) {
 				v.logHeard = at

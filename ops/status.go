@@ -25,6 +25,10 @@ type StatusOptions struct {
 	// Watch redraws the table every WatchEvery until ctx ends, as watch(1)
 	// would.
 	Watch bool
+	// Replicas lists the replicas heard and the revision of the fleet's
+	// configuration each runs instead of the routers (which the table
+	// lists them under anyway); with JSON, as a JSON array.
+	Replicas bool
 	// Policy is the failure policy the replicas hold records to, from the
 	// processor's own settings (DISABLED_TIME, BROKER_BACKOFF_CAP): a
 	// record that reaches further is shown with the time the replicas act
@@ -55,7 +59,7 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 			return errors.New("status: --watch redraws the table; leave out --json, or run --json every second yourself")
 		}
 		return t.followBucket(ctx, "status", func(ctx context.Context, b bucket) error {
-			return watch(ctx, t, policy, b, stdout)
+			return watch(ctx, t, policy, o.Replicas, b, stdout)
 		})
 	}
 	return t.withBucket(ctx, "status", func(ctx context.Context, b bucket) error {
@@ -70,6 +74,15 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 		if err != nil {
 			return err
 		}
+		l := readLatest(ctx, b.js, t.Bucket, fv)
+		revs := l.revisions(fv)
+		switch {
+		case o.Replicas && o.JSON:
+			return writeReplicasJSON(stdout, revs)
+		case o.Replicas:
+			fmt.Fprint(stdout, strings.TrimSuffix(heading(b, t, fv, now), "\n")) // writeReplicas opens with a blank line
+			return writeReplicas(stdout, revs, l)
+		}
 		if o.JSON {
 			doc, err := json.MarshalIndent(rows, "", "  ")
 			if err != nil {
@@ -81,14 +94,17 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 			return err
 		}
 		fmt.Fprint(stdout, heading(b, t, fv, now))
-		return writeTable(stdout, rows)
+		if err := writeTable(stdout, rows); err != nil {
+			return err
+		}
+		return writeReplicas(stdout, revs, l)
 	})
 }
 
 // watch redraws the table every WatchEvery until ctx ends. A read that
 // fails (the server gone a while, the bucket deleted) is shown in the
 // table's place, and the next redraw tries again.
-func watch(ctx context.Context, t Target, policy broker.Policy, b bucket, stdout io.Writer) error {
+func watch(ctx context.Context, t Target, policy broker.Policy, replicas bool, b bucket, stdout io.Writer) error {
 	tick := time.NewTicker(WatchEvery)
 	defer tick.Stop()
 	f := hearFleet(b.nc, t.Bucket)
@@ -99,6 +115,10 @@ func watch(ctx context.Context, t Target, policy broker.Policy, b bucket, stdout
 		fmt.Fprintf(&frame, "Every %v: broker status (Ctrl-C to stop)\n", WatchEvery)
 		rctx, cancel := context.WithTimeout(ctx, opTimeout)
 		rows, fv, now, err := readRows(rctx, t, policy, b, f)
+		var l configLatest
+		if err == nil {
+			l = readLatest(rctx, b.js, t.Bucket, fv)
+		}
 		cancel()
 		switch {
 		case ctx.Err() != nil:
@@ -107,8 +127,13 @@ func watch(ctx context.Context, t Target, policy broker.Policy, b bucket, stdout
 			fmt.Fprintf(&frame, "cannot read bucket %s on %s at %s: %s\n", b.store.Bucket(), b.server,
 				time.Now().UTC().Format(time.RFC3339), natsconn.OneLine(timedOut(err, b.server).Error()))
 		default:
-			frame.WriteString(heading(b, t, fv, now))
-			writeTable(&frame, rows)
+			if replicas {
+				frame.WriteString(strings.TrimSuffix(heading(b, t, fv, now), "\n"))
+			} else {
+				frame.WriteString(heading(b, t, fv, now))
+				writeTable(&frame, rows)
+			}
+			writeReplicas(&frame, l.revisions(fv), l)
 		}
 		if _, err := io.WriteString(stdout, frame.String()); err != nil {
 			return err

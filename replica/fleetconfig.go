@@ -278,11 +278,22 @@ var (
 		"The revision of the fleet's configuration this replica runs by; 0: its own settings (no JetStream).", nil, nil)
 	configRefusedDesc = prometheus.NewDesc("broker_config_refused",
 		"1 while the newest revision of the fleet's configuration is one this replica refused (the status page says why), else 0.", nil, nil)
+	configReplicasDesc = prometheus.NewDesc("broker_config_replicas",
+		"Replicas heard on the stats subject within a second, this one among them, by the revision of the fleet's configuration each runs: at most 8 revisions, the most populous; the rest under revision=\"other\", those that tell none under \"unknown\".",
+		[]string{"revision"}, nil)
+	configDriftDesc = prometheus.NewDesc("broker_config_drift_replicas",
+		"Replicas heard, this one among them, out of step with the highest revision any runs: on another revision, or refusing a newer one (the status page says which and why).", nil, nil)
 )
 
-// configured makes the monitor report what the replica runs by.
-func (m *monitor) configured(f func() ConfigState) {
+// maxRevisionSeries bounds broker_config_replicas' series: anyone who may
+// publish on the stats subject can tell any revision.
+const maxRevisionSeries = 8
+
+// configured makes the monitor report what the replica runs by, and what
+// the others told of theirs.
+func (m *monitor) configured(conf func() ConfigState, revs func() Revisions) {
 	if m != nil {
-		m.conf.Store(&f)
+		m.conf.Store(&conf)
+		m.revs.Store(&revs)
 	}
 }

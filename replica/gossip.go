@@ -44,6 +44,10 @@ type StatsMessage struct {
 	// LogHeard is when the replica last heard gecholog's transaction log,
 	// in unix nanoseconds (absent: never).
 	LogHeard int64 `json:"log_heard,omitempty"`
+	// Config is the configuration the replica runs by (absent: a broker
+	// from before replicas told it), for `broker status` and the status
+	// page; it changes nothing a replica runs (revisions.go).
+	Config *ConfigTold `json:"config,omitempty"`
 }
 
 // RouterStats is one router in a StatsMessage: calls chosen and reports
@@ -122,7 +126,9 @@ func (r *Replica) shareStats() error {
 			counts[i] = toCounts(rs)
 		}
 		// By this replica's clock: how long ago it heard is what matters.
-		r.broker.Merge(msg.ID, time.Now(), counts)
+		now := time.Now()
+		r.broker.Merge(msg.ID, now, counts)
+		r.heardRevs.hear(msg.ID, msg.Config, now)
 	})
 	if err != nil {
 		return err
@@ -132,14 +138,17 @@ func (r *Replica) shareStats() error {
 		t := time.NewTicker(statsEvery)
 		defer t.Stop()
 		var told []broker.Counts
+		var toldConf ConfigTold
 		var toldAt time.Time
 		tell := func(now time.Time, always bool) {
 			r.broker.Refresh(now)
 			counts := r.broker.Counts()
-			if !always && slices.EqualFunc(counts, told, broker.Counts.Equal) && now.Sub(toldAt) < statsAtLeast {
+			st := r.conf.get()
+			conf := ConfigTold{Revision: st.Revision, Refused: st.Refused}
+			if !always && conf == toldConf && slices.EqualFunc(counts, told, broker.Counts.Equal) && now.Sub(toldAt) < statsAtLeast {
 				return
 			}
-			msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts))}
+			msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf}
 			if heard := r.broker.Heard(); !heard.IsZero() {
 				msg.LogHeard = heard.UnixNano()
 			}
@@ -154,7 +163,7 @@ func (r *Replica) shareStats() error {
 				r.log.Debug("could not tell the counts", slog.Any("error", err))
 				return
 			}
-			told, toldAt = counts, now
+			told, toldConf, toldAt = counts, conf, now
 		}
 		// soon is set while a nudge waits out nudgeFloor since the last
 		// word, so that a flood of failures is told at most every

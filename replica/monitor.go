@@ -43,6 +43,7 @@ type monitor struct {
 	tx      atomic.Pointer[func() TransactionCounts]
 	mode    atomic.Pointer[string] // "ttl", "expiry" or "local" once decided
 	conf    atomic.Pointer[func() ConfigState]
+	revs    atomic.Pointer[func() Revisions]
 
 	id     string // the replica's
 	reply  prometheus.Histogram
@@ -165,6 +166,13 @@ func (p pageSource) Status() statuspage.Status {
 		c := (*conf)()
 		st.Config = statuspage.Config{Revision: c.Revision, Refused: c.Refused, Note: c.Note}
 	}
+	if revs := p.m.revs.Load(); revs != nil {
+		f := (*revs)()
+		st.Fleet = statuspage.Fleet{Revision: f.Revision, Drift: f.Drift, Summary: f.Summary(), Replicas: make([]statuspage.Replica, len(f.Replicas))}
+		for i, r := range f.Replicas {
+			st.Fleet.Replicas[i] = statuspage.Replica{ID: r.ID, This: r.ID == p.m.id, Revision: r.Revision, Refused: r.Refused, Drift: r.Drift}
+		}
+	}
 	return st
 }
 
@@ -257,7 +265,7 @@ func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{callsDesc, choicesDesc, failureReportsDesc, transitionsDesc, disabledDesc,
 		kvWritesDesc, kvErrorsDesc, watchEventsDesc, viewRepairsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
 		priorityDesc, inFlightDesc, shareDesc, latencyDesc, headroomDesc, rateLimitedDesc, recentCallsDesc, failureRateDesc,
-		transactionsDesc, outOfBoundsDesc, logAgeDesc, configRevisionDesc, configRefusedDesc} {
+		transactionsDesc, outOfBoundsDesc, logAgeDesc, configRevisionDesc, configRefusedDesc, configReplicasDesc, configDriftDesc} {
 		ch <- d
 	}
 }
@@ -279,6 +287,14 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(configRevisionDesc, prometheus.GaugeValue, float64(st.Revision))
 		ch <- prometheus.MustNewConstMetric(configRefusedDesc, prometheus.GaugeValue, refused)
+	}
+	if revs := c.m.revs.Load(); revs != nil {
+		f := (*revs)()
+		labels, counts := f.perRevision(maxRevisionSeries)
+		for i, l := range labels {
+			ch <- prometheus.MustNewConstMetric(configReplicasDesc, prometheus.GaugeValue, float64(counts[i]), l)
+		}
+		ch <- prometheus.MustNewConstMetric(configDriftDesc, prometheus.GaugeValue, float64(f.Drift))
 	}
 	b := c.m.broker.Load()
 	if b == nil {

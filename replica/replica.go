@@ -91,6 +91,8 @@ type Replica struct {
 	store   *kv.Store // set by attach, in Run or in the re-attach goroutine
 	mode    string    // "ttl", "expiry" or "local"
 	conf    fleetConfig
+
+	heardRevs heardRevisions // the other replicas' configuration, as told
 }
 
 // Broker is the replica's decision core.
@@ -165,7 +167,7 @@ func (r *Replica) start(ctx context.Context) error {
 		// Listening before connecting lets /healthz answer, and /readyz
 		// say why not, while the replica waits for the server.
 		mon := newMonitor(c.ID, &r.stage, r.log)
-		mon.configured(r.Config)
+		mon.configured(r.Config, r.Revisions)
 		if err := mon.listen(c.MetricsAddr, c.HTTPIdleTimeout, c.HTTPMaxConns); err != nil {
 			return err
 		}

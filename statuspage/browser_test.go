@@ -193,3 +193,66 @@ func TestStatusPageSaysWhatItDoesNotKnowWhenNATSOrTheReplicaIsDown(t *testing.T)
 	says(t, "the page's link line", eval[string](t, ctx, `document.getElementById("link").textContent`), "No word from the replica since")
 	is.Equal(eval[string](t, ctx, `document.querySelector(`+row("/azure/", "/azure/dud/")+`).dataset.state`), "disabled")
 }
+
+func TestStatusPageShowsEveryReplicasRevisionAndDrift(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s)
+	cs, err := kv.OpenConfig(context.Background(), js, kv.ConfigBucket(replica.DefaultBucket), true)
+	is.NoErr(err)
+	fl := startFleet(t, s.ClientURL(), replica.Config{FleetConfig: true}, 2)
+	ctx := startBrowser(t, 1280, 800)
+	open(t, ctx, fl.addrs[0])
+	eval[bool](t, ctx, `window.notReloaded = true`)
+
+	// replicas is each replica the page lists, its revision and whether
+	// it is out of step.
+	const replicas = `[...document.querySelectorAll("#fleet-replicas tr[data-replica]")].map(r => r.dataset.replica + " " + r.dataset.revision + " " + r.dataset.drift).join(", ")`
+	listed := func(want string) {
+		t.Helper()
+		waitFor(t, ctx, 5*time.Second, replicas+` === `+fmt.Sprintf("%q", want))
+	}
+
+	// Two replicas on the same revision, shown alike.
+	listed("replica-1 1 false, replica-2 1 false")
+	says(t, "the replicas' summary", eval[string](t, ctx, `document.getElementById("fleet-summary").textContent`), "every replica heard runs revision 1")
+	says(t, "this replica's row", eval[string](t, ctx, `document.querySelector("#fleet-replicas tr[data-replica=replica-1]").innerText`), "this replica")
+	is.Equal(eval[string](t, ctx, `document.getElementById("config").textContent`), "revision 1")
+
+	// A new revision: both on it, without a reload.
+	latest, err := cs.Latest(context.Background())
+	is.NoErr(err)
+	rev, err := cs.Write(context.Background(), kv.NewFleetConfig(scenePools, broker.Policy{DisabledTime: time.Minute}, 0), latest.Revision, &latest.Config)
+	is.NoErr(err)
+	listed(fmt.Sprintf("replica-1 %d false, replica-2 %d false", rev, rev))
+
+	// A replica that does not follow the fleet's configuration runs
+	// revision 0: out of step.
+	startReplica(t, s.ClientURL(), "replica-own", replica.Config{})
+	listed(fmt.Sprintf("replica-1 %d false, replica-own 0 true, replica-2 %d false", rev, rev))
+	says(t, "replica-own's row", eval[string](t, ctx, `document.querySelector("#fleet-replicas tr[data-replica=replica-own]").innerText`),
+		fmt.Sprintf("behind: runs revision 0, not %d", rev))
+	says(t, "the replicas' summary", eval[string](t, ctx, `document.getElementById("fleet-summary").textContent`), "DRIFT: 1 of 3 replicas out of step")
+
+	// A revision written by hand that no replica can read: each that
+	// follows the bucket refuses it, and the page says so for each.
+	kvb, err := js.KeyValue(context.Background(), kv.ConfigBucket(replica.DefaultBucket))
+	is.NoErr(err)
+	bad, err := kvb.Put(context.Background(), kv.ConfigKey, []byte(`{"version":1,"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/z/","weight":"NaN"}]}]}`))
+	is.NoErr(err)
+	listed(fmt.Sprintf("replica-1 %d true, replica-2 %d true, replica-own 0 true", rev, rev))
+	refused := fmt.Sprintf("refused revision %d: pools.routers.weight", bad)
+	for _, id := range []string{"replica-1", "replica-2"} {
+		says(t, id+"'s row", eval[string](t, ctx, `document.querySelector("#fleet-replicas tr[data-replica=`+id+`]").innerText`), refused)
+	}
+	says(t, "this replica's configuration", eval[string](t, ctx, `document.getElementById("config").textContent`), "refusing a newer one")
+	says(t, "the notes", eval[string](t, ctx, `document.getElementById("notes").innerText`), fmt.Sprintf("This replica keeps revision %d: %s", rev, refused))
+	is.True(eval[bool](t, ctx, `window.notReloaded === true`)) // all of it without a reload
+	screenshot(t, ctx, "fleet", "-fleet")
+
+	// On a phone the replicas fit the screen's width too.
+	is.NoErr(chromedp.Do(ctx, chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2))))
+	waitFor(t, ctx, 2*time.Second, `window.innerWidth === 390`)
+	is.True(eval[bool](t, ctx, `document.documentElement.scrollWidth <= window.innerWidth`)) // nothing runs off the side
+	is.NoErr(chromedp.Do(ctx, chromedp.EmulateReset()))
+}

@@ -397,3 +397,38 @@ func events(t *testing.T, ctx context.Context, addr string) <-chan string {
 	}()
 	return out
 }
+
+// startReplica runs one replica of c, named id, against natsURL, with its
+// listener on a free loopback port, and returns the listener's address
+// once it serves. It stops when the test ends, before the server.
+func startReplica(t *testing.T, natsURL, id string, c replica.Config) string {
+	t.Helper()
+	c.ID, c.NATS, c.MetricsAddr = id, natsconn.Settings{Servers: natsURL}, "127.0.0.1:0"
+	logs := &syncBuffer{}
+	c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	ready := make(chan struct{}, 1)
+	c.Ready = func(*replica.Replica) { ready <- struct{}{} }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := replica.Run(ctx, c); err != nil {
+			t.Errorf("replica %s: %v", id, err)
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if t.Failed() {
+			t.Logf("%s logged:\n%s", id, logs)
+		}
+	})
+	select {
+	case <-ready:
+	case <-done:
+		t.Fatalf("replica %s stopped before it served", id)
+	case <-time.After(15 * time.Second):
+		t.Fatalf("replica %s not serving within 15s", id)
+	}
+	return listening(t, logs)
+}

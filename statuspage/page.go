@@ -2,10 +2,13 @@ package statuspage
 
 import (
 	"bytes"
+	"cmp"
 	"embed"
 	"encoding/json"
 	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +34,9 @@ type Status struct {
 	NotReady  string // why it takes no calls; "" when it does
 	// Config is the fleet's configuration the replica runs by.
 	Config Config
+	// Fleet is every replica's revision as the replica hears it, this
+	// one's among them, in any order; the page bounds what it shows.
+	Fleet Fleet
 }
 
 const (
@@ -48,6 +54,10 @@ const (
 	// maxUnknownShown bounds the routers no pool has that the page names;
 	// UnknownMore counts the rest, which `broker status` lists.
 	maxUnknownShown = 20
+	// maxReplicasShown bounds the replicas the page lists: a fleet is a
+	// few dozen, and anyone who may publish on the stats subject can make
+	// up more; ReplicasMore counts the rest.
+	maxReplicasShown = 64
 )
 
 //go:embed assets
@@ -89,11 +99,12 @@ func (p *Page) Snapshot(now time.Time) Snapshot {
 	st := p.src.Status()
 	s := Snapshot{Replica: st.ID, At: now.UTC(), Mode: st.Mode, NotReady: st.NotReady, Config: st.Config,
 		NATS: NATS{Connected: st.Connected, Server: st.Server}, UnknownRouters: []string{}, Notes: []string{},
-		Choices: Window{Scope: "this replica"}}
+		Choices: Window{Scope: "this replica"}, Fleet: fleet(st.Fleet)}
 	b := p.src.Broker()
 	switch {
 	case b == nil:
 		s.Notes = append(s.Notes, "The pools and router health are not known yet: the replica has not connected to NATS and read the bucket ("+notReady(st)+").")
+		s.escape()
 		return s
 	case !st.Connected:
 		s.Notes = append(s.Notes, "Not connected to NATS: this is the router health the replica last heard. Changes made meanwhile, by other replicas or by hand, are not known until it reconnects.")
@@ -163,6 +174,15 @@ func (s *Snapshot) escape() {
 	show(&s.Replica)
 	show(&s.NATS.Server)
 	show(&s.NotReady)
+	show(&s.Config.Refused)
+	show(&s.Config.Note)
+	show(&s.Fleet.Summary)
+	for i := range s.Fleet.Replicas {
+		r := &s.Fleet.Replicas[i]
+		show(&r.ID)
+		show(&r.Refused)
+		show(&r.Drift)
+	}
 	for i := range s.Pools {
 		p := &s.Pools[i]
 		show(&p.Ingress)
@@ -177,6 +197,31 @@ func (s *Snapshot) escape() {
 	for i := range s.UnknownRouters {
 		show(&s.UnknownRouters[i])
 	}
+}
+
+// fleet is f as the page lists it: this replica first, then those out of
+// step, then the rest, each in ID order, at most maxReplicasShown.
+func fleet(f Fleet) Fleet {
+	rank := func(r Replica) int {
+		switch {
+		case r.This:
+			return 0
+		case r.Drift != "":
+			return 1
+		}
+		return 2
+	}
+	f.Replicas = slices.SortedFunc(slices.Values(f.Replicas), func(a, b Replica) int {
+		return cmp.Or(cmp.Compare(rank(a), rank(b)), strings.Compare(a.ID, b.ID))
+	})
+	if len(f.Replicas) > maxReplicasShown {
+		f.ReplicasMore += len(f.Replicas) - maxReplicasShown
+		f.Replicas = f.Replicas[:maxReplicasShown]
+	}
+	if f.Replicas == nil {
+		f.Replicas = []Replica{}
+	}
+	return f
 }
 
 func notReady(st Status) string {

@@ -3,6 +3,7 @@ package statuspage_test
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -155,4 +156,25 @@ func TestThePageShowsNoSecrets(t *testing.T) {
 			break
 		}
 	}
+}
+
+func TestThePageListsABoundedFleetThisReplicaAndThoseOutOfStepFirst(t *testing.T) {
+	is := is.New(t)
+	one := uint64(1)
+	f := statuspage.Fleet{Revision: 1, Drift: 1}
+	for i := range 100 {
+		f.Replicas = append(f.Replicas, statuspage.Replica{ID: fmt.Sprintf("r%03d", i), Revision: &one})
+	}
+	f.Replicas = append(f.Replicas,
+		statuspage.Replica{ID: "zz-forged\u202e", Revision: &one, Refused: "refused revision 2: " + strings.Repeat("x", 5000), Drift: "refused revision 2: " + strings.Repeat("x", 5000)},
+		statuspage.Replica{ID: "this", This: true, Revision: &one})
+	p, _ := serve(t, source{status: statuspage.Status{ID: "this", Fleet: f}})
+	s := p.Snapshot(time.Now())
+	is.Equal(len(s.Fleet.Replicas), 64)                 // bounded
+	is.Equal(s.Fleet.ReplicasMore, 102-64)              // the rest counted
+	is.Equal(s.Fleet.Replicas[0].ID, "this")            // this replica first
+	is.Equal(s.Fleet.Replicas[1].ID, `zz-forged\u202e`) // then those out of step, escaped
+	is.True(len(s.Fleet.Replicas[1].Drift) < 300)       // and cut
+	is.True(strings.HasSuffix(s.Fleet.Replicas[1].Refused, "more bytes]"))
+	is.Equal(s.Fleet.Replicas[2].ID, "r000") // then the rest in ID order
 }

@@ -28,6 +28,9 @@ type Snapshot struct {
 	// Config is the revision of the fleet's configuration the replica
 	// runs by, and what it refused.
 	Config Config `json:"config"`
+	// Fleet is every replica's revision as this one hears it, and which
+	// are out of step.
+	Fleet Fleet `json:"fleet"`
 	// Pools are every pool in the configured order, each router in the
 	// pool's order; null while the replica has not connected and so does
 	// not know them yet.
@@ -179,4 +182,34 @@ type Config struct {
 	// Note says what else the operator should know: the pools file is out
 	// of date, the bucket was deleted, no JetStream.
 	Note string `json:"note,omitempty"`
+}
+
+// Fleet is the fleet's configuration as the replica hears it on the stats
+// subject: every replica's revision, and drift. What another replica told
+// is only shown: it changes nothing this replica runs.
+type Fleet struct {
+	// Revision is the one the replicas are held to: the highest any runs.
+	Revision uint64 `json:"revision"`
+	// Drift counts the replicas out of step, and Summary says in a line
+	// which revisions they run ("" when no replica told one).
+	Drift   int    `json:"drift"`
+	Summary string `json:"summary"`
+	// Replicas are this replica, then those out of step, then the rest,
+	// each in ID order, at most 64; ReplicasMore counts the others.
+	Replicas     []Replica `json:"replicas"`
+	ReplicasMore int       `json:"replicas_more"`
+}
+
+// Replica is one replica's configuration as heard.
+type Replica struct {
+	ID string `json:"id"`
+	// This marks the replica that answered.
+	This bool `json:"this"`
+	// Revision is the revision it runs; null when it told none (a broker
+	// from before replicas told it).
+	Revision *uint64 `json:"revision"`
+	// Refused is "refused revision N: why" while it refuses the newest.
+	Refused string `json:"refused"`
+	// Drift says why it is out of step; "" when it is in step.
+	Drift string `json:"drift"`
 }

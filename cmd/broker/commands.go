@@ -50,6 +50,7 @@ func statusCommand(ctx context.Context, args []string, getenv func(string) strin
 	var o ops.StatusOptions
 	s.set.Bool(&o.JSON, "json", "", "print a JSON array for scripts instead of the table")
 	s.set.Bool(&o.Watch, "watch", "", "redraw the table every second until interrupted, as watch(1) would")
+	s.set.Bool(&o.Replicas, "replicas", "", "list the replicas heard and the configuration revision each runs instead of the routers (with --json, a JSON array of them)")
 	operands, err := s.parseOperands(args, "Usage: broker status [flags]\nShows every pool router as the replicas act on it; give it the processor's DISABLED_TIME and BROKER_BACKOFF_CAP.", stdout)
 	if err != nil {
 		return err

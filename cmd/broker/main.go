@@ -2,7 +2,8 @@
 //
 //	broker [flags]                      serve: answer gecholog's processor calls
 //	broker demo                         a self-contained run with nothing installed
-//	broker status [--json|--watch]      every pool and router with its state
+//	broker status [--json|--watch]      every pool and router with its state, every replica's configuration revision
+//	broker status --replicas [--json]   every replica heard and the configuration revision it runs
 //	broker disable ROUTER [--for D]     take a router out by hand, on every replica
 //	broker enable ROUTER                lift any disable now, on every replica
 //	broker check [gl_config.json]       do the pools and gecholog's config agree?

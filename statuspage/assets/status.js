@@ -151,6 +151,46 @@
     return body;
   }
 
+  // revisionText is the revision a replica runs, in words.
+  function revisionText(rev) {
+    return rev === 0 ? "revision 0 (its own settings)" : "revision " + rev;
+  }
+
+  // replicaRow is one replica of the fleet, its revision and whether it is
+  // in step.
+  function replicaRow(r) {
+    const told = r.revision !== null && r.revision !== undefined;
+    const state = el("td", { "data-label": "configuration" });
+    if (!told) {
+      state.append(el("span", { class: "quiet" }, "told no revision (a broker from before replicas told theirs)"));
+    } else if (r.drift) {
+      state.append(el("span", { class: "state disabled" }, "drift"), el("span", { class: "small drift" }, r.drift));
+    } else {
+      state.append(el("span", { class: "state enabled" }, "in step"));
+    }
+    return el("tr", { "data-replica": r.id, "data-revision": told ? String(r.revision) : "", "data-drift": r.drift ? "true" : "false" },
+      el("td", { class: "replica", "data-label": "replica" }, r.id, r.this ? el("span", { class: "small" }, "this replica") : null),
+      el("td", { class: "num", "data-label": "revision" }, told ? String(r.revision) : DASH),
+      state);
+  }
+
+  function renderFleet(s) {
+    const c = s.config || { revision: 0 };
+    const config = document.getElementById("config");
+    config.textContent = revisionText(c.revision) + (c.refused ? ", refusing a newer one" : "");
+    config.className = c.refused ? "bad" : "";
+    const f = s.fleet || { replicas: [], replicas_more: 0, drift: 0, summary: "" };
+    document.getElementById("fleet").hidden = f.replicas.length === 0;
+    const summary = document.getElementById("fleet-summary");
+    summary.textContent = f.summary;
+    summary.className = f.drift > 0 ? "notice" : "quiet";
+    summary.dataset.drift = String(f.drift);
+    document.getElementById("fleet-replicas").replaceChildren(...f.replicas.map(replicaRow));
+    const more = document.getElementById("fleet-more");
+    more.hidden = !(f.replicas_more > 0);
+    more.textContent = "and " + f.replicas_more + " more replicas heard";
+  }
+
   function render(s) {
     document.getElementById("replica").textContent = s.replica || "not known yet";
     const nats = document.getElementById("nats");
@@ -162,6 +202,9 @@
     const notes = document.getElementById("notes");
     notes.replaceChildren(...s.notes.map(n => el("li", {}, n)));
     if (s.not_ready) notes.append(el("li", {}, "Not taking calls: " + s.not_ready + "."));
+    if (s.config && s.config.refused) notes.append(el("li", {}, "This replica keeps " + revisionText(s.config.revision) + ": " + s.config.refused));
+    if (s.config && s.config.note) notes.append(el("li", {}, s.config.note));
+    renderFleet(s);
 
     document.getElementById("share").textContent = windowText(s.choices);
     const pools = document.getElementById("pools");
