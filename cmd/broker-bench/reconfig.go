@@ -227,6 +227,10 @@ type suspect struct {
 	change int // index in the changes
 }
 
+// nearChange is how close to a change's write a failed call counts as
+// near it, in the report.
+const nearChange = 100 * time.Millisecond
+
 // maxSuspects bounds the suspect calls kept; more count as wrong.
 const maxSuspects = 1 << 20
 
@@ -267,13 +271,19 @@ func (b *bench) reconfigUnderLoad(ctx context.Context, w configWriter, procs []*
 	var written atomic.Int64 // changes written so far
 	var mu sync.Mutex
 	var suspects []suspect
-	var wrongs []string // the first few wrong replies, for the report
+	var wrongs []string      // the first few wrong replies, for the report
+	var failedAt []time.Time // when each call that got no reply in time was sent
 	overflow := 0
 	msg := []byte(`{"gl_path":"/azure/"}`)
 	call := func(nc *nats.Conn) error {
 		sent := time.Now()
 		m, err := nc.Request(b.subject, msg, o.timeout)
 		if err != nil {
+			mu.Lock()
+			if len(failedAt) < maxSuspects {
+				failedAt = append(failedAt, sent)
+			}
+			mu.Unlock()
 			return err
 		}
 		removedBy, ok := valid[routerIn(m.Data)]
@@ -400,6 +410,15 @@ func (b *bench) reconfigUnderLoad(ctx context.Context, w configWriter, procs []*
 	ap := benchResult{lat: reach}
 	fmt.Fprintf(b.out, "every replica applied each change (its log line) after the write: p50 %s, max %s; not applied within %v: %d\n",
 		fmtLatency(ap.pct(0.5)), fmtLatency(ap.pct(1)), applyTimeout, notApplied)
+	near := 0 // errors sent within nearChange of a change being written
+	for _, f := range failedAt {
+		if slices.ContainsFunc(changes, func(c loadChange) bool {
+			return !c.at.IsZero() && f.After(c.at.Add(-nearChange)) && f.Before(c.at.Add(nearChange))
+		}) {
+			near++
+		}
+	}
+	fmt.Fprintf(b.out, "calls without a reply in time, in both conditions: %d, of which sent within %v of a change's write: %d\n", len(failedAt), nearChange, near)
 	if len(wrongs) > 0 {
 		fmt.Fprintf(b.out, "wrong replies (a router no revision has), the first: %q\n", wrongs)
 	}
