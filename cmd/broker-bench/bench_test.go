@@ -77,6 +77,15 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 		{"drift", []string{"-calls", "300", "-callers", "4", "-inflight-bound", "1s"},
 			[]string{"in-flight bound 1s", "Time is compressed: the in-flight bound is 1s", "/leastbusy/ (least-busy)", "/random/ (random)",
 				"least-busy drift: after 300 calls", "back to 0", "(target ≤ the bound, 1s: "}},
+		// Replica processes of the broker binary, built by the bench. The
+		// counts of wrong answers hold on any machine; the times do not.
+		{"reconfig", []string{"-changes", "3", "-load-changes", "2", "-duration", "400ms", "-warmup", "50ms", "-rounds", "2", "-callers", "4", "-conns", "2", "-timeout", "2s"},
+			[]string{"3 replica processes of the broker binary", "last replica shows it on /metrics (seen from outside)",
+				"changes 3, not applied by every replica within 5s 0, answers through the queue group not the new router 0 of 27",
+				"every replica chooses by the new revision: p50", "(target p99 ≤ 100ms: ", "without changes", "with 2 changes",
+				"not applied within 5s: 0", "errors with changes 0 (target 0: met)",
+				"calls answered with a router after every replica applied its removal 0 (target 0: met)",
+				"with / without changes: throughput", "(target ≥ 0.95: "}},
 	}
 	var tested []string
 	for _, tc := range cases {

@@ -13,13 +13,14 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/replica"
 )
 
 // startServer starts an embedded nats-server unless -server names one,
 // and learns the server's version. The function it returns shuts the
 // embedded server down and removes its files, or deletes the bench's
-// bucket from the given server.
+// buckets from the given server.
 func (b *bench) startServer() (stop func(), err error) {
 	stop = b.deleteBucket
 	if b.o.server == "" {
@@ -97,6 +98,7 @@ func (b *bench) deleteBucket() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = js.DeleteKeyValue(ctx, b.bucket)
+		_ = js.DeleteKeyValue(ctx, kv.ConfigBucket(b.bucket)) // reconfig's
 	}
 }
 

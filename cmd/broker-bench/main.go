@@ -5,7 +5,9 @@
 // call pattern, losing a node of a NATS cluster, and how well each
 // strategy chooses among LLM deployments. The replicas run in this
 // process, each a full replica.Run with its own NATS connection, as in the
-// demo and the end-to-end tests.
+// demo and the end-to-end tests; but -mode reconfig, which measures a
+// change of the fleet's configuration, runs the broker binary as
+// processes, as a deployment does.
 //
 //	broker-bench [-mode MODE] [flags]
 //
@@ -77,6 +79,10 @@ type options struct {
 	calls  int           // drift: calls per pool
 	lose   float64       // drift: share of reports lost
 	bound  time.Duration // drift: the in-flight bound
+	// reconfig's.
+	broker      string // the broker binary; "": built
+	changes     int    // timed one at a time
+	loadChanges int    // written under load
 
 	logLevel string
 	level    slog.Level // of logLevel
@@ -114,6 +120,7 @@ var modes = []mode{
 	{name: "balance", about: "least-busy's balance", duration: 20 * time.Second, run: (*bench).balance},
 	{name: "drift", about: "least-busy when reports are lost", run: (*bench).drift},
 	{name: "views", about: "how soon the replicas agree on what the strategies read", run: (*bench).views},
+	{name: "reconfig", about: "how soon replica processes choose by a new revision of the fleet's configuration, and changes under load", duration: 10 * time.Second, run: (*bench).reconfig},
 }
 
 // modeNamed returns the mode called name; ok is false when there is none.
@@ -150,7 +157,7 @@ func durationHelp() string {
 			ds = append(ds, d+" "+m.name)
 		}
 	}
-	return "measuring `time` of each condition (default " + strings.Join(ds, ", ") + "; the other modes count trials, starts, runs or calls)"
+	return "measuring `time` of each condition (default " + strings.Join(ds, ", ") + "; the other modes count trials, starts, runs, calls or changes)"
 }
 
 // modeNames lists the modes' names for an error: "a, b or c".
@@ -192,6 +199,9 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Int(&o.calls, "calls", "", 100_000, 1, 10_000_000, "drift: `calls` to each pool")
 	s.Float(&o.lose, "lose", "", 0.01, 0, 1, "drift: `fraction` of the calls whose report (response context) is lost")
 	s.Duration(&o.bound, "inflight-bound", "", 5*time.Second, time.Second, time.Hour, "drift: the in-flight `bound`, short so that the bench ends")
+	s.String(&o.broker, "broker", "", "", "reconfig: the broker `binary` run as replica processes (default: built from this module with go build)")
+	s.Int(&o.changes, "changes", "", 100, 1, 10_000, "reconfig: configuration `changes` timed one at a time")
+	s.Int(&o.loadChanges, "load-changes", "", 20, 0, 10_000, "reconfig: configuration `changes` written during the runs under load")
 	s.String(&o.logLevel, "log-level", "", "error", "replicas' log `level` on stderr: debug, info, warn or error")
 	s.String(&o.cpuProf, "cpuprofile", "", "", "write a CPU profile of the whole run (server, replicas and callers) to `file`")
 	s.String(&o.memProf, "memprofile", "", "", "write an allocation profile of the whole run to `file`")

@@ -1,0 +1,333 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Replica processes: the broker binary, started as a deployment starts it
+// (its settings in the environment, its log in JSON on stderr, a metrics
+// listener of its own), for the modes that measure what separate
+// processes do.
+
+// brokerBinary returns -broker, or builds the broker command of this
+// module into a temporary folder, removed by the function it returns.
+func (b *bench) brokerBinary(ctx context.Context) (path string, remove func(), err error) {
+	if b.o.broker != "" {
+		return b.o.broker, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "broker-bench-bin-")
+	if err != nil {
+		return "", nil, err
+	}
+	path = filepath.Join(dir, "broker")
+	out, err := exec.CommandContext(ctx, "go", "build", "-o", path, "github.com/gecholog/broker/cmd/broker").CombinedOutput()
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", nil, fmt.Errorf("go build the broker: %v: %s; run the bench inside the module, or give -broker PATH",
+			err, strings.Join(strings.Fields(string(out)), " "))
+	}
+	return path, func() { os.RemoveAll(dir) }, nil
+}
+
+// brokerProc is one replica process and what the bench has read of its
+// log.
+type brokerProc struct {
+	id   string
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the log has ended and the process was waited for
+
+	mu      sync.Mutex
+	addr    string               // the metrics listener's host:port
+	serving bool                 // it logged "serving"
+	applied map[uint64]time.Time // revision → its "applied" line's own time
+	last    string               // the last warning or error it logged, for an error
+	grew    chan struct{}        // closed and replaced when any of the above changes
+	ended   bool
+}
+
+// appliedLine is the line a replica logs once it chooses by a new
+// revision: after its table is swapped.
+const appliedLine = "applied a new revision of the fleet's configuration"
+
+// procStartTimeout bounds a replica process's start on a busy machine.
+const procStartTimeout = 30 * time.Second
+
+// startProcs starts n replica processes of bin on the bench's server,
+// subject and bucket, following the fleet's configuration, and returns
+// once every one serves. stop ends them and waits for them.
+func (b *bench) startProcs(ctx context.Context, bin string, n int) (procs []*brokerProc, stop func(), err error) {
+	stop = func() {
+		for _, p := range procs {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+		for _, p := range procs {
+			select {
+			case <-p.done:
+			case <-time.After(10 * time.Second):
+				_ = p.cmd.Process.Kill()
+				<-p.done
+			}
+		}
+	}
+	for i := range n {
+		p, err := b.spawn(bin, fmt.Sprintf("bench-r%d", i+1))
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		procs = append(procs, p)
+	}
+	deadline := time.NewTimer(procStartTimeout)
+	defer deadline.Stop()
+	for _, p := range procs {
+		for {
+			p.mu.Lock()
+			ok, ended, grew, last := p.serving && p.addr != "", p.ended, p.grew, p.last
+			p.mu.Unlock()
+			if ok {
+				break
+			}
+			if ended {
+				stop()
+				return nil, nil, fmt.Errorf("replica %s exited before it served: %s", p.id, last)
+			}
+			select {
+			case <-grew:
+			case <-deadline.C:
+				stop()
+				return nil, nil, fmt.Errorf("replica %s did not serve within %v: %s", p.id, procStartTimeout, last)
+			case <-ctx.Done():
+				stop()
+				return nil, nil, ctx.Err()
+			}
+		}
+	}
+	return procs, stop, nil
+}
+
+func (b *bench) spawn(bin, id string) (*brokerProc, error) {
+	cmd := exec.Command(bin)
+	// Nothing of the caller's environment but these: a developer's NATS_*
+	// or BROKER_* must not change what is measured.
+	for _, k := range []string{"PATH", "HOME", "TMPDIR"} {
+		if v, ok := os.LookupEnv(k); ok {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
+	cmd.Env = append(cmd.Env,
+		"NATS_URL="+b.url,
+		"BROKER_ID="+id,
+		"BROKER_SUBJECT="+b.subject,
+		"BROKER_BUCKET="+b.bucket,
+		"BROKER_CONFIG_SOURCE=fleet",
+		"BROKER_LOG_FORMAT=json",
+		"BROKER_LOG_LEVEL=info",
+		"BROKER_METRICS_ADDR=127.0.0.1:0",
+	)
+	if b.o.token != "" {
+		cmd.Env = append(cmd.Env, "NATS_TOKEN="+b.o.token)
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	p := &brokerProc{id: id, cmd: cmd, done: make(chan struct{}), applied: map[uint64]time.Time{}, grew: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.read(stderr, b.stderr, b.o.level)
+		_ = cmd.Wait() // only once reading is done: Wait closes the pipe
+	}()
+	return p, nil
+}
+
+// maxLogLine bounds a log line the bench reads; a longer one is cut.
+const maxLogLine = 1 << 20
+
+// read follows the replica's log until it ends, passing lines at level
+// or above on to out.
+func (p *brokerProc) read(stderr io.Reader, out io.Writer, level slog.Level) {
+	sc := bufio.NewScanner(stderr)
+	sc.Buffer(make([]byte, 64<<10), maxLogLine)
+	for sc.Scan() {
+		p.line(sc.Bytes(), out, level)
+	}
+	// A line over the bound stops the scanner: drain the rest unread so
+	// that the process is never blocked on its pipe.
+	_, _ = io.Copy(io.Discard, stderr)
+	p.mu.Lock()
+	p.ended = true
+	close(p.grew)
+	p.grew = make(chan struct{})
+	p.mu.Unlock()
+}
+
+func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
+	var l struct {
+		Time     time.Time `json:"time"`
+		Level    string    `json:"level"`
+		Msg      string    `json:"msg"`
+		Addr     string    `json:"addr"`
+		Revision uint64    `json:"revision"`
+		Error    string    `json:"error"`
+	}
+	var lv slog.Level
+	if json.Unmarshal(s, &l) != nil || lv.UnmarshalText([]byte(l.Level)) != nil {
+		fmt.Fprintf(out, "%s: %s\n", p.id, s) // not slog's: a panic, a race report
+		return
+	}
+	if lv >= level {
+		fmt.Fprintf(out, "%s: %s\n", p.id, s)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case l.Msg == "metrics listening":
+		p.addr = l.Addr
+	case l.Msg == "serving":
+		p.serving = true
+	case l.Msg == appliedLine && l.Revision > 0:
+		if _, ok := p.applied[l.Revision]; !ok {
+			p.applied[l.Revision] = l.Time
+		}
+	case lv >= slog.LevelWarn:
+		p.last = strings.TrimSpace(l.Msg + " " + l.Error)
+	default:
+		return
+	}
+	close(p.grew)
+	p.grew = make(chan struct{})
+}
+
+// appliedFrom is the time the replica logged applying the first revision
+// at or after rev, and whether it has.
+func (p *brokerProc) appliedFrom(rev uint64) (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var at time.Time
+	var found uint64
+	for r, t := range p.applied {
+		if r >= rev && (found == 0 || r < found) {
+			found, at = r, t
+		}
+	}
+	return at, found != 0
+}
+
+// waitApplied waits until the replica has logged applying revision rev
+// or a later one, or d has passed.
+func (p *brokerProc) waitApplied(ctx context.Context, rev uint64, d time.Duration) (time.Time, bool) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		at, ok := p.appliedFrom(rev)
+		p.mu.Lock()
+		grew, ended := p.grew, p.ended
+		p.mu.Unlock()
+		if ok || ended {
+			return at, ok
+		}
+		select {
+		case <-grew:
+		case <-deadline.C:
+			return time.Time{}, false
+		case <-ctx.Done():
+			return time.Time{}, false
+		}
+	}
+}
+
+// maxMetricsBody bounds what the bench reads of a /metrics answer.
+const maxMetricsBody = 4 << 20
+
+var errNoRevision = errors.New("no broker_config_revision in /metrics")
+
+// revision reads broker_config_revision from the replica's /metrics.
+func (p *brokerProc) revision(ctx context.Context, client *http.Client) (uint64, error) {
+	p.mu.Lock()
+	addr := p.addr
+	p.mu.Unlock()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMetricsBody))
+	if err != nil {
+		return 0, err
+	}
+	for line := range bytes.Lines(body) {
+		v, ok := bytes.CutPrefix(line, []byte("broker_config_revision "))
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(string(bytes.TrimSpace(v)), 64)
+		if err != nil || f < 0 || f > math.MaxUint32 || f != math.Trunc(f) {
+			return 0, fmt.Errorf("broker_config_revision %q: not a revision", bytes.TrimSpace(v))
+		}
+		return uint64(f), nil
+	}
+	return 0, errNoRevision
+}
+
+// metricsPoll is how often the bench asks a replica's /metrics for its
+// revision while it waits for a change.
+const metricsPoll = time.Millisecond
+
+// waitRevision asks every replica's /metrics, every metricsPoll, until
+// each shows revision rev or a later one, and returns when the bench saw
+// each show it; ok is false when one did not within d.
+func waitRevision(ctx context.Context, client *http.Client, procs []*brokerProc, rev uint64, d time.Duration) (seen []time.Time, ok bool) {
+	seen = make([]time.Time, len(procs))
+	got := make([]bool, len(procs))
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, p := range procs {
+		wg.Go(func() {
+			tick := time.NewTicker(metricsPoll)
+			defer tick.Stop()
+			for {
+				if r, err := p.revision(ctx, client); err == nil && r >= rev {
+					seen[i], got[i] = time.Now(), true
+					return
+				}
+				select {
+				case <-tick.C:
+				case <-ctx.Done():
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, g := range got {
+		if !g {
+			return seen, false
+		}
+	}
+	return seen, true
+}
