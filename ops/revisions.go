@@ -34,9 +34,11 @@ const configWait = time.Second
 
 // configLatest is the newest revision of the fleet's configuration.
 type configLatest struct {
-	bucket string
-	rev    uint64 // 0: no bucket, or it holds no revision
-	err    error  // it could not be read
+	bucket     string
+	rev        uint64         // 0: no bucket, or it holds no revision
+	entry      kv.ConfigEntry // the revision rev
+	err        error          // it could not be read
+	poolsShown bool           // status shows its pools
 }
 
 // readLatest reads the newest revision of the configuration bucket beside
@@ -57,7 +59,7 @@ func readLatest(ctx context.Context, js jetstream.JetStream, health string, fv f
 	if err == nil {
 		var e kv.ConfigEntry
 		e, err = cs.Latest(ctx)
-		l.rev = e.Revision
+		l.rev, l.entry = e.Revision, e
 	}
 	if err != nil && !errors.Is(err, kv.ErrNoBucket) {
 		l.err = err

@@ -29,6 +29,10 @@ type StatusOptions struct {
 	// configuration each runs instead of the routers (which the table
 	// lists them under anyway); with JSON, as a JSON array.
 	Replicas bool
+	// PolicyGiven says Policy was given (by flag or environment); else
+	// the policy of the fleet's configuration, when the replicas follow
+	// one, is what records are held to.
+	PolicyGiven bool
 	// Policy is the failure policy the replicas hold records to, from the
 	// processor's own settings (DISABLED_TIME, BROKER_BACKOFF_CAP): a
 	// record that reaches further is shown with the time the replicas act
@@ -59,7 +63,7 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 			return errors.New("status: --watch redraws the table; leave out --json, or run --json every second yourself")
 		}
 		return t.followBucket(ctx, "status", func(ctx context.Context, b bucket) error {
-			return watch(ctx, t, policy, o.Replicas, b, stdout)
+			return watch(ctx, t, policy, o, b, stdout)
 		})
 	}
 	return t.withBucket(ctx, "status", func(ctx context.Context, b bucket) error {
@@ -70,17 +74,16 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 			return ctx.Err()
 		case <-time.After(fleetListen):
 		}
-		rows, fv, now, err := readRows(ctx, t, policy, b, f)
+		rows, fv, now, l, err := readRows(ctx, t, policy, o.PolicyGiven, b, f)
 		if err != nil {
 			return err
 		}
-		l := readLatest(ctx, b.js, t.Bucket, fv)
 		revs := l.revisions(fv)
 		switch {
 		case o.Replicas && o.JSON:
 			return writeReplicasJSON(stdout, revs)
 		case o.Replicas:
-			fmt.Fprint(stdout, strings.TrimSuffix(heading(b, t, fv, now), "\n")) // writeReplicas opens with a blank line
+			fmt.Fprint(stdout, strings.TrimSuffix(heading(b, t, fv, l, now), "\n")) // writeReplicas opens with a blank line
 			return writeReplicas(stdout, revs, l)
 		}
 		if o.JSON {
@@ -93,7 +96,7 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 			_, err = stdout.Write(append(safetext.JSON(doc), '\n'))
 			return err
 		}
-		fmt.Fprint(stdout, heading(b, t, fv, now))
+		fmt.Fprint(stdout, heading(b, t, fv, l, now))
 		if err := writeTable(stdout, rows); err != nil {
 			return err
 		}
@@ -104,7 +107,7 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 // watch redraws the table every WatchEvery until ctx ends. A read that
 // fails (the server gone a while, the bucket deleted) is shown in the
 // table's place, and the next redraw tries again.
-func watch(ctx context.Context, t Target, policy broker.Policy, replicas bool, b bucket, stdout io.Writer) error {
+func watch(ctx context.Context, t Target, policy broker.Policy, o StatusOptions, b bucket, stdout io.Writer) error {
 	tick := time.NewTicker(WatchEvery)
 	defer tick.Stop()
 	f := hearFleet(b.nc, t.Bucket)
@@ -114,11 +117,7 @@ func watch(ctx context.Context, t Target, policy broker.Policy, replicas bool, b
 		frame.WriteString(clearScreen)
 		fmt.Fprintf(&frame, "Every %v: broker status (Ctrl-C to stop)\n", WatchEvery)
 		rctx, cancel := context.WithTimeout(ctx, opTimeout)
-		rows, fv, now, err := readRows(rctx, t, policy, b, f)
-		var l configLatest
-		if err == nil {
-			l = readLatest(rctx, b.js, t.Bucket, fv)
-		}
+		rows, fv, now, l, err := readRows(rctx, t, policy, o.PolicyGiven, b, f)
 		cancel()
 		switch {
 		case ctx.Err() != nil:
@@ -127,10 +126,10 @@ func watch(ctx context.Context, t Target, policy broker.Policy, replicas bool, b
 			fmt.Fprintf(&frame, "cannot read bucket %s on %s at %s: %s\n", b.store.Bucket(), b.server,
 				time.Now().UTC().Format(time.RFC3339), natsconn.OneLine(timedOut(err, b.server).Error()))
 		default:
-			if replicas {
-				frame.WriteString(strings.TrimSuffix(heading(b, t, fv, now), "\n"))
+			if o.Replicas {
+				frame.WriteString(strings.TrimSuffix(heading(b, t, fv, l, now), "\n"))
 			} else {
-				frame.WriteString(heading(b, t, fv, now))
+				frame.WriteString(heading(b, t, fv, l, now))
 				writeTable(&frame, rows)
 			}
 			writeReplicas(&frame, l.revisions(fv), l)
@@ -148,20 +147,40 @@ func watch(ctx context.Context, t Target, policy broker.Policy, replicas bool, b
 
 // readRows reads the bucket and makes the status rows of it, with the
 // fleet's figures as f heard them.
-func readRows(ctx context.Context, t Target, policy broker.Policy, b bucket, f *fleet) ([]statusRow, fleetView, time.Time, error) {
+//
+// The replicas run by the newest valid revision of the fleet's
+// configuration when they follow one: its pools are shown, unless the
+// command was given a pools file, and records are held to its policy,
+// unless the command was given one.
+func readRows(ctx context.Context, t Target, policy broker.Policy, policyGiven bool, b bucket, f *fleet) ([]statusRow, fleetView, time.Time, configLatest, error) {
 	listed, err := b.store.Scan(ctx)
 	if err != nil {
-		return nil, fleetView{}, time.Time{}, err
+		return nil, fleetView{}, time.Time{}, configLatest{}, err
 	}
 	now := time.Now()
 	fv := f.view(now)
-	return statusRows(t.Pools, policy, listed, fv, now), fv, now, nil
+	l := readLatest(ctx, b.js, t.Bucket, fv)
+	pools := t.Pools
+	if l.rev != 0 && l.entry.Err == nil {
+		if p, pol, _, err := l.entry.Config.Settings(); err == nil {
+			if t.PoolsFile == "" {
+				pools, l.poolsShown = p, true
+			}
+			if r, err := pol.Resolve(); err == nil && !policyGiven {
+				policy = r
+			}
+		}
+	}
+	return statusRows(pools, policy, listed, fv, now), fv, now, l, nil
 }
 
-func heading(b bucket, t Target, fv fleetView, now time.Time) string {
+func heading(b bucket, t Target, fv fleetView, l configLatest, now time.Time) string {
 	var h strings.Builder
 	fmt.Fprintf(&h, "bucket %s on %s, %s mode (%s), at %s\n",
 		b.store.Bucket(), b.server, b.store.Mode(), modeNote(b.store.Mode()), now.UTC().Format(time.RFC3339))
+	if l.poolsShown {
+		fmt.Fprintf(&h, "pools: revision %d of the fleet's configuration (%s), which the replicas run\n", l.rev, l.bucket)
+	}
 	subject := replica.StatsSubject(t.Bucket)
 	if len(fv.replicas) == 0 {
 		fmt.Fprintf(&h, "replicas: none heard on %s within %v, so no in-flight, share, latency, headroom or failure figures (no replica running, or this user may not subscribe there)\n", subject, fleetListen)

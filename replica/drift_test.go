@@ -139,6 +139,11 @@ func TestStatusShowsEveryReplicasRevisionANewOneAndARefusal(t *testing.T) {
 		return st.shows(strconv.FormatUint(rev, 10)+" in step", rev, "", "replica-1", "replica-2")
 	}, "both replicas on the new revision")
 	neverSays(t, "broker status", st.table, "DRIFT")
+	// The routers shown are the revision's, which the replicas run, not
+	// the default pool the status command itself was given no file for.
+	says(t, "broker status", st.table, "pools: revision "+strconv.FormatUint(rev, 10)+" of the fleet's configuration (gl_broker_config), which the replicas run")
+	says(t, "broker status", st.table, "/azure/  /azure/x/")
+	neverSays(t, "broker status", st.table, "/azure/gpt4/")
 
 	// A revision written by hand that no replica can read: each keeps
 	// the last good one and status says each refused it, and why.

@@ -59,6 +59,7 @@ func statusCommand(ctx context.Context, args []string, getenv func(string) strin
 		return fmt.Errorf("unexpected argument %q: status shows every router", operands[0])
 	}
 	o.Policy = s.Policy
+	o.PolicyGiven = s.set.Given("disabled-time") || s.set.Given("backoff-cap") || s.set.Given("probe-timeout")
 	return ops.Status(ctx, s.target(), o, stdout)
 }
 

@@ -70,6 +70,11 @@ func TestStatusShowsTheClampedTimeTheReplicasActOnBesideAForgedRecordsOwn(t *tes
 	// holds it to two minutes.
 	rows = statusJSON(t, env("NATS_URL", s.ClientURL(), "DISABLED_TIME", "1", "BROKER_BACKOFF_CAP", "2"))
 	is.True(jsonRow(rows, "/azure/dud/")["left_seconds"].(float64) <= 2*60+2) // 2 minutes at most
+
+	// Given no policy, status holds records to the fleet's configuration,
+	// which the replica wrote with its DISABLED_TIME of 1 minute.
+	rows = statusJSON(t, env("NATS_URL", s.ClientURL()))
+	is.True(jsonRow(rows, "/azure/dud/")["left_seconds"].(float64) <= 8*60+2) // 8 minutes, not the default's 80
 }
 
 func TestStatusTakesThePoliciesSettingsAsTheProcessorDoes(t *testing.T) {
