@@ -49,7 +49,7 @@ func hearFleet(nc *nats.Conn, bucket string) *fleet {
 	f := &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{}}
 	f.sub, _ = nc.Subscribe(f.subject, func(m *nats.Msg) {
 		var msg replica.StatsMessage
-		if len(m.Data) > 1<<20 || json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" {
+		if len(m.Data) > 1<<20 || json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" || len(msg.ID) > replica.MaxID {
 			return
 		}
 		f.mu.Lock()

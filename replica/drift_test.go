@@ -224,6 +224,9 @@ func TestAForgedRevisionIsShownBoundedAndChangesNothingAReplicaRuns(t *testing.T
 	nc := natstest.ConnectURL(t, s.url)
 	forged, _ := json.Marshal(replica.StatsMessage{ID: "forged", At: time.Now(),
 		Config: &replica.ConfigTold{Revision: 1 << 40, Refused: "\u202e" + strings.Repeat("x", 100_000)}})
+	// And a name longer than any replica may have, told first each time.
+	long := strings.Repeat("n", replica.MaxID+1)
+	named, _ := json.Marshal(replica.StatsMessage{ID: long, At: time.Now(), Config: &replica.ConfigTold{Revision: 1}})
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() {
@@ -231,6 +234,7 @@ func TestAForgedRevisionIsShownBoundedAndChangesNothingAReplicaRuns(t *testing.T
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
+			_ = nc.Publish(replica.StatsSubject(replica.DefaultBucket), named)
 			_ = nc.Publish(replica.StatsSubject(replica.DefaultBucket), forged)
 			select {
 			case <-ctx.Done():
@@ -246,6 +250,7 @@ func TestAForgedRevisionIsShownBoundedAndChangesNothingAReplicaRuns(t *testing.T
 	says(t, "the forged replica's line", line, `DRIFT: \u202exxx`)           // the override shown escaped
 	says(t, "the forged replica's line", line, "… [99801 more bytes]")       // and cut
 	says(t, "replica-1's line", st.line("replica-1"), "replica-1 1 in step") // held to the bucket's revision, not the forged one
+	is.Equal(len(st.replicas), 2)                                            // the long name, told before, was dropped
 
 	addr := rs.listener(t, 0)
 	var f statuspage.Fleet
@@ -253,6 +258,7 @@ func TestAForgedRevisionIsShownBoundedAndChangesNothingAReplicaRuns(t *testing.T
 		f = pageFleet(t, addr)
 		return pageReplica(f, "forged").Revision != nil
 	}, "the page shows the forged replica: %+v", &f)
+	is.Equal(len(f.Replicas), 2) // the page keeps no replica by the long name either
 	r := pageReplica(f, "forged")
 	is.True(len(r.Refused) < 300)                               // cut
 	is.True(strings.HasPrefix(r.Refused, `\u202exxx`))          // and escaped

@@ -31,6 +31,9 @@ const (
 	nudgeFloor = time.Millisecond
 	// maxStats bounds a counts message read: a thousand routers fit.
 	maxStats = 1 << 20
+	// MaxID bounds a replica's name (BROKER_ID): a counts message naming
+	// a longer one is forged, and is dropped rather than kept by name.
+	MaxID = 256
 )
 
 // StatsMessage is what a replica tells the others: its counts per router
@@ -118,7 +121,7 @@ func (r *Replica) shareStats() error {
 			return
 		}
 		var msg StatsMessage
-		if json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" || msg.ID == r.cfg.ID {
+		if json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" || len(msg.ID) > MaxID || msg.ID == r.cfg.ID {
 			return
 		}
 		counts := make([]broker.Counts, len(msg.Routers))

@@ -274,6 +274,7 @@ func TestBadSettingStopsStartupWithOneLineNamingIt(t *testing.T) {
 		{"bucket with a dot", "bucket", nil, env("BROKER_BUCKET", "a.b")},
 		{"subject with a space", "subject", nil, env("BROKER_SUBJECT", "coburn gl")},
 		{"queue with a dot", "queue", []string{"-queue", "a.b"}, env()},
+		{"id too long", "BROKER_ID", nil, env("BROKER_ID", strings.Repeat("r", 257))},
 		{"log level", "log-level", nil, env("BROKER_LOG_LEVEL", "loud")},
 		{"log format", "log-format", nil, env("BROKER_LOG_FORMAT", "xml")},
 		{"boolean", "BROKER_EMBEDDED_NATS", nil, env("BROKER_EMBEDDED_NATS", "maybe")},

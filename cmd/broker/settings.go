@@ -175,6 +175,8 @@ func (s *settings) resolve() error {
 		return fmt.Errorf("queue (BROKER_QUEUE) %q: a queue group is one token without spaces, control characters, dots or wildcards", s.Queue)
 	case has("id") && s.ID == "":
 		return errors.New("id: give this replica a name")
+	case has("id") && len(s.ID) > replica.MaxID:
+		return fmt.Errorf("id (BROKER_ID): %d bytes; a replica's name is at most %d", len(s.ID), replica.MaxID)
 	case has("bucket") && !bucketRE.MatchString(s.Bucket):
 		return fmt.Errorf("bucket %q: a bucket name holds only letters, digits, - and _", s.Bucket)
 	}
