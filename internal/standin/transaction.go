@@ -89,7 +89,7 @@ func Transaction(f Finished) []byte {
 			"outbound_inbound_timer": timer(f.Start, stop),
 			"inbound_headers":        inbound,
 			"inbound_payload":        answer,
-			"egress_headers": map[string][]string{"Content-Type": {"application/json"}},
+			"egress_headers":         map[string][]string{"Content-Type": {"application/json"}},
 		},
 	}
 	b, err := json.Marshal(tx)
