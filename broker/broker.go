@@ -29,6 +29,9 @@ type Config struct {
 	// announced holds a router out without the store confirming it
 	// (DefaultAnnouncementHold).
 	AnnouncementHold time.Duration
+	// MaxCallTokens is the most tokens one call counts with (Used);
+	// 0 is DefaultMaxCallTokens.
+	MaxCallTokens int64
 }
 
 // DefaultInFlightBound is how long a call counts as in flight at most:
@@ -76,6 +79,8 @@ type Broker struct {
 
 	failureReports failureReports
 	heard          atomic.Int64 // unix nanoseconds of the last transaction heard of; 0: none
+	otherUse       usageCounts  // the tokens of calls to paths no pool has
+	maxCallTokens  int64        // see Config.MaxCallTokens
 
 	calls       [numOutcomes]atomic.Uint64
 	kvWrites    atomic.Uint64
@@ -114,21 +119,26 @@ func New(cfg Config) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
+	maxCall := cmp.Or(cfg.MaxCallTokens, DefaultMaxCallTokens)
+	if !MaxCallTokensRange.Contains(maxCall) {
+		return nil, fmt.Errorf("max call tokens %d: must be %v", maxCall, MaxCallTokensRange)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{
-		hold:         cmp.Or(cfg.AnnouncementHold, DefaultAnnouncementHold),
-		fleet:        fleet{peers: map[string]peer{}, nudged: make(chan struct{}, 1)},
-		every:        map[string]*route{},
-		id:           cfg.ID,
-		log:          log,
-		unknown:      map[string]bool{},
-		writeContext: ctx,
-		stopWrites:   cancel,
-		transitions:  map[transition]uint64{},
+		hold:          cmp.Or(cfg.AnnouncementHold, DefaultAnnouncementHold),
+		fleet:         fleet{peers: map[string]peer{}, nudged: make(chan struct{}, 1)},
+		every:         map[string]*route{},
+		id:            cfg.ID,
+		log:           log,
+		unknown:       map[string]bool{},
+		writeContext:  ctx,
+		stopWrites:    cancel,
+		transitions:   map[transition]uint64{},
+		maxCallTokens: maxCall,
 	}
 	if cfg.Store != nil {
 		b.store.Store(&storeRef{cfg.Store})

@@ -15,6 +15,10 @@ type Router struct {
 	// Priority is the router's tier, lower first: calls go to the best
 	// tier that has an enabled router (0, the default, is the best).
 	Priority int
+	// Price is what the router's upstream charges per million tokens;
+	// nil when not given. A router has one price: the pools that list it
+	// give the same one, or leave it out.
+	Price *Price
 }
 
 // Pool is a set of routers that stand in for one ingress router. A request
@@ -54,12 +58,14 @@ func ValidPath(p string) bool { return routerPath.MatchString(p) }
 // ValidatePools checks that pools can be served: at least one pool, valid
 // and distinct ingress paths, a known strategy, at least one router each,
 // valid router paths, no router twice in a pool or equal to its ingress,
-// weights in 1..1000000 and priorities from 0.
+// weights in 1..1000000, priorities from 0, and prices of 0 or more,
+// the same wherever a router is given one.
 func ValidatePools(pools []Pool) error {
 	if len(pools) == 0 {
 		return errors.New("no pools: give at least one pool with an ingress and routers")
 	}
 	ingress := map[string]bool{}
+	priced := map[string]string{} // router → the pool that gave its price
 	for _, p := range pools {
 		if !ValidPath(p.Ingress) {
 			return fmt.Errorf("pool ingress %q: a router path starts and ends with / and holds only letters, digits and /", p.Ingress)
@@ -88,10 +94,35 @@ func ValidatePools(pools []Pool) error {
 			case r.Priority < 0:
 				return fmt.Errorf("pool %q: router %q: priority %d: give 0 (the first tier) or more", p.Ingress, r.Path, r.Priority)
 			}
+			if r.Price != nil {
+				if err := r.Price.validate(); err != nil {
+					return fmt.Errorf("pool %q: router %q: %w", p.Ingress, r.Path, err)
+				}
+				if other, ok := priced[r.Path]; ok && !samePrice(pools, other, r) {
+					return fmt.Errorf("pool %q: router %q: its price differs from the one pool %q gives it; a router has one price", p.Ingress, r.Path, other)
+				}
+				priced[r.Path] = p.Ingress
+			}
 			seen[r.Path] = true
 		}
 	}
 	return nil
+}
+
+// samePrice reports whether the pool for ingress gives r's router the
+// price r has.
+func samePrice(pools []Pool, ingress string, r Router) bool {
+	for _, p := range pools {
+		if p.Ingress != ingress {
+			continue
+		}
+		for _, o := range p.Routers {
+			if o.Path == r.Path {
+				return o.Price != nil && *o.Price == *r.Price
+			}
+		}
+	}
+	return false
 }
 
 type pool struct {

@@ -134,6 +134,18 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 		}
 	}
 	b.names.Store(&names)
+	prices := map[string]*Price{} // the pools agree on each: ValidatePools
+	for _, pc := range pools {
+		for _, r := range pc.Routers {
+			if r.Price != nil {
+				price := *r.Price
+				prices[r.Path] = &price
+			}
+		}
+	}
+	for _, rt := range t.members {
+		rt.price.Store(prices[rt.path])
+	}
 	for _, ingress := range t.order {
 		p := t.pools[ingress]
 		p.live.Store(b.snapshot(p, now))

@@ -13,6 +13,8 @@ type route struct {
 	id    int // index in Broker.members
 	pools []*pool
 	stats routeStats
+	// price is the router's price in the pools in force; nil: none given.
+	price atomic.Pointer[Price]
 	// clean is true when there is nothing a success report could change
 	// in the view: no live record. It lets the success path skip the lock.
 	clean atomic.Bool

@@ -75,6 +75,8 @@ type routeStats struct {
 	// when a transaction is heard and at every Refresh, so that a call
 	// reads no clock; nil: the upstream said nothing.
 	room atomic.Pointer[room]
+
+	use usageCounts // tokens and spend, from the transaction log
 }
 
 // newestFailure is a failure report as this replica heard it.

@@ -108,6 +108,11 @@ type Stats struct {
 	WatchEvents    uint64    // changes heard from the bucket
 	ViewRepairs    uint64    // routers whose view Verify found differing from the bucket
 	LastWatch      time.Time // when the last one arrived; zero if none has
+	// Usage is the tokens and spend of every router of the pools, then of
+	// OtherRouter: counted from the transaction log, which every replica
+	// hears whole, so they are the fleet's totals since this replica
+	// started.
+	Usage []RouterUsage
 }
 
 // Count is one labelled counter of Stats.
@@ -140,6 +145,7 @@ func (b *Broker) Stats() Stats {
 	s.KVErrors = b.kvErrors.Load()
 	s.WatchEvents = b.watchEvents.Load()
 	s.ViewRepairs = b.repairs.Load()
+	s.Usage = b.usage()
 	if ns := b.lastWatch.Load(); ns != 0 {
 		s.LastWatch = time.Unix(0, ns)
 	}

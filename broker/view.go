@@ -52,6 +52,10 @@ type RouterView struct {
 	// Calls and Failures are the router's calls reported, and the failures
 	// among them, over the whole fleet within the failure-rate window.
 	Calls, Failures int64
+	// Price is the router's price (nil: none given), and Usage its tokens
+	// and spend over the whole fleet since this replica started.
+	Price *Price
+	Usage UsageCounts
 }
 
 // InFlightBound is how long a chosen call counts as in flight, which is
@@ -103,6 +107,7 @@ func (b *Broker) poolView(out []RouterView, p *pool, now time.Time) []RouterView
 		}
 		v.RateLimitedUntil = rt.stats.waitsUntil(now)
 		v.Failures, v.Calls = b.rate(rt)
+		v.Price, v.Usage = rt.price.Load(), rt.stats.use.snapshot()
 		if rt.live != nil && v.Phase != Enabled {
 			rec := *rt.live
 			v.Record = &rec

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/gecholog/broker/broker"
 )
 
 // Transaction is what the broker reads of one call in gecholog's
@@ -31,6 +33,9 @@ type Transaction struct {
 	// Headers is response.inbound_headers exactly as sent, undecoded (see
 	// RateLimits); nil when absent.
 	Headers []byte
+	// Usage is the tokens the call used, as the upstream's answer
+	// (response.inbound_payload) says them: unknown when it does not.
+	Usage broker.Usage
 }
 
 // Latency is the upstream's time for the call: Stop − Start when the
@@ -81,6 +86,7 @@ var (
 //				Duration *int       `json:"duration"`
 //			} `json:"outbound_inbound_timer"`
 //			Headers json.RawMessage `json:"inbound_headers"`
+//			Payload json.RawMessage `json:"inbound_payload"`
 //		} `json:"response"`
 //	}
 //
@@ -88,6 +94,10 @@ var (
 // FuzzParseTransaction hold it to that): keys in any order, matched as
 // encoding/json matches them, the last of duplicates winning; an object
 // given twice merged as encoding/json merges it; null the same as absent.
+//
+// The payload, the upstream's answer, is read for its token usage only
+// (see usage.go): whatever it holds is never a type error, and a usage
+// that cannot be read is Usage's to say.
 //
 // On top of that, a transaction must name a router, and one longer than
 // MaxTransaction is not read at all (ErrTooLarge). A transaction that
@@ -103,7 +113,7 @@ func ParseTransaction(data []byte) (Transaction, error) {
 	}
 	t := Transaction{
 		Start: tx.start, Stop: tx.stop, HasDuration: tx.hasDuration,
-		Status: tx.status, HasStatus: tx.hasStatus, Headers: tx.headers,
+		Status: tx.status, HasStatus: tx.hasStatus, Headers: tx.headers, Usage: tx.usage,
 	}
 	if tx.hasDuration {
 		t.Duration = millis(tx.duration)
@@ -141,13 +151,14 @@ type txFields struct {
 	status                  int
 	hasStatus               bool
 	headers                 []byte
+	usage                   broker.Usage
 }
 
 // The keys read, at each level of the transaction.
 var (
 	txTop      = []string{"request", "response"}
 	txRequest  = []string{"gl_path"}
-	txResponse = []string{"gl_path", "egress_status_code", "outbound_inbound_timer", "inbound_headers"}
+	txResponse = []string{"gl_path", "egress_status_code", "outbound_inbound_timer", "inbound_headers", "inbound_payload"}
 	txTimer    = []string{"start", "stop", "duration"}
 )
 
@@ -194,6 +205,8 @@ func (s *scanner) response(tx *txFields, key []byte, escaped bool) error {
 		})
 	case 3:
 		return s.raw(2, &tx.headers)
+	case 4:
+		return s.payload(2, &tx.usage)
 	}
 	return s.skip(2)
 }
@@ -206,6 +219,7 @@ func (tx *txFields) resetResponse() {
 	tx.respPath, tx.hasRespPath = nil, false
 	tx.status, tx.hasStatus = 0, false
 	tx.headers = nil
+	tx.usage = broker.Usage{}
 	tx.resetTimer()
 }
 

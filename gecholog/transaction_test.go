@@ -120,6 +120,7 @@ type stdTransaction struct {
 			Duration *int       `json:"duration"`
 		} `json:"outbound_inbound_timer"`
 		Headers json.RawMessage `json:"inbound_headers"`
+		Payload json.RawMessage `json:"inbound_payload"`
 	} `json:"response"`
 }
 
@@ -139,6 +140,7 @@ func (std stdTransaction) want() (tx gecholog.Transaction, router bool) {
 		tx.Status, tx.HasStatus = *r.Status, true
 	}
 	tx.Headers = r.Headers
+	tx.Usage = stdUsage(r.Payload)
 	if tm := r.Timer; tm != nil {
 		if tm.Start != nil {
 			tx.Start = *tm.Start
@@ -205,6 +207,9 @@ func agreeTransaction(t *testing.T, data []byte) {
 	}
 	if (tx.Headers == nil) != (want.Headers == nil) || !bytes.Equal(tx.Headers, want.Headers) {
 		t.Fatalf("%.300q: inbound_headers %.100q, encoding/json %.100q", data, tx.Headers, want.Headers)
+	}
+	if tx.Usage != want.Usage {
+		t.Fatalf("%.300q: usage %+v, encoding/json %+v", data, tx.Usage, want.Usage)
 	}
 }
 
@@ -329,7 +334,7 @@ func TestParseTransactionAgreesWithEncodingJSON(t *testing.T) {
 //
 //	go test -run '^$' -fuzz '^FuzzParseTransaction$' -fuzztime 30s ./gecholog
 func FuzzParseTransaction(f *testing.F) {
-	for _, msg := range transactionCorpus() {
+	for _, msg := range append(transactionCorpus(), usageCorpus()...) {
 		if len(msg) < 4096 { // the fuzzer mutates small inputs best
 			f.Add([]byte(msg))
 		}

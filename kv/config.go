@@ -54,9 +54,46 @@ type ConfigPool struct {
 
 // ConfigRouter is a pool member as the pools file writes it.
 type ConfigRouter struct {
-	Path     string `json:"path"`
-	Weight   int    `json:"weight"`
-	Priority int    `json:"priority,omitempty"`
+	Path     string       `json:"path"`
+	Weight   int          `json:"weight"`
+	Priority int          `json:"priority,omitempty"`
+	Price    *ConfigPrice `json:"price,omitempty"`
+}
+
+// ConfigPrice is a router's price per million tokens, as the pools file
+// writes it. The document always says cached_input; a pools file may
+// leave it out, which means input.
+type ConfigPrice struct {
+	Input       float64  `json:"input"`
+	Output      float64  `json:"output"`
+	CachedInput *float64 `json:"cached_input,omitempty"`
+}
+
+// NewConfigPrice is p as the document writes it; nil for nil.
+func NewConfigPrice(p *broker.Price) *ConfigPrice {
+	if p == nil {
+		return nil
+	}
+	cached := p.CachedInput
+	return &ConfigPrice{Input: p.Input, Output: p.Output, CachedInput: &cached}
+}
+
+// BrokerPrice is the price c says, cached_input defaulting to input; nil
+// for nil.
+func (c *ConfigPrice) BrokerPrice() *broker.Price {
+	if c == nil {
+		return nil
+	}
+	p := broker.Price{Input: c.Input, Output: c.Output, CachedInput: c.Input}
+	if c.CachedInput != nil {
+		p.CachedInput = *c.CachedInput
+	}
+	return &p
+}
+
+// BrokerRouter is r as the broker takes it.
+func (r ConfigRouter) BrokerRouter() broker.Router {
+	return broker.Router{Path: r.Path, Weight: r.Weight, Priority: r.Priority, Price: r.Price.BrokerPrice()}
 }
 
 // ConfigPolicy is the failure policy; durations are Go durations ("90s").
@@ -100,7 +137,7 @@ func NewFleetConfig(pools []broker.Pool, p broker.Policy, bound time.Duration) F
 	for _, pl := range pools {
 		cp := ConfigPool{Ingress: pl.Ingress, Strategy: pl.Strategy, Routers: []ConfigRouter{}}
 		for _, r := range pl.Routers {
-			cp.Routers = append(cp.Routers, ConfigRouter{Path: r.Path, Weight: r.Weight, Priority: r.Priority})
+			cp.Routers = append(cp.Routers, ConfigRouter{Path: r.Path, Weight: r.Weight, Priority: r.Priority, Price: NewConfigPrice(r.Price)})
 		}
 		c.Pools = append(c.Pools, cp)
 	}
@@ -131,7 +168,7 @@ func (c FleetConfig) Settings() (pools []broker.Pool, p broker.Policy, bound tim
 		}
 		pl := broker.Pool{Ingress: cp.Ingress, Strategy: cp.Strategy}
 		for _, r := range cp.Routers {
-			pl.Routers = append(pl.Routers, broker.Router{Path: r.Path, Weight: r.Weight, Priority: r.Priority})
+			pl.Routers = append(pl.Routers, r.BrokerRouter())
 		}
 		pools = append(pools, pl)
 	}
@@ -232,6 +269,15 @@ func DecodeFleetConfig(data []byte) (FleetConfig, error) {
 		c.Files = c.Files[len(c.Files)-maxFiles:]
 	}
 	c.By, c.Source = clip(c.By), clip(c.Source)
+	for _, p := range c.Pools {
+		for _, r := range p.Routers {
+			if r.Price != nil && r.Price.CachedInput == nil {
+				// Said as NewFleetConfig says it, so that the same prices
+				// are the same document.
+				r.Price.CachedInput = &r.Price.Input
+			}
+		}
+	}
 	if _, _, _, err := c.Settings(); err != nil {
 		return c, err
 	}

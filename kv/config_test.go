@@ -2,6 +2,7 @@ package kv_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
@@ -43,6 +44,33 @@ func TestAFleetConfigurationRoundTripsAndSaysWhatItConfigures(t *testing.T) {
 	is.Equal(pools[0].Routers[1].Path, "/azure/b/")
 	is.Equal(pol.DisabledTime, time.Minute)
 	is.Equal(bound, broker.DefaultInFlightBound)
+}
+
+func TestAFleetConfigurationCarriesPrices(t *testing.T) {
+	is := is.New(t)
+	price := &broker.Price{Input: 2.5, Output: 10, CachedInput: 1.25}
+	c := kv.NewFleetConfig([]broker.Pool{{Ingress: "/azure/", Routers: []broker.Router{{Path: "/azure/a/", Weight: 1, Price: price}, {Path: "/azure/b/", Weight: 1}}}},
+		broker.Policy{DisabledTime: time.Minute}, 0)
+	data, err := json.Marshal(c)
+	is.NoErr(err)
+	is.True(strings.Contains(string(data), `"price":{"input":2.5,"output":10,"cached_input":1.25}`)) // written whole
+	got, err := kv.DecodeFleetConfig(data)                                                           // the strict reader takes it
+	is.NoErr(err)
+	pools, _, _, err := got.Settings()
+	is.NoErr(err)
+	is.Equal(*pools[0].Routers[0].Price, *price) // read back
+	is.Equal(pools[0].Routers[1].Price, nil)     // none given
+	is.True(!got.Same(fleetConfig("/azure/a/", "/azure/b/")))
+
+	// A document written by hand without cached_input means input's.
+	got, err = kv.DecodeFleetConfig([]byte(`{"version":1,"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/a/","weight":1,"price":{"input":3,"output":15}}]}],"policy":{"disabled_time":"1m"}}`))
+	is.NoErr(err)
+	pools, _, _, err = got.Settings()
+	is.NoErr(err)
+	is.Equal(*pools[0].Routers[0].Price, broker.Price{Input: 3, Output: 15, CachedInput: 3})
+	read, _ := json.Marshal(got.Pools)
+	written, _ := json.Marshal(kv.NewFleetConfig(pools, broker.Policy{DisabledTime: time.Minute}, 0).Pools)
+	is.Equal(string(read), string(written)) // the same pools as a document that says cached_input
 }
 
 func TestTheLoserOfTwoWritesIsToldWhichRevisionWonWhenAndByWhom(t *testing.T) {
@@ -87,6 +115,10 @@ func TestADocumentAReplicaCouldMisreadIsRefusedNamingTheField(t *testing.T) {
 		{strings.Replace(valid, `"weight":1`, `"weight":"NaN"`, 1), "pools.routers.weight"},
 		{strings.Replace(valid, `"weight":1`, `"weight":1.5`, 1), "pools.routers.weight"},
 		{strings.Replace(valid, `"weight":1`, `"weight":0`, 1), "weight 0 is outside"},
+		{strings.Replace(valid, `"weight":1`, `"weight":1,"price":{"input":-1,"output":10}`, 1), `router "/azure/a/": price.input -1: a price is 0 or more`},
+		{strings.Replace(valid, `"weight":1`, `"weight":1,"price":{"input":1,"output":"ten"}`, 1), "pools.routers.price.output"},
+		{strings.Replace(valid, `"weight":1`, `"weight":1,"price":{"input":1,"output":NaN}`, 1), "not JSON"},
+		{strings.Replace(valid, `"weight":1`, `"weight":1,"price":{"input":1,"output":1,"currency":"EUR"}`, 1), `"currency": unknown field`},
 		{strings.Replace(valid, `{"path":"/azure/a/","weight":1}`, ``, 1), "pools[0] (\"/azure/\").routers: empty"},
 		{strings.Replace(valid, `[{"ingress":"/azure/","routers":[{"path":"/azure/a/","weight":1}]}]`, `[]`, 1), "pools: empty"},
 		{strings.Replace(valid, `"1m"`, `"soon"`, 1), "policy.disabled_time"},

@@ -22,7 +22,7 @@ type ConfigChange struct {
 	// Router is the router changed, added or removed; "" for none.
 	Router string `json:"router,omitempty"`
 	// Field is what changed: "pool" or "router" (added or removed),
-	// "strategy", "weight", "priority", "order", "inflight_bound",
+	// "strategy", "weight", "priority", "price", "order", "inflight_bound",
 	// "version", or "policy." and the policy's field as the document
 	// names it ("policy.disabled_time").
 	Field string `json:"field"`
@@ -177,13 +177,13 @@ func diffPool(a, b ConfigPool) []ConfigChange {
 	}
 	for _, r := range a.Routers {
 		if router(b, r.Path) == nil {
-			out = append(out, ConfigChange{Pool: b.Ingress, Router: r.Path, Field: "router", From: routerText(broker.Router(r))})
+			out = append(out, ConfigChange{Pool: b.Ingress, Router: r.Path, Field: "router", From: routerText(r.BrokerRouter())})
 		}
 	}
 	for _, r := range b.Routers {
 		ra := router(a, r.Path)
 		if ra == nil {
-			out = append(out, ConfigChange{Pool: b.Ingress, Router: r.Path, Field: "router", To: routerText(broker.Router(r))})
+			out = append(out, ConfigChange{Pool: b.Ingress, Router: r.Path, Field: "router", To: routerText(r.BrokerRouter())})
 			continue
 		}
 		if ra.Weight != r.Weight {
@@ -191,6 +191,9 @@ func diffPool(a, b ConfigPool) []ConfigChange {
 		}
 		if ra.Priority != r.Priority {
 			out = append(out, ConfigChange{Pool: b.Ingress, Router: r.Path, Field: "priority", From: strconv.Itoa(ra.Priority), To: strconv.Itoa(r.Priority)})
+		}
+		if pa, pb := priceText(ra.Price.BrokerPrice()), priceText(r.Price.BrokerPrice()); pa != pb {
+			out = append(out, ConfigChange{Pool: b.Ingress, Router: r.Path, Field: "price", From: pa, To: pb})
 		}
 	}
 	pa, pb := paths(a.Routers, b.Routers), paths(b.Routers, a.Routers)
@@ -227,7 +230,20 @@ func routerText(r broker.Router) string {
 	if r.Priority != 0 {
 		s += ", priority " + strconv.Itoa(r.Priority)
 	}
+	if r.Price != nil {
+		s += ", price " + priceText(r.Price)
+	}
 	return s
+}
+
+// priceText is a price on one line, per million tokens: "input 2.5
+// output 10 cached_input 1.25"; "none" for nil.
+func priceText(p *broker.Price) string {
+	if p == nil {
+		return "none"
+	}
+	f := func(x float64) string { return strconv.FormatFloat(x, 'g', -1, 64) }
+	return "input " + f(p.Input) + " output " + f(p.Output) + " cached_input " + f(p.CachedInput)
 }
 
 func poolText(p ConfigPool) string {

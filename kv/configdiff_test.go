@@ -82,6 +82,22 @@ func TestTheDifferSaysEachChangeOnOneLine(t *testing.T) {
 			summary: "+pool /openai/ (random over /openai/a/, /openai/b/); policy.threshold 1→3; policy.all_disabled panic→ingress; inflight_bound 5m→1h",
 		},
 		{
+			name: "a price given, and a router added with one",
+			change: func(c *kv.FleetConfig) {
+				c.Pools[0].Routers[0].Price = kv.NewConfigPrice(&broker.Price{Input: 2.5, Output: 10, CachedInput: 1.25})
+				c.Pools[0].Routers = append(c.Pools[0].Routers, kv.ConfigRouter{Path: "/azure/new/", Weight: 1, Price: &kv.ConfigPrice{Input: 3, Output: 15}})
+			},
+			lines: []string{"/azure/: price /azure/gpt4/ none→input 2.5 output 10 cached_input 1.25",
+				"/azure/: +/azure/new/ (weight 1, price input 3 output 15 cached_input 3)"},
+			summary: "/azure/: price /azure/gpt4/ none→input 2.5 output 10 cached_input 1.25, +/azure/new/ (weight 1, price input 3 output 15 cached_input 3)",
+		},
+		{
+			name:    "a cached_input written out that is the input's",
+			change:  func(c *kv.FleetConfig) { c.Pools[0].Routers[0].Price = &kv.ConfigPrice{Input: 3, Output: 15} },
+			lines:   []string{"/azure/: price /azure/gpt4/ none→input 3 output 15 cached_input 3"},
+			summary: "/azure/: price /azure/gpt4/ none→input 3 output 15 cached_input 3",
+		},
+		{
 			name:    "a pool removed",
 			change:  func(c *kv.FleetConfig) { *c = doc(10*time.Minute, "/openai/=/openai/a/") },
 			lines:   []string{"-pool /azure/", "+pool /openai/ (random over /openai/a/)"},
@@ -103,6 +119,18 @@ func TestTheDifferSaysEachChangeOnOneLine(t *testing.T) {
 			is.Equal(kv.SummarizeChanges(changes), tc.summary) // all of them on one line
 		})
 	}
+}
+
+func TestTheDifferSaysAPriceChangedOrTakenAway(t *testing.T) {
+	is := is.New(t)
+	a := doc(10*time.Minute, "/azure/=/azure/gpt4/,/azure/gpt35/")
+	a.Pools[0].Routers[0].Price = kv.NewConfigPrice(&broker.Price{Input: 2.5, Output: 10, CachedInput: 1.25})
+	a.Pools[0].Routers[1].Price = kv.NewConfigPrice(&broker.Price{Input: 0.5, Output: 1.5, CachedInput: 0.5})
+	b := doc(10*time.Minute, "/azure/=/azure/gpt4/,/azure/gpt35/")
+	b.Pools[0].Routers[0].Price = kv.NewConfigPrice(&broker.Price{Input: 2, Output: 8, CachedInput: 1})
+	is.Equal(kv.SummarizeChanges(kv.DiffConfig(a, b)),
+		"/azure/: price /azure/gpt4/ input 2.5 output 10 cached_input 1.25→input 2 output 8 cached_input 1, price /azure/gpt35/ input 0.5 output 1.5 cached_input 0.5→none")
+	is.Equal(kv.DiffConfig(a, a), nil) // the same prices are no change
 }
 
 func TestTheDifferGivesStructuredChanges(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -122,6 +123,10 @@ func safeExplained(x replica.Explained) replica.Explained {
 		share(r.Headroom)
 		share(&r.RecentShare)
 		r.InFlight = max(r.InFlight, 0)
+		r.Tokens.Input, r.Tokens.Output, r.Tokens.CachedInput = max(r.Tokens.Input, 0), max(r.Tokens.Output, 0), max(r.Tokens.CachedInput, 0)
+		if r.Spend != nil {
+			*r.Spend = max(*r.Spend, 0)
+		}
 		if r.LatencyMS != nil {
 			*r.LatencyMS = min(max(*r.LatencyMS, 0), float64(24*time.Hour/time.Millisecond))
 		}
@@ -148,16 +153,47 @@ func explainTable(x replica.Explained, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "%s; strategy %s, all-disabled %s\n", head, x.Strategy, x.AllDisabled)
 	fmt.Fprintf(stdout, "%s\n", upper(x.Why))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ROUTER\tTIER\tWEIGHT\tSTATE\tSHARE\tIN-FLIGHT\tLATENCY\tHEADROOM\tWHY")
+	fmt.Fprintln(tw, "ROUTER\tTIER\tWEIGHT\tSTATE\tSHARE\tIN-FLIGHT\tLATENCY\tHEADROOM\tTOKENS IN/OUT/CACHED\tSPEND\tWHY")
 	for _, r := range x.Routers {
 		latency := ""
 		if r.LatencyMS != nil {
 			latency = time.Duration(*r.LatencyMS * float64(time.Millisecond)).Round(time.Millisecond / 10).String()
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Router, r.Tier, r.Weight, r.State,
-			percentCell(r.Share), r.InFlight, latency, percentCell(r.Headroom), r.Why)
+		spend := ""
+		if r.Spend != nil {
+			spend = spendCell(*r.Spend)
+		}
+		tokens := tokenCell(r.Tokens.Input) + "/" + tokenCell(r.Tokens.Output) + "/" + tokenCell(r.Tokens.CachedInput)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", r.Router, r.Tier, r.Weight, r.State,
+			percentCell(r.Share), r.InFlight, latency, percentCell(r.Headroom), tokens, spend, r.Why)
 	}
 	return tw.Flush()
+}
+
+// spendCell is a spend in a few characters: 0, 0.0021, 6.10, 1234.
+func spendCell(x float64) string {
+	switch {
+	case x == 0:
+		return "0"
+	case x < 0.01:
+		return strconv.FormatFloat(x, 'g', 2, 64)
+	case x < 100:
+		return strconv.FormatFloat(x, 'f', 2, 64)
+	}
+	return strconv.FormatFloat(x, 'f', 0, 64)
+}
+
+// tokenCell is a count of tokens in a few characters: 950, 12.3k, 4.1M.
+func tokenCell(n int64) string {
+	switch {
+	case n < 1000:
+		return strconv.FormatInt(n, 10)
+	case n < 1_000_000:
+		return strconv.FormatFloat(float64(n)/1e3, 'f', 1, 64) + "k"
+	case n < 1_000_000_000:
+		return strconv.FormatFloat(float64(n)/1e6, 'f', 1, 64) + "M"
+	}
+	return strconv.FormatFloat(float64(n)/1e9, 'f', 1, 64) + "G"
 }
 
 // upper is s with its first letter a capital.

@@ -71,6 +71,10 @@ type Config struct {
 	// InFlightBound is how long a chosen call counts as in flight when its
 	// report never comes (broker.DefaultInFlightBound).
 	InFlightBound time.Duration
+	// MaxCallTokens is the most tokens one call of the transaction log
+	// counts with (broker.DefaultMaxCallTokens): a call above it is
+	// refused as capped, so that a forged transaction cannot count 10^15.
+	MaxCallTokens int64
 	// PoolsFile names the file Pools came from; "" when none was given.
 	PoolsFile string
 	// Given names the settings of the fleet's configuration (the pools
@@ -125,6 +129,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Policy.DisabledTime == 0 {
 		c.Policy.DisabledTime = broker.DefaultDisabledTime
+	}
+	if c.MaxCallTokens == 0 {
+		c.MaxCallTokens = broker.DefaultMaxCallTokens
+	}
+	if !broker.MaxCallTokensRange.Contains(c.MaxCallTokens) {
+		return c, fmt.Errorf("max-call-tokens %d: must be %v", c.MaxCallTokens, broker.MaxCallTokensRange)
 	}
 	if c.ID == "" {
 		c.ID = DefaultID()

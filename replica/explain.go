@@ -75,6 +75,20 @@ type ExplainedRouter struct {
 	// fleet's recent choices.
 	Share       *float64 `json:"share"`
 	RecentShare float64  `json:"recent_share"`
+	// Tokens are its calls' tokens over the whole fleet since the replica
+	// started (every replica hears every call), Spend what they cost at
+	// its price (null: it has none), and UsageUnknown its calls whose
+	// answer did not say their tokens.
+	Tokens       ExplainedTokens `json:"tokens"`
+	Spend        *float64        `json:"spend"`
+	UsageUnknown uint64          `json:"usage_unknown"`
+}
+
+// ExplainedTokens are a router's tokens by kind.
+type ExplainedTokens struct {
+	Input       int64 `json:"input"`
+	Output      int64 `json:"output"`
+	CachedInput int64 `json:"cached_input"`
 }
 
 // explained turns the core's explanation into the answer.
@@ -94,7 +108,12 @@ func explained(e broker.Explanation) Explained {
 	for _, r := range e.Routers {
 		o := ExplainedRouter{Router: r.Router, Tier: r.Priority, Weight: r.Weight, State: r.State, Why: safetext.Line(r.Why),
 			Until: when(r.Until), Probe: safetext.Clip(r.Probe, safetext.MaxShown), Reads: r.Reads, InFlight: r.InFlight,
-			RateLimitedUntil: when(r.RateLimitedUntil), RecentShare: r.Share}
+			RateLimitedUntil: when(r.RateLimitedUntil), RecentShare: r.Share, UsageUnknown: r.Usage.Unknown,
+			Tokens: ExplainedTokens{Input: r.Usage.Input, Output: r.Usage.Output, CachedInput: r.Usage.CachedInput}}
+		if r.Price != nil || r.Usage.Spend != 0 {
+			spend := r.Usage.Spend
+			o.Spend = &spend
+		}
 		if rec := r.Record; rec != nil {
 			o.Reason, o.By = safetext.Clip(rec.Reason, safetext.MaxShown), safetext.Clip(rec.By, safetext.MaxShown)
 			if rec.Status != 0 {

@@ -236,6 +236,21 @@ var (
 	outOfBoundsDesc = prometheus.NewDesc("broker_transactions_out_of_bounds_total",
 		"Transactions read of which a value was ignored as out of bounds: an upstream time longer than the in-flight bound or negative, a rate-limit header that cannot be read or whose reset is past the year 2262.",
 		nil, nil)
+	// Tokens and spend from the transaction log, which every replica hears
+	// whole: each replica's counts are the fleet's totals since it
+	// started. The pools bound the routers; every other path is "other".
+	tokensDesc = prometheus.NewDesc("broker_tokens_total",
+		"Tokens the calls of each router used, over the whole fleet since this replica started, as the upstream's answers in gecholog's transaction log said them, by kind: input (not read from the prompt cache), output, cached_input.",
+		[]string{"router", "kind"}, nil)
+	spendDesc = prometheus.NewDesc("broker_spend_total",
+		"What the tokens of each router with a price cost, in the price's currency, over the whole fleet since this replica started.",
+		[]string{"router"}, nil)
+	usageUnknownDesc = prometheus.NewDesc("broker_usage_unknown_total",
+		"Calls whose answer did not say its tokens (a streamed answer without usage, an error), by router.",
+		[]string{"router"}, nil)
+	usageRefusedDesc = prometheus.NewDesc("broker_usage_refused_total",
+		"Calls whose tokens were not counted, by router and reason: unreadable (a count negative, fractional, not a number) or capped (above BROKER_MAX_CALL_TOKENS).",
+		[]string{"router", "reason"}, nil)
 	logAgeDesc = prometheus.NewDesc("broker_transaction_log_last_heard_age_seconds",
 		"Seconds since the replica last heard a call on gecholog's transaction log; NaN if never.", nil, nil)
 	failureRateDesc = prometheus.NewDesc("broker_router_failure_rate_ratio",
@@ -265,7 +280,7 @@ func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{callsDesc, choicesDesc, failureReportsDesc, transitionsDesc, disabledDesc,
 		kvWritesDesc, kvErrorsDesc, watchEventsDesc, viewRepairsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
 		priorityDesc, inFlightDesc, shareDesc, latencyDesc, headroomDesc, rateLimitedDesc, recentCallsDesc, failureRateDesc,
-		transactionsDesc, outOfBoundsDesc, logAgeDesc, configRevisionDesc, configRefusedDesc, configReplicasDesc, configDriftDesc} {
+		transactionsDesc, outOfBoundsDesc, logAgeDesc, tokensDesc, spendDesc, usageUnknownDesc, usageRefusedDesc, configRevisionDesc, configRefusedDesc, configReplicasDesc, configDriftDesc} {
 		ch <- d
 	}
 }
@@ -315,6 +330,20 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(transitionsDesc, prometheus.CounterValue, float64(n.N), n.Router, n.To, n.Reason)
 	}
 	ch <- prometheus.MustNewConstMetric(disabledDesc, prometheus.GaugeValue, float64(s.Disabled))
+	for _, u := range s.Usage {
+		counter := func(d *prometheus.Desc, x float64, labels ...string) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, x, append([]string{u.Router}, labels...)...)
+		}
+		counter(tokensDesc, float64(u.Input), "input")
+		counter(tokensDesc, float64(u.Output), "output")
+		counter(tokensDesc, float64(u.CachedInput), "cached_input")
+		if u.Price != nil || u.Spend != 0 {
+			counter(spendDesc, u.Spend)
+		}
+		counter(usageUnknownDesc, float64(u.Unknown))
+		counter(usageRefusedDesc, float64(u.Unreadable), broker.RefusedUnreadable)
+		counter(usageRefusedDesc, float64(u.Capped), broker.RefusedCapped)
+	}
 	// One series per router whose value is its state, so that a dashboard
 	// draws each router's state over time as one line.
 	for _, v := range b.View(time.Now()) {

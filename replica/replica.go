@@ -195,7 +195,8 @@ func (r *Replica) start(ctx context.Context) error {
 	// pools, the policy and the bound it starts with (see fleetconfig.go).
 	cs := r.fleetConfig(ctx)
 	c = r.cfg
-	r.broker, err = broker.New(broker.Config{Pools: c.Pools, Policy: c.Policy, ID: c.ID, Logger: r.log, InFlightBound: c.InFlightBound})
+	r.broker, err = broker.New(broker.Config{Pools: c.Pools, Policy: c.Policy, ID: c.ID, Logger: r.log, InFlightBound: c.InFlightBound,
+		MaxCallTokens: c.MaxCallTokens})
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,8 @@ import (
 // subscribes there outside the queue group, so each hears every call of
 // the fleet with no coordination, and reads the router, the upstream's
 // time and its rate-limit headers into its broker (Broker.Finished), for
-// the latency and headroom strategies and for status.
+// the latency and headroom strategies and for status, and the tokens the
+// call used (Broker.Used): each replica's token counts are the fleet's.
 
 const (
 	// DefaultLoggerSilence is how long gecholog's transaction log may be
@@ -53,7 +54,8 @@ type TransactionCounts struct {
 	// OutOfBounds counts transactions read of which a value was ignored:
 	// an upstream time longer than the in-flight bound or negative, a
 	// rate-limit header that cannot be read or whose reset is past what a
-	// time holds. The rest of each was taken.
+	// time holds, a token usage that cannot be read. The rest of each was
+	// taken.
 	OutOfBounds uint64
 }
 
@@ -157,6 +159,9 @@ func (r *Replica) hear(m *nats.Msg) {
 		ignored = append(ignored, fmt.Errorf("%w: %d rate-limit header(s) that cannot be read, or whose reset is past the year 2262", errOutOfBounds, bad))
 	}
 	if err := r.broker.Finished(tx.Router, latency, limits); err != nil {
+		ignored = append(ignored, err)
+	}
+	if err := r.broker.Used(tx.Router, tx.Usage); err != nil {
 		ignored = append(ignored, err)
 	}
 	if len(ignored) > 0 {

@@ -125,6 +125,20 @@ type Router struct {
 	// calls).
 	Calls       int64    `json:"calls"`
 	FailureRate *float64 `json:"failure_rate"`
+	// Tokens are its calls' tokens over the whole fleet since the replica
+	// started (every replica hears every call on gecholog's transaction
+	// log), and Spend what they cost at its price (null: it has none).
+	Tokens Tokens   `json:"tokens"`
+	Spend  *float64 `json:"spend"`
+}
+
+// Tokens are a router's tokens by kind.
+type Tokens struct {
+	Input       int64 `json:"input"`
+	Output      int64 `json:"output"`
+	CachedInput int64 `json:"cached_input"`
+	// Unknown counts calls whose answer did not say their tokens.
+	Unknown uint64 `json:"unknown"`
 }
 
 // router turns the core's view of one router into the page's.
@@ -142,6 +156,10 @@ func router(v broker.RouterView) Router {
 	}
 	if v.Calls > 0 {
 		r.FailureRate = ptr(float64(v.Failures) / float64(v.Calls))
+	}
+	r.Tokens = Tokens{Input: v.Usage.Input, Output: v.Usage.Output, CachedInput: v.Usage.CachedInput, Unknown: v.Usage.Unknown}
+	if v.Price != nil || v.Usage.Spend != 0 {
+		r.Spend = ptr(v.Usage.Spend)
 	}
 	rec := v.Record
 	if rec == nil || v.Phase == broker.Enabled {

@@ -199,6 +199,17 @@ func TestConfigSetRefusesBadInputWithOneLineAndWritesNothing(t *testing.T) {
 		{"a weight \"NaN\" in a document", doc(`[{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "weight": "NaN"}]}]`), nil, "pools.routers.weight: got a JSON string"},
 		{"a negative weight", poolsJSON("/azure/a/:-1"), nil, `router "/azure/a/": weight -1 is outside 1..`},
 		{"a negative weight in a document", doc(`[{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "weight": -1}]}]`), nil, `router "/azure/a/": weight -1 is outside 1..`},
+		{"a negative price", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "price": {"input": -2.5, "output": 10}}]}]}`), nil,
+			`pool "/azure/": router "/azure/a/": price.input -2.5: a price is 0 or more (per million tokens)`},
+		{"a price NaN", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "price": {"input": NaN, "output": 10}}]}]}`), nil, "invalid character 'N'"},
+		{"a price that is a string", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "price": {"input": "2.5", "output": 10}}]}]}`), nil,
+			"decode pools: pools.routers.price.input: got a JSON string, want a number"},
+		{"a price without output", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "price": {"input": 2.5}}]}]}`), nil,
+			`pool "/azure/": router "/azure/a/": price.output: missing; give the price per million output tokens`},
+		{"a price in another currency field", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "price": {"input": 2.5, "output": 10, "currency": "EUR"}}]}]}`), nil,
+			`unknown field "currency"`},
+		{"a negative cached price in a document", doc(`[{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "weight": 1, "price": {"input": 1, "output": 1, "cached_input": -1}}]}]`), nil,
+			`router "/azure/a/": price.cached_input -1: a price is 0 or more`},
 		{"an empty pool", []byte(`{"pools": [{"ingress": "/azure/", "routers": []}]}`), nil, `pool "/azure/" has no routers`},
 		{"an empty pool in a document", doc(`[{"ingress": "/azure/", "routers": []}]`), nil, `pools[0] ("/azure/").routers: empty`},
 		{"no pools", []byte(`{"pools": []}`), nil, "no pools: give at least one pool"},
@@ -226,6 +237,11 @@ func TestConfigSetRefusesBadInputWithOneLineAndWritesNothing(t *testing.T) {
 	out := op(t, ops, "config", "set", writeFile(t, "ok.json", poolsJSON("/azure/gpt4/", "/azure/gpt35turbo/")), "--gl-config", repoGLConfigFile)
 	saysFirst(t, "set", out, "wrote revision 2 ")
 	is.Equal(latestRevision(t, s), uint64(2))
+	// Prices are carried, cached_input defaulting to input.
+	out = op(t, ops, "config", "set", writeFile(t, "priced.json", []byte(`{"pools": [{"ingress": "/azure/", "routers": [
+		{"path": "/azure/gpt4/", "price": {"input": 2.5, "output": 10}}, {"path": "/azure/gpt35turbo/"}]}]}`)))
+	saysFirst(t, "set", out, "wrote revision 3 ")
+	says(t, "set", out, "price /azure/gpt4/ none→input 2.5 output 10 cached_input 2.5")
 }
 
 func TestConfigRevisionsThatAreNoneOrNoConfigurationAreSaidInOneLine(t *testing.T) {

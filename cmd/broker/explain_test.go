@@ -21,7 +21,7 @@ import (
 // explainPools is a pool that chooses by headroom, with a fourth router
 // in tier 0 and a backup in tier 1.
 const explainPools = `{"pools":[{"ingress":"/azure/","strategy":"headroom","routers":[
-	{"path":"/azure/gpt4/"},{"path":"/azure/dud/"},{"path":"/azure/gpt35turbo/"},{"path":"/azure/gpt4o/"},
+	{"path":"/azure/gpt4/"},{"path":"/azure/dud/"},{"path":"/azure/gpt35turbo/","price":{"input":0.5,"output":1.5}},{"path":"/azure/gpt4o/"},
 	{"path":"/azure/backup/","weight":5,"priority":1}]}]}`
 
 // explainJSON runs `broker explain INGRESS --json` and decodes what it
@@ -70,8 +70,9 @@ func TestExplainSaysWhyEachRouterGetsItsShareFromARunningReplica(t *testing.T) {
 	is.NoErr(err)
 	is.NoErr(nc.Publish("coburn.gl.logger", standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/dud/", Status: 429,
 		Latency: 5 * time.Millisecond, Headers: map[string]string{"x-ratelimit-remaining-requests": "0", "x-ratelimit-limit-requests": "120", "x-ratelimit-reset-requests": "30s"}})))
-	// gpt35turbo has 30 of its 120 requests left.
-	is.NoErr(nc.Publish("coburn.gl.logger", standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt35turbo/",
+	// gpt35turbo has 30 of its 120 requests left, and its call used 1,000
+	// tokens in and 1,000 out.
+	is.NoErr(nc.Publish("coburn.gl.logger", standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt35turbo/", Payload: 4000,
 		Latency: 40 * time.Millisecond, Headers: map[string]string{"x-ratelimit-remaining-requests": "30", "x-ratelimit-limit-requests": "120"}})))
 
 	var x replica.Explained
@@ -135,12 +136,17 @@ func TestExplainSaysWhyEachRouterGetsItsShareFromARunningReplica(t *testing.T) {
 	says(t, "explain", out, "; strategy headroom, all-disabled panic\n")
 	says(t, "explain", out, "Tier 0 takes the calls, chosen by the headroom strategy: it is the best tier, and has an enabled router\n")
 	row := func(router string) []string { return strings.Fields(explainRow(out, router)) }
-	is.Equal(row("/azure/gpt4/")[3:6], []string{"manual", "0%", "0"})         // state, share, in flight
-	is.Equal(row("/azure/dud/")[3:6], []string{"disabled", "0%", "0"})        // nothing to it
-	is.Equal(row("/azure/gpt35turbo/")[3:5], []string{"enabled", "20%"})      // its share
-	is.Equal(row("/azure/gpt4o/")[3:5], []string{"enabled", "80%"})           // the rest
-	is.Equal(row("/azure/backup/")[3:5], []string{"standby", "0%"})           // the next tier waits
-	says(t, "gpt35turbo's row", explainRow(out, "/azure/gpt35turbo/"), "25%") // its headroom
+	is.Equal(row("/azure/gpt4/")[3:6], []string{"manual", "0%", "0"})           // state, share, in flight
+	is.Equal(row("/azure/dud/")[3:6], []string{"disabled", "0%", "0"})          // nothing to it
+	is.Equal(row("/azure/gpt35turbo/")[3:5], []string{"enabled", "20%"})        // its share
+	is.Equal(row("/azure/gpt4o/")[3:5], []string{"enabled", "80%"})             // the rest
+	is.Equal(row("/azure/backup/")[3:5], []string{"standby", "0%"})             // the next tier waits
+	says(t, "gpt35turbo's row", explainRow(out, "/azure/gpt35turbo/"), "25%")   // its headroom
+	is.Equal(row("/azure/gpt35turbo/")[8:10], []string{"1.0k/1.0k/0", "0.002"}) // its tokens in, out and cached, and its spend
+	g := explainedRouter(x, "/azure/gpt35turbo/")
+	is.Equal(g.Tokens, replica.ExplainedTokens{Input: 1000, Output: 1000}) // its tokens
+	is.True(g.Spend != nil && math.Abs(*g.Spend-0.002) < 1e-12)            // 1,000 × 0.5 + 1,000 × 1.5 per million
+	is.Equal(explainedRouter(x, "/azure/gpt4o/").Spend, nil)               // no price, no spend
 }
 
 // explainRow finds the explain table's line for router.
@@ -201,7 +207,7 @@ func TestExplainTrustsNothingTheListenerSends(t *testing.T) {
 	garbage := serve(t, func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("<html>\x1b[2J not json")) })
 	hostile := serve(t, func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprint(w, `{"replica":"r\u001b[2J","ingress":"/azure/","why":"tier 0\u009b\u202e","config":{"revision":1},
-			"routers":[{"router":"/azure/x/","state":"enabled\u001b]0;pwned\u0007","why":"ok","share":7,"in_flight":-3}]}`)
+			"routers":[{"router":"/azure/x/","state":"enabled\u001b]0;pwned\u0007","why":"ok","share":7,"in_flight":-3,"tokens":{"input":-5},"spend":-2}]}`)
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0") // accepts, and never answers
 	if err != nil {
@@ -253,6 +259,8 @@ func TestExplainTrustsNothingTheListenerSends(t *testing.T) {
 				is.NoErr(json.Unmarshal([]byte(out), &x))
 				is.Equal(*x.Routers[0].Share, 1.0)        // a share is at most 1
 				is.Equal(x.Routers[0].InFlight, int64(0)) // and a count never negative
+				is.Equal(x.Routers[0].Tokens.Input, int64(0))
+				is.Equal(*x.Routers[0].Spend, 0.0) // nor a spend
 			} else {
 				says(t, "explain", out, `r\u001b[2J`) // shown escaped
 			}

@@ -32,14 +32,15 @@ type settings struct {
 	// Pools, Policy, Subject, LoggerSubject, MetricsAddr).
 	replica.Config
 
-	gechologHost string
-	poolsFile    string // Pools are resolved from it
-	logLevel     string
-	logFormat    string
-	glConfig     string
-	configSource string
-	embedded     bool             // serve on an in-process nats-server,
-	embeddedAt   replica.Embedded // this one
+	gechologHost  string
+	poolsFile     string // Pools are resolved from it
+	logLevel      string
+	logFormat     string
+	glConfig      string
+	configSource  string
+	embedded      bool             // serve on an in-process nats-server,
+	embeddedAt    replica.Embedded // this one
+	maxCallTokens int              // replica.Config.MaxCallTokens
 }
 
 // defaultGechologHost is where gecholog's NATS is without GECHOLOG_HOST.
@@ -144,6 +145,7 @@ func (s *settings) serving() {
 	s.policyLimits() // DISABLED_TIME, BROKER_BACKOFF_CAP, BROKER_PROBE_TIMEOUT
 	p.AllDisabled = broker.DefaultAllDisabled
 	f.Var((*allDisabled)(&p.AllDisabled), "all-disabled", "BROKER_ALL_DISABLED", "what a pool with no enabled router does: `mode` panic (the router back soonest), ingress (the ingress's own outbound) or any")
+	f.Int(&s.maxCallTokens, "max-call-tokens", "BROKER_MAX_CALL_TOKENS", broker.DefaultMaxCallTokens, int(broker.MaxCallTokensRange.Min), int(broker.MaxCallTokensRange.Max), "most `tokens` one call of gecholog's transaction log counts with: a call above it (a forged or broken transaction) is refused as capped and not counted")
 	f.Duration(&s.InFlightBound, "inflight-bound", "BROKER_INFLIGHT_BOUND", broker.DefaultInFlightBound, broker.InFlightBoundRange.Min, broker.InFlightBoundRange.Max, "`time` a chosen call counts as in flight, over every replica, when its report never comes (least-busy)")
 	f.String(&s.configSource, "config-source", "BROKER_CONFIG_SOURCE", "fleet", "`source` of the pools and failure policy: fleet (the fleet's configuration in the <bucket>_config bucket, which these settings seed and an edit to them updates; see broker config) or local (these settings only)")
 	f.Bool(&s.RequireKV, "require-kv", "BROKER_REQUIRE_KV", "refuse to start when the server has no JetStream, instead of serving in local mode")
@@ -251,6 +253,7 @@ var fleetSettings = []string{"pools", "disabled-time", "failure-threshold", "fai
 func (s *settings) replicaConfig(log *slog.Logger) replica.Config {
 	c := s.Config
 	c.Logger = log
+	c.MaxCallTokens = int64(s.maxCallTokens)
 	c.FleetConfig = s.configSource == "fleet"
 	for _, name := range fleetSettings {
 		if s.set.Given(name) && (name != "pools" || s.poolsFile != "") {

@@ -29,11 +29,13 @@ const maxPoolsFile = 1 << 20
 // readPools reads a pools file:
 //
 //	{"pools": [{"ingress": "/azure/", "strategy": "least-busy",
-//	            "routers": [{"path": "/azure/ptu/", "weight": 2, "priority": 0}, ...]}]}
+//	            "routers": [{"path": "/azure/ptu/", "weight": 2, "priority": 0,
+//	                         "price": {"input": 2.5, "output": 10, "cached_input": 1.25}}, ...]}]}
 //
 // A weight of 0 or an absent weight means 1; an absent priority is 0, the
-// first tier; an absent strategy is random. Unknown fields are refused,
-// and the pools are validated.
+// first tier; an absent strategy is random; a price, per million tokens,
+// needs input and output, and an absent cached_input is input. Unknown
+// fields are refused, and the pools are validated.
 func readPools(path string) ([]broker.Pool, error) {
 	data, err := readPoolsFile(path)
 	if err != nil {
@@ -69,6 +71,11 @@ func decodePools(data []byte) ([]broker.Pool, error) {
 				Path     string `json:"path"`
 				Weight   int    `json:"weight"`
 				Priority int    `json:"priority"`
+				Price    *struct {
+					Input       *float64 `json:"input"`
+					Output      *float64 `json:"output"`
+					CachedInput *float64 `json:"cached_input"`
+				} `json:"price"`
 			} `json:"routers"`
 		} `json:"pools"`
 	}
@@ -84,6 +91,8 @@ func decodePools(data []byte) ([]broker.Pool, error) {
 				want = "an array"
 			case reflect.Int:
 				want = "a whole number"
+			case reflect.Float64:
+				want = "a number"
 			case reflect.String:
 				want = "a string"
 			case reflect.Struct:
@@ -102,7 +111,17 @@ func decodePools(data []byte) ([]broker.Pool, error) {
 	for _, p := range file.Pools {
 		pool := broker.Pool{Ingress: p.Ingress, Strategy: p.Strategy}
 		for _, r := range p.Routers {
-			pool.Routers = append(pool.Routers, broker.Router{Path: r.Path, Weight: cmp.Or(r.Weight, 1), Priority: r.Priority})
+			br := broker.Router{Path: r.Path, Weight: cmp.Or(r.Weight, 1), Priority: r.Priority}
+			if pr := r.Price; pr != nil {
+				switch {
+				case pr.Input == nil:
+					return nil, fmt.Errorf("pool %q: router %q: price.input: missing; give the price per million input tokens", p.Ingress, r.Path)
+				case pr.Output == nil:
+					return nil, fmt.Errorf("pool %q: router %q: price.output: missing; give the price per million output tokens", p.Ingress, r.Path)
+				}
+				br.Price = &broker.Price{Input: *pr.Input, Output: *pr.Output, CachedInput: *cmp.Or(pr.CachedInput, pr.Input)}
+			}
+			pool.Routers = append(pool.Routers, br)
 		}
 		pools = append(pools, pool)
 	}

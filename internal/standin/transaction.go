@@ -22,6 +22,11 @@ type Finished struct {
 	// Payload is the size in bytes of the prompt and of the completion
 	// each: gecholog logs both whole.
 	Payload int
+	// Answer, when set, is the upstream's answer as gecholog logs it in
+	// inbound_payload (a streamed one as a JSON string of its events);
+	// nil is a chat completion of Payload bytes whose usage says a token
+	// per four bytes.
+	Answer json.RawMessage
 }
 
 // Transaction is the message gecholog publishes on its logger subject
@@ -53,6 +58,14 @@ func Transaction(f Finished) []byte {
 	timer := func(start, stop time.Time) map[string]any {
 		return map[string]any{"start": start, "stop": stop, "duration": stop.Sub(start).Milliseconds()}
 	}
+	var answer any = map[string]any{
+		"object":  "chat.completion",
+		"choices": []map[string]any{{"index": 0, "message": map[string]string{"role": "assistant", "content": text(f.Payload)}}},
+		"usage":   map[string]int{"prompt_tokens": f.Payload / 4, "completion_tokens": f.Payload / 4},
+	}
+	if f.Answer != nil {
+		answer = f.Answer
+	}
 	tx := map[string]any{
 		"transaction_id":       "GECHOLOG_1764361524675919620",
 		"session_id":           "GECHOLOG_1764361524675919620",
@@ -75,12 +88,8 @@ func Transaction(f Finished) []byte {
 			"inbound_status_code":    f.Status,
 			"outbound_inbound_timer": timer(f.Start, stop),
 			"inbound_headers":        inbound,
-			"inbound_payload": map[string]any{
-				"object":  "chat.completion",
-				"choices": []map[string]any{{"index": 0, "message": map[string]string{"role": "assistant", "content": text(f.Payload)}}},
-				"usage":   map[string]int{"prompt_tokens": f.Payload / 4, "completion_tokens": f.Payload / 4},
-			},
-			"egress_headers": map[string][]string{"Content-Type": {"application/json"}},
+			"inbound_payload":        answer,
+			"egress_headers":         map[string][]string{"Content-Type": {"application/json"}},
 		},
 	}
 	b, err := json.Marshal(tx)

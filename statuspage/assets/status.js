@@ -52,6 +52,16 @@
     return el("td", { class: "num" + (known ? "" : " unknown-figure"), "data-label": label }, known ? format(v) : DASH);
   }
 
+  // tokensCell is a router's tokens in, out and cached, in a few
+  // characters each.
+  function tokensCell(t) {
+    if (!t) return figure(null, "tokens", String);
+    const short = n => n < 1e3 ? String(n) : n < 1e6 ? (n / 1e3).toFixed(1) + "k" : n < 1e9 ? (n / 1e6).toFixed(1) + "M" : (n / 1e9).toFixed(1) + "G";
+    const td = figure(short(t.input) + " in · " + short(t.output) + " out · " + short(t.cached_input) + " cached", "tokens", String);
+    if (t.unknown > 0) td.append(el("span", { class: "small" }, t.unknown + (t.unknown === 1 ? " call" : " calls") + " unknown"));
+    return td;
+  }
+
   function untilCell(r) {
     const td = el("td", { class: "until", "data-label": "until" });
     const until = r.until ? Date.parse(r.until) : null;
@@ -127,13 +137,15 @@
       el("th", {}, "by"), el("th", { class: "num" }, "level"), el("th", { class: "num" }, "tier"),
       el("th", { class: "num", title: "share of the pool's choices: " + windowText(choices) }, "share"),
       el("th", { class: "num" }, "in flight"), el("th", { class: "num" }, "latency"), el("th", { class: "num" }, "headroom"),
-      el("th", { class: "num", title: "the fleet's calls reported within the failure-rate window, and the share that failed" }, "failed")));
+      el("th", { class: "num", title: "the fleet's calls reported within the failure-rate window, and the share that failed" }, "failed"),
+      el("th", { class: "num", title: "the fleet's tokens since this replica started: input, output, cached input" }, "tokens"),
+      el("th", { class: "num", title: "what the tokens cost at the router's price, since this replica started" }, "spend")));
   }
 
   // pool is one pool's rows: a heading row, then each router.
   function pool(p) {
     const body = el("tbody", { "data-ingress": p.ingress },
-      el("tr", { class: "pool-head" }, el("th", { colSpan: 12 }, "pool ", el("code", {}, p.ingress),
+      el("tr", { class: "pool-head" }, el("th", { colSpan: 14 }, "pool ", el("code", {}, p.ingress),
         el("span", { class: "quiet" }, " · " + p.routers.length + (p.routers.length === 1 ? " router" : " routers")))));
     for (const r of p.routers) {
       body.append(el("tr", { "data-router": r.router, "data-state": r.state, "data-clamped": r.clamped ? "true" : "false" },
@@ -146,7 +158,9 @@
         figure(r.in_flight, "in flight", String),
         figure(r.latency_ms, "latency", v => v.toFixed(0) + " ms"),
         figure(r.headroom, "headroom", v => Math.round(v * 100) + "%"),
-        figure(r.failure_rate, "failed", v => Math.round(v * 100) + "% of " + r.calls)));
+        figure(r.failure_rate, "failed", v => Math.round(v * 100) + "% of " + r.calls),
+        tokensCell(r.tokens),
+        figure(r.spend, "spend", v => v === 0 ? "0" : v < 0.01 ? v.toPrecision(2) : v < 100 ? v.toFixed(2) : v.toFixed(0))));
     }
     return body;
   }
