@@ -147,6 +147,10 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 		t.index = append(t.index, i)
 	}
 	slices.SortFunc(c.tiers, func(a, b *Tier) int { return p.routers[a.index[0]].Priority - p.routers[b.index[0]].Priority })
+	m := p.refreshMix()
+	for _, t := range c.tiers {
+		t.setCosts(m)
+	}
 	switch p.tab.policy.AllDisabled {
 	case Ingress:
 		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil

@@ -20,6 +20,12 @@ type PoolView struct {
 	Replica string
 	// Routers are the pool's routers in its order.
 	Routers []RouterView
+	// Mix is the pool's average call, by which RouterView.CallCost
+	// prices its routers, as last taken; MixHeard is false while no call
+	// of its routers has been heard with its tokens, and Mix is
+	// DefaultTokenMix.
+	Mix      TokenMix
+	MixHeard bool
 }
 
 // PoolView returns the pool for ingress as this replica sees it at now;
@@ -32,8 +38,12 @@ func (b *Broker) PoolView(ingress string, now time.Time) (PoolView, bool) {
 	if p == nil {
 		return PoolView{}, false
 	}
-	return PoolView{Ingress: ingress, Strategy: p.name, AllDisabled: t.policy.AllDisabled, Replica: b.id,
-		Routers: b.poolView(nil, p, now)}, true
+	v := PoolView{Ingress: ingress, Strategy: p.name, AllDisabled: t.policy.AllDisabled, Replica: b.id,
+		Routers: b.poolView(nil, p, now), Mix: DefaultTokenMix}
+	if m := p.mix.Load(); m != nil {
+		v.Mix, v.MixHeard = m.TokenMix, m.calls > 0
+	}
+	return v, true
 }
 
 // Ingresses returns the pools' ingresses in the configured order.
@@ -120,8 +130,8 @@ type RouterExplanation struct {
 // A Sharer is a Strategy that says what share of a tier's calls each of
 // its routers gets: the expected result of Pick, over many calls, with the
 // statistics as they are. Shares is given the tier's routers as
-// RouterView (Weight, InFlight, Latency, Room: what Pick reads through
-// Tier) and sets share[i] for each, adding up to 1; it returns false when
+// RouterView (Weight, InFlight, Latency, Room, CallCost: what Pick reads
+// through Tier) and sets share[i] for each, adding up to 1; it returns false when
 // Pick would decline the tier (return -1). It is for operators (Explain),
 // not the request's path. A strategy that does not implement it works:
 // its shares are shown as not known.
@@ -263,6 +273,9 @@ func (e *Explanation) why(p PoolView, tiers, declined []int, now time.Time) {
 		} else {
 			e.Why += ": " + strings.Join(better, "; ")
 		}
+		if strategies[e.Strategy].NeedsPrices {
+			e.Why += "; " + mixWords(p)
+		}
 	case EveryTierDeclined:
 		e.Why = fmt.Sprintf("no enabled router has headroom left, so the %s strategy declines every tier; calls go to tier %d at random by weight (panic), as a call that may work beats none", e.Strategy, e.Tier)
 	case PanicRule:
@@ -330,7 +343,7 @@ func (e *Explanation) why(p PoolView, tiers, declined []int, now time.Time) {
 
 // explainEnabled says why an enabled router gets the share it gets.
 func (r *RouterExplanation) explainEnabled(e *Explanation, tiers, declined []int, now time.Time) {
-	noRoom := r.HeadroomKnown && r.Room <= 0 && e.Strategy == "headroom"
+	noRoom := r.HeadroomKnown && r.Room <= 0 && (e.Strategy == "headroom" || e.Strategy == "cost")
 	switch {
 	case slices.Contains(declined, r.Priority):
 		r.State = "no headroom"
@@ -357,7 +370,7 @@ func (r *RouterExplanation) explainEnabled(e *Explanation, tiers, declined []int
 			r.Until = r.RateLimitedUntil
 		}
 		r.Why += ", until " + at(r.RateLimitedUntil, now) + " (its rate-limit reset)"
-		if e.Strategy != "headroom" {
+		if e.Strategy != "headroom" && e.Strategy != "cost" {
 			r.Why += fmt.Sprintf("; the %s strategy does not read headroom, so it still gets calls", e.Strategy)
 		}
 	}
@@ -380,8 +393,31 @@ func reads(strategy string, v RouterView) string {
 			return fmt.Sprintf("headroom not said (full), weight %d", v.Weight)
 		}
 		return fmt.Sprintf("headroom %.0f%%, weight %d", 100*v.Room, v.Weight)
+	case "cost":
+		if v.Price == nil {
+			return fmt.Sprintf("no price, weight %d", v.Weight)
+		}
+		s := fmt.Sprintf("%s per call (price %s input, %s cached input, %s output per million tokens)",
+			money(v.CallCost), money(v.Price.Input), money(v.Price.CachedInput), money(v.Price.Output))
+		if v.HeadroomKnown {
+			s += fmt.Sprintf(", headroom %.0f%%", 100*v.Room)
+		}
+		return s + fmt.Sprintf(", weight %d", v.Weight)
 	}
 	return ""
+}
+
+// money is an amount in a price's currency, to 4 significant digits.
+func money(x float64) string { return strconv.FormatFloat(x, 'g', 4, 64) }
+
+// mixWords says by which average call p's routers are priced.
+func mixWords(p PoolView) string {
+	m := p.Mix
+	s := fmt.Sprintf("each router priced at the pool's average call of %.0f input, %.0f cached input and %.0f output tokens", m.Input, m.CachedInput, m.Output)
+	if !p.MixHeard {
+		s += " (the default, 3 to 1, until a call of the pool's routers is heard with its tokens)"
+	}
+	return s
 }
 
 // at is t for a reader: the time, and how far off it is.

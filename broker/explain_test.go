@@ -166,6 +166,12 @@ func TestExplainGivesEachStrategysShares(t *testing.T) {
 		// Nothing heard of: by weight.
 		{"latency", []broker.RouterView{{Weight: 1}, {Weight: 1}}, []float64{0.5, 0.5}, "latency not heard of yet, 0 in flight, weight 1"},
 		{"headroom", []broker.RouterView{{Weight: 2, HeadroomKnown: true, Room: 0.5}, {Weight: 1}}, []float64{0.5, 0.5}, "headroom 50%, weight 2"},
+		// The cheapest per call, by weight among equals; one without
+		// headroom is passed over.
+		{"cost", []broker.RouterView{{Weight: 1, Price: &broker.Price{Input: 1, Output: 2}, CallCost: 0.002},
+			{Weight: 1, Price: &broker.Price{Input: 0.5, Output: 2}, CallCost: 0.001}, {Weight: 3, Price: &broker.Price{Input: 1, Output: 1}, CallCost: 0.001},
+			{Weight: 1, Price: &broker.Price{}, CallCost: 0, HeadroomKnown: true, Room: 0}},
+			[]float64{0, 0.25, 0.75, 0}, "0.002 per call (price 1 input, 0 cached input, 2 output per million tokens), weight 1"},
 	} {
 		t.Run(tc.strategy, func(t *testing.T) {
 			is := is.New(t)

@@ -182,6 +182,7 @@ func (b *Broker) Refresh(now time.Time) {
 	for _, late := range b.refreshFleet(now) {
 		b.report(late.rt, late.ev)
 	}
+	b.priceCalls()
 }
 
 // lateFailure is a failure that, with the failures the other replicas

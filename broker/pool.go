@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"regexp"
@@ -59,7 +60,8 @@ func ValidPath(p string) bool { return routerPath.MatchString(p) }
 // and distinct ingress paths, a known strategy, at least one router each,
 // valid router paths, no router twice in a pool or equal to its ingress,
 // weights in 1..1000000, priorities from 0, and prices of 0 or more,
-// the same wherever a router is given one.
+// the same wherever a router is given one, and a price for every router
+// of a pool whose strategy compares prices (cost), given by any pool.
 func ValidatePools(pools []Pool) error {
 	if len(pools) == 0 {
 		return errors.New("no pools: give at least one pool with an ingress and routers")
@@ -106,6 +108,17 @@ func ValidatePools(pools []Pool) error {
 			seen[r.Path] = true
 		}
 	}
+	for _, p := range pools {
+		if !strategies[cmp.Or(p.Strategy, DefaultStrategy)].NeedsPrices {
+			continue
+		}
+		for _, r := range p.Routers {
+			if _, ok := priced[r.Path]; !ok {
+				return fmt.Errorf(`pool %q: router %q has no price: the %s strategy compares what a call costs on each router of its pool, so it needs every router's price; give it one, per million tokens: "price": {"input": 2.5, "output": 10}`,
+					p.Ingress, r.Path, p.Strategy)
+			}
+		}
+	}
 	return nil
 }
 
@@ -135,6 +148,7 @@ type pool struct {
 	tab      *table          // the configuration the pool belongs to
 	chosen   []atomic.Uint64 // choices by index in routers
 	live     atomic.Pointer[choice]
+	mix      atomic.Pointer[poolMix] // the pool's average call, as last taken
 	stranded bool // no router enabled; guarded by Broker.mu
 }
 

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -56,6 +57,7 @@ var strategies = map[string]registration{
 	"least-busy": {Strategy: leastBusy{}},
 	"latency":    {Strategy: lowestLatency{}, NeedsTransactionLog: true},
 	"headroom":   {Strategy: mostHeadroom{}, NeedsTransactionLog: true},
+	"cost":       {Strategy: cheapest{}, NeedsTransactionLog: true, NeedsPrices: true},
 }
 
 // registration is a strategy as strategies holds it.
@@ -67,6 +69,9 @@ type registration struct {
 	// says so and `broker check` compares gecholog's logger subject with
 	// the broker's, for each pool that names the strategy.
 	NeedsTransactionLog bool
+	// NeedsPrices says the strategy reads Tier.CallCost: ValidatePools
+	// refuses a pool that names it with a router without a price.
+	NeedsPrices bool
 }
 
 // DefaultStrategy is what a pool that names none uses: weighted random, as
@@ -108,6 +113,7 @@ type Tier struct {
 	weights []int
 	cum     []int // cumulative weights, for Random
 	index   []int // each router's index in the pool
+	costs   atomic.Pointer[tierCosts]
 }
 
 // Len is the number of routers, 1 or more.

@@ -153,7 +153,7 @@ func TestHeadroomDeclinesATierWithNoneLeft(t *testing.T) {
 
 func TestEveryStrategyIsKnownByNameAndAnUnknownOneIsRefused(t *testing.T) {
 	is := is.New(t)
-	is.Equal(Strategies(), []string{"headroom", "latency", "least-busy", "random"})
+	is.Equal(Strategies(), []string{"cost", "headroom", "latency", "least-busy", "random"})
 	_, err := strategy("round-robin")
 	is.True(err != nil) // refused
 	s, err := strategy("")
@@ -285,4 +285,49 @@ func viewOf(b *Broker, router string) RouterView {
 		}
 	}
 	return RouterView{}
+}
+
+// priced gives t's routers prices per million tokens, input and output,
+// and prices them at mix, as a snapshot of their pool does.
+func priced(t *Tier, mix TokenMix, prices ...[2]float64) {
+	for i, p := range prices {
+		t.routes[i].price.Store(&Price{Input: p[0], CachedInput: p[0], Output: p[1]})
+	}
+	t.setCosts(&poolMix{TokenMix: mix})
+}
+
+func TestCostPicksTheCheapestPerCallAndOfManyRoutersLooksAtThe16Cheapest(t *testing.T) {
+	is := is.New(t)
+	tr := tierOf(1, 1, 1)
+	priced(tr, DefaultTokenMix, [2]float64{1, 1}, [2]float64{0.5, 1}, [2]float64{0.1, 4})
+	is.Equal(picks(cheapest{}, tr, 100), []int{0, 100, 0}) // 0.000625 per call of 750 in and 250 out, against 0.001 and 0.001075
+	c, ok := tr.CallCost(1)
+	is.True(ok && c == (750*0.5+250*1)/1e6) // what the strategy reads
+	is.Equal(tr.Cheapest(0), 1)
+	is.Equal(tr.Cheapest(2), 2) // the dearest last
+
+	many := tierOf(make([]int, 40)...)
+	var prices [][2]float64
+	for i := range many.weights {
+		many.weights[i] = 1
+		prices = append(prices, [2]float64{float64(40 - i), 1}) // router 39 the cheapest
+	}
+	priced(many, DefaultTokenMix, prices...)
+	is.Equal(picks(cheapest{}, many, 100)[39], 100) // the cheapest of 40
+	for i := 24; i < 40; i++ {                      // the 16 cheapest without headroom: the tier declines
+		setLimits(many.routes[i], &RateLimits{RemainingRequests: 0, LimitRequests: 10, RemainingTokens: -1, LimitTokens: -1,
+			ResetRequests: time.Now().Add(time.Hour)})
+	}
+	is.Equal(cheapest{}.Pick(many), -1)
+}
+
+// A tier without prices (a pool no price was given for) keeps no costs:
+// its routers are in the tier's order, and none has a cost.
+func TestATierWithoutPricesHasNoCosts(t *testing.T) {
+	is := is.New(t)
+	tr := tierOf(1, 1)
+	tr.setCosts(&poolMix{TokenMix: DefaultTokenMix})
+	_, ok := tr.CallCost(0)
+	is.True(!ok) // no price
+	is.Equal(tr.Cheapest(1), 1)
 }

@@ -111,6 +111,7 @@ const cappedTellEvery = time.Minute
 type usageCounts struct {
 	input, output, cached atomic.Int64
 	spend                 atomic.Uint64 // float64 bits
+	counted               atomic.Uint64 // calls whose tokens were counted
 	unknown               atomic.Uint64 // calls whose tokens were not said
 	unreadable, capped    atomic.Uint64 // calls refused
 	cappedTold            atomic.Int64  // unix nanoseconds of the last line about a call above the cap
@@ -132,6 +133,8 @@ type UsageCounts struct {
 	// Spend is what the tokens cost at the router's price when each call
 	// was heard, in the price's currency.
 	Spend float64
+	// Counted counts the calls whose tokens were counted.
+	Counted uint64
 	// Unknown counts calls whose answer did not say its tokens;
 	// Unreadable and Capped the calls refused (RefusedUnreadable,
 	// RefusedCapped), whose tokens are not counted.
@@ -140,7 +143,7 @@ type UsageCounts struct {
 
 func (c *usageCounts) snapshot() UsageCounts {
 	return UsageCounts{Input: c.input.Load(), Output: c.output.Load(), CachedInput: c.cached.Load(),
-		Spend: math.Float64frombits(c.spend.Load()), Unknown: c.unknown.Load(), Unreadable: c.unreadable.Load(), Capped: c.capped.Load()}
+		Spend: math.Float64frombits(c.spend.Load()), Counted: c.counted.Load(), Unknown: c.unknown.Load(), Unreadable: c.unreadable.Load(), Capped: c.capped.Load()}
 }
 
 // RouterUsage is one router's UsageCounts in Stats.
@@ -193,6 +196,7 @@ func (b *Broker) Used(router []byte, u Usage) error {
 	c.input.Add(u.Input)
 	c.output.Add(u.Output)
 	c.cached.Add(u.CachedInput)
+	c.counted.Add(1)
 	if price != nil {
 		c.addSpend(price.Cost(u))
 	}

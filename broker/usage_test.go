@@ -43,7 +43,7 @@ func TestUsedCountsTokensByKindAndSpendAtTheRoutersPrice(t *testing.T) {
 	is.NoErr(b.Used([]byte("/elsewhere/"), known(1, 2, 3)))
 
 	gpt4 := usageOf(b, "/azure/gpt4/")
-	is.Equal(gpt4.UsageCounts, broker.UsageCounts{Input: 2000, Output: 300, CachedInput: 2000, Unknown: 1,
+	is.Equal(gpt4.UsageCounts, broker.UsageCounts{Input: 2000, Output: 300, CachedInput: 2000, Counted: 2, Unknown: 1,
 		Spend: gpt4.Spend}) // tokens by kind, the unknown call counted apart
 	is.True(math.Abs(gpt4.Spend-(2000*2.5+300*10+2000*1.25)/1e6) < 1e-15) // tokens × price per million
 	is.Equal(*gpt4.Price, broker.Price{Input: 2.5, Output: 10, CachedInput: 1.25})

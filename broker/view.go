@@ -56,6 +56,10 @@ type RouterView struct {
 	// and spend over the whole fleet since this replica started.
 	Price *Price
 	Usage UsageCounts
+	// CallCost is what one call to the router is expected to cost, as
+	// the cost strategy reads it: its price applied to the pool's average
+	// call (PoolView.Mix); 0 when it has no price.
+	CallCost float64
 }
 
 // InFlightBound is how long a chosen call counts as in flight, which is
@@ -108,6 +112,9 @@ func (b *Broker) poolView(out []RouterView, p *pool, now time.Time) []RouterView
 		v.RateLimitedUntil = rt.stats.waitsUntil(now)
 		v.Failures, v.Calls = b.rate(rt)
 		v.Price, v.Usage = rt.price.Load(), rt.stats.use.snapshot()
+		if m := p.mix.Load(); v.Price != nil && m != nil {
+			v.CallCost = v.Price.PerCall(m.TokenMix)
+		}
 		if rt.live != nil && v.Phase != Enabled {
 			rec := *rt.live
 			v.Record = &rec

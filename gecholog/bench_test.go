@@ -87,15 +87,17 @@ func BenchmarkRequest(b *testing.B) {
 }
 
 // strategyHandler is the message handler of a replica serving one pool,
-// /p/, of three routers (weights 1, 1 and 2) chosen by strategy, with
-// every statistic the strategies read present: each router's latency and
-// rate-limit headroom heard of in the transaction log, calls in flight
-// told by another replica, and calls this one chose and never heard the
-// end of. It returns the request context for /p/.
+// /p/, of three priced routers (weights 1, 1 and 2) chosen by strategy,
+// with every statistic the strategies read present: each router's
+// latency, rate-limit headroom and tokens heard of in the transaction
+// log, calls in flight told by another replica, and calls this one chose
+// and never heard the end of. It returns the request context for /p/.
 func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte) {
 	tb.Helper()
 	pool := broker.Pool{Ingress: "/p/", Strategy: strategy, Routers: []broker.Router{
-		{Path: "/p/r0/", Weight: 1}, {Path: "/p/r1/", Weight: 1}, {Path: "/p/r2/", Weight: 2}}}
+		{Path: "/p/r0/", Weight: 1, Price: &broker.Price{Input: 2.5, CachedInput: 1.25, Output: 10}},
+		{Path: "/p/r1/", Weight: 1, Price: &broker.Price{Input: 0.4, CachedInput: 0.1, Output: 1.6}},
+		{Path: "/p/r2/", Weight: 2, Price: &broker.Price{Input: 0.4, CachedInput: 0.1, Output: 1.6}}}}
 	log := benchLogger(slog.LevelInfo)
 	b, err := broker.New(broker.Config{Pools: []broker.Pool{pool}, Policy: broker.Policy{DisabledTime: time.Hour}, ID: "bench", Logger: log})
 	if err != nil {
@@ -109,6 +111,9 @@ func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte)
 		b.Finished([]byte(r.Path), time.Duration(i+1)*20*time.Millisecond, &broker.RateLimits{
 			RemainingRequests: int64(100 * (i + 1)), LimitRequests: 1000, ResetRequests: now.Add(time.Hour),
 			RemainingTokens: -1, LimitTokens: -1})
+		if err := b.Used([]byte(r.Path), broker.Usage{State: broker.UsageKnown, Input: 1200, CachedInput: 300, Output: 400}); err != nil {
+			tb.Fatal(err)
+		}
 		counts = append(counts, broker.Counts{Router: r.Path, Chosen: int64(10 * (i + 1)), Reported: int64(4 * (i + 1))})
 	}
 	b.Merge("other", now, counts)
@@ -118,8 +123,8 @@ func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte)
 	}
 	b.Refresh(now)
 	for _, v := range b.View(now) {
-		if v.InFlight == 0 || !v.LatencyKnown || !v.HeadroomKnown {
-			tb.Fatalf("%s: in flight %d, latency known %v, headroom known %v: want every statistic present", v.Router, v.InFlight, v.LatencyKnown, v.HeadroomKnown)
+		if v.InFlight == 0 || !v.LatencyKnown || !v.HeadroomKnown || v.CallCost == 0 {
+			tb.Fatalf("%s: in flight %d, latency known %v, headroom known %v, cost per call %v: want every statistic present", v.Router, v.InFlight, v.LatencyKnown, v.HeadroomKnown, v.CallCost)
 		}
 	}
 	return h, msg
