@@ -43,7 +43,7 @@ func TestCostFollowsThePoolsMixOfTokens(t *testing.T) {
 	for range 50 { // prompts dominate
 		is.NoErr(b.Used([]byte("/c/inp/"), known(1000, 50, 0)))
 	}
-	b.Refresh(time.Now()) // the order is taken off the request's path
+	b.Refresh(time.Now())                                          // the order is taken off the request's path
 	is.Equal(tally(b, "/c/", 200), map[string]int{"/c/inp/": 200}) // cheap on input wins
 
 	for range 500 { // answers dominate: 500 calls of 2000 output tokens outweigh the 50 prompts
@@ -92,7 +92,7 @@ func TestCostPassesOverARouterOutOrWithoutHeadroomToTheNextCheapest(t *testing.T
 	b, _ := newBroker(t, broker.Config{Pools: costPool()})
 	is.Equal(tally(b, "/c/", 100), map[string]int{"/c/outp/": 100})
 
-	b.Report([]byte("/c/outp/"), 503, 20*time.Second) // disabled
+	b.Report([]byte("/c/outp/"), 503, 20*time.Second)              // disabled
 	is.Equal(tally(b, "/c/", 100), map[string]int{"/c/inp/": 100}) // the next cheapest
 
 	spent := &broker.RateLimits{RemainingRequests: 0, LimitRequests: 100, RemainingTokens: -1, LimitTokens: -1, ResetRequests: time.Now().Add(time.Hour)}

@@ -149,7 +149,7 @@ type pool struct {
 	chosen   []atomic.Uint64 // choices by index in routers
 	live     atomic.Pointer[choice]
 	mix      atomic.Pointer[poolMix] // the pool's average call, as last taken
-	stranded bool // no router enabled; guarded by Broker.mu
+	stranded bool                    // no router enabled; guarded by Broker.mu
 }
 
 // choice is an immutable snapshot of a pool, swapped whole when a view
