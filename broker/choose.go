@@ -147,10 +147,11 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 		t.index = append(t.index, i)
 	}
 	slices.SortFunc(c.tiers, func(a, b *Tier) int { return p.routers[a.index[0]].Priority - p.routers[b.index[0]].Priority })
-	m := p.refreshMix()
+	m := p.takeMix()
 	for _, t := range c.tiers {
 		t.setCosts(m)
 	}
+	p.mix.Store(m)
 	switch p.tab.policy.AllDisabled {
 	case Ingress:
 		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil

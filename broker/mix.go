@@ -36,11 +36,12 @@ type poolMix struct {
 	calls uint64
 }
 
-// refreshMix takes p's average call from its routers' counts (every call
+// takeMix takes p's average call from its routers' counts (every call
 // heard of any of them, whichever pool or client sent it, since the
-// replica started) and returns it; it makes a new one only when calls
-// were counted since the last.
-func (p *pool) refreshMix() *poolMix {
+// replica started); it makes a new one only when calls were counted
+// since the last stored in p.mix. The caller prices p's tiers at it,
+// then stores it: so what PoolView says of the mix, Pick already reads.
+func (p *pool) takeMix() *poolMix {
 	var calls uint64
 	for _, rt := range p.routes {
 		calls += rt.stats.use.counted.Load()
@@ -62,7 +63,6 @@ func (p *pool) refreshMix() *poolMix {
 		n := float64(calls)
 		m.TokenMix = TokenMix{Input: float64(in) / n, CachedInput: float64(cached) / n, Output: float64(out) / n}
 	}
-	p.mix.Store(m)
 	return m
 }
 
@@ -124,11 +124,12 @@ func (b *Broker) priceCalls() {
 	t := b.cur()
 	for _, ingress := range t.order {
 		p := t.pools[ingress]
-		m := p.refreshMix()
+		m := p.takeMix()
 		for _, tier := range p.live.Load().tiers {
 			if c := tier.costs.Load(); c != nil && c.mix != m {
 				tier.setCosts(m)
 			}
 		}
+		p.mix.Store(m)
 	}
 }
