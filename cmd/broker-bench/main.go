@@ -117,6 +117,7 @@ var modes = []mode{
 	{name: "spillover", about: "priority tiers taking a quota's overflow", duration: 40 * time.Second, quota: 50, run: (*bench).spillover},
 	{name: "headroom", about: "the headroom strategy against rate limits", duration: 2 * time.Minute, quota: 50, run: (*bench).headroomMode},
 	{name: "latency", about: "the latency strategy against slow deployments", duration: 20 * time.Second, run: (*bench).latencyMode},
+	{name: "cost", about: "the cost strategy against random: what the same calls cost", duration: 10 * time.Second, run: (*bench).costMode},
 	{name: "balance", about: "least-busy's balance", duration: 20 * time.Second, run: (*bench).balance},
 	{name: "drift", about: "least-busy when reports are lost", run: (*bench).drift},
 	{name: "views", about: "how soon the replicas agree on what the strategies read", run: (*bench).views},
@@ -195,7 +196,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Duration(&o.nodelossDisabled, "nodeloss-disabled-time", "", time.Minute, time.Second, time.Hour, "nodeloss: the disabled `time`; over 30s, each run also waits for every disable to land")
 	s.Int(&o.quota, "quota", "", 0, 0, 1_000_000, "spillover, headroom: a deployment's request `quota` per window (default 50)")
 	s.Duration(&o.window, "window", "", 2*time.Second, time.Second, time.Hour, "spillover, headroom: the quota's `window`, compressed from the real APIs' minute")
-	s.Int(&o.load, "load", "", 0, 0, 100_000, "latency, balance: `calls` per second to each pool (default 40 latency, 150 balance)")
+	s.Int(&o.load, "load", "", 0, 0, 100_000, "latency, cost, balance: `calls` per second to each pool (default 40 latency and cost, 150 balance)")
 	s.Int(&o.calls, "calls", "", 100_000, 1, 10_000_000, "drift: `calls` to each pool")
 	s.Float(&o.lose, "lose", "", 0.01, 0, 1, "drift: `fraction` of the calls whose report (response context) is lost")
 	s.Duration(&o.bound, "inflight-bound", "", 5*time.Second, time.Second, time.Hour, "drift: the in-flight `bound`, short so that the bench ends")

@@ -20,9 +20,9 @@ import (
 // strategies is the throughput mode for every strategy: three replicas
 // serving a pool of each strategy, against three no-op responders (the
 // floor), in turns. So that each strategy reads real statistics, the
-// replicas hear a transaction log all along (every router with a latency
-// and rate-limit headroom), and the request contexts, never reported,
-// leave calls in flight.
+// replicas hear a transaction log all along (every router, each priced,
+// with a latency, rate-limit headroom and tokens), and the request
+// contexts, never reported, leave calls in flight.
 func (b *bench) strategies(ctx context.Context) error {
 	o := b.o
 	names := broker.Strategies()
@@ -37,7 +37,12 @@ func (b *bench) strategies(ctx context.Context) error {
 	})
 	var pools []broker.Pool
 	for _, s := range names {
-		pools = append(pools, pool(strings.ReplaceAll(s, "-", ""), s, "a", "b", "c")) // a path holds letters and digits
+		p := pool(strings.ReplaceAll(s, "-", ""), s, "a", "b", "c") // a path holds letters and digits
+		for i := range p.Routers {                                  // cost prices every router
+			x := float64(i + 1)
+			p.Routers[i].Price = &broker.Price{Input: x, CachedInput: x / 2, Output: 4 * x}
+		}
+		pools = append(pools, p)
 	}
 	stopNoop, err := b.startNoop(o.replicas)
 	if err != nil {

@@ -48,6 +48,10 @@ type Gateway struct {
 	// Payload is the size in bytes of the prompt and of the completion
 	// each in the transaction log, where gecholog logs both whole.
 	Payload int
+	// Answer, when set, gives each call's answer as the transaction logs
+	// it in inbound_payload (see Finished.Answer), such as one whose usage
+	// says the tokens the call used; nil: a completion of Payload bytes.
+	Answer func(Result) json.RawMessage
 }
 
 // Result is one client call as the gateway made it.
@@ -156,8 +160,12 @@ func (g Gateway) transaction(res Result) []byte {
 			h[k] = v[0]
 		}
 	}
-	return Transaction(Finished{Ingress: res.Ingress, Router: res.Router, Status: res.Status,
-		Start: res.Start, Latency: res.Upstream(), Headers: h, Payload: g.Payload})
+	f := Finished{Ingress: res.Ingress, Router: res.Router, Status: res.Status,
+		Start: res.Start, Latency: res.Upstream(), Headers: h, Payload: g.Payload}
+	if g.Answer != nil {
+		f.Answer = g.Answer(res)
+	}
+	return Transaction(f)
 }
 
 // upstream makes the call to res.Router's upstream and records how it went.
