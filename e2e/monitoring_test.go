@@ -115,7 +115,10 @@ func TestMetricNamesAreReadFromQueries(t *testing.T) {
 func TestEveryMetricTheDashboardQueriesIsInARealScrapeOfAReplica(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
-	r := startReplica(t, replicaEnv(s, "replica-1"))
+	// The original's pool, with a price, so that the spend series exists.
+	pools := poolsFile(t, `{"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/gpt35turbo/"},
+		{"path":"/azure/gpt4/","price":{"input":2.5,"output":10}},{"path":"/azure/dud/"}]}]}`)
+	r := startReplica(t, replicaEnv(s, "replica-1", "BROKER_POOLS", pools))
 	// Calls as gecholog makes them, so that every labelled series exists:
 	// choices, a failure report and the disable it causes.
 	g := newGateway(t, s)
@@ -167,4 +170,6 @@ func TestEveryMetricTheDashboardQueriesIsInARealScrapeOfAReplica(t *testing.T) {
 	is.True(used["broker_failure_reports_total"])    // failure reports by status
 	is.True(used["broker_router_in_flight"])         // what the strategies read
 	is.True(used["broker_router_latency_seconds"])   // what the strategies read
+	is.True(used["broker_spend_total"])              // spend per router
+	is.True(used["broker_tokens_total"])             // tokens per router
 }
