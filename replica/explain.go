@@ -82,6 +82,10 @@ type ExplainedRouter struct {
 	Tokens       ExplainedTokens `json:"tokens"`
 	Spend        *float64        `json:"spend"`
 	UsageUnknown uint64          `json:"usage_unknown"`
+	// CostPerCall is what one call to it is expected to cost at its
+	// price and the pool's average call, as the cost strategy reads it
+	// (null: it has no price).
+	CostPerCall *float64 `json:"cost_per_call"`
 }
 
 // ExplainedTokens are a router's tokens by kind.
@@ -113,6 +117,10 @@ func explained(e broker.Explanation) Explained {
 		if r.Price != nil || r.Usage.Spend != 0 {
 			spend := r.Usage.Spend
 			o.Spend = &spend
+		}
+		if r.Price != nil {
+			c := r.CallCost
+			o.CostPerCall = &c
 		}
 		if rec := r.Record; rec != nil {
 			o.Reason, o.By = safetext.Clip(rec.Reason, safetext.MaxShown), safetext.Clip(rec.By, safetext.MaxShown)

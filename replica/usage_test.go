@@ -127,8 +127,10 @@ func TestEveryReplicaCountsTheFleetsTokensAndSpendFromTheTransactionLog(t *testi
 		case "/azure/gpt4/":
 			is.Equal(r.Tokens, replica.ExplainedTokens{Input: 3000, Output: 900, CachedInput: 3000}) // explain's tokens
 			is.True(r.Spend != nil && math.Abs(*r.Spend-gpt4Spend) < 1e-12)                          // explain's spend
+			is.True(r.CostPerCall != nil && *r.CostPerCall > 0)                                      // what a call costs, as cost reads it
 		case "/azure/gpt35turbo/":
 			is.Equal(r.Spend, nil)              // no price
+			is.Equal(r.CostPerCall, nil)        // so no cost per call
 			is.Equal(r.UsageUnknown, uint64(1)) // its call whose tokens were not said
 		}
 	}
