@@ -44,17 +44,8 @@ func Explain(ctx context.Context, addr, ingress string, asJSON bool, stdout io.W
 	u := base + "/explain?ingress=" + url.QueryEscape(ingress)
 	ctx, cancel := context.WithTimeout(ctx, explainTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := getOnce(ctx, addr, u)
 	if err != nil {
-		return fmt.Errorf("metrics-addr %q: %w", addr, err)
-	}
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := client.Do(req)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("%s: no answer within %v: is the replica running, and is BROKER_METRICS_ADDR its listener?", base, explainTimeout)
 		}

@@ -26,18 +26,8 @@ func Healthcheck(ctx context.Context, addr string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := getOnce(ctx, addr, u)
 	if err != nil {
-		return fmt.Errorf("metrics-addr %q: %w", addr, err)
-	}
-	// No proxy and no kept connections: this process asks once and exits.
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := client.Do(req)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
 		return fmt.Errorf("%s: %w", u, err)
 	}
 	defer resp.Body.Close()
@@ -74,4 +64,25 @@ func listenerURL(addr string) (string, error) {
 		host = "127.0.0.1"
 	}
 	return "http://" + net.JoinHostPort(host, port), nil
+}
+
+// getOnce asks the replica's listener at addr for u once. A request that
+// cannot be made (a URL no listener can have) names the setting; a
+// failed one is the transport's error.
+func getOnce(ctx context.Context, addr, u string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("metrics-addr %q: %w", addr, err)
+	}
+	// No proxy and no kept connections: this process asks once and exits.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Do(req)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, err
+	}
+	return resp, nil
 }
