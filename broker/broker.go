@@ -83,6 +83,7 @@ type Broker struct {
 	maxCallTokens  int64        // see Config.MaxCallTokens
 
 	calls       [numOutcomes]atomic.Uint64
+	sessions    sessionCounts // calls of pools with affinity
 	kvWrites    atomic.Uint64
 	kvErrors    atomic.Uint64
 	watchEvents atomic.Uint64

@@ -22,7 +22,17 @@ type probeSlot struct {
 // returns its id, its index in Members. It returns -1 when the call should
 // stay on the ingress router: ingress is no pool's, or no router of the
 // pool may take calls. It reads an immutable snapshot and never waits.
-func (b *Broker) Choose(ingress []byte) int {
+func (b *Broker) Choose(ingress []byte) int { return b.ChooseSession(ingress, nil) }
+
+// ChooseSession is Choose for a call of the session key names (nil or
+// empty: none). In a pool with affinity (see Affinity) a call with a key
+// goes to the first router of its session's order, within the best tier
+// with a router that can take it, that has rate limit left and is within
+// its bound of the calls in flight; every replica makes the same choice
+// from the same tier. A key longer than MaxSessionKey is none. A call
+// without one, and every call of a pool without affinity, goes by the
+// pool's strategy. The key is read during the call only, never kept.
+func (b *Broker) ChooseSession(ingress, key []byte) int {
 	p := b.cur().pools[string(ingress)] // does not allocate
 	if p == nil {
 		b.calls[NotIngress].Add(1)
@@ -32,6 +42,15 @@ func (b *Broker) Choose(ingress []byte) int {
 		return -1
 	}
 	c := p.live.Load()
+	var h uint64
+	keyed := false
+	if p.affinity.On() {
+		if keyed = len(key) > 0 && len(key) <= MaxSessionKey; keyed {
+			h = sessionHash(key)
+		} else {
+			b.sessions.noKey.Add(1)
+		}
+	}
 	for _, rt := range c.unclaimed {
 		// Traffic wants the probe: claim it in the background. Without
 		// traffic nobody claims, and the key expires by itself.
@@ -40,6 +59,9 @@ func (b *Broker) Choose(ingress []byte) int {
 		}
 	}
 	for _, s := range c.probes {
+		if keyed && !p.firstFor(c, h, s.route) {
+			continue // not this session's router: it would move for one call
+		}
 		if s.token.CompareAndSwap(true, false) {
 			b.log.Info("sending the probe call", slog.String("router", s.route.path))
 			return b.chose(p, s.route, slices.Index(p.ids, s.route.id), Chosen)
@@ -47,6 +69,16 @@ func (b *Broker) Choose(ingress []byte) int {
 	}
 	// What the strategy is asked and what its answers mean: see Strategy.
 	for _, t := range c.tiers {
+		if keyed {
+			if i, spilled := t.affine(h, p.loadFactor()); i >= 0 {
+				b.sessions.keyed.Add(1)
+				if spilled {
+					b.sessions.spilled.Add(1)
+				}
+				return b.chose(p, t.routes[i], t.index[i], Chosen)
+			}
+			continue
+		}
 		if i := p.strategy.Pick(t); i >= 0 {
 			return b.chose(p, t.routes[i], t.index[i], Chosen)
 		}
@@ -142,6 +174,8 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 			total += t.cum[n-1]
 		}
 		t.routes = append(t.routes, rt)
+		t.seeds = append(t.seeds, rt.seed)
+		t.equal = len(t.weights) == 0 || t.equal && t.weights[0] == r.Weight
 		t.weights = append(t.weights, r.Weight)
 		t.cum = append(t.cum, total)
 		t.index = append(t.index, i)
