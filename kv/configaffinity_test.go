@@ -29,7 +29,7 @@ func TestAPoolsAffinityRoundTripsInTheDocument(t *testing.T) {
 			data, err := json.Marshal(c)
 			is.NoErr(err)
 			is.True(strings.Contains(string(data), tc.written)) // written in its shortest form
-			got, err := kv.DecodeFleetConfig(data)               // the strict reader takes it
+			got, err := kv.DecodeFleetConfig(data)              // the strict reader takes it
 			is.NoErr(err)
 			pools, _, _, err := got.Settings()
 			is.NoErr(err)
