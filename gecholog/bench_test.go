@@ -94,7 +94,18 @@ func BenchmarkRequest(b *testing.B) {
 // and never heard the end of. It returns the request context for /p/.
 func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte) {
 	tb.Helper()
-	pool := broker.Pool{Ingress: "/p/", Strategy: strategy, Routers: []broker.Router{
+	return affinityHandler(tb, strategy, broker.Affinity{})
+}
+
+// sessionMessage is a request context as gecholog sends it to a pool
+// with affinity: the client's headers, a session id among them.
+const sessionMessage = `{"gl_path":"/p/","ingress_headers":{"Accept":["application/json"],"Api-Key":["0123456789abcdef0123456789abcdef"],` +
+	`"Content-Type":["application/json"],"Session-Id":["AAA00001_1696681410696216000_3_0"],"User-Agent":["OpenAI/Python 1.54.0"]}}`
+
+// affinityHandler is strategyHandler for a pool with affinity a.
+func affinityHandler(tb testing.TB, strategy string, a broker.Affinity) (*gecholog.Handler, []byte) {
+	tb.Helper()
+	pool := broker.Pool{Ingress: "/p/", Strategy: strategy, Affinity: a, Routers: []broker.Router{
 		{Path: "/p/r0/", Weight: 1, Price: &broker.Price{Input: 2.5, CachedInput: 1.25, Output: 10}},
 		{Path: "/p/r1/", Weight: 1, Price: &broker.Price{Input: 0.4, CachedInput: 0.1, Output: 1.6}},
 		{Path: "/p/r2/", Weight: 2, Price: &broker.Price{Input: 0.4, CachedInput: 0.1, Output: 1.6}}}}
@@ -133,6 +144,11 @@ func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte)
 // BenchmarkRequestStrategy is a request context for a pool of each
 // strategy, with the statistics it reads present. The target (issue 10):
 // at most 200 ns and no allocation for every strategy.
+//
+// session-affinity is a pool with "affinity": "session" and a request
+// context with five client headers, the session id among them: the
+// header's lookup and the session's order (issue 24: at most 250 ns and
+// no allocation).
 func BenchmarkRequestStrategy(b *testing.B) {
 	for _, s := range broker.Strategies() {
 		b.Run(s, func(b *testing.B) {
@@ -144,6 +160,15 @@ func BenchmarkRequestStrategy(b *testing.B) {
 			}
 		})
 	}
+	b.Run("session-affinity", func(b *testing.B) {
+		h, _ := affinityHandler(b, "", broker.Affinity{Session: true})
+		msg := []byte(sessionMessage)
+		for b.Loop() {
+			if len(h.Handle(msg)) == 0 {
+				b.Fatal("no router chosen")
+			}
+		}
+	})
 }
 
 // BenchmarkRequestManyPools chooses in one of 100 pools of 10 routers.
@@ -259,6 +284,17 @@ func TestHotPathAllocatesNothing(t *testing.T) {
 // TestHotPathAllocatesNothingForEveryStrategy holds a request context to
 // no allocation whichever strategy chooses, with the statistics it reads
 // present.
+func TestHotPathAllocatesNothingWithSessionAffinity(t *testing.T) {
+	h, _ := affinityHandler(t, "", broker.Affinity{Session: true})
+	msg := []byte(sessionMessage)
+	if n := testing.AllocsPerRun(1000, func() { h.Handle(msg) }); n != 0 {
+		t.Errorf("%v allocations per request context with a session, want none", n)
+	}
+	if s := h.KeyProblems(); s != [4]uint64{} {
+		t.Errorf("key problems %v, want none: the message's session id is well formed", s)
+	}
+}
+
 func TestHotPathAllocatesNothingForEveryStrategy(t *testing.T) {
 	for _, s := range broker.Strategies() {
 		t.Run(s, func(t *testing.T) {

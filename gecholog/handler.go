@@ -20,15 +20,35 @@ type Handler struct {
 	log       *slog.Logger
 	malformed atomic.Uint64
 	warn      sometimes
+	// session is gecholog's session header (its session_id_header).
+	session  string
+	problems keyProblems
+}
+
+// HandlerOption sets how a Handler reads gecholog's messages.
+type HandlerOption func(*Handler)
+
+// SessionHeader names gecholog's session header, session_id_header in
+// its gl_config.json (DefaultSessionHeader when not given), which pools
+// with "affinity": "session" key their calls by.
+func SessionHeader(name string) HandlerOption {
+	return func(h *Handler) {
+		if name != "" {
+			h.session = name
+		}
+	}
 }
 
 // NewHandler returns a handler answering with b's choices. log receives
 // warnings about malformed messages; nil discards them.
-func NewHandler(b *broker.Broker, log *slog.Logger) *Handler {
+func NewHandler(b *broker.Broker, log *slog.Logger, opts ...HandlerOption) *Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{b: b, log: log, warn: sometimes{every: 10 * time.Second}}
+	h := &Handler{b: b, log: log, warn: sometimes{every: 10 * time.Second}, session: DefaultSessionHeader}
+	for _, o := range opts {
+		o(h)
+	}
 	h.learn()
 	return h
 }
@@ -61,7 +81,19 @@ func (h *Handler) Handle(data []byte) []byte {
 		return nil
 	}
 	if !m.HasStatus {
-		if id := h.b.Choose(m.Path); id >= 0 {
+		var key []byte
+		if a := h.b.AffinityOf(m.Path); a.On() {
+			name := a.Header
+			if a.Session {
+				name = h.session
+			}
+			var problem KeyProblem
+			key, problem = SessionKey(m.IngressHeaders, name, a.Session)
+			if problem != KeyOK {
+				h.problems[problem].Add(1)
+			}
+		}
+		if id := h.b.ChooseSession(m.Path, key); id >= 0 {
 			replies := *h.replies.Load()
 			if id >= len(replies) {
 				replies = h.learn() // a router the broker added since
@@ -80,6 +112,18 @@ func (h *Handler) Handle(data []byte) []byte {
 
 // Malformed returns how many messages could not be read.
 func (h *Handler) Malformed() uint64 { return h.malformed.Load() }
+
+// KeyProblems returns how many calls to pools with affinity had a header
+// that gave no key, by problem (index KeyEmpty, KeyLong, KeyMalformed;
+// KeyOK is 0). The broker counts them, with the calls without the header,
+// as calls without a key (broker.SessionCounts.NoKey).
+func (h *Handler) KeyProblems() [4]uint64 {
+	var out [4]uint64
+	for i := range out {
+		out[i] = h.problems[i].Load()
+	}
+	return out
+}
 
 // sometimes runs a function at most once per interval and counts the calls
 // it skipped, so that a flood of bad input yields one log line, not a flood.

@@ -15,6 +15,11 @@ type Message struct {
 	// Headers is inbound_headers exactly as sent, undecoded: only a 429
 	// or 503 needs it, for Retry-After. nil when absent.
 	Headers []byte
+	// IngressHeaders is ingress_headers exactly as sent, undecoded: the
+	// client's headers, its API key among them. Only a pool with
+	// affinity reads it, one header of it (see SessionKey); never log or
+	// keep it. nil when absent.
+	IngressHeaders []byte
 }
 
 // Errors of Parse, for errors.Is.
@@ -36,6 +41,7 @@ var (
 //		GLPath  *string         `json:"gl_path"`
 //		Status  *int            `json:"egress_status_code"`
 //		Headers json.RawMessage `json:"inbound_headers"`
+//		IngressHeaders json.RawMessage `json:"ingress_headers"`
 //	}
 //
 // does, and gives the same values (a differential test and FuzzParse hold
@@ -69,7 +75,7 @@ func Parse(data []byte) (Message, error) {
 
 // msgKeys are the keys of the message read, in the order scanMessage
 // picks them.
-var msgKeys = []string{"gl_path", "egress_status_code", "inbound_headers"}
+var msgKeys = []string{"gl_path", "egress_status_code", "inbound_headers", "ingress_headers"}
 
 // scanMessage fills m from data. As encoding/json does, it checks the
 // syntax of the whole input before it reports a field of the wrong type.
@@ -95,6 +101,8 @@ func scanMessage(data []byte, m *Message) error {
 			err = s.whole(1, "egress_status_code", &m.Status, &m.HasStatus)
 		case 2:
 			err = s.raw(1, &m.Headers)
+		case 3:
+			err = s.raw(1, &m.IngressHeaders)
 		default:
 			err = s.skip(1)
 		}
@@ -120,6 +128,8 @@ func msgKey(key []byte, escaped bool) int {
 			return 1
 		case "inbound_headers":
 			return 2
+		case "ingress_headers":
+			return 3
 		}
 	}
 	return pick(key, escaped, msgKeys)
