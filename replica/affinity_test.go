@@ -54,3 +54,43 @@ func TestASessionLandsOnOneRouterFromEveryReplica(t *testing.T) {
 		is.Equal(b.Sessions().NoKey, uint64(0))
 	}
 }
+
+// TestASessionIsKeyedByTheSessionHeaderTheReplicaIsGiven: gecholog's
+// session_id_header may name another header than Session-Id; replicas
+// given it pin each session by that header, and read no other: the
+// Session-Id each call also carries names a new session every call.
+func TestASessionIsKeyedByTheSessionHeaderTheReplicaIsGiven(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	pool := broker.Pool{Ingress: "/azure/", Affinity: broker.Affinity{Session: true}, Routers: []broker.Router{
+		{Path: "/azure/a/", Weight: 1}, {Path: "/azure/b/", Weight: 2}, {Path: "/azure/c/", Weight: 1}}}
+	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Pools: []broker.Pool{pool},
+		Policy: broker.Policy{DisabledTime: time.Minute}, SessionHeader: "X-Gl-Session"}, 2)
+	nc := natstest.Connect(t, s)
+	calls := 0
+	for session := range 30 {
+		var first string
+		for tr := range 6 {
+			calls++
+			msg := fmt.Appendf(nil, `{"gl_path":"/azure/","ingress_headers":{"Session-Id":["BBB00002_%d_1_0"],"x-gl-session":["AAA00001_%d_%d_%d"]}}`,
+				calls, 1696681410696216000+session, session%3, tr)
+			m, err := nc.Request(replica.DefaultSubject, msg, 2*time.Second)
+			is.NoErr(err)
+			var r struct {
+				GLPath string `json:"gl_path"`
+			}
+			is.NoErr(json.Unmarshal(m.Data, &r))
+			if tr == 0 {
+				first = r.GLPath
+			}
+			is.Equal(r.GLPath, first) // every call of the session on its router, by X-Gl-Session
+			tell(t, nc, r.GLPath, 200)
+		}
+	}
+	var keyed uint64
+	for _, b := range rs.replicas {
+		keyed += b.Sessions().Keyed
+		is.Equal(b.Sessions().NoKey, uint64(0)) // every call had a key
+	}
+	is.Equal(keyed, uint64(calls)) // and each was chosen by it
+}

@@ -121,6 +121,7 @@ func checkCommand(ctx context.Context, args []string, getenv func(string) string
 	s.poolsSetting()
 	s.subjectSetting()
 	s.loggerSubjectSetting()
+	s.sessionHeaderSetting()
 	s.glConfigSetting()
 	operands, err := s.parseOperands(args, "Usage: broker check [flags] [gl_config.json]\nChecks that gecholog's gl_config.json routes the pools through the broker; each problem is one line,\nand so is each piece of advice (\"advice: ...\"), which names an extra the file leaves off.\nIt exits non-zero only on a problem.", stdout)
 	if err != nil {
