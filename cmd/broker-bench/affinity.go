@@ -461,7 +461,17 @@ func (b *bench) affinityHealthy(p broker.Pool, sessions []*affSession, calls int
 		within = within && math.Abs(ratio-1) <= 0.10
 		fmt.Fprintf(b.out, "%-12s %7d %11.1f%% %9d %12d %7.1f%% %15.3f\n", r.Path, r.Weight, 100*want, homes[r.Path], byRouter[r.Path], 100*got, ratio)
 	}
-	fmt.Fprintf(b.out, "every router's share of the keyed calls within 10%% of its weight's: %s\n\n", targetVerdict(within))
+	fmt.Fprintf(b.out, "every router's share of the keyed calls within 10%% of its weight's: %s\n", targetVerdict(within))
+	// The broker's bound on a router's calls in flight (see Tier.affine):
+	// ceil(load factor × (tier in flight + 1) × w / W), at least 8.
+	var bounds []string
+	for _, r := range p.Routers {
+		share := float64(r.Weight) / float64(total)
+		bounds = append(bounds, fmt.Sprintf("%s %.0f (its share %.0f)", r.Path,
+			max(math.Ceil(broker.DefaultLoadFactor*float64(b.o.callers+1)*share), 8), float64(b.o.callers)*share))
+	}
+	fmt.Fprintf(b.out, "with at most %d calls in flight (-callers), each router's load bound (load_factor %g, at least 8): %s;\n", b.o.callers, broker.DefaultLoadFactor, strings.Join(bounds, ", "))
+	fmt.Fprintf(b.out, "a keyed call whose router is at its bound goes to the next of its session's order (the calls off their router above).\n\n")
 }
 
 // affinityMoved reports the run with out disabled before call before.
