@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -279,7 +280,7 @@ func (b *bench) affinityMode(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	session := broker.Affinity{Session: true}
+	session := broker.Affinity{Session: true, LoadFactor: o.loadFactor}
 	aff, rnd, move := affinityPool("aff", "", session), affinityPool("rnd", "random", broker.Affinity{}), affinityPool("move", "", session)
 	pools := []broker.Pool{aff, rnd, move}
 	if _, _, err := (configWriter{cs}).write(ctx, pools); err != nil {
@@ -463,15 +464,20 @@ func (b *bench) affinityHealthy(p broker.Pool, sessions []*affSession, calls int
 	}
 	fmt.Fprintf(b.out, "every router's share of the keyed calls within 10%% of its weight's: %s\n", targetVerdict(within))
 	// The broker's bound on a router's calls in flight (see Tier.affine):
-	// ceil(load factor × (tier in flight + 1) × w / W), at least 8.
+	// ceil(load factor × (tier in flight + 1) × w / W), at least 8. Half
+	// the callers are on the random pool, whose calls are made in the
+	// same rounds.
+	f := cmp.Or(p.Affinity.LoadFactor, broker.DefaultLoadFactor)
+	inFlight := b.o.callers / 2
 	var bounds []string
 	for _, r := range p.Routers {
 		share := float64(r.Weight) / float64(total)
 		bounds = append(bounds, fmt.Sprintf("%s %.0f (its share %.0f)", r.Path,
-			max(math.Ceil(broker.DefaultLoadFactor*float64(b.o.callers+1)*share), 8), float64(b.o.callers)*share))
+			max(math.Ceil(f*float64(inFlight+1)*share), 8), float64(inFlight)*share))
 	}
-	fmt.Fprintf(b.out, "with at most %d calls in flight (-callers), each router's load bound (load_factor %g, at least 8): %s;\n", b.o.callers, broker.DefaultLoadFactor, strings.Join(bounds, ", "))
-	fmt.Fprintf(b.out, "a keyed call whose router is at its bound goes to the next of its session's order (the calls off their router above).\n\n")
+	fmt.Fprintf(b.out, "about %d of the %d calls in flight (-callers) are %s's, the rest the random pool's; each router's load bound\n", inFlight, b.o.callers, p.Ingress)
+	fmt.Fprintf(b.out, "(load_factor %g, at least 8) is then %s; a keyed call whose router\n", f, strings.Join(bounds, ", "))
+	fmt.Fprintf(b.out, "is at its bound goes to the next of its session's order (the calls off their router above).\n\n")
 }
 
 // affinityMoved reports the run with out disabled before call before.
@@ -510,8 +516,9 @@ func (b *bench) affinityMoved(p broker.Pool, sessions []*affSession, out string,
 			movedAfter++
 		}
 	}
-	fmt.Fprintf(b.out, "One router disabled mid-run: %s, %d sessions × %d calls; after call %d of every session, %s disabled by hand\n",
-		p.Ingress, len(sessions), calls, before, out)
+	fmt.Fprintf(b.out, "One router disabled mid-run: %s, %d sessions × %d calls, all %d callers on it (twice the calls in flight of the\n",
+		p.Ingress, len(sessions), calls, b.o.callers)
+	fmt.Fprintf(b.out, "all-healthy run's pool); after call %d of every session, %s disabled by hand\n", before, out)
 	then := fmt.Sprintf("calls %d to %d", before+1, calls)
 	if before+1 == calls {
 		then = fmt.Sprintf("call %d", calls)

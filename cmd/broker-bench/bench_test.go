@@ -164,6 +164,7 @@ func TestBenchRefusesBadSettingsWithOneLine(t *testing.T) {
 		{[]string{"-mode", "spillover", "-window", "10ms"}, "-window"},
 		{[]string{"-lose", "2"}, "-lose"},
 		{[]string{"-mode", "affinity", "-session-calls", "2"}, "-session-calls"},
+		{[]string{"-mode", "affinity", "-load-factor", "1.05"}, "-load-factor"},
 		{[]string{"-pools", "10", "-routers", "5"}, "at least one router per pool"},
 		{[]string{"-server", "nats://example.com:4222"}, "loopback only"},
 		{[]string{"-server", "10.0.0.1:4222"}, "loopback only"},

@@ -35,6 +35,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/flagenv"
 	"github.com/gecholog/broker/internal/natsbin"
 	"github.com/gecholog/broker/internal/natsconn"
@@ -87,6 +88,7 @@ type options struct {
 	// affinity's.
 	sessions     int
 	sessionCalls int
+	loadFactor   float64
 
 	logLevel string
 	level    slog.Level // of logLevel
@@ -210,6 +212,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Int(&o.loadChanges, "load-changes", "", 20, 0, 10_000, "reconfig: configuration `changes` written during the runs under load")
 	s.Int(&o.sessions, "sessions", "", 1000, 1, 100_000, "affinity: `sessions` in each run")
 	s.Int(&o.sessionCalls, "session-calls", "", 10, 3, 100, "affinity: `calls` of each session, one after the other")
+	s.Float(&o.loadFactor, "load-factor", "", 0, 0, 10, "affinity: the pools' load_factor (0: the broker's default, 1.5; else 1.1 to 10)")
 	s.String(&o.logLevel, "log-level", "", "error", "replicas' log `level` on stderr: debug, info, warn or error")
 	s.String(&o.cpuProf, "cpuprofile", "", "", "write a CPU profile of the whole run (server, replicas and callers) to `file`")
 	s.String(&o.memProf, "memprofile", "", "", "write an allocation profile of the whole run to `file`")
@@ -233,6 +236,9 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 		if err := loopbackOnly(o.server); err != nil {
 			return o, err
 		}
+	}
+	if o.loadFactor != 0 && !broker.LoadFactorRange.Contains(o.loadFactor) {
+		return o, fmt.Errorf("-load-factor %g: give 0 for the broker's default, or a load factor %s", o.loadFactor, broker.LoadFactorRange)
 	}
 	if o.routers < o.pools {
 		return o, fmt.Errorf("routers %d: give at least one router per pool (%d pools)", o.routers, o.pools)
