@@ -85,7 +85,7 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 		{"affinity", []string{"-sessions", "20", "-session-calls", "3", "-callers", "4", "-conns", "2"},
 			[]string{"3 replica processes of the broker binary", "All healthy: /aff/, 20 sessions × 3 calls", "first call (no Session-Id)",
 				"later keyed calls (3rd on)", "(target ≥ 99%: ", "share / weight", "/aff/a/            2        50.0%",
-				"One router disabled mid-run: /move/, 20 sessions × 3 calls; after call 2 of every session, /move/a/ disabled by hand",
+				"One router disabled mid-run: /move/, 20 sessions × 3 calls, all 4 callers on it", "after call 2 of every session, /move/a/ disabled by hand",
 				"calls to /move/a/ after the disable: 0 (target 0: met)", "sessions of other routers whose own router the disable changed: 0 (target 0: met)",
 				"/aff/ (affinity)         60", "/rnd/ (random)           60", "affinity: cached input tokens",
 				"calls 180 in ", "failed (no answer or not 200) 0 (target 0: met)"}},
