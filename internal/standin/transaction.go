@@ -27,6 +27,8 @@ type Finished struct {
 	// nil is a chat completion of Payload bytes whose usage says a token
 	// per four bytes.
 	Answer json.RawMessage
+	// SessionID is logged at the root as session_id; "": a fixed one.
+	SessionID string
 }
 
 // Transaction is the message gecholog publishes on its logger subject
@@ -43,6 +45,9 @@ func Transaction(f Finished) []byte {
 	}
 	if f.Start.IsZero() {
 		f.Start = time.Now()
+	}
+	if f.SessionID == "" {
+		f.SessionID = "GECHOLOG_1764361524675919620"
 	}
 	stop := f.Start.Add(f.Latency)
 	inbound := map[string][]string{"Content-Type": {"application/json"}, "Date": {stop.UTC().Format(http.TimeFormat)}}
@@ -68,7 +73,7 @@ func Transaction(f Finished) []byte {
 	}
 	tx := map[string]any{
 		"transaction_id":       "GECHOLOG_1764361524675919620",
-		"session_id":           "GECHOLOG_1764361524675919620",
+		"session_id":           f.SessionID,
 		"ingress_egress_timer": timer(f.Start.Add(-time.Millisecond), stop.Add(time.Millisecond)),
 		"egress_post_timer":    timer(stop.Add(time.Millisecond), stop.Add(2*time.Millisecond)),
 		"request": map[string]any{
