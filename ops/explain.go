@@ -101,6 +101,10 @@ func safeExplained(x replica.Explained) replica.Explained {
 	for _, s := range []*string{&x.Replica, &x.Ingress, &x.Strategy, &x.AllDisabled, &x.Rule, &x.Why} {
 		line(s)
 	}
+	if a := x.Affinity; a != nil {
+		line(&a.Header)
+		a.LoadFactor = min(max(a.LoadFactor, broker.LoadFactorRange.Min), broker.LoadFactorRange.Max)
+	}
 	if x.Config != nil {
 		line(&x.Config.Refused)
 		line(&x.Config.Note)
@@ -142,6 +146,9 @@ func explainTable(x replica.Explained, stdout io.Writer) error {
 		}
 	}
 	fmt.Fprintf(stdout, "%s; strategy %s, all-disabled %s\n", head, x.Strategy, x.AllDisabled)
+	if a := x.Affinity; a != nil {
+		fmt.Fprintf(stdout, "%s\n", affinityLine(*a))
+	}
 	fmt.Fprintf(stdout, "%s\n", upper(x.Why))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROUTER\tTIER\tWEIGHT\tSTATE\tSHARE\tIN-FLIGHT\tLATENCY\tHEADROOM\tTOKENS IN/OUT/CACHED\tSPEND\tWHY")

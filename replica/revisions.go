@@ -190,7 +190,7 @@ const (
 // hear keeps what replica id told at now.
 func (h *heardRevisions) hear(id string, c *ConfigTold, s *SessionsTold, now time.Time) {
 	told := Heard(id, c)
-	told.Sessions = s.heard()
+	told.Sessions = s.Heard()
 	id = told.ID // kept by the name cut short: a long forged one costs no more
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -35,9 +35,9 @@ func sessionsTold(b *broker.Broker, h *gecholog.Handler) *SessionsTold {
 	return &SessionsTold{Keyed: s.Keyed, Spilled: s.Spilled, NoKey: s.NoKey, Header: h.SessionHeaderName()}
 }
 
-// heard is s as it is kept from the wire: nil stays nil, the header name
+// Heard is s as it is kept from the wire: nil stays nil, the header name
 // is cut to what is shown.
-func (s *SessionsTold) heard() *SessionsTold {
+func (s *SessionsTold) Heard() *SessionsTold {
 	if s == nil {
 		return nil
 	}
