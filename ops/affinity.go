@@ -96,3 +96,18 @@ func add(a, b uint64) uint64 {
 	}
 	return a + b
 }
+
+// sessionLine says where the session explain was asked about goes.
+func sessionLine(s replica.ExplainedSession) string {
+	switch {
+	case s.NoKey == "no affinity":
+		return "The session asked: this pool has no affinity, so every call goes by the strategy"
+	case s.NoKey != "":
+		return "The session asked: its value gives no key (" + s.NoKey + "), so its calls go by the strategy, as below"
+	case s.Router == "":
+		return "The session asked: no router is enabled, so the all-disabled rule answers, as below"
+	case s.Spilled:
+		return "The session asked: its next call goes to " + s.Router + ", the next in its order (its first is over its bound, or has no rate limit left)"
+	}
+	return "The session asked: its next call goes to " + s.Router + ", its session's router"
+}

@@ -40,6 +40,9 @@ type Explained struct {
 	// Rule, Why and the routers' shares are then for the calls without a
 	// key: a keyed call goes to its session's router.
 	Affinity *ExplainedAffinity `json:"affinity"`
+	// Session says where the session asked for goes (?session=VALUE);
+	// absent when none was asked for.
+	Session *ExplainedSession `json:"session,omitempty"`
 }
 
 // ExplainedConfig is the revision a replica runs by (see ConfigState).
@@ -184,6 +187,9 @@ func (m *monitor) explain(w http.ResponseWriter, r *http.Request) {
 	x := explained(e)
 	if h := m.handler.Load(); h != nil {
 		x.Affinity = explainedAffinity(e.Affinity, h.SessionHeaderName())
+		if q := r.URL.Query(); q.Has("session") {
+			x.Session = explainSession(b, ingress, q.Get("session"), h.SessionHeaderName())
+		}
 	}
 	answer(http.StatusOK, x)
 }

@@ -1,6 +1,9 @@
 package replica
 
 import (
+	"bytes"
+	"encoding/json"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gecholog/broker/broker"
@@ -121,4 +124,54 @@ func (m *monitor) pageSessions(r ReplicaRevision) *statuspage.Sessions {
 		return nil
 	}
 	return &statuspage.Sessions{Keyed: s.Keyed, Spilled: s.Spilled, NoKey: s.NoKey}
+}
+
+// ExplainedSession says where the calls of one session go now, asked
+// with /explain?ingress=PATH&session=VALUE. The value is never in it.
+type ExplainedSession struct {
+	// Router is the router the session's next call goes to; "" when
+	// NoKey says why it goes by the strategy, or no router is enabled.
+	Router string `json:"router,omitempty"`
+	// Spilled says its first router was passed over, being over its bound
+	// or without rate limit left: Router is the next in its order.
+	Spilled bool `json:"spilled,omitempty"`
+	// NoKey says why the value gives no session: "empty", "too_long",
+	// "malformed" (as broker_session_key_problems_total counts them), or
+	// "no affinity" (the pool keys no call); "" when it gives one.
+	NoKey string `json:"no_key,omitempty"`
+}
+
+// maxSessionAsked bounds the value explain reads: a key is at most
+// broker.MaxSessionKey bytes, so a longer value is too long anyway.
+const maxSessionAsked = 4 * broker.MaxSessionKey
+
+// explainSession says where the session whose header value is value goes
+// in pool ingress, read as a call's would be: the header named as the
+// pool says, keyed as gecholog.SessionKey keys it.
+func explainSession(b *broker.Broker, ingress, value, sessionHeader string) *ExplainedSession {
+	a := b.AffinityOf([]byte(ingress))
+	if !a.On() {
+		return &ExplainedSession{NoKey: "no affinity"}
+	}
+	if len(value) > maxSessionAsked {
+		return &ExplainedSession{NoKey: gecholog.KeyLong.String()}
+	}
+	name := a.Header
+	if a.Session {
+		name = sessionHeader
+	}
+	// The value as gecholog sends it, in ingress_headers.
+	var headers bytes.Buffer
+	enc := json.NewEncoder(&headers)
+	enc.SetEscapeHTML(false) // as gecholog writes it: an escape would make it malformed
+	enc.Encode(map[string][]string{name: {value}})
+	key, problem := gecholog.SessionKey(bytes.TrimSpace(headers.Bytes()), name, a.Session)
+	switch {
+	case problem != gecholog.KeyOK:
+		return &ExplainedSession{NoKey: problem.String()}
+	case len(key) == 0:
+		return &ExplainedSession{NoKey: gecholog.KeyEmpty.String()}
+	}
+	router, spilled, _ := b.SessionRouter(ingress, key)
+	return &ExplainedSession{Router: router, Spilled: spilled}
 }

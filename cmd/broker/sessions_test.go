@@ -32,15 +32,18 @@ func TestExplainAndStatusSayEachPoolsAffinityAndTheSessionCounts(t *testing.T) {
 	ops := env("NATS_URL", s.ClientURL(), "BROKER_METRICS_ADDR", r.addr, "BROKER_POOLS", pools)
 	nc := natstest.Connect(t, s)
 	const conversation, session = "conv-SECRET-41", "GWSECRET_1696681410696216000_7_3"
+	var answers []string
 	for _, msg := range []string{
 		`{"gl_path":"/azure/","ingress_headers":{"X-Conversation-Id":["` + conversation + `"]}}`,
 		`{"gl_path":"/azure/","ingress_headers":{"x-conversation-id":["` + conversation + `"]}}`,
 		`{"gl_path":"/azure/","ingress_headers":{"Authorization":["Bearer sk-1"]}}`, // no key
 		`{"gl_path":"/openai/","ingress_headers":{"Session-Id":["` + session + `"]}}`,
 	} {
-		_, err := nc.Request("coburn.gl.broker", []byte(msg), 2*time.Second)
+		m, err := nc.Request("coburn.gl.broker", []byte(msg), 2*time.Second)
 		is.NoErr(err)
+		answers = append(answers, string(m.Data))
 	}
+	is.Equal(answers[0], answers[1]) // the conversation's calls on one router
 
 	table, _, err := runOp(ops, "explain", "/azure/")
 	is.NoErr(err)
@@ -48,6 +51,20 @@ func TestExplainAndStatusSayEachPoolsAffinityAndTheSessionCounts(t *testing.T) {
 	x, err := explainJSON(t, ops, "/openai/")
 	is.NoErr(err)
 	is.Equal(x.Affinity, &replica.ExplainedAffinity{Session: true, Header: "Session-Id", LoadFactor: 1.5}) // the session header the replica reads, the default bound
+
+	// Where one session goes, asked by its value.
+	asked, _, err := runOp(ops, "explain", "/azure/", "--session", conversation)
+	is.NoErr(err)
+	says(t, "explain --session", asked, "\nThe session asked: its next call goes to "+routerOf(t, answers[0])+", its session's router\n")
+	x, err = explainJSON(t, env("NATS_URL", s.ClientURL(), "BROKER_METRICS_ADDR", r.addr), "/openai/")
+	is.NoErr(err)
+	is.Equal(x.Session, nil) // none asked, none said
+	const notSession = "conv-SECRET-not-gecholog's"
+	malformed, _, err := runOp(ops, "explain", "/openai/", "--session", notSession, "--json")
+	is.NoErr(err)
+	var y replica.Explained
+	is.NoErr(json.Unmarshal([]byte(malformed), &y))
+	is.Equal(y.Session, &replica.ExplainedSession{NoKey: "malformed"}) // not a gecholog session id: no key
 
 	var out string
 	natstest.Eventually(t, 10*time.Second, func() bool {
@@ -76,11 +93,23 @@ func TestExplainAndStatusSayEachPoolsAffinityAndTheSessionCounts(t *testing.T) {
 	is.Equal(len(told), 1)
 	is.Equal(told[0].Sessions, &replica.SessionsTold{Keyed: 3, NoKey: 1, Header: "Session-Id"}) // for scripts
 
-	for what, printed := range map[string]string{"explain": table, "status": out, "status --json": doc, "status --replicas --json": replicas} {
-		for _, value := range []string{conversation, "GWSECRET", "sk-1"} {
+	for what, printed := range map[string]string{"explain": table, "explain --session": asked, "explain --session --json": malformed, "status": out, "status --json": doc, "status --replicas --json": replicas} {
+		for _, value := range []string{conversation, notSession, "GWSECRET", "sk-1"} {
 			if strings.Contains(printed, value) {
 				t.Errorf("%s prints the header value %q", what, value)
 			}
 		}
 	}
+}
+
+// routerOf is the router a processor answer names.
+func routerOf(t *testing.T, answer string) string {
+	t.Helper()
+	var r struct {
+		GLPath string `json:"gl_path"`
+	}
+	if err := json.Unmarshal([]byte(answer), &r); err != nil || r.GLPath == "" {
+		t.Fatalf("the answer %q names no router (%v)", answer, err)
+	}
+	return r.GLPath
 }
