@@ -98,7 +98,9 @@ func (f *fleet) view(now time.Time) fleetView {
 			continue
 		}
 		v.replicas = append(v.replicas, id)
-		v.configs = append(v.configs, replica.Heard(id, h.msg.Config))
+		told := replica.Heard(id, h.msg.Config)
+		told.Sessions = h.msg.Sessions.Heard()
+		v.configs = append(v.configs, told)
 		if h.msg.LogHeard != 0 {
 			if at := time.Unix(0, h.msg.LogHeard); at.After(v.logHeard) {
 				v.logHeard = at

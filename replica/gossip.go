@@ -51,6 +51,10 @@ type StatsMessage struct {
 	// from before replicas told it), for `broker status` and the status
 	// page; it changes nothing a replica runs (revisions.go).
 	Config *ConfigTold `json:"config,omitempty"`
+	// Sessions are the replica's calls of pools with affinity by what
+	// became of their key (absent: a broker from before replicas told
+	// them); only shown, like Config.
+	Sessions *SessionsTold `json:"sessions,omitempty"`
 }
 
 // RouterStats is one router in a StatsMessage: calls chosen and reports
@@ -131,7 +135,7 @@ func (r *Replica) shareStats() error {
 		// By this replica's clock: how long ago it heard is what matters.
 		now := time.Now()
 		r.broker.Merge(msg.ID, now, counts)
-		r.heardRevs.hear(msg.ID, msg.Config, now)
+		r.heardRevs.hear(msg.ID, msg.Config, msg.Sessions, now)
 	})
 	if err != nil {
 		return err
@@ -151,7 +155,8 @@ func (r *Replica) shareStats() error {
 			if !always && conf == toldConf && slices.EqualFunc(counts, told, broker.Counts.Equal) && now.Sub(toldAt) < statsAtLeast {
 				return
 			}
-			msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf}
+			msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
+				Sessions: sessionsTold(r.broker, r.handler)}
 			if heard := r.broker.Heard(); !heard.IsZero() {
 				msg.LogHeard = heard.UnixNano()
 			}

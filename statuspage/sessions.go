@@ -1,0 +1,61 @@
+package statuspage
+
+import "github.com/gecholog/broker/broker"
+
+// Affinity is a pool's session affinity, as the page shows it: a header's
+// name, never a value.
+type Affinity struct {
+	// Session is true when the pool keys calls by gecholog's session
+	// (the first three parts of its id), false when by Header's value.
+	Session bool `json:"session"`
+	// Header names the request header the key is read from.
+	Header string `json:"header"`
+	// LoadFactor bounds a router's calls in flight, in times its weight's
+	// share of its tier's (the default when the pool gives none).
+	LoadFactor float64 `json:"load_factor"`
+}
+
+// Sessions are calls of pools with affinity by what became of their key
+// (broker.SessionCounts): keyed went to their session's router or, when
+// it was over its bound, the next in the session's order (Spilled, of
+// Keyed); no_key went by the pool's strategy.
+type Sessions struct {
+	Keyed   uint64 `json:"keyed"`
+	Spilled uint64 `json:"spilled"`
+	NoKey   uint64 `json:"no_key"`
+}
+
+// affinity is a as the page shows it; nil when a is off. sessionHeader
+// is the header a "session" pool reads.
+func affinity(a broker.Affinity, sessionHeader string) *Affinity {
+	if !a.On() {
+		return nil
+	}
+	x := &Affinity{Session: a.Session, Header: a.Header, LoadFactor: a.Factor()}
+	if a.Session {
+		x.Header = sessionHeader
+	}
+	return x
+}
+
+// sessions adds up the counts of rs; nil when none told any. The sums
+// saturate: what a forged word says cannot wrap them around.
+func sessions(rs []Replica) *Sessions {
+	var sum *Sessions
+	add := func(a, b uint64) uint64 {
+		if a+b < a {
+			return ^uint64(0)
+		}
+		return a + b
+	}
+	for _, r := range rs {
+		if r.Sessions == nil {
+			continue
+		}
+		if sum == nil {
+			sum = &Sessions{}
+		}
+		sum.Keyed, sum.Spilled, sum.NoKey = add(sum.Keyed, r.Sessions.Keyed), add(sum.Spilled, r.Sessions.Spilled), add(sum.NoKey, r.Sessions.NoKey)
+	}
+	return sum
+}
