@@ -95,7 +95,7 @@ func (a Affinity) validate() error {
 		return fmt.Errorf("affinity: ttl %v: must be %v", a.TTL, SessionTTLRange)
 	}
 	if !a.Session && (a.TTL != 0 || a.Stay) {
-		return errors.New(`affinity: "ttl" and "stay" apply to "session" affinity only: the broker learns where a session went from gecholog's transaction log, which names gecholog's session but not reliably a header's value; a header's calls all go by its order`)
+		return errors.New(`affinity: "ttl" and "stay" apply to "session" affinity only: the broker learns where a session went from gecholog's transaction log, which names gecholog's session but not reliably a header's value (gecholog may mask or leave out headers there); with a header, every call goes by its session's order`)
 	}
 	return nil
 }

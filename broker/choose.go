@@ -29,7 +29,11 @@ func (b *Broker) Choose(ingress []byte) int { return b.ChooseSession(ingress, ni
 // goes to the first router of its session's order, within the best tier
 // with a router that can take it, that has rate limit left and is within
 // its bound of the calls in flight; every replica makes the same choice
-// from the same tier. A key longer than MaxSessionKey is none. A call
+// from the same tier. In a pool with "session" affinity, a session the
+// transaction log told of (see Remember) goes back to the router it was
+// first heard on while that router, in the best tier that can take the
+// call, can take it (with Affinity.Stay: to the router it was last heard
+// on, in any tier). A key longer than MaxSessionKey is none. A call
 // without one, and every call of a pool without affinity, goes by the
 // pool's strategy. The key is read during the call only, never kept.
 func (b *Broker) ChooseSession(ingress, key []byte) int {
