@@ -265,3 +265,27 @@ func TestARememberedSessionsCallAllocatesNothing(t *testing.T) {
 	is.Equal(allocs, 0.0) // no allocation on the request path
 	is.True(b.Sessions().Remembered >= 1000)
 }
+
+func TestARouterOnProbationTakesItsProbeFromASessionRememberedThere(t *testing.T) {
+	is := is.New(t)
+	p := sessionPool([]int{1, 1, 1})
+	b, _ := newBroker(t, broker.Config{Pools: []broker.Pool{p}, Policy: broker.Policy{DisabledTime: 100 * time.Millisecond}})
+	var mine, elsewhere []byte // a session remembered on /s/r0/ though its order puts another first; one the other way round
+	for i := 0; mine == nil || elsewhere == nil; i++ {
+		k := sessionKey(i)
+		switch first := settled(b, "/s/", k); {
+		case first != "/s/r0/" && mine == nil:
+			mine = k
+			heard(b, k, "/s/r0/")
+		case first == "/s/r0/" && elsewhere == nil:
+			elsewhere = k
+			heard(b, k, notFirst(t, p, k))
+		}
+	}
+	report(b, "/s/r0/", 503)
+	natstest.Eventually(t, 5*time.Second, func() bool { return b.Phase("/s/r0/") == broker.Probation }, "r0 on probation")
+	for range 50 {
+		is.True(choose(b, "/s/", elsewhere) != "/s/r0/") // a session remembered elsewhere never carries the probe
+	}
+	natstest.Eventually(t, 5*time.Second, func() bool { return choose(b, "/s/", mine) == "/s/r0/" }, "the session remembered on r0 carries its probe")
+}
