@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"math"
 	"sync/atomic"
+	"time"
 )
 
 // Affinity says how a pool keeps a conversation on one router. The zero
@@ -35,6 +36,16 @@ type Affinity struct {
 	// LoadFactor bounds a router's calls in flight to this many times
 	// its weight's share of its tier's (0: DefaultLoadFactor).
 	LoadFactor float64
+	// TTL is how long a session is remembered after its last call was
+	// heard (0: DefaultSessionTTL); "session" affinity only (see
+	// sessionMemory).
+	TTL time.Duration
+	// Stay keeps a session that moved (its router was out, or over its
+	// bound) on the router it moved to, even when its first router, or a
+	// better tier, can take it again. Without it a session goes back to
+	// the router it was first heard on, or to a better tier when one
+	// returns. "session" affinity only.
+	Stay bool
 }
 
 // On reports whether a has the pool key calls by session.
@@ -80,6 +91,12 @@ func (a Affinity) validate() error {
 	if !a.On() && a.LoadFactor != 0 {
 		return errors.New(`affinity: a load factor without "session" or a header`)
 	}
+	if a.TTL != 0 && !SessionTTLRange.Contains(a.TTL) {
+		return fmt.Errorf("affinity: ttl %v: must be %v", a.TTL, SessionTTLRange)
+	}
+	if !a.Session && (a.TTL != 0 || a.Stay) {
+		return errors.New(`affinity: "ttl" and "stay" apply to "session" affinity only: the broker learns where a session went from gecholog's transaction log, which names gecholog's session but not reliably a header's value (gecholog may mask or leave out headers there); with a header, every call goes by its session's order`)
+	}
 	return nil
 }
 
@@ -109,6 +126,12 @@ type SessionCounts struct {
 	// out, empty, malformed or longer than MaxSessionKey) and went by the
 	// pool's strategy.
 	NoKey uint64
+	// Remembered of the keyed calls went to the router the transaction
+	// log said their session used (see Remember), not by its order.
+	Remembered uint64
+	// Evicted counts sessions forgotten before their lifetime was over,
+	// because MaxRemembered were remembered.
+	Evicted uint64
 }
 
 type sessionCounts struct{ keyed, spilled, noKey atomic.Uint64 }
@@ -116,7 +139,8 @@ type sessionCounts struct{ keyed, spilled, noKey atomic.Uint64 }
 // Sessions returns the calls of pools with affinity, by what became of
 // their key, since the replica started.
 func (b *Broker) Sessions() SessionCounts {
-	return SessionCounts{Keyed: b.sessions.keyed.Load(), Spilled: b.sessions.spilled.Load(), NoKey: b.sessions.noKey.Load()}
+	return SessionCounts{Keyed: b.sessions.keyed.Load(), Spilled: b.sessions.spilled.Load(), NoKey: b.sessions.noKey.Load(),
+		Remembered: b.memory.remembered.Load(), Evicted: b.memory.evicted.Load()}
 }
 
 // AffinityOf returns the affinity of the pool for ingress; none when

@@ -150,6 +150,7 @@ type pool struct {
 	strategy Strategy
 	name     string // the strategy's name, for operators
 	affinity Affinity
+	seed     uint64          // the pool's part in the key a session is remembered by
 	ids      []int           // each router's id, by index in routers
 	routes   []*route        // each router, by index in routers
 	tab      *table          // the configuration the pool belongs to

@@ -20,6 +20,7 @@ func TestAPoolsAffinityRoundTripsInTheDocument(t *testing.T) {
 		{broker.Affinity{Session: true}, `"affinity":"session"`},
 		{broker.Affinity{Session: true, LoadFactor: 2}, `"affinity":{"session":true,"load_factor":2}`},
 		{broker.Affinity{Header: "X-Conversation-Id"}, `"affinity":{"header":"X-Conversation-Id"}`},
+		{broker.Affinity{Session: true, TTL: 5 * time.Minute, Stay: true}, `"affinity":{"session":true,"ttl":"5m0s","stay":true}`},
 		{broker.Affinity{}, `"ingress":"/azure/","routers"`},
 	} {
 		t.Run(tc.written, func(t *testing.T) {
@@ -50,6 +51,10 @@ func TestABadAffinityIsRefusedNamingWhatToWrite(t *testing.T) {
 		{`{"session":true,"load_factor":0.5}`, "load factor 0.5"},
 		{`{"header":7}`, "affinity"},
 		{`true`, "affinity"},
+		{`{"session":true,"ttl":"ten minutes"}`, `ttl "ten minutes": not a duration`},
+		{`{"session":true,"ttl":"48h"}`, "ttl 48h0m0s: must be from 1s to 24h0m0s"},
+		{`{"session":true,"ttl":600}`, "affinity"},
+		{`{"header":"X-Id","stay":true}`, `"session" affinity only`},
 	} {
 		doc := strings.Replace(valid, `"session"`, c.affinity, 1)
 		if _, err := kv.DecodeFleetConfig([]byte(doc)); err == nil || !strings.Contains(err.Error(), c.want) {
@@ -71,4 +76,7 @@ func TestTheDifferSaysAnAffinityChanged(t *testing.T) {
 	c.Pools[0].Affinity = &kv.ConfigAffinity{Session: true}
 	is.Equal(kv.SummarizeChanges(kv.DiffConfig(b, c)), "/azure/: affinity header X-Conversation-Id, load factor 2→session")
 	is.Equal(kv.DiffConfig(c, c), nil) // the same affinity is no change
+	d := doc(10*time.Minute, "/azure/=/azure/gpt4/,/azure/gpt35/")
+	d.Pools[0].Affinity = &kv.ConfigAffinity{Session: true, TTL: "5m", Stay: true}
+	is.Equal(kv.SummarizeChanges(kv.DiffConfig(c, d)), "/azure/: affinity session→session, ttl 5m0s, sessions stay")
 }

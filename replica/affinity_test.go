@@ -1,6 +1,7 @@
 package replica_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/standin"
 	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/replica"
 )
@@ -93,4 +95,68 @@ func TestASessionIsKeyedByTheSessionHeaderTheReplicaIsGiven(t *testing.T) {
 		is.Equal(b.Sessions().NoKey, uint64(0)) // every call had a key
 	}
 	is.Equal(keyed, uint64(calls)) // and each was chosen by it
+}
+
+// TestTheFirstCallHeardOnTheLogPinsTheSessionOnEveryReplica publishes a
+// session's first call on gecholog's transaction log, on a router other
+// than the one the session's order picks (the first call has no session
+// header, so the pool's strategy chose it): both replicas hear it, and
+// send the session's next calls there, whichever answers.
+func TestTheFirstCallHeardOnTheLogPinsTheSessionOnEveryReplica(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	pool := broker.Pool{Ingress: "/azure/", Affinity: broker.Affinity{Session: true}, Routers: []broker.Router{
+		{Path: "/azure/a/", Weight: 1}, {Path: "/azure/b/", Weight: 2}, {Path: "/azure/c/", Weight: 1}}}
+	cfg := replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Pools: []broker.Pool{pool},
+		Policy: broker.Policy{DisabledTime: time.Minute}}
+	const session = "AAA00001_1696681410696216777_4"
+	// Where the session's order would send it: another router is where
+	// only the log can send it.
+	order, err := broker.New(broker.Config{Pools: cfg.Pools, Policy: cfg.Policy})
+	is.NoErr(err)
+	first := order.Members()[order.ChooseSession([]byte("/azure/"), []byte(session))]
+	order.Close(context.Background())
+	named := "/azure/a/"
+	if first == named {
+		named = "/azure/c/"
+	}
+	rs := runReplicas(t, cfg, 2)
+	nc := natstest.Connect(t, s)
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: named, Session: session + "_0"})
+	rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
+		for _, r := range b.SessionRouters() {
+			if r.Router == named && r.Pinned == 1 {
+				return true
+			}
+		}
+		return false
+	}, "the session remembered on "+named)
+
+	// Its next calls, through the queue group, until each replica has
+	// answered one.
+	answered := func() bool {
+		for _, b := range rs.replicas {
+			if b.Sessions().Remembered == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	for call := 1; !answered(); call++ {
+		if call > 200 {
+			t.Fatalf("after %d calls, a replica has answered none of the session's", call-1)
+		}
+		msg := fmt.Appendf(nil, `{"gl_path":"/azure/","ingress_headers":{"Api-Key":["sk-1"],"Session-Id":["%s_%d"]}}`, session, call)
+		m, err := nc.Request(replica.DefaultSubject, msg, 2*time.Second)
+		is.NoErr(err)
+		var r struct {
+			GLPath string `json:"gl_path"`
+		}
+		is.NoErr(json.Unmarshal(m.Data, &r))
+		is.Equal(r.GLPath, named) // the router the log named, not the session's order's (first)
+		tell(t, nc, r.GLPath, 200)
+	}
+	for i, b := range rs.replicas {
+		t.Logf("replica-%d sent %d calls where the log said (the session's order says %s)", i+1, b.Sessions().Remembered, first)
+	}
 }

@@ -208,7 +208,7 @@ func (g Gateway) transaction(res Result) []byte {
 		}
 	}
 	f := Finished{Ingress: res.Ingress, Router: res.Router, Status: res.Status,
-		Start: res.Start, Latency: res.Upstream(), Headers: h, Payload: g.Payload, SessionID: res.SessionID}
+		Start: res.Start, Latency: res.Upstream(), Headers: h, Payload: g.Payload, Session: res.SessionID}
 	switch {
 	case g.Answer != nil:
 		f.Answer = g.Answer(res)

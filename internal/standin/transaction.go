@@ -27,8 +27,10 @@ type Finished struct {
 	// nil is a chat completion of Payload bytes whose usage says a token
 	// per four bytes.
 	Answer json.RawMessage
-	// SessionID is logged at the root as session_id; "": a fixed one.
-	SessionID string
+	// Session is the transaction's session_id, GATEWAYID_UNIXNANO_COUNT_TRANSACTION
+	// such as "AAA00001_1696681410696216000_3_0"; when empty, a fixed
+	// id that is no session.
+	Session string
 }
 
 // Transaction is the message gecholog publishes on its logger subject
@@ -45,9 +47,6 @@ func Transaction(f Finished) []byte {
 	}
 	if f.Start.IsZero() {
 		f.Start = time.Now()
-	}
-	if f.SessionID == "" {
-		f.SessionID = "GECHOLOG_1764361524675919620"
 	}
 	stop := f.Start.Add(f.Latency)
 	inbound := map[string][]string{"Content-Type": {"application/json"}, "Date": {stop.UTC().Format(http.TimeFormat)}}
@@ -71,9 +70,13 @@ func Transaction(f Finished) []byte {
 	if f.Answer != nil {
 		answer = f.Answer
 	}
+	session := f.Session
+	if session == "" {
+		session = "GECHOLOG_1764361524675919620"
+	}
 	tx := map[string]any{
 		"transaction_id":       "GECHOLOG_1764361524675919620",
-		"session_id":           f.SessionID,
+		"session_id":           session,
 		"ingress_egress_timer": timer(f.Start.Add(-time.Millisecond), stop.Add(time.Millisecond)),
 		"egress_post_timer":    timer(stop.Add(time.Millisecond), stop.Add(2*time.Millisecond)),
 		"request": map[string]any{
