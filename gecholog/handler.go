@@ -148,17 +148,16 @@ func (k *keyScan) scan(s *scanner, m *Message) error {
 // SessionKey of its ingress_headers for its pool's header, nil for a
 // pool without affinity.
 func (k *keyScan) key(m *Message) ([]byte, KeyProblem) {
-	a, f := k.affinity, k.find
 	if !k.valid { // not read on the way: gl_path came after ingress_headers, or they were not gecholog's
-		a = k.h.b.AffinityOf(m.Path)
-		if a.On() {
-			f.value, f.problem = headerValue(m.IngressHeaders, k.h.keyHeader(a))
+		k.affinity = k.h.b.AffinityOf(m.Path)
+		if k.affinity.On() {
+			k.find.value, k.find.problem = headerValue(m.IngressHeaders, k.h.keyHeader(k.affinity))
 		}
 	}
-	if !a.On() {
+	if !k.affinity.On() {
 		return nil, KeyOK
 	}
-	return keyOf(f.value, f.problem, a.Session)
+	return keyOf(k.find.value, k.find.problem, k.affinity.Session)
 }
 
 // Malformed returns how many messages could not be read.

@@ -148,15 +148,20 @@ func (s *scanner) compactKey() int {
 			if len(d) >= 10 && string(d[:10]) == `"gl_path":` {
 				k, n = 0, 10
 			}
+		// (Compared 16 bytes at most at a time, which the compiler
+		// does in two loads; more is a call to memequal.)
 		case 'e':
-			if len(d) >= 21 && string(d[:21]) == `"egress_status_code":` {
+			if len(d) >= 21 && string(d[:16]) == `"egress_status_` && string(d[16:21]) == `code":` {
 				k, n = 1, 21
 			}
 		case 'i':
-			if len(d) >= 18 && string(d[:18]) == `"inbound_headers":` {
-				k, n = 2, 18
-			} else if len(d) >= 18 && string(d[:18]) == `"ingress_headers":` {
-				k, n = 3, 18
+			if len(d) >= 18 && string(d[16:18]) == `":` {
+				switch string(d[:16]) {
+				case `"inbound_headers`:
+					k, n = 2, 18
+				case `"ingress_headers`:
+					k, n = 3, 18
+				}
 			}
 		}
 	}
