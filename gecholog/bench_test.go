@@ -240,6 +240,7 @@ func BenchmarkParse(b *testing.B) {
 		{"request", `{"gl_path":"/azure/"}`},
 		{"response", `{"gl_path":"/azure/gpt4/","egress_status_code":200}`},
 		{"response+headers", `{"egress_status_code":200,"gl_path":"/azure/gpt4/","inbound_headers":{"Content-Type":["application/json"],"Date":["Wed, 25 Nov 2026 12:00:00 GMT"],"X-Request-Id":["5c1b3f0e-8d7a-4f7e-9a57-1f0d2c3b4a59"]}}`},
+		{"request+ingress_headers", sessionMessage},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			msg := []byte(tc.msg)

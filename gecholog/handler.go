@@ -71,7 +71,8 @@ func (h *Handler) learn() [][]byte {
 // A malformed message is answered empty and counted, with one warning line
 // at most every 10 s.
 func (h *Handler) Handle(data []byte) []byte {
-	m, err := Parse(data)
+	k := keyScan{h: h}
+	m, err := parse(data, &k)
 	if err != nil {
 		h.malformed.Add(1)
 		h.warn.do(func(suppressed int) {
@@ -81,17 +82,9 @@ func (h *Handler) Handle(data []byte) []byte {
 		return nil
 	}
 	if !m.HasStatus {
-		var key []byte
-		if a := h.b.AffinityOf(m.Path); a.On() {
-			name := a.Header
-			if a.Session {
-				name = h.session
-			}
-			var problem KeyProblem
-			key, problem = SessionKey(m.IngressHeaders, name, a.Session)
-			if problem != KeyOK {
-				h.problems[problem].Add(1)
-			}
+		key, problem := k.key(&m)
+		if problem != KeyOK {
+			h.problems[problem].Add(1)
 		}
 		if id := h.b.ChooseSession(m.Path, key); id >= 0 {
 			replies := *h.replies.Load()
@@ -108,6 +101,63 @@ func (h *Handler) Handle(data []byte) []byte {
 	}
 	h.b.Report(m.Path, m.Status, retryAfter)
 	return nil
+}
+
+// keyHeader is the header the calls to a pool with affinity a are keyed
+// by.
+func (h *Handler) keyHeader(a broker.Affinity) string {
+	if a.Session {
+		return h.session
+	}
+	return a.Header
+}
+
+// keyScan is the handler's part in Parse's one pass over a message: when
+// gl_path comes before ingress_headers, as gecholog sends them (in the
+// order of their names), the pool's affinity is known by then, and its
+// header is looked for on the way through ingress_headers, rather than in
+// a second pass after.
+type keyScan struct {
+	h        *Handler
+	affinity broker.Affinity // of the pool gl_path names
+	find     headerFind      // its header in ingress_headers
+	// valid: affinity and find are those of the message's last gl_path
+	// and last ingress_headers.
+	valid bool
+}
+
+// scan reads ingress_headers at s.i into m, and finds the header of the
+// pool of the gl_path read so far on the way.
+func (k *keyScan) scan(s *scanner, m *Message) error {
+	k.valid = false
+	if !m.HasPath {
+		_, err := s.rawHeaders(1, &m.IngressHeaders, nil)
+		return err
+	}
+	k.affinity = k.h.b.AffinityOf(m.Path)
+	k.find = headerFind{}
+	if k.affinity.On() {
+		k.find.name = k.h.keyHeader(k.affinity)
+	}
+	fast, err := s.rawHeaders(1, &m.IngressHeaders, &k.find)
+	k.valid = fast
+	return err
+}
+
+// key is the session key of request context m, which parse read with k:
+// SessionKey of its ingress_headers for its pool's header, nil for a
+// pool without affinity.
+func (k *keyScan) key(m *Message) ([]byte, KeyProblem) {
+	if !k.valid { // not read on the way: gl_path came after ingress_headers, or they were not gecholog's
+		k.affinity = k.h.b.AffinityOf(m.Path)
+		if k.affinity.On() {
+			k.find.value, k.find.problem = headerValue(m.IngressHeaders, k.h.keyHeader(k.affinity))
+		}
+	}
+	if !k.affinity.On() {
+		return nil, KeyOK
+	}
+	return keyOf(k.find.value, k.find.problem, k.affinity.Session)
 }
 
 // Malformed returns how many messages could not be read.

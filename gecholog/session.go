@@ -1,6 +1,7 @@
 package gecholog
 
 import (
+	"bytes"
 	"sync/atomic"
 
 	"github.com/gecholog/broker/broker"
@@ -40,6 +41,12 @@ const (
 // conversation id a client makes has.
 func SessionKey(headers []byte, name string, session bool) (key []byte, problem KeyProblem) {
 	v, problem := headerValue(headers, name)
+	return keyOf(v, problem, session)
+}
+
+// keyOf is SessionKey of the header's first value v, as headerValue
+// returns it with its problem.
+func keyOf(v []byte, problem KeyProblem, session bool) (key []byte, _ KeyProblem) {
 	if problem != KeyOK || v == nil {
 		return nil, problem
 	}
@@ -53,25 +60,20 @@ func SessionKey(headers []byte, name string, session bool) (key []byte, problem 
 		return v, KeyOK
 	}
 	// GATEWAYID_UNIXNANO_COUNT_TRANSACTION: four parts, none empty; the
-	// session is the first three.
-	parts, start, end := 0, 0, 0
-	for i := 0; i <= len(v); i++ {
-		if i < len(v) && v[i] != '_' {
-			continue
+	// session is the first three. (IndexByte: a byte at a time cost the
+	// hot path a tenth of its time.)
+	end := 0
+	for range 3 {
+		n := bytes.IndexByte(v[end:], '_')
+		if n <= 0 {
+			return nil, KeyMalformed // an empty part, or fewer than four
 		}
-		if i == start {
-			return nil, KeyMalformed // an empty part
-		}
-		parts++
-		if parts == 3 {
-			end = i
-		}
-		start = i + 1
+		end += n + 1
 	}
-	if parts != 4 {
-		return nil, KeyMalformed
+	if end == len(v) || bytes.IndexByte(v[end:], '_') >= 0 {
+		return nil, KeyMalformed // an empty last part, or more than four
 	}
-	return v[:end], KeyOK
+	return v[:end-1], KeyOK
 }
 
 // headerValue is the first value of the header name in headers, an

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -174,4 +175,51 @@ func asciiLower(b []byte) []byte {
 		}
 	}
 	return out
+}
+
+// TestHugeIngressHeadersAreReadInBoundedTime holds a request context to
+// one linear pass over its headers whatever their size: a megabyte of
+// headers (the session header last, or none), a megabyte-long header
+// before it, and a 10 KB session header; in gecholog's shape, with white
+// space, and with an escaped name first (which the one pass hands to the
+// generic scanner, and the key to a second pass).
+// Each takes about a millisecond; the bound is a thousand times that, so
+// a busy machine passes, and a pass that went back over the headers for
+// each header (quadratic: 30,000 headers) does not.
+func TestHugeIngressHeadersAreReadInBoundedTime(t *testing.T) {
+	const id = "AAA00001_1696681410696216000_3_0"
+	var many strings.Builder
+	many.WriteString("{")
+	for i := 0; many.Len() < 1<<20; i++ {
+		fmt.Fprintf(&many, `"X-Header-%d":["value %d"],`, i, i)
+	}
+	manyHeaders := many.String()
+	bigValue := `"X-Big":["` + strings.Repeat("v", 1<<20) + `"],`
+	for _, tc := range []struct {
+		name, headers string
+		problems      [4]uint64
+	}{
+		{"a megabyte of headers", manyHeaders + `"Session-Id":["` + id + `"]}`, [4]uint64{}},
+		{"a megabyte of headers without the session's", manyHeaders + `"Other":["x"]}`, [4]uint64{}},
+		{"a megabyte of headers with white space", strings.ReplaceAll(manyHeaders, ",", ", ") + `"Session-Id": ["` + id + `"]}`, [4]uint64{}},
+		{"a megabyte of headers after an escaped name", `{"X\u002dA":["x"],` + manyHeaders[1:] + `"Session-Id":["` + id + `"]}`, [4]uint64{}},
+		{"a megabyte-long header", "{" + bigValue + `"Session-Id":["` + id + `"]}`, [4]uint64{}},
+		{"a 10 KB session header", manyHeaders + `"Session-Id":["` + strings.Repeat("1", 10<<10) + `"]}`, [4]uint64{0, 0, 1, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			pool := broker.Pool{Ingress: "/s/", Affinity: broker.Affinity{Session: true}, Routers: []broker.Router{{Path: "/s/a/", Weight: 1}, {Path: "/s/b/", Weight: 1}}}
+			h := handlerFor(t, []broker.Pool{pool})
+			msg := []byte(`{"gl_path":"/s/","ingress_headers":` + tc.headers + `}`)
+			start := time.Now()
+			reply := h.Handle(msg)
+			took := time.Since(start)
+			is.True(len(reply) > 0)                // a router chosen
+			is.Equal(h.Malformed(), uint64(0))     // the message read
+			is.Equal(h.KeyProblems(), tc.problems) // the key read, or its problem counted
+			if took > time.Second {
+				t.Fatalf("%d bytes of headers took %v, want well under a second", len(tc.headers), took)
+			}
+		})
+	}
 }
