@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,7 +93,7 @@ func BenchmarkRequest(b *testing.B) {
 // latency, rate-limit headroom and tokens heard of in the transaction
 // log, calls in flight told by another replica, and calls this one chose
 // and never heard the end of. It returns the request context for /p/.
-func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte) {
+func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte, *broker.Broker) {
 	tb.Helper()
 	return affinityHandler(tb, strategy, broker.Affinity{})
 }
@@ -103,7 +104,7 @@ const sessionMessage = `{"gl_path":"/p/","ingress_headers":{"Accept":["applicati
 	`"Content-Type":["application/json"],"Session-Id":["AAA00001_1696681410696216000_3_0"],"User-Agent":["OpenAI/Python 1.54.0"]}}`
 
 // affinityHandler is strategyHandler for a pool with affinity a.
-func affinityHandler(tb testing.TB, strategy string, a broker.Affinity) (*gecholog.Handler, []byte) {
+func affinityHandler(tb testing.TB, strategy string, a broker.Affinity) (*gecholog.Handler, []byte, *broker.Broker) {
 	tb.Helper()
 	pool := broker.Pool{Ingress: "/p/", Strategy: strategy, Affinity: a, Routers: []broker.Router{
 		{Path: "/p/r0/", Weight: 1, Price: &broker.Price{Input: 2.5, CachedInput: 1.25, Output: 10}},
@@ -120,7 +121,9 @@ func affinityHandler(tb testing.TB, strategy string, a broker.Affinity) (*gechol
 	var counts []broker.Counts
 	for i, r := range pool.Routers {
 		b.Finished([]byte(r.Path), time.Duration(i+1)*20*time.Millisecond, &broker.RateLimits{
-			RemainingRequests: int64(100 * (i + 1)), LimitRequests: 1000, ResetRequests: now.Add(time.Hour),
+			// Room for every call a benchmark makes (none is answered):
+			// the strategies read headroom, and never decline the tier.
+			RemainingRequests: int64(1e12 * (i + 1)), LimitRequests: 1e13, ResetRequests: now.Add(time.Hour),
 			RemainingTokens: -1, LimitTokens: -1})
 		if err := b.Used([]byte(r.Path), broker.Usage{State: broker.UsageKnown, Input: 1200, CachedInput: 300, Output: 400}); err != nil {
 			tb.Fatal(err)
@@ -138,7 +141,7 @@ func affinityHandler(tb testing.TB, strategy string, a broker.Affinity) (*gechol
 			tb.Fatalf("%s: in flight %d, latency known %v, headroom known %v, cost per call %v: want every statistic present", v.Router, v.InFlight, v.LatencyKnown, v.HeadroomKnown, v.CallCost)
 		}
 	}
-	return h, msg
+	return h, msg, b
 }
 
 // BenchmarkRequestStrategy is a request context for a pool of each
@@ -152,21 +155,35 @@ func affinityHandler(tb testing.TB, strategy string, a broker.Affinity) (*gechol
 func BenchmarkRequestStrategy(b *testing.B) {
 	for _, s := range broker.Strategies() {
 		b.Run(s, func(b *testing.B) {
-			h, msg := strategyHandler(b, s)
+			h, msg, br := strategyHandler(b, s)
 			for b.Loop() {
 				if len(h.Handle(msg)) == 0 {
 					b.Fatal("no router chosen")
 				}
 			}
+			if n := br.Stats().Calls[broker.Panicked]; n > 0 {
+				b.Fatalf("%d calls by the all-disabled rule: not the path a call takes", n)
+			}
 		})
 	}
 	b.Run("session-affinity", func(b *testing.B) {
-		h, _ := affinityHandler(b, "", broker.Affinity{Session: true})
-		msg := []byte(sessionMessage)
+		// 1,024 sessions, spread over the routers by their weights, so
+		// that none is over its load bound: each call goes to its
+		// session's router, as in a healthy fleet.
+		h, _, br := affinityHandler(b, "", broker.Affinity{Session: true})
+		var msgs [1024][]byte
+		for i := range msgs {
+			msgs[i] = []byte(strings.Replace(sessionMessage, "1696681410696216000_3", fmt.Sprintf("%d_3", 1696681410696216000+i), 1))
+		}
+		i := 0
 		for b.Loop() {
-			if len(h.Handle(msg)) == 0 {
+			if len(h.Handle(msgs[i%len(msgs)])) == 0 {
 				b.Fatal("no router chosen")
 			}
+			i++
+		}
+		if s := br.Sessions(); s.Spilled*100 > s.Keyed || br.Stats().Calls[broker.Panicked] > 0 {
+			b.Fatalf("%+v, %d panicked: calls off their session's router", s, br.Stats().Calls[broker.Panicked])
 		}
 	})
 }
@@ -286,7 +303,7 @@ func TestHotPathAllocatesNothing(t *testing.T) {
 // no allocation whichever strategy chooses, with the statistics it reads
 // present.
 func TestHotPathAllocatesNothingWithSessionAffinity(t *testing.T) {
-	h, _ := affinityHandler(t, "", broker.Affinity{Session: true})
+	h, _, _ := affinityHandler(t, "", broker.Affinity{Session: true})
 	msg := []byte(sessionMessage)
 	if n := testing.AllocsPerRun(1000, func() { h.Handle(msg) }); n != 0 {
 		t.Errorf("%v allocations per request context with a session, want none", n)
@@ -299,7 +316,7 @@ func TestHotPathAllocatesNothingWithSessionAffinity(t *testing.T) {
 func TestHotPathAllocatesNothingForEveryStrategy(t *testing.T) {
 	for _, s := range broker.Strategies() {
 		t.Run(s, func(t *testing.T) {
-			h, msg := strategyHandler(t, s)
+			h, msg, _ := strategyHandler(t, s)
 			if n := testing.AllocsPerRun(1000, func() { h.Handle(msg) }); n != 0 {
 				t.Errorf("%v allocations per request context, want none", n)
 			}
