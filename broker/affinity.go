@@ -53,11 +53,13 @@ func (a Affinity) On() bool { return a.Session || a.Header != "" }
 
 // DefaultLoadFactor is how many times its weight's share of the tier's
 // calls in flight a router may hold before a session's next call passes
-// it over: 1.5. Lower bounds the load tighter and moves more sessions
-// under random swings of load; at 30 calls in flight over 3 routers, 1.25
-// passes over a session's router on about one call in six, 1.5 on one in
-// fifty (binomial tails).
-const DefaultLoadFactor = 1.5
+// it over: 2. Lower bounds the load tighter and moves more sessions
+// under random swings of load, which a few dozen calls in flight make
+// large: at 30 over 3 routers, 1.25 passes over a session's router on
+// about one call in six, 1.5 on one in fifty (binomial tails), and
+// broker-bench -mode affinity measured 98.2% of calls on their session's
+// router with 1.5 and 99.8% with 2 (docs/performance.md).
+const DefaultLoadFactor = 2.0
 
 // LoadFactorRange is the load factors a pool may give.
 var LoadFactorRange = Range[float64]{Min: 1.1, Max: 10}

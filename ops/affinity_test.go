@@ -26,7 +26,7 @@ func TestTheSessionsSectionShowsWhatWasToldAsTextAndItsSumCannotWrap(t *testing.
 	is.NoErr(writeSessions(&buf, rows, f))
 	out := buf.String()
 	for _, want := range []string{
-		`session affinity: /s/ by gecholog's session header Session-Id\u001b[2J\u202e, load factor 1.5` + "\n", // once per pool, escaped
+		`session affinity: /s/ by gecholog's session header Session-Id\u001b[2J\u202e, load factor 2` + "\n", // once per pool, escaped
 		"sessions since each replica started: 18446744073709551615 keyed (1 of them spilled to the next router in their order), 1 without a key, over 2 replicas\n",
 		`evil\u001b]0;pwned\u0007`,
 	} {

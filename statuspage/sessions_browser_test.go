@@ -30,7 +30,7 @@ func TestStatusPageShowsEachPoolsAffinityAndTheFleetsSessionCountsNeverAValue(t 
 	// The fleet's counts add up what each replica tells.
 	waitFor(t, ctx, 5*time.Second, `document.getElementById("sessions").textContent === "4 keyed (0 spilled) · 2 without a key (2 replicas)"`)
 	head := eval[string](t, ctx, `document.querySelector('tbody[data-ingress="/azure/"] .pool-head').innerText`)
-	says(t, "the pool's heading", head, "session affinity on header X-Conversation-Id, load factor 1.5")
+	says(t, "the pool's heading", head, "session affinity on header X-Conversation-Id, load factor 2")
 	is.Equal(eval[int](t, ctx, `document.querySelectorAll('tbody[data-ingress="/openai/"] .affinity').length`), 0) // a pool without affinity says none
 	is.True(eval[bool](t, ctx, `!document.getElementById("sessions").parentElement.hidden`))                       // shown where a pool has affinity
 	perReplica := eval[[]string](t, ctx, `[...document.querySelectorAll("tr[data-replica] td.sessions")].map(td => td.textContent)`)

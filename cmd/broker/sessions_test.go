@@ -15,7 +15,7 @@ import (
 // sessionPools are a pool keyed by a header the client names and one by
 // gecholog's session.
 const sessionPools = `{"pools":[
-	{"ingress":"/azure/","affinity":{"header":"X-Conversation-Id","load_factor":2},"routers":[{"path":"/azure/a/"},{"path":"/azure/b/"}]},
+	{"ingress":"/azure/","affinity":{"header":"X-Conversation-Id","load_factor":3},"routers":[{"path":"/azure/a/"},{"path":"/azure/b/"}]},
 	{"ingress":"/openai/","affinity":"session","routers":[{"path":"/openai/a/"},{"path":"/openai/b/"}]}]}`
 
 // TestExplainAndStatusSayEachPoolsAffinityAndTheSessionCounts asks a
@@ -47,10 +47,10 @@ func TestExplainAndStatusSayEachPoolsAffinityAndTheSessionCounts(t *testing.T) {
 
 	table, _, err := runOp(ops, "explain", "/azure/")
 	is.NoErr(err)
-	says(t, "explain /azure/", table, "\nSession affinity on header X-Conversation-Id, load factor 2: a keyed call goes to its session's router (the next in its order when that one is over its bound); this shows the choice for calls without a key\n")
+	says(t, "explain /azure/", table, "\nSession affinity on header X-Conversation-Id, load factor 3: a keyed call goes to its session's router (the next in its order when that one is over its bound); this shows the choice for calls without a key\n")
 	x, err := explainJSON(t, ops, "/openai/")
 	is.NoErr(err)
-	is.Equal(x.Affinity, &replica.ExplainedAffinity{Session: true, Header: "Session-Id", LoadFactor: 1.5}) // the session header the replica reads, the default bound
+	is.Equal(x.Affinity, &replica.ExplainedAffinity{Session: true, Header: "Session-Id", LoadFactor: 2}) // the session header the replica reads, the default bound
 
 	// Where one session goes, asked by its value.
 	asked, _, err := runOp(ops, "explain", "/azure/", "--session", conversation)
@@ -72,7 +72,7 @@ func TestExplainAndStatusSayEachPoolsAffinityAndTheSessionCounts(t *testing.T) {
 		return err == nil && strings.Contains(strings.Join(strings.Fields(out), " "), "replica-1 3 0 1")
 	}, "status shows the replica's session counts; it says %s", &out)
 	t.Logf("broker status:\n%s", out)
-	says(t, "status", out, "\nsession affinity: /azure/ by header X-Conversation-Id, load factor 2; /openai/ by gecholog's session header Session-Id, load factor 1.5\n")
+	says(t, "status", out, "\nsession affinity: /azure/ by header X-Conversation-Id, load factor 3; /openai/ by gecholog's session header Session-Id, load factor 2\n")
 	says(t, "status", out, "sessions since each replica started: 3 keyed (0 of them spilled to the next router in their order), 1 without a key, over 1 replica\n")
 
 	doc, _, err := runOp(ops, "status", "--json")
@@ -83,8 +83,8 @@ func TestExplainAndStatusSayEachPoolsAffinityAndTheSessionCounts(t *testing.T) {
 	}
 	is.NoErr(json.Unmarshal([]byte(doc), &rows))
 	is.Equal(len(rows), 4)
-	is.Equal(rows[0].Affinity, &replica.ExplainedAffinity{Header: "X-Conversation-Id", LoadFactor: 2}) // each row names its pool's affinity
-	is.Equal(rows[3].Affinity, &replica.ExplainedAffinity{Session: true, Header: "Session-Id", LoadFactor: 1.5})
+	is.Equal(rows[0].Affinity, &replica.ExplainedAffinity{Header: "X-Conversation-Id", LoadFactor: 3}) // each row names its pool's affinity
+	is.Equal(rows[3].Affinity, &replica.ExplainedAffinity{Session: true, Header: "Session-Id", LoadFactor: 2})
 
 	replicas, _, err := runOp(ops, "status", "--replicas", "--json")
 	is.NoErr(err)
