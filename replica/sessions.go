@@ -79,7 +79,7 @@ func explainedAffinity(a broker.Affinity, sessionHeader string) *ExplainedAffini
 // time.
 var (
 	sessionCallsDesc = prometheus.NewDesc("broker_session_calls_total",
-		"Calls of pools with session affinity answered by this replica, by outcome: keyed (went by their session's order), spilled (keyed, and passed over their session's first router, which was over its load bound or had no rate limit left; counted in keyed too), no_key (no session header, or one that gave no key; went by the pool's strategy).",
+		"Calls of pools with session affinity answered by this replica, by outcome: keyed (went by their session's order), spilled (keyed, and passed over their session's first router, which was over its load bound or had no rate limit left; counted in keyed too), no_key (no session header, or one that gave no key; went by the pool's strategy), remembered (keyed, and sent to the router gecholog's transaction log says the session used, not by its order; counted in keyed too).",
 		[]string{"outcome"}, nil)
 	sessionKeyProblemsDesc = prometheus.NewDesc("broker_session_key_problems_total",
 		"Calls of pools with session affinity whose session header gave no key, by problem: empty, too_long (over 256 bytes), malformed (not gecholog's list of strings, JSON escapes, or not a gecholog session id); counted in broker_session_calls_total{outcome=\"no_key\"}, as are calls without the header.",
@@ -92,6 +92,7 @@ type sessionCollector struct{ m *monitor }
 func (c sessionCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- sessionCallsDesc
 	ch <- sessionKeyProblemsDesc
+	describeSessionRouters(ch)
 }
 
 func (c sessionCollector) Collect(ch chan<- prometheus.Metric) {
@@ -100,13 +101,14 @@ func (c sessionCollector) Collect(ch chan<- prometheus.Metric) {
 		return // still connecting: there is nothing to count yet
 	}
 	s := b.Sessions()
-	for outcome, n := range map[string]uint64{"keyed": s.Keyed, "spilled": s.Spilled, "no_key": s.NoKey} {
+	for outcome, n := range map[string]uint64{"keyed": s.Keyed, "spilled": s.Spilled, "no_key": s.NoKey, "remembered": s.Remembered} {
 		ch <- prometheus.MustNewConstMetric(sessionCallsDesc, prometheus.CounterValue, float64(n), outcome)
 	}
 	problems := h.KeyProblems()
 	for _, p := range gecholog.KeyProblemsCounted {
 		ch <- prometheus.MustNewConstMetric(sessionKeyProblemsDesc, prometheus.CounterValue, float64(problems[p]), p.String())
 	}
+	collectSessionRouters(ch, b, s)
 }
 
 // pageSessions is r's session counts as the status page shows them: this

@@ -127,6 +127,7 @@ func (p *Page) Snapshot(now time.Time) Snapshot {
 		r.Chosen = chosen[i]
 		pool.Routers = append(pool.Routers, r)
 	}
+	pinned(b, s.Pools)
 	fleet := false
 	for _, pool := range s.Pools {
 		var total uint64

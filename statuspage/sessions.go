@@ -25,6 +25,42 @@ type Sessions struct {
 	NoKey   uint64 `json:"no_key"`
 }
 
+// RouterSessions are the sessions of a pool with "session" affinity on
+// one router, as this replica's memory of gecholog's transaction log says
+// (broker.SessionRouters): every replica hears the same log, so this is
+// the fleet's. Pinned are remembered, within their lifetime, with their
+// last call on the router; MovedIn and MovedOut count the sessions heard
+// moving to it and away from it since the replica started.
+type RouterSessions struct {
+	Pinned   int    `json:"pinned"`
+	MovedIn  uint64 `json:"moved_in"`
+	MovedOut uint64 `json:"moved_out"`
+}
+
+// pinned fills in the sessions of the routers of pools with "session"
+// affinity. SessionRouters looks at every session remembered: once per
+// snapshot, and only when a pool remembers sessions.
+func pinned(b *broker.Broker, pools []Pool) {
+	var of map[string]RouterSessions
+	for p := range pools {
+		if a := pools[p].Affinity; a == nil || !a.Session {
+			continue
+		}
+		if of == nil {
+			of = map[string]RouterSessions{}
+			for _, r := range b.SessionRouters() {
+				of[r.Router] = RouterSessions{Pinned: r.Pinned, MovedIn: r.MovedIn, MovedOut: r.MovedOut}
+			}
+		}
+		for i := range pools[p].Routers {
+			r := &pools[p].Routers[i]
+			if s, ok := of[r.Router]; ok {
+				r.Sessions = &s
+			}
+		}
+	}
+}
+
 // affinity is a as the page shows it; nil when a is off. sessionHeader
 // is the header a "session" pool reads.
 func affinity(a broker.Affinity, sessionHeader string) *Affinity {
