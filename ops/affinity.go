@@ -46,7 +46,8 @@ func (v fleetView) affinity(a broker.Affinity) *replica.ExplainedAffinity {
 // writeSessions writes the section of session affinity under the
 // replicas': each pool's affinity, and each replica's calls of those
 // pools by what became of their key; nothing when no pool has affinity.
-// A count per router (sessions pinned) belongs in statusColumns.
+// The sessions pinned per router, and their moves, are in the table
+// (statusColumns: SESSIONS).
 func writeSessions(w io.Writer, rows []statusRow, f replica.Revisions) error {
 	var pools []string
 	for i, r := range rows {

@@ -1,6 +1,10 @@
 package replica
 
 import (
+	"maps"
+	"slices"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gecholog/broker/broker"
@@ -39,4 +43,69 @@ func collectSessionRouters(ch chan<- prometheus.Metric, b *broker.Broker, s brok
 		ch <- prometheus.MustNewConstMetric(sessionMovesDesc, prometheus.CounterValue, float64(r.MovedIn), r.Router, "in")
 		ch <- prometheus.MustNewConstMetric(sessionMovesDesc, prometheus.CounterValue, float64(r.MovedOut), r.Router, "out")
 	}
+}
+
+// RouterSessionsTold is what a replica tells of one router's sessions
+// (broker.SessionRouter), in RouterStats. Its JSON names are an interface
+// (`broker status --json` reads them): add fields, never rename them.
+type RouterSessionsTold struct {
+	Pinned   int64  `json:"pinned"`
+	MovedIn  uint64 `json:"moved_in"`
+	MovedOut uint64 `json:"moved_out"`
+}
+
+// Heard is s as it is kept from the wire: nil stays nil; a count of
+// sessions pinned outside 0..broker.MaxRemembered, which no replica
+// remembers, is held to it. The moves are counters: whoever reads them
+// takes the largest, which cannot wrap.
+func (s *RouterSessionsTold) Heard() *RouterSessionsTold {
+	if s == nil {
+		return nil
+	}
+	c := *s
+	c.Pinned = min(max(c.Pinned, 0), broker.MaxRemembered)
+	return &c
+}
+
+// sessionRoutersEvery is how often a replica reads its memory of sessions
+// for what it tells: the memory is scanned whole, and the counts are told
+// every statsEvery.
+const sessionRoutersEvery = time.Second
+
+// sessionRoutersTold is the last reading of the memory a replica tells,
+// by router; nil for a router with nothing to tell.
+type sessionRoutersTold struct {
+	at     time.Time
+	routes map[string]*RouterSessionsTold
+}
+
+// get returns the reading, made again from b when sessionRoutersEvery has
+// passed since the last one.
+func (p *sessionRoutersTold) get(b *broker.Broker, now time.Time) map[string]*RouterSessionsTold {
+	if p.routes != nil && now.Sub(p.at) < sessionRoutersEvery && !now.Before(p.at) {
+		return p.routes
+	}
+	p.at, p.routes = now, map[string]*RouterSessionsTold{}
+	for _, r := range b.SessionRouters() {
+		if r.Pinned != 0 || r.MovedIn != 0 || r.MovedOut != 0 {
+			p.routes[r.Router] = &RouterSessionsTold{Pinned: int64(r.Pinned), MovedIn: r.MovedIn, MovedOut: r.MovedOut}
+		}
+	}
+	return p.routes
+}
+
+// withSessions adds to routers, as told, the sessions of each: a router
+// with sessions and no other count to tell is added to the end, in path
+// order.
+func withSessions(routers []RouterStats, pins map[string]*RouterSessionsTold) []RouterStats {
+	told := len(routers)
+	for i := range routers {
+		routers[i].Sessions = pins[routers[i].Router]
+	}
+	for _, path := range slices.Sorted(maps.Keys(pins)) {
+		if !slices.ContainsFunc(routers[:told], func(r RouterStats) bool { return r.Router == path }) {
+			routers = append(routers, RouterStats{Router: path, Sessions: pins[path]})
+		}
+	}
+	return routers
 }
