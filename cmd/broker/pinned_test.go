@@ -66,6 +66,25 @@ func TestStatusShowsTheSessionsPinnedPerRouterAndTheirMovesHeldToTheirBounds(t *
 	is.Equal(cells(out, "/openai/a/"), "1 pinned (moved in 0, out 1)")              // the sessions of both replicas are one fleet's, not added up
 	is.True(strings.HasSuffix(strings.TrimSpace(tableRow(out, "/azure/a/")), " -")) // a pool keyed by a header remembers no session
 
+	// explain says the pool's memory, and that the moved session goes back
+	// to where it was first heard, by the log and not by its order.
+	explainer := env("NATS_URL", s.ClientURL(), "BROKER_METRICS_ADDR", replicas[0].addr, "BROKER_POOLS", pools)
+	said, _, err := runOp(explainer, "explain", "/openai/", "--session", moving+"_2")
+	is.NoErr(err)
+	says(t, "explain --session", said, "Session affinity on gecholog's session header Session-Id (its first three parts), load factor 1.5, sessions remembered 10m0s after their last call (ttl), a session that moved goes back to its first router when that one can take it:")
+	says(t, "explain --session", said, "\nThe session asked: its next call goes to /openai/a/, where gecholog's transaction log says the session goes back to (remembered)\n")
+	x, err := explainJSON(t, explainer, "/openai/")
+	is.NoErr(err)
+	is.Equal(x.Affinity, &replica.ExplainedAffinity{Session: true, Header: "Session-Id", LoadFactor: 1.5, TTLSeconds: 600}) // the pool's ttl, the default
+	asked, _, err := runOp(explainer, "explain", "/openai/", "--session", moving+"_2", "--json")
+	is.NoErr(err)
+	var y replica.Explained
+	is.NoErr(json.Unmarshal([]byte(asked), &y))
+	is.Equal(y.Session, &replica.ExplainedSession{Router: "/openai/a/", Home: "/openai/a/", Remembered: true})
+	fresh, _, err := runOp(explainer, "explain", "/openai/", "--session", "GWSECRET_1696681410696216009_9_0")
+	is.NoErr(err)
+	says(t, "explain --session", fresh, ", its session's router by its order\n") // a session the log never told of
+
 	// A forged word: more sessions pinned than a replica remembers, fewer
 	// than none, and moves at the largest count.
 	forged := replica.StatsMessage{ID: "replica-forged", At: time.Now(), Routers: []replica.RouterStats{
@@ -111,7 +130,7 @@ func TestStatusShowsTheSessionsPinnedPerRouterAndTheirMovesHeldToTheirBounds(t *
 			is.Equal(r.Sessions, nil) // none for a pool keyed by a header
 		}
 	}
-	for what, printed := range map[string]string{"status": out, "status --json": doc} {
+	for what, printed := range map[string]string{"status": out, "status --json": doc, "explain --session": said, "explain --session --json": asked} {
 		if strings.Contains(printed, "GWSECRET") || strings.Contains(printed, "1696681410696216") {
 			t.Errorf("%s prints a session", what)
 		}
