@@ -98,12 +98,16 @@ func (p *sessionRoutersTold) get(b *broker.Broker, now time.Time) map[string]*Ro
 // with sessions and no other count to tell is added to the end, in path
 // order.
 func withSessions(routers []RouterStats, pins map[string]*RouterSessionsTold) []RouterStats {
-	told := len(routers)
+	if len(pins) == 0 {
+		return routers
+	}
+	told := make(map[string]bool, len(routers))
 	for i := range routers {
 		routers[i].Sessions = pins[routers[i].Router]
+		told[routers[i].Router] = true
 	}
 	for _, path := range slices.Sorted(maps.Keys(pins)) {
-		if !slices.ContainsFunc(routers[:told], func(r RouterStats) bool { return r.Router == path }) {
+		if !told[path] {
 			routers = append(routers, RouterStats{Router: path, Sessions: pins[path]})
 		}
 	}

@@ -1,6 +1,11 @@
 package statuspage
 
-import "github.com/gecholog/broker/broker"
+import (
+	"sync"
+	"time"
+
+	"github.com/gecholog/broker/broker"
+)
 
 // Affinity is a pool's session affinity, as the page shows it: a header's
 // name, never a value.
@@ -37,28 +42,49 @@ type RouterSessions struct {
 	MovedOut uint64 `json:"moved_out"`
 }
 
-// pinned fills in the sessions of the routers of pools with "session"
-// affinity. SessionRouters looks at every session remembered: once per
-// snapshot, and only when a pool remembers sessions.
-func pinned(b *broker.Broker, pools []Pool) {
-	var of map[string]RouterSessions
-	for p := range pools {
-		if a := pools[p].Affinity; a == nil || !a.Session {
+// pinsEvery is how long a reading of the memory of sessions is shown:
+// every open page asks for a snapshot every check, and SessionRouters
+// looks at every session remembered.
+const pinsEvery = time.Second
+
+// pins is the last reading of the memory of sessions, by router, shared
+// by every open page.
+type pins struct {
+	mu sync.Mutex
+	b  *broker.Broker
+	at time.Time
+	of map[string]RouterSessions
+}
+
+// fill fills in, at now, the sessions of the routers of pools with
+// "session" affinity, the only ones remembered. It reads b's memory only
+// when such a pool is shown and the last reading is pinsEvery old.
+func (p *pins) fill(b *broker.Broker, pools []Pool, now time.Time) {
+	for i := range pools {
+		if a := pools[i].Affinity; a == nil || !a.Session {
 			continue
 		}
-		if of == nil {
-			of = map[string]RouterSessions{}
-			for _, r := range b.SessionRouters() {
-				of[r.Router] = RouterSessions{Pinned: r.Pinned, MovedIn: r.MovedIn, MovedOut: r.MovedOut}
-			}
-		}
-		for i := range pools[p].Routers {
-			r := &pools[p].Routers[i]
+		of := p.read(b, now)
+		for j := range pools[i].Routers {
+			r := &pools[i].Routers[j]
 			if s, ok := of[r.Router]; ok {
 				r.Sessions = &s
 			}
 		}
 	}
+}
+
+func (p *pins) read(b *broker.Broker, now time.Time) map[string]RouterSessions {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.of != nil && p.b == b && now.Sub(p.at) < pinsEvery && !now.Before(p.at) {
+		return p.of
+	}
+	p.b, p.at, p.of = b, now, map[string]RouterSessions{}
+	for _, r := range b.SessionRouters() {
+		p.of[r.Router] = RouterSessions{Pinned: r.Pinned, MovedIn: r.MovedIn, MovedOut: r.MovedOut}
+	}
+	return p.of
 }
 
 // affinity is a as the page shows it; nil when a is off. sessionHeader
