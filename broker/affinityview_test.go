@@ -40,3 +40,24 @@ func TestSessionRouterSaysWhereASessionGoesWithoutChoosing(t *testing.T) {
 		is.True(!ok) // no session's router
 	}
 }
+
+func TestSessionWaySaysWhenARememberedSessionGoesBackToItsRouter(t *testing.T) {
+	for _, stay := range []bool{false, true} {
+		is := is.New(t)
+		p := sessionPool([]int{1, 1, 1, 1})
+		p.Affinity.Stay = stay
+		b, _ := newBroker(t, broker.Config{Pools: []broker.Pool{p}})
+		k := sessionKey(11)
+		is.Equal(b.SessionWay("/s/", k), broker.SessionWay{Router: settled(b, "/s/", k)}) // not remembered: by its order
+		there := notFirst(t, p, k)
+		heard(b, k, there)
+		w := b.SessionWay("/s/", k)
+		is.Equal(w, broker.SessionWay{Router: there, Home: there, Remembered: true}) // stay=%v: remembered there, not its order's first
+		is.Equal(settled(b, "/s/", k), there)                                        // and the call goes there too
+		disable(b, there, 1)
+		w = b.SessionWay("/s/", k)
+		is.Equal(w.Home, there)                  // still remembered
+		is.True(!w.Remembered && w.Router != "") // but out: the order answers
+		is.Equal(w.Router, settled(b, "/s/", k)) // as the call does
+	}
+}

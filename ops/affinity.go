@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/safetext"
@@ -20,8 +21,17 @@ func affinityLine(a replica.ExplainedAffinity) string {
 	if a.Session {
 		by = "gecholog's session header " + a.Header + " (its first three parts)"
 	}
-	return fmt.Sprintf("Session affinity on %s, load factor %s: a keyed call goes to its session's router (the next in its order when that one is over its bound); this shows the choice for calls without a key",
-		by, strconv.FormatFloat(a.LoadFactor, 'g', -1, 64))
+	memory := ""
+	if a.Session {
+		memory = fmt.Sprintf(", sessions remembered %s after their last call (ttl)", time.Duration(a.TTLSeconds*float64(time.Second)))
+		if a.Stay {
+			memory += ", a session that moved stays where it moved (stay)"
+		} else {
+			memory += ", a session that moved goes back to its first router when that one can take it"
+		}
+	}
+	return fmt.Sprintf("Session affinity on %s, load factor %s%s: a keyed call goes to its session's router (the next in its order when that one is over its bound); this shows the choice for calls without a key",
+		by, strconv.FormatFloat(a.LoadFactor, 'g', -1, 64), memory)
 }
 
 // affinity is a pool's affinity a as status shows it; nil when a is off.
@@ -31,22 +41,23 @@ func (v fleetView) affinity(a broker.Affinity) *replica.ExplainedAffinity {
 	if !a.On() {
 		return nil
 	}
-	x := &replica.ExplainedAffinity{Session: a.Session, Header: a.Header, LoadFactor: a.Factor()}
+	header := ""
 	if a.Session {
 		for _, r := range v.configs { // in any order: the replicas of a fleet read one header
 			if s := r.Sessions; s != nil && s.Header != "" {
-				x.Header = s.Header
+				header = s.Header
 				break
 			}
 		}
 	}
-	return x
+	return replica.ExplainAffinity(a, header)
 }
 
 // writeSessions writes the section of session affinity under the
 // replicas': each pool's affinity, and each replica's calls of those
 // pools by what became of their key; nothing when no pool has affinity.
-// A count per router (sessions pinned) belongs in statusColumns.
+// The sessions pinned per router, and their moves, are in the table
+// (statusColumns: SESSIONS).
 func writeSessions(w io.Writer, rows []statusRow, f replica.Revisions) error {
 	var pools []string
 	for i, r := range rows {
@@ -106,8 +117,14 @@ func sessionLine(s replica.ExplainedSession) string {
 		return "The session asked: its value gives no key (" + s.NoKey + "), so its calls go by the strategy, as below"
 	case s.Router == "":
 		return "The session asked: no router is enabled, so the all-disabled rule answers, as below"
+	case s.Remembered:
+		return "The session asked: its next call goes to " + s.Router + ", where gecholog's transaction log says the session goes back to (remembered)"
+	case s.Home != "" && s.Spilled:
+		return "The session asked: its next call goes to " + s.Router + ", the next in its order: " + s.Home + ", where the log says it goes back to, cannot take it (out, over its bound, or no rate limit left), and nor can its first"
+	case s.Home != "":
+		return "The session asked: its next call goes to " + s.Router + ", by its order: " + s.Home + ", where the log says it goes back to, cannot take it (out, over its bound, or no rate limit left)"
 	case s.Spilled:
 		return "The session asked: its next call goes to " + s.Router + ", the next in its order (its first is over its bound, or has no rate limit left)"
 	}
-	return "The session asked: its next call goes to " + s.Router + ", its session's router"
+	return "The session asked: its next call goes to " + s.Router + ", its session's router by its order"
 }

@@ -269,6 +269,12 @@ type statusRow struct {
 	// header's name, never a value. The session counts are per replica
 	// (status --replicas --json).
 	Affinity *replica.ExplainedAffinity `json:"affinity,omitempty"`
+	// Sessions are, for a router of a pool with "session" affinity, the
+	// sessions pinned to it (remembered, within their lifetime, with their
+	// last call on it) and those heard moving in and out since the
+	// replicas started: the largest any replica tells, as all hear the
+	// same log; null for other pools or when no replica was heard.
+	Sessions *replica.RouterSessionsTold `json:"sessions,omitempty"`
 }
 
 // statusColumns are the table's columns: adding one is one line here.
@@ -330,6 +336,12 @@ var statusColumns = []struct {
 	{"REASON", func(r statusRow) string { return r.Reason }},
 	{"BY", func(r statusRow) string { return r.By }},
 	{"LEVEL", func(r statusRow) string { return numberCell(r.Level) }},
+	{"SESSIONS", func(r statusRow) string {
+		if r.Sessions == nil {
+			return ""
+		}
+		return fmt.Sprintf("%d pinned (moved in %d, out %d)", r.Sessions.Pinned, r.Sessions.MovedIn, r.Sessions.MovedOut)
+	}},
 }
 
 // statusRows lists every router of every pool, in the pools' order, with

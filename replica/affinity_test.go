@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/gecholog/broker/internal/standin"
 	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/replica"
+	"github.com/gecholog/broker/statuspage"
 )
 
 // TestASessionLandsOnOneRouterFromEveryReplica sends request contexts as
@@ -159,4 +161,71 @@ func TestTheFirstCallHeardOnTheLogPinsTheSessionOnEveryReplica(t *testing.T) {
 	for i, b := range rs.replicas {
 		t.Logf("replica-%d sent %d calls where the log said (the session's order says %s)", i+1, b.Sessions().Remembered, first)
 	}
+}
+
+// TestMetricsAndThePageShowTheSessionsPinnedPerRouterAndTheirMoves
+// publishes, as gecholog's logger does, calls of three sessions, one of
+// which moves: /metrics has the sessions pinned per router, the moves in
+// and out, the calls sent where the log said, and the status page's
+// routers say the same; no series is labelled by a session.
+func TestMetricsAndThePageShowTheSessionsPinnedPerRouterAndTheirMoves(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	pool := broker.Pool{Ingress: "/azure/", Affinity: broker.Affinity{Session: true}, Routers: []broker.Router{
+		{Path: "/azure/a/", Weight: 1}, {Path: "/azure/b/", Weight: 1}, {Path: "/azure/c/", Weight: 1}}}
+	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Pools: []broker.Pool{pool},
+		Policy: broker.Policy{DisabledTime: time.Minute}, MetricsAddr: "127.0.0.1:0"}, 1)
+	nc := natstest.Connect(t, s)
+	const moving = "AAA00001_1696681410696216001_1"
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/a/", Session: moving + "_0"})
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/a/", Session: "AAA00001_1696681410696216002_2_0"})
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/b/", Session: "AAA00001_1696681410696216003_3_0"})
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/b/", Session: moving + "_1"}) // from a to b
+	rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
+		for _, r := range b.SessionRouters() {
+			if r.Router == "/azure/b/" && r.Pinned == 2 && r.MovedIn == 1 {
+				return true
+			}
+		}
+		return false
+	}, "two sessions pinned on /azure/b/, one moved in")
+	// The moved session's next call goes where the log last heard it:
+	// without "stay", its home is where it was first heard (a), which is
+	// enabled, so it goes back there.
+	m, err := nc.Request(replica.DefaultSubject, []byte(`{"gl_path":"/azure/","ingress_headers":{"Session-Id":["`+moving+`_2"]}}`), 2*time.Second)
+	is.NoErr(err)
+	is.True(strings.Contains(string(m.Data), `"/azure/a/"`)) // back to its home
+	tell(t, nc, "/azure/a/", 200)
+
+	addr := rs.listener(t, 0)
+	metrics := get(t, "http://"+addr+"/metrics")
+	for series, want := range map[string]float64{
+		`broker_sessions_pinned{router="/azure/a/"}`:                     1,
+		`broker_sessions_pinned{router="/azure/b/"}`:                     2,
+		`broker_sessions_pinned{router="/azure/c/"}`:                     0,
+		`broker_session_moves_total{direction="in",router="/azure/b/"}`:  1,
+		`broker_session_moves_total{direction="out",router="/azure/a/"}`: 1,
+		`broker_session_moves_total{direction="in",router="/azure/a/"}`:  0,
+		`broker_session_moves_total{direction="out",router="/azure/b/"}`: 0,
+		`broker_session_calls_total{outcome="remembered"}`:               1,
+		`broker_sessions_evicted_total`:                                  0,
+	} {
+		is.Equal(metricValue(t, metrics, series), want) // series as the log said
+	}
+	says(t, "/metrics", metrics, "# HELP broker_sessions_pinned Sessions this replica remembers")
+	says(t, "/metrics", metrics, "# HELP broker_session_moves_total Sessions heard")
+	says(t, "/metrics", metrics, "# HELP broker_sessions_evicted_total Sessions this replica forgot")
+	if strings.Contains(metrics, "1696681410696216") {
+		t.Fatalf("/metrics names a session:\n%s", metrics)
+	}
+
+	var snap statuspage.Snapshot
+	is.NoErr(json.Unmarshal([]byte(get(t, "http://"+addr+"/status.json")), &snap))
+	got := map[string]statuspage.RouterSessions{}
+	for _, r := range snap.Pools[0].Routers {
+		is.True(r.Sessions != nil) // every router of a pool that remembers sessions
+		got[r.Router] = *r.Sessions
+	}
+	is.Equal(got, map[string]statuspage.RouterSessions{ // the page says what /metrics says
+		"/azure/a/": {Pinned: 1, MovedOut: 1}, "/azure/b/": {Pinned: 2, MovedIn: 1}, "/azure/c/": {}})
 }

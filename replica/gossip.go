@@ -77,6 +77,10 @@ type RouterStats struct {
 	// RateLimitedUntil is when a router its upstream said has none left
 	// takes calls again, in unix nanoseconds (absent: it is not waiting).
 	RateLimitedUntil int64 `json:"rate_limited_until,omitempty"`
+	// Sessions are the sessions the replica remembers pinned to the
+	// router and those it heard move (absent: none, or a broker from
+	// before replicas told them); only shown.
+	Sessions *RouterSessionsTold `json:"sessions,omitempty"`
 }
 
 func toCounts(rs RouterStats) broker.Counts {
@@ -147,6 +151,7 @@ func (r *Replica) shareStats() error {
 		var told []broker.Counts
 		var toldConf ConfigTold
 		var toldAt time.Time
+		var pinned sessionRoutersTold
 		tell := func(now time.Time, always bool) {
 			r.broker.Refresh(now)
 			counts := r.broker.Counts()
@@ -163,6 +168,7 @@ func (r *Replica) shareStats() error {
 			for i, c := range counts {
 				msg.Routers[i] = fromCounts(c)
 			}
+			msg.Routers = withSessions(msg.Routers, pinned.get(r.broker, now))
 			data, err := json.Marshal(msg)
 			if err != nil {
 				return

@@ -60,6 +60,26 @@ type ExplainedAffinity struct {
 	// LoadFactor is the bound on a router's calls in flight, in times its
 	// weight's share of its tier's (the default when the pool gives none).
 	LoadFactor float64 `json:"load_factor"`
+	// TTLSeconds is how long a session is remembered after its last call
+	// was heard on gecholog's transaction log (the default when the pool
+	// gives none), and Stay whether a session that moved stays where it
+	// moved; "session" affinity only (0 and false for a header's).
+	TTLSeconds float64 `json:"ttl_seconds,omitempty"`
+	Stay       bool    `json:"stay,omitempty"`
+}
+
+// ExplainAffinity is a as Explained and `broker status` say it, for a
+// pool with affinity; sessionHeader is the header a "session" pool reads.
+func ExplainAffinity(a broker.Affinity, sessionHeader string) *ExplainedAffinity {
+	x := &ExplainedAffinity{Session: a.Session, Header: a.Header, LoadFactor: a.Factor()}
+	if a.Session {
+		ttl := a.TTL
+		if ttl == 0 {
+			ttl = broker.DefaultSessionTTL
+		}
+		x.Header, x.TTLSeconds, x.Stay = sessionHeader, ttl.Seconds(), a.Stay
+	}
+	return x
 }
 
 // explainedAffinity is a as Explained says it; nil when a is off.
@@ -68,18 +88,14 @@ func explainedAffinity(a broker.Affinity, sessionHeader string) *ExplainedAffini
 	if !a.On() {
 		return nil
 	}
-	x := &ExplainedAffinity{Session: a.Session, Header: a.Header, LoadFactor: a.Factor()}
-	if a.Session {
-		x.Header = sessionHeader
-	}
-	return x
+	return ExplainAffinity(a, sessionHeader)
 }
 
 // The session metrics, read from the broker and the handler at scrape
 // time.
 var (
 	sessionCallsDesc = prometheus.NewDesc("broker_session_calls_total",
-		"Calls of pools with session affinity answered by this replica, by outcome: keyed (went by their session's order), spilled (keyed, and passed over their session's first router, which was over its load bound or had no rate limit left; counted in keyed too), no_key (no session header, or one that gave no key; went by the pool's strategy).",
+		"Calls of pools with session affinity answered by this replica, by outcome: keyed (went by their session's order), spilled (keyed, and passed over their session's first router, which was over its load bound or had no rate limit left; counted in keyed too), no_key (no session header, or one that gave no key; went by the pool's strategy), remembered (keyed, and sent to the router gecholog's transaction log says the session used, not by its order; counted in keyed too).",
 		[]string{"outcome"}, nil)
 	sessionKeyProblemsDesc = prometheus.NewDesc("broker_session_key_problems_total",
 		"Calls of pools with session affinity whose session header gave no key, by problem: empty, too_long (over 256 bytes), malformed (not gecholog's list of strings, JSON escapes, or not a gecholog session id); counted in broker_session_calls_total{outcome=\"no_key\"}, as are calls without the header.",
@@ -92,6 +108,7 @@ type sessionCollector struct{ m *monitor }
 func (c sessionCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- sessionCallsDesc
 	ch <- sessionKeyProblemsDesc
+	describeSessionRouters(ch)
 }
 
 func (c sessionCollector) Collect(ch chan<- prometheus.Metric) {
@@ -100,13 +117,14 @@ func (c sessionCollector) Collect(ch chan<- prometheus.Metric) {
 		return // still connecting: there is nothing to count yet
 	}
 	s := b.Sessions()
-	for outcome, n := range map[string]uint64{"keyed": s.Keyed, "spilled": s.Spilled, "no_key": s.NoKey} {
+	for outcome, n := range map[string]uint64{"keyed": s.Keyed, "spilled": s.Spilled, "no_key": s.NoKey, "remembered": s.Remembered} {
 		ch <- prometheus.MustNewConstMetric(sessionCallsDesc, prometheus.CounterValue, float64(n), outcome)
 	}
 	problems := h.KeyProblems()
 	for _, p := range gecholog.KeyProblemsCounted {
 		ch <- prometheus.MustNewConstMetric(sessionKeyProblemsDesc, prometheus.CounterValue, float64(problems[p]), p.String())
 	}
+	collectSessionRouters(ch, b, s)
 }
 
 // pageSessions is r's session counts as the status page shows them: this
@@ -139,6 +157,12 @@ type ExplainedSession struct {
 	// "malformed" (as broker_session_key_problems_total counts them), or
 	// "no affinity" (the pool keys no call); "" when it gives one.
 	NoKey string `json:"no_key,omitempty"`
+	// Home is the router gecholog's transaction log says the session goes
+	// back to ("": not remembered, or its lifetime is over), and
+	// Remembered says Router is Home: the call goes there by the log, not
+	// by the session's order.
+	Home       string `json:"home,omitempty"`
+	Remembered bool   `json:"remembered,omitempty"`
 }
 
 // maxSessionAsked bounds the value explain reads: a key is at most
@@ -172,6 +196,6 @@ func explainSession(b *broker.Broker, ingress, value, sessionHeader string) *Exp
 	case len(key) == 0:
 		return &ExplainedSession{NoKey: gecholog.KeyEmpty.String()}
 	}
-	router, spilled, _ := b.SessionRouter(ingress, key)
-	return &ExplainedSession{Router: router, Spilled: spilled}
+	w := b.SessionWay(ingress, key)
+	return &ExplainedSession{Router: w.Router, Spilled: w.Spilled, Home: w.Home, Remembered: w.Remembered}
 }

@@ -75,6 +75,7 @@ type Page struct {
 	done    chan struct{}
 	once    sync.Once
 	shares  shares
+	pins    pins
 }
 
 // New returns the page of the replica src.
@@ -127,6 +128,7 @@ func (p *Page) Snapshot(now time.Time) Snapshot {
 		r.Chosen = chosen[i]
 		pool.Routers = append(pool.Routers, r)
 	}
+	p.pins.fill(b, s.Pools, now)
 	fleet := false
 	for _, pool := range s.Pools {
 		var total uint64

@@ -8,6 +8,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/standin"
 	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/replica"
 )
@@ -42,4 +43,39 @@ func TestStatusPageShowsEachPoolsAffinityAndTheFleetsSessionCountsNeverAValue(t 
 	if text := pageText(ctx); strings.Contains(text, conversation) {
 		t.Fatalf("the page shows the header value: %s", text)
 	}
+}
+
+// TestStatusPageShowsTheSessionsPinnedPerRouterAndTheirMoves publishes,
+// as gecholog's logger does, calls of three sessions of a pool with
+// "session" affinity, one of which moves: the page shows, per router,
+// the sessions pinned there and those that moved in and out.
+func TestStatusPageShowsTheSessionsPinnedPerRouterAndTheirMoves(t *testing.T) {
+	s := natstest.Start(t)
+	pools := []broker.Pool{
+		{Ingress: "/azure/", Affinity: broker.Affinity{Session: true}, Routers: []broker.Router{
+			{Path: "/azure/a/", Weight: 1}, {Path: "/azure/b/", Weight: 1}, {Path: "/azure/c/", Weight: 1}}},
+		{Ingress: "/openai/", Routers: []broker.Router{{Path: "/openai/a/", Weight: 1}}},
+	}
+	fl := startFleet(t, s.ClientURL(), replica.Config{Pools: pools, Policy: broker.Policy{DisabledTime: time.Minute}}, 1)
+	nc := natstest.Connect(t, s)
+	for _, f := range []standin.Finished{
+		{Ingress: "/azure/", Router: "/azure/a/", Session: "AAA00001_1696681410696216001_1_0"},
+		{Ingress: "/azure/", Router: "/azure/a/", Session: "AAA00001_1696681410696216002_2_0"},
+		{Ingress: "/azure/", Router: "/azure/b/", Session: "AAA00001_1696681410696216003_3_0"},
+		{Ingress: "/azure/", Router: "/azure/b/", Session: "AAA00001_1696681410696216001_1_1"}, // the first session moves from a to b
+	} {
+		if err := nc.Publish(replica.DefaultLoggerSubject, standin.Transaction(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := startBrowser(t, 1280, 800)
+	open(t, ctx, fl.addrs[0])
+	cell := func(router string) string {
+		return `document.querySelector('tr[data-router="` + router + `"] td[data-label="sessions"]').textContent`
+	}
+	waitFor(t, ctx, 5*time.Second, cell("/azure/b/")+` === "2 pinned · 1 in · 0 out"`)
+	says(t, "/azure/a/'s sessions", eval[string](t, ctx, cell("/azure/a/")), "1 pinned · 0 in · 1 out")
+	says(t, "/azure/c/'s sessions", eval[string](t, ctx, cell("/azure/c/")), "0 pinned · 0 in · 0 out")
+	says(t, "/openai/a/'s sessions", eval[string](t, ctx, cell("/openai/a/")), "—") // a pool that remembers no session
+	screenshot(t, ctx, "pinned", "-pinned")
 }

@@ -132,6 +132,9 @@ type Router struct {
 	// log), and Spend what they cost at its price (null: it has none).
 	Tokens Tokens   `json:"tokens"`
 	Spend  *float64 `json:"spend"`
+	// Sessions are the sessions pinned to the router and those that moved
+	// (null: its pool has no "session" affinity, the only one remembered).
+	Sessions *RouterSessions `json:"sessions"`
 }
 
 // Tokens are a router's tokens by kind.

@@ -50,12 +50,12 @@ func TestExplainAndStatusSayEachPoolsAffinityAndTheSessionCounts(t *testing.T) {
 	says(t, "explain /azure/", table, "\nSession affinity on header X-Conversation-Id, load factor 3: a keyed call goes to its session's router (the next in its order when that one is over its bound); this shows the choice for calls without a key\n")
 	x, err := explainJSON(t, ops, "/openai/")
 	is.NoErr(err)
-	is.Equal(x.Affinity, &replica.ExplainedAffinity{Session: true, Header: "Session-Id", LoadFactor: 2}) // the session header the replica reads, the default bound
+	is.Equal(x.Affinity, &replica.ExplainedAffinity{Session: true, Header: "Session-Id", LoadFactor: 2, TTLSeconds: 600}) // the session header the replica reads, the default bound
 
 	// Where one session goes, asked by its value.
 	asked, _, err := runOp(ops, "explain", "/azure/", "--session", conversation)
 	is.NoErr(err)
-	says(t, "explain --session", asked, "\nThe session asked: its next call goes to "+routerOf(t, answers[0])+", its session's router\n")
+	says(t, "explain --session", asked, "\nThe session asked: its next call goes to "+routerOf(t, answers[0])+", its session's router by its order\n")
 	x, err = explainJSON(t, env("NATS_URL", s.ClientURL(), "BROKER_METRICS_ADDR", r.addr), "/openai/")
 	is.NoErr(err)
 	is.Equal(x.Session, nil) // none asked, none said
@@ -84,7 +84,7 @@ func TestExplainAndStatusSayEachPoolsAffinityAndTheSessionCounts(t *testing.T) {
 	is.NoErr(json.Unmarshal([]byte(doc), &rows))
 	is.Equal(len(rows), 4)
 	is.Equal(rows[0].Affinity, &replica.ExplainedAffinity{Header: "X-Conversation-Id", LoadFactor: 3}) // each row names its pool's affinity
-	is.Equal(rows[3].Affinity, &replica.ExplainedAffinity{Session: true, Header: "Session-Id", LoadFactor: 2})
+	is.Equal(rows[3].Affinity, &replica.ExplainedAffinity{Session: true, Header: "Session-Id", LoadFactor: 2, TTLSeconds: 600})
 
 	replicas, _, err := runOp(ops, "status", "--replicas", "--json")
 	is.NoErr(err)

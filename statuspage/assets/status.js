@@ -139,7 +139,8 @@
       el("th", { class: "num" }, "in flight"), el("th", { class: "num" }, "latency"), el("th", { class: "num" }, "headroom"),
       el("th", { class: "num", title: "the fleet's calls reported within the failure-rate window, and the share that failed" }, "failed"),
       el("th", { class: "num", title: "the fleet's tokens since this replica started: input, output, cached input" }, "tokens"),
-      el("th", { class: "num", title: "what the tokens cost at the router's price, since this replica started" }, "spend")));
+      el("th", { class: "num", title: "what the tokens cost at the router's price, since this replica started" }, "spend"),
+      el("th", { class: "num", title: "sessions whose last call (on gecholog's transaction log) used the router, as this replica remembers them; and those heard moving to it and away from it since it started" }, "sessions")));
   }
 
   // affinityText says how a pool keeps a conversation on one router: the
@@ -157,7 +158,7 @@
   // pool is one pool's rows: a heading row, then each router.
   function pool(p) {
     const body = el("tbody", { "data-ingress": p.ingress },
-      el("tr", { class: "pool-head" }, el("th", { colSpan: 14 }, "pool ", el("code", {}, p.ingress),
+      el("tr", { class: "pool-head" }, el("th", { colSpan: 15 }, "pool ", el("code", {}, p.ingress),
         el("span", { class: "quiet" }, " · " + p.routers.length + (p.routers.length === 1 ? " router" : " routers")),
         p.affinity ? el("span", { class: "quiet affinity", title: "a keyed call goes to its session's router (the next in its order when that one is over its bound); a call without a key goes by the pool's strategy" },
           " · " + affinityText(p.affinity)) : null)));
@@ -174,7 +175,8 @@
         figure(r.headroom, "headroom", v => Math.round(v * 100) + "%"),
         figure(r.failure_rate, "failed", v => Math.round(v * 100) + "% of " + r.calls),
         tokensCell(r.tokens),
-        figure(r.spend, "spend", v => v === 0 ? "0" : v < 0.01 ? v.toPrecision(2) : v < 100 ? v.toFixed(2) : v.toFixed(0))));
+        figure(r.spend, "spend", v => v === 0 ? "0" : v < 0.01 ? v.toPrecision(2) : v < 100 ? v.toFixed(2) : v.toFixed(0)),
+        figure(r.sessions, "sessions", s => s.pinned + " pinned · " + s.moved_in + " in · " + s.moved_out + " out")));
     }
     return body;
   }
