@@ -42,3 +42,36 @@ func BenchmarkChoose(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkChooseSession is a keyed call's choice in a pool of three
+// routers with "session" affinity: by the session's order, and for a
+// session the transaction log told of (remembered, with 100,000 other
+// sessions remembered), each call settled at once.
+func BenchmarkChooseSession(b *testing.B) {
+	for _, remembered := range []bool{false, true} {
+		b.Run(fmt.Sprintf("remembered=%v", remembered), func(b *testing.B) {
+			p := broker.Pool{Ingress: "/p/", Affinity: broker.Affinity{Session: true}, Routers: []broker.Router{
+				{Path: "/p/a/", Weight: 1}, {Path: "/p/b/", Weight: 1}, {Path: "/p/c/", Weight: 1}}}
+			br, err := broker.New(broker.Config{Pools: []broker.Pool{p}, Policy: broker.Policy{DisabledTime: time.Hour}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { br.Close(context.Background()) })
+			key := []byte("AAA00001_1696681410696216000_3")
+			if remembered {
+				for i := range broker.MaxRemembered {
+					br.Remember(fmt.Appendf(nil, "AAA00001_%d_1", i), []byte("/p/b/"))
+				}
+				br.Remember(key, []byte("/p/c/"))
+			}
+			ingress := []byte(p.Ingress)
+			var paths [][]byte
+			for _, m := range br.Members() {
+				paths = append(paths, []byte(m))
+			}
+			for b.Loop() {
+				br.Report(paths[br.ChooseSession(ingress, key)], 200, 0)
+			}
+		})
+	}
+}

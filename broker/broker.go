@@ -83,6 +83,8 @@ type Broker struct {
 	maxCallTokens  int64        // see Config.MaxCallTokens
 
 	calls       [numOutcomes]atomic.Uint64
+	sessions    sessionCounts // calls of pools with affinity
+	memory      sessionMemory // where sessions went, from the transaction log
 	kvWrites    atomic.Uint64
 	kvErrors    atomic.Uint64
 	watchEvents atomic.Uint64
@@ -100,6 +102,9 @@ type table struct {
 	members []*route          // the same, in the order the pools first list them
 	policy  Policy
 	bound   time.Duration // the in-flight bound
+	// remember is, for each router of a pool with "session" affinity,
+	// those pools: they remember where sessions went (see Remember).
+	remember map[string][]*pool
 }
 
 // cur returns the configuration in force.
@@ -140,6 +145,7 @@ func New(cfg Config) (*Broker, error) {
 		transitions:   map[transition]uint64{},
 		maxCallTokens: maxCall,
 	}
+	b.memory.init()
 	if cfg.Store != nil {
 		b.store.Store(&storeRef{cfg.Store})
 	}

@@ -22,7 +22,21 @@ type probeSlot struct {
 // returns its id, its index in Members. It returns -1 when the call should
 // stay on the ingress router: ingress is no pool's, or no router of the
 // pool may take calls. It reads an immutable snapshot and never waits.
-func (b *Broker) Choose(ingress []byte) int {
+func (b *Broker) Choose(ingress []byte) int { return b.ChooseSession(ingress, nil) }
+
+// ChooseSession is Choose for a call of the session key names (nil or
+// empty: none). In a pool with affinity (see Affinity) a call with a key
+// goes to the first router of its session's order, within the best tier
+// with a router that can take it, that has rate limit left and is within
+// its bound of the calls in flight; every replica makes the same choice
+// from the same tier. In a pool with "session" affinity, a session the
+// transaction log told of (see Remember) goes back to the router it was
+// first heard on while that router, in the best tier that can take the
+// call, can take it (with Affinity.Stay: to the router it was last heard
+// on, in any tier). A key longer than MaxSessionKey is none. A call
+// without one, and every call of a pool without affinity, goes by the
+// pool's strategy. The key is read during the call only, never kept.
+func (b *Broker) ChooseSession(ingress, key []byte) int {
 	p := b.cur().pools[string(ingress)] // does not allocate
 	if p == nil {
 		b.calls[NotIngress].Add(1)
@@ -32,6 +46,19 @@ func (b *Broker) Choose(ingress []byte) int {
 		return -1
 	}
 	c := p.live.Load()
+	var h uint64
+	var home *route // where the log says the session goes back to; nil: nowhere
+	keyed := false
+	if p.affinity.On() {
+		if keyed = len(key) > 0 && len(key) <= MaxSessionKey; keyed {
+			h = sessionHash(key)
+			if p.affinity.Session {
+				home = b.memory.home(h ^ p.seed)
+			}
+		} else {
+			b.sessions.noKey.Add(1)
+		}
+	}
 	for _, rt := range c.unclaimed {
 		// Traffic wants the probe: claim it in the background. Without
 		// traffic nobody claims, and the key expires by itself.
@@ -40,13 +67,44 @@ func (b *Broker) Choose(ingress []byte) int {
 		}
 	}
 	for _, s := range c.probes {
+		if keyed && (home != nil && s.route != home || home == nil && !p.firstFor(c, h, s.route)) {
+			continue // not this session's router: it would move for one call
+		}
 		if s.token.CompareAndSwap(true, false) {
 			b.log.Info("sending the probe call", slog.String("router", s.route.path))
 			return b.chose(p, s.route, slices.Index(p.ids, s.route.id), Chosen)
 		}
 	}
+	if home != nil && p.affinity.Stay {
+		// The session stays where it last went, in whatever tier.
+		for _, t := range c.tiers {
+			if j := t.indexOf(home); j >= 0 {
+				if t.takes(j, p.loadFactor()) {
+					return b.remembered(p, t, j)
+				}
+				break
+			}
+		}
+	}
 	// What the strategy is asked and what its answers mean: see Strategy.
 	for _, t := range c.tiers {
+		if keyed {
+			if home != nil && !p.affinity.Stay {
+				// Back to where the session was first heard, if that is in
+				// the best tier that can take the call.
+				if j := t.indexOf(home); j >= 0 && t.takes(j, p.loadFactor()) {
+					return b.remembered(p, t, j)
+				}
+			}
+			if i, spilled := t.affine(h, p.loadFactor()); i >= 0 {
+				b.sessions.keyed.Add(1)
+				if spilled {
+					b.sessions.spilled.Add(1)
+				}
+				return b.chose(p, t.routes[i], t.index[i], Chosen)
+			}
+			continue
+		}
 		if i := p.strategy.Pick(t); i >= 0 {
 			return b.chose(p, t.routes[i], t.index[i], Chosen)
 		}
@@ -66,6 +124,14 @@ func (b *Broker) Choose(ingress []byte) int {
 		i = sort.Search(len(cum), func(i int) bool { return cum[i] > n })
 	}
 	return b.chose(p, c.fallback[i], c.fallbackIdx[i], Panicked)
+}
+
+// remembered counts a keyed call sent to its session's remembered router,
+// j of t, and returns its id.
+func (b *Broker) remembered(p *pool, t *Tier, j int) int {
+	b.sessions.keyed.Add(1)
+	b.memory.remembered.Add(1)
+	return b.chose(p, t.routes[j], t.index[j], Chosen)
 }
 
 // chose counts a choice of rt, router index of p, and returns its id.
@@ -142,6 +208,8 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 			total += t.cum[n-1]
 		}
 		t.routes = append(t.routes, rt)
+		t.seeds = append(t.seeds, rt.seed)
+		t.equal = len(t.weights) == 0 || t.equal && t.weights[0] == r.Weight
 		t.weights = append(t.weights, r.Weight)
 		t.cum = append(t.cum, total)
 		t.index = append(t.index, i)

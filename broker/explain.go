@@ -26,6 +26,9 @@ type PoolView struct {
 	// DefaultTokenMix.
 	Mix      TokenMix
 	MixHeard bool
+	// Affinity is how the pool keeps a conversation on one router; the
+	// zero value when it does not.
+	Affinity Affinity
 }
 
 // PoolView returns the pool for ingress as this replica sees it at now;
@@ -39,7 +42,7 @@ func (b *Broker) PoolView(ingress string, now time.Time) (PoolView, bool) {
 		return PoolView{}, false
 	}
 	v := PoolView{Ingress: ingress, Strategy: p.name, AllDisabled: t.policy.AllDisabled, Replica: b.id,
-		Routers: b.poolView(nil, p, now), Mix: DefaultTokenMix}
+		Routers: b.poolView(nil, p, now), Mix: DefaultTokenMix, Affinity: p.affinity}
 	if m := p.mix.Load(); m != nil {
 		v.Mix, v.MixHeard = m.TokenMix, m.calls > 0
 	}
@@ -77,6 +80,10 @@ type Explanation struct {
 	Why string
 	// Routers are the pool's routers in its order.
 	Routers []RouterExplanation
+	// Affinity is the pool's: when it is on, a keyed call goes to its
+	// session's router, and Rule, Why and each router's share say what
+	// becomes of the calls without a key.
+	Affinity Affinity
 }
 
 // Rule is what answers a pool's calls.
@@ -142,7 +149,7 @@ type Sharer interface {
 // Explain says why the pool's calls go where they go at now, from p alone:
 // the rule Choose follows (see Strategy), applied to what p says.
 func Explain(p PoolView, now time.Time) Explanation {
-	e := Explanation{Ingress: p.Ingress, Strategy: p.Strategy, AllDisabled: p.AllDisabled, Tier: -1}
+	e := Explanation{Ingress: p.Ingress, Strategy: p.Strategy, AllDisabled: p.AllDisabled, Tier: -1, Affinity: p.Affinity}
 	for _, v := range p.Routers {
 		e.Routers = append(e.Routers, RouterExplanation{RouterView: v, State: v.Phase.String(), ExpectedKnown: true})
 	}

@@ -93,6 +93,7 @@ type stdMessage struct {
 	GLPath  *string         `json:"gl_path"`
 	Status  *int            `json:"egress_status_code"`
 	Headers json.RawMessage `json:"inbound_headers"`
+	Ingress json.RawMessage `json:"ingress_headers"`
 }
 
 // agree fails t unless gecholog.Parse's scanner and json.Unmarshal both
@@ -118,6 +119,9 @@ func agree(t *testing.T, data []byte) {
 		}
 		if (m.Headers == nil) != (std.Headers == nil) || !bytes.Equal(m.Headers, std.Headers) {
 			t.Fatalf("%.200q: inbound_headers %.100q, encoding/json %.100q", data, m.Headers, std.Headers)
+		}
+		if (m.IngressHeaders == nil) != (std.Ingress == nil) || !bytes.Equal(m.IngressHeaders, std.Ingress) {
+			t.Fatalf("%.200q: ingress_headers %.100q, encoding/json %.100q", data, m.IngressHeaders, std.Ingress)
 		}
 	}
 
@@ -211,6 +215,9 @@ func parseCorpus() []string {
 		`{"gl_path":"/a/","egress_status_code":null,"egress_status_code":503}`,
 		`{"gl_path":"/a/","inbound_headers":{"a":["1"]},"inbound_headers":{"b":["2"]}}`,
 		`{"gl_path":"/a/","inbound_headers":null}`,
+		`{"gl_path":"/azure/","ingress_headers":{"Session-Id":["AAA00001_1696681410696216000_3_0"],"Api-Key":["secret"]}}`,
+		`{"gl_path":"/a/","ingress_headers":{"a":["1"]},"INGRESS_HEADERS":null}`,
+		`{"gl_path":"/a/","ingress_headers":"x"}`,
 		`{"gl_path":"/a/","inbound_headers": "text" }`,
 		`{"gl_path":"/a/","inbound_headers":[1,{"a":[]},"x"]}`,
 		`{"gl_path":"/a/","inbound_headers":  {"Retry-After" : [ "30" ] }  }`,

@@ -30,6 +30,9 @@ type Pool struct {
 	// Strategy names how a router is chosen within a tier (see
 	// Strategies); "" is DefaultStrategy.
 	Strategy string
+	// Affinity keeps a conversation on one router; the zero value keeps
+	// none. A call without a key goes by Strategy.
+	Affinity Affinity
 }
 
 // DefaultPools returns the original broker's pool: /azure/ spread over
@@ -80,6 +83,9 @@ func ValidatePools(pools []Pool) error {
 			return fmt.Errorf("pool %q has no routers", p.Ingress)
 		}
 		if _, err := strategy(p.Strategy); err != nil {
+			return fmt.Errorf("pool %q: %w", p.Ingress, err)
+		}
+		if err := p.Affinity.validate(); err != nil {
 			return fmt.Errorf("pool %q: %w", p.Ingress, err)
 		}
 		seen := map[string]bool{}
@@ -142,7 +148,9 @@ type pool struct {
 	ingress  string
 	routers  []Router
 	strategy Strategy
-	name     string          // the strategy's name, for operators
+	name     string // the strategy's name, for operators
+	affinity Affinity
+	seed     uint64          // the pool's part in the key a session is remembered by
 	ids      []int           // each router's id, by index in routers
 	routes   []*route        // each router, by index in routers
 	tab      *table          // the configuration the pool belongs to

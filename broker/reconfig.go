@@ -99,7 +99,7 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 	}
 	for _, pc := range pools {
 		s, _ := strategy(pc.Strategy) // validated
-		p := &pool{ingress: pc.Ingress, routers: slices.Clone(pc.Routers), strategy: s, name: cmp.Or(pc.Strategy, DefaultStrategy), chosen: make([]atomic.Uint64, len(pc.Routers)), tab: t}
+		p := &pool{ingress: pc.Ingress, routers: slices.Clone(pc.Routers), strategy: s, name: cmp.Or(pc.Strategy, DefaultStrategy), affinity: pc.Affinity, seed: fmix(sessionHash(pc.Ingress)), chosen: make([]atomic.Uint64, len(pc.Routers)), tab: t}
 		var was *pool
 		if old != nil {
 			was = old.pools[p.ingress]
@@ -114,7 +114,7 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 			if rt == nil {
 				rt = b.every[r.Path]
 				if rt == nil {
-					rt = &route{path: r.Path, id: len(names), stats: newRouteStats(bound, policy.RateWindow, now)}
+					rt = &route{path: r.Path, seed: sessionHash(r.Path), id: len(names), stats: newRouteStats(bound, policy.RateWindow, now)}
 					rt.clean.Store(true)
 					b.every[r.Path] = rt
 					names = append(names, r.Path)
@@ -134,6 +134,14 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 		}
 	}
 	b.names.Store(&names)
+	t.remember = map[string][]*pool{}
+	for _, ingress := range t.order {
+		if p := t.pools[ingress]; p.affinity.Session {
+			for _, rt := range p.routes {
+				t.remember[rt.path] = append(t.remember[rt.path], p)
+			}
+		}
+	}
 	prices := map[string]*Price{} // the pools agree on each: ValidatePools
 	for _, pc := range pools {
 		for _, r := range pc.Routers {

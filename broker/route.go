@@ -10,7 +10,8 @@ import (
 // health.
 type route struct {
 	path  string
-	id    int // index in Broker.members
+	seed  uint64 // sessionHash(path): the router's part in a session's order
+	id    int    // index in Broker.members
 	pools []*pool
 	stats routeStats
 	// price is the router's price in the pools in force; nil: none given.

@@ -77,6 +77,10 @@ type routeStats struct {
 	room atomic.Pointer[room]
 
 	use usageCounts // tokens and spend, from the transaction log
+
+	// sessionsIn and sessionsOut count the sessions that moved to and
+	// from the router, as the transaction log told (see sessionMemory).
+	sessionsIn, sessionsOut atomic.Uint64
 }
 
 // newestFailure is a failure report as this replica heard it.

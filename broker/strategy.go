@@ -111,8 +111,10 @@ func (p Pool) NeedsTransactionLog() bool {
 type Tier struct {
 	routes  []*route
 	weights []int
-	cum     []int // cumulative weights, for Random
-	index   []int // each router's index in the pool
+	cum     []int    // cumulative weights, for Random
+	index   []int    // each router's index in the pool
+	seeds   []uint64 // each router's seed, for a session's order
+	equal   bool     // every weight is the same
 	costs   atomic.Pointer[tierCosts]
 }
 

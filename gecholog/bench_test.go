@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,9 +93,20 @@ func BenchmarkRequest(b *testing.B) {
 // latency, rate-limit headroom and tokens heard of in the transaction
 // log, calls in flight told by another replica, and calls this one chose
 // and never heard the end of. It returns the request context for /p/.
-func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte) {
+func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte, *broker.Broker) {
 	tb.Helper()
-	pool := broker.Pool{Ingress: "/p/", Strategy: strategy, Routers: []broker.Router{
+	return affinityHandler(tb, strategy, broker.Affinity{})
+}
+
+// sessionMessage is a request context as gecholog sends it to a pool
+// with affinity: the client's headers, a session id among them.
+const sessionMessage = `{"gl_path":"/p/","ingress_headers":{"Accept":["application/json"],"Api-Key":["0123456789abcdef0123456789abcdef"],` +
+	`"Content-Type":["application/json"],"Session-Id":["AAA00001_1696681410696216000_3_0"],"User-Agent":["OpenAI/Python 1.54.0"]}}`
+
+// affinityHandler is strategyHandler for a pool with affinity a.
+func affinityHandler(tb testing.TB, strategy string, a broker.Affinity) (*gecholog.Handler, []byte, *broker.Broker) {
+	tb.Helper()
+	pool := broker.Pool{Ingress: "/p/", Strategy: strategy, Affinity: a, Routers: []broker.Router{
 		{Path: "/p/r0/", Weight: 1, Price: &broker.Price{Input: 2.5, CachedInput: 1.25, Output: 10}},
 		{Path: "/p/r1/", Weight: 1, Price: &broker.Price{Input: 0.4, CachedInput: 0.1, Output: 1.6}},
 		{Path: "/p/r2/", Weight: 2, Price: &broker.Price{Input: 0.4, CachedInput: 0.1, Output: 1.6}}}}
@@ -109,7 +121,9 @@ func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte)
 	var counts []broker.Counts
 	for i, r := range pool.Routers {
 		b.Finished([]byte(r.Path), time.Duration(i+1)*20*time.Millisecond, &broker.RateLimits{
-			RemainingRequests: int64(100 * (i + 1)), LimitRequests: 1000, ResetRequests: now.Add(time.Hour),
+			// Room for every call a benchmark makes (none is answered):
+			// the strategies read headroom, and never decline the tier.
+			RemainingRequests: int64(1e12 * (i + 1)), LimitRequests: 1e13, ResetRequests: now.Add(time.Hour),
 			RemainingTokens: -1, LimitTokens: -1})
 		if err := b.Used([]byte(r.Path), broker.Usage{State: broker.UsageKnown, Input: 1200, CachedInput: 300, Output: 400}); err != nil {
 			tb.Fatal(err)
@@ -127,23 +141,51 @@ func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte)
 			tb.Fatalf("%s: in flight %d, latency known %v, headroom known %v, cost per call %v: want every statistic present", v.Router, v.InFlight, v.LatencyKnown, v.HeadroomKnown, v.CallCost)
 		}
 	}
-	return h, msg
+	return h, msg, b
 }
 
 // BenchmarkRequestStrategy is a request context for a pool of each
 // strategy, with the statistics it reads present. The target (issue 10):
 // at most 200 ns and no allocation for every strategy.
+//
+// session-affinity is a pool with "affinity": "session" and a request
+// context with five client headers, the session id among them: the
+// header's lookup and the session's order (issue 24: at most 250 ns and
+// no allocation).
 func BenchmarkRequestStrategy(b *testing.B) {
 	for _, s := range broker.Strategies() {
 		b.Run(s, func(b *testing.B) {
-			h, msg := strategyHandler(b, s)
+			h, msg, br := strategyHandler(b, s)
 			for b.Loop() {
 				if len(h.Handle(msg)) == 0 {
 					b.Fatal("no router chosen")
 				}
 			}
+			if n := br.Stats().Calls[broker.Panicked]; n > 0 {
+				b.Fatalf("%d calls by the all-disabled rule: not the path a call takes", n)
+			}
 		})
 	}
+	b.Run("session-affinity", func(b *testing.B) {
+		// 1,024 sessions, spread over the routers by their weights, so
+		// that none is over its load bound: each call goes to its
+		// session's router, as in a healthy fleet.
+		h, _, br := affinityHandler(b, "", broker.Affinity{Session: true})
+		var msgs [1024][]byte
+		for i := range msgs {
+			msgs[i] = []byte(strings.Replace(sessionMessage, "1696681410696216000_3", fmt.Sprintf("%d_3", 1696681410696216000+i), 1))
+		}
+		i := 0
+		for b.Loop() {
+			if len(h.Handle(msgs[i%len(msgs)])) == 0 {
+				b.Fatal("no router chosen")
+			}
+			i++
+		}
+		if s := br.Sessions(); s.Spilled*100 > s.Keyed || br.Stats().Calls[broker.Panicked] > 0 {
+			b.Fatalf("%+v, %d panicked: calls off their session's router", s, br.Stats().Calls[broker.Panicked])
+		}
+	})
 }
 
 // BenchmarkRequestManyPools chooses in one of 100 pools of 10 routers.
@@ -215,6 +257,7 @@ func BenchmarkParse(b *testing.B) {
 		{"request", `{"gl_path":"/azure/"}`},
 		{"response", `{"gl_path":"/azure/gpt4/","egress_status_code":200}`},
 		{"response+headers", `{"egress_status_code":200,"gl_path":"/azure/gpt4/","inbound_headers":{"Content-Type":["application/json"],"Date":["Wed, 25 Nov 2026 12:00:00 GMT"],"X-Request-Id":["5c1b3f0e-8d7a-4f7e-9a57-1f0d2c3b4a59"]}}`},
+		{"request+ingress_headers", sessionMessage},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			msg := []byte(tc.msg)
@@ -259,10 +302,21 @@ func TestHotPathAllocatesNothing(t *testing.T) {
 // TestHotPathAllocatesNothingForEveryStrategy holds a request context to
 // no allocation whichever strategy chooses, with the statistics it reads
 // present.
+func TestHotPathAllocatesNothingWithSessionAffinity(t *testing.T) {
+	h, _, _ := affinityHandler(t, "", broker.Affinity{Session: true})
+	msg := []byte(sessionMessage)
+	if n := testing.AllocsPerRun(1000, func() { h.Handle(msg) }); n != 0 {
+		t.Errorf("%v allocations per request context with a session, want none", n)
+	}
+	if s := h.KeyProblems(); s != [4]uint64{} {
+		t.Errorf("key problems %v, want none: the message's session id is well formed", s)
+	}
+}
+
 func TestHotPathAllocatesNothingForEveryStrategy(t *testing.T) {
 	for _, s := range broker.Strategies() {
 		t.Run(s, func(t *testing.T) {
-			h, msg := strategyHandler(t, s)
+			h, msg, _ := strategyHandler(t, s)
 			if n := testing.AllocsPerRun(1000, func() { h.Handle(msg) }); n != 0 {
 				t.Errorf("%v allocations per request context, want none", n)
 			}

@@ -52,6 +52,10 @@ type Wiring struct {
 	// RetryAfter says the broker honours the upstream's Retry-After, so a
 	// response processor without inbound_headers gets advice to add it.
 	RetryAfter bool
+	// SessionHeader is the header the broker reads gecholog's session id
+	// from (DefaultSessionHeader when ""), which the file's
+	// session_id_header must name for pools with "affinity": "session".
+	SessionHeader string
 }
 
 // maxGLConfig bounds what CheckGLConfigFile reads: a gl_config.json is
@@ -90,8 +94,10 @@ func CheckGLConfigFile(path string, pools []broker.Pool, w Wiring) ([]Problem, e
 // miswired request or response processor entry on w.Subject. Extras the
 // file leaves off are advice, a Problem with Advice set, since the broker
 // routes and fails over without them: inbound_headers for a response
-// processor when w.RetryAfter, and a transaction log on another subject
-// than w.LoggerSubject when a pool chooses by latency or headroom.
+// processor when w.RetryAfter, a transaction log on another subject
+// than w.LoggerSubject when a pool chooses by latency or headroom, and,
+// for pools with affinity, a request processor without ingress_headers
+// or a session_id_header other than w.SessionHeader.
 //
 // ${NAME} placeholders are read as they are: gecholog replaces them from its
 // own environment, which the check cannot see.
@@ -127,8 +133,9 @@ func CheckGLConfig(r io.Reader, pools []broker.Pool, w Wiring) ([]Problem, error
 		c.pools(pools, routers)
 	}
 	all := slices.Concat(request, response)
-	c.requestProcessor(c.onSubject("request", request, requestRead, subject, all,
-		"add the broker as a request processor (modifier true, async false, gl_path in input_fields_include and output_fields_write, timeout 50); without it gecholog never asks the broker to choose a router"))
+	mine := c.onSubject("request", request, requestRead, subject, all,
+		"add the broker as a request processor (modifier true, async false, gl_path in input_fields_include and output_fields_write, timeout 50); without it gecholog never asks the broker to choose a router")
+	c.requestProcessor(mine)
 	inputs := "gl_path and egress_status_code"
 	if retryAfter {
 		inputs = "gl_path, egress_status_code and inbound_headers"
@@ -138,6 +145,7 @@ func CheckGLConfig(r io.Reader, pools []broker.Pool, w Wiring) ([]Problem, error
 	c.responseProcessor(c.onSubject("response", response, responseRead, subject, all,
 		"add the broker as a response processor (async true, "+inputs+" in input_fields_include, timeout 50); without it no failure reaches the broker and failed routers are never taken out"), retryAfter)
 	c.logger(top, pools, w.LoggerSubject)
+	c.affinity(top, mine, pools, w.SessionHeader)
 	return c.problems, nil
 }
 

@@ -1,6 +1,8 @@
 package gecholog
 
 import (
+	"encoding/binary"
+	"math/bits"
 	"strconv"
 	"unicode"
 	"unicode/utf16"
@@ -17,6 +19,19 @@ func (s *scanner) string() (raw []byte, plain bool, err error) {
 	start := s.i + 1
 	plain = true
 	for i := start; i < len(s.data); {
+		// Eight bytes at a time while none of them needs a look: most of
+		// a message is plain ASCII text (paths, header names and values).
+		for i+8 <= len(s.data) {
+			special := specialBytes(binary.LittleEndian.Uint64(s.data[i:]))
+			if special != 0 {
+				i += bits.TrailingZeros64(special) / 8
+				break
+			}
+			i += 8
+		}
+		if i == len(s.data) {
+			break
+		}
 		c := s.data[i]
 		switch {
 		case c == '"':
@@ -62,6 +77,55 @@ func (s *scanner) string() (raw []byte, plain bool, err error) {
 	}
 	s.i = len(s.data)
 	return nil, false, s.fail("unexpected end of JSON input")
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// specialBytes marks, in the high bit of each byte of the little-endian
+// word w, the bytes of a string's text that string must look at: a
+// quote, a backslash, a control character (< 0x20) or a byte of a
+// multi-byte UTF-8 sequence (>= 0x80). A word without a special byte has
+// no mark, and the lowest mark is always on the first special byte (a
+// mark may also stand on a plain byte above it, where a borrow carried).
+func specialBytes(w uint64) uint64 { return w&highs | stopBytes(w) }
+
+// stopBytes is specialBytes without the bytes >= 0x80: the bytes of a
+// string's text that end it, escape or make it invalid JSON. A borrow
+// starts only at a marked byte, so the lowest mark is the first of them.
+func stopBytes(w uint64) uint64 {
+	// A quote xor 0x02 is 0x20, and a control character xor 0x02 another
+	// control character, so the bytes of w^0x02 below 0x21 are both.
+	ctl := w ^ (0x02 * ones)
+	backslash := w ^ ('\\' * ones)
+	return ((ctl-0x21*ones)&^ctl | (backslash-ones)&^backslash) & highs
+}
+
+// plainEnd returns the index in d of the quote that ends a string whose
+// text starts at i, when the text holds neither an escape nor a control
+// character; ok is false when it does, or has no end. Bytes >= 0x80 are
+// text to it: JSON's syntax allows any (encoding/json reads invalid
+// UTF-8 as U+FFFD).
+func plainEnd(d []byte, i int) (end int, ok bool) {
+	if i > len(d) {
+		return len(d), false
+	}
+	for rest := d[i:]; len(rest) >= 8; rest = rest[8:] {
+		if stop := stopBytes(binary.LittleEndian.Uint64(rest)); stop != 0 {
+			end = len(d) - len(rest) + bits.TrailingZeros64(stop)/8
+			return end, d[end] == '"'
+		}
+	}
+	for i = max(i, len(d)-7); i < len(d); i++ {
+		if c := d[i]; c == '"' {
+			return i, true
+		} else if c == '\\' || c < ' ' {
+			return i, false
+		}
+	}
+	return i, false
 }
 
 func isHex(c byte) bool {

@@ -36,6 +36,15 @@ type Transaction struct {
 	// Usage is the tokens the call used, as the upstream's answer
 	// (response.inbound_payload) says them: unknown when it does not.
 	Usage broker.Usage
+	// Session is the key of the call's gecholog session: the first three
+	// parts of the root's session_id (GATEWAYID_UNIXNANO_COUNT_TRANSACTION),
+	// as SessionKey makes it from the session header, so that the first
+	// call of a session, which had no header, keys alike. It shares the
+	// message's memory; nil when session_id is absent, not a plain string
+	// (null, another type, JSON escapes), longer than
+	// broker.MaxSessionKey, or not a session id. A bad session_id is no
+	// session and never an error: the rest of the transaction counts.
+	Session []byte
 }
 
 // Latency is the upstream's time for the call: Stop − Start when the
@@ -74,6 +83,7 @@ var (
 // decoded. It accepts and rejects exactly what json.Unmarshal into
 //
 //	struct {
+//		SessionID json.RawMessage `json:"session_id"`
 //		Request *struct {
 //			GLPath *string `json:"gl_path"`
 //		} `json:"request"`
@@ -114,6 +124,7 @@ func ParseTransaction(data []byte) (Transaction, error) {
 	t := Transaction{
 		Start: tx.start, Stop: tx.stop, HasDuration: tx.hasDuration,
 		Status: tx.status, HasStatus: tx.hasStatus, Headers: tx.headers, Usage: tx.usage,
+		Session: sessionOfRaw(tx.session),
 	}
 	if tx.hasDuration {
 		t.Duration = millis(tx.duration)
@@ -152,11 +163,12 @@ type txFields struct {
 	hasStatus               bool
 	headers                 []byte
 	usage                   broker.Usage
+	session                 []byte // session_id as sent, undecoded
 }
 
 // The keys read, at each level of the transaction.
 var (
-	txTop      = []string{"request", "response"}
+	txTop      = []string{"request", "response", "session_id"}
 	txRequest  = []string{"gl_path"}
 	txResponse = []string{"gl_path", "egress_status_code", "outbound_inbound_timer", "inbound_headers", "inbound_payload"}
 	txTimer    = []string{"start", "stop", "duration"}
@@ -179,6 +191,8 @@ func scanTransaction(data []byte, tx *txFields) error {
 			return s.nested(1, "response", tx.resetResponse, func(key []byte, escaped bool) error {
 				return s.response(tx, key, escaped)
 			})
+		case 2:
+			return s.raw(1, &tx.session)
 		}
 		return s.skip(1)
 	})
@@ -226,4 +240,48 @@ func (tx *txFields) resetResponse() {
 func (tx *txFields) resetTimer() {
 	tx.start, tx.stop = time.Time{}, time.Time{}
 	tx.duration, tx.hasDuration = 0, false
+}
+
+// sessionOfRaw is the session key of a transaction's session_id as sent
+// (see Transaction.Session); nil when it names none.
+func sessionOfRaw(raw []byte) []byte {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return nil // absent, null or not a string
+	}
+	v := raw[1 : len(raw)-1]
+	for _, c := range v {
+		if c == '\\' {
+			return nil // escaped: no session id gecholog makes has one
+		}
+	}
+	return SessionOfID(v)
+}
+
+// SessionOfID is the session key of a gecholog session id: its first
+// three parts (GATEWAYID_UNIXNANO_COUNT of
+// GATEWAYID_UNIXNANO_COUNT_TRANSACTION), sharing id's memory; nil when id
+// is not four non-empty parts joined by '_', or is longer than
+// broker.MaxSessionKey. SessionKey splits the session header alike.
+func SessionOfID(id []byte) []byte {
+	if len(id) == 0 || len(id) > broker.MaxSessionKey {
+		return nil
+	}
+	parts, start, end := 0, 0, 0
+	for i := 0; i <= len(id); i++ {
+		if i < len(id) && id[i] != '_' {
+			continue
+		}
+		if i == start {
+			return nil // an empty part
+		}
+		parts++
+		if parts == 3 {
+			end = i
+		}
+		start = i + 1
+	}
+	if parts != 4 {
+		return nil
+	}
+	return id[:end]
 }

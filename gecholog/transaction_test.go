@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,24 @@ func TestParseTransactionReadsTheFewFieldsOfAWholeTransaction(t *testing.T) {
 	var headers map[string][]string
 	is.NoErr(json.Unmarshal(tx.Headers, &headers))
 	is.Equal(headers["X-Ratelimit-Remaining-Requests"], []string{"0"}) // inbound_headers, as sent
+}
+
+func TestParseTransactionReadsTheSessionOfTheCall(t *testing.T) {
+	is := is.New(t)
+	data := standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Session: "AAA00001_1696681410696216000_3_0"})
+	tx, err := gecholog.ParseTransaction(data)
+	is.NoErr(err)
+	is.Equal(string(tx.Session), "AAA00001_1696681410696216000_3") // the session: the id's first three parts
+	for _, id := range []string{
+		`"AAA00001_1696681410696216000_3"`, `"AAA00001__3_0"`, `"A_B_C_D_E"`, `""`, `null`, `7`, `["A_B_C_D"]`,
+		`"AAA00001_1696681410696216000_3_\u0030"`, `"` + strings.Repeat("x", 300) + `_1_2_3"`,
+	} {
+		tx, err := gecholog.ParseTransaction([]byte(`{"session_id":` + id + `,"response":{"gl_path":"/a/","egress_status_code":200}}`))
+		is.NoErr(err)             // a bad session_id is no error:
+		is.Equal(tx.Session, nil) // no session,
+		is.Equal(tx.Status, 200)  // and the rest counts
+		is.Equal(string(tx.Router), "/a/")
+	}
 }
 
 func TestTransactionLatencyFallsBackToTheWholeMilliseconds(t *testing.T) {
@@ -108,7 +127,8 @@ func TestParseTransactionNamesWhatIsWrong(t *testing.T) {
 // stdTransaction is what gecholog.ParseTransaction's scanner stands in for:
 // the transaction as encoding/json reads it.
 type stdTransaction struct {
-	Request *struct {
+	SessionID json.RawMessage `json:"session_id"`
+	Request   *struct {
 		GLPath *string `json:"gl_path"`
 	} `json:"request"`
 	Response *struct {
@@ -126,6 +146,7 @@ type stdTransaction struct {
 
 // want is what ParseTransaction must give when encoding/json reads std.
 func (std stdTransaction) want() (tx gecholog.Transaction, router bool) {
+	tx.Session = stdSession(std.SessionID)
 	if r := std.Request; r != nil && r.GLPath != nil {
 		tx.Router, router = []byte(*r.GLPath), true
 	}
@@ -162,6 +183,22 @@ func (std stdTransaction) want() (tx gecholog.Transaction, router bool) {
 		}
 	}
 	return tx, router
+}
+
+// stdSession is the session key of session_id as sent: a plain string of
+// four non-empty parts joined by '_', at most 256 bytes, without escapes
+// (which no id gecholog makes has); its first three parts.
+func stdSession(raw json.RawMessage) []byte {
+	s := string(raw)
+	if len(s) < 2 || s[0] != '"' || s[len(s)-1] != '"' || strings.Contains(s, `\`) {
+		return nil
+	}
+	s = s[1 : len(s)-1]
+	parts := strings.Split(s, "_")
+	if len(s) > 256 || len(parts) != 4 || slices.Contains(parts, "") {
+		return nil
+	}
+	return []byte(strings.Join(parts[:3], "_"))
 }
 
 // agreeTransaction fails t unless ParseTransaction and json.Unmarshal
@@ -208,6 +245,9 @@ func agreeTransaction(t *testing.T, data []byte) {
 	if (tx.Headers == nil) != (want.Headers == nil) || !bytes.Equal(tx.Headers, want.Headers) {
 		t.Fatalf("%.300q: inbound_headers %.100q, encoding/json %.100q", data, tx.Headers, want.Headers)
 	}
+	if !bytes.Equal(tx.Session, want.Session) {
+		t.Fatalf("%.300q: session %q, encoding/json %q", data, tx.Session, want.Session)
+	}
 	if tx.Usage != want.Usage {
 		t.Fatalf("%.300q: usage %+v, encoding/json %+v", data, tx.Usage, want.Usage)
 	}
@@ -234,6 +274,8 @@ func transactionCorpus() []string {
 		`null`, `nul`, `nulll`, `true`, `false`, `tru`, `{}`, `[]`, `{"a":1}`, `[1,2]`, `["30"]`,
 		`{"Retry-After":["30"],"X-Ratelimit-Remaining-Requests":["0"]}`, `{"gl_path":"/x/"}`, `{"start":"2026-11-28T20:25:24Z"}`,
 		`[`, `{`, `{"a"}`, `[1,]`, `{"a":1,}`,
+		// Session ids.
+		`"AAA00001_1696681410696216000_3_0"`, `"A_B_C_D"`, `"A__C_D"`, `"A_B_C"`, `"A_B_C_D_"`, `"A_B\u005fC_D"`, "\"A_B_C\xff_D\"",
 	}
 	places := []string{
 		`{"response":{"gl_path":%s}}`,
@@ -250,6 +292,8 @@ func transactionCorpus() []string {
 		`{"request":{"gl_path":"/r/"},"response":%s}`,
 		`{"response":{"gl_path":"/a/","egress_status_code":200},"response":%s}`,
 		`{"x":%s,"response":{"gl_path":"/a/"}}`,
+		`{"session_id":%s,"response":{"gl_path":"/a/"}}`,
+		`{"session_id":"A_B_C_D","response":{"gl_path":"/a/"},"session_id":%s}`,
 		`{"gl_path":%s,"egress_status_code":200}`,
 		`%s`,
 	}

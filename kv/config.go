@@ -47,9 +47,10 @@ func ConfigBucket(healthBucket string) string { return healthBucket + "_config" 
 
 // ConfigPool is a pool as the pools file writes it.
 type ConfigPool struct {
-	Ingress  string         `json:"ingress"`
-	Strategy string         `json:"strategy,omitempty"`
-	Routers  []ConfigRouter `json:"routers"`
+	Ingress  string          `json:"ingress"`
+	Strategy string          `json:"strategy,omitempty"`
+	Affinity *ConfigAffinity `json:"affinity,omitempty"`
+	Routers  []ConfigRouter  `json:"routers"`
 }
 
 // ConfigRouter is a pool member as the pools file writes it.
@@ -135,7 +136,7 @@ type FleetConfig struct {
 func NewFleetConfig(pools []broker.Pool, p broker.Policy, bound time.Duration) FleetConfig {
 	c := FleetConfig{Version: ConfigVersion, InFlightBound: cmp.Or(bound, broker.DefaultInFlightBound).String()}
 	for _, pl := range pools {
-		cp := ConfigPool{Ingress: pl.Ingress, Strategy: pl.Strategy, Routers: []ConfigRouter{}}
+		cp := ConfigPool{Ingress: pl.Ingress, Strategy: pl.Strategy, Affinity: NewConfigAffinity(pl.Affinity), Routers: []ConfigRouter{}}
 		for _, r := range pl.Routers {
 			cp.Routers = append(cp.Routers, ConfigRouter{Path: r.Path, Weight: r.Weight, Priority: r.Priority, Price: NewConfigPrice(r.Price)})
 		}
@@ -166,7 +167,7 @@ func (c FleetConfig) Settings() (pools []broker.Pool, p broker.Policy, bound tim
 		if len(cp.Routers) == 0 {
 			return nil, p, 0, fmt.Errorf("pools[%d] (%q).routers: empty; give at least one router", i, cp.Ingress)
 		}
-		pl := broker.Pool{Ingress: cp.Ingress, Strategy: cp.Strategy}
+		pl := broker.Pool{Ingress: cp.Ingress, Strategy: cp.Strategy, Affinity: cp.Affinity.BrokerAffinity()}
 		for _, r := range cp.Routers {
 			pl.Routers = append(pl.Routers, r.BrokerRouter())
 		}

@@ -22,7 +22,7 @@ type ConfigChange struct {
 	// Router is the router changed, added or removed; "" for none.
 	Router string `json:"router,omitempty"`
 	// Field is what changed: "pool" or "router" (added or removed),
-	// "strategy", "weight", "priority", "price", "order", "inflight_bound",
+	// "strategy", "affinity", "weight", "priority", "price", "order", "inflight_bound",
 	// "version", or "policy." and the policy's field as the document
 	// names it ("policy.disabled_time").
 	Field string `json:"field"`
@@ -167,6 +167,9 @@ func diffPool(a, b ConfigPool) []ConfigChange {
 	if sa, sb := cmp.Or(a.Strategy, broker.DefaultStrategy), cmp.Or(b.Strategy, broker.DefaultStrategy); sa != sb {
 		out = append(out, ConfigChange{Pool: b.Ingress, Field: "strategy", From: sa, To: sb})
 	}
+	if aa, ab := affinityText(a.Affinity.BrokerAffinity()), affinityText(b.Affinity.BrokerAffinity()); aa != ab {
+		out = append(out, ConfigChange{Pool: b.Ingress, Field: "affinity", From: aa, To: ab})
+	}
 	router := func(p ConfigPool, path string) *ConfigRouter {
 		for i := range p.Routers {
 			if p.Routers[i].Path == path {
@@ -251,7 +254,11 @@ func poolText(p ConfigPool) string {
 	for _, r := range p.Routers {
 		routers = append(routers, r.Path)
 	}
-	return cmp.Or(p.Strategy, broker.DefaultStrategy) + " over " + strings.Join(routers, ", ")
+	s := cmp.Or(p.Strategy, broker.DefaultStrategy) + " over " + strings.Join(routers, ", ")
+	if a := p.Affinity.BrokerAffinity(); a.On() {
+		s += ", affinity " + affinityText(a)
+	}
+	return s
 }
 
 // sameValue reports whether two values of a field mean the same: equal,

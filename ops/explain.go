@@ -26,10 +26,20 @@ const explainTimeout = 5 * time.Second
 // well under it.
 const maxExplained = 1 << 20
 
+// ExplainOptions are what `broker explain` asks and how it prints it.
+type ExplainOptions struct {
+	// JSON prints the replica's answer as JSON instead of the table.
+	JSON bool
+	// Session, when not "", is a session header's value: the answer says
+	// where that session's next call goes. It is sent to the replica and
+	// never printed.
+	Session string
+}
+
 // Explain asks the replica whose listener is on addr why the calls for
 // ingress go where they go, and prints its answer as a table, or as JSON
-// with asJSON.
-func Explain(ctx context.Context, addr, ingress string, asJSON bool, stdout io.Writer) error {
+// with o.JSON.
+func Explain(ctx context.Context, addr, ingress string, o ExplainOptions, stdout io.Writer) error {
 	if addr == "" {
 		return errors.New("metrics-addr: not set; explain asks a replica's listener, which serves only when BROKER_METRICS_ADDR is set (e.g. :9090): set it for the replica and for this command")
 	}
@@ -42,6 +52,9 @@ func Explain(ctx context.Context, addr, ingress string, asJSON bool, stdout io.W
 		return err
 	}
 	u := base + "/explain?ingress=" + url.QueryEscape(ingress)
+	if o.Session != "" {
+		u += "&session=" + url.QueryEscape(o.Session)
+	}
 	ctx, cancel := context.WithTimeout(ctx, explainTimeout)
 	defer cancel()
 	resp, err := getOnce(ctx, addr, u)
@@ -77,7 +90,7 @@ func Explain(ctx context.Context, addr, ingress string, asJSON bool, stdout io.W
 	case resp.StatusCode != http.StatusOK:
 		return fmt.Errorf("%s answered %s", base, safetext.Clip(resp.Status, 60))
 	}
-	if asJSON {
+	if o.JSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(x)
@@ -100,6 +113,14 @@ func safeExplained(x replica.Explained) replica.Explained {
 	}
 	for _, s := range []*string{&x.Replica, &x.Ingress, &x.Strategy, &x.AllDisabled, &x.Rule, &x.Why} {
 		line(s)
+	}
+	if x.Session != nil {
+		line(&x.Session.Router)
+		line(&x.Session.NoKey)
+	}
+	if a := x.Affinity; a != nil {
+		line(&a.Header)
+		a.LoadFactor = min(max(a.LoadFactor, broker.LoadFactorRange.Min), broker.LoadFactorRange.Max)
 	}
 	if x.Config != nil {
 		line(&x.Config.Refused)
@@ -142,6 +163,12 @@ func explainTable(x replica.Explained, stdout io.Writer) error {
 		}
 	}
 	fmt.Fprintf(stdout, "%s; strategy %s, all-disabled %s\n", head, x.Strategy, x.AllDisabled)
+	if a := x.Affinity; a != nil {
+		fmt.Fprintf(stdout, "%s\n", affinityLine(*a))
+	}
+	if x.Session != nil {
+		fmt.Fprintf(stdout, "%s\n", sessionLine(*x.Session))
+	}
 	fmt.Fprintf(stdout, "%s\n", upper(x.Why))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROUTER\tTIER\tWEIGHT\tSTATE\tSHARE\tIN-FLIGHT\tLATENCY\tHEADROOM\tTOKENS IN/OUT/CACHED\tSPEND\tWHY")

@@ -84,6 +84,8 @@ type routerFigures struct {
 	latency          time.Duration
 	headroom         *float64
 	rateLimitedUntil time.Time // zero: not waiting
+	// sessions pinned and moved: the largest any replica told (see view).
+	sessions *replica.RouterSessionsTold
 }
 
 // view adds up what each replica heard from within fleetSilence told.
@@ -98,7 +100,9 @@ func (f *fleet) view(now time.Time) fleetView {
 			continue
 		}
 		v.replicas = append(v.replicas, id)
-		v.configs = append(v.configs, replica.Heard(id, h.msg.Config))
+		told := replica.Heard(id, h.msg.Config)
+		told.Sessions = h.msg.Sessions.Heard()
+		v.configs = append(v.configs, told)
 		if h.msg.LogHeard != 0 {
 			if at := time.Unix(0, h.msg.LogHeard); at.After(v.logHeard) {
 				v.logHeard = at
@@ -126,6 +130,19 @@ func (f *fleet) view(now time.Time) fleetView {
 			if rs.Headroom != nil && (newest || r.headroom == nil) {
 				h := min(max(*rs.Headroom, 0), 1) // a share, whatever a message says
 				r.headroom = &h
+			}
+			// Every replica hears the same log, so each remembers the same
+			// sessions: the figures are the fleet's, not to be added up. The
+			// largest is shown, not the newest: a replica started a moment
+			// ago remembers only what it heard since, and has counted fewer
+			// moves. A largest cannot wrap, whatever a message says.
+			if t := rs.Sessions.Heard(); t != nil {
+				if r.sessions == nil {
+					r.sessions = &replica.RouterSessionsTold{}
+				}
+				r.sessions.Pinned = max(r.sessions.Pinned, t.Pinned)
+				r.sessions.MovedIn = max(r.sessions.MovedIn, t.MovedIn)
+				r.sessions.MovedOut = max(r.sessions.MovedOut, t.MovedOut)
 			}
 			if newest || r.rateLimitedUntil.IsZero() {
 				r.rateLimitedUntil = time.Time{}
@@ -171,6 +188,14 @@ func (v fleetView) figures(row *statusRow, pool broker.Pool, now time.Time, maxW
 		until := u.UTC().Format(time.RFC3339)
 		left := int64((u.Sub(now) + time.Second - 1) / time.Second)
 		row.RateLimitedUntil, row.rateLimitLeft = &until, &left
+	}
+	if row.Affinity != nil && row.Affinity.Session {
+		// A pool with "session" affinity remembers sessions: none told is
+		// none pinned.
+		row.Sessions = &replica.RouterSessionsTold{}
+		if r.sessions != nil {
+			*row.Sessions = *r.sessions
+		}
 	}
 	calls := r.calls
 	row.Calls = &calls

@@ -100,7 +100,10 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 		if err := writeTable(stdout, rows); err != nil {
 			return err
 		}
-		return writeReplicas(stdout, revs, l)
+		if err := writeReplicas(stdout, revs, l); err != nil {
+			return err
+		}
+		return writeSessions(stdout, rows, revs)
 	})
 }
 
@@ -133,6 +136,7 @@ func watch(ctx context.Context, t Target, policy broker.Policy, o StatusOptions,
 				writeTable(&frame, rows)
 			}
 			writeReplicas(&frame, l.revisions(fv), l)
+			writeSessions(&frame, rows, l.revisions(fv))
 		}
 		if _, err := io.WriteString(stdout, frame.String()); err != nil {
 			return err
@@ -261,6 +265,16 @@ type statusRow struct {
 	// waiting for a reset.
 	RateLimitedUntil *string `json:"rate_limited_until"`
 	rateLimitLeft    *int64  // seconds to it, for the table
+	// Affinity is the router's pool's session affinity (null: none); the
+	// header's name, never a value. The session counts are per replica
+	// (status --replicas --json).
+	Affinity *replica.ExplainedAffinity `json:"affinity,omitempty"`
+	// Sessions are, for a router of a pool with "session" affinity, the
+	// sessions pinned to it (remembered, within their lifetime, with their
+	// last call on it) and those heard moving in and out since the
+	// replicas started: the largest any replica tells, as all hear the
+	// same log; null for other pools or when no replica was heard.
+	Sessions *replica.RouterSessionsTold `json:"sessions,omitempty"`
 }
 
 // statusColumns are the table's columns: adding one is one line here.
@@ -322,6 +336,12 @@ var statusColumns = []struct {
 	{"REASON", func(r statusRow) string { return r.Reason }},
 	{"BY", func(r statusRow) string { return r.By }},
 	{"LEVEL", func(r statusRow) string { return numberCell(r.Level) }},
+	{"SESSIONS", func(r statusRow) string {
+		if r.Sessions == nil {
+			return ""
+		}
+		return fmt.Sprintf("%d pinned (moved in %d, out %d)", r.Sessions.Pinned, r.Sessions.MovedIn, r.Sessions.MovedOut)
+	}},
 }
 
 // statusRows lists every router of every pool, in the pools' order, with
@@ -338,7 +358,7 @@ func statusRows(pools []broker.Pool, policy broker.Policy, listed []kv.Listed, f
 	for _, p := range pools {
 		for _, r := range p.Routers {
 			known[r.Path] = true
-			row := statusRow{Ingress: p.Ingress, Router: r.Path, State: "enabled", Tier: &r.Priority}
+			row := statusRow{Ingress: p.Ingress, Router: r.Path, State: "enabled", Tier: &r.Priority, Affinity: fv.affinity(p.Affinity)}
 			fv.figures(&row, p, now, policy.MaxWait())
 			if l, ok := records[r.Path]; ok {
 				switch {

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/gecholog"
 	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/safetext"
 )
 
 // A replica's configuration: what each field means, its default, and the
@@ -37,6 +39,11 @@ type Config struct {
 	KVReplicas int
 	// Pools are the pools served (broker.DefaultPools).
 	Pools []broker.Pool
+	// SessionHeader is gecholog's session header, the session_id_header
+	// of its gl_config.json, which pools with "affinity": "session" key
+	// their calls by (gecholog.DefaultSessionHeader). It must pass
+	// gecholog.CheckSessionHeader.
+	SessionHeader string
 	// Policy is the failure policy; its DisabledTime defaults to
 	// broker.DefaultDisabledTime.
 	Policy broker.Policy
@@ -126,6 +133,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Pools == nil {
 		c.Pools = broker.DefaultPools()
+	}
+	if c.SessionHeader == "" {
+		c.SessionHeader = gecholog.DefaultSessionHeader
+	}
+	if err := gecholog.CheckSessionHeader(c.SessionHeader); err != nil {
+		return c, fmt.Errorf("session-header %q: %w", safetext.Clip(c.SessionHeader, safetext.MaxShown), err)
 	}
 	if c.Policy.DisabledTime == 0 {
 		c.Policy.DisabledTime = broker.DefaultDisabledTime

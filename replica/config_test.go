@@ -24,3 +24,21 @@ func TestRunRefusesBucketReplicasOutOfRange(t *testing.T) {
 		}
 	}
 }
+
+// TestRunRefusesASessionHeaderThatIsNoHeaderName: the session header is
+// checked before the replica connects, with one line saying what is
+// wrong, and a long one is shown clipped.
+func TestRunRefusesASessionHeaderThatIsNoHeaderName(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	for _, tc := range []struct{ header, says string }{
+		{"Session Id", `session-header "Session Id": byte 8 (' ') is not allowed in a header name`},
+		{"Session-Id\n", `session-header "Session-Id ": byte 11 ('\n') is not allowed in a header name`},
+		{strings.Repeat("a", 257), `: 257 bytes: a header name is at most 256`},
+	} {
+		err := replica.Run(ctx, replica.Config{SessionHeader: tc.header, NATS: natsconn.Settings{Servers: "nats://127.0.0.1:1"}})
+		if err == nil || !strings.Contains(err.Error(), tc.says) || len(err.Error()) > 400 {
+			t.Errorf("SessionHeader %.20q: got %v, want one short line saying %q", tc.header, err, tc.says)
+		}
+	}
+}

@@ -36,6 +36,13 @@ type Explained struct {
 	Tier    *int              `json:"tier"`
 	Why     string            `json:"why"`
 	Routers []ExplainedRouter `json:"routers"`
+	// Affinity is the pool's session affinity; null when it has none.
+	// Rule, Why and the routers' shares are then for the calls without a
+	// key: a keyed call goes to its session's router.
+	Affinity *ExplainedAffinity `json:"affinity"`
+	// Session says where the session asked for goes (?session=VALUE);
+	// absent when none was asked for.
+	Session *ExplainedSession `json:"session,omitempty"`
 }
 
 // ExplainedConfig is the revision a replica runs by (see ConfigState).
@@ -177,5 +184,12 @@ func (m *monitor) explain(w http.ResponseWriter, r *http.Request) {
 		answer(http.StatusNotFound, Explained{Error: "no pool has ingress " + ingress, Pools: pools})
 		return
 	}
-	answer(http.StatusOK, explained(e))
+	x := explained(e)
+	if h := m.handler.Load(); h != nil {
+		x.Affinity = explainedAffinity(e.Affinity, h.SessionHeaderName())
+		if q := r.URL.Query(); q.Has("session") {
+			x.Session = explainSession(b, ingress, q.Get("session"), h.SessionHeaderName())
+		}
+	}
+	answer(http.StatusOK, x)
 }

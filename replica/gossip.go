@@ -51,6 +51,10 @@ type StatsMessage struct {
 	// from before replicas told it), for `broker status` and the status
 	// page; it changes nothing a replica runs (revisions.go).
 	Config *ConfigTold `json:"config,omitempty"`
+	// Sessions are the replica's calls of pools with affinity by what
+	// became of their key (absent: a broker from before replicas told
+	// them); only shown, like Config.
+	Sessions *SessionsTold `json:"sessions,omitempty"`
 }
 
 // RouterStats is one router in a StatsMessage: calls chosen and reports
@@ -73,6 +77,10 @@ type RouterStats struct {
 	// RateLimitedUntil is when a router its upstream said has none left
 	// takes calls again, in unix nanoseconds (absent: it is not waiting).
 	RateLimitedUntil int64 `json:"rate_limited_until,omitempty"`
+	// Sessions are the sessions the replica remembers pinned to the
+	// router and those it heard move (absent: none, or a broker from
+	// before replicas told them); only shown.
+	Sessions *RouterSessionsTold `json:"sessions,omitempty"`
 }
 
 func toCounts(rs RouterStats) broker.Counts {
@@ -131,7 +139,7 @@ func (r *Replica) shareStats() error {
 		// By this replica's clock: how long ago it heard is what matters.
 		now := time.Now()
 		r.broker.Merge(msg.ID, now, counts)
-		r.heardRevs.hear(msg.ID, msg.Config, now)
+		r.heardRevs.hear(msg.ID, msg.Config, msg.Sessions, now)
 	})
 	if err != nil {
 		return err
@@ -143,6 +151,7 @@ func (r *Replica) shareStats() error {
 		var told []broker.Counts
 		var toldConf ConfigTold
 		var toldAt time.Time
+		var pinned sessionRoutersTold
 		tell := func(now time.Time, always bool) {
 			r.broker.Refresh(now)
 			counts := r.broker.Counts()
@@ -151,13 +160,15 @@ func (r *Replica) shareStats() error {
 			if !always && conf == toldConf && slices.EqualFunc(counts, told, broker.Counts.Equal) && now.Sub(toldAt) < statsAtLeast {
 				return
 			}
-			msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf}
+			msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
+				Sessions: sessionsTold(r.broker, r.handler)}
 			if heard := r.broker.Heard(); !heard.IsZero() {
 				msg.LogHeard = heard.UnixNano()
 			}
 			for i, c := range counts {
 				msg.Routers[i] = fromCounts(c)
 			}
+			msg.Routers = withSessions(msg.Routers, pinned.get(r.broker, now))
 			data, err := json.Marshal(msg)
 			if err != nil {
 				return

@@ -68,6 +68,7 @@ func newMonitor(id string, st *progress, log *slog.Logger) *monitor {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.reply,
 		statsCollector{m},
+		sessionCollector{m},
 	)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -153,6 +154,9 @@ func (p pageSource) Broker() *broker.Broker { return p.m.broker.Load() }
 
 func (p pageSource) Status() statuspage.Status {
 	st := statuspage.Status{ID: p.m.id, NotReady: p.m.notReady()}
+	if h := p.m.handler.Load(); h != nil {
+		st.SessionHeader = h.SessionHeaderName()
+	}
 	if nc := p.m.nc.Load(); nc != nil {
 		st.Connected = nc.IsConnected()
 		if st.Connected {
@@ -170,7 +174,8 @@ func (p pageSource) Status() statuspage.Status {
 		f := (*revs)()
 		st.Fleet = statuspage.Fleet{Revision: f.Revision, Drift: f.Drift, Summary: f.Summary(), Replicas: make([]statuspage.Replica, len(f.Replicas))}
 		for i, r := range f.Replicas {
-			st.Fleet.Replicas[i] = statuspage.Replica{ID: r.ID, This: r.ID == p.m.id, Revision: r.Revision, Refused: r.Refused, Drift: r.Drift}
+			st.Fleet.Replicas[i] = statuspage.Replica{ID: r.ID, This: r.ID == p.m.id, Revision: r.Revision, Refused: r.Refused, Drift: r.Drift,
+				Sessions: p.m.pageSessions(r)}
 		}
 	}
 	return st

@@ -203,7 +203,7 @@ func (r *Replica) start(ctx context.Context) error {
 	if c.Policy.NeverDisable {
 		r.log.Warn("DISABLED_TIME is 0: a failure never takes a router out, as in the original broker; calls are still spread and the failures counted; set DISABLED_TIME above 0 to fail over")
 	}
-	r.handler = gecholog.NewHandler(r.broker, r.log)
+	r.handler = gecholog.NewHandler(r.broker, r.log, gecholog.SessionHeader(c.SessionHeader))
 	r.mon.started(r.broker, r.handler, r.Transactions)
 	if cs != nil {
 		r.watchConfig(cs)

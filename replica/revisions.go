@@ -58,6 +58,9 @@ type ReplicaRevision struct {
 	// Drift says why the replica is out of step: its refusal, or that it
 	// runs another revision than the fleet's; "" when it is in step.
 	Drift string `json:"drift,omitempty"`
+	// Sessions are its calls of pools with affinity, as it told them;
+	// null when it told none. Only `broker status` and the pages fill it.
+	Sessions *SessionsTold `json:"sessions,omitempty"`
 }
 
 // Revisions is the fleet's configuration as heard at one moment.
@@ -185,8 +188,9 @@ const (
 )
 
 // hear keeps what replica id told at now.
-func (h *heardRevisions) hear(id string, c *ConfigTold, now time.Time) {
+func (h *heardRevisions) hear(id string, c *ConfigTold, s *SessionsTold, now time.Time) {
 	told := Heard(id, c)
+	told.Sessions = s.Heard()
 	id = told.ID // kept by the name cut short: a long forged one costs no more
 	h.mu.Lock()
 	defer h.mu.Unlock()

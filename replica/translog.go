@@ -23,8 +23,10 @@ import (
 // subscribes there outside the queue group, so each hears every call of
 // the fleet with no coordination, and reads the router, the upstream's
 // time and its rate-limit headers into its broker (Broker.Finished), for
-// the latency and headroom strategies and for status, and the tokens the
-// call used (Broker.Used): each replica's token counts are the fleet's.
+// the latency and headroom strategies and for status, the tokens the
+// call used (Broker.Used): each replica's token counts are the fleet's,
+// and where the call's session went (Broker.Remember): each replica
+// remembers alike.
 
 const (
 	// DefaultLoggerSilence is how long gecholog's transaction log may be
@@ -164,6 +166,9 @@ func (r *Replica) hear(m *nats.Msg) {
 	if err := r.broker.Used(tx.Router, tx.Usage); err != nil {
 		ignored = append(ignored, err)
 	}
+	// Where the call's session went, its first call included: the next
+	// keyed call of the session goes there (pools with "session" affinity).
+	r.broker.Remember(tx.Session, tx.Router)
 	if len(ignored) > 0 {
 		t.ignored.Add(1)
 		t.tellIgnored(r.log, m.Subject, string(tx.Router), errors.Join(ignored...))

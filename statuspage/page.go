@@ -37,6 +37,9 @@ type Status struct {
 	// Fleet is every replica's revision as the replica hears it, this
 	// one's among them, in any order; the page bounds what it shows.
 	Fleet Fleet
+	// SessionHeader is the header the replica's pools with "affinity":
+	// "session" read (a name).
+	SessionHeader string
 }
 
 const (
@@ -72,6 +75,7 @@ type Page struct {
 	done    chan struct{}
 	once    sync.Once
 	shares  shares
+	pins    pins
 }
 
 // New returns the page of the replica src.
@@ -117,13 +121,14 @@ func (p *Page) Snapshot(now time.Time) Snapshot {
 	s.Choices.Seconds, chosen = p.shares.recent(now, views)
 	for i, v := range views {
 		if len(s.Pools) == 0 || s.Pools[len(s.Pools)-1].Ingress != v.Ingress {
-			s.Pools = append(s.Pools, Pool{Ingress: v.Ingress})
+			s.Pools = append(s.Pools, Pool{Ingress: v.Ingress, Affinity: affinity(b.AffinityOf([]byte(v.Ingress)), st.SessionHeader)})
 		}
 		pool := &s.Pools[len(s.Pools)-1]
 		r := router(v)
 		r.Chosen = chosen[i]
 		pool.Routers = append(pool.Routers, r)
 	}
+	p.pins.fill(b, s.Pools, now)
 	fleet := false
 	for _, pool := range s.Pools {
 		var total uint64
@@ -186,6 +191,9 @@ func (s *Snapshot) escape() {
 	for i := range s.Pools {
 		p := &s.Pools[i]
 		show(&p.Ingress)
+		if p.Affinity != nil {
+			show(&p.Affinity.Header)
+		}
 		for j := range p.Routers {
 			r := &p.Routers[j]
 			show(&r.Router)
@@ -214,6 +222,7 @@ func fleet(f Fleet) Fleet {
 	f.Replicas = slices.SortedFunc(slices.Values(f.Replicas), func(a, b Replica) int {
 		return cmp.Or(cmp.Compare(rank(a), rank(b)), strings.Compare(a.ID, b.ID))
 	})
+	f.Sessions = sessions(f.Replicas)
 	if len(f.Replicas) > maxReplicasShown {
 		f.ReplicasMore += len(f.Replicas) - maxReplicasShown
 		f.Replicas = f.Replicas[:maxReplicasShown]

@@ -68,6 +68,8 @@ type Window struct {
 type Pool struct {
 	Ingress string   `json:"ingress"`
 	Routers []Router `json:"routers"`
+	// Affinity is the pool's session affinity; null when it has none.
+	Affinity *Affinity `json:"affinity"`
 }
 
 // Router is one router of one pool, as the replica acts on it.
@@ -130,6 +132,9 @@ type Router struct {
 	// log), and Spend what they cost at its price (null: it has none).
 	Tokens Tokens   `json:"tokens"`
 	Spend  *float64 `json:"spend"`
+	// Sessions are the sessions pinned to the router and those that moved
+	// (null: its pool has no "session" affinity, the only one remembered).
+	Sessions *RouterSessions `json:"sessions"`
 }
 
 // Tokens are a router's tokens by kind.
@@ -216,6 +221,9 @@ type Fleet struct {
 	// each in ID order, at most 64; ReplicasMore counts the others.
 	Replicas     []Replica `json:"replicas"`
 	ReplicasMore int       `json:"replicas_more"`
+	// Sessions add up the session counts of every replica heard, those
+	// not listed among them; null when none told any.
+	Sessions *Sessions `json:"sessions"`
 }
 
 // Replica is one replica's configuration as heard.
@@ -230,4 +238,7 @@ type Replica struct {
 	Refused string `json:"refused"`
 	// Drift says why it is out of step; "" when it is in step.
 	Drift string `json:"drift"`
+	// Sessions are its calls of pools with affinity since it started;
+	// null when it told none.
+	Sessions *Sessions `json:"sessions"`
 }

@@ -82,6 +82,13 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 				"least-busy drift: after 300 calls", "back to 0", "(target ≤ the bound, 1s: "}},
 		// Replica processes of the broker binary, built by the bench. The
 		// counts of wrong answers hold on any machine; the times do not.
+		{"affinity", []string{"-sessions", "20", "-session-calls", "3", "-callers", "4", "-conns", "2"},
+			[]string{"3 replica processes of the broker binary", "All healthy: /aff/, 20 sessions × 3 calls", "first call (no Session-Id)",
+				"later keyed calls (3rd on)", "(target ≥ 99%: ", "share / weight", "/aff/a/            2        50.0%",
+				"One router disabled mid-run: /move/, 20 sessions × 3 calls, all 4 callers on it", "after call 2 of every session, /move/a/ disabled by hand",
+				"calls to /move/a/ after the disable: 0 (target 0: met)", "sessions of other routers whose own router the disable changed: 0 (target 0: met)",
+				"/aff/ (affinity)         60", "/rnd/ (random)           60", "affinity: cached input tokens",
+				"calls 180 in ", "failed (no answer or not 200) 0 (target 0: met)"}},
 		{"reconfig", []string{"-changes", "3", "-load-changes", "2", "-duration", "400ms", "-warmup", "50ms", "-rounds", "2", "-callers", "4", "-conns", "2", "-timeout", "2s"},
 			[]string{"3 replica processes of the broker binary", "last replica shows it on /metrics (seen from outside)",
 				"changes 3, not applied by every replica within 5s 0, answers through the queue group not the new router 0 of 27",
@@ -156,6 +163,8 @@ func TestBenchRefusesBadSettingsWithOneLine(t *testing.T) {
 		{[]string{"-log-level", "loud"}, "log-level"},
 		{[]string{"-mode", "spillover", "-window", "10ms"}, "-window"},
 		{[]string{"-lose", "2"}, "-lose"},
+		{[]string{"-mode", "affinity", "-session-calls", "2"}, "-session-calls"},
+		{[]string{"-mode", "affinity", "-load-factor", "1.05"}, "-load-factor"},
 		{[]string{"-pools", "10", "-routers", "5"}, "at least one router per pool"},
 		{[]string{"-server", "nats://example.com:4222"}, "loopback only"},
 		{[]string{"-server", "10.0.0.1:4222"}, "loopback only"},

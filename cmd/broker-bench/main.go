@@ -6,8 +6,9 @@
 // strategy chooses among LLM deployments. The replicas run in this
 // process, each a full replica.Run with its own NATS connection, as in the
 // demo and the end-to-end tests; but -mode reconfig, which measures a
-// change of the fleet's configuration, runs the broker binary as
-// processes, as a deployment does.
+// change of the fleet's configuration, and -mode affinity, which measures
+// sessions spread over replicas by the queue group, run the broker binary
+// as processes, as a deployment does.
 //
 //	broker-bench [-mode MODE] [flags]
 //
@@ -34,6 +35,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/flagenv"
 	"github.com/gecholog/broker/internal/natsbin"
 	"github.com/gecholog/broker/internal/natsconn"
@@ -83,6 +85,10 @@ type options struct {
 	broker      string // the broker binary; "": built
 	changes     int    // timed one at a time
 	loadChanges int    // written under load
+	// affinity's.
+	sessions     int
+	sessionCalls int
+	loadFactor   float64
 
 	logLevel string
 	level    slog.Level // of logLevel
@@ -121,6 +127,7 @@ var modes = []mode{
 	{name: "balance", about: "least-busy's balance", duration: 20 * time.Second, run: (*bench).balance},
 	{name: "drift", about: "least-busy when reports are lost", run: (*bench).drift},
 	{name: "views", about: "how soon the replicas agree on what the strategies read", run: (*bench).views},
+	{name: "affinity", about: "session affinity on replica processes: calls on their session's router, a router disabled mid-run, cached input tokens against random", run: (*bench).affinityMode},
 	{name: "reconfig", about: "how soon replica processes choose by a new revision of the fleet's configuration, and changes under load", duration: 10 * time.Second, run: (*bench).reconfig},
 }
 
@@ -203,6 +210,9 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.String(&o.broker, "broker", "", "", "reconfig: the broker `binary` run as replica processes (default: built from this module with go build)")
 	s.Int(&o.changes, "changes", "", 100, 1, 10_000, "reconfig: configuration `changes` timed one at a time")
 	s.Int(&o.loadChanges, "load-changes", "", 20, 0, 10_000, "reconfig: configuration `changes` written during the runs under load")
+	s.Int(&o.sessions, "sessions", "", 1000, 1, 100_000, "affinity: `sessions` in each run")
+	s.Int(&o.sessionCalls, "session-calls", "", 10, 3, 100, "affinity: `calls` of each session, one after the other")
+	s.Float(&o.loadFactor, "load-factor", "", 0, 0, 10, "affinity: the pools' load_factor (0: the broker's default, 1.5; else 1.1 to 10)")
 	s.String(&o.logLevel, "log-level", "", "error", "replicas' log `level` on stderr: debug, info, warn or error")
 	s.String(&o.cpuProf, "cpuprofile", "", "", "write a CPU profile of the whole run (server, replicas and callers) to `file`")
 	s.String(&o.memProf, "memprofile", "", "", "write an allocation profile of the whole run to `file`")
@@ -226,6 +236,9 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 		if err := loopbackOnly(o.server); err != nil {
 			return o, err
 		}
+	}
+	if o.loadFactor != 0 && !broker.LoadFactorRange.Contains(o.loadFactor) {
+		return o, fmt.Errorf("-load-factor %g: give 0 for the broker's default, or a load factor %s", o.loadFactor, broker.LoadFactorRange)
 	}
 	if o.routers < o.pools {
 		return o, fmt.Errorf("routers %d: give at least one router per pool (%d pools)", o.routers, o.pools)

@@ -57,14 +57,24 @@ type brokerProc struct {
 	addr    string               // the metrics listener's host:port
 	serving bool                 // it logged "serving"
 	applied map[uint64]time.Time // revision → its "applied" line's own time
-	last    string               // the last warning or error it logged, for an error
-	grew    chan struct{}        // closed and replaced when any of the above changes
-	ended   bool
+	// disabled is, by router, its first "router disabled" line's own time.
+	disabled map[string]time.Time
+	last     string        // the last warning or error it logged, for an error
+	grew     chan struct{} // closed and replaced when any of the above changes
+	ended    bool
 }
 
 // appliedLine is the line a replica logs once it chooses by a new
 // revision: after its table is swapped.
 const appliedLine = "applied a new revision of the fleet's configuration"
+
+// disabledLine is the line a replica logs once it has taken a router
+// out, on its own failure report or on the bucket's word.
+const disabledLine = "router disabled"
+
+// maxDisabledSeen bounds the routers whose disable a replica's log is
+// followed for.
+const maxDisabledSeen = 1 << 16
 
 // procStartTimeout bounds a replica process's start on a busy machine.
 const procStartTimeout = 30 * time.Second
@@ -140,6 +150,7 @@ func (b *bench) spawn(bin, id string) (*brokerProc, error) {
 		"BROKER_LOG_FORMAT=json",
 		"BROKER_LOG_LEVEL=info",
 		"BROKER_METRICS_ADDR=127.0.0.1:0",
+		"BROKER_LOGGER_SUBJECT="+b.loggerSubject(),
 	)
 	if b.o.token != "" {
 		cmd.Env = append(cmd.Env, "NATS_TOKEN="+b.o.token)
@@ -151,7 +162,7 @@ func (b *bench) spawn(bin, id string) (*brokerProc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	p := &brokerProc{id: id, cmd: cmd, done: make(chan struct{}), applied: map[uint64]time.Time{}, grew: make(chan struct{})}
+	p := &brokerProc{id: id, cmd: cmd, done: make(chan struct{}), applied: map[uint64]time.Time{}, disabled: map[string]time.Time{}, grew: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		p.read(stderr, b.stderr, b.o.level)
@@ -189,6 +200,7 @@ func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
 		Addr     string    `json:"addr"`
 		Revision uint64    `json:"revision"`
 		Error    string    `json:"error"`
+		Router   string    `json:"router"`
 	}
 	var lv slog.Level
 	if json.Unmarshal(s, &l) != nil || lv.UnmarshalText([]byte(l.Level)) != nil {
@@ -208,6 +220,10 @@ func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
 	case l.Msg == appliedLine && l.Revision > 0:
 		if _, ok := p.applied[l.Revision]; !ok {
 			p.applied[l.Revision] = l.Time
+		}
+	case l.Msg == disabledLine && l.Router != "":
+		if _, ok := p.disabled[l.Router]; !ok && len(p.disabled) < maxDisabledSeen {
+			p.disabled[l.Router] = l.Time
 		}
 	case lv >= slog.LevelWarn:
 		p.last = strings.TrimSpace(l.Msg + " " + l.Error)
@@ -241,6 +257,29 @@ func (p *brokerProc) waitApplied(ctx context.Context, rev uint64, d time.Duratio
 	for {
 		at, ok := p.appliedFrom(rev)
 		p.mu.Lock()
+		grew, ended := p.grew, p.ended
+		p.mu.Unlock()
+		if ok || ended {
+			return at, ok
+		}
+		select {
+		case <-grew:
+		case <-deadline.C:
+			return time.Time{}, false
+		case <-ctx.Done():
+			return time.Time{}, false
+		}
+	}
+}
+
+// waitDisabled waits until the replica has logged disabling router, or d
+// has passed, and says when it logged it.
+func (p *brokerProc) waitDisabled(ctx context.Context, router string, d time.Duration) (time.Time, bool) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		p.mu.Lock()
+		at, ok := p.disabled[router]
 		grew, ended := p.grew, p.ended
 		p.mu.Unlock()
 		if ok || ended {

@@ -121,6 +121,7 @@ func checkCommand(ctx context.Context, args []string, getenv func(string) string
 	s.poolsSetting()
 	s.subjectSetting()
 	s.loggerSubjectSetting()
+	s.sessionHeaderSetting()
 	s.glConfigSetting()
 	operands, err := s.parseOperands(args, "Usage: broker check [flags] [gl_config.json]\nChecks that gecholog's gl_config.json routes the pools through the broker; each problem is one line,\nand so is each piece of advice (\"advice: ...\"), which names an extra the file leaves off.\nIt exits non-zero only on a problem.", stdout)
 	if err != nil {
@@ -152,8 +153,9 @@ func healthcheckCommand(ctx context.Context, args []string, getenv func(string) 
 func explainCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	s := newSettings("explain", getenv)
 	s.metricsAddrSetting()
-	var asJSON bool
-	s.set.Bool(&asJSON, "json", "", "print the replica's answer as JSON for scripts instead of the table")
+	var o ops.ExplainOptions
+	s.set.Bool(&o.JSON, "json", "", "print the replica's answer as JSON for scripts instead of the table")
+	s.set.String(&o.Session, "session", "", "", "a session header's `value`, for a pool with affinity: also say where that session's calls go (sent to the replica, never printed)")
 	operands, err := s.parseOperands(args, "Usage: broker explain INGRESS [flags]\nSays why the calls for the pool INGRESS (e.g. /azure/) go where they go, as the replica on BROKER_METRICS_ADDR sees it.", stdout)
 	if err != nil {
 		return err
@@ -164,5 +166,5 @@ func explainCommand(ctx context.Context, args []string, getenv func(string) stri
 	case len(operands) > 1:
 		return fmt.Errorf("explain: one INGRESS at a time, got %d", len(operands))
 	}
-	return ops.Explain(ctx, s.MetricsAddr, operands[0], asJSON, stdout)
+	return ops.Explain(ctx, s.MetricsAddr, operands[0], o, stdout)
 }

@@ -7,7 +7,8 @@
 //	broker disable ROUTER [--for D]     take a router out by hand, on every replica
 //	broker enable ROUTER                lift any disable now, on every replica
 //	broker check [gl_config.json]       do the pools and gecholog's config agree?
-//	broker explain INGRESS [--json]     why do the pool's calls go where they go? (asks BROKER_METRICS_ADDR)
+//	broker explain INGRESS [--json] [--session V]
+//	                                    why do the pool's calls go where they go? (asks BROKER_METRICS_ADDR)
 //	broker config show|set|history|diff|rollback
 //	                                    the fleet's configuration in the bucket: every
 //	                                    replica runs by its newest valid revision

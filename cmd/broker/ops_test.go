@@ -304,9 +304,9 @@ func TestStatusWithoutReplicasShowsEveryRouterEnabled(t *testing.T) {
 	says(t, "the first line", lines[0], "ttl mode")
 	is.True(strings.HasPrefix(lines[1], "replicas: none heard on broker.stats.gl_broker")) // no figures, and why
 	is.Equal(strings.Fields(lines[3]), []string{"INGRESS", "ROUTER", "TIER", "STATE", "UNTIL", "LEFT",
-		"IN-FLIGHT", "SHARE", "LATENCY", "HEADROOM", "CALLS", "FAILED", "STATUS", "REASON", "BY", "LEVEL"})
+		"IN-FLIGHT", "SHARE", "LATENCY", "HEADROOM", "CALLS", "FAILED", "STATUS", "REASON", "BY", "LEVEL", "SESSIONS"})
 	for _, r := range []string{"/azure/gpt35turbo/", "/azure/gpt4/", "/azure/dud/"} {
-		is.Equal(strings.Fields(tableRow(table, r)), []string{"/azure/", r, "0", "enabled", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"})
+		is.Equal(strings.Fields(tableRow(table, r)), []string{"/azure/", r, "0", "enabled", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"})
 	}
 
 	rows := statusJSON(t, ops)

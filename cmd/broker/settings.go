@@ -13,6 +13,7 @@ import (
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/gecholog"
 	"github.com/gecholog/broker/internal/flagenv"
+	"github.com/gecholog/broker/internal/safetext"
 	"github.com/gecholog/broker/ops"
 	"github.com/gecholog/broker/replica"
 )
@@ -88,6 +89,10 @@ func (s *settings) loggerSubjectSetting() {
 	s.set.String(&s.LoggerSubject, "logger-subject", "BROKER_LOGGER_SUBJECT", replica.DefaultLoggerSubject, "`subject` of gecholog's transaction log (service_bus.topic_exact_logger), which the latency and headroom strategies read")
 }
 
+func (s *settings) sessionHeaderSetting() {
+	s.set.String(&s.SessionHeader, "session-header", "BROKER_SESSION_HEADER", gecholog.DefaultSessionHeader, "`header` gecholog carries its session id in (gl_config.json's session_id_header), which pools with \"affinity\": \"session\" keep a conversation on one router by")
+}
+
 func (s *settings) glConfigSetting() {
 	s.set.String(&s.glConfig, "gl-config", "BROKER_GL_CONFIG", "", "gecholog's gl_config.json `file`: serve refuses to start when it does not route the pools through this broker; check reads it (default "+ops.DefaultGLConfig+")")
 }
@@ -120,7 +125,7 @@ func (s *settings) metricsAddrSetting() {
 // wiring is how the settings wire the broker to gecholog, for checking a
 // gl_config.json.
 func (s *settings) wiring() gecholog.Wiring {
-	return gecholog.Wiring{Subject: s.Subject, LoggerSubject: s.LoggerSubject}
+	return gecholog.Wiring{Subject: s.Subject, LoggerSubject: s.LoggerSubject, SessionHeader: s.SessionHeader}
 }
 
 // serving registers the processor's own settings.
@@ -129,6 +134,7 @@ func (s *settings) serving() {
 	s.connection()
 	s.subjectSetting()
 	s.loggerSubjectSetting()
+	s.sessionHeaderSetting()
 	s.glConfigSetting()
 	s.metricsAddrSetting()
 	p := &s.Policy
@@ -171,6 +177,9 @@ func (s *settings) resolve() error {
 		if err := replica.CheckSubject(subject.value); has(subject.name) && err != nil {
 			return fmt.Errorf("%s (%s) %q: not a subject the broker may use: %w", subject.name, subject.env, subject.value, err)
 		}
+	}
+	if err := gecholog.CheckSessionHeader(s.SessionHeader); has("session-header") && err != nil {
+		return fmt.Errorf("session-header (BROKER_SESSION_HEADER) %q: %w", safetext.Clip(s.SessionHeader, safetext.MaxShown), err)
 	}
 	switch {
 	case has("queue") && (replica.CheckSubject(s.Queue) != nil || strings.Contains(s.Queue, ".")):

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/ops"
 )
 
@@ -34,7 +35,9 @@ const maxPoolsFile = 1 << 20
 //
 // A weight of 0 or an absent weight means 1; an absent priority is 0, the
 // first tier; an absent strategy is random; a price, per million tokens,
-// needs input and output, and an absent cached_input is input. Unknown
+// needs input and output, and an absent cached_input is input. A pool
+// may keep conversations on one router with "affinity": "session" or
+// {"header": "X-Conversation-Id"} (see kv.ConfigAffinity). Unknown
 // fields are refused, and the pools are validated.
 func readPools(path string) ([]broker.Pool, error) {
 	data, err := readPoolsFile(path)
@@ -65,8 +68,9 @@ func readPoolsFile(path string) ([]byte, error) {
 func decodePools(data []byte) ([]broker.Pool, error) {
 	var file struct {
 		Pools []struct {
-			Ingress  string `json:"ingress"`
-			Strategy string `json:"strategy"`
+			Ingress  string             `json:"ingress"`
+			Strategy string             `json:"strategy"`
+			Affinity *kv.ConfigAffinity `json:"affinity"`
 			Routers  []struct {
 				Path     string `json:"path"`
 				Weight   int    `json:"weight"`
@@ -109,7 +113,7 @@ func decodePools(data []byte) ([]broker.Pool, error) {
 	}
 	pools := []broker.Pool{}
 	for _, p := range file.Pools {
-		pool := broker.Pool{Ingress: p.Ingress, Strategy: p.Strategy}
+		pool := broker.Pool{Ingress: p.Ingress, Strategy: p.Strategy, Affinity: p.Affinity.BrokerAffinity()}
 		for _, r := range p.Routers {
 			br := broker.Router{Path: r.Path, Weight: cmp.Or(r.Weight, 1), Priority: r.Priority}
 			if pr := r.Price; pr != nil {

@@ -52,6 +52,29 @@ type Gateway struct {
 	// it in inbound_payload (see Finished.Answer), such as one whose usage
 	// says the tokens the call used; nil: a completion of Payload bytes.
 	Answer func(Result) json.RawMessage
+	// LogAnswers logs the upstream's own answer in inbound_payload, as
+	// gecholog does, when it is JSON of at most MaxAnswer bytes (Answer,
+	// when set, still wins); false: Payload's completion.
+	LogAnswers bool
+}
+
+// MaxAnswer bounds the upstream answer a gateway with LogAnswers keeps.
+const MaxAnswer = 64 << 10
+
+// ClientCall is one client call: what the client sends, and the session id
+// gecholog gives the call.
+type ClientCall struct {
+	Ingress string
+	// Headers are the client's headers, which gecholog hands the request
+	// processor as ingress_headers (each a list of values) when its
+	// input_fields_include names them; nil: none are sent.
+	Headers http.Header
+	// Body is the client's payload, which gecholog forwards to the
+	// upstream; nil: a short chat completion request.
+	Body []byte
+	// SessionID is the session id gecholog logs at the transaction's
+	// root (GATEWAYID_UNIXNANO_COUNT_TRANSACTION); "": a fixed one.
+	SessionID string
 }
 
 // Result is one client call as the gateway made it.
@@ -70,6 +93,11 @@ type Result struct {
 	Headers http.Header
 	// Reported says the response context was sent.
 	Reported bool
+	// SessionID is the call's, as its transaction logs it.
+	SessionID string
+	// Answer is the upstream's answer, kept by a gateway with LogAnswers
+	// when it is JSON of at most MaxAnswer bytes.
+	Answer json.RawMessage
 }
 
 // Upstream is the upstream call's time.
@@ -97,13 +125,32 @@ func (g Gateway) Call(ingress string) (router string, status int, err error) {
 // test that is the broker failing. The result is filled in as far as the
 // call got.
 func (g Gateway) Do(ctx context.Context, ingress string) (Result, error) {
-	res := Result{Ingress: ingress, Router: ingress}
+	return g.DoCall(ctx, ClientCall{Ingress: ingress})
+}
+
+// DoCall makes the client call c, as Do makes one to its ingress: the
+// request context carries the client's headers as ingress_headers, the
+// upstream gets its body, and the transaction logs its session id.
+func (g Gateway) DoCall(ctx context.Context, c ClientCall) (Result, error) {
+	ingress := c.Ingress
+	res := Result{Ingress: ingress, Router: ingress, SessionID: c.SessionID}
 	timeout := g.Timeout
 	if timeout <= 0 {
 		timeout = 2 * time.Second
 	}
+	request := fmt.Appendf(nil, `{"gl_path":%q}`, ingress)
+	if c.Headers != nil {
+		var err error
+		request, err = json.Marshal(struct {
+			GLPath  string      `json:"gl_path"`
+			Headers http.Header `json:"ingress_headers"`
+		}{ingress, c.Headers})
+		if err != nil {
+			return res, err
+		}
+	}
 	reqCtx, cancel := context.WithTimeout(ctx, timeout)
-	msg, err := g.NC.RequestWithContext(reqCtx, g.Subject, fmt.Appendf(nil, `{"gl_path":%q}`, ingress))
+	msg, err := g.NC.RequestWithContext(reqCtx, g.Subject, request)
 	cancel()
 	if err != nil {
 		return res, fmt.Errorf("request context: %w", err)
@@ -117,7 +164,7 @@ func (g Gateway) Do(ctx context.Context, ingress string) (Result, error) {
 		}
 		res.Router = r.GLPath
 	}
-	g.upstream(ctx, &res)
+	g.upstream(ctx, &res, c.Body)
 	g.Statuses.Add(res.Router, res.Status)
 	if g.LoseReports == 0 || rand.Float64() >= g.LoseReports {
 		report, err := json.Marshal(struct {
@@ -161,15 +208,21 @@ func (g Gateway) transaction(res Result) []byte {
 		}
 	}
 	f := Finished{Ingress: res.Ingress, Router: res.Router, Status: res.Status,
-		Start: res.Start, Latency: res.Upstream(), Headers: h, Payload: g.Payload}
-	if g.Answer != nil {
+		Start: res.Start, Latency: res.Upstream(), Headers: h, Payload: g.Payload, Session: res.SessionID}
+	switch {
+	case g.Answer != nil:
 		f.Answer = g.Answer(res)
+	case g.LogAnswers && res.Answer != nil:
+		f.Answer = res.Answer
 	}
 	return Transaction(f)
 }
 
 // upstream makes the call to res.Router's upstream and records how it went.
-func (g Gateway) upstream(ctx context.Context, res *Result) {
+func (g Gateway) upstream(ctx context.Context, res *Result, body []byte) {
+	if body == nil {
+		body = []byte(`{"messages":[{"role":"user","content":"Say ok."}]}`)
+	}
 	client := g.Client
 	if client == nil {
 		client = http.DefaultClient
@@ -178,7 +231,7 @@ func (g Gateway) upstream(ctx context.Context, res *Result) {
 	res.Start = time.Now()
 	defer func() { res.Stop = time.Now() }()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.Upstreams[res.Router],
-		bytes.NewReader([]byte(`{"messages":[{"role":"user","content":"Say ok."}]}`)))
+		bytes.NewReader(body))
 	if err != nil {
 		res.Status = http.StatusInternalServerError
 		return
@@ -188,6 +241,12 @@ func (g Gateway) upstream(ctx context.Context, res *Result) {
 	if err != nil {
 		res.Status = unreachable(err)
 		return
+	}
+	if g.LogAnswers {
+		answer, rerr := io.ReadAll(io.LimitReader(resp.Body, MaxAnswer+1))
+		if rerr == nil && len(answer) <= MaxAnswer && json.Valid(answer) {
+			res.Answer = answer
+		}
 	}
 	// Read to the end, so that the connection is used again.
 	_, err = io.Copy(io.Discard, resp.Body)

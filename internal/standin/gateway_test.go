@@ -3,7 +3,9 @@ package standin_test
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -142,4 +144,79 @@ func TestGatewayLosesTheShareOfReportsAsked(t *testing.T) {
 	defer brk.mu.Unlock()
 	is.Equal(brk.requests, 20)
 	is.Equal(len(brk.reports), 0)
+}
+
+// A client call carries what gecholog passes on: the client's headers to
+// the request processor as ingress_headers (lists of values), its body
+// to the upstream, and its session id and the upstream's own answer to
+// the transaction log.
+func TestGatewayPassesTheClientsHeadersBodyAndSessionOn(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	requests := make(chan []byte, 4)
+	_, err := nc.Subscribe("broker", func(m *nats.Msg) {
+		if !strings.Contains(string(m.Data), "egress_status_code") {
+			requests <- m.Data
+			_ = m.Respond([]byte(`{"gl_path":"/azure/a/"}`))
+			return
+		}
+		_ = m.Respond(nil)
+	})
+	is.NoErr(err)
+	logged := make(chan *nats.Msg, 4)
+	sub, err := nc.ChanSubscribe("logger", logged)
+	is.NoErr(err)
+	defer sub.Unsubscribe()
+	bodies := make(chan string, 4)
+	ups := &standin.Upstreams{}
+	is.NoErr(ups.Add("/azure/a/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		bodies <- string(b)
+		_, _ = w.Write([]byte(`{"usage":{"prompt_tokens":1280,"prompt_tokens_details":{"cached_tokens":1024}}}`))
+	})))
+	client := standin.NewClient(10 * time.Second)
+	defer func() { client.CloseIdleConnections(); ups.Close() }()
+	gw := standin.Gateway{NC: nc, Subject: "broker", Upstreams: ups.URLs, Client: client, Logger: "logger", LogAnswers: true}
+
+	res, err := gw.DoCall(context.Background(), standin.ClientCall{Ingress: "/azure/",
+		Headers:   http.Header{"Session-Id": {"AAA00001_1696681410696216000_3_0"}, "Api-Key": {"k"}},
+		Body:      []byte(`{"messages":[{"role":"user","content":"hi"}]}`),
+		SessionID: "AAA00001_1696681410696216000_3_1"})
+	is.NoErr(err)
+	is.Equal(res.Router, "/azure/a/")
+	var req struct {
+		GLPath  string              `json:"gl_path"`
+		Headers map[string][]string `json:"ingress_headers"`
+	}
+	is.NoErr(json.Unmarshal(<-requests, &req))
+	is.Equal(req.GLPath, "/azure/")
+	is.Equal(req.Headers["Session-Id"], []string{"AAA00001_1696681410696216000_3_0"}) // the header the client sent back, as a list
+	is.Equal(<-bodies, `{"messages":[{"role":"user","content":"hi"}]}`)               // the client's body, forwarded
+	select {
+	case m := <-logged:
+		var tx struct {
+			SessionID string `json:"session_id"`
+			Response  struct {
+				Answer struct {
+					Usage struct {
+						Details struct {
+							Cached int `json:"cached_tokens"`
+						} `json:"prompt_tokens_details"`
+					} `json:"usage"`
+				} `json:"inbound_payload"`
+			} `json:"response"`
+		}
+		is.NoErr(json.Unmarshal(m.Data, &tx))
+		is.Equal(tx.SessionID, "AAA00001_1696681410696216000_3_1") // the call's session id at the root
+		is.Equal(tx.Response.Answer.Usage.Details.Cached, 1024)    // the upstream's own answer
+	case <-time.After(10 * time.Second):
+		t.Fatal("no transaction logged")
+	}
+
+	// Without headers, the request context is gl_path alone, as for a
+	// processor whose input_fields_include does not name ingress_headers.
+	_, err = gw.Do(context.Background(), "/azure/")
+	is.NoErr(err)
+	is.Equal(string(<-requests), `{"gl_path":"/azure/"}`)
 }

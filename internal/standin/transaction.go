@@ -27,6 +27,10 @@ type Finished struct {
 	// nil is a chat completion of Payload bytes whose usage says a token
 	// per four bytes.
 	Answer json.RawMessage
+	// Session is the transaction's session_id, GATEWAYID_UNIXNANO_COUNT_TRANSACTION
+	// such as "AAA00001_1696681410696216000_3_0"; when empty, a fixed
+	// id that is no session.
+	Session string
 }
 
 // Transaction is the message gecholog publishes on its logger subject
@@ -66,9 +70,13 @@ func Transaction(f Finished) []byte {
 	if f.Answer != nil {
 		answer = f.Answer
 	}
+	session := f.Session
+	if session == "" {
+		session = "GECHOLOG_1764361524675919620"
+	}
 	tx := map[string]any{
 		"transaction_id":       "GECHOLOG_1764361524675919620",
-		"session_id":           "GECHOLOG_1764361524675919620",
+		"session_id":           session,
 		"ingress_egress_timer": timer(f.Start.Add(-time.Millisecond), stop.Add(time.Millisecond)),
 		"egress_post_timer":    timer(stop.Add(time.Millisecond), stop.Add(2*time.Millisecond)),
 		"request": map[string]any{

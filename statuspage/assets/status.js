@@ -139,14 +139,29 @@
       el("th", { class: "num" }, "in flight"), el("th", { class: "num" }, "latency"), el("th", { class: "num" }, "headroom"),
       el("th", { class: "num", title: "the fleet's calls reported within the failure-rate window, and the share that failed" }, "failed"),
       el("th", { class: "num", title: "the fleet's tokens since this replica started: input, output, cached input" }, "tokens"),
-      el("th", { class: "num", title: "what the tokens cost at the router's price, since this replica started" }, "spend")));
+      el("th", { class: "num", title: "what the tokens cost at the router's price, since this replica started" }, "spend"),
+      el("th", { class: "num", title: "sessions whose last call (on gecholog's transaction log) used the router, as this replica remembers them; and those heard moving to it and away from it since it started" }, "sessions")));
+  }
+
+  // affinityText says how a pool keeps a conversation on one router: the
+  // header's name, never a value.
+  function affinityText(a) {
+    const by = a.session ? "gecholog's session header " + a.header : "header " + a.header;
+    return "session affinity on " + by + ", load factor " + a.load_factor;
+  }
+
+  // sessionsText is a replica's (or the fleet's) session counts.
+  function sessionsText(s) {
+    return s.keyed + " keyed (" + s.spilled + " spilled) · " + s.no_key + " without a key";
   }
 
   // pool is one pool's rows: a heading row, then each router.
   function pool(p) {
     const body = el("tbody", { "data-ingress": p.ingress },
-      el("tr", { class: "pool-head" }, el("th", { colSpan: 14 }, "pool ", el("code", {}, p.ingress),
-        el("span", { class: "quiet" }, " · " + p.routers.length + (p.routers.length === 1 ? " router" : " routers")))));
+      el("tr", { class: "pool-head" }, el("th", { colSpan: 15 }, "pool ", el("code", {}, p.ingress),
+        el("span", { class: "quiet" }, " · " + p.routers.length + (p.routers.length === 1 ? " router" : " routers")),
+        p.affinity ? el("span", { class: "quiet affinity", title: "a keyed call goes to its session's router (the next in its order when that one is over its bound); a call without a key goes by the pool's strategy" },
+          " · " + affinityText(p.affinity)) : null)));
     for (const r of p.routers) {
       body.append(el("tr", { "data-router": r.router, "data-state": r.state, "data-clamped": r.clamped ? "true" : "false" },
         el("td", { class: "router", "data-label": "router" }, r.router),
@@ -160,7 +175,8 @@
         figure(r.headroom, "headroom", v => Math.round(v * 100) + "%"),
         figure(r.failure_rate, "failed", v => Math.round(v * 100) + "% of " + r.calls),
         tokensCell(r.tokens),
-        figure(r.spend, "spend", v => v === 0 ? "0" : v < 0.01 ? v.toPrecision(2) : v < 100 ? v.toFixed(2) : v.toFixed(0))));
+        figure(r.spend, "spend", v => v === 0 ? "0" : v < 0.01 ? v.toPrecision(2) : v < 100 ? v.toFixed(2) : v.toFixed(0)),
+        figure(r.sessions, "sessions", s => s.pinned + " pinned · " + s.moved_in + " in · " + s.moved_out + " out")));
     }
     return body;
   }
@@ -185,7 +201,8 @@
     return el("tr", { "data-replica": r.id, "data-revision": told ? String(r.revision) : "", "data-drift": r.drift ? "true" : "false" },
       el("td", { class: "replica", "data-label": "replica" }, r.id, r.this ? el("span", { class: "small" }, "this replica") : null),
       el("td", { class: "num", "data-label": "revision" }, told ? String(r.revision) : DASH),
-      state);
+      state,
+      el("td", { class: "sessions", "data-label": "sessions" }, r.sessions ? sessionsText(r.sessions) : DASH));
   }
 
   function renderFleet(s) {
@@ -203,6 +220,11 @@
     const more = document.getElementById("fleet-more");
     more.hidden = !(f.replicas_more > 0);
     more.textContent = "and " + f.replicas_more + " more replicas heard";
+    // The session counts matter where a pool has affinity.
+    const affine = (s.pools || []).some(p => p.affinity);
+    const sessions = document.getElementById("sessions");
+    sessions.parentElement.hidden = !affine;
+    sessions.textContent = f.sessions ? sessionsText(f.sessions) + " (" + f.replicas.length + (f.replicas.length === 1 ? " replica" : " replicas") + ")" : "no replica tells them yet";
   }
 
   function render(s) {
