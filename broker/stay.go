@@ -23,7 +23,6 @@ package broker
 // move another session's calls, as a forged header can.
 
 import (
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -253,6 +252,5 @@ func (t *Tier) takes(j int, factor float64) bool {
 			weight += int64(t.weights[k])
 		}
 	}
-	total := float64(inFlight+1) * factor / float64(weight)
-	return float64(t.InFlight(j)) < max(math.Ceil(total*float64(t.weights[j])), affinityFloor)
+	return float64(t.InFlight(j)) < affinityBound(inFlight, int64(t.weights[j]), weight, factor)
 }

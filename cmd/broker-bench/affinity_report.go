@@ -89,7 +89,7 @@ func (b *bench) affinityHealthy(p broker.Pool, sessions []*affSession, calls int
 	}
 	fmt.Fprintf(b.out, "every router's share of the keyed calls within 10%% of its weight's: %s\n", targetVerdict(within))
 	// The broker's bound on a router's calls in flight (see Tier.affine):
-	// ceil(load factor × (tier in flight + 1) × w / W), at least 8. Half
+	// ceil(f × s + 3 √s), s = (tier in flight + 1) × w / W, at least 8. Half
 	// the callers are on the random pool, whose calls are made in the
 	// same rounds.
 	f := cmp.Or(p.Affinity.LoadFactor, broker.DefaultLoadFactor)
@@ -97,11 +97,12 @@ func (b *bench) affinityHealthy(p broker.Pool, sessions []*affSession, calls int
 	var bounds []string
 	for _, r := range p.Routers {
 		share := float64(r.Weight) / float64(total)
+		s := float64(inFlight+1) * share
 		bounds = append(bounds, fmt.Sprintf("%s %.0f (its share %.0f)", r.Path,
-			max(math.Ceil(f*float64(inFlight+1)*share), 8), float64(inFlight)*share))
+			max(math.Ceil(f*s+3*math.Sqrt(s)), 8), float64(inFlight)*share))
 	}
 	fmt.Fprintf(b.out, "about %d of the %d calls in flight (-callers) are %s's, the rest the random pool's; each router's load bound\n", inFlight, b.o.callers, p.Ingress)
-	fmt.Fprintf(b.out, "(load_factor %g, at least 8) is then %s; a keyed call whose router\n", f, strings.Join(bounds, ", "))
+	fmt.Fprintf(b.out, "(load_factor %g, plus 3 √share, at least 8) is then %s; a keyed call whose router\n", f, strings.Join(bounds, ", "))
 	fmt.Fprintf(b.out, "is at its bound goes to the next of its session's order (the calls off their router above).\n\n")
 }
 
