@@ -36,18 +36,13 @@ func TestASessionLandsOnOneRouterFromEveryReplica(t *testing.T) {
 		for tr := range 6 {
 			msg := fmt.Appendf(nil, `{"gl_path":"/azure/","ingress_headers":{"Api-Key":["sk-%d"],"Session-Id":["AAA00001_%d_%d_%d"]}}`,
 				tr, 1696681410696216000+session, session%3, tr)
-			m, err := nc.Request(replica.DefaultSubject, msg, 2*time.Second)
-			is.NoErr(err)
-			var r struct {
-				GLPath string `json:"gl_path"`
-			}
-			is.NoErr(json.Unmarshal(m.Data, &r))
+			got := askWith(t, nc, msg)
 			if tr == 0 {
-				first = r.GLPath
+				first = got
 				routers[first] = true
 			}
-			is.Equal(r.GLPath, first) // every call of the session on its router
-			tell(t, nc, r.GLPath, 200)
+			is.Equal(got, first) // every call of the session on its router
+			tell(t, nc, got, 200)
 		}
 	}
 	is.Equal(len(routers), 3) // the sessions spread over the routers
@@ -78,17 +73,12 @@ func TestASessionIsKeyedByTheSessionHeaderTheReplicaIsGiven(t *testing.T) {
 			calls++
 			msg := fmt.Appendf(nil, `{"gl_path":"/azure/","ingress_headers":{"Session-Id":["BBB00002_%d_1_0"],"x-gl-session":["AAA00001_%d_%d_%d"]}}`,
 				calls, 1696681410696216000+session, session%3, tr)
-			m, err := nc.Request(replica.DefaultSubject, msg, 2*time.Second)
-			is.NoErr(err)
-			var r struct {
-				GLPath string `json:"gl_path"`
-			}
-			is.NoErr(json.Unmarshal(m.Data, &r))
+			got := askWith(t, nc, msg)
 			if tr == 0 {
-				first = r.GLPath
+				first = got
 			}
-			is.Equal(r.GLPath, first) // every call of the session on its router, by X-Gl-Session
-			tell(t, nc, r.GLPath, 200)
+			is.Equal(got, first) // every call of the session on its router, by X-Gl-Session
+			tell(t, nc, got, 200)
 		}
 	}
 	var keyed uint64
@@ -149,14 +139,9 @@ func TestTheFirstCallHeardOnTheLogPinsTheSessionOnEveryReplica(t *testing.T) {
 			t.Fatalf("after %d calls, a replica has answered none of the session's", call-1)
 		}
 		msg := fmt.Appendf(nil, `{"gl_path":"/azure/","ingress_headers":{"Api-Key":["sk-1"],"Session-Id":["%s_%d"]}}`, session, call)
-		m, err := nc.Request(replica.DefaultSubject, msg, 2*time.Second)
-		is.NoErr(err)
-		var r struct {
-			GLPath string `json:"gl_path"`
-		}
-		is.NoErr(json.Unmarshal(m.Data, &r))
-		is.Equal(r.GLPath, named) // the router the log named, not the session's order's (first)
-		tell(t, nc, r.GLPath, 200)
+		got := askWith(t, nc, msg)
+		is.Equal(got, named) // the router the log named, not the session's order's (first)
+		tell(t, nc, got, 200)
 	}
 	for i, b := range rs.replicas {
 		t.Logf("replica-%d sent %d calls where the log said (the session's order says %s)", i+1, b.Sessions().Remembered, first)

@@ -310,7 +310,14 @@ func servedThroughout(calls []natstest.Call, from, to time.Time) (answered int, 
 // ask makes a request context and returns the router chosen.
 func ask(t *testing.T, nc *nats.Conn, ingress string) string {
 	t.Helper()
-	m, err := nc.Request(replica.DefaultSubject, fmt.Appendf(nil, `{"gl_path":%q}`, ingress), 2*time.Second)
+	return askWith(t, nc, fmt.Appendf(nil, `{"gl_path":%q}`, ingress))
+}
+
+// askWith sends the request context msg, as gecholog sends one with the
+// fields its processor entry includes, and returns the router chosen.
+func askWith(t *testing.T, nc *nats.Conn, msg []byte) string {
+	t.Helper()
+	m, err := nc.Request(replica.DefaultSubject, msg, 2*time.Second)
 	if err != nil {
 		t.Fatalf("request context: %v", err)
 	}

@@ -252,10 +252,16 @@ func (p *brokerProc) appliedFrom(rev uint64) (time.Time, bool) {
 // waitApplied waits until the replica has logged applying revision rev
 // or a later one, or d has passed.
 func (p *brokerProc) waitApplied(ctx context.Context, rev uint64, d time.Duration) (time.Time, bool) {
+	return p.waitLogged(ctx, d, func() (time.Time, bool) { return p.appliedFrom(rev) })
+}
+
+// waitLogged waits until look finds what it looks for in the replica's
+// log, the replica ends, or d passes, and says when it was logged.
+func (p *brokerProc) waitLogged(ctx context.Context, d time.Duration, look func() (time.Time, bool)) (time.Time, bool) {
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
 	for {
-		at, ok := p.appliedFrom(rev)
+		at, ok := look()
 		p.mu.Lock()
 		grew, ended := p.grew, p.ended
 		p.mu.Unlock()
@@ -275,24 +281,12 @@ func (p *brokerProc) waitApplied(ctx context.Context, rev uint64, d time.Duratio
 // waitDisabled waits until the replica has logged disabling router, or d
 // has passed, and says when it logged it.
 func (p *brokerProc) waitDisabled(ctx context.Context, router string, d time.Duration) (time.Time, bool) {
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	for {
+	return p.waitLogged(ctx, d, func() (time.Time, bool) {
 		p.mu.Lock()
+		defer p.mu.Unlock()
 		at, ok := p.disabled[router]
-		grew, ended := p.grew, p.ended
-		p.mu.Unlock()
-		if ok || ended {
-			return at, ok
-		}
-		select {
-		case <-grew:
-		case <-deadline.C:
-			return time.Time{}, false
-		case <-ctx.Done():
-			return time.Time{}, false
-		}
-	}
+		return at, ok
+	})
 }
 
 // maxMetricsBody bounds what the bench reads of a /metrics answer.
