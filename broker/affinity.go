@@ -169,12 +169,7 @@ func (b *Broker) Sessions() SessionCounts {
 
 // AffinityOf returns the affinity of the pool for ingress; none when
 // ingress is no pool's. It does not allocate.
-func (b *Broker) AffinityOf(ingress []byte) Affinity {
-	if p := b.cur().pools[string(ingress)]; p != nil {
-		return p.affinity
-	}
-	return Affinity{}
-}
+func (b *Broker) AffinityOf(ingress []byte) Affinity { return b.PoolRef(ingress).Affinity() }
 
 // The hash is the broker's own, fixed here: every replica, whatever its
 // version or machine, must rank a session's routers alike, so a change to
@@ -236,13 +231,15 @@ func score(h, seed uint64, w int, equal bool) float64 {
 func (t *Tier) affine(h uint64, factor float64) (i int, spilled bool) {
 	var idx [maxAffine]int
 	var sc [maxAffine]float64
+	var busy [maxAffine]int64 // each one's calls in flight
 	n := 0
 	var inFlight, weight int64
-	for j := range t.routes {
-		if roomOf(t, j) <= 0 {
+	for j, rt := range t.routes {
+		f := rt.stats.inFlight()
+		if !rt.stats.hasRoom(f) {
 			continue
 		}
-		inFlight += t.InFlight(j)
+		inFlight += f
 		weight += int64(t.weights[j])
 		s := score(h, t.seeds[j], t.weights[j], t.equal)
 		// Insert into the first maxAffine by score.
@@ -256,9 +253,9 @@ func (t *Tier) affine(h uint64, factor float64) (i int, spilled bool) {
 			n++
 		}
 		for ; k > 0 && sc[k-1] < s; k-- {
-			idx[k], sc[k] = idx[k-1], sc[k-1]
+			idx[k], sc[k], busy[k] = idx[k-1], sc[k-1], busy[k-1]
 		}
-		idx[k], sc[k] = j, s
+		idx[k], sc[k], busy[k] = j, s, f
 	}
 	if n == 0 {
 		return -1, false
@@ -268,17 +265,31 @@ func (t *Tier) affine(h uint64, factor float64) (i int, spilled bool) {
 	// always within its own.
 	for k := range n {
 		j := idx[k]
-		if float64(t.InFlight(j)) < affinityBound(inFlight, int64(t.weights[j]), weight, factor) {
+		if within(busy[k], inFlight, int64(t.weights[j]), weight, factor) {
 			return j, k > 0
 		}
 	}
-	best := idx[0]
-	for _, j := range idx[1:n] {
-		if busier(t, best, j) {
-			best = j
+	best := 0
+	for k := 1; k < n; k++ {
+		if busy[best]*int64(t.weights[idx[k]]) > busy[k]*int64(t.weights[idx[best]]) {
+			best = k
 		}
 	}
-	return best, best != idx[0]
+	return idx[best], best != 0
+}
+
+// within reports whether a router of weight w with f calls in flight is
+// within its bound when its tier of weight W holds inFlight
+// (affinityBound); under affinityFloor without computing it.
+func within(f, inFlight, w, W int64, factor float64) bool {
+	return f < affinityFloor || float64(f) < affinityBound(inFlight, w, W, factor)
+}
+
+// hasRoom reports whether the router has rate limit left for a call with
+// f calls in flight: what roomOf says, from the calls in flight read once.
+func (s *routeStats) hasRoom(f int64) bool {
+	r := s.room.Load()
+	return r == nil || r.share(f) > 0
 }
 
 // firstFor reports whether rt, of weight w, comes before every router of

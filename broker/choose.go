@@ -37,7 +37,33 @@ func (b *Broker) Choose(ingress []byte) int { return b.ChooseSession(ingress, ni
 // without one, and every call of a pool without affinity, goes by the
 // pool's strategy. The key is read during the call only, never kept.
 func (b *Broker) ChooseSession(ingress, key []byte) int {
-	p := b.cur().pools[string(ingress)] // does not allocate
+	return b.ChooseIn(b.PoolRef(ingress), ingress, key)
+}
+
+// PoolRef is the pool a request context's gl_path names, looked up once
+// for both the header its affinity wants and the call's choice (see
+// Broker.PoolRef); the zero value is no pool's.
+type PoolRef struct{ p *pool }
+
+// PoolRef returns the pool for ingress, as the configuration in force
+// has it; none when ingress is no pool's. It does not allocate.
+func (b *Broker) PoolRef(ingress []byte) PoolRef {
+	return PoolRef{b.cur().pools[string(ingress)]} // does not allocate
+}
+
+// Affinity is the pool's affinity; none for no pool.
+func (in PoolRef) Affinity() Affinity {
+	if in.p == nil {
+		return Affinity{}
+	}
+	return in.p.affinity
+}
+
+// ChooseIn is ChooseSession for the pool in, which PoolRef returned for
+// ingress: the pool is looked up once per call. A configuration swapped
+// in between the two ends with the calls chosen by the one before.
+func (b *Broker) ChooseIn(in PoolRef, ingress, key []byte) int {
+	p := in.p
 	if p == nil {
 		b.calls[NotIngress].Add(1)
 		if b.log.Enabled(context.Background(), slog.LevelDebug) {

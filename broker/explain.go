@@ -390,6 +390,12 @@ func reads(strategy string, v RouterView) string {
 		return fmt.Sprintf("weight %d", v.Weight)
 	case "least-busy":
 		return fmt.Sprintf("%d in flight over the fleet, weight %d", v.InFlight, v.Weight)
+	case SessionsStrategy:
+		s := fmt.Sprintf("%d sessions pinned, %d in flight over the fleet, weight %d", v.Sessions, v.InFlight, v.Weight)
+		if v.HeadroomKnown {
+			s += fmt.Sprintf(", headroom %.0f%%", 100*v.Room)
+		}
+		return s
 	case "latency":
 		if !v.LatencyKnown {
 			return fmt.Sprintf("latency not heard of yet, %d in flight, weight %d", v.InFlight, v.Weight)

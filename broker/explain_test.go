@@ -157,6 +157,12 @@ func TestExplainGivesEachStrategysShares(t *testing.T) {
 		// The fewest in flight per weight take the next calls, in equal parts.
 		{"least-busy", []broker.RouterView{{Weight: 1, InFlight: 2}, {Weight: 2, InFlight: 2}, {Weight: 1, InFlight: 1}},
 			[]float64{0, 0.5, 0.5}, "2 in flight over the fleet, weight 1"},
+		// The fewest sessions and calls in flight per weight, with this
+		// call, take the next first calls; one without headroom is passed
+		// over.
+		{"sessions", []broker.RouterView{{Weight: 1, Sessions: 5, InFlight: 1}, {Weight: 2, Sessions: 11}, {Weight: 1, Sessions: 5},
+			{Weight: 1, HeadroomKnown: true, Room: 0}},
+			[]float64{0, 0.5, 0.5, 0}, "5 sessions pinned, 1 in flight over the fleet, weight 1"},
 		// The lowest latency takes what is not explored.
 		{"latency", []broker.RouterView{{Weight: 1, Latency: 80 * ms, LatencyKnown: true}, {Weight: 1, Latency: 20 * ms, LatencyKnown: true}},
 			[]float64{0.025, 0.975}, "latency 80ms, weight 1"},

@@ -179,7 +179,7 @@ func (b *Broker) Counts() []Counts {
 // only with those the others told of since. The replica calls it before
 // it tells its counts, every few milliseconds.
 func (b *Broker) Refresh(now time.Time) {
-	b.memory.now() // moves the clock the memory of sessions reads
+	b.memory.sweep(b.memory.now()) // moves the clock the memory of sessions reads
 	for _, late := range b.refreshFleet(now) {
 		b.report(late.rt, late.ev)
 	}

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"regexp"
@@ -28,7 +27,7 @@ type Pool struct {
 	Ingress string
 	Routers []Router
 	// Strategy names how a router is chosen within a tier (see
-	// Strategies); "" is DefaultStrategy.
+	// Strategies); "" is the default (StrategyName).
 	Strategy string
 	// Affinity keeps a conversation on one router; the zero value keeps
 	// none. A call without a key goes by Strategy.
@@ -82,8 +81,11 @@ func ValidatePools(pools []Pool) error {
 		if len(p.Routers) == 0 {
 			return fmt.Errorf("pool %q has no routers", p.Ingress)
 		}
-		if _, err := strategy(p.Strategy); err != nil {
+		if _, err := strategy(p.StrategyName()); err != nil {
 			return fmt.Errorf("pool %q: %w", p.Ingress, err)
+		}
+		if p.Strategy == SessionsStrategy && !p.Affinity.Session {
+			return fmt.Errorf(`pool %q: strategy %q places a conversation's first call by the sessions pinned to each router, which only "session" affinity keeps: give the pool "affinity": "session", or another strategy`, p.Ingress, p.Strategy)
 		}
 		if err := p.Affinity.validate(); err != nil {
 			return fmt.Errorf("pool %q: %w", p.Ingress, err)
@@ -115,7 +117,7 @@ func ValidatePools(pools []Pool) error {
 		}
 	}
 	for _, p := range pools {
-		if !strategies[cmp.Or(p.Strategy, DefaultStrategy)].NeedsPrices {
+		if !strategies[p.StrategyName()].NeedsPrices {
 			continue
 		}
 		for _, r := range p.Routers {

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -98,8 +97,8 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 		names = slices.Clone(*n)
 	}
 	for _, pc := range pools {
-		s, _ := strategy(pc.Strategy) // validated
-		p := &pool{ingress: pc.Ingress, routers: slices.Clone(pc.Routers), strategy: s, name: cmp.Or(pc.Strategy, DefaultStrategy), affinity: pc.Affinity, seed: fmix(sessionHash(pc.Ingress)), chosen: make([]atomic.Uint64, len(pc.Routers)), tab: t}
+		s, _ := strategy(pc.StrategyName()) // validated
+		p := &pool{ingress: pc.Ingress, routers: slices.Clone(pc.Routers), strategy: s, name: pc.StrategyName(), affinity: pc.Affinity, seed: fmix(sessionHash(pc.Ingress)), chosen: make([]atomic.Uint64, len(pc.Routers)), tab: t}
 		var was *pool
 		if old != nil {
 			was = old.pools[p.ingress]

@@ -81,6 +81,9 @@ type routeStats struct {
 	// sessionsIn and sessionsOut count the sessions that moved to and
 	// from the router, as the transaction log told (see sessionMemory).
 	sessionsIn, sessionsOut atomic.Uint64
+	// pinned counts the sessions remembered whose last call used the
+	// router (see sessionMemory): what the sessions strategy reads.
+	pinned atomic.Int64
 }
 
 // newestFailure is a failure report as this replica heard it.

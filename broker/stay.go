@@ -76,6 +76,7 @@ type sessionMemory struct {
 	shards     [memShards]memShard
 	remembered atomic.Uint64 // keyed calls sent to their session's remembered router
 	evicted    atomic.Uint64 // sessions forgotten before their time, to keep the bound
+	swept      atomic.Uint64 // the shards swept (see sweep)
 }
 
 func (m *sessionMemory) init() {
@@ -109,7 +110,8 @@ func (m *sessionMemory) home(k uint64) *route {
 
 // hear takes a call of the session k on rt, heard at now: the session is
 // remembered until now+ttl. A session whose last call was on another
-// router moved, and is counted on both.
+// router moved, and is counted on both. Each router counts the sessions
+// whose last call it took (route.stats.pinned), for the sessions strategy.
 func (m *sessionMemory) hear(k uint64, rt *route, stay bool, now int64, ttl time.Duration) {
 	s := m.shard(k)
 	s.mu.Lock()
@@ -117,13 +119,18 @@ func (m *sessionMemory) hear(k uint64, rt *route, stay bool, now int64, ttl time
 	e, ok := s.m[k]
 	switch {
 	case !ok || now >= e.until:
-		if !ok && len(s.m) >= memPerShard {
+		if ok {
+			e.last.stats.pinned.Add(-1) // over: a new session of the same key
+		} else if len(s.m) >= memPerShard {
 			m.evict(s, now)
 		}
 		e = memEntry{home: rt, last: rt}
+		rt.stats.pinned.Add(1)
 	case e.last != rt:
 		e.last.stats.sessionsOut.Add(1)
+		e.last.stats.pinned.Add(-1)
 		rt.stats.sessionsIn.Add(1)
+		rt.stats.pinned.Add(1)
 		e.last = rt
 		if stay {
 			e.home = rt
@@ -138,11 +145,11 @@ func (m *sessionMemory) hear(k uint64, rt *route, stay bool, now int64, ttl time
 // s.mu must be held.
 func (m *sessionMemory) evict(s *memShard, now int64) {
 	var victim uint64
-	var until int64
+	var gone memEntry
 	n := 0
 	for k, e := range s.m {
-		if n == 0 || e.until < until {
-			victim, until = k, e.until
+		if n == 0 || e.until < gone.until {
+			victim, gone = k, e
 		}
 		if n++; n == memSample {
 			break
@@ -152,8 +159,28 @@ func (m *sessionMemory) evict(s *memShard, now int64) {
 		return
 	}
 	delete(s.m, victim)
-	if until > now {
+	gone.last.stats.pinned.Add(-1)
+	if gone.until > now {
 		m.evicted.Add(1)
+	}
+}
+
+// sweep forgets the sessions of one shard whose lifetime is over, the
+// next shard at each call: a replica sweeps one at every Refresh, so the
+// whole memory every memShards refreshes (under a second), holding one
+// shard's lock for a pass over at most memPerShard sessions.
+func (m *sessionMemory) sweep(now int64) {
+	m.sweepShard(&m.shards[m.swept.Add(1)&(memShards-1)], now)
+}
+
+func (m *sessionMemory) sweepShard(s *memShard, now int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, e := range s.m {
+		if now >= e.until {
+			delete(s.m, k)
+			e.last.stats.pinned.Add(-1)
+		}
 	}
 }
 
@@ -204,25 +231,17 @@ type SessionRouter struct {
 
 // SessionRouters returns, for every router of the pools in force, the
 // sessions pinned to it and the moves, in the order the pools first list
-// the routers. It looks at every session remembered: call it for a
-// report, not per call.
+// the routers. It first forgets every session whose lifetime is over (a
+// pass over the whole memory): call it for a report, not per call.
 func (b *Broker) SessionRouters() []SessionRouter {
 	t := b.cur()
-	pinned := map[*route]int{}
 	now := b.memory.now()
 	for i := range b.memory.shards {
-		s := &b.memory.shards[i]
-		s.mu.RLock()
-		for _, e := range s.m {
-			if now < e.until {
-				pinned[e.last]++
-			}
-		}
-		s.mu.RUnlock()
+		b.memory.sweepShard(&b.memory.shards[i], now)
 	}
 	out := make([]SessionRouter, 0, len(t.members))
 	for _, rt := range t.members {
-		out = append(out, SessionRouter{Router: rt.path, Pinned: pinned[rt],
+		out = append(out, SessionRouter{Router: rt.path, Pinned: int(rt.stats.pinned.Load()),
 			MovedIn: rt.stats.sessionsIn.Load(), MovedOut: rt.stats.sessionsOut.Load()})
 	}
 	return out
@@ -242,15 +261,19 @@ func (t *Tier) indexOf(rt *route) int {
 // limit left and is within its bound of the calls in flight (the bound
 // Tier.affine applies).
 func (t *Tier) takes(j int, factor float64) bool {
-	if roomOf(t, j) <= 0 {
+	f := t.InFlight(j)
+	if !t.routes[j].stats.hasRoom(f) {
 		return false
 	}
+	if f < affinityFloor {
+		return true // within any bound: the tier's sum is not needed
+	}
 	var inFlight, weight int64
-	for k := range t.routes {
-		if roomOf(t, k) > 0 {
-			inFlight += t.InFlight(k)
+	for k, rt := range t.routes {
+		if g := rt.stats.inFlight(); rt.stats.hasRoom(g) {
+			inFlight += g
 			weight += int64(t.weights[k])
 		}
 	}
-	return float64(t.InFlight(j)) < affinityBound(inFlight, int64(t.weights[j]), weight, factor)
+	return within(f, inFlight, int64(t.weights[j]), weight, factor)
 }

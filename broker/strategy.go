@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -58,6 +57,9 @@ var strategies = map[string]registration{
 	"latency":    {Strategy: lowestLatency{}, NeedsTransactionLog: true},
 	"headroom":   {Strategy: mostHeadroom{}, NeedsTransactionLog: true},
 	"cost":       {Strategy: cheapest{}, NeedsTransactionLog: true, NeedsPrices: true},
+	// The sessions of a pool with "session" affinity are pinned where the
+	// transaction log says their calls went.
+	SessionsStrategy: {Strategy: fewestSessions{}, NeedsTransactionLog: true},
 }
 
 // registration is a strategy as strategies holds it.
@@ -75,8 +77,27 @@ type registration struct {
 }
 
 // DefaultStrategy is what a pool that names none uses: weighted random, as
-// the original broker chose.
+// the original broker chose; SessionsStrategy for a pool with "session"
+// affinity (see Pool.StrategyName).
 const DefaultStrategy = "random"
+
+// SessionsStrategy is the strategy that places a conversation's first
+// call by the sessions pinned to each router (fewestSessions).
+const SessionsStrategy = "sessions"
+
+// StrategyName is the strategy p's calls without a session key go by: the
+// one it names; when it names none, SessionsStrategy with "session"
+// affinity, whose first call of a conversation pins the conversation
+// where it goes, and DefaultStrategy otherwise.
+func (p Pool) StrategyName() string {
+	switch {
+	case p.Strategy != "":
+		return p.Strategy
+	case p.Affinity.Session:
+		return SessionsStrategy
+	}
+	return DefaultStrategy
+}
 
 // Strategies lists the names a pool may give, sorted.
 func Strategies() []string {
@@ -88,9 +109,10 @@ func Strategies() []string {
 	return names
 }
 
-// strategy returns the named strategy, or an error naming the known ones.
+// strategy returns the named strategy, or an error naming the known ones;
+// "" is none (see Pool.StrategyName).
 func strategy(name string) (Strategy, error) {
-	s, ok := strategies[cmp.Or(name, DefaultStrategy)]
+	s, ok := strategies[name]
 	if !ok {
 		return nil, fmt.Errorf("strategy %q: %s", name, strings.Join(Strategies(), ", "))
 	}
@@ -101,7 +123,7 @@ func strategy(name string) (Strategy, error) {
 // gecholog's transaction log says, as its line in strategies declares. An
 // unknown strategy needs nothing (ValidatePools refuses it).
 func (p Pool) NeedsTransactionLog() bool {
-	return strategies[cmp.Or(p.Strategy, DefaultStrategy)].NeedsTransactionLog
+	return strategies[p.StrategyName()].NeedsTransactionLog
 }
 
 // Tier is the enabled routers of one priority of a pool, as a strategy sees
@@ -132,6 +154,11 @@ func (t *Tier) Random() int {
 	n := rand.IntN(t.cum[len(t.cum)-1])
 	return sort.Search(len(t.cum), func(i int) bool { return t.cum[i] > n })
 }
+
+// Sessions is how many sessions of pools with "session" affinity are
+// pinned to router i: remembered, with their last call on it, as
+// gecholog's transaction log told every replica alike.
+func (t *Tier) Sessions(i int) int64 { return t.routes[i].stats.pinned.Load() }
 
 // InFlight is how many calls router i has in flight over the whole fleet:
 // chosen by any replica and not yet reported by any, within the in-flight

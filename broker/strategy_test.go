@@ -153,12 +153,15 @@ func TestHeadroomDeclinesATierWithNoneLeft(t *testing.T) {
 
 func TestEveryStrategyIsKnownByNameAndAnUnknownOneIsRefused(t *testing.T) {
 	is := is.New(t)
-	is.Equal(Strategies(), []string{"cost", "headroom", "latency", "least-busy", "random"})
+	is.Equal(Strategies(), []string{"cost", "headroom", "latency", "least-busy", "random", "sessions"})
 	_, err := strategy("round-robin")
 	is.True(err != nil) // refused
-	s, err := strategy("")
+	s, err := strategy(Pool{}.StrategyName())
 	is.NoErr(err)
-	is.Equal(s, Strategy(random{}))
+	is.Equal(s, Strategy(random{})) // a pool that names none
+	s, err = strategy(Pool{Affinity: Affinity{Session: true}}.StrategyName())
+	is.NoErr(err)
+	is.Equal(s, Strategy(fewestSessions{})) // a pool with "session" affinity that names none
 }
 
 // Azure OpenAI sends x-ratelimit-remaining-* without a reset: a router told

@@ -33,6 +33,9 @@ type RouterView struct {
 	// the last Refresh).
 	InFlight int64
 	Share    float64
+	// Sessions is how many sessions of pools with "session" affinity are
+	// pinned to the router (see Tier.Sessions).
+	Sessions int64
 	// Latency is the router's recent upstream latency (LatencyKnown false
 	// until one of its calls is heard of), and Headroom the share of its
 	// rate limit left (HeadroomKnown false while its upstream says none).
@@ -99,7 +102,7 @@ func (b *Broker) poolView(out []RouterView, p *pool, now time.Time) []RouterView
 	for i, r := range p.routers {
 		rt := p.routes[i]
 		v := RouterView{Ingress: p.ingress, Router: r.Path, Phase: phase(rt.live, now), Chosen: p.chosen[i].Load(),
-			Provisional: !rt.heard.IsZero(), Priority: r.Priority, Weight: r.Weight, InFlight: rt.stats.inFlight()}
+			Provisional: !rt.heard.IsZero(), Priority: r.Priority, Weight: r.Weight, InFlight: rt.stats.inFlight(), Sessions: rt.stats.pinned.Load()}
 		if all > 0 {
 			v.Share = float64(rt.stats.fleetChosen.Load()) / float64(all)
 		}

@@ -95,7 +95,11 @@ func BenchmarkRequest(b *testing.B) {
 // and never heard the end of. It returns the request context for /p/.
 func strategyHandler(tb testing.TB, strategy string) (*gecholog.Handler, []byte, *broker.Broker) {
 	tb.Helper()
-	return affinityHandler(tb, strategy, broker.Affinity{})
+	var a broker.Affinity
+	if strategy == broker.SessionsStrategy {
+		a.Session = true // the strategy of a conversation's first call
+	}
+	return affinityHandler(tb, strategy, a)
 }
 
 // sessionMessage is a request context as gecholog sends it to a pool
@@ -146,12 +150,16 @@ func affinityHandler(tb testing.TB, strategy string, a broker.Affinity) (*gechol
 
 // BenchmarkRequestStrategy is a request context for a pool of each
 // strategy, with the statistics it reads present. The target (issue 10):
-// at most 200 ns and no allocation for every strategy.
+// at most 200 ns and no allocation for every strategy. sessions is a
+// conversation's first call in a pool with "affinity": "session".
 //
-// session-affinity is a pool with "affinity": "session" and a request
-// context with five client headers, the session id among them: the
-// header's lookup and the session's order (issue 24: at most 250 ns and
-// no allocation).
+// The affinity cases are a request context with five client headers, a
+// session id among them: the header's lookup and the session's router
+// (issue 24: at most 250 ns and no allocation). session-affinity is a
+// pool with "affinity": "session" whose sessions were heard on the
+// transaction log (every session is, from its first call on);
+// header-affinity is keyed by a header, which goes by the session's order
+// alone.
 func BenchmarkRequestStrategy(b *testing.B) {
 	for _, s := range broker.Strategies() {
 		b.Run(s, func(b *testing.B) {
@@ -166,26 +174,47 @@ func BenchmarkRequestStrategy(b *testing.B) {
 			}
 		})
 	}
-	b.Run("session-affinity", func(b *testing.B) {
-		// 1,024 sessions, spread over the routers by their weights, so
-		// that none is over its load bound: each call goes to its
-		// session's router, as in a healthy fleet.
-		h, _, br := affinityHandler(b, "", broker.Affinity{Session: true})
-		var msgs [1024][]byte
-		for i := range msgs {
-			msgs[i] = []byte(strings.Replace(sessionMessage, "1696681410696216000_3", fmt.Sprintf("%d_3", 1696681410696216000+i), 1))
-		}
-		i := 0
-		for b.Loop() {
-			if len(h.Handle(msgs[i%len(msgs)])) == 0 {
-				b.Fatal("no router chosen")
+	for _, tc := range []struct {
+		name     string
+		affinity broker.Affinity
+		header   string
+	}{
+		{"session-affinity", broker.Affinity{Session: true}, "Session-Id"},
+		{"header-affinity", broker.Affinity{Header: "X-Conversation-Id"}, "X-Conversation-Id"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			// 1,024 sessions, spread over the routers by their weights, so
+			// that none is over its load bound: each call goes to its
+			// session's router, as in a healthy fleet.
+			h, _, br := affinityHandler(b, "", tc.affinity)
+			var msgs [1024][]byte
+			for i := range msgs {
+				id := fmt.Sprintf("AAA00001_%d_3_0", 1696681410696216000+i)
+				msg := strings.Replace(sessionMessage, "AAA00001_1696681410696216000_3_0", id, 1)
+				msgs[i] = []byte(strings.Replace(msg, "Session-Id", tc.header, 1))
+				if tc.affinity.Session {
+					key := gecholog.SessionOfID([]byte(id))
+					router, _, _ := br.SessionRouter("/p/", key)
+					br.Remember(key, []byte(router)) // its first call's transaction
+				}
 			}
-			i++
-		}
-		if s := br.Sessions(); s.Spilled*100 > s.Keyed || br.Stats().Calls[broker.Panicked] > 0 {
-			b.Fatalf("%+v, %d panicked: calls off their session's router", s, br.Stats().Calls[broker.Panicked])
-		}
-	})
+			noKey := br.Sessions().NoKey // the setup's
+			i := 0
+			for b.Loop() {
+				if len(h.Handle(msgs[i%len(msgs)])) == 0 {
+					b.Fatal("no router chosen")
+				}
+				i++
+			}
+			s := br.Sessions()
+			if s.Spilled*100 > s.Keyed || br.Stats().Calls[broker.Panicked] > 0 || s.NoKey > noKey {
+				b.Fatalf("%+v, %d panicked: calls off their session's router", s, br.Stats().Calls[broker.Panicked])
+			}
+			if tc.affinity.Session && s.Remembered < s.Keyed*99/100 {
+				b.Fatalf("%+v: calls not to their remembered router", s)
+			}
+		})
+	}
 }
 
 // BenchmarkRequestManyPools chooses in one of 100 pools of 10 routers.
@@ -299,9 +328,6 @@ func TestHotPathAllocatesNothing(t *testing.T) {
 	}
 }
 
-// TestHotPathAllocatesNothingForEveryStrategy holds a request context to
-// no allocation whichever strategy chooses, with the statistics it reads
-// present.
 func TestHotPathAllocatesNothingWithSessionAffinity(t *testing.T) {
 	h, _, _ := affinityHandler(t, "", broker.Affinity{Session: true})
 	msg := []byte(sessionMessage)
@@ -313,6 +339,9 @@ func TestHotPathAllocatesNothingWithSessionAffinity(t *testing.T) {
 	}
 }
 
+// TestHotPathAllocatesNothingForEveryStrategy holds a request context to
+// no allocation whichever strategy chooses, with the statistics it reads
+// present.
 func TestHotPathAllocatesNothingForEveryStrategy(t *testing.T) {
 	for _, s := range broker.Strategies() {
 		t.Run(s, func(t *testing.T) {

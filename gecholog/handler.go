@@ -86,7 +86,7 @@ func (h *Handler) Handle(data []byte) []byte {
 		if problem != KeyOK {
 			h.problems[problem].Add(1)
 		}
-		if id := h.b.ChooseSession(m.Path, key); id >= 0 {
+		if id := h.b.ChooseIn(k.in, m.Path, key); id >= 0 {
 			replies := *h.replies.Load()
 			if id >= len(replies) {
 				replies = h.learn() // a router the broker added since
@@ -119,7 +119,8 @@ func (h *Handler) keyHeader(a broker.Affinity) string {
 // a second pass after.
 type keyScan struct {
 	h        *Handler
-	affinity broker.Affinity // of the pool gl_path names
+	in       broker.PoolRef  // the pool gl_path names
+	affinity broker.Affinity // its affinity
 	find     headerFind      // its header in ingress_headers
 	// valid: affinity and find are those of the message's last gl_path
 	// and last ingress_headers.
@@ -134,7 +135,8 @@ func (k *keyScan) scan(s *scanner, m *Message) error {
 		_, err := s.rawHeaders(1, &m.IngressHeaders, nil)
 		return err
 	}
-	k.affinity = k.h.b.AffinityOf(m.Path)
+	k.in = k.h.b.PoolRef(m.Path)
+	k.affinity = k.in.Affinity()
 	k.find = headerFind{}
 	if k.affinity.On() {
 		k.find.name = k.h.keyHeader(k.affinity)
@@ -149,7 +151,8 @@ func (k *keyScan) scan(s *scanner, m *Message) error {
 // pool without affinity.
 func (k *keyScan) key(m *Message) ([]byte, KeyProblem) {
 	if !k.valid { // not read on the way: gl_path came after ingress_headers, or they were not gecholog's
-		k.affinity = k.h.b.AffinityOf(m.Path)
+		k.in = k.h.b.PoolRef(m.Path)
+		k.affinity = k.in.Affinity()
 		if k.affinity.On() {
 			k.find.value, k.find.problem = headerValue(m.IngressHeaders, k.h.keyHeader(k.affinity))
 		}

@@ -74,7 +74,8 @@ func TestTheDifferSaysAnAffinityChanged(t *testing.T) {
 	is.Equal(kv.SummarizeChanges(kv.DiffConfig(a, b)), "/azure/: affinity none→header X-Conversation-Id, load factor 2")
 	c := doc(10*time.Minute, "/azure/=/azure/gpt4/,/azure/gpt35/")
 	c.Pools[0].Affinity = &kv.ConfigAffinity{Session: true}
-	is.Equal(kv.SummarizeChanges(kv.DiffConfig(b, c)), "/azure/: affinity header X-Conversation-Id, load factor 2→session")
+	// Its first calls now go by the default strategy of "session" affinity.
+	is.Equal(kv.SummarizeChanges(kv.DiffConfig(b, c)), "/azure/: strategy random→sessions, affinity header X-Conversation-Id, load factor 2→session")
 	is.Equal(kv.DiffConfig(c, c), nil) // the same affinity is no change
 	d := doc(10*time.Minute, "/azure/=/azure/gpt4/,/azure/gpt35/")
 	d.Pools[0].Affinity = &kv.ConfigAffinity{Session: true, TTL: "5m", Stay: true}

@@ -1,7 +1,6 @@
 package kv
 
 import (
-	"cmp"
 	"fmt"
 	"reflect"
 	"slices"
@@ -164,7 +163,7 @@ func ShownValue(v string) string { return shown(v) }
 // diffPool lists what changed in a pool both documents have.
 func diffPool(a, b ConfigPool) []ConfigChange {
 	var out []ConfigChange
-	if sa, sb := cmp.Or(a.Strategy, broker.DefaultStrategy), cmp.Or(b.Strategy, broker.DefaultStrategy); sa != sb {
+	if sa, sb := strategyName(a), strategyName(b); sa != sb {
 		out = append(out, ConfigChange{Pool: b.Ingress, Field: "strategy", From: sa, To: sb})
 	}
 	if aa, ab := affinityText(a.Affinity.BrokerAffinity()), affinityText(b.Affinity.BrokerAffinity()); aa != ab {
@@ -249,12 +248,18 @@ func priceText(p *broker.Price) string {
 	return "input " + f(p.Input) + " output " + f(p.Output) + " cached_input " + f(p.CachedInput)
 }
 
+// strategyName is the strategy p's calls without a session key go by,
+// the default when it names none (broker.Pool.StrategyName).
+func strategyName(p ConfigPool) string {
+	return broker.Pool{Strategy: p.Strategy, Affinity: p.Affinity.BrokerAffinity()}.StrategyName()
+}
+
 func poolText(p ConfigPool) string {
 	var routers []string
 	for _, r := range p.Routers {
 		routers = append(routers, r.Path)
 	}
-	s := cmp.Or(p.Strategy, broker.DefaultStrategy) + " over " + strings.Join(routers, ", ")
+	s := strategyName(p) + " over " + strings.Join(routers, ", ")
 	if a := p.Affinity.BrokerAffinity(); a.On() {
 		s += ", affinity " + affinityText(a)
 	}
