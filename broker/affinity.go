@@ -158,13 +158,17 @@ type SessionCounts struct {
 	Evicted uint64
 }
 
-type sessionCounts struct{ keyed, spilled, noKey atomic.Uint64 }
+// sessionCounts count the calls of pools with affinity: byOrder the keyed
+// calls sent by their session's order (the others by the memory of
+// sessions, which counts them), so that a call adds to one counter.
+type sessionCounts struct{ byOrder, spilled, noKey atomic.Uint64 }
 
 // Sessions returns the calls of pools with affinity, by what became of
 // their key, since the replica started.
 func (b *Broker) Sessions() SessionCounts {
-	return SessionCounts{Keyed: b.sessions.keyed.Load(), Spilled: b.sessions.spilled.Load(), NoKey: b.sessions.noKey.Load(),
-		Remembered: b.memory.remembered.Load(), Evicted: b.memory.evicted.Load()}
+	remembered := b.memory.remembered.Load()
+	return SessionCounts{Keyed: b.sessions.byOrder.Load() + remembered, Spilled: b.sessions.spilled.Load(), NoKey: b.sessions.noKey.Load(),
+		Remembered: remembered, Evicted: b.memory.evicted.Load()}
 }
 
 // AffinityOf returns the affinity of the pool for ingress; none when
@@ -220,7 +224,36 @@ func score(h, seed uint64, w int, equal bool) float64 {
 		return float64(x)
 	}
 	u := (float64(x) + 0.5) / (1 << 53)
+	if u == 1 { // x = 2^53-1, rounded up: the best of ranks
+		return math.Inf(1)
+	}
 	return float64(w) / -math.Log(u)
+}
+
+// boundSlack widens scoreBounds by far more than the rounding of their
+// few operations and of math.Log, so that they hold score as computed.
+const boundSlack = 1e-9
+
+// scoreBounds returns lo <= score(h, seed, w, equal) <= hi, without the
+// logarithm, which is most of a score's time: a session's first router
+// is nearly always found from the bounds alone (see Tier.affine). With
+// z = (1-u)/u, -ln(u) = ln(1+z), and for z >= 0
+// 2z/(2+z) <= ln(1+z) <= z(6+z)/(6+4z); in u and v = 1-u these are
+// 2v/(1+u) and v(1+5u)/(u(4+2u)), within a few percent of each other for
+// the u of a session's first router (near 1).
+func scoreBounds(h, seed uint64, w int, equal bool) (lo, hi float64) {
+	x := fmix(h^seed) >> 11
+	if equal {
+		s := float64(x)
+		return s, s
+	}
+	u := (float64(x) + 0.5) / (1 << 53)
+	if u == 1 {
+		return math.Inf(1), math.Inf(1)
+	}
+	v := 1 - u
+	fw := float64(w)
+	return fw * u * (4 + 2*u) / (v * (1 + 5*u)) * (1 - boundSlack), fw * (1 + u) / (2 * v) * (1 + boundSlack)
 }
 
 // affine picks the router of t for the session of key hash h: the first
@@ -228,7 +261,47 @@ func score(h, seed uint64, w int, equal bool) float64 {
 // bound of the calls in flight (see Affinity.LoadFactor). spilled says
 // the session's first router with room was passed over. It returns -1
 // when no router of t has rate limit left: the next tier is asked.
+//
+// The common case, the session's first router within its bound, is found
+// from each router's scoreBounds; when they leave it open (two scores too
+// close to tell apart without the logarithm), or the first router is over
+// its bound, the session's order is taken in full (affineOrdered).
 func (t *Tier) affine(h uint64, factor float64) (i int, spilled bool) {
+	var inFlight, weight int64
+	first, firstBusy := -1, int64(0)
+	// The bounds of first's score, and the highest upper bound of the
+	// others'.
+	var firstLo, firstHi, othersHi float64
+	for j, rt := range t.routes {
+		f := rt.stats.inFlight()
+		if !rt.stats.hasRoom(f) {
+			continue
+		}
+		inFlight += f
+		weight += int64(t.weights[j])
+		lo, hi := scoreBounds(h, t.seeds[j], t.weights[j], t.equal)
+		switch {
+		case first < 0:
+			first, firstBusy, firstLo, firstHi = j, f, lo, hi
+		case lo > firstLo:
+			othersHi = max(othersHi, firstHi)
+			first, firstBusy, firstLo, firstHi = j, f, lo, hi
+		default:
+			othersHi = max(othersHi, hi)
+		}
+	}
+	if first < 0 {
+		return -1, false
+	}
+	if othersHi < firstLo && within(firstBusy, inFlight, int64(t.weights[first]), weight, factor) {
+		return first, false
+	}
+	return t.affineOrdered(h, factor)
+}
+
+// affineOrdered is affine from the session's order, taken in full: each
+// router's score.
+func (t *Tier) affineOrdered(h uint64, factor float64) (i int, spilled bool) {
 	var idx [maxAffine]int
 	var sc [maxAffine]float64
 	var busy [maxAffine]int64 // each one's calls in flight

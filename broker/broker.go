@@ -20,7 +20,9 @@ type Config struct {
 	// Store shares router health with other replicas; nil keeps it in
 	// this process, as the original broker did.
 	Store Store
-	// Logger receives events; nil discards them.
+	// Logger receives events; nil discards them. Whether it takes debug
+	// lines is asked once, here: a line per call is at debug, and asking
+	// on every call costs the request's path.
 	Logger *slog.Logger
 	// InFlightBound is how long a chosen call counts as in flight when its
 	// report never comes (DefaultInFlightBound).
@@ -63,6 +65,7 @@ type Broker struct {
 	hold    time.Duration            // see Config.AnnouncementHold
 	store   atomic.Pointer[storeRef] // nil until there is a store
 	log     *slog.Logger
+	debug   bool            // log takes debug lines (see Config.Logger)
 	unknown map[string]bool // routers no pool has whose records were warned about; guarded by mu
 
 	writeContext context.Context
@@ -139,6 +142,7 @@ func New(cfg Config) (*Broker, error) {
 		every:         map[string]*route{},
 		id:            cfg.ID,
 		log:           log,
+		debug:         log.Enabled(context.Background(), slog.LevelDebug),
 		unknown:       map[string]bool{},
 		writeContext:  ctx,
 		stopWrites:    cancel,

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -66,7 +65,7 @@ func (b *Broker) ChooseIn(in PoolRef, ingress, key []byte) int {
 	p := in.p
 	if p == nil {
 		b.calls[NotIngress].Add(1)
-		if b.log.Enabled(context.Background(), slog.LevelDebug) {
+		if b.debug {
 			b.log.Debug("not an ingress; leaving the call alone", slog.String("gl_path", clip(string(ingress))))
 		}
 		return -1
@@ -123,7 +122,7 @@ func (b *Broker) ChooseIn(in PoolRef, ingress, key []byte) int {
 				}
 			}
 			if i, spilled := t.affine(h, p.loadFactor()); i >= 0 {
-				b.sessions.keyed.Add(1)
+				b.sessions.byOrder.Add(1)
 				if spilled {
 					b.sessions.spilled.Add(1)
 				}
@@ -155,8 +154,7 @@ func (b *Broker) ChooseIn(in PoolRef, ingress, key []byte) int {
 // remembered counts a keyed call sent to its session's remembered router,
 // j of t, and returns its id.
 func (b *Broker) remembered(p *pool, t *Tier, j int) int {
-	b.sessions.keyed.Add(1)
-	b.memory.remembered.Add(1)
+	b.memory.remembered.Add(1) // one of the keyed calls (Sessions)
 	return b.chose(p, t.routes[j], t.index[j], Chosen)
 }
 
@@ -165,7 +163,7 @@ func (b *Broker) chose(p *pool, rt *route, index int, outcome Outcome) int {
 	b.calls[outcome].Add(1)
 	p.chosen[index].Add(1)
 	rt.stats.chosen.add(1)
-	if b.log.Enabled(context.Background(), slog.LevelDebug) {
+	if b.debug {
 		b.log.Debug("chose router", slog.String("ingress", p.ingress), slog.String("router", rt.path))
 	}
 	return rt.id

@@ -121,7 +121,7 @@ func (r *room) share(inFlight int64) float64 {
 		switch {
 		case left > 0:
 			if r.limit > 0 {
-				h = math.Min(h, float64(left)/float64(r.limit))
+				h = min(h, float64(left)/float64(r.limit)) // the builtin: math.Min is a call
 			}
 		case r.requests > 0 || !passed(r.requestsReset):
 			// None left for this call; only a router its upstream said had
