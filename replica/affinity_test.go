@@ -214,3 +214,47 @@ func TestMetricsAndThePageShowTheSessionsPinnedPerRouterAndTheirMoves(t *testing
 	is.Equal(got, map[string]statuspage.RouterSessions{ // the page says what /metrics says
 		"/azure/a/": {Pinned: 1, MovedOut: 1}, "/azure/b/": {Pinned: 2, MovedIn: 1}, "/azure/c/": {}})
 }
+
+// TestConversationsStartWhereTheFewestSessionsAreOnEveryReplica starts 200
+// conversations through the queue group of two replicas, each as gecholog
+// makes it: a first call without a session id, its response context, and
+// its transaction naming the session gecholog made: the pool's sessions
+// end within one of their weight's share on every replica (weighted random
+// would leave each router about ±7 off).
+func TestConversationsStartWhereTheFewestSessionsAreOnEveryReplica(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	pool := broker.Pool{Ingress: "/azure/", Affinity: broker.Affinity{Session: true}, Routers: []broker.Router{
+		{Path: "/azure/a/", Weight: 1}, {Path: "/azure/b/", Weight: 2}, {Path: "/azure/c/", Weight: 1}}}
+	cfg := replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Pools: []broker.Pool{pool},
+		Policy: broker.Policy{DisabledTime: time.Minute}}
+	rs := runReplicas(t, cfg, 2)
+	nc := natstest.Connect(t, s)
+	pinned := func(b *broker.Broker) map[string]int {
+		out := map[string]int{}
+		for _, r := range b.SessionRouters() {
+			out[r.Router] = r.Pinned
+		}
+		return out
+	}
+	const sessions = 200
+	for i := range sessions {
+		router := askWith(t, nc, []byte(`{"gl_path":"/azure/","ingress_headers":{"Api-Key":["sk-1"]}}`)) // no session yet
+		tell(t, nc, router, 200)
+		finish(t, nc, standin.Finished{Ingress: "/azure/", Router: router, Session: fmt.Sprintf("AAA00001_%d_1_0", 1696681410696216000+i)})
+		rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
+			n := 0
+			for _, p := range pinned(b) {
+				n += p
+			}
+			return n == i+1
+		}, fmt.Sprintf("session %d heard", i))
+	}
+	for i, b := range rs.replicas {
+		got := pinned(b)
+		t.Logf("replica-%d: sessions pinned %v", i+1, got)
+		for r, want := range map[string]int{"/azure/a/": 50, "/azure/b/": 100, "/azure/c/": 50} {
+			is.True(got[r] >= want-1 && got[r] <= want+1) // within one of its weight's share
+		}
+	}
+}
