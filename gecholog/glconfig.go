@@ -156,7 +156,7 @@ func (c *checker) logger(top map[string]any, pools []broker.Pool, want string) {
 	var readers []string
 	for _, p := range pools {
 		if p.NeedsTransactionLog() {
-			readers = append(readers, fmt.Sprintf("%s (%s)", p.Ingress, p.Strategy))
+			readers = append(readers, fmt.Sprintf("%s (%s)", p.Ingress, p.StrategyName()))
 		}
 	}
 	if want == "" || len(readers) == 0 {

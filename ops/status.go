@@ -198,7 +198,7 @@ func heading(b bucket, t Target, fv fleetView, l configLatest, now time.Time) st
 	var needs []string
 	for _, p := range t.Pools {
 		if p.NeedsTransactionLog() {
-			needs = append(needs, p.Ingress+" ("+p.Strategy+")")
+			needs = append(needs, p.Ingress+" ("+p.StrategyName()+")")
 		}
 	}
 	if len(needs) > 0 && len(fv.replicas) > 0 {

@@ -260,7 +260,7 @@ func (r *Replica) watchSilence(ctx context.Context, start time.Time) {
 					strategies = append(strategies, w.pools[p])
 				}
 				slices.Sort(strategies)
-				r.log.Warn("gecholog's transaction log is silent: choosing at random until it is heard",
+				r.log.Warn("gecholog's transaction log is silent: the pools that choose by it choose without it until it is heard",
 					slog.String("strategy", strings.Join(slices.Compact(strategies), ",")),
 					slog.String("pools", strings.Join(silent, ",")), slog.String("subject", subject),
 					slog.Duration("silent_for", now.Sub(w.since).Round(time.Millisecond)),
@@ -299,7 +299,7 @@ func newSilenceWatch(pools []broker.Pool, limit time.Duration, start time.Time) 
 	w := &silenceWatch{limit: limit, pools: map[string]string{}, since: start, chosen: map[string]uint64{}}
 	for _, p := range pools {
 		if p.NeedsTransactionLog() {
-			w.pools[p.Ingress] = p.Strategy
+			w.pools[p.Ingress] = p.StrategyName()
 		}
 	}
 	return w

@@ -193,7 +193,7 @@ func TestASilentTransactionLogIsSaidOnceEachTimeItFallsSilent(t *testing.T) {
 		Pools:  []broker.Pool{poolOf("latency", "a", "b"), {Ingress: "/other/", Routers: []broker.Router{{Path: "/other/x/", Weight: 1}}}},
 		Policy: broker.Policy{DisabledTime: time.Minute}, LoggerSilence: silence}, 2)
 	nc := natstest.Connect(t, s)
-	const silent = "gecholog's transaction log is silent: choosing at random until it is heard"
+	const silent = "gecholog's transaction log is silent: the pools that choose by it choose without it until it is heard"
 	said := func(msg string) func() bool {
 		return func() bool {
 			for _, l := range rs.logs {
