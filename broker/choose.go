@@ -175,6 +175,14 @@ func (b *Broker) rebuild(p *pool, now time.Time) {
 	c := b.snapshot(p, now)
 	p.live.Store(c)
 	switch {
+	case len(c.tiers) == 0 && !p.stranded && c.spent:
+		p.stranded = true
+		rule, calls := BudgetIngress, "stay on the ingress router's own outbound until a budget resets"
+		if p.soonest {
+			rule, calls = BudgetSoonest, "go to the router whose budget resets soonest"
+		}
+		b.log.Warn("every router of the pool is out for its budget or disabled", slog.String("ingress", p.ingress),
+			slog.String("budget_spent", rule), slog.String("calls", calls))
 	case len(c.tiers) == 0 && !p.stranded:
 		p.stranded = true
 		msg := map[AllDisabled]string{
@@ -198,10 +206,17 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 	c := &choice{}
 	all := 0
 	soonest := -1
+	spentSoonest := -1 // of the routers out for their budget, the one back first
 	tiers := map[int]*Tier{}
 	for i, r := range p.routers {
 		rt := p.routes[i]
 		ph := phase(rt.live, now)
+		if ph == Enabled && rt.spentUntil.Load() > now.UnixNano() {
+			if spentSoonest < 0 || rt.spentUntil.Load() < p.routes[spentSoonest].spentUntil.Load() {
+				spentSoonest = i
+			}
+			continue // out for its budget: neither chosen nor a fallback
+		}
 		if rt.probe != nil && rt.probe.token.Load() {
 			c.probes = append(c.probes, rt.probe)
 		}
@@ -244,6 +259,19 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 		t.setCosts(m)
 	}
 	p.mix.Store(m)
+	if len(c.tiers) == 0 && spentSoonest >= 0 {
+		// Every router that is not out for its budget is disabled: the
+		// pool's rule for a spent budget answers, not the all-disabled
+		// mode.
+		c.spent = true
+		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil
+		if p.soonest {
+			c.fallback = []*route{p.routes[spentSoonest]}
+			c.fallbackCum = []int{1}
+			c.fallbackIdx = []int{spentSoonest}
+		}
+		return c
+	}
 	switch p.tab.policy.AllDisabled {
 	case Ingress:
 		c.fallback, c.fallbackCum, c.fallbackIdx = nil, nil, nil

@@ -29,6 +29,9 @@ type PoolView struct {
 	// Affinity is how the pool keeps a conversation on one router; the
 	// zero value when it does not.
 	Affinity Affinity
+	// BudgetSpent is the pool's rule while every router it has enabled is
+	// out for its budget (BudgetIngress or BudgetSoonest).
+	BudgetSpent string
 }
 
 // PoolView returns the pool for ingress as this replica sees it at now;
@@ -42,7 +45,10 @@ func (b *Broker) PoolView(ingress string, now time.Time) (PoolView, bool) {
 		return PoolView{}, false
 	}
 	v := PoolView{Ingress: ingress, Strategy: p.name, AllDisabled: t.policy.AllDisabled, Replica: b.id,
-		Routers: b.poolView(nil, p, now), Mix: DefaultTokenMix, Affinity: p.affinity}
+		Routers: b.poolView(nil, p, now), Mix: DefaultTokenMix, Affinity: p.affinity, BudgetSpent: BudgetIngress}
+	if p.soonest {
+		v.BudgetSpent = BudgetSoonest
+	}
 	if m := p.mix.Load(); m != nil {
 		v.Mix, v.MixHeard = m.TokenMix, m.calls > 0
 	}
@@ -105,6 +111,11 @@ const (
 	// ByHand: every router is disabled by hand; calls stay on the
 	// ingress router's own outbound whatever the all-disabled mode.
 	ByHand Rule = "all disabled by hand"
+	// SpentIngressRule and SpentSoonestRule: no router takes calls, and
+	// those that are healthy are out for their budget: the pool's
+	// BudgetSpent rule answers.
+	SpentIngressRule Rule = "budget spent: ingress"
+	SpentSoonestRule Rule = "budget spent: soonest"
 )
 
 // RouterExplanation is one router of an Explanation: the view it is
@@ -159,14 +170,14 @@ func Explain(p PoolView, now time.Time) Explanation {
 	// them.
 	var tiers []int
 	for _, v := range p.Routers {
-		if v.Phase == Enabled && !slices.Contains(tiers, v.Priority) {
+		if v.takesCalls() && !slices.Contains(tiers, v.Priority) {
 			tiers = append(tiers, v.Priority)
 		}
 	}
 	slices.Sort(tiers)
 	members := func(tier int) (idx []int, views []RouterView) {
 		for i, v := range p.Routers {
-			if v.Phase == Enabled && v.Priority == tier {
+			if v.takesCalls() && v.Priority == tier {
 				idx, views = append(idx, i), append(views, v)
 			}
 		}
@@ -202,11 +213,36 @@ func Explain(p PoolView, now time.Time) Explanation {
 				e.Routers[i].Expected = share[k]
 			}
 		}
+	case slices.ContainsFunc(p.Routers, RouterView.spent):
+		e.budgetSpent(p)
 	default:
 		e.allDisabled(p)
 	}
 	e.why(p, tiers, declined, now)
 	return e
+}
+
+// takesCalls reports whether v is enabled and not out for its budget.
+func (v RouterView) takesCalls() bool { return v.Phase == Enabled && !v.spent() }
+
+// spent reports whether v is out for its budget, and healthy.
+func (v RouterView) spent() bool { return v.Phase == Enabled && !v.BudgetUntil.IsZero() }
+
+// budgetSpent sets the rule and shares of a pool whose healthy routers
+// are all out for their budget, as Choose's snapshot has it.
+func (e *Explanation) budgetSpent(p PoolView) {
+	e.Rule = SpentIngressRule
+	if p.BudgetSpent != BudgetSoonest {
+		return
+	}
+	e.Rule = SpentSoonestRule
+	soonest := -1
+	for i, v := range p.Routers {
+		if v.spent() && (soonest < 0 || v.BudgetUntil.Before(p.Routers[soonest].BudgetUntil)) {
+			soonest = i
+		}
+	}
+	e.Routers[soonest].Expected = 1
 }
 
 // allDisabled sets the rule and shares of a pool with no router enabled,
@@ -297,6 +333,10 @@ func (e *Explanation) why(p PoolView, tiers, declined []int, now time.Time) {
 		e.Why = "every router is out; all-disabled mode ingress leaves the calls on the ingress router's own outbound"
 	case ByHand:
 		e.Why = "every router is disabled by hand; the calls stay on the ingress router's own outbound"
+	case SpentIngressRule:
+		e.Why = "every router that is not disabled is out for its budget; budget_spent ingress leaves the calls on the ingress router's own outbound until a budget resets"
+	case SpentSoonestRule:
+		e.Why = "every router that is not disabled is out for its budget; budget_spent soonest sends the calls to the one whose budget resets first"
 	}
 	for i := range e.Routers {
 		r := &e.Routers[i]
@@ -340,6 +380,13 @@ func (e *Explanation) why(p PoolView, tiers, declined []int, now time.Time) {
 			}
 			r.Reads = ""
 		case Enabled:
+			if r.spent() {
+				r.State, r.Why, r.Until, r.Reads = "budget", "out for its budget: "+r.BudgetWhy, r.BudgetUntil, ""
+				if e.Rule == SpentSoonestRule && r.Expected > 0 {
+					r.Why += "; budget_spent soonest sends it calls"
+				}
+				continue
+			}
 			r.explainEnabled(e, tiers, declined, now)
 		}
 		if (e.Rule == PanicRule || e.Rule == AnyRule) && r.Expected > 0 {

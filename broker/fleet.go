@@ -183,6 +183,9 @@ func (b *Broker) Refresh(now time.Time) {
 	for _, late := range b.refreshFleet(now) {
 		b.report(late.rt, late.ev)
 	}
+	for _, rt := range b.cur().members {
+		b.checkBudget(rt, now) // a period over, or calls in flight that spend it
+	}
 	b.priceCalls()
 }
 

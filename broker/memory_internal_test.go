@@ -91,9 +91,9 @@ func TestTheMemoryReadsWithoutALockWhileItIsWrittenSweptAndRebuilt(t *testing.T)
 		t.Fatalf("a lookup found %s, a router its session was never heard on", r)
 	}
 	t.Logf("%d sessions remembered, %d evicted", m.live(), m.evicted.Load())
-	is.True(m.evicted.Load() > 0)                 // the bound was reached
+	is.True(m.evicted.Load() > 0)                // the bound was reached
 	is.Equal(pinnedSum(routes), int64(m.live())) // every session remembered is pinned to one router
-	is.True(m.live() <= MaxRemembered)            // never more than the bound
+	is.True(m.live() <= MaxRemembered)           // never more than the bound
 	for i := range m.shards {
 		sweepAll := step.Load() + 1<<40 // every lifetime over
 		m.sweepShard(&m.shards[i], sweepAll)

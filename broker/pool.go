@@ -15,6 +15,10 @@ type Router struct {
 	// Priority is the router's tier, lower first: calls go to the best
 	// tier that has an enabled router (0, the default, is the best).
 	Priority int
+	// Budget caps what the router may use per period; nil: none. A router
+	// has one budget: the pools that list it give the same one, or leave
+	// it out.
+	Budget *Budget
 	// Price is what the router's upstream charges per million tokens;
 	// nil when not given. A router has one price: the pools that list it
 	// give the same one, or leave it out.
@@ -32,6 +36,10 @@ type Pool struct {
 	// Affinity keeps a conversation on one router; the zero value keeps
 	// none. A call without a key goes by Strategy.
 	Affinity Affinity
+	// BudgetSpent is what the pool's calls do when every router it has
+	// enabled is out for its budget: BudgetIngress (the default) or
+	// BudgetSoonest.
+	BudgetSpent string
 }
 
 // DefaultPools returns the original broker's pool: /azure/ spread over
@@ -69,7 +77,8 @@ func ValidatePools(pools []Pool) error {
 		return errors.New("no pools: give at least one pool with an ingress and routers")
 	}
 	ingress := map[string]bool{}
-	priced := map[string]string{} // router → the pool that gave its price
+	priced := map[string]string{}    // router → the pool that gave its price
+	budgeted := map[string]*Budget{} // router → its budget
 	for _, p := range pools {
 		if !ValidPath(p.Ingress) {
 			return fmt.Errorf("pool ingress %q: a router path starts and ends with / and holds only letters, digits and /", p.Ingress)
@@ -89,6 +98,9 @@ func ValidatePools(pools []Pool) error {
 		}
 		if err := p.Affinity.validate(); err != nil {
 			return fmt.Errorf("pool %q: %w", p.Ingress, err)
+		}
+		if p.BudgetSpent != "" && p.BudgetSpent != BudgetIngress && p.BudgetSpent != BudgetSoonest {
+			return fmt.Errorf("pool %q: budget_spent %q: give %q (calls stay on the ingress router while every router is out for its budget) or %q (they go to the router whose budget resets soonest)", p.Ingress, p.BudgetSpent, BudgetIngress, BudgetSoonest)
 		}
 		seen := map[string]bool{}
 		for _, r := range p.Routers {
@@ -113,6 +125,15 @@ func ValidatePools(pools []Pool) error {
 				}
 				priced[r.Path] = p.Ingress
 			}
+			if r.Budget != nil {
+				if err := r.Budget.validate(r.Price != nil || priceOf(pools, r.Path) != nil); err != nil {
+					return fmt.Errorf("pool %q: router %q: %w", p.Ingress, r.Path, err)
+				}
+				if other, ok := budgeted[r.Path]; ok && *other != *r.Budget {
+					return fmt.Errorf("pool %q: router %q: its budget differs from the one another pool gives it; a router has one budget", p.Ingress, r.Path)
+				}
+				budgeted[r.Path] = r.Budget
+			}
 			seen[r.Path] = true
 		}
 	}
@@ -124,6 +145,25 @@ func ValidatePools(pools []Pool) error {
 			if _, ok := priced[r.Path]; !ok {
 				return fmt.Errorf(`pool %q: router %q has no price: the %s strategy compares what a call costs on each router of its pool, so it needs every router's price; give it one, per million tokens: "price": {"input": 2.5, "output": 10}`,
 					p.Ingress, r.Path, p.Strategy)
+			}
+		}
+	}
+	return nil
+}
+
+// What a pool's calls do when every router it has enabled is out for its
+// budget (Pool.BudgetSpent).
+const (
+	BudgetIngress = "ingress" // stay on the ingress router's own outbound
+	BudgetSoonest = "soonest" // go to the router whose budget resets soonest
+)
+
+// priceOf is the price a pool of pools gives router; nil when none does.
+func priceOf(pools []Pool, router string) *Price {
+	for _, p := range pools {
+		for _, r := range p.Routers {
+			if r.Path == router && r.Price != nil {
+				return r.Price
 			}
 		}
 	}
@@ -160,6 +200,7 @@ type pool struct {
 	live     atomic.Pointer[choice]
 	mix      atomic.Pointer[poolMix] // the pool's average call, as last taken
 	stranded bool                    // no router enabled; guarded by Broker.mu
+	soonest  bool                    // Pool.BudgetSpent is BudgetSoonest
 }
 
 // choice is an immutable snapshot of a pool, swapped whole when a view
@@ -179,4 +220,7 @@ type choice struct {
 	fallback    []*route
 	fallbackCum []int
 	fallbackIdx []int
+	// spent says no router is enabled because those that are healthy are
+	// out for their budget: fallback is the pool's BudgetSpent rule's.
+	spent bool
 }

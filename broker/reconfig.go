@@ -98,7 +98,7 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 	}
 	for _, pc := range pools {
 		s, _ := strategy(pc.StrategyName()) // validated
-		p := &pool{ingress: pc.Ingress, routers: slices.Clone(pc.Routers), strategy: s, name: pc.StrategyName(), affinity: pc.Affinity, seed: fmix(sessionHash(pc.Ingress)), chosen: make([]atomic.Uint64, len(pc.Routers)), tab: t}
+		p := &pool{ingress: pc.Ingress, routers: slices.Clone(pc.Routers), strategy: s, name: pc.StrategyName(), affinity: pc.Affinity, soonest: pc.BudgetSpent == BudgetSoonest, seed: fmix(sessionHash(pc.Ingress)), chosen: make([]atomic.Uint64, len(pc.Routers)), tab: t}
 		var was *pool
 		if old != nil {
 			was = old.pools[p.ingress]
@@ -150,8 +150,24 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 			}
 		}
 	}
+	budgets := map[string]*budgetConfig{} // likewise
+	for _, pc := range pools {
+		for _, r := range pc.Routers {
+			if r.Budget != nil {
+				loc, _ := r.Budget.location() // validated
+				budgets[r.Path] = &budgetConfig{Budget: *r.Budget, loc: loc}
+			}
+		}
+	}
 	for _, rt := range t.members {
 		rt.price.Store(prices[rt.path])
+		rt.budget.Store(budgets[rt.path])
+		s := rt.spentAt(now)
+		rt.spentUntil.Store(spentUntil(s))
+		if g := budgets[rt.path]; g != nil && !s.until.IsZero() {
+			why := s.why(g.loc)
+			rt.spentWhy.Store(&why)
+		}
 	}
 	for _, ingress := range t.order {
 		p := t.pools[ingress]

@@ -167,6 +167,13 @@ func (b *Broker) Used(router []byte, u Usage) error {
 	if rt != nil {
 		c, price = &rt.stats.use, rt.price.Load()
 	}
+	// Every call counts against a budget's requests, its tokens only when
+	// they are counted here.
+	var tokens int64
+	var spend float64
+	if rt != nil {
+		defer func() { b.countBudget(rt, time.Now(), tokens, spend) }()
+	}
 	switch u.State {
 	case UsageUnknown:
 		c.unknown.Add(1)
@@ -197,8 +204,10 @@ func (b *Broker) Used(router []byte, u Usage) error {
 	c.output.Add(u.Output)
 	c.cached.Add(u.CachedInput)
 	c.counted.Add(1)
+	tokens = u.Total()
 	if price != nil {
-		c.addSpend(price.Cost(u))
+		spend = price.Cost(u)
+		c.addSpend(spend)
 	}
 	return nil
 }

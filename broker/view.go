@@ -36,6 +36,11 @@ type RouterView struct {
 	// Sessions is how many sessions of pools with "session" affinity are
 	// pinned to the router (see Tier.Sessions).
 	Sessions int64
+	// BudgetUntil is when the router, out for its spent budget, takes
+	// calls again (zero: it is not out for its budget), and BudgetWhy says
+	// which budget and how it was spent.
+	BudgetUntil time.Time
+	BudgetWhy   string
 	// Latency is the router's recent upstream latency (LatencyKnown false
 	// until one of its calls is heard of), and Headroom the share of its
 	// rate limit left (HeadroomKnown false while its upstream says none).
@@ -105,6 +110,12 @@ func (b *Broker) poolView(out []RouterView, p *pool, now time.Time) []RouterView
 			Provisional: !rt.heard.IsZero(), Priority: r.Priority, Weight: r.Weight, InFlight: rt.stats.inFlight(), Sessions: rt.stats.pinned.Load()}
 		if all > 0 {
 			v.Share = float64(rt.stats.fleetChosen.Load()) / float64(all)
+		}
+		if until := rt.spentUntil.Load(); until > now.UnixNano() {
+			v.BudgetUntil = time.Unix(0, until)
+			if why := rt.spentWhy.Load(); why != nil {
+				v.BudgetWhy = *why
+			}
 		}
 		v.Latency, v.LatencyKnown = rt.stats.latency()
 		v.Headroom, v.HeadroomKnown = rt.stats.headroom(now)

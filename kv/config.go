@@ -50,15 +50,18 @@ type ConfigPool struct {
 	Ingress  string          `json:"ingress"`
 	Strategy string          `json:"strategy,omitempty"`
 	Affinity *ConfigAffinity `json:"affinity,omitempty"`
-	Routers  []ConfigRouter  `json:"routers"`
+	// BudgetSpent is broker.Pool.BudgetSpent; "" is "ingress".
+	BudgetSpent string         `json:"budget_spent,omitempty"`
+	Routers     []ConfigRouter `json:"routers"`
 }
 
 // ConfigRouter is a pool member as the pools file writes it.
 type ConfigRouter struct {
-	Path     string       `json:"path"`
-	Weight   int          `json:"weight"`
-	Priority int          `json:"priority,omitempty"`
-	Price    *ConfigPrice `json:"price,omitempty"`
+	Path     string        `json:"path"`
+	Weight   int           `json:"weight"`
+	Priority int           `json:"priority,omitempty"`
+	Price    *ConfigPrice  `json:"price,omitempty"`
+	Budget   *ConfigBudget `json:"budget,omitempty"`
 }
 
 // ConfigPrice is a router's price per million tokens, as the pools file
@@ -94,7 +97,7 @@ func (c *ConfigPrice) BrokerPrice() *broker.Price {
 
 // BrokerRouter is r as the broker takes it.
 func (r ConfigRouter) BrokerRouter() broker.Router {
-	return broker.Router{Path: r.Path, Weight: r.Weight, Priority: r.Priority, Price: r.Price.BrokerPrice()}
+	return broker.Router{Path: r.Path, Weight: r.Weight, Priority: r.Priority, Price: r.Price.BrokerPrice(), Budget: r.Budget.BrokerBudget()}
 }
 
 // ConfigPolicy is the failure policy; durations are Go durations ("90s").
@@ -136,9 +139,9 @@ type FleetConfig struct {
 func NewFleetConfig(pools []broker.Pool, p broker.Policy, bound time.Duration) FleetConfig {
 	c := FleetConfig{Version: ConfigVersion, InFlightBound: cmp.Or(bound, broker.DefaultInFlightBound).String()}
 	for _, pl := range pools {
-		cp := ConfigPool{Ingress: pl.Ingress, Strategy: pl.Strategy, Affinity: NewConfigAffinity(pl.Affinity), Routers: []ConfigRouter{}}
+		cp := ConfigPool{Ingress: pl.Ingress, Strategy: pl.Strategy, Affinity: NewConfigAffinity(pl.Affinity), BudgetSpent: pl.BudgetSpent, Routers: []ConfigRouter{}}
 		for _, r := range pl.Routers {
-			cp.Routers = append(cp.Routers, ConfigRouter{Path: r.Path, Weight: r.Weight, Priority: r.Priority, Price: NewConfigPrice(r.Price)})
+			cp.Routers = append(cp.Routers, ConfigRouter{Path: r.Path, Weight: r.Weight, Priority: r.Priority, Price: NewConfigPrice(r.Price), Budget: NewConfigBudget(r.Budget)})
 		}
 		c.Pools = append(c.Pools, cp)
 	}
@@ -167,7 +170,7 @@ func (c FleetConfig) Settings() (pools []broker.Pool, p broker.Policy, bound tim
 		if len(cp.Routers) == 0 {
 			return nil, p, 0, fmt.Errorf("pools[%d] (%q).routers: empty; give at least one router", i, cp.Ingress)
 		}
-		pl := broker.Pool{Ingress: cp.Ingress, Strategy: cp.Strategy, Affinity: cp.Affinity.BrokerAffinity()}
+		pl := broker.Pool{Ingress: cp.Ingress, Strategy: cp.Strategy, Affinity: cp.Affinity.BrokerAffinity(), BudgetSpent: cp.BudgetSpent}
 		for _, r := range cp.Routers {
 			pl.Routers = append(pl.Routers, r.BrokerRouter())
 		}

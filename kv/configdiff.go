@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"cmp"
 	"fmt"
 	"reflect"
 	"slices"
@@ -166,6 +167,9 @@ func diffPool(a, b ConfigPool) []ConfigChange {
 	if sa, sb := strategyName(a), strategyName(b); sa != sb {
 		out = append(out, ConfigChange{Pool: b.Ingress, Field: "strategy", From: sa, To: sb})
 	}
+	if sa, sb := cmp.Or(a.BudgetSpent, broker.BudgetIngress), cmp.Or(b.BudgetSpent, broker.BudgetIngress); sa != sb {
+		out = append(out, ConfigChange{Pool: b.Ingress, Field: "budget_spent", From: sa, To: sb})
+	}
 	if aa, ab := affinityText(a.Affinity.BrokerAffinity()), affinityText(b.Affinity.BrokerAffinity()); aa != ab {
 		out = append(out, ConfigChange{Pool: b.Ingress, Field: "affinity", From: aa, To: ab})
 	}
@@ -196,6 +200,9 @@ func diffPool(a, b ConfigPool) []ConfigChange {
 		}
 		if pa, pb := priceText(ra.Price.BrokerPrice()), priceText(r.Price.BrokerPrice()); pa != pb {
 			out = append(out, ConfigChange{Pool: b.Ingress, Router: r.Path, Field: "price", From: pa, To: pb})
+		}
+		if ga, gb := budgetText(ra.Budget.BrokerBudget()), budgetText(r.Budget.BrokerBudget()); ga != gb {
+			out = append(out, ConfigChange{Pool: b.Ingress, Router: r.Path, Field: "budget", From: ga, To: gb})
 		}
 	}
 	pa, pb := paths(a.Routers, b.Routers), paths(b.Routers, a.Routers)
@@ -234,6 +241,9 @@ func routerText(r broker.Router) string {
 	}
 	if r.Price != nil {
 		s += ", price " + priceText(r.Price)
+	}
+	if r.Budget != nil {
+		s += ", budget " + budgetText(r.Budget)
 	}
 	return s
 }

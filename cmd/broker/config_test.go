@@ -210,6 +210,18 @@ func TestConfigSetRefusesBadInputWithOneLineAndWritesNothing(t *testing.T) {
 			`unknown field "currency"`},
 		{"a negative cached price in a document", doc(`[{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "weight": 1, "price": {"input": 1, "output": 1, "cached_input": -1}}]}]`), nil,
 			`router "/azure/a/": price.cached_input -1: a price is 0 or more`},
+		{"a token budget that is no whole number", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "budget": {"tokens_per_minute": 1.5}}]}]}`), nil,
+			"decode pools: pools.routers.budget.tokens_per_minute: got a JSON number 1.5, want a whole number"},
+		{"a spend budget without a price", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "budget": {"spend_per_day": 50}}]}]}`), nil,
+			`router "/azure/a/": budget.spend_per_day: the router has no price`},
+		{"a budget's time zone that is none", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "budget": {"tokens_per_minute": 5, "time_zone": "Moon/Base"}}]}]}`), nil,
+			`router "/azure/a/": budget.time_zone "Moon/Base": not a time zone`},
+		{"a budget in words", []byte(`{"pools": [{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "budget": {"tokens_per_minute": "lots"}}]}]}`), nil,
+			"decode pools: pools.routers.budget.tokens_per_minute: got a JSON string, want a whole number"},
+		{"a negative budget in a document", doc(`[{"ingress": "/azure/", "routers": [{"path": "/azure/a/", "weight": 1, "budget": {"requests_per_minute": -3}}]}]`), nil,
+			`router "/azure/a/": budget.requests_per_minute -3`},
+		{"a spent rule that is none", []byte(`{"pools": [{"ingress": "/azure/", "budget_spent": "queue", "routers": [{"path": "/azure/a/"}]}]}`), nil,
+			`pool "/azure/": budget_spent "queue": give "ingress"`},
 		{"an empty pool", []byte(`{"pools": [{"ingress": "/azure/", "routers": []}]}`), nil, `pool "/azure/" has no routers`},
 		{"an empty pool in a document", doc(`[{"ingress": "/azure/", "routers": []}]`), nil, `pools[0] ("/azure/").routers: empty`},
 		{"no pools", []byte(`{"pools": []}`), nil, "no pools: give at least one pool"},
@@ -242,6 +254,13 @@ func TestConfigSetRefusesBadInputWithOneLineAndWritesNothing(t *testing.T) {
 		{"path": "/azure/gpt4/", "price": {"input": 2.5, "output": 10}}, {"path": "/azure/gpt35turbo/"}]}]}`)))
 	saysFirst(t, "set", out, "wrote revision 3 ")
 	says(t, "set", out, "price /azure/gpt4/ none→input 2.5 output 10 cached_input 2.5")
+	// So are budgets, and what a pool does when they are spent.
+	out = op(t, ops, "config", "set", writeFile(t, "budgeted.json", []byte(`{"pools": [{"ingress": "/azure/", "budget_spent": "soonest", "routers": [
+		{"path": "/azure/gpt4/", "price": {"input": 2.5, "output": 10}, "budget": {"tokens_per_minute": 100000, "spend_per_day": 50, "time_zone": "Europe/Stockholm"}},
+		{"path": "/azure/gpt35turbo/"}]}]}`)))
+	saysFirst(t, "set", out, "wrote revision 4 ")
+	says(t, "set", out, "budget /azure/gpt4/ none→tokens_per_minute 100000, spend_per_day 50 (Europe/Stockholm)")
+	says(t, "set", out, "/azure/: budget_spent ingress→soonest")
 }
 
 func TestConfigRevisionsThatAreNoneOrNoConfigurationAreSaidInOneLine(t *testing.T) {

@@ -27,6 +27,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	// The time zones of budgets from the binary, not the machine: every
+	// replica must begin a budget's day at the same instant, whatever its
+	// image holds.
+	_ "time/tzdata"
 )
 
 func main() {

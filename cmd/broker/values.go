@@ -35,7 +35,8 @@ const maxPoolsFile = 1 << 20
 //
 // A weight of 0 or an absent weight means 1; an absent priority is 0, the
 // first tier; an absent strategy is random; a price, per million tokens,
-// needs input and output, and an absent cached_input is input. A pool
+// needs input and output, and an absent cached_input is input. A router
+// may give a "budget" (kv.ConfigBudget) and a pool "budget_spent". A pool
 // may keep conversations on one router with "affinity": "session" or
 // {"header": "X-Conversation-Id"} (see kv.ConfigAffinity). Unknown
 // fields are refused, and the pools are validated.
@@ -68,10 +69,11 @@ func readPoolsFile(path string) ([]byte, error) {
 func decodePools(data []byte) ([]broker.Pool, error) {
 	var file struct {
 		Pools []struct {
-			Ingress  string             `json:"ingress"`
-			Strategy string             `json:"strategy"`
-			Affinity *kv.ConfigAffinity `json:"affinity"`
-			Routers  []struct {
+			Ingress     string             `json:"ingress"`
+			Strategy    string             `json:"strategy"`
+			Affinity    *kv.ConfigAffinity `json:"affinity"`
+			BudgetSpent string             `json:"budget_spent"`
+			Routers     []struct {
 				Path     string `json:"path"`
 				Weight   int    `json:"weight"`
 				Priority int    `json:"priority"`
@@ -80,6 +82,7 @@ func decodePools(data []byte) ([]broker.Pool, error) {
 					Output      *float64 `json:"output"`
 					CachedInput *float64 `json:"cached_input"`
 				} `json:"price"`
+				Budget *kv.ConfigBudget `json:"budget"`
 			} `json:"routers"`
 		} `json:"pools"`
 	}
@@ -93,7 +96,7 @@ func decodePools(data []byte) ([]broker.Pool, error) {
 			switch te.Type.Kind() {
 			case reflect.Slice:
 				want = "an array"
-			case reflect.Int:
+			case reflect.Int, reflect.Int64:
 				want = "a whole number"
 			case reflect.Float64:
 				want = "a number"
@@ -113,9 +116,9 @@ func decodePools(data []byte) ([]broker.Pool, error) {
 	}
 	pools := []broker.Pool{}
 	for _, p := range file.Pools {
-		pool := broker.Pool{Ingress: p.Ingress, Strategy: p.Strategy, Affinity: p.Affinity.BrokerAffinity()}
+		pool := broker.Pool{Ingress: p.Ingress, Strategy: p.Strategy, Affinity: p.Affinity.BrokerAffinity(), BudgetSpent: p.BudgetSpent}
 		for _, r := range p.Routers {
-			br := broker.Router{Path: r.Path, Weight: cmp.Or(r.Weight, 1), Priority: r.Priority}
+			br := broker.Router{Path: r.Path, Weight: cmp.Or(r.Weight, 1), Priority: r.Priority, Budget: r.Budget.BrokerBudget()}
 			if pr := r.Price; pr != nil {
 				switch {
 				case pr.Input == nil:
