@@ -282,15 +282,17 @@ func (b *Broker) checkBudget(rt *route, now time.Time) {
 	s := rt.spentAt(now)
 	until := spentUntil(s)
 	if until == rt.spentUntil.Load() {
+		if until != 0 {
+			if old := rt.spent.Load(); old == nil || *old != s {
+				rt.spent.Store(&s) // the same period, counted further
+			}
+		}
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	rt.spent.Store(&s)
 	was := rt.spentUntil.Swap(until)
-	if until != 0 {
-		why := s.why(g.loc)
-		rt.spentWhy.Store(&why)
-	}
 	if was == until {
 		return // another check got here first
 	}
@@ -315,4 +317,48 @@ func (b *Broker) countBudget(rt *route, now time.Time, tokens int64, spend float
 	}
 	rt.budgetUse.add(now, g.loc, tokens, spend)
 	b.checkBudget(rt, now)
+}
+
+// BudgetState is one cap of a router's budget, as a replica counts it.
+type BudgetState struct {
+	Router string
+	Kind   BudgetKind
+	// Limit is the cap, Used what the router used in the current period
+	// (tokens, requests, or spend in its price's currency), and Resets
+	// when the period ends.
+	Limit, Used float64
+	Resets      time.Time
+	// Out says the router is out of its pools for its budget (for this
+	// cap or another), until OutUntil.
+	Out      bool
+	OutUntil time.Time
+}
+
+// Budgets returns every cap of the budgets of the routers of the pools in
+// force at now, in the order the pools first list the routers.
+func (b *Broker) Budgets(now time.Time) []BudgetState {
+	var out []BudgetState
+	for _, rt := range b.cur().members {
+		g := rt.budget.Load()
+		if g == nil {
+			continue
+		}
+		var outUntil time.Time
+		if until := rt.spentUntil.Load(); until > now.UnixNano() {
+			outUntil = time.Unix(0, until)
+		}
+		for k := range budgetKinds {
+			limit := g.limit(k)
+			if limit <= 0 {
+				continue
+			}
+			p := k.period()
+			u := rt.budgetUse.in(p, now, g.loc)
+			used := [...]float64{float64(u.Tokens), float64(u.Requests), u.Spend, u.Spend}[k]
+			_, end := p.bounds(now, g.loc)
+			out = append(out, BudgetState{Router: rt.path, Kind: k, Limit: limit, Used: used, Resets: end,
+				Out: !outUntil.IsZero(), OutUntil: outUntil})
+		}
+	}
+	return out
 }

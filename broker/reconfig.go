@@ -163,11 +163,8 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 		rt.price.Store(prices[rt.path])
 		rt.budget.Store(budgets[rt.path])
 		s := rt.spentAt(now)
+		rt.spent.Store(&s)
 		rt.spentUntil.Store(spentUntil(s))
-		if g := budgets[rt.path]; g != nil && !s.until.IsZero() {
-			why := s.why(g.loc)
-			rt.spentWhy.Store(&why)
-		}
 	}
 	for _, ingress := range t.order {
 		p := t.pools[ingress]

@@ -23,7 +23,7 @@ type route struct {
 	budget     atomic.Pointer[budgetConfig]
 	budgetUse  budgetUse
 	spentUntil atomic.Int64
-	spentWhy   atomic.Pointer[string] // why, while spentUntil is not 0
+	spent      atomic.Pointer[spent] // why, while spentUntil is not 0
 	// clean is true when there is nothing a success report could change
 	// in the view: no live record. It lets the success path skip the lock.
 	clean atomic.Bool

@@ -113,8 +113,8 @@ func (b *Broker) poolView(out []RouterView, p *pool, now time.Time) []RouterView
 		}
 		if until := rt.spentUntil.Load(); until > now.UnixNano() {
 			v.BudgetUntil = time.Unix(0, until)
-			if why := rt.spentWhy.Load(); why != nil {
-				v.BudgetWhy = *why
+			if s, g := rt.spent.Load(), rt.budget.Load(); s != nil && g != nil {
+				v.BudgetWhy = s.why(g.loc)
 			}
 		}
 		v.Latency, v.LatencyKnown = rt.stats.latency()

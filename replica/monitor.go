@@ -69,6 +69,7 @@ func newMonitor(id string, st *progress, log *slog.Logger) *monitor {
 		m.reply,
 		statsCollector{m},
 		sessionCollector{m},
+		budgetCollector{m},
 	)
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

@@ -1,0 +1,73 @@
+package replica_test
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/standin"
+	"github.com/gecholog/broker/internal/testutil/natstest"
+	"github.com/gecholog/broker/replica"
+)
+
+// TestABudgetSpentOnTheFleetsCallsTakesTheRouterOutOnEveryReplica drives
+// three replicas as gecholog does (request context through the queue
+// group, response context, transaction on the logger subject) against a
+// tier-0 router with a budget of 10,000 tokens a minute, 1,000 a call: it
+// is out on every replica at its 10th call whichever replicas answered
+// them, the calls spill to tier 1, explain and /metrics say why, and
+// nothing was disabled.
+func TestABudgetSpentOnTheFleetsCallsTakesTheRouterOutOnEveryReplica(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	pool := poolOf("random", "ptu", "payg@1")
+	pool.Routers[0].Price = &broker.Price{Input: 2, Output: 8, CachedInput: 1}
+	pool.Routers[0].Budget = &broker.Budget{TokensPerMinute: 10_000}
+	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Pools: []broker.Pool{pool},
+		Policy: broker.Policy{DisabledTime: time.Minute}, MetricsAddr: "127.0.0.1:0"}, 3)
+	nc := natstest.Connect(t, s)
+	answer := json.RawMessage(`{"object":"chat.completion","usage":{"prompt_tokens":900,"completion_tokens":100,"total_tokens":1000}}`)
+	start := time.Now()
+	onPTU := 0
+	for call := 1; call <= 30; call++ {
+		router := askWith(t, nc, []byte(`{"gl_path":"/azure/"}`))
+		tell(t, nc, router, 200)
+		finish(t, nc, standin.Finished{Ingress: "/azure/", Router: router, Latency: time.Millisecond, Answer: answer})
+		if router != "/azure/ptu/" {
+			continue
+		}
+		onPTU++
+		is.True(onPTU <= 10) // never a call beyond the budget
+		// Each replica hears the transaction before the next call.
+		rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
+			for _, st := range b.Budgets(time.Now()) {
+				if st.Router == "/azure/ptu/" && st.Used >= float64(onPTU*1000) {
+					return true
+				}
+			}
+			return false
+		}, "the call counted")
+	}
+	if time.Now().Truncate(time.Minute) != start.Truncate(time.Minute) {
+		t.Skip("a minute began during the test: the budget's count started again")
+	}
+	is.Equal(onPTU, 10) // the budget, to the call
+	rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
+		e, _ := b.Explain("/azure/", time.Now())
+		return e.Routers[0].State == "budget" && strings.Contains(e.Routers[0].Why, "tokens_per_minute spent (10000 of 10000 used)")
+	}, "the PTU out for its budget")
+	for i, b := range rs.replicas {
+		is.Equal(b.Phase("/azure/ptu/"), broker.Enabled) // no failure, no disable, no probe
+		page := get(t, "http://"+rs.listener(t, i)+"/metrics")
+		is.Equal(metricValue(t, page, `broker_budget_out{router="/azure/ptu/"}`), 1.0)
+		is.Equal(metricValue(t, page, `broker_budget_used{budget="tokens_per_minute",router="/azure/ptu/"}`), 10_000.0)
+		is.Equal(metricValue(t, page, `broker_budget_limit{budget="tokens_per_minute",router="/azure/ptu/"}`), 10_000.0)
+		reset := metricValue(t, page, `broker_budget_reset_timestamp_seconds{budget="tokens_per_minute",router="/azure/ptu/"}`)
+		is.Equal(reset, float64(start.Truncate(time.Minute).Add(time.Minute).Unix()))
+	}
+}
