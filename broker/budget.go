@@ -362,3 +362,73 @@ func (b *Broker) Budgets(now time.Time) []BudgetState {
 	}
 	return out
 }
+
+// BudgetCount is what a router used in its current periods (see Used),
+// as a store keeps it across restarts.
+type BudgetCount struct {
+	Router             string
+	Minute, Day, Month Used
+}
+
+// ErrBudgetCountOutOfBounds is a count MergeBudget refuses: a period that
+// is not one of the budget's (not its start, or in the future), or a
+// count negative, not finite or beyond MaxBudgetCount.
+var ErrBudgetCountOutOfBounds = errors.New("a budget count out of bounds (a period that is none of the budget's, or a count negative, not finite or beyond 2^53): not taken")
+
+// BudgetCounts returns what each router with a budget used in its
+// current periods.
+func (b *Broker) BudgetCounts() []BudgetCount {
+	var out []BudgetCount
+	for _, rt := range b.cur().members {
+		if rt.budget.Load() == nil {
+			continue
+		}
+		rt.budgetUse.mu.Lock()
+		u := rt.budgetUse.used
+		rt.budgetUse.mu.Unlock()
+		out = append(out, BudgetCount{Router: rt.path, Minute: u[minute], Day: u[day], Month: u[month]})
+	}
+	return out
+}
+
+// MergeBudget takes a count of c.Router's periods from a store, what this
+// replica or another counted before: of a period this replica counts too,
+// the larger of each figure; of a newer period (this replica counted
+// nothing of it yet, or not since it started), the store's. It ignores a
+// router without a budget, and refuses a count out of bounds, taking
+// nothing of it.
+func (b *Broker) MergeBudget(c BudgetCount, now time.Time) error {
+	rt := b.cur().routers[c.Router]
+	if rt == nil {
+		return nil
+	}
+	g := rt.budget.Load()
+	if g == nil {
+		return nil
+	}
+	in := [periods]Used{c.Minute, c.Day, c.Month}
+	for p, u := range in {
+		if u.Start.IsZero() {
+			continue
+		}
+		start, _ := period(p).bounds(u.Start, g.loc)
+		if !start.Equal(u.Start) || u.Start.After(now.Add(time.Minute)) || u.Tokens < 0 || u.Tokens > MaxBudgetCount ||
+			u.Requests < 0 || u.Requests > MaxBudgetCount || math.IsNaN(u.Spend) || u.Spend < 0 || u.Spend > MaxBudgetCount {
+			return fmt.Errorf("router %s: %w", rt.path, ErrBudgetCountOutOfBounds)
+		}
+	}
+	rt.budgetUse.mu.Lock()
+	for p, u := range in {
+		mine := &rt.budgetUse.used[p]
+		switch {
+		case u.Start.IsZero() || u.Start.Before(mine.Start):
+		case u.Start.After(mine.Start):
+			*mine = u
+		default:
+			mine.Tokens, mine.Requests, mine.Spend = max(mine.Tokens, u.Tokens), max(mine.Requests, u.Requests), max(mine.Spend, u.Spend)
+		}
+	}
+	rt.budgetUse.mu.Unlock()
+	b.checkBudget(rt, now)
+	return nil
+}

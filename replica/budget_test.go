@@ -1,17 +1,21 @@
 package replica_test
 
 import (
+	"context"
 	"encoding/json"
+	"math"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/matryer/is"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/internal/standin"
 	"github.com/gecholog/broker/internal/testutil/natstest"
+	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/replica"
 )
 
@@ -70,4 +74,81 @@ func TestABudgetSpentOnTheFleetsCallsTakesTheRouterOutOnEveryReplica(t *testing.
 		reset := metricValue(t, page, `broker_budget_reset_timestamp_seconds{budget="tokens_per_minute",router="/azure/ptu/"}`)
 		is.Equal(reset, float64(start.Truncate(time.Minute).Add(time.Minute).Unix()))
 	}
+}
+
+// budgetCountOf is b's count of router's budget.
+func budgetCountOf(b *broker.Broker, router string) broker.BudgetCount {
+	for _, c := range b.BudgetCounts() {
+		if c.Router == router {
+			return c
+		}
+	}
+	return broker.BudgetCount{}
+}
+
+// sameBudgetCount reports whether a and b count the same periods alike.
+func sameBudgetCount(a, b broker.BudgetCount) bool {
+	same := func(x, y broker.Used) bool {
+		return x.Start.Equal(y.Start) && x.Tokens == y.Tokens && x.Requests == y.Requests && math.Abs(x.Spend-y.Spend) < 1e-12
+	}
+	return same(a.Minute, b.Minute) && same(a.Day, b.Day) && same(a.Month, b.Month)
+}
+
+// TestBudgetCountsSurviveARestartOfEveryReplicaAndTheirBucketsDeletion
+// counts 40 calls on three replicas, stops them all and starts three new
+// ones: before they hear a call they count exactly what the first three
+// did, in every period. Then the bucket of counts is deleted: the
+// replicas make it again and write their counts, said in one line, and a
+// replica started after reads them.
+func TestBudgetCountsSurviveARestartOfEveryReplicaAndTheirBucketsDeletion(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	pool := poolOf("random", "ptu", "payg@1")
+	pool.Routers[0].Price = &broker.Price{Input: 2, Output: 8, CachedInput: 1}
+	pool.Routers[0].Budget = &broker.Budget{TokensPerMinute: 1e9, RequestsPerMinute: 1e6, SpendPerDay: 1e6, SpendPerMonth: 1e6, TimeZone: "America/New_York"}
+	cfg := replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Pools: []broker.Pool{pool}, Policy: broker.Policy{DisabledTime: time.Minute}}
+	first := runReplicas(t, cfg, 3)
+	nc := natstest.Connect(t, s)
+	answer := json.RawMessage(`{"object":"chat.completion","usage":{"prompt_tokens":900,"completion_tokens":100,"total_tokens":1000}}`)
+	const calls = 40
+	for range calls {
+		finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/ptu/", Latency: time.Millisecond, Answer: answer})
+	}
+	first.every(t, 5*time.Second, func(b *broker.Broker) bool { return budgetCountOf(b, "/azure/ptu/").Day.Requests == calls }, "every call counted")
+	want := budgetCountOf(first.replicas[0], "/azure/ptu/")
+	t.Logf("counted: %+v", want)
+	is.Equal(want.Day.Tokens, int64(calls*1000))
+	is.True(math.Abs(want.Month.Spend-calls*(900*2+100*8)/1e6) < 1e-9)
+	first.stop() // every replica, each writing what it counted
+
+	second := runReplicas(t, cfg, 3)
+	for i, b := range second.replicas {
+		got := budgetCountOf(b, "/azure/ptu/")
+		if !sameBudgetCount(got, want) {
+			t.Fatalf("replica-%d started with %+v, want %+v: counts lost or counted twice", i+1, got, want)
+		}
+	}
+
+	// The bucket deleted under the running replicas.
+	js, err := jetstream.New(nc)
+	is.NoErr(err)
+	is.NoErr(js.DeleteKeyValue(context.Background(), kv.UsageBucket(replica.DefaultBucket)))
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		store, err := js.KeyValue(context.Background(), kv.UsageBucket(replica.DefaultBucket))
+		if err != nil {
+			return false
+		}
+		_, err = store.Get(context.Background(), "/azure/ptu/")
+		return err == nil
+	}, "the bucket made again, with the count")
+	third := runReplicas(t, cfg, 1)
+	is.True(sameBudgetCount(budgetCountOf(third.replicas[0], "/azure/ptu/"), want)) // nothing lost
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		for _, l := range second.logs {
+			if strings.Contains(l.String(), "the bucket of budget counts is gone (deleted, or JetStream is down)") {
+				return true
+			}
+		}
+		return false
+	}, "a replica saying the bucket was deleted")
 }

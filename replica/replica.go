@@ -71,6 +71,7 @@ type Replica struct {
 	stage    progress       // how far Run has come; /readyz reports it
 	mon      *monitor       // nil: no listener
 	embedded *server.Server // nil: none
+	budgets  *budgetStore   // the bucket of budget counts; keepBudgets' alone after start
 	nc       *nats.Conn
 	broker   *broker.Broker
 	handler  *gecholog.Handler
@@ -211,6 +212,9 @@ func (r *Replica) start(ctx context.Context) error {
 	if err := r.shareStats(); err != nil {
 		return fmt.Errorf("subscribe to %q: %w", StatsSubject(c.Bucket), err)
 	}
+	// The budgets' counts before the log: a call is then counted once.
+	r.loadBudgets(ctx)
+	r.spawn(r.keepBudgets)
 	if err := r.hearTransactions(); err != nil {
 		return fmt.Errorf("subscribe to %q: %w", c.LoggerSubject, err)
 	}
