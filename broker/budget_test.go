@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -178,4 +179,55 @@ func TestABudgetThatCannotBeIsRefusedSayingWhy(t *testing.T) {
 	is.True(err != nil && strings.Contains(err.Error(), "a router has one budget")) // two pools, two budgets for one router
 	c.Routers[0].Budget = &broker.Budget{TokensPerMinute: 10}
 	is.NoErr(broker.ValidatePools([]broker.Pool{a, c})) // the same budget twice is one
+}
+
+func TestACountFromTheStoreIsMergedByTheLargestAndRefusedOutOfBounds(t *testing.T) {
+	is := is.New(t)
+	g := broker.Budget{TokensPerMinute: 1e9, SpendPerDay: 100, TimeZone: "Europe/Stockholm"}
+	b, _ := newBroker(t, broker.Config{Pools: []broker.Pool{budgetPool(g, 0)}})
+	now := time.Now()
+	heardCall(t, b, "/b/r0/", 1000)
+	mine := b.BudgetCounts()[0]
+	loc, _ := time.LoadLocation("Europe/Stockholm")
+	y, m, d := now.In(loc).Date()
+	today := time.Date(y, m, d, 0, 0, 0, 0, loc)
+
+	// Another replica counted more of today, less of this minute.
+	other := mine
+	other.Day = broker.Used{Start: today, Tokens: 5000, Requests: 5, Spend: 0.005}
+	other.Minute = broker.Used{Start: mine.Minute.Start, Tokens: 10, Requests: 1}
+	is.NoErr(b.MergeBudget(other, now))
+	got := b.BudgetCounts()[0]
+	is.Equal(got.Day.Tokens, int64(5000))        // the larger
+	is.Equal(got.Minute.Tokens, mine.Minute.Tokens) // its own, larger
+	// A period before this one is over: not taken.
+	old := got
+	old.Day = broker.Used{Start: today.AddDate(0, 0, -1), Tokens: 1 << 40, Requests: 1, Spend: 99}
+	is.NoErr(b.MergeBudget(old, now))
+	is.Equal(b.BudgetCounts()[0].Day.Tokens, int64(5000))
+
+	for name, bad := range map[string]broker.Used{
+		"not a day's start":   {Start: today.Add(time.Hour), Tokens: 1},
+		"a day to come":       {Start: today.AddDate(0, 0, 2), Tokens: 1},
+		"negative":            {Start: today, Tokens: -1},
+		"beyond 2^53":         {Start: today, Requests: broker.MaxBudgetCount + 1},
+		"a spend that is NaN": {Start: today, Spend: math.NaN()},
+	} {
+		c := got
+		c.Day = bad
+		err := b.MergeBudget(c, now)
+		if !errors.Is(err, broker.ErrBudgetCountOutOfBounds) {
+			t.Errorf("%s: got %v, want it refused", name, err)
+		}
+	}
+	is.True(sameUsed(b.BudgetCounts()[0].Day, got.Day)) // nothing of them taken
+	// A count that spends the budget takes the router out at once.
+	spent := got
+	spent.Day = broker.Used{Start: today, Tokens: 1, Requests: 1, Spend: 100}
+	is.NoErr(b.MergeBudget(spent, now))
+	is.Equal(settled(b, "/b/", nil), "/b/r1/")
+}
+
+func sameUsed(a, b broker.Used) bool {
+	return a.Start.Equal(b.Start) && a.Tokens == b.Tokens && a.Requests == b.Requests && a.Spend == b.Spend
 }
