@@ -432,3 +432,34 @@ func (b *Broker) MergeBudget(c BudgetCount, now time.Time) error {
 	b.checkBudget(rt, now)
 	return nil
 }
+
+// Kinds lists the caps g gives, in the order of BudgetKind.
+func (g Budget) Kinds() []BudgetKind {
+	var out []BudgetKind
+	for k := range budgetKinds {
+		if g.limit(k) > 0 {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// Limit is g's cap of kind k; 0: none.
+func (g Budget) Limit(k BudgetKind) float64 { return g.limit(k) }
+
+// Usage returns what c counts of cap k of g in the period holding now (0
+// when c counts an earlier period), and when that period ends. g must be
+// valid.
+func (g Budget) Usage(c BudgetCount, k BudgetKind, now time.Time) (used float64, resets time.Time) {
+	loc, err := g.location()
+	if err != nil {
+		loc = time.UTC
+	}
+	p := k.period()
+	start, end := p.bounds(now, loc)
+	u := [periods]Used{c.Minute, c.Day, c.Month}[p]
+	if !u.Start.Equal(start) {
+		return 0, end
+	}
+	return [...]float64{float64(u.Tokens), float64(u.Requests), u.Spend, u.Spend}[k], end
+}

@@ -36,6 +36,8 @@ type UsageStore struct {
 	bucket   string
 	replicas int
 
+	readOnly bool // never makes the bucket
+
 	mu sync.Mutex
 	kv jetstream.KeyValue // nil: not open
 }
@@ -46,6 +48,19 @@ func OpenUsage(ctx context.Context, js jetstream.JetStream, bucket string, repli
 	s := &UsageStore{js: js, bucket: bucket, replicas: replicas}
 	_, _, err := s.open(ctx)
 	return s, err
+}
+
+// ReadUsage opens the bucket of budget counts to read it, as an operator's
+// command does: ErrNoBucket when it is missing, never made.
+func ReadUsage(ctx context.Context, js jetstream.JetStream, bucket string) (*UsageStore, error) {
+	kv, err := js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNoBucket, bucket)
+	}
+	if err != nil {
+		return nil, noJetStream(err)
+	}
+	return &UsageStore{js: js, bucket: bucket, kv: kv, readOnly: true}, nil
 }
 
 // Bucket is the bucket's name.
@@ -60,6 +75,9 @@ func (s *UsageStore) open(ctx context.Context) (kv jetstream.KeyValue, made bool
 		return s.kv, false, nil
 	}
 	kv, err = s.js.KeyValue(ctx, s.bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) && s.readOnly {
+		return nil, false, fmt.Errorf("%w: %s", ErrNoBucket, s.bucket)
+	}
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = s.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: s.bucket, History: 1, Replicas: s.replicas,
 			Description: "what each router with a budget used in its current minute, day and month (the broker's budgets)"})

@@ -39,6 +39,7 @@ type configLatest struct {
 	entry      kv.ConfigEntry // the revision rev
 	err        error          // it could not be read
 	poolsShown bool           // status shows its pools
+	budgetNote string         // what could not be read of the budgets' counts
 }
 
 // readLatest reads the newest revision of the configuration bucket beside

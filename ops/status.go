@@ -103,7 +103,10 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 		if err := writeReplicas(stdout, revs, l); err != nil {
 			return err
 		}
-		return writeSessions(stdout, rows, revs)
+		if err := writeSessions(stdout, rows, revs); err != nil {
+			return err
+		}
+		return writeBudgets(stdout, rows, l.budgetNote, now)
 	})
 }
 
@@ -137,6 +140,7 @@ func watch(ctx context.Context, t Target, policy broker.Policy, o StatusOptions,
 			}
 			writeReplicas(&frame, l.revisions(fv), l)
 			writeSessions(&frame, rows, l.revisions(fv))
+			writeBudgets(&frame, rows, l.budgetNote, now)
 		}
 		if _, err := io.WriteString(stdout, frame.String()); err != nil {
 			return err
@@ -175,7 +179,9 @@ func readRows(ctx context.Context, t Target, policy broker.Policy, policyGiven b
 			}
 		}
 	}
-	return statusRows(pools, policy, listed, fv, now), fv, now, l, nil
+	rows := statusRows(pools, policy, listed, fv, now)
+	l.budgetNote = readBudgets(ctx, b.js, t.Bucket, pools, rows, now)
+	return rows, fv, now, l, nil
 }
 
 func heading(b bucket, t Target, fv fleetView, l configLatest, now time.Time) string {
@@ -221,9 +227,10 @@ type statusRow struct {
 	Ingress string `json:"ingress"`
 	Router  string `json:"router"`
 	// State is "enabled", "disabled", "probation" (the disable has ended
-	// and one probe call decides), "unreadable" (replicas ignore the
-	// record, so the router is in use) or "unknown router" (a record no
-	// configured pool uses).
+	// and one probe call decides), "budget" (healthy, and out until its
+	// spent budget's period resets: see Budget), "unreadable" (replicas
+	// ignore the record, so the router is in use) or "unknown router" (a
+	// record no configured pool uses).
 	State string `json:"state"`
 	// Until is when the disable ends as every replica holds it to the
 	// failure policy: RFC 3339; null: until enabled by hand, or enabled.
@@ -275,6 +282,9 @@ type statusRow struct {
 	// replicas started: the largest any replica tells, as all hear the
 	// same log; null for other pools or when no replica was heard.
 	Sessions *replica.RouterSessionsTold `json:"sessions,omitempty"`
+	// Budget is, for a router with a budget, each of its caps as the
+	// bucket of budget counts has it (see BudgetCell); absent otherwise.
+	Budget []BudgetCell `json:"budget,omitempty"`
 }
 
 // statusColumns are the table's columns: adding one is one line here.
