@@ -198,7 +198,7 @@ func TestACountFromTheStoreIsMergedByTheLargestAndRefusedOutOfBounds(t *testing.
 	other.Minute = broker.Used{Start: mine.Minute.Start, Tokens: 10, Requests: 1}
 	is.NoErr(b.MergeBudget(other, now))
 	got := b.BudgetCounts()[0]
-	is.Equal(got.Day.Tokens, int64(5000))        // the larger
+	is.Equal(got.Day.Tokens, int64(5000))           // the larger
 	is.Equal(got.Minute.Tokens, mine.Minute.Tokens) // its own, larger
 	// A period before this one is over: not taken.
 	old := got
