@@ -124,6 +124,7 @@ var modes = []mode{
 	{name: "headroom", about: "the headroom strategy against rate limits", duration: 2 * time.Minute, quota: 50, run: (*bench).headroomMode},
 	{name: "latency", about: "the latency strategy against slow deployments", duration: 20 * time.Second, run: (*bench).latencyMode},
 	{name: "cost", about: "the cost strategy against random: what the same calls cost", duration: 10 * time.Second, run: (*bench).costMode},
+	{name: "budget", about: "a fleet-wide token budget: how far it is overshot", duration: 20 * time.Second, run: (*bench).budgetMode},
 	{name: "balance", about: "least-busy's balance", duration: 20 * time.Second, run: (*bench).balance},
 	{name: "drift", about: "least-busy when reports are lost", run: (*bench).drift},
 	{name: "views", about: "how soon the replicas agree on what the strategies read", run: (*bench).views},
