@@ -115,9 +115,10 @@ func TestMetricNamesAreReadFromQueries(t *testing.T) {
 func TestEveryMetricTheDashboardQueriesIsInARealScrapeOfAReplica(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
-	// The original's pool, with a price, so that the spend series exists.
+	// The original's pool, with a price and a budget, so that the spend
+	// and budget series exist.
 	pools := poolsFile(t, `{"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/gpt35turbo/"},
-		{"path":"/azure/gpt4/","price":{"input":2.5,"output":10}},{"path":"/azure/dud/"}]}]}`)
+		{"path":"/azure/gpt4/","price":{"input":2.5,"output":10},"budget":{"spend_per_day":1000}},{"path":"/azure/dud/"}]}]}`)
 	r := startReplica(t, replicaEnv(s, "replica-1", "BROKER_POOLS", pools))
 	// Calls as gecholog makes them, so that every labelled series exists:
 	// choices, a failure report and the disable it causes.
@@ -172,4 +173,5 @@ func TestEveryMetricTheDashboardQueriesIsInARealScrapeOfAReplica(t *testing.T) {
 	is.True(used["broker_router_latency_seconds"])   // what the strategies read
 	is.True(used["broker_spend_total"])              // spend per router
 	is.True(used["broker_tokens_total"])             // tokens per router
+	is.True(used["broker_budget_used"])              // budget used per router
 }
