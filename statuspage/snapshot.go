@@ -76,7 +76,9 @@ type Pool struct {
 type Router struct {
 	Router string `json:"router"`
 	// State is "enabled", "disabled", "probation" (the disable has ended
-	// and one probe call decides) or "manual" (disabled by an operator).
+	// and one probe call decides), "manual" (disabled by an operator) or
+	// "budget" (healthy, and out until its spent budget's period resets,
+	// at Until; Reason says which cap and how it was spent).
 	State string `json:"state"`
 	// Since is when the router was disabled; null when enabled.
 	Since *time.Time `json:"since"`
@@ -165,6 +167,10 @@ func router(v broker.RouterView) Router {
 	r.Tokens = Tokens{Input: v.Usage.Input, Output: v.Usage.Output, CachedInput: v.Usage.CachedInput, Unknown: v.Usage.Unknown}
 	if v.Price != nil || v.Usage.Spend != 0 {
 		r.Spend = ptr(v.Usage.Spend)
+	}
+	if !v.BudgetUntil.IsZero() {
+		// Healthy, and out until its spent budget's period resets.
+		r.State, r.Until, r.Reason = "budget", ptr(v.BudgetUntil.UTC()), v.BudgetWhy
 	}
 	rec := v.Record
 	if rec == nil || v.Phase == broker.Enabled {
