@@ -33,6 +33,6 @@ func TestStatusPageShowsARouterOutForItsBudget(t *testing.T) {
 	text := rowText(t, ctx, "/azure/", "/azure/ptu/")
 	t.Log(text)
 	is.True(strings.Contains(text, "budget tokens_per_minute spent (1000 of 1000 used)")) // which cap, how much
-	is.True(strings.Contains(text, "left"))                                              // and when it is back
+	is.True(strings.Contains(text, "left"))                                               // and when it is back
 	is.Equal(eval[string](t, ctx, `document.querySelector(`+row("/azure/", "/azure/payg/")+`).dataset.state`), "enabled")
 }
