@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -93,5 +95,56 @@ func (b *bench) budgetMode(ctx context.Context) error {
 		"the budget was reached %v into the run.\n", ptuTokens, ptuCalls, budget, 100*over, targetVerdict(over <= 0.02), reached.Sub(start).Round(time.Millisecond))
 	fmt.Fprintf(b.out, "a counter in each replica's memory, as LiteLLM's TPM check, would have let each of the %d replicas send the PTU its\n"+
 		"own %d tokens: up to %d, an overshoot of up to %.0f%%.\n", o.replicas, budget, budget*int64(o.replicas), 100*float64(o.replicas-1))
+	return b.budgetRestart(ctx, l, ptu)
+}
+
+// budgetRestart stops every replica of l and starts them anew, and
+// compares what the new ones count of router's budget, before they hear
+// any call, with what the old ones counted.
+func (b *bench) budgetRestart(ctx context.Context, l *lab, router string) error {
+	count := func() (broker.BudgetCount, bool) {
+		for _, c := range l.f.Replicas[0].Broker().BudgetCounts() {
+			if c.Router == router {
+				return c, true
+			}
+		}
+		return broker.BudgetCount{}, false
+	}
+	// The last transactions heard: the count still for 200 ms, at most 5 s.
+	before, _ := count()
+	for still, deadline := 0, time.Now().Add(5*time.Second); still < 4 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		c, _ := count()
+		if c.Day.Requests == before.Day.Requests {
+			still++
+		} else {
+			before, still = c, 0
+		}
+	}
+	start := time.Now()
+	if err := l.restart(ctx, b); err != nil {
+		return err
+	}
+	took := time.Since(start)
+	after, _ := count()
+	lost := func(a, b broker.Used) (tokens, requests int64) { return a.Tokens - b.Tokens, a.Requests - b.Requests }
+	var diffs []string
+	for _, p := range []struct {
+		name string
+		a, b broker.Used
+	}{{"minute", before.Minute, after.Minute}, {"day", before.Day, after.Day}, {"month", before.Month, after.Month}} {
+		tk, rq := lost(p.a, p.b)
+		if tk != 0 || rq != 0 || !p.a.Start.Equal(p.b.Start) || math.Abs(p.a.Spend-p.b.Spend) > 1e-9 {
+			diffs = append(diffs, fmt.Sprintf("%s: %d tokens and %d requests lost (negative: counted twice)", p.name, tk, rq))
+		}
+	}
+	fmt.Fprintf(b.out, "\nrestart: every replica stopped and %d started anew (%v): before hearing a call they count %d tokens and %d requests\n"+
+		"this day, as the replicas before counted %d and %d: ", len(l.f.Replicas), took.Round(time.Millisecond), after.Day.Tokens, after.Day.Requests,
+		before.Day.Tokens, before.Day.Requests)
+	if len(diffs) == 0 {
+		fmt.Fprintln(b.out, "0 lost, 0 counted twice, in every period (target: exactly: met)")
+	} else {
+		fmt.Fprintf(b.out, "%s (target: exactly: MISSED)\n", strings.Join(diffs, "; "))
+	}
 	return nil
 }

@@ -26,6 +26,7 @@ import (
 // logger subject, where every replica learns latency and headroom.
 type lab struct {
 	f      *replica.Fleet
+	cfg    replica.Config // the replicas', for restart
 	ups    *standin.Upstreams
 	llms   map[string]*standin.LLM // by router
 	nc     *nats.Conn
@@ -47,7 +48,7 @@ func (b *bench) startLab(ctx context.Context, pools []broker.Pool, llms map[stri
 			return nil, err
 		}
 	}
-	f, err := replica.StartFleet(ctx, replica.Config{
+	l.cfg = replica.Config{
 		NATS:          natsconn.Settings{Servers: b.url, Token: b.o.token},
 		Subject:       b.subject,
 		Bucket:        b.bucket,
@@ -55,7 +56,8 @@ func (b *bench) startLab(ctx context.Context, pools []broker.Pool, llms map[stri
 		Policy:        broker.Policy{DisabledTime: 10 * time.Minute},
 		InFlightBound: bound,
 		LoggerSubject: b.loggerSubject(),
-	}, b.o.replicas, b.replicaLog)
+	}
+	f, err := replica.StartFleet(ctx, l.cfg, b.o.replicas, b.replicaLog)
 	if err != nil {
 		l.close()
 		if ctx.Err() != nil {
@@ -75,6 +77,17 @@ func (b *bench) startLab(ctx context.Context, pools []broker.Pool, llms map[stri
 	return l, nil
 }
 
+// restart stops every replica, then starts as many anew.
+func (l *lab) restart(ctx context.Context, b *bench) error {
+	n := len(l.f.Replicas)
+	if err := l.f.Stop(); err != nil {
+		return err
+	}
+	f, err := replica.StartFleet(ctx, l.cfg, n, b.replicaLog)
+	l.f = f
+	return err
+}
+
 // labTimeout is how long the lab's gateway waits for a processor call:
 // what these modes measure is the broker's choices, which a busy machine
 // would otherwise turn into errors, so at least a second.
@@ -84,7 +97,7 @@ func labTimeout(t time.Duration) time.Duration { return max(t, time.Second) }
 // upstreams, in the order the calls flow.
 func (l *lab) close() {
 	if l.f != nil {
-		_ = l.f.Stop()
+		_ = l.f.Stop() // nil when a restart failed
 	}
 	if l.nc != nil {
 		l.nc.Close()
