@@ -299,11 +299,14 @@ func (b *Broker) checkBudget(rt *route, now time.Time) {
 	for _, p := range rt.pools {
 		b.rebuild(p, now)
 	}
+	// Near a cap, a router can go out on its calls in flight and back in
+	// when they used less than their average: said once per period.
 	switch {
-	case until != 0 && was == 0:
+	case until != 0 && rt.spentTold != until:
+		rt.spentTold = until
 		b.log.Warn("router out for its budget", slog.String("router", rt.path), slog.String("budget", s.kind.String()),
 			slog.String("why", s.why(g.loc)), slog.Time("back_at", s.until))
-	case until == 0:
+	case until == 0 && now.UnixNano() >= was:
 		b.log.Info("router back from its budget", slog.String("router", rt.path), slog.String("why", "its period reset"))
 	}
 }

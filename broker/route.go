@@ -24,6 +24,7 @@ type route struct {
 	budgetUse  budgetUse
 	spentUntil atomic.Int64
 	spent      atomic.Pointer[spent] // why, while spentUntil is not 0
+	spentTold  int64                 // the spentUntil last logged; Broker.mu
 	// clean is true when there is nothing a success report could change
 	// in the view: no live record. It lets the success path skip the lock.
 	clean atomic.Bool
