@@ -57,9 +57,10 @@ type ExplainedRouter struct {
 	Router string `json:"router"`
 	Tier   int    `json:"tier"`
 	Weight int    `json:"weight"`
-	// State is "enabled", "disabled", "probation", "manual", "standby" or
-	// "no headroom", and Why says why in one line; Until is when it ends
-	// by itself (null: it does not).
+	// State is "enabled", "disabled", "probation", "manual", "standby",
+	// "no headroom" or "budget" (out until its spent budget's period
+	// resets), and Why says why in one line; Until is when it ends by
+	// itself (null: it does not).
 	State string     `json:"state"`
 	Why   string     `json:"why"`
 	Until *time.Time `json:"until"`
