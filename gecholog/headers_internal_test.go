@@ -251,3 +251,23 @@ func TestHeadersInGechologsShapeAreReadInOnePass(t *testing.T) {
 	is.Equal(string(key), "AAA00001_1696681410696216000_3") // the session
 	is.Equal(problem, KeyOK)
 }
+
+// TestSessionEndSplitsAsTheLoopForEveryPlaceOfItsUnderscores compares the
+// word-at-a-time split with the byte-at-a-time one over 200,000 ids of 1
+// to 40 bytes, whose underscores stand anywhere in a word or its tail,
+// beside the bytes one bit from '_' ('^', '`', '_'|0x80, 'O').
+func TestSessionEndSplitsAsTheLoopForEveryPlaceOfItsUnderscores(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	alphabet := []byte{'_', '_', 'A', '1', '^', '`', 0xdf, 'O'}
+	for range 200_000 {
+		v := make([]byte, 1+rng.IntN(40))
+		for i := range v {
+			v[i] = alphabet[rng.IntN(len(alphabet))]
+		}
+		got, gotProblem := keyOf(v, KeyOK, true)
+		want, wantProblem := sessionOfLoop(v)
+		if !bytes.Equal(got, want) || gotProblem != wantProblem {
+			t.Fatalf("%q: key %q (problem %d), the loop's %q (problem %d)", v, got, gotProblem, want, wantProblem)
+		}
+	}
+}

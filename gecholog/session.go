@@ -1,7 +1,8 @@
 package gecholog
 
 import (
-	"bytes"
+	"encoding/binary"
+	"math/bits"
 	"sync/atomic"
 
 	"github.com/gecholog/broker/broker"
@@ -59,21 +60,48 @@ func keyOf(v []byte, problem KeyProblem, session bool) (key []byte, _ KeyProblem
 	case !session:
 		return v, KeyOK
 	}
-	// GATEWAYID_UNIXNANO_COUNT_TRANSACTION: four parts, none empty; the
-	// session is the first three. (IndexByte: a byte at a time cost the
-	// hot path a tenth of its time.)
-	end := 0
-	for range 3 {
-		n := bytes.IndexByte(v[end:], '_')
-		if n <= 0 {
-			return nil, KeyMalformed // an empty part, or fewer than four
+	if end := sessionEnd(v); end >= 0 {
+		return v[:end], KeyOK
+	}
+	return nil, KeyMalformed
+}
+
+// sessionEnd returns where the session ends in the session id v,
+// GATEWAYID_UNIXNANO_COUNT_TRANSACTION: the index of its third '_', when
+// v has four parts and none is empty; -1 when it has not. It finds the
+// underscores 8 bytes at a time (a byte at a time cost the hot path a
+// tenth of its time; four IndexByte calls, a twentieth).
+func sessionEnd(v []byte) int {
+	var at [3]int
+	n := 0
+	mark := func(i int) bool { // false: a fourth '_'
+		if n == 3 {
+			return false
 		}
-		end += n + 1
+		at[n] = i
+		n++
+		return true
 	}
-	if end == len(v) || bytes.IndexByte(v[end:], '_') >= 0 {
-		return nil, KeyMalformed // an empty last part, or more than four
+	i := 0
+	for ; i+8 <= len(v); i += 8 {
+		x := binary.LittleEndian.Uint64(v[i:]) ^ ('_' * ones)
+		// The bytes of x that are zero, exactly: no borrow across bytes.
+		const low7 = 0x7f7f7f7f7f7f7f7f
+		for m := ^((x&low7 + low7) | x | low7); m != 0; m &= m - 1 {
+			if !mark(i + bits.TrailingZeros64(m)/8) {
+				return -1
+			}
+		}
 	}
-	return v[:end-1], KeyOK
+	for ; i < len(v); i++ {
+		if v[i] == '_' && !mark(i) {
+			return -1
+		}
+	}
+	if n < 3 || at[0] == 0 || at[1] == at[0]+1 || at[2] == at[1]+1 || at[2] == len(v)-1 {
+		return -1 // fewer than four parts, or an empty one
+	}
+	return at[2]
 }
 
 // headerValue is the first value of the header name in headers, an
