@@ -60,7 +60,7 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 		{"nodeloss", []string{"-runs", "1", "-nodeloss-disabled-time", "3s"},
 			[]string{"3 nats-server", "meta leader", "stream leader", "neither leader", "agree max", "answer max", "no disable lost: met"}},
 		{"strategies", []string{"-duration", "400ms", "-warmup", "50ms", "-rounds", "2", "-callers", "4", "-conns", "2"},
-			[]string{"no-op responder (3)", "random (3 replicas)", "least-busy (3 replicas)", "latency (3 replicas)", "headroom (3 replicas)", "cost (3 replicas)",
+			[]string{"no-op responder (3)", "random (3 replicas)", "least-busy (3 replicas)", "latency (3 replicas)", "headroom (3 replicas)", "cost (3 replicas)", "sessions (3 replicas)",
 				"500 transactions/s", "headroom / no-op: throughput", "random's", "(target ≥ 0.95: "}},
 		{"spillover", []string{"-duration", "2s", "-window", "1s", "-quota", "10"},
 			[]string{"Time is compressed: the quota is 10 calls per 1s", "/tiered/ (tiers)", "/flat/ (random)",

@@ -38,7 +38,10 @@ func (b *bench) strategies(ctx context.Context) error {
 	var pools []broker.Pool
 	for _, s := range names {
 		p := pool(strings.ReplaceAll(s, "-", ""), s, "a", "b", "c") // a path holds letters and digits
-		for i := range p.Routers {                                  // cost prices every router
+		if s == broker.SessionsStrategy {
+			p.Affinity.Session = true // its only pools; every call here is a conversation's first
+		}
+		for i := range p.Routers { // cost prices every router
 			x := float64(i + 1)
 			p.Routers[i].Price = &broker.Price{Input: x, CachedInput: x / 2, Output: 4 * x}
 		}
