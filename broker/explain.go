@@ -222,29 +222,6 @@ func Explain(p PoolView, now time.Time) Explanation {
 	return e
 }
 
-// takesCalls reports whether v is enabled and not out for its budget.
-func (v RouterView) takesCalls() bool { return v.Phase == Enabled && !v.spent() }
-
-// spent reports whether v is out for its budget, and healthy.
-func (v RouterView) spent() bool { return v.Phase == Enabled && !v.BudgetUntil.IsZero() }
-
-// budgetSpent sets the rule and shares of a pool whose healthy routers
-// are all out for their budget, as Choose's snapshot has it.
-func (e *Explanation) budgetSpent(p PoolView) {
-	e.Rule = SpentIngressRule
-	if p.BudgetSpent != BudgetSoonest {
-		return
-	}
-	e.Rule = SpentSoonestRule
-	soonest := -1
-	for i, v := range p.Routers {
-		if v.spent() && (soonest < 0 || v.BudgetUntil.Before(p.Routers[soonest].BudgetUntil)) {
-			soonest = i
-		}
-	}
-	e.Routers[soonest].Expected = 1
-}
-
 // allDisabled sets the rule and shares of a pool with no router enabled,
 // as Choose's snapshot falls back.
 func (e *Explanation) allDisabled(p PoolView) {
