@@ -27,6 +27,7 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 )
 
@@ -299,6 +300,11 @@ var (
 			"$JS.API.CONSUMER.DELETE.KV_gl_broker_config.>",
 			"$JS.API.DIRECT.GET.KV_gl_broker_config.>",
 			"$KV.gl_broker_config.>",
+			// The budgets' counts (secPools gives a router a budget).
+			"$JS.API.STREAM.INFO.KV_gl_broker_usage",
+			"$JS.API.STREAM.CREATE.KV_gl_broker_usage",
+			"$JS.API.DIRECT.GET.KV_gl_broker_usage.>",
+			"$KV.gl_broker_usage.>",
 		},
 		subscribe: []string{"coburn.gl.broker broker", "coburn.gl.logger", "broker.news.gl_broker", "broker.stats.gl_broker", "_INBOX.>"},
 		responses: true,
@@ -316,6 +322,8 @@ var (
 			"$JS.API.STREAM.INFO.KV_gl_broker_config",
 			"$JS.API.CONSUMER.CREATE.KV_gl_broker_config.>",
 			"$JS.API.CONSUMER.DELETE.KV_gl_broker_config.>",
+			"$JS.API.STREAM.INFO.KV_gl_broker_usage",
+			"$JS.API.DIRECT.GET.KV_gl_broker_usage.>",
 		},
 		subscribe: []string{"broker.stats.gl_broker", "_INBOX.>"},
 	}
@@ -450,11 +458,54 @@ func secUser(s *server.Server, user string) func(string) string {
 	return env("NATS_URL", s.ClientURL(), "NATS_USER", user, "NATS_PASSWORD", user+"-pw")
 }
 
-// withoutCreating is role without the two permissions the README says the
+// secPools is the original's pool with a budget on /azure/gpt4/, so that
+// a replica counts its calls in the budgets' bucket: a pools file in
+// t's directory.
+func secPools(t *testing.T) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "budget-pools.json")
+	if err := os.WriteFile(f, []byte(`{"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/gpt35turbo/"},
+		{"path":"/azure/gpt4/","budget":{"tokens_per_minute":1000000000}},{"path":"/azure/dud/"}]}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// secBudgetUser is secUser for a replica serving secPools.
+func secBudgetUser(t *testing.T, s *server.Server, user string) func(string) string {
+	pools := secPools(t)
+	base := secUser(s, user)
+	return func(k string) string {
+		if k == "BROKER_POOLS" {
+			return pools
+		}
+		return base(k)
+	}
+}
+
+// usageCounted reports whether the budgets' bucket holds a count of
+// /azure/gpt4/, as read by nc.
+func usageCounted(nc *nats.Conn) bool {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	b, err := js.KeyValue(ctx, "gl_broker_usage")
+	if err != nil {
+		return false
+	}
+	_, err = b.Get(ctx, "/azure/gpt4/")
+	return err == nil
+}
+
+// withoutCreating is role without the permissions the README says the
 // processor needs only to create a missing bucket.
 func withoutCreating(role secRole) secRole {
 	role.publish = slices.DeleteFunc(slices.Clone(role.publish), func(p string) bool {
-		return p == "$JS.API.INFO" || p == "$JS.API.STREAM.CREATE.KV_gl_broker" || p == "$JS.API.STREAM.CREATE.KV_gl_broker_config"
+		return p == "$JS.API.INFO" || p == "$JS.API.STREAM.CREATE.KV_gl_broker" || p == "$JS.API.STREAM.CREATE.KV_gl_broker_config" ||
+			p == "$JS.API.STREAM.CREATE.KV_gl_broker_usage"
 	})
 	return role
 }
@@ -499,7 +550,7 @@ func driveProcessor(t *testing.T, s *server.Server, v *secViolations) (logs stri
 		}
 	}
 	for _, id := range []string{"replica-1", "replica-2"} {
-		rs = append(rs, startProgram(t, secUser(s, "broker"), "--id", id))
+		rs = append(rs, startProgram(t, secBudgetUser(t, s, "broker"), "--id", id))
 		if !until(everyReplica("serving"), id+" serving") {
 			return "", false
 		}
@@ -513,6 +564,10 @@ func driveProcessor(t *testing.T, s *server.Server, v *secViolations) (logs stri
 		t.Fatalf("transaction log: %v", err)
 	}
 	if !until(everyReplica("hearing gecholog's transaction log"), "the transaction log heard by every replica") {
+		return "", false
+	}
+	// The call counts against /azure/gpt4/'s budget, in the budgets' bucket.
+	if !until(func() bool { return usageCounted(gw) }, "the budget's count in its bucket") {
 		return "", false
 	}
 	if _, err := gw.Request("coburn.gl.broker", []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), time.Second); err != nil {
@@ -558,7 +613,7 @@ func driveTools(t *testing.T, s *server.Server, v *secViolations, user string, c
 		}
 	}()
 	pools := filepath.Join(t.TempDir(), "pools.json")
-	if err := os.WriteFile(pools, []byte(`{"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/gpt4/","weight":3},{"path":"/azure/dud/","weight":1}]}]}`), 0o600); err != nil {
+	if err := os.WriteFile(pools, []byte(`{"pools":[{"ingress":"/azure/","routers":[{"path":"/azure/gpt4/","weight":3,"budget":{"tokens_per_minute":1000000000}},{"path":"/azure/dud/","weight":1}]}]}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, args := range commands {
@@ -566,7 +621,14 @@ func driveTools(t *testing.T, s *server.Server, v *secViolations, user string, c
 		if i := slices.Index(args, "@pools"); i >= 0 {
 			args[i] = pools // a pools file to set
 		}
-		out, errs, err := runOpIn(ctx, secUser(s, user), args...)
+		// With the pools file, so that status shows its budget's counts.
+		withPools := func(k string) string {
+			if k == "BROKER_POOLS" {
+				return pools
+			}
+			return secUser(s, user)(k)
+		}
+		out, errs, err := runOpIn(ctx, withPools, args...)
 		if ctx.Err() != nil {
 			return false
 		}
@@ -596,12 +658,25 @@ func secSeedBucket(t *testing.T, s *server.Server) {
 	if disable() == nil {
 		return
 	}
-	r := startProgram(t, secUser(s, "gateway")) // tools never create the bucket
-	awaitAnswer(t, natstest.Connect(t, s, nats.UserInfo("gateway", "gateway-pw")), "/azure/")
-	if err := r.stop(); err != nil {
+	secSeedBuckets(t, s)
+	if err := disable(); err != nil {
 		t.Fatal(err)
 	}
-	if err := disable(); err != nil {
+}
+
+// secSeedBuckets makes the buckets as a replica with every permission
+// makes them, the budgets' one with a count of /azure/gpt4/: tools never
+// make a bucket.
+func secSeedBuckets(t *testing.T, s *server.Server) {
+	t.Helper()
+	r := startProgram(t, secBudgetUser(t, s, "gateway"))
+	gw := natstest.Connect(t, s, nats.UserInfo("gateway", "gateway-pw"))
+	awaitAnswer(t, gw, "/azure/")
+	if err := gw.Publish("coburn.gl.logger", standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: time.Millisecond})); err != nil {
+		t.Fatal(err)
+	}
+	natstest.Eventually(t, 10*time.Second, func() bool { return usageCounted(gw) }, "the budget's count in its bucket")
+	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
 }
