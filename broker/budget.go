@@ -264,35 +264,36 @@ func (s spent) why(loc *time.Location) string {
 	return fmt.Sprintf("budget %s spent (%s); back at %s", s.kind, what, s.until.In(loc).Format("2006-01-02 15:04:05 MST"))
 }
 
-// spentUntil is s.until in unix nanoseconds; 0 when s keeps nothing out.
-func spentUntil(s spent) int64 {
-	if s.until.IsZero() {
+// untilNs is s.until in unix nanoseconds; 0 when s keeps nothing out.
+func (s *spent) untilNs() int64 {
+	if s == nil || s.until.IsZero() {
 		return 0
 	}
 	return s.until.UnixNano()
 }
 
+// spentUntil is when rt's spent budget lets it back in, in unix
+// nanoseconds; 0 when its budget keeps it not out.
+func (rt *route) spentUntil() int64 { return rt.spent.Load().untilNs() }
+
 // checkBudget takes rt out of its pools when its budget is spent at now,
 // and back in when the period that spent it is over.
 func (b *Broker) checkBudget(rt *route, now time.Time) {
 	g := rt.budget.Load()
-	if g == nil && rt.spentUntil.Load() == 0 {
+	if g == nil && rt.spentUntil() == 0 {
 		return
 	}
 	s := rt.spentAt(now)
-	until := spentUntil(s)
-	if until == rt.spentUntil.Load() {
-		if until != 0 {
-			if old := rt.spent.Load(); old == nil || *old != s {
-				rt.spent.Store(&s) // the same period, counted further
-			}
+	until := s.untilNs()
+	if old := rt.spent.Load(); until == old.untilNs() {
+		if until != 0 && *old != s {
+			rt.spent.Store(&s) // the same period, counted further
 		}
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	rt.spent.Store(&s)
-	was := rt.spentUntil.Swap(until)
+	was := rt.spent.Swap(&s).untilNs()
 	if was == until {
 		return // another check got here first
 	}
@@ -347,7 +348,7 @@ func (b *Broker) Budgets(now time.Time) []BudgetState {
 			continue
 		}
 		var outUntil time.Time
-		if until := rt.spentUntil.Load(); until > now.UnixNano() {
+		if until := rt.spentUntil(); until > now.UnixNano() {
 			outUntil = time.Unix(0, until)
 		}
 		for k := range budgetKinds {

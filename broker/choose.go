@@ -211,8 +211,8 @@ func (b *Broker) snapshot(p *pool, now time.Time) *choice {
 	for i, r := range p.routers {
 		rt := p.routes[i]
 		ph := phase(rt.live, now)
-		if ph == Enabled && rt.spentUntil.Load() > now.UnixNano() {
-			if spentSoonest < 0 || rt.spentUntil.Load() < p.routes[spentSoonest].spentUntil.Load() {
+		if until := rt.spentUntil(); ph == Enabled && until > now.UnixNano() {
+			if spentSoonest < 0 || until < p.routes[spentSoonest].spentUntil() {
 				spentSoonest = i
 			}
 			continue // out for its budget: neither chosen nor a fallback

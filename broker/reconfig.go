@@ -164,7 +164,6 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 		rt.budget.Store(budgets[rt.path])
 		s := rt.spentAt(now)
 		rt.spent.Store(&s)
-		rt.spentUntil.Store(spentUntil(s))
 	}
 	for _, ingress := range t.order {
 		p := t.pools[ingress]

@@ -111,9 +111,9 @@ func (b *Broker) poolView(out []RouterView, p *pool, now time.Time) []RouterView
 		if all > 0 {
 			v.Share = float64(rt.stats.fleetChosen.Load()) / float64(all)
 		}
-		if until := rt.spentUntil.Load(); until > now.UnixNano() {
-			v.BudgetUntil = time.Unix(0, until)
-			if s, g := rt.spent.Load(), rt.budget.Load(); s != nil && g != nil {
+		if s := rt.spent.Load(); s.untilNs() > now.UnixNano() {
+			v.BudgetUntil = s.until
+			if g := rt.budget.Load(); g != nil {
 				v.BudgetWhy = s.why(g.loc)
 			}
 		}
