@@ -118,12 +118,11 @@ func (h *Handler) keyHeader(a broker.Affinity) string {
 // header is looked for on the way through ingress_headers, rather than in
 // a second pass after.
 type keyScan struct {
-	h        *Handler
-	in       broker.PoolRef  // the pool gl_path names
-	affinity broker.Affinity // its affinity
-	find     headerFind      // its header in ingress_headers
-	// valid: affinity and find are those of the message's last gl_path
-	// and last ingress_headers.
+	h    *Handler
+	in   broker.PoolRef // the pool gl_path names
+	find headerFind     // its header in ingress_headers
+	// valid: in and find are those of the message's last gl_path and
+	// last ingress_headers.
 	valid bool
 }
 
@@ -136,10 +135,9 @@ func (k *keyScan) scan(s *scanner, m *Message) error {
 		return err
 	}
 	k.in = k.h.b.PoolRef(m.Path)
-	k.affinity = k.in.Affinity()
 	k.find = headerFind{}
-	if k.affinity.On() {
-		k.find.name = k.h.keyHeader(k.affinity)
+	if a := k.in.Affinity(); a.On() {
+		k.find.name = k.h.keyHeader(a)
 	}
 	fast, err := s.rawHeaders(1, &m.IngressHeaders, &k.find)
 	k.valid = fast
@@ -152,15 +150,15 @@ func (k *keyScan) scan(s *scanner, m *Message) error {
 func (k *keyScan) key(m *Message) ([]byte, KeyProblem) {
 	if !k.valid { // not read on the way: gl_path came after ingress_headers, or they were not gecholog's
 		k.in = k.h.b.PoolRef(m.Path)
-		k.affinity = k.in.Affinity()
-		if k.affinity.On() {
-			k.find.value, k.find.problem = headerValue(m.IngressHeaders, k.h.keyHeader(k.affinity))
-		}
 	}
-	if !k.affinity.On() {
+	a := k.in.Affinity()
+	if !a.On() {
 		return nil, KeyOK
 	}
-	return keyOf(k.find.value, k.find.problem, k.affinity.Session)
+	if !k.valid {
+		k.find.value, k.find.problem = headerValue(m.IngressHeaders, k.h.keyHeader(a))
+	}
+	return keyOf(k.find.value, k.find.problem, a.Session)
 }
 
 // Malformed returns how many messages could not be read.
