@@ -374,6 +374,16 @@ type BudgetCount struct {
 	Minute, Day, Month Used
 }
 
+// Equal reports whether u and o count the same period alike.
+func (u Used) Equal(o Used) bool {
+	return u.Start.Equal(o.Start) && u.Tokens == o.Tokens && u.Requests == o.Requests && u.Spend == o.Spend
+}
+
+// SameCounts reports whether c and o count the same periods alike.
+func (c BudgetCount) SameCounts(o BudgetCount) bool {
+	return c.Minute.Equal(o.Minute) && c.Day.Equal(o.Day) && c.Month.Equal(o.Month)
+}
+
 // ErrBudgetCountOutOfBounds is a count MergeBudget refuses: a period that
 // is not one of the budget's (not its start, or in the future), or a
 // count negative, not finite or beyond MaxBudgetCount.

@@ -117,7 +117,7 @@ func (r *Replica) syncBudgets(ctx context.Context, write bool) {
 	}
 	for _, c := range r.broker.BudgetCounts() {
 		was, ok := bs.stored[c.Router]
-		if ok && sameCount(was.count, c) {
+		if ok && was.count.SameCounts(c) {
 			continue
 		}
 		rev, err := bs.store.PutUsage(ctx, c, was.rev, r.cfg.ID)
@@ -130,14 +130,6 @@ func (r *Replica) syncBudgets(ctx context.Context, write bool) {
 		}
 		bs.stored[c.Router] = storedCount{count: c, rev: rev}
 	}
-}
-
-// sameCount reports whether a and b count the same periods alike.
-func sameCount(a, b broker.BudgetCount) bool {
-	same := func(x, y broker.Used) bool {
-		return x.Start.Equal(y.Start) && x.Tokens == y.Tokens && x.Requests == y.Requests && x.Spend == y.Spend
-	}
-	return same(a.Minute, b.Minute) && same(a.Day, b.Day) && same(a.Month, b.Month)
 }
 
 // warnBudget logs one line about the bucket of budget counts, at most once
