@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/matryer/is"
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
@@ -89,6 +90,15 @@ func TestASessionIsKeyedByTheSessionHeaderTheReplicaIsGiven(t *testing.T) {
 	is.Equal(keyed, uint64(calls)) // and each was chosen by it
 }
 
+// weightedSessionConfig is replicas on s serving /azure/ with "session"
+// affinity over a, b and c, weighted 1, 2 and 1.
+func weightedSessionConfig(s *server.Server) replica.Config {
+	pool := broker.Pool{Ingress: "/azure/", Affinity: broker.Affinity{Session: true}, Routers: []broker.Router{
+		{Path: "/azure/a/", Weight: 1}, {Path: "/azure/b/", Weight: 2}, {Path: "/azure/c/", Weight: 1}}}
+	return replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Pools: []broker.Pool{pool},
+		Policy: broker.Policy{DisabledTime: time.Minute}}
+}
+
 // TestTheFirstCallHeardOnTheLogPinsTheSessionOnEveryReplica publishes a
 // session's first call on gecholog's transaction log, on a router other
 // than the one the session's order picks (the first call has no session
@@ -97,10 +107,7 @@ func TestASessionIsKeyedByTheSessionHeaderTheReplicaIsGiven(t *testing.T) {
 func TestTheFirstCallHeardOnTheLogPinsTheSessionOnEveryReplica(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
-	pool := broker.Pool{Ingress: "/azure/", Affinity: broker.Affinity{Session: true}, Routers: []broker.Router{
-		{Path: "/azure/a/", Weight: 1}, {Path: "/azure/b/", Weight: 2}, {Path: "/azure/c/", Weight: 1}}}
-	cfg := replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Pools: []broker.Pool{pool},
-		Policy: broker.Policy{DisabledTime: time.Minute}}
+	cfg := weightedSessionConfig(s)
 	const session = "AAA00001_1696681410696216777_4"
 	// Where the session's order would send it: another router is where
 	// only the log can send it.
@@ -224,10 +231,7 @@ func TestMetricsAndThePageShowTheSessionsPinnedPerRouterAndTheirMoves(t *testing
 func TestConversationsStartWhereTheFewestSessionsAreOnEveryReplica(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
-	pool := broker.Pool{Ingress: "/azure/", Affinity: broker.Affinity{Session: true}, Routers: []broker.Router{
-		{Path: "/azure/a/", Weight: 1}, {Path: "/azure/b/", Weight: 2}, {Path: "/azure/c/", Weight: 1}}}
-	cfg := replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Pools: []broker.Pool{pool},
-		Policy: broker.Policy{DisabledTime: time.Minute}}
+	cfg := weightedSessionConfig(s)
 	rs := runReplicas(t, cfg, 2)
 	nc := natstest.Connect(t, s)
 	pinned := func(b *broker.Broker) map[string]int {
