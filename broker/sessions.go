@@ -31,10 +31,11 @@ func (fewestSessions) Pick(t *Tier) int {
 	best, bestLoad := -1, int64(0)
 	for k := range min(n, 16) {
 		i := (start + k) % n
-		if roomOf(t, i) <= 0 {
+		f := t.InFlight(i)
+		if !t.routes[i].stats.hasRoom(f) {
 			continue
 		}
-		load := t.Sessions(i) + t.InFlight(i) + 1
+		load := t.Sessions(i) + f + 1
 		if best < 0 || load*int64(t.weights[best]) < bestLoad*int64(t.weights[i]) {
 			best, bestLoad = i, load
 		}
