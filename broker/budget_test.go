@@ -227,3 +227,23 @@ func TestACountFromTheStoreIsMergedByTheLargestAndRefusedOutOfBounds(t *testing.
 	is.NoErr(b.MergeBudget(spent, now))
 	is.Equal(settled(b, "/b/", nil), "/b/r1/")
 }
+
+func TestAMonthlySpendBudgetIsBackOnTheFirstOfTheNextMonthInItsTimeZone(t *testing.T) {
+	is := is.New(t)
+	g := broker.Budget{SpendPerMonth: 0.01, TimeZone: "America/Los_Angeles"} // 10,000 input tokens at 1 per million
+	b, _ := newBroker(t, broker.Config{Pools: []broker.Pool{budgetPool(g, 1)}})
+	now := time.Now()
+	heardCall(t, b, "/b/r0/", 10_000)
+	is.Equal(settled(b, "/b/", nil), "/b/r1/") // spent: the next tier
+	loc, _ := time.LoadLocation("America/Los_Angeles")
+	y, m, _ := now.In(loc).Date()
+	next := time.Date(y, m+1, 1, 0, 0, 0, 0, loc)
+	st, why := state(b, "/b/r0/", now)
+	is.Equal(st, "budget")
+	is.True(strings.Contains(why, "budget spend_per_month spent")) // which cap
+	is.True(strings.Contains(why, "back at "+next.Format("2006-01-02 15:04:05 MST")))
+	b.Refresh(next.Add(-time.Second))
+	is.Equal(settled(b, "/b/", nil), "/b/r1/")
+	b.Refresh(next)
+	is.Equal(settled(b, "/b/", nil), "/b/r0/") // a new month where the budget's month begins
+}
