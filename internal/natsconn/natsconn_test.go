@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/matryer/is"
 	"github.com/nats-io/nats.go"
@@ -123,12 +124,16 @@ func FuzzRedact(f *testing.F) {
 // leaked fails t when text shows secret, or a piece of it between URL
 // delimiters, of 4 bytes or more: shorter ones, and those the surrounding
 // text holds anyway ("nats", "127.0.0.1", "redacted"), and white space
-// (which nats.go trims off a URL), tell nothing.
+// and delimiters alone (nats.go trims white space off a URL, and a comma
+// ends one: "   ," is no user, but the end of a list's first URL), tell
+// nothing.
 func leaked(t *testing.T, text, secret, surrounding string) {
 	t.Helper()
-	pieces := append(strings.FieldsFunc(secret, func(r rune) bool { return strings.ContainsRune("/?#@:,%", r) }), secret)
+	delimiter := func(r rune) bool { return strings.ContainsRune("/?#@:,%", r) }
+	pieces := append(strings.FieldsFunc(secret, delimiter), secret)
 	for _, p := range pieces {
-		if len(p) < 4 || strings.Contains(surrounding, p) || strings.TrimSpace(p) == "" {
+		nothing := strings.TrimFunc(p, func(r rune) bool { return unicode.IsSpace(r) || delimiter(r) }) == ""
+		if len(p) < 4 || strings.Contains(surrounding, p) || nothing {
 			continue
 		}
 		for _, shown := range []string{p, natsconn.OneLine(p), url.PathEscape(p), url.QueryEscape(p), url.User(p).String()} {
