@@ -123,17 +123,18 @@ func FuzzRedact(f *testing.F) {
 
 // leaked fails t when text shows secret, or a piece of it between URL
 // delimiters, of 4 bytes or more: shorter ones, and those the surrounding
-// text holds anyway ("nats", "127.0.0.1", "redacted"), and white space
-// and delimiters alone (nats.go trims white space off a URL, and a comma
-// ends one: "   ," is no user, but the end of a list's first URL), tell
-// nothing.
+// text holds anyway ("nats", "127.0.0.1", "redacted"), tell nothing; nor
+// do white space and delimiters at a piece's ends, which count for none
+// of its 4 bytes (nats.go trims white space off a URL, and a comma ends
+// one: "   ," is no user but the end of a list's first URL, and "   0"
+// the one-byte user "0").
 func leaked(t *testing.T, text, secret, surrounding string) {
 	t.Helper()
 	delimiter := func(r rune) bool { return strings.ContainsRune("/?#@:,%", r) }
 	pieces := append(strings.FieldsFunc(secret, delimiter), secret)
 	for _, p := range pieces {
-		nothing := strings.TrimFunc(p, func(r rune) bool { return unicode.IsSpace(r) || delimiter(r) }) == ""
-		if len(p) < 4 || strings.Contains(surrounding, p) || nothing {
+		told := strings.TrimFunc(p, func(r rune) bool { return unicode.IsSpace(r) || delimiter(r) })
+		if len(told) < 4 || strings.Contains(surrounding, p) {
 			continue
 		}
 		for _, shown := range []string{p, natsconn.OneLine(p), url.PathEscape(p), url.QueryEscape(p), url.User(p).String()} {
