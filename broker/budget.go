@@ -22,6 +22,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -186,14 +187,26 @@ func (u *budgetUse) in(p period, now time.Time, loc *time.Location) Used {
 	return Used{Start: start}
 }
 
-// budgetConfig is a router's budget as the pools in force give it.
+// budgetConfig is a budget as the pools in force give it.
 type budgetConfig struct {
 	Budget
 	loc *time.Location
 }
 
-// spent is when a router's budget stops keeping it out, and why it does;
-// zero until when it does not.
+// budgetState is a budget and what it counted: a router's or a pool's.
+type budgetState struct {
+	// budget is the budget in the pools in force, nil: none given; use
+	// what was used in its periods, and spent what keeps its holder out,
+	// as the snapshots of its pools have it (nil, or a zero until:
+	// nothing).
+	budget atomic.Pointer[budgetConfig]
+	use    budgetUse
+	spent  atomic.Pointer[spent]
+	told   int64 // the spentUntil last logged; Broker.mu
+}
+
+// spent is when a spent budget stops keeping its holder out, and why it
+// does; zero until when it does not.
 type spent struct {
 	until time.Time
 	kind  BudgetKind
@@ -201,22 +214,25 @@ type spent struct {
 	limit float64
 }
 
-// spentAt says whether rt's budget keeps it out at now: of every cap, what
-// it used in the cap's period, plus its calls in flight at its average
-// call so far, against the cap. Of several caps spent, the one that ends
-// last is said.
+// spentAt says whether rt's budget keeps it out at now (see
+// budgetState.spentAt), its calls in flight at its average call so far.
 func (rt *route) spentAt(now time.Time) spent {
-	g := rt.budget.Load()
+	return rt.budgetState.spentAt(now, float64(rt.stats.inFlight()), rt.stats.use.snapshot())
+}
+
+// spentAt says whether s's budget keeps its holder out at now: of every
+// cap, what was used in the cap's period, plus the inFlight calls at the
+// average call of calls so far, against the cap. Of several caps spent,
+// the one that ends last is said.
+func (s *budgetState) spentAt(now time.Time, inFlight float64, calls UsageCounts) spent {
+	g := s.budget.Load()
 	if g == nil {
 		return spent{}
 	}
-	s := &rt.stats
-	inFlight := float64(s.inFlight())
-	use := s.use.snapshot()
 	var perCallTokens, perCallSpend float64
-	if use.Counted > 0 {
-		perCallTokens = float64(use.Input+use.Output+use.CachedInput) / float64(use.Counted)
-		perCallSpend = use.Spend / float64(use.Counted)
+	if calls.Counted > 0 {
+		perCallTokens = float64(calls.Input+calls.Output+calls.CachedInput) / float64(calls.Counted)
+		perCallSpend = calls.Spend / float64(calls.Counted)
 	}
 	var out spent
 	var used [periods]*Used
@@ -227,7 +243,7 @@ func (rt *route) spentAt(now time.Time) spent {
 		}
 		p := k.period()
 		if used[p] == nil {
-			u := rt.budgetUse.in(p, now, g.loc)
+			u := s.use.in(p, now, g.loc)
 			used[p] = &u
 		}
 		var counted, coming float64
@@ -272,43 +288,53 @@ func (s *spent) untilNs() int64 {
 	return s.until.UnixNano()
 }
 
-// spentUntil is when rt's spent budget lets it back in, in unix
-// nanoseconds; 0 when its budget keeps it not out.
-func (rt *route) spentUntil() int64 { return rt.spent.Load().untilNs() }
+// spentUntil is when a spent budget lets its holder back in, in unix
+// nanoseconds; 0 when it keeps it not out.
+func (s *budgetState) spentUntil() int64 { return s.spent.Load().untilNs() }
 
 // checkBudget takes rt out of its pools when its budget is spent at now,
 // and back in when the period that spent it is over.
 func (b *Broker) checkBudget(rt *route, now time.Time) {
-	g := rt.budget.Load()
-	if g == nil && rt.spentUntil() == 0 {
+	if rt.budget.Load() == nil && rt.spentUntil() == 0 {
 		return
 	}
-	s := rt.spentAt(now)
+	b.recheck(&rt.budgetState, rt.spentAt(now), now, rt.pools, slog.String("router", rt.path), "router")
+}
+
+// recheck makes s what keeps its holder, a router or a pool (who names
+// it in the logs), out, and rebuilds pools when that changes: out, or
+// back in.
+func (b *Broker) recheck(bs *budgetState, s spent, now time.Time, pools []*pool, who slog.Attr, what string) {
 	until := s.untilNs()
-	if old := rt.spent.Load(); until == old.untilNs() {
+	if old := bs.spent.Load(); until == old.untilNs() {
 		if until != 0 && *old != s {
-			rt.spent.Store(&s) // the same period, counted further
+			bs.spent.Store(&s) // the same period, counted further
 		}
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	was := rt.spent.Swap(&s).untilNs()
+	was := bs.spent.Swap(&s).untilNs()
 	if was == until {
 		return // another check got here first
 	}
-	for _, p := range rt.pools {
+	for _, p := range pools {
 		b.rebuild(p, now)
 	}
-	// Near a cap, a router can go out on its calls in flight and back in
-	// when they used less than their average: said once per period.
+	// Near a cap, a router or pool can go out on its calls in flight and
+	// back in when they used less than their average: said once per
+	// period.
 	switch {
-	case until != 0 && rt.spentTold != until:
-		rt.spentTold = until
-		b.log.Warn("router out for its budget", slog.String("router", rt.path), slog.String("budget", s.kind.String()),
-			slog.String("why", s.why(g.loc)), slog.Time("back_at", s.until))
+	case until != 0 && bs.told != until:
+		bs.told = until
+		loc := time.UTC
+		if g := bs.budget.Load(); g != nil {
+			loc = g.loc
+		}
+		b.log.Warn(what+" out for its budget", who, slog.String("budget", s.kind.String()),
+			slog.String("why", s.why(loc)), slog.Time("back_at", s.until))
 	case until == 0 && now.UnixNano() >= was:
-		b.log.Info("router back from its budget", slog.String("router", rt.path), slog.String("why", "its period reset"))
+		b.log.Info(what+" back from its budget", who, slog.String("why", "its period reset"))
 	}
 }
 
@@ -319,7 +345,7 @@ func (b *Broker) countBudget(rt *route, now time.Time, tokens int64, spend float
 	if g == nil {
 		return
 	}
-	rt.budgetUse.add(now, g.loc, tokens, spend)
+	rt.use.add(now, g.loc, tokens, spend)
 	b.checkBudget(rt, now)
 }
 
@@ -357,7 +383,7 @@ func (b *Broker) Budgets(now time.Time) []BudgetState {
 				continue
 			}
 			p := k.period()
-			u := rt.budgetUse.in(p, now, g.loc)
+			u := rt.use.in(p, now, g.loc)
 			used := [...]float64{float64(u.Tokens), float64(u.Requests), u.Spend, u.Spend}[k]
 			_, end := p.bounds(now, g.loc)
 			out = append(out, BudgetState{Router: rt.path, Kind: k, Limit: limit, Used: used, Resets: end,
@@ -397,9 +423,9 @@ func (b *Broker) BudgetCounts() []BudgetCount {
 		if rt.budget.Load() == nil {
 			continue
 		}
-		rt.budgetUse.mu.Lock()
-		u := rt.budgetUse.used
-		rt.budgetUse.mu.Unlock()
+		rt.use.mu.Lock()
+		u := rt.use.used
+		rt.use.mu.Unlock()
 		out = append(out, BudgetCount{Router: rt.path, Minute: u[minute], Day: u[day], Month: u[month]})
 	}
 	return out
@@ -431,9 +457,9 @@ func (b *Broker) MergeBudget(c BudgetCount, now time.Time) error {
 			return fmt.Errorf("router %s: %w", rt.path, ErrBudgetCountOutOfBounds)
 		}
 	}
-	rt.budgetUse.mu.Lock()
+	rt.use.mu.Lock()
 	for p, u := range in {
-		mine := &rt.budgetUse.used[p]
+		mine := &rt.use.used[p]
 		switch {
 		case u.Start.IsZero() || u.Start.Before(mine.Start):
 		case u.Start.After(mine.Start):
@@ -442,7 +468,7 @@ func (b *Broker) MergeBudget(c BudgetCount, now time.Time) error {
 			mine.Tokens, mine.Requests, mine.Spend = max(mine.Tokens, u.Tokens), max(mine.Requests, u.Requests), max(mine.Spend, u.Spend)
 		}
 	}
-	rt.budgetUse.mu.Unlock()
+	rt.use.mu.Unlock()
 	b.checkBudget(rt, now)
 	return nil
 }

@@ -16,14 +16,9 @@ type route struct {
 	stats routeStats
 	// price is the router's price in the pools in force; nil: none given.
 	price atomic.Pointer[Price]
-	// budget is the router's budget in the pools in force, nil: none
-	// given; budgetUse what it used in its periods, and spent what keeps
-	// it out for its budget, as the snapshots of its pools have it (nil,
-	// or a zero until: nothing).
-	budget    atomic.Pointer[budgetConfig]
-	budgetUse budgetUse
-	spent     atomic.Pointer[spent]
-	spentTold int64 // the spentUntil last logged; Broker.mu
+	// budgetState is the router's budget in the pools in force and what
+	// it used.
+	budgetState
 	// clean is true when there is nothing a success report could change
 	// in the view: no live record. It lets the success path skip the lock.
 	clean atomic.Bool
