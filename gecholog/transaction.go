@@ -20,6 +20,11 @@ type Transaction struct {
 	// share the message's memory.
 	Router    []byte
 	HasRouter bool
+	// Ingress is request.original_gl_path: the ingress router the client
+	// called, which names the pool the call went through (its budget
+	// counts the call). It is decoded and may share the message's memory;
+	// nil when absent or null.
+	Ingress []byte
 	// Start and Stop are response.outbound_inbound_timer's: when gecholog
 	// called the upstream and when the answer came. Zero when absent (the
 	// zero time itself reads as absent: no upstream answered then).
@@ -85,7 +90,8 @@ var (
 //	struct {
 //		SessionID json.RawMessage `json:"session_id"`
 //		Request *struct {
-//			GLPath *string `json:"gl_path"`
+//			GLPath         *string `json:"gl_path"`
+//			OriginalGLPath *string `json:"original_gl_path"`
 //		} `json:"request"`
 //		Response *struct {
 //			GLPath *string `json:"gl_path"`
@@ -124,7 +130,7 @@ func ParseTransaction(data []byte) (Transaction, error) {
 	t := Transaction{
 		Start: tx.start, Stop: tx.stop, HasDuration: tx.hasDuration,
 		Status: tx.status, HasStatus: tx.hasStatus, Headers: tx.headers, Usage: tx.usage,
-		Session: sessionOfRaw(tx.session),
+		Session: sessionOfRaw(tx.session), Ingress: tx.ingress,
 	}
 	if tx.hasDuration {
 		t.Duration = millis(tx.duration)
@@ -156,6 +162,8 @@ func millis(n int) time.Duration {
 type txFields struct {
 	reqPath, respPath       []byte
 	hasReqPath, hasRespPath bool
+	ingress                 []byte // request.original_gl_path; nil: absent
+	hasIngress              bool
 	start, stop             time.Time // zero: absent
 	duration                int
 	hasDuration             bool
@@ -169,7 +177,7 @@ type txFields struct {
 // The keys read, at each level of the transaction.
 var (
 	txTop      = []string{"request", "response", "session_id"}
-	txRequest  = []string{"gl_path"}
+	txRequest  = []string{"gl_path", "original_gl_path"}
 	txResponse = []string{"gl_path", "egress_status_code", "outbound_inbound_timer", "inbound_headers", "inbound_payload"}
 	txTimer    = []string{"start", "stop", "duration"}
 )
@@ -182,8 +190,11 @@ func scanTransaction(data []byte, tx *txFields) error {
 		switch pick(key, escaped, txTop) {
 		case 0:
 			return s.nested(1, "request", tx.resetRequest, func(key []byte, escaped bool) error {
-				if pick(key, escaped, txRequest) == 0 {
+				switch pick(key, escaped, txRequest) {
+				case 0:
 					return s.str(2, "request.gl_path", &tx.reqPath, &tx.hasReqPath)
+				case 1:
+					return s.str(2, "request.original_gl_path", &tx.ingress, &tx.hasIngress)
 				}
 				return s.skip(2)
 			})
@@ -227,7 +238,10 @@ func (s *scanner) response(tx *txFields, key []byte, escaped bool) error {
 
 // A null request, response or timer is a nil pointer to encoding/json:
 // whatever was read of it before is gone.
-func (tx *txFields) resetRequest() { tx.reqPath, tx.hasReqPath = nil, false }
+func (tx *txFields) resetRequest() {
+	tx.reqPath, tx.hasReqPath = nil, false
+	tx.ingress, tx.hasIngress = nil, false
+}
 
 func (tx *txFields) resetResponse() {
 	tx.respPath, tx.hasRespPath = nil, false

@@ -41,6 +41,25 @@ func TestParseTransactionReadsTheFewFieldsOfAWholeTransaction(t *testing.T) {
 	is.Equal(headers["X-Ratelimit-Remaining-Requests"], []string{"0"}) // inbound_headers, as sent
 }
 
+func TestParseTransactionReadsTheIngressTheClientCalled(t *testing.T) {
+	is := is.New(t)
+	tx, err := gecholog.ParseTransaction(standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Payload: 100}))
+	is.NoErr(err)
+	is.Equal(string(tx.Ingress), "/azure/") // request.original_gl_path
+	for _, tc := range []struct{ msg, want string }{
+		{`{"request":{"original_gl_path":"/azure\/"},"response":{"gl_path":"/a/"}}`, "/azure/"}, // decoded
+		{`{"request":{"original_gl_path":null},"response":{"gl_path":"/a/"}}`, ""},
+		{`{"request":{"gl_path":"/a/"}}`, ""},
+		{`{"request":{"original_gl_path":"/x/"},"request":null,"response":{"gl_path":"/a/"}}`, ""}, // a null request forgets it
+	} {
+		tx, err := gecholog.ParseTransaction([]byte(tc.msg))
+		is.NoErr(err)
+		is.Equal(string(tx.Ingress), tc.want) // tc.msg
+	}
+	_, err = gecholog.ParseTransaction([]byte(`{"request":{"original_gl_path":7},"response":{"gl_path":"/a/"}}`))
+	is.True(errors.Is(err, gecholog.ErrMalformedTransaction)) // not a string: what encoding/json refuses
+}
+
 func TestParseTransactionReadsTheSessionOfTheCall(t *testing.T) {
 	is := is.New(t)
 	data := standin.Transaction(standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Session: "AAA00001_1696681410696216000_3_0"})
@@ -129,7 +148,8 @@ func TestParseTransactionNamesWhatIsWrong(t *testing.T) {
 type stdTransaction struct {
 	SessionID json.RawMessage `json:"session_id"`
 	Request   *struct {
-		GLPath *string `json:"gl_path"`
+		GLPath         *string `json:"gl_path"`
+		OriginalGLPath *string `json:"original_gl_path"`
 	} `json:"request"`
 	Response *struct {
 		GLPath *string `json:"gl_path"`
@@ -149,6 +169,9 @@ func (std stdTransaction) want() (tx gecholog.Transaction, router bool) {
 	tx.Session = stdSession(std.SessionID)
 	if r := std.Request; r != nil && r.GLPath != nil {
 		tx.Router, router = []byte(*r.GLPath), true
+	}
+	if r := std.Request; r != nil && r.OriginalGLPath != nil {
+		tx.Ingress = []byte(*r.OriginalGLPath)
 	}
 	r := std.Response
 	if r == nil {
@@ -245,6 +268,9 @@ func agreeTransaction(t *testing.T, data []byte) {
 	if (tx.Headers == nil) != (want.Headers == nil) || !bytes.Equal(tx.Headers, want.Headers) {
 		t.Fatalf("%.300q: inbound_headers %.100q, encoding/json %.100q", data, tx.Headers, want.Headers)
 	}
+	if (tx.Ingress == nil) != (want.Ingress == nil) || !bytes.Equal(tx.Ingress, want.Ingress) {
+		t.Fatalf("%.300q: original_gl_path %q, encoding/json %q", data, tx.Ingress, want.Ingress)
+	}
 	if !bytes.Equal(tx.Session, want.Session) {
 		t.Fatalf("%.300q: session %q, encoding/json %q", data, tx.Session, want.Session)
 	}
@@ -280,6 +306,8 @@ func transactionCorpus() []string {
 	places := []string{
 		`{"response":{"gl_path":%s}}`,
 		`{"request":{"gl_path":%s}}`,
+		`{"request":{"original_gl_path":%s},"response":{"gl_path":"/a/"}}`,
+		`{"request":{"gl_path":"/r/","original_gl_path":"/i/","original_gl_path":%s}}`,
 		`{"request":{"gl_path":"/r/"},"response":{"egress_status_code":200,"gl_path":%s}}`,
 		`{"response":{"gl_path":"/a/","egress_status_code":%s}}`,
 		`{"response":{"gl_path":"/a/","outbound_inbound_timer":{"start":%s,"stop":"2026-11-28T20:25:24.676878254Z","duration":0}}}`,
