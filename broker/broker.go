@@ -60,6 +60,7 @@ type Broker struct {
 	// it under mu.
 	tab     atomic.Pointer[table]
 	every   map[string]*route        // every router ever a member, by path; guarded by mu
+	spends  map[string]*poolBudget   // every pool's budget ever given, by ingress; guarded by mu
 	names   atomic.Pointer[[]string] // every router ever a member, by id
 	id      string
 	hold    time.Duration            // see Config.AnnouncementHold
@@ -140,6 +141,7 @@ func New(cfg Config) (*Broker, error) {
 		hold:          cmp.Or(cfg.AnnouncementHold, DefaultAnnouncementHold),
 		fleet:         fleet{peers: map[string]peer{}, nudged: make(chan struct{}, 1)},
 		every:         map[string]*route{},
+		spends:        map[string]*poolBudget{},
 		id:            cfg.ID,
 		log:           log,
 		debug:         log.Enabled(context.Background(), slog.LevelDebug),

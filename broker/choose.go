@@ -175,6 +175,8 @@ func (b *Broker) rebuild(p *pool, now time.Time) {
 	c := b.snapshot(p, now)
 	p.live.Store(c)
 	switch {
+	case c.poolSpent:
+		p.stranded = true // said by the budget's check
 	case len(c.tiers) == 0 && !p.stranded && c.spent:
 		p.stranded = true
 		rule, calls := BudgetIngress, "stay on the ingress router's own outbound until a budget resets"
@@ -203,6 +205,11 @@ func (b *Broker) rebuild(p *pool, now time.Time) {
 // snapshot builds p's choice from the views at now. b.mu must be held
 // (or, in New, nothing else may run yet).
 func (b *Broker) snapshot(p *pool, now time.Time) *choice {
+	if p.budget != nil && p.budget.spentUntil() > now.UnixNano() {
+		// The pool's budget is spent: no router takes its calls, which
+		// stay on the ingress router's own outbound.
+		return &choice{spent: true, poolSpent: true}
+	}
 	c := &choice{}
 	all := 0
 	soonest := -1

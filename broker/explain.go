@@ -32,6 +32,11 @@ type PoolView struct {
 	// BudgetSpent is the pool's rule while every router it has enabled is
 	// out for its budget (BudgetIngress or BudgetSoonest).
 	BudgetSpent string
+	// BudgetUntil is when the pool, out for its own spent budget, takes
+	// calls again (zero: it is not out for its budget), and BudgetWhy says
+	// which cap and how it was spent.
+	BudgetUntil time.Time
+	BudgetWhy   string
 }
 
 // PoolView returns the pool for ingress as this replica sees it at now;
@@ -51,6 +56,14 @@ func (b *Broker) PoolView(ingress string, now time.Time) (PoolView, bool) {
 	}
 	if m := p.mix.Load(); m != nil {
 		v.Mix, v.MixHeard = m.TokenMix, m.calls > 0
+	}
+	if pb := p.budget; pb != nil {
+		if s := pb.spent.Load(); s.untilNs() > now.UnixNano() {
+			v.BudgetUntil = s.until
+			if g := pb.budget.Load(); g != nil {
+				v.BudgetWhy = s.why(g.loc)
+			}
+		}
 	}
 	return v, true
 }
@@ -116,6 +129,10 @@ const (
 	// BudgetSpent rule answers.
 	SpentIngressRule Rule = "budget spent: ingress"
 	SpentSoonestRule Rule = "budget spent: soonest"
+	// PoolSpentRule: the pool's own budget is spent; no router takes its
+	// calls, which stay on the ingress router's own outbound whatever
+	// BudgetSpent says.
+	PoolSpentRule Rule = "pool budget spent"
 )
 
 // RouterExplanation is one router of an Explanation: the view it is
@@ -219,6 +236,9 @@ func Explain(p PoolView, now time.Time) Explanation {
 		e.allDisabled(p)
 	}
 	e.why(p, tiers, declined, now)
+	if !p.BudgetUntil.IsZero() {
+		e.poolSpent(p)
+	}
 	return e
 }
 

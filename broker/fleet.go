@@ -183,8 +183,12 @@ func (b *Broker) Refresh(now time.Time) {
 	for _, late := range b.refreshFleet(now) {
 		b.report(late.rt, late.ev)
 	}
-	for _, rt := range b.cur().members {
+	t := b.cur()
+	for _, rt := range t.members {
 		b.checkBudget(rt, now) // a period over, or calls in flight that spend it
+	}
+	for _, ingress := range t.order {
+		b.checkPoolBudget(t.pools[ingress], now) // likewise
 	}
 	b.priceCalls()
 }

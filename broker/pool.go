@@ -40,6 +40,13 @@ type Pool struct {
 	// enabled is out for its budget: BudgetIngress (the default) or
 	// BudgetSoonest.
 	BudgetSpent string
+	// Budget caps what the calls made through the pool's ingress may use
+	// per period, whichever router they went to, each at its router's
+	// price; nil: none. While it is spent the pool is out: its calls stay
+	// on the ingress router's own outbound whatever BudgetSpent says
+	// (every router is back at the same instant, the pool's reset, so no
+	// router is back sooner, and any would spend past the cap).
+	Budget *Budget
 }
 
 // DefaultPools returns the original broker's pool: /azure/ spread over
@@ -101,6 +108,9 @@ func ValidatePools(pools []Pool) error {
 		}
 		if p.BudgetSpent != "" && p.BudgetSpent != BudgetIngress && p.BudgetSpent != BudgetSoonest {
 			return fmt.Errorf("pool %q: budget_spent %q: give %q (calls stay on the ingress router while every router is out for its budget) or %q (they go to the router whose budget resets soonest)", p.Ingress, p.BudgetSpent, BudgetIngress, BudgetSoonest)
+		}
+		if err := p.validateBudget(pools); err != nil {
+			return err
 		}
 		seen := map[string]bool{}
 		for _, r := range p.Routers {
@@ -201,6 +211,7 @@ type pool struct {
 	mix      atomic.Pointer[poolMix] // the pool's average call, as last taken
 	stranded bool                    // no router enabled; guarded by Broker.mu
 	soonest  bool                    // Pool.BudgetSpent is BudgetSoonest
+	budget   *poolBudget             // Pool.Budget and what it counted; nil: none
 }
 
 // choice is an immutable snapshot of a pool, swapped whole when a view
@@ -223,4 +234,7 @@ type choice struct {
 	// spent says no router is enabled because those that are healthy are
 	// out for their budget: fallback is the pool's BudgetSpent rule's.
 	spent bool
+	// poolSpent says the pool's own budget is spent: no router takes its
+	// calls, and they stay on the ingress router.
+	poolSpent bool
 }

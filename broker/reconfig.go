@@ -165,6 +165,7 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 		s := rt.spentAt(now)
 		rt.spent.Store(&s)
 	}
+	b.setBudgets(t, pools)
 	for _, ingress := range t.order {
 		p := t.pools[ingress]
 		p.live.Store(b.snapshot(p, now))

@@ -159,32 +159,43 @@ type RouterUsage struct {
 // price. A path no pool has counts as OtherRouter. A call above the
 // per-call cap is not counted and is logged, at most once a minute per
 // router; an unreadable one gives ErrUsageUnreadable.
-func (b *Broker) Used(router []byte, u Usage) error {
-	t := b.cur()
-	rt := t.routers[string(router)]
+func (b *Broker) Used(router []byte, u Usage) error { return b.UsedIn(nil, router, u) }
+
+// UsedIn is Used for a call made through ingress, the ingress router the
+// client called (request.original_gl_path; nil: not said): the call
+// counts against the budget of ingress's pool too, at router's price.
+func (b *Broker) UsedIn(ingress, router []byte, u Usage) error {
+	rt := b.cur().routers[string(router)]
+	// Every call counts against a budget's requests, its tokens only when
+	// they are counted here.
+	counted, tokens, spend, err := b.tally(rt, u)
+	now := time.Now()
+	if rt != nil {
+		b.countBudget(rt, now, tokens, spend)
+	}
+	b.countPoolBudget(ingress, now, counted, u, tokens, spend)
+	return err
+}
+
+// tally counts u in rt's counts (nil: OtherRouter's): counted says its
+// tokens were, and what they cost at rt's price.
+func (b *Broker) tally(rt *route, u Usage) (counted bool, tokens int64, spend float64, err error) {
 	c := &b.otherUse
 	var price *Price
 	if rt != nil {
 		c, price = &rt.stats.use, rt.price.Load()
 	}
-	// Every call counts against a budget's requests, its tokens only when
-	// they are counted here.
-	var tokens int64
-	var spend float64
-	if rt != nil {
-		defer func() { b.countBudget(rt, time.Now(), tokens, spend) }()
-	}
 	switch u.State {
 	case UsageUnknown:
 		c.unknown.Add(1)
-		return nil
+		return false, 0, 0, nil
 	case UsageUnreadable:
 		c.unreadable.Add(1)
-		return ErrUsageUnreadable
+		return false, 0, 0, ErrUsageUnreadable
 	}
 	if u.Input < 0 || u.Output < 0 || u.CachedInput < 0 || u.Input > MaxTokens || u.Output > MaxTokens || u.CachedInput > MaxTokens {
 		c.unreadable.Add(1)
-		return ErrUsageUnreadable
+		return false, 0, 0, ErrUsageUnreadable
 	}
 	if total := u.Total(); total > b.maxCallTokens {
 		c.capped.Add(1)
@@ -198,18 +209,24 @@ func (b *Broker) Used(router []byte, u Usage) error {
 				slog.Int64("tokens", total), slog.Int64("max_call_tokens", b.maxCallTokens), slog.Uint64("capped_calls_total", c.capped.Load()),
 				slog.String("hint", "a forged or broken transaction; if such calls are real, raise BROKER_MAX_CALL_TOKENS"))
 		}
-		return nil
+		return false, 0, 0, nil
 	}
+	if price != nil {
+		spend = price.Cost(u)
+	}
+	c.count(u, spend)
+	return true, u.Total(), spend, nil
+}
+
+// count adds a call of u that cost spend.
+func (c *usageCounts) count(u Usage, spend float64) {
 	c.input.Add(u.Input)
 	c.output.Add(u.Output)
 	c.cached.Add(u.CachedInput)
 	c.counted.Add(1)
-	tokens = u.Total()
-	if price != nil {
-		spend = price.Cost(u)
+	if spend != 0 {
 		c.addSpend(spend)
 	}
-	return nil
 }
 
 // usage lists the tokens and spend of every router of the pools in force,
