@@ -51,8 +51,11 @@ type ConfigPool struct {
 	Strategy string          `json:"strategy,omitempty"`
 	Affinity *ConfigAffinity `json:"affinity,omitempty"`
 	// BudgetSpent is broker.Pool.BudgetSpent; "" is "ingress".
-	BudgetSpent string         `json:"budget_spent,omitempty"`
-	Routers     []ConfigRouter `json:"routers"`
+	BudgetSpent string `json:"budget_spent,omitempty"`
+	// Budget is broker.Pool.Budget: what the calls through the ingress
+	// may use.
+	Budget  *ConfigBudget  `json:"budget,omitempty"`
+	Routers []ConfigRouter `json:"routers"`
 }
 
 // ConfigRouter is a pool member as the pools file writes it.
@@ -139,7 +142,7 @@ type FleetConfig struct {
 func NewFleetConfig(pools []broker.Pool, p broker.Policy, bound time.Duration) FleetConfig {
 	c := FleetConfig{Version: ConfigVersion, InFlightBound: cmp.Or(bound, broker.DefaultInFlightBound).String()}
 	for _, pl := range pools {
-		cp := ConfigPool{Ingress: pl.Ingress, Strategy: pl.Strategy, Affinity: NewConfigAffinity(pl.Affinity), BudgetSpent: pl.BudgetSpent, Routers: []ConfigRouter{}}
+		cp := ConfigPool{Ingress: pl.Ingress, Strategy: pl.Strategy, Affinity: NewConfigAffinity(pl.Affinity), BudgetSpent: pl.BudgetSpent, Budget: NewConfigBudget(pl.Budget), Routers: []ConfigRouter{}}
 		for _, r := range pl.Routers {
 			cp.Routers = append(cp.Routers, ConfigRouter{Path: r.Path, Weight: r.Weight, Priority: r.Priority, Price: NewConfigPrice(r.Price), Budget: NewConfigBudget(r.Budget)})
 		}
@@ -170,7 +173,7 @@ func (c FleetConfig) Settings() (pools []broker.Pool, p broker.Policy, bound tim
 		if len(cp.Routers) == 0 {
 			return nil, p, 0, fmt.Errorf("pools[%d] (%q).routers: empty; give at least one router", i, cp.Ingress)
 		}
-		pl := broker.Pool{Ingress: cp.Ingress, Strategy: cp.Strategy, Affinity: cp.Affinity.BrokerAffinity(), BudgetSpent: cp.BudgetSpent}
+		pl := broker.Pool{Ingress: cp.Ingress, Strategy: cp.Strategy, Affinity: cp.Affinity.BrokerAffinity(), BudgetSpent: cp.BudgetSpent, Budget: cp.Budget.BrokerBudget()}
 		for _, r := range cp.Routers {
 			pl.Routers = append(pl.Routers, r.BrokerRouter())
 		}

@@ -170,6 +170,9 @@ func diffPool(a, b ConfigPool) []ConfigChange {
 	if sa, sb := cmp.Or(a.BudgetSpent, broker.BudgetIngress), cmp.Or(b.BudgetSpent, broker.BudgetIngress); sa != sb {
 		out = append(out, ConfigChange{Pool: b.Ingress, Field: "budget_spent", From: sa, To: sb})
 	}
+	if ga, gb := budgetText(a.Budget.BrokerBudget()), budgetText(b.Budget.BrokerBudget()); ga != gb {
+		out = append(out, ConfigChange{Pool: b.Ingress, Field: "budget", From: ga, To: gb})
+	}
 	if aa, ab := affinityText(a.Affinity.BrokerAffinity()), affinityText(b.Affinity.BrokerAffinity()); aa != ab {
 		out = append(out, ConfigChange{Pool: b.Ingress, Field: "affinity", From: aa, To: ab})
 	}

@@ -222,6 +222,17 @@ func TestConfigSetRefusesBadInputWithOneLineAndWritesNothing(t *testing.T) {
 			`router "/azure/a/": budget.requests_per_minute -3`},
 		{"a spent rule that is none", []byte(`{"pools": [{"ingress": "/azure/", "budget_spent": "queue", "routers": [{"path": "/azure/a/"}]}]}`), nil,
 			`pool "/azure/": budget_spent "queue": give "ingress"`},
+		{"a pool budget that is negative", []byte(`{"pools": [{"ingress": "/azure/", "budget": {"tokens_per_minute": -5}, "routers": [{"path": "/azure/a/"}]}]}`), nil,
+			`pool "/azure/": budget.tokens_per_minute -5`},
+		{"a pool budget of spend over a router without a price", []byte(`{"pools": [{"ingress": "/azure/", "budget": {"spend_per_month": 900}, "routers": [
+			{"path": "/azure/a/", "price": {"input": 1, "output": 1}}, {"path": "/azure/b/"}]}]}`), nil,
+			`pool "/azure/": budget: it caps spend, but router "/azure/b/" has no price`},
+		{"a pool budget's time zone that is none", doc(`[{"ingress": "/azure/", "budget": {"requests_per_minute": 5, "time_zone": "Moon/Base"}, "routers": [{"path": "/azure/a/", "weight": 1}]}]`), nil,
+			`pool "/azure/": budget.time_zone "Moon/Base": not a time zone`},
+		{"a pool budget of an unknown period", []byte(`{"pools": [{"ingress": "/azure/", "budget": {"tokens_per_hour": 5}, "routers": [{"path": "/azure/a/"}]}]}`), nil,
+			`unknown field "tokens_per_hour"`},
+		{"a pool budget NaN in a document", doc(`[{"ingress": "/azure/", "budget": {"spend_per_day": "NaN"}, "routers": [{"path": "/azure/a/", "weight": 1}]}]`), nil,
+			"pools.budget.spend_per_day: got a JSON string"},
 		{"an empty pool", []byte(`{"pools": [{"ingress": "/azure/", "routers": []}]}`), nil, `pool "/azure/" has no routers`},
 		{"an empty pool in a document", doc(`[{"ingress": "/azure/", "routers": []}]`), nil, `pools[0] ("/azure/").routers: empty`},
 		{"no pools", []byte(`{"pools": []}`), nil, "no pools: give at least one pool"},
@@ -261,6 +272,12 @@ func TestConfigSetRefusesBadInputWithOneLineAndWritesNothing(t *testing.T) {
 	saysFirst(t, "set", out, "wrote revision 4 ")
 	says(t, "set", out, "budget /azure/gpt4/ none→tokens_per_minute 100000, spend_per_day 50 (Europe/Stockholm)")
 	says(t, "set", out, "/azure/: budget_spent ingress→soonest")
+	// And a pool's own budget.
+	out = op(t, ops, "config", "set", writeFile(t, "pool-budget.json", []byte(`{"pools": [{"ingress": "/azure/", "budget": {"spend_per_day": 80, "requests_per_minute": 600},
+		"routers": [{"path": "/azure/gpt4/", "price": {"input": 2.5, "output": 10}}, {"path": "/azure/gpt35turbo/", "price": {"input": 0.5, "output": 1.5}}]}]}`)))
+	saysFirst(t, "set", out, "wrote revision 5 ")
+	says(t, "set", out, "/azure/: budget_spent soonest→ingress, budget none→requests_per_minute 600, spend_per_day 80, ")
+	says(t, "show", op(t, ops, "config", "show", "--json"), `"budget": {`)
 }
 
 func TestConfigRevisionsThatAreNoneOrNoConfigurationAreSaidInOneLine(t *testing.T) {

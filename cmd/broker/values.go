@@ -73,6 +73,7 @@ func decodePools(data []byte) ([]broker.Pool, error) {
 			Strategy    string             `json:"strategy"`
 			Affinity    *kv.ConfigAffinity `json:"affinity"`
 			BudgetSpent string             `json:"budget_spent"`
+			Budget      *kv.ConfigBudget   `json:"budget"`
 			Routers     []struct {
 				Path     string `json:"path"`
 				Weight   int    `json:"weight"`
@@ -116,7 +117,7 @@ func decodePools(data []byte) ([]broker.Pool, error) {
 	}
 	pools := []broker.Pool{}
 	for _, p := range file.Pools {
-		pool := broker.Pool{Ingress: p.Ingress, Strategy: p.Strategy, Affinity: p.Affinity.BrokerAffinity(), BudgetSpent: p.BudgetSpent}
+		pool := broker.Pool{Ingress: p.Ingress, Strategy: p.Strategy, Affinity: p.Affinity.BrokerAffinity(), BudgetSpent: p.BudgetSpent, Budget: p.Budget.BrokerBudget()}
 		for _, r := range p.Routers {
 			br := broker.Router{Path: r.Path, Weight: cmp.Or(r.Weight, 1), Priority: r.Priority, Budget: r.Budget.BrokerBudget()}
 			if pr := r.Price; pr != nil {
