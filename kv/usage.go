@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,8 +16,10 @@ import (
 )
 
 // The budgets' counts, kept across restarts: a bucket of their own, one
-// key per router (its path, as in the health bucket), holding what the
-// router used in its current minute, day and month. Every replica counts
+// key per router (its path, as in the health bucket) and one per pool
+// with a budget ("pool." and its ingress, UsageKey), holding what the
+// router, or the calls through the pool, used in its current minute, day
+// and month. Every replica counts
 // the same calls from the transaction log; each writes its counts when
 // they are more than the bucket holds, compare-and-set, and takes the
 // bucket's when they are more (broker.MergeBudget): the bucket holds the
@@ -80,7 +83,7 @@ func (s *UsageStore) open(ctx context.Context) (kv jetstream.KeyValue, made bool
 	}
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = s.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: s.bucket, History: 1, Replicas: s.replicas,
-			Description: "what each router with a budget used in its current minute, day and month (the broker's budgets)"})
+			Description: "what each router with a budget, and the calls through each pool with one (pool.<ingress>), used in its current minute, day and month (the broker's budgets)"})
 		made = err == nil
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			kv, err = s.js.KeyValue(ctx, s.bucket)
@@ -111,6 +114,29 @@ func (s *UsageStore) gone(err error) bool {
 // deleted (or JetStream down); the next call makes it again.
 var ErrUsageGone = errors.New("the bucket of budget counts is gone (deleted, or JetStream is down)")
 
+// poolKeyPrefix starts the key of a pool's count: a router's key is its
+// path, which starts with "/", so the two never meet, and `nats kv ls`
+// says which is which.
+const poolKeyPrefix = "pool."
+
+// UsageKey is the key of c's count: the router's path, or "pool." and
+// the pool's ingress ("pool./azure/"). A router or ingress path holds only
+// letters, digits and "/", so either is a valid key.
+func UsageKey(c broker.BudgetCount) string {
+	if c.Router == "" {
+		return poolKeyPrefix + c.Pool
+	}
+	return c.Router
+}
+
+// usageOf is the count a key names, without its figures.
+func usageOf(key string) broker.BudgetCount {
+	if ingress, ok := strings.CutPrefix(key, poolKeyPrefix); ok {
+		return broker.BudgetCount{Pool: ingress}
+	}
+	return broker.BudgetCount{Router: key}
+}
+
 type usagePeriod struct {
 	Start    time.Time `json:"start,omitzero"`
 	Tokens   int64     `json:"tokens"`
@@ -134,18 +160,18 @@ func (p usagePeriod) used() broker.Used {
 	return broker.Used{Start: p.Start, Tokens: p.Tokens, Requests: p.Requests, Spend: p.Spend}
 }
 
-// GetUsage returns what the bucket holds of router, at revision rev (0:
-// nothing).
-func (s *UsageStore) GetUsage(ctx context.Context, router string) (c broker.BudgetCount, rev uint64, err error) {
-	c.Router = router
-	if !ValidKey(router) {
-		return c, 0, fmt.Errorf("router %q: %w", router, ErrInvalidKey)
+// GetUsage returns what the bucket holds under key (see UsageKey), at
+// revision rev (0: nothing).
+func (s *UsageStore) GetUsage(ctx context.Context, key string) (c broker.BudgetCount, rev uint64, err error) {
+	c = usageOf(key)
+	if !ValidKey(key) {
+		return c, 0, fmt.Errorf("key %q: %w", key, ErrInvalidKey)
 	}
 	kv, _, err := s.open(ctx)
 	if err != nil {
 		return c, 0, err
 	}
-	e, err := kv.Get(ctx, router)
+	e, err := kv.Get(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return c, 0, nil
@@ -155,11 +181,11 @@ func (s *UsageStore) GetUsage(ctx context.Context, router string) (c broker.Budg
 		return c, 0, err
 	}
 	if len(e.Value()) > maxUsageSize {
-		return c, e.Revision(), fmt.Errorf("router %q: a count of %d bytes, more than %d: not read", router, len(e.Value()), maxUsageSize)
+		return c, e.Revision(), fmt.Errorf("key %q: a count of %d bytes, more than %d: not read", key, len(e.Value()), maxUsageSize)
 	}
 	var d usageDoc
 	if err := json.Unmarshal(e.Value(), &d); err != nil {
-		return c, e.Revision(), fmt.Errorf("router %q: not a count: %w", router, err)
+		return c, e.Revision(), fmt.Errorf("key %q: not a count: %w", key, err)
 	}
 	c.Minute, c.Day, c.Month = d.Minute.used(), d.Day.used(), d.Month.used()
 	return c, e.Revision(), nil
@@ -177,9 +203,9 @@ func (s *UsageStore) PutUsage(ctx context.Context, c broker.BudgetCount, rev uin
 		return 0, err
 	}
 	if rev == 0 {
-		rev, err = kv.Create(ctx, c.Router, data)
+		rev, err = kv.Create(ctx, UsageKey(c), data)
 	} else {
-		rev, err = kv.Update(ctx, c.Router, data, rev)
+		rev, err = kv.Update(ctx, UsageKey(c), data, rev)
 	}
 	switch {
 	case errors.Is(err, jetstream.ErrKeyExists) || wrongLastSequence(err):

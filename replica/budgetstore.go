@@ -27,8 +27,8 @@ const budgetSyncEvery = time.Second
 // router.
 type budgetStore struct {
 	store  *kv.UsageStore
-	stored map[string]storedCount
-	warned map[string]time.Time // what went wrong, when it was last said
+	stored map[string]storedCount // by key (kv.UsageKey)
+	warned map[string]time.Time   // what went wrong, when it was last said
 }
 
 type storedCount struct {
@@ -92,7 +92,8 @@ func (r *Replica) syncBudgets(ctx context.Context, write bool) {
 	}
 	now := time.Now()
 	for _, c := range counts {
-		stored, rev, err := bs.store.GetUsage(ctx, c.Router)
+		key := kv.UsageKey(c)
+		stored, rev, err := bs.store.GetUsage(ctx, key)
 		switch {
 		case errors.Is(err, kv.ErrUsageGone):
 			r.warnBudget("gone", "the bucket of budget counts is gone (deleted, or JetStream is down): making it again and writing what this replica counted", nil,
@@ -100,23 +101,24 @@ func (r *Replica) syncBudgets(ctx context.Context, write bool) {
 			clear(bs.stored)
 			continue
 		case err != nil && rev == 0:
-			r.warnBudget("read "+c.Router, "cannot read a router's budget count from the bucket", err, slog.String("router", c.Router))
+			r.warnBudget("read "+key, "cannot read a budget's count from the bucket", err, slog.String("key", key))
 			continue
 		case err != nil:
 			// Not a count: overwritten with this replica's.
-			r.warnBudget("bad "+c.Router, "the bucket holds no count for a router's budget: writing this replica's over it", err, slog.String("router", c.Router))
+			r.warnBudget("bad "+key, "the bucket holds no count for a budget: writing this replica's over it", err, slog.String("key", key))
 		default:
 			if err := r.broker.MergeBudget(stored, now); err != nil {
-				r.warnBudget("bounds "+c.Router, "the bucket's count of a router's budget is out of bounds: writing this replica's over it", err, slog.String("router", c.Router))
+				r.warnBudget("bounds "+key, "the bucket's count of a budget is out of bounds: writing this replica's over it", err, slog.String("key", key))
 			}
 		}
-		bs.stored[c.Router] = storedCount{count: stored, rev: rev}
+		bs.stored[key] = storedCount{count: stored, rev: rev}
 	}
 	if !write {
 		return
 	}
 	for _, c := range r.broker.BudgetCounts() {
-		was, ok := bs.stored[c.Router]
+		key := kv.UsageKey(c)
+		was, ok := bs.stored[key]
 		if ok && was.count.SameCounts(c) {
 			continue
 		}
@@ -125,10 +127,10 @@ func (r *Replica) syncBudgets(ctx context.Context, write bool) {
 		case errors.Is(err, kv.ErrConflict):
 			continue // another replica wrote: taken at the next sync
 		case err != nil:
-			r.warnBudget("write "+c.Router, "cannot write a router's budget count to the bucket", err, slog.String("router", c.Router))
+			r.warnBudget("write "+key, "cannot write a budget's count to the bucket", err, slog.String("key", key))
 			continue
 		}
-		bs.stored[c.Router] = storedCount{count: c, rev: rev}
+		bs.stored[key] = storedCount{count: c, rev: rev}
 	}
 }
 

@@ -163,7 +163,7 @@ func (r *Replica) hear(m *nats.Msg) {
 	if err := r.broker.Finished(tx.Router, latency, limits); err != nil {
 		ignored = append(ignored, err)
 	}
-	if err := r.broker.Used(tx.Router, tx.Usage); err != nil {
+	if err := r.broker.UsedIn(tx.Ingress, tx.Router, tx.Usage); err != nil {
 		ignored = append(ignored, err)
 	}
 	// Where the call's session went, its first call included: the next
