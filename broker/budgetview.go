@@ -26,17 +26,11 @@ func (e *Explanation) budgetSpent(p PoolView) {
 	e.Routers[soonest].Expected = 1
 }
 
-// poolSpent makes e say that p is out for its own budget: no router gets
+// poolSpent makes e say that its pool is out for its own budget: no router gets
 // a call, whatever would answer them otherwise.
-func (e *Explanation) poolSpent(p PoolView) {
+func (e *Explanation) poolSpent() {
 	e.Rule, e.Tier = PoolSpentRule, -1
-	e.Why = "the pool is out for its own budget: " + p.BudgetWhy + "; its calls stay on the ingress router's own outbound until then, whatever budget_spent says"
 	for i := range e.Routers {
-		r := &e.Routers[i]
-		r.Expected = 0
-		if r.Phase == Enabled {
-			r.State, r.Reads = "budget", "" // healthy, and out with its pool
-		}
-		r.Why += "; its pool is out for the pool's budget"
+		e.Routers[i].Expected = 0 // an enabled router's view says the pool's budget holds it out
 	}
 }

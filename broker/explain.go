@@ -57,14 +57,7 @@ func (b *Broker) PoolView(ingress string, now time.Time) (PoolView, bool) {
 	if m := p.mix.Load(); m != nil {
 		v.Mix, v.MixHeard = m.TokenMix, m.calls > 0
 	}
-	if pb := p.budget; pb != nil {
-		if s := pb.spent.Load(); s.untilNs() > now.UnixNano() {
-			v.BudgetUntil = s.until
-			if g := pb.budget.Load(); g != nil {
-				v.BudgetWhy = s.why(g.loc)
-			}
-		}
-	}
+	v.BudgetUntil, v.BudgetWhy = p.spentWhy(now)
 	return v, true
 }
 
@@ -235,10 +228,10 @@ func Explain(p PoolView, now time.Time) Explanation {
 	default:
 		e.allDisabled(p)
 	}
-	e.why(p, tiers, declined, now)
 	if !p.BudgetUntil.IsZero() {
-		e.poolSpent(p)
+		e.poolSpent()
 	}
+	e.why(p, tiers, declined, now)
 	return e
 }
 
@@ -334,6 +327,8 @@ func (e *Explanation) why(p PoolView, tiers, declined []int, now time.Time) {
 		e.Why = "every router that is not disabled is out for its budget; budget_spent ingress leaves the calls on the ingress router's own outbound until a budget resets"
 	case SpentSoonestRule:
 		e.Why = "every router that is not disabled is out for its budget; budget_spent soonest sends the calls to the one whose budget resets first"
+	case PoolSpentRule:
+		e.Why = "the pool is out for its own budget: " + p.BudgetWhy + "; its calls stay on the ingress router's own outbound until then, whatever budget_spent says"
 	}
 	for i := range e.Routers {
 		r := &e.Routers[i]

@@ -113,3 +113,17 @@ func (b *Broker) countPoolBudget(ingress []byte, now time.Time, counted bool, u 
 	p.budget.use.add(now, g.loc, tokens, spend)
 	b.checkPoolBudget(p, now)
 }
+
+// spentWhy is when p, out for its spent budget at now, takes calls again,
+// and why it is out; zero when it is not.
+func (p *pool) spentWhy(now time.Time) (time.Time, string) {
+	if p.budget == nil {
+		return time.Time{}, ""
+	}
+	s := p.budget.spent.Load()
+	g := p.budget.budget.Load()
+	if s.untilNs() <= now.UnixNano() || g == nil {
+		return time.Time{}, ""
+	}
+	return s.until, s.why(g.loc)
+}

@@ -116,6 +116,8 @@ func (b *Broker) poolView(out []RouterView, p *pool, now time.Time) []RouterView
 			if g := rt.budget.Load(); g != nil {
 				v.BudgetWhy = s.why(g.loc)
 			}
+		} else if until, why := p.spentWhy(now); !until.IsZero() {
+			v.BudgetUntil, v.BudgetWhy = until, "the pool's own "+why // out with its pool
 		}
 		v.Latency, v.LatencyKnown = rt.stats.latency()
 		v.Headroom, v.HeadroomKnown = rt.stats.headroom(now)

@@ -285,6 +285,11 @@ type statusRow struct {
 	// Budget is, for a router with a budget, each of its caps as the
 	// bucket of budget counts has it (see BudgetCell); absent otherwise.
 	Budget []BudgetCell `json:"budget,omitempty"`
+	// PoolBudget is, for a row of a pool with a budget of its own, each
+	// of its caps on the calls through the pool's ingress, as the bucket
+	// has it; absent otherwise. A spent cap puts every router of the pool
+	// that is enabled in state "budget".
+	PoolBudget []BudgetCell `json:"pool_budget,omitempty"`
 }
 
 // statusColumns are the table's columns: adding one is one line here.

@@ -81,6 +81,54 @@ func TestStatusShowsWhatTheFleetUsedOfEachBudget(t *testing.T) {
 	says(t, "status", lineWith(out, "spend_per_day"), "0.0130") // 5 × (900 × 2 + 100 × 8) per million
 }
 
+// TestStatusShowsWhatTheCallsThroughAPoolUsedOfItsBudget runs two
+// replicas whose pools give /azure/ a budget of its own, publishes 4 calls
+// through it: status shows the pool's caps, each row of the pool in state
+// "budget" once a cap is spent, as JSON and as text.
+func TestStatusShowsWhatTheCallsThroughAPoolUsedOfItsBudget(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	pools := writeFile(t, "pools.json", []byte(`{"pools": [{"ingress": "/azure/", "budget": {"requests_per_minute": 4, "spend_per_month": 50}, "routers": [
+		{"path": "/azure/gpt4/", "price": {"input": 2, "output": 8}}, {"path": "/azure/gpt35turbo/", "price": {"input": 1, "output": 1}}]}]}`))
+	startFleet(t, s, 2, func(c *replica.Config) {
+		p, err := readPools(pools)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Pools = p
+	})
+	nc := natstest.Connect(t, s)
+	answer := json.RawMessage(`{"usage":{"prompt_tokens":900,"completion_tokens":100}}`)
+	start := time.Now()
+	for _, router := range []string{"/azure/gpt4/", "/azure/gpt4/", "/azure/gpt35turbo/", "/azure/"} {
+		is.NoErr(nc.Publish(replica.DefaultLoggerSubject, standin.Transaction(standin.Finished{Ingress: "/azure/", Router: router, Latency: time.Millisecond, Answer: answer})))
+	}
+	is.NoErr(nc.Flush())
+	ops := env("NATS_URL", s.ClientURL(), "BROKER_POOLS", pools)
+	var rows []map[string]any
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		rows = statusJSON(t, ops)
+		cells, _ := rows[0]["pool_budget"].([]any)
+		return len(cells) == 2 && cells[0].(map[string]any)["used"] == 4.0 // written to the bucket
+	}, "status showing the 4 calls through the pool")
+	if time.Now().Truncate(time.Minute) != start.Truncate(time.Minute) {
+		t.Skip("a minute began during the test: the budget's count started again")
+	}
+	for _, row := range rows {
+		is.Equal(row["state"], "budget") // every router of the pool: out with it
+		is.Equal(row["budget"], nil)     // no budget of its own
+	}
+	cells := rows[0]["pool_budget"].([]any)
+	is.Equal(cells[0].(map[string]any)["spent"], true)
+	is.Equal(cells[1].(map[string]any)["budget"], "spend_per_month")
+	out := op(t, ops, "status")
+	t.Log(out)
+	line := lineWith(out, "requests_per_minute")
+	says(t, "status", line, "pool /azure/")
+	says(t, "status", line, "spent: out until it resets")
+	says(t, "status", lineWith(out, "spend_per_month"), "0.0062") // 2 × 0.0026 at gpt4's price, 0.001 at gpt35turbo's, nothing at the ingress router's (no price)
+}
+
 // lineWith is the first line of out holding s; "" when none does.
 func lineWith(out, s string) string {
 	for l := range strings.SplitSeq(out, "\n") {
