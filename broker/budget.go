@@ -235,16 +235,16 @@ func (s *budgetState) spentAt(now time.Time, inFlight float64, calls UsageCounts
 		perCallSpend = calls.Spend / float64(calls.Counted)
 	}
 	var out spent
-	var used [periods]*Used
+	var used [periods]Used
+	var read [periods]bool
 	for k := range budgetKinds {
 		limit := g.limit(k)
 		if limit <= 0 {
 			continue
 		}
 		p := k.period()
-		if used[p] == nil {
-			u := s.use.in(p, now, g.loc)
-			used[p] = &u
+		if !read[p] {
+			used[p], read[p] = s.use.in(p, now, g.loc), true
 		}
 		var counted, coming float64
 		switch k {
@@ -308,13 +308,13 @@ func (b *Broker) recheck(bs *budgetState, s spent, now time.Time, pools []*pool,
 	until := s.untilNs()
 	if old := bs.spent.Load(); until == old.untilNs() {
 		if until != 0 && *old != s {
-			bs.spent.Store(&s) // the same period, counted further
+			bs.spent.Store(new(s)) // the same period, counted further
 		}
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	was := bs.spent.Swap(&s).untilNs()
+	was := bs.spent.Swap(new(s)).untilNs()
 	if was == until {
 		return // another check got here first
 	}

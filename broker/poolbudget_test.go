@@ -171,3 +171,12 @@ func TestAPoolBudgetThatCannotBeIsRefusedSayingWhy(t *testing.T) {
 	other := broker.Pool{Ingress: "/o/", Routers: []broker.Router{{Path: "/p/r1/", Weight: 1, Price: &broker.Price{Input: 3}}}}
 	is.NoErr(broker.ValidatePools([]broker.Pool{p, other})) // a price another pool gives the router is its price
 }
+
+func TestCountingACallThroughAPoolWithABudgetAllocatesNothing(t *testing.T) {
+	b, _ := newBroker(t, broker.Config{Pools: []broker.Pool{pooledBudget(broker.Budget{TokensPerMinute: 1e12, SpendPerDay: 1e9}, "")}})
+	ingress, router := []byte("/p/"), []byte("/p/r0/")
+	u := broker.Usage{State: broker.UsageKnown, Input: 10, Output: 10}
+	if n := testing.AllocsPerRun(100, func() { _ = b.UsedIn(ingress, router, u) }); n != 0 {
+		t.Errorf("%v allocations per call heard through a pool with a budget, want none", n)
+	}
+}

@@ -354,11 +354,12 @@ func TestHotPathAllocatesNothingForEveryStrategy(t *testing.T) {
 }
 
 // budgetHandler serves /azure/ over three priced routers, each with a budget,
-// the first of them spent: the calls go to the other two.
-func budgetHandler(tb testing.TB) (*gecholog.Handler, *broker.Broker) {
+// the first of them spent: the calls go to the other two. The pool has
+// the budget of its own poolBudget gives (nil: none).
+func budgetHandler(tb testing.TB, poolBudget *broker.Budget) (*gecholog.Handler, *broker.Broker) {
 	tb.Helper()
 	price := &broker.Price{Input: 2, Output: 8, CachedInput: 1}
-	pool := broker.Pool{Ingress: "/azure/"}
+	pool := broker.Pool{Ingress: "/azure/", Budget: poolBudget}
 	for _, name := range []string{"a", "b", "c"} {
 		pool.Routers = append(pool.Routers, broker.Router{Path: "/azure/" + name + "/", Weight: 1, Price: price,
 			Budget: &broker.Budget{TokensPerMinute: 1e12, RequestsPerMinute: 1e12, SpendPerDay: 1e9, SpendPerMonth: 1e9, TimeZone: "Europe/Stockholm"}})
@@ -369,32 +370,54 @@ func budgetHandler(tb testing.TB) (*gecholog.Handler, *broker.Broker) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { b.Close(context.Background()) })
-	if err := b.Used([]byte("/azure/a/"), broker.Usage{State: broker.UsageKnown, Input: 10}); err != nil {
+	if err := b.UsedIn([]byte("/azure/"), []byte("/azure/a/"), broker.Usage{State: broker.UsageKnown, Input: 10}); err != nil {
 		tb.Fatal(err)
 	}
 	return gecholog.NewHandler(b, benchLogger(slog.LevelInfo)), b
 }
 
+// roomyPoolBudget is a pool budget of every cap, far from spent.
+var roomyPoolBudget = &broker.Budget{TokensPerMinute: 1e12, RequestsPerMinute: 1e12, SpendPerDay: 1e9, SpendPerMonth: 1e9, TimeZone: "Asia/Tokyo"}
+
 // BenchmarkRequestWithBudgets is a request context for a pool whose
 // routers all have budgets, one of them spent (issue 23: at most 200 ns
 // and no allocation with budgets on).
 func BenchmarkRequestWithBudgets(b *testing.B) {
-	h, br := budgetHandler(b)
-	msg := []byte(`{"gl_path":"/azure/"}`)
-	for b.Loop() {
-		if r := h.Handle(msg); len(r) == 0 || strings.Contains(string(r), "/azure/a/") {
-			b.Fatalf("answered %s: want b or c", r)
+	for _, bc := range []struct {
+		name string
+		pool *broker.Budget
+	}{{"routers", nil}, {"routers and pool", roomyPoolBudget}} {
+		b.Run(bc.name, func(b *testing.B) {
+			h, br := budgetHandler(b, bc.pool)
+			msg := []byte(`{"gl_path":"/azure/"}`)
+			for b.Loop() {
+				if r := h.Handle(msg); len(r) == 0 || strings.Contains(string(r), "/azure/a/") {
+					b.Fatalf("answered %s: want b or c", r)
+				}
+			}
+			if n := br.Stats().Calls[broker.Panicked]; n > 0 {
+				b.Fatalf("%d calls by the all-disabled rule", n)
+			}
+		})
+	}
+	// The pool's own budget spent: every call stays on the ingress router.
+	b.Run("pool spent", func(b *testing.B) {
+		h, _ := budgetHandler(b, &broker.Budget{RequestsPerMinute: 1})
+		msg := []byte(`{"gl_path":"/azure/"}`)
+		for b.Loop() {
+			if r := h.Handle(msg); len(r) != 0 {
+				b.Fatalf("answered %s: want nothing (the ingress router)", r)
+			}
 		}
-	}
-	if n := br.Stats().Calls[broker.Panicked]; n > 0 {
-		b.Fatalf("%d calls by the all-disabled rule", n)
-	}
+	})
 }
 
 func TestHotPathAllocatesNothingWithBudgets(t *testing.T) {
-	h, _ := budgetHandler(t)
-	msg := []byte(`{"gl_path":"/azure/"}`)
-	if n := testing.AllocsPerRun(1000, func() { h.Handle(msg) }); n != 0 {
-		t.Errorf("%v allocations per request context with budgets, want none", n)
+	for name, g := range map[string]*broker.Budget{"routers": nil, "routers and pool": roomyPoolBudget, "pool spent": {RequestsPerMinute: 1}} {
+		h, _ := budgetHandler(t, g)
+		msg := []byte(`{"gl_path":"/azure/"}`)
+		if n := testing.AllocsPerRun(1000, func() { h.Handle(msg) }); n != 0 {
+			t.Errorf("%s: %v allocations per request context with budgets, want none", name, n)
+		}
 	}
 }
