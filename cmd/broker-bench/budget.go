@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"strings"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,7 +35,10 @@ func (b *bench) budgetMode(ctx context.Context) error {
 	budget := int64(rate*d.Seconds()*1080/2/1000) * 1000
 	p := pool("budget", "", "ptu", "payg")
 	p.Routers[1].Priority = 1
-	p.Routers[0].Budget = &broker.Budget{TokensPerMinute: budget}
+	// The other caps never bind: they make the replicas count the day and
+	// the month too, which the restart compares.
+	p.Routers[0].Price = &broker.Price{Input: 2, Output: 8}
+	p.Routers[0].Budget = &broker.Budget{TokensPerMinute: budget, RequestsPerMinute: 1e9, SpendPerDay: 1e9, SpendPerMonth: 1e9}
 	llms := bySpeed(map[string]time.Duration{"ptu": 50 * time.Millisecond, "payg": 50 * time.Millisecond}, 0.3, p)
 	if left := time.Until(time.Now().Truncate(time.Minute).Add(time.Minute)); left < d+5*time.Second {
 		fmt.Fprintf(b.out, "waiting %v for the next minute, the budget's period, to begin\n", left.Round(time.Second))
@@ -45,7 +48,13 @@ func (b *bench) budgetMode(ctx context.Context) error {
 		case <-time.After(left + 200*time.Millisecond):
 		}
 	}
-	l, err := b.startLab(ctx, []broker.Pool{p}, llms, 0)
+	var l *lab
+	var err error
+	if o.inProcess {
+		l, err = b.startLab(ctx, []broker.Pool{p}, llms, 0)
+	} else {
+		l, err = b.startProcLab(ctx, []broker.Pool{p}, llms, budgetCallers)
+	}
 	if err != nil {
 		return err
 	}
@@ -53,12 +62,14 @@ func (b *bench) budgetMode(ctx context.Context) error {
 	ptu := p.Routers[0].Path
 	var mu sync.Mutex
 	var ptuTokens, ptuCalls int64
+	var ptuSpend float64
 	var reached time.Time // when the calls answered on the PTU passed the budget
-	l.gw.Answer = func(res standin.Result) json.RawMessage {
+	answer := func(res standin.Result) json.RawMessage {
 		in, out := 500+rand.IntN(1001), 40+rand.IntN(81)
 		if res.Router == ptu && res.Status == 200 {
 			mu.Lock()
 			ptuTokens += int64(in + out)
+			ptuSpend += p.Routers[0].Price.Cost(broker.Usage{Input: int64(in), Output: int64(out)})
 			ptuCalls++
 			if ptuTokens >= budget && reached.IsZero() {
 				reached = time.Now()
@@ -66,6 +77,10 @@ func (b *bench) budgetMode(ctx context.Context) error {
 			mu.Unlock()
 		}
 		return fmt.Appendf(nil, `{"object":"chat.completion","choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":%d,"completion_tokens":%d}}`, in, out)
+	}
+	l.gw.Answer = answer
+	if l.p != nil {
+		l.p.answer(answer)
 	}
 	fmt.Fprintf(b.out, "%d replicas; pool %s: %s on tier 0 with a budget of %d tokens a minute, %s on tier 1; both answer in 50 ms (±30%%).\n"+
 		"%.0f calls/s at random arrivals for %v, spread over the replicas by the queue group; each call's prompt is 500-1500\n"+
@@ -95,30 +110,79 @@ func (b *bench) budgetMode(ctx context.Context) error {
 		"the budget was reached %v into the run.\n", ptuTokens, ptuCalls, budget, 100*over, targetVerdict(over <= 0.02), reached.Sub(start).Round(time.Millisecond))
 	fmt.Fprintf(b.out, "a counter in each replica's memory, as LiteLLM's TPM check, would have let each of the %d replicas send the PTU its\n"+
 		"own %d tokens: up to %d, an overshoot of up to %.0f%%.\n", o.replicas, budget, budget*int64(o.replicas), 100*float64(o.replicas-1))
-	return b.budgetRestart(ctx, l, ptu)
+	truth := budgetFigures{tokens: float64(ptuTokens), requests: float64(ptuCalls), daySpend: ptuSpend, monthSpend: ptuSpend}
+	return b.budgetRestart(ctx, l, ptu, truth)
+}
+
+// budgetCallers is how many callers, each on its own connection, drive
+// the replica processes in -mode budget.
+const budgetCallers = 8
+
+// budgetFigures are what a replica counted of a router's budget: this
+// minute's tokens and requests, this day's and month's spend.
+type budgetFigures struct{ tokens, requests, daySpend, monthSpend float64 }
+
+// same reports whether f and g are alike: the counts to the token, the
+// spend to rounding.
+func (f budgetFigures) same(g budgetFigures) bool {
+	return f.tokens == g.tokens && f.requests == g.requests && math.Abs(f.daySpend-g.daySpend) < 1e-6 && math.Abs(f.monthSpend-g.monthSpend) < 1e-6
+}
+
+func (f budgetFigures) String() string {
+	return fmt.Sprintf("%.0f tokens and %.0f requests this minute, %.6f spent this day and %.6f this month", f.tokens, f.requests, f.daySpend, f.monthSpend)
+}
+
+// budgetCounts is what each replica of l counts of router's budget: in
+// the replica's memory, or from its /metrics.
+func budgetCounts(ctx context.Context, l *lab, router string) ([]budgetFigures, error) {
+	var out []budgetFigures
+	if l.p == nil {
+		for _, r := range l.f.Replicas {
+			for _, c := range r.Broker().BudgetCounts() {
+				if c.Router == router {
+					out = append(out, budgetFigures{float64(c.Minute.Tokens), float64(c.Minute.Requests), c.Day.Spend, c.Month.Spend})
+				}
+			}
+		}
+		return out, nil
+	}
+	for _, p := range l.p.procs {
+		var f budgetFigures
+		for _, m := range []struct {
+			cap string
+			v   *float64
+		}{{"tokens_per_minute", &f.tokens}, {"requests_per_minute", &f.requests}, {"spend_per_day", &f.daySpend}, {"spend_per_month", &f.monthSpend}} {
+			v, ok, err := p.metric(ctx, l.client, fmt.Sprintf(`broker_budget_used{budget=%q,router=%q}`, m.cap, router))
+			if err != nil || !ok {
+				return nil, fmt.Errorf("replica %s: broker_budget_used of %s's %s: not read (%v)", p.id, router, m.cap, err)
+			}
+			*m.v = v
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }
 
 // budgetRestart stops every replica of l and starts them anew, and
 // compares what the new ones count of router's budget, before they hear
-// any call, with what the old ones counted.
-func (b *bench) budgetRestart(ctx context.Context, l *lab, router string) error {
-	count := func() (broker.BudgetCount, bool) {
-		for _, c := range l.f.Replicas[0].Broker().BudgetCounts() {
-			if c.Router == router {
-				return c, true
-			}
+// any call, with what the old ones counted, and both with truth, what
+// the bench's upstream answered.
+func (b *bench) budgetRestart(ctx context.Context, l *lab, router string, truth budgetFigures) error {
+	// The last transactions heard: every replica at truth, at most 5 s.
+	var before []budgetFigures
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var err error
+		if before, err = budgetCounts(ctx, l, router); err != nil {
+			return err
 		}
-		return broker.BudgetCount{}, false
+		if !slices.ContainsFunc(before, func(f budgetFigures) bool { return !f.same(truth) }) || time.Now().After(deadline) {
+			break
+		}
 	}
-	// The last transactions heard: the count still for 200 ms, at most 5 s.
-	before, _ := count()
-	for still, deadline := 0, time.Now().Add(5*time.Second); still < 4 && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-		c, _ := count()
-		if c.Day.Requests == before.Day.Requests {
-			still++
-		} else {
-			before, still = c, 0
+	fmt.Fprintf(b.out, "\nthe PTU's answers said %v;\n", truth)
+	for i, f := range before {
+		if !f.same(truth) {
+			fmt.Fprintf(b.out, "replica %d counted %v (MISSED: not what the answers said)\n", i+1, f)
 		}
 	}
 	start := time.Now()
@@ -126,25 +190,20 @@ func (b *bench) budgetRestart(ctx context.Context, l *lab, router string) error 
 		return err
 	}
 	took := time.Since(start)
-	after, _ := count()
-	lost := func(a, b broker.Used) (tokens, requests int64) { return a.Tokens - b.Tokens, a.Requests - b.Requests }
-	var diffs []string
-	for _, p := range []struct {
-		name string
-		a, b broker.Used
-	}{{"minute", before.Minute, after.Minute}, {"day", before.Day, after.Day}, {"month", before.Month, after.Month}} {
-		tk, rq := lost(p.a, p.b)
-		if tk != 0 || rq != 0 || !p.a.Start.Equal(p.b.Start) || math.Abs(p.a.Spend-p.b.Spend) > 1e-9 {
-			diffs = append(diffs, fmt.Sprintf("%s: %d tokens and %d requests lost (negative: counted twice)", p.name, tk, rq))
+	after, err := budgetCounts(ctx, l, router)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(b.out, "restart: every replica stopped and %d started anew (%v); before hearing a call:\n", len(after), took.Round(time.Millisecond))
+	exact := len(after) > 0
+	for i, f := range after {
+		verdict := "exactly what the answers said: 0 lost, 0 counted twice"
+		if !f.same(truth) {
+			exact = false
+			verdict = fmt.Sprintf("%+.0f tokens, %+.0f requests against the answers (negative: lost; positive: counted twice)", f.tokens-truth.tokens, f.requests-truth.requests)
 		}
+		fmt.Fprintf(b.out, "  replica %d counts %v: %s\n", i+1, f, verdict)
 	}
-	fmt.Fprintf(b.out, "\nrestart: every replica stopped and %d started anew (%v): before hearing a call they count %d tokens and %d requests\n"+
-		"this day, as the replicas before counted %d and %d: ", len(l.f.Replicas), took.Round(time.Millisecond), after.Day.Tokens, after.Day.Requests,
-		before.Day.Tokens, before.Day.Requests)
-	if len(diffs) == 0 {
-		fmt.Fprintln(b.out, "0 lost, 0 counted twice, in every period (target: exactly: met)")
-	} else {
-		fmt.Fprintf(b.out, "%s (target: exactly: MISSED)\n", strings.Join(diffs, "; "))
-	}
+	fmt.Fprintf(b.out, "(target: exactly, in every period: %s)\n", targetVerdict(exact))
 	return nil
 }

@@ -32,6 +32,10 @@ type lab struct {
 	nc     *nats.Conn
 	client *http.Client
 	gw     standin.Gateway
+	// p holds the replica processes and their callers when the lab runs
+	// processes (startProcLab) rather than f; nil otherwise.
+	p          *procLab
+	closeConns func()
 }
 
 // loggerSubject is the bench's topic_exact_logger, apart from other runs
@@ -79,6 +83,9 @@ func (b *bench) startLab(ctx context.Context, pools []broker.Pool, llms map[stri
 
 // restart stops every replica, then starts as many anew.
 func (l *lab) restart(ctx context.Context, b *bench) error {
+	if l.p != nil {
+		return l.p.restart(ctx, b)
+	}
 	n := len(l.f.Replicas)
 	if err := l.f.Stop(); err != nil {
 		return err
@@ -98,6 +105,12 @@ func labTimeout(t time.Duration) time.Duration { return max(t, time.Second) }
 func (l *lab) close() {
 	if l.f != nil {
 		_ = l.f.Stop() // nil when a restart failed
+	}
+	if l.p != nil {
+		l.p.close()
+	}
+	if l.closeConns != nil {
+		l.closeConns()
 	}
 	if l.nc != nil {
 		l.nc.Close()
@@ -192,7 +205,11 @@ func (l *lab) drive(ctx context.Context, d time.Duration, rates map[string]float
 	for ingress, rate := range rates {
 		wg.Go(func() {
 			n := int(rate*d.Seconds()*2) + 100 // bounded in count as well as time
-			_, lt := paced(ctx, rate, d, n, 4096, func() { logs[ingress].add(l.gw.Do(ctx, ingress)) })
+			do := l.gw.Do
+			if l.p != nil {
+				do = l.p.do
+			}
+			_, lt := paced(ctx, rate, d, n, 4096, func() { logs[ingress].add(do(ctx, ingress)) })
 			mu.Lock()
 			late += lt
 			mu.Unlock()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -296,34 +294,16 @@ var errNoRevision = errors.New("no broker_config_revision in /metrics")
 
 // revision reads broker_config_revision from the replica's /metrics.
 func (p *brokerProc) revision(ctx context.Context, client *http.Client) (uint64, error) {
-	p.mu.Lock()
-	addr := p.addr
-	p.mu.Unlock()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
-	if err != nil {
+	f, ok, err := p.metric(ctx, client, "broker_config_revision")
+	switch {
+	case err != nil:
 		return 0, err
+	case !ok:
+		return 0, errNoRevision
+	case f < 0 || f > math.MaxUint32 || f != math.Trunc(f):
+		return 0, fmt.Errorf("broker_config_revision %v: not a revision", f)
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMetricsBody))
-	if err != nil {
-		return 0, err
-	}
-	for line := range bytes.Lines(body) {
-		v, ok := bytes.CutPrefix(line, []byte("broker_config_revision "))
-		if !ok {
-			continue
-		}
-		f, err := strconv.ParseFloat(string(bytes.TrimSpace(v)), 64)
-		if err != nil || f < 0 || f > math.MaxUint32 || f != math.Trunc(f) {
-			return 0, fmt.Errorf("broker_config_revision %q: not a revision", bytes.TrimSpace(v))
-		}
-		return uint64(f), nil
-	}
-	return 0, errNoRevision
+	return uint64(f), nil
 }
 
 // metricsPoll is how often the bench asks a replica's /metrics for its
