@@ -162,3 +162,56 @@ func (b *Broker) Unknown() []string {
 	slices.Sort(out)
 	return out
 }
+
+// PoolView is one pool as this replica sees it at one moment: what
+// Explain reads.
+type PoolView struct {
+	Ingress string
+	// Strategy names how a router is chosen within a tier, never "".
+	Strategy string
+	// AllDisabled is what the pool's calls get when no router is enabled.
+	AllDisabled AllDisabled
+	// Replica names this replica, which may hold a router's probe call.
+	Replica string
+	// Routers are the pool's routers in its order.
+	Routers []RouterView
+	// Mix is the pool's average call, by which RouterView.CallCost
+	// prices its routers, as last taken; MixHeard is false while no call
+	// of its routers has been heard with its tokens, and Mix is
+	// DefaultTokenMix.
+	Mix      TokenMix
+	MixHeard bool
+	// Affinity is how the pool keeps a conversation on one router; the
+	// zero value when it does not.
+	Affinity Affinity
+	// BudgetSpent is the pool's rule while every router it has enabled is
+	// out for its budget (BudgetIngress or BudgetSoonest).
+	BudgetSpent string
+	// BudgetUntil is when the pool, out for its own spent budget, takes
+	// calls again (zero: it is not out for its budget), and BudgetWhy says
+	// which cap and how it was spent.
+	BudgetUntil time.Time
+	BudgetWhy   string
+}
+
+// PoolView returns the pool for ingress as this replica sees it at now;
+// false when no pool has that ingress.
+func (b *Broker) PoolView(ingress string, now time.Time) (PoolView, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t := b.cur()
+	p := t.pools[ingress]
+	if p == nil {
+		return PoolView{}, false
+	}
+	v := PoolView{Ingress: ingress, Strategy: p.name, AllDisabled: t.policy.AllDisabled, Replica: b.id,
+		Routers: b.poolView(nil, p, now), Mix: DefaultTokenMix, Affinity: p.affinity, BudgetSpent: BudgetIngress}
+	if p.soonest {
+		v.BudgetSpent = BudgetSoonest
+	}
+	if m := p.mix.Load(); m != nil {
+		v.Mix, v.MixHeard = m.TokenMix, m.calls > 0
+	}
+	v.BudgetUntil, v.BudgetWhy = p.spentWhy(now)
+	return v, true
+}
