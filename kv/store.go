@@ -108,6 +108,7 @@ type Store struct {
 	cancel  context.CancelFunc // ends stop
 
 	resync chan struct{} // asks Watch to start a new watcher at once
+	reach  reach         // whether the bucket answered its last check
 
 	// Used by the watch goroutine only.
 	delivered     uint64      // the highest revision delivered
