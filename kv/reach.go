@@ -115,3 +115,13 @@ func (s *Store) cause(err error) string {
 	}
 	return err.Error()
 }
+
+// Probe asks bucket's stream, through js, whether it answers with a
+// leader and its quorum, as a replica's watcher finds; nil when it does.
+func Probe(ctx context.Context, js jetstream.JetStream, bucket string) error {
+	st, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return err
+	}
+	return quorum(st.CachedInfo())
+}
