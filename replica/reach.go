@@ -82,6 +82,17 @@ func (b bucketState) String() string {
 	return fmt.Sprintf("bucket unreachable for %s: %s", time.Since(b.LastAnswer).Round(100*time.Millisecond), b.Cause)
 }
 
+// staleness says why the replica's view may be stale, for the others and
+// `broker status`; "" when the bucket answers. Its duration is whole
+// seconds, so that the word changes once a second, not at every tell.
+func (r *Replica) staleness() string {
+	b := r.bucket.Load()
+	if b == nil || !b.Stale {
+		return ""
+	}
+	return fmt.Sprintf("bucket unreachable for %s: %s", time.Since(b.LastAnswer).Truncate(time.Second), b.Cause)
+}
+
 // keepReach follows whether the bucket answers until ctx ends: it tells
 // the monitor, logs when the bucket is lost, once a minute while it is,
 // and when it is back, and then reads every router's health at once
@@ -112,6 +123,7 @@ func (r *Replica) keepReach(ctx context.Context) {
 		now := time.Now()
 		lost := rc.Cause != "" && !rc.LastAnswer.IsZero() && now.Sub(rc.LastAnswer) >= staleAfter
 		st := bucketState{Stale: lost, LastAnswer: rc.LastAnswer, Cause: rc.Cause}
+		r.bucket.Store(&st)
 		r.mon.bucketSeen(st)
 		switch {
 		case lost && !stale:

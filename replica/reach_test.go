@@ -1,6 +1,7 @@
 package replica_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/internal/testutil/natstest"
+	"github.com/gecholog/broker/ops"
 	"github.com/gecholog/broker/replica"
 )
 
@@ -212,4 +214,41 @@ func TestAReplicaWhoseServerStallsMovesToAnotherWithinSeconds(t *testing.T) {
 	if len(failed) > 0 {
 		t.Errorf("endpoints failed while the link was cut: %v", failed)
 	}
+}
+
+// TestBrokerStatusMarksAReplicaThatCannotReachItsBucketStale holds back
+// every JetStream stream-info request one replica sends, as a server cut
+// off from its cluster leaves them unanswered, while the replica's
+// connection and its word on the stats subject go on; `broker status`,
+// reading the bucket through a server that works, marks that replica
+// stale with its cause, and no longer once the requests flow again.
+func TestBrokerStatusMarksAReplicaThatCannotReachItsBucketStale(t *testing.T) {
+	s := natstest.Start(t)
+	proxy := natstest.StartProxy(t, s.ClientURL())
+	_, stop := startReplica(t, replica.Config{NATS: natsconn.Settings{Servers: proxy.ClientURL()},
+		Policy: broker.Policy{DisabledTime: time.Minute}, ID: "replica-1", Logger: jsonLogger(io.Discard)})
+	defer stop()
+	tgt := ops.Target{NATS: natsconn.Settings{Servers: s.ClientURL()}, Bucket: replica.DefaultBucket, Pools: broker.DefaultPools()}
+	status := func() string {
+		var out bytes.Buffer
+		if err := ops.Status(t.Context(), tgt, ops.StatusOptions{}, &out); err != nil {
+			t.Fatalf("broker status: %v", err)
+		}
+		return out.String()
+	}
+	says(t, "broker status", status(), "replicas: 1 heard on broker.stats.gl_broker (replica-1)\n")
+
+	proxy.Hold(func(subject string) bool { return strings.HasPrefix(subject, "$JS.API.STREAM.INFO.") })
+	var table string
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		table = status()
+		return strings.Contains(table, "replica-1 (STALE: bucket unreachable for ")
+	}, "broker status marking replica-1 stale; it says:\n%s", &table)
+	says(t, "broker status", table, "KV_gl_broker")
+
+	proxy.Release()
+	natstest.Eventually(t, 15*time.Second, func() bool {
+		table = status()
+		return strings.Contains(table, "(replica-1)\n")
+	}, "broker status no longer marking replica-1 stale; it says:\n%s", &table)
 }

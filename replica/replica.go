@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -73,7 +74,8 @@ type Replica struct {
 	embedded *server.Server // nil: none
 	budgets  *budgetStore   // the bucket of budget counts; keepBudgets' alone after start
 	nc       *nats.Conn
-	link     link // the connection's state for the endpoints
+	link     link                        // the connection's state for the endpoints
+	bucket   atomic.Pointer[bucketState] // what keepReach last found of the bucket
 	broker   *broker.Broker
 	handler  *gecholog.Handler
 	sub      *nats.Subscription
