@@ -35,6 +35,7 @@ func (s *Store) Reach() Reach {
 type reach struct {
 	mu sync.Mutex
 	Reach
+	label string // Cause's label; "" while the bucket answers
 }
 
 // answered records a check's outcome.
@@ -42,10 +43,10 @@ func (s *Store) answered(err error) {
 	s.reach.mu.Lock()
 	defer s.reach.mu.Unlock()
 	if err == nil {
-		s.reach.LastAnswer, s.reach.Cause = time.Now(), ""
+		s.reach.LastAnswer, s.reach.Cause, s.reach.label = time.Now(), "", ""
 		return
 	}
-	s.reach.Cause = s.cause(err)
+	s.reach.label, s.reach.Cause = s.classify(err)
 }
 
 // quorumPeerSilence is how long the leader may not have heard a peer of
@@ -95,26 +96,66 @@ var (
 // stream, no quorum, JetStream unreachable, not connected; never a bare
 // deadline.
 func (s *Store) cause(err error) string {
+	_, text := s.classify(err)
+	return text
+}
+
+// classify gives err's cause as a metric label (as broker.WriteCauses
+// lists them) and in words an operator can act on.
+func (s *Store) classify(err error) (label, text string) {
 	stream := "KV_" + s.Bucket()
 	var api *jetstream.APIError
 	switch {
+	case errors.Is(err, ErrConflict):
+		return "conflict", err.Error()
 	case errors.Is(err, errNoLeader):
-		return "no leader for " + stream + " (the cluster is electing one, or too few of its servers can reach each other)"
+		return "no_leader", "no leader for " + stream + " (the cluster is electing one, or too few of its servers can reach each other)"
 	case errors.Is(err, errNoQuorum):
-		return "no quorum for " + stream + strings.TrimPrefix(err.Error(), errNoQuorum.Error())
+		return "no_quorum", "no quorum for " + stream + strings.TrimPrefix(err.Error(), errNoQuorum.Error())
 	case errors.As(err, &api) && api.ErrorCode == clusterNotAvailable:
-		return "JetStream has no meta leader (the cluster is electing one, or too few of its servers can reach each other)"
+		return "no_leader", "JetStream has no meta leader (the cluster is electing one, or too few of its servers can reach each other)"
 	case errors.As(err, &api):
-		return fmt.Sprintf("%s: %s", stream, api.Description)
+		return "other", fmt.Sprintf("%s: %s", stream, api.Description)
 	case errors.Is(err, nats.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, nats.ErrDisconnected):
-		return "not connected to NATS"
-	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, jetstream.ErrJetStreamNotEnabled):
-		return "JetStream does not answer on this server (no server with JetStream for this account can be reached)"
+		return "not_connected", "not connected to NATS"
+	case errors.Is(err, jetstream.ErrNoStreamResponse):
+		// A write no stream took: in a cluster, the stream's leader is
+		// gone and none is elected yet.
+		return "no_leader", "no server took the write for " + stream + " (its stream has no leader that this server can reach, or JetStream is down)"
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrJetStreamNotEnabled):
+		return "no_jetstream", "JetStream does not answer on this server (no server with JetStream for this account can be reached)"
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return "no answer from " + stream + " within a second (its leader cannot be reached, or the cluster is electing one)"
+		return "timeout", "no answer from " + stream + " within a second (its leader cannot be reached, or the cluster is electing one)"
 	}
-	return err.Error()
+	return "other", err.Error()
 }
+
+// failed wraps err, from a request to the bucket, with its cause (see
+// broker.WriteCauses). A request that timed out while the watcher finds
+// the bucket without a leader or quorum is put down to that.
+func (s *Store) failed(err error) error {
+	label, _ := s.classify(err)
+	if label == "timeout" {
+		s.reach.mu.Lock()
+		if s.reach.label != "" {
+			label = s.reach.label
+		}
+		s.reach.mu.Unlock()
+	}
+	return &causedError{err: err, cause: label}
+}
+
+// causedError is an error from the bucket with its cause's label.
+type causedError struct {
+	err   error
+	cause string
+}
+
+func (e *causedError) Error() string { return e.err.Error() }
+func (e *causedError) Unwrap() error { return e.err }
+
+// Cause is the label broker_kv_write_failures_total counts it by.
+func (e *causedError) Cause() string { return e.cause }
 
 // Probe asks bucket's stream, through js, whether it answers with a
 // leader and its quorum, as a replica's watcher finds; nil when it does.

@@ -2,6 +2,7 @@ package kv_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -85,5 +86,17 @@ func TestReachNamesALostQuorumAlthoughTheLeftServerStillAnswers(t *testing.T) {
 	}
 	if strings.Contains(r.Cause, "deadline exceeded") {
 		t.Errorf("cause %q is a bare deadline, not a cause", r.Cause)
+	}
+
+	// A write that gets no answer meanwhile is put down to the cause,
+	// for broker_kv_write_failures_total.
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	_, err = s.Update(ctx, record("/azure/dud/", time.Now().Add(time.Minute)), 0)
+	var c interface{ Cause() string }
+	if !errors.As(err, &c) || (c.Cause() != "no_quorum" && c.Cause() != "no_leader" && c.Cause() != "timeout") {
+		t.Errorf("a write without quorum failed with %v, want its cause no_quorum, no_leader or timeout", err)
+	} else {
+		t.Logf("a write without quorum: %s (%v)", c.Cause(), err)
 	}
 }

@@ -221,6 +221,9 @@ var (
 		[]string{"mode"}, nil)
 	connectedDesc = prometheus.NewDesc("broker_nats_connected",
 		"1 while connected to the NATS server, else 0.", nil, nil)
+	kvFailuresDesc = prometheus.NewDesc("broker_kv_write_failures_total",
+		"Reads and writes of router health in the bucket that failed and were retried (with a jittered, capped backoff), by cause: conflict (another replica wrote the key first), timeout, no_leader, no_quorum, no_jetstream, not_connected, other.",
+		[]string{"cause"}, nil)
 	bucketReachableDesc = prometheus.NewDesc("broker_bucket_reachable",
 		"1 while the router health bucket answers with a leader and its quorum, 0 once it has not for 2 s: the view may be stale.", nil, nil)
 	bucketAnswerDesc = prometheus.NewDesc("broker_bucket_last_answer_timestamp_seconds",
@@ -296,7 +299,7 @@ type statsCollector struct{ m *monitor }
 
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{callsDesc, choicesDesc, failureReportsDesc, transitionsDesc, disabledDesc,
-		kvWritesDesc, kvErrorsDesc, bucketReachableDesc, bucketAnswerDesc, watchEventsDesc, viewRepairsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
+		kvWritesDesc, kvErrorsDesc, kvFailuresDesc, bucketReachableDesc, bucketAnswerDesc, watchEventsDesc, viewRepairsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
 		priorityDesc, inFlightDesc, shareDesc, latencyDesc, headroomDesc, rateLimitedDesc, recentCallsDesc, failureRateDesc,
 		transactionsDesc, outOfBoundsDesc, logAgeDesc, tokensDesc, spendDesc, usageUnknownDesc, usageRefusedDesc, configRevisionDesc, configRefusedDesc, configReplicasDesc, configDriftDesc} {
 		ch <- d
@@ -392,6 +395,9 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(kvWritesDesc, prometheus.CounterValue, float64(s.KVWrites))
 	ch <- prometheus.MustNewConstMetric(kvErrorsDesc, prometheus.CounterValue, float64(s.KVErrors))
+	for i, n := range s.KVFailures {
+		ch <- prometheus.MustNewConstMetric(kvFailuresDesc, prometheus.CounterValue, float64(n), broker.WriteCauses[i])
+	}
 	ch <- prometheus.MustNewConstMetric(watchEventsDesc, prometheus.CounterValue, float64(s.WatchEvents))
 	ch <- prometheus.MustNewConstMetric(viewRepairsDesc, prometheus.CounterValue, float64(s.ViewRepairs))
 	// NaN rather than -1 when nothing has been heard: the bucket only
