@@ -100,10 +100,20 @@ func (s *Store) cause(err error) string {
 	return text
 }
 
+// Explain names why a request to bucket failed, in words an operator can
+// act on: no leader for its stream, no quorum, JetStream unreachable, not
+// connected; never a bare deadline.
+func Explain(bucket string, err error) string {
+	_, text := classify(bucket, err)
+	return text
+}
+
+func (s *Store) classify(err error) (label, text string) { return classify(s.Bucket(), err) }
+
 // classify gives err's cause as a metric label (as broker.WriteCauses
 // lists them) and in words an operator can act on.
-func (s *Store) classify(err error) (label, text string) {
-	stream := "KV_" + s.Bucket()
+func classify(bucket string, err error) (label, text string) {
+	stream := "KV_" + bucket
 	var api *jetstream.APIError
 	switch {
 	case errors.Is(err, ErrConflict):

@@ -29,10 +29,13 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 		nats.ReconnectWait(250*time.Millisecond), // plus nats.go's jitter, so replicas do not come back in step
 		// A server cut off by a partition sends nothing and resets nothing:
 		// only a missing PONG tells. nats.go pings every 2 minutes by
-		// default; a ping a second, 3 unanswered, finds a dead link in 3
-		// to 4 s for one small message a second. A write to it blocks the
-		// connection (and everything that takes its lock) for at most the
-		// flusher's timeout, a minute by default.
+		// default; a ping every 2 s, 2 unanswered, finds a dead link in 4
+		// to 6 s for one small message each way, and a process starved of
+		// CPU for a few seconds (a burst on a busy machine) keeps its
+		// connection and the calls queued on it. A write to a dead link
+		// blocks the connection (and everything that takes its lock) for
+		// at most the flusher's timeout, a minute by default. (A replica
+		// whose bucket does not answer moves sooner: see keepReach.)
 		nats.PingInterval(pingInterval),
 		nats.MaxPingsOutstanding(maxPingsOut),
 		nats.FlusherTimeout(flusherTimeout),
@@ -73,9 +76,9 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 
 // How soon a stalled connection is found dead: see natsOptions.
 const (
-	pingInterval   = time.Second
-	maxPingsOut    = 3
-	flusherTimeout = 2 * time.Second
+	pingInterval   = 2 * time.Second
+	maxPingsOut    = 2
+	flusherTimeout = 4 * time.Second
 )
 
 // dropEvery is how often, at most, a subscription that keeps dropping

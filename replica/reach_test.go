@@ -142,6 +142,15 @@ func TestAReplicaWhoseBucketLostItsQuorumSaysSoKeepsServingAndCatchesUpWhenItIsB
 		t.Errorf("no warning naming the cause; logged:\n%s", logs.String())
 	}
 
+	// An operator's command through that node names the cause.
+	tgt := ops.Target{NATS: natsconn.Settings{Servers: nodes[0].ClientURL()}, Bucket: replica.DefaultBucket, Pools: broker.DefaultPools()}
+	err = ops.DisableRouter(t.Context(), tgt, ops.Disable{Router: "/azure/gpt4/", For: time.Minute, Reason: "test"}, func(string) string { return "" }, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "KV_gl_broker") || !strings.Contains(err.Error(), "try again") {
+		t.Errorf("broker disable without quorum: %v, want the cause named and to try again", err)
+	} else {
+		t.Logf("broker disable without quorum: %v", err)
+	}
+
 	// It keeps serving, and keeps the failure it sees.
 	router := ask(t, nc, "/azure/")
 	if router == "" {
