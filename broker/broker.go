@@ -91,6 +91,7 @@ type Broker struct {
 	memory      sessionMemory // where sessions went, from the transaction log
 	kvWrites    atomic.Uint64
 	kvErrors    atomic.Uint64
+	kvFailures  [len(WriteCauses)]atomic.Uint64
 	watchEvents atomic.Uint64
 	lastWatch   atomic.Int64  // unix nanoseconds
 	repairs     atomic.Uint64 // views Verify found differing from the store

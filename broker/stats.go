@@ -100,14 +100,17 @@ type Stats struct {
 	// FailureReports are the failures reported, by Router (OtherRouter
 	// for a path no pool has) and Status.
 	FailureReports []Count
-	Choices        []Count   // by ingress and router
-	Transitions    []Count   // changes of phase in this replica's view, by router, phase and reason
-	Disabled       int       // routers not enabled now: disabled, manual or on probation
-	KVWrites       uint64    // writes to the bucket, including failed ones
-	KVErrors       uint64    // writes that failed (a lost compare-and-set race is not an error)
-	WatchEvents    uint64    // changes heard from the bucket
-	ViewRepairs    uint64    // routers whose view Verify found differing from the bucket
-	LastWatch      time.Time // when the last one arrived; zero if none has
+	Choices        []Count // by ingress and router
+	Transitions    []Count // changes of phase in this replica's view, by router, phase and reason
+	Disabled       int     // routers not enabled now: disabled, manual or on probation
+	KVWrites       uint64  // writes to the bucket, including failed ones
+	KVErrors       uint64  // writes that failed (a lost compare-and-set race is not an error)
+	// KVFailures are the reads and writes of the store that failed, each
+	// retried, by cause (as WriteCauses orders them), conflicts included.
+	KVFailures  [len(WriteCauses)]uint64
+	WatchEvents uint64    // changes heard from the bucket
+	ViewRepairs uint64    // routers whose view Verify found differing from the bucket
+	LastWatch   time.Time // when the last one arrived; zero if none has
 	// Usage is the tokens and spend of every router of the pools, then of
 	// OtherRouter: counted from the transaction log, which every replica
 	// hears whole, so they are the fleet's totals since this replica
@@ -143,6 +146,9 @@ func (b *Broker) Stats() Stats {
 	b.failureReports.mu.Unlock()
 	s.KVWrites = b.kvWrites.Load()
 	s.KVErrors = b.kvErrors.Load()
+	for i := range s.KVFailures {
+		s.KVFailures[i] = b.kvFailures[i].Load()
+	}
 	s.WatchEvents = b.watchEvents.Load()
 	s.ViewRepairs = b.repairs.Load()
 	s.Usage = b.usage()

@@ -52,23 +52,40 @@ func (b *Broker) write(rt *route, ev event) {
 	go func() {
 		defer b.writes.Done()
 		defer b.settle(rt, ev.kind)
-		failing := false
-		deadline := b.deadline(rt, ev)
-		for wait := 50 * time.Millisecond; time.Now().Before(deadline); wait = min(2*wait, time.Second) {
+		var conflicts, failures int
+		var told time.Time // when a failure was last logged
+		var last error
+		start, deadline := time.Now(), b.deadline(rt, ev)
+		for time.Now().Before(deadline) {
 			err := b.tryWrite(rt, ev, deadline)
 			if err == nil {
-				if failing {
-					b.log.Info("router health written to the bucket after retrying", slog.String("router", rt.path))
+				if failures > 0 {
+					b.log.Info("router health written to the bucket after retrying", slog.String("router", rt.path),
+						slog.Int("attempts", conflicts+failures+1), slog.Duration("after", time.Since(start).Round(time.Millisecond)))
 				}
 				return
 			}
+			b.kvFailures[writeCause(err)].Add(1)
+			var wait time.Duration
 			if errors.Is(err, ErrConflict) {
-				continue // the key changed under us: decide again at once
-			}
-			if !failing && ev.kind != claim {
-				b.log.Warn("could not write router health to the bucket; other replicas do not know yet; retrying",
-					slog.String("router", rt.path), slog.Any("error", err))
-				failing = true
+				// The key changed under us: decide again, at once the
+				// first time.
+				if conflicts++; conflicts > 1 {
+					wait = pause(conflictPause, conflicts-1)
+				}
+			} else {
+				failures++
+				wait = pause(failurePause, failures)
+				last = err
+				if ev.kind != claim && time.Since(told) >= failingRepeat {
+					msg := "could not write router health to the bucket; other replicas do not know yet; retrying"
+					if failures > 1 {
+						msg = "still cannot write router health to the bucket; retrying"
+					}
+					b.log.Warn(msg, slog.String("router", rt.path), slog.String("cause", WriteCauses[writeCause(err)]),
+						slog.Any("error", err), slog.Int("attempts", conflicts+failures))
+					told = time.Now()
+				}
 			}
 			select {
 			case <-b.writeContext.Done():
@@ -76,8 +93,15 @@ func (b *Broker) write(rt *route, ev event) {
 			case <-time.After(wait):
 			}
 		}
+		if failures > 0 && ev.kind != claim {
+			b.log.Warn("gave up writing router health to the bucket: what it said has ended", slog.String("router", rt.path),
+				slog.String("cause", WriteCauses[writeCause(last)]), slog.Any("error", last), slog.Int("attempts", conflicts+failures))
+		}
 	}()
 }
+
+// failingRepeat is how often a write that keeps failing says so again.
+const failingRepeat = time.Minute
 
 // writeAttempt bounds one read and compare-and-set: a millisecond when the
 // store is well. A JetStream stream that lost its leader takes seconds to

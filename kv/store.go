@@ -108,6 +108,7 @@ type Store struct {
 	cancel  context.CancelFunc // ends stop
 
 	resync chan struct{} // asks Watch to start a new watcher at once
+	reach  reach         // whether the bucket answered its last check
 
 	// Used by the watch goroutine only.
 	delivered     uint64      // the highest revision delivered
@@ -293,7 +294,7 @@ func (s *Store) publish(ctx context.Context, m *nats.Msg, rev uint64, opts ...je
 		if wrongLastSequence(err) {
 			return 0, fmt.Errorf("write %q at revision %d: %w", key, rev, ErrConflict)
 		}
-		return 0, fmt.Errorf("write %q: %w", key, err)
+		return 0, fmt.Errorf("write %q: %w", key, s.failed(err))
 	}
 	return ack.Sequence, nil
 }
@@ -310,7 +311,7 @@ func (s *Store) Latest(ctx context.Context, router string) (e broker.Entry, live
 		return broker.Entry{}, false, nil
 	}
 	if err != nil {
-		return broker.Entry{}, false, fmt.Errorf("read %q: %w", router, err)
+		return broker.Entry{}, false, fmt.Errorf("read %q: %w", router, s.failed(err))
 	}
 	e.Revision, e.Created = m.Sequence, m.Time
 	live = m.Header.Get(kvOperation) == "" && m.Header.Get(jetstream.MarkerReasonHeader) == ""

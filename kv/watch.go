@@ -359,10 +359,18 @@ func purged(st streamState, known map[string]uint64) string {
 }
 
 // state is the bucket stream's state, asked for with a second's patience.
+// Each answer, or its absence, is what Reach reports: the watcher asks
+// twice a second while it follows, and at each attempt to watch again.
 func (s *Store) state(ctx context.Context) (streamState, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	info, err := s.stream.Info(ctx)
+	if err == nil {
+		err = quorum(info)
+	}
+	if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		s.answered(err) // not when the caller gave up: the store is closing
+	}
 	if err != nil {
 		return streamState{}, err
 	}

@@ -113,14 +113,34 @@ func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func
 	case errors.Is(err, kv.ErrNoJetStream):
 		return fmt.Errorf("JetStream is not enabled on %s, so broker replicas there keep their disables each to itself and no tool can see or change them; to share them, %s", server, gecholog.EnableJetStream)
 	case err != nil:
-		return timedOut(err, server)
+		return t.noAnswer(run, err, server, js)
 	}
 	defer store.Close()
 	if follow {
 		return fn(run, bucket{store: store, nc: nc, js: js, server: server})
 	}
-	return timedOut(fn(ctx, bucket{store: store, nc: nc, js: js, server: server}), server)
+	return t.noAnswer(run, fn(ctx, bucket{store: store, nc: nc, js: js, server: server}), server, js)
 }
+
+// noAnswer is timedOut with the cause: when err is the command's deadline,
+// it asks the bucket's stream once more, briefly, and says why it does not
+// answer (no leader for KV_gl_broker while the cluster elects one, no
+// quorum, JetStream unreachable) rather than a bare deadline.
+func (t Target) noAnswer(ctx context.Context, err error, server string, js jetstream.JetStream) error {
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	cause := "the bucket answers now"
+	if perr := kv.Probe(pctx, js, t.Bucket); perr != nil {
+		cause = kv.Explain(t.Bucket, perr)
+	}
+	return fmt.Errorf("no answer from %s within %v: %s; a cluster electing a leader answers again within seconds, so try again: %w", server, opTimeout, cause, err)
+}
+
+// probeTimeout bounds the question noAnswer asks.
+const probeTimeout = 2 * time.Second
 
 func timedOut(err error, server string) error {
 	if errors.Is(err, context.DeadlineExceeded) {

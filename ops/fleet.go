@@ -76,6 +76,8 @@ type fleetView struct {
 	// logHeard is when any replica last heard gecholog's transaction log
 	// (zero: none has).
 	logHeard time.Time
+	// stale is why each replica that said its view may be stale said so.
+	stale map[string]string
 }
 
 type routerFigures struct {
@@ -100,6 +102,12 @@ func (f *fleet) view(now time.Time) fleetView {
 			continue
 		}
 		v.replicas = append(v.replicas, id)
+		if h.msg.Stale != "" {
+			if v.stale == nil {
+				v.stale = map[string]string{}
+			}
+			v.stale[id] = h.msg.Stale
+		}
 		told := replica.Heard(id, h.msg.Config)
 		told.Sessions = h.msg.Sessions.Heard()
 		v.configs = append(v.configs, told)

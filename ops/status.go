@@ -198,6 +198,9 @@ func heading(b bucket, t Target, fv fleetView, l configLatest, now time.Time) st
 		names := make([]string, len(fv.replicas))
 		for i, r := range fv.replicas {
 			names[i] = safetext.Clip(r, safetext.MaxShown) // a name anyone may publish on the stats subject
+			if why := fv.stale[r]; why != "" {
+				names[i] += " (STALE: " + safetext.Clip(why, safetext.MaxShown) + ")"
+			}
 		}
 		fmt.Fprintf(&h, "replicas: %d heard on %s (%s)\n", len(fv.replicas), subject, strings.Join(names, ", "))
 	}

@@ -118,6 +118,7 @@ const reloadAgain = 500 * time.Millisecond
 // they announced while this one was away, and watches again.
 func (r *Replica) resyncOnReconnect(store *kv.Store) {
 	r.nc.SetReconnectHandler(func(nc *nats.Conn) {
+		r.link.set(nc)
 		r.log.Info("reconnected to NATS", slog.String("server", natsconn.Redact(nc.ConnectedUrl())), slog.Bool("reloading_router_health", true))
 		store.Resync()
 		r.spawn(func(ctx context.Context) {

@@ -27,12 +27,27 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 		nats.Name("gecholog-broker "+r.cfg.ID),
 		nats.MaxReconnects(-1),                   // as the original: never give up on the gateway's bus
 		nats.ReconnectWait(250*time.Millisecond), // plus nats.go's jitter, so replicas do not come back in step
+		// A server cut off by a partition sends nothing and resets nothing:
+		// only a missing PONG tells. nats.go pings every 2 minutes by
+		// default; a ping every 2 s, 2 unanswered, finds a dead link in 4
+		// to 6 s for one small message each way, and a process starved of
+		// CPU for a few seconds (a burst on a busy machine) keeps its
+		// connection and the calls queued on it. A write to a dead link
+		// blocks the connection (and everything that takes its lock) for
+		// at most the flusher's timeout, a minute by default. (A replica
+		// whose bucket does not answer moves sooner: see keepReach.)
+		nats.PingInterval(pingInterval),
+		nats.MaxPingsOutstanding(maxPingsOut),
+		nats.FlusherTimeout(flusherTimeout),
+		nats.ClosedHandler(func(*nats.Conn) { r.link.down() }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			r.link.down()
 			if err != nil {
 				log.Warn("disconnected from NATS; reconnecting", slog.Any("error", err))
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
+			r.link.set(nc)
 			log.Info("reconnected to NATS", slog.String("server", natsconn.Redact(nc.ConnectedUrl())))
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -58,6 +73,13 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 		}),
 	), nil
 }
+
+// How soon a stalled connection is found dead: see natsOptions.
+const (
+	pingInterval   = 2 * time.Second
+	maxPingsOut    = 2
+	flusherTimeout = 4 * time.Second
+)
 
 // dropEvery is how often, at most, a subscription that keeps dropping
 // messages is logged.

@@ -55,6 +55,9 @@ type StatsMessage struct {
 	// became of their key (absent: a broker from before replicas told
 	// them); only shown, like Config.
 	Sessions *SessionsTold `json:"sessions,omitempty"`
+	// Stale says why the replica's view may be stale: its bucket has not
+	// answered for a while (absent: it answers); only shown, like Config.
+	Stale string `json:"stale,omitempty"`
 }
 
 // RouterStats is one router in a StatsMessage: calls chosen and reports
@@ -151,17 +154,19 @@ func (r *Replica) shareStats() error {
 		var told []broker.Counts
 		var toldConf ConfigTold
 		var toldAt time.Time
+		var toldStale string
 		var pinned sessionRoutersTold
 		tell := func(now time.Time, always bool) {
 			r.broker.Refresh(now)
 			counts := r.broker.Counts()
 			st := r.conf.get()
 			conf := ConfigTold{Revision: st.Revision, Refused: st.Refused}
-			if !always && conf == toldConf && slices.EqualFunc(counts, told, broker.Counts.Equal) && now.Sub(toldAt) < statsAtLeast {
+			stale := r.staleness()
+			if !always && conf == toldConf && stale == toldStale && slices.EqualFunc(counts, told, broker.Counts.Equal) && now.Sub(toldAt) < statsAtLeast {
 				return
 			}
 			msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
-				Sessions: sessionsTold(r.broker, r.handler)}
+				Sessions: sessionsTold(r.broker, r.handler), Stale: stale}
 			if heard := r.broker.Heard(); !heard.IsZero() {
 				msg.LogHeard = heard.UnixNano()
 			}
@@ -177,7 +182,7 @@ func (r *Replica) shareStats() error {
 				r.log.Debug("could not tell the counts", slog.Any("error", err))
 				return
 			}
-			told, toldConf, toldAt = counts, conf, now
+			told, toldConf, toldStale, toldAt = counts, conf, stale, now
 		}
 		// soon is set while a nudge waits out nudgeFloor since the last
 		// word, so that a flood of failures is told at most every

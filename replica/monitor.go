@@ -19,7 +19,6 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/gecholog"
-	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/statuspage"
 )
 
@@ -37,7 +36,8 @@ var replyBuckets = []float64{
 // do not share metrics.
 type monitor struct {
 	stage   *progress // the replica's, which /readyz reports
-	nc      atomic.Pointer[nats.Conn]
+	link    atomic.Pointer[link]
+	bucket  atomic.Pointer[bucketState] // nil until the replica first checks
 	broker  atomic.Pointer[broker.Broker]
 	handler atomic.Pointer[gecholog.Handler]
 	tx      atomic.Pointer[func() TransactionCounts]
@@ -129,13 +129,18 @@ func (m *monitor) notReady() string {
 	}
 	// The subscription survives a reconnect, but while the connection is
 	// down no call reaches this replica.
-	if nc := m.nc.Load(); nc != nil && !nc.IsConnected() {
-		return notConnected.String()
+	if l := m.link.Load(); l != nil {
+		if up, _ := l.state(); !up {
+			return notConnected.String()
+		}
 	}
-	if s == ready {
-		return ""
+	if s != ready {
+		return s.String()
 	}
-	return s.String()
+	if b := m.bucket.Load(); b != nil && b.Stale {
+		return b.String()
+	}
+	return ""
 }
 
 func (m *monitor) readyz(w http.ResponseWriter, _ *http.Request) {
@@ -158,11 +163,14 @@ func (p pageSource) Status() statuspage.Status {
 	if h := p.m.handler.Load(); h != nil {
 		st.SessionHeader = h.SessionHeaderName()
 	}
-	if nc := p.m.nc.Load(); nc != nil {
-		st.Connected = nc.IsConnected()
-		if st.Connected {
-			st.Server = natsconn.Redact(nc.ConnectedUrl())
+	if l := p.m.link.Load(); l != nil {
+		st.Connected, st.Server = l.state()
+		if !st.Connected {
+			st.Server = ""
 		}
+	}
+	if b := p.m.bucket.Load(); b != nil && b.Stale {
+		st.Stale = b.String()
 	}
 	if mode := p.m.mode.Load(); mode != nil {
 		st.Mode = *mode
@@ -213,6 +221,13 @@ var (
 		[]string{"mode"}, nil)
 	connectedDesc = prometheus.NewDesc("broker_nats_connected",
 		"1 while connected to the NATS server, else 0.", nil, nil)
+	kvFailuresDesc = prometheus.NewDesc("broker_kv_write_failures_total",
+		"Reads and writes of router health in the bucket that failed and were retried (with a jittered, capped backoff), by cause: conflict (another replica wrote the key first), timeout, no_leader, no_quorum, no_jetstream, not_connected, other.",
+		[]string{"cause"}, nil)
+	bucketReachableDesc = prometheus.NewDesc("broker_bucket_reachable",
+		"1 while the router health bucket answers with a leader and its quorum, 0 once it has not for 2 s: the view may be stale.", nil, nil)
+	bucketAnswerDesc = prometheus.NewDesc("broker_bucket_last_answer_timestamp_seconds",
+		"When the router health bucket last answered with a leader and its quorum (unix seconds); with broker_bucket_reachable 0, since when it has not.", nil, nil)
 	routerStateDesc = prometheus.NewDesc("broker_router_state",
 		"Each pool router's state in this replica's view: 0 enabled, 1 disabled, 2 probation (one probe call decides), 3 disabled by hand.",
 		[]string{"ingress", "router"}, nil)
@@ -284,7 +299,7 @@ type statsCollector struct{ m *monitor }
 
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{callsDesc, choicesDesc, failureReportsDesc, transitionsDesc, disabledDesc,
-		kvWritesDesc, kvErrorsDesc, watchEventsDesc, viewRepairsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
+		kvWritesDesc, kvErrorsDesc, kvFailuresDesc, bucketReachableDesc, bucketAnswerDesc, watchEventsDesc, viewRepairsDesc, watchAgeDesc, ttlModeDesc, connectedDesc, routerStateDesc,
 		priorityDesc, inFlightDesc, shareDesc, latencyDesc, headroomDesc, rateLimitedDesc, recentCallsDesc, failureRateDesc,
 		transactionsDesc, outOfBoundsDesc, logAgeDesc, tokensDesc, spendDesc, usageUnknownDesc, usageRefusedDesc, configRevisionDesc, configRefusedDesc, configReplicasDesc, configDriftDesc} {
 		ch <- d
@@ -293,10 +308,22 @@ func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	connected := 0.0
-	if nc := c.m.nc.Load(); nc != nil && nc.IsConnected() {
-		connected = 1
+	if l := c.m.link.Load(); l != nil {
+		if up, _ := l.state(); up {
+			connected = 1
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(connectedDesc, prometheus.GaugeValue, connected)
+	if b := c.m.bucket.Load(); b != nil {
+		reachable := 1.0
+		if b.Stale {
+			reachable = 0
+		}
+		ch <- prometheus.MustNewConstMetric(bucketReachableDesc, prometheus.GaugeValue, reachable)
+		if !b.LastAnswer.IsZero() {
+			ch <- prometheus.MustNewConstMetric(bucketAnswerDesc, prometheus.GaugeValue, float64(b.LastAnswer.UnixMilli())/1e3)
+		}
+	}
 	if mode := c.m.mode.Load(); mode != nil {
 		ch <- prometheus.MustNewConstMetric(ttlModeDesc, prometheus.GaugeValue, 1, *mode)
 	}
@@ -368,6 +395,9 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(kvWritesDesc, prometheus.CounterValue, float64(s.KVWrites))
 	ch <- prometheus.MustNewConstMetric(kvErrorsDesc, prometheus.CounterValue, float64(s.KVErrors))
+	for i, n := range s.KVFailures {
+		ch <- prometheus.MustNewConstMetric(kvFailuresDesc, prometheus.CounterValue, float64(n), broker.WriteCauses[i])
+	}
 	ch <- prometheus.MustNewConstMetric(watchEventsDesc, prometheus.CounterValue, float64(s.WatchEvents))
 	ch <- prometheus.MustNewConstMetric(viewRepairsDesc, prometheus.CounterValue, float64(s.ViewRepairs))
 	// NaN rather than -1 when nothing has been heard: the bucket only
@@ -394,11 +424,18 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 // nil monitor, which is what Run has when metrics-addr is empty; the
 // replica's stage is its own, and the monitor only reads it.
 
-// connected records the connection whose state /readyz and
+// connected records the connection's state, which /readyz and
 // broker_nats_connected report.
-func (m *monitor) connected(nc *nats.Conn) {
+func (m *monitor) connected(l *link) {
 	if m != nil {
-		m.nc.Store(nc)
+		m.link.Store(l)
+	}
+}
+
+// bucketSeen records what the replica last found of the bucket.
+func (m *monitor) bucketSeen(b bucketState) {
+	if m != nil {
+		m.bucket.Store(&b)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -73,6 +74,8 @@ type Replica struct {
 	embedded *server.Server // nil: none
 	budgets  *budgetStore   // the bucket of budget counts; keepBudgets' alone after start
 	nc       *nats.Conn
+	link     link                        // the connection's state for the endpoints
+	bucket   atomic.Pointer[bucketState] // what keepReach last found of the bucket
 	broker   *broker.Broker
 	handler  *gecholog.Handler
 	sub      *nats.Subscription
@@ -189,7 +192,8 @@ func (r *Replica) start(ctx context.Context) error {
 	if r.nc = connect(ctx, r.cfg.NATS, opts, r.log); r.nc == nil {
 		return nil // ctx ended while waiting for the server: a clean stop
 	}
-	r.mon.connected(r.nc)
+	r.link.set(r.nc)
+	r.mon.connected(&r.link)
 	r.stage.advance(openingStore)
 
 	// The fleet's configuration, when the replica follows it, decides the
@@ -233,6 +237,7 @@ func (r *Replica) start(ctx context.Context) error {
 	case err != nil:
 		return err
 	}
+	r.spawn(r.keepReach)
 	r.stage.advance(subscribing)
 	return r.subscribe()
 }

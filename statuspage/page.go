@@ -32,6 +32,7 @@ type Status struct {
 	Server    string // the NATS server, without credentials
 	Mode      string // "ttl", "expiry" or "local"; "" until decided
 	NotReady  string // why it takes no calls; "" when it does
+	Stale     string // why its view may be stale (the bucket does not answer); "" when it is not
 	// Config is the fleet's configuration the replica runs by.
 	Config Config
 	// Fleet is every replica's revision as the replica hears it, this
@@ -101,7 +102,7 @@ func (p *Page) Close() { p.once.Do(func() { close(p.done) }) }
 // Snapshot is what the page shows at now.
 func (p *Page) Snapshot(now time.Time) Snapshot {
 	st := p.src.Status()
-	s := Snapshot{Replica: st.ID, At: now.UTC(), Mode: st.Mode, NotReady: st.NotReady, Config: st.Config,
+	s := Snapshot{Replica: st.ID, At: now.UTC(), Mode: st.Mode, NotReady: st.NotReady, Stale: st.Stale, Config: st.Config,
 		NATS: NATS{Connected: st.Connected, Server: st.Server}, UnknownRouters: []string{}, Notes: []string{},
 		Choices: Window{Scope: "this replica"}, Fleet: fleet(st.Fleet)}
 	b := p.src.Broker()
@@ -112,6 +113,8 @@ func (p *Page) Snapshot(now time.Time) Snapshot {
 		return s
 	case !st.Connected:
 		s.Notes = append(s.Notes, "Not connected to NATS: this is the router health the replica last heard. Changes made meanwhile, by other replicas or by hand, are not known until it reconnects.")
+	case st.Stale != "":
+		s.Notes = append(s.Notes, "Stale: the "+st.Stale+". This is the router health the replica last heard plus the failures it sees itself; changes made meanwhile by replicas it cannot hear, or by hand, are not known until the bucket answers.")
 	}
 	if st.Mode == "local" {
 		s.Notes = append(s.Notes, "Local mode: the NATS server has no JetStream, so this replica keeps its own disables. Other replicas keep theirs and may show different ones.")

@@ -25,6 +25,9 @@ type Snapshot struct {
 	Mode string `json:"mode"`
 	// NotReady says why the replica does not take calls; "" when it does.
 	NotReady string `json:"not_ready"`
+	// Stale says why the replica's view may be stale: its bucket does
+	// not answer; "" when it does.
+	Stale string `json:"stale"`
 	// Config is the revision of the fleet's configuration the replica
 	// runs by, and what it refused.
 	Config Config `json:"config"`

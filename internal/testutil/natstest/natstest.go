@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -195,6 +196,7 @@ func startCluster(t testing.TB, n int, opts []Option) ([]*server.Server, error) 
 			stop()
 			return nil, fmt.Errorf("new server %s: %w", o.ServerName, err)
 		}
+		nodeOptions.Store(s, o.Clone())
 		servers = append(servers, s)
 		go s.Start()
 	}
@@ -205,6 +207,33 @@ func startCluster(t testing.TB, n int, opts []Option) ([]*server.Server, error) 
 		}
 	}
 	return servers, nil
+}
+
+// nodeOptions holds each cluster node's options, for Restart.
+var nodeOptions sync.Map // *server.Server → *server.Options
+
+// Restart starts a cluster node that was shut down again, on its ports
+// and its store, and shuts the new one down when the test ends.
+func Restart(t testing.TB, s *server.Server) *server.Server {
+	t.Helper()
+	o, ok := nodeOptions.Load(s)
+	if !ok {
+		t.Fatalf("natstest: restart %s: not a node of StartCluster", s.Name())
+	}
+	n, err := server.NewServer(o.(*server.Options).Clone())
+	if err != nil {
+		t.Fatalf("natstest: restart %s: %v", s.Name(), err)
+	}
+	nodeOptions.Store(n, o)
+	go n.Start()
+	if !n.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("natstest: restarted %s not ready within 10s", s.Name())
+	}
+	t.Cleanup(func() {
+		n.Shutdown()
+		n.WaitForShutdown()
+	})
+	return n
 }
 
 // freePorts finds n distinct loopback ports nobody listens on.

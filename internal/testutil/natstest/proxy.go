@@ -17,7 +17,9 @@ import (
 // would otherwise depend on scheduling: the messages each client sends to
 // chosen subjects wait until the test releases them all at once, while
 // everything else each client sends, and everything the server sends,
-// flows on.
+// flows on. It can also stop forwarding anything, both ways, without
+// closing a connection (Stall), as a network partition does: packets stop,
+// nothing is reset.
 type Proxy struct {
 	ln     net.Listener
 	target string
@@ -29,6 +31,8 @@ type Proxy struct {
 	held    []*heldConn               // connections holding messages, in the order they began
 	changed chan struct{}             // closed and replaced when held grows
 	closed  bool
+	stalled bool
+	flowing *sync.Cond // broadcast when stalled or closed changes
 }
 
 // heldConn is the messages one client connection holds, in order.
@@ -49,6 +53,7 @@ func StartProxy(t testing.TB, url string) *Proxy {
 		t.Fatalf("natstest: proxy: %v", err)
 	}
 	p := &Proxy{ln: ln, target: strings.TrimPrefix(url, "nats://"), conns: map[net.Conn]bool{}, changed: make(chan struct{})}
+	p.flowing = sync.NewCond(&p.mu)
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.Close)
@@ -102,11 +107,59 @@ func (p *Proxy) Release() []string {
 	return subjects
 }
 
+// Stall stops forwarding bytes, both ways, on every connection and on
+// those accepted later, without closing any: each side's writes fill the
+// sockets' buffers and then block, and nothing tells either side the
+// link is gone, as when a cable is pulled.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stalled = true
+}
+
+// Resume forwards again what waited and what follows.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stalled = false
+	p.flowing.Broadcast()
+}
+
+// flow waits while the proxy is stalled; false when it closed meanwhile.
+func (p *Proxy) flow() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.stalled && !p.closed {
+		p.flowing.Wait()
+	}
+	return !p.closed
+}
+
+// copyFlowing copies from src to dst while the proxy is not stalled.
+func (p *Proxy) copyFlowing(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if !p.flow() {
+				return
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
 // Close stops listening, closes every connection and waits for the
 // proxy's goroutines.
 func (p *Proxy) Close() {
 	p.mu.Lock()
 	p.closed = true
+	p.flowing.Broadcast()
 	for c := range p.conns {
 		c.Close()
 	}
@@ -139,7 +192,7 @@ func (p *Proxy) accept() {
 		p.wg.Add(2)
 		go func() {
 			defer p.wg.Done()
-			_, _ = io.Copy(client, server)
+			p.copyFlowing(client, server)
 			p.drop(client, server)
 		}()
 		go func() {
@@ -173,6 +226,9 @@ func (p *Proxy) forward(id int, client, server net.Conn) {
 		hold := p.hold
 		if hold == nil || subject == "" || !hold(subject) {
 			p.mu.Unlock()
+			if !p.flow() {
+				return
+			}
 			if _, err := server.Write(op); err != nil {
 				return
 			}

@@ -1,0 +1,33 @@
+package kv
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func TestQuorumNeedsALeaderHearingMostOfItsPeers(t *testing.T) {
+	peer := func(active time.Duration, offline bool) *jetstream.PeerInfo {
+		return &jetstream.PeerInfo{Name: "n", Current: true, Active: active, Offline: offline}
+	}
+	for _, c := range []struct {
+		name string
+		info jetstream.StreamInfo
+		want error
+	}{
+		{"a single server", jetstream.StreamInfo{}, nil},
+		{"one replica in a cluster", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1"}}, nil},
+		{"no leader", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Replicas: []*jetstream.PeerInfo{peer(0, false), peer(0, false)}}}, errNoLeader},
+		{"both peers heard", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(500*time.Millisecond, false), peer(time.Second, false)}}}, nil},
+		{"one peer of two silent", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(500*time.Millisecond, false), peer(time.Minute, false)}}}, nil},
+		{"both peers silent", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(5*time.Second, false), peer(time.Minute, false)}}}, errNoQuorum},
+		{"one offline, one silent", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(0, true), peer(4*time.Second, false)}}}, errNoQuorum},
+		{"a pending peer is no voter", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(0, false), {Pending: true, Active: time.Hour}}}}, nil},
+	} {
+		if got := quorum(&c.info); !errors.Is(got, c.want) || (got == nil) != (c.want == nil) {
+			t.Errorf("%s: quorum = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
