@@ -51,8 +51,10 @@ func (s *Store) answered(err error) {
 
 // quorumPeerSilence is how long the leader may not have heard a peer of
 // the bucket's stream before the peer no longer counts towards its quorum:
-// peers answer the leader's heartbeat every second.
-const quorumPeerSilence = 3 * time.Second
+// peers answer the leader's heartbeat every second. A replica says its
+// view may be stale only after 2 s of such answers (see replica), so a
+// peer must be silent for 4 s before anyone is told.
+const quorumPeerSilence = 2 * time.Second
 
 // quorum says why the stream described by info cannot take a write, or
 // nil when it can. A stream answers its info request from a member that

@@ -20,9 +20,9 @@ func TestQuorumNeedsALeaderHearingMostOfItsPeers(t *testing.T) {
 		{"a single server", jetstream.StreamInfo{}, nil},
 		{"one replica in a cluster", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1"}}, nil},
 		{"no leader", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Replicas: []*jetstream.PeerInfo{peer(0, false), peer(0, false)}}}, errNoLeader},
-		{"both peers heard", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(500*time.Millisecond, false), peer(time.Second, false)}}}, nil},
+		{"both peers heard", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(500*time.Millisecond, false), peer(1900*time.Millisecond, false)}}}, nil},
 		{"one peer of two silent", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(500*time.Millisecond, false), peer(time.Minute, false)}}}, nil},
-		{"both peers silent", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(5*time.Second, false), peer(time.Minute, false)}}}, errNoQuorum},
+		{"both peers silent", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(2*time.Second, false), peer(time.Minute, false)}}}, errNoQuorum},
 		{"one offline, one silent", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(0, true), peer(4*time.Second, false)}}}, errNoQuorum},
 		{"a pending peer is no voter", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(0, false), {Pending: true, Active: time.Hour}}}}, nil},
 	} {

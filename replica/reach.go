@@ -66,8 +66,14 @@ const (
 	// reachCheck is how often the replica reads the store's Reach.
 	reachCheck = 250 * time.Millisecond
 	// moveAfter is how long a connected replica waits, its bucket not
-	// answering, before it looks for a server through which it does.
-	moveAfter = 3 * time.Second
+	// answering, before it looks for a server through which it does: as
+	// soon as it says it may be stale, for it moves only to a server
+	// through which the bucket answers with its quorum.
+	moveAfter = staleAfter
+	// probeEvery is how often a replica that may move asks the other
+	// servers again: while the rest of a cluster elects the bucket's
+	// leader, none answers yet.
+	probeEvery = time.Second
 )
 
 // bucketState is what the replica last found of the bucket.
@@ -146,7 +152,7 @@ func (r *Replica) keepReach(ctx context.Context) {
 			}
 			cancel()
 		}
-		if lost && now.Sub(rc.LastAnswer) >= moveAfter && now.Sub(lastMove) >= moveAfter {
+		if lost && now.Sub(rc.LastAnswer) >= moveAfter && now.Sub(lastMove) >= probeEvery {
 			if up, _ := r.link.state(); up {
 				lastMove = now
 				r.moveIfAnswered(ctx, rc.Cause)

@@ -261,3 +261,66 @@ func TestBrokerStatusMarksAReplicaThatCannotReachItsBucketStale(t *testing.T) {
 		return strings.Contains(table, "(replica-1)\n")
 	}, "broker status no longer marking replica-1 stale; it says:\n%s", &table)
 }
+
+// TestAReplicaBehindANodeCutOffFromItsClusterMovesToTheMajority cuts one
+// node of three off from the other two (its routes stall; its clients
+// still reach it), as a network partition does. The replica on it was
+// given only that node and learned the others from the cluster. It must
+// say its view may be stale, move to a node of the majority within
+// seconds, and there hear the disable the majority made meanwhile.
+func TestAReplicaBehindANodeCutOffFromItsClusterMovesToTheMajority(t *testing.T) {
+	c := natstest.StartPartitionable(t, 3)
+	cutURL := c.Servers[0].ClientURL()
+	logs := &syncBuffer{}
+	r, stop := startReplica(t, replica.Config{NATS: natsconn.Settings{Servers: cutURL}, KVReplicas: 3,
+		Policy: broker.Policy{DisabledTime: time.Minute}, ID: "replica-1", MetricsAddr: "127.0.0.1:0", Logger: jsonLogger(logs)})
+	defer stop()
+	_, stopOther := startReplica(t, replica.Config{NATS: natsconn.Settings{Servers: c.Servers[1].ClientURL()}, KVReplicas: 3,
+		Policy: broker.Policy{DisabledTime: time.Minute}, ID: "replica-2", Logger: jsonLogger(io.Discard)})
+	defer stopOther()
+	base := listenerOf(t, logs)
+	leader := "a node of the majority"
+	if c.Servers[0].JetStreamIsStreamLeader("$G", "KV_gl_broker") {
+		leader = "the cut-off node"
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("replica-1 logged:\n%s", logs.String())
+		}
+	})
+
+	c.Cut(0)
+	cut := time.Now()
+	var elected time.Duration // until the majority had a leader for the bucket
+	natstest.Eventually(t, 20*time.Second, func() bool {
+		if elected == 0 && (c.Servers[1].JetStreamIsStreamLeader("$G", "KV_gl_broker") || c.Servers[2].JetStreamIsStreamLeader("$G", "KV_gl_broker")) {
+			elected = time.Since(cut)
+		}
+		s := r.Server()
+		return s != "" && s != cutURL
+	}, "replica-1 on a node of the majority")
+	moved := time.Since(cut)
+	if _, ok := logLine(logs.String(), "moving to another NATS server: the router health bucket answers through it, not through this one"); !ok {
+		t.Errorf("no line saying why it moved")
+	}
+	said, ok := logLine(logs.String(), "the router health bucket does not answer: serving with what this replica knows and the failures it sees itself, which it writes once the bucket answers")
+	if !ok {
+		t.Errorf("no line saying the bucket did not answer before it moved")
+	}
+	t.Logf("bucket leader on %s (the majority's leader seen %v after the cut); replica-1 said its bucket did not answer (%v) and moved to %s %v after the cut",
+		leader, elected.Round(time.Millisecond), said["cause"], r.Server(), moved.Round(time.Millisecond))
+
+	// The majority's disable, made through the other node, reaches it.
+	nc := natstest.ConnectURL(t, c.Servers[1].ClientURL())
+	natstest.Eventually(t, 20*time.Second, func() bool {
+		m, err := nc.Request(replica.DefaultSubject, []byte(`{"gl_path":"/azure/gpt4/","egress_status_code":502}`), 500*time.Millisecond)
+		return err == nil && m != nil
+	}, "a failure report answered on the majority")
+	natstest.Eventually(t, 10*time.Second, func() bool { return r.Broker().Phase("/azure/gpt4/") == broker.Disabled },
+		"replica-1 holding the majority's disable")
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		code, _, _ := fetch(base + "/readyz")
+		return code == http.StatusOK
+	}, "replica-1 ready on the majority")
+	c.Heal(0)
+}

@@ -33,6 +33,7 @@ type Proxy struct {
 	closed  bool
 	stalled bool
 	flowing *sync.Cond // broadcast when stalled or closed changes
+	raw     bool       // forward bytes both ways without reading the protocol (StartRawProxy)
 }
 
 // heldConn is the messages one client connection holds, in order.
@@ -197,7 +198,11 @@ func (p *Proxy) accept() {
 		}()
 		go func() {
 			defer p.wg.Done()
-			p.forward(id, client, server)
+			if p.raw {
+				p.copyFlowing(server, client)
+			} else {
+				p.forward(id, client, server)
+			}
 			p.drop(client, server)
 		}()
 	}
