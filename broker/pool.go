@@ -201,6 +201,9 @@ type pool struct {
 	mix      atomic.Pointer[poolMix] // the pool's average call, as last taken
 	stranded bool                    // no router enabled; guarded by Broker.mu
 	soonest  bool                    // Pool.BudgetSpent is BudgetSoonest
+	// timed says the pool's choices note their time (routeStats.picked):
+	// its strategy or affinity reads what rate limit is left.
+	timed bool
 }
 
 // choice is an immutable snapshot of a pool, swapped whole when a view
