@@ -274,7 +274,7 @@ func (t *Tier) affine(h uint64, factor float64) (i int, spilled bool) {
 	var firstLo, firstHi, othersHi float64
 	for j, rt := range t.routes {
 		f := rt.stats.inFlight()
-		if !rt.stats.hasRoom(f) {
+		if !rt.stats.hasRoom() {
 			continue
 		}
 		inFlight += f
@@ -309,7 +309,7 @@ func (t *Tier) affineOrdered(h uint64, factor float64) (i int, spilled bool) {
 	var inFlight, weight int64
 	for j, rt := range t.routes {
 		f := rt.stats.inFlight()
-		if !rt.stats.hasRoom(f) {
+		if !rt.stats.hasRoom() {
 			continue
 		}
 		inFlight += f
@@ -358,11 +358,11 @@ func within(f, inFlight, w, W int64, factor float64) bool {
 	return f < affinityFloor || float64(f) < affinityBound(inFlight, w, W, factor)
 }
 
-// hasRoom reports whether the router has rate limit left for a call with
-// f calls in flight: what roomOf says, from the calls in flight read once.
-func (s *routeStats) hasRoom(f int64) bool {
+// hasRoom reports whether the router has rate limit left for a call:
+// what roomOf says.
+func (s *routeStats) hasRoom() bool {
 	r := s.room.Load()
-	return r == nil || r.share(f) > 0
+	return r == nil || r.share(s.taken(r)) > 0
 }
 
 // firstFor reports whether rt, of weight w, comes before every router of

@@ -75,3 +75,27 @@ func BenchmarkChooseSession(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkChooseHeadroom is a call's choice in issue 23's tiers, a PTU
+// on tier 0 whose upstream said what is left (headroom), on a replica
+// telling two others its counts: the choice notes its time, and reads
+// what is left less its own choices since and its share of the window.
+func BenchmarkChooseHeadroom(b *testing.B) {
+	br, err := broker.New(broker.Config{ID: "a", Pools: ptuPool(), Policy: broker.Policy{DisabledTime: time.Hour}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { br.Close(context.Background()) })
+	br.Merge("b", time.Now(), nil)
+	br.Merge("c", time.Now(), nil)
+	sent := time.Now()
+	if err := br.Finished([]byte("/azure/ptu/"), time.Millisecond, left(1<<40, sent, sent.Add(time.Hour))); err != nil {
+		b.Fatal(err)
+	}
+	ingress := []byte("/azure/")
+	for b.Loop() {
+		if br.Choose(ingress) < 0 {
+			b.Fatal("no router chosen")
+		}
+	}
+}

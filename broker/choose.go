@@ -162,7 +162,10 @@ func (b *Broker) remembered(p *pool, t *Tier, j int) int {
 func (b *Broker) chose(p *pool, rt *route, index int, outcome Outcome) int {
 	b.calls[outcome].Add(1)
 	p.chosen[index].Add(1)
-	rt.stats.chosen.add(1)
+	n := rt.stats.chosen.total.Add(1)
+	if p.timed {
+		rt.stats.picked(n, time.Now())
+	}
 	if b.debug {
 		b.log.Debug("chose router", slog.String("ingress", p.ingress), slog.String("router", rt.path))
 	}

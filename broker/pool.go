@@ -212,6 +212,9 @@ type pool struct {
 	stranded bool                    // no router enabled; guarded by Broker.mu
 	soonest  bool                    // Pool.BudgetSpent is BudgetSoonest
 	budget   *poolBudget             // Pool.Budget and what it counted; nil: none
+	// timed says the pool's choices note their time (routeStats.picked):
+	// its strategy or affinity reads what rate limit is left.
+	timed bool
 }
 
 // choice is an immutable snapshot of a pool, swapped whole when a view

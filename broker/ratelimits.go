@@ -51,6 +51,13 @@ type RateLimits struct {
 	// ResetRequests and ResetTokens are when each count is full again;
 	// zero when not said.
 	ResetRequests, ResetTokens time.Time
+	// Sent and Answered are when the answered call went to the upstream
+	// and when its answer came, by gecholog's clock (its
+	// outbound_inbound_timer; zero: not known). The count left holds
+	// every call that reached the upstream before this one: only those
+	// chosen since Sent are still to come off it. A transaction heard
+	// after one answered later says nothing newer of what is left.
+	Sent, Answered time.Time
 }
 
 // unsaidReset is when a count said without a reset is taken as full again.
@@ -68,6 +75,10 @@ type room struct {
 	// said), so that a router with none left takes calls from its reset
 	// on, not from the next refresh.
 	requestsReset, tokensReset int64
+	// mark, quota and quotaMark are the tally's mark, share and
+	// shareMark (see tally); mark < 0: none, and the calls in flight come
+	// off requests.
+	mark, quota, quotaMark int64
 }
 
 // setRoom sets s.room from s.limits at now.
@@ -78,6 +89,9 @@ func (s *routeStats) setRoom(now time.Time) {
 		return
 	}
 	r := l.roomAt(now)
+	if t := s.tally.Load(); t != nil {
+		r.mark, r.quota, r.quotaMark = t.mark, t.share, t.shareMark
+	}
 	if old := s.room.Load(); old == nil || *old != r {
 		s.room.Store(&r)
 	}
@@ -85,7 +99,7 @@ func (s *routeStats) setRoom(now time.Time) {
 
 // roomAt is what l leaves at now: a count past its reset is full again.
 func (l *RateLimits) roomAt(now time.Time) room {
-	r := room{requests: -1, tokens: 1}
+	r := room{requests: -1, tokens: 1, mark: -1, quota: -1}
 	if l.RemainingRequests >= 0 && (l.ResetRequests.IsZero() || now.Before(l.ResetRequests)) {
 		r.requests, r.limit = l.RemainingRequests, l.LimitRequests
 		if !l.ResetRequests.IsZero() {
@@ -106,18 +120,18 @@ func (l *RateLimits) roomAt(now time.Time) room {
 	return r
 }
 
-// share is the share of r left for one more call, with inFlight calls
-// chosen and not yet answered taken from the requests left: the last
-// answer's count does not know of the calls chosen since. It reads the
-// clock only for a router whose upstream said none is left, to let it
-// take calls again from its reset on.
-func (r *room) share(inFlight int64) float64 {
+// share is the share of r left for one more call, with taken calls taken
+// from the requests left: those the last answer's count does not know of,
+// and, with several replicas, beyond this replica's share (see
+// routeStats.taken). It reads the clock only for a router whose upstream
+// said none is left, to let it take calls again from its reset on.
+func (r *room) share(taken int64) float64 {
 	h := r.tokens
 	if h <= 0 && passed(r.tokensReset) {
 		h = 1
 	}
 	if r.requests >= 0 {
-		left := r.requests - inFlight
+		left := r.requests - taken
 		switch {
 		case left > 0:
 			if r.limit > 0 {
@@ -162,7 +176,11 @@ func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimi
 	case latency > 0:
 		rt.stats.addLatency(latency)
 	}
-	if limits != nil && limits.Known() {
+	if old := rt.stats.limits.Load(); limits != nil && limits.Known() &&
+		(old == nil || limits.Answered.IsZero() || !old.Answered.After(limits.Answered)) {
+		// A transaction heard after one answered later (gecholog publishes
+		// each when its response processors are done) is no news of what
+		// is left.
 		l := *limits
 		// Azure OpenAI says what is left but not when it is full again:
 		// its quotas are per minute, so a count said without a reset is
@@ -186,7 +204,7 @@ func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimi
 		if l.ResetTokens.After(latest) {
 			l.ResetTokens = latest
 		}
-		if old := rt.stats.limits.Load(); old != nil {
+		if old != nil {
 			// What a count was measured against when the headers do
 			// not say: the most ever left.
 			if l.LimitRequests < 0 {
@@ -196,6 +214,7 @@ func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimi
 				l.LimitTokens = max(old.LimitTokens, old.RemainingTokens, l.RemainingTokens)
 			}
 		}
+		rt.stats.tally.Store(b.tallied(rt, &l, rt.stats.tally.Load(), now))
 		rt.stats.limits.Store(&l)
 		rt.stats.setRoom(now)
 	}

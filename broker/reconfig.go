@@ -98,7 +98,7 @@ func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *ta
 	}
 	for _, pc := range pools {
 		s, _ := strategy(pc.StrategyName()) // validated
-		p := &pool{ingress: pc.Ingress, routers: slices.Clone(pc.Routers), strategy: s, name: pc.StrategyName(), affinity: pc.Affinity, soonest: pc.BudgetSpent == BudgetSoonest, seed: fmix(sessionHash(pc.Ingress)), chosen: make([]atomic.Uint64, len(pc.Routers)), tab: t}
+		p := &pool{ingress: pc.Ingress, routers: slices.Clone(pc.Routers), strategy: s, name: pc.StrategyName(), affinity: pc.Affinity, soonest: pc.BudgetSpent == BudgetSoonest, timed: strategies[pc.StrategyName()].NeedsTransactionLog || pc.Affinity.On(), seed: fmix(sessionHash(pc.Ingress)), chosen: make([]atomic.Uint64, len(pc.Routers)), tab: t}
 		var was *pool
 		if old != nil {
 			was = old.pools[p.ingress]

@@ -75,6 +75,11 @@ type routeStats struct {
 	// when a transaction is heard and at every Refresh, so that a call
 	// reads no clock; nil: the upstream said nothing.
 	room atomic.Pointer[room]
+	// picks are the times of this replica's last pickRing choices of the
+	// router (unix nanoseconds), the n-th at n % pickRing, and tally
+	// what it takes off the last answer's count (see tally; nil: none).
+	picks [pickRing]atomic.Int64
+	tally atomic.Pointer[tally]
 
 	use usageCounts // tokens and spend, from the transaction log
 

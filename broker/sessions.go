@@ -32,7 +32,7 @@ func (fewestSessions) Pick(t *Tier) int {
 	for k := range min(n, 16) {
 		i := (start + k) % n
 		f := t.InFlight(i)
-		if !t.routes[i].stats.hasRoom(f) {
+		if !t.routes[i].stats.hasRoom() {
 			continue
 		}
 		load := t.Sessions(i) + f + 1

@@ -119,7 +119,7 @@ func (t *Tier) indexOf(rt *route) int {
 // Tier.affine applies).
 func (t *Tier) takes(j int, factor float64) bool {
 	f := t.InFlight(j)
-	if !t.routes[j].stats.hasRoom(f) {
+	if !t.routes[j].stats.hasRoom() {
 		return false
 	}
 	if f < affinityFloor {
@@ -127,7 +127,7 @@ func (t *Tier) takes(j int, factor float64) bool {
 	}
 	var inFlight, weight int64
 	for k, rt := range t.routes {
-		if g := rt.stats.inFlight(); rt.stats.hasRoom(g) {
+		if g := rt.stats.inFlight(); rt.stats.hasRoom() {
 			inFlight += g
 			weight += int64(t.weights[k])
 		}

@@ -171,15 +171,17 @@ func (t *Tier) Latency(i int) (d time.Duration, ok bool) { return t.routes[i].st
 
 // Headroom is the share of router i's rate limit left for one more call,
 // from 0 (none until its reset) to 1: what its upstream's rate-limit
-// headers last said was left, less the calls in flight to it, which that
-// answer could not know of. ok is false when its upstream sent none.
+// headers last said was left, less the calls chosen since the answered
+// call was sent, which that answer could not know of; with several
+// replicas, no more than this replica's share of what the quota window's
+// first answer said was left. ok is false when its upstream sent none.
 func (t *Tier) Headroom(i int) (h float64, ok bool) {
 	s := &t.routes[i].stats
 	r := s.room.Load()
 	if r == nil {
 		return 0, false
 	}
-	return r.share(s.inFlight()), true
+	return r.share(s.taken(r)), true
 }
 
 // random is weighted random: the default, and the original's rule.

@@ -50,7 +50,8 @@ type RouterView struct {
 	HeadroomKnown bool
 	// Room is what the headroom strategy reads for the router's next call
 	// (as of the last Refresh or transaction heard): Headroom less the
-	// calls in flight that its upstream's last answer could not know of.
+	// calls that its upstream's last answer could not know of, within
+	// this replica's share of the quota window (see Tier.Headroom).
 	// It is 0 while HeadroomKnown is false.
 	Room float64
 	// RateLimitedUntil is when a router its upstream said has no request
@@ -123,7 +124,7 @@ func (b *Broker) poolView(out []RouterView, p *pool, now time.Time) []RouterView
 		v.Headroom, v.HeadroomKnown = rt.stats.headroom(now)
 		v.Room = v.Headroom
 		if r := rt.stats.room.Load(); r != nil {
-			v.Room = r.share(v.InFlight)
+			v.Room = r.share(rt.stats.taken(r))
 		}
 		v.RateLimitedUntil = rt.stats.waitsUntil(now)
 		v.Failures, v.Calls = b.rate(rt)

@@ -97,7 +97,11 @@ func (h *Handler) Handle(data []byte) []byte {
 	}
 	var retryAfter time.Duration
 	if m.Status == 429 || m.Status == 503 {
-		retryAfter = RetryAfter(m.Headers, time.Now())
+		now := time.Now()
+		retryAfter = RetryAfter(m.Headers, now)
+		if m.Status == 429 {
+			retryAfter = quotaBack(m.Headers, now, retryAfter)
+		}
 	}
 	h.b.Report(m.Path, m.Status, retryAfter)
 	return nil

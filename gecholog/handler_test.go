@@ -238,6 +238,44 @@ func TestRetryAfterOfA429Or503SetsTheDisable(t *testing.T) {
 	}
 }
 
+// A PTU deployment's 429 says Retry-After in whole seconds, rounded up, and
+// x-ratelimit-reset-requests to the millisecond: a disable of the rounded
+// Retry-After keeps tier 0 out up to a second after its quota is back,
+// and a quota window that opens with the first call after the last ended
+// starts that much later, each time (issue 23).
+func TestA429ThatSaysNoRequestIsLeftIsDisabledUntilItsPreciseReset(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		headers  string
+		min, max time.Duration
+	}{
+		{"the reset, sooner than Retry-After", `{"Retry-After":["5"],"X-Ratelimit-Remaining-Requests":["0"],"X-Ratelimit-Reset-Requests":["4.2s"]}`,
+			4150 * time.Millisecond, 4200 * time.Millisecond},
+		{"no sooner than a second", `{"Retry-After":["1"],"X-Ratelimit-Remaining-Requests":["0"],"X-Ratelimit-Reset-Requests":["200ms"]}`,
+			time.Second, time.Second},
+		{"Retry-After, sooner than the reset", `{"Retry-After":["3"],"X-Ratelimit-Remaining-Requests":["0"],"X-Ratelimit-Reset-Requests":["6s"]}`,
+			3 * time.Second, 3 * time.Second},
+		{"Retry-After, when requests are left (tokens ran out)", `{"Retry-After":["5"],"X-Ratelimit-Remaining-Requests":["7"],"X-Ratelimit-Reset-Requests":["4.2s"]}`,
+			5 * time.Second, 5 * time.Second},
+		{"the later of two counts that ran out", `{"Retry-After":["9"],"X-Ratelimit-Remaining-Requests":["0"],"X-Ratelimit-Reset-Requests":["2s"],"X-Ratelimit-Remaining-Tokens":["0"],"X-Ratelimit-Reset-Tokens":["6.5s"]}`,
+			6450 * time.Millisecond, 6500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			store := newMemStore()
+			h, b, _ := newHandler(t, store)
+			is.Equal(len(h.Handle([]byte(`{"gl_path":"/azure/dud/","egress_status_code":429,"inbound_headers":`+tc.headers+`}`))), 0)
+			b.Close(context.Background()) // waits for the background write
+			e, live := store.entry("/azure/dud/")
+			is.True(live) // disabled
+			d := e.Record.Until.Sub(e.Record.At)
+			if d < tc.min || d > tc.max {
+				t.Fatalf("disabled for %v, want %v to %v", d, tc.min, tc.max)
+			}
+		})
+	}
+}
+
 func TestHandlerCountsMalformedMessagesAndPassesTheRestToTheBroker(t *testing.T) {
 	is := is.New(t)
 	h, b, _ := newHandler(t, nil)

@@ -70,6 +70,30 @@ func RateLimits(headers []byte, at time.Time) (l broker.RateLimits, bad int) {
 	return l, bad
 }
 
+// quotaBack is how long a 429 keeps its router out: retryAfter, or, when
+// the answer's rate-limit headers say a count ran out and when it is full
+// again, that reset if it comes sooner (the later of two counts that ran
+// out). OpenAI and Azure OpenAI say Retry-After in whole seconds rounded
+// up but x-ratelimit-reset-* to the millisecond: a disable of the rounded
+// Retry-After keeps a router out up to a second after its quota is back,
+// and a quota window that opens with the first call after the last ended
+// then starts that much later, every window. The response context is sent
+// as the answer arrives, so its time stands for the answer's.
+func quotaBack(headers []byte, now time.Time, retryAfter time.Duration) time.Duration {
+	l, _ := RateLimits(headers, now)
+	var back time.Time
+	if l.RemainingRequests == 0 && l.ResetRequests.After(now) {
+		back = l.ResetRequests
+	}
+	if l.RemainingTokens == 0 && l.ResetTokens.After(back) {
+		back = l.ResetTokens
+	}
+	if back.After(now) && (retryAfter <= 0 || back.Sub(now) < retryAfter) {
+		return back.Sub(now)
+	}
+	return retryAfter
+}
+
 // firstString is the first value of a header's list of values, which
 // skip has checked is JSON: the first element of an array, when it is a
 // string.

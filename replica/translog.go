@@ -155,6 +155,9 @@ func (r *Replica) hear(m *nats.Msg) {
 	var limits *broker.RateLimits
 	l, bad := gecholog.RateLimits(tx.Headers, at)
 	if l.Known() {
+		// What is left counts the calls sent before this one (see
+		// broker.RateLimits.Sent), and orders the answers.
+		l.Sent, l.Answered = tx.Start, tx.Stop
 		limits = &l
 	}
 	if bad > 0 {

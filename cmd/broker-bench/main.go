@@ -16,6 +16,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -90,6 +91,12 @@ type options struct {
 	sessions     int
 	sessionCalls int
 	loadFactor   float64
+	// ptu's.
+	ptuRuns       int
+	ptuCalls      int
+	ptuCallers    int
+	ptuStrategies string
+	ptuSerial     bool
 
 	logLevel string
 	level    slog.Level // of logLevel
@@ -107,7 +114,8 @@ type mode struct {
 	// cluster says it starts a cluster of nats-server processes of its
 	// own, rather than the one server the others share.
 	cluster bool
-	quota   int // its -quota by default
+	quota   int           // its -quota by default
+	window  time.Duration // its -window by default; 0: 2s
 	run     func(*bench, context.Context) error
 }
 
@@ -122,6 +130,7 @@ var modes = []mode{
 	{name: "nodeloss", about: "losing a node of a NATS cluster", cluster: true, run: (*bench).nodeloss},
 	{name: "strategies", about: "the throughput of each strategy", duration: 10 * time.Second, run: (*bench).strategies},
 	{name: "spillover", about: "priority tiers taking a quota's overflow", duration: 40 * time.Second, quota: 50, run: (*bench).spillover},
+	{name: "ptu", about: "issue 23's PTU: replica processes, a tier-0 quota window opened by the first call after the last ended, a closed loop of callers; tier 0's share of its quota and the clients' 429s, per run", quota: 100, window: 5 * time.Second, run: (*bench).ptuMode},
 	{name: "headroom", about: "the headroom strategy against rate limits", duration: 2 * time.Minute, quota: 50, run: (*bench).headroomMode},
 	{name: "latency", about: "the latency strategy against slow deployments", duration: 20 * time.Second, run: (*bench).latencyMode},
 	{name: "cost", about: "the cost strategy against random: what the same calls cost", duration: 10 * time.Second, run: (*bench).costMode},
@@ -203,8 +212,8 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Duration(&o.disable, "soak-disable", "", time.Second, time.Second, time.Hour, "soak: the disabled `time`, short so that routers cycle through disable, probe and enable")
 	s.Int(&o.runs, "runs", "", 20, 1, 1000, "nodeloss: `runs` for each kind of node lost")
 	s.Duration(&o.nodelossDisabled, "nodeloss-disabled-time", "", time.Minute, time.Second, time.Hour, "nodeloss: the disabled `time`; over 30s, each run also waits for every disable to land")
-	s.Int(&o.quota, "quota", "", 0, 0, 1_000_000, "spillover, headroom: a deployment's request `quota` per window (default 50)")
-	s.Duration(&o.window, "window", "", 2*time.Second, time.Second, time.Hour, "spillover, headroom: the quota's `window`, compressed from the real APIs' minute")
+	s.Int(&o.quota, "quota", "", 0, 0, 1_000_000, "spillover, headroom, ptu: a deployment's request `quota` per window (default 50; 100 ptu)")
+	s.Duration(&o.window, "window", "", 0, time.Second, time.Hour, "spillover, headroom, ptu: the quota's `window`, compressed from the real APIs' minute (default 2s; 5s ptu)")
 	s.Int(&o.load, "load", "", 0, 0, 100_000, "latency, cost, balance: `calls` per second to each pool (default 40 latency and cost, 150 balance)")
 	s.Int(&o.calls, "calls", "", 100_000, 1, 10_000_000, "drift: `calls` to each pool")
 	s.Float(&o.lose, "lose", "", 0.01, 0, 1, "drift: `fraction` of the calls whose report (response context) is lost")
@@ -216,6 +225,11 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Int(&o.sessions, "sessions", "", 1000, 1, 100_000, "affinity: `sessions` in each run")
 	s.Int(&o.sessionCalls, "session-calls", "", 10, 3, 100, "affinity: `calls` of each session, one after the other")
 	s.Float(&o.loadFactor, "load-factor", "", 0, 0, 10, "affinity: the pools' load_factor (0: the broker's default, 1.5; else 1.1 to 10)")
+	s.Int(&o.ptuRuns, "ptu-runs", "", 3, 1, 100, "ptu: `runs` of each strategy")
+	s.Int(&o.ptuCalls, "ptu-calls", "", 3000, 1, 1_000_000, "ptu: `calls` in each run")
+	s.Int(&o.ptuCallers, "ptu-callers", "", 4, 1, 1024, "ptu: `callers` in the closed loop, each making its calls one after the other")
+	s.String(&o.ptuStrategies, "ptu-strategies", "", "random,headroom", "ptu: the pools' `strategies`, comma-separated, each run for each")
+	s.Bool(&o.ptuSerial, "ptu-serial", "", "ptu: the client waits for the response context and the transaction before its next call (default: it has its answer first, as gecholog's async response processors give it)")
 	s.String(&o.logLevel, "log-level", "", "error", "replicas' log `level` on stderr: debug, info, warn or error")
 	s.String(&o.cpuProf, "cpuprofile", "", "", "write a CPU profile of the whole run (server, replicas and callers) to `file`")
 	s.String(&o.memProf, "memprofile", "", "", "write an allocation profile of the whole run to `file`")
@@ -231,6 +245,14 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	}
 	if o.duration == 0 {
 		o.duration = m.duration
+	}
+	if o.window == 0 {
+		o.window = cmp.Or(m.window, 2*time.Second)
+	}
+	for _, s := range strings.Split(o.ptuStrategies, ",") {
+		if !slices.Contains(broker.Strategies(), s) {
+			return o, fmt.Errorf("-ptu-strategies: %q is no strategy", s)
+		}
 	}
 	if err := o.level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return o, fmt.Errorf("log-level %q: debug, info, warn or error", o.logLevel)

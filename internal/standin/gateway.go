@@ -2,6 +2,7 @@ package standin
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,6 +57,32 @@ type Gateway struct {
 	// gecholog does, when it is JSON of at most MaxAnswer bytes (Answer,
 	// when set, still wins); false: Payload's completion.
 	LogAnswers bool
+	// Tails, when set, gives the client its answer as soon as the
+	// upstream's is in, as gecholog does: its response processors are
+	// async, so it answers the client and then sends the response
+	// context and, once that is answered, publishes the transaction. A
+	// client in a closed loop makes its next call meanwhile. The response
+	// context and the transaction go on a goroutine that Tails counts;
+	// whoever set it waits for it. nil: a call returns once both are
+	// done.
+	Tails *Tails
+}
+
+// Tails counts the response contexts and transactions a gateway with
+// Tails still has to send, and those that failed.
+type Tails struct {
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	failed int
+}
+
+// Wait waits for every response context and transaction started, and
+// returns how many failed.
+func (t *Tails) Wait() (failed int) {
+	t.wg.Wait()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.failed
 }
 
 // MaxAnswer bounds the upstream answer a gateway with LogAnswers keeps.
@@ -166,6 +193,22 @@ func (g Gateway) DoCall(ctx context.Context, c ClientCall) (Result, error) {
 	}
 	g.upstream(ctx, &res, c.Body)
 	g.Statuses.Add(res.Router, res.Status)
+	if g.Tails != nil {
+		g.Tails.wg.Go(func() {
+			if _, err := g.after(ctx, res); err != nil {
+				g.Tails.mu.Lock()
+				g.Tails.failed++
+				g.Tails.mu.Unlock()
+			}
+		})
+		return res, nil
+	}
+	return g.after(ctx, res)
+}
+
+// after sends res's response context, then publishes its transaction.
+func (g Gateway) after(ctx context.Context, res Result) (Result, error) {
+	timeout := cmp.Or(g.Timeout, 2*time.Second)
 	if g.LoseReports == 0 || rand.Float64() >= g.LoseReports {
 		report, err := json.Marshal(struct {
 			GLPath  string      `json:"gl_path"`

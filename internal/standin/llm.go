@@ -64,6 +64,11 @@ type LLM struct {
 	// both ways (default: when the first call arrives). Two deployments
 	// are rarely in step: give each its own.
 	Epoch time.Time
+	// Lazy starts a window with the first call after the last window
+	// ended, rather than back to back from Epoch (which it ignores): the
+	// quota a deployment that idles between windows loses is lost to its
+	// client, as with an upstream whose window opens on the first call.
+	Lazy bool
 
 	once       sync.Once
 	slots      chan struct{} // nil: no limit
@@ -126,10 +131,13 @@ func (l *LLM) Windows() []WindowCount {
 func (l *LLM) admit(now time.Time) (ok bool, reset time.Duration) {
 	if l.epoch.IsZero() {
 		l.epoch = l.Epoch
-		if l.epoch.IsZero() {
+		if l.epoch.IsZero() || l.Lazy {
 			l.epoch = now
 		}
 		l.window = math.MinInt64
+	}
+	if l.Lazy && !now.Before(l.epoch.Add(l.Window)) {
+		l.epoch = now // the last window has ended: this call opens the next
 	}
 	idx, start := l.windowAt(now)
 	if idx != l.window {
@@ -153,6 +161,14 @@ func (l *LLM) admit(now time.Time) (ok bool, reset time.Duration) {
 // held.
 func (l *LLM) windowAt(now time.Time) (int64, time.Time) {
 	d := now.Sub(l.epoch)
+	if l.Lazy {
+		// One window at a time, from the call that opened it; the index
+		// is its start, which differs from every earlier one's.
+		if d >= l.Window {
+			return l.epoch.Add(d).UnixNano(), l.epoch.Add(d) // none open: the next starts now
+		}
+		return l.epoch.UnixNano(), l.epoch
+	}
 	idx := int64(d / l.Window)
 	if d < 0 && d%l.Window != 0 {
 		idx-- // floor, before the epoch too

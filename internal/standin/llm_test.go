@@ -92,6 +92,37 @@ func TestQuotaWindowsFollowTheEpochAndResetInWholeSeconds(t *testing.T) {
 	is.True(ws[0].Start.Before(time.Now().Add(-time.Second))) // the window holding now, from the epoch
 }
 
+func TestALazyWindowOpensWithTheFirstCallAfterTheLastEnded(t *testing.T) {
+	is := is.New(t)
+	// An epoch long past, which a lazy deployment ignores: its window
+	// opens with its first call, and lasts the whole window from there.
+	llm := &standin.LLM{Quota: 1, Window: time.Second, Lazy: true, Epoch: time.Now().Add(-time.Hour - 900*time.Millisecond)}
+	url, c := serve(t, llm)
+	first := time.Now()
+	is.Equal(post(t, c, url).StatusCode, 200)
+	resp := post(t, c, url)
+	is.Equal(resp.StatusCode, http.StatusTooManyRequests)
+	reset, err := time.ParseDuration(resp.Header.Get("X-Ratelimit-Reset-Requests"))
+	is.NoErr(err)
+	is.True(reset > 500*time.Millisecond) // a whole window from the first call, not what the epoch leaves
+	// Idle past the window's end: the next call opens a new window at its
+	// own arrival, not at the end of the last.
+	for time.Since(first) < 1500*time.Millisecond {
+		<-time.After(1500*time.Millisecond - time.Since(first)) // the window and half of one more, a fixed span the test sets itself
+	}
+	reopened := time.Now()
+	resp = post(t, c, url)
+	is.Equal(resp.StatusCode, 200)
+	reset, err = time.ParseDuration(resp.Header.Get("X-Ratelimit-Reset-Requests"))
+	is.NoErr(err)
+	is.True(reset > 800*time.Millisecond) // a fixed window from the first would have reset 0.5 s after this call
+	ws := llm.Windows()
+	is.Equal(len(ws), 2)
+	is.True(!ws[1].Start.Before(reopened)) // the second window starts with the call that opened it
+	is.Equal(ws[0].Served, 1)
+	is.Equal(ws[0].Limited, 1)
+}
+
 func TestCallsBeyondTheConcurrencyLimitWaitForASlot(t *testing.T) {
 	is := is.New(t)
 	release := make(chan struct{})
