@@ -146,6 +146,7 @@ func (r *Replica) keepReach(ctx context.Context) {
 			r.log.Info("the router health bucket answers again; reading every router's health",
 				slog.String("bucket", r.cfg.Bucket), slog.Duration("after", now.Sub(told).Round(time.Millisecond)))
 			store.Resync()
+			r.broker.RetryWrites()
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			if err := r.broker.Reload(rctx); err != nil && ctx.Err() == nil {
 				r.log.Warn("could not read every router's health; the watcher brings it", slog.Any("error", err))
