@@ -154,7 +154,9 @@ func (r *Replica) keepReach(ctx context.Context) {
 				slog.String("cause", rc.Cause), slog.Duration("for", now.Sub(rc.LastAnswer).Round(time.Second)))
 		case !lost && stale:
 			stale = false
-			r.log.Info("the router health bucket answers again; reading every router's health",
+			// A warning as the loss was, so that a filter on warnings shows
+			// both ends of the time the view may have been stale.
+			r.log.Warn("the router health bucket answers again; reading every router's health",
 				slog.String("bucket", r.cfg.Bucket), slog.Duration("after", now.Sub(told).Round(time.Millisecond)))
 			store.Resync()
 			r.broker.RetryWrites()
