@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -19,25 +20,49 @@ type Cluster struct {
 	Servers []*server.Server
 	// routes[i][j] carries the routes node i dials to node j.
 	routes [][]*Proxy
+	dir    string
 }
 
 // StartPartitionable starts n nodes (n1, n2, ...) with JetStream, each
 // dialling every other through a proxy, and returns once the JetStream
 // meta group has a leader that counts every node. A node advertises no
 // route address of its own, so that no node dials another around the
-// proxies.
+// proxies. It all stops when the test ends.
 func StartPartitionable(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
-	ports, err := freePorts(2 * n)
+	c, err := NewPartitionable(n, opts...)
 	if err != nil {
 		t.Fatalf("natstest: partitionable cluster: %v", err)
 	}
-	c := &Cluster{routes: make([][]*Proxy, n)}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// NewPartitionable is StartPartitionable for a program rather than a
+// test (broker-bench -mode partition): the caller stops the cluster with
+// Close. Its servers log nothing.
+func NewPartitionable(n int, opts ...Option) (_ *Cluster, err error) {
+	dir, err := os.MkdirTemp("", "natstest-partition-")
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{routes: make([][]*Proxy, n), dir: dir}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	ports, err := freePorts(2 * n)
+	if err != nil {
+		return nil, err
+	}
 	for i := range n {
 		c.routes[i] = make([]*Proxy, n)
 		for j := range n {
 			if i != j {
-				c.routes[i][j] = StartRawProxy(t, fmt.Sprintf("127.0.0.1:%d", ports[n+j]))
+				if c.routes[i][j], err = NewRawProxy(fmt.Sprintf("127.0.0.1:%d", ports[n+j])); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
@@ -47,7 +72,7 @@ func StartPartitionable(t testing.TB, n int, opts ...Option) *Cluster {
 			Host:       "127.0.0.1",
 			Port:       ports[i],
 			JetStream:  true,
-			StoreDir:   t.TempDir(),
+			StoreDir:   fmt.Sprintf("%s/n%d", dir, i+1),
 			NoLog:      true,
 			NoSigs:     true,
 			Cluster: server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: ports[n+i],
@@ -63,29 +88,52 @@ func StartPartitionable(t testing.TB, n int, opts ...Option) *Cluster {
 		}
 		s, err := server.NewServer(o)
 		if err != nil {
-			t.Fatalf("natstest: new server %s: %v", o.ServerName, err)
+			return nil, fmt.Errorf("new server %s: %w", o.ServerName, err)
 		}
 		c.Servers = append(c.Servers, s)
 		go s.Start()
-		t.Cleanup(func() {
-			s.Shutdown()
-			s.WaitForShutdown()
-		})
 	}
 	for _, s := range c.Servers {
 		if !s.ReadyForConnections(10 * time.Second) {
-			t.Fatalf("natstest: node %s not ready within 10s", s.Name())
+			return nil, fmt.Errorf("node %s not ready within 10s", s.Name())
 		}
 	}
-	Eventually(t, 30*time.Second, func() bool {
-		for _, s := range c.Servers {
-			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == n {
-				return true
+	deadline := time.Now().Add(30 * time.Second)
+	for !c.metaLeaderKnowsAll() {
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("no JetStream meta leader that knows all %d nodes within 30s", n)
+		}
+		time.Sleep(5 * time.Millisecond) // polling the servers' own state
+	}
+	return c, nil
+}
+
+func (c *Cluster) metaLeaderKnowsAll() bool {
+	for _, s := range c.Servers {
+		if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == len(c.Servers) {
+			return true
+		}
+	}
+	return false
+}
+
+// Close shuts every node down, stops the proxies and removes the nodes'
+// stores.
+func (c *Cluster) Close() {
+	for _, s := range c.Servers {
+		s.Shutdown()
+	}
+	for _, s := range c.Servers {
+		s.WaitForShutdown()
+	}
+	for _, row := range c.routes {
+		for _, p := range row {
+			if p != nil {
+				p.Close()
 			}
 		}
-		return false
-	}, "a JetStream meta leader that knows all %d nodes", n)
-	return c
+	}
+	os.RemoveAll(c.dir)
 }
 
 // Cut stops every route between node i and the others, both ways,
@@ -109,21 +157,58 @@ func (c *Cluster) Heal(i int) {
 	}
 }
 
+// RouteBytes is how many bytes every route proxy has forwarded, both
+// ways, since the cluster started: what the routes cost on the wire.
+func (c *Cluster) RouteBytes() int64 {
+	var n int64
+	for _, row := range c.routes {
+		for _, p := range row {
+			if p != nil {
+				n += p.Bytes()
+			}
+		}
+	}
+	return n
+}
+
 // StartRawProxy forwards every connection from a loopback port to addr
 // (host:port) byte for byte, whatever the protocol (a route's, say), and
 // can Stall and Resume as Proxy does. It stops when the test ends.
 func StartRawProxy(t testing.TB, addr string) *Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := NewRawProxy(addr)
 	if err != nil {
 		t.Fatalf("natstest: proxy: %v", err)
 	}
-	p := &Proxy{ln: ln, target: addr, conns: map[net.Conn]bool{}, changed: make(chan struct{}), raw: true}
-	p.flowing = sync.NewCond(&p.mu)
-	p.wg.Add(1)
-	go p.accept()
 	t.Cleanup(p.Close)
 	return p
+}
+
+// NewRawProxy is StartRawProxy for a program; the caller stops it with
+// Close.
+func NewRawProxy(addr string) (*Proxy, error) {
+	p, err := newProxy(addr)
+	if err != nil {
+		return nil, err
+	}
+	p.raw = true
+	p.start()
+	return p, nil
+}
+
+func newProxy(target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]bool{}, changed: make(chan struct{})}
+	p.flowing = sync.NewCond(&p.mu)
+	return p, nil
+}
+
+func (p *Proxy) start() {
+	p.wg.Add(1)
+	go p.accept()
 }
 
 // Addr is the proxy's host:port.
