@@ -15,11 +15,14 @@ import (
 // Cluster is embedded nats-servers whose routes each pass through a proxy
 // of their own, so that a node can be cut off from the others as a
 // network partition does (packets stop, nothing is reset) while its
-// clients still reach it, and healed again.
+// clients still reach it, and healed again. Each node also tells clients
+// to reach it through a proxy of its own (LinkURL), so that the clients
+// that do can be cut off with it.
 type Cluster struct {
 	Servers []*server.Server
 	// routes[i][j] carries the routes node i dials to node j.
 	routes [][]*Proxy
+	links  []*Proxy // links[i] carries the clients that reach node i by LinkURL
 	dir    string
 }
 
@@ -46,7 +49,7 @@ func NewPartitionable(n int, opts ...Option) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{routes: make([][]*Proxy, n), dir: dir}
+	c := &Cluster{routes: make([][]*Proxy, n), links: make([]*Proxy, n), dir: dir}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -57,6 +60,9 @@ func NewPartitionable(n int, opts ...Option) (_ *Cluster, err error) {
 		return nil, err
 	}
 	for i := range n {
+		if c.links[i], err = NewRawProxy(fmt.Sprintf("127.0.0.1:%d", ports[i])); err != nil {
+			return nil, err
+		}
 		c.routes[i] = make([]*Proxy, n)
 		for j := range n {
 			if i != j {
@@ -77,6 +83,8 @@ func NewPartitionable(n int, opts ...Option) (_ *Cluster, err error) {
 			NoSigs:     true,
 			Cluster: server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: ports[n+i],
 				Advertise: "127.0.0.1:1"}, // nobody listens there: routes go through the proxies only
+			// Clients learn every node by its link, never around it.
+			ClientAdvertise: c.links[i].Addr(),
 		}
 		for j := range n {
 			if j != i {
@@ -126,6 +134,11 @@ func (c *Cluster) Close() {
 	for _, s := range c.Servers {
 		s.WaitForShutdown()
 	}
+	for _, p := range c.links {
+		if p != nil {
+			p.Close()
+		}
+	}
 	for _, row := range c.routes {
 		for _, p := range row {
 			if p != nil {
@@ -135,6 +148,18 @@ func (c *Cluster) Close() {
 	}
 	os.RemoveAll(c.dir)
 }
+
+// LinkURL is the URL node i gives clients, through a proxy CutClients
+// stalls: a client given it, or that learned it from the cluster, is cut
+// off with the node; one given Servers[i].ClientURL() is not.
+func (c *Cluster) LinkURL(i int) string { return "nats://" + c.links[i].Addr() }
+
+// CutClients stops the links of the clients that reach node i by its
+// LinkURL, both ways, without closing one.
+func (c *Cluster) CutClients(i int) { c.links[i].Stall() }
+
+// HealClients lets them flow again.
+func (c *Cluster) HealClients(i int) { c.links[i].Resume() }
 
 // Cut stops every route between node i and the others, both ways,
 // without closing a connection.
