@@ -57,9 +57,14 @@ type brokerProc struct {
 	applied map[uint64]time.Time // revision → its "applied" line's own time
 	// disabled is, by router, its first "router disabled" line's own time.
 	disabled map[string]time.Time
-	last     string        // the last warning or error it logged, for an error
-	grew     chan struct{} // closed and replaced when any of the above changes
-	ended    bool
+	// said is, by message, its first line's own time; reconnected, its
+	// first "reconnected to NATS" line's, by server.
+	said        map[string]time.Time
+	reconnected map[string]time.Time
+	moves       int           // "moving to another NATS server" lines
+	last        string        // the last warning or error it logged, for an error
+	grew        chan struct{} // closed and replaced when any of the above changes
+	ended       bool
 }
 
 // appliedLine is the line a replica logs once it chooses by a new
@@ -69,6 +74,18 @@ const appliedLine = "applied a new revision of the fleet's configuration"
 // disabledLine is the line a replica logs once it has taken a router
 // out, on its own failure report or on the bucket's word.
 const disabledLine = "router disabled"
+
+// reconnectedLine is the line a replica logs once its connection is up
+// again, naming the server.
+const reconnectedLine = "reconnected to NATS"
+
+// movingLine begins the line a replica logs when it moves to another
+// server on its own.
+const movingLine = "moving to another NATS server"
+
+// maxSaid bounds the distinct messages, and the servers, whose first
+// line a replica's log is followed for.
+const maxSaid = 1 << 10
 
 // maxDisabledSeen bounds the routers whose disable a replica's log is
 // followed for.
@@ -131,6 +148,12 @@ func (b *bench) startProcs(ctx context.Context, bin string, n int) (procs []*bro
 }
 
 func (b *bench) spawn(bin, id string) (*brokerProc, error) {
+	return b.spawnOn(bin, id, b.url)
+}
+
+// spawnOn starts a replica process on the NATS servers at url, with env
+// (KEY=value) over the bench's settings.
+func (b *bench) spawnOn(bin, id, url string, env ...string) (*brokerProc, error) {
 	cmd := exec.Command(bin)
 	// Nothing of the caller's environment but these: a developer's NATS_*
 	// or BROKER_* must not change what is measured.
@@ -140,7 +163,7 @@ func (b *bench) spawn(bin, id string) (*brokerProc, error) {
 		}
 	}
 	cmd.Env = append(cmd.Env,
-		"NATS_URL="+b.url,
+		"NATS_URL="+url,
 		"BROKER_ID="+id,
 		"BROKER_SUBJECT="+b.subject,
 		"BROKER_BUCKET="+b.bucket,
@@ -153,6 +176,7 @@ func (b *bench) spawn(bin, id string) (*brokerProc, error) {
 	if b.o.token != "" {
 		cmd.Env = append(cmd.Env, "NATS_TOKEN="+b.o.token)
 	}
+	cmd.Env = append(cmd.Env, env...) // the last of a key's values wins
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -160,7 +184,8 @@ func (b *bench) spawn(bin, id string) (*brokerProc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	p := &brokerProc{id: id, cmd: cmd, done: make(chan struct{}), applied: map[uint64]time.Time{}, disabled: map[string]time.Time{}, grew: make(chan struct{})}
+	p := &brokerProc{id: id, cmd: cmd, done: make(chan struct{}), applied: map[uint64]time.Time{}, disabled: map[string]time.Time{},
+		said: map[string]time.Time{}, grew: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		p.read(stderr, b.stderr, b.o.level)
@@ -199,6 +224,7 @@ func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
 		Revision uint64    `json:"revision"`
 		Error    string    `json:"error"`
 		Router   string    `json:"router"`
+		Server   string    `json:"server"`
 	}
 	var lv slog.Level
 	if json.Unmarshal(s, &l) != nil || lv.UnmarshalText([]byte(l.Level)) != nil {
@@ -210,6 +236,20 @@ func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, ok := p.said[l.Msg]; !ok && len(p.said) < maxSaid {
+		p.said[l.Msg] = l.Time
+	}
+	if strings.HasPrefix(l.Msg, movingLine) {
+		p.moves++
+	}
+	if l.Msg == reconnectedLine && l.Server != "" {
+		if p.reconnected == nil {
+			p.reconnected = map[string]time.Time{}
+		}
+		if _, ok := p.reconnected[l.Server]; !ok && len(p.reconnected) < maxSaid {
+			p.reconnected[l.Server] = l.Time
+		}
+	}
 	switch {
 	case l.Msg == "metrics listening":
 		p.addr = l.Addr
