@@ -184,6 +184,7 @@ func TestBenchRefusesBadSettingsWithOneLine(t *testing.T) {
 		{[]string{"-mode", "affinity", "-load-factor", "1.05"}, "-load-factor"},
 		{[]string{"-pools", "10", "-routers", "5"}, "at least one router per pool"},
 		{[]string{"-mode", "partition", "-partition-settings", "defaults,quick"}, "-partition-settings"},
+		{[]string{"-mode", "partition", "-partition-cases", "leader,all"}, "-partition-cases"},
 		{[]string{"-server", "nats://example.com:4222"}, "loopback only"},
 		{[]string{"-server", "10.0.0.1:4222"}, "loopback only"},
 		{[]string{"extra"}, `unexpected argument "extra"`},

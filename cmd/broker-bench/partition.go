@@ -72,6 +72,9 @@ func (b *bench) partition(ctx context.Context) error {
 		var n int
 		var bucket, calls []string
 		for _, pc := range partitionCases {
+			if !slices.Contains(strings.Split(b.o.partitionCases, ","), pc.key()) {
+				continue
+			}
 			var runs []partitionResult
 			for range b.o.partitionRuns {
 				res, err := b.partitionRun(ctx, bin, pc, rs)
@@ -342,6 +345,15 @@ func (p *brokerProc) disabledAt(router string) (time.Time, bool) {
 	defer p.mu.Unlock()
 	at, ok := p.disabled[router]
 	return at, ok
+}
+
+// partitionCaseKeys lists the cases' keys for the flag's help.
+func partitionCaseKeys() string {
+	var keys []string
+	for _, pc := range partitionCases {
+		keys = append(keys, pc.key())
+	}
+	return strings.Join(keys, ",")
 }
 
 // partitionSettingNames lists the settings' names for the flag's help.

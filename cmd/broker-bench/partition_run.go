@@ -25,6 +25,18 @@ type partitionCase struct {
 	entire bool
 }
 
+// key is the case's name for -partition-cases.
+func (pc partitionCase) key() string {
+	k := "follower"
+	if pc.leader {
+		k = "leader"
+	}
+	if pc.entire {
+		k += "+replica"
+	}
+	return k
+}
+
 func (pc partitionCase) String() string {
 	who := "a follower"
 	if pc.leader {
