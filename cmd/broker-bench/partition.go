@@ -309,25 +309,27 @@ func (p *brokerProc) stopWithin(d time.Duration) {
 	}
 }
 
-// saidAt is the own time of the replica's first line with msg.
-func (p *brokerProc) saidAt(msg string) (time.Time, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	at, ok := p.said[msg]
-	return at, ok
+// saidAt is the own time of the replica's first line with msg after
+// since.
+func (p *brokerProc) saidAt(msg string, since time.Time) (time.Time, bool) {
+	return p.firstEvent(since, func(e logEvent) bool { return e.msg == msg })
 }
 
-// reconnectedAway is the own time of the replica's first reconnection to
-// a server other than from.
-func (p *brokerProc) reconnectedAway(from string) (at time.Time, ok bool) {
+// reconnectedAway is the own time of the replica's first reconnection,
+// after since, to a server other than from.
+func (p *brokerProc) reconnectedAway(from string, since time.Time) (time.Time, bool) {
+	return p.firstEvent(since, func(e logEvent) bool { return e.msg == reconnectedLine && e.server != from })
+}
+
+func (p *brokerProc) firstEvent(since time.Time, match func(logEvent) bool) (time.Time, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for s, t := range p.reconnected {
-		if s != from && (!ok || t.Before(at)) {
-			at, ok = t, true
+	for _, e := range p.events {
+		if e.at.After(since) && match(e) {
+			return e.at, true
 		}
 	}
-	return at, ok
+	return time.Time{}, false
 }
 
 // movesSoFar counts the times the replica moved to another server on its

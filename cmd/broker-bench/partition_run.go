@@ -204,9 +204,9 @@ func (b *bench) partitionRun(ctx context.Context, bin string, pc partitionCase, 
 			res.majorityMoves += p.movesSoFar()
 		}
 	}
-	at, ok := procs[k].saidAt(staleLine)
+	at, ok := procs[k].saidAt(staleLine, cut)
 	res.stale = sinceOr(cut, at, ok)
-	at, ok = procs[k].reconnectedAway(from)
+	at, ok = procs[k].reconnectedAway(from, cut)
 	res.moved = sinceOr(cut, at, ok)
 	landedBefore := majority.holds(ctx, cutSideRouter)
 	heldAll := func() (time.Time, bool) {

@@ -57,14 +57,12 @@ type brokerProc struct {
 	applied map[uint64]time.Time // revision → its "applied" line's own time
 	// disabled is, by router, its first "router disabled" line's own time.
 	disabled map[string]time.Time
-	// said is, by message, its first line's own time; reconnected, its
-	// first "reconnected to NATS" line's, by server.
-	said        map[string]time.Time
-	reconnected map[string]time.Time
-	moves       int           // "moving to another NATS server" lines
-	last        string        // the last warning or error it logged, for an error
-	grew        chan struct{} // closed and replaced when any of the above changes
-	ended       bool
+	// events are its first lines, what each said, in order.
+	events []logEvent
+	moves  int           // "moving to another NATS server" lines
+	last   string        // the last warning or error it logged, for an error
+	grew   chan struct{} // closed and replaced when any of the above changes
+	ended  bool
 }
 
 // appliedLine is the line a replica logs once it chooses by a new
@@ -83,9 +81,16 @@ const reconnectedLine = "reconnected to NATS"
 // server on its own.
 const movingLine = "moving to another NATS server"
 
-// maxSaid bounds the distinct messages, and the servers, whose first
-// line a replica's log is followed for.
-const maxSaid = 1 << 10
+// logEvent is one line of a replica's log: its message, the server it
+// names, and its own time.
+type logEvent struct {
+	msg, server string
+	at          time.Time
+}
+
+// maxEvents bounds the lines of a replica's log kept as events: a
+// partition's run is a fresh process, which logs a few dozen.
+const maxEvents = 1 << 12
 
 // maxDisabledSeen bounds the routers whose disable a replica's log is
 // followed for.
@@ -185,7 +190,7 @@ func (b *bench) spawnOn(bin, id, url string, env ...string) (*brokerProc, error)
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	p := &brokerProc{id: id, cmd: cmd, done: make(chan struct{}), applied: map[uint64]time.Time{}, disabled: map[string]time.Time{},
-		said: map[string]time.Time{}, grew: make(chan struct{})}
+		grew: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		p.read(stderr, b.stderr, b.o.level)
@@ -236,19 +241,11 @@ func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, ok := p.said[l.Msg]; !ok && len(p.said) < maxSaid {
-		p.said[l.Msg] = l.Time
+	if len(p.events) < maxEvents {
+		p.events = append(p.events, logEvent{msg: l.Msg, server: l.Server, at: l.Time})
 	}
 	if strings.HasPrefix(l.Msg, movingLine) {
 		p.moves++
-	}
-	if l.Msg == reconnectedLine && l.Server != "" {
-		if p.reconnected == nil {
-			p.reconnected = map[string]time.Time{}
-		}
-		if _, ok := p.reconnected[l.Server]; !ok && len(p.reconnected) < maxSaid {
-			p.reconnected[l.Server] = l.Time
-		}
 	}
 	switch {
 	case l.Msg == "metrics listening":
