@@ -68,7 +68,7 @@ func (b *bench) partition(ctx context.Context) error {
 		bin, partitionCallWait, b.o.partitionTime, cutSideRouter, partitionRouter, b.o.partitionRuns)
 	for _, rs := range sets {
 		fmt.Fprintf(b.out, "\n%s: %s\n", rs.name, rs.about)
-		var idle, conns float64
+		var idle, pings, conns float64
 		var n int
 		var bucket, calls []string
 		for _, pc := range partitionCases {
@@ -86,6 +86,7 @@ func (b *bench) partition(ctx context.Context) error {
 				}
 				runs = append(runs, res)
 				idle += res.idleRouteBytes
+				pings += res.idleRoutePings
 				conns += float64(res.routeConns)
 				n++
 			}
@@ -97,7 +98,8 @@ func (b *bench) partition(ctx context.Context) error {
 		fmt.Fprint(b.out, strings.Join(bucket, ""))
 		fmt.Fprintf(b.out, "%-33s %14s %14s %11s %24s %12s\n", "", "lost cut side", "lost majority", "after heal", "the cut side's report", "writes lost")
 		fmt.Fprint(b.out, strings.Join(calls, ""))
-		fmt.Fprintf(b.out, "idle routes: %.0f bytes/s over %.0f route connections, before the cut (mean of %d runs)\n", idle/float64(n), conns/float64(n), n)
+		fmt.Fprintf(b.out, "idle routes: %.0f bytes/s, %.1f PINGs/s, over %.0f route connections, in 4 s before the cut (mean of %d runs)\n",
+			idle/float64(n), pings/float64(n), conns/float64(n), n)
 	}
 	fmt.Fprintln(b.out, "\nstale: the replica on the cut-off node logs that its bucket does not answer (/readyz 503, broker_bucket_reachable 0);")
 	fmt.Fprintln(b.out, "moved: it reconnected to another node; others moved: the other replicas' moves, all runs; leader: a node of the majority")

@@ -66,7 +66,7 @@ type partitionResult struct {
 	afterHeal                         [2]int        // calls and reports sent, lost, in the 2 s after the heal
 	cutReport                         string        // the failure reported on the cut side: where it landed
 	writesLost                        int           // answered disables not in the bucket 15 s after the heal
-	idleRouteBytes                    float64       // per second, before the cut
+	idleRouteBytes, idleRoutePings    float64       // per second, before the cut
 	routeConns                        int
 	majorityMoves                     int // the other replicas' moves during the partition
 }
@@ -88,6 +88,7 @@ func (b *bench) partitionRun(ctx context.Context, bin string, pc partitionCase, 
 	if err != nil {
 		return res, fmt.Errorf("cluster: %w", err)
 	}
+	up := time.Now()
 	defer c.Close()
 	stream := "KV_" + b.bucket
 	// Each replica is given its node's link, which a cut of the node's
@@ -132,11 +133,17 @@ func (b *bench) partitionRun(ctx context.Context, bin string, pc partitionCase, 
 		res.routeConns += s.NumRoutes() // each counted at both ends
 	}
 	res.routeConns /= 2
-	before := c.RouteBytes()
-	if !pause(ctx, 2*time.Second) { // the routes' idle traffic: pings, the stream's heartbeats
+	// Past each route's first PING, 1 s after it connects: the window
+	// sees the steady pings only.
+	if !pause(ctx, time.Until(up.Add(2*time.Second))) {
 		return res, ctx.Err()
 	}
-	res.idleRouteBytes = float64(c.RouteBytes()-before) / 2
+	bytes0, pings0 := c.RouteBytes()
+	if !pause(ctx, 4*time.Second) { // the routes' idle traffic: pings, the stream's heartbeats
+		return res, ctx.Err()
+	}
+	bytes1, pings1 := c.RouteBytes()
+	res.idleRouteBytes, res.idleRoutePings = float64(bytes1-bytes0)/4, float64(pings1-pings0)/4
 
 	tr := startTraffic(gws, k, b.subject)
 	defer tr.stop()

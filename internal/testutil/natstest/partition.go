@@ -183,17 +183,18 @@ func (c *Cluster) Heal(i int) {
 }
 
 // RouteBytes is how many bytes every route proxy has forwarded, both
-// ways, since the cluster started: what the routes cost on the wire.
-func (c *Cluster) RouteBytes() int64 {
-	var n int64
+// ways, since the cluster started, and how many PINGs among them: what
+// the routes cost on the wire.
+func (c *Cluster) RouteBytes() (bytes, pings int64) {
 	for _, row := range c.routes {
 		for _, p := range row {
 			if p != nil {
-				n += p.Bytes()
+				bytes += p.Bytes()
+				pings += p.Pings()
 			}
 		}
 	}
-	return n
+	return bytes, pings
 }
 
 // StartRawProxy forwards every connection from a loopback port to addr

@@ -36,6 +36,7 @@ type Proxy struct {
 	flowing *sync.Cond // broadcast when stalled or closed changes
 	raw     bool       // forward bytes both ways without reading the protocol (StartRawProxy)
 	bytes   atomic.Int64
+	pings   atomic.Int64 // PING operations seen in a raw proxy's stream
 }
 
 // heldConn is the messages one client connection holds, in order.
@@ -71,6 +72,12 @@ func NewProxy(url string) (*Proxy, error) {
 
 // Bytes is how many bytes the proxy has forwarded, both ways.
 func (p *Proxy) Bytes() int64 { return p.bytes.Load() }
+
+// Pings counts the PINGs a raw proxy has forwarded, both ways: what a
+// route's ping_interval costs on the wire, PONGs aside.
+func (p *Proxy) Pings() int64 { return p.pings.Load() }
+
+var pingOp = []byte("PING\r\n")
 
 // ClientURL is the URL clients connect to through the proxy.
 func (p *Proxy) ClientURL() string { return "nats://" + p.ln.Addr().String() }
@@ -158,6 +165,11 @@ func (p *Proxy) copyFlowing(dst, src net.Conn) {
 			}
 			w, werr := dst.Write(buf[:n])
 			p.bytes.Add(int64(w))
+			if p.raw {
+				// A route's PING is its own line; one split across two
+				// reads goes uncounted, which an idle route never does.
+				p.pings.Add(int64(bytes.Count(buf[:w], pingOp)))
+			}
 			if werr != nil {
 				return
 			}
