@@ -133,7 +133,7 @@ var modes = []mode{
 	{name: "scale", about: "the start of a replica with many pools", run: (*bench).scale},
 	{name: "soak", about: "gecholog's call pattern for a while", duration: time.Minute, run: (*bench).soak},
 	{name: "nodeloss", about: "losing a node of a NATS cluster", cluster: "3 processes on 127.0.0.1", run: (*bench).nodeloss},
-	{name: "partition", about: "one node of a cluster cut off, alive, its routes (and its replica's link) stalled, then healed: how soon its replica says it may be stale and moves, what gecholog's calls lose, whether any write is lost; with the servers' default pings and shorter ones",
+	{name: "partition", about: "one node of a cluster cut off, alive, its routes (and its replica's link) stalled, then healed: how soon its replica says it may be stale and moves, what gecholog's calls lose, whether any write is lost; with the servers' default pings and write deadline, and shorter ones",
 		cluster: "3 embedded in the bench on 127.0.0.1, routes through stallable proxies", run: (*bench).partition},
 	{name: "strategies", about: "the throughput of each strategy", duration: 10 * time.Second, run: (*bench).strategies},
 	{name: "spillover", about: "priority tiers taking a quota's overflow", duration: 40 * time.Second, quota: 50, run: (*bench).spillover},
@@ -221,7 +221,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Int(&o.partitionRuns, "partition-runs", "", 3, 1, 100, "partition: `runs` of each case under each settings")
 	s.Duration(&o.partitionTime, "partition-time", "", 10*time.Second, time.Second, 10*time.Minute, "partition: how long a node stays cut off (`time`)")
 	s.String(&o.partitionCases, "partition-cases", "", partitionCaseKeys(), "partition: the `cases`, comma-separated: the cut-off node a follower or the stream leader, cut from its replica too (+replica) or not")
-	s.String(&o.partitionSettings, "partition-settings", "", "defaults,routes,clients", "partition: the servers' `settings`, comma-separated: "+partitionSettingNames())
+	s.String(&o.partitionSettings, "partition-settings", "", "defaults,deadline,routes,clients", "partition: the servers' `settings`, comma-separated: "+partitionSettingNames())
 	s.Duration(&o.nodelossDisabled, "nodeloss-disabled-time", "", time.Minute, time.Second, time.Hour, "nodeloss: the disabled `time`; over 30s, each run also waits for every disable to land")
 	s.Int(&o.quota, "quota", "", 0, 0, 1_000_000, "spillover, headroom, ptu: a deployment's request `quota` per window (default 50; 100 ptu)")
 	s.Duration(&o.window, "window", "", 0, time.Second, time.Hour, "spillover, headroom, ptu: the quota's `window`, compressed from the real APIs' minute (default 2s; 5s ptu)")
