@@ -63,7 +63,7 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 		{"partition", []string{"-partition-runs", "1", "-partition-time", "2s", "-partition-settings", "defaults"},
 			[]string{"3 embedded in the bench", "3 replica processes of the broker binary", "defaults: the servers' defaults",
 				"a follower, routes ", "the stream leader, routes ", "a follower, routes+replica", "the stream leader, routes+replica",
-				"others moved", "lost majority", "the cut side's report", "writes lost", "idle routes: ", "bytes/s over"}},
+				"others moved", "lost majority", "the cut side's report", "writes lost", "idle routes: ", "PINGs/s, over ", " route connections"}},
 		{"strategies", []string{"-duration", "400ms", "-warmup", "50ms", "-rounds", "2", "-callers", "4", "-conns", "2"},
 			[]string{"no-op responder (3)", "random (3 replicas)", "least-busy (3 replicas)", "latency (3 replicas)", "headroom (3 replicas)", "cost (3 replicas)", "sessions (3 replicas)",
 				"500 transactions/s", "headroom / no-op: throughput", "random's", "(target ≥ 0.95: "}},
