@@ -102,8 +102,10 @@ func (b *bench) partitionRun(ctx context.Context, bin string, pc partitionCase, 
 		}
 	}()
 	for i := range c.Servers {
+		// A disable outlasts the run: one that expired is no write lost.
+		disabled := (b.o.partitionTime + healWait + time.Minute).Minutes()
 		p, err := b.spawnOn(bin, fmt.Sprintf("bench-r%d", i+1), c.LinkURL(i),
-			"BROKER_CONFIG_SOURCE=local", "BROKER_KV_REPLICAS=3", "DISABLED_TIME=1")
+			"BROKER_CONFIG_SOURCE=local", "BROKER_KV_REPLICAS=3", fmt.Sprintf("DISABLED_TIME=%.2f", disabled))
 		if err != nil {
 			return res, err
 		}
@@ -260,13 +262,13 @@ func (b *bench) partitionRun(ctx context.Context, bin string, pc partitionCase, 
 		res.cutReport = "unanswered"
 	case landedBefore:
 		res.cutReport = "before heal"
-	case majority.holds(ctx, cutSideRouter):
+	case majority.holdsBy(ctx, cutSideRouter, deadline):
 		res.cutReport = "after heal"
 	default:
 		res.cutReport = "LOST"
 		res.writesLost++
 	}
-	if majorityAnswered && !majority.holds(ctx, partitionRouter) {
+	if majorityAnswered && !majority.holdsBy(ctx, partitionRouter, deadline) {
 		res.writesLost++
 	}
 	if !majorityAnswered {
@@ -329,6 +331,20 @@ func placeLeader(ctx context.Context, servers []*server.Server, nc *nats.Conn, s
 
 // bucketView reads the bucket through one node.
 type bucketView struct{ kv jetstream.KeyValue }
+
+// holdsBy waits until router has a record in the bucket, or deadline
+// has passed.
+func (v bucketView) holdsBy(ctx context.Context, router string, deadline time.Time) bool {
+	for range 1000 { // a read takes at least 100 ms: past any deadline the run sets
+		if v.holds(ctx, router) {
+			return true
+		}
+		if time.Now().After(deadline) || !pause(ctx, 100*time.Millisecond) {
+			return false
+		}
+	}
+	return false
+}
 
 // majorityKV opens bucket through s on a connection of its own, closed by
 // the function it returns.
