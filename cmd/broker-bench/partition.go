@@ -56,16 +56,21 @@ func (b *bench) partition(ctx context.Context) error {
 		return err
 	}
 	defer remove()
+	given := "each given every node's address in NATS_URL (a proxy for each, which a cut of the node's clients stalls)"
+	if b.o.partitionGiven == "one" {
+		given = "each given one node's address (a proxy, which a cut of the node's clients stalls) and learning the\n" +
+			"others' from the cluster (-partition-given one)"
+	}
 	fmt.Fprintf(b.out, "3 nodes in one cluster, each route through a proxy that can stop forwarding without closing anything; the bucket on all 3.\n"+
-		"3 replica processes of the broker binary (%s), each given one node's address, a proxy too, and learning the\n"+
-		"others' from the cluster; gecholog beside each node (connected to it directly) sends request contexts (a response\n"+
-		"context with 200 every 5th) 10 ms apart, each lost when unanswered within %v.\n"+
+		"3 replica processes of the broker binary (%s),\n%s.\n"+
+		"gecholog beside each node (connected to it directly) sends request contexts (a response context with 200 every\n"+
+		"5th) 10 ms apart, each lost when unanswered within %v.\n"+
 		"The cut-off node leads the bucket's stream, or neither it nor the meta group; its routes stall (routes), and the links\n"+
 		"of the replicas that reach it too (routes+replica). %v after the cut it heals. 300 ms in, gecholog on the cut-off node\n"+
 		"reports %s failing, 1 s in gecholog on the majority %s, each sent again until a replica answers (10 tries at most:\n"+
 		"a node hands a call to any replica of the queue group, behind a stalled route or not).\n"+
 		"Times from the cut, median/max of %d runs; '-': not within the partition.\n",
-		bin, partitionCallWait, b.o.partitionTime, cutSideRouter, partitionRouter, b.o.partitionRuns)
+		bin, given, partitionCallWait, b.o.partitionTime, cutSideRouter, partitionRouter, b.o.partitionRuns)
 	for _, rs := range sets {
 		fmt.Fprintf(b.out, "\n%s: %s\n", rs.name, rs.about)
 		var idle, pings, conns float64
@@ -332,6 +337,13 @@ func (p *brokerProc) firstEvent(since time.Time, match func(logEvent) bool) (tim
 		}
 	}
 	return time.Time{}, false
+}
+
+// servedOn is the server the replica began serving on.
+func (p *brokerProc) servedOn() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.servedAt
 }
 
 // movesSoFar counts the times the replica moved to another server on its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -91,28 +92,39 @@ func (b *bench) partitionRun(ctx context.Context, bin string, pc partitionCase, 
 	up := time.Now()
 	defer c.Close()
 	stream := "KV_" + b.bucket
-	// Each replica is given its node's link, which a cut of the node's
+	// A replica is given its node's link, which a cut of the node's
 	// clients stalls, and learns the other nodes' links from the cluster,
-	// as one given a single URL does; gecholog beside each node reaches
-	// it directly.
+	// as one given a single URL does; or it is given every node's, as the
+	// README asks, and nats.go picks one. gecholog beside each node
+	// reaches it directly.
 	var procs []*brokerProc
 	defer func() {
 		for _, p := range procs {
-			p.stopWithin(10 * time.Second)
+			if p != nil {
+				p.stopWithin(10 * time.Second)
+			}
 		}
 	}()
-	for i := range c.Servers {
+	spawn := func(i int) (*brokerProc, error) {
+		url := c.LinkURL(i)
+		if b.o.partitionGiven == "all" {
+			url = strings.Join([]string{c.LinkURL(i), c.LinkURL((i + 1) % 3), c.LinkURL((i + 2) % 3)}, ",")
+		}
 		// A disable outlasts the run: one that expired is no write lost.
 		disabled := (b.o.partitionTime + healWait + time.Minute).Minutes()
-		p, err := b.spawnOn(bin, fmt.Sprintf("bench-r%d", i+1), c.LinkURL(i),
+		p, err := b.spawnOn(bin, fmt.Sprintf("bench-r%d", i+1), url,
 			"BROKER_CONFIG_SOURCE=local", "BROKER_KV_REPLICAS=3", fmt.Sprintf("DISABLED_TIME=%.2f", disabled))
-		if err != nil {
-			return res, err
+		if err == nil {
+			err = p.waitServing(ctx)
 		}
-		procs = append(procs, p)
+		return p, err
 	}
-	for _, p := range procs {
-		if err := p.waitServing(ctx); err != nil {
+	for i := range c.Servers {
+		p, err := spawn(i)
+		if p != nil {
+			procs = append(procs, p)
+		}
+		if err != nil {
 			return res, err
 		}
 	}
@@ -129,6 +141,27 @@ func (b *bench) partitionRun(ctx context.Context, bin string, pc partitionCase, 
 	k, err := placeLeader(ctx, c.Servers, gws[0], stream, pc.leader)
 	if err != nil {
 		return res, err
+	}
+	// The replica the cut strands: one on node k. Given every node, a
+	// replica is on one nats.go chose; start others until one is on k.
+	r := -1
+	for try := 0; r < 0; try++ {
+		for i, p := range procs {
+			if p.servedOn() == c.LinkURL(k) {
+				r = i
+			}
+		}
+		if r >= 0 {
+			break
+		}
+		if try == 20 {
+			return res, fmt.Errorf("no replica on n%d in 20 starts", k+1)
+		}
+		i := try % len(procs)
+		procs[i].stopWithin(10 * time.Second)
+		if procs[i], err = spawn(i); err != nil {
+			return res, err
+		}
 	}
 	m := (k + 1) % 3 // a node of the majority
 	for _, s := range c.Servers {
@@ -209,13 +242,13 @@ func (b *bench) partitionRun(ctx context.Context, bin string, pc partitionCase, 
 	}
 	side.Wait()
 	for i, p := range procs {
-		if i != k {
+		if i != r {
 			res.majorityMoves += p.movesSoFar()
 		}
 	}
-	at, ok := procs[k].saidAt(staleLine, cut)
+	at, ok := procs[r].saidAt(staleLine, cut)
 	res.stale = sinceOr(cut, at, ok)
-	at, ok = procs[k].reconnectedAway(from, cut)
+	at, ok = procs[r].reconnectedAway(from, cut)
 	res.moved = sinceOr(cut, at, ok)
 	landedBefore := majority.holds(ctx, cutSideRouter)
 	heldAll := func() (time.Time, bool) {

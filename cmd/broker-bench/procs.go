@@ -51,10 +51,11 @@ type brokerProc struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed once the log has ended and the process was waited for
 
-	mu      sync.Mutex
-	addr    string               // the metrics listener's host:port
-	serving bool                 // it logged "serving"
-	applied map[uint64]time.Time // revision → its "applied" line's own time
+	mu       sync.Mutex
+	addr     string               // the metrics listener's host:port
+	serving  bool                 // it logged "serving"
+	servedAt string               // on the server its "serving" line names
+	applied  map[uint64]time.Time // revision → its "applied" line's own time
 	// disabled is, by router, its first "router disabled" line's own time.
 	disabled map[string]time.Time
 	// events are its first lines, what each said, in order.
@@ -251,7 +252,7 @@ func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
 	case l.Msg == "metrics listening":
 		p.addr = l.Addr
 	case l.Msg == "serving":
-		p.serving = true
+		p.serving, p.servedAt = true, l.Server
 	case l.Msg == appliedLine && l.Revision > 0:
 		if _, ok := p.applied[l.Revision]; !ok {
 			p.applied[l.Revision] = l.Time
