@@ -70,6 +70,8 @@ type Broker struct {
 	unknown map[string]bool // routers no pool has whose records were warned about; guarded by mu
 
 	writeContext context.Context
+	wakeMu       sync.Mutex
+	wake         chan struct{} // closed by RetryWrites; nil until a write first waits
 	stopWrites   context.CancelFunc
 
 	mu          sync.Mutex // guards closed, the views in routers, unknown, timer, transitions and pool.stranded

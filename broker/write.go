@@ -57,7 +57,11 @@ func (b *Broker) write(rt *route, ev event) {
 		var last error
 		start, deadline := time.Now(), b.deadline(rt, ev)
 		for time.Now().Before(deadline) {
-			err := b.tryWrite(rt, ev, deadline)
+			woken := b.woken()
+			err := b.tryWrite(rt, ev, deadline, woken)
+			if err != nil && isClosed(woken) {
+				continue // the store answers again (RetryWrites): at once
+			}
 			if err == nil {
 				if failures > 0 {
 					b.log.Info("router health written to the bucket after retrying", slog.String("router", rt.path),
@@ -90,6 +94,7 @@ func (b *Broker) write(rt *route, ev event) {
 			select {
 			case <-b.writeContext.Done():
 				return
+			case <-woken:
 			case <-time.After(wait):
 			}
 		}
@@ -98,6 +103,39 @@ func (b *Broker) write(rt *route, ev event) {
 				slog.String("cause", WriteCauses[writeCause(last)]), slog.Any("error", last), slog.Int("attempts", conflicts+failures))
 		}
 	}()
+}
+
+// RetryWrites has every write that waits to retry do so at once, and cuts
+// short each attempt waiting for an answer, which will not come: call it
+// when the store answers again after it did not (a partition healed, a
+// leader elected), so that what was kept meanwhile lands at once rather
+// than after the pauses and attempts under way.
+func (b *Broker) RetryWrites() {
+	b.wakeMu.Lock()
+	defer b.wakeMu.Unlock()
+	if b.wake != nil {
+		close(b.wake)
+	}
+	b.wake = make(chan struct{})
+}
+
+// woken is closed by the next RetryWrites.
+func (b *Broker) woken() <-chan struct{} {
+	b.wakeMu.Lock()
+	defer b.wakeMu.Unlock()
+	if b.wake == nil {
+		b.wake = make(chan struct{})
+	}
+	return b.wake
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // failingRepeat is how often a write that keeps failing says so again.
@@ -125,13 +163,22 @@ func (b *Broker) deadline(rt *route, ev event) time.Time {
 	return ev.at.Add(b.cur().policy.DisabledTime)
 }
 
-func (b *Broker) tryWrite(rt *route, ev event, deadline time.Time) error {
+func (b *Broker) tryWrite(rt *route, ev event, deadline time.Time, woken <-chan struct{}) error {
 	end := time.Now().Add(writeAttempt)
 	if deadline.Before(end) {
 		end = deadline
 	}
 	ctx, cancel := context.WithDeadline(b.writeContext, end)
 	defer cancel()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // an attempt that waits on a store that is back again is cut short
+		select {
+		case <-woken:
+			cancel()
+		case <-stop:
+		}
+	}()
 	store := b.shared()
 	cur, live, err := store.Latest(ctx, rt.path)
 	if err != nil {

@@ -104,3 +104,82 @@ func TestAWriteThatNeverLandsSaysWithItsCauseWhenItGivesUp(t *testing.T) {
 	defer l.mu.Unlock()
 	is.True(strings.Contains(l.buf.String(), `"cause":"no_quorum"`)) // the cause, named
 }
+
+// silentStore is a store that does not answer, as one behind a partition:
+// each read waits for its context, and says how it ended, until healed.
+type silentStore struct {
+	*fakeStore
+	mu      sync.Mutex
+	healed  bool
+	entered int     // reads that began waiting
+	ended   []error // how each read that waited ended
+}
+
+func (s *silentStore) Latest(ctx context.Context, router string) (broker.Entry, bool, error) {
+	s.mu.Lock()
+	healed := s.healed
+	s.mu.Unlock()
+	if healed {
+		return s.fakeStore.Latest(ctx, router)
+	}
+	s.mu.Lock()
+	s.entered++
+	s.mu.Unlock()
+	<-ctx.Done()
+	s.mu.Lock()
+	s.ended = append(s.ended, ctx.Err())
+	s.mu.Unlock()
+	return broker.Entry{}, false, ctx.Err()
+}
+
+func (s *silentStore) heal() { s.mu.Lock(); s.healed = true; s.mu.Unlock() }
+
+func (s *silentStore) waits() (waited int, cut int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	waited = len(s.ended)
+	for _, err := range s.ended {
+		if errors.Is(err, context.Canceled) {
+			cut++
+		}
+	}
+	return waited, cut
+}
+
+func (s *silentStore) waiting() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.entered - len(s.ended)
+}
+
+func TestRetryWritesCutsShortTheAttemptWaitingOnAStoreThatIsBack(t *testing.T) {
+	store := &silentStore{fakeStore: newFakeStore()}
+	b, _ := newBroker(t, broker.Config{Store: store})
+	report(b, "/azure/dud/", 502)
+	// The first attempt waits out its 2 s; the second is waiting when
+	// the store heals. RetryWrites ends that one at once, cancelled
+	// rather than at its deadline, and the next lands.
+	natstest.Eventually(t, 10*time.Second, func() bool { n, _ := store.waits(); return n >= 1 && store.waiting() == 1 },
+		"a second attempt waiting after the first timed out")
+	store.heal()
+	b.RetryWrites()
+	natstest.Eventually(t, 10*time.Second, func() bool { _, ok := store.entry("/azure/dud/"); return ok }, "the disable written")
+	if n, cut := store.waits(); n != 2 || cut != 1 {
+		t.Errorf("%d attempts waited, %d cut short; want the second cut short by RetryWrites", n, cut)
+	}
+}
+
+func TestADisableThatEndedWhileTheStoreWasAwayIsNotWrittenWhenItIsBack(t *testing.T) {
+	store := &silentStore{fakeStore: newFakeStore()}
+	b, l := newBroker(t, broker.Config{Store: store, Policy: broker.Policy{DisabledTime: 300 * time.Millisecond}})
+	report(b, "/azure/dud/", 502)
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		return l.count("gave up writing router health to the bucket: what it said has ended") == 1
+	}, "the write giving up once the disable ended")
+	store.heal()
+	b.RetryWrites()
+	b.Close(context.Background()) // waits for any write under way
+	if _, ok := store.entry("/azure/dud/"); ok || store.writeCount() != 0 {
+		t.Errorf("a disable that ended while the store was away was written when it came back")
+	}
+}

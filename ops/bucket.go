@@ -113,20 +113,24 @@ func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func
 	case errors.Is(err, kv.ErrNoJetStream):
 		return fmt.Errorf("JetStream is not enabled on %s, so broker replicas there keep their disables each to itself and no tool can see or change them; to share them, %s", server, gecholog.EnableJetStream)
 	case err != nil:
-		return t.noAnswer(run, err, server, js)
+		return t.noAnswer(run, err, server, js, "")
 	}
 	defer store.Close()
 	if follow {
 		return fn(run, bucket{store: store, nc: nc, js: js, server: server})
 	}
-	return t.noAnswer(run, fn(ctx, bucket{store: store, nc: nc, js: js, server: server}), server, js)
+	return t.noAnswer(run, fn(ctx, bucket{store: store, nc: nc, js: js, server: server}), server, js, cmd)
 }
 
 // noAnswer is timedOut with the cause: when err is the command's deadline,
 // it asks the bucket's stream once more, briefly, and says why it does not
 // answer (no leader for KV_gl_broker while the cluster elects one, no
 // quorum, JetStream unreachable) rather than a bare deadline.
-func (t Target) noAnswer(ctx context.Context, err error, server string, js jetstream.JetStream) error {
+//
+// A write that got no answer may still land: the bucket's leader may hold
+// it and commit it once it has its quorum again. For disable and enable
+// the error says so, and how to see whether it did.
+func (t Target) noAnswer(ctx context.Context, err error, server string, js jetstream.JetStream, cmd string) error {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
@@ -136,7 +140,11 @@ func (t Target) noAnswer(ctx context.Context, err error, server string, js jetst
 	if perr := kv.Probe(pctx, js, t.Bucket); perr != nil {
 		cause = kv.Explain(t.Bucket, perr)
 	}
-	return fmt.Errorf("no answer from %s within %v: %s; a cluster electing a leader answers again within seconds, so try again: %w", server, opTimeout, cause, err)
+	then := "a cluster electing a leader answers again within seconds, so try again"
+	if cmd == "disable" || cmd == "enable" {
+		then = "the " + cmd + " may still land once the bucket has its quorum again, and `broker status` then shows whether it did; a cluster electing a leader answers again within seconds"
+	}
+	return fmt.Errorf("no answer from %s within %v: %s; %s: %w", server, opTimeout, cause, then, err)
 }
 
 // probeTimeout bounds the question noAnswer asks.

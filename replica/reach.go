@@ -99,6 +99,24 @@ func (r *Replica) staleness() string {
 	return fmt.Sprintf("bucket unreachable for %s: %s", time.Since(b.LastAnswer).Truncate(time.Second), b.Cause)
 }
 
+// seeBucket records what the store last found of the bucket, for the
+// endpoints and the others; a nil store (local mode) records nothing.
+func (r *Replica) seeBucket() (*kv.Store, kv.Reach, time.Time) {
+	r.mu.Lock()
+	store := r.store
+	r.mu.Unlock()
+	now := time.Now()
+	if store == nil {
+		return nil, kv.Reach{}, now
+	}
+	rc := store.Reach()
+	lost := rc.Cause != "" && !rc.LastAnswer.IsZero() && now.Sub(rc.LastAnswer) >= staleAfter
+	st := bucketState{Stale: lost, LastAnswer: rc.LastAnswer, Cause: rc.Cause}
+	r.bucket.Store(&st)
+	r.mon.bucketSeen(st)
+	return store, rc, now
+}
+
 // keepReach follows whether the bucket answers until ctx ends: it tells
 // the monitor, logs when the bucket is lost, once a minute while it is,
 // and when it is back, and then reads every router's health at once
@@ -119,18 +137,11 @@ func (r *Replica) keepReach(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		r.mu.Lock()
-		store := r.store
-		r.mu.Unlock()
+		store, rc, now := r.seeBucket()
 		if store == nil {
 			continue // local mode: nothing to reach
 		}
-		rc := store.Reach()
-		now := time.Now()
-		lost := rc.Cause != "" && !rc.LastAnswer.IsZero() && now.Sub(rc.LastAnswer) >= staleAfter
-		st := bucketState{Stale: lost, LastAnswer: rc.LastAnswer, Cause: rc.Cause}
-		r.bucket.Store(&st)
-		r.mon.bucketSeen(st)
+		lost := r.bucket.Load().Stale
 		switch {
 		case lost && !stale:
 			stale, told = true, now
@@ -143,9 +154,12 @@ func (r *Replica) keepReach(ctx context.Context) {
 				slog.String("cause", rc.Cause), slog.Duration("for", now.Sub(rc.LastAnswer).Round(time.Second)))
 		case !lost && stale:
 			stale = false
-			r.log.Info("the router health bucket answers again; reading every router's health",
+			// A warning as the loss was, so that a filter on warnings shows
+			// both ends of the time the view may have been stale.
+			r.log.Warn("the router health bucket answers again; reading every router's health",
 				slog.String("bucket", r.cfg.Bucket), slog.Duration("after", now.Sub(told).Round(time.Millisecond)))
 			store.Resync()
+			r.broker.RetryWrites()
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			if err := r.broker.Reload(rctx); err != nil && ctx.Err() == nil {
 				r.log.Warn("could not read every router's health; the watcher brings it", slog.Any("error", err))

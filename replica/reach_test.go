@@ -144,16 +144,20 @@ func TestAReplicaWhoseBucketLostItsQuorumSaysSoKeepsServingAndCatchesUpWhenItIsB
 
 	// An operator's command through that node names the cause.
 	tgt := ops.Target{NATS: natsconn.Settings{Servers: nodes[0].ClientURL()}, Bucket: replica.DefaultBucket, Pools: broker.DefaultPools()}
-	err = ops.DisableRouter(t.Context(), tgt, ops.Disable{Router: "/azure/gpt4/", For: time.Minute, Reason: "test"}, func(string) string { return "" }, io.Discard)
-	if err == nil || !strings.Contains(err.Error(), "KV_gl_broker") || !strings.Contains(err.Error(), "try again") {
-		t.Errorf("broker disable without quorum: %v, want the cause named and to try again", err)
+	// (The disable may land once the nodes are back, as the error says.)
+	err = ops.DisableRouter(t.Context(), tgt, ops.Disable{Router: "/azure/dud/", For: time.Minute, Reason: "test"}, func(string) string { return "" }, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "KV_gl_broker") || !strings.Contains(err.Error(), "may still land") {
+		t.Errorf("broker disable without quorum: %v, want the cause named, and that it may still land", err)
 	} else {
 		t.Logf("broker disable without quorum: %v", err)
 	}
 
 	// It keeps serving, and keeps the failure it sees.
 	router := ask(t, nc, "/azure/")
-	if router == "" {
+	for i := 0; router == "/azure/dud/" && i < 100; i++ {
+		router = ask(t, nc, "/azure/")
+	}
+	if router == "" || router == "/azure/dud/" {
 		t.Fatal("no router while the bucket is unreachable")
 	}
 	tell(t, nc, router, 502)

@@ -194,6 +194,27 @@ func TestStatusPageSaysWhatItDoesNotKnowWhenNATSOrTheReplicaIsDown(t *testing.T)
 	is.Equal(eval[string](t, ctx, `document.querySelector(`+row("/azure/", "/azure/dud/")+`).dataset.state`), "disabled")
 }
 
+func TestStatusPageSaysItsViewMayBeStaleWhileTheBucketDoesNotAnswer(t *testing.T) {
+	s := natstest.Start(t)
+	proxy := natstest.StartProxy(t, s.ClientURL())
+	fl := startFleet(t, proxy.ClientURL(), replica.Config{}, 1)
+	ctx := startBrowser(t, 1280, 800)
+	open(t, ctx, fl.addrs[0])
+	waitFor(t, ctx, 5*time.Second, `document.querySelector(`+row("/azure/", "/azure/dud/")+`) !== null`)
+
+	// The replica's questions to the bucket's stream go unanswered, as
+	// behind a server cut off from its cluster; its connection stays up.
+	proxy.Hold(func(subject string) bool { return strings.HasPrefix(subject, "$JS.API.STREAM.INFO.") })
+	waitFor(t, ctx, 15*time.Second, `document.getElementById("notes").innerText.includes("Stale: the bucket unreachable for")`)
+	text := pageText(ctx)
+	says(t, "the page", text, "KV_gl_broker")
+	says(t, "the page", text, "Not taking calls: bucket unreachable for")
+	says(t, "the page", text, "changes made meanwhile by replicas it cannot hear, or by hand, are not known until the bucket answers")
+
+	proxy.Release()
+	waitFor(t, ctx, 15*time.Second, `!document.getElementById("notes").innerText.includes("Stale:")`)
+}
+
 func TestStatusPageShowsEveryReplicasRevisionAndDrift(t *testing.T) {
 	is := is.New(t)
 	s := natstest.Start(t)
