@@ -222,7 +222,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Int(&o.partitionRuns, "partition-runs", "", 3, 1, 100, "partition: `runs` of each case under each settings")
 	s.Duration(&o.partitionTime, "partition-time", "", 10*time.Second, time.Second, 10*time.Minute, "partition: how long a node stays cut off (`time`)")
 	s.String(&o.partitionCases, "partition-cases", "", partitionCaseKeys(), "partition: the `cases`, comma-separated: the cut-off node a follower or the stream leader, cut from its replica too (+replica) or not")
-	s.String(&o.partitionGiven, "partition-given", "", "all", "partition: the nodes each replica is `given`: all (NATS_URL lists every node, as the README asks; the replica on the cut-off node is one nats.go put there) or one (its own, learning the others from the cluster)")
+	s.String(&o.partitionGiven, "partition-given", "", "all", "partition: the nodes each replica is `given`: all (NATS_URL lists every node, as docs/cluster.md asks; the replica on the cut-off node is one nats.go put there) or one (its own, learning the others from the cluster)")
 	s.String(&o.partitionSettings, "partition-settings", "", "defaults,deadline,routes,clients", "partition: the servers' `settings`, comma-separated: "+partitionSettingNames())
 	s.Duration(&o.nodelossDisabled, "nodeloss-disabled-time", "", time.Minute, time.Second, time.Hour, "nodeloss: the disabled `time`; over 30s, each run also waits for every disable to land")
 	s.Int(&o.quota, "quota", "", 0, 0, 1_000_000, "spillover, headroom, ptu: a deployment's request `quota` per window (default 50; 100 ptu)")

@@ -94,8 +94,8 @@ func (b *bench) partitionRun(ctx context.Context, bin string, pc partitionCase, 
 	stream := "KV_" + b.bucket
 	// A replica is given its node's link, which a cut of the node's
 	// clients stalls, and learns the other nodes' links from the cluster,
-	// as one given a single URL does; or it is given every node's, as the
-	// README asks, and nats.go picks one. gecholog beside each node
+	// as one given a single URL does; or it is given every node's, as
+	// docs/cluster.md asks, and nats.go picks one. gecholog beside each node
 	// reaches it directly.
 	var procs []*brokerProc
 	defer func() {
