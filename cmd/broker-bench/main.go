@@ -2,7 +2,7 @@
 // time (modes lists them): throughput against no-op responders, how fast a
 // failure report reaches every replica, the cost of a storm of failure
 // reports, the start of a replica with many pools, a soak at gecholog's
-// call pattern, losing a node of a NATS cluster, and how well each
+// call pattern, losing a node of a NATS cluster or cutting one off, and how well each
 // strategy chooses among LLM deployments. The replicas run in this
 // process, each a full replica.Run with its own NATS connection, as in the
 // demo and the end-to-end tests; but -mode reconfig, which measures a
@@ -73,6 +73,12 @@ type options struct {
 	fail     float64
 	disable  time.Duration
 	runs     int
+	// partition's.
+	partitionRuns     int
+	partitionTime     time.Duration
+	partitionSettings string
+	partitionCases    string
+	partitionGiven    string
 	// nodelossDisabled is DISABLED_TIME in nodeloss mode.
 	nodelossDisabled time.Duration
 	// The strategy modes'.
@@ -111,9 +117,9 @@ type mode struct {
 	// duration is its measuring time by default; 0 for a mode counted in
 	// trials, starts, runs or calls.
 	duration time.Duration
-	// cluster says it starts a cluster of nats-server processes of its
-	// own, rather than the one server the others share.
-	cluster bool
+	// cluster says how it runs a cluster of its own, for the header; ""
+	// for the one server the others share.
+	cluster string
 	quota   int           // its -quota by default
 	window  time.Duration // its -window by default; 0: 2s
 	run     func(*bench, context.Context) error
@@ -127,7 +133,9 @@ var modes = []mode{
 	{name: "storm", about: "the cost of a storm of failure reports", duration: 5 * time.Second, run: (*bench).storm},
 	{name: "scale", about: "the start of a replica with many pools", run: (*bench).scale},
 	{name: "soak", about: "gecholog's call pattern for a while", duration: time.Minute, run: (*bench).soak},
-	{name: "nodeloss", about: "losing a node of a NATS cluster", cluster: true, run: (*bench).nodeloss},
+	{name: "nodeloss", about: "losing a node of a NATS cluster", cluster: "3 processes on 127.0.0.1", run: (*bench).nodeloss},
+	{name: "partition", about: "one node of a cluster cut off, alive, its routes (and its replica's link) stalled, then healed: how soon its replica says it may be stale and moves, what gecholog's calls lose, whether any write is lost; with the servers' default pings and write deadline, and shorter ones",
+		cluster: "3 embedded in the bench on 127.0.0.1, routes through stallable proxies", run: (*bench).partition},
 	{name: "strategies", about: "the throughput of each strategy", duration: 10 * time.Second, run: (*bench).strategies},
 	{name: "spillover", about: "priority tiers taking a quota's overflow", duration: 40 * time.Second, quota: 50, run: (*bench).spillover},
 	{name: "ptu", about: "issue 23's PTU: replica processes, a tier-0 quota window opened by the first call after the last ended, a closed loop of callers; tier 0's share of its quota and the clients' 429s, per run", quota: 100, window: 5 * time.Second, run: (*bench).ptuMode},
@@ -211,6 +219,11 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Float(&o.fail, "fail", "", 0.3, 0, 1, "soak: `fraction` of the failing router's calls that fail")
 	s.Duration(&o.disable, "soak-disable", "", time.Second, time.Second, time.Hour, "soak: the disabled `time`, short so that routers cycle through disable, probe and enable")
 	s.Int(&o.runs, "runs", "", 20, 1, 1000, "nodeloss: `runs` for each kind of node lost")
+	s.Int(&o.partitionRuns, "partition-runs", "", 3, 1, 100, "partition: `runs` of each case under each settings")
+	s.Duration(&o.partitionTime, "partition-time", "", 10*time.Second, time.Second, 10*time.Minute, "partition: how long a node stays cut off (`time`)")
+	s.String(&o.partitionCases, "partition-cases", "", partitionCaseKeys(), "partition: the `cases`, comma-separated: the cut-off node a follower or the stream leader, cut from its replica too (+replica) or not")
+	s.String(&o.partitionGiven, "partition-given", "", "all", "partition: the nodes each replica is `given`: all (NATS_URL lists every node, as docs/cluster.md asks; the replica on the cut-off node is one nats.go put there) or one (its own, learning the others from the cluster)")
+	s.String(&o.partitionSettings, "partition-settings", "", "defaults,deadline,routes,clients", "partition: the servers' `settings`, comma-separated: "+partitionSettingNames())
 	s.Duration(&o.nodelossDisabled, "nodeloss-disabled-time", "", time.Minute, time.Second, time.Hour, "nodeloss: the disabled `time`; over 30s, each run also waits for every disable to land")
 	s.Int(&o.quota, "quota", "", 0, 0, 1_000_000, "spillover, headroom, ptu: a deployment's request `quota` per window (default 50; 100 ptu)")
 	s.Duration(&o.window, "window", "", 0, time.Second, time.Hour, "spillover, headroom, ptu: the quota's `window`, compressed from the real APIs' minute (default 2s; 5s ptu)")
@@ -252,6 +265,19 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	for _, s := range strings.Split(o.ptuStrategies, ",") {
 		if !slices.Contains(broker.Strategies(), s) {
 			return o, fmt.Errorf("-ptu-strategies: %q is no strategy", s)
+		}
+	}
+	for _, s := range strings.Split(o.partitionSettings, ",") {
+		if !slices.ContainsFunc(partitionSettings, func(rs routeSettings) bool { return rs.name == s }) {
+			return o, fmt.Errorf("-partition-settings: %q is none of %s", s, partitionSettingNames())
+		}
+	}
+	if o.partitionGiven != "all" && o.partitionGiven != "one" {
+		return o, fmt.Errorf("-partition-given %q: all or one", o.partitionGiven)
+	}
+	for _, s := range strings.Split(o.partitionCases, ",") {
+		if !slices.ContainsFunc(partitionCases, func(pc partitionCase) bool { return pc.key() == s }) {
+			return o, fmt.Errorf("-partition-cases: %q is none of %s", s, partitionCaseKeys())
 		}
 	}
 	if err := o.level.UnmarshalText([]byte(o.logLevel)); err != nil {
@@ -319,9 +345,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	b := &bench{o: o, out: stdout, stderr: stderr,
 		subject: "bench." + tok + ".broker", noop: "bench." + tok + ".noop", bucket: "bench_" + tok}
 	m, _ := modeNamed(o.mode) // parseOptions refused any other
-	if m.cluster {
-		fmt.Fprintf(stdout, "broker bench -mode %s: nats-server %s (3 processes on 127.0.0.1), %s %s/%s, GOMAXPROCS %d\n\n",
-			m.name, natsbin.Embedded, runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0))
+	if m.cluster != "" {
+		fmt.Fprintf(stdout, "broker bench -mode %s: nats-server %s (%s), %s %s/%s, GOMAXPROCS %d\n\n",
+			m.name, natsbin.Embedded, m.cluster, runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.GOMAXPROCS(0))
 		if err := m.run(b, ctx); err != nil || ctx.Err() == nil {
 			return err
 		}

@@ -51,15 +51,19 @@ type brokerProc struct {
 	cmd  *exec.Cmd
 	done chan struct{} // closed once the log has ended and the process was waited for
 
-	mu      sync.Mutex
-	addr    string               // the metrics listener's host:port
-	serving bool                 // it logged "serving"
-	applied map[uint64]time.Time // revision → its "applied" line's own time
+	mu       sync.Mutex
+	addr     string               // the metrics listener's host:port
+	serving  bool                 // it logged "serving"
+	servedAt string               // on the server its "serving" line names
+	applied  map[uint64]time.Time // revision → its "applied" line's own time
 	// disabled is, by router, its first "router disabled" line's own time.
 	disabled map[string]time.Time
-	last     string        // the last warning or error it logged, for an error
-	grew     chan struct{} // closed and replaced when any of the above changes
-	ended    bool
+	// events are its first lines, what each said, in order.
+	events []logEvent
+	moves  int           // "moving to another NATS server" lines
+	last   string        // the last warning or error it logged, for an error
+	grew   chan struct{} // closed and replaced when any of the above changes
+	ended  bool
 }
 
 // appliedLine is the line a replica logs once it chooses by a new
@@ -69,6 +73,25 @@ const appliedLine = "applied a new revision of the fleet's configuration"
 // disabledLine is the line a replica logs once it has taken a router
 // out, on its own failure report or on the bucket's word.
 const disabledLine = "router disabled"
+
+// reconnectedLine is the line a replica logs once its connection is up
+// again, naming the server.
+const reconnectedLine = "reconnected to NATS"
+
+// movingLine begins the line a replica logs when it moves to another
+// server on its own.
+const movingLine = "moving to another NATS server"
+
+// logEvent is one line of a replica's log: its message, the server it
+// names, and its own time.
+type logEvent struct {
+	msg, server string
+	at          time.Time
+}
+
+// maxEvents bounds the lines of a replica's log kept as events: a
+// partition's run is a fresh process, which logs a few dozen.
+const maxEvents = 1 << 12
 
 // maxDisabledSeen bounds the routers whose disable a replica's log is
 // followed for.
@@ -131,6 +154,12 @@ func (b *bench) startProcs(ctx context.Context, bin string, n int) (procs []*bro
 }
 
 func (b *bench) spawn(bin, id string) (*brokerProc, error) {
+	return b.spawnOn(bin, id, b.url)
+}
+
+// spawnOn starts a replica process on the NATS servers at url, with env
+// (KEY=value) over the bench's settings.
+func (b *bench) spawnOn(bin, id, url string, env ...string) (*brokerProc, error) {
 	cmd := exec.Command(bin)
 	// Nothing of the caller's environment but these: a developer's NATS_*
 	// or BROKER_* must not change what is measured.
@@ -140,7 +169,7 @@ func (b *bench) spawn(bin, id string) (*brokerProc, error) {
 		}
 	}
 	cmd.Env = append(cmd.Env,
-		"NATS_URL="+b.url,
+		"NATS_URL="+url,
 		"BROKER_ID="+id,
 		"BROKER_SUBJECT="+b.subject,
 		"BROKER_BUCKET="+b.bucket,
@@ -153,6 +182,7 @@ func (b *bench) spawn(bin, id string) (*brokerProc, error) {
 	if b.o.token != "" {
 		cmd.Env = append(cmd.Env, "NATS_TOKEN="+b.o.token)
 	}
+	cmd.Env = append(cmd.Env, env...) // the last of a key's values wins
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -160,7 +190,8 @@ func (b *bench) spawn(bin, id string) (*brokerProc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	p := &brokerProc{id: id, cmd: cmd, done: make(chan struct{}), applied: map[uint64]time.Time{}, disabled: map[string]time.Time{}, grew: make(chan struct{})}
+	p := &brokerProc{id: id, cmd: cmd, done: make(chan struct{}), applied: map[uint64]time.Time{}, disabled: map[string]time.Time{},
+		grew: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		p.read(stderr, b.stderr, b.o.level)
@@ -199,6 +230,7 @@ func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
 		Revision uint64    `json:"revision"`
 		Error    string    `json:"error"`
 		Router   string    `json:"router"`
+		Server   string    `json:"server"`
 	}
 	var lv slog.Level
 	if json.Unmarshal(s, &l) != nil || lv.UnmarshalText([]byte(l.Level)) != nil {
@@ -210,11 +242,17 @@ func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if len(p.events) < maxEvents {
+		p.events = append(p.events, logEvent{msg: l.Msg, server: l.Server, at: l.Time})
+	}
+	if strings.HasPrefix(l.Msg, movingLine) {
+		p.moves++
+	}
 	switch {
 	case l.Msg == "metrics listening":
 		p.addr = l.Addr
 	case l.Msg == "serving":
-		p.serving = true
+		p.serving, p.servedAt = true, l.Server
 	case l.Msg == appliedLine && l.Revision > 0:
 		if _, ok := p.applied[l.Revision]; !ok {
 			p.applied[l.Revision] = l.Time

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -34,6 +35,8 @@ type Proxy struct {
 	stalled bool
 	flowing *sync.Cond // broadcast when stalled or closed changes
 	raw     bool       // forward bytes both ways without reading the protocol (StartRawProxy)
+	bytes   atomic.Int64
+	pings   atomic.Int64 // PING operations seen in a raw proxy's stream
 }
 
 // heldConn is the messages one client connection holds, in order.
@@ -49,17 +52,32 @@ type heldConn struct {
 // the test ends.
 func StartProxy(t testing.TB, url string) *Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := NewProxy(url)
 	if err != nil {
-		t.Fatalf("natstest: proxy: %v", err)
+		t.Fatalf("natstest: %v", err)
 	}
-	p := &Proxy{ln: ln, target: strings.TrimPrefix(url, "nats://"), conns: map[net.Conn]bool{}, changed: make(chan struct{})}
-	p.flowing = sync.NewCond(&p.mu)
-	p.wg.Add(1)
-	go p.accept()
 	t.Cleanup(p.Close)
 	return p
 }
+
+// NewProxy is StartProxy for a program; the caller stops it with Close.
+func NewProxy(url string) (*Proxy, error) {
+	p, err := newProxy(strings.TrimPrefix(url, "nats://"))
+	if err != nil {
+		return nil, err
+	}
+	p.start()
+	return p, nil
+}
+
+// Bytes is how many bytes the proxy has forwarded, both ways.
+func (p *Proxy) Bytes() int64 { return p.bytes.Load() }
+
+// Pings counts the PINGs a raw proxy has forwarded, both ways: what a
+// route's ping_interval costs on the wire, PONGs aside.
+func (p *Proxy) Pings() int64 { return p.pings.Load() }
+
+var pingOp = []byte("PING\r\n")
 
 // ClientURL is the URL clients connect to through the proxy.
 func (p *Proxy) ClientURL() string { return "nats://" + p.ln.Addr().String() }
@@ -145,11 +163,21 @@ func (p *Proxy) copyFlowing(dst, src net.Conn) {
 			if !p.flow() {
 				return
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			w, werr := dst.Write(buf[:n])
+			p.bytes.Add(int64(w))
+			if p.raw {
+				// A route's PING is its own line; one split across two
+				// reads goes uncounted, which an idle route never does.
+				p.pings.Add(int64(bytes.Count(buf[:w], pingOp)))
+			}
+			if werr != nil {
 				return
 			}
 		}
 		if err != nil {
+			// A partition carries no FIN either: the other side hears of
+			// the close once the link is back.
+			p.flow()
 			return
 		}
 	}
@@ -225,6 +253,7 @@ func (p *Proxy) forward(id int, client, server net.Conn) {
 	for {
 		op, subject, err := readOp(r)
 		if err != nil {
+			p.flow() // the close waits for the link, as in copyFlowing
 			return
 		}
 		p.mu.Lock()
@@ -234,7 +263,9 @@ func (p *Proxy) forward(id int, client, server net.Conn) {
 			if !p.flow() {
 				return
 			}
-			if _, err := server.Write(op); err != nil {
+			w, err := server.Write(op)
+			p.bytes.Add(int64(w))
+			if err != nil {
 				return
 			}
 			continue
