@@ -75,7 +75,9 @@ func quorum(info *jetstream.StreamInfo) error {
 			continue // not a voter yet
 		}
 		n++
-		if !p.Offline && p.Active < quorumPeerSilence {
+		// Active 0 is a peer never heard from (nats-server reports no
+		// time for it), not one heard this instant.
+		if !p.Offline && p.Active > 0 && p.Active < quorumPeerSilence {
 			live++
 		}
 	}

@@ -24,7 +24,8 @@ func TestQuorumNeedsALeaderHearingMostOfItsPeers(t *testing.T) {
 		{"one peer of two silent", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(500*time.Millisecond, false), peer(time.Minute, false)}}}, nil},
 		{"both peers silent", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(2*time.Second, false), peer(time.Minute, false)}}}, errNoQuorum},
 		{"one offline, one silent", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(0, true), peer(4*time.Second, false)}}}, errNoQuorum},
-		{"a pending peer is no voter", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(0, false), {Pending: true, Active: time.Hour}}}}, nil},
+		{"peers never heard from", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(0, false), peer(0, false)}}}, errNoQuorum},
+		{"a pending peer is no voter", jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{peer(time.Second, false), {Pending: true, Active: time.Hour}}}}, nil},
 	} {
 		if got := quorum(&c.info); !errors.Is(got, c.want) || (got == nil) != (c.want == nil) {
 			t.Errorf("%s: quorum = %v, want %v", c.name, got, c.want)
