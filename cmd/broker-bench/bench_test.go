@@ -97,6 +97,9 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 			[]string{"3 replica processes of the broker binary", "8 callers, each with a\nNATS connection of its own", "on tier 0 with a budget of 21000 tokens a minute",
 				"the PTU used", "overshoot", "(target ≤ 2%: ", "restart: every replica stopped and 3 started anew",
 				"replica 3 counts", "exactly what the answers said: 0 lost, 0 counted twice", "(target: exactly, in every period: met)"}},
+		{"chatter", []string{"-fleets", "1,2", "-duration", "300ms", "-warmup", "200ms"},
+			[]string{"Replica processes of the broker binary", "Idle (no calls):", "in msgs/s", "per replica", "idle CPU per replica with 2:",
+				"(target ≤ 0.5%: ", "The transaction log, 1000 calls/s", "the log's CPU per replica:"}},
 		{"reconfig", []string{"-changes", "3", "-load-changes", "2", "-duration", "400ms", "-warmup", "50ms", "-rounds", "2", "-callers", "4", "-conns", "2", "-timeout", "2s"},
 			[]string{"3 replica processes of the broker binary", "last replica shows it on /metrics (seen from outside)",
 				"changes 3, not applied by every replica within 5s 0, answers through the queue group not the new router 0 of 27",
@@ -166,6 +169,7 @@ func TestBenchRefusesBadSettingsWithOneLine(t *testing.T) {
 		want string
 	}{
 		{[]string{"-mode", "fast"}, `mode "fast"`},
+		{[]string{"-mode", "chatter", "-fleets", "3,x"}, "-fleets"},
 		{[]string{"-callers", "0"}, "-callers"},
 		{[]string{"-duration", "forever"}, "-duration"},
 		{[]string{"-fail", "1.5"}, "-fail"},
