@@ -80,6 +80,7 @@ type Broker struct {
 	transitions map[transition]uint64
 
 	fleet fleet // the other replicas' counts
+	quiet quiet // see Quiet
 
 	failureReports failureReports
 	heard          atomic.Int64 // unix nanoseconds of the last transaction heard of; 0: none
@@ -141,6 +142,7 @@ func New(cfg Config) (*Broker, error) {
 	b := &Broker{
 		hold:          cmp.Or(cfg.AnnouncementHold, DefaultAnnouncementHold),
 		fleet:         fleet{peers: map[string]peer{}, nudged: make(chan struct{}, 1)},
+		quiet:         quiet{stirred: make(chan struct{}, 1)},
 		every:         map[string]*route{},
 		spends:        map[string]*poolBudget{},
 		id:            cfg.ID,

@@ -163,6 +163,7 @@ func (b *Broker) chose(p *pool, rt *route, index int, outcome Outcome) int {
 	b.calls[outcome].Add(1)
 	p.chosen[index].Add(1)
 	rt.stats.chosen.add(1)
+	b.stir()
 	if b.debug {
 		b.log.Debug("chose router", slog.String("ingress", p.ingress), slog.String("router", rt.path))
 	}

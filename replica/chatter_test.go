@@ -1,0 +1,136 @@
+package replica_test
+
+import (
+	"encoding/json"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/testutil/natstest"
+	"github.com/gecholog/broker/replica"
+)
+
+// statsHeard follows the stats subject: when each replica last spoke, and
+// how many words it said in all.
+type statsHeard struct {
+	mu    sync.Mutex
+	last  map[string]time.Time
+	words map[string]int
+}
+
+func hearStats(t *testing.T, nc *nats.Conn) *statsHeard {
+	t.Helper()
+	h := &statsHeard{last: map[string]time.Time{}, words: map[string]int{}}
+	sub, err := nc.Subscribe(replica.StatsSubject(replica.DefaultBucket), func(m *nats.Msg) {
+		var msg replica.StatsMessage
+		if json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" {
+			return
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.last[msg.ID] = time.Now()
+		h.words[msg.ID]++
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// since says whether every one of ids spoke after at.
+func (h *statsHeard) since(at time.Time, ids ...string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, id := range ids {
+		if !h.last[id].After(at) {
+			return false
+		}
+	}
+	return true
+}
+
+func (h *statsHeard) total() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, w := range h.words {
+		n += w
+	}
+	return n
+}
+
+var threeReplicas = []string{"replica-1", "replica-2", "replica-3"}
+
+// TestAnIdleFleetTellsOnlyItsHeartbeats: replicas without calls say
+// nothing new, so each speaks once a second (it spoke ten times a second),
+// and yet none forgets another.
+func TestAnIdleFleetTellsOnlyItsHeartbeats(t *testing.T) {
+	s := natstest.Start(t)
+	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, 3)
+	h := hearStats(t, natstest.Connect(t, s))
+	start := time.Now()
+	natstest.Eventually(t, 5*time.Second, func() bool { return h.since(start, threeReplicas...) }, "every replica heard")
+
+	const idle = 3 * time.Second
+	from := h.total()
+	<-time.After(idle) // a time to count over, not a guess at when something happens
+	words := h.total() - from
+	// A heartbeat a second each, and one more each for the window's edges.
+	if most := len(threeReplicas) * (int(idle/time.Second) + 1); words > most {
+		t.Errorf("an idle fleet of 3 said %d words in %v, want at most %d", words, idle, most)
+	}
+	for i, r := range rs.fleet.Replicas {
+		if got := len(r.Revisions().Replicas); got != len(threeReplicas) {
+			t.Errorf("replica-%d knows %d replicas after %v idle, want %d: its heartbeats keep each known", i+1, got, idle, len(threeReplicas))
+		}
+	}
+}
+
+// TestAnIdleReplicaAnswersAnAskAtOnce: `broker status` listens a quarter
+// of a second, well short of a heartbeat; each replica answers its ask at
+// once.
+func TestAnIdleReplicaAnswersAnAskAtOnce(t *testing.T) {
+	s := natstest.Start(t)
+	runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, 3)
+	nc := natstest.Connect(t, s)
+	h := hearStats(t, nc)
+	start := time.Now()
+	natstest.Eventually(t, 5*time.Second, func() bool { return h.since(start, threeReplicas...) }, "every replica heard")
+	for range 3 {
+		asked := time.Now()
+		if err := replica.AskStats(nc, replica.DefaultBucket); err != nil {
+			t.Fatal(err)
+		}
+		// Without the answer, all three heartbeats fall within it one time
+		// in 15; three times running, one in 3,000.
+		natstest.Eventually(t, 400*time.Millisecond, func() bool { return h.since(asked, threeReplicas...) }, "every replica answers the ask")
+	}
+}
+
+// TestAQuietReplicaTellsACallAtOnce: a quiet replica wakes on
+// a call and the others see it in flight at once, as they did when every
+// replica ticked.
+func TestAQuietReplicaTellsACallAtOnce(t *testing.T) {
+	s := natstest.Start(t)
+	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, 3)
+	nc := natstest.Connect(t, s)
+	h := hearStats(t, nc)
+	start := time.Now()
+	natstest.Eventually(t, 5*time.Second, func() bool { return h.since(start, threeReplicas...) }, "every replica heard")
+	for range 3 {
+		router := ask(t, nc, "/azure/")
+		called := time.Now()
+		rs.every(t, 400*time.Millisecond, func(b *broker.Broker) bool { return inFlight(b, router) == 1 }, "the call in flight")
+		tell(t, nc, router, 200)
+		rs.every(t, 400*time.Millisecond, func(b *broker.Broker) bool { return inFlight(b, router) == 0 }, "the call reported")
+		t.Logf("in flight and reported on every replica within %v", time.Since(called))
+	}
+}
