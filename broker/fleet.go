@@ -119,6 +119,26 @@ func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
 	}
 }
 
+// Forget forgets what replica from told, at once: it said it stops. Its
+// calls in flight are answered by then, and their reports come to the
+// others.
+func (b *Broker) Forget(from string) {
+	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	p, ok := b.fleet.peers[from]
+	if !ok {
+		return
+	}
+	delete(b.fleet.peers, from)
+	t := b.cur()
+	for path := range p.counts {
+		if rt := t.routers[path]; rt != nil {
+			b.setBase(rt)
+		}
+	}
+	b.stir()
+}
+
 // Peers is how many other replicas this replica heard from within
 // PeerSilence, as of the last Refresh.
 func (b *Broker) Peers() int {

@@ -61,7 +61,9 @@ func hearFleet(nc *nats.Conn, bucket string) *fleet {
 			return
 		}
 		f.mu.Lock()
-		if _, ok := f.heard[msg.ID]; ok || len(f.heard) < maxHeard {
+		if msg.Bye {
+			delete(f.heard, msg.ID)
+		} else if _, ok := f.heard[msg.ID]; ok || len(f.heard) < maxHeard {
 			f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
 			f.fleet = max(f.fleet, msg.Peers+1)
 		}

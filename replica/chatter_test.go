@@ -134,3 +134,30 @@ func TestAQuietReplicaTellsACallAtOnce(t *testing.T) {
 		t.Logf("in flight and reported on every replica within %v", time.Since(called))
 	}
 }
+
+// TestAStoppedReplicaIsForgottenAtOnce: a replica that stops says so, and
+// the others forget it then rather than after broker.PeerSilence; status
+// lists it no more.
+func TestAStoppedReplicaIsForgottenAtOnce(t *testing.T) {
+	s := natstest.Start(t)
+	base := replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}
+	var rs []*replica.Replica
+	var stops []func()
+	for _, id := range []string{"replica-1", "replica-2", "replica-3"} {
+		c := base
+		c.ID = id
+		r, stop := startReplica(t, c)
+		rs, stops = append(rs, r), append(stops, stop)
+	}
+	knows := func(n int) func() bool {
+		return func() bool {
+			return rs[0].Broker().Peers() == n && rs[1].Broker().Peers() == n && len(rs[0].Revisions().Replicas) == n+1
+		}
+	}
+	natstest.Eventually(t, 5*time.Second, knows(2), "each knows the other two")
+	stops[2]()
+	stopped := time.Now()
+	// Forgotten after its silence would be three seconds on.
+	natstest.Eventually(t, time.Second, knows(1), "replica-3 forgotten")
+	t.Logf("replica-3 forgotten %v after it stopped", time.Since(stopped))
+}

@@ -70,6 +70,9 @@ type StatsMessage struct {
 	// broker from before it was told), so that `broker status` knows
 	// when it has heard the whole fleet.
 	Peers int `json:"peers,omitempty"`
+	// Bye says the replica stops: the others forget it at once rather
+	// than after broker.PeerSilence.
+	Bye bool `json:"bye,omitempty"`
 }
 
 // askMessage is what AskStats publishes: no ID, so no replica takes it
@@ -168,6 +171,11 @@ func (r *Replica) shareStats() error {
 		if msg.ID == "" {
 			return
 		}
+		if msg.Bye {
+			r.broker.Forget(msg.ID)
+			r.heardRevs.gone(msg.ID)
+			return
+		}
 		counts := make([]broker.Counts, len(msg.Routers))
 		for i, rs := range msg.Routers {
 			counts[i] = toCounts(rs)
@@ -195,6 +203,11 @@ func (r *Replica) shareStats() error {
 		for {
 			select {
 			case <-ctx.Done():
+				// Its calls are answered by now (the replica drains them
+				// before it stops this).
+				if data, err := json.Marshal(StatsMessage{ID: r.cfg.ID, At: time.Now(), Bye: true}); err == nil {
+					_ = r.nc.Publish(subject, data)
+				}
 				return
 			case now := <-tick.C:
 				r.broker.Wake()

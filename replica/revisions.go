@@ -207,6 +207,13 @@ func (h *heardRevisions) hear(id string, c *ConfigTold, s *SessionsTold, now tim
 	h.heard[id] = heardRevision{at: now, told: told}
 }
 
+// gone forgets replica id at once: it said it stops.
+func (h *heardRevisions) gone(id string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.heard, Heard(id, nil).ID)
+}
+
 func (h *heardRevisions) forget(now time.Time) {
 	for id, r := range h.heard {
 		if now.Sub(r.at) > revisionSilence {
