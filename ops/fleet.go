@@ -1,7 +1,6 @@
 package ops
 
 import (
-	"context"
 	"encoding/json"
 	"slices"
 	"sync"
@@ -14,16 +13,16 @@ import (
 )
 
 // The replicas tell each other their counts on the stats subject when they
-// change and at least every second (replica.StatsSubject); status asks
-// them to tell at once (replica.AskStats), listens there for a while and
-// adds them up, as each replica does, to show what the strategies and the
-// failure-rate rule read.
+// change and at least every second (replica.StatsSubject); status listens
+// there for a heartbeat and adds them up, as each
+// replica does, to show what the strategies and the failure-rate rule
+// read. It does not ask them to tell at once (replica.AskStats): a viewer
+// may not publish there, where it could forge counts.
 
-// fleetListen is how long a one-shot status listens at most: every running
-// replica speaks at least once in it, at its heartbeat. It stops sooner,
-// once it has heard as many replicas as any of them hears (StatsMessage's
-// Peers): at once where it may publish its ask on the stats subject, which
-// every replica answers within milliseconds.
+// fleetListen is how long a one-shot status listens: every running
+// replica speaks at least once in it, at its heartbeat. (It cannot stop
+// sooner on a count of the fleet told there: a forged word could say the
+// fleet is one replica.)
 const fleetListen = replica.StatsAtLeast + 250*time.Millisecond
 
 // fleetSilence is how long a replica's last word stands: one silent for
@@ -36,9 +35,6 @@ type fleet struct {
 	subject string
 	mu      sync.Mutex
 	heard   map[string]heardStats // by replica
-	// fleet is the most replicas any heard one says the fleet has.
-	fleet int
-	grew  chan struct{} // a word each time one is heard; never blocks
 }
 
 type heardStats struct {
@@ -54,7 +50,7 @@ type heardStats struct {
 const maxHeard = 256
 
 func hearFleet(nc *nats.Conn, bucket string) *fleet {
-	f := &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{}, grew: make(chan struct{}, 1)}
+	f := &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{}}
 	f.sub, _ = nc.Subscribe(f.subject, func(m *nats.Msg) {
 		var msg replica.StatsMessage
 		if len(m.Data) > 1<<20 || json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" || len(msg.ID) > replica.MaxID {
@@ -65,40 +61,10 @@ func hearFleet(nc *nats.Conn, bucket string) *fleet {
 			delete(f.heard, msg.ID)
 		} else if _, ok := f.heard[msg.ID]; ok || len(f.heard) < maxHeard {
 			f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
-			f.fleet = max(f.fleet, msg.Peers+1)
 		}
 		f.mu.Unlock()
-		select {
-		case f.grew <- struct{}{}:
-		default:
-		}
 	})
-	if f.sub != nil && nc.Flush() == nil { // subscribed before the answers come
-		_ = replica.AskStats(nc, bucket)
-	}
 	return f
-}
-
-// listen waits until every replica of the fleet was heard, or d passes,
-// or ctx ends.
-func (f *fleet) listen(ctx context.Context, d time.Duration) error {
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	for {
-		f.mu.Lock()
-		all := len(f.heard) > 0 && len(f.heard) >= f.fleet
-		f.mu.Unlock()
-		if all {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline.C:
-			return nil
-		case <-f.grew:
-		}
-	}
 }
 
 func (f *fleet) stop() {

@@ -63,13 +63,9 @@ type StatsMessage struct {
 	Stale string `json:"stale,omitempty"`
 	// Ask asks every replica that hears it to tell its counts at once:
 	// a replica sends it with its first word, so that it learns the
-	// fleet's counts without waiting for their heartbeats, and `broker
-	// status` sends it without an ID (AskStats).
+	// fleet's counts without waiting for their heartbeats; AskStats sends
+	// it without an ID.
 	Ask bool `json:"ask,omitempty"`
-	// Peers is how many other replicas it hears (absent: none, or a
-	// broker from before it was told), so that `broker status` knows
-	// when it has heard the whole fleet.
-	Peers int `json:"peers,omitempty"`
 	// Bye says the replica stops: the others forget it at once rather
 	// than after broker.PeerSilence.
 	Bye bool `json:"bye,omitempty"`
@@ -268,7 +264,7 @@ func (t *teller) tell(now time.Time, always bool) (changed bool) {
 		return false
 	}
 	msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
-		Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Ask: t.ask, Peers: r.broker.Peers()}
+		Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Ask: t.ask}
 	if heard := r.broker.Heard(); !heard.IsZero() {
 		msg.LogHeard = heard.UnixNano()
 	}
