@@ -111,6 +111,9 @@ type table struct {
 	// remember is, for each router of a pool with "session" affinity,
 	// those pools: they remember where sessions went (see Remember).
 	remember map[string][]*pool
+	// readsInFlight says a pool's calls are chosen by the fleet's calls
+	// in flight (Pool.ReadsInFlight).
+	readsInFlight bool
 }
 
 // cur returns the configuration in force.

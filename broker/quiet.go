@@ -93,3 +93,10 @@ func (b *Broker) Quiet(now time.Time, most time.Duration) time.Duration {
 	}
 	return wait
 }
+
+// ReadsInFlight reports whether a pool in force chooses by the fleet's
+// calls in flight (Pool.ReadsInFlight): the replica then tells its counts
+// every few milliseconds while they change; otherwise the others read
+// only its failures, which it tells at once (Nudged), and its calls within
+// the failure-rate window, which a tenth of a second does not change much.
+func (b *Broker) ReadsInFlight() bool { return b.cur().readsInFlight }

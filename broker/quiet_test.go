@@ -83,3 +83,27 @@ func TestCountsInTheirWindowsWakeTheReplicaWhenTheySlideOut(t *testing.T) {
 	b.Refresh(later)
 	is.Equal(b.Quiet(later, time.Minute) > 0, true) // the calls window still holds it
 }
+
+func TestAPoolReadsTheFleetsCallsInFlightByItsStrategyAffinityOrBudget(t *testing.T) {
+	routers := []broker.Router{{Path: "/p/a/", Weight: 1}, {Path: "/p/b/", Weight: 1}}
+	budget := &broker.Budget{TokensPerMinute: 1000}
+	cases := []struct {
+		name string
+		pool broker.Pool
+		want bool
+	}{
+		{"random", broker.Pool{Ingress: "/p/", Routers: routers}, false},
+		{"least-busy", broker.Pool{Ingress: "/p/", Routers: routers, Strategy: "least-busy"}, true},
+		{"headroom", broker.Pool{Ingress: "/p/", Routers: routers, Strategy: "headroom"}, true},
+		{"random with session affinity", broker.Pool{Ingress: "/p/", Routers: routers, Affinity: broker.Affinity{Session: true}}, true},
+		{"random with a pool budget", broker.Pool{Ingress: "/p/", Routers: routers, Budget: budget}, true},
+		{"random with a router's budget", broker.Pool{Ingress: "/p/", Routers: []broker.Router{{Path: "/p/a/", Weight: 1, Budget: budget}}}, true},
+	}
+	for _, c := range cases {
+		if got := c.pool.ReadsInFlight(); got != c.want {
+			t.Errorf("%s: ReadsInFlight %v, want %v", c.name, got, c.want)
+		}
+	}
+	b, _ := newBroker(t, broker.Config{})
+	is.New(t).Equal(b.ReadsInFlight(), false) // the default pool is random
+}

@@ -161,3 +161,23 @@ func TestAStoppedReplicaIsForgottenAtOnce(t *testing.T) {
 	natstest.Eventually(t, time.Second, knows(1), "replica-3 forgotten")
 	t.Logf("replica-3 forgotten %v after it stopped", time.Since(stopped))
 }
+
+// TestABusyReplicaOfRandomPoolsTellsTenTimesASecond: no pool chooses by
+// the fleet's calls in flight, so a replica whose counts change all the
+// time tells them every 100 ms, not every 10.
+func TestABusyReplicaOfRandomPoolsTellsTenTimesASecond(t *testing.T) {
+	s := natstest.Start(t)
+	runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, 1)
+	nc := natstest.Connect(t, s)
+	h := hearStats(t, nc)
+	l := startCallLoad(t, natstest.Connect(t, s), 2, time.Second)
+	defer l.Finish()
+	l.WaitAnswered(t, time.Now(), 100, 5*time.Second) // calls keep coming
+	const busy = time.Second
+	from := h.total()
+	<-time.After(busy) // a time to count over
+	words := h.total() - from
+	if most := int(busy/(100*time.Millisecond)) + 3; words > most {
+		t.Errorf("a busy replica of random pools said %d words in %v, want at most %d", words, busy, most)
+	}
+}

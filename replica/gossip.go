@@ -25,6 +25,10 @@ const (
 	// tells its counts when they changed, while the fleet has calls
 	// (broker.Quiet says when it may wait longer).
 	statsEvery = 10 * time.Millisecond
+	// statsCalm is how often it tells them, while they change, when no
+	// pool chooses by the fleet's calls in flight (broker.ReadsInFlight):
+	// failures are told at once all the same.
+	statsCalm = 100 * time.Millisecond
 	// StatsAtLeast is how often it tells them anyway, so that the others
 	// know it is there: well within broker.PeerSilence, after which they
 	// forget it.
@@ -210,6 +214,9 @@ func (r *Replica) shareStats() error {
 				changed := t.tell(now, answer)
 				answer = false
 				wait := statsEvery
+				if !r.broker.ReadsInFlight() {
+					wait = statsCalm
+				}
 				if !changed {
 					wait = max(r.broker.Quiet(now, StatsAtLeast-now.Sub(t.at)), statsEvery)
 				}
