@@ -48,7 +48,7 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 		want []string
 	}{
 		{"throughput", []string{"-duration", "300ms", "-warmup", "50ms", "-rounds", "2", "-callers", "4", "-conns", "2"},
-			[]string{"no-op responder (3)", "broker (3 replicas)", "requests/s", "p99.9", "round by round", "broker / no-op: throughput"}},
+			[]string{"strategy random", "no-op responder (3)", "broker (3 replicas)", "requests/s", "p99.9", "round by round", "broker / no-op: throughput"}},
 		{"propagation", []string{"-trials", "20"},
 			[]string{"last replica drops it (from sending the report)", "p99", "trials 20, not propagated within 5s 0", "KV writes"}},
 		{"storm", []string{"-duration", "300ms", "-warmup", "50ms", "-callers", "4", "-reports", "1000", "-rounds", "2"},
@@ -170,6 +170,7 @@ func TestBenchRefusesBadSettingsWithOneLine(t *testing.T) {
 	}{
 		{[]string{"-mode", "fast"}, `mode "fast"`},
 		{[]string{"-mode", "chatter", "-fleets", "3,x"}, "-fleets"},
+		{[]string{"-mode", "throughput", "-strategy", "fastest"}, "-strategy"},
 		{[]string{"-callers", "0"}, "-callers"},
 		{[]string{"-duration", "forever"}, "-duration"},
 		{[]string{"-fail", "1.5"}, "-fail"},

@@ -87,6 +87,8 @@ type options struct {
 	inProcess   bool   // budget: the replicas in the bench's process, not processes of the binary
 	changes     int    // timed one at a time
 	loadChanges int    // written under load
+	// throughput's.
+	strategy string
 	// chatter's.
 	fleetsText string
 	fleets     []int // of fleetsText
@@ -196,6 +198,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Int(&o.conns, "conns", "", 4, 1, 64, "NATS `connections` the callers share")
 	s.Int(&o.replicas, "replicas", "", 3, 1, 64, "broker `replicas`, and no-op responders")
 	s.String(&o.fleetsText, "fleets", "", "3,10,20", "chatter: the fleet `sizes` measured, replica processes each")
+	s.String(&o.strategy, "strategy", "", "", "throughput: the pool's `strategy` (default: the broker's default, random)")
 	s.Duration(&o.timeout, "timeout", "", 50*time.Millisecond, time.Millisecond, time.Minute, "a call without a reply within this `time` is an error (gecholog's processor timeout is 50ms)")
 	s.Int(&o.maxCalls, "max-calls", "", 10_000_000, 1, 100_000_000, "at most this many `calls` per measured run")
 	s.Int(&o.rounds, "rounds", "", 10, 1, 1000, "throughput and storm: `runs` each condition's measuring time is split into, taken in turns")
@@ -248,6 +251,9 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	}
 	if o.loadFactor != 0 && !broker.LoadFactorRange.Contains(o.loadFactor) {
 		return o, fmt.Errorf("-load-factor %g: give 0 for the broker's default, or a load factor %s", o.loadFactor, broker.LoadFactorRange)
+	}
+	if o.strategy != "" && !slices.Contains(broker.Strategies(), o.strategy) {
+		return o, fmt.Errorf("-strategy %q: %s", o.strategy, strings.Join(broker.Strategies(), ", "))
 	}
 	fleets, err := parseFleets(o.fleetsText)
 	if err != nil {
