@@ -200,6 +200,7 @@ func (r *Replica) shareStats() error {
 		// answer is set while an ask waits for the next tick, so that a
 		// flood of asks is answered at most every statsEvery.
 		answer := false
+		var ticked time.Time // when it last ticked
 		for {
 			select {
 			case <-ctx.Done():
@@ -210,6 +211,7 @@ func (r *Replica) shareStats() error {
 				}
 				return
 			case now := <-tick.C:
+				ticked = now
 				r.broker.Wake()
 				changed := t.tell(now, answer)
 				answer = false
@@ -222,7 +224,11 @@ func (r *Replica) shareStats() error {
 				}
 				tick.Reset(wait)
 			case <-r.broker.Stirred():
-				tick.Reset(0) // the fleet has calls again: tell at once, then tick
+				// The fleet has calls again: tell at once, then tick; but
+				// no sooner than a tick after the last, so that a stream
+				// of transactions, each of which stirs, wakes it no more
+				// often than it ticks.
+				tick.Reset(max(statsEvery-time.Since(ticked), 0))
 			case <-asked:
 				answer = true
 				tick.Reset(statsEvery)
