@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/gecholog/broker/broker"
@@ -69,15 +70,25 @@ func (h *statsHeard) total() int {
 
 var threeReplicas = []string{"replica-1", "replica-2", "replica-3"}
 
+// heardFleet starts n replicas and a connection that hears their words,
+// and returns once every one was heard.
+func heardFleet(t *testing.T, n int) (*server.Server, *replicaSet, *nats.Conn, *statsHeard) {
+	t.Helper()
+	s := natstest.Start(t)
+	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, n)
+	nc := natstest.Connect(t, s)
+	h := hearStats(t, nc)
+	start := time.Now()
+	ids := threeReplicas[:n]
+	natstest.Eventually(t, 5*time.Second, func() bool { return h.since(start, ids...) }, "every replica heard")
+	return s, rs, nc, h
+}
+
 // TestAnIdleFleetTellsOnlyItsHeartbeats: replicas without calls say
 // nothing new, so each speaks once a second (it spoke ten times a second),
 // and yet none forgets another.
 func TestAnIdleFleetTellsOnlyItsHeartbeats(t *testing.T) {
-	s := natstest.Start(t)
-	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, 3)
-	h := hearStats(t, natstest.Connect(t, s))
-	start := time.Now()
-	natstest.Eventually(t, 5*time.Second, func() bool { return h.since(start, threeReplicas...) }, "every replica heard")
+	_, rs, _, h := heardFleet(t, 3)
 
 	const idle = 3 * time.Second
 	from := h.total()
@@ -98,12 +109,7 @@ func TestAnIdleFleetTellsOnlyItsHeartbeats(t *testing.T) {
 // of a second, well short of a heartbeat; each replica answers its ask at
 // once.
 func TestAnIdleReplicaAnswersAnAskAtOnce(t *testing.T) {
-	s := natstest.Start(t)
-	runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, 3)
-	nc := natstest.Connect(t, s)
-	h := hearStats(t, nc)
-	start := time.Now()
-	natstest.Eventually(t, 5*time.Second, func() bool { return h.since(start, threeReplicas...) }, "every replica heard")
+	_, _, nc, h := heardFleet(t, 3)
 	for range 3 {
 		asked := time.Now()
 		if err := replica.AskStats(nc, replica.DefaultBucket); err != nil {
@@ -119,12 +125,7 @@ func TestAnIdleReplicaAnswersAnAskAtOnce(t *testing.T) {
 // a call and the others see it in flight at once, as they did when every
 // replica ticked.
 func TestAQuietReplicaTellsACallAtOnce(t *testing.T) {
-	s := natstest.Start(t)
-	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, 3)
-	nc := natstest.Connect(t, s)
-	h := hearStats(t, nc)
-	start := time.Now()
-	natstest.Eventually(t, 5*time.Second, func() bool { return h.since(start, threeReplicas...) }, "every replica heard")
+	_, rs, nc, _ := heardFleet(t, 3)
 	for range 3 {
 		router := ask(t, nc, "/azure/")
 		called := time.Now()
@@ -166,10 +167,7 @@ func TestAStoppedReplicaIsForgottenAtOnce(t *testing.T) {
 // the fleet's calls in flight, so a replica whose counts change all the
 // time tells them every 100 ms, not every 10.
 func TestABusyReplicaOfRandomPoolsTellsTenTimesASecond(t *testing.T) {
-	s := natstest.Start(t)
-	runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, 1)
-	nc := natstest.Connect(t, s)
-	h := hearStats(t, nc)
+	s, _, _, h := heardFleet(t, 1)
 	l := startCallLoad(t, natstest.Connect(t, s), 2, time.Second)
 	defer l.Finish()
 	l.WaitAnswered(t, time.Now(), 100, 5*time.Second) // calls keep coming
@@ -179,5 +177,33 @@ func TestABusyReplicaOfRandomPoolsTellsTenTimesASecond(t *testing.T) {
 	words := h.total() - from
 	if most := int(busy/(100*time.Millisecond)) + 3; words > most {
 		t.Errorf("a busy replica of random pools said %d words in %v, want at most %d", words, busy, most)
+	}
+}
+
+// TestAFloodOfAsksIsAnsweredAtMostEveryTick: whoever may publish on the
+// stats subject may ask without end; each replica answers at most once a
+// tick, and the flood never puts its words off.
+func TestAFloodOfAsksIsAnsweredAtMostEveryTick(t *testing.T) {
+	_, _, nc, h := heardFleet(t, 1)
+	const flood = 1500 * time.Millisecond
+	from := h.total()
+	floodStart := time.Now()
+	asks := 0
+	for end := time.Now().Add(flood); time.Now().Before(end); asks++ {
+		if err := replica.AskStats(nc, replica.DefaultBucket); err != nil {
+			t.Fatal(err)
+		}
+		<-time.After(2 * time.Millisecond) // a flood, every 2 ms
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	words := h.total() - from
+	t.Logf("%d asks in %v: %d words", asks, time.Since(floodStart), words)
+	if most := int(time.Since(floodStart)/(10*time.Millisecond)) + 10; words > most { // not one an ask
+		t.Errorf("the replica answered %d words in %v of asks every 2 ms, want at most %d", words, flood, most)
+	}
+	if !h.since(floodStart.Add(flood/2), "replica-1") {
+		t.Errorf("the replica said nothing in the flood's second half: the asks put its words off")
 	}
 }

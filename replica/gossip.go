@@ -230,8 +230,12 @@ func (r *Replica) shareStats() error {
 				// often than it ticks.
 				tick.Reset(max(statsEvery-time.Since(ticked), 0))
 			case <-asked:
-				answer = true
-				tick.Reset(statsEvery)
+				// Once until the tick that answers: a flood of asks must not
+				// put that tick off for ever.
+				if !answer {
+					answer = true
+					tick.Reset(max(statsEvery-time.Since(ticked), 0))
+				}
 			case <-r.broker.Nudged():
 				if soon != nil {
 					continue
