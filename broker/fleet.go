@@ -294,8 +294,11 @@ func (b *Broker) counted(rt *route, failed bool, now time.Time, status int, retr
 	b.stir()
 	if !failed {
 		s.lastSuccess.Store(now.UnixNano())
-		if s.failingLen.Load() > 0 {
-			b.nudge() // the fleet's count ends here
+		if s.failingLen.Load() > 0 || b.othersFailing(rt) {
+			// The fleet's count ends here: told at once, not at the next
+			// tick (100 ms for a pool that does not read calls in flight),
+			// or another replica's next failure would count on past it.
+			b.nudge()
 		}
 		return 0, nil
 	}
@@ -319,6 +322,19 @@ func (b *Broker) counted(rt *route, failed bool, now time.Time, status int, retr
 	}
 	s.newest.acted = failures >= pol.Threshold || rate != nil
 	return failures, rate
+}
+
+// othersFailing says whether another replica told of failures of rt that
+// no success it knows of has ended.
+func (b *Broker) othersFailing(rt *route) bool {
+	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	for _, p := range b.fleet.peers {
+		if pc, ok := p.counts[rt.path]; ok && len(pc.Failing) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // failing gathers the fleet's failures of rt since the fleet's last success
