@@ -17,11 +17,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/gecholog/broker/kv"
 )
 
 // Replica processes: the broker binary, started as a deployment starts it
@@ -47,26 +42,6 @@ func (b *bench) brokerBinary(ctx context.Context) (path string, remove func(), e
 			err, strings.Join(strings.Fields(string(out)), " "))
 	}
 	return path, func() { os.RemoveAll(dir) }, nil
-}
-
-// openConfig connects to the bench's server and opens (making it if need
-// be) the fleet's configuration bucket, which replica processes follow.
-func (b *bench) openConfig(ctx context.Context) (*nats.Conn, *kv.ConfigStore, error) {
-	nc, err := b.connect()
-	if err != nil {
-		return nil, nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, err
-	}
-	cs, err := kv.OpenConfig(ctx, js, kv.ConfigBucket(b.bucket), true)
-	if err != nil {
-		nc.Close()
-		return nil, nil, err
-	}
-	return nc, cs, nil
 }
 
 // brokerProc is one replica process and what the bench has read of its

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/kv"
@@ -67,11 +68,19 @@ func (b *bench) reconfig(ctx context.Context) error {
 		return err
 	}
 	defer remove()
-	nc, cs, err := b.openConfig(ctx)
+	nc, err := b.connect()
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	cs, err := kv.OpenConfig(ctx, js, kv.ConfigBucket(b.bucket), true)
+	if err != nil {
+		return err
+	}
 	w := configWriter{cs}
 	// The replicas find a revision and follow it.
 	first := []broker.Router{{Path: "/azure/start/", Weight: 1}}
