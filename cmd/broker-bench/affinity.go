@@ -13,14 +13,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/gecholog"
 	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/internal/safetext"
 	"github.com/gecholog/broker/internal/standin"
-	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/ops"
 )
 
@@ -260,24 +257,11 @@ func (b *bench) affinityMode(ctx context.Context) error {
 	o := b.o
 	ctx, cancel := context.WithTimeout(ctx, affinityTimeout)
 	defer cancel()
-	bin, remove, err := b.brokerBinary(ctx)
+	bin, _, cs, done, err := b.fleetSetup(ctx)
 	if err != nil {
 		return err
 	}
-	defer remove()
-	nc, err := b.connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	cs, err := kv.OpenConfig(ctx, js, kv.ConfigBucket(b.bucket), true)
-	if err != nil {
-		return err
-	}
+	defer done()
 	session := broker.Affinity{Session: true, LoadFactor: o.loadFactor}
 	aff, rnd, move := affinityPool("aff", "", session), affinityPool("rnd", "random", broker.Affinity{}), affinityPool("move", "", session)
 	pools := []broker.Pool{aff, rnd, move}

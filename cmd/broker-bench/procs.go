@@ -17,6 +17,10 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/gecholog/broker/kv"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Replica processes: the broker binary, started as a deployment starts it
@@ -381,4 +385,28 @@ func waitRevision(ctx context.Context, client *http.Client, procs []*brokerProc,
 		}
 	}
 	return seen, true
+}
+
+// fleetSetup is what the modes that run replica processes by the fleet's
+// configuration start with: the broker binary, a connection and the
+// configuration bucket (created when missing); done undoes them.
+func (b *bench) fleetSetup(ctx context.Context) (bin string, nc *nats.Conn, cs *kv.ConfigStore, done func(), err error) {
+	bin, remove, err := b.brokerBinary(ctx)
+	if err != nil {
+		return "", nil, nil, nil, err
+	}
+	if nc, err = b.connect(); err != nil {
+		remove()
+		return "", nil, nil, nil, err
+	}
+	done = func() { nc.Close(); remove() }
+	js, err := jetstream.New(nc)
+	if err == nil {
+		cs, err = kv.OpenConfig(ctx, js, kv.ConfigBucket(b.bucket), true)
+	}
+	if err != nil {
+		done()
+		return "", nil, nil, nil, err
+	}
+	return bin, nc, cs, done, nil
 }

@@ -7,11 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/standin"
-	"github.com/gecholog/broker/kv"
 )
 
 // ptu measures what issue 23 measured through the real gateway: replica
@@ -28,24 +25,11 @@ import (
 func (b *bench) ptuMode(ctx context.Context) error {
 	o := b.o
 	strategies := strings.Split(o.ptuStrategies, ",")
-	bin, remove, err := b.brokerBinary(ctx)
+	bin, nc, cs, done, err := b.fleetSetup(ctx)
 	if err != nil {
 		return err
 	}
-	defer remove()
-	nc, err := b.connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	cs, err := kv.OpenConfig(ctx, js, kv.ConfigBucket(b.bucket), true)
-	if err != nil {
-		return err
-	}
+	defer done()
 	type run struct {
 		strategy string
 		pool     broker.Pool

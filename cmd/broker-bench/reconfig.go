@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/kv"
@@ -63,24 +62,11 @@ const applyTimeout = 5 * time.Second
 
 func (b *bench) reconfig(ctx context.Context) error {
 	o := b.o
-	bin, remove, err := b.brokerBinary(ctx)
+	bin, nc, cs, done, err := b.fleetSetup(ctx)
 	if err != nil {
 		return err
 	}
-	defer remove()
-	nc, err := b.connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	cs, err := kv.OpenConfig(ctx, js, kv.ConfigBucket(b.bucket), true)
-	if err != nil {
-		return err
-	}
+	defer done()
 	w := configWriter{cs}
 	// The replicas find a revision and follow it.
 	first := []broker.Router{{Path: "/azure/start/", Weight: 1}}
