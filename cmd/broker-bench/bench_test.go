@@ -75,7 +75,7 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 		{"latency", []string{"-duration", "1s", "-load", "20"},
 			[]string{"50, 100 and 400 ms", "/latency/ (latency)", "/random/ (random)", "mean upstream time", "(target ≤ 1.25: ", "(target ≥ 1%: "}},
 		{"cost", []string{"-duration", "1s", "-load", "20"},
-			[]string{"priced per million tokens", "/cost/ (cost)", "/random/ (random)", "replica-1 prices /cost/'s routers at an average call of",
+			[]string{"priced per million tokens", "/cost/ (cost)", "/random/ (random)", "replica-1 explains /cost/: tier 0 takes the calls, chosen by the cost strategy", "each router priced at the pool's average call of",
 				"cost: spend per call", "× random's on the same traffic", "of its calls on the cheapest router, a (random: "}},
 		{"budget", []string{"-duration", "1s", "-load", "40", "-in-process"},
 			[]string{"on tier 0 with a budget of 21000 tokens a minute", "/budget/payg/ on tier 1", "the PTU used", "overshoot", "(target ≤ 2%: ",

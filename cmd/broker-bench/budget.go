@@ -53,7 +53,7 @@ func (b *bench) budgetMode(ctx context.Context) error {
 	if o.inProcess {
 		l, err = b.startLab(ctx, []broker.Pool{p}, llms, 0)
 	} else {
-		l, err = b.startProcLab(ctx, []broker.Pool{p}, llms, budgetCallers)
+		l, err = b.startProcLab(ctx, []broker.Pool{p}, llms, labCallers)
 	}
 	if err != nil {
 		return err
@@ -114,9 +114,9 @@ func (b *bench) budgetMode(ctx context.Context) error {
 	return b.budgetRestart(ctx, l, ptu, truth)
 }
 
-// budgetCallers is how many callers, each on its own connection, drive
-// the replica processes in -mode budget.
-const budgetCallers = 8
+// labCallers is how many callers, each on its own connection, drive
+// the replica processes in -mode budget and -mode cost.
+const labCallers = 8
 
 // budgetFigures are what a replica counted of a router's budget: this
 // minute's tokens and requests, this day's and month's spend.

@@ -38,7 +38,13 @@ func (b *bench) costMode(ctx context.Context) error {
 		}
 	}
 	llms := bySpeed(map[string]time.Duration{"a": 30 * time.Millisecond, "b": 30 * time.Millisecond, "c": 30 * time.Millisecond}, 0.3, cost, rnd)
-	l, err := b.startLab(ctx, []broker.Pool{cost, rnd}, llms, 0)
+	var l *lab
+	var err error
+	if o.inProcess {
+		l, err = b.startLab(ctx, []broker.Pool{cost, rnd}, llms, 0)
+	} else {
+		l, err = b.startProcLab(ctx, []broker.Pool{cost, rnd}, llms, labCallers)
+	}
 	if err != nil {
 		return err
 	}
@@ -50,7 +56,7 @@ func (b *bench) costMode(ctx context.Context) error {
 	var mu sync.Mutex
 	spend := map[string]float64{} // by ingress
 	calls := map[string]int{}
-	l.gw.Answer = func(res standin.Result) json.RawMessage {
+	answer := func(res standin.Result) json.RawMessage {
 		in, out := 500+rand.IntN(1001), 40+rand.IntN(81)
 		if name := strings.TrimSuffix(strings.TrimPrefix(res.Router, res.Ingress), "/"); res.Status == 200 {
 			if p, ok := prices[name]; ok {
@@ -61,6 +67,10 @@ func (b *bench) costMode(ctx context.Context) error {
 			}
 		}
 		return fmt.Appendf(nil, `{"object":"chat.completion","choices":[{"message":{"content":"ok"}}],"usage":{"prompt_tokens":%d,"completion_tokens":%d}}`, in, out)
+	}
+	l.gw.Answer = answer
+	if l.p != nil {
+		l.p.answer(answer)
 	}
 	rate := float64(o.load)
 	if rate == 0 {
@@ -97,9 +107,11 @@ func (b *bench) costMode(ctx context.Context) error {
 		fmt.Fprintf(b.out, "%-18s %8d %8d %12.5f %12.7f   %s\n", p.Ingress+" ("+p.Strategy+")", len(done), logs[p.Ingress].errors,
 			spend[p.Ingress], per[p.Ingress], strings.Join(shares, " / "))
 	}
-	if v, ok := l.f.Replicas[0].Broker().PoolView(cost.Ingress, time.Now()); ok {
-		fmt.Fprintf(b.out, "\n(spend: counted by the bench from the tokens each call's answer said, at its router's price; calls that waited to start: %d;\n"+
-			"replica-1 prices %s's routers at an average call of %.0f input and %.0f output tokens)\n", late, cost.Ingress, v.Mix.Input, v.Mix.Output)
+	fmt.Fprintf(b.out, "\n(spend: counted by the bench from the tokens each call's answer said, at its router's price; calls that waited to start: %d)\n", late)
+	if why, err := l.explainWhy(ctx, cost.Ingress); err == nil {
+		fmt.Fprintf(b.out, "replica-1 explains %s: %s\n", cost.Ingress, why)
+	} else {
+		fmt.Fprintf(b.out, "replica-1 did not explain %s: %v\n", cost.Ingress, err)
 	}
 	ratio := per[cost.Ingress] / max(per[rnd.Ingress], 1e-12)
 	fmt.Fprintf(b.out, "cost: spend per call %.3f × random's on the same traffic; %.1f%% of its calls on the cheapest router, %s (random: %.1f%%)\n",

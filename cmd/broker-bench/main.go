@@ -90,7 +90,7 @@ type options struct {
 	bound  time.Duration // drift: the in-flight bound
 	// reconfig's.
 	broker      string // the broker binary; "": built
-	inProcess   bool   // budget: the replicas in the bench's process, not processes of the binary
+	inProcess   bool   // budget, cost: the replicas in the bench's process, not processes of the binary
 	changes     int    // timed one at a time
 	loadChanges int    // written under load
 	// affinity's.
@@ -232,7 +232,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Float(&o.lose, "lose", "", 0.01, 0, 1, "drift: `fraction` of the calls whose report (response context) is lost")
 	s.Duration(&o.bound, "inflight-bound", "", 5*time.Second, time.Second, time.Hour, "drift: the in-flight `bound`, short so that the bench ends")
 	s.String(&o.broker, "broker", "", "", "reconfig, affinity, budget: the broker `binary` run as replica processes (default: built from this module with go build)")
-	s.Bool(&o.inProcess, "in-process", "", "budget: run the replicas in the bench's own process rather than as processes of the broker binary")
+	s.Bool(&o.inProcess, "in-process", "", "budget, cost: run the replicas in the bench's own process rather than as processes of the broker binary")
 	s.Int(&o.changes, "changes", "", 100, 1, 10_000, "reconfig: configuration `changes` timed one at a time")
 	s.Int(&o.loadChanges, "load-changes", "", 20, 0, 10_000, "reconfig: configuration `changes` written during the runs under load")
 	s.Int(&o.sessions, "sessions", "", 1000, 1, 100_000, "affinity: `sessions` in each run")

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/standin"
 	"github.com/gecholog/broker/kv"
+	"github.com/gecholog/broker/replica"
 )
 
 // A lab of replica processes: the broker binary, as deployed, its pools in
@@ -115,23 +118,52 @@ func (p *procLab) close() {
 	}
 }
 
+// explainWhy is the first replica's one line on why ingress's calls go
+// where they go: from its memory, or from its listener's /explain.
+func (l *lab) explainWhy(ctx context.Context, ingress string) (string, error) {
+	if l.p == nil {
+		e, ok := l.f.Replicas[0].Broker().Explain(ingress, time.Now())
+		if !ok {
+			return "", fmt.Errorf("no pool %s", ingress)
+		}
+		return e.Why, nil
+	}
+	body, err := l.p.procs[0].get(ctx, l.client, "/explain?ingress="+url.QueryEscape(ingress))
+	if err != nil {
+		return "", err
+	}
+	var x replica.Explained
+	if err := json.Unmarshal(body, &x); err != nil {
+		return "", err
+	}
+	if x.Error != "" {
+		return "", errors.New(x.Error)
+	}
+	return x.Why, nil
+}
+
+// get reads path from the replica's listener, up to maxMetricsBody.
+func (p *brokerProc) get(ctx context.Context, client *http.Client, path string) ([]byte, error) {
+	p.mu.Lock()
+	addr := p.addr
+	p.mu.Unlock()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(io.LimitReader(resp.Body, maxMetricsBody))
+}
+
 // metric reads the value of the series name{labels} (labels as the
 // exposition writes them, sorted) from the replica's /metrics; ok is
 // false when it has none.
 func (p *brokerProc) metric(ctx context.Context, client *http.Client, series string) (v float64, ok bool, err error) {
-	p.mu.Lock()
-	addr := p.addr
-	p.mu.Unlock()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
-	if err != nil {
-		return 0, false, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, false, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMetricsBody))
+	body, err := p.get(ctx, client, "/metrics")
 	if err != nil {
 		return 0, false, err
 	}
