@@ -103,6 +103,7 @@ type options struct {
 	ptuCallers    int
 	ptuStrategies string
 	ptuSerial     bool
+	gl            string // the real gecholog gateway's binary; "": the stand-in
 
 	logLevel string
 	level    slog.Level // of logLevel
@@ -243,6 +244,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Int(&o.ptuCallers, "ptu-callers", "", 4, 1, 1024, "ptu: `callers` in the closed loop, each making its calls one after the other")
 	s.String(&o.ptuStrategies, "ptu-strategies", "", "random,headroom", "ptu: the pools' `strategies`, comma-separated, each run for each")
 	s.Bool(&o.ptuSerial, "ptu-serial", "", "ptu: the client waits for the response context and the transaction before its next call (default: it has its answer first, as gecholog's async response processors give it)")
+	s.String(&o.gl, "gl", "", "", "ptu: the real gecholog gateway, a `gl` binary built from github.com/direktoren/gecholog's cmd/gl, run in front of the replicas, the callers its HTTP clients (default: the stand-in for gecholog)")
 	s.String(&o.logLevel, "log-level", "", "error", "replicas' log `level` on stderr: debug, info, warn or error")
 	s.String(&o.cpuProf, "cpuprofile", "", "", "write a CPU profile of the whole run (server, replicas and callers) to `file`")
 	s.String(&o.memProf, "memprofile", "", "", "write an allocation profile of the whole run to `file`")
