@@ -282,6 +282,14 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 			return o, fmt.Errorf("-partition-cases: %q is none of %s", s, partitionCaseKeys())
 		}
 	}
+	if o.gl != "" {
+		if o.mode != "ptu" {
+			return o, fmt.Errorf("-gl: only -mode ptu runs the real gecholog gateway, not -mode %s", o.mode)
+		}
+		if fi, err := os.Stat(o.gl); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return o, fmt.Errorf("-gl %q: no gl binary there; build one with go build -o gl ./cmd/gl in a copy of github.com/direktoren/gecholog", o.gl)
+		}
+	}
 	if err := o.level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return o, fmt.Errorf("log-level %q: debug, info, warn or error", o.logLevel)
 	}
