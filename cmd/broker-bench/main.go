@@ -8,7 +8,9 @@
 // demo and the end-to-end tests; but -mode reconfig, which measures a
 // change of the fleet's configuration, and -mode affinity, which measures
 // sessions spread over replicas by the queue group, run the broker binary
-// as processes, as a deployment does.
+// as processes, as a deployment does. -mode ptu with -gl PATH puts the
+// real gecholog gateway, a gl binary the user built from
+// github.com/direktoren/gecholog, in front of them instead of the stand-in.
 //
 //	broker-bench [-mode MODE] [flags]
 //
