@@ -22,7 +22,9 @@ import (
 // tier 1 without a limit; a closed loop of a few callers, each making its
 // calls one after the other, as clients waiting for their answers do.
 // Each run has pools and deployments of its own, so that no run inherits
-// another's rate-limit state or disables.
+// another's rate-limit state or disables. With -gl the real gecholog
+// gateway stands where the stand-in does (realgw.go), and the callers are
+// its HTTP clients.
 func (b *bench) ptuMode(ctx context.Context) error {
 	o := b.o
 	strategies := strings.Split(o.ptuStrategies, ",")
