@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -162,6 +163,25 @@ func TestHelpAndTheUnknownModeErrorNameEveryMode(t *testing.T) {
 	}
 }
 
+// The PTU mode through the real gecholog gateway: run only when BROKER_GL
+// names a gl binary built from github.com/direktoren/gecholog's cmd/gl
+// (which needs /app/checksum writable, and listens on every address of
+// the machine: see docs/performance.md), so that the usual test command
+// needs nothing new.
+func TestBenchPTUThroughTheRealGateway(t *testing.T) {
+	gl := os.Getenv("BROKER_GL")
+	if gl == "" {
+		t.Skip("BROKER_GL names no gl binary")
+	}
+	out := runBench(t, "-mode", "ptu", "-gl", gl, "-ptu-runs", "1", "-ptu-calls", "60", "-quota", "10", "-window", "1s")
+	for _, w := range []string{"behind the real gecholog gateway", "the callers are HTTP clients of its ingress paths",
+		"to ingress", "gl unanswered", "headroom      1", "random        1", "target for headroom, every run"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("report lacks %q", w)
+		}
+	}
+}
+
 func TestBenchRunsAgainstAServerGivenByURL(t *testing.T) {
 	srv := natstest.Start(t)
 	out := runBench(t, "-mode", "propagation", "-trials", "5", "-replicas", "2", "-server", srv.ClientURL())
@@ -187,6 +207,8 @@ func TestBenchRefusesBadSettingsWithOneLine(t *testing.T) {
 		{[]string{"-mode", "partition", "-partition-cases", "leader,all"}, "-partition-cases"},
 		{[]string{"-server", "nats://example.com:4222"}, "loopback only"},
 		{[]string{"-server", "10.0.0.1:4222"}, "loopback only"},
+		{[]string{"-mode", "ptu", "-gl", "/nonexistent/gl"}, "-gl"},
+		{[]string{"-mode", "headroom", "-gl", "/bin/sh"}, "only -mode ptu"},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

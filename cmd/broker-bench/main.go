@@ -8,7 +8,9 @@
 // demo and the end-to-end tests; but -mode reconfig, which measures a
 // change of the fleet's configuration, and -mode affinity, which measures
 // sessions spread over replicas by the queue group, run the broker binary
-// as processes, as a deployment does.
+// as processes, as a deployment does. -mode ptu with -gl PATH puts the
+// real gecholog gateway, a gl binary the user built from
+// github.com/direktoren/gecholog, in front of them instead of the stand-in.
 //
 //	broker-bench [-mode MODE] [flags]
 //
@@ -103,6 +105,7 @@ type options struct {
 	ptuCallers    int
 	ptuStrategies string
 	ptuSerial     bool
+	gl            string // the real gecholog gateway's binary; "": the stand-in
 
 	logLevel string
 	level    slog.Level // of logLevel
@@ -243,6 +246,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Int(&o.ptuCallers, "ptu-callers", "", 4, 1, 1024, "ptu: `callers` in the closed loop, each making its calls one after the other")
 	s.String(&o.ptuStrategies, "ptu-strategies", "", "random,headroom", "ptu: the pools' `strategies`, comma-separated, each run for each")
 	s.Bool(&o.ptuSerial, "ptu-serial", "", "ptu: the client waits for the response context and the transaction before its next call (default: it has its answer first, as gecholog's async response processors give it)")
+	s.String(&o.gl, "gl", "", "", "ptu: the real gecholog gateway, a `gl` binary built from github.com/direktoren/gecholog's cmd/gl, run in front of the replicas, the callers its HTTP clients (default: the stand-in for gecholog)")
 	s.String(&o.logLevel, "log-level", "", "error", "replicas' log `level` on stderr: debug, info, warn or error")
 	s.String(&o.cpuProf, "cpuprofile", "", "", "write a CPU profile of the whole run (server, replicas and callers) to `file`")
 	s.String(&o.memProf, "memprofile", "", "", "write an allocation profile of the whole run to `file`")
@@ -278,6 +282,14 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	for _, s := range strings.Split(o.partitionCases, ",") {
 		if !slices.ContainsFunc(partitionCases, func(pc partitionCase) bool { return pc.key() == s }) {
 			return o, fmt.Errorf("-partition-cases: %q is none of %s", s, partitionCaseKeys())
+		}
+	}
+	if o.gl != "" {
+		if o.mode != "ptu" {
+			return o, fmt.Errorf("-gl: only -mode ptu runs the real gecholog gateway, not -mode %s", o.mode)
+		}
+		if fi, err := os.Stat(o.gl); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return o, fmt.Errorf("-gl %q: no gl binary there; build one with go build -o gl ./cmd/gl in a copy of github.com/direktoren/gecholog", o.gl)
 		}
 	}
 	if err := o.level.UnmarshalText([]byte(o.logLevel)); err != nil {
