@@ -9,6 +9,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/testutil/clocktest"
 	"github.com/gecholog/broker/statuspage"
 )
 
@@ -21,11 +22,9 @@ func TestStatusPageShowsARouterOutForItsBudget(t *testing.T) {
 		{Path: "/azure/ptu/", Weight: 1, Budget: &broker.Budget{TokensPerMinute: 1000}},
 		{Path: "/azure/payg/", Weight: 1, Priority: 1}}}
 	// A minute's budget starts again on the minute, and then the router is
-	// back: begin with 15 s of the minute to spare (this failed once when
-	// the page drew its rows 0.2 s after the minute turned).
-	if left := time.Until(time.Now().Truncate(time.Minute).Add(time.Minute)); left < 15*time.Second {
-		time.Sleep(left) // until the clock's next minute: a known moment, not a guess
-	}
+	// back (this failed once when the page drew its rows 0.2 s after the
+	// minute turned).
+	clocktest.MinuteToSpare(t, 15*time.Second)
 	b, err := broker.New(broker.Config{Pools: []broker.Pool{pool}, Policy: broker.Policy{DisabledTime: time.Minute}, ID: "this"})
 	is.NoErr(err)
 	t.Cleanup(func() { b.Close(context.Background()) })
