@@ -180,3 +180,14 @@ func Probe(ctx context.Context, js jetstream.JetStream, bucket string) error {
 	}
 	return quorum(st.CachedInfo())
 }
+
+// Leaderless reports whether err, from Probe, says the bucket's stream
+// has no leader or its leader no quorum: an answer from a server, unlike
+// a timeout, which may only be a slow one.
+func Leaderless(err error) bool {
+	if err == nil {
+		return false
+	}
+	label, _ := classify("", err)
+	return errors.Is(err, errNoLeader) || errors.Is(err, errNoQuorum) || label == "no_leader"
+}
