@@ -65,7 +65,7 @@ func readStale(ctx context.Context, t Target, policy broker.Policy, n node, caus
 		}
 		cancel()
 	}
-	why := natsconn.OneLine(kv.Explain(t.Bucket, cause))
+	why := safetext.Clip(kv.Explain(t.Bucket, cause), 2*safetext.MaxShown) // it may quote the server
 	if errors.Is(cause, context.DeadlineExceeded) || errors.Is(cause, context.Canceled) {
 		why = fmt.Sprintf("no answer from KV_%s within %v (its leader cannot be reached from this server, or the cluster is electing one)", t.Bucket, truthWait)
 	}
@@ -73,8 +73,8 @@ func readStale(ctx context.Context, t Target, policy broker.Policy, n node, caus
 	c, err := kv.ReadNodeCopy(cctx, n.nc, t.Bucket)
 	cancel()
 	if err != nil {
-		return statusView{}, fmt.Errorf("no answer from bucket %s through %s: %s; nor could this server's own copy be read: %s: %w",
-			t.Bucket, n.server, why, natsconn.OneLine(err.Error()), cause)
+		return statusView{}, fmt.Errorf("no answer from bucket %s through %s: %s; nor could this server's own copy be read (%s; a user who may not publish to $JS.API.DIRECT.GET.KV_%s gets no answer): %w",
+			t.Bucket, n.server, why, natsconn.OneLine(err.Error()), t.Bucket, cause)
 	}
 	select { // every running replica speaks within it
 	case <-ctx.Done():
@@ -83,7 +83,7 @@ func readStale(ctx context.Context, t Target, policy broker.Policy, n node, caus
 	}
 	now := time.Now()
 	note := &staleNote{Cause: why, Bucket: t.Bucket, Server: n.server, Revision: c.Revision,
-		Node: safetext.Clip(natsconn.OneLine(n.nc.ConnectedServerName()), safetext.MaxShown)} // a name from the wire
+		Node: safetext.Clip(n.nc.ConnectedServerName(), safetext.MaxShown)} // a name from the wire
 	if note.Node == "" {
 		note.Node = "the server"
 	}
