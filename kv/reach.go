@@ -119,6 +119,7 @@ func (s *Store) classify(err error) (label, text string) { return classify(s.Buc
 func classify(bucket string, err error) (label, text string) {
 	stream := "KV_" + bucket
 	var api *jetstream.APIError
+	var legacy *nats.APIError // from a KV watcher, which nats.go makes with its older API
 	switch {
 	case errors.Is(err, ErrConflict):
 		return "conflict", err.Error()
@@ -126,7 +127,8 @@ func classify(bucket string, err error) (label, text string) {
 		return "no_leader", "no leader for " + stream + " (the cluster is electing one, or too few of its servers can reach each other)"
 	case errors.Is(err, errNoQuorum):
 		return "no_quorum", "no quorum for " + stream + strings.TrimPrefix(err.Error(), errNoQuorum.Error())
-	case errors.As(err, &api) && api.ErrorCode == clusterNotAvailable:
+	case errors.As(err, &api) && api.ErrorCode == clusterNotAvailable,
+		errors.As(err, &legacy) && legacy.ErrorCode == nats.JSErrCodeJetStreamNotAvailable:
 		return "no_leader", "JetStream has no meta leader (the cluster is electing one, or too few of its servers can reach each other)"
 	case errors.As(err, &api):
 		return "other", fmt.Sprintf("%s: %s", stream, api.Description)
