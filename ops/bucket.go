@@ -165,7 +165,7 @@ const (
 // answered within truthWait. Then it runs stale with the connection and
 // why, within the rest of opTimeout, so that the command can show what
 // the server knows rather than fail. A bucket or JetStream that is not
-// there at all fails as withBucket's does.
+// there at all, and any other failure, fails as withBucket's does.
 func (t Target) readBucket(ctx context.Context, cmd string, read func(context.Context, bucket) error, stale func(context.Context, node, error) error) error {
 	return t.NATS.Scrub(t.readOrStale(ctx, cmd, read, stale))
 }
@@ -210,7 +210,17 @@ func (t Target) readOrStale(ctx context.Context, cmd string, read func(context.C
 		err = cause
 	default:
 	}
+	if !unanswered(err) {
+		// A refusal, say, which the server's copy would only hide.
+		return t.noAnswer(run, err, server, js, "")
+	}
 	return stale(ctx, node{nc: nc, js: js, server: server}, err)
+}
+
+// unanswered reports whether err says the bucket gave no answer, or
+// answered that it has no leader or no quorum.
+func unanswered(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || kv.Leaderless(err)
 }
 
 // readOnce opens the bucket and runs read on it.

@@ -57,14 +57,14 @@ func readStale(ctx context.Context, t Target, policy broker.Policy, n node, caus
 	f := hearFleet(n.nc, t.Bucket)
 	defer f.stop()
 	heard := time.Now()
-	if !kv.Leaderless(cause) {
-		// No answer at all, or another failure: ask once more why.
-		pctx, cancel := context.WithTimeout(ctx, staleProbeWait)
-		if err := kv.Probe(pctx, n.js, t.Bucket); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			cause = err
-		}
-		cancel()
+	// Ask the bucket's stream why, once more: its own answer (no leader,
+	// no quorum) says more than a read's (no answer, or no JetStream meta
+	// leader to create the read's consumer).
+	pctx, cancel := context.WithTimeout(ctx, staleProbeWait)
+	if err := kv.Probe(pctx, n.js, t.Bucket); kv.Leaderless(err) || err != nil && !kv.Leaderless(cause) && !errors.Is(err, context.DeadlineExceeded) {
+		cause = err
 	}
+	cancel()
 	why := safetext.Clip(kv.Explain(t.Bucket, cause), 2*safetext.MaxShown) // it may quote the server
 	if errors.Is(cause, context.DeadlineExceeded) || errors.Is(cause, context.Canceled) {
 		why = fmt.Sprintf("no answer from KV_%s within %v (its leader cannot be reached from this server, or the cluster is electing one)", t.Bucket, truthWait)
