@@ -43,8 +43,8 @@ type staleNote struct {
 	Changed  *string `json:"changed"`
 }
 
-// copyWait bounds reading the server's copy; staleProbeWait the question
-// that names why the bucket did not answer, when it gave no answer at all.
+// copyWait bounds reading the server's copy; staleProbeWait the one more
+// question to the bucket's stream that names why it did not answer.
 const (
 	copyWait       = 2 * time.Second
 	staleProbeWait = time.Second
