@@ -2,7 +2,6 @@ package kv
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -33,68 +32,60 @@ type Listed struct {
 
 // Scan returns every live key in key order, readable or not, so that
 // nothing in the bucket is hidden from the person looking.
+//
+// It reads every value through one consumer on the bucket's leader, not
+// key by key with direct gets: the members of the bucket's stream answer
+// direct gets in a queue group, and a server passes a request to one at
+// random, so while one member is cut off from the others (its routes
+// stalled, not yet closed) a third of the gets went to it and never came
+// back, and status through a server of the majority timed out.
 func (s *Store) Scan(ctx context.Context) ([]Listed, error) {
-	// The lister's watcher lives until its context ends (nats.go waits
-	// for it in a goroutine of its own): end it when the listing is done.
+	// The watcher lives until its context ends (nats.go waits for it in a
+	// goroutine of its own): end it when the listing is done.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	keys, err := s.kv.ListKeys(ctx)
+	w, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, noJetStream(fmt.Errorf("list bucket %q: %w", s.Bucket(), err))
 	}
+	defer w.Stop()
 	var out []Listed
-	for k := range keys.Keys() {
-		if !ValidKey(k) {
-			// The KV API refuses to read it: read it through the stream.
-			l, live, err := s.scanInvalid(ctx, k)
-			if err != nil {
-				return nil, err
-			}
-			if live {
-				out = append(out, l)
-			}
-			continue
+	for {
+		var e jetstream.KeyValueEntry
+		select {
+		case <-ctx.Done():
+			// A partial list must not pass for the whole bucket.
+			return nil, fmt.Errorf("list bucket %q: %w", s.Bucket(), ctx.Err())
+		case e = <-w.Updates():
 		}
-		e, err := s.kv.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			continue // expired or deleted since the listing
+		if e == nil {
+			break // every value the bucket held when the watch began
 		}
-		if err != nil {
-			return nil, fmt.Errorf("get %q: %w", k, err)
-		}
+		k := e.Key()
 		l := Listed{Router: k, Entry: broker.Entry{Revision: e.Revision(), Created: e.Created()}}
-		if l.Entry.Record, err = Decode(k, e.Value()); err != nil {
+		r, err := Decode(k, e.Value())
+		switch {
+		case !ValidKey(k):
+			// The KV API refuses the key; replicas ignore it. The record,
+			// when it reads, is shown.
+			l.Err = fmt.Errorf("key %q: %w", k, ErrInvalidKey)
+			if err == nil {
+				l.Entry.Record = r
+			}
+		case err != nil:
 			l.Err = err
+		default:
+			l.Entry.Record = r
 		}
 		out = append(out, l)
 	}
 	if err := ctx.Err(); err != nil {
-		// The lister stops quietly when ctx ends; a partial list must not
-		// pass for the whole bucket.
+		// The watcher closes its updates when ctx ends, which reads as the
+		// end of the values.
 		return nil, fmt.Errorf("list bucket %q: %w", s.Bucket(), err)
 	}
 	slices.SortFunc(out, func(a, b Listed) int { return strings.Compare(a.Router, b.Router) })
 	return out, nil
-}
-
-// scanInvalid is Scan's entry for a key the KV API refuses, read through
-// the stream; live is false when it was deleted since the listing.
-func (s *Store) scanInvalid(ctx context.Context, key string) (l Listed, live bool, err error) {
-	m, err := s.stream.GetLastMsgForSubject(ctx, s.subject(key))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return Listed{}, false, nil
-	}
-	if err != nil {
-		return Listed{}, false, fmt.Errorf("read %q: %w", key, err)
-	}
-	if m.Header.Get(kvOperation) != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "" {
-		return Listed{}, false, nil
-	}
-	l = Listed{Router: key, Entry: broker.Entry{Revision: m.Sequence, Created: m.Time}, Err: fmt.Errorf("key %q: %w", key, ErrInvalidKey)}
-	if r, err := Decode(key, m.Data); err == nil {
-		l.Entry.Record = r
-	}
-	return l, true, nil
 }
 
 // keyRE is what JetStream accepts as a key, with no leading or trailing dot.

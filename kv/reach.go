@@ -119,6 +119,7 @@ func (s *Store) classify(err error) (label, text string) { return classify(s.Buc
 func classify(bucket string, err error) (label, text string) {
 	stream := "KV_" + bucket
 	var api *jetstream.APIError
+	var legacy *nats.APIError // from a KV watcher, which nats.go makes with its older API
 	switch {
 	case errors.Is(err, ErrConflict):
 		return "conflict", err.Error()
@@ -126,7 +127,8 @@ func classify(bucket string, err error) (label, text string) {
 		return "no_leader", "no leader for " + stream + " (the cluster is electing one, or too few of its servers can reach each other)"
 	case errors.Is(err, errNoQuorum):
 		return "no_quorum", "no quorum for " + stream + strings.TrimPrefix(err.Error(), errNoQuorum.Error())
-	case errors.As(err, &api) && api.ErrorCode == clusterNotAvailable:
+	case errors.As(err, &api) && api.ErrorCode == clusterNotAvailable,
+		errors.As(err, &legacy) && legacy.ErrorCode == nats.JSErrCodeJetStreamNotAvailable:
 		return "no_leader", "JetStream has no meta leader (the cluster is electing one, or too few of its servers can reach each other)"
 	case errors.As(err, &api):
 		return "other", fmt.Sprintf("%s: %s", stream, api.Description)
@@ -179,4 +181,15 @@ func Probe(ctx context.Context, js jetstream.JetStream, bucket string) error {
 		return err
 	}
 	return quorum(st.CachedInfo())
+}
+
+// Leaderless reports whether err, from Probe, says the bucket's stream
+// has no leader or its leader no quorum: an answer from a server, unlike
+// a timeout, which may only be a slow one.
+func Leaderless(err error) bool {
+	if err == nil {
+		return false
+	}
+	label, _ := classify("", err)
+	return errors.Is(err, errNoLeader) || errors.Is(err, errNoQuorum) || label == "no_leader"
 }

@@ -1,10 +1,13 @@
 package kv
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -29,6 +32,29 @@ func TestQuorumNeedsALeaderHearingMostOfItsPeers(t *testing.T) {
 	} {
 		if got := quorum(&c.info); !errors.Is(got, c.want) || (got == nil) != (c.want == nil) {
 			t.Errorf("%s: quorum = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestLeaderlessTellsAnAnswerWithoutALeaderFromNoAnswer: the server said
+// the bucket's stream has no leader or no quorum, or that JetStream has
+// none (as a KV watcher's older API says it too); a timeout says nothing.
+func TestLeaderlessTellsAnAnswerWithoutALeaderFromNoAnswer(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, false},
+		{errNoLeader, true},
+		{fmt.Errorf("%w (its leader n1 hears 0 of its 2 peers)", errNoQuorum), true},
+		{fmt.Errorf("list bucket: %w", &jetstream.APIError{ErrorCode: clusterNotAvailable}), true},
+		{fmt.Errorf("list bucket: %w", &nats.APIError{ErrorCode: nats.JSErrCodeJetStreamNotAvailable, Description: "JetStream system temporarily unavailable"}), true},
+		{context.DeadlineExceeded, false},
+		{nats.ErrTimeout, false},
+		{errors.New("nats: permissions violation"), false},
+	} {
+		if got := Leaderless(c.err); got != c.want {
+			t.Errorf("Leaderless(%v) = %v, want %v", c.err, got, c.want)
 		}
 	}
 }

@@ -106,12 +106,10 @@ func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func
 	}
 	// The news tells the replicas of a change at once, even while the
 	// cluster elects a JetStream leader.
-	store, err := kv.Open(ctx, js, kv.Config{Bucket: t.Bucket, NoCreate: true, News: replica.NewsSubject(t.Bucket), Owner: "broker " + cmd})
+	store, err := t.open(ctx, js, cmd)
 	switch {
-	case errors.Is(err, kv.ErrNoBucket):
-		return fmt.Errorf("bucket %q does not exist on %s: no broker has run against this server yet, or BROKER_BUCKET differs", t.Bucket, server)
-	case errors.Is(err, kv.ErrNoJetStream):
-		return fmt.Errorf("JetStream is not enabled on %s, so broker replicas there keep their disables each to itself and no tool can see or change them; to share them, %s", server, gecholog.EnableJetStream)
+	case errors.Is(err, kv.ErrNoBucket), errors.Is(err, kv.ErrNoJetStream):
+		return t.notThere(err, server)
 	case err != nil:
 		return t.noAnswer(run, err, server, js, "")
 	}
@@ -120,6 +118,152 @@ func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func
 		return fn(run, bucket{store: store, nc: nc, js: js, server: server})
 	}
 	return t.noAnswer(run, fn(ctx, bucket{store: store, nc: nc, js: js, server: server}), server, js, cmd)
+}
+
+// open opens the bucket without creating it.
+func (t Target) open(ctx context.Context, js jetstream.JetStream, cmd string) (*kv.Store, error) {
+	// The news tells the replicas of a change at once, even while the
+	// cluster elects a JetStream leader.
+	return kv.Open(ctx, js, kv.Config{Bucket: t.Bucket, NoCreate: true, News: replica.NewsSubject(t.Bucket), Owner: "broker " + cmd})
+}
+
+// notThere says what to do about a bucket or a JetStream that is not on
+// server at all (kv.ErrNoBucket, kv.ErrNoJetStream).
+func (t Target) notThere(err error, server string) error {
+	if errors.Is(err, kv.ErrNoBucket) {
+		return fmt.Errorf("bucket %q does not exist on %s: no broker has run against this server yet, or BROKER_BUCKET differs", t.Bucket, server)
+	}
+	return fmt.Errorf("JetStream is not enabled on %s, so broker replicas there keep their disables each to itself and no tool can see or change them; to share them, %s", server, gecholog.EnableJetStream)
+}
+
+// node is a connection to one NATS server, whether or not the bucket
+// answers through it.
+type node struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	server string // without credentials
+}
+
+const (
+	// truthWait bounds how long readBucket waits for the bucket to answer
+	// before it shows the server's own copy instead; the rest of
+	// opTimeout is the copy's.
+	truthWait = 6 * time.Second
+	// leaderlessFor is how long the bucket's stream must say it has no
+	// leader or no quorum before readBucket stops waiting for it: a
+	// cluster electing a leader has one again within it, and a replica
+	// says its view may be stale after as long (kv.quorumPeerSilence).
+	leaderlessFor = 2 * time.Second
+	// leaderEvery is how often readBucket asks the stream meanwhile.
+	leaderEvery = 500 * time.Millisecond
+)
+
+// readBucket connects as the command cmd and runs read on the bucket, as
+// withBucket does, unless the bucket does not answer: its stream has said
+// for leaderlessFor that it has no leader or no quorum (a server cut off
+// from the rest of its cluster says so within seconds), or it has not
+// answered within truthWait. Then it runs stale with the connection and
+// why, within the rest of opTimeout, so that the command can show what
+// the server knows rather than fail. A bucket or JetStream that is not
+// there at all, and any other failure, fails as withBucket's does.
+func (t Target) readBucket(ctx context.Context, cmd string, read func(context.Context, bucket) error, stale func(context.Context, node, error) error) error {
+	return t.NATS.Scrub(t.readOrStale(ctx, cmd, read, stale))
+}
+
+func (t Target) readOrStale(ctx context.Context, cmd string, read func(context.Context, bucket) error, stale func(context.Context, node, error) error) error {
+	nc, server, err := t.dial(cmd, false)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	run := ctx
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	rctx, rcancel := context.WithTimeout(ctx, truthWait)
+	defer rcancel()
+	leaderless := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := waitLeaderless(rctx, js, t.Bucket); err != nil {
+			leaderless <- err
+			rcancel()
+		}
+	}()
+	err = t.readOnce(rctx, js, server, nc, cmd, read)
+	rcancel()
+	<-done
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, kv.ErrNoBucket), errors.Is(err, kv.ErrNoJetStream):
+		return t.notThere(err, server)
+	case run.Err() != nil:
+		return err
+	}
+	select {
+	case cause := <-leaderless:
+		err = cause
+	default:
+	}
+	if !unanswered(err) {
+		// A refusal, say, which the server's copy would only hide.
+		return t.noAnswer(run, err, server, js, "")
+	}
+	return stale(ctx, node{nc: nc, js: js, server: server}, err)
+}
+
+// unanswered reports whether err says the bucket gave no answer, or
+// answered that it has no leader or no quorum.
+func unanswered(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || kv.Leaderless(err)
+}
+
+// readOnce opens the bucket and runs read on it.
+func (t Target) readOnce(ctx context.Context, js jetstream.JetStream, server string, nc *nats.Conn, cmd string, read func(context.Context, bucket) error) error {
+	store, err := t.open(ctx, js, cmd)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	return read(ctx, bucket{store: store, nc: nc, js: js, server: server})
+}
+
+// waitLeaderless asks the bucket's stream every leaderEvery until ctx
+// ends, and returns the stream's answer once it has said for
+// leaderlessFor that it has no leader or no quorum; nil when ctx ends
+// first. A question without an answer neither counts nor resets the time.
+func waitLeaderless(ctx context.Context, js jetstream.JetStream, bucket string) error {
+	tick := time.NewTicker(leaderEvery)
+	defer tick.Stop()
+	var since time.Time
+	for {
+		pctx, cancel := context.WithTimeout(ctx, leaderEvery)
+		err := kv.Probe(pctx, js, bucket)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case kv.Leaderless(err):
+			if since.IsZero() {
+				since = time.Now()
+			}
+			if time.Since(since) >= leaderlessFor {
+				return err
+			}
+		case err == nil:
+			since = time.Time{}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
 }
 
 // noAnswer is timedOut with the cause: when err is the command's deadline,

@@ -66,7 +66,8 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 			return watch(ctx, t, policy, o, b, stdout)
 		})
 	}
-	return t.withBucket(ctx, "status", func(ctx context.Context, b bucket) error {
+	var v statusView
+	err = t.readBucket(ctx, "status", func(ctx context.Context, b bucket) error {
 		f := hearFleet(b.nc, t.Bucket)
 		defer f.stop()
 		select {
@@ -78,36 +79,65 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 		if err != nil {
 			return err
 		}
-		revs := l.revisions(fv)
-		switch {
-		case o.Replicas && o.JSON:
-			return writeReplicasJSON(stdout, revs)
-		case o.Replicas:
-			fmt.Fprint(stdout, strings.TrimSuffix(heading(b, t, fv, l, now), "\n")) // writeReplicas opens with a blank line
-			return writeReplicas(stdout, revs, l)
-		}
-		if o.JSON {
-			doc, err := json.MarshalIndent(rows, "", "  ")
-			if err != nil {
-				return err
-			}
-			// Escaped as JSON, control and bidirectional characters from
-			// the bucket spoof no terminal the array is printed on.
-			_, err = stdout.Write(append(safetext.JSON(doc), '\n'))
-			return err
-		}
-		fmt.Fprint(stdout, heading(b, t, fv, l, now))
-		if err := writeTable(stdout, rows); err != nil {
-			return err
-		}
-		if err := writeReplicas(stdout, revs, l); err != nil {
-			return err
-		}
-		if err := writeSessions(stdout, rows, revs); err != nil {
-			return err
-		}
-		return writeBudgets(stdout, rows, l.budgetNote, now)
+		v = statusView{head: heading(b, t, fv, l, now), rows: rows, revs: l.revisions(fv), l: l, now: now}
+		return nil
+	}, func(ctx context.Context, n node, cause error) (err error) {
+		v, err = readStale(ctx, t, policy, n, cause)
+		return err
 	})
+	if err != nil {
+		return err
+	}
+	if err := printStatus(stdout, o, v); err != nil {
+		return err
+	}
+	if v.stale != nil {
+		return t.NATS.Scrub(fmt.Errorf("%w: %s does not answer through %s (%s); printed %s's copy, which may miss what the rest of the cluster wrote since",
+			ErrStale, v.stale.Bucket, v.stale.Server, v.stale.Cause, v.stale.Node))
+	}
+	return nil
+}
+
+// statusView is what one `broker status` shows.
+type statusView struct {
+	head  string // the heading, ending in a blank line
+	rows  []statusRow
+	revs  replica.Revisions
+	l     configLatest
+	now   time.Time
+	stale *staleNote // nil: the bucket answered
+}
+
+// printStatus prints v as o asks.
+func printStatus(stdout io.Writer, o StatusOptions, v statusView) error {
+	switch {
+	case o.Replicas && o.JSON:
+		return writeReplicasJSON(stdout, v.revs)
+	case o.Replicas:
+		fmt.Fprint(stdout, strings.TrimSuffix(v.head, "\n")) // writeReplicas opens with a blank line
+		return writeReplicas(stdout, v.revs, v.l)
+	}
+	if o.JSON {
+		doc, err := json.MarshalIndent(v.rows, "", "  ")
+		if err != nil {
+			return err
+		}
+		// Escaped as JSON, control and bidirectional characters from
+		// the bucket spoof no terminal the array is printed on.
+		_, err = stdout.Write(append(safetext.JSON(doc), '\n'))
+		return err
+	}
+	fmt.Fprint(stdout, v.head)
+	if err := writeTable(stdout, v.rows); err != nil {
+		return err
+	}
+	if err := writeReplicas(stdout, v.revs, v.l); err != nil {
+		return err
+	}
+	if err := writeSessions(stdout, v.rows, v.revs); err != nil {
+		return err
+	}
+	return writeBudgets(stdout, v.rows, v.l.budgetNote, v.now)
 }
 
 // watch redraws the table every WatchEvery until ctx ends. A read that
@@ -253,6 +283,11 @@ type statusRow struct {
 	// has it; absent otherwise. A spent cap puts every router of the pool
 	// that is enabled in state "budget".
 	PoolBudget []BudgetCell `json:"pool_budget,omitempty"`
+	// Stale is set, the same in every row, when the bucket did not answer
+	// and the rows are one server's copy of it, which may miss what the
+	// rest of the cluster wrote since (see staleNote); absent when the
+	// bucket answered.
+	Stale *staleNote `json:"stale,omitempty"`
 }
 
 // statusColumns are the table's columns: adding one is one line here.

@@ -3,6 +3,7 @@
 //	broker [flags]                      serve: answer gecholog's processor calls
 //	broker demo                         a self-contained run with nothing installed
 //	broker status [--json|--watch]      every pool and router with its state, every replica's configuration revision
+//	                                    (exit status 3: the bucket did not answer; printed the server's own copy, marked stale)
 //	broker status --replicas [--json]   every replica heard and the configuration revision it runs
 //	broker disable ROUTER [--for D]     take a router out by hand, on every replica
 //	broker enable ROUTER                lift any disable now, on every replica
@@ -31,6 +32,8 @@ import (
 	// replica must begin a budget's day at the same instant, whatever its
 	// image holds.
 	_ "time/tzdata"
+
+	"github.com/gecholog/broker/ops"
 )
 
 func main() {
@@ -38,8 +41,19 @@ func main() {
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "broker:", err)
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
+}
+
+// exitCode is the program's exit status for err: 3 when status printed a
+// stale view (the bucket did not answer, and what was printed is one
+// server's copy of it), so that a script tells it from the truth and from
+// a failure to print anything, which is 1.
+func exitCode(err error) int {
+	if errors.Is(err, ops.ErrStale) {
+		return 3
+	}
+	return 1
 }
 
 // commands are the broker's commands by name.

@@ -310,15 +310,13 @@ var (
 		responses: true,
 	}
 	// viewerRole is `broker status`'s: it opens the bucket without
-	// creating it, lists the keys with a consumer and reads each, and
-	// hears the replicas' counts (broker.stats.gl_broker) for the fleet's
-	// figures.
+	// creating it, reads every key with a consumer, and hears the
+	// replicas' counts (broker.stats.gl_broker) for the fleet's figures.
 	viewerRole = secRole{
 		publish: []string{
 			"$JS.API.STREAM.INFO.KV_gl_broker",
 			"$JS.API.CONSUMER.CREATE.KV_gl_broker.>",
 			"$JS.API.CONSUMER.DELETE.KV_gl_broker.>",
-			"$JS.API.DIRECT.GET.KV_gl_broker.>",
 			"$JS.API.STREAM.INFO.KV_gl_broker_config",
 			"$JS.API.CONSUMER.CREATE.KV_gl_broker_config.>",
 			"$JS.API.CONSUMER.DELETE.KV_gl_broker_config.>",
@@ -327,10 +325,10 @@ var (
 		},
 		subscribe: []string{"broker.stats.gl_broker", "_INBOX.>"},
 	}
-	// adminRole adds writing keys, for disable and enable, and telling the
-	// replicas of it at once.
+	// adminRole adds reading a key and writing it, for disable and enable,
+	// and telling the replicas of it at once.
 	adminRole = secRole{
-		publish:   append(slices.Clip(viewerRole.publish), "$KV.gl_broker.>", "broker.news.gl_broker", "$KV.gl_broker_config.>"),
+		publish:   append(slices.Clip(viewerRole.publish), "$JS.API.DIRECT.GET.KV_gl_broker.>", "$KV.gl_broker.>", "broker.news.gl_broker", "$KV.gl_broker_config.>"),
 		subscribe: viewerRole.subscribe,
 	}
 )

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,8 +13,10 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/internal/standin"
 	"github.com/gecholog/broker/internal/testutil/natstest"
+	"github.com/gecholog/broker/ops"
 )
 
 func TestStatusShowsTheClampedTimeTheReplicasActOnBesideAForgedRecordsOwn(t *testing.T) {
@@ -198,4 +201,22 @@ func TestStatusShowsTheFleetsFiguresPerRouter(t *testing.T) {
 	is.Equal(dudCells[2], "1")                         // tier
 	is.Equal(dudCells[10:12], []string{"4", "25%"})    // calls, failed
 	is.Equal(gpt4Cells[8:10], []string{"40ms", "25%"}) // latency, headroom
+}
+
+// TestAStaleStatusExitsWithItsOwnCode: a script tells a status printed
+// from one server's copy of the bucket (3) from the truth (0) and from a
+// failure to print anything (1), however the error was wrapped.
+func TestAStaleStatusExitsWithItsOwnCode(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{fmt.Errorf("%w: gl_broker does not answer through nats://127.0.0.1:4222 (no leader)", ops.ErrStale), 3},
+		{natsconn.Settings{Servers: "nats://127.0.0.1:4222"}.Scrub(fmt.Errorf("%w: no quorum", ops.ErrStale)), 3},
+		{errors.New("no answer from nats://127.0.0.1:4222 within 10s"), 1},
+	} {
+		if got := exitCode(tc.err); got != tc.want {
+			t.Errorf("exit code for %q: %d, want %d", tc.err, got, tc.want)
+		}
+	}
 }
