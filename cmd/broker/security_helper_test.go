@@ -328,7 +328,9 @@ var (
 		subscribe: []string{"broker.stats.gl_broker", "_INBOX.>"},
 	}
 	// adminRole adds writing keys, for disable and enable, and telling the
-	// replicas of it at once.
+	// replicas of it at once. Nothing more to hear which replicas hold the
+	// write: they say so on broker.stats.gl_broker, which the viewer hears
+	// already.
 	adminRole = secRole{
 		publish:   append(slices.Clip(viewerRole.publish), "$KV.gl_broker.>", "broker.news.gl_broker", "$KV.gl_broker_config.>"),
 		subscribe: viewerRole.subscribe,
