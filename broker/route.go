@@ -30,6 +30,7 @@ type route struct {
 	live    *Record    // nil: no live record
 	memo    Record     // from the last delete marker
 	rev     uint64     // revision of the last change the view holds
+	took    time.Time  // when the view took rev (zero: never took one)
 	pending bool       // this replica's own change is on its way to the store
 	phase   Phase      // as last logged
 	probe   *probeSlot // this replica's claim on the router's probe
@@ -216,6 +217,12 @@ func (b *Broker) apply(rt *route, ch change, rev uint64, pending bool, now time.
 	} else {
 		r := ch.rec
 		rt.live = &r
+	}
+	if rev != 0 && rev != rt.rev {
+		// Told at once, so that an operator's `broker disable` hears
+		// which replicas hold its write (see Taken).
+		rt.took = now
+		defer b.nudge()
 	}
 	rt.rev, rt.pending, rt.heard, rt.stored, rt.confirmed = rev, pending, time.Time{}, nil, nil
 	rt.clean.Store(rt.live == nil)

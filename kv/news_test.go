@@ -58,7 +58,8 @@ func TestEveryWriteThatLandsIsToldWithItsRevision(t *testing.T) {
 	is.Equal(m.Header.Get("Kv-News-Op"), "put")
 	is.Equal(m.Header.Get("Kv-News-Revision"), itoa(rev))
 
-	is.NoErr(s.Delete(ctx, "/azure/gpt4/", 0))
+	_, err = s.Delete(ctx, "/azure/gpt4/", 0)
+	is.NoErr(err)
 	m = nextNews(t, sub)
 	is.Equal(m.Header.Get("Kv-News-Op"), "del")
 

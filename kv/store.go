@@ -330,8 +330,8 @@ func (s *Store) subject(key string) string { return "$KV." + s.kv.Bucket() + "."
 
 // Delete removes router's key if it is still at revision rev (0: whatever
 // it holds), as `nats kv del` does: an empty delete marker, which also
-// forgets the backoff level.
-func (s *Store) Delete(ctx context.Context, router string, rev uint64) error {
+// forgets the backoff level. It returns the delete marker's revision.
+func (s *Store) Delete(ctx context.Context, router string, rev uint64) (uint64, error) {
 	m := &nats.Msg{Subject: s.subject(router), Header: nats.Header{}}
 	m.Header.Set(kvOperation, "DEL")
 	var opts []jetstream.PublishOpt
@@ -340,13 +340,13 @@ func (s *Store) Delete(ctx context.Context, router string, rev uint64) error {
 	}
 	ack, err := s.js.PublishMsg(ctx, m, opts...)
 	if wrongLastSequence(err) {
-		return fmt.Errorf("delete %q at revision %d: %w", router, rev, ErrConflict)
+		return 0, fmt.Errorf("delete %q at revision %d: %w", router, rev, ErrConflict)
 	}
 	if err != nil {
-		return fmt.Errorf("delete %q: %w", router, err)
+		return 0, fmt.Errorf("delete %q: %w", router, err)
 	}
 	s.tell("del", broker.Record{Router: router}, ack.Sequence)
-	return nil
+	return ack.Sequence, nil
 }
 
 // List returns every live record.

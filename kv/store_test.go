@@ -85,8 +85,10 @@ func TestCreateRefusesLiveKeyAndUpdateRefusesStaleRevision(t *testing.T) {
 		t.Fatalf("the record read back ends at %v, not %v as written", got.Record.Until, r.Until)
 	}
 
-	is.True(errors.Is(s.Delete(ctx, "/azure/dud/", rev), kv.ErrConflict)) // delete at a stale revision is refused
-	is.NoErr(s.Delete(ctx, "/azure/dud/", rev2))
+	_, err = s.Delete(ctx, "/azure/dud/", rev)
+	is.True(errors.Is(err, kv.ErrConflict)) // delete at a stale revision is refused
+	_, err = s.Delete(ctx, "/azure/dud/", rev2)
+	is.NoErr(err)
 	if _, err = s.Get(ctx, "/azure/dud/"); !errors.Is(err, kv.ErrNotFound) {
 		t.Fatalf("Get of the deleted key: %v, want kv.ErrNotFound", err)
 	}

@@ -31,6 +31,14 @@ type fleet struct {
 	subject string
 	mu      sync.Mutex
 	heard   map[string]heardStats // by replica
+	// router is the router disable or enable waits for word of (empty:
+	// none), and held what each replica heard last said its view took of
+	// it.
+	router string
+	held   map[string]replica.TakenTold
+	// news receives when a replica is first heard, or says something new
+	// of router.
+	news chan struct{}
 }
 
 type heardStats struct {
@@ -46,17 +54,27 @@ type heardStats struct {
 const maxHeard = 256
 
 func hearFleet(nc *nats.Conn, bucket string) *fleet {
-	f := &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{}}
+	f := &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{},
+		held: map[string]replica.TakenTold{}, news: make(chan struct{}, 1)}
 	f.sub, _ = nc.Subscribe(f.subject, func(m *nats.Msg) {
 		var msg replica.StatsMessage
 		if len(m.Data) > 1<<20 || json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" || len(msg.ID) > replica.MaxID {
 			return
 		}
 		f.mu.Lock()
-		if _, ok := f.heard[msg.ID]; ok || len(f.heard) < maxHeard {
+		_, known := f.heard[msg.ID]
+		news := false
+		if known || len(f.heard) < maxHeard {
 			f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
+			news = f.took(&msg) || !known
 		}
 		f.mu.Unlock()
+		if news {
+			select {
+			case f.news <- struct{}{}:
+			default:
+			}
+		}
 	})
 	return f
 }
@@ -99,6 +117,7 @@ func (f *fleet) view(now time.Time) fleetView {
 	for id, h := range f.heard {
 		if now.Sub(h.at) > fleetSilence {
 			delete(f.heard, id)
+			delete(f.held, id)
 			continue
 		}
 		v.replicas = append(v.replicas, id)

@@ -51,6 +51,9 @@ func DisableRouter(ctx context.Context, t Target, d Disable, getenv func(string)
 		d.By = Operator(getenv)
 	}
 	return t.withBucket(ctx, "disable", func(ctx context.Context, b bucket) error {
+		f, listening := hearFleet(b.nc, t.Bucket), time.Now()
+		defer f.stop()
+		f.hearTaken(d.Router)
 		prev, prevErr := b.store.Get(ctx, d.Router)
 		now := time.Now()
 		rec := broker.Record{Router: d.Router, Reason: d.Reason, At: now, By: d.By, Manual: true}
@@ -60,17 +63,20 @@ func DisableRouter(ctx context.Context, t Target, d Disable, getenv func(string)
 		// Put, not compare-and-set: the operator means "whatever is there
 		// now". Replicas only ever create or compare-and-set, so one racing
 		// with this write loses and adopts the manual record.
-		if _, err := b.store.Put(ctx, rec); err != nil {
+		rev, err := b.store.Put(ctx, rec)
+		if err != nil {
 			return err
 		}
-		line := fmt.Sprintf("disabled %s on every replica %s; manual, by %s: %s", d.Router, untilText(rec.Until), d.By, d.Reason)
+		until := untilText(rec.Until) // as of the write, not of the replicas' word
+		where, confirmed := f.confirm(ctx, rev, broker.Manual, listening).where(b.store.Bucket())
+		line := fmt.Sprintf("disabled %s %s %s; manual, by %s: %s", d.Router, where, until, d.By, d.Reason)
 		switch {
 		case prevErr == nil && prev.Record.ActiveAt(now):
 			line += "; replaces " + describe(prev.Record)
 		case prevErr != nil && !errors.Is(prevErr, kv.ErrNotFound):
 			line += "; replaces a record that could not be read"
 		}
-		fmt.Fprintln(stdout, natsconn.OneLine(line))
+		fmt.Fprintln(stdout, natsconn.OneLine(line+confirmed))
 		return nil
 	})
 }
@@ -100,6 +106,9 @@ func EnableRouter(ctx context.Context, t Target, router string, stdout io.Writer
 		})
 	}
 	return t.withBucket(ctx, "enable", func(ctx context.Context, b bucket) error {
+		f, listening := hearFleet(b.nc, t.Bucket), time.Now()
+		defer f.stop()
+		f.hearTaken(router)
 		prev, err := b.store.Get(ctx, router)
 		if errors.Is(err, kv.ErrNotFound) {
 			// Nothing to remove, but a delete marker all the same, keeping
@@ -107,15 +116,23 @@ func EnableRouter(ctx context.Context, t Target, router string, stdout io.Writer
 			// announcement alone, which the bucket never confirmed (see
 			// docs/security.md), takes the bucket's newer word at once.
 			last, _, err := b.store.Latest(ctx, router)
+			var rev uint64
 			if err == nil {
 				memo := last.Record
 				memo.Router = router
-				_, err = b.store.Release(ctx, memo, last.Revision)
+				rev, err = b.store.Release(ctx, memo, last.Revision)
 			}
-			if err != nil && !errors.Is(err, kv.ErrConflict) {
+			if errors.Is(err, kv.ErrConflict) {
+				// Another write came first: the replicas hold that one or a
+				// later, enabled or not.
+				last, _, err = b.store.Latest(ctx, router)
+				rev = last.Revision
+			}
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "%s is already enabled: bucket %s holds no record for it; told every replica\n", router, b.store.Bucket())
+			_, confirmed := f.confirm(ctx, rev, broker.Enabled, listening).where(b.store.Bucket())
+			fmt.Fprintln(stdout, natsconn.OneLine(fmt.Sprintf("%s is already enabled: bucket %s holds no record for it%s", router, b.store.Bucket(), confirmed)))
 			return nil
 		}
 		what := "a record that could not be read"
@@ -127,10 +144,12 @@ func EnableRouter(ctx context.Context, t Target, router string, stdout io.Writer
 		}
 		// Deleting, whatever the revision: every replica's watcher hears the
 		// delete and re-enables the router at once.
-		if err := b.store.Delete(ctx, router, 0); err != nil {
+		rev, err := b.store.Delete(ctx, router, 0)
+		if err != nil {
 			return err
 		}
-		fmt.Fprintln(stdout, natsconn.OneLine(fmt.Sprintf("enabled %s on every replica; removed %s", router, what)))
+		where, confirmed := f.confirm(ctx, rev, broker.Enabled, listening).where(b.store.Bucket())
+		fmt.Fprintln(stdout, natsconn.OneLine(fmt.Sprintf("enabled %s %s; removed %s%s", router, where, what, confirmed)))
 		return nil
 	})
 }

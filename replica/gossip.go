@@ -34,6 +34,11 @@ const (
 	// MaxID bounds a replica's name (BROKER_ID): a counts message naming
 	// a longer one is forged, and is dropped rather than kept by name.
 	MaxID = 256
+	// takenFor is how long a replica tells a change its view took from
+	// the bucket: well past the 2 s `broker disable` waits for the word.
+	takenFor = 10 * time.Second
+	// MaxTaken bounds the changes a replica tells at once, newest first.
+	MaxTaken = 64
 )
 
 // StatsMessage is what a replica tells the others: its counts per router
@@ -58,6 +63,33 @@ type StatsMessage struct {
 	// Stale says why the replica's view may be stale: its bucket has not
 	// answered for a while (absent: it answers); only shown, like Config.
 	Stale string `json:"stale,omitempty"`
+	// Taken are the routers whose health the replica's view took from the
+	// bucket within the last 10 s, newest first, at most MaxTaken: its
+	// word to `broker disable` and `enable` that it holds their write
+	// (absent: none, or a broker from before replicas told them). Only
+	// shown, like Config: whoever may publish here may forge it, and no
+	// replica acts on it.
+	Taken []TakenTold `json:"taken,omitempty"`
+}
+
+// TakenTold is a change a replica's view took from the bucket: the
+// router, the bucket's revision of the change and the phase the view holds
+// ("enabled", "disabled", "probation" or "manual").
+type TakenTold struct {
+	Router   string `json:"router"`
+	Revision uint64 `json:"rev"`
+	Phase    string `json:"phase"`
+}
+
+func takenTold(taken []broker.Taken) []TakenTold {
+	if len(taken) == 0 {
+		return nil
+	}
+	out := make([]TakenTold, len(taken))
+	for i, t := range taken {
+		out[i] = TakenTold{Router: t.Router, Revision: t.Revision, Phase: t.Phase.String()}
+	}
+	return out
 }
 
 // RouterStats is one router in a StatsMessage: calls chosen and reports
@@ -155,6 +187,7 @@ func (r *Replica) shareStats() error {
 		var toldConf ConfigTold
 		var toldAt time.Time
 		var toldStale string
+		var toldTaken []TakenTold
 		var pinned sessionRoutersTold
 		tell := func(now time.Time, always bool) {
 			r.broker.Refresh(now)
@@ -162,11 +195,13 @@ func (r *Replica) shareStats() error {
 			st := r.conf.get()
 			conf := ConfigTold{Revision: st.Revision, Refused: st.Refused}
 			stale := r.staleness()
-			if !always && conf == toldConf && stale == toldStale && slices.EqualFunc(counts, told, broker.Counts.Equal) && now.Sub(toldAt) < statsAtLeast {
+			taken := takenTold(r.broker.TakenSince(now.Add(-takenFor), MaxTaken))
+			if !always && conf == toldConf && stale == toldStale && slices.Equal(taken, toldTaken) &&
+				slices.EqualFunc(counts, told, broker.Counts.Equal) && now.Sub(toldAt) < statsAtLeast {
 				return
 			}
 			msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
-				Sessions: sessionsTold(r.broker, r.handler), Stale: stale}
+				Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Taken: taken}
 			if heard := r.broker.Heard(); !heard.IsZero() {
 				msg.LogHeard = heard.UnixNano()
 			}
@@ -182,7 +217,7 @@ func (r *Replica) shareStats() error {
 				r.log.Debug("could not tell the counts", slog.Any("error", err))
 				return
 			}
-			told, toldConf, toldStale, toldAt = counts, conf, stale, now
+			told, toldConf, toldStale, toldTaken, toldAt = counts, conf, stale, taken, now
 		}
 		// soon is set while a nudge waits out nudgeFloor since the last
 		// word, so that a flood of failures is told at most every

@@ -4,15 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/matryer/is"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/testutil/natstest"
+	"github.com/gecholog/broker/replica"
 )
 
 // What a hostile or careless writer of the bucket can put there, and what
@@ -147,4 +152,99 @@ func TestStatusShowsAHugeReasonCut(t *testing.T) {
 	is.True(len(line) < 2000)                                                                 // the row stays a row
 	rows := statusJSON(t, ops)
 	is.Equal(jsonRow(rows, "/azure/gpt4/")["reason"], strings.Repeat("r", 200)+"… [99800 more bytes]")
+}
+
+// forgeStats publishes each message on the stats subject every 100 ms,
+// as a client that may publish there can, until the test ends.
+func forgeStats(t *testing.T, nc *nats.Conn, msgs ...replica.StatsMessage) {
+	t.Helper()
+	var data [][]byte
+	for _, m := range msgs {
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data = append(data, b)
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, b := range data {
+				_ = nc.Publish("broker.stats.gl_broker", b)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+}
+
+// TestForgedConfirmationsOnlyChangeWhatDisableSays forges replicas on
+// the stats subject beside one real replica: one that never confirms, one
+// whose name is long and holds control characters, one whose name is
+// longer than a replica's may be, one that forges a confirmation, and one
+// that forges it in a message of 300 KB. `broker disable` counts what it
+// heard, and says so in one line: never "on every replica" while one
+// heard did not confirm, every name cut and escaped, the oversized name
+// never; the disable itself is in the bucket and on the real replica.
+// A flood of forged names is named ten at a time.
+func TestForgedConfirmationsOnlyChangeWhatDisableSays(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	replicas := startReplicas(t, s, 1, time.Minute)
+	forger := natstest.Connect(t, s)
+	confirming := replica.TakenTold{Router: "/azure/gpt4/", Revision: math.MaxUint64, Phase: "manual"}
+	bulky := make([]replica.TakenTold, 5000)
+	for i := range bulky {
+		bulky[i] = replica.TakenTold{Router: fmt.Sprintf("/azure/forged-%d/", i), Revision: uint64(i), Phase: "disabled"}
+	}
+	longName := "zz\x1b[31m" + strings.Repeat("y", 240)
+	forgeStats(t, forger,
+		replica.StatsMessage{ID: "ghost"},
+		replica.StatsMessage{ID: longName},
+		replica.StatsMessage{ID: strings.Repeat("x", replica.MaxID+1), Taken: []replica.TakenTold{confirming}},
+		replica.StatsMessage{ID: "liar", Taken: []replica.TakenTold{confirming}},
+		replica.StatsMessage{ID: "bulky", Taken: append(bulky, confirming)},
+	)
+	ops := env("NATS_URL", s.ClientURL())
+
+	out, _, err := runOp(ops, "disable", "/azure/gpt4/", "--by", "alice")
+	is.NoErr(err)
+	t.Logf("broker disable said: %s", out)
+	saysFirst(t, "the output", out, "disabled /azure/gpt4/ in bucket gl_broker until enabled by hand; manual, by alice: disabled by hand; ")
+	says(t, "the output", out, "; confirmed by 3 of 5 replicas within 2s; not yet: ghost, zz\\u001b[31myyy") // replica-1, liar and bulky; escaped
+	neverSays(t, "the output", out, "on every replica")
+	neverSays(t, "the output", out, "\x1b")
+	neverSays(t, "the output", out, strings.Repeat("y", 200))  // cut
+	neverSays(t, "the output", out, "xxx")                     // a name no replica may have is never heard
+	is.Equal(strings.Count(out, "\n"), 1)                      // one line
+	is.True(len(out) < 1000)                                   // and a short one
+	is.Equal(replicas[0].Phase("/azure/gpt4/"), broker.Manual) // the disable itself holds
+	js := natstest.JetStream(t, s)
+	rec, err := bucketRecord(t, js, "/azure/gpt4/")
+	is.NoErr(err)
+	is.Equal(rec.Record.By, "alice") // in the bucket, as written
+
+	var flood []replica.StatsMessage
+	for i := range 300 {
+		flood = append(flood, replica.StatsMessage{ID: fmt.Sprintf("ghost-%03d", i)})
+	}
+	forgeStats(t, forger, flood...)
+	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
+	is.NoErr(err)
+	m := regexp.MustCompile(`^enabled /azure/gpt4/ in bucket gl_broker; removed the manual disable by alice \(disabled by hand\); confirmed by (\d+) of (\d+) replicas within 2s; not yet: ((?:[^,]+, ){10})and (\d+) more \(a replica cut off`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("broker enable said %q, want ten names and how many more", out)
+	}
+	t.Logf("broker enable said: %s", out)
+	heard, _ := strconv.Atoi(m[2])
+	is.True(heard <= 256)                                       // the replicas heard are bounded
+	is.Equal(strings.Count(out, "\n"), 1)                       // one line
+	is.Equal(replicas[0].Phase("/azure/gpt4/"), broker.Enabled) // the enable itself holds
 }

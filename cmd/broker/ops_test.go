@@ -103,7 +103,60 @@ func TestManualDisableHoldsOnEveryReplicaUntilEnabledByHand(t *testing.T) {
 
 	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
 	is.NoErr(err) // enabling an enabled router is no error
-	is.Equal(out, "/azure/gpt4/ is already enabled: bucket gl_broker holds no record for it; told every replica\n")
+	is.Equal(out, "/azure/gpt4/ is already enabled: bucket gl_broker holds no record for it; confirmed by all 2 replicas\n")
+}
+
+// TestDisableAndEnableSayOnEveryReplicaWhenEveryReplicaConfirmed runs
+// `broker disable` and `broker enable` beside three replicas: each says
+// "on every replica" and that all three confirmed, and each replica's
+// view does hold the change when the line is printed.
+func TestDisableAndEnableSayOnEveryReplicaWhenEveryReplicaConfirmed(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	replicas := startReplicas(t, s, 3, time.Minute)
+	ops := env("NATS_URL", s.ClientURL())
+	phases := func(router string) []broker.Phase {
+		var out []broker.Phase
+		for _, b := range replicas {
+			out = append(out, b.Phase(router))
+		}
+		return out
+	}
+
+	start := time.Now()
+	out, _, err := runOp(ops, "disable", "/azure/gpt4/", "--by", "alice", "--reason", "maintenance")
+	is.NoErr(err)
+	saysFirst(t, "the output", out, "disabled /azure/gpt4/ on every replica until enabled by hand; manual, by alice: maintenance")
+	saysLast(t, "the output", out, "; confirmed by all 3 replicas\n")
+	is.Equal(strings.Count(out, "\n"), 1)                                                         // one line
+	is.Equal(phases("/azure/gpt4/"), []broker.Phase{broker.Manual, broker.Manual, broker.Manual}) // as confirmed
+	t.Logf("disable confirmed by all 3 in %v", time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
+	is.NoErr(err)
+	saysFirst(t, "the output", out, "enabled /azure/gpt4/ on every replica; removed the manual disable by alice (maintenance)")
+	saysLast(t, "the output", out, "; confirmed by all 3 replicas\n")
+	is.Equal(phases("/azure/gpt4/"), []broker.Phase{broker.Enabled, broker.Enabled, broker.Enabled}) // as confirmed
+	t.Logf("enable confirmed by all 3 in %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestDisableWithoutReplicasSaysNoneConfirmed: with no replica running,
+// the write is in the bucket, and the line says no replica was heard
+// rather than "on every replica".
+func TestDisableWithoutReplicasSaysNoneConfirmed(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	js := natstest.JetStream(t, s)
+	createBucket(t, js)
+	ops := env("NATS_URL", s.ClientURL())
+
+	out, _, err := runOp(ops, "disable", "/azure/gpt4/", "--by", "alice")
+	is.NoErr(err)
+	is.Equal(out, "disabled /azure/gpt4/ in bucket gl_broker until enabled by hand; manual, by alice: disabled by hand; no replica heard on broker.stats.gl_broker to confirm it\n")
+	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
+	is.NoErr(err)
+	is.Equal(out, "enabled /azure/gpt4/ in bucket gl_broker; removed the manual disable by alice (disabled by hand); no replica heard on broker.stats.gl_broker to confirm it\n")
 }
 
 func TestTimedManualDisableEndsByItselfOnEveryReplica(t *testing.T) {

@@ -326,7 +326,9 @@ var (
 		subscribe: []string{"broker.stats.gl_broker", "_INBOX.>"},
 	}
 	// adminRole adds reading a key and writing it, for disable and enable,
-	// and telling the replicas of it at once.
+	// and telling the replicas of it at once. Nothing more to hear which
+	// replicas hold the write: they say so on broker.stats.gl_broker, which
+	// the viewer hears already.
 	adminRole = secRole{
 		publish:   append(slices.Clip(viewerRole.publish), "$JS.API.DIRECT.GET.KV_gl_broker.>", "$KV.gl_broker.>", "broker.news.gl_broker", "$KV.gl_broker_config.>"),
 		subscribe: viewerRole.subscribe,

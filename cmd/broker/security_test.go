@@ -401,6 +401,28 @@ func TestProcessorAndToolsWorkWithLeastPrivilege(t *testing.T) {
 	is.Equal(secState(t, secUser(s, "broker-viewer"), "/azure/dud/"), "enabled")  // the admin's enable landed
 }
 
+// TestDisableAndEnableConfirmWithLeastPrivilege runs a replica and the
+// admin's disable and enable with exactly the least-privilege roles: each
+// hears the replica confirm, and no request is refused.
+func TestDisableAndEnableConfirmWithLeastPrivilege(t *testing.T) {
+	is := is.New(t)
+	s, v := secRoleServer(t, leastRoles)
+	r := startProgram(t, secUser(s, "broker"), "--id", "replica-1")
+	r.await(t, "serving")
+	admin := secUser(s, "broker-admin")
+
+	out, _, err := runOp(admin, "disable", "/azure/gpt4/", "--for", "1m", "--by", "alice")
+	is.NoErr(err)
+	saysFirst(t, "the output", out, "disabled /azure/gpt4/ on every replica for 1m0s, until ")
+	saysLast(t, "the output", out, "; confirmed by the 1 replica heard\n")
+	out, _, err = runOp(admin, "enable", "/azure/gpt4/")
+	is.NoErr(err)
+	saysFirst(t, "the output", out, "enabled /azure/gpt4/ on every replica; removed the manual disable by alice")
+	saysLast(t, "the output", out, "; confirmed by the 1 replica heard\n")
+	is.NoErr(r.stop())
+	is.Equal(v.subjects(), []string(nil)) // no request was refused
+}
+
 func TestAViewerWithLeastPrivilegeCannotDisable(t *testing.T) {
 	is := is.New(t)
 	s, v := secRoleServer(t, leastRoles)

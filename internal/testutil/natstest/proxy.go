@@ -29,6 +29,7 @@ type Proxy struct {
 	mu      sync.Mutex
 	conns   map[net.Conn]bool
 	hold    func(subject string) bool // nil: forward everything
+	deaf    func(subject string) bool // nil: deliver everything
 	held    []*heldConn               // connections holding messages, in the order they began
 	changed chan struct{}             // closed and replaced when held grows
 	closed  bool
@@ -221,7 +222,11 @@ func (p *Proxy) accept() {
 		p.wg.Add(2)
 		go func() {
 			defer p.wg.Done()
-			p.copyFlowing(client, server)
+			if p.raw {
+				p.copyFlowing(client, server)
+			} else {
+				p.deliver(client, server)
+			}
 			p.drop(client, server)
 		}()
 		go func() {
@@ -282,6 +287,54 @@ func (p *Proxy) forward(id int, client, server net.Conn) {
 	}
 }
 
+// Deafen makes the proxy drop every message the server delivers to a
+// client on a subject deaf accepts, until Hear: the message's own subject,
+// which for a JetStream consumer's delivery is the stream's subject
+// ($KV.<bucket>.<key>) and for a reply the inbox. Everything else the
+// server sends (PING, PONG, INFO, errors) goes on, and so does everything
+// the clients send: a client deaf to every message still publishes, and
+// its connection stays up, as one cut off from its cluster does.
+func (p *Proxy) Deafen(deaf func(subject string) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.deaf = deaf
+}
+
+// Hear delivers every message again from now on; those dropped are gone.
+func (p *Proxy) Hear() { p.Deafen(nil) }
+
+// deliver copies the server's protocol to a client one operation at a
+// time, dropping the messages Deafen asks for.
+func (p *Proxy) deliver(client, server net.Conn) {
+	r := bufio.NewReaderSize(server, 64<<10)
+	w := bufio.NewWriterSize(client, 64<<10)
+	for {
+		op, subject, err := readOp(r)
+		if err != nil {
+			p.flow() // the close waits for the link, as in copyFlowing
+			return
+		}
+		p.mu.Lock()
+		deaf := p.deaf
+		p.mu.Unlock()
+		if deaf == nil || subject == "" || !deaf(subject) {
+			if !p.flow() {
+				return
+			}
+			n, err := w.Write(op)
+			p.bytes.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+		if r.Buffered() == 0 { // nothing more waiting: send what was read
+			if err := w.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}
+
 // holds reports whether h is still held, not released. p.mu must be held.
 func (p *Proxy) holds(h *heldConn) bool {
 	for _, x := range p.held {
@@ -292,8 +345,9 @@ func (p *Proxy) holds(h *heldConn) bool {
 	return false
 }
 
-// readOp reads one operation of the NATS client protocol, with its
-// payload, and returns its bytes and, for PUB and HPUB, its subject.
+// readOp reads one operation of the NATS client or server protocol, with
+// its payload, and returns its bytes and, for PUB, HPUB, MSG and HMSG, its
+// subject.
 func readOp(r *bufio.Reader) (op []byte, subject string, err error) {
 	line, err := r.ReadBytes('\n')
 	if err != nil {
@@ -304,7 +358,8 @@ func readOp(r *bufio.Reader) (op []byte, subject string, err error) {
 		return line, "", nil // PING, PONG, CONNECT {...}, SUB, UNSUB
 	}
 	switch strings.ToUpper(f[0]) {
-	case "PUB", "HPUB": // PUB subject [reply] size; HPUB subject [reply] hdr-size total-size
+	case "PUB", "HPUB", // PUB subject [reply] size; HPUB subject [reply] hdr-size total-size
+		"MSG", "HMSG": // MSG subject sid [reply] size; HMSG subject sid [reply] hdr-size total-size
 	default:
 		return line, "", nil
 	}

@@ -1,0 +1,44 @@
+package broker
+
+import (
+	"cmp"
+	"slices"
+	"time"
+)
+
+// Taken is a change of a router's health that this replica's view took
+// from the store: the store's revision of it and the phase the view holds
+// now.
+type Taken struct {
+	Router   string
+	Revision uint64
+	Phase    Phase
+}
+
+// TakenSince returns the routers whose view took a change from the store
+// at since or later, newest first, at most n of them. A replica tells them
+// so that `broker disable` and `enable` can say which replicas hold their
+// write; a revision at or past the write's, in the phase it meant, is the
+// replica's word that it does.
+func (b *Broker) TakenSince(since time.Time, n int) []Taken {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	type took struct {
+		at time.Time
+		t  Taken
+	}
+	var all []took
+	for _, rt := range b.cur().members {
+		if rt.took.IsZero() || rt.took.Before(since) {
+			continue
+		}
+		all = append(all, took{rt.took, Taken{Router: rt.path, Revision: rt.rev, Phase: phase(rt.live, now)}})
+	}
+	slices.SortFunc(all, func(x, y took) int { return cmp.Or(y.at.Compare(x.at), cmp.Compare(x.t.Router, y.t.Router)) })
+	out := make([]Taken, 0, min(len(all), n))
+	for _, x := range all[:min(len(all), n)] {
+		out = append(out, x.t)
+	}
+	return out
+}
