@@ -12,18 +12,22 @@ import (
 	"github.com/gecholog/broker/replica"
 )
 
-// The replicas tell each other their counts on the stats subject at least
-// every 100 ms (replica.StatsSubject); status listens there for a while
-// and adds them up, as each replica does, to show what the strategies and
-// the failure-rate rule read.
+// The replicas tell each other their counts on the stats subject when they
+// change and at least every second (replica.StatsSubject); status listens
+// there for a heartbeat and adds them up, as each
+// replica does, to show what the strategies and the failure-rate rule
+// read. It does not ask them to tell at once (replica.AskStats): a viewer
+// may not publish there, where it could forge counts.
 
-// fleetListen is how long a one-shot status listens: every running replica
-// speaks at least twice in it.
-const fleetListen = 250 * time.Millisecond
+// fleetListen is how long a one-shot status listens: every running
+// replica speaks at least once in it, at its heartbeat. (It cannot stop
+// sooner on a count of the fleet told there: a forged word could say the
+// fleet is one replica.)
+const fleetListen = replica.StatsAtLeast + 250*time.Millisecond
 
 // fleetSilence is how long a replica's last word stands: one silent for
 // it has stopped (the replicas forget each other after the same time).
-const fleetSilence = time.Second
+const fleetSilence = broker.PeerSilence
 
 // fleet hears the replicas' statistics until stopped.
 type fleet struct {
@@ -53,7 +57,9 @@ func hearFleet(nc *nats.Conn, bucket string) *fleet {
 			return
 		}
 		f.mu.Lock()
-		if _, ok := f.heard[msg.ID]; ok || len(f.heard) < maxHeard {
+		if msg.Bye {
+			delete(f.heard, msg.ID)
+		} else if _, ok := f.heard[msg.ID]; ok || len(f.heard) < maxHeard {
 			f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
 		}
 		f.mu.Unlock()
