@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"context"
 	"encoding/json"
 	"slices"
 	"sync"
@@ -14,15 +15,19 @@ import (
 
 // The replicas tell each other their counts on the stats subject when they
 // change and at least every second (replica.StatsSubject); status listens
-// there for a heartbeat and adds them up, as each
+// there until it has heard every replica and adds them up, as each
 // replica does, to show what the strategies and the failure-rate rule
 // read. It does not ask them to tell at once (replica.AskStats): a viewer
 // may not publish there, where it could forge counts.
 
-// fleetListen is how long a one-shot status listens: every running
-// replica speaks at least once in it, at its heartbeat. (It cannot stop
-// sooner on a count of the fleet told there: a forged word could say the
-// fleet is one replica.)
+// fleetListen is how long a one-shot status listens at most: every running
+// replica speaks at least once in it, at its heartbeat. It stops sooner
+// once it has heard as many replicas as each of them says it hears, plus
+// itself (StatsMessage's Peers): an idle replica's next heartbeat, or at
+// once while the fleet has calls. A forged word can end that one listen
+// early, and hide replicas from that one output (display only, as a
+// forged goodbye does); with a replica from before Peers was told, status
+// listens the whole heartbeat.
 const fleetListen = replica.StatsAtLeast + 250*time.Millisecond
 
 // fleetSilence is how long a replica's last word stands: one silent for
@@ -35,6 +40,7 @@ type fleet struct {
 	subject string
 	mu      sync.Mutex
 	heard   map[string]heardStats // by replica
+	spoke   chan struct{}         // a word each time one is heard; never blocks
 }
 
 type heardStats struct {
@@ -50,7 +56,7 @@ type heardStats struct {
 const maxHeard = 256
 
 func hearFleet(nc *nats.Conn, bucket string) *fleet {
-	f := &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{}}
+	f := &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{}, spoke: make(chan struct{}, 1)}
 	f.sub, _ = nc.Subscribe(f.subject, func(m *nats.Msg) {
 		var msg replica.StatsMessage
 		if len(m.Data) > 1<<20 || json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" || len(msg.ID) > replica.MaxID {
@@ -63,8 +69,45 @@ func hearFleet(nc *nats.Conn, bucket string) *fleet {
 			f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
 		}
 		f.mu.Unlock()
+		select {
+		case f.spoke <- struct{}{}:
+		default:
+		}
 	})
 	return f
+}
+
+// listen waits until every replica of the fleet was heard (all), or d
+// passes, or ctx ends.
+func (f *fleet) listen(ctx context.Context, d time.Duration) error {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for !f.all() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return nil
+		case <-f.spoke:
+		}
+	}
+	return nil
+}
+
+// all says status has heard the whole fleet: some replica, and as many as
+// any of them says the fleet has. A replica that does not say (one from
+// before Peers was told) leaves it to the heartbeat.
+func (f *fleet) all() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fleet := 1
+	for _, h := range f.heard {
+		if h.msg.Peers == nil {
+			return false
+		}
+		fleet = max(fleet, min(*h.msg.Peers, maxHeard-1)+1) // bounded: anyone may publish there
+	}
+	return len(f.heard) >= fleet
 }
 
 func (f *fleet) stop() {

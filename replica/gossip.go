@@ -73,6 +73,10 @@ type StatsMessage struct {
 	// Bye says the replica stops: the others forget it at once rather
 	// than after broker.PeerSilence.
 	Bye bool `json:"bye,omitempty"`
+	// Peers is how many other replicas it hears (absent: a broker from
+	// before replicas told it), so that `broker status` stops listening
+	// once it has heard the whole fleet rather than after a heartbeat.
+	Peers *int `json:"peers,omitempty"`
 }
 
 // askMessage is what AskStats publishes: no ID, so no replica takes it
@@ -281,7 +285,7 @@ func (t *teller) tell(now time.Time, always bool) (changed bool) {
 		return false
 	}
 	msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
-		Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Ask: t.ask}
+		Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Ask: t.ask, Peers: new(r.broker.Peers())}
 	if heard := r.broker.Heard(); !heard.IsZero() {
 		msg.LogHeard = heard.UnixNano()
 	}
