@@ -10,7 +10,8 @@ import (
 // counts the calls it chooses and the reports it hears, per router, over a
 // sliding window (Counts), and shares them with the others, which merge
 // them (Merge); the replica package publishes them on a NATS subject when
-// they change, and at least every second (PeerSilence). Latency and rate-limit headroom come from gecholog's
+// they change, and at least every second (one silent for PeerSilence is
+// forgotten). Latency and rate-limit headroom come from gecholog's
 // transaction log, which every replica hears in full (Finished). Reading
 // them on a call is a few atomic loads; Refresh folds what was merged into
 // those atomics.
