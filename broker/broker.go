@@ -82,6 +82,7 @@ type Broker struct {
 	transitions map[transition]uint64
 
 	fleet fleet // the other replicas' counts
+	quiet quiet // see Quiet
 
 	failureReports failureReports
 	heard          atomic.Int64 // unix nanoseconds of the last transaction heard of; 0: none
@@ -112,6 +113,9 @@ type table struct {
 	// remember is, for each router of a pool with "session" affinity,
 	// those pools: they remember where sessions went (see Remember).
 	remember map[string][]*pool
+	// readsInFlight says a pool's calls are chosen by the fleet's calls
+	// in flight (Pool.ReadsInFlight).
+	readsInFlight bool
 }
 
 // cur returns the configuration in force.
@@ -143,6 +147,7 @@ func New(cfg Config) (*Broker, error) {
 	b := &Broker{
 		hold:          cmp.Or(cfg.AnnouncementHold, DefaultAnnouncementHold),
 		fleet:         fleet{peers: map[string]peer{}, nudged: make(chan struct{}, 1)},
+		quiet:         quiet{stirred: make(chan struct{}, 1)},
 		every:         map[string]*route{},
 		spends:        map[string]*poolBudget{},
 		id:            cfg.ID,

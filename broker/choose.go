@@ -166,6 +166,7 @@ func (b *Broker) chose(p *pool, rt *route, index int, outcome Outcome) int {
 	if p.timed {
 		rt.stats.picked(n, time.Now())
 	}
+	b.stir()
 	if b.debug {
 		b.log.Debug("chose router", slog.String("ingress", p.ingress), slog.String("router", rt.path))
 	}

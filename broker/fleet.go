@@ -9,8 +9,9 @@ import (
 // The statistics the strategies read are the whole fleet's. Each replica
 // counts the calls it chooses and the reports it hears, per router, over a
 // sliding window (Counts), and shares them with the others, which merge
-// them (Merge); the replica package publishes them on a NATS subject at
-// least every 100 ms. Latency and rate-limit headroom come from gecholog's
+// them (Merge); the replica package publishes them on a NATS subject when
+// they change, and at least every second (one silent for PeerSilence is
+// forgotten). Latency and rate-limit headroom come from gecholog's
 // transaction log, which every replica hears in full (Finished). Reading
 // them on a call is a few atomic loads; Refresh folds what was merged into
 // those atomics.
@@ -69,10 +70,10 @@ type peer struct {
 	counts map[string]Counts // by router
 }
 
-// peerSilence is how long a replica's last counts stand without a new
-// word: replicas tell at least every 100 ms, so one silent for a second
-// has stopped (its calls are reported to the others, or time out).
-const peerSilence = time.Second
+// PeerSilence is how long a replica's last counts stand without a new
+// word: replicas tell at least every second, so one silent for three has
+// stopped (its calls are reported to the others, or time out).
+const PeerSilence = 3 * time.Second
 
 // maxPeers bounds the replicas whose counts are kept at once. A fleet is a
 // few dozen; anyone may publish on the stats subject, and a flood of
@@ -103,20 +104,53 @@ func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
 	// What least-busy reads takes the news at once, rather than at the
 	// next Refresh: half the time two replicas' counts disagree.
 	for path, c := range m {
-		if o, ok := old[path]; !ok || o.Chosen != c.Chosen || o.Reported != c.Reported {
+		o, ok := old[path]
+		if !ok || o.Chosen != c.Chosen || o.Reported != c.Reported {
 			b.setBase(t.routers[path])
+		}
+		if !ok || !o.Equal(c) {
+			b.stir() // the fleet has calls: refresh at the tick, not the heartbeat
 		}
 	}
 	for path := range old {
 		if _, ok := m[path]; !ok && t.routers[path] != nil { // nil: removed by Reconfigure
 			b.setBase(t.routers[path])
+			b.stir()
 		}
 	}
 }
 
+// Forget forgets what replica from told, at once: it said it stops. Its
+// calls in flight are answered by then, and their reports come to the
+// others.
+func (b *Broker) Forget(from string) {
+	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	p, ok := b.fleet.peers[from]
+	if !ok {
+		return
+	}
+	delete(b.fleet.peers, from)
+	t := b.cur()
+	for path := range p.counts {
+		if rt := t.routers[path]; rt != nil {
+			b.setBase(rt)
+		}
+	}
+	b.stir()
+}
+
+// Peers is how many other replicas this replica heard from within
+// PeerSilence, as of the last Refresh.
+func (b *Broker) Peers() int {
+	b.fleet.mu.Lock()
+	defer b.fleet.mu.Unlock()
+	return len(b.fleet.peers)
+}
+
 // What one replica tells is bounded, so that a forged or broken message on
 // the stats subject changes the fleet's figures no more than a replica
-// could, and only while its sender keeps telling (peerSilence).
+// could, and only while its sender keeps telling (PeerSilence).
 const (
 	// maxTold bounds each count: a trillion calls, so that the counts of
 	// a million replicas add up without overflowing.
@@ -174,10 +208,10 @@ func (b *Broker) Counts() []Counts {
 }
 
 // Refresh slides this replica's windows to now, forgets replicas silent
-// for a second, and sets what the strategies read. It disables a router
+// for PeerSilence, and sets what the strategies read. It disables a router
 // whose failures, this replica's newest among them, reach the threshold
 // only with those the others told of since. The replica calls it before
-// it tells its counts, every few milliseconds.
+// it tells its counts, every few milliseconds while calls come (Quiet).
 func (b *Broker) Refresh(now time.Time) {
 	b.memory.sweep(b.memory.now()) // moves the clock the memory of sessions reads
 	for _, late := range b.refreshFleet(now) {
@@ -204,7 +238,7 @@ func (b *Broker) refreshFleet(now time.Time) (late []lateFailure) {
 	b.fleet.mu.Lock()
 	defer b.fleet.mu.Unlock()
 	for id, p := range b.fleet.peers {
-		if now.Sub(p.at) > peerSilence {
+		if now.Sub(p.at) > PeerSilence {
 			delete(b.fleet.peers, id)
 		}
 	}
@@ -258,6 +292,7 @@ func (b *Broker) counted(rt *route, failed bool, now time.Time, status int, retr
 	s := &rt.stats
 	s.reported.add(1)
 	s.calls.add(1)
+	b.stir()
 	if !failed {
 		s.lastSuccess.Store(now.UnixNano())
 		if s.failingLen.Load() > 0 || b.othersFailing(rt) {
@@ -335,9 +370,9 @@ func (b *Broker) failing(rt *route) []time.Time {
 	return s.failing
 }
 
-// nudge tells the replica that a report changed a count the others should
-// hear at once rather than at the next tick: a failure, or a success that
-// ends failures. It never blocks.
+// nudge tells the replica that something the others should hear at once
+// rather than at the next tick changed: a failure, a success that ends
+// failures, or a change its view took from the bucket. It never blocks.
 func (b *Broker) nudge() {
 	select {
 	case b.fleet.nudged <- struct{}{}:
@@ -347,9 +382,11 @@ func (b *Broker) nudge() {
 
 // Nudged receives when this replica's counts changed in a way the other
 // replicas should hear at once: a failure reported, or a success that
-// ends a run of failures. The replica tells its counts then, so that a
-// failure reported to one replica adds to the count on the next
-// within a round trip, as a write to the bucket did.
+// ends a run of failures; or when its view took a change from the bucket
+// (Taken). The replica tells its counts then, so that a failure reported
+// to one replica adds to the count on the next within a round trip, as a
+// write to the bucket did, and `broker disable` hears within milliseconds
+// which replicas hold its write rather than at their next heartbeat.
 func (b *Broker) Nudged() <-chan struct{} { return b.fleet.nudged }
 
 // consecutive is the fleet's consecutive failures of rt as this replica

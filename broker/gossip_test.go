@@ -260,3 +260,48 @@ func TestCountsToldAreBoundedSoThatAForgedMessageCannotHideFailures(t *testing.T
 		is.True(v.Calls >= 0 && v.Failures <= v.Calls)  // counts stay within 0 and the calls
 	}
 }
+
+// nudged says whether b asked, since last asked, for its counts to be told
+// to the fleet at once rather than at its next tick.
+func nudged(b *broker.Broker) bool {
+	select {
+	case <-b.Nudged():
+		return true
+	default:
+		return false
+	}
+}
+
+// A success of a router that another replica told failures of ends the
+// fleet's count of failures in a row, and is told at once: a replica of a
+// random pool tells its counts only every 100 ms, and the other's next
+// failure, in between, counted on past the success (the threshold-alone
+// test failed once in CI). Here the fleet tells on a nudge alone, as if
+// no tick came in between; a sure sign b knows of the failures is that it
+// merged a's counts.
+func TestASuccessAfterFailuresAnotherReplicaToldIsToldAtOnceAndEndsTheFleetsCount(t *testing.T) {
+	is := is.New(t)
+	pol := broker.Policy{Threshold: 3}
+	a, _ := newBroker(t, broker.Config{ID: "replica-1", Policy: pol})
+	b, _ := newBroker(t, broker.Config{ID: "replica-2", Policy: pol})
+	report(a, "/azure/dud/", 502)
+	report(a, "/azure/dud/", 502)
+	// a tells b of its two failures; b's success comes before its next
+	// tick (Refresh), which would gather them into its own count.
+	b.Merge("replica-1", time.Now(), a.Counts())
+	nudged(b) // whatever hearing them asked
+
+	report(b, "/azure/gpt4/", 200)
+	is.True(!nudged(b)) // a success of a router no one told failures of is not news
+
+	report(b, "/azure/dud/", 200) // b has no failure of its own to end: only a's
+	told := nudged(b)
+	if told {
+		a.Merge("replica-2", time.Now(), b.Counts())
+	}
+
+	report(a, "/azure/dud/", 502)
+	is.True(told)                                    // b's success was told at once
+	is.Equal(a.Failures("/azure/dud/"), 1)           // the fleet's count started again at b's success
+	is.Equal(a.Phase("/azure/dud/"), broker.Enabled) // not a third failure in a row
+}

@@ -169,6 +169,7 @@ func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimi
 		return nil
 	}
 	b.heard.Store(time.Now().UnixNano())
+	defer b.stir()
 	var err error
 	switch {
 	case latency > t.bound:

@@ -91,7 +91,8 @@ func (b *Broker) Reconfigure(pools []Pool, policy Policy, inFlightBound time.Dur
 // and carrying over the choice counts old has. b.mu must be held (or, in
 // New, nothing else may run yet).
 func (b *Broker) build(pools []Pool, policy Policy, bound time.Duration, old *table, now time.Time) *table {
-	t := &table{pools: map[string]*pool{}, routers: map[string]*route{}, policy: policy, bound: bound}
+	t := &table{pools: map[string]*pool{}, routers: map[string]*route{}, policy: policy, bound: bound,
+		readsInFlight: slices.ContainsFunc(pools, Pool.ReadsInFlight)}
 	var names []string
 	if n := b.names.Load(); n != nil {
 		names = slices.Clone(*n)

@@ -18,6 +18,8 @@ type window struct {
 	// only, under the stats lock.
 	marks [slots]int64
 	at    int64
+	// seen is total as of the last advance (Quiet: a call since?).
+	seen int64
 }
 
 // newWindow starts a window at now: every event from now counts.
@@ -37,6 +39,7 @@ func (w *window) advance(now time.Time, total int64) {
 		w.marks[s%slots] = total
 	}
 	w.at = slot
+	w.seen = total
 }
 
 // count is the events within the window as last advanced, total being the
@@ -44,6 +47,23 @@ func (w *window) advance(now time.Time, total int64) {
 // stats lock.
 func (w *window) count(total int64) int64 {
 	return total - w.marks[(w.at+1)%slots]
+}
+
+// slides is when, in unix nanoseconds, the count as last advanced next
+// falls, total being the events ever: at the start of the first slot that
+// pushes out a slot holding events; 0 when the window holds none. Called
+// under the stats lock.
+func (w *window) slides(total int64) int64 {
+	oldest := w.marks[(w.at+1)%slots]
+	if total == oldest {
+		return 0
+	}
+	// Advancing to slot at+j makes the slot after the oldest the oldest:
+	// the count falls once that slot's mark is above the oldest's.
+	j := int64(1)
+	for ; j < slots && w.marks[(w.at+1+j)%slots] == oldest; j++ {
+	}
+	return (w.at + j) * int64(w.slot)
 }
 
 // routeStats are one router's statistics.

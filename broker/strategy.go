@@ -53,13 +53,13 @@ type Strategy interface {
 // it needs from the replica.
 var strategies = map[string]registration{
 	"random":     {Strategy: random{}},
-	"least-busy": {Strategy: leastBusy{}},
-	"latency":    {Strategy: lowestLatency{}, NeedsTransactionLog: true},
-	"headroom":   {Strategy: mostHeadroom{}, NeedsTransactionLog: true},
-	"cost":       {Strategy: cheapest{}, NeedsTransactionLog: true, NeedsPrices: true},
+	"least-busy": {Strategy: leastBusy{}, ReadsInFlight: true},
+	"latency":    {Strategy: lowestLatency{}, NeedsTransactionLog: true, ReadsInFlight: true},
+	"headroom":   {Strategy: mostHeadroom{}, NeedsTransactionLog: true, ReadsInFlight: true},
+	"cost":       {Strategy: cheapest{}, NeedsTransactionLog: true, NeedsPrices: true, ReadsInFlight: true},
 	// The sessions of a pool with "session" affinity are pinned where the
 	// transaction log says their calls went.
-	SessionsStrategy: {Strategy: fewestSessions{}, NeedsTransactionLog: true},
+	SessionsStrategy: {Strategy: fewestSessions{}, NeedsTransactionLog: true, ReadsInFlight: true},
 }
 
 // registration is a strategy as strategies holds it.
@@ -74,6 +74,11 @@ type registration struct {
 	// NeedsPrices says the strategy reads Tier.CallCost: ValidatePools
 	// refuses a pool that names it with a router without a price.
 	NeedsPrices bool
+	// ReadsInFlight says the strategy reads Tier.InFlight or
+	// Tier.Headroom (which takes the calls in flight from what is left):
+	// the fleet's calls in flight, which the replicas then tell each other
+	// every few milliseconds while they change (see Broker.ReadsInFlight).
+	ReadsInFlight bool
 }
 
 // DefaultStrategy is what a pool that names none uses: weighted random, as
@@ -124,6 +129,17 @@ func strategy(name string) (Strategy, error) {
 // unknown strategy needs nothing (ValidatePools refuses it).
 func (p Pool) NeedsTransactionLog() bool {
 	return strategies[p.StrategyName()].NeedsTransactionLog
+}
+
+// ReadsInFlight reports whether a call of p is chosen by the fleet's calls
+// in flight: its strategy reads them (as its line in strategies declares),
+// its affinity bounds a router's load by them, or a budget of the pool or
+// of a router counts them as spending it.
+func (p Pool) ReadsInFlight() bool {
+	if strategies[p.StrategyName()].ReadsInFlight || p.Affinity.On() || p.Budget != nil {
+		return true
+	}
+	return slices.ContainsFunc(p.Routers, func(r Router) bool { return r.Budget != nil })
 }
 
 // Tier is the enabled routers of one priority of a pool, as a strategy sees

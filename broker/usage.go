@@ -165,6 +165,7 @@ func (b *Broker) Used(router []byte, u Usage) error { return b.UsedIn(nil, route
 // client called (request.original_gl_path; nil: not said): the call
 // counts against the budget of ingress's pool too, at router's price.
 func (b *Broker) UsedIn(ingress, router []byte, u Usage) error {
+	defer b.stir() // a budget counted further: Refresh checks it
 	rt := b.cur().routers[string(router)]
 	// Every call counts against a budget's requests, its tokens only when
 	// they are counted here.

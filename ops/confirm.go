@@ -26,10 +26,14 @@ const (
 	// write, for every replica heard to say it holds the write: one that
 	// hears the bucket takes it and says so within milliseconds.
 	confirmWait = 2 * time.Second
-	// confirmListen is the least they listen before trusting that every
-	// running replica was heard: each speaks at least every 100 ms, and
-	// at once when its view takes a change.
-	confirmListen = 500 * time.Millisecond
+	// confirmListen is the most they listen before trusting that every
+	// running replica was heard: an idle replica that does not take the
+	// write (one cut off from the bucket) speaks only at its heartbeat,
+	// at least every replica.StatsAtLeast. They trust it sooner once they
+	// have heard as many replicas as each says it hears (fleet.all, as
+	// status does): every replica that takes the write says so at once,
+	// and counts among its peers one that does not.
+	confirmListen = fleetListen
 	// maxNamed bounds the replicas a confirming line names.
 	maxNamed = 10
 )
@@ -44,9 +48,9 @@ type confirmation struct {
 }
 
 // confirm waits until every replica heard since listening says it holds
-// router at revision rev or later in phase want, but at least
-// confirmListen from listening, or until confirmWait has passed since the
-// write, and returns what they said.
+// router at revision rev or later in phase want, once it has heard the
+// whole fleet (fleet.all) or listened confirmListen, or until confirmWait
+// has passed since the write, and returns what they said.
 func (f *fleet) confirm(ctx context.Context, rev uint64, want broker.Phase, listening time.Time) confirmation {
 	deadline := time.Now().Add(confirmWait)
 	timer := time.NewTimer(confirmWait)
@@ -54,7 +58,7 @@ func (f *fleet) confirm(ctx context.Context, rev uint64, want broker.Phase, list
 	for {
 		now := time.Now()
 		c := f.confirmed(rev, want, now)
-		listened := now.Sub(listening) >= confirmListen
+		listened := now.Sub(listening) >= confirmListen || f.all()
 		if listened && len(c.notYet) == 0 || !now.Before(deadline) || ctx.Err() != nil {
 			return c
 		}

@@ -1,6 +1,7 @@
 package ops
 
 import (
+	"context"
 	"encoding/json"
 	"slices"
 	"sync"
@@ -12,18 +13,26 @@ import (
 	"github.com/gecholog/broker/replica"
 )
 
-// The replicas tell each other their counts on the stats subject at least
-// every 100 ms (replica.StatsSubject); status listens there for a while
-// and adds them up, as each replica does, to show what the strategies and
-// the failure-rate rule read.
+// The replicas tell each other their counts on the stats subject when they
+// change and at least every second (replica.StatsSubject); status listens
+// there until it has heard every replica and adds them up, as each
+// replica does, to show what the strategies and the failure-rate rule
+// read. It does not ask them to tell at once (replica.AskStats): a viewer
+// may not publish there, where it could forge counts.
 
-// fleetListen is how long a one-shot status listens: every running replica
-// speaks at least twice in it.
-const fleetListen = 250 * time.Millisecond
+// fleetListen is how long a one-shot status listens at most: every running
+// replica speaks at least once in it, at its heartbeat. It stops sooner
+// once it has heard as many replicas as each of them says it hears, plus
+// itself (StatsMessage's Peers): an idle replica's next heartbeat, or at
+// once while the fleet has calls. A forged word can end that one listen
+// early, and hide replicas from that one output (display only, as a
+// forged goodbye does); with a replica from before Peers was told, status
+// listens the whole heartbeat.
+const fleetListen = replica.StatsAtLeast + 250*time.Millisecond
 
 // fleetSilence is how long a replica's last word stands: one silent for
 // it has stopped (the replicas forget each other after the same time).
-const fleetSilence = time.Second
+const fleetSilence = broker.PeerSilence
 
 // fleet hears the replicas' statistics until stopped.
 type fleet struct {
@@ -36,9 +45,13 @@ type fleet struct {
 	// it.
 	router string
 	held   map[string]replica.TakenTold
-	// news receives when a replica is first heard, or says something new
-	// of router.
+	// news receives when something confirm reads changed: a replica first
+	// heard, one that says something new of router or a new count of its
+	// peers, or one that says goodbye. Never blocks.
 	news chan struct{}
+	// spoke receives each time a replica is heard, for listen. Never
+	// blocks.
+	spoke chan struct{}
 }
 
 type heardStats struct {
@@ -54,29 +67,88 @@ type heardStats struct {
 const maxHeard = 256
 
 func hearFleet(nc *nats.Conn, bucket string) *fleet {
-	f := &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{},
-		held: map[string]replica.TakenTold{}, news: make(chan struct{}, 1)}
-	f.sub, _ = nc.Subscribe(f.subject, func(m *nats.Msg) {
-		var msg replica.StatsMessage
-		if len(m.Data) > 1<<20 || json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" || len(msg.ID) > replica.MaxID {
-			return
-		}
-		f.mu.Lock()
-		_, known := f.heard[msg.ID]
-		news := false
-		if known || len(f.heard) < maxHeard {
-			f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
-			news = f.took(&msg) || !known
-		}
-		f.mu.Unlock()
-		if news {
-			select {
-			case f.news <- struct{}{}:
-			default:
-			}
-		}
-	})
+	f := newFleet(bucket)
+	f.sub, _ = nc.Subscribe(f.subject, func(m *nats.Msg) { f.hear(m.Data) })
 	return f
+}
+
+// newFleet is a fleet of bucket that has heard nothing yet, and hears
+// nothing until hear is called.
+func newFleet(bucket string) *fleet {
+	return &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{},
+		held: map[string]replica.TakenTold{}, news: make(chan struct{}, 1), spoke: make(chan struct{}, 1)}
+}
+
+// hear takes one word told on the stats subject.
+func (f *fleet) hear(data []byte) {
+	var msg replica.StatsMessage
+	if len(data) > 1<<20 || json.Unmarshal(data, &msg) != nil || msg.ID == "" || len(msg.ID) > replica.MaxID {
+		return
+	}
+	f.mu.Lock()
+	old, known := f.heard[msg.ID]
+	news := false
+	switch {
+	case msg.Bye:
+		// It stops: confirm waits for it no more.
+		delete(f.heard, msg.ID)
+		delete(f.held, msg.ID)
+		news = known
+	case known || len(f.heard) < maxHeard:
+		f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
+		news = f.took(&msg) || !known || !samePeers(old.msg.Peers, msg.Peers)
+	}
+	f.mu.Unlock()
+	signal(f.spoke)
+	if news {
+		signal(f.news)
+	}
+}
+
+// signal sends on c, a channel of one, unless a word already waits there.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// listen waits until every replica of the fleet was heard (all), or d
+// passes, or ctx ends.
+func (f *fleet) listen(ctx context.Context, d time.Duration) error {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for !f.all() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return nil
+		case <-f.spoke:
+		}
+	}
+	return nil
+}
+
+// all says status has heard the whole fleet: some replica, and as many as
+// any of them says the fleet has. A replica that does not say (one from
+// before Peers was told) leaves it to the heartbeat.
+func (f *fleet) all() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fleet := 1
+	for _, h := range f.heard {
+		if h.msg.Peers == nil {
+			return false
+		}
+		fleet = max(fleet, min(*h.msg.Peers, maxHeard-1)+1) // bounded: anyone may publish there
+	}
+	return len(f.heard) >= fleet
+}
+
+// samePeers says two words told the same count of peers (nil: none told).
+func samePeers(a, b *int) bool {
+	return a == nil && b == nil || a != nil && b != nil && *a == *b
 }
 
 func (f *fleet) stop() {

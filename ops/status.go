@@ -70,10 +70,8 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 	err = t.readBucket(ctx, "status", func(ctx context.Context, b bucket) error {
 		f := hearFleet(b.nc, t.Bucket)
 		defer f.stop()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(fleetListen):
+		if err := f.listen(ctx, fleetListen); err != nil {
+			return err
 		}
 		rows, fv, now, l, err := readRows(ctx, t, policy, o.PolicyGiven, b, f)
 		if err != nil {

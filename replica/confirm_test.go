@@ -2,9 +2,14 @@ package replica_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
+	"slices"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
@@ -63,4 +68,91 @@ func TestDisableNamesTheReplicaThatCannotHearTheBucket(t *testing.T) {
 	out = run("enable", func(out *bytes.Buffer) error { return ops.EnableRouter(t.Context(), tgt, "/azure/gpt4/", out) })
 	says(t, "broker enable", out, "enabled /azure/gpt4/ on every replica; removed the manual disable by alice (test, until ")
 	saysLast(t, "broker enable", out, "; confirmed by all 3 replicas\n")
+}
+
+// TestAnIdleReplicaTellsAChangeItTookAtOnce: an idle replica speaks only at
+// its heartbeat, once a second, but tells a change its view took from the
+// bucket at once, so that `broker disable` and `enable` hear within
+// milliseconds which replicas hold their write. The word that carries the
+// take comes sooner after the replica's previous word than a heartbeat
+// would; a replica that left it to its heartbeat fails it every time, so a
+// machine stalled a whole second at the wrong moment is given three tries.
+func TestAnIdleReplicaTellsAChangeItTookAtOnce(t *testing.T) {
+	s, _, nc, h := heardFleet(t, 3)
+	const router = "/azure/gpt4/"
+	type word struct {
+		at    time.Time // as the replica told it
+		phase string    // of router among what it took ("": none)
+	}
+	var mu sync.Mutex
+	words := map[string][]word{}
+	sub, err := nc.Subscribe(replica.StatsSubject(replica.DefaultBucket), func(m *nats.Msg) {
+		var msg replica.StatsMessage
+		if json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" || msg.Bye {
+			return
+		}
+		w := word{at: msg.At}
+		if i := slices.IndexFunc(msg.Taken, func(t replica.TakenTold) bool { return t.Router == router }); i >= 0 {
+			w.phase = msg.Taken[i].Phase
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		words[msg.ID] = append(words[msg.ID], w)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// gap is how long after its previous word a replica told that it took
+	// phase, since from (false: not yet told).
+	gap := func(id, phase string, from time.Time) (time.Duration, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		ws := words[id]
+		for i := 1; i < len(ws); i++ {
+			if ws[i].phase == phase && !ws[i].at.Before(from) {
+				return ws[i].at.Sub(ws[i-1].at), true
+			}
+		}
+		return 0, false
+	}
+
+	tgt := ops.Target{NATS: natsconn.Settings{Servers: s.ClientURL()}, Bucket: replica.DefaultBucket, Pools: broker.DefaultPools()}
+	prompt := map[string]time.Duration{}
+	for try := 0; try < 3 && len(prompt) < len(threeReplicas); try++ {
+		// Just after a word of each, so that a heartbeat is a second away.
+		mark := time.Now()
+		natstest.Eventually(t, 5*time.Second, func() bool { return h.since(mark, threeReplicas...) }, "a word of every replica")
+		from := time.Now()
+		phase := "manual"
+		var out bytes.Buffer
+		if try%2 == 0 {
+			err = ops.DisableRouter(t.Context(), tgt, ops.Disable{Router: router, For: time.Minute, Reason: "test", By: "alice"},
+				func(string) string { return "" }, &out)
+		} else {
+			phase = "enabled"
+			err = ops.EnableRouter(t.Context(), tgt, router, &out)
+		}
+		if err != nil {
+			t.Fatalf("broker disable or enable: %v", err)
+		}
+		for _, id := range threeReplicas {
+			var d time.Duration
+			natstest.Eventually(t, 5*time.Second, func() (told bool) { d, told = gap(id, phase, from); return told },
+				"%s telling it took %s %s", id, router, phase)
+			if _, ok := prompt[id]; !ok && d < replica.StatsAtLeast {
+				prompt[id] = d
+			}
+		}
+	}
+	for _, id := range threeReplicas {
+		if d, ok := prompt[id]; !ok {
+			t.Errorf("%s told the change it took no sooner than a heartbeat (%v) after its previous word, in each of three tries", id, replica.StatsAtLeast)
+		} else {
+			t.Logf("%s told the change it took %v after its previous word", id, d)
+		}
+	}
 }

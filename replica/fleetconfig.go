@@ -166,6 +166,9 @@ func (r *Replica) refuse(e kv.ConfigEntry) {
 	r.conf.mu.Lock()
 	r.conf.state.Refused = why
 	r.conf.mu.Unlock()
+	if r.broker != nil {
+		r.broker.Stir() // the others and broker status hear of it at once
+	}
 }
 
 // apply takes a new revision heard from the watcher.
@@ -197,6 +200,7 @@ func (r *Replica) apply(e kv.ConfigEntry) {
 	same := r.conf.hash == e.Config.Hash()
 	r.conf.mu.Unlock()
 	r.setConfig(e.Revision, e.Config.Hash())
+	r.broker.Stir() // the others and broker status hear the revision at once
 	if !same {
 		r.log.Info("applied a new revision of the fleet's configuration", slog.Uint64("revision", e.Revision),
 			slog.String("by", e.Config.By), slog.Int("pools", len(pools)))

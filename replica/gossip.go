@@ -13,19 +13,27 @@ import (
 )
 
 // StatsSubject is the plain NATS subject on which the replicas tell each
-// other, every few milliseconds and at once on a failure, the calls each
-// chose and heard reported per router, from which every replica knows the
-// calls in flight and the failures over the whole fleet:
-// `nats sub broker.stats.gl_broker` shows them.
+// other the calls each chose and heard reported per router, from which
+// every replica knows the calls in flight and the failures over the whole
+// fleet: every few milliseconds while they change, at once on a failure
+// or a change its view took from the bucket, and otherwise once a second,
+// so that the others know the replica is there. `nats sub
+// broker.stats.gl_broker` shows them.
 func StatsSubject(bucket string) string { return "broker.stats." + bucket }
 
 const (
 	// statsEvery is how often a replica refreshes its statistics and
-	// tells its counts when they changed.
+	// tells its counts when they changed, while the fleet has calls
+	// (broker.Quiet says when it may wait longer).
 	statsEvery = 10 * time.Millisecond
-	// statsAtLeast is how often it tells them anyway, so that the others
-	// know it is there.
-	statsAtLeast = 100 * time.Millisecond
+	// statsCalm is how often it tells them, while they change, when no
+	// pool chooses by the fleet's calls in flight (broker.ReadsInFlight):
+	// failures are told at once all the same.
+	statsCalm = 100 * time.Millisecond
+	// StatsAtLeast is how often it tells them anyway, so that the others
+	// know it is there: well within broker.PeerSilence, after which they
+	// forget it.
+	StatsAtLeast = time.Second
 	// nudgeFloor is the least time between two words told at once, on a
 	// failure, rather than at the tick.
 	nudgeFloor = time.Millisecond
@@ -70,6 +78,18 @@ type StatsMessage struct {
 	// shown, like Config: whoever may publish here may forge it, and no
 	// replica acts on it.
 	Taken []TakenTold `json:"taken,omitempty"`
+	// Ask asks every replica that hears it to tell its counts at once:
+	// a replica sends it with its first word, so that it learns the
+	// fleet's counts without waiting for their heartbeats; AskStats sends
+	// it without an ID.
+	Ask bool `json:"ask,omitempty"`
+	// Bye says the replica stops: the others forget it at once rather
+	// than after broker.PeerSilence.
+	Bye bool `json:"bye,omitempty"`
+	// Peers is how many other replicas it hears (absent: a broker from
+	// before replicas told it), so that `broker status` stops listening
+	// once it has heard the whole fleet rather than after a heartbeat.
+	Peers *int `json:"peers,omitempty"`
 }
 
 // TakenTold is a change a replica's view took from the bucket: the
@@ -90,6 +110,17 @@ func takenTold(taken []broker.Taken) []TakenTold {
 		out[i] = TakenTold{Router: t.Router, Revision: t.Revision, Phase: t.Phase.String()}
 	}
 	return out
+}
+
+// askMessage is what AskStats publishes: no ID, so no replica takes it
+// for another's counts (replicas from before Ask drop it unread).
+var askMessage = []byte(`{"ask":true}`)
+
+// AskStats asks every replica of bucket to tell its counts on the stats
+// subject at once, rather than at its next heartbeat (StatsAtLeast), for
+// whoever listens there.
+func AskStats(nc *nats.Conn, bucket string) error {
+	return nc.Publish(StatsSubject(bucket), askMessage)
 }
 
 // RouterStats is one router in a StatsMessage: calls chosen and reports
@@ -159,12 +190,27 @@ func fromCounts(c broker.Counts) RouterStats {
 // until the replica stops.
 func (r *Replica) shareStats() error {
 	subject := StatsSubject(r.cfg.Bucket)
+	asked := make(chan struct{}, 1)
 	sub, err := r.nc.Subscribe(subject, func(m *nats.Msg) {
 		if len(m.Data) > maxStats {
 			return
 		}
 		var msg StatsMessage
-		if json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" || len(msg.ID) > MaxID || msg.ID == r.cfg.ID {
+		if json.Unmarshal(m.Data, &msg) != nil || len(msg.ID) > MaxID || msg.ID == r.cfg.ID {
+			return
+		}
+		if msg.Ask {
+			select {
+			case asked <- struct{}{}:
+			default:
+			}
+		}
+		if msg.ID == "" {
+			return
+		}
+		if msg.Bye {
+			r.broker.Forget(msg.ID)
+			r.heardRevs.gone(msg.ID)
 			return
 		}
 		counts := make([]broker.Counts, len(msg.Routers))
@@ -181,68 +227,120 @@ func (r *Replica) shareStats() error {
 	}
 	r.spawn(func(ctx context.Context) {
 		defer func() { _ = sub.Unsubscribe() }()
-		t := time.NewTicker(statsEvery)
-		defer t.Stop()
-		var told []broker.Counts
-		var toldConf ConfigTold
-		var toldAt time.Time
-		var toldStale string
-		var toldTaken []TakenTold
-		var pinned sessionRoutersTold
-		tell := func(now time.Time, always bool) {
-			r.broker.Refresh(now)
-			counts := r.broker.Counts()
-			st := r.conf.get()
-			conf := ConfigTold{Revision: st.Revision, Refused: st.Refused}
-			stale := r.staleness()
-			taken := takenTold(r.broker.TakenSince(now.Add(-takenFor), MaxTaken))
-			if !always && conf == toldConf && stale == toldStale && slices.Equal(taken, toldTaken) &&
-				slices.EqualFunc(counts, told, broker.Counts.Equal) && now.Sub(toldAt) < statsAtLeast {
-				return
-			}
-			msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
-				Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Taken: taken}
-			if heard := r.broker.Heard(); !heard.IsZero() {
-				msg.LogHeard = heard.UnixNano()
-			}
-			for i, c := range counts {
-				msg.Routers[i] = fromCounts(c)
-			}
-			msg.Routers = withSessions(msg.Routers, pinned.get(r.broker, now))
-			data, err := json.Marshal(msg)
-			if err != nil {
-				return
-			}
-			if err := r.nc.Publish(subject, data); err != nil {
-				r.log.Debug("could not tell the counts", slog.Any("error", err))
-				return
-			}
-			told, toldConf, toldStale, toldTaken, toldAt = counts, conf, stale, taken, now
-		}
+		t := &teller{r: r, subject: subject, ask: true}
+		tick := time.NewTimer(0) // the first word at once, with its ask
+		defer tick.Stop()
 		// soon is set while a nudge waits out nudgeFloor since the last
 		// word, so that a flood of failures is told at most every
 		// nudgeFloor, not once per call.
 		var soon <-chan time.Time
+		// answer is set while an ask waits for the next tick, so that a
+		// flood of asks is answered at most every statsEvery.
+		answer := false
+		var ticked time.Time // when it last ticked
 		for {
 			select {
 			case <-ctx.Done():
+				// Its calls are answered by now (the replica drains them
+				// before it stops this).
+				if data, err := json.Marshal(StatsMessage{ID: r.cfg.ID, At: time.Now(), Bye: true}); err == nil {
+					_ = r.nc.Publish(subject, data)
+				}
 				return
-			case now := <-t.C:
-				tell(now, false)
+			case now := <-tick.C:
+				ticked = now
+				r.broker.Wake()
+				changed := t.tell(now, answer)
+				answer = false
+				wait := statsEvery
+				if !r.broker.ReadsInFlight() {
+					wait = statsCalm
+				}
+				if !changed {
+					wait = max(r.broker.Quiet(now, StatsAtLeast-now.Sub(t.at)), statsEvery)
+				}
+				tick.Reset(wait)
+			case <-r.broker.Stirred():
+				// The fleet has calls again: tell at once, then tick; but
+				// no sooner than a tick after the last, so that a stream
+				// of transactions, each of which stirs, wakes it no more
+				// often than it ticks.
+				tick.Reset(max(statsEvery-time.Since(ticked), 0))
+			case <-asked:
+				// Once until the tick that answers: a flood of asks must not
+				// put that tick off for ever.
+				if !answer {
+					answer = true
+					tick.Reset(max(statsEvery-time.Since(ticked), 0))
+				}
 			case <-r.broker.Nudged():
 				if soon != nil {
 					continue
 				}
-				if wait := nudgeFloor - time.Since(toldAt); wait > 0 {
+				if wait := nudgeFloor - time.Since(t.at); wait > 0 {
 					soon = time.After(wait)
 					continue
 				}
-				tell(time.Now(), true)
+				t.tell(time.Now(), true)
 			case now := <-soon:
 				soon = nil
-				tell(now, true)
+				t.tell(now, true)
 			}
 		}
 	})
 	return nil
+}
+
+// teller is what a replica last told on the stats subject.
+type teller struct {
+	r       *Replica
+	subject string
+	ask     bool // the next word asks the others for theirs
+	told    []broker.Counts
+	conf    ConfigTold
+	at      time.Time
+	stale   string
+	taken   []TakenTold
+	pinned  sessionRoutersTold
+}
+
+// tell refreshes the replica's statistics and tells its counts when they
+// changed, always is set, or StatsAtLeast has passed since the last word;
+// changed says the counts, configuration, staleness or the changes its
+// view took from the bucket (Taken) changed. A change the view takes is
+// told at once all the same, not at the next tick: the broker nudges
+// (Nudged) when it applies one, so that `broker disable` hears within
+// milliseconds which replicas hold its write.
+func (t *teller) tell(now time.Time, always bool) (changed bool) {
+	r := t.r
+	r.broker.Refresh(now)
+	counts := r.broker.Counts()
+	st := r.conf.get()
+	conf := ConfigTold{Revision: st.Revision, Refused: st.Refused}
+	stale := r.staleness()
+	taken := takenTold(r.broker.TakenSince(now.Add(-takenFor), MaxTaken))
+	changed = conf != t.conf || stale != t.stale || !slices.Equal(taken, t.taken) ||
+		!slices.EqualFunc(counts, t.told, broker.Counts.Equal)
+	if !always && !changed && now.Sub(t.at) < StatsAtLeast {
+		return false
+	}
+	msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
+		Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Taken: taken, Ask: t.ask, Peers: new(r.broker.Peers())}
+	if heard := r.broker.Heard(); !heard.IsZero() {
+		msg.LogHeard = heard.UnixNano()
+	}
+	for i, c := range counts {
+		msg.Routers[i] = fromCounts(c)
+	}
+	msg.Routers = withSessions(msg.Routers, t.pinned.get(r.broker, now))
+	data, err := json.Marshal(msg)
+	if err != nil {
+		return changed
+	}
+	if err := r.nc.Publish(t.subject, data); err != nil {
+		r.log.Debug("could not tell the counts", slog.Any("error", err))
+		return changed
+	}
+	t.told, t.conf, t.stale, t.taken, t.at, t.ask = counts, conf, stale, taken, now, false
+	return changed
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/safetext"
 )
 
@@ -180,8 +181,8 @@ type heardRevision struct {
 
 const (
 	// revisionSilence is how long what a replica told stands: one silent
-	// for it has stopped (broker's peerSilence; they tell every 100 ms).
-	revisionSilence = time.Second
+	// for it has stopped, as for its counts.
+	revisionSilence = broker.PeerSilence
 	// maxHeardRevisions bounds the replicas kept (broker's maxPeers): a
 	// flood of forged names costs bounded memory until they fall silent.
 	maxHeardRevisions = 1024
@@ -204,6 +205,13 @@ func (h *heardRevisions) hear(id string, c *ConfigTold, s *SessionsTold, now tim
 		}
 	}
 	h.heard[id] = heardRevision{at: now, told: told}
+}
+
+// gone forgets replica id at once: it said it stops.
+func (h *heardRevisions) gone(id string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.heard, Heard(id, nil).ID)
 }
 
 func (h *heardRevisions) forget(now time.Time) {

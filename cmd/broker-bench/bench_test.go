@@ -49,7 +49,7 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 		want []string
 	}{
 		{"throughput", []string{"-duration", "300ms", "-warmup", "50ms", "-rounds", "2", "-callers", "4", "-conns", "2"},
-			[]string{"no-op responder (3)", "broker (3 replicas)", "requests/s", "p99.9", "round by round", "broker / no-op: throughput"}},
+			[]string{"strategy random", "no-op responder (3)", "broker (3 replicas)", "requests/s", "p99.9", "round by round", "broker / no-op: throughput"}},
 		{"propagation", []string{"-trials", "20"},
 			[]string{"last replica drops it (from sending the report)", "p99", "trials 20, not propagated within 5s 0", "KV writes"}},
 		{"storm", []string{"-duration", "300ms", "-warmup", "50ms", "-callers", "4", "-reports", "1000", "-rounds", "2"},
@@ -106,6 +106,9 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 		{"ptu", []string{"-ptu-runs", "1", "-ptu-calls", "60", "-quota", "10", "-window", "1s"},
 			[]string{"3 replica processes of the broker binary", "the client's answer, then (async) the response context, then the transaction",
 				"a quota of 10 requests per 1s", "headroom      1", "random        1", "target for headroom, every run"}},
+		{"chatter", []string{"-fleets", "1,2", "-duration", "300ms", "-warmup", "200ms"},
+			[]string{"Replica processes of the broker binary", "Idle (no calls):", "in msgs/s", "per replica", "idle CPU per replica with 2:",
+				"(target ≤ 0.5%: ", "The transaction log, 1000 calls/s", "the log's CPU per replica:"}},
 		{"reconfig", []string{"-changes", "3", "-load-changes", "2", "-duration", "400ms", "-warmup", "50ms", "-rounds", "2", "-callers", "4", "-conns", "2", "-timeout", "2s"},
 			[]string{"3 replica processes of the broker binary", "last replica shows it on /metrics (seen from outside)",
 				"changes 3, not applied by every replica within 5s 0, answers through the queue group not the new router 0 of 27",
@@ -194,6 +197,8 @@ func TestBenchRefusesBadSettingsWithOneLine(t *testing.T) {
 		want string
 	}{
 		{[]string{"-mode", "fast"}, `mode "fast"`},
+		{[]string{"-mode", "chatter", "-fleets", "3,x"}, "-fleets"},
+		{[]string{"-mode", "throughput", "-strategy", "fastest"}, "-strategy"},
 		{[]string{"-callers", "0"}, "-callers"},
 		{[]string{"-duration", "forever"}, "-duration"},
 		{[]string{"-fail", "1.5"}, "-fail"},

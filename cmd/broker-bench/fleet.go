@@ -40,6 +40,7 @@ func (b *bench) startServer() (stop func(), err error) {
 			os.RemoveAll(store)
 		}
 		b.url, b.version, b.where = srv.ClientURL(), server.VERSION, "embedded, "+srv.Addr().String()
+		b.srv = srv
 	} else {
 		b.url, b.where = b.o.server, natsconn.Redact(b.o.server)
 	}

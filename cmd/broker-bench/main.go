@@ -36,6 +36,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/gecholog/broker/broker"
@@ -95,6 +96,11 @@ type options struct {
 	inProcess   bool   // budget, cost: the replicas in the bench's process, not processes of the binary
 	changes     int    // timed one at a time
 	loadChanges int    // written under load
+	// throughput's.
+	strategy string
+	// chatter's.
+	fleetsText string
+	fleets     []int // of fleetsText
 	// affinity's.
 	sessions     int
 	sessionCalls int
@@ -150,6 +156,7 @@ var modes = []mode{
 	{name: "drift", about: "least-busy when reports are lost", run: (*bench).drift},
 	{name: "views", about: "how soon the replicas agree on what the strategies read", run: (*bench).views},
 	{name: "affinity", about: "session affinity on replica processes: calls on their session's router, a router disabled mid-run, cached input tokens against random", run: (*bench).affinityMode},
+	{name: "chatter", about: "what 3, 10 and 20 idle replica processes cost the bus and the CPU, and what gecholog's transaction log costs them", duration: 10 * time.Second, run: (*bench).chatter},
 	{name: "reconfig", about: "how soon replica processes choose by a new revision of the fleet's configuration, and changes under load", duration: 10 * time.Second, run: (*bench).reconfig},
 }
 
@@ -209,7 +216,9 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Duration(&o.warmup, "warmup", "", time.Second, 0, time.Minute, "warm-up `time` before measuring")
 	s.Int(&o.callers, "callers", "", 32, 1, 1024, "concurrent `callers` (throughput, storm)")
 	s.Int(&o.conns, "conns", "", 4, 1, 64, "NATS `connections` the callers share")
-	s.Int(&o.replicas, "replicas", "", 3, 1, 16, "broker `replicas`, and no-op responders")
+	s.Int(&o.replicas, "replicas", "", 3, 1, 64, "broker `replicas`, and no-op responders")
+	s.String(&o.fleetsText, "fleets", "", "3,10,20", "chatter: the fleet `sizes` measured, replica processes each")
+	s.String(&o.strategy, "strategy", "", "", "throughput: the pool's `strategy` (default: the broker's default, random)")
 	s.Duration(&o.timeout, "timeout", "", 50*time.Millisecond, time.Millisecond, time.Minute, "a call without a reply within this `time` is an error (gecholog's processor timeout is 50ms)")
 	s.Int(&o.maxCalls, "max-calls", "", 10_000_000, 1, 100_000_000, "at most this many `calls` per measured run")
 	s.Int(&o.rounds, "rounds", "", 10, 1, 1000, "throughput and storm: `runs` each condition's measuring time is split into, taken in turns")
@@ -303,6 +312,14 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	if o.loadFactor != 0 && !broker.LoadFactorRange.Contains(o.loadFactor) {
 		return o, fmt.Errorf("-load-factor %g: give 0 for the broker's default, or a load factor %s", o.loadFactor, broker.LoadFactorRange)
 	}
+	if o.strategy != "" && !slices.Contains(broker.Strategies(), o.strategy) {
+		return o, fmt.Errorf("-strategy %q: %s", o.strategy, strings.Join(broker.Strategies(), ", "))
+	}
+	fleets, err := parseFleets(o.fleetsText)
+	if err != nil {
+		return o, err
+	}
+	o.fleets = fleets
 	if o.routers < o.pools {
 		return o, fmt.Errorf("routers %d: give at least one router per pool (%d pools)", o.routers, o.pools)
 	}
@@ -338,6 +355,7 @@ type bench struct {
 	subject string // the replicas'
 	noop    string // the no-op responders'
 	bucket  string
+	srv     *server.Server // the embedded server; nil with -server
 	out     io.Writer
 	stderr  io.Writer
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"os"
 	"runtime"
@@ -27,30 +26,14 @@ func writeHeapProfile(path string) error {
 }
 
 // cpuTime is the CPU time, user and system, the process has used, from
-// /proc/self/stat; 0 where there is none. The kernel counts it in ticks of
-// USER_HZ, which is 100 on every Linux the broker builds for.
+// /proc/self/stat; 0 where there is none.
 func cpuTime() time.Duration {
 	data, err := os.ReadFile("/proc/self/stat")
 	if err != nil {
 		return 0
 	}
-	// The command name in parentheses may hold spaces; the fields after
-	// it start with the state (field 3), so utime (14) and stime (15)
-	// are the 12th and 13th.
-	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0
-	}
-	fields := strings.Fields(string(data[i+1:]))
-	if len(fields) < 13 {
-		return 0
-	}
-	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
-	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0
-	}
-	return time.Duration(utime+stime) * (time.Second / 100)
+	d, _ := statCPU(data)
+	return d
 }
 
 // benchMemory is the process's memory at one moment, after a collection.

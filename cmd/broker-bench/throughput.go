@@ -17,7 +17,9 @@ func (b *bench) throughput(ctx context.Context) error {
 		return err
 	}
 	defer stopNoop()
-	f, err := b.startFleet(ctx, o.replicas, broker.DefaultPools(), 10*time.Minute, b.replicaLog)
+	pools := broker.DefaultPools()
+	pools[0].Strategy = o.strategy
+	f, err := b.startFleet(ctx, o.replicas, pools, 10*time.Minute, b.replicaLog)
 	if err != nil {
 		return err
 	}
@@ -32,7 +34,8 @@ func (b *bench) throughput(ctx context.Context) error {
 	noopCall := b.request(b.noop, msg, noReply)
 	brokerCall := b.request(b.subject, msg, isDefaultRouter)
 	run, settle := b.rounds()
-	fmt.Fprintf(b.out, "%d callers on %d connections send request contexts %s with nc.Request.\n", o.callers, o.conns, msg)
+	fmt.Fprintf(b.out, "The pool %s, strategy %s. %d callers on %d connections send request contexts %s with nc.Request.\n",
+		pools[0].Ingress, pools[0].StrategyName(), o.callers, o.conns, msg)
 	fmt.Fprintf(b.out, "Each is measured for %v in all, in %d runs of %v taken in turns (no-op first in odd rounds, the broker in even ones),\n", o.duration, o.rounds, run)
 	fmt.Fprintf(b.out, "after a %v warm-up of each and %v to settle before each run.\n\n", o.warmup, settle)
 	b.closedLoop(ctx, conns, noopCall, o.warmup, 0)

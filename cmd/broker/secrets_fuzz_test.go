@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -90,10 +91,18 @@ func (c fuzzCase) getenv(host string, more ...string) func(string) string {
 // returns everything printed: usage, refusals, serve's log (startup,
 // warnings, failures to connect), the status page, status.json, its
 // events and the metrics, the tools' output and errors, and the embedded
-// server's log.
-func printedBy(t *testing.T, s *server.Server, c fuzzCase) []string {
-	var printed []string
-	keep := func(texts ...string) { printed = append(printed, texts...) }
+// server's log. Without tools, it leaves out what is asked of a serving
+// replica: its listener and the tools run while it serves.
+func printedBy(t *testing.T, s *server.Server, c fuzzCase, tools bool) []string {
+	var (
+		mu      sync.Mutex // ops may run at once (see status below)
+		printed []string
+	)
+	keep := func(texts ...string) {
+		mu.Lock()
+		defer mu.Unlock()
+		printed = append(printed, texts...)
+	}
 	op := func(getenv func(string) string, args ...string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -133,15 +142,20 @@ func printedBy(t *testing.T, s *server.Server, c fuzzCase) []string {
 		}
 		return serving || failing
 	}, "serve to start, fail or give up")
-	if _, serving := logLine(p.logs.String(), "serving"); serving {
+	if _, serving := logLine(p.logs.String(), "serving"); serving && tools {
 		for _, path := range []string{"/", "/status.json", "/metrics", "/healthz", "/readyz", "/events", "/explain?ingress=/azure/"} {
 			keep(fuzzGet(t, addr, path))
 		}
 		op(env("BROKER_METRICS_ADDR", addr), "healthcheck")
 		op(env("BROKER_METRICS_ADDR", addr), "explain", "/azure/")
 		op(env("BROKER_METRICS_ADDR", addr), "explain", "/azure/", "--json")
-		op(here, "status")
-		op(here, "status", "--json")
+		// Both listen for the replica's next word, an idle replica's
+		// heartbeat (up to a second): together, they wait for one.
+		var both sync.WaitGroup
+		for _, args := range [][]string{{"status"}, {"status", "--json"}} {
+			both.Go(func() { op(here, args...) })
+		}
+		both.Wait()
 		op(here, "disable", "/azure/gpt4/", "--for", "1m", "--reason", "fuzz")
 		op(here, "enable", "/azure/gpt4/")
 		op(c.getenv(host, "BROKER_BUCKET", "no_such_bucket"), "status")
@@ -172,6 +186,24 @@ func printedBy(t *testing.T, s *server.Server, c fuzzCase) []string {
 	op(away, "status")
 	op(away, "disable", "/azure/gpt4/")
 	return printed
+}
+
+// fuzzInputBudget is how long one input of the fuzz target may take. Go's
+// fuzz worker panics when one call of the fuzz function takes 10 s
+// (internal/fuzz.RunFuzzWorker's "deadlocked!" timer) and, its output not
+// being kept, the coordinator says only that the fuzzing process
+// terminated with exit status 2. The first input of each mode runs every
+// path six times (surrounding): it must stay well within that, and a plain
+// `go test` says so when it does not.
+const fuzzInputBudget = 7 * time.Second
+
+// inputBudget fails an input of the fuzz target that took longer than
+// fuzzInputBudget, in a plain run where Go's fuzz worker would have been
+// killed without a word.
+func inputBudget(t *testing.T, start time.Time) {
+	if took := time.Since(start); took > fuzzInputBudget {
+		t.Errorf("the input took %v: more than %v, and Go's fuzz worker is killed without a word at 10s", took.Round(time.Millisecond), fuzzInputBudget)
+	}
 }
 
 // fuzzGet fetches path from the listener at addr; an event stream, up to
@@ -284,21 +316,25 @@ func FuzzSecretsNeverPrinted(f *testing.F) {
 	})
 	surrounding := map[uint8]string{} // by mode; a worker runs one input at a time
 	f.Fuzz(func(t *testing.T, mode uint8, user, password, token string) {
+		defer inputBudget(t, time.Now())
 		if len(user)+len(password)+len(token) > 200 {
 			t.Skip("secrets of a reasonable length")
 		}
 		mode %= fuzzModes
 		if _, ok := surrounding[mode]; !ok {
 			// What the same paths print with secrets too short to tell, and
-			// with ones refused for each reason.
+			// with ones refused for each reason. Where one of those is not
+			// refused, its replica serves as the first one's does: the
+			// tools' output is the first one's, and is not asked again
+			// (each status listens for a replica's heartbeat).
 			var texts []string
-			for _, secrets := range [][3]string{{"u", "p", "t"}, {"u", "p/q", "t/q"}, {"u", "p q", "t q"}, {"u", "p%q", "t%q"}, {"u", "p,q", "t,q"}} {
-				texts = append(texts, printedBy(t, s, fuzzCaseOf(t, mode, secrets[0], secrets[1], secrets[2]))...)
+			for i, secrets := range [][3]string{{"u", "p", "t"}, {"u", "p/q", "t/q"}, {"u", "p q", "t q"}, {"u", "p%q", "t%q"}, {"u", "p,q", "t,q"}} {
+				texts = append(texts, printedBy(t, s, fuzzCaseOf(t, mode, secrets[0], secrets[1], secrets[2]), i == 0)...)
 			}
 			surrounding[mode] = strings.Join(texts, "\n")
 		}
 		c := fuzzCaseOf(t, mode, user, password, token)
-		output := strings.Join(printedBy(t, s, c), "\n")
+		output := strings.Join(printedBy(t, s, c, true), "\n")
 		if _, served := logLine(output, "serving"); mode == 4 && !served {
 			// A token of any bytes is sent as it is: the paths of a serving
 			// replica were taken.

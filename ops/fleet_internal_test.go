@@ -1,0 +1,95 @@
+package ops
+
+import (
+	"encoding/json"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/matryer/is"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/replica"
+)
+
+// TestStatusHasHeardTheFleetOnceEveryReplicaEachNamesHasSpoken shows when a
+// one-shot status stops listening before its heartbeat's length: once it
+// has heard as many replicas as any of them says the fleet has, and never
+// on the word of a replica that does not say.
+func TestStatusHasHeardTheFleetOnceEveryReplicaEachNamesHasSpoken(t *testing.T) {
+	peers := func(n int) *int { return &n }
+	for _, tc := range []struct {
+		name  string
+		heard map[string]*int // replica → the peers it told (nil: it did not say)
+		all   bool
+	}{
+		{"none heard", nil, false},
+		{"a replica alone", map[string]*int{"a": peers(0)}, true},
+		{"a replica that hears another not yet heard", map[string]*int{"a": peers(1)}, false},
+		{"both", map[string]*int{"a": peers(1), "b": peers(1)}, true},
+		{"one of three whose peers heard only one other", map[string]*int{"a": peers(1), "b": peers(2)}, false},
+		{"a replica from before Peers", map[string]*int{"a": nil}, false},
+		{"a forged fleet larger than status keeps", map[string]*int{"a": peers(1 << 40)}, false},
+		{"a forged fleet that overflows", map[string]*int{"a": peers(math.MaxInt)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			is := is.New(t)
+			f := &fleet{heard: map[string]heardStats{}}
+			for id, p := range tc.heard {
+				f.heard[id] = heardStats{at: time.Now(), msg: replica.StatsMessage{ID: id, Peers: p}}
+			}
+			is.Equal(f.all(), tc.all)
+		})
+	}
+}
+
+// TestAReplicaThatSaysGoodbyeIsNeitherHeardNorWaitedFor: disable and enable
+// wait for every replica heard to say it holds their write; one that says
+// it stops is forgotten at once, with what it said it took, and the wait
+// hears of it (news), as it hears of a replica first heard, of a new take
+// of its router and of a new count of a replica's peers, but not of a word
+// that says nothing new.
+func TestAReplicaThatSaysGoodbyeIsNeitherHeardNorWaitedFor(t *testing.T) {
+	is := is.New(t)
+	const router = "/azure/gpt4/"
+	f := newFleet("gl_broker")
+	f.hearTaken(router)
+	news := func() bool {
+		select {
+		case <-f.news:
+			return true
+		default:
+			return false
+		}
+	}
+	word := func(msg replica.StatsMessage) {
+		t.Helper()
+		data, err := json.Marshal(msg)
+		is.NoErr(err)
+		f.hear(data)
+	}
+	peers := func(n int) *int { return &n }
+	took := []replica.TakenTold{{Router: router, Revision: 7, Phase: "manual"}}
+
+	word(replica.StatsMessage{ID: "a", Peers: peers(1), Taken: took})
+	is.True(news()) // a replica first heard
+	word(replica.StatsMessage{ID: "b", Peers: peers(1)})
+	is.True(news()) // another
+	word(replica.StatsMessage{ID: "b", Peers: peers(1)})
+	is.True(!news()) // nothing new
+	word(replica.StatsMessage{ID: "b", Peers: peers(2)})
+	is.True(news()) // a new count of its peers
+	word(replica.StatsMessage{ID: "b", Peers: peers(2), Taken: took})
+	is.True(news()) // b took the write
+	c := f.confirmed(7, broker.Manual, time.Now())
+	is.Equal(c.confirmed, []string{"a", "b"})
+
+	word(replica.StatsMessage{ID: "a", Bye: true})
+	is.True(news()) // a stops
+	c = f.confirmed(7, broker.Manual, time.Now())
+	is.Equal(c.heard, []string{"b"})
+	_, held := f.held["a"]
+	is.True(!held) // what a said it took is forgotten with it
+	word(replica.StatsMessage{ID: "ghost", Bye: true})
+	is.True(!news()) // a goodbye of a replica never heard is no news
+}

@@ -1,0 +1,209 @@
+package replica_test
+
+import (
+	"encoding/json"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/testutil/natstest"
+	"github.com/gecholog/broker/replica"
+)
+
+// statsHeard follows the stats subject: when each replica last spoke, and
+// how many words it said in all.
+type statsHeard struct {
+	mu    sync.Mutex
+	last  map[string]time.Time
+	words map[string]int
+}
+
+func hearStats(t *testing.T, nc *nats.Conn) *statsHeard {
+	t.Helper()
+	h := &statsHeard{last: map[string]time.Time{}, words: map[string]int{}}
+	sub, err := nc.Subscribe(replica.StatsSubject(replica.DefaultBucket), func(m *nats.Msg) {
+		var msg replica.StatsMessage
+		if json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" {
+			return
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.last[msg.ID] = time.Now()
+		h.words[msg.ID]++
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// since says whether every one of ids spoke after at.
+func (h *statsHeard) since(at time.Time, ids ...string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, id := range ids {
+		if !h.last[id].After(at) {
+			return false
+		}
+	}
+	return true
+}
+
+func (h *statsHeard) total() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, w := range h.words {
+		n += w
+	}
+	return n
+}
+
+var threeReplicas = []string{"replica-1", "replica-2", "replica-3"}
+
+// heardFleet starts n replicas and a connection that hears their words,
+// and returns once every one was heard.
+func heardFleet(t *testing.T, n int) (*server.Server, *replicaSet, *nats.Conn, *statsHeard) {
+	t.Helper()
+	s := natstest.Start(t)
+	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, n)
+	nc := natstest.Connect(t, s)
+	h := hearStats(t, nc)
+	start := time.Now()
+	ids := threeReplicas[:n]
+	natstest.Eventually(t, 5*time.Second, func() bool { return h.since(start, ids...) }, "every replica heard")
+	return s, rs, nc, h
+}
+
+// TestAnIdleFleetTellsOnlyItsHeartbeats: replicas without calls say
+// nothing new, so each speaks once a second (it spoke ten times a second),
+// and yet none forgets another.
+func TestAnIdleFleetTellsOnlyItsHeartbeats(t *testing.T) {
+	_, rs, _, h := heardFleet(t, 3)
+
+	const idle = 3 * time.Second
+	from := h.total()
+	<-time.After(idle) // a time to count over, not a guess at when something happens
+	words := h.total() - from
+	// A heartbeat a second each, and one more each for the window's edges.
+	if most := len(threeReplicas) * (int(idle/time.Second) + 1); words > most {
+		t.Errorf("an idle fleet of 3 said %d words in %v, want at most %d", words, idle, most)
+	}
+	for i, r := range rs.fleet.Replicas {
+		if got := len(r.Revisions().Replicas); got != len(threeReplicas) {
+			t.Errorf("replica-%d knows %d replicas after %v idle, want %d: its heartbeats keep each known", i+1, got, idle, len(threeReplicas))
+		}
+	}
+}
+
+// TestAnIdleReplicaAnswersAnAskAtOnce: `broker status` listens a quarter
+// of a second, well short of a heartbeat; each replica answers its ask at
+// once.
+func TestAnIdleReplicaAnswersAnAskAtOnce(t *testing.T) {
+	_, _, nc, h := heardFleet(t, 3)
+	for range 3 {
+		asked := time.Now()
+		if err := replica.AskStats(nc, replica.DefaultBucket); err != nil {
+			t.Fatal(err)
+		}
+		// Without the answer, all three heartbeats fall within it one time
+		// in 15; three times running, one in 3,000.
+		natstest.Eventually(t, 400*time.Millisecond, func() bool { return h.since(asked, threeReplicas...) }, "every replica answers the ask")
+	}
+}
+
+// TestAQuietReplicaTellsACallAtOnce: a quiet replica wakes on
+// a call and the others see it in flight at once, as they did when every
+// replica ticked.
+func TestAQuietReplicaTellsACallAtOnce(t *testing.T) {
+	_, rs, nc, _ := heardFleet(t, 3)
+	for range 3 {
+		router := ask(t, nc, "/azure/")
+		called := time.Now()
+		rs.every(t, 400*time.Millisecond, func(b *broker.Broker) bool { return inFlight(b, router) == 1 }, "the call in flight")
+		tell(t, nc, router, 200)
+		rs.every(t, 400*time.Millisecond, func(b *broker.Broker) bool { return inFlight(b, router) == 0 }, "the call reported")
+		t.Logf("in flight and reported on every replica within %v", time.Since(called))
+	}
+}
+
+// TestAStoppedReplicaIsForgottenAtOnce: a replica that stops says so, and
+// the others forget it then rather than after broker.PeerSilence; status
+// lists it no more.
+func TestAStoppedReplicaIsForgottenAtOnce(t *testing.T) {
+	s := natstest.Start(t)
+	base := replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}
+	var rs []*replica.Replica
+	var stops []func()
+	for _, id := range []string{"replica-1", "replica-2", "replica-3"} {
+		c := base
+		c.ID = id
+		r, stop := startReplica(t, c)
+		rs, stops = append(rs, r), append(stops, stop)
+	}
+	knows := func(n int) func() bool {
+		return func() bool {
+			return rs[0].Broker().Peers() == n && rs[1].Broker().Peers() == n && len(rs[0].Revisions().Replicas) == n+1
+		}
+	}
+	natstest.Eventually(t, 5*time.Second, knows(2), "each knows the other two")
+	stops[2]()
+	stopped := time.Now()
+	// Forgotten after its silence would be three seconds on.
+	natstest.Eventually(t, time.Second, knows(1), "replica-3 forgotten")
+	t.Logf("replica-3 forgotten %v after it stopped", time.Since(stopped))
+}
+
+// TestABusyReplicaOfRandomPoolsTellsTenTimesASecond: no pool chooses by
+// the fleet's calls in flight, so a replica whose counts change all the
+// time tells them every 100 ms, not every 10.
+func TestABusyReplicaOfRandomPoolsTellsTenTimesASecond(t *testing.T) {
+	s, _, _, h := heardFleet(t, 1)
+	l := startCallLoad(t, natstest.Connect(t, s), 2, time.Second)
+	defer l.Finish()
+	l.WaitAnswered(t, time.Now(), 100, 5*time.Second) // calls keep coming
+	const busy = time.Second
+	from := h.total()
+	<-time.After(busy) // a time to count over
+	words := h.total() - from
+	if most := int(busy/(100*time.Millisecond)) + 3; words > most {
+		t.Errorf("a busy replica of random pools said %d words in %v, want at most %d", words, busy, most)
+	}
+}
+
+// TestAFloodOfAsksIsAnsweredAtMostEveryTick: whoever may publish on the
+// stats subject may ask without end; each replica answers at most once a
+// tick, and the flood never puts its words off.
+func TestAFloodOfAsksIsAnsweredAtMostEveryTick(t *testing.T) {
+	_, _, nc, h := heardFleet(t, 1)
+	const flood = 1500 * time.Millisecond
+	from := h.total()
+	floodStart := time.Now()
+	asks := 0
+	for end := time.Now().Add(flood); time.Now().Before(end); asks++ {
+		if err := replica.AskStats(nc, replica.DefaultBucket); err != nil {
+			t.Fatal(err)
+		}
+		<-time.After(2 * time.Millisecond) // a flood, every 2 ms
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	words := h.total() - from
+	t.Logf("%d asks in %v: %d words", asks, time.Since(floodStart), words)
+	if most := int(time.Since(floodStart)/(10*time.Millisecond)) + 10; words > most { // not one an ask
+		t.Errorf("the replica answered %d words in %v of asks every 2 ms, want at most %d", words, flood, most)
+	}
+	if !h.since(floodStart.Add(flood/2), "replica-1") {
+		t.Errorf("the replica said nothing in the flood's second half: the asks put its words off")
+	}
+}
