@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +20,31 @@ import (
 
 	"github.com/gecholog/broker/internal/testutil/natstest"
 )
+
+// The drain tests give the replica a drain timeout (BROKER_DRAIN_TIMEOUT)
+// that no machine's speed can reach: each holds thousands of calls, which
+// the drain answers in a second or two on an idle machine and in more than
+// the default 10 s on a busy one under -race, and a drain cut short there
+// would fail the test for the machine's load, not for the broker. The
+// deadlines after the signal only bound a hang: a replica that drains
+// everything exits long before them.
+const (
+	drainTimeout = 2 * time.Minute
+	// exitWithin is how long a drained replica may take to exit: its drain,
+	// the 5 s it may then wait for its bucket writes (replica's
+	// DefaultWriteDrainTimeout), and a margin.
+	exitWithin = drainTimeout + time.Minute
+	// answeredWithin bounds how long replies the replica sent before it
+	// exited take to reach the test's own connection, on loopback.
+	answeredWithin = 30 * time.Second
+)
+
+// drainCutShort matches the line a replica logs when its drain times out,
+// leaving calls unanswered: "calls still in flight after 2m0s; stopping
+// anyway", whatever the timeout.
+var drainCutShort = line{"a drain cut short", func(l logLine) bool {
+	return strings.HasPrefix(l.msg, "calls still in flight after ") && strings.HasSuffix(l.msg, "; stopping anyway")
+}}
 
 // README, Configuration: "SIGINT or SIGTERM stops it taking calls, lets it
 // finish the replies and KV writes in flight, and exits 0."
@@ -36,7 +62,7 @@ func TestStopSignalAnswersTheCallsInFlightFinishesTheirBucketWritesAndExitsZero(
 			is := is.New(t)
 			store := t.TempDir()
 			s := natstest.Start(t, natstest.WithStoreDir(store))
-			r := startReplica(t, replicaEnv(s, "replica-1"))
+			r := startReplica(t, replicaEnv(s, "replica-1", "BROKER_DRAIN_TIMEOUT", drainTimeout.String()))
 			nc := natstest.Connect(t, s)
 			bucket := openBucket(t, nc)
 			c := newCalls(t, nc)
@@ -81,7 +107,7 @@ func TestStopSignalAnswersTheCallsInFlightFinishesTheirBucketWritesAndExitsZero(
 			quiet(t, s)                                                           // and the server has handled what it sent before
 			is.NoErr(s.EnableJetStream(&server.JetStreamConfig{StoreDir: store})) // back within the 5 s a stopping replica waits
 			r.resume(t)
-			is.Equal(r.exitCode(t, 20*time.Second), 0)
+			is.Equal(r.exitCode(t, exitWithin), 0)
 			stopping := r.waitFor(t, time.Second, logged("stopping: finishing calls in flight"))
 			written := r.waitFor(t, time.Second, logged("router health written to the bucket after retrying", "router", dud))
 			stopped := r.waitFor(t, time.Second, logged("stopped"))
@@ -89,12 +115,12 @@ func TestStopSignalAnswersTheCallsInFlightFinishesTheirBucketWritesAndExitsZero(
 				t.Errorf("lines %d %q, %d %q, %d %q: want the write finished after the drain began and before the replica stopped",
 					stopping.index, stopping.msg, written.index, written.msg, stopped.index, stopped.msg)
 			}
-			is.Equal(len(r.linesSince(0, logged("calls still in flight after 10s; stopping anyway"))), 0)
+			is.Equal(len(r.linesSince(0, drainCutShort)), 0) // the drain answered every call it held
 
 			// Every call in flight is answered for real. The replica has
 			// exited, so the replies are at most on their way through this
 			// test's own connection.
-			c.waitAnswered(t, 5*time.Second, n+1)
+			c.waitAnswered(t, answeredWithin, n+1)
 			for i := range n {
 				a, _ := c.answer(i)
 				is.True(slices.Contains(pool, routerOf(t, a.msg))) // a router of the pool
@@ -121,7 +147,7 @@ func TestReadyzSaysStoppingWhileTheReplicaDrains(t *testing.T) {
 	s := natstest.Start(t)
 	// At debug level the replica logs each call it answers, with the time
 	// by its own clock: the drain lasts until the last of those.
-	r := startReplica(t, replicaEnv(s, "replica-1", "BROKER_LOG_LEVEL", "debug"))
+	r := startReplica(t, replicaEnv(s, "replica-1", "BROKER_LOG_LEVEL", "debug", "BROKER_DRAIN_TIMEOUT", drainTimeout.String()))
 	url := "http://" + r.addr + "/readyz"
 	client := &http.Client{Timeout: 2 * time.Second}
 	before := readyz(client, url)
@@ -151,7 +177,7 @@ func TestReadyzSaysStoppingWhileTheReplicaDrains(t *testing.T) {
 		defer func() { polled <- probes }()
 		pace := time.NewTicker(time.Millisecond)
 		defer pace.Stop()
-		for end := time.Now().Add(30 * time.Second); time.Now().Before(end); {
+		for end := time.Now().Add(exitWithin); time.Now().Before(end); {
 			select {
 			case <-r.exited:
 				return
@@ -162,14 +188,15 @@ func TestReadyzSaysStoppingWhileTheReplicaDrains(t *testing.T) {
 	}()
 	r.signal(t, syscall.SIGTERM)
 	r.resume(t)
-	is.Equal(r.exitCode(t, 20*time.Second), 0)
+	is.Equal(r.exitCode(t, exitWithin), 0)
 	var probes []probe
 	select {
 	case probes = <-polled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the /readyz poller did not end within 5s of the exit")
+	case <-time.After(30 * time.Second): // its last ask may wait out the client's timeout
+		t.Fatal("the /readyz poller did not end within 30s of the exit")
 	}
-	c.waitAnswered(t, 5*time.Second, n) // the drain answered every call
+	is.Equal(len(r.linesSince(0, drainCutShort)), 0) // the drain was not cut short
+	c.waitAnswered(t, answeredWithin, n)             // the drain answered every call
 
 	choices := r.linesSince(0, choice)
 	if len(choices) < n {

@@ -54,6 +54,12 @@ const (
 // keeps at most 5 copies of a stream.
 var KVReplicasRange = broker.Range[int]{Min: 1, Max: 5}
 
+// DrainTimeoutRange is the drain timeouts the broker command accepts: at
+// least a second, so that a drain can answer something, and at most ten
+// minutes, longer than any orchestrator's grace period is set to wait
+// (Kubernetes' terminationGracePeriodSeconds defaults to 30 s).
+var DrainTimeoutRange = broker.Range[time.Duration]{Min: time.Second, Max: 10 * time.Minute}
+
 // BucketDescription is what `nats kv info` says of a bucket the broker
 // creates.
 const BucketDescription = "gecholog broker: disabled routers, one key per router path"

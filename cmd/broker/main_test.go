@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/gecholog/broker/internal/testutil/natstest"
+	"github.com/gecholog/broker/replica"
 )
 
 // TestMain fails the package when a test leaves a goroutine running: every
@@ -199,6 +200,12 @@ func TestSettingsComeFromFlagsThenEnvironmentThenDefaults(t *testing.T) {
 			is.True(s.Policy.FailureCodes.Has(429))  // 429 counts
 			is.True(!s.Policy.FailureCodes.Has(404)) // 404 left out
 		}},
+		{"drain timeout by default", nil, env(), func(is *is.I, s *settings) {
+			is.Equal(s.replicaConfig(nil).DrainTimeout, replica.DefaultDrainTimeout)
+		}},
+		{"drain timeout from the environment, as an orchestrator's grace period allows", nil, env("BROKER_DRAIN_TIMEOUT", "45s"), func(is *is.I, s *settings) {
+			is.Equal(s.replicaConfig(nil).DrainTimeout, 45*time.Second) // the replica drains for it
+		}},
 		{"a flag wins over its variable", []string{"-disabled-time", "2", "-bucket", "b2"}, env("DISABLED_TIME", "0.5", "BROKER_BUCKET", "b1"), func(is *is.I, s *settings) {
 			is.Equal(s.Policy.DisabledTime, 2*time.Minute)
 			is.Equal(s.Bucket, "b2")
@@ -269,6 +276,10 @@ func TestBadSettingStopsStartupWithOneLineNamingIt(t *testing.T) {
 		{"failure codes empty item", "BROKER_FAILURE_CODES", nil, env("BROKER_FAILURE_CODES", "5xx,,429")},
 		{"failure codes status out of range", "BROKER_FAILURE_CODES", nil, env("BROKER_FAILURE_CODES", "999")},
 		{"disabled-time flag", "disabled-time", []string{"-disabled-time", "x"}, env()},
+		{"drain timeout zero", "BROKER_DRAIN_TIMEOUT", nil, env("BROKER_DRAIN_TIMEOUT", "0s")},
+		{"drain timeout negative", "BROKER_DRAIN_TIMEOUT", nil, env("BROKER_DRAIN_TIMEOUT", "-5s")},
+		{"drain timeout without a unit", "BROKER_DRAIN_TIMEOUT", nil, env("BROKER_DRAIN_TIMEOUT", "30")},
+		{"drain timeout over ten minutes", "drain-timeout", []string{"-drain-timeout", "11m"}, env()},
 		{"kv replicas zero", "BROKER_KV_REPLICAS", nil, env("BROKER_KV_REPLICAS", "0")},
 		{"kv replicas too many", "kv-replicas", []string{"-kv-replicas", "9"}, env()},
 		{"bucket with a dot", "bucket", nil, env("BROKER_BUCKET", "a.b")},

@@ -158,7 +158,7 @@ func StartBinary(t testing.TB, path string, opts ...Option) *Binary {
 			t.Logf("nats-server %s logged:\n%s", path, b.log.String())
 		}
 	})
-	deadline := time.After(10 * time.Second)
+	deadline := time.After(ReadyWithin)
 	for {
 		if m := listening.FindStringSubmatch(b.log.String()); m != nil && strings.Contains(b.log.String(), "Server is ready") {
 			b.url = "nats://" + net.JoinHostPort(o.Host, m[1])
@@ -168,7 +168,7 @@ func StartBinary(t testing.TB, path string, opts ...Option) *Binary {
 		case <-b.done:
 			t.Fatalf("natstest: nats-server exited before it was ready (%v):\n%s", b.err, b.log.String())
 		case <-deadline:
-			t.Fatalf("natstest: nats-server not ready within 10s:\n%s", b.log.String())
+			t.Fatalf("natstest: nats-server not ready within %v:\n%s", ReadyWithin, b.log.String())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}

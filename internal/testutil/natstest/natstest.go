@@ -29,6 +29,14 @@ func WithToken(token string) Option { return func(o *server.Options) { o.Authori
 // again on the same dir finds its streams.
 func WithStoreDir(dir string) Option { return func(o *server.Options) { o.StoreDir = dir } }
 
+// ReadyWithin bounds every wait here for a server to listen, for
+// JetStream to be ready and for a meta leader to be elected. Only a hang
+// should reach it: each wait ends on its condition, and a fast machine
+// never waits long. A 3-node cluster starting under -race on a busy 2-core
+// machine (a load of 5) once took more than the 10 s these waits had; a
+// deadline must not decide a test by the machine's speed.
+const ReadyWithin = time.Minute
+
 // Start runs a nats-server with JetStream (file storage in a temporary
 // directory) on a random loopback port and shuts it down when the test ends.
 func Start(t testing.TB, opts ...Option) *server.Server {
@@ -49,8 +57,8 @@ func Start(t testing.TB, opts ...Option) *server.Server {
 		t.Fatalf("natstest: new server: %v", err)
 	}
 	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("natstest: server not ready within 10s")
+	if !s.ReadyForConnections(ReadyWithin) {
+		t.Fatalf("natstest: server not ready within %v", ReadyWithin)
 	}
 	t.Cleanup(func() {
 		settle(s)
@@ -149,7 +157,7 @@ func StartCluster(t testing.TB, n int, opts ...Option) []*server.Server {
 			s.WaitForShutdown()
 		}
 	})
-	Eventually(t, 30*time.Second, func() bool {
+	Eventually(t, ReadyWithin, func() bool {
 		for _, s := range servers {
 			if s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) == n {
 				return true
@@ -201,9 +209,9 @@ func startCluster(t testing.TB, n int, opts []Option) ([]*server.Server, error) 
 		go s.Start()
 	}
 	for _, s := range servers {
-		if !s.ReadyForConnections(10 * time.Second) {
+		if !s.ReadyForConnections(ReadyWithin) {
 			stop()
-			return nil, fmt.Errorf("node %s not ready within 10s", s.Name())
+			return nil, fmt.Errorf("node %s not ready within %v", s.Name(), ReadyWithin)
 		}
 	}
 	return servers, nil
@@ -226,8 +234,8 @@ func Restart(t testing.TB, s *server.Server) *server.Server {
 	}
 	nodeOptions.Store(n, o)
 	go n.Start()
-	if !n.ReadyForConnections(10 * time.Second) {
-		t.Fatalf("natstest: restarted %s not ready within 10s", s.Name())
+	if !n.ReadyForConnections(ReadyWithin) {
+		t.Fatalf("natstest: restarted %s not ready within %v", s.Name(), ReadyWithin)
 	}
 	t.Cleanup(func() {
 		n.Shutdown()

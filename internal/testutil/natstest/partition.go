@@ -102,14 +102,14 @@ func NewPartitionable(n int, opts ...Option) (_ *Cluster, err error) {
 		go s.Start()
 	}
 	for _, s := range c.Servers {
-		if !s.ReadyForConnections(10 * time.Second) {
-			return nil, fmt.Errorf("node %s not ready within 10s", s.Name())
+		if !s.ReadyForConnections(ReadyWithin) {
+			return nil, fmt.Errorf("node %s not ready within %v", s.Name(), ReadyWithin)
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(ReadyWithin)
 	for !c.metaLeaderKnowsAll() {
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("no JetStream meta leader that knows all %d nodes within 30s", n)
+			return nil, fmt.Errorf("no JetStream meta leader that knows all %d nodes within %v", n, ReadyWithin)
 		}
 		time.Sleep(5 * time.Millisecond) // polling the servers' own state
 	}

@@ -81,6 +81,19 @@ func (n *node) routes() map[string]int {
 	return out
 }
 
+// readyWithin bounds each wait for the cluster to be ready to measure on:
+// nodes listening, a meta leader elected, the replicas' subscriptions
+// across the routes, a stream leader moved. Only a hang should reach it;
+// each wait ends on its condition. natstest's 10 s for a node to listen
+// failed a 3-node start on a busy 2-core machine for its speed alone
+// (natstest.ReadyWithin).
+const readyWithin = time.Minute
+
+// meshedWithin bounds the wait for the route pools to be complete. It is
+// shorter than readyWithin: a pool the servers' race left incomplete
+// stays so, and the cluster is started again (startCluster) after it.
+const meshedWithin = 20 * time.Second
+
 // cluster is nats-server processes on loopback, routed to each other, each
 // with JetStream.
 type cluster struct {
@@ -137,7 +150,7 @@ func tryCluster(ctx context.Context, bin string, n int) (*cluster, error) {
 		go func() { _ = nd.cmd.Wait(); close(nd.done) }()
 		c.nodes = append(c.nodes, nd)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(readyWithin)
 	for _, nd := range c.nodes {
 		for !ready(nd) {
 			select {
@@ -151,7 +164,7 @@ func tryCluster(ctx context.Context, bin string, n int) (*cluster, error) {
 			}
 			if time.Now().After(deadline) {
 				c.close()
-				return nil, fmt.Errorf("%s not ready within 30s", nd.name)
+				return nil, fmt.Errorf("%s not ready within %v", nd.name, readyWithin)
 			}
 		}
 	}
@@ -163,7 +176,7 @@ func tryCluster(ctx context.Context, bin string, n int) (*cluster, error) {
 		}
 		return agree
 	}
-	if err := until(ctx, deadline, agree, "no JetStream meta leader within 30s"); err != nil {
+	if err := until(ctx, deadline, agree, fmt.Sprintf("no JetStream meta leader within %v", readyWithin)); err != nil {
 		c.close()
 		return nil, err
 	}
@@ -174,7 +187,7 @@ func tryCluster(ctx context.Context, bin string, n int) (*cluster, error) {
 	// lost, messages between the two stopped until they built the pool
 	// again, 0.2 to 3 s later, as their logs showed. That is the servers'
 	// doing, not the broker's, so a measurement starts from a whole mesh.
-	if err := until(ctx, time.Now().Add(5*time.Second), c.meshed, "the nodes' route pools not complete within 5s"); err != nil {
+	if err := until(ctx, time.Now().Add(meshedWithin), c.meshed, fmt.Sprintf("the nodes' route pools not complete within %v", meshedWithin)); err != nil {
 		c.close()
 		return nil, err
 	}

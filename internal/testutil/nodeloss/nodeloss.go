@@ -122,7 +122,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	if err := report(admin, router(0)); err != nil {
 		return res, fmt.Errorf("report before the loss: %w", err)
 	}
-	if err := waitFor(10*time.Second, func() bool { return everyReplica(fleet, router(0)) && landed(ctx, js, router(0)) }); err != nil {
+	if err := waitFor(readyWithin, func() bool { return everyReplica(fleet, router(0)) && landed(ctx, js, router(0)) }); err != nil {
 		return res, fmt.Errorf("the first disable: %w", err)
 	}
 	victim, roles, err := pick(ctx, c, admin, js, o.Victim)
@@ -286,7 +286,7 @@ func (a *agreement) wait() []sentReport {
 // node nc is on: a replica serves once its own node has its subscription,
 // and the routes carry it to the others a moment later.
 func waitInterest(nc *nats.Conn) error {
-	if err := waitFor(10*time.Second, func() bool {
+	if err := waitFor(readyWithin, func() bool {
 		_, err := nc.Request(subject, []byte(`{"gl_path":"/not/an/ingress/"}`), time.Second)
 		return err == nil
 	}); err != nil {
@@ -381,7 +381,7 @@ func pick(ctx context.Context, c *cluster, admin *nats.Conn, js jetstream.JetStr
 		if _, err := admin.Request("$JS.API.STREAM.LEADER.STEPDOWN.KV_"+bucket, nil, 2*time.Second); err != nil {
 			return nil, "", fmt.Errorf("stream leader step-down: %w", err)
 		}
-		_ = waitFor(5*time.Second, func() bool { s := streamLeader(); return s != "" && s != stream })
+		_ = waitFor(readyWithin, func() bool { s := streamLeader(); return s != "" && s != stream })
 		meta, stream = c.nodes[0].metaLeader(), streamLeader()
 	}
 	if meta == "" || stream == "" || ((v == MetaLeader || v == StreamLeader) && meta == stream) {
