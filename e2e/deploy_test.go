@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gecholog/broker/broker"
+	brokerreplica "github.com/gecholog/broker/replica"
 )
 
 func TestComposeFileDeploysGechologAndScalableBroker(t *testing.T) {
@@ -72,6 +73,10 @@ func TestComposeFileDeploysGechologAndScalableBroker(t *testing.T) {
 		is.Equal(env(brokerSvc, "GECHOLOG_HOST"), "gecholog")               // broker finds NATS by the gecholog service name
 		is.Equal(env(brokerSvc, "DISABLED_TIME"), "10")                     // DISABLED_TIME defaults to the original's 10 minutes
 		is.Equal(env(brokerSvc, "BROKER_LOG_FORMAT"), "json")               // logs are JSON inside the container
+		// Docker kills a container 10s after SIGTERM unless told otherwise:
+		// the replica's drain and its last writes must fit.
+		grace := brokerSvc.StopGracePeriod
+		is.True(grace != nil && time.Duration(*grace) > brokerreplica.DefaultDrainTimeout+brokerreplica.DefaultWriteDrainTimeout) // stop_grace_period covers the drain
 	})
 
 	t.Run("broker healthcheck", func(t *testing.T) {
