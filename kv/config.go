@@ -379,7 +379,7 @@ func (s *ConfigStore) Latest(ctx context.Context) (ConfigEntry, error) {
 	if err != nil {
 		return ConfigEntry{}, err
 	}
-	e, err := kv.Get(ctx, ConfigKey)
+	e, err := getKey(ctx, s.js.Conn(), kv, ConfigKey, 0)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return ConfigEntry{}, nil
 	}
@@ -395,7 +395,7 @@ func (s *ConfigStore) Revision(ctx context.Context, rev uint64) (ConfigEntry, er
 	if err != nil {
 		return ConfigEntry{}, err
 	}
-	e, err := kv.GetRevision(ctx, ConfigKey, rev)
+	e, err := getKey(ctx, s.js.Conn(), kv, ConfigKey, rev)
 	if err != nil {
 		return ConfigEntry{}, fmt.Errorf("revision %d: %w (the bucket keeps the last %d)", rev, err, ConfigHistory)
 	}

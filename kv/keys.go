@@ -47,7 +47,7 @@ func (s *Store) PurgeKey(ctx context.Context, key string) (removed bool, err err
 	if !LiteralKey(key) {
 		return false, fmt.Errorf("purge %q: not a key: it has a space, an empty token or a wildcard token", key)
 	}
-	m, err := s.stream.GetLastMsgForSubject(ctx, s.subject(key))
+	m, err := s.last(ctx, key)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return false, nil
 	}

@@ -209,18 +209,31 @@ func (s *Store) Bucket() string { return s.kv.Bucket() }
 
 // Get returns the live record of router, or ErrNotFound.
 func (s *Store) Get(ctx context.Context, router string) (broker.Entry, error) {
-	e, err := s.kv.Get(ctx, router)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+	if !ValidKey(router) {
+		return broker.Entry{}, fmt.Errorf("get %q: %w", router, jetstream.ErrInvalidKey)
+	}
+	m, err := s.last(ctx, router)
+	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && (m.Header.Get(kvOperation) != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "") {
 		return broker.Entry{}, fmt.Errorf("get %q: %w", router, ErrNotFound)
 	}
 	if err != nil {
 		return broker.Entry{}, fmt.Errorf("get %q: %w", router, err)
 	}
-	r, err := Decode(router, e.Value())
+	r, err := Decode(router, m.Data)
 	if err != nil {
 		return broker.Entry{}, err
 	}
-	return broker.Entry{Record: r, Revision: e.Revision(), Created: e.Created()}, nil
+	return broker.Entry{Record: r, Revision: m.Sequence, Created: m.Time}, nil
+}
+
+// last reads key's last message, whichever member of the stream answers
+// (see hedgeAfter), or gives jetstream.ErrMsgNotFound.
+func (s *Store) last(ctx context.Context, key string) (*jetstream.RawStreamMsg, error) {
+	m, err := lastMsg(ctx, s.js.Conn(), "KV_"+s.kv.Bucket(), s.subject(key))
+	if errors.Is(err, nats.ErrNoResponders) { // a stream made without direct gets
+		return s.stream.GetLastMsgForSubject(ctx, s.subject(key))
+	}
+	return m, err
 }
 
 // Create writes r under its router's key if the key is absent, deleted or
@@ -306,7 +319,7 @@ func (s *Store) publish(ctx context.Context, m *nats.Msg, rev uint64, opts ...je
 // live record that cannot be read is reported as not live, as watchers
 // treat it, so that a write can replace it.
 func (s *Store) Latest(ctx context.Context, router string) (e broker.Entry, live bool, err error) {
-	m, err := s.stream.GetLastMsgForSubject(ctx, s.subject(router))
+	m, err := s.last(ctx, router)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return broker.Entry{}, false, nil
 	}

@@ -171,7 +171,7 @@ func (s *UsageStore) GetUsage(ctx context.Context, key string) (c broker.BudgetC
 	if err != nil {
 		return c, 0, err
 	}
-	e, err := kv.Get(ctx, key)
+	e, err := getKey(ctx, s.js.Conn(), kv, key, 0)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return c, 0, nil
