@@ -110,26 +110,33 @@ func EnableRouter(ctx context.Context, t Target, router string, stdout io.Writer
 		defer f.stop()
 		f.hearTaken(router)
 		prev, err := b.store.Get(ctx, router)
-		if errors.Is(err, kv.ErrNotFound) {
+		for tries := 0; errors.Is(err, kv.ErrNotFound); tries++ {
 			// Nothing to remove, but a delete marker all the same, keeping
 			// the memo: a replica that holds the router out on another's
 			// announcement alone, which the bucket never confirmed (see
 			// docs/security.md), takes the bucket's newer word at once.
-			last, _, err := b.store.Latest(ctx, router)
+			last, _, werr := b.store.Latest(ctx, router)
 			var rev uint64
-			if err == nil {
+			if werr == nil {
 				memo := last.Record
 				memo.Router = router
-				rev, err = b.store.Release(ctx, memo, last.Revision)
+				rev, werr = b.store.Release(ctx, memo, last.Revision)
 			}
-			if errors.Is(err, kv.ErrConflict) {
-				// Another write came first: the replicas hold that one or a
-				// later, enabled or not.
-				last, _, err = b.store.Latest(ctx, router)
+			if errors.Is(werr, kv.ErrConflict) && tries < 3 {
+				// Another write came first, or the member of the stream
+				// that answered the read was behind its leader: read
+				// again, and remove a live record found then.
+				prev, err = b.store.Get(ctx, router)
+				continue
+			}
+			if errors.Is(werr, kv.ErrConflict) {
+				// Writes keep coming first: the replicas hold one of them
+				// or a later, enabled or not.
+				last, _, werr = b.store.Latest(ctx, router)
 				rev = last.Revision
 			}
-			if err != nil {
-				return err
+			if werr != nil {
+				return werr
 			}
 			_, confirmed := f.confirm(ctx, rev, broker.Enabled, listening).where(b.store.Bucket())
 			fmt.Fprintln(stdout, natsconn.OneLine(fmt.Sprintf("%s is already enabled: bucket %s holds no record for it%s", router, b.store.Bucket(), confirmed)))
