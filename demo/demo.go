@@ -135,6 +135,12 @@ func listBucket(ctx context.Context, nc *nats.Conn, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The replicas drop the dud on the failing replica's news, before its
+	// write lands in the bucket (on a busy machine, the listing came
+	// first once): list the bucket once it holds the disable.
+	if err := landed(ctx, bucket, "/azure/dud/", 10*time.Second); err != nil {
+		return err
+	}
 	keys, err := bucket.Keys(ctx)
 	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
 		return err
@@ -153,6 +159,27 @@ func listBucket(ctx context.Context, nc *nats.Conn, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "\n$ nats kv get %s %s --raw\n%s\n", replica.DefaultBucket, k, pretty.String())
 	}
 	return nil
+}
+
+// landed waits up to within for bucket to hold a value for key.
+func landed(ctx context.Context, bucket jetstream.KeyValue, key string, within time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, within)
+	defer cancel()
+	w, err := bucket.Watch(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case e := <-w.Updates():
+			if e != nil && e.Operation() == jetstream.KeyValuePut {
+				return nil
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("demo: the disable of %s did not land in bucket %s within %v", key, bucket.Bucket(), within)
+		}
+	}
 }
 
 // tieredPool is a provisioned-throughput deployment (PTU) first, with two
