@@ -12,8 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/gecholog/broker/broker"
 )
 
 // NodeCopy is a bucket as the copy of its stream on one server holds it,
@@ -174,22 +172,7 @@ func parseCopy(msgs []*nats.Msg, prefix string) (NodeCopy, error) {
 		if m.Header.Get(kvOperation) != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "" {
 			continue // deleted, purged or expired
 		}
-		l := Listed{Router: key, Entry: broker.Entry{Revision: seq, Created: at}}
-		r, err := Decode(key, m.Data)
-		switch {
-		case !ValidKey(key):
-			// As Scan lists it: replicas ignore it, and the record, when
-			// it reads, is shown.
-			l.Err = fmt.Errorf("key %q: %w", key, ErrInvalidKey)
-			if err == nil {
-				l.Entry.Record = r
-			}
-		case err != nil:
-			l.Err = err
-		default:
-			l.Entry.Record = r
-		}
-		c.Listed = append(c.Listed, l)
+		c.Listed = append(c.Listed, listed(key, seq, at, m.Data))
 	}
 	slices.SortFunc(c.Listed, func(a, b Listed) int { return strings.Compare(a.Router, b.Router) })
 	return c, nil

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -61,23 +62,7 @@ func (s *Store) Scan(ctx context.Context) ([]Listed, error) {
 		if e == nil {
 			break // every value the bucket held when the watch began
 		}
-		k := e.Key()
-		l := Listed{Router: k, Entry: broker.Entry{Revision: e.Revision(), Created: e.Created()}}
-		r, err := Decode(k, e.Value())
-		switch {
-		case !ValidKey(k):
-			// The KV API refuses the key; replicas ignore it. The record,
-			// when it reads, is shown.
-			l.Err = fmt.Errorf("key %q: %w", k, ErrInvalidKey)
-			if err == nil {
-				l.Entry.Record = r
-			}
-		case err != nil:
-			l.Err = err
-		default:
-			l.Entry.Record = r
-		}
-		out = append(out, l)
+		out = append(out, listed(e.Key(), e.Revision(), e.Created(), e.Value()))
 	}
 	if err := ctx.Err(); err != nil {
 		// The watcher closes its updates when ctx ends, which reads as the
@@ -117,4 +102,24 @@ func (s *Store) Put(ctx context.Context, r broker.Record) (uint64, error) {
 	}
 	s.tell("put", r, ack.Sequence)
 	return ack.Sequence, nil
+}
+
+// listed is a key's value as Scan and ReadNodeCopy list it: a key the KV
+// API refuses is listed with ErrInvalidKey (replicas ignore it), and its
+// record, when it reads, is shown all the same.
+func listed(key string, rev uint64, created time.Time, data []byte) Listed {
+	l := Listed{Router: key, Entry: broker.Entry{Revision: rev, Created: created}}
+	r, err := Decode(key, data)
+	switch {
+	case !ValidKey(key):
+		l.Err = fmt.Errorf("key %q: %w", key, ErrInvalidKey)
+		if err == nil {
+			l.Entry.Record = r
+		}
+	case err != nil:
+		l.Err = err
+	default:
+		l.Entry.Record = r
+	}
+	return l
 }
