@@ -124,8 +124,12 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 	slices.Sort(tested)
 	tested = slices.Compact(tested)                                    // budget: in-process and as processes
 	is.New(t).Equal(tested, slices.Sorted(slices.Values(modeList(t)))) // every mode of the table has a case here
+	// Two at a time (the default -parallel on 2 cores): the partition mode
+	// alone takes most of a minute, waiting on elections, and the others
+	// run beside it. Every report is checked for its lines, not its figures.
 	for _, tc := range cases {
 		t.Run(tc.mode, func(t *testing.T) {
+			t.Parallel()
 			out := runBench(t, append([]string{"-mode", tc.mode}, tc.args...)...)
 			is := is.New(t)
 			is.True(strings.HasPrefix(out, "broker bench -mode "+tc.mode+": nats-server ")) // the header names the server

@@ -23,6 +23,7 @@ import (
 // waits and until when; a reset past what a time holds and an upstream
 // time stopping in the year 9999 are ignored and counted.
 func TestAForgedTransactionIsHeldToTheBoundsAndTheWaitIsShown(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	pools := filepath.Join(t.TempDir(), "pools.json")

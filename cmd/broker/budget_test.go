@@ -20,6 +20,7 @@ import (
 // with what the replicas counted (from the bucket of budget counts) and
 // when it resets, and a spent cap says so.
 func TestStatusShowsWhatTheFleetUsedOfEachBudget(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	pools := writeFile(t, "pools.json", []byte(`{"pools": [{"ingress": "/azure/", "routers": [
@@ -93,6 +94,7 @@ func TestStatusShowsWhatTheFleetUsedOfEachBudget(t *testing.T) {
 // through it: status shows the pool's caps, each row of the pool in state
 // "budget" once a cap is spent, as JSON and as text.
 func TestStatusShowsWhatTheCallsThroughAPoolUsedOfItsBudget(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	pools := writeFile(t, "pools.json", []byte(`{"pools": [{"ingress": "/azure/", "budget": {"requests_per_minute": 4, "spend_per_month": 50}, "routers": [

@@ -192,6 +192,7 @@ func TestExplainAnswersBadInputWithOneLine(t *testing.T) {
 // one line, reads at most 1 MB, waits at most 5 s, and shows no control
 // character it was sent.
 func TestExplainTrustsNothingTheListenerSends(t *testing.T) {
+	t.Parallel()
 	serve := func(t *testing.T, h http.HandlerFunc) string {
 		srv := httptest.NewServer(h)
 		t.Cleanup(srv.Close)

@@ -51,6 +51,7 @@ func watchFrame(t *testing.T, getenv func(string) string) string {
 }
 
 func TestStatusShowsAKeyTheKVAPIRefusesAndEnableRemovesIt(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	js := natstest.JetStream(t, s)
@@ -106,6 +107,7 @@ func TestStatusShowsAKeyTheKVAPIRefusesAndEnableRemovesIt(t *testing.T) {
 }
 
 func TestStatusShowsControlAndBidiCharactersEscaped(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	js := natstest.JetStream(t, s)
@@ -136,6 +138,7 @@ func TestStatusShowsControlAndBidiCharactersEscaped(t *testing.T) {
 }
 
 func TestStatusShowsAHugeReasonCut(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	js := natstest.JetStream(t, s)
@@ -195,6 +198,7 @@ func forgeStats(t *testing.T, nc *nats.Conn, msgs ...replica.StatsMessage) {
 // never; the disable itself is in the bucket and on the real replica.
 // A flood of forged names is named ten at a time.
 func TestForgedConfirmationsOnlyChangeWhatDisableSays(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	replicas := startReplicas(t, s, 1, time.Minute)

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,7 +29,18 @@ import (
 // it before run returns.
 //
 // natstest.LeakOptions lets go what nats-server leaves running.
+//
+// Most tests here wait on servers, replicas and timers rather than the CPU
+// (a run takes ~20 s of CPU in ~2.5 minutes), so up to 8 parallel tests wait
+// at once, unless -parallel is given. Fuzzing keeps its default: there
+// -parallel is the number of fuzz workers.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if fuzz := flag.Lookup("test.fuzz"); !given && (fuzz == nil || fuzz.Value.String() == "") {
+		_ = flag.Set("test.parallel", strconv.Itoa(max(8, runtime.GOMAXPROCS(0))))
+	}
 	goleak.VerifyTestMain(m, natstest.LeakOptions()...)
 }
 
@@ -394,6 +408,7 @@ func TestServeWaitsForTheServerAndStopsWhenCancelled(t *testing.T) {
 }
 
 func TestDemoRunsToCompletion(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	var out, errs syncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -145,6 +145,7 @@ func TestDisableAndEnableSayOnEveryReplicaWhenEveryReplicaConfirmed(t *testing.T
 // the write is in the bucket, and the line says no replica was heard
 // rather than "on every replica".
 func TestDisableWithoutReplicasSaysNoneConfirmed(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	js := natstest.JetStream(t, s)
@@ -345,6 +346,7 @@ func TestEnableForgetsTheBackoffLevel(t *testing.T) {
 }
 
 func TestStatusWithoutReplicasShowsEveryRouterEnabled(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	createBucket(t, natstest.JetStream(t, s))
@@ -377,6 +379,7 @@ func TestStatusWithoutReplicasShowsEveryRouterEnabled(t *testing.T) {
 }
 
 func TestStatusHidesNothingInTheBucket(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	js := natstest.JetStream(t, s)
@@ -422,6 +425,7 @@ func TestStatusHidesNothingInTheBucket(t *testing.T) {
 }
 
 func TestStatusListsTheRoutersOfThePoolsFile(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	createBucket(t, natstest.JetStream(t, s))
@@ -504,6 +508,7 @@ func TestBadOperatorInputIsOneLineBeforeConnecting(t *testing.T) {
 }
 
 func TestForcedDisableOfARouterNoPoolHas(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	js := natstest.JetStream(t, s)
@@ -549,6 +554,7 @@ func TestUnreachableServerFailsFastInOneLineWithoutCredentials(t *testing.T) {
 }
 
 func TestToolsNeverPrintTheToken(t *testing.T) {
+	t.Parallel()
 	const token = "s3cr3t-t0ken"
 	s := natstest.Start(t, natstest.WithToken(token))
 	nc := natstest.Connect(t, s, nats.Token(token))
@@ -599,6 +605,7 @@ func TestToolsNeverPrintTheToken(t *testing.T) {
 }
 
 func TestStatusShowsProbationWithItsProbeAndTheBackoffLevel(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	js := natstest.JetStream(t, s)

@@ -22,6 +22,7 @@ import (
 // replica can remember and nothing wrapped; a pool without affinity shows
 // none.
 func TestStatusShowsTheSessionsPinnedPerRouterAndTheirMovesHeldToTheirBounds(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	pools := writeFile(t, "pools.json", []byte(sessionPools))

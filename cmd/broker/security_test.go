@@ -388,6 +388,7 @@ func TestAMistypedNATSURLNeverPrintsItsSecrets(t *testing.T) {
 }
 
 func TestProcessorAndToolsWorkWithLeastPrivilege(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s, v := secRoleServer(t, leastRoles)
 
@@ -424,6 +425,7 @@ func TestDisableAndEnableConfirmWithLeastPrivilege(t *testing.T) {
 }
 
 func TestAViewerWithLeastPrivilegeCannotDisable(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s, v := secRoleServer(t, leastRoles)
 	is.True(!driveTools(t, s, v, "broker-viewer", [][]string{{"disable", "/azure/gpt4/"}})) // refused
@@ -434,6 +436,7 @@ func TestAViewerWithLeastPrivilegeCannotDisable(t *testing.T) {
 }
 
 func TestProcessorWithoutCreatePermissionsServesFromABucketCreatedBeforehand(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	roles := leastRoles
 	roles.processor = withoutCreating(processorRole)

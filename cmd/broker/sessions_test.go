@@ -24,6 +24,7 @@ const sessionPools = `{"pools":[
 // pool's affinity and each replica's session counts, as a table and as
 // JSON; none prints a header's value.
 func TestExplainAndStatusSayEachPoolsAffinityAndTheSessionCounts(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	pools := writeFile(t, "pools.json", []byte(sessionPools))

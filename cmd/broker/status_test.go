@@ -20,6 +20,7 @@ import (
 )
 
 func TestStatusShowsTheClampedTimeTheReplicasActOnBesideAForgedRecordsOwn(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	js := natstest.JetStream(t, s)
@@ -93,6 +94,7 @@ func TestStatusTakesThePoliciesSettingsAsTheProcessorDoes(t *testing.T) {
 }
 
 func TestStatusWatchRedrawsTheTableEverySecondUntilInterrupted(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	createBucket(t, natstest.JetStream(t, s))
@@ -140,6 +142,7 @@ func TestStatusWatchRedrawsTheTableEverySecondUntilInterrupted(t *testing.T) {
 // pool's choices, the latency and headroom from gecholog's transaction
 // log, and the failure rate; and says when the log a pool needs is silent.
 func TestStatusShowsTheFleetsFiguresPerRouter(t *testing.T) {
+	t.Parallel()
 	is := is.New(t)
 	s := natstest.Start(t)
 	pools := filepath.Join(t.TempDir(), "pools.json")

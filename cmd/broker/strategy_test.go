@@ -29,6 +29,7 @@ import (
 // again in that build, where the program serves a pools file that names
 // the strategy and checks one that names the other.
 func TestAStrategyIsOneFileAndOneLine(t *testing.T) {
+	t.Parallel()
 	if slices.Contains(broker.Strategies(), "heaviest") {
 		poolsFileChoosesHeaviest(t)
 		checkNamesThePoolsThatReadTheLog(t)
