@@ -77,6 +77,7 @@ func TestReplicasCreateTheBucketInTheModeTheServerSupports(t *testing.T) {
 // a disable, ended it, and started again: its configuration, not the
 // server's version, decides the mode.
 func TestAnExistingBucketIsNeverChanged(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	for _, tc := range []struct {
 		name    string
 		server  serverMode

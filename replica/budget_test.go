@@ -106,6 +106,7 @@ func sameBudgetCount(a, b broker.BudgetCount) bool {
 // replicas make it again and write their counts, said in one line, and a
 // replica started after reads them.
 func TestBudgetCountsSurviveARestartOfEveryReplicaAndTheirBucketsDeletion(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	is := is.New(t)
 	s := natstest.Start(t)
 	pool := poolOf("random", "ptu", "payg@1")

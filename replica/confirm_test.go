@@ -27,6 +27,7 @@ import (
 // view indeed does not hold it. Once it hears again it takes the disable,
 // and the enable that follows is confirmed by all three.
 func TestDisableNamesTheReplicaThatCannotHearTheBucket(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	s := natstest.Start(t)
 	proxy := natstest.StartProxy(t, s.ClientURL())
 	cfg := func(id, url string) replica.Config {

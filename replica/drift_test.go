@@ -122,6 +122,7 @@ func pageReplica(f statuspage.Fleet, id string) statuspage.Replica {
 }
 
 func TestStatusShowsEveryReplicasRevisionANewOneAndARefusal(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	is := is.New(t)
 	s := startConfigServer(t)
 	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, MetricsAddr: "127.0.0.1:0"}, 2)
@@ -179,6 +180,7 @@ func TestStatusShowsEveryReplicasRevisionANewOneAndARefusal(t *testing.T) {
 }
 
 func TestAReplicaOnAnotherRevisionShowsAsDrift(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	is := is.New(t)
 	s := startConfigServer(t)
 	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, MetricsAddr: "127.0.0.1:0"}, 1)
@@ -205,6 +207,7 @@ func TestAReplicaOnAnotherRevisionShowsAsDrift(t *testing.T) {
 }
 
 func TestWithoutAConfigurationBucketStatusSaysNothingOfIt(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	s := natstest.Start(t)
 	runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, 2)
 	st := awaitStatus(t, s.ClientURL(), func(st fleetStatus) bool {
@@ -215,6 +218,7 @@ func TestWithoutAConfigurationBucketStatusSaysNothingOfIt(t *testing.T) {
 }
 
 func TestAForgedRevisionIsShownBoundedAndChangesNothingAReplicaRuns(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	is := is.New(t)
 	s := startConfigServer(t)
 	rs := runReplicas(t, replica.Config{FleetConfig: true, NATS: natsconn.Settings{Servers: s.url}, Policy: minute, MetricsAddr: "127.0.0.1:0"}, 1)

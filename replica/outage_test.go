@@ -74,6 +74,7 @@ func (o *outage) up(t *testing.T) jetstream.KeyValue {
 }
 
 func TestABucketWriteThatFailsDuringANATSOutageIsRetriedUntilItLands(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	const router = "/azure/dud/"
 	eachMode(t, serverModes(), func(t *testing.T, m serverMode) {
 		is := is.New(t)
@@ -107,6 +108,7 @@ func TestABucketWriteThatFailsDuringANATSOutageIsRetriedUntilItLands(t *testing.
 // lasts longer than DISABLED_TIME too (a longer Retry-After, a backoff
 // level): it lands when the server is back after more than DISABLED_TIME.
 func TestABucketWriteOfADisableLongerThanDisabledTimeIsRetriedUntilThatDisableEnds(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	const router = "/azure/dud/"
 	const disabled = 2 * time.Second
 	eachMode(t, serverModes(), func(t *testing.T, m serverMode) {

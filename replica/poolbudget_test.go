@@ -37,6 +37,7 @@ func poolCountOf(b *broker.Broker, ingress string) broker.BudgetCount {
 // calls on the ingress router; calls through another ingress count
 // nowhere; explain and /metrics say why, and nothing was disabled.
 func TestAPoolBudgetSpentOnTheFleetsCallsKeepsThePoolsCallsOnTheIngressOnEveryReplica(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	is := is.New(t)
 	s := natstest.Start(t)
 	pool := poolOf("random", "a", "b")

@@ -238,6 +238,7 @@ func TestAReplicaWhoseServerStallsMovesToAnotherWithinSeconds(t *testing.T) {
 // reading the bucket through a server that works, marks that replica
 // stale with its cause, and no longer once the requests flow again.
 func TestBrokerStatusMarksAReplicaThatCannotReachItsBucketStale(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	s := natstest.Start(t)
 	proxy := natstest.StartProxy(t, s.ClientURL())
 	_, stop := startReplica(t, replica.Config{NATS: natsconn.Settings{Servers: proxy.ClientURL()},

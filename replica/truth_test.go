@@ -119,6 +119,7 @@ func (f *truthFleet) holds(t *testing.T) {
 }
 
 func TestEveryReplicaFollowsABucketDeletedAndMadeAgain(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	is := is.New(t)
 	f := startTruthFleet(t)
 	f.rounds(t, 20)
@@ -140,6 +141,7 @@ func TestEveryReplicaFollowsABucketDeletedAndMadeAgain(t *testing.T) {
 }
 
 func TestEveryReplicaFollowsAPurgedStream(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	is := is.New(t)
 	f := startTruthFleet(t)
 	f.rounds(t, 3)
@@ -158,6 +160,7 @@ func TestEveryReplicaFollowsAPurgedStream(t *testing.T) {
 // A message on the news subject is a hint to read the bucket, never a
 // revision or a record to take.
 func TestForgedNewsNeverChangesWhatAReplicaTakesFromTheBucket(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	is := is.New(t)
 	f := startTruthFleet(t)
 	f.rounds(t, 1)
@@ -184,6 +187,7 @@ func TestForgedNewsNeverChangesWhatAReplicaTakesFromTheBucket(t *testing.T) {
 // the replicas for a bounded time at most: until the bucket's word (here,
 // an operator's enable) or the hold ends.
 func TestAForgedAnnouncementIsUndoneByTheBucketsWord(t *testing.T) {
+	t.Parallel() // waits on the fleet more than it computes
 	is := is.New(t)
 	f := startTruthFleet(t)
 	rec, err := kv.Encode(broker.Record{Router: dud, Status: 502, Reason: "forged", At: time.Now(), Until: time.Now().Add(time.Hour), By: "mallory"})
