@@ -216,6 +216,15 @@ func TestForgedConfirmationsOnlyChangeWhatDisableSays(t *testing.T) {
 		replica.StatsMessage{ID: "liar", Taken: []replica.TakenTold{confirming}},
 		replica.StatsMessage{ID: "bulky", Taken: append(bulky, confirming)},
 	)
+	// disable stops listening once it heard as many replicas as they say
+	// they hear: before the real replica heard the forgers, it says none,
+	// and disable would end on its word alone.
+	heardPeers := func(n int) {
+		t.Helper()
+		natstest.Eventually(t, 10*time.Second, func() bool { return replicas[0].Peers() >= n },
+			"replica-1 hearing %d forged replicas", n)
+	}
+	heardPeers(4) // ghost, the long name, liar and bulky: never the oversized name
 	ops := env("NATS_URL", s.ClientURL())
 
 	out, _, err := runOp(ops, "disable", "/azure/gpt4/", "--by", "alice")
@@ -240,6 +249,7 @@ func TestForgedConfirmationsOnlyChangeWhatDisableSays(t *testing.T) {
 		flood = append(flood, replica.StatsMessage{ID: fmt.Sprintf("ghost-%03d", i)})
 	}
 	forgeStats(t, forger, flood...)
+	heardPeers(4 + len(flood))
 	out, _, err = runOp(ops, "enable", "/azure/gpt4/")
 	is.NoErr(err)
 	m := regexp.MustCompile(`^enabled /azure/gpt4/ in bucket gl_broker; removed the manual disable by alice \(disabled by hand\); confirmed by (\d+) of (\d+) replicas within 2s; not yet: ((?:[^,]+, ){10})and (\d+) more \(a replica cut off`).FindStringSubmatch(out)
