@@ -81,6 +81,18 @@ func startFleet(t *testing.T, s *server.Server, n int, adjust func(c *replica.Co
 			t.Errorf("replicas: %v", err)
 		}
 	})
+	// A fleet is started once its replicas hear each other: before, each
+	// says it hears fewer, and status, disable and enable, which stop
+	// listening once they heard as many as the replicas say, could end
+	// on the first word.
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		for _, r := range fleet.Replicas {
+			if r.Broker().Peers() < n-1 {
+				return false
+			}
+		}
+		return true
+	}, "the %d replicas hearing each other", n)
 	return fleet
 }
 
