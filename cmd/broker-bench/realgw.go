@@ -22,6 +22,7 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/gecholog"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // The real gecholog gateway, gl, run as a process in front of the
@@ -165,12 +166,11 @@ func (b *bench) glConfig(pools []broker.Pool, upstreams map[string]string, natsH
 // (gl_port) and listens on every address: run the bench in a network
 // namespace of its own (docs/performance.md) to keep it on loopback.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := natstest.FreePorts(1)
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports[0], nil
 }
 
 // natsHostPort is the host:port gl's service_bus.hostname takes, from the

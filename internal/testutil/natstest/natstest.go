@@ -4,8 +4,13 @@ package natstest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -169,7 +174,7 @@ func StartCluster(t testing.TB, n int, opts ...Option) []*server.Server {
 }
 
 func startCluster(t testing.TB, n int, opts []Option) ([]*server.Server, error) {
-	ports, err := freePorts(2 * n) // client ports, then cluster ports
+	ports, err := FreePorts(2 * n) // client ports, then cluster ports
 	if err != nil {
 		return nil, err
 	}
@@ -244,19 +249,60 @@ func Restart(t testing.TB, s *server.Server) *server.Server {
 	return n
 }
 
-// freePorts finds n distinct loopback ports nobody listens on.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, n)
-	for i := range ports {
+// FreePorts finds n distinct loopback ports nobody listens on, for a
+// server that must listen on a port known before it starts (a cluster's
+// routes, a node restarted on its port).
+//
+// They are picked below the kernel's ephemeral range (ports a listener on
+// port 0 or an outgoing connection is given; 32768 and up on Linux): a
+// port found by listening on port 0 and closing the listener can be taken
+// by any connection made before the server binds it, and with many tests
+// at once one was (a partition bench's node never became ready). Where
+// the range starts too low to leave room, they are found on port 0 as
+// before.
+func FreePorts(n int) ([]int, error) {
+	low, high := 10000, ephemeralStart()
+	var ports []int
+	for tries := 0; len(ports) < n && high-low > 1000 && tries < 100*n; tries++ {
+		p := low + rand.IntN(high-low)
+		if slices.Contains(ports, p) {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue // in use
+		}
+		// Held open until all are found, so that the n are distinct.
+		defer l.Close()
+		ports = append(ports, p)
+	}
+	for len(ports) < n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}
-		// Held open until all are found, so that the n are distinct.
 		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// ephemeralStart is the first port of the kernel's ephemeral range, or
+// 0 where it cannot be read.
+func ephemeralStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	start, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 0
+	}
+	return start
 }
 
 // ConnectURL opens a client connection to the server at url that is

@@ -55,7 +55,7 @@ func NewPartitionable(n int, opts ...Option) (_ *Cluster, err error) {
 			c.Close()
 		}
 	}()
-	ports, err := freePorts(2 * n)
+	ports, err := FreePorts(2 * n)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gecholog/broker/internal/testutil/natstest"
 )
 
 // node is one nats-server process of a cluster. Unlike an embedded server,
@@ -120,7 +122,7 @@ func tryCluster(ctx context.Context, bin string, n int) (*cluster, error) {
 		return nil, err
 	}
 	c := &cluster{dir: dir}
-	ports, err := freePorts(3 * n) // client, cluster and monitoring ports
+	ports, err := natstest.FreePorts(3 * n) // client, cluster and monitoring ports
 	if err != nil {
 		c.close()
 		return nil, err
@@ -272,20 +274,6 @@ func (c *cluster) logs() string {
 		fmt.Fprintf(&b, "--- %s\n%s", nd.name, nd.log.String())
 	}
 	return b.String()
-}
-
-// freePorts finds n distinct loopback ports nobody listens on.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		defer l.Close()
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	return ports, nil
 }
 
 // syncBuffer collects output; safe for concurrent use.
