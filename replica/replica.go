@@ -154,12 +154,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil || ctx.Err() != nil {
 		return err
 	}
-	r.stage.advance(ready)
+	// The line comes before /readyz turns ready, so that whoever sees the
+	// replica ready finds the line that says where it serves.
 	r.log.Info("serving",
 		slog.String("subject", cfg.Subject), slog.String("queue", cfg.Queue),
 		slog.String("bucket", cfg.Bucket), slog.String("ttl_mode", r.Mode()),
 		slog.Int("pools", len(cfg.Pools)), slog.String("disabled_time", cfg.Policy.DisabledTime.String()),
 		slog.String("id", cfg.ID), slog.String("server", natsconn.Redact(r.nc.ConnectedUrl())))
+	r.stage.advance(ready)
 	if cfg.Ready != nil {
 		cfg.Ready(r)
 	}
