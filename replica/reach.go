@@ -99,22 +99,25 @@ func (r *Replica) staleness() string {
 	return fmt.Sprintf("bucket unreachable for %s: %s", time.Since(b.LastAnswer).Truncate(time.Second), b.Cause)
 }
 
-// seeBucket records what the store last found of the bucket, for the
-// endpoints and the others; a nil store (local mode) records nothing.
-func (r *Replica) seeBucket() (*kv.Store, kv.Reach, time.Time) {
+// lookAtBucket says what the store last found of the bucket; a nil store
+// (local mode) finds nothing.
+func (r *Replica) lookAtBucket() (*kv.Store, kv.Reach, bucketState, time.Time) {
 	r.mu.Lock()
 	store := r.store
 	r.mu.Unlock()
 	now := time.Now()
 	if store == nil {
-		return nil, kv.Reach{}, now
+		return nil, kv.Reach{}, bucketState{}, now
 	}
 	rc := store.Reach()
 	lost := rc.Cause != "" && !rc.LastAnswer.IsZero() && now.Sub(rc.LastAnswer) >= staleAfter
-	st := bucketState{Stale: lost, LastAnswer: rc.LastAnswer, Cause: rc.Cause}
+	return store, rc, bucketState{Stale: lost, LastAnswer: rc.LastAnswer, Cause: rc.Cause}, now
+}
+
+// showBucket records st for the endpoints and the others.
+func (r *Replica) showBucket(st bucketState) {
 	r.bucket.Store(&st)
 	r.mon.bucketSeen(st)
-	return store, rc, now
 }
 
 // keepReach follows whether the bucket answers until ctx ends: it tells
@@ -137,11 +140,13 @@ func (r *Replica) keepReach(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		store, rc, now := r.seeBucket()
+		store, rc, st, now := r.lookAtBucket()
 		if store == nil {
 			continue // local mode: nothing to reach
 		}
-		lost := r.bucket.Load().Stale
+		// A change is logged before /readyz and the page show it, so that
+		// whoever sees it there finds the line that says why.
+		lost, back := st.Stale, false
 		switch {
 		case lost && !stale:
 			stale, told = true, now
@@ -158,6 +163,10 @@ func (r *Replica) keepReach(ctx context.Context) {
 			// both ends of the time the view may have been stale.
 			r.log.Warn("the router health bucket answers again; reading every router's health",
 				slog.String("bucket", r.cfg.Bucket), slog.Duration("after", now.Sub(told).Round(time.Millisecond)))
+			back = true
+		}
+		r.showBucket(st)
+		if back {
 			store.Resync()
 			r.broker.RetryWrites()
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)

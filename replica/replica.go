@@ -245,7 +245,9 @@ func (r *Replica) start(ctx context.Context) error {
 	case err != nil:
 		return err
 	}
-	r.seeBucket() // so that /metrics says from the first call on
+	if store, _, st, _ := r.lookAtBucket(); store != nil {
+		r.showBucket(st) // so that /metrics says from the first call on
+	}
 	r.spawn(r.keepReach)
 	r.stage.advance(subscribing)
 	return r.subscribe()
