@@ -81,9 +81,11 @@ type room struct {
 	mark, quota, quotaMark int64
 }
 
-// setRoom sets s.room from s.limits at now.
-func (s *routeStats) setRoom(now time.Time) {
-	l := s.limits.Load()
+// setRoom sets s.room from s.limits at now. b.fleet.mu must be held.
+func (s *routeStats) setRoom(now time.Time) { s.roomFrom(s.limits.Load(), now) }
+
+// roomFrom sets s.room from l at now. b.fleet.mu must be held.
+func (s *routeStats) roomFrom(l *RateLimits, now time.Time) {
 	if l == nil {
 		s.room.Store(nil)
 		return
@@ -170,13 +172,6 @@ func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimi
 	}
 	b.heard.Store(time.Now().UnixNano())
 	defer b.stir()
-	var err error
-	switch {
-	case latency > t.bound:
-		err = fmt.Errorf("%w: %v, bound %v", ErrLatencyOutOfBounds, latency, t.bound)
-	case latency > 0:
-		rt.stats.addLatency(latency)
-	}
 	if old := rt.stats.limits.Load(); limits != nil && limits.Known() &&
 		(old == nil || limits.Answered.IsZero() || !old.Answered.After(limits.Answered)) {
 		// A transaction heard after one answered later (gecholog publishes
@@ -215,9 +210,21 @@ func (b *Broker) Finished(router []byte, latency time.Duration, limits *RateLimi
 				l.LimitTokens = max(old.LimitTokens, old.RemainingTokens, l.RemainingTokens)
 			}
 		}
-		rt.stats.tally.Store(b.tallied(rt, &l, rt.stats.tally.Load(), now))
+		// What the strategies read (room) is set before what the view
+		// shows (limits), and the latency after both: whoever sees a
+		// transaction in the view finds the replica choosing by all of it.
+		tl := b.tallied(rt, &l, rt.stats.tally.Load(), now) // takes b.fleet.mu
+		b.fleet.mu.Lock()
+		rt.stats.tally.Store(tl)
+		rt.stats.roomFrom(&l, now)
 		rt.stats.limits.Store(&l)
-		rt.stats.setRoom(now)
+		b.fleet.mu.Unlock()
 	}
-	return err
+	switch {
+	case latency > t.bound:
+		return fmt.Errorf("%w: %v, bound %v", ErrLatencyOutOfBounds, latency, t.bound)
+	case latency > 0:
+		rt.stats.addLatency(latency)
+	}
+	return nil
 }

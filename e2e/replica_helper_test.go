@@ -164,6 +164,12 @@ func (r *replica) waitServing(t *testing.T) {
 			t.Fatalf("%s was started with BROKER_METRICS_ADDR but logged no address before it served", r.id)
 		}
 		r.addr = l[0].attrs["addr"]
+		// The line comes just before /readyz turns ready: wait for it to
+		// leave the stage of joining the queue group.
+		natstest.Eventually(t, 5*time.Second, func() bool {
+			p := readyz(r.http, "http://"+r.addr+"/readyz")
+			return p.err == nil && p.body != "subscribing\n"
+		}, "%s's /readyz past subscribing", r.id)
 	}
 }
 

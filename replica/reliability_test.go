@@ -189,6 +189,8 @@ func TestBucketDeletedAtRuntimeIsRecreatedAndServingNeverStops(t *testing.T) {
 		return err == nil
 	}, "disables are shared through the new bucket")
 	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
+	// The line follows the creation the test saw.
+	natstest.Eventually(t, 5*time.Second, func() bool { return strings.Contains(logs.String(), "bucket was deleted; created it again") }, "the line saying so")
 	is.Equal(strings.Count(logs.String(), "bucket was deleted; created it again"), 1) // and said so, once
 }
 

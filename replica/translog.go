@@ -139,7 +139,6 @@ func (r *Replica) hear(m *nats.Msg) {
 		t.tellUnreadable(r.log, m.Subject, err)
 		return
 	}
-	t.read.Add(1)
 	var ignored []error
 	latency, ok := tx.Latency()
 	if latency < 0 {
@@ -176,6 +175,9 @@ func (r *Replica) hear(m *nats.Msg) {
 		t.ignored.Add(1)
 		t.tellIgnored(r.log, m.Subject, string(tx.Router), errors.Join(ignored...))
 	}
+	// Counted once all of it is heard: whoever sees the count finds the
+	// transaction in the view and its ignored values counted.
+	t.read.Add(1)
 }
 
 // errOutOfBounds marks a value of a transaction that was ignored.

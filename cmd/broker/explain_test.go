@@ -84,7 +84,8 @@ func TestExplainSaysWhyEachRouterGetsItsShareFromARunningReplica(t *testing.T) {
 		}
 		h := explainedRouter(x, "/azure/gpt35turbo/").Headroom
 		return err == nil && explainedRouter(x, "/azure/gpt4/").State == "manual" && explainedRouter(x, "/azure/dud/").State == "disabled" &&
-			explainedRouter(x, "/azure/dud/").RateLimitedUntil != nil && h != nil && *h == 0.25
+			explainedRouter(x, "/azure/dud/").RateLimitedUntil != nil && h != nil && *h == 0.25 &&
+			explainedRouter(x, "/azure/gpt35turbo/").Tokens.Input != 0 // its usage is heard after its headroom
 	}, "the replica hears the disable, the 429 and both transactions; explain says %+v %s", &x, &failed)
 
 	is.Equal(x.Replica, "replica-1")
