@@ -25,6 +25,19 @@ const (
 	DefaultReason = "disabled by hand"
 )
 
+const (
+	// enableWrites bounds how many times enable writes its delete marker
+	// on a key that holds no live record while other writes keep coming
+	// first (replicas disabling and releasing a flapping router, another
+	// operator): the last of those writes then decides.
+	enableWrites = 5
+	// enablePauseFirst and enablePauseMost pace those writes (see
+	// backoff): a retry at once would lose again in step with a writer
+	// that keeps writing.
+	enablePauseFirst = 25 * time.Millisecond
+	enablePauseMost  = 200 * time.Millisecond
+)
+
 // Disable is a disable by hand.
 type Disable struct {
 	Router string
@@ -110,37 +123,17 @@ func EnableRouter(ctx context.Context, t Target, router string, stdout io.Writer
 		defer f.stop()
 		f.hearTaken(router)
 		prev, err := b.store.Get(ctx, router)
-		for tries := 0; errors.Is(err, kv.ErrNotFound); tries++ {
-			// Nothing to remove, but a delete marker all the same, keeping
-			// the memo: a replica that holds the router out on another's
-			// announcement alone, which the bucket never confirmed (see
-			// docs/security.md), takes the bucket's newer word at once.
-			last, _, werr := b.store.Latest(ctx, router)
-			var rev uint64
-			if werr == nil {
-				memo := last.Record
-				memo.Router = router
-				rev, werr = b.store.Release(ctx, memo, last.Revision)
+		if errors.Is(err, kv.ErrNotFound) {
+			found, rev, rerr := release(ctx, b.store, router)
+			if rerr != nil {
+				return rerr
 			}
-			if errors.Is(werr, kv.ErrConflict) && tries < 3 {
-				// Another write came first, or the member of the stream
-				// that answered the read was behind its leader: read
-				// again, and remove a live record found then.
-				prev, err = b.store.Get(ctx, router)
-				continue
+			if found == nil {
+				_, confirmed := f.confirm(ctx, rev, broker.Enabled, listening).where(b.store.Bucket())
+				fmt.Fprintln(stdout, natsconn.OneLine(fmt.Sprintf("%s is already enabled: bucket %s holds no record for it%s", router, b.store.Bucket(), confirmed)))
+				return nil
 			}
-			if errors.Is(werr, kv.ErrConflict) {
-				// Writes keep coming first: the replicas hold one of them
-				// or a later, enabled or not.
-				last, _, werr = b.store.Latest(ctx, router)
-				rev = last.Revision
-			}
-			if werr != nil {
-				return werr
-			}
-			_, confirmed := f.confirm(ctx, rev, broker.Enabled, listening).where(b.store.Bucket())
-			fmt.Fprintln(stdout, natsconn.OneLine(fmt.Sprintf("%s is already enabled: bucket %s holds no record for it%s", router, b.store.Bucket(), confirmed)))
-			return nil
+			prev, err = *found, nil // a write that came first left a live record: remove it
 		}
 		what := "a record that could not be read"
 		if err == nil {
@@ -159,6 +152,44 @@ func EnableRouter(ctx context.Context, t Target, router string, stdout io.Writer
 		fmt.Fprintln(stdout, natsconn.OneLine(fmt.Sprintf("enabled %s %s; removed %s%s", router, where, what, confirmed)))
 		return nil
 	})
+}
+
+// release writes a delete marker on router's key, which held no live
+// record when read, keeping the memo: a replica that holds the router out
+// on another's announcement alone, which the bucket never confirmed (see
+// docs/security.md), takes the bucket's newer word at once.
+//
+// The marker is written at the revision read. When another write comes
+// first, or the member of the stream that answered the read was behind
+// its leader, release pauses and reads again, up to enableWrites writes.
+// It returns the live record it read, if any, for the caller to remove;
+// otherwise the revision the replicas are to hold: its marker's or, when
+// every write lost, that of the last write that beat it.
+func release(ctx context.Context, store *kv.Store, router string) (found *broker.Entry, rev uint64, err error) {
+	pace := backoff{first: enablePauseFirst, most: enablePauseMost}
+	for n := 0; ; n++ {
+		last, live, err := store.Latest(ctx, router)
+		switch {
+		case err != nil:
+			return nil, 0, err
+		case live:
+			return &last, 0, nil
+		case n == enableWrites:
+			return nil, last.Revision, nil // every write lost, and the last to win left no live record
+		}
+		memo := last.Record
+		memo.Router = router
+		rev, err := store.Release(ctx, memo, last.Revision)
+		if !errors.Is(err, kv.ErrConflict) {
+			return nil, rev, err
+		}
+		if n+1 == enableWrites {
+			continue // read what beat the last write, at once
+		}
+		if err := pace.wait(ctx, n); err != nil {
+			return nil, 0, fmt.Errorf("enable %s: other writes came first %d times; stopped before writing again: %w", router, n+1, err)
+		}
+	}
 }
 
 // checkRouter refuses a router that no pool has, unless forced: replicas

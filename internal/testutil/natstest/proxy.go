@@ -116,6 +116,20 @@ func (p *Proxy) Release() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.hold = nil
+	return p.pass()
+}
+
+// Pass sends every held message on, as Release does, but goes on holding
+// those that follow: a test can let a client's publications through one
+// at a time, and act before each.
+func (p *Proxy) Pass() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pass()
+}
+
+// pass sends every held message on. p.mu must be held.
+func (p *Proxy) pass() []string {
 	var subjects []string
 	for _, h := range p.held {
 		for _, m := range h.msgs {
