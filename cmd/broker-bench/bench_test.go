@@ -59,7 +59,8 @@ func TestBenchModesPrintTheirReports(t *testing.T) {
 		{"soak", []string{"-duration", "500ms", "-rate", "200", "-timeout", "2s"},
 			[]string{"200 gecholog calls per second", "request context", "response context", "start", "end", "broker errors"}},
 		{"nodeloss", []string{"-runs", "1", "-nodeloss-disabled-time", "3s"},
-			[]string{"3 nats-server", "meta leader", "stream leader", "neither leader", "agree max", "answer max", "no disable lost: met"}},
+			[]string{"3 nats-server", "meta leader", "stream leader", "neither leader", "agree max", "answer max", "agreement ≤ 1s in every run, answering again ≤ 100ms: ",
+				"no disable lost (every report agreed on and landed): met"}},
 		// The cluster in the bench's process, the replicas as processes.
 		{"partition", []string{"-partition-runs", "1", "-partition-time", "2s", "-partition-settings", "defaults"},
 			[]string{"3 embedded in the bench", "3 replica processes of the broker binary", "defaults: the servers' defaults",

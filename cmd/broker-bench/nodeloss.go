@@ -28,7 +28,7 @@ func (b *bench) nodeloss(ctx context.Context) error {
 		natsbin.Embedded, b.o.nodelossDisabled)
 	fmt.Fprintf(b.out, "%-16s %5s %10s %10s %10s %14s %14s %9s %10s %11s\n",
 		"lost", "runs", "agree p50", "agree p99", "agree max", "answer p50", "answer max", "not agreed", "not landed", "unanswered")
-	met := true
+	fast, kept := true, true
 	for _, v := range []nodeloss.Victim{nodeloss.MetaLeader, nodeloss.StreamLeader, nodeloss.Neither} {
 		var agree, answer []time.Duration
 		var notAgreed, notLanded, unanswered int
@@ -57,9 +57,13 @@ func (b *bench) nodeloss(ctx context.Context) error {
 		}
 		fmt.Fprintf(b.out, "%-16s %5d %10s %10s %10s %14s %14s %9d %10d %11d\n", v, b.o.runs,
 			pct(a, 0.5), pct(a, 0.99), pct(a, 1), pct(w, 0.5), pct(w, 1), notAgreed, notLanded, unanswered)
-		met = met && notAgreed == 0 && notLanded == 0 && a.pct(1) <= time.Second && w.pct(1) <= 100*time.Millisecond
+		fast = fast && a.pct(1) <= time.Second && w.pct(1) <= 100*time.Millisecond
+		kept = kept && notAgreed == 0 && notLanded == 0
 	}
-	fmt.Fprintf(b.out, "\nagreement ≤ 1s in every run, answering again ≤ 100ms, no disable lost: %s\n", targetVerdict(met))
+	// Two verdicts: the times are the machine's as much as the broker's,
+	// and no disable lost is the broker's alone.
+	fmt.Fprintf(b.out, "\nagreement ≤ 1s in every run, answering again ≤ 100ms: %s\n", targetVerdict(fast))
+	fmt.Fprintf(b.out, "no disable lost (every report agreed on and landed): %s\n", targetVerdict(kept))
 	fmt.Fprintln(b.out, "(answer: replicas that were connected to the lost node, from the loss to their first answer through another node;")
 	fmt.Fprintln(b.out, " unanswered: reports sent while the replica they went to was moving, which gecholog's own call would time out)")
 	return nil
