@@ -46,9 +46,11 @@ const (
 // lastMsg returns the last message on subject in stream, read with hedged
 // direct gets through nc, or jetstream.ErrMsgNotFound. It gives
 // nats.ErrNoResponders when no member answers direct gets (a stream made
-// without allow_direct, a bucket deleted).
+// without allow_direct, a bucket deleted), and an error that is
+// context.DeadlineExceeded and names the stream when no member answers in
+// time (see hedged).
 func lastMsg(ctx context.Context, nc *nats.Conn, stream, subject string) (*jetstream.RawStreamMsg, error) {
-	return hedged(ctx, nc, jetstream.DefaultAPIPrefix+"DIRECT.GET."+stream+"."+subject, nil)
+	return hedged(ctx, nc, stream, jetstream.DefaultAPIPrefix+"DIRECT.GET."+stream+"."+subject, nil)
 }
 
 // msgAt returns the message at sequence seq in stream, read as lastMsg
@@ -60,7 +62,7 @@ func msgAt(ctx context.Context, nc *nats.Conn, stream string, seq uint64) (*jets
 	if err != nil {
 		return nil, err
 	}
-	return hedged(ctx, nc, jetstream.DefaultAPIPrefix+"DIRECT.GET."+stream, req)
+	return hedged(ctx, nc, stream, jetstream.DefaultAPIPrefix+"DIRECT.GET."+stream, req)
 }
 
 // getKey is b.Get(ctx, key), or b.GetRevision(ctx, key, rev) when rev is
@@ -121,10 +123,15 @@ func (e *directEntry) Created() time.Time              { return e.created }
 func (e *directEntry) Delta() uint64                   { return 0 }
 func (e *directEntry) Operation() jetstream.KeyValueOp { return e.op }
 
-// hedged sends the direct get req to subject, and again each hedgeAfter
-// without an answer, and returns the first answer. Every request it sent
-// has ended when it returns.
-func hedged(ctx context.Context, nc *nats.Conn, subject string, req []byte) (*jetstream.RawStreamMsg, error) {
+// hedged sends the direct get req to stream's subject, and again each
+// hedgeAfter without an answer, and returns the first answer. Every
+// request it sent has ended when it returns.
+//
+// When ctx ends first, the error is ctx's, wrapped in one that names the
+// stream, how many requests were sent and for how long: a bare "context
+// deadline exceeded" tells an operator nothing.
+func hedged(ctx context.Context, nc *nats.Conn, stream, subject string, req []byte) (*jetstream.RawStreamMsg, error) {
+	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type answer struct {
@@ -147,11 +154,17 @@ func hedged(ctx context.Context, nc *nats.Conn, subject string, req []byte) (*je
 			<-answers
 		}
 	}()
+	gaveUp := func() error {
+		return fmt.Errorf("stream %s: no member answered %d direct gets in %v: %w",
+			stream, sent, time.Since(start).Round(time.Millisecond), ctx.Err())
+	}
 	send()
 	hedge := time.NewTicker(hedgeAfter)
 	defer hedge.Stop()
 	for {
 		select {
+		case <-ctx.Done():
+			return nil, gaveUp()
 		case <-hedge.C:
 			if sent < hedgeMost {
 				send()
@@ -161,6 +174,9 @@ func hedged(ctx context.Context, nc *nats.Conn, subject string, req []byte) (*je
 			// An error is the caller's context ending, no responders (no
 			// member takes direct gets) or the connection failing: all
 			// the others would say the same.
+			if a.err != nil && ctx.Err() != nil {
+				return nil, gaveUp()
+			}
 			if a.err != nil {
 				return nil, a.err
 			}
