@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -127,9 +128,14 @@ func (e *directEntry) Operation() jetstream.KeyValueOp { return e.op }
 // hedgeAfter without an answer, and returns the first answer. Every
 // request it sent has ended when it returns.
 //
-// When ctx ends first, the error is ctx's, wrapped in one that names the
-// stream, how many requests were sent and for how long: a bare "context
-// deadline exceeded" tells an operator nothing.
+// A request's error ends the read only when no other is waiting: "no
+// responders" says only that no member took direct gets when that request
+// was published (a follower catching up, a stream being updated, interest
+// not yet carried over a new route), and a reconnect ends the requests
+// then waiting but not those sent after it; a request published before
+// may still be answered. When ctx ends first, the error is ctx's, wrapped
+// in one that names the stream, how many requests were sent and for how
+// long: a bare "context deadline exceeded" tells an operator nothing.
 func hedged(ctx context.Context, nc *nats.Conn, stream, subject string, req []byte) (*jetstream.RawStreamMsg, error) {
 	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
@@ -154,9 +160,14 @@ func hedged(ctx context.Context, nc *nats.Conn, stream, subject string, req []by
 			<-answers
 		}
 	}()
+	var failed error // the first request's error, while others waited
 	gaveUp := func() error {
-		return fmt.Errorf("stream %s: no member answered %d direct gets in %v: %w",
-			stream, sent, time.Since(start).Round(time.Millisecond), ctx.Err())
+		var also string
+		if failed != nil {
+			also = fmt.Sprintf(" (one said: %v)", failed)
+		}
+		return fmt.Errorf("stream %s: no member answered %d direct gets in %v%s: %w",
+			stream, sent, time.Since(start).Round(time.Millisecond), also, ctx.Err())
 	}
 	send()
 	hedge := time.NewTicker(hedgeAfter)
@@ -171,16 +182,16 @@ func hedged(ctx context.Context, nc *nats.Conn, stream, subject string, req []by
 			}
 		case a := <-answers:
 			waiting--
-			// An error is the caller's context ending, no responders (no
-			// member takes direct gets) or the connection failing: all
-			// the others would say the same.
-			if a.err != nil && ctx.Err() != nil {
+			switch {
+			case a.err == nil:
+				return directAnswer(a.m)
+			case ctx.Err() != nil:
 				return nil, gaveUp()
-			}
-			if a.err != nil {
+			case waiting > 0:
+				failed = cmp.Or(failed, a.err)
+			default:
 				return nil, a.err
 			}
-			return directAnswer(a.m)
 		}
 	}
 }
