@@ -44,6 +44,12 @@ const (
 	hedgeMost  = 8
 )
 
+// readTimeout bounds a read whose context has no deadline, as nats.go's
+// jetstream bounds its own calls (its defaultAPITimeout): nats.go's
+// RequestWithContext takes such a context without a word (v1.55.0 checks
+// only for nil) and waits for ever on a request no member answers.
+const readTimeout = 5 * time.Second
+
 // lastMsg returns the last message on subject in stream, read with hedged
 // direct gets through nc, or jetstream.ErrMsgNotFound. It gives
 // nats.ErrNoResponders when no member answers direct gets (a stream made
@@ -133,12 +139,19 @@ func (e *directEntry) Operation() jetstream.KeyValueOp { return e.op }
 // was published (a follower catching up, a stream being updated, interest
 // not yet carried over a new route), and a reconnect ends the requests
 // then waiting but not those sent after it; a request published before
-// may still be answered. When ctx ends first, the error is ctx's, wrapped
-// in one that names the stream, how many requests were sent and for how
-// long: a bare "context deadline exceeded" tells an operator nothing.
+// may still be answered. When ctx ends first (readTimeout after the call
+// if ctx has no deadline), the error is ctx's, wrapped in one that names
+// the stream, how many requests were sent and for how long: a bare
+// "context deadline exceeded" tells an operator nothing.
 func hedged(ctx context.Context, nc *nats.Conn, stream, subject string, req []byte) (*jetstream.RawStreamMsg, error) {
 	start := time.Now()
-	ctx, cancel := context.WithCancel(ctx)
+	_, bounded := ctx.Deadline()
+	var cancel context.CancelFunc
+	if bounded {
+		ctx, cancel = context.WithCancel(ctx)
+	} else {
+		ctx, cancel = context.WithTimeout(ctx, readTimeout)
+	}
 	defer cancel()
 	type answer struct {
 		m   *nats.Msg
@@ -163,8 +176,11 @@ func hedged(ctx context.Context, nc *nats.Conn, stream, subject string, req []by
 	var failed error // the first request's error, while others waited
 	gaveUp := func() error {
 		var also string
+		if !bounded {
+			also += fmt.Sprintf(" (a read without a deadline is given %v)", readTimeout)
+		}
 		if failed != nil {
-			also = fmt.Sprintf(" (one said: %v)", failed)
+			also += fmt.Sprintf(" (one said: %v)", failed)
 		}
 		return fmt.Errorf("stream %s: no member answered %d direct gets in %v%s: %w",
 			stream, sent, time.Since(start).Round(time.Millisecond), also, ctx.Err())

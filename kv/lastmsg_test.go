@@ -58,6 +58,39 @@ func TestAReadNoMemberAnswersEndsAtTheCallersDeadlineNamingTheStream(t *testing.
 	}
 }
 
+func TestAReadWithoutADeadlineEndsAfterTheDefaultOne(t *testing.T) {
+	s := natstest.Start(t)
+	silent(t, s, "KV_silent")
+	nc := natstest.Connect(t, s)
+
+	start := time.Now()
+	ended := make(chan error, 1)
+	go func() {
+		_, err := lastMsg(context.Background(), nc, "KV_silent", "$KV.silent.k")
+		ended <- err
+	}()
+	var err error
+	select {
+	case err = <-ended:
+	case <-time.After(readTimeout + time.Second):
+		t.Fatalf("a read without a deadline still waits after %v, want it ended after %v", time.Since(start), readTimeout)
+	}
+	took := time.Since(start)
+
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want one that is context.DeadlineExceeded", err)
+	}
+	if !gaveUp.MatchString(err.Error()) {
+		t.Errorf("err = %q, want it to match %q", err, gaveUp)
+	}
+	if !strings.Contains(err.Error(), "without a deadline") {
+		t.Errorf("err = %q, want it to say the read had no deadline of its own", err)
+	}
+	if took < readTimeout {
+		t.Errorf("the read ended after %v, before the default deadline %v", took, readTimeout)
+	}
+}
+
 // directBucket is bucket "health" on s, with "k" put, and a proxy to s
 // that holds back the first direct get of the bucket a client sends
 // through it, so that request is never answered unless released.
