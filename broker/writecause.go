@@ -52,12 +52,17 @@ const (
 )
 
 // pause is the wait before attempt n+1 (n ≥ 1) after n attempts that
-// failed alike, from first: first × 2^(n-1), capped at maxPause, jittered
-// over its upper half.
-func pause(first time.Duration, n int) time.Duration {
-	d := maxPause
-	if n <= 10 {
-		d = min(first<<(n-1), maxPause)
+// failed alike, from first, capped at maxPause (see Backoff).
+func pause(first time.Duration, n int) time.Duration { return Backoff(first, maxPause, n) }
+
+// Backoff is the wait before attempt n+1 (n ≥ 1) after n attempts that
+// failed alike: first × 2^(n-1), capped at most, jittered over its upper
+// half, so that a retry never comes at once and writers that lost
+// together do not try again together.
+func Backoff(first, most time.Duration, n int) time.Duration {
+	d := most
+	if n <= 30 {
+		d = min(first<<(n-1), most)
 	}
-	return d/2 + rand.N(d/2+1)
+	return d/2 + rand.N(d-d/2+1)
 }

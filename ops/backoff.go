@@ -2,8 +2,9 @@ package ops
 
 import (
 	"context"
-	"math/rand/v2"
 	"time"
+
+	"github.com/gecholog/broker/broker"
 )
 
 // backoff is a pause between tries that doubles from first up to most,
@@ -15,14 +16,7 @@ type backoff struct {
 }
 
 // pause is the pause after the n-th failed try, counting from 0.
-func (b backoff) pause(n int) time.Duration {
-	d := b.first
-	for i := 0; i < n && d < b.most; i++ {
-		d *= 2
-	}
-	d = min(d, b.most)
-	return d/2 + rand.N(d-d/2+1)
-}
+func (b backoff) pause(n int) time.Duration { return broker.Backoff(b.first, b.most, n+1) }
 
 // wait pauses after the n-th failed try, counting from 0, and returns
 // ctx's error if ctx ends first.
