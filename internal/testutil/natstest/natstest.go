@@ -259,14 +259,20 @@ func Restart(t testing.TB, s *server.Server) *server.Server {
 // by any connection made before the server binds it, and with many tests
 // at once one was (a partition bench's node never became ready). Where
 // the range starts too low to leave room, they are found on port 0 as
-// before.
+// before. A port handed out is reserved (see reserve): no test process
+// is given it again while the one that took it runs.
 func FreePorts(n int) ([]int, error) {
+	reserving.Lock()
+	defer reserving.Unlock()
 	low, high := 10000, ephemeralStart()
 	var ports []int
 	for tries := 0; len(ports) < n && high-low > 1000 && tries < 100*n; tries++ {
 		p := low + rand.IntN(high-low)
 		if slices.Contains(ports, p) {
 			continue
+		}
+		if !reserve(p) {
+			continue // handed out to another test, here or in another package
 		}
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
 		if err != nil {
@@ -286,6 +292,11 @@ func FreePorts(n int) ([]int, error) {
 	}
 	return ports, nil
 }
+
+var (
+	reserving sync.Mutex
+	reserved  []*os.File // the ports' locks, see reserve
+)
 
 // ephemeralStart is the first port of the kernel's ephemeral range, or
 // 0 where it cannot be read.
