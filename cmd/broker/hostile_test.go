@@ -214,7 +214,12 @@ func TestForgedConfirmationsOnlyChangeWhatDisableSays(t *testing.T) {
 		bulky[i] = replica.TakenTold{Router: fmt.Sprintf("/azure/forged-%d/", i), Revision: uint64(i), Phase: "disabled"}
 	}
 	longName := "zz\x1b[31m" + strings.Repeat("y", 240)
-	stopFirst := forgeStats(t, forger, 100*time.Millisecond,
+	// Twice a second, twice as often as replicas tell: ten times a second,
+	// the 300 KB message, parsed under -race by the replica and by the
+	// command on a busy machine, kept the command's subscription more than
+	// its 2 s of listening behind (the count's busy run on 6754f60: it
+	// heard 4 of 5).
+	stopFirst := forgeStats(t, forger, 500*time.Millisecond,
 		replica.StatsMessage{ID: "ghost"},
 		replica.StatsMessage{ID: longName},
 		replica.StatsMessage{ID: strings.Repeat("x", replica.MaxID+1), Taken: []replica.TakenTold{confirming}},
