@@ -58,15 +58,7 @@ type bucket struct {
 // connection. Every failure is one line that says what to do, with no
 // secret in it.
 func (t Target) withBucket(ctx context.Context, cmd string, fn func(context.Context, bucket) error) error {
-	return t.NATS.Scrub(t.openBucket(ctx, cmd, false, fn))
-}
-
-// followBucket is withBucket for a command that runs until ctx ends, such
-// as status --watch: connecting and opening the bucket fail fast as
-// withBucket's do, but then the connection reconnects for as long as the
-// command runs, and fn bounds each of its own steps.
-func (t Target) followBucket(ctx context.Context, cmd string, fn func(context.Context, bucket) error) error {
-	return t.NATS.Scrub(t.openBucket(ctx, cmd, true, fn))
+	return t.NATS.Scrub(t.openBucket(ctx, cmd, fn))
 }
 
 // dial connects as the command cmd; follow reconnects for as long as the
@@ -90,8 +82,8 @@ func (t Target) dial(cmd string, follow bool) (nc *nats.Conn, server string, err
 	return nc, natsconn.Redact(nc.ConnectedUrl()), nil
 }
 
-func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func(context.Context, bucket) error) error {
-	nc, server, err := t.dial(cmd, follow)
+func (t Target) openBucket(ctx context.Context, cmd string, fn func(context.Context, bucket) error) error {
+	nc, server, err := t.dial(cmd, false)
 	if err != nil {
 		return err
 	}
@@ -114,9 +106,6 @@ func (t Target) openBucket(ctx context.Context, cmd string, follow bool, fn func
 		return t.noAnswer(run, err, server, js, "")
 	}
 	defer store.Close()
-	if follow {
-		return fn(run, bucket{store: store, nc: nc, js: js, server: server})
-	}
 	return t.noAnswer(run, fn(ctx, bucket{store: store, nc: nc, js: js, server: server}), server, js, cmd)
 }
 
@@ -145,63 +134,66 @@ type node struct {
 }
 
 const (
-	// truthWait bounds how long readBucket waits for the bucket to answer
+	// truthWait bounds how long readOrStale waits for the bucket to answer
 	// before it shows the server's own copy instead; the rest of
 	// opTimeout is the copy's.
 	truthWait = 6 * time.Second
 	// leaderlessFor is how long the bucket's stream must say it has no
-	// leader or no quorum before readBucket stops waiting for it: a
+	// leader or no quorum before readOrStale stops waiting for it: a
 	// cluster electing a leader has one again within it, and a replica
 	// says its view may be stale after as long (kv.quorumPeerSilence).
 	leaderlessFor = 2 * time.Second
-	// leaderEvery is how often readBucket asks the stream meanwhile.
+	// leaderEvery is how often readOrStale asks the stream meanwhile.
 	leaderEvery = 500 * time.Millisecond
 )
 
-// readBucket connects as the command cmd and runs read on the bucket, as
-// withBucket does, unless the bucket does not answer: its stream has said
-// for leaderlessFor that it has no leader or no quorum (a server cut off
-// from the rest of its cluster says so within seconds), or it has not
-// answered within truthWait. Then it runs stale with the connection and
-// why, within the rest of opTimeout, so that the command can show what
-// the server knows rather than fail. A bucket or JetStream that is not
-// there at all, and any other failure, fails as withBucket's does.
-func (t Target) readBucket(ctx context.Context, cmd string, read func(context.Context, bucket) error, stale func(context.Context, node, error) error) error {
-	return t.NATS.Scrub(t.readOrStale(ctx, cmd, read, stale))
+// withNode connects as the command cmd and runs fn with the connection,
+// whether or not the bucket answers through it; follow reconnects for as
+// long as fn runs (status --watch), otherwise one attempt per server.
+// Every failure is one line with no secret in it.
+func (t Target) withNode(cmd string, follow bool, fn func(node) error) error {
+	nc, server, err := t.dial(cmd, follow)
+	if err == nil {
+		defer nc.Close()
+		var js jetstream.JetStream
+		if js, err = jetstream.New(nc); err == nil {
+			err = fn(node{nc: nc, js: js, server: server})
+		}
+	}
+	return t.NATS.Scrub(err)
 }
 
-func (t Target) readOrStale(ctx context.Context, cmd string, read func(context.Context, bucket) error, stale func(context.Context, node, error) error) error {
-	nc, server, err := t.dial(cmd, false)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
+// readOrStale opens the bucket through n as the command cmd and runs read
+// on it, within opTimeout, as withBucket does, unless the bucket does not
+// answer: its stream has said for leaderlessFor that it has no leader or
+// no quorum (a server cut off from the rest of its cluster says so within
+// seconds), or it has not answered within truthWait. Then it runs stale
+// with n and why, within the rest of opTimeout, so that the command can
+// show what the server knows rather than fail. A bucket or JetStream that
+// is not there at all, and any other failure, fails as withBucket's does.
+func (t Target) readOrStale(ctx context.Context, n node, cmd string, read func(context.Context, bucket) error, stale func(context.Context, node, error) error) error {
 	run := ctx
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	rctx, rcancel := context.WithTimeout(ctx, truthWait)
 	defer rcancel()
 	leaderless := make(chan error, 1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := waitLeaderless(rctx, js, t.Bucket); err != nil {
+		if err := waitLeaderless(rctx, n.js, t.Bucket); err != nil {
 			leaderless <- err
 			rcancel()
 		}
 	}()
-	err = t.readOnce(rctx, js, server, nc, cmd, read)
+	err := t.readOnce(rctx, n, cmd, read)
 	rcancel()
 	<-done
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, kv.ErrNoBucket), errors.Is(err, kv.ErrNoJetStream):
-		return t.notThere(err, server)
+		return t.notThere(err, n.server)
 	case run.Err() != nil:
 		return err
 	}
@@ -212,9 +204,9 @@ func (t Target) readOrStale(ctx context.Context, cmd string, read func(context.C
 	}
 	if !unanswered(err) {
 		// A refusal, say, which the server's copy would only hide.
-		return t.noAnswer(run, err, server, js, "")
+		return t.noAnswer(run, err, n.server, n.js, "")
 	}
-	return stale(ctx, node{nc: nc, js: js, server: server}, err)
+	return stale(ctx, n, err)
 }
 
 // unanswered reports whether err says the bucket gave no answer, or
@@ -223,14 +215,14 @@ func unanswered(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || kv.Leaderless(err)
 }
 
-// readOnce opens the bucket and runs read on it.
-func (t Target) readOnce(ctx context.Context, js jetstream.JetStream, server string, nc *nats.Conn, cmd string, read func(context.Context, bucket) error) error {
-	store, err := t.open(ctx, js, cmd)
+// readOnce opens the bucket through n and runs read on it.
+func (t Target) readOnce(ctx context.Context, n node, cmd string, read func(context.Context, bucket) error) error {
+	store, err := t.open(ctx, n.js, cmd)
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	return read(ctx, bucket{store: store, nc: nc, js: js, server: server})
+	return read(ctx, bucket{store: store, nc: n.nc, js: n.js, server: n.server})
 }
 
 // waitLeaderless asks the bucket's stream every leaderEvery until ctx

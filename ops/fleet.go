@@ -38,6 +38,7 @@ const fleetSilence = broker.PeerSilence
 type fleet struct {
 	sub     *nats.Subscription
 	subject string
+	began   time.Time // when it began to hear
 	mu      sync.Mutex
 	heard   map[string]heardStats // by replica
 	// router is the router disable or enable waits for word of (empty:
@@ -75,7 +76,7 @@ func hearFleet(nc *nats.Conn, bucket string) *fleet {
 // newFleet is a fleet of bucket that has heard nothing yet, and hears
 // nothing until hear is called.
 func newFleet(bucket string) *fleet {
-	return &fleet{subject: replica.StatsSubject(bucket), heard: map[string]heardStats{},
+	return &fleet{subject: replica.StatsSubject(bucket), began: time.Now(), heard: map[string]heardStats{},
 		held: map[string]replica.TakenTold{}, news: make(chan struct{}, 1), spoke: make(chan struct{}, 1)}
 }
 
@@ -128,6 +129,13 @@ func (f *fleet) listen(ctx context.Context, d time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// listenOut is listen for what is left of fleetListen since f began to
+// hear: a fleet heard that long (status --watch after its first frame)
+// is listened to at once.
+func (f *fleet) listenOut(ctx context.Context) error {
+	return f.listen(ctx, fleetListen-time.Since(f.began))
 }
 
 // all says status has heard the whole fleet: some replica, and as many as

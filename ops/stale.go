@@ -52,11 +52,8 @@ const (
 
 // readStale reads what the server n knows of the bucket, which did not
 // answer through it because of cause: its own copy of the bucket, and the
-// replicas heard there.
-func readStale(ctx context.Context, t Target, policy broker.Policy, n node, cause error) (statusView, error) {
-	f := hearFleet(n.nc, t.Bucket)
-	defer f.stop()
-	heard := time.Now()
+// replicas f hears there.
+func readStale(ctx context.Context, t Target, policy broker.Policy, n node, f *fleet, cause error) (statusView, error) {
 	// Ask the bucket's stream why, once more: its own answer (no leader,
 	// no quorum) says more than a read's (no answer, or no JetStream meta
 	// leader to create the read's consumer).
@@ -76,10 +73,8 @@ func readStale(ctx context.Context, t Target, policy broker.Policy, n node, caus
 		return statusView{}, fmt.Errorf("no answer from bucket %s through %s: %s; nor could this server's own copy be read (%s; a user who may not publish to $JS.API.DIRECT.GET.KV_%s gets no answer): %w",
 			t.Bucket, n.server, why, natsconn.OneLine(err.Error()), t.Bucket, cause)
 	}
-	select { // every running replica speaks within it
-	case <-ctx.Done():
-		return statusView{}, fmt.Errorf("no answer from bucket %s through %s: %s: %w", t.Bucket, n.server, why, ctx.Err())
-	case <-time.After(fleetListen - time.Since(heard)):
+	if err := f.listenOut(ctx); err != nil {
+		return statusView{}, fmt.Errorf("no answer from bucket %s through %s: %s: %w", t.Bucket, n.server, why, err)
 	}
 	now := time.Now()
 	note := &staleNote{Cause: why, Bucket: t.Bucket, Server: n.server, Revision: c.Revision,

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/gecholog/broker/broker"
-	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/internal/safetext"
 	"github.com/gecholog/broker/kv"
 	"github.com/gecholog/broker/replica"
@@ -62,25 +61,15 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 		if o.JSON {
 			return errors.New("status: --watch redraws the table; leave out --json, or run --json every second yourself")
 		}
-		return t.followBucket(ctx, "status", func(ctx context.Context, b bucket) error {
-			return watch(ctx, t, policy, o, b, stdout)
+		return t.withNode("status", true, func(n node) error {
+			return watch(ctx, t, policy, o, n, stdout)
 		})
 	}
 	var v statusView
-	err = t.readBucket(ctx, "status", func(ctx context.Context, b bucket) error {
-		f := hearFleet(b.nc, t.Bucket)
+	err = t.withNode("status", false, func(n node) (err error) {
+		f := hearFleet(n.nc, t.Bucket)
 		defer f.stop()
-		if err := f.listen(ctx, fleetListen); err != nil {
-			return err
-		}
-		rows, fv, now, l, err := readRows(ctx, t, policy, o.PolicyGiven, b, f)
-		if err != nil {
-			return err
-		}
-		v = statusView{head: heading(b, t, fv, l, now), rows: rows, revs: l.revisions(fv), l: l, now: now}
-		return nil
-	}, func(ctx context.Context, n node, cause error) (err error) {
-		v, err = readStale(ctx, t, policy, n, cause)
+		v, err = readStatus(ctx, t, policy, o.PolicyGiven, n, f)
 		return err
 	})
 	if err != nil {
@@ -138,37 +127,57 @@ func printStatus(stdout io.Writer, o StatusOptions, v statusView) error {
 	return writeBudgets(stdout, v.rows, v.l.budgetNote, v.now)
 }
 
-// watch redraws the table every WatchEvery until ctx ends. A read that
-// fails (the server gone a while, the bucket deleted) is shown in the
-// table's place, and the next redraw tries again.
-func watch(ctx context.Context, t Target, policy broker.Policy, o StatusOptions, b bucket, stdout io.Writer) error {
+// readStatus reads what status shows through the server n: the bucket,
+// or, when the bucket does not answer there, n's own copy of it marked
+// stale (readOrStale), with the replicas f hears once it has listened for
+// them. Plain status and each frame of status --watch read it alike.
+func readStatus(ctx context.Context, t Target, policy broker.Policy, policyGiven bool, n node, f *fleet) (v statusView, err error) {
+	err = t.readOrStale(ctx, n, "status", func(ctx context.Context, b bucket) error {
+		if err := f.listenOut(ctx); err != nil {
+			return err
+		}
+		rows, fv, now, l, err := readRows(ctx, t, policy, policyGiven, b, f)
+		if err != nil {
+			return err
+		}
+		v = statusView{head: heading(b, t, fv, l, now), rows: rows, revs: l.revisions(fv), l: l, now: now}
+		return nil
+	}, func(ctx context.Context, n node, cause error) (err error) {
+		v, err = readStale(ctx, t, policy, n, f, cause)
+		return err
+	})
+	return v, err
+}
+
+// watch redraws what status shows every WatchEvery until ctx ends, each
+// frame read as plain status reads it (readStatus): while the bucket does
+// not answer through n, n's own copy, marked stale; once it answers
+// again, the bucket. A read takes at most opTimeout, and the frame before
+// stays on the screen meanwhile, with the time it was read. A read that
+// fails otherwise (the server gone a while, the bucket deleted) is shown
+// in the table's place, and the next redraw tries again; only the first
+// fails the command, as plain status would.
+func watch(ctx context.Context, t Target, policy broker.Policy, o StatusOptions, n node, stdout io.Writer) error {
 	tick := time.NewTicker(WatchEvery)
 	defer tick.Stop()
-	f := hearFleet(b.nc, t.Bucket)
+	f := hearFleet(n.nc, t.Bucket)
 	defer f.stop()
-	for {
-		var frame strings.Builder
-		frame.WriteString(clearScreen)
-		fmt.Fprintf(&frame, "Every %v: broker status (Ctrl-C to stop)\n", WatchEvery)
-		rctx, cancel := context.WithTimeout(ctx, opTimeout)
-		rows, fv, now, l, err := readRows(rctx, t, policy, o.PolicyGiven, b, f)
-		cancel()
+	for first := true; ; first = false {
+		v, err := readStatus(ctx, t, policy, o.PolicyGiven, n, f)
 		switch {
 		case ctx.Err() != nil:
 			return nil
-		case err != nil:
-			fmt.Fprintf(&frame, "cannot read bucket %s on %s at %s: %s\n", b.store.Bucket(), b.server,
-				time.Now().UTC().Format(time.RFC3339), natsconn.OneLine(timedOut(err, b.server).Error()))
-		default:
-			if o.Replicas {
-				frame.WriteString(strings.TrimSuffix(heading(b, t, fv, l, now), "\n"))
-			} else {
-				frame.WriteString(heading(b, t, fv, l, now))
-				writeTable(&frame, rows)
-			}
-			writeReplicas(&frame, l.revisions(fv), l)
-			writeSessions(&frame, rows, l.revisions(fv))
-			writeBudgets(&frame, rows, l.budgetNote, now)
+		case err != nil && first:
+			return err
+		}
+		var frame strings.Builder
+		frame.WriteString(clearScreen)
+		fmt.Fprintf(&frame, "Every %v: broker status (Ctrl-C to stop)\n", WatchEvery)
+		if err != nil {
+			fmt.Fprintf(&frame, "cannot read bucket %s on %s at %s: %s\n", t.Bucket, n.server,
+				time.Now().UTC().Format(time.RFC3339), t.NATS.Scrub(err))
+		} else {
+			printStatus(&frame, o, v) // a strings.Builder takes every write
 		}
 		if _, err := io.WriteString(stdout, frame.String()); err != nil {
 			return err
