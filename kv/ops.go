@@ -2,6 +2,7 @@ package kv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -34,43 +35,116 @@ type Listed struct {
 // Scan returns every live key in key order, readable or not, so that
 // nothing in the bucket is hidden from the person looking.
 //
-// It reads every value through one consumer on the bucket's leader, not
-// key by key with direct gets: the members of the bucket's stream answer
-// direct gets in a queue group, and a server passes a request to one at
-// random, so while one member is cut off from the others (its routes
-// stalled, not yet closed) a third of the gets went to it and never came
-// back, and status through a server of the majority timed out.
+// It reads every value through one consumer of its own, not key by key
+// with direct gets: the members of the bucket's stream answer direct gets
+// in a queue group, and a server passes a request to one at random, so
+// while one member is cut off from the others (its routes stalled, not yet
+// closed) a third of the gets went to it and never came back, and status
+// through a server of the majority timed out.
+//
+// The server puts such a consumer on any member of the stream it counts
+// as online, one still catching up too (after a partition heals, the
+// member that was cut off rejoins behind the others), and the consumer
+// lists that member's copy: status through the healed server drew the
+// bucket without the majority's disable, unmarked. So Scan keeps a
+// consumer only on the stream's leader or on a member the leader counts
+// as current, and otherwise makes another a moment later, until ctx ends.
 func (s *Store) Scan(ctx context.Context) ([]Listed, error) {
-	// The watcher lives until its context ends (nats.go waits for it in a
-	// goroutine of its own): end it when the listing is done.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, noJetStream(fmt.Errorf("list bucket %q: %w", s.Bucket(), err))
-	}
-	defer w.Stop()
-	var out []Listed
-	for {
-		var e jetstream.KeyValueEntry
+	for n := 1; ; n++ {
+		out, err := s.scanOnce(ctx)
+		if !errors.Is(err, errBehind) {
+			return out, err
+		}
 		select {
 		case <-ctx.Done():
-			// A partial list must not pass for the whole bucket.
-			return nil, fmt.Errorf("list bucket %q: %w", s.Bucket(), ctx.Err())
-		case e = <-w.Updates():
+			return nil, fmt.Errorf("list bucket %q: %w, and no other member took a consumer within the time: %w", s.Bucket(), err, ctx.Err())
+		case <-time.After(broker.Backoff(10*time.Millisecond, 250*time.Millisecond, n)):
 		}
-		if e == nil {
-			break // every value the bucket held when the watch began
-		}
-		out = append(out, listed(e.Key(), e.Revision(), e.Created(), e.Value()))
 	}
-	if err := ctx.Err(); err != nil {
-		// The watcher closes its updates when ctx ends, which reads as the
-		// end of the values.
-		return nil, fmt.Errorf("list bucket %q: %w", s.Bucket(), err)
+}
+
+// errBehind says a consumer landed on a member of the bucket's stream
+// that may not hold all of it.
+var errBehind = errors.New("its consumer landed on a member of the stream catching up with the leader")
+
+// scanOnce lists the bucket through one consumer, or says errBehind.
+func (s *Store) scanOnce(ctx context.Context) ([]Listed, error) {
+	fail := func(err error) ([]Listed, error) {
+		return nil, noJetStream(fmt.Errorf("list bucket %q: %w", s.Bucket(), err))
+	}
+	// Subscribed before the consumer is made, so that nothing it pushes
+	// at once is missed.
+	nc := s.js.Conn()
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return fail(err)
+	}
+	defer sub.Unsubscribe()
+	cons, err := s.stream.CreatePushConsumer(ctx, jetstream.ConsumerConfig{
+		DeliverSubject: inbox,
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+		AckPolicy:      jetstream.AckNonePolicy,
+		FilterSubject:  s.subject(">"),
+		MemoryStorage:  true,
+		Replicas:       1,
+		// The server removes it after this should the delete below not
+		// reach it.
+		InactiveThreshold: 30 * time.Second,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	info := cons.CachedInfo()
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = s.stream.DeleteConsumer(dctx, info.Name)
+	}()
+	if info.Cluster != nil {
+		si, err := s.stream.Info(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		if !currentMember(info.Cluster.Leader, si.Cluster) {
+			return nil, errBehind
+		}
+	}
+	var out []Listed
+	for left := info.NumPending; left > 0; {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			// A partial list must not pass for the whole bucket.
+			return fail(err)
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			continue // not a message of the stream; none other is asked for
+		}
+		left = meta.NumPending
+		if m.Header.Get(kvOperation) != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "" {
+			continue // a delete, a purge or the server's marker of an expiry
+		}
+		out = append(out, listed(strings.TrimPrefix(m.Subject, s.subject("")), meta.Sequence.Stream, meta.Timestamp, m.Data))
 	}
 	slices.SortFunc(out, func(a, b Listed) int { return strings.Compare(a.Router, b.Router) })
 	return out, nil
+}
+
+// currentMember says whether the member of a stream on server holds all
+// of the stream as its leader knows it, by the stream's cluster c as the
+// leader tells it: the leader itself, or a member it counts as current.
+// A stream of one server (no cluster) is current on it.
+func currentMember(server string, c *jetstream.ClusterInfo) bool {
+	if c == nil || server == c.Leader && server != "" {
+		return true
+	}
+	for _, p := range c.Replicas {
+		if p.Name == server {
+			return p.Current && !p.Offline
+		}
+	}
+	return false
 }
 
 // keyRE is what JetStream accepts as a key, with no leading or trailing dot.
