@@ -182,8 +182,12 @@ func hedged(ctx context.Context, nc *nats.Conn, stream, subject string, req []by
 		if failed != nil {
 			also += fmt.Sprintf(" (one said: %v)", failed)
 		}
-		return fmt.Errorf("stream %s: no member answered %d direct gets in %v%s: %w",
-			stream, sent, time.Since(start).Round(time.Millisecond), also, ctx.Err())
+		gets := "direct gets"
+		if sent == 1 {
+			gets = "direct get"
+		}
+		return fmt.Errorf("stream %s: no member answered %d %s in %v%s: %w",
+			stream, sent, gets, time.Since(start).Round(time.Millisecond), also, ctx.Err())
 	}
 	send()
 	hedge := time.NewTicker(hedgeAfter)
