@@ -134,9 +134,17 @@ func (s *Store) scanOnce(ctx context.Context) ([]Listed, error) {
 // currentMember says whether the member of a stream on server holds all
 // of the stream as its leader knows it, by the stream's cluster c as the
 // leader tells it: the leader itself, or a member it counts as current.
-// A stream of one server (no cluster) is current on it.
+// A stream of one server (no cluster) is current on it. An answer naming
+// no leader vouches for nothing: a member that lost its leader answers
+// stream info itself, counting itself current, and the member just
+// healed did so before it heard the leader again.
 func currentMember(server string, c *jetstream.ClusterInfo) bool {
-	if c == nil || server == c.Leader && server != "" {
+	switch {
+	case c == nil:
+		return true
+	case c.Leader == "":
+		return false
+	case server == c.Leader:
 		return true
 	}
 	for _, p := range c.Replicas {

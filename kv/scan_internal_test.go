@@ -27,7 +27,9 @@ func TestScanKeepsAConsumerOnlyOnAMemberHoldingTheWholeStream(t *testing.T) {
 		{"n9", cluster, false},
 		{"", cluster, false},
 		{"", &jetstream.ClusterInfo{}, false}, // no leader named: nothing to trust
-		{"solo", nil, true},                   // one server: its copy is the bucket
+		// A member that lost its leader answers for itself, current.
+		{"n1", &jetstream.ClusterInfo{Replicas: []*jetstream.PeerInfo{{Name: "n1", Current: true}, {Name: "n2"}}}, false},
+		{"solo", nil, true}, // one server: its copy is the bucket
 	} {
 		if got := currentMember(c.server, c.cluster); got != c.want {
 			t.Errorf("currentMember(%q) = %v, want %v", c.server, got, c.want)
