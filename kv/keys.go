@@ -54,7 +54,7 @@ func (s *Store) PurgeKey(ctx context.Context, key string) (removed bool, err err
 	if err != nil {
 		return false, fmt.Errorf("read %q: %w", key, err)
 	}
-	if m.Header.Get(kvOperation) != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "" {
+	if removal(m.Header) {
 		return false, nil
 	}
 	// What KeyValue.Purge writes: a marker that rolls up, and so removes,

@@ -169,7 +169,7 @@ func parseCopy(msgs []*nats.Msg, prefix string) (NodeCopy, error) {
 		if at.After(c.Changed) {
 			c.Changed = at
 		}
-		if m.Header.Get(kvOperation) != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "" {
+		if removal(m.Header) {
 			continue // deleted, purged or expired
 		}
 		c.Listed = append(c.Listed, listed(key, seq, at, m.Data))

@@ -122,7 +122,7 @@ func (s *Store) scanOnce(ctx context.Context) ([]Listed, error) {
 			continue // not a message of the stream; none other is asked for
 		}
 		left = meta.NumPending
-		if m.Header.Get(kvOperation) != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "" {
+		if removal(m.Header) {
 			continue // a delete, a purge or the server's marker of an expiry
 		}
 		out = append(out, listed(strings.TrimPrefix(m.Subject, s.subject("")), meta.Sequence.Stream, meta.Timestamp, m.Data))

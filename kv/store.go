@@ -213,7 +213,7 @@ func (s *Store) Get(ctx context.Context, router string) (broker.Entry, error) {
 		return broker.Entry{}, fmt.Errorf("get %q: %w", router, jetstream.ErrInvalidKey)
 	}
 	m, err := s.last(ctx, router)
-	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && (m.Header.Get(kvOperation) != "" || m.Header.Get(jetstream.MarkerReasonHeader) != "") {
+	if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && removal(m.Header) {
 		return broker.Entry{}, fmt.Errorf("get %q: %w", router, ErrNotFound)
 	}
 	if err != nil {
@@ -299,6 +299,13 @@ func (s *Store) Release(ctx context.Context, memo broker.Record, rev uint64) (ui
 // kvOperation is the header nats.go's KV marks deletes and purges with.
 const kvOperation = "KV-Operation"
 
+// removal says whether a message with header h removes its key rather
+// than holds a value: a delete, a purge, or the server's marker of an
+// expiry.
+func removal(h nats.Header) bool {
+	return h.Get(kvOperation) != "" || h.Get(jetstream.MarkerReasonHeader) != ""
+}
+
 func (s *Store) publish(ctx context.Context, m *nats.Msg, rev uint64, opts ...jetstream.PublishOpt) (uint64, error) {
 	opts = append(opts, jetstream.WithExpectLastSequencePerSubject(rev))
 	key := m.Subject[len(s.subject("")):]
@@ -327,7 +334,7 @@ func (s *Store) Latest(ctx context.Context, router string) (e broker.Entry, live
 		return broker.Entry{}, false, fmt.Errorf("read %q: %w", router, s.failed(err))
 	}
 	e.Revision, e.Created = m.Sequence, m.Time
-	live = m.Header.Get(kvOperation) == "" && m.Header.Get(jetstream.MarkerReasonHeader) == ""
+	live = !removal(m.Header)
 	if len(m.Data) == 0 {
 		return e, false, nil
 	}
