@@ -12,7 +12,7 @@ import (
 // them (Merge); the replica package publishes them on a NATS subject when
 // they change, and at least every second (one silent for PeerSilence is
 // forgotten). Latency and rate-limit headroom come from gecholog's
-// transaction log, which every replica hears in full (Finished). Reading
+// transaction log, which every replica hears, read or told (Finished). Reading
 // them on a call is a few atomic loads; Refresh folds what was merged into
 // those atomics.
 

@@ -38,6 +38,8 @@ type memSlot struct {
 	until atomic.Int64
 	home  atomic.Pointer[route]
 	last  *route // the shard's lock
+	began int64  // when the call on last began, by gecholog's clock (0: not said); the shard's lock
+	homed int64  // when the call that made home home began, likewise
 }
 
 type memTable struct{ slots []memSlot } // len a power of two
@@ -109,11 +111,16 @@ func (m *sessionMemory) home(k uint64) *route {
 	return s.home.Load()
 }
 
-// hear takes a call of the session k on rt, heard at now: the session is
-// remembered until now+ttl. A session whose last call was on another
-// router moved, and is counted on both. Each router counts the sessions
-// whose last call it took (route.stats.pinned), for the sessions strategy.
-func (m *sessionMemory) hear(k uint64, rt *route, stay bool, now int64, ttl time.Duration) {
+// hear takes a call of the session k on rt, which began at began by
+// gecholog's clock (0: not said), heard at now: the session is remembered
+// until now+ttl. A session whose last call was on another router moved,
+// and is counted on both; but a call that began before the last one heard
+// is older news (the replicas hear calls read by another replica a few
+// milliseconds late), and moves nothing, so that every replica remembers
+// the same router whatever order it heard them in. Each router counts the
+// sessions whose last call it took (route.stats.pinned), for the
+// sessions strategy.
+func (m *sessionMemory) hear(k uint64, rt *route, stay bool, began, now int64, ttl time.Duration) {
 	sh := m.shard(k)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -125,17 +132,28 @@ func (m *sessionMemory) hear(k uint64, rt *route, stay bool, now int64, ttl time
 			case now >= s.until.Load(): // over: a new session of the same key
 				s.last.stats.pinned.Add(-1)
 				rt.stats.pinned.Add(1)
-				s.last = rt
+				s.last, s.began, s.homed = rt, began, began
 				s.home.Store(rt)
+			case began != 0 && began < s.began:
+				// Older news: the session was last on s.last; but its home,
+				// unless the pool says sessions stay where they move, is
+				// where its first call went.
+				if !stay && began < s.homed {
+					s.home.Store(rt)
+					s.homed = began
+				}
 			case s.last != rt:
 				s.last.stats.sessionsOut.Add(1)
 				s.last.stats.pinned.Add(-1)
 				rt.stats.sessionsIn.Add(1)
 				rt.stats.pinned.Add(1)
-				s.last = rt
+				s.last, s.began = rt, max(s.began, began)
 				if stay {
 					s.home.Store(rt)
+					s.homed = began
 				}
+			default:
+				s.began = max(s.began, began)
 			}
 			s.until.Store(until)
 			return
@@ -149,7 +167,7 @@ func (m *sessionMemory) hear(k uint64, rt *route, stay bool, now int64, ttl time
 		t = sh.rebuild()
 	}
 	s := t.empty(key)
-	s.last = rt
+	s.last, s.began, s.homed = rt, began, began
 	s.home.Store(rt)
 	s.until.Store(until)
 	s.key.Store(key) // last: a call that finds the key finds the rest
@@ -180,7 +198,7 @@ func (sh *memShard) rebuild() *memTable {
 			o := &old.slots[i]
 			if key := o.key.Load(); key > memGone {
 				s := t.empty(key)
-				s.last = o.last
+				s.last, s.began, s.homed = o.last, o.began, o.homed
 				s.home.Store(o.home.Load())
 				s.until.Store(o.until.Load())
 				s.key.Store(key)

@@ -79,7 +79,7 @@ func TestTheMemoryReadsWithoutALockWhileItIsWrittenSweptAndRebuilt(t *testing.T)
 		if rng.IntN(4) == 0 {
 			rt = routes[3] // a move
 		}
-		m.hear(k, rt, rng.IntN(2) == 0, now, time.Duration(100+rng.IntN(300_000))) // in steps of the clock
+		m.hear(k, rt, rng.IntN(2) == 0, 0, now, time.Duration(100+rng.IntN(300_000))) // in steps of the clock
 		if i%64 == 0 {
 			m.sweep(now)
 		}
@@ -115,7 +115,7 @@ func TestTheMemoryKeepsEverySessionThroughItsRebuilds(t *testing.T) {
 		keys = append(keys, k*0x9e3779b97f4a7c15>>6) // shard 0: the top 6 bits 0
 	}
 	for i, k := range keys {
-		m.hear(k, rt, false, 1, time.Hour)
+		m.hear(k, rt, false, 0, 1, time.Hour)
 		if i%97 == 0 {
 			for _, old := range keys[:i+1] {
 				is.Equal(m.home(old), rt) // every session heard so far, whatever the table
@@ -125,7 +125,7 @@ func TestTheMemoryKeepsEverySessionThroughItsRebuilds(t *testing.T) {
 	is.Equal(m.shards[0].live, memPerShard)
 	is.Equal(len(m.shards[0].table.Load().slots), memMaxSlots)
 	is.Equal(m.evicted.Load(), uint64(0))
-	m.hear(1<<50, rt, false, 1, time.Hour) // one more in shard 0: full
+	m.hear(1<<50, rt, false, 0, 1, time.Hour) // one more in shard 0: full
 	is.Equal(m.evicted.Load(), uint64(1))
 	is.Equal(m.shards[0].live, memPerShard)
 	is.Equal(rt.stats.pinned.Load(), int64(memPerShard))

@@ -48,19 +48,40 @@ var SessionTTLRange = Range[time.Duration]{Min: time.Second, Max: 24 * time.Hour
 // no such pool has, and an empty key or one longer than MaxSessionKey,
 // are ignored.
 func (b *Broker) Remember(key, router []byte) {
-	if len(key) == 0 || len(key) > MaxSessionKey {
-		return
+	if h, ok := SessionHash(key); ok {
+		b.RememberHash(h, router, time.Time{})
 	}
+}
+
+// SessionHash is what the memory of sessions keeps of a key: the same in
+// every replica, so that one that read a call's transaction can tell the
+// others where its session went without telling them its key. ok is
+// false for no key: empty, or longer than MaxSessionKey.
+func SessionHash(key []byte) (h uint64, ok bool) {
+	if len(key) == 0 || len(key) > MaxSessionKey {
+		return 0, false
+	}
+	return sessionHash(key), true
+}
+
+// RememberHash is Remember of the key whose SessionHash is h, for a call
+// that began at began by gecholog's clock (zero: not said). A call that
+// began before the last one heard of the session is older news: it moves
+// the session nowhere (see sessionMemory.hear).
+func (b *Broker) RememberHash(h uint64, router []byte, began time.Time) {
 	t := b.cur()
 	pools := t.remember[string(router)]
 	if len(pools) == 0 {
 		return
 	}
 	rt := t.routers[string(router)]
-	h := sessionHash(key)
 	now := b.memory.now()
+	var at int64
+	if !began.IsZero() {
+		at = began.UnixNano()
+	}
 	for _, p := range pools {
-		b.memory.hear(h^p.seed, rt, p.affinity.Stay, now, p.ttl())
+		b.memory.hear(h^p.seed, rt, p.affinity.Stay, at, now, p.ttl())
 	}
 }
 

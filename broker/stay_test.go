@@ -70,6 +70,51 @@ func TestTheRouterTheLogNamesPinsTheSessionsNextCallsOnEveryReplica(t *testing.T
 	is.Equal(pinned, 50) // each session pinned once
 }
 
+// Two calls of a session, the first on one router and the next on
+// another, reach two replicas in either order (each reads some of the log
+// itself, and hears the rest a few milliseconds later from the replica
+// that read it): both remember the session alike, and send its next calls
+// to the same router: where its first call went, or, when the pool says
+// sessions stay where they move, where its last call went.
+func TestASessionsCallsHeardInEitherOrderAreRememberedAlike(t *testing.T) {
+	for _, stay := range []bool{false, true} {
+		t.Run(fmt.Sprintf("stay %v", stay), func(t *testing.T) {
+			is := is.New(t)
+			p := sessionPool([]int{1, 1, 1})
+			p.Affinity.Stay = stay
+			inOrder, _ := newBroker(t, broker.Config{Pools: []broker.Pool{p}, ID: "in-order"})
+			late, _ := newBroker(t, broker.Config{Pools: []broker.Pool{p}, ID: "late"})
+			for i := range 20 {
+				k := sessionKey(i)
+				h, _ := broker.SessionHash(k)
+				first := notFirst(t, p, k)
+				next := p.Routers[0].Path
+				if next == first {
+					next = p.Routers[1].Path
+				}
+				began := time.Now()
+				inOrder.RememberHash(h, []byte(first), began)
+				inOrder.RememberHash(h, []byte(next), began.Add(time.Second))
+				late.RememberHash(h, []byte(next), began.Add(time.Second))
+				late.RememberHash(h, []byte(first), began) // older news
+				want := first
+				if stay {
+					want = next
+				}
+				is.Equal(settled(inOrder, "/s/", k), want)
+				is.Equal(settled(late, "/s/", k), want) // the same router on both
+			}
+			pinned := func(b *broker.Broker) (n []int) {
+				for _, r := range b.SessionRouters() {
+					n = append(n, r.Pinned)
+				}
+				return n
+			}
+			is.Equal(pinned(late), pinned(inOrder)) // and the same sessions pinned per router: where each last went
+		})
+	}
+}
+
 // moveAndReturn pins a session to a router it was heard on, disables that
 // router so the session moves, and enables it again; it returns the
 // router the session moved to and where its calls go once the router is

@@ -195,6 +195,10 @@ func (r *Replica) shareStats() error {
 		if len(m.Data) > maxStats {
 			return
 		}
+		if m.Header != nil && m.Header.Get(digestHeader) != "" {
+			r.hearDigests(m)
+			return
+		}
 		var msg StatsMessage
 		if json.Unmarshal(m.Data, &msg) != nil || len(msg.ID) > MaxID || msg.ID == r.cfg.ID {
 			return

@@ -252,13 +252,13 @@ var (
 	recentCallsDesc = prometheus.NewDesc("broker_router_recent_calls",
 		"Calls of the router reported over the whole fleet within the failure-rate window.", []string{"ingress", "router"}, nil)
 	transactionsDesc = prometheus.NewDesc("broker_transactions_total",
-		"Transactions from gecholog's logger subject, by outcome: read, too_large and unreadable (ignored), dropped (came faster than the replica read them).",
+		"Transactions from gecholog's logger subject, by outcome: read (by this replica, in the replicas' queue group), shared (read by another replica and told this one as a digest), too_large and unreadable (ignored), dropped (came faster than the replica read them), and messages of digests: bad_digests (could not be read: forged or from a broken client), unshared (could not be told).",
 		[]string{"outcome"}, nil)
 	outOfBoundsDesc = prometheus.NewDesc("broker_transactions_out_of_bounds_total",
 		"Transactions read of which a value was ignored as out of bounds: an upstream time longer than the in-flight bound or negative, a rate-limit header that cannot be read or whose reset is past the year 2262.",
 		nil, nil)
 	// Tokens and spend from the transaction log, which every replica hears
-	// whole: each replica's counts are the fleet's totals since it
+	// (read, or told as digests): each replica's counts are the fleet's totals since it
 	// started. The pools bound the routers; every other path is "other".
 	tokensDesc = prometheus.NewDesc("broker_tokens_total",
 		"Tokens the calls of each router used, over the whole fleet since this replica started, as the upstream's answers in gecholog's transaction log said them, by kind: input (not read from the prompt cache), output, cached_input.",
@@ -411,7 +411,8 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(watchAgeDesc, prometheus.GaugeValue, age)
 	if tx := c.m.tx.Load(); tx != nil {
 		t := (*tx)()
-		for outcome, n := range map[string]uint64{"read": t.Read, "too_large": t.TooLarge, "unreadable": t.Unreadable, "dropped": t.Dropped} {
+		for outcome, n := range map[string]uint64{"read": t.Read, "shared": t.Shared, "too_large": t.TooLarge, "unreadable": t.Unreadable,
+			"dropped": t.Dropped, "bad_digests": t.BadDigests, "unshared": t.Unshared} {
 			ch <- prometheus.MustNewConstMetric(transactionsDesc, prometheus.CounterValue, float64(n), outcome)
 		}
 		ch <- prometheus.MustNewConstMetric(outOfBoundsDesc, prometheus.CounterValue, float64(t.OutOfBounds))

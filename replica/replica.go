@@ -87,8 +87,9 @@ type Replica struct {
 	sub      *nats.Subscription
 	closed   <-chan nats.SubStatus
 	calls    gate
-	tx       txLog // gecholog's transaction log
-	drops    drops // slow-consumer lines
+	tx       txLog   // gecholog's transaction log
+	digests  digests // what it read of the log, for the others
+	drops    drops   // slow-consumer lines
 
 	// ctx owns every goroutine the replica starts, each through spawn:
 	// stop cancels it and waits for the group.

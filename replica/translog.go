@@ -19,14 +19,14 @@ import (
 )
 
 // gecholog publishes every finished call, whole, on its logger subject
-// (service_bus.topic_exact_logger in gl_config.json). Every replica
-// subscribes there outside the queue group, so each hears every call of
-// the fleet with no coordination, and reads the router, the upstream's
-// time and its rate-limit headers into its broker (Broker.Finished), for
-// the latency and headroom strategies and for status, the tokens the
-// call used (Broker.Used): each replica's token counts are the fleet's,
-// and where the call's session went (Broker.Remember): each replica
-// remembers alike.
+// (service_bus.topic_exact_logger in gl_config.json). The replicas read
+// it in a queue group (logQueue), so each call reaches one of them, which
+// reads the router, the upstream's time and its rate-limit headers into
+// its broker (Broker.Finished), for the latency and headroom strategies
+// and for status, the tokens the call used (Broker.UsedIn), and where the
+// call's session went (Broker.RememberHash), and tells the others the
+// same as a digest (digest.go): each replica's counts are the fleet's,
+// and each remembers alike.
 
 const (
 	// DefaultLoggerSilence is how long gecholog's transaction log may be
@@ -49,7 +49,11 @@ const (
 // TransactionCounts are what a replica made of gecholog's transaction log
 // since it started.
 type TransactionCounts struct {
-	Read       uint64 // read and handed to the broker
+	Read uint64 // read and handed to the broker
+	// Shared counts the transactions another replica read and told this
+	// one as digests, handed to the broker as if read: Read+Shared is
+	// what the broker heard of the log.
+	Shared     uint64
 	TooLarge   uint64 // ignored unread: longer than gecholog.MaxTransaction
 	Unreadable uint64 // ignored: not a transaction the broker can read
 	Dropped    uint64 // dropped unread: they came faster than the replica read them
@@ -57,14 +61,19 @@ type TransactionCounts struct {
 	// an upstream time longer than the in-flight bound or negative, a
 	// rate-limit header that cannot be read or whose reset is past what a
 	// time holds, a token usage that cannot be read. The rest of each was
-	// taken.
+	// taken. Digests count here too.
 	OutOfBounds uint64
+	// BadDigests counts messages of digests that could not be read (on
+	// the stats subject, forged or from a broken client), and Unshared
+	// those this replica could not tell.
+	BadDigests, Unshared uint64
 }
 
 // Transactions returns what the replica made of gecholog's transaction log.
 func (r *Replica) Transactions() TransactionCounts {
 	t := &r.tx
-	c := TransactionCounts{Read: t.read.Load(), TooLarge: t.tooLarge.Load(), Unreadable: t.unreadable.Load(), OutOfBounds: t.ignored.Load()}
+	c := TransactionCounts{Read: t.read.Load(), Shared: t.shared.Load(), TooLarge: t.tooLarge.Load(), Unreadable: t.unreadable.Load(),
+		OutOfBounds: t.ignored.Load(), BadDigests: t.badDigests.Load(), Unshared: t.unshared.Load()}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c.Dropped = uint64(t.dropped)
@@ -82,6 +91,9 @@ type txLog struct {
 	calls                      gate // the handler, while it reads one; closed at stop
 	read, tooLarge, unreadable atomic.Uint64
 	ignored                    atomic.Uint64 // read, with a value out of bounds ignored
+	shared, badDigests         atomic.Uint64 // digests taken; messages of them unread
+	unshared                   atomic.Uint64 // messages of digests not told
+	scratch                    []heard       // the digests being taken (hearDigests alone)
 
 	mu             sync.Mutex
 	sub            *nats.Subscription // nil once stopped
@@ -91,12 +103,16 @@ type txLog struct {
 	unreadableTold uint64             // unreadable and too large as of that line
 	ignoredAt      time.Time          // the last line about values out of bounds
 	ignoredTold    uint64             // such transactions as of that line
+	badDigestAt    time.Time          // the last line about unreadable digests
+	badDigestTold  uint64             // such messages as of that line
 }
 
-// hearTransactions subscribes to gecholog's transaction log and watches
-// for its silence until the replica stops.
+// hearTransactions subscribes to gecholog's transaction log, tells the
+// others what it reads, and watches for the log's silence until the
+// replica stops.
 func (r *Replica) hearTransactions() error {
-	sub, err := r.nc.Subscribe(r.cfg.LoggerSubject, r.hear)
+	r.digests.kick = make(chan struct{}, 1)
+	sub, err := r.nc.QueueSubscribe(r.cfg.LoggerSubject, logQueue, r.hear)
 	if err != nil {
 		return err
 	}
@@ -107,6 +123,7 @@ func (r *Replica) hearTransactions() error {
 	r.tx.mu.Lock()
 	r.tx.sub = sub
 	r.tx.mu.Unlock()
+	r.spawn(func(ctx context.Context) { r.gatherDigests(ctx.Done()) })
 	r.spawn(func(ctx context.Context) {
 		r.watchSilence(ctx, time.Now())
 		r.tx.tellDropped(r.log, sub, true) // while the subscription still says
@@ -115,6 +132,7 @@ func (r *Replica) hearTransactions() error {
 		r.tx.mu.Unlock()
 		_ = sub.Unsubscribe()
 		r.tx.calls.close() // a transaction being read is finished; no other starts
+		r.tellDigests()    // what it read last, for the others
 	})
 	return nil
 }
@@ -162,15 +180,10 @@ func (r *Replica) hear(m *nats.Msg) {
 	if bad > 0 {
 		ignored = append(ignored, fmt.Errorf("%w: %d rate-limit header(s) that cannot be read, or whose reset is past the year 2262", errOutOfBounds, bad))
 	}
-	if err := r.broker.Finished(tx.Router, latency, limits); err != nil {
-		ignored = append(ignored, err)
-	}
-	if err := r.broker.UsedIn(tx.Ingress, tx.Router, tx.Usage); err != nil {
-		ignored = append(ignored, err)
-	}
-	// Where the call's session went, its first call included: the next
-	// keyed call of the session goes there (pools with "session" affinity).
-	r.broker.Remember(tx.Session, tx.Router)
+	h := heard{ingress: tx.Ingress, router: tx.Router, latency: latency, limits: limits, usage: tx.Usage, began: tx.Start}
+	h.session, h.keyed = broker.SessionHash(tx.Session)
+	ignored = append(ignored, r.take(&h)...)
+	r.share(&h)
 	if len(ignored) > 0 {
 		t.ignored.Add(1)
 		t.tellIgnored(r.log, m.Subject, string(tx.Router), errors.Join(ignored...))

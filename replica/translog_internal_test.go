@@ -114,21 +114,7 @@ func TestTransactionsComingFasterThanTheyAreReadAreDroppedAndCounted(t *testing.
 	is := is.New(t)
 	s := natstest.Start(t)
 	var logs syncLog
-	ready := make(chan *Replica, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, ID: "replica-1", Logger: jsonLog(&logs),
-			Policy: broker.Policy{DisabledTime: time.Minute}, Ready: func(r *Replica) { ready <- r }})
-	}()
-	stop := sync.OnceValue(func() error { cancel(); return <-done })
-	t.Cleanup(func() { _ = stop() })
-	var r *Replica
-	select {
-	case r = <-ready:
-	case err := <-done:
-		t.Fatalf("replica stopped before it served: %v", err)
-	}
+	r, stop := runOne(t, s.ClientURL(), &logs)
 	r.tx.mu.Lock()
 	msgs, size, err := r.tx.sub.PendingLimits()
 	r.tx.mu.Unlock()
@@ -164,6 +150,28 @@ func TestTransactionsComingFasterThanTheyAreReadAreDroppedAndCounted(t *testing.
 		}
 	}
 	is.Equal(uint64(told), dropped) // the lines add up to every transaction dropped
+}
+
+// runOne runs the replica "replica-1" on the server at url, logging in
+// JSON to logs, until the test ends or stop is called; stop returns what
+// Run did.
+func runOne(t *testing.T, url string, logs *syncLog) (r *Replica, stop func() error) {
+	t.Helper()
+	ready := make(chan *Replica, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{NATS: natsconn.Settings{Servers: url}, ID: "replica-1", Logger: jsonLog(logs),
+			Policy: broker.Policy{DisabledTime: time.Minute}, Ready: func(r *Replica) { ready <- r }})
+	}()
+	stop = sync.OnceValue(func() error { cancel(); return <-done })
+	t.Cleanup(func() { _ = stop() })
+	select {
+	case r = <-ready:
+	case err := <-done:
+		t.Fatalf("replica stopped before it served: %v", err)
+	}
+	return r, stop
 }
 
 // syncLog is a log safe for the replica's goroutines.

@@ -75,7 +75,7 @@ func TestATransactionOnTheLoggerSubjectReachesEveryReplicasView(t *testing.T) {
 	rs.every(t, 5*time.Second, func(b *broker.Broker) bool {
 		return viewOf(b, "/azure/gpt4/").LatencyKnown && viewOf(b, "/azure/claude/").LatencyKnown
 	}, "both heard of")
-	for i, b := range rs.replicas {
+	for _, b := range rs.replicas {
 		gpt4, claude, other := viewOf(b, "/azure/gpt4/"), viewOf(b, "/azure/claude/"), viewOf(b, "/azure/gpt35turbo/")
 		is.Equal(gpt4.Latency, 123456789*time.Nanosecond) // the upstream's time to the nanosecond, on every replica
 		is.Equal(claude.Latency, 987654321*time.Nanosecond)
@@ -83,9 +83,19 @@ func TestATransactionOnTheLoggerSubjectReachesEveryReplicasView(t *testing.T) {
 		is.Equal(gpt4.Headroom, 0.25)                        // 25 of 100 requests left (OpenAI)
 		is.Equal(claude.Headroom, 0.3)                       // 300 of 1000 tokens left (Anthropic)
 		is.True(!other.LatencyKnown && !other.HeadroomKnown) // a router not heard of is not known
-		is.Equal(rs.fleet.Replicas[i].Transactions(), replica.TransactionCounts{Read: 2})
-		is.True(!b.Heard().IsZero()) // the log was heard
+		is.True(!b.Heard().IsZero())                         // the log was heard
 	}
+	// Each transaction was read whole by one replica, in their queue
+	// group, and told to the others as a digest.
+	read := uint64(0)
+	for i, r := range rs.fleet.Replicas {
+		natstest.Eventually(t, 5*time.Second, func() bool { c := r.Transactions(); return c.Read+c.Shared == 2 }, "replica-%d heard both", i+1)
+		c := r.Transactions()
+		read += c.Read
+		c.Read, c.Shared = 0, 0
+		is.Equal(c, replica.TransactionCounts{}) // nothing else: none dropped, unreadable or out of bounds
+	}
+	is.Equal(read, uint64(2)) // each read once in the fleet, not once a replica
 	natstest.Eventually(t, 5*time.Second, func() bool {
 		for _, l := range rs.logs {
 			if _, ok := logLine(l.String(), "hearing gecholog's transaction log"); !ok {
@@ -283,7 +293,7 @@ func TestALatencyBeyondTheInFlightBoundIsNoSample(t *testing.T) {
 	is.NoErr(nc.Publish(replica.DefaultLoggerSubject, []byte(`{"response":{"gl_path":"/azure/a/","egress_status_code":200,`+
 		`"outbound_inbound_timer":{"start":"`+start+`","stop":"9999-12-31T23:59:59Z","duration":1}}}`)))
 	for i, r := range rs.fleet.Replicas {
-		natstest.Eventually(t, 5*time.Second, func() bool { return r.Transactions().Read == 7 }, "replica-%d read all", i+1)
+		natstest.Eventually(t, 5*time.Second, func() bool { c := r.Transactions(); return c.Read+c.Shared == 7 }, "replica-%d heard all", i+1)
 		is.Equal(r.Transactions().OutOfBounds, uint64(1))                          // the forged one, counted
 		is.Equal(viewOf(rs.replicas[i], "/azure/a/").Latency, 10*time.Millisecond) // the real samples' average
 	}

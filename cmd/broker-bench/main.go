@@ -217,7 +217,7 @@ func parseOptions(args []string, getenv func(string) string, stdout io.Writer) (
 	s.Int(&o.callers, "callers", "", 32, 1, 1024, "concurrent `callers` (throughput, storm)")
 	s.Int(&o.conns, "conns", "", 4, 1, 64, "NATS `connections` the callers share")
 	s.Int(&o.replicas, "replicas", "", 3, 1, 64, "broker `replicas`, and no-op responders")
-	s.String(&o.fleetsText, "fleets", "", "3,10,20", "chatter: the fleet `sizes` measured, replica processes each")
+	s.String(&o.fleetsText, "fleets", "", "1,3,10,20", "chatter: the fleet `sizes` measured, replica processes each (a fleet of 1 is what the log costs one replica that reads it all)")
 	s.String(&o.strategy, "strategy", "", "", "throughput: the pool's `strategy` (default: the broker's default, random)")
 	s.Duration(&o.timeout, "timeout", "", 50*time.Millisecond, time.Millisecond, time.Minute, "a call without a reply within this `time` is an error (gecholog's processor timeout is 50ms)")
 	s.Int(&o.maxCalls, "max-calls", "", 10_000_000, 1, 100_000_000, "at most this many `calls` per measured run")

@@ -16,7 +16,7 @@ import (
 // after a change, as the strategies read them: a call chosen and a call
 // reported (its calls in flight, which the replicas tell each other), and
 // a finished call on gecholog's transaction log (its latency and headroom,
-// which every replica hears itself). Each change is made alone, and the
+// which one replica reads and tells the others as a digest). Each change is made alone, and the
 // time runs from sending it to the last replica showing it.
 func (b *bench) views(ctx context.Context) error {
 	o := b.o
@@ -131,7 +131,7 @@ func (b *bench) views(ctx context.Context) error {
 	}{
 		{"a call chosen: in flight (the replicas tell each other)", chosen},
 		{"its report: no longer in flight", reported},
-		{"a transaction: latency and headroom (each replica hears it)", heard},
+		{"a transaction: latency and headroom (one reads it, tells the rest)", heard},
 	} {
 		slices.Sort(s.d)
 		r := benchResult{lat: s.d}

@@ -280,8 +280,9 @@ var (
 	// before each compare-and-set write and every key after a reconnect
 	// (DIRECT.GET), writes keys ($KV.gl_broker.>), tells the other
 	// replicas of its changes (broker.news.gl_broker) and its counts of
-	// calls (broker.stats.gl_broker), and hears every call gecholog logs
-	// (coburn.gl.logger, outside the queue group). _INBOX.> receives the
+	// calls and the digests of the calls gecholog logged that it read
+	// (broker.stats.gl_broker), and reads those calls (coburn.gl.logger,
+	// in the queue group broker-log). _INBOX.> receives the
 	// JetStream API's replies and the watcher's messages.
 	processorRole = secRole{
 		publish: []string{
