@@ -66,14 +66,28 @@ type fleet struct {
 }
 
 type peer struct {
-	at     time.Time
-	counts map[string]Counts // by router
+	at      time.Time
+	silence time.Duration     // how long its counts stand (Silence)
+	counts  map[string]Counts // by router
 }
 
 // PeerSilence is how long a replica's last counts stand without a new
-// word: replicas tell at least every second, so one silent for three has
+// word when it tells a heartbeat every second: one silent for three has
 // stopped (its calls are reported to the others, or time out).
 const PeerSilence = 3 * time.Second
+
+// MaxHeartbeat bounds the time between two heartbeats a replica says it
+// keeps (the replica package spaces them as the fleet grows, so that each
+// replica hears a bounded number a second): one telling more is held to
+// it, so that a forged word stands no longer than 3 × MaxHeartbeat.
+const MaxHeartbeat = 10 * time.Second
+
+// Silence is how long the last word of a replica that tells a heartbeat
+// every every stands: three heartbeats, and at least PeerSilence (every
+// 0 or less: a second, as a replica that does not say).
+func Silence(every time.Duration) time.Duration {
+	return max(PeerSilence, 3*min(every, MaxHeartbeat))
+}
 
 // maxPeers bounds the replicas whose counts are kept at once. A fleet is a
 // few dozen; anyone may publish on the stats subject, and a flood of
@@ -81,8 +95,14 @@ const PeerSilence = 3 * time.Second
 const maxPeers = 1024
 
 // Merge takes the counts replica from told at, replacing what it told
-// before. This replica's own are ignored.
+// before; they stand for PeerSilence. This replica's own are ignored.
 func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
+	b.MergeEvery(from, at, 0, counts)
+}
+
+// MergeEvery is Merge of a replica that tells a heartbeat every every:
+// its counts stand for Silence(every).
+func (b *Broker) MergeEvery(from string, at time.Time, every time.Duration, counts []Counts) {
 	if from == b.id {
 		return
 	}
@@ -100,7 +120,7 @@ func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
 		return
 	}
 	old := prev.counts
-	b.fleet.peers[from] = peer{at: at, counts: m}
+	b.fleet.peers[from] = peer{at: at, silence: Silence(every), counts: m}
 	// What least-busy reads takes the news at once, rather than at the
 	// next Refresh: half the time two replicas' counts disagree.
 	for path, c := range m {
@@ -140,8 +160,8 @@ func (b *Broker) Forget(from string) {
 	b.stir()
 }
 
-// Peers is how many other replicas this replica heard from within
-// PeerSilence, as of the last Refresh.
+// Peers is how many other replicas this replica heard from within their
+// Silence, as of the last Refresh.
 func (b *Broker) Peers() int {
 	b.fleet.mu.Lock()
 	defer b.fleet.mu.Unlock()
@@ -238,7 +258,7 @@ func (b *Broker) refreshFleet(now time.Time) (late []lateFailure) {
 	b.fleet.mu.Lock()
 	defer b.fleet.mu.Unlock()
 	for id, p := range b.fleet.peers {
-		if now.Sub(p.at) > PeerSilence {
+		if now.Sub(p.at) > p.silence {
 			delete(b.fleet.peers, id)
 		}
 	}

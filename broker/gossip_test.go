@@ -305,3 +305,32 @@ func TestASuccessAfterFailuresAnotherReplicaToldIsToldAtOnceAndEndsTheFleetsCoun
 	is.Equal(a.Failures("/azure/dud/"), 1)           // the fleet's count started again at b's success
 	is.Equal(a.Phase("/azure/dud/"), broker.Enabled) // not a third failure in a row
 }
+
+// A replica's counts stand for three of the heartbeats it says it keeps,
+// at least PeerSilence, at most three of MaxHeartbeat: a fleet that spaces
+// its heartbeats does not forget its members between two, and a forged
+// word stands no longer than that.
+func TestAPeersCountsStandForThreeOfItsHeartbeats(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{Pools: broker.DefaultPools(), ID: "me"})
+	t0 := time.Now()
+	counts := []broker.Counts{{Router: "/azure/gpt4/", Chosen: 1}}
+	b.Merge("before", t0, counts)                      // says nothing: a second
+	b.MergeEvery("spaced", t0, 2*time.Second, counts)  // a fleet of 21
+	b.MergeEvery("forged", t0, 1000*time.Hour, counts) // held to MaxHeartbeat
+	for _, step := range []struct {
+		after time.Duration
+		peers int
+	}{
+		{broker.PeerSilence, 3},
+		{broker.PeerSilence + time.Millisecond, 2},
+		{6 * time.Second, 2},
+		{6*time.Second + time.Millisecond, 1},
+		{3 * broker.MaxHeartbeat, 1},
+		{3*broker.MaxHeartbeat + time.Millisecond, 0},
+	} {
+		b.Refresh(t0.Add(step.after))
+		is.Equal(b.Peers(), step.peers) // heard within their silence
+	}
+	is.Equal(broker.Silence(-time.Second), broker.PeerSilence)
+}

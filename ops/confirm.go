@@ -26,14 +26,6 @@ const (
 	// write, for every replica heard to say it holds the write: one that
 	// hears the bucket takes it and says so within milliseconds.
 	confirmWait = 2 * time.Second
-	// confirmListen is the most they listen before trusting that every
-	// running replica was heard: an idle replica that does not take the
-	// write (one cut off from the bucket) speaks only at its heartbeat,
-	// at least every replica.StatsAtLeast. They trust it sooner once they
-	// have heard as many replicas as each says it hears (fleet.all, as
-	// status does): every replica that takes the write says so at once,
-	// and counts among its peers one that does not.
-	confirmListen = fleetListen
 	// maxNamed bounds the replicas a confirming line names.
 	maxNamed = 10
 )
@@ -49,8 +41,14 @@ type confirmation struct {
 
 // confirm waits until every replica heard since listening says it holds
 // router at revision rev or later in phase want, once it has heard the
-// whole fleet (fleet.all) or listened confirmListen, or until confirmWait
-// has passed since the write, and returns what they said.
+// whole fleet or listened long enough, or until confirmWait has passed
+// since the write, and returns what they said. It listens at most
+// fleet.listenFor before trusting that every running replica was heard:
+// an idle replica that does not take the write (one cut off from the
+// bucket) speaks only at its heartbeat. It trusts it sooner once it has
+// heard as many replicas as each says it hears (fleet.all, as status
+// does): every replica that takes the write says so at once, and counts
+// among its peers one that does not.
 func (f *fleet) confirm(ctx context.Context, rev uint64, want broker.Phase, listening time.Time) confirmation {
 	deadline := time.Now().Add(confirmWait)
 	timer := time.NewTimer(confirmWait)
@@ -58,13 +56,14 @@ func (f *fleet) confirm(ctx context.Context, rev uint64, want broker.Phase, list
 	for {
 		now := time.Now()
 		c := f.confirmed(rev, want, now)
-		listened := now.Sub(listening) >= confirmListen || f.all()
+		listenFor := f.listenFor()
+		listened := now.Sub(listening) >= listenFor || f.all()
 		if listened && len(c.notYet) == 0 || !now.Before(deadline) || ctx.Err() != nil {
 			return c
 		}
 		next := deadline // or when it has listened long enough, or a new word
-		if !listened && listening.Add(confirmListen).Before(next) {
-			next = listening.Add(confirmListen)
+		if !listened && listening.Add(listenFor).Before(next) {
+			next = listening.Add(listenFor)
 		}
 		timer.Reset(next.Sub(now))
 		select {
@@ -81,7 +80,7 @@ func (f *fleet) confirmed(rev uint64, want broker.Phase, now time.Time) confirma
 	defer f.mu.Unlock()
 	c := confirmation{subject: f.subject}
 	for id, h := range f.heard {
-		if now.Sub(h.at) > fleetSilence {
+		if !h.stands(now) {
 			continue // stopped
 		}
 		c.heard = append(c.heard, id)

@@ -21,7 +21,9 @@ import (
 // may not publish there, where it could forge counts.
 
 // fleetListen is how long a one-shot status listens at most: every running
-// replica speaks at least once in it, at its heartbeat. It stops sooner
+// replica speaks at least once in it, at its heartbeat; longer once a
+// replica says the fleet's heartbeats are further apart (a fleet of more
+// than a dozen: replica.StatsMessage.Every, see fleet.listenFor). It stops sooner
 // once it has heard as many replicas as each of them says it hears, plus
 // itself (StatsMessage's Peers): an idle replica's next heartbeat, or at
 // once while the fleet has calls. A forged word can end that one listen
@@ -29,10 +31,6 @@ import (
 // forged goodbye does); with a replica from before Peers was told, status
 // listens the whole heartbeat.
 const fleetListen = replica.StatsAtLeast + 250*time.Millisecond
-
-// fleetSilence is how long a replica's last word stands: one silent for
-// it has stopped (the replicas forget each other after the same time).
-const fleetSilence = broker.PeerSilence
 
 // fleet hears the replicas' statistics until stopped.
 type fleet struct {
@@ -114,28 +112,47 @@ func signal(c chan struct{}) {
 	}
 }
 
-// listen waits until every replica of the fleet was heard (all), or d
-// passes, or ctx ends.
-func (f *fleet) listen(ctx context.Context, d time.Duration) error {
-	deadline := time.NewTimer(d)
+// listenOut waits until every replica of the fleet was heard (all), or f
+// has listened listenFor since it began to hear, or ctx ends: a fleet
+// heard that long (status --watch after its first frame) is listened to
+// at once.
+func (f *fleet) listenOut(ctx context.Context) error {
+	deadline := time.NewTimer(0)
 	defer deadline.Stop()
 	for !f.all() {
+		left := f.listenFor() - time.Since(f.began)
+		if left <= 0 {
+			return nil
+		}
+		deadline.Reset(left)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-deadline.C:
-			return nil
 		case <-f.spoke:
 		}
 	}
 	return nil
 }
 
-// listenOut is listen for what is left of fleetListen since f began to
-// hear: a fleet heard that long (status --watch after its first frame)
-// is listened to at once.
-func (f *fleet) listenOut(ctx context.Context) error {
-	return f.listen(ctx, fleetListen-time.Since(f.began))
+// listenFor is how long to listen to hear every running replica:
+// fleetListen, or a quarter more than the longest heartbeat a replica
+// heard says it keeps.
+func (f *fleet) listenFor() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d := fleetListen
+	for _, h := range f.heard {
+		d = max(d, h.msg.Heartbeat()*5/4)
+	}
+	return d
+}
+
+// stands says whether h, heard, still stands at now: a replica silent for
+// three of its heartbeats has stopped (the replicas forget each other
+// after the same time).
+func (h *heardStats) stands(now time.Time) bool {
+	return now.Sub(h.at) <= broker.Silence(h.msg.Heartbeat())
 }
 
 // all says status has heard the whole fleet: some replica, and as many as
@@ -188,14 +205,14 @@ type routerFigures struct {
 	sessions *replica.RouterSessionsTold
 }
 
-// view adds up what each replica heard from within fleetSilence told.
+// view adds up what each replica heard, whose word still stands, told.
 func (f *fleet) view(now time.Time) fleetView {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	v := fleetView{routers: map[string]*routerFigures{}}
 	var latest time.Time // of the message latency and headroom are taken from
 	for id, h := range f.heard {
-		if now.Sub(h.at) > fleetSilence {
+		if !h.stands(now) {
 			delete(f.heard, id)
 			delete(f.held, id)
 			continue

@@ -93,3 +93,33 @@ func TestAReplicaThatSaysGoodbyeIsNeitherHeardNorWaitedFor(t *testing.T) {
 	word(replica.StatsMessage{ID: "ghost", Bye: true})
 	is.True(!news()) // a goodbye of a replica never heard is no news
 }
+
+// TestStatusListensAsLongAsTheFleetsHeartbeatAndKeepsAWordForThree: a
+// fleet of more than a dozen spaces its heartbeats (replica.heartbeat), and
+// says how far apart (Every); status listens a quarter more than the
+// longest told, and keeps a replica's word for three of its heartbeats,
+// both held within what a replica may say (broker.MaxHeartbeat), since
+// anyone may publish there.
+func TestStatusListensAsLongAsTheFleetsHeartbeatAndKeepsAWordForThree(t *testing.T) {
+	is := is.New(t)
+	now := time.Now()
+	f := newFleet("gl_broker")
+	is.Equal(f.listenFor(), fleetListen) // none heard: a second's heartbeat
+	word := func(id string, every int64) heardStats {
+		return heardStats{at: now, msg: replica.StatsMessage{ID: id, Every: every}}
+	}
+	f.heard["small"] = word("small", 0)
+	is.Equal(f.listenFor(), fleetListen) // a replica that says nothing keeps a second
+	f.heard["large"] = word("large", 2000)
+	is.Equal(f.listenFor(), 2500*time.Millisecond) // 2 s and a quarter
+	f.heard["forged"] = word("forged", math.MaxInt64)
+	is.Equal(f.listenFor(), broker.MaxHeartbeat*5/4) // held
+	for _, tc := range []struct {
+		id     string
+		stands time.Duration // how long its word stands
+	}{{"small", broker.PeerSilence}, {"large", 6 * time.Second}, {"forged", 3 * broker.MaxHeartbeat}} {
+		h := f.heard[tc.id]
+		is.True(h.stands(now.Add(tc.stands)))                     // its word stands three heartbeats
+		is.True(!h.stands(now.Add(tc.stands + time.Millisecond))) // and no longer
+	}
+}

@@ -207,3 +207,61 @@ func TestAFloodOfAsksIsAnsweredAtMostEveryTick(t *testing.T) {
 		t.Errorf("the replica said nothing in the flood's second half: the asks put its words off")
 	}
 }
+
+// TestALargeIdleFleetSpacesItsHeartbeatsAndForgetsNone: in a fleet of 14
+// each replica hears 13 others, so it tells its heartbeat every 1.3 s
+// rather than every second, and says so, so that each hears about ten a
+// second whatever the fleet's size; and no replica forgets another
+// between two of them, although they are further apart than the second
+// of a small fleet.
+func TestALargeIdleFleetSpacesItsHeartbeatsAndForgetsNone(t *testing.T) {
+	const n = 14
+	s := natstest.Start(t)
+	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, n)
+	rs.every(t, 10*time.Second, func(b *broker.Broker) bool { return b.Peers() == n-1 }, "every replica hears the others")
+	nc := natstest.Connect(t, s)
+	var mu sync.Mutex
+	heard := map[string][]time.Time{}
+	every := map[string]map[int64]bool{}
+	sub, err := nc.Subscribe(replica.StatsSubject(replica.DefaultBucket), func(m *nats.Msg) {
+		var msg replica.StatsMessage
+		if json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		heard[msg.ID] = append(heard[msg.ID], time.Now())
+		if every[msg.ID] == nil {
+			every[msg.ID] = map[int64]bool{}
+		}
+		every[msg.ID][msg.Every] = true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	const idle = 5 * time.Second
+	<-time.After(idle) // a time to count over, not a guess at when something happens
+	mu.Lock()
+	defer mu.Unlock()
+	if len(heard) != n {
+		t.Fatalf("heard %d replicas in %v idle, want %d", len(heard), idle, n)
+	}
+	for id, at := range heard {
+		if len(every[id]) != 1 || !every[id][1300] {
+			t.Errorf("%s told heartbeats %v ms apart, want 1300", id, every[id])
+		}
+		for i := 1; i < len(at); i++ {
+			// Its timer may fire a little early or late; a second apart
+			// would be a small fleet's.
+			if gap := at[i].Sub(at[i-1]); gap < 1200*time.Millisecond {
+				t.Errorf("%s told two heartbeats %v apart, want about 1.3 s", id, gap)
+			}
+		}
+	}
+	for i, r := range rs.fleet.Replicas {
+		if got := len(r.Revisions().Replicas); got != n {
+			t.Errorf("replica-%d knows %d replicas after %v idle, want %d: its heartbeats keep each known", i+1, got, idle, n)
+		}
+	}
+}

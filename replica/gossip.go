@@ -30,10 +30,17 @@ const (
 	// pool chooses by the fleet's calls in flight (broker.ReadsInFlight):
 	// failures are told at once all the same.
 	statsCalm = 100 * time.Millisecond
-	// StatsAtLeast is how often it tells them anyway, so that the others
-	// know it is there: well within broker.PeerSilence, after which they
-	// forget it.
+	// StatsAtLeast is how often it tells them anyway, its heartbeat, so
+	// that the others know it is there, in a fleet of up to heardEach+1
+	// replicas; in a larger one each spaces its heartbeats so that every
+	// replica hears about heardEach a second (heartbeat), and says how far
+	// apart they are (StatsMessage.Every): the others forget it after
+	// three (broker.Silence).
 	StatsAtLeast = time.Second
+	// heardEach is about how many heartbeats a second an idle replica
+	// hears: the messages out of the server grow linearly with the fleet,
+	// not with its square.
+	heardEach = 10
 	// nudgeFloor is the least time between two words told at once, on a
 	// failure, rather than at the tick.
 	nudgeFloor = time.Millisecond
@@ -86,10 +93,27 @@ type StatsMessage struct {
 	// Bye says the replica stops: the others forget it at once rather
 	// than after broker.PeerSilence.
 	Bye bool `json:"bye,omitempty"`
+	// Every is the time between its heartbeats, in milliseconds (absent:
+	// StatsAtLeast, a broker from before it said); see Heartbeat.
+	Every int64 `json:"every_ms,omitempty"`
 	// Peers is how many other replicas it hears (absent: a broker from
 	// before replicas told it), so that `broker status` stops listening
 	// once it has heard the whole fleet rather than after a heartbeat.
 	Peers *int `json:"peers,omitempty"`
+}
+
+// Heartbeat is the time between the heartbeats of the replica that told
+// m, held within StatsAtLeast and broker.MaxHeartbeat (anyone may publish
+// on the stats subject): its word stands for broker.Silence of it.
+func (m *StatsMessage) Heartbeat() time.Duration {
+	return time.Duration(min(max(m.Every, StatsAtLeast.Milliseconds()), broker.MaxHeartbeat.Milliseconds())) * time.Millisecond
+}
+
+// heartbeat is the time between a replica's heartbeats when it hears
+// peers other replicas: a second, or longer in a fleet of more than
+// heardEach+1, so that each hears about heardEach a second.
+func heartbeat(peers int) time.Duration {
+	return min(max(StatsAtLeast, time.Duration(peers)*StatsAtLeast/heardEach), broker.MaxHeartbeat)
 }
 
 // TakenTold is a change a replica's view took from the bucket: the
@@ -223,15 +247,16 @@ func (r *Replica) shareStats() error {
 		}
 		// By this replica's clock: how long ago it heard is what matters.
 		now := time.Now()
-		r.broker.Merge(msg.ID, now, counts)
-		r.heardRevs.hear(msg.ID, msg.Config, msg.Sessions, now)
+		every := msg.Heartbeat()
+		r.broker.MergeEvery(msg.ID, now, every, counts)
+		r.heardRevs.hear(msg.ID, msg.Config, msg.Sessions, now, broker.Silence(every))
 	})
 	if err != nil {
 		return err
 	}
 	r.spawn(func(ctx context.Context) {
 		defer func() { _ = sub.Unsubscribe() }()
-		t := &teller{r: r, subject: subject, ask: true}
+		t := &teller{r: r, subject: subject, ask: true, every: StatsAtLeast}
 		tick := time.NewTimer(0) // the first word at once, with its ask
 		defer tick.Stop()
 		// soon is set while a nudge waits out nudgeFloor since the last
@@ -261,7 +286,7 @@ func (r *Replica) shareStats() error {
 					wait = statsCalm
 				}
 				if !changed {
-					wait = max(r.broker.Quiet(now, StatsAtLeast-now.Sub(t.at)), statsEvery)
+					wait = max(r.broker.Quiet(now, t.every-now.Sub(t.at)), statsEvery)
 				}
 				tick.Reset(wait)
 			case <-r.broker.Stirred():
@@ -299,7 +324,8 @@ func (r *Replica) shareStats() error {
 type teller struct {
 	r       *Replica
 	subject string
-	ask     bool // the next word asks the others for theirs
+	ask     bool          // the next word asks the others for theirs
+	every   time.Duration // its heartbeat, as of the last word
 	told    []broker.Counts
 	conf    ConfigTold
 	at      time.Time
@@ -309,7 +335,7 @@ type teller struct {
 }
 
 // tell refreshes the replica's statistics and tells its counts when they
-// changed, always is set, or StatsAtLeast has passed since the last word;
+// changed, always is set, or its heartbeat has passed since the last word;
 // changed says the counts, configuration, staleness or the changes its
 // view took from the bucket (Taken) changed. A change the view takes is
 // told at once all the same, not at the next tick: the broker nudges
@@ -325,11 +351,16 @@ func (t *teller) tell(now time.Time, always bool) (changed bool) {
 	taken := takenTold(r.broker.TakenSince(now.Add(-takenFor), MaxTaken))
 	changed = conf != t.conf || stale != t.stale || !slices.Equal(taken, t.taken) ||
 		!slices.EqualFunc(counts, t.told, broker.Counts.Equal)
-	if !always && !changed && now.Sub(t.at) < StatsAtLeast {
+	peers := r.broker.Peers()
+	every := heartbeat(peers)
+	if !always && !changed && now.Sub(t.at) < min(every, t.every) {
 		return false
 	}
 	msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
-		Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Taken: taken, Ask: t.ask, Peers: new(r.broker.Peers())}
+		Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Taken: taken, Ask: t.ask, Peers: &peers}
+	if every != StatsAtLeast {
+		msg.Every = every.Milliseconds()
+	}
 	if heard := r.broker.Heard(); !heard.IsZero() {
 		msg.LogHeard = heard.UnixNano()
 	}
@@ -345,6 +376,6 @@ func (t *teller) tell(now time.Time, always bool) (changed bool) {
 		r.log.Debug("could not tell the counts", slog.Any("error", err))
 		return changed
 	}
-	t.told, t.conf, t.stale, t.taken, t.at, t.ask = counts, conf, stale, taken, now, false
+	t.told, t.conf, t.stale, t.taken, t.at, t.ask, t.every = counts, conf, stale, taken, now, false, every
 	return changed
 }

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/safetext"
 )
 
@@ -175,21 +174,20 @@ type heardRevisions struct {
 }
 
 type heardRevision struct {
-	at   time.Time
-	told ReplicaRevision
+	at      time.Time
+	silence time.Duration // how long it stands (broker.Silence)
+	told    ReplicaRevision
 }
 
 const (
-	// revisionSilence is how long what a replica told stands: one silent
-	// for it has stopped, as for its counts.
-	revisionSilence = broker.PeerSilence
 	// maxHeardRevisions bounds the replicas kept (broker's maxPeers): a
 	// flood of forged names costs bounded memory until they fall silent.
 	maxHeardRevisions = 1024
 )
 
-// hear keeps what replica id told at now.
-func (h *heardRevisions) hear(id string, c *ConfigTold, s *SessionsTold, now time.Time) {
+// hear keeps what replica id told at now, for silence: one silent for it
+// has stopped, as for its counts.
+func (h *heardRevisions) hear(id string, c *ConfigTold, s *SessionsTold, now time.Time, silence time.Duration) {
 	told := Heard(id, c)
 	told.Sessions = s.Heard()
 	id = told.ID // kept by the name cut short: a long forged one costs no more
@@ -204,7 +202,7 @@ func (h *heardRevisions) hear(id string, c *ConfigTold, s *SessionsTold, now tim
 			return
 		}
 	}
-	h.heard[id] = heardRevision{at: now, told: told}
+	h.heard[id] = heardRevision{at: now, silence: silence, told: told}
 }
 
 // gone forgets replica id at once: it said it stops.
@@ -216,13 +214,13 @@ func (h *heardRevisions) gone(id string) {
 
 func (h *heardRevisions) forget(now time.Time) {
 	for id, r := range h.heard {
-		if now.Sub(r.at) > revisionSilence {
+		if now.Sub(r.at) > r.silence {
 			delete(h.heard, id)
 		}
 	}
 }
 
-// list is every replica heard from within revisionSilence of now, IDs
+// list is every replica heard from within its silence of now, IDs
 // cut to safetext.MaxShown characters.
 func (h *heardRevisions) list(now time.Time) []ReplicaRevision {
 	h.mu.Lock()

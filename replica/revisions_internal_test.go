@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/matryer/is"
+
+	"github.com/gecholog/broker/broker"
 )
 
 func rev(id string, n uint64, refused string) ReplicaRevision {
@@ -81,13 +83,13 @@ func TestHeardRevisionsAreBoundedAndForgottenWhenSilent(t *testing.T) {
 	var h heardRevisions
 	now := time.Now()
 	for i := range 2 * maxHeardRevisions {
-		h.hear(fmt.Sprint("forged-", i), &ConfigTold{Revision: 1, Refused: strings.Repeat("x", 10_000)}, nil, now)
+		h.hear(fmt.Sprint("forged-", i), &ConfigTold{Revision: 1, Refused: strings.Repeat("x", 10_000)}, nil, now, broker.PeerSilence)
 	}
 	list := h.list(now)
 	is.Equal(len(list), maxHeardRevisions) // bounded
 	is.True(len(list[0].Refused) < 300)    // each refusal cut
-	later := now.Add(revisionSilence + time.Millisecond)
-	h.hear("real", &ConfigTold{Revision: 2}, nil, later)
+	later := now.Add(broker.PeerSilence + time.Millisecond)
+	h.hear("real", &ConfigTold{Revision: 2}, nil, later, broker.PeerSilence)
 	list = h.list(later)
 	is.Equal(len(list), 1) // the silent ones forgotten, a new one heard
 	is.Equal(list[0].ID, "real")

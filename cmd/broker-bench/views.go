@@ -131,7 +131,7 @@ func (b *bench) views(ctx context.Context) error {
 	}{
 		{"a call chosen: in flight (the replicas tell each other)", chosen},
 		{"its report: no longer in flight", reported},
-		{"a transaction: latency and headroom (one reads it, tells the rest)", heard},
+		{"a transaction: latency and headroom (read by one, told)", heard},
 	} {
 		slices.Sort(s.d)
 		r := benchResult{lat: s.d}
