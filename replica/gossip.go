@@ -24,11 +24,15 @@ func StatsSubject(bucket string) string { return "broker.stats." + bucket }
 const (
 	// statsEvery is how often a replica refreshes its statistics and
 	// tells its counts when they changed, while the fleet has calls
-	// (broker.Quiet says when it may wait longer).
-	statsEvery = 10 * time.Millisecond
+	// (broker.Quiet says when it may wait longer), in a fleet of up to 11;
+	// in a larger one, each spaces its words so that every replica hears
+	// about a thousand a second (wordEvery), up to statsEveryMost.
+	statsEvery     = 10 * time.Millisecond
+	statsEveryMost = 20 * time.Millisecond
 	// statsCalm is how often it tells them, while they change, when no
-	// pool chooses by the fleet's calls in flight (broker.ReadsInFlight):
-	// failures are told at once all the same.
+	// pool chooses by the fleet's calls in flight (broker.ReadsInFlight),
+	// in a fleet of up to 11; in a larger one, so that every replica hears
+	// about a hundred a second. Failures are told at once all the same.
 	statsCalm = 100 * time.Millisecond
 	// StatsAtLeast is how often it tells them anyway, its heartbeat, so
 	// that the others know it is there, in a fleet of up to heardEach+1
@@ -114,6 +118,21 @@ func (m *StatsMessage) Heartbeat() time.Duration {
 // heardEach+1, so that each hears about heardEach a second.
 func heartbeat(peers int) time.Duration {
 	return min(max(StatsAtLeast, time.Duration(peers)*StatsAtLeast/heardEach), broker.MaxHeartbeat)
+}
+
+// wordEvery is how long a replica that hears peers other replicas waits
+// between two words while its counts change: every statsEvery, or
+// statsCalm when no pool reads the fleet's calls in flight (calm), each
+// stretched in a larger fleet so that a replica hears a bounded number of
+// words a second: the words a fleet of N tells are delivered N(N−1) times.
+// Stretching the words that pools reading the calls in flight read is
+// capped at statsEveryMost, so that the replicas' counts still agree
+// within 25 ms.
+func wordEvery(peers int, calm bool) time.Duration {
+	if calm {
+		return max(statsCalm, time.Duration(peers)*statsCalm/heardEach)
+	}
+	return min(max(statsEvery, time.Duration(peers)*statsEvery/heardEach), statsEveryMost)
 }
 
 // TakenTold is a change a replica's view took from the bucket: the
@@ -281,10 +300,7 @@ func (r *Replica) shareStats() error {
 				r.broker.Wake()
 				changed := t.tell(now, answer)
 				answer = false
-				wait := statsEvery
-				if !r.broker.ReadsInFlight() {
-					wait = statsCalm
-				}
+				wait := wordEvery(r.broker.Peers(), !r.broker.ReadsInFlight())
 				if !changed {
 					wait = max(r.broker.Quiet(now, t.every-now.Sub(t.at)), statsEvery)
 				}

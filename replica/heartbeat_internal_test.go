@@ -30,3 +30,24 @@ func TestHeartbeatsAreSpacedSoThatEachReplicaHearsABoundedNumber(t *testing.T) {
 		is.Equal(m.Heartbeat(), want)
 	}
 }
+
+// While counts change, a replica's words are spaced likewise: every 10 ms
+// (pools that read the fleet's calls in flight) or 100 ms (calm) up to a
+// fleet of 11, further apart beyond, so that each replica hears about a
+// thousand, or a hundred, a second; the first capped at 20 ms, so that
+// the calls in flight still agree within 25 ms.
+func TestWordsAreSpacedSoThatEachReplicaHearsABoundedNumber(t *testing.T) {
+	is := is.New(t)
+	for _, tc := range []struct {
+		peers      int
+		busy, calm time.Duration
+	}{
+		{0, 10 * time.Millisecond, 100 * time.Millisecond},
+		{10, 10 * time.Millisecond, 100 * time.Millisecond},
+		{19, 19 * time.Millisecond, 190 * time.Millisecond},
+		{99, statsEveryMost, 990 * time.Millisecond},
+	} {
+		is.Equal(wordEvery(tc.peers, false), tc.busy)
+		is.Equal(wordEvery(tc.peers, true), tc.calm)
+	}
+}
