@@ -100,3 +100,8 @@ func (b *Broker) Quiet(now time.Time, most time.Duration) time.Duration {
 // only its failures, which it tells at once (Nudged), and its calls within
 // the failure-rate window, which a tenth of a second does not change much.
 func (b *Broker) ReadsInFlight() bool { return b.cur().readsInFlight }
+
+// RateWindow is the failure-rate window of the policy in force: the
+// calls counted within it are what the others read of a replica whose
+// pools do not read the calls in flight.
+func (b *Broker) RateWindow() time.Duration { return b.cur().policy.RateWindow }

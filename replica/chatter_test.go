@@ -70,12 +70,12 @@ func (h *statsHeard) total() int {
 
 var threeReplicas = []string{"replica-1", "replica-2", "replica-3"}
 
-// heardFleet starts n replicas and a connection that hears their words,
-// and returns once every one was heard.
-func heardFleet(t *testing.T, n int) (*server.Server, *replicaSet, *nats.Conn, *statsHeard) {
+// heardFleet starts n replicas (of pools, or the default pool) and a
+// connection that hears their words, and returns once every one was heard.
+func heardFleet(t *testing.T, n int, pools ...broker.Pool) (*server.Server, *replicaSet, *nats.Conn, *statsHeard) {
 	t.Helper()
 	s := natstest.Start(t)
-	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute}, n)
+	rs := runReplicas(t, replica.Config{NATS: natsconn.Settings{Servers: s.ClientURL()}, Policy: minute, Pools: pools}, n)
 	nc := natstest.Connect(t, s)
 	h := hearStats(t, nc)
 	start := time.Now()
@@ -121,11 +121,13 @@ func TestAnIdleReplicaAnswersAnAskAtOnce(t *testing.T) {
 	}
 }
 
-// TestAQuietReplicaTellsACallAtOnce: a quiet replica wakes on
-// a call and the others see it in flight at once, as they did when every
-// replica ticked.
+// TestAQuietReplicaTellsACallAtOnce: a quiet replica of a pool that
+// reads the fleet's calls in flight wakes on a call and the others see it
+// in flight at once, as they did when every replica ticked. (A replica
+// whose pools read none tells its changing counts a sixtieth of the
+// failure-rate window apart: wordEvery.)
 func TestAQuietReplicaTellsACallAtOnce(t *testing.T) {
-	_, rs, nc, _ := heardFleet(t, 3)
+	_, rs, nc, _ := heardFleet(t, 3, poolOf("least-busy", "a", "b", "c"))
 	for range 3 {
 		router := ask(t, nc, "/azure/")
 		called := time.Now()

@@ -29,10 +29,13 @@ const (
 	// about a thousand a second (wordEvery), up to statsEveryMost.
 	statsEvery     = 10 * time.Millisecond
 	statsEveryMost = 20 * time.Millisecond
-	// statsCalm is how often it tells them, while they change, when no
-	// pool chooses by the fleet's calls in flight (broker.ReadsInFlight),
-	// in a fleet of up to 11; in a larger one, so that every replica hears
-	// about a hundred a second. Failures are told at once all the same.
+	// statsCalm is how often, at most, it tells them, while they change,
+	// when no pool chooses by the fleet's calls in flight
+	// (broker.ReadsInFlight): the others then read only its failures,
+	// told at once all the same, and its calls within the failure-rate
+	// window, which a sixtieth of it does not change much (a second, at
+	// most, for the default minute); in a fleet of more than 11, so that
+	// every replica hears about a hundred a second.
 	statsCalm = 100 * time.Millisecond
 	// StatsAtLeast is how often it tells them anyway, its heartbeat, so
 	// that the others know it is there, in a fleet of up to heardEach+1
@@ -121,16 +124,17 @@ func heartbeat(peers int) time.Duration {
 }
 
 // wordEvery is how long a replica that hears peers other replicas waits
-// between two words while its counts change: every statsEvery, or
-// statsCalm when no pool reads the fleet's calls in flight (calm), each
-// stretched in a larger fleet so that a replica hears a bounded number of
-// words a second: the words a fleet of N tells are delivered N(N−1) times.
+// between two words while its counts change: every statsEvery, or, when
+// no pool reads the fleet's calls in flight (calm), a sixtieth of the
+// failure-rate window within statsCalm and StatsAtLeast; each stretched
+// in a larger fleet so that a replica hears a bounded number of words a
+// second: the words a fleet of N tells are delivered N(N−1) times.
 // Stretching the words that pools reading the calls in flight read is
 // capped at statsEveryMost, so that the replicas' counts still agree
 // within 25 ms.
-func wordEvery(peers int, calm bool) time.Duration {
+func wordEvery(peers int, calm bool, window time.Duration) time.Duration {
 	if calm {
-		return max(statsCalm, time.Duration(peers)*statsCalm/heardEach)
+		return max(statsCalm, min(window/60, StatsAtLeast), time.Duration(peers)*statsCalm/heardEach)
 	}
 	return min(max(statsEvery, time.Duration(peers)*statsEvery/heardEach), statsEveryMost)
 }
@@ -300,7 +304,7 @@ func (r *Replica) shareStats() error {
 				r.broker.Wake()
 				changed := t.tell(now, answer)
 				answer = false
-				wait := wordEvery(r.broker.Peers(), !r.broker.ReadsInFlight())
+				wait := wordEvery(r.broker.Peers(), !r.broker.ReadsInFlight(), r.broker.RateWindow())
 				if !changed {
 					wait = max(r.broker.Quiet(now, t.every-now.Sub(t.at)), statsEvery)
 				}

@@ -32,22 +32,29 @@ func TestHeartbeatsAreSpacedSoThatEachReplicaHearsABoundedNumber(t *testing.T) {
 }
 
 // While counts change, a replica's words are spaced likewise: every 10 ms
-// (pools that read the fleet's calls in flight) or 100 ms (calm) up to a
-// fleet of 11, further apart beyond, so that each replica hears about a
-// thousand, or a hundred, a second; the first capped at 20 ms, so that
-// the calls in flight still agree within 25 ms.
+// (pools that read the fleet's calls in flight) up to a fleet of 11,
+// further apart beyond, so that each replica hears about a thousand a
+// second, capped at 20 ms, so that the calls in flight still agree within
+// 25 ms; when no pool reads them (calm), a sixtieth of the failure-rate
+// window, from 100 ms to a second, or, in a larger fleet, so that each
+// hears about a hundred a second.
 func TestWordsAreSpacedSoThatEachReplicaHearsABoundedNumber(t *testing.T) {
 	is := is.New(t)
 	for _, tc := range []struct {
 		peers      int
+		window     time.Duration
 		busy, calm time.Duration
 	}{
-		{0, 10 * time.Millisecond, 100 * time.Millisecond},
-		{10, 10 * time.Millisecond, 100 * time.Millisecond},
-		{19, 19 * time.Millisecond, 190 * time.Millisecond},
-		{99, statsEveryMost, 990 * time.Millisecond},
+		{0, time.Second, 10 * time.Millisecond, 100 * time.Millisecond},
+		{10, time.Second, 10 * time.Millisecond, 100 * time.Millisecond},
+		{19, time.Second, 19 * time.Millisecond, 190 * time.Millisecond},
+		{99, time.Second, statsEveryMost, 990 * time.Millisecond},
+		{2, 12 * time.Second, 10 * time.Millisecond, 200 * time.Millisecond},
+		{2, broker.DefaultRateWindow, 10 * time.Millisecond, time.Second},
+		{2, 24 * time.Hour, 10 * time.Millisecond, time.Second},
+		{199, broker.DefaultRateWindow, statsEveryMost, 1990 * time.Millisecond},
 	} {
-		is.Equal(wordEvery(tc.peers, false), tc.busy)
-		is.Equal(wordEvery(tc.peers, true), tc.calm)
+		is.Equal(wordEvery(tc.peers, false, tc.window), tc.busy)
+		is.Equal(wordEvery(tc.peers, true, tc.window), tc.calm)
 	}
 }
