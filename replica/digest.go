@@ -1,6 +1,7 @@
 package replica
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -89,6 +90,14 @@ type digests struct {
 	n       int           // digests in pending
 	kick    chan struct{} // one: the first digest waits
 	spare   []byte        // the buffer of the last message told, reused
+	from    []byte        // what its messages begin with: its ID, encoded
+}
+
+// init readies d for the replica named id, before it hears the stats
+// subject.
+func (d *digests) init(id string) {
+	d.kick = make(chan struct{}, 1)
+	d.from = append(binary.AppendUvarint(nil, uint64(len(id))), id...)
 }
 
 // share queues h to be told to the other replicas within digestEvery,
@@ -119,9 +128,8 @@ func (r *Replica) tellDigests() {
 		d.mu.Unlock()
 		return
 	}
-	msg := binary.AppendUvarint(d.spare[:0], uint64(len(r.cfg.ID)))
+	msg := append(d.spare[:0], d.from...)
 	d.spare = nil // this message's until it is told
-	msg = append(msg, r.cfg.ID...)
 	msg = binary.AppendUvarint(msg, uint64(d.n))
 	msg = append(msg, d.pending...)
 	d.pending, d.n = d.pending[:0], 0
@@ -168,6 +176,9 @@ func (r *Replica) hearDigests(m *nats.Msg) {
 		t.tellBadDigest(r.log, m.Subject, fmt.Errorf("a version this replica cannot read (%q; it reads %q): a newer broker told it, so upgrade this one", safetext.Clip(v, 16), digestVersion))
 		return
 	}
+	if bytes.HasPrefix(m.Data, r.digests.from) {
+		return // its own, taken as it read them: not read again
+	}
 	from, hs, err := readDigests(m.Data, t.scratch[:0])
 	t.scratch = hs[:0]
 	if err != nil {
@@ -175,7 +186,7 @@ func (r *Replica) hearDigests(m *nats.Msg) {
 		return
 	}
 	if from == r.cfg.ID {
-		return // its own, applied as it read them
+		return // its own name on a message it did not tell
 	}
 	for i := range hs {
 		if ignored := r.take(&hs[i]); len(ignored) > 0 {

@@ -222,6 +222,7 @@ func (r *Replica) start(ctx context.Context) error {
 	if cs != nil {
 		r.watchConfig(cs)
 	}
+	r.digests.init(c.ID)
 	if err := r.shareStats(); err != nil {
 		return fmt.Errorf("subscribe to %q: %w", StatsSubject(c.Bucket), err)
 	}

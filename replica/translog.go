@@ -111,7 +111,6 @@ type txLog struct {
 // others what it reads, and watches for the log's silence until the
 // replica stops.
 func (r *Replica) hearTransactions() error {
-	r.digests.kick = make(chan struct{}, 1)
 	sub, err := r.nc.QueueSubscribe(r.cfg.LoggerSubject, logQueue, r.hear)
 	if err != nil {
 		return err
