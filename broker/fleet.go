@@ -10,8 +10,8 @@ import (
 // counts the calls it chooses and the reports it hears, per router, over a
 // sliding window (Counts), and shares them with the others, which merge
 // them (Merge); the replica package publishes them on a NATS subject when
-// they change, and at least every second (one silent for PeerSilence is
-// forgotten). Latency and rate-limit headroom come from gecholog's
+// they change, and at least every heartbeat (one silent for Silence of
+// it is forgotten). Latency and rate-limit headroom come from gecholog's
 // transaction log, which every replica hears, read or told (Finished). Reading
 // them on a call is a few atomic loads; Refresh folds what was merged into
 // those atomics.

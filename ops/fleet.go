@@ -14,7 +14,7 @@ import (
 )
 
 // The replicas tell each other their counts on the stats subject when they
-// change and at least every second (replica.StatsSubject); status listens
+// change and at least every heartbeat (replica.StatsSubject); status listens
 // there until it has heard every replica and adds them up, as each
 // replica does, to show what the strategies and the failure-rate rule
 // read. It does not ask them to tell at once (replica.AskStats): a viewer
