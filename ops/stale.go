@@ -50,18 +50,23 @@ const (
 	staleProbeWait = time.Second
 )
 
+// whyStale asks the bucket's stream through n why it did not answer, once
+// more: its own answer (no leader, no quorum) says more than a read's
+// cause (no answer, or no JetStream meta leader to create the read's
+// consumer); it returns the better of the two.
+func whyStale(ctx context.Context, t Target, n node, cause error) error {
+	pctx, cancel := context.WithTimeout(ctx, staleProbeWait)
+	defer cancel()
+	if err := kv.Probe(pctx, n.js, t.Bucket); kv.Leaderless(err) || err != nil && !kv.Leaderless(cause) && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return cause
+}
+
 // readStale reads what the server n knows of the bucket, which did not
 // answer through it because of cause: its own copy of the bucket, and the
 // replicas f hears there.
 func readStale(ctx context.Context, t Target, policy broker.Policy, n node, f *fleet, cause error) (statusView, error) {
-	// Ask the bucket's stream why, once more: its own answer (no leader,
-	// no quorum) says more than a read's (no answer, or no JetStream meta
-	// leader to create the read's consumer).
-	pctx, cancel := context.WithTimeout(ctx, staleProbeWait)
-	if err := kv.Probe(pctx, n.js, t.Bucket); kv.Leaderless(err) || err != nil && !kv.Leaderless(cause) && !errors.Is(err, context.DeadlineExceeded) {
-		cause = err
-	}
-	cancel()
 	why := safetext.Clip(kv.Explain(t.Bucket, cause), 2*safetext.MaxShown) // it may quote the server
 	if errors.Is(cause, context.DeadlineExceeded) || errors.Is(cause, context.Canceled) {
 		why = fmt.Sprintf("no answer from KV_%s within %v (its leader cannot be reached from this server, or the cluster is electing one)", t.Bucket, truthWait)

@@ -125,21 +125,34 @@ func printStatus(stdout io.Writer, o StatusOptions, v statusView) error {
 // stale (readOrStale), with the replicas f hears once it has listened for
 // them. Plain status and each frame of status --watch read it alike.
 func readStatus(ctx context.Context, t Target, policy broker.Policy, policyGiven bool, n node, f *fleet) (v statusView, err error) {
+	v, _, err = readStatusWhy(ctx, t, policy, policyGiven, n, f)
+	return v, err
+}
+
+// readStatusWhy is readStatus, and why the view is n's copy rather than
+// the bucket (nil: it is the bucket).
+func readStatusWhy(ctx context.Context, t Target, policy broker.Policy, policyGiven bool, n node, f *fleet) (v statusView, stale, err error) {
 	err = t.readOrStale(ctx, n, "status", func(ctx context.Context, b bucket) error {
-		if err := f.listenOut(ctx); err != nil {
-			return err
-		}
-		rows, fv, now, l, err := readRows(ctx, t, policy, policyGiven, b, f)
-		if err != nil {
-			return err
-		}
-		v = statusView{head: heading(b, t, fv, l, now), rows: rows, revs: l.revisions(fv), l: l, now: now}
-		return nil
+		v, err = readFresh(ctx, t, policy, policyGiven, b, f)
+		return err
 	}, func(ctx context.Context, n node, cause error) (err error) {
-		v, err = readStale(ctx, t, policy, n, f, cause)
+		stale = whyStale(ctx, t, n, cause)
+		v, err = readStale(ctx, t, policy, n, f, stale)
 		return err
 	})
-	return v, err
+	return v, stale, err
+}
+
+// readFresh reads the view of the bucket b answered.
+func readFresh(ctx context.Context, t Target, policy broker.Policy, policyGiven bool, b bucket, f *fleet) (statusView, error) {
+	if err := f.listenOut(ctx); err != nil {
+		return statusView{}, err
+	}
+	rows, fv, now, l, err := readRows(ctx, t, policy, policyGiven, b, f)
+	if err != nil {
+		return statusView{}, err
+	}
+	return statusView{head: heading(b, t, fv, l, now), rows: rows, revs: l.revisions(fv), l: l, now: now}, nil
 }
 
 // readRows reads the bucket and makes the status rows of it, with the

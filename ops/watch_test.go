@@ -19,8 +19,9 @@ import (
 // status marks it (the copy misses the majority's disable); once n1's
 // routes heal, the first draws the bucket again, unmarked, without a
 // restart. Every frame comes within WatchEvery and a read's timeout of
-// the one before and says when it was read; a cancel, mid-read too, ends
-// the watch at once and without an error.
+// the one before and says when it was read; once stale, within WatchEvery
+// and a read of the copy; a cancel, mid-read too, ends the watch at once
+// and without an error.
 func TestStatusWatchThroughANodeCutOffShowsItsCopyMarkedStaleUntilItHeals(t *testing.T) {
 	p := startPartitioned(t)
 	through := p.c.Servers[0].ClientURL()
@@ -46,8 +47,25 @@ func TestStatusWatchThroughANodeCutOffShowsItsCopyMarkedStaleUntilItHeals(t *tes
 			t.Errorf("the copy's /azure/gpt4/ row is %q, want it enabled: the copy misses the majority's disable", row)
 		}
 	}
-	// A stale frame's read takes seconds, and the next begins at once:
-	// this cancel most likely finds one under way.
+	// Once stale, the frames draw n1's copy at once, every WatchEvery,
+	// rather than each waiting out a read of the bucket (6 s) first.
+	before.await(t, before.count()+2, 30*time.Second, "three more frames, stale", stale)
+	var gaps []time.Duration
+	frames := before.drawnSoFar()
+	for i := 1; i < len(frames); i++ {
+		if stale(frames[i-1].text) && stale(frames[i].text) {
+			gaps = append(gaps, frames[i].at.Sub(frames[i-1].at))
+		}
+	}
+	if len(gaps) < 2 {
+		t.Fatalf("%d stale frames one after the other, want 3 or more", len(gaps)+1)
+	}
+	for _, gap := range gaps {
+		if gap > ops.WatchEvery+2*time.Second+2*time.Second { // a copy's read at most, and 2 s for a busy machine
+			t.Errorf("a stale frame came %v after the stale one before, want within WatchEvery and a copy's read: %v", gap, gaps)
+		}
+	}
+	// A cancel, mid-read too, ends the watch at once.
 	after.stop(t)
 
 	from, healed := before.count(), time.Now()
@@ -127,7 +145,7 @@ func (w *watcher) await(t *testing.T, from int, d time.Duration, what string, ok
 	seen := from
 	for {
 		frames := w.drawnSoFar()
-		for _, f := range frames[seen:] {
+		for _, f := range frames[min(seen, len(frames)):] {
 			if ok(f.text) {
 				return f.text
 			}
