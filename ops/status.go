@@ -62,7 +62,7 @@ func Status(ctx context.Context, t Target, o StatusOptions, stdout io.Writer) er
 	err = t.withNode("status", false, func(n node) (err error) {
 		f := hearFleet(n.nc, t.Bucket)
 		defer f.stop()
-		v, err = readStatus(ctx, t, policy, o.PolicyGiven, n, f)
+		v, _, err = readStatus(ctx, t, policy, o.PolicyGiven, n, f)
 		return err
 	})
 	if err != nil {
@@ -123,15 +123,9 @@ func printStatus(stdout io.Writer, o StatusOptions, v statusView) error {
 // readStatus reads what status shows through the server n: the bucket,
 // or, when the bucket does not answer there, n's own copy of it marked
 // stale (readOrStale), with the replicas f hears once it has listened for
-// them. Plain status and each frame of status --watch read it alike.
-func readStatus(ctx context.Context, t Target, policy broker.Policy, policyGiven bool, n node, f *fleet) (v statusView, err error) {
-	v, _, err = readStatusWhy(ctx, t, policy, policyGiven, n, f)
-	return v, err
-}
-
-// readStatusWhy is readStatus, and why the view is n's copy rather than
-// the bucket (nil: it is the bucket).
-func readStatusWhy(ctx context.Context, t Target, policy broker.Policy, policyGiven bool, n node, f *fleet) (v statusView, stale, err error) {
+// them; stale says why the view is n's copy (nil: it is the bucket).
+// Plain status and each frame of status --watch read it alike.
+func readStatus(ctx context.Context, t Target, policy broker.Policy, policyGiven bool, n node, f *fleet) (v statusView, stale, err error) {
 	err = t.readOrStale(ctx, n, "status", func(ctx context.Context, b bucket) error {
 		v, err = readFresh(ctx, t, policy, policyGiven, b, f)
 		return err

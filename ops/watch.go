@@ -31,10 +31,9 @@ const clearScreen = "\x1b[H\x1b[2J"
 // is stale, the next ones draw n's copy at once, every WatchEvery, while
 // a read of the bucket goes on beside them, again each besideWait while
 // the bucket does not answer: the frame after its answer is the bucket
-// again. A read that fails
-// otherwise (the server gone a while, the bucket deleted) is shown in the
-// table's place, and the next redraw tries again; only the first fails
-// the command, as plain status would.
+// again. A read that fails otherwise (the server gone a while, the bucket
+// deleted) is shown in the table's place, and the next redraw tries
+// again; only the first fails the command, as plain status would.
 func watch(ctx context.Context, t Target, policy broker.Policy, o StatusOptions, n node, stdout io.Writer) error {
 	tick := time.NewTicker(WatchEvery)
 	defer tick.Stop()
@@ -42,28 +41,27 @@ func watch(ctx context.Context, t Target, policy broker.Policy, o StatusOptions,
 	defer f.stop()
 	var stale error             // why the last frame was n's copy (nil: it was the bucket)
 	var beside <-chan freshRead // the read of the bucket under way while stale
+	read := func() (v statusView, err error) {
+		if stale == nil {
+			v, stale, err = readStatus(ctx, t, policy, o.PolicyGiven, n, f)
+			return v, err
+		}
+		if beside == nil {
+			beside = t.readBeside(ctx, policy, o.PolicyGiven, n, f)
+		}
+		select {
+		case r := <-beside:
+			beside = nil
+			if r.err == nil || !unanswered(r.err) {
+				stale = nil
+				return r.v, r.err
+			}
+		default:
+		}
+		return readStale(ctx, t, policy, n, f, stale)
+	}
 	for first := true; ; first = false {
-		var v statusView
-		var err error
-		if stale != nil {
-			if beside == nil {
-				beside = t.readBeside(ctx, policy, o.PolicyGiven, n, f)
-			}
-			select {
-			case r := <-beside:
-				beside = nil
-				if r.err == nil || !unanswered(r.err) {
-					v, err, stale = r.v, r.err, nil
-				}
-			default:
-			}
-		}
-		switch {
-		case stale != nil:
-			v, err = readStale(ctx, t, policy, n, f, stale)
-		case v.now.IsZero() && err == nil:
-			v, stale, err = readStatusWhy(ctx, t, policy, o.PolicyGiven, n, f)
-		}
+		v, err := read()
 		switch {
 		case ctx.Err() != nil:
 			return nil

@@ -89,7 +89,6 @@ type digests struct {
 	pending []byte        // the encoded digests, one after the other
 	n       int           // digests in pending
 	kick    chan struct{} // one: the first digest waits
-	spare   []byte        // the buffer of the last message told, reused
 	from    []byte        // what its messages begin with: its ID, encoded
 }
 
@@ -128,9 +127,7 @@ func (r *Replica) tellDigests() {
 		d.mu.Unlock()
 		return
 	}
-	msg := append(d.spare[:0], d.from...)
-	d.spare = nil // this message's until it is told
-	msg = binary.AppendUvarint(msg, uint64(d.n))
+	msg := binary.AppendUvarint(append([]byte(nil), d.from...), uint64(d.n))
 	msg = append(msg, d.pending...)
 	d.pending, d.n = d.pending[:0], 0
 	d.mu.Unlock()
@@ -139,9 +136,6 @@ func (r *Replica) tellDigests() {
 		r.tx.unshared.Add(1)
 		r.log.Debug("could not tell the transactions' digests", slog.Any("error", err))
 	}
-	d.mu.Lock()
-	d.spare = msg // nats.go copied it into its buffer
-	d.mu.Unlock()
 }
 
 // gatherDigests tells the digests read at most every digestEvery, until
@@ -336,24 +330,15 @@ func (d *decoder) readByte() byte {
 	return c
 }
 
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.fail("a number cut short or too long")
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
+func (d *decoder) uvarint() uint64 { return number(d, binary.Uvarint) }
+func (d *decoder) varint() int64   { return number(d, binary.Varint) }
 
-func (d *decoder) varint() int64 {
+// number reads one varint with read (binary.Uvarint or binary.Varint).
+func number[T int64 | uint64](d *decoder, read func([]byte) (T, int)) T {
 	if d.err != nil {
 		return 0
 	}
-	v, n := binary.Varint(d.b)
+	v, n := read(d.b)
 	if n <= 0 {
 		d.fail("a number cut short or too long")
 		return 0
