@@ -10,6 +10,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/testutil/clocktest"
 )
 
 // budgetPool is /b/ over r0 (tier 0, budget g, priced) and r1 (tier
@@ -42,6 +43,7 @@ func state(b *broker.Broker, router string, now time.Time) (string, string) {
 }
 
 func TestARouterWhoseTokenBudgetIsSpentIsOutUntilTheMinuteEnds(t *testing.T) {
+	clocktest.MinuteToSpare(t, 10*time.Second) // a per-minute budget spent, then looked at: no minute (or day) may turn between
 	is := is.New(t)
 	b, logs := newBroker(t, broker.Config{Pools: []broker.Pool{budgetPool(broker.Budget{TokensPerMinute: 10_000}, 1)}})
 	start := time.Now()
@@ -71,6 +73,7 @@ func TestARouterWhoseTokenBudgetIsSpentIsOutUntilTheMinuteEnds(t *testing.T) {
 }
 
 func TestARequestBudgetCountsEveryCallAndTheCallsInFlight(t *testing.T) {
+	clocktest.MinuteToSpare(t, 10*time.Second) // a per-minute budget spent, then looked at: no minute (or day) may turn between
 	is := is.New(t)
 	b, _ := newBroker(t, broker.Config{Pools: []broker.Pool{budgetPool(broker.Budget{RequestsPerMinute: 10}, 0)}})
 	is.NoErr(b.Used([]byte("/b/r0/"), broker.Usage{State: broker.UsageUnknown})) // tokens not said: a request all the same
@@ -115,6 +118,7 @@ func TestASpendBudgetSpillsToTheNextTierAndBackAtMidnightInItsTimeZone(t *testin
 }
 
 func TestAPoolWithEveryRouterSpentFollowsItsRule(t *testing.T) {
+	clocktest.MinuteToSpare(t, 10*time.Second) // a per-minute budget spent, then looked at: no minute (or day) may turn between
 	is := is.New(t)
 	price := &broker.Price{Input: 1, Output: 2, CachedInput: 1}
 	pool := func(rule string) broker.Pool {

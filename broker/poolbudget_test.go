@@ -9,6 +9,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/testutil/clocktest"
 )
 
 // pooledBudget is /p/ over r0 and r1, priced, with the pool's budget g and
@@ -30,6 +31,7 @@ func heardThrough(t *testing.T, b *broker.Broker, ingress, router string, tokens
 }
 
 func TestAPoolWhoseBudgetIsSpentLeavesItsCallsOnTheIngressWhateverItsRule(t *testing.T) {
+	clocktest.MinuteToSpare(t, 10*time.Second) // a per-minute budget spent, then looked at: no minute (or day) may turn between
 	for _, rule := range []string{"", broker.BudgetIngress, broker.BudgetSoonest} {
 		t.Run(rule, func(t *testing.T) {
 			is := is.New(t)
@@ -96,6 +98,7 @@ func TestAPoolBudgetCountsSpendAtEachRoutersPriceAndTheCallsInFlight(t *testing.
 }
 
 func TestAPoolBudgetComesBackWithItsCountsThroughAReconfiguration(t *testing.T) {
+	clocktest.MinuteToSpare(t, 10*time.Second) // a per-minute budget spent, then looked at: no minute (or day) may turn between
 	is := is.New(t)
 	g := broker.Budget{TokensPerMinute: 1e9, RequestsPerMinute: 3}
 	b, _ := newBroker(t, broker.Config{Pools: []broker.Pool{pooledBudget(g, "")}})
