@@ -146,7 +146,7 @@ func New(cfg Config) (*Broker, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{
 		hold:          cmp.Or(cfg.AnnouncementHold, DefaultAnnouncementHold),
-		fleet:         fleet{peers: map[string]peer{}, nudged: make(chan struct{}, 1)},
+		fleet:         fleet{peers: map[string]peer{}, told: map[string]inFlight{}, nudged: make(chan struct{}, 1)},
 		quiet:         quiet{stirred: make(chan struct{}, 1)},
 		every:         map[string]*route{},
 		spends:        map[string]*poolBudget{},

@@ -27,7 +27,7 @@ type Counts struct {
 	Calls, Failures int64
 	// LastSuccess is the last success it heard reported (zero: none), and
 	// Failing the failures it heard since, oldest first, at most
-	// maxFailing.
+	// MaxFailing.
 	LastSuccess time.Time
 	Failing     []time.Time
 	// Latency and Headroom are what this replica knows of the router's
@@ -42,9 +42,9 @@ type Counts struct {
 	RateLimitedUntil time.Time
 }
 
-// maxFailing bounds the failures a replica tells since its last success:
+// MaxFailing bounds the failures a replica tells since its last success:
 // a threshold above it counts at most this many from each replica.
-const maxFailing = 64
+const MaxFailing = 64
 
 // Equal reports whether c and d say the same counts; latency and headroom
 // are not compared: they change with every call, and ride along with the
@@ -59,14 +59,42 @@ const latencyWeight = 0.2
 
 // fleet is the other replicas' counts, merged.
 type fleet struct {
-	bound  time.Duration
-	mu     sync.Mutex
-	peers  map[string]peer // by replica
-	nudged chan struct{}   // see Nudged
+	bound time.Duration
+	mu    sync.Mutex
+	peers map[string]peer // by replica
+	// told is the sum of the peers' in-flight counts per router, kept as
+	// they change, so that a word costs its own routers and not every
+	// peer's (setBase).
+	told   map[string]inFlight
+	nudged chan struct{} // see Nudged
+}
+
+// inFlight is calls chosen and reports heard within the in-flight bound.
+type inFlight struct{ chosen, reported int64 }
+
+// shift moves the sums of router path by chosen and reported.
+func (f *fleet) shift(path string, chosen, reported int64) {
+	t := f.told[path]
+	t.chosen += chosen
+	t.reported += reported
+	if t == (inFlight{}) {
+		delete(f.told, path)
+	} else {
+		f.told[path] = t
+	}
+}
+
+// drop forgets the peer id. f.mu must be held.
+func (f *fleet) drop(id string) {
+	for path, c := range f.peers[id].counts {
+		f.shift(path, -c.Chosen, -c.Reported)
+	}
+	delete(f.peers, id)
 }
 
 type peer struct {
-	at      time.Time
+	at      time.Time         // by this replica's clock
+	told    time.Time         // by the teller's (zero: not said)
 	silence time.Duration     // how long its counts stand (Silence)
 	counts  map[string]Counts // by router
 }
@@ -87,119 +115,6 @@ const MaxHeartbeat = 10 * time.Second
 // 0 or less: a second, as a replica that does not say).
 func Silence(every time.Duration) time.Duration {
 	return max(PeerSilence, 3*min(every, MaxHeartbeat))
-}
-
-// maxPeers bounds the replicas whose counts are kept at once. A fleet is a
-// few dozen; anyone may publish on the stats subject, and a flood of
-// forged replica names then costs bounded memory until they fall silent.
-const maxPeers = 1024
-
-// Merge takes the counts replica from told at, replacing what it told
-// before; they stand for PeerSilence. This replica's own are ignored.
-func (b *Broker) Merge(from string, at time.Time, counts []Counts) {
-	b.MergeEvery(from, at, 0, counts)
-}
-
-// MergeEvery is Merge of a replica that tells a heartbeat every every:
-// its counts stand for Silence(every).
-func (b *Broker) MergeEvery(from string, at time.Time, every time.Duration, counts []Counts) {
-	if from == b.id {
-		return
-	}
-	t := b.cur()
-	m := make(map[string]Counts, len(counts))
-	for _, c := range counts {
-		if _, ok := t.routers[c.Router]; ok {
-			m[c.Router] = bounded(c, at)
-		}
-	}
-	b.fleet.mu.Lock()
-	defer b.fleet.mu.Unlock()
-	prev, known := b.fleet.peers[from]
-	if !known && len(b.fleet.peers) >= maxPeers {
-		return
-	}
-	old := prev.counts
-	b.fleet.peers[from] = peer{at: at, silence: Silence(every), counts: m}
-	// What least-busy reads takes the news at once, rather than at the
-	// next Refresh: half the time two replicas' counts disagree.
-	for path, c := range m {
-		o, ok := old[path]
-		if !ok || o.Chosen != c.Chosen || o.Reported != c.Reported {
-			b.setBase(t.routers[path])
-		}
-		if !ok || !o.Equal(c) {
-			b.stir() // the fleet has calls: refresh at the tick, not the heartbeat
-		}
-	}
-	for path := range old {
-		if _, ok := m[path]; !ok && t.routers[path] != nil { // nil: removed by Reconfigure
-			b.setBase(t.routers[path])
-			b.stir()
-		}
-	}
-}
-
-// Forget forgets what replica from told, at once: it said it stops. Its
-// calls in flight are answered by then, and their reports come to the
-// others.
-func (b *Broker) Forget(from string) {
-	b.fleet.mu.Lock()
-	defer b.fleet.mu.Unlock()
-	p, ok := b.fleet.peers[from]
-	if !ok {
-		return
-	}
-	delete(b.fleet.peers, from)
-	t := b.cur()
-	for path := range p.counts {
-		if rt := t.routers[path]; rt != nil {
-			b.setBase(rt)
-		}
-	}
-	b.stir()
-}
-
-// Peers is how many other replicas this replica heard from within their
-// Silence, as of the last Refresh.
-func (b *Broker) Peers() int {
-	b.fleet.mu.Lock()
-	defer b.fleet.mu.Unlock()
-	return len(b.fleet.peers)
-}
-
-// What one replica tells is bounded, so that a forged or broken message on
-// the stats subject changes the fleet's figures no more than a replica
-// could, and only while its sender keeps telling (PeerSilence).
-const (
-	// maxTold bounds each count: a trillion calls, so that the counts of
-	// a million replicas add up without overflowing.
-	maxTold = 1 << 40
-	// maxSkew is how far ahead of this replica's clock a time told may be.
-	// A last success further ahead would hide every failure until then,
-	// and a failure further ahead would outlast every success until then:
-	// told, each would be told on by every replica, for ever.
-	maxSkew = 10 * time.Second
-)
-
-// bounded is c, as told at, with its counts within 0 and maxTold and
-// without times further than maxSkew ahead of at, nor more failures than
-// maxFailing.
-func bounded(c Counts, at time.Time) Counts {
-	count := func(n int64) int64 { return min(max(n, 0), maxTold) }
-	c.Chosen, c.Reported, c.Calls, c.Failures = count(c.Chosen), count(c.Reported), count(c.Calls), count(c.Failures)
-	c.Failures = min(c.Failures, c.Calls)
-	latest := at.Add(maxSkew)
-	if c.LastSuccess.After(latest) {
-		c.LastSuccess = time.Time{}
-	}
-	if len(c.Failing) > maxFailing {
-		c.Failing = c.Failing[len(c.Failing)-maxFailing:]
-	}
-	if slices.ContainsFunc(c.Failing, func(t time.Time) bool { return t.After(latest) }) {
-		c.Failing = slices.DeleteFunc(slices.Clone(c.Failing), func(t time.Time) bool { return t.After(latest) })
-	}
-	return c
 }
 
 // Counts returns what this replica tells the others, as of the last
@@ -259,7 +174,7 @@ func (b *Broker) refreshFleet(now time.Time) (late []lateFailure) {
 	defer b.fleet.mu.Unlock()
 	for id, p := range b.fleet.peers {
 		if now.Sub(p.at) > p.silence {
-			delete(b.fleet.peers, id)
+			b.fleet.drop(id)
 		}
 	}
 	t := b.cur()
@@ -292,13 +207,8 @@ func (b *Broker) refreshFleet(now time.Time) (late []lateFailure) {
 func (b *Broker) setBase(rt *route) {
 	s := &rt.stats
 	ct, rtot := s.chosen.total.Load(), s.reported.total.Load()
-	c, r := s.chosen.count(ct), s.reported.count(rtot)
-	for _, p := range b.fleet.peers {
-		if pc, ok := p.counts[rt.path]; ok {
-			c += pc.Chosen
-			r += pc.Reported
-		}
-	}
+	told := b.fleet.told[rt.path]
+	c, r := s.chosen.count(ct)+told.chosen, s.reported.count(rtot)+told.reported
 	s.base.Store(c - r)
 	s.chosenMark.Store(ct)
 	s.reportedMark.Store(rtot)
@@ -380,10 +290,10 @@ func (b *Broker) failing(rt *route) []time.Time {
 	all = slices.DeleteFunc(all, func(t time.Time) bool { return t.UnixNano() <= last })
 	slices.SortFunc(all, time.Time.Compare)
 	all = slices.CompactFunc(all, time.Time.Equal)
-	if len(all) > maxFailing {
+	if len(all) > MaxFailing {
 		// Down to the front, so that the list's capacity is reused: a
 		// failure storm appends without allocating.
-		all = all[:copy(all, all[len(all)-maxFailing:])]
+		all = all[:copy(all, all[len(all)-MaxFailing:])]
 	}
 	s.failing = all
 	s.failingLen.Store(int32(len(s.failing)))

@@ -334,3 +334,61 @@ func TestAPeersCountsStandForThreeOfItsHeartbeats(t *testing.T) {
 	}
 	is.Equal(broker.Silence(-time.Second), broker.PeerSilence)
 }
+
+// A replica's words reach the others on two paths in a large fleet
+// (through the relay, and straight), a few milliseconds apart: one told
+// before the last taken from it, by its own clock, came late and is
+// dropped; one told a second or more before is a replica that restarted
+// with its clock set back, and is taken.
+func TestAWordOvertakenOnAnotherPathIsDropped(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{Pools: broker.DefaultPools(), ID: "me"})
+	now := time.Now()
+	told := now.Add(-time.Hour) // by the teller's clock: not this one's
+	inFlight := func() int64 { return viewOf(b, "/azure/gpt4/").InFlight }
+	word := func(at time.Time, chosen int64) bool {
+		return b.MergeTold("peer", at, now, 0, []broker.Counts{{Router: "/azure/gpt4/", Chosen: chosen}})
+	}
+	is.True(word(told, 5))
+	is.Equal(inFlight(), int64(5))
+	is.True(!word(told.Add(-5*time.Millisecond), 3)) // overtaken
+	is.Equal(inFlight(), int64(5))
+	is.True(word(told, 6)) // told at the same time: taken
+	is.Equal(inFlight(), int64(6))
+	is.True(word(told.Add(-time.Second), 2)) // a restart
+	is.Equal(inFlight(), int64(2))
+	is.True(b.MergeTold("peer", time.Time{}, now, 0, []broker.Counts{{Router: "/azure/gpt4/", Chosen: 1}})) // not said: taken
+	is.Equal(inFlight(), int64(1))
+}
+
+// A word names the routers a replica counts now: one it no longer names
+// counts no more, and the fleet's calls in flight are the sum of what
+// each replica told last.
+func TestTheFleetsCallsInFlightAreWhatEachReplicaToldLast(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{Pools: broker.DefaultPools(), ID: "me"})
+	now := time.Now()
+	inFlight := func(router string) int64 { return viewOf(b, router).InFlight }
+	b.Merge("a", now, []broker.Counts{{Router: "/azure/gpt4/", Chosen: 5, Reported: 1}, {Router: "/azure/dud/", Chosen: 2}})
+	b.Merge("b", now, []broker.Counts{{Router: "/azure/gpt4/", Chosen: 3}, {Router: "/azure/gpt4/", Chosen: 3}}) // named twice: once
+	is.Equal(inFlight("/azure/gpt4/"), int64(7))
+	is.Equal(inFlight("/azure/dud/"), int64(2))
+	b.Merge("a", now, []broker.Counts{{Router: "/azure/gpt4/", Chosen: 6, Reported: 6}, {Router: "/azure/nowhere/", Chosen: 9}})
+	is.Equal(inFlight("/azure/gpt4/"), int64(3))
+	is.Equal(inFlight("/azure/dud/"), int64(0)) // no longer named
+	b.Forget("b")
+	is.Equal(inFlight("/azure/gpt4/"), int64(0))
+	b.Refresh(now.Add(broker.PeerSilence + time.Millisecond)) // a forgotten
+	is.Equal(b.Peers(), 0)
+	is.Equal(inFlight("/azure/gpt4/"), int64(0))
+}
+
+// viewOf is router as b sees it now.
+func viewOf(b *broker.Broker, router string) broker.RouterView {
+	for _, v := range b.View(time.Now()) {
+		if v.Router == router {
+			return v
+		}
+	}
+	return broker.RouterView{}
+}
