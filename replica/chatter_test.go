@@ -16,7 +16,7 @@ import (
 )
 
 // statsHeard follows the stats subject: when each replica last spoke, and
-// how many words it said in all.
+// how many words it said in all, JSON or binary.
 type statsHeard struct {
 	mu    sync.Mutex
 	last  map[string]time.Time
@@ -27,14 +27,17 @@ func hearStats(t *testing.T, nc *nats.Conn) *statsHeard {
 	t.Helper()
 	h := &statsHeard{last: map[string]time.Time{}, words: map[string]int{}}
 	sub, err := nc.Subscribe(replica.StatsSubject(replica.DefaultBucket), func(m *nats.Msg) {
+		names := replica.WordNames(m) // the binary words of counts
 		var msg replica.StatsMessage
-		if json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" {
-			return
+		if names == nil && json.Unmarshal(m.Data, &msg) == nil && msg.ID != "" {
+			names = []string{msg.ID}
 		}
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		h.last[msg.ID] = time.Now()
-		h.words[msg.ID]++
+		for _, id := range names {
+			h.last[id] = time.Now()
+			h.words[id]++
+		}
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -57,6 +59,10 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 					return
 				}
 				r.drops.tell(log, sub, false)
+				return
+			}
+			if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), strconv.Quote(RelaySubject(r.cfg.Bucket))) {
+				r.relayRefused(err)
 				return
 			}
 			attrs := []any{slog.Any("error", err)}

@@ -138,24 +138,25 @@ func (r *Replica) tellDigests() {
 	}
 }
 
-// gatherDigests tells the digests read at most every digestEvery, until
-// stop is closed.
-func (r *Replica) gatherDigests(stop <-chan struct{}) {
+// gather runs tell once kick says something waits, at most every
+// every, until stop is closed: what was gathered meanwhile goes in one
+// message (the digests read, the words the relay heard).
+func gather(stop, kick <-chan struct{}, every time.Duration, tell func()) {
 	wait := time.NewTimer(0)
 	defer wait.Stop()
 	for {
 		select {
 		case <-stop:
 			return
-		case <-r.digests.kick:
+		case <-kick:
 		}
 		select {
 		case <-stop:
 			return
 		case <-wait.C:
 		}
-		r.tellDigests()
-		wait.Reset(digestEvery)
+		tell()
+		wait.Reset(every)
 	}
 }
 
@@ -271,7 +272,7 @@ func unnanos(ns int64) time.Time {
 // requests below -1 or over broker.MaxTokens, or a byte too many or too
 // few, and err says which.
 func readDigests(data []byte, hs []heard) (from string, _ []heard, err error) {
-	d := decoder{b: data}
+	d := decoder{b: data, what: "digests"}
 	id := d.bytes(MaxID)
 	n := d.uvarint()
 	if d.err == nil && n > maxDigests {
@@ -307,16 +308,17 @@ func readDigests(data []byte, hs []heard) (from string, _ []heard, err error) {
 	return string(id), hs, nil
 }
 
-// decoder reads a digest's encoding; its first error stops it, and every
-// read after returns zero.
+// decoder reads a binary encoding (digests, words); its first error stops
+// it, and every read after returns zero.
 type decoder struct {
-	b   []byte
-	err error
+	b    []byte
+	what string // what it reads, for its errors
+	err  error
 }
 
 func (d *decoder) fail(format string, args ...any) {
 	if d.err == nil {
-		d.err = fmt.Errorf("digests: "+format, args...)
+		d.err = fmt.Errorf(d.what+": "+format, args...)
 	}
 }
 

@@ -131,8 +131,12 @@ func heartbeat(peers int) time.Duration {
 // second: the words a fleet of N tells are delivered N(N−1) times.
 // Stretching the words that pools reading the calls in flight read is
 // capped at statsEveryMost, so that the replicas' counts still agree
-// within 25 ms.
-func wordEvery(peers int, calm bool, window time.Duration) time.Duration {
+// within 25 ms. Words told through the relay (relaying) are delivered 2N
+// times, and are not stretched.
+func wordEvery(peers int, calm bool, window time.Duration, relaying bool) time.Duration {
+	if relaying {
+		peers = 0
+	}
 	if calm {
 		return max(statsCalm, min(window/60, StatsAtLeast), time.Duration(peers)*statsCalm/heardEach)
 	}
@@ -238,8 +242,13 @@ func fromCounts(c broker.Counts) RouterStats {
 func (r *Replica) shareStats() error {
 	subject := StatsSubject(r.cfg.Bucket)
 	asked := make(chan struct{}, 1)
+	r.words.kick = make(chan struct{}, 1)
 	sub, err := r.nc.Subscribe(subject, func(m *nats.Msg) {
 		if len(m.Data) > maxStats {
+			return
+		}
+		if m.Header != nil && m.Header.Get(countsHeader) != "" {
+			r.hearWords(m)
 			return
 		}
 		if m.Header != nil && m.Header.Get(digestHeader) != "" {
@@ -262,6 +271,7 @@ func (r *Replica) shareStats() error {
 		if msg.Bye {
 			r.broker.Forget(msg.ID)
 			r.heardRevs.gone(msg.ID)
+			r.keepRole()
 			return
 		}
 		counts := make([]broker.Counts, len(msg.Routers))
@@ -271,12 +281,14 @@ func (r *Replica) shareStats() error {
 		// By this replica's clock: how long ago it heard is what matters.
 		now := time.Now()
 		every := msg.Heartbeat()
-		r.broker.MergeEvery(msg.ID, now, every, counts)
+		r.broker.MergeTold(msg.ID, msg.At, now, every, counts)
 		r.heardRevs.hear(msg.ID, msg.Config, msg.Sessions, now, broker.Silence(every))
+		r.keepRole()
 	})
 	if err != nil {
 		return err
 	}
+	r.spawn(func(ctx context.Context) { gather(ctx.Done(), r.words.kick, relayEvery, r.tellGathered) })
 	r.spawn(func(ctx context.Context) {
 		defer func() { _ = sub.Unsubscribe() }()
 		t := &teller{r: r, subject: subject, ask: true, every: StatsAtLeast}
@@ -302,11 +314,15 @@ func (r *Replica) shareStats() error {
 			case now := <-tick.C:
 				ticked = now
 				r.broker.Wake()
+				r.keepRole()
 				changed := t.tell(now, answer)
 				answer = false
-				wait := wordEvery(r.broker.Peers(), !r.broker.ReadsInFlight(), r.broker.RateWindow())
+				wait := wordEvery(r.broker.Peers(), !r.broker.ReadsInFlight(), r.broker.RateWindow(), r.relaying(now))
 				if !changed {
-					wait = max(r.broker.Quiet(now, t.every-now.Sub(t.at)), statsEvery)
+					wait = max(r.broker.Quiet(now, t.every-now.Sub(t.said)), statsEvery)
+				}
+				if r.awaitingEcho() {
+					wait = min(wait, echoWait+statsEvery) // told again straight if it never comes
 				}
 				tick.Reset(wait)
 			case <-r.broker.Stirred():
@@ -349,6 +365,7 @@ type teller struct {
 	told    []broker.Counts
 	conf    ConfigTold
 	at      time.Time
+	said    time.Time // when it last told the whole message (JSON)
 	stale   string
 	taken   []TakenTold
 	pinned  sessionRoutersTold
@@ -369,12 +386,24 @@ func (t *teller) tell(now time.Time, always bool) (changed bool) {
 	conf := ConfigTold{Revision: st.Revision, Refused: st.Refused}
 	stale := r.staleness()
 	taken := takenTold(r.broker.TakenSince(now.Add(-takenFor), MaxTaken))
-	changed = conf != t.conf || stale != t.stale || !slices.Equal(taken, t.taken) ||
-		!slices.EqualFunc(counts, t.told, broker.Counts.Equal)
+	// A word the relay did not pass on is told again, straight.
+	counted := !slices.EqualFunc(counts, t.told, broker.Counts.Equal) || r.echoOverdue(now)
+	other := conf != t.conf || stale != t.stale || !slices.Equal(taken, t.taken)
+	changed = counted || other
 	peers := r.broker.Peers()
 	every := heartbeat(peers)
-	if !always && !changed && now.Sub(t.at) < min(every, t.every) {
+	whole := always || other || now.Sub(t.said) >= min(every, t.every)
+	if !whole && !counted {
 		return false
+	}
+	if !whole {
+		// Only the counts changed: a word (words.go).
+		if err := r.tellWord(now, every, counts); err != nil {
+			r.log.Debug("could not tell the counts", slog.Any("error", err))
+			return changed
+		}
+		t.told, t.at = counts, now
+		return changed
 	}
 	msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
 		Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Taken: taken, Ask: t.ask, Peers: &peers}
@@ -396,6 +425,6 @@ func (t *teller) tell(now time.Time, always bool) (changed bool) {
 		r.log.Debug("could not tell the counts", slog.Any("error", err))
 		return changed
 	}
-	t.told, t.conf, t.stale, t.taken, t.at, t.ask, t.every = counts, conf, stale, taken, now, false, every
+	t.told, t.conf, t.stale, t.taken, t.at, t.said, t.ask, t.every = counts, conf, stale, taken, now, now, false, every
 	return changed
 }

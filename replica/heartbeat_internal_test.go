@@ -54,7 +54,11 @@ func TestWordsAreSpacedSoThatEachReplicaHearsABoundedNumber(t *testing.T) {
 		{2, 24 * time.Hour, 10 * time.Millisecond, time.Second},
 		{199, broker.DefaultRateWindow, statsEveryMost, 1990 * time.Millisecond},
 	} {
-		is.Equal(wordEvery(tc.peers, false, tc.window), tc.busy)
-		is.Equal(wordEvery(tc.peers, true, tc.window), tc.calm)
+		// Told straight to every replica, spaced as the fleet grows.
+		is.Equal(wordEvery(tc.peers, false, tc.window, false), tc.busy)
+		is.Equal(wordEvery(tc.peers, true, tc.window, false), tc.calm)
+		// Through the relay, delivered 2N times: not stretched.
+		is.Equal(wordEvery(tc.peers, false, tc.window, true), statsEvery)
+		is.Equal(wordEvery(tc.peers, true, tc.window, true), wordEvery(0, true, tc.window, false))
 	}
 }

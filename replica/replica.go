@@ -89,6 +89,7 @@ type Replica struct {
 	calls    gate
 	tx       txLog   // gecholog's transaction log
 	digests  digests // what it read of the log, for the others
+	words    words   // its counts, told and relayed
 	drops    drops   // slow-consumer lines
 
 	// ctx owns every goroutine the replica starts, each through spawn:

@@ -122,7 +122,7 @@ func (r *Replica) hearTransactions() error {
 	r.tx.mu.Lock()
 	r.tx.sub = sub
 	r.tx.mu.Unlock()
-	r.spawn(func(ctx context.Context) { r.gatherDigests(ctx.Done()) })
+	r.spawn(func(ctx context.Context) { gather(ctx.Done(), r.digests.kick, digestEvery, r.tellDigests) })
 	r.spawn(func(ctx context.Context) {
 		r.watchSilence(ctx, time.Now())
 		r.tx.tellDropped(r.log, sub, true) // while the subscription still says
