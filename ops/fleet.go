@@ -67,8 +67,41 @@ const maxHeard = 256
 
 func hearFleet(nc *nats.Conn, bucket string) *fleet {
 	f := newFleet(bucket)
-	f.sub, _ = nc.Subscribe(f.subject, func(m *nats.Msg) { f.hear(m.Data) })
+	f.sub, _ = nc.Subscribe(f.subject, func(m *nats.Msg) {
+		if ws := replica.Words(m); ws != nil {
+			f.hearCounts(ws)
+			return
+		}
+		f.hear(m.Data)
+	})
 	return f
+}
+
+// hearCounts takes the binary words of replicas already heard: their
+// counts, told every few milliseconds while they change, replace those of
+// their last whole word, which keeps the rest (latency, headroom,
+// sessions). A replica not heard yet is taken from its whole word.
+func (f *fleet) hearCounts(ws []replica.Word) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range ws {
+		h, ok := f.heard[w.ID]
+		if !ok {
+			continue
+		}
+		was := make(map[string]replica.RouterStats, len(h.msg.Routers))
+		for _, rs := range h.msg.Routers {
+			was[rs.Router] = rs
+		}
+		routers := make([]replica.RouterStats, 0, len(w.Counts))
+		for _, c := range w.Counts {
+			rs := was[c.Router]
+			rs.Router, rs.Chosen, rs.Reported, rs.Calls, rs.Failures = c.Router, c.Chosen, c.Reported, c.Calls, c.Failures
+			routers = append(routers, rs)
+		}
+		h.msg.Routers, h.at = routers, time.Now()
+		f.heard[w.ID] = h
+	}
 }
 
 // newFleet is a fleet of bucket that has heard nothing yet, and hears

@@ -9,6 +9,7 @@ import (
 	"github.com/matryer/is"
 
 	"github.com/gecholog/broker/broker"
+	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/replica"
 )
 
@@ -122,4 +123,39 @@ func TestStatusListensAsLongAsTheFleetsHeartbeatAndKeepsAWordForThree(t *testing
 		is.True(h.stands(now.Add(tc.stands)))                     // its word stands three heartbeats
 		is.True(!h.stands(now.Add(tc.stands + time.Millisecond))) // and no longer
 	}
+}
+
+// TestStatusTakesTheCountsOfTheBinaryWordsBetweenWholeOnes: a busy replica
+// tells its whole word at its heartbeat and its counts, binary, every few
+// milliseconds between; status shows the newest counts with the latency
+// of the last whole word, and takes a replica by its whole word only.
+func TestStatusTakesTheCountsOfTheBinaryWordsBetweenWholeOnes(t *testing.T) {
+	is := is.New(t)
+	s := natstest.Start(t)
+	nc := natstest.Connect(t, s)
+	f := hearFleet(nc, replica.DefaultBucket)
+	defer func() { _ = f.sub.Unsubscribe() }()
+	subject := replica.StatsSubject(replica.DefaultBucket)
+	whole, err := json.Marshal(replica.StatsMessage{ID: "replica-1", At: time.Now(), Routers: []replica.RouterStats{
+		{Router: "/azure/gpt4/", Chosen: 1, LatencyMS: 50}, {Router: "/azure/dud/", Chosen: 2}}})
+	is.NoErr(err)
+	is.NoErr(nc.Publish(subject, whole))
+	is.NoErr(nc.PublishMsg(replica.WordsMessage(subject,
+		replica.Word{ID: "replica-1", At: time.Now(), Counts: []broker.Counts{{Router: "/azure/gpt4/", Chosen: 5, Reported: 1, Calls: 1}}},
+		replica.Word{ID: "replica-9", At: time.Now(), Counts: []broker.Counts{{Router: "/azure/gpt4/", Chosen: 7}}})))
+	is.NoErr(nc.Flush())
+	routers := func(id string) []replica.RouterStats {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.heard[id].msg.Routers
+	}
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		rs := routers("replica-1")
+		return len(rs) == 1 && rs[0].Chosen == 5
+	}, "the binary word's counts")
+	rs := routers("replica-1")[0]
+	is.Equal(rs.Reported, int64(1))
+	is.Equal(rs.Calls, int64(1))
+	is.Equal(rs.LatencyMS, 50.0)           // the whole word's, kept
+	is.Equal(len(routers("replica-9")), 0) // not heard whole: not taken
 }

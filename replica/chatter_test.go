@@ -27,7 +27,7 @@ func hearStats(t *testing.T, nc *nats.Conn) *statsHeard {
 	t.Helper()
 	h := &statsHeard{last: map[string]time.Time{}, words: map[string]int{}}
 	sub, err := nc.Subscribe(replica.StatsSubject(replica.DefaultBucket), func(m *nats.Msg) {
-		names := replica.WordNames(m) // the binary words of counts
+		names := wordNames(m) // the binary words of counts
 		var msg replica.StatsMessage
 		if names == nil && json.Unmarshal(m.Data, &msg) == nil && msg.ID != "" {
 			names = []string{msg.ID}

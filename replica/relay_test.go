@@ -49,6 +49,16 @@ func (rs *replicaSet) relays(i int) bool {
 	return strings.Count(out, "relaying the fleet's counts: its name comes first") > strings.Count(out, "no longer relaying the fleet's counts")
 }
 
+// wordNames is the names of the replicas whose words m carries, one a
+// word (nil: none).
+func wordNames(m *nats.Msg) []string {
+	var names []string
+	for _, w := range replica.Words(m) {
+		names = append(names, w.ID)
+	}
+	return names
+}
+
 // wordsHeard counts the messages of words, and the words in them, on a
 // subject.
 type wordsHeard struct {
@@ -61,7 +71,7 @@ func hearWords(t *testing.T, nc *nats.Conn, subject string) *wordsHeard {
 	t.Helper()
 	h := &wordsHeard{from: map[string]int{}}
 	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
-		names := replica.WordNames(m)
+		names := wordNames(m)
 		if names == nil {
 			return
 		}

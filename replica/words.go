@@ -399,20 +399,40 @@ func (r *Replica) echoOverdue(now time.Time) bool {
 	return !r.words.waiting.IsZero() && now.Sub(r.words.waiting) > echoWait
 }
 
-// WordNames is the names of the replicas whose words m, a message on the
-// stats or relay subject, carries, one per word (nil: not a message of
-// words, or one that cannot be read): for tools and tests that count them.
-func WordNames(m *nats.Msg) []string {
-	if m.Header.Get(countsHeader) != countsVersion {
+// Word is one replica's counts as a binary word on the stats or relay
+// subject says them: its name, when it told by its clock, and its
+// counts per router (no latency or headroom: those come in its whole
+// word, at its heartbeat).
+type Word struct {
+	ID     string
+	At     time.Time
+	Counts []broker.Counts
+}
+
+// Words reads the words m, a message on the stats or relay subject,
+// carries (nil: not a message of words, or one that cannot be read), for
+// `broker status` and tests.
+func Words(m *nats.Msg) []Word {
+	if m.Header.Get(countsHeader) != countsVersion || len(m.Data) > maxStats {
 		return nil
 	}
 	ws, err := readWords(m.Data, nil, nil)
 	if err != nil {
 		return nil
 	}
-	names := make([]string, len(ws))
+	out := make([]Word, len(ws))
 	for i, w := range ws {
-		names[i] = w.id
+		out[i] = Word{ID: w.id, At: w.at, Counts: w.counts}
 	}
-	return names
+	return out
+}
+
+// WordsMessage is a message of ws on subject as a replica tells it,
+// each with a heartbeat of a second: for tests.
+func WordsMessage(subject string, ws ...Word) *nats.Msg {
+	b := binary.AppendUvarint(nil, uint64(len(ws)))
+	for _, w := range ws {
+		b = appendWord(b, w.ID, w.At, StatsAtLeast, w.Counts)
+	}
+	return &nats.Msg{Subject: subject, Header: nats.Header{countsHeader: []string{countsVersion}}, Data: b}
 }
