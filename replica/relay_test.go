@@ -167,8 +167,8 @@ func TestALargeFleetTellsItsWordsThroughOneRelay(t *testing.T) {
 // TestAFleetWhoseRelayPassesNothingOnTellsStraight: a forged replica whose
 // name comes first becomes every replica's relay and passes nothing on;
 // each replica that does not hear its word back within 100 ms tells it
-// straight, and a call shows on every replica well before the next
-// heartbeat (1.2 s in a fleet of 13) would show it.
+// straight, on the stats subject, where no relay's message comes, and a
+// call shows on every replica.
 func TestAFleetWhoseRelayPassesNothingOnTellsStraight(t *testing.T) {
 	s := natstest.Start(t)
 	rs, _ := relayFleet(t, natsconn.Settings{Servers: s.ClientURL()}, relayedFleet)
@@ -201,7 +201,9 @@ func TestAFleetWhoseRelayPassesNothingOnTellsStraight(t *testing.T) {
 	}()
 	defer func() { close(stop); <-done }()
 
-	aCallShowsOnEveryReplica(t, rs, nc, 400*time.Millisecond)
+	onStats := hearWords(t, nc, replica.StatsSubject(replica.DefaultBucket))
+	aCallShowsOnEveryReplica(t, rs, nc, 2*time.Second)
+	natstest.Eventually(t, 5*time.Second, func() bool { _, words, _ := onStats.counts(); return words > 0 }, "words told straight")
 	straight := 0
 	for i := range rs.logs {
 		straight += countLines(rs.logs[i].String(), "telling the counts straight to every replica for a while: the relay did not pass on this replica's word within 100ms", time.Time{}, time.Now())
@@ -228,8 +230,8 @@ func TestARelayThatStopsHandsOverAtOnce(t *testing.T) {
 // TestAServerThatRefusesTheRelaySubjectIsSaidOnceAndTheWordsGoStraight:
 // NATS users granted before the relay may not use its subject; each
 // replica refused says so once, with the permission to grant, and tells
-// its words straight, so that a call still shows on every replica well
-// before the next heartbeat would show it.
+// its words straight, on the stats subject, so that a call still shows on
+// every replica.
 func TestAServerThatRefusesTheRelaySubjectIsSaidOnceAndTheWordsGoStraight(t *testing.T) {
 	s := natstest.Start(t, func(o *server.Options) {
 		deny := []string{replica.RelaySubject(replica.DefaultBucket)}
@@ -240,7 +242,9 @@ func TestAServerThatRefusesTheRelaySubjectIsSaidOnceAndTheWordsGoStraight(t *tes
 	})
 	rs, _ := relayFleet(t, natsconn.Settings{Servers: s.ClientURL(), User: "broker", Password: "pw"}, relayedFleet)
 	nc := natstest.Connect(t, s, nats.UserInfo("broker", "pw"))
-	aCallShowsOnEveryReplica(t, rs, nc, 400*time.Millisecond)
+	onStats := hearWords(t, nc, replica.StatsSubject(replica.DefaultBucket))
+	aCallShowsOnEveryReplica(t, rs, nc, 2*time.Second)
+	natstest.Eventually(t, 5*time.Second, func() bool { _, words, _ := onStats.counts(); return words > 0 }, "words told straight")
 	const refused = "the NATS server refuses the relay subject: this replica tells its counts straight to every replica, which costs the fleet more as it grows"
 	said := 0
 	for i, l := range rs.logs {
