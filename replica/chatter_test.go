@@ -11,6 +11,7 @@ import (
 
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
+	"github.com/gecholog/broker/internal/standin"
 	"github.com/gecholog/broker/internal/testutil/natstest"
 	"github.com/gecholog/broker/replica"
 )
@@ -267,6 +268,53 @@ func TestALargeIdleFleetSpacesItsHeartbeatsAndForgetsNone(t *testing.T) {
 	for i, r := range rs.fleet.Replicas {
 		if got := len(r.Revisions().Replicas); got != n {
 			t.Errorf("replica-%d knows %d replicas after %v idle, want %d: its heartbeats keep each known", i+1, got, idle, n)
+		}
+	}
+}
+
+// TestOnlyTheReplicaNamedFirstTellsWhatTheLogSaysOfIdleRouters: every
+// replica knows each router's latency and headroom alike from the
+// transaction log, so an idle replica's heartbeat carries only the routers
+// it counts calls of, and the one whose name comes first tells the rest,
+// for `broker status`: the heartbeat does not grow with every router whose
+// latency the fleet knows.
+func TestOnlyTheReplicaNamedFirstTellsWhatTheLogSaysOfIdleRouters(t *testing.T) {
+	s, rs, nc, _ := heardFleet(t, 3)
+	finish(t, nc, standin.Finished{Ingress: "/azure/", Router: "/azure/gpt4/", Latency: 120 * time.Millisecond, Payload: 1 << 10,
+		Headers: map[string]string{"x-ratelimit-remaining-requests": "25", "x-ratelimit-limit-requests": "100", "x-ratelimit-reset-requests": "1m0s"}})
+	rs.every(t, 5*time.Second, func(b *broker.Broker) bool { return viewOf(b, "/azure/gpt4/").LatencyKnown }, "the latency")
+
+	heartbeats, err := natstest.Connect(t, s).SubscribeSync(replica.StatsSubject(replica.DefaultBucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Until replica-1 has told the latency, and each other replica a word since.
+	told := map[string][]replica.RouterStats{}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		m, err := heartbeats.NextMsg(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("replica-1's latency and a word of each other replica since: %v (heard %v)", err, told)
+		}
+		var msg replica.StatsMessage
+		if json.Unmarshal(m.Data, &msg) != nil || msg.ID == "" {
+			continue
+		}
+		if msg.ID == "replica-1" {
+			if r := msg.Routers; len(r) == 1 && r[0].Router == "/azure/gpt4/" && r[0].LatencyMS == 120 && r[0].Headroom != nil {
+				told = map[string][]replica.RouterStats{"replica-1": r}
+			}
+			continue
+		}
+		if told["replica-1"] != nil {
+			told[msg.ID] = msg.Routers
+		}
+		if len(told) == 3 {
+			break
+		}
+	}
+	for _, id := range []string{"replica-2", "replica-3"} {
+		if r := told[id]; len(r) != 0 {
+			t.Errorf("%s, idle, told %+v: want no router", id, r)
 		}
 	}
 }

@@ -188,7 +188,9 @@ type RouterStats struct {
 	Failing     []int64 `json:"failing,omitempty"`
 	// LatencyMS and Headroom (a share of the rate limit left, 0 to 1) are
 	// what the replica knows of the upstream from the transaction log,
-	// absent while it knows nothing; for `broker status`.
+	// absent while it knows nothing; for `broker status`. Every replica
+	// knows them alike, so only the one whose name comes first tells them
+	// (countsOnly), and RateLimitedUntil likewise.
 	LatencyMS float64  `json:"latency_ms,omitempty"`
 	Headroom  *float64 `json:"headroom,omitempty"`
 	// RateLimitedUntil is when a router its upstream said has none left
@@ -216,6 +218,23 @@ func toCounts(rs RouterStats) broker.Counts {
 		c.RateLimitedUntil = time.Unix(0, rs.RateLimitedUntil)
 	}
 	return c
+}
+
+// countsOnly is routers without what every replica knows alike from the
+// transaction log (latency, headroom, a rate limit's reset), and without
+// the routers that leaves empty: only the replica whose name comes first
+// (broker.Relay) tells those, for `broker status`, which shows the newest
+// it heard. So a heartbeat grows with the routers a replica counts calls
+// of, not with every router whose latency the fleet knows.
+func countsOnly(routers []RouterStats) []RouterStats {
+	out := routers[:0]
+	for _, rs := range routers {
+		rs.LatencyMS, rs.Headroom, rs.RateLimitedUntil = 0, nil, 0
+		if rs.Chosen != 0 || rs.Reported != 0 || rs.Calls != 0 || rs.Failures != 0 || rs.LastSuccess != 0 || len(rs.Failing) > 0 {
+			out = append(out, rs)
+		}
+	}
+	return out
 }
 
 func fromCounts(c broker.Counts) RouterStats {
@@ -415,6 +434,9 @@ func (t *teller) tell(now time.Time, always bool) (changed bool) {
 	}
 	for i, c := range counts {
 		msg.Routers[i] = fromCounts(c)
+	}
+	if r.broker.Relay() != r.cfg.ID {
+		msg.Routers = countsOnly(msg.Routers)
 	}
 	msg.Routers = withSessions(msg.Routers, t.pinned.get(r.broker, now))
 	data, err := json.Marshal(msg)
