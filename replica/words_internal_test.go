@@ -155,7 +155,9 @@ func TestForgedWordsAreBoundedAndLoggedAndTheReplicaServesOn(t *testing.T) {
 		{Router: "/azure/gpt4/", Chosen: 1 << 62, Reported: -5, Calls: 10, Failures: 1 << 50}}}))
 	natstest.Eventually(t, 5*time.Second, func() bool { return r.Broker().Peers() == 1 }, "the forged word merged")
 	v := viewByRouter(r.Broker(), "/azure/gpt4/")
-	is.Equal(v.InFlight, int64(1<<40)) // a trillion: held to what a replica may tell
+	// A trillion, held to what a replica may tell, and the call served
+	// above if it went there.
+	is.True(v.InFlight == 1<<40 || v.InFlight == 1<<40+1)
 	serves(t, nc)
 	is.NoErr(stop())
 }
