@@ -27,7 +27,7 @@ type statsHeard struct {
 func hearStats(t *testing.T, nc *nats.Conn) *statsHeard {
 	t.Helper()
 	h := &statsHeard{last: map[string]time.Time{}, words: map[string]int{}}
-	sub, err := nc.Subscribe(replica.StatsSubject(replica.DefaultBucket), func(m *nats.Msg) {
+	subscribeFor(t, nc, replica.StatsSubject(replica.DefaultBucket), func(m *nats.Msg) {
 		names := wordNames(m) // the binary words of counts
 		var msg replica.StatsMessage
 		if names == nil && json.Unmarshal(m.Data, &msg) == nil && msg.ID != "" {
@@ -40,13 +40,6 @@ func hearStats(t *testing.T, nc *nats.Conn) *statsHeard {
 			h.words[id]++
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
 	return h
 }
 

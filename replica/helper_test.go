@@ -379,3 +379,17 @@ func isErr(t testing.TB, err, target error) {
 		t.Fatalf("error %v, want %v", err, target)
 	}
 }
+
+// subscribeFor subscribes f to subject for the rest of the test, and
+// returns once the server has the subscription.
+func subscribeFor(t *testing.T, nc *nats.Conn, subject string, f func(*nats.Msg)) {
+	t.Helper()
+	sub, err := nc.Subscribe(subject, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}

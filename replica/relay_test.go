@@ -70,7 +70,7 @@ type wordsHeard struct {
 func hearWords(t *testing.T, nc *nats.Conn, subject string) *wordsHeard {
 	t.Helper()
 	h := &wordsHeard{from: map[string]int{}}
-	sub, err := nc.Subscribe(subject, func(m *nats.Msg) {
+	subscribeFor(t, nc, subject, func(m *nats.Msg) {
 		names := wordNames(m)
 		if names == nil {
 			return
@@ -83,13 +83,6 @@ func hearWords(t *testing.T, nc *nats.Conn, subject string) *wordsHeard {
 			h.from[n]++
 		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
 	return h
 }
 

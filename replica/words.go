@@ -129,7 +129,7 @@ func (r *Replica) keepRole() {
 // tellWord tells this replica's counts, as of now, to the others: to the
 // relay in a large fleet, unless it tells them straight.
 func (r *Replica) tellWord(now time.Time, every time.Duration, counts []broker.Counts) error {
-	msg := appendWord(binary.AppendUvarint(nil, 1), r.cfg.ID, now, every, counts)
+	wd := appendWord(nil, r.cfg.ID, now, every, counts)
 	subject := StatsSubject(r.cfg.Bucket)
 	w := &r.words
 	w.mu.Lock()
@@ -137,7 +137,7 @@ func (r *Replica) tellWord(now time.Time, every time.Duration, counts []broker.C
 	case !relayed(r.broker.Peers()) || now.Before(w.straight):
 	case w.sub != nil: // the relay: gathered with the others'
 		w.mu.Unlock()
-		r.addWords(msg[1:], 1)
+		r.addWords(wd, 1)
 		return nil
 	case !w.waiting.IsZero() && now.Sub(w.waiting) > echoWait:
 		w.straight, w.waiting = now.Add(straightFor), time.Time{}
@@ -154,12 +154,19 @@ func (r *Replica) tellWord(now time.Time, every time.Duration, counts []broker.C
 		}
 	}
 	w.mu.Unlock()
-	return r.nc.PublishMsg(&nats.Msg{Subject: subject, Header: nats.Header{countsHeader: []string{countsVersion}}, Data: msg})
+	return r.nc.PublishMsg(wordsMsg(subject, 1, wd))
+}
+
+// wordsMsg is a message of n words, encoded one after the other, on
+// subject.
+func wordsMsg(subject string, n int, encoded []byte) *nats.Msg {
+	data := append(binary.AppendUvarint(make([]byte, 0, len(encoded)+binary.MaxVarintLen64), uint64(n)), encoded...)
+	return &nats.Msg{Subject: subject, Header: nats.Header{countsHeader: []string{countsVersion}}, Data: data}
 }
 
 // gatherWords takes, as the relay, the words told on the relay subject.
 func (r *Replica) gatherWords(m *nats.Msg) {
-	ws, err := r.readWordsOf(m, nil, nil)
+	ws, err := readWordsOf(m, nil, nil)
 	if err != nil {
 		r.tellBadWords(m.Subject, err)
 		return
@@ -199,10 +206,9 @@ func (r *Replica) tellGathered() {
 		w.mu.Unlock()
 		return
 	}
-	msg := append(binary.AppendUvarint(nil, uint64(w.n)), w.pending...)
+	m := wordsMsg(StatsSubject(r.cfg.Bucket), w.n, w.pending)
 	w.pending, w.n = w.pending[:0], 0
 	w.mu.Unlock()
-	m := &nats.Msg{Subject: StatsSubject(r.cfg.Bucket), Header: nats.Header{countsHeader: []string{countsVersion}}, Data: msg}
 	if err := r.nc.PublishMsg(m); err != nil {
 		r.log.Debug("could not relay the counts", slog.Any("error", err))
 	}
@@ -211,7 +217,7 @@ func (r *Replica) tellGathered() {
 // hearWords takes the words told on the stats subject, straight or
 // relayed; this replica's own says that the relay passed it on.
 func (r *Replica) hearWords(m *nats.Msg) {
-	ws, err := r.readWordsOf(m, r.words.heard, &r.words.text)
+	ws, err := readWordsOf(m, r.words.heard, &r.words.text)
 	r.words.heard = ws
 	if err != nil {
 		r.tellBadWords(m.Subject, err)
@@ -230,7 +236,7 @@ func (r *Replica) hearWords(m *nats.Msg) {
 }
 
 // readWordsOf reads the words of m, a message of them, as readWords does.
-func (r *Replica) readWordsOf(m *nats.Msg, ws []word, text *texts) ([]word, error) {
+func readWordsOf(m *nats.Msg, ws []word, text *texts) ([]word, error) {
 	if v := m.Header.Get(countsHeader); v != countsVersion {
 		return nil, fmt.Errorf("a version this replica cannot read (%q; it reads %q): a newer broker told it, so upgrade this one", safetext.Clip(v, 16), countsVersion)
 	}
@@ -413,10 +419,7 @@ type Word struct {
 // carries (nil: not a message of words, or one that cannot be read), for
 // `broker status` and tests.
 func Words(m *nats.Msg) []Word {
-	if m.Header.Get(countsHeader) != countsVersion || len(m.Data) > maxStats {
-		return nil
-	}
-	ws, err := readWords(m.Data, nil, nil)
+	ws, err := readWordsOf(m, nil, nil)
 	if err != nil {
 		return nil
 	}
@@ -430,9 +433,9 @@ func Words(m *nats.Msg) []Word {
 // WordsMessage is a message of ws on subject as a replica tells it,
 // each with a heartbeat of a second: for tests.
 func WordsMessage(subject string, ws ...Word) *nats.Msg {
-	b := binary.AppendUvarint(nil, uint64(len(ws)))
+	var b []byte
 	for _, w := range ws {
 		b = appendWord(b, w.ID, w.At, StatsAtLeast, w.Counts)
 	}
-	return &nats.Msg{Subject: subject, Header: nats.Header{countsHeader: []string{countsVersion}}, Data: b}
+	return wordsMsg(subject, len(ws), b)
 }
