@@ -56,12 +56,24 @@ func (s *Store) answered(err error) {
 // peer must be silent for 4 s before anyone is told.
 const quorumPeerSilence = 2 * time.Second
 
+// moveSilence is quorumPeerSilence for a replica choosing a server to move
+// to (ProbeToMove): a leader cut off from its peers an instant ago still
+// heard them within 2 s when the replica, having waited as long, asks it,
+// and would vouch for itself. A peer that answers every heartbeat is heard
+// within a second and a half; a stricter question that is wrong costs a
+// move a second later, not a false stale.
+const moveSilence = 1500 * time.Millisecond
+
 // quorum says why the stream described by info cannot take a write, or
 // nil when it can. A stream answers its info request from a member that
 // has been leaderless for a while too, and a leader cut off from its
 // peers keeps answering until it steps down, after about ten seconds; so
 // an answer alone does not prove the bucket works.
-func quorum(info *jetstream.StreamInfo) error {
+func quorum(info *jetstream.StreamInfo) error { return quorumWithin(info, quorumPeerSilence) }
+
+// quorumWithin is quorum, with peers silent for silence or longer not
+// counting.
+func quorumWithin(info *jetstream.StreamInfo, silence time.Duration) error {
 	c := info.Cluster
 	if c == nil || len(c.Replicas) == 0 {
 		return nil // a single server, or a stream of one replica
@@ -77,7 +89,7 @@ func quorum(info *jetstream.StreamInfo) error {
 		n++
 		// Active 0 is a peer never heard from (nats-server reports no
 		// time for it), not one heard this instant.
-		if !p.Offline && p.Active > 0 && p.Active < quorumPeerSilence {
+		if !p.Offline && p.Active > 0 && p.Active < silence {
 			live++
 		}
 	}
@@ -176,11 +188,21 @@ func (e *causedError) Cause() string { return e.cause }
 // Probe asks bucket's stream, through js, whether it answers with a
 // leader and its quorum, as a replica's watcher finds; nil when it does.
 func Probe(ctx context.Context, js jetstream.JetStream, bucket string) error {
+	return probeWithin(ctx, js, bucket, quorumPeerSilence)
+}
+
+// ProbeToMove is Probe for a replica choosing a server to move to: a
+// leader counts its peers only if it heard them within moveSilence.
+func ProbeToMove(ctx context.Context, js jetstream.JetStream, bucket string) error {
+	return probeWithin(ctx, js, bucket, moveSilence)
+}
+
+func probeWithin(ctx context.Context, js jetstream.JetStream, bucket string, silence time.Duration) error {
 	st, err := js.Stream(ctx, "KV_"+bucket)
 	if err != nil {
 		return err
 	}
-	return quorum(st.CachedInfo())
+	return quorumWithin(st.CachedInfo(), silence)
 }
 
 // Leaderless reports whether err, from Probe, says the bucket's stream

@@ -36,6 +36,25 @@ func TestQuorumNeedsALeaderHearingMostOfItsPeers(t *testing.T) {
 	}
 }
 
+// TestALeaderCutOffAnInstantAgoDoesNotVouchForItselfToAReplicaMoving: a
+// replica asks where to move once its own bucket has been silent for 2 s,
+// when a leader cut off as long ago still heard its peers within 2 s.
+func TestALeaderCutOffAnInstantAgoDoesNotVouchForItselfToAReplicaMoving(t *testing.T) {
+	cutOff := jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n1", Replicas: []*jetstream.PeerInfo{
+		{Name: "n2", Current: true, Active: 1900 * time.Millisecond}, {Name: "n3", Current: true, Active: 1950 * time.Millisecond}}}}
+	if err := quorum(&cutOff); err != nil {
+		t.Fatalf("quorum = %v: the watcher's check counts peers heard within 2 s", err)
+	}
+	if err := quorumWithin(&cutOff, moveSilence); !errors.Is(err, errNoQuorum) {
+		t.Errorf("quorumWithin(moveSilence) = %v, want no quorum", err)
+	}
+	healthy := jetstream.StreamInfo{Cluster: &jetstream.ClusterInfo{Leader: "n2", Replicas: []*jetstream.PeerInfo{
+		{Name: "n3", Current: true, Active: time.Second}, {Name: "n1", Current: false, Active: time.Minute}}}}
+	if err := quorumWithin(&healthy, moveSilence); err != nil {
+		t.Errorf("a leader hearing one of two peers each heartbeat: quorumWithin = %v, want nil", err)
+	}
+}
+
 // TestLeaderlessTellsAnAnswerWithoutALeaderFromNoAnswer: the server said
 // the bucket's stream has no leader or no quorum, or that JetStream has
 // none (as a KV watcher's older API says it too); a timeout says nothing.

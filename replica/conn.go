@@ -41,6 +41,7 @@ func (r *Replica) natsOptions() ([]nats.Option, error) {
 		nats.PingInterval(pingInterval),
 		nats.MaxPingsOutstanding(maxPingsOut),
 		nats.FlusherTimeout(flusherTimeout),
+		nats.ReconnectToServer(r.link.next),
 		nats.ClosedHandler(func(*nats.Conn) { r.link.down() }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			r.link.down()

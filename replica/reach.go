@@ -21,6 +21,27 @@ import (
 type link struct {
 	up     atomic.Bool
 	server atomic.Pointer[string] // redacted; "" while down
+	// moveTo is the server (scheme://host, as nats.Conn.Servers says)
+	// the next reconnection goes to: the one moveIfAnswered found the
+	// bucket answering through. nats.go would otherwise try whichever
+	// other server its pool holds next, a cut-off one as well.
+	moveTo atomic.Pointer[string]
+}
+
+// next is nats.go's ReconnectToServer callback: the server moveTo names,
+// once, or nil (nats.go's own choice) when it names none or one no longer
+// in the pool. nats.go calls it holding the connection's lock.
+func (l *link) next(pool []nats.Server, _ nats.ServerInfo) (*nats.Server, time.Duration) {
+	to := l.moveTo.Swap(nil)
+	if to == nil {
+		return nil, 0
+	}
+	for i := range pool {
+		if u := pool[i].URL; u != nil && u.Scheme+"://"+u.Host == *to {
+			return &pool[i], 0
+		}
+	}
+	return nil, 0
 }
 
 // set records nc as connected. Call it from the connection's handlers or
@@ -74,6 +95,11 @@ const (
 	// servers again: while the rest of a cluster elects the bucket's
 	// leader, none answers yet.
 	probeEvery = time.Second
+	// hereWait bounds asking the replica's own server once more before it
+	// moves: a server of a cluster that has just elected the bucket's
+	// leader answers within milliseconds, and a stalled one never does,
+	// which then delays the move by as long.
+	hereWait = 500 * time.Millisecond
 )
 
 // bucketState is what the replica last found of the bucket.
@@ -187,8 +213,11 @@ func (r *Replica) keepReach(ctx context.Context) {
 // moveIfAnswered asks each other server the connection knows of (those it
 // was given and those it learned from the cluster) whether the bucket
 // answers through it, over a connection of its own, and on the first that
-// says yes has the connection reconnect: nats.go tries the other servers
-// before the one it leaves.
+// says yes has the connection reconnect there (see link.moveTo). While a
+// cluster elects the bucket's leader, a replica on a node of the majority
+// finds it answering through another node a moment before its own watcher
+// does: it asks its own server once more, and stays when the bucket
+// answers there too, for a move costs the calls in flight.
 func (r *Replica) moveIfAnswered(ctx context.Context, cause string) {
 	_, from := r.link.state()
 	auth, err := r.cfg.NATS.Options()
@@ -205,13 +234,30 @@ func (r *Replica) moveIfAnswered(ctx context.Context, cause string) {
 		if err != nil {
 			continue
 		}
+		if r.answersHere(ctx) {
+			return
+		}
 		r.log.Warn("moving to another NATS server: the router health bucket answers through it, not through this one",
 			slog.String("from", from), slog.String("to", natsconn.Redact(url)), slog.String("cause", cause))
+		r.link.moveTo.Store(&url)
 		if err := r.nc.ForceReconnect(); err != nil {
+			r.link.moveTo.Store(nil)
 			r.log.Warn("could not move to another NATS server", slog.Any("error", err))
 		}
 		return
 	}
+}
+
+// answersHere is whether the bucket answers through the replica's own
+// server, as a server to move to must, within hereWait.
+func (r *Replica) answersHere(ctx context.Context) bool {
+	js, err := jetstream.New(r.nc)
+	if err != nil {
+		return false
+	}
+	pctx, cancel := context.WithTimeout(ctx, hereWait)
+	defer cancel()
+	return kv.ProbeToMove(pctx, js, r.cfg.Bucket) == nil
 }
 
 // probeServer connects to url alone and asks whether bucket answers with
@@ -227,5 +273,5 @@ func probeServer(ctx context.Context, url, bucket string, auth []nats.Option) er
 	if err != nil {
 		return err
 	}
-	return kv.Probe(ctx, js, bucket)
+	return kv.ProbeToMove(ctx, js, bucket)
 }

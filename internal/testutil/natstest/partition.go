@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 // Cluster is embedded nats-servers whose routes each pass through a proxy
@@ -239,3 +240,18 @@ func (p *Proxy) start() {
 
 // Addr is the proxy's host:port.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// Lead has node i lead stream (a step-down that prefers it) and returns
+// once it does; nc is any client of the cluster.
+func (c *Cluster) Lead(t testing.TB, nc *nats.Conn, stream string, i int) {
+	t.Helper()
+	if c.Servers[i].JetStreamIsStreamLeader("$G", stream) {
+		return
+	}
+	req := fmt.Sprintf(`{"placement":{"preferred":%q}}`, c.Servers[i].Name())
+	if _, err := nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, []byte(req), 5*time.Second); err != nil {
+		t.Fatalf("natstest: %s leading %s: %v", c.Servers[i].Name(), stream, err)
+	}
+	Eventually(t, 10*time.Second, func() bool { return c.Servers[i].JetStreamIsStreamLeader("$G", stream) },
+		"%s leading %s", c.Servers[i].Name(), stream)
+}
