@@ -103,6 +103,9 @@ func TestTheAnnouncedDisableLandingReplacesTheProvisionalOne(t *testing.T) {
 	is.Equal(b.Phase("/azure/dud/"), broker.Enabled)
 }
 
+// An operator's `broker disable` is announced too, manual: it takes the
+// router out at once, for AnnouncementHold at most until the store says
+// so (see hold_test.go), and never lifts or shortens a disable.
 func TestAnAnnouncedDisableNeverLiftsShortensOrOverridesAManualOne(t *testing.T) {
 	now := time.Now()
 	for _, tc := range []struct {
@@ -123,6 +126,14 @@ func TestAnAnnouncedDisableNeverLiftsShortensOrOverridesAManualOne(t *testing.T)
 			broker.Record{Router: "/azure/dud/", At: now, Until: now.Add(time.Minute)},
 			broker.Record{Router: "/azure/dud/", At: now.Add(time.Millisecond), Until: now.Add(time.Hour)},
 			now.Add(time.Hour)},
+		{"a manual one never shortens a disable",
+			broker.Record{Router: "/azure/dud/", At: now, Until: now.Add(time.Hour)},
+			broker.Record{Router: "/azure/dud/", At: now.Add(time.Millisecond), Until: now.Add(time.Minute), Manual: true},
+			now.Add(time.Hour)},
+		{"a manual one without an end replaces a disable that has one",
+			broker.Record{Router: "/azure/dud/", At: now, Until: now.Add(time.Hour)},
+			broker.Record{Router: "/azure/dud/", At: now.Add(time.Millisecond), Manual: true},
+			time.Time{}},
 		{"an announcement decided before the store's word is stale",
 			broker.Record{Router: "/azure/dud/", At: now, Until: now.Add(time.Minute)},
 			broker.Record{Router: "/azure/dud/", At: now.Add(-time.Millisecond), Until: now.Add(time.Hour)},
@@ -140,14 +151,14 @@ func TestAnAnnouncedDisableNeverLiftsShortensOrOverridesAManualOne(t *testing.T)
 	}
 }
 
-func TestAnEndedOrManualAnnouncementIsIgnoredAndAPoisonedOneIsHeldToThePolicy(t *testing.T) {
+func TestAnEndedAnnouncementIsIgnoredAndAPoisonedOneIsHeldToThePolicy(t *testing.T) {
 	is := is.New(t)
 	b, _ := newBroker(t, broker.Config{Policy: broker.Policy{DisabledTime: time.Minute}})
 	now := time.Now()
 	b.Observe(provisional(broker.Record{Router: "/azure/dud/", At: now.Add(-time.Hour), Until: now.Add(-time.Minute)}))
 	is.Equal(b.Phase("/azure/dud/"), broker.Enabled) // ended already
-	b.Observe(provisional(broker.Record{Router: "/azure/dud/", Manual: true, At: now}))
-	is.Equal(b.Phase("/azure/dud/"), broker.Enabled) // only the store carries manual disables
+	b.Observe(provisional(broker.Record{Router: "/azure/dud/", Manual: true, At: now.Add(-time.Hour), Until: now.Add(-time.Minute)}))
+	is.Equal(b.Phase("/azure/dud/"), broker.Enabled) // a manual one too
 	b.Observe(provisional(broker.Record{Router: "/azure/dud/", At: now, Until: now.AddDate(20, 0, 0)}))
 	is.Equal(b.Phase("/azure/dud/"), broker.Disabled)
 	is.True(b.Until("/azure/dud/").Before(now.Add(8*time.Minute + 2*time.Second))) // the longest disable, 8 × DISABLED_TIME

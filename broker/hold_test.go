@@ -9,31 +9,39 @@ import (
 )
 
 // A forged announcement on the news subject holds a router out for
-// Config.AnnouncementHold at most; then the view follows the store again.
+// Config.AnnouncementHold at most, a manual one without an end as well;
+// then the view follows the store again.
 func TestAnAnnouncedDisableTheStoreNeverConfirmsEndsAfterTheHold(t *testing.T) {
 	const hold = 200 * time.Millisecond
-	b, err := New(Config{Pools: DefaultPools(), Policy: Policy{DisabledTime: time.Hour}, ID: "replica-1", AnnouncementHold: hold})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(context.Background())
-	const dud = "/azure/dud/"
-	out := func() bool { return !slices.Contains(b.Routers("/azure/"), dud) }
-	forged := Record{Router: dud, Status: 502, Reason: "forged", At: time.Now(), Until: time.Now().Add(time.Hour), By: "mallory"}
-	b.Observe(Event{Router: dud, Entry: &Entry{Record: forged}, Provisional: true})
-	if !out() {
-		t.Fatal("an announced disable holds the router out at once")
-	}
-	start := time.Now()
-	deadline := start.Add(10 * time.Second)
-	for out() && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if out() {
-		t.Fatalf("still out %v after the announcement, the hold being %v", time.Since(start), hold)
-	}
-	if held := time.Since(start); held < hold/2 {
-		t.Fatalf("held only %v, the hold being %v", held, hold)
+	for _, forged := range []Record{
+		{Status: 502, Reason: "forged", At: time.Now(), Until: time.Now().Add(time.Hour), By: "mallory"},
+		{Reason: "forged", At: time.Now(), By: "mallory", Manual: true},
+	} {
+		t.Run(fmt.Sprintf("manual=%v", forged.Manual), func(t *testing.T) {
+			b, err := New(Config{Pools: DefaultPools(), Policy: Policy{DisabledTime: time.Hour}, ID: "replica-1", AnnouncementHold: hold})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close(context.Background())
+			const dud = "/azure/dud/"
+			out := func() bool { return !slices.Contains(b.Routers("/azure/"), dud) }
+			forged.Router = dud
+			b.Observe(Event{Router: dud, Entry: &Entry{Record: forged}, Provisional: true})
+			if !out() {
+				t.Fatal("an announced disable holds the router out at once")
+			}
+			start := time.Now()
+			deadline := start.Add(10 * time.Second)
+			for out() && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if out() {
+				t.Fatalf("still out %v after the announcement, the hold being %v", time.Since(start), hold)
+			}
+			if held := time.Since(start); held < hold/2 {
+				t.Fatalf("held only %v, the hold being %v", held, hold)
+			}
+		})
 	}
 }
 

@@ -137,18 +137,19 @@ func (b *Broker) observeLocked(rt *route, ev Event, own bool, now time.Time) {
 	}
 }
 
-// hear applies a disable another replica announced before its write
-// landed, when it takes the router out for longer than the view does: it
-// never lifts or shortens a disable, and never touches a manual one. Its
-// times are held to the policy from when it was heard, as a record's are
-// from when the store kept it. b.mu must be held.
+// hear applies a disable another replica or an operator announced before
+// its write landed, when it takes the router out for longer than the view
+// does: it never lifts or shortens a disable, and never touches a manual
+// one. An automatic one's times are held to the policy from when it was
+// heard, as a record's are from when the store kept it. b.mu must be
+// held.
 func (b *Broker) hear(rt *route, ev Event, now time.Time) {
-	if ev.Entry == nil || ev.Entry.Record.Manual {
+	if ev.Entry == nil {
 		return
 	}
 	r, _ := b.cur().policy.Clamp(Entry{Record: ev.Entry.Record, Created: now})
 	switch ph := phase(rt.live, now); {
-	case !r.ActiveAt(now), ph == Manual, ph == Disabled && !r.Until.After(rt.live.Until):
+	case !r.ActiveAt(now), ph == Manual, ph == Disabled && !r.Until.IsZero() && !r.Until.After(rt.live.Until):
 		return
 	case !rt.changed.IsZero() && !r.At.After(rt.changed):
 		return // the store has said something newer since it was decided

@@ -129,21 +129,33 @@ func (s *Store) tell(op string, r broker.Record, rev uint64) {
 		delete(s.pending, r.Router) // written: the watchers tell the rest
 		s.mu.Unlock()
 	}
-	m := &nats.Msg{Subject: s.cfg.News, Header: nats.Header{}}
+	if err := tellOn(s.js.Conn(), s.cfg.News, s.owner, op, r, rev); err != nil {
+		s.log.Debug("could not tell the news", slog.String("router", r.Router), slog.Any("error", err))
+	}
+}
+
+// tellOn publishes news of r on news through nc, from owner.
+func tellOn(nc *nats.Conn, news, owner, op string, r broker.Record, rev uint64) error {
+	m := &nats.Msg{Subject: news, Header: nats.Header{}}
 	m.Header.Set(newsKey, r.Router)
 	m.Header.Set(newsOp, op)
-	m.Header.Set(newsFrom, s.owner)
+	m.Header.Set(newsFrom, owner)
 	if rev > 0 {
 		m.Header.Set(newsRevision, strconv.FormatUint(rev, 10))
 		m.Header.Set(newsCreated, time.Now().UTC().Format(time.RFC3339Nano))
 	}
 	var err error
 	if m.Data, err = Encode(r); err != nil {
-		return
+		return err
 	}
-	if err := s.js.Conn().PublishMsg(m); err != nil {
-		s.log.Debug("could not tell the news", slog.String("router", r.Router), slog.Any("error", err))
-	}
+	return nc.PublishMsg(m)
+}
+
+// AnnounceOn is Store.Announce for a writer with no store open yet, from
+// owner: an operator's disable, while a cluster electing the bucket's
+// leader holds the store's opening up. It tells once, and does not wait.
+func AnnounceOn(nc *nats.Conn, news, owner string, r broker.Record) error {
+	return tellOn(nc, news, owner, "pending", r, 0)
 }
 
 // listen calls fn for every disable another writer announces, and hands

@@ -85,6 +85,10 @@ type Config struct {
 	// its probe claim: the time a router on probation has to be probed
 	// before the key expires and the router is simply enabled.
 	Linger time.Duration
+	// Waiting, when set, is called once if Open's first question goes
+	// unanswered for a second while Open asks again (a cluster electing
+	// the bucket's leader): a tool says then what it waits for.
+	Waiting func()
 }
 
 // Store reads and writes router health records; it implements
@@ -132,7 +136,16 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b, err := js.KeyValue(ctx, cfg.Bucket)
+	// A stream without a leader (a cluster electing one, a bucket just
+	// created) leaves a question unanswered, and one asked again after the
+	// election is answered at once: ask each second rather than wait out
+	// ctx once.
+	waiting := sync.OnceFunc(func() {
+		if cfg.Waiting != nil {
+			cfg.Waiting()
+		}
+	})
+	b, err := eachSecond(ctx, waiting, func(ctx context.Context) (jetstream.KeyValue, error) { return js.KeyValue(ctx, cfg.Bucket) })
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		if cfg.NoCreate {
 			return nil, fmt.Errorf("open bucket %q: %w", cfg.Bucket, ErrNoBucket)
@@ -142,17 +155,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if err != nil {
 		return nil, noJetStream(fmt.Errorf("open bucket %q: %w", cfg.Bucket, err))
 	}
-	// A bucket just created on a cluster may have no stream leader for a
-	// moment; ask again each second rather than wait out ctx once.
-	var st jetstream.KeyValueStatus
-	for {
-		sctx, cancel := context.WithTimeout(ctx, time.Second)
-		st, err = b.Status(sctx)
-		cancel()
-		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-			break
-		}
-	}
+	st, err := eachSecond(ctx, waiting, b.Status)
 	if err != nil {
 		return nil, noJetStream(fmt.Errorf("read bucket %q status: %w", cfg.Bucket, err))
 	}
@@ -160,7 +163,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if st.LimitMarkerTTL() > 0 {
 		mode = ModeTTL
 	}
-	stream, err := js.Stream(ctx, "KV_"+cfg.Bucket)
+	stream, err := eachSecond(ctx, waiting, func(ctx context.Context) (jetstream.Stream, error) { return js.Stream(ctx, "KV_"+cfg.Bucket) })
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %q stream: %w", cfg.Bucket, err)
 	}
@@ -168,6 +171,44 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	return &Store{js: js, kv: b, stream: stream, mode: mode, owner: cfg.Owner, linger: cfg.Linger, log: log, cfg: cfg,
 		janitor: map[string]*time.Timer{}, pending: map[string]broker.Record{}, stop: stop, cancel: cancel, resync: make(chan struct{}, 1),
 		created: stream.CachedInfo().Created}, nil
+}
+
+// eachSecond asks ask, and again each second that no question was
+// answered while the earlier ones wait on (a slow server answers the
+// first, a stream that has elected its leader the latest), and returns
+// the first answer, or ctx's error when it ends first. It calls waiting
+// each time a second passes without an answer. Every question has ended
+// when it returns.
+func eachSecond[T any](ctx context.Context, waiting func(), ask func(context.Context) (T, error)) (T, error) {
+	type answer struct {
+		v   T
+		err error
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var asking sync.WaitGroup
+	defer asking.Wait()
+	defer cancel()
+	answers := make(chan answer)
+	again := time.NewTicker(time.Second)
+	defer again.Stop()
+	for {
+		asking.Go(func() {
+			v, err := ask(ctx)
+			select {
+			case answers <- answer{v, err}:
+			case <-ctx.Done():
+			}
+		})
+		select {
+		case a := <-answers:
+			return a.v, a.err
+		case <-ctx.Done():
+			var zero T
+			return zero, ctx.Err()
+		case <-again.C:
+			waiting()
+		}
+	}
 }
 
 func create(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.KeyValue, error) {

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -43,6 +44,9 @@ type Target struct {
 	// PoolsFile names where Pools came from, for messages; "" for the
 	// default pool.
 	PoolsFile string
+	// Progress is where a bucket command says what it waits for (standard
+	// error); nil says nothing.
+	Progress io.Writer
 }
 
 // bucket is an open connection to the router health bucket.
@@ -58,7 +62,7 @@ type bucket struct {
 // connection. Every failure is one line that says what to do, with no
 // secret in it.
 func (t Target) withBucket(ctx context.Context, cmd string, fn func(context.Context, bucket) error) error {
-	return t.NATS.Scrub(t.openBucket(ctx, cmd, fn))
+	return t.NATS.Scrub(t.openBucket(ctx, cmd, nil, fn))
 }
 
 // dial connects as the command cmd; follow reconnects for as long as the
@@ -82,7 +86,9 @@ func (t Target) dial(cmd string, follow bool) (nc *nats.Conn, server string, err
 	return nc, natsconn.Redact(nc.ConnectedUrl()), nil
 }
 
-func (t Target) openBucket(ctx context.Context, cmd string, fn func(context.Context, bucket) error) error {
+// openBucket is withBucket, unscrubbed; stalled, if not nil, is given the
+// connection once if the bucket does not answer within a second.
+func (t Target) openBucket(ctx context.Context, cmd string, stalled func(*nats.Conn), fn func(context.Context, bucket) error) error {
 	nc, server, err := t.dial(cmd, false)
 	if err != nil {
 		return err
@@ -96,9 +102,12 @@ func (t Target) openBucket(ctx context.Context, cmd string, fn func(context.Cont
 	if err != nil {
 		return err
 	}
-	// The news tells the replicas of a change at once, even while the
-	// cluster elects a JetStream leader.
-	store, err := t.open(ctx, js, cmd)
+	store, err := t.open(ctx, js, cmd, func() {
+		if stalled != nil {
+			stalled(nc)
+		}
+		t.waiting(ctx, js, cmd, server)
+	})
 	switch {
 	case errors.Is(err, kv.ErrNoBucket), errors.Is(err, kv.ErrNoJetStream):
 		return t.notThere(err, server)
@@ -109,12 +118,37 @@ func (t Target) openBucket(ctx context.Context, cmd string, fn func(context.Cont
 	return t.noAnswer(run, fn(ctx, bucket{store: store, nc: nc, js: js, server: server}), server, js, cmd)
 }
 
-// open opens the bucket without creating it.
-func (t Target) open(ctx context.Context, js jetstream.JetStream, cmd string) (*kv.Store, error) {
+// open opens the bucket without creating it; waiting, if not nil, is
+// called once if the bucket does not answer within a second.
+func (t Target) open(ctx context.Context, js jetstream.JetStream, cmd string, waiting func()) (*kv.Store, error) {
 	// The news tells the replicas of a change at once, even while the
 	// cluster elects a JetStream leader.
-	return kv.Open(ctx, js, kv.Config{Bucket: t.Bucket, NoCreate: true, News: replica.NewsSubject(t.Bucket), Owner: "broker " + cmd})
+	return kv.Open(ctx, js, kv.Config{Bucket: t.Bucket, NoCreate: true, News: replica.NewsSubject(t.Bucket), Owner: "broker " + cmd, Waiting: waiting})
 }
+
+// waiting says on t.Progress, once the bucket has not answered through
+// server for a second, why and for how long the command waits: a cluster
+// whose bucket's leader was lost elects another within seconds, and the
+// command rides that out rather than fail.
+func (t Target) waiting(ctx context.Context, js jetstream.JetStream, cmd, server string) {
+	if t.Progress == nil {
+		return
+	}
+	cause := "no answer yet (its leader cannot be reached, or the cluster is electing one)"
+	pctx, cancel := context.WithTimeout(ctx, waitProbe)
+	defer cancel()
+	if err := kv.Probe(pctx, js, t.Bucket); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		cause = kv.Explain(t.Bucket, err)
+	}
+	left := "until the command's timeout"
+	if deadline, ok := ctx.Deadline(); ok {
+		left = "up to " + time.Until(deadline).Round(time.Second).String() + " more"
+	}
+	fmt.Fprintln(t.Progress, natsconn.OneLine(fmt.Sprintf("broker %s: bucket %s does not answer through %s: %s; waiting for it %s", cmd, t.Bucket, server, cause, left)))
+}
+
+// waitProbe bounds the question waiting asks.
+const waitProbe = 500 * time.Millisecond
 
 // notThere says what to do about a bucket or a JetStream that is not on
 // server at all (kv.ErrNoBucket, kv.ErrNoJetStream).
@@ -217,7 +251,7 @@ func unanswered(err error) bool {
 
 // readOnce opens the bucket through n and runs read on it.
 func (t Target) readOnce(ctx context.Context, n node, cmd string, read func(context.Context, bucket) error) error {
-	store, err := t.open(ctx, n.js, cmd)
+	store, err := t.open(ctx, n.js, cmd, nil)
 	if err != nil {
 		return err
 	}

@@ -10,10 +10,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/gecholog/broker/broker"
 	"github.com/gecholog/broker/internal/natsconn"
 	"github.com/gecholog/broker/internal/safetext"
 	"github.com/gecholog/broker/kv"
+	"github.com/gecholog/broker/replica"
 )
 
 const (
@@ -63,16 +66,25 @@ func DisableRouter(ctx context.Context, t Target, d Disable, getenv func(string)
 	if strings.TrimSpace(d.By) == "" {
 		d.By = Operator(getenv)
 	}
-	return t.withBucket(ctx, "disable", func(ctx context.Context, b bucket) error {
+	rec := broker.Record{Router: d.Router, Reason: d.Reason, At: time.Now(), By: d.By, Manual: true}
+	if d.For > 0 {
+		rec.Until = rec.At.Add(d.For)
+	}
+	// Announced when the bucket does not answer within a second, as a
+	// replica announces a disable before its write: the replicas this
+	// command reaches hold the router out at once, while a cluster
+	// electing the bucket's leader holds the write up, for
+	// broker.DefaultAnnouncementHold at most unless the bucket takes it.
+	// A bucket that answers takes the write, and its news tells them.
+	announce := func(nc *nats.Conn) {
+		_ = kv.AnnounceOn(nc, replica.NewsSubject(t.Bucket), "broker disable", rec) // the write still tells them
+	}
+	return t.NATS.Scrub(t.openBucket(ctx, "disable", announce, func(ctx context.Context, b bucket) error {
 		f, listening := hearFleet(b.nc, t.Bucket), time.Now()
 		defer f.stop()
 		f.hearTaken(d.Router)
 		prev, prevErr := b.store.Get(ctx, d.Router)
 		now := time.Now()
-		rec := broker.Record{Router: d.Router, Reason: d.Reason, At: now, By: d.By, Manual: true}
-		if d.For > 0 {
-			rec.Until = now.Add(d.For)
-		}
 		// Put, not compare-and-set: the operator means "whatever is there
 		// now". Replicas only ever create or compare-and-set, so one racing
 		// with this write loses and adopts the manual record.
@@ -91,7 +103,7 @@ func DisableRouter(ctx context.Context, t Target, d Disable, getenv func(string)
 		}
 		fmt.Fprintln(stdout, natsconn.OneLine(line+confirmed))
 		return nil
-	})
+	}))
 }
 
 // EnableRouter deletes router's key, so that every replica chooses it

@@ -60,7 +60,7 @@ func statusCommand(ctx context.Context, args []string, getenv func(string) strin
 	}
 	o.Policy = s.Policy
 	o.PolicyGiven = s.set.Given("disabled-time") || s.set.Given("backoff-cap") || s.set.Given("probe-timeout")
-	return ops.Status(ctx, s.target(), o, stdout)
+	return ops.Status(ctx, s.target(stderr), o, stdout)
 }
 
 func disableCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -78,7 +78,7 @@ func disableCommand(ctx context.Context, args []string, getenv func(string) stri
 	if d.Router, err = oneRouter("disable", operands); err != nil {
 		return err
 	}
-	return ops.DisableRouter(ctx, s.target(), d, getenv, stdout)
+	return ops.DisableRouter(ctx, s.target(stderr), d, getenv, stdout)
 }
 
 func enableCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -98,7 +98,7 @@ func enableCommand(ctx context.Context, args []string, getenv func(string) strin
 	if err != nil {
 		return err
 	}
-	return ops.EnableRouter(ctx, s.target(), router, stdout)
+	return ops.EnableRouter(ctx, s.target(stderr), router, stdout)
 }
 
 // oneRouter is the single ROUTER operand of cmd.

@@ -29,7 +29,7 @@ replica runs by, in bucket BROKER_BUCKET_config, each change a revision.
 Each takes --json. "broker config SUBCOMMAND -h" lists its settings.`
 
 // configCommands are config's subcommands by name.
-var configCommands = map[string]func(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error{
+var configCommands = map[string]func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error{
 	"show":     configShow,
 	"set":      configSet,
 	"history":  configHistory,
@@ -49,7 +49,7 @@ func configCommand(ctx context.Context, args []string, getenv func(string) strin
 	if cmd == nil {
 		return fmt.Errorf("config %q: the subcommands are show, set, history, diff and rollback (broker config -h)", safetext.Clip(args[0], safetext.MaxShown))
 	}
-	return cmd(ctx, args[1:], getenv, stdout)
+	return cmd(ctx, args[1:], getenv, stdout, stderr)
 }
 
 // configSettings registers what every config subcommand takes.
@@ -104,7 +104,7 @@ func revisionOperands(cmd string, operands []string, max int) ([]uint64, error) 
 	return out, nil
 }
 
-func configShow(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+func configShow(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var asJSON bool
 	var rev revisionValue
 	s := configSettings("show", getenv, &asJSON)
@@ -116,10 +116,10 @@ func configShow(ctx context.Context, args []string, getenv func(string) string, 
 	if len(operands) > 0 {
 		return fmt.Errorf("config show: unexpected argument %q; give a revision with --revision N", operands[0])
 	}
-	return ops.ShowConfig(ctx, s.target(), uint64(rev), asJSON, stdout)
+	return ops.ShowConfig(ctx, s.target(stderr), uint64(rev), asJSON, stdout)
 }
 
-func configHistory(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+func configHistory(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var asJSON bool
 	s := configSettings("history", getenv, &asJSON)
 	operands, err := s.parseOperands(args, "Usage: broker config history [flags]\nLists every revision of the fleet's configuration the bucket keeps: when, by whom, from what, and what it changed.", stdout)
@@ -129,10 +129,10 @@ func configHistory(ctx context.Context, args []string, getenv func(string) strin
 	if len(operands) > 0 {
 		return fmt.Errorf("config history: unexpected argument %q", operands[0])
 	}
-	return ops.ConfigHistory(ctx, s.target(), asJSON, stdout)
+	return ops.ConfigHistory(ctx, s.target(stderr), asJSON, stdout)
 }
 
-func configDiff(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+func configDiff(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var asJSON bool
 	s := configSettings("diff", getenv, &asJSON)
 	operands, err := s.parseOperands(args, "Usage: broker config diff [A] [B] [flags]\nSays what revision B (default: the newest) configures differently from revision A (default: the valid one before B), one change per line.", stdout)
@@ -144,10 +144,10 @@ func configDiff(ctx context.Context, args []string, getenv func(string) string, 
 		return err
 	}
 	revs = append(revs, 0, 0)
-	return ops.ConfigDiff(ctx, s.target(), revs[0], revs[1], asJSON, stdout)
+	return ops.ConfigDiff(ctx, s.target(stderr), revs[0], revs[1], asJSON, stdout)
 }
 
-func configRollback(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+func configRollback(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var r ops.Rollback
 	s := configSettings("rollback", getenv, &r.JSON)
 	s.set.String(&r.By, "by", "", ops.Operator(getenv), "`name` of who rolls back, shown by history")
@@ -162,10 +162,10 @@ func configRollback(ctx context.Context, args []string, getenv func(string) stri
 	if len(revs) == 1 {
 		r.Revision = revs[0]
 	}
-	return ops.RollbackConfig(ctx, s.target(), r, getenv, stdout)
+	return ops.RollbackConfig(ctx, s.target(stderr), r, getenv, stdout)
 }
 
-func configSet(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+func configSet(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	var c ops.ConfigSet
 	s := configSettings("set", getenv, &c.JSON)
 	s.set.String(&c.By, "by", "", ops.Operator(getenv), "`name` of who writes it, shown by history")
@@ -197,7 +197,7 @@ a replica validates its settings at startup, and with --gl-config checked agains
 			return fmt.Errorf("config set %s: %w; nothing written", safetext.Clip(c.File, safetext.MaxShown), err)
 		}
 	}
-	return ops.SetConfig(ctx, s.target(), c, getenv, stdout)
+	return ops.SetConfig(ctx, s.target(stderr), c, getenv, stdout)
 }
 
 // readConfigFile reads c.File into c.Doc, with the reader and validation

@@ -277,9 +277,10 @@ func (s *settings) replicaConfig(log *slog.Logger) replica.Config {
 	return c
 }
 
-// target is what the operator's bucket commands act on.
-func (s *settings) target() ops.Target {
-	return ops.Target{NATS: s.NATS, Bucket: s.Bucket, Pools: s.Pools, PoolsFile: s.poolsFile}
+// target is what the operator's bucket commands act on; they say on
+// stderr what they wait for.
+func (s *settings) target(stderr io.Writer) ops.Target {
+	return ops.Target{NATS: s.NATS, Bucket: s.Bucket, Pools: s.Pools, PoolsFile: s.poolsFile, Progress: stderr}
 }
 
 // describePools says pools as -h does: "/azure/ over /azure/gpt35turbo/,
