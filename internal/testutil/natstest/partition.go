@@ -241,17 +241,27 @@ func (p *Proxy) start() {
 // Addr is the proxy's host:port.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// Lead has node i lead stream (a step-down that prefers it) and returns
-// once it does; nc is any client of the cluster.
+// Lead has node i lead stream (a step-down that prefers it, again until
+// it does: the server refuses one while i's copy is not current, as right
+// after the stream was made) and returns once it does; nc is any client
+// of the cluster.
 func (c *Cluster) Lead(t testing.TB, nc *nats.Conn, stream string, i int) {
 	t.Helper()
-	if c.Servers[i].JetStreamIsStreamLeader("$G", stream) {
-		return
-	}
+	leads := func() bool { return c.Servers[i].JetStreamIsStreamLeader("$G", stream) }
 	req := fmt.Sprintf(`{"placement":{"preferred":%q}}`, c.Servers[i].Name())
-	if _, err := nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, []byte(req), 5*time.Second); err != nil {
-		t.Fatalf("natstest: %s leading %s: %v", c.Servers[i].Name(), stream, err)
+	var said string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		if leads() {
+			return
+		}
+		if m, err := nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, []byte(req), 5*time.Second); err != nil {
+			said = err.Error()
+		} else {
+			said = string(m.Data)
+		}
+		for wait := time.Now().Add(2 * time.Second); time.Now().Before(wait) && !leads(); {
+			time.Sleep(10 * time.Millisecond) // polling the server's own state
+		}
 	}
-	Eventually(t, 10*time.Second, func() bool { return c.Servers[i].JetStreamIsStreamLeader("$G", stream) },
-		"%s leading %s", c.Servers[i].Name(), stream)
+	t.Fatalf("natstest: %s not leading %s within 30s; the last step-down said %s", c.Servers[i].Name(), stream, said)
 }
