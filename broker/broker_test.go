@@ -424,6 +424,27 @@ func TestWriteIsRetriedWhenTheStoreFails(t *testing.T) {
 	is.New(t).Equal(l.count("could not write router health to the bucket; other replicas do not know yet; retrying"), 1)
 }
 
+// A replica stopped while its bucket does not answer (a partition) gives
+// up the writes it kept once Close's time is up: each is logged, with the
+// router, since no other replica will hear of it.
+func TestAWriteGivenUpOnStoppingIsLoggedWithItsRouter(t *testing.T) {
+	is := is.New(t)
+	store := newFakeStore()
+	store.failing = 1 << 30 // the bucket never answers
+	b, l := newBroker(t, broker.Config{Store: store})
+	report(b, "/azure/dud/", 502)
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		return l.count("could not write router health to the bucket; other replicas do not know yet; retrying") == 1
+	}, "the first failed write logged")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	b.Close(ctx)
+	is.Equal(l.count("stopping: gave up writing router health to the bucket; the other replicas do not know of it"), 1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	is.True(strings.Contains(l.buf.String(), `"msg":"stopping: gave up writing router health to the bucket; the other replicas do not know of it","router":"/azure/dud/"`))
+}
+
 func TestStatsCountCallsChoicesTransitionsAndWrites(t *testing.T) {
 	is := is.New(t)
 	store := newFakeStore()

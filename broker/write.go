@@ -93,6 +93,13 @@ func (b *Broker) write(rt *route, ev event) {
 			}
 			select {
 			case <-b.writeContext.Done():
+				if ev.kind != claim {
+					// Close gave up waiting: the write is lost, and no
+					// other replica will hear of it; say so once.
+					b.log.Warn("stopping: gave up writing router health to the bucket; the other replicas do not know of it",
+						slog.String("router", rt.path), slog.String("cause", WriteCauses[writeCause(err)]), slog.Any("error", err),
+						slog.Int("attempts", conflicts+failures), slog.Duration("for", time.Since(start).Round(time.Millisecond)))
+				}
 				return
 			case <-woken:
 			case <-time.After(wait):

@@ -57,7 +57,7 @@ func watchEndpoints(base string) *endpointWatch {
 	go func() {
 		defer close(w.done)
 		for {
-			for _, path := range []string{"/metrics", "/readyz", "/healthz", "/status.json"} {
+			for _, path := range []string{"/metrics", "/readyz", "/healthz", "/status.json", "/"} {
 				start := time.Now()
 				_, _, err := fetch(base + path)
 				took := time.Since(start)
