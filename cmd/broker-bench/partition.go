@@ -107,7 +107,7 @@ func (b *bench) partition(ctx context.Context) error {
 			idle/float64(n), pings/float64(n), conns/float64(n), n)
 	}
 	fmt.Fprintln(b.out, "\nstale: the replica on the cut-off node logs that its bucket does not answer (/readyz 503, broker_bucket_reachable 0);")
-	fmt.Fprintln(b.out, "moved: it reconnected to another node; others moved: the other replicas' moves, all runs; leader: a node of the majority")
+	fmt.Fprintln(b.out, "moved: it reconnected to another node; others moved: the other replicas' moves from a node of the majority, all runs; leader: a node of the majority")
 	fmt.Fprintln(b.out, "leads the bucket; routes shut: the cut-off node holds no route; all hold: every replica holds the majority's disable,")
 	fmt.Fprintln(b.out, "'held' already at the heal, else from the heal; copies: from the heal until the 3 nodes' copies of the bucket have the")
 	fmt.Fprintln(b.out, "same last sequence. lost: calls and reports unanswered during the partition, lost/sent, through the cut-off node and")
@@ -346,12 +346,18 @@ func (p *brokerProc) servedOn() string {
 	return p.servedAt
 }
 
-// movesSoFar counts the times the replica moved to another server on its
-// own.
-func (p *brokerProc) movesSoFar() int {
+// movesFrom counts the times the replica moved to another server on its
+// own from any server but skip.
+func (p *brokerProc) movesFrom(skip string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.moves
+	n := 0
+	for _, from := range p.movedFrom {
+		if from != skip {
+			n++
+		}
+	}
+	return n
 }
 
 // disabledAt is the own time of the replica's first line disabling

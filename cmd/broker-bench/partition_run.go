@@ -245,8 +245,8 @@ func (b *bench) partitionRun(ctx context.Context, bin string, pc partitionCase, 
 	}
 	side.Wait()
 	for i, p := range procs {
-		if i != r {
-			res.majorityMoves += p.movesSoFar()
+		if i != r { // a second replica nats.go put on node k moves as r does
+			res.majorityMoves += p.movesFrom(c.LinkURL(k))
 		}
 	}
 	at, ok := procs[r].saidAt(staleLine, cut)

@@ -63,11 +63,11 @@ type brokerProc struct {
 	// disabled is, by router, its first "router disabled" line's own time.
 	disabled map[string]time.Time
 	// events are its first lines, what each said, in order.
-	events []logEvent
-	moves  int           // "moving to another NATS server" lines
-	last   string        // the last warning or error it logged, for an error
-	grew   chan struct{} // closed and replaced when any of the above changes
-	ended  bool
+	events    []logEvent
+	movedFrom []string      // the "from" of each "moving to another NATS server" line
+	last      string        // the last warning or error it logged, for an error
+	grew      chan struct{} // closed and replaced when any of the above changes
+	ended     bool
 }
 
 // appliedLine is the line a replica logs once it chooses by a new
@@ -235,6 +235,7 @@ func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
 		Error    string    `json:"error"`
 		Router   string    `json:"router"`
 		Server   string    `json:"server"`
+		From     string    `json:"from"`
 	}
 	var lv slog.Level
 	if json.Unmarshal(s, &l) != nil || lv.UnmarshalText([]byte(l.Level)) != nil {
@@ -249,8 +250,8 @@ func (p *brokerProc) line(s []byte, out io.Writer, level slog.Level) {
 	if len(p.events) < maxEvents {
 		p.events = append(p.events, logEvent{msg: l.Msg, server: l.Server, at: l.Time})
 	}
-	if strings.HasPrefix(l.Msg, movingLine) {
-		p.moves++
+	if strings.HasPrefix(l.Msg, movingLine) && len(p.movedFrom) < maxEvents {
+		p.movedFrom = append(p.movedFrom, l.From)
 	}
 	switch {
 	case l.Msg == "metrics listening":
