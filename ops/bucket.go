@@ -293,15 +293,18 @@ func waitLeaderless(ctx context.Context, js jetstream.JetStream, bucket string) 
 }
 
 // noAnswer is timedOut with the cause: when err is the command's deadline,
-// it asks the bucket's stream once more, briefly, and says why it does not
-// answer (no leader for KV_gl_broker while the cluster elects one, no
-// quorum, JetStream unreachable) rather than a bare deadline.
+// or a server's word that no leader took a write (a member left without
+// its leader answers for the stream, but takes no write), it asks the
+// bucket's stream once more, briefly, and says why it does not answer (no
+// leader for KV_gl_broker while the cluster elects one, no quorum,
+// JetStream unreachable) rather than a bare deadline.
 //
 // A write that got no answer may still land: the bucket's leader may hold
 // it and commit it once it has its quorum again. For disable and enable
 // the error says so, and how to see whether it did.
 func (t Target) noAnswer(ctx context.Context, err error, server string, js jetstream.JetStream, cmd string) error {
-	if !errors.Is(err, context.DeadlineExceeded) {
+	deadline := errors.Is(err, context.DeadlineExceeded)
+	if !deadline && !errors.Is(err, jetstream.ErrNoStreamResponse) && !kv.Leaderless(err) {
 		return err
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
@@ -311,6 +314,11 @@ func (t Target) noAnswer(ctx context.Context, err error, server string, js jetst
 		cause = kv.Explain(t.Bucket, perr)
 	}
 	then := "a cluster electing a leader answers again within seconds, so try again"
+	if !deadline {
+		// Said at once, as a member left without its leader says it:
+		// nothing took the write, so nothing is written.
+		return fmt.Errorf("the bucket does not take writes through %s: %s; nothing was written; %s: %w", server, cause, then, err)
+	}
 	if cmd == "disable" || cmd == "enable" {
 		then = "the " + cmd + " may still land once the bucket has its quorum again, and `broker status` then shows whether it did; a cluster electing a leader answers again within seconds"
 	}
