@@ -394,6 +394,30 @@ func TestTheFleetsCallsInFlightAreWhatEachReplicaToldLast(t *testing.T) {
 	is.Equal(inFlight("/azure/gpt4/"), int64(0))
 }
 
+// A word of the routers changed since a replica's word before keeps the
+// others it told; a router told with no counts is forgotten; a word told
+// before the last taken is dropped; and a whole word replaces them all.
+func TestAWordOfChangesKeepsTheRoutersItDoesNotName(t *testing.T) {
+	is := is.New(t)
+	b, _ := newBroker(t, broker.Config{Pools: broker.DefaultPools(), ID: "me"})
+	now := time.Now()
+	inFlight := func(router string) int64 { return viewOf(b, router).InFlight }
+	b.MergeTold("a", now, now, 0, []broker.Counts{{Router: "/azure/gpt4/", Chosen: 5}, {Router: "/azure/dud/", Chosen: 2}})
+	is.True(b.MergeChanged("a", now.Add(10*time.Millisecond), now, 0, []broker.Counts{{Router: "/azure/gpt4/", Chosen: 7}}))
+	is.Equal(inFlight("/azure/gpt4/"), int64(7))
+	is.Equal(inFlight("/azure/dud/"), int64(2)) // not named: stands
+	is.True(b.MergeChanged("a", now.Add(30*time.Millisecond), now, 0, []broker.Counts{{Router: "/azure/gpt4/", Chosen: 8}, {Router: "/azure/dud/"}}))
+	is.Equal(inFlight("/azure/dud/"), int64(0)) // told with none: forgotten
+	is.Equal(inFlight("/azure/gpt4/"), int64(8))
+	// A word told at 20 ms comes last: overtaken.
+	is.True(!b.MergeChanged("a", now.Add(20*time.Millisecond), now, 0, []broker.Counts{{Router: "/azure/gpt4/", Chosen: 9}, {Router: "/azure/dud/", Chosen: 2}}))
+	is.Equal(inFlight("/azure/gpt4/"), int64(8))
+	// A whole word replaces them all again.
+	b.MergeTold("a", now.Add(40*time.Millisecond), now, 0, []broker.Counts{{Router: "/azure/dud/", Chosen: 1}})
+	is.Equal(inFlight("/azure/gpt4/"), int64(0))
+	is.Equal(inFlight("/azure/dud/"), int64(1))
+}
+
 // viewOf is router as b sees it now.
 func viewOf(b *broker.Broker, router string) broker.RouterView {
 	for _, v := range b.View(time.Now()) {

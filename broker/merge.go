@@ -38,6 +38,18 @@ const overtaken = time.Second
 // by less than overtaken, came late by another path and is dropped
 // (false).
 func (b *Broker) MergeTold(from string, told, at time.Time, every time.Duration, counts []Counts) bool {
+	return b.merge(from, told, at, every, counts, false)
+}
+
+// MergeChanged is MergeTold of a word that names only the routers whose
+// counts changed since the replica's word before it (of those that say
+// more than counts; see the replica package): the others' stand, and a
+// router told with no counts at all is forgotten.
+func (b *Broker) MergeChanged(from string, told, at time.Time, every time.Duration, counts []Counts) bool {
+	return b.merge(from, told, at, every, counts, true)
+}
+
+func (b *Broker) merge(from string, told, at time.Time, every time.Duration, counts []Counts, changed bool) bool {
 	if from == b.id {
 		return false
 	}
@@ -67,6 +79,15 @@ func (b *Broker) MergeTold(from string, told, at time.Time, every time.Duration,
 		if ok {
 			kept++
 		}
+		if changed && c.Equal(Counts{Router: c.Router}) {
+			if ok {
+				delete(p.counts, c.Router)
+				b.fleet.shift(rt.path, -o.Chosen, -o.Reported)
+				b.setBase(rt)
+				b.stir()
+			}
+			continue
+		}
 		p.counts[c.Router] = c
 		// What least-busy reads takes the news at once, rather than at
 		// the next Refresh: half the time two replicas' counts disagree.
@@ -78,7 +99,7 @@ func (b *Broker) MergeTold(from string, told, at time.Time, every time.Duration,
 			b.stir() // the fleet has calls: refresh at the tick, not the heartbeat
 		}
 	}
-	if kept != len(p.counts) { // routers it no longer tells (or told twice)
+	if !changed && kept != len(p.counts) { // routers it no longer tells (or told twice)
 		named := make(map[string]bool, len(counts))
 		for _, c := range counts {
 			if t.routers[c.Router] != nil {

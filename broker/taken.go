@@ -28,17 +28,28 @@ func (b *Broker) TakenSince(since time.Time, n int) []Taken {
 		at time.Time
 		t  Taken
 	}
-	var all []took
+	newer := func(x, y took) int { return cmp.Or(y.at.Compare(x.at), cmp.Compare(x.t.Router, y.t.Router)) }
+	// The n newest, kept in order as they are found: a thousand routers
+	// taken within the time, sorted at every word, cost a tenth of a
+	// replica's time in broker-bench -mode propagation.
+	kept := make([]took, 0, n)
 	for _, rt := range b.cur().members {
-		if rt.took.IsZero() || rt.took.Before(since) {
+		if rt.took.IsZero() || rt.took.Before(since) || n <= 0 {
 			continue
 		}
-		all = append(all, took{rt.took, Taken{Router: rt.path, Revision: rt.rev, Phase: phase(rt.live, now)}})
+		x := took{rt.took, Taken{Router: rt.path, Revision: rt.rev, Phase: phase(rt.live, now)}}
+		if len(kept) == n && newer(x, kept[n-1]) >= 0 {
+			continue // older than every one kept
+		}
+		i, _ := slices.BinarySearchFunc(kept, x, newer)
+		if len(kept) == n {
+			kept = kept[:n-1]
+		}
+		kept = slices.Insert(kept, i, x)
 	}
-	slices.SortFunc(all, func(x, y took) int { return cmp.Or(y.at.Compare(x.at), cmp.Compare(x.t.Router, y.t.Router)) })
-	out := make([]Taken, 0, min(len(all), n))
-	for _, x := range all[:min(len(all), n)] {
-		out = append(out, x.t)
+	out := make([]Taken, len(kept))
+	for i, x := range kept {
+		out[i] = x.t
 	}
 	return out
 }

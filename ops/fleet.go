@@ -104,6 +104,29 @@ func (f *fleet) hearCounts(ws []replica.Word) {
 	}
 }
 
+// changedOnto is the routers of a replica's last word with a word of the
+// routers changed since its last whole word taken onto them: their
+// counts replace those told before, which keep the rest (latency,
+// headroom, sessions), and a router no longer counted shows none.
+func changedOnto(was, changed []replica.RouterStats) []replica.RouterStats {
+	out := slices.Clone(was)
+	at := make(map[string]int, len(out))
+	for i, rs := range out {
+		at[rs.Router] = i
+	}
+	for _, c := range changed {
+		i, ok := at[c.Router]
+		if !ok {
+			at[c.Router] = len(out)
+			out = append(out, c)
+			continue
+		}
+		rs := &out[i]
+		rs.Chosen, rs.Reported, rs.Calls, rs.Failures, rs.LastSuccess, rs.Failing = c.Chosen, c.Reported, c.Calls, c.Failures, c.LastSuccess, c.Failing
+	}
+	return out
+}
+
 // newFleet is a fleet of bucket that has heard nothing yet, and hears
 // nothing until hear is called.
 func newFleet(bucket string) *fleet {
@@ -127,6 +150,9 @@ func (f *fleet) hear(data []byte) {
 		delete(f.held, msg.ID)
 		news = known
 	case known || len(f.heard) < maxHeard:
+		if msg.Changed && known {
+			msg.Routers = changedOnto(old.msg.Routers, msg.Routers)
+		}
 		f.heard[msg.ID] = heardStats{at: time.Now(), msg: msg}
 		news = f.took(&msg) || !known || !samePeers(old.msg.Peers, msg.Peers)
 	}

@@ -2,6 +2,8 @@ package replica_test
 
 import (
 	"encoding/json"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -309,5 +311,62 @@ func TestOnlyTheReplicaNamedFirstTellsWhatTheLogSaysOfIdleRouters(t *testing.T) 
 		if r := told[id]; len(r) != 0 {
 			t.Errorf("%s, idle, told %+v: want no router", id, r)
 		}
+	}
+}
+
+// TestAWordToldOnAFailureNamesOnlyTheRoutersChangedSinceTheLast: the
+// JSON word a failure is told in at once names the router that failed,
+// not every router the replica counts (with a thousand routers that was
+// 100 KB each replica decoded per failure); the next heartbeat is whole.
+func TestAWordToldOnAFailureNamesOnlyTheRoutersChangedSinceTheLast(t *testing.T) {
+	s, _, nc, _ := heardFleet(t, 1)
+	words, err := natstest.Connect(t, s).SubscribeSync(replica.StatsSubject(replica.DefaultBucket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, router := range []string{"/azure/gpt4/", "/azure/gpt35turbo/"} {
+		if _, err := nc.Request(replica.DefaultSubject, fmt.Appendf(nil, `{"gl_path":%q,"egress_status_code":200}`, router), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := func(what string, want func(replica.StatsMessage) bool) replica.StatsMessage {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			m, err := words.NextMsg(time.Until(deadline))
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			var msg replica.StatsMessage
+			if json.Unmarshal(m.Data, &msg) == nil && msg.ID == "replica-1" && want(msg) {
+				return msg
+			}
+		}
+	}
+	paths := func(msg replica.StatsMessage) []string {
+		var out []string
+		for _, rs := range msg.Routers {
+			out = append(out, rs.Router)
+		}
+		slices.Sort(out)
+		return out
+	}
+	both := []string{"/azure/gpt35turbo/", "/azure/gpt4/"}
+	next("a whole word with both routers' calls", func(msg replica.StatsMessage) bool {
+		return !msg.Changed && slices.Equal(paths(msg), both)
+	})
+
+	if _, err := nc.Request(replica.DefaultSubject, []byte(`{"gl_path":"/azure/dud/","egress_status_code":502}`), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	told := next("the word told on the failure", func(msg replica.StatsMessage) bool { return msg.Changed })
+	if got := paths(told); !slices.Equal(got, []string{"/azure/dud/"}) {
+		t.Errorf("the word told on the failure names %v, want only /azure/dud/", got)
+	}
+	if rs := told.Routers[0]; rs.Failures != 1 || len(rs.Failing) != 1 {
+		t.Errorf("it tells /azure/dud/ with %d failures, %d failing, want 1 and 1", rs.Failures, len(rs.Failing))
+	}
+	whole := next("the next whole word", func(msg replica.StatsMessage) bool { return !msg.Changed })
+	if got := paths(whole); !slices.Equal(got, append([]string{"/azure/dud/"}, both...)) {
+		t.Errorf("the next whole word names %v, want all three", got)
 	}
 }

@@ -100,6 +100,11 @@ type StatsMessage struct {
 	// Bye says the replica stops: the others forget it at once rather
 	// than after broker.PeerSilence.
 	Bye bool `json:"bye,omitempty"`
+	// Changed says Routers names only the routers whose counts changed
+	// since the replica's last JSON word, one no longer counted with none;
+	// the others' stand (changes.go). A broker from before it takes them
+	// as whole, until the next whole word.
+	Changed bool `json:"changed,omitempty"`
 	// Every is the time between its heartbeats, in milliseconds (absent:
 	// StatsAtLeast, a broker from before it said); see Heartbeat.
 	Every int64 `json:"every_ms,omitempty"`
@@ -225,12 +230,14 @@ func toCounts(rs RouterStats) broker.Counts {
 // the routers that leaves empty: only the replica whose name comes first
 // (broker.Relay) tells those, for `broker status`, which shows the newest
 // it heard. So a heartbeat grows with the routers a replica counts calls
-// of, not with every router whose latency the fleet knows.
-func countsOnly(routers []RouterStats) []RouterStats {
+// of, not with every router whose latency the fleet knows. A word of
+// changes keeps every router, an empty one too: it says the router is
+// no longer counted.
+func countsOnly(routers []RouterStats, changes bool) []RouterStats {
 	out := routers[:0]
 	for _, rs := range routers {
 		rs.LatencyMS, rs.Headroom, rs.RateLimitedUntil = 0, nil, 0
-		if rs.Chosen != 0 || rs.Reported != 0 || rs.Calls != 0 || rs.Failures != 0 || rs.LastSuccess != 0 || len(rs.Failing) > 0 {
+		if changes || rs.Chosen != 0 || rs.Reported != 0 || rs.Calls != 0 || rs.Failures != 0 || rs.LastSuccess != 0 || len(rs.Failing) > 0 {
 			out = append(out, rs)
 		}
 	}
@@ -300,7 +307,11 @@ func (r *Replica) shareStats() error {
 		// By this replica's clock: how long ago it heard is what matters.
 		now := time.Now()
 		every := msg.Heartbeat()
-		r.broker.MergeTold(msg.ID, msg.At, now, every, counts)
+		if msg.Changed {
+			r.broker.MergeChanged(msg.ID, msg.At, now, every, counts)
+		} else {
+			r.broker.MergeTold(msg.ID, msg.At, now, every, counts)
+		}
 		r.heardRevs.hear(msg.ID, msg.Config, msg.Sessions, now, broker.Silence(every))
 		r.keepRole()
 	})
@@ -334,7 +345,7 @@ func (r *Replica) shareStats() error {
 				ticked = now
 				r.broker.Wake()
 				r.keepRole()
-				changed := t.tell(now, answer)
+				changed := t.tell(now, answer, answer)
 				answer = false
 				wait := wordEvery(r.broker.Peers(), !r.broker.ReadsInFlight(), r.broker.RateWindow(), r.relaying(now))
 				if !changed {
@@ -365,10 +376,10 @@ func (r *Replica) shareStats() error {
 					soon = time.After(wait)
 					continue
 				}
-				t.tell(time.Now(), true)
+				t.tell(time.Now(), true, false)
 			case now := <-soon:
 				soon = nil
-				t.tell(now, true)
+				t.tell(now, true, false)
 			}
 		}
 	})
@@ -384,7 +395,8 @@ type teller struct {
 	told    []broker.Counts
 	conf    ConfigTold
 	at      time.Time
-	said    time.Time // when it last told the whole message (JSON)
+	said    time.Time // when it last told the whole message (JSON), all its counts
+	changes changes   // what its words told since
 	stale   string
 	taken   []TakenTold
 	pinned  sessionRoutersTold
@@ -396,8 +408,10 @@ type teller struct {
 // view took from the bucket (Taken) changed. A change the view takes is
 // told at once all the same, not at the next tick: the broker nudges
 // (Nudged) when it applies one, so that `broker disable` hears within
-// milliseconds which replicas hold its write.
-func (t *teller) tell(now time.Time, always bool) (changed bool) {
+// milliseconds which replicas hold its write. The JSON message tells all
+// its counts when whole is set (an ask), with its first word and at its
+// heartbeat; otherwise only those changed since the last (changes).
+func (t *teller) tell(now time.Time, always, whole bool) (changed bool) {
 	r := t.r
 	r.broker.Refresh(now)
 	counts := r.broker.Counts()
@@ -411,34 +425,44 @@ func (t *teller) tell(now time.Time, always bool) (changed bool) {
 	changed = counted || other
 	peers := r.broker.Peers()
 	every := heartbeat(peers)
-	whole := always || other || now.Sub(t.said) >= min(every, t.every)
-	if !whole && !counted {
+	whole = whole || t.ask || now.Sub(t.said) >= min(every, t.every)
+	message := whole || always || other
+	if !message && !counted {
 		return false
 	}
-	if !whole {
+	if !message {
 		// Only the counts changed: a word (words.go).
 		if err := r.tellWord(now, every, counts); err != nil {
 			r.log.Debug("could not tell the counts", slog.Any("error", err))
 			return changed
 		}
+		t.changes.note(counts)
 		t.told, t.at = counts, now
 		return changed
 	}
-	msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(counts)), Config: &conf,
-		Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Taken: taken, Ask: t.ask, Peers: &peers}
+	routers := counts
+	if !whole {
+		t.changes.note(counts)
+		routers = t.changes.since(counts)
+	}
+	msg := StatsMessage{ID: r.cfg.ID, At: now, Routers: make([]RouterStats, len(routers)), Config: &conf,
+		Sessions: sessionsTold(r.broker, r.handler), Stale: stale, Taken: taken, Ask: t.ask, Peers: &peers, Changed: !whole}
 	if every != StatsAtLeast {
 		msg.Every = every.Milliseconds()
 	}
 	if heard := r.broker.Heard(); !heard.IsZero() {
 		msg.LogHeard = heard.UnixNano()
 	}
-	for i, c := range counts {
+	for i, c := range routers {
 		msg.Routers[i] = fromCounts(c)
 	}
 	if r.broker.Relay() != r.cfg.ID {
-		msg.Routers = countsOnly(msg.Routers)
+		msg.Routers = countsOnly(msg.Routers, !whole)
 	}
-	msg.Routers = withSessions(msg.Routers, t.pinned.get(r.broker, now))
+	if whole {
+		// Sessions are only shown: they ride with the whole word.
+		msg.Routers = withSessions(msg.Routers, t.pinned.get(r.broker, now))
+	}
 	data, err := json.Marshal(msg)
 	if err != nil {
 		return changed
@@ -447,6 +471,10 @@ func (t *teller) tell(now time.Time, always bool) (changed bool) {
 		r.log.Debug("could not tell the counts", slog.Any("error", err))
 		return changed
 	}
-	t.told, t.conf, t.stale, t.taken, t.at, t.said, t.ask, t.every = counts, conf, stale, taken, now, now, false, every
+	t.told, t.conf, t.stale, t.taken, t.at, t.ask, t.every = counts, conf, stale, taken, now, false, every
+	if whole {
+		t.said = now
+	}
+	t.changes.told(counts)
 	return changed
 }
