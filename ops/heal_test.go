@@ -14,9 +14,12 @@ import (
 // routes heal, n1 rejoins the bucket's stream behind the others, and a
 // server may place a listing's consumer on it, which would list n1's copy
 // without the majority's disable. Every listing through n1 from the heal
-// on, as status makes them, lists the disable.
+// on, as status makes them, lists the disable. n1 leads the stream when
+// it is cut off, so that right after the heal it still answers for the
+// stream as its leader, until it hears the majority's newer term.
 func TestAScanThroughANodeJustHealedListsWhatTheMajorityWrote(t *testing.T) {
 	p := startPartitioned(t)
+	p.c.Lead(t, natstest.ConnectURL(t, p.c.Servers[1].ClientURL()), "KV_gl_broker", 0)
 	var st *kv.Store
 	within(t, 30*time.Second, "the bucket opened through n1", func(ctx context.Context) (err error) {
 		st, err = kv.Open(ctx, natstest.JetStreamURL(t, p.c.Servers[0].ClientURL()), kv.Config{Bucket: replica.DefaultBucket, Replicas: 3})
