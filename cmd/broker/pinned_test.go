@@ -41,14 +41,30 @@ func TestStatusShowsTheSessionsPinnedPerRouterAndTheirMovesHeldToTheirBounds(t *
 		}, "the replica hears the log")
 	}
 	const moving = "GWSECRET_1696681410696216001_1"
+	taken := func(r *metricsReplica) float64 {
+		fs := r.metrics(t)
+		return fs.sum("broker_transactions_total", "outcome", "read") + fs.sum("broker_transactions_total", "outcome", "shared")
+	}
+	before := make([]float64, len(replicas))
+	for i, r := range replicas {
+		before[i] = taken(r)
+	}
 	for _, f := range []standin.Finished{
 		{Ingress: "/openai/", Router: "/openai/a/", Session: moving + "_0"},
 		{Ingress: "/openai/", Router: "/openai/a/", Session: "GWSECRET_1696681410696216002_2_0"},
 		{Ingress: "/openai/", Router: "/openai/b/", Session: "GWSECRET_1696681410696216003_3_0"},
-		{Ingress: "/openai/", Router: "/openai/b/", Session: moving + "_1"}, // from a to b
 	} {
 		is.NoErr(nc.Publish("coburn.gl.logger", standin.Transaction(f)))
 	}
+	// A session's next call comes after its last one ended, seconds
+	// later, so every replica has heard the first: a call heard before an
+	// earlier one of its session is older news and moves nothing
+	// (broker/memory.go), which calls published back to back, read by two
+	// replicas, can be.
+	for i, r := range replicas {
+		natstest.Eventually(t, 10*time.Second, func() bool { return taken(r) >= before[i]+3 }, "the replica takes the sessions' first calls")
+	}
+	is.NoErr(nc.Publish("coburn.gl.logger", standin.Transaction(standin.Finished{Ingress: "/openai/", Router: "/openai/b/", Session: moving + "_1"}))) // from a to b
 	cells := func(out, router string) string {
 		f := strings.Fields(tableRow(out, router))
 		return strings.Join(f[max(len(f)-7, 0):], " ") // the SESSIONS column, last
